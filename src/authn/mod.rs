@@ -1,0 +1,267 @@
+//! Authentication: turns the credentials on a request into an `Identity`.
+//! It does not decide what that identity may do (that is `authz`).
+
+pub mod jwt;
+
+use cedar_policy::EntityUid;
+
+use crate::config::{AuthnConfig, MtlsConfig};
+use crate::request::AccessRequest;
+
+/// Who is calling, as established by authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The Cedar principal.
+    pub principal: EntityUid,
+    /// Parents the credential asserts (e.g. the token's org), added to the
+    /// principal entity next to those in `entities.json`.
+    pub parents: Vec<EntityUid>,
+    /// How the caller authenticated.
+    pub method: AuthMethod,
+}
+
+/// The authentication method that produced an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A verified JWT bearer token.
+    Jwt,
+    /// The mTLS peer identity reported by the gateway.
+    Mtls,
+    /// No credentials, on a route that allows anonymous access.
+    Anonymous,
+}
+
+impl AuthMethod {
+    /// The name used in the Cedar context and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::Mtls => "mtls",
+            AuthMethod::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// Why credentials were refused. `detail` is safe to show the client: it
+/// names the problem, never key material or internals.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct AuthnFailure {
+    /// A stable, low-cardinality reason code (for metrics and audit).
+    pub reason: &'static str,
+    /// What the client should know to fix its request.
+    pub detail: String,
+}
+
+impl AuthnFailure {
+    pub(crate) fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        AuthnFailure {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The result of looking at a request's credentials.
+#[derive(Debug)]
+pub enum Authentication {
+    /// Credentials were present and valid.
+    Authenticated(Identity),
+    /// The request carried no credentials at all.
+    NoCredentials,
+    /// Credentials were present but invalid: always 401, even on routes that
+    /// allow anonymous access (a broken token is never silently ignored).
+    Rejected(AuthnFailure),
+}
+
+/// Authenticates requests with the configured methods.
+#[derive(Debug)]
+pub struct Authenticator {
+    jwt: jwt::JwtVerifier,
+    mtls: MtlsConfig,
+}
+
+/// Authentication configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthnSetupError {
+    /// An issuer's keys could not be loaded.
+    #[error(transparent)]
+    Jwks(#[from] jwt::JwksError),
+}
+
+impl Authenticator {
+    /// Builds the authenticator, loading every issuer's keys.
+    pub fn new(config: &AuthnConfig) -> Result<Self, Vec<AuthnSetupError>> {
+        let jwt = jwt::JwtVerifier::new(config).map_err(|errs| {
+            errs.into_iter()
+                .map(AuthnSetupError::from)
+                .collect::<Vec<_>>()
+        })?;
+        Ok(Authenticator {
+            jwt,
+            mtls: config.mtls.clone(),
+        })
+    }
+
+    /// Establishes who is calling. A bearer token wins over the mTLS peer:
+    /// the token names the end user, the certificate often only the client
+    /// software.
+    pub fn authenticate(&self, req: &AccessRequest, now_epoch: u64) -> Authentication {
+        if let Some(value) = req.header("authorization") {
+            return match bearer_token(value) {
+                Ok(token) => match self.jwt.verify(token, now_epoch) {
+                    Ok(identity) => Authentication::Authenticated(identity),
+                    Err(failure) => Authentication::Rejected(failure),
+                },
+                Err(failure) => Authentication::Rejected(failure),
+            };
+        }
+        if let Some(principal) = req.source_principal.as_deref() {
+            if let Some(identity) = self.mtls_identity(principal) {
+                return identity;
+            }
+        }
+        Authentication::NoCredentials
+    }
+
+    fn mtls_identity(&self, principal: &str) -> Option<Authentication> {
+        if !self.mtls.enabled || principal.is_empty() {
+            return None;
+        }
+        let trusted = self.mtls.trusted_prefixes.is_empty()
+            || self
+                .mtls
+                .trusted_prefixes
+                .iter()
+                .any(|p| principal.starts_with(p.as_str()));
+        if !trusted {
+            return Some(Authentication::Rejected(AuthnFailure::new(
+                "mtls_untrusted_peer",
+                "the client certificate's identity is not from a trusted domain",
+            )));
+        }
+        Some(match entity_uid(&self.mtls.principal_type, principal) {
+            Some(uid) => Authentication::Authenticated(Identity {
+                principal: uid,
+                parents: Vec::new(),
+                method: AuthMethod::Mtls,
+            }),
+            None => Authentication::Rejected(AuthnFailure::new(
+                "mtls_bad_principal",
+                "the client certificate's identity cannot be used",
+            )),
+        })
+    }
+}
+
+/// Extracts the token from an `Authorization: Bearer <token>` header value.
+fn bearer_token(value: &str) -> Result<&str, AuthnFailure> {
+    let (scheme, rest) = value.trim().split_once(' ').ok_or_else(|| {
+        AuthnFailure::new(
+            "malformed_authorization",
+            "the Authorization header must be 'Bearer <token>'",
+        )
+    })?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthnFailure::new(
+            "unsupported_scheme",
+            "only the Bearer authorization scheme is accepted",
+        ));
+    }
+    let token = rest.trim();
+    if token.is_empty() || token.contains(',') || token.contains(' ') {
+        // Envoy comma-merges repeated headers: two Authorization headers
+        // must not smuggle a second token past us.
+        return Err(AuthnFailure::new(
+            "malformed_authorization",
+            "send exactly one bearer token in one Authorization header",
+        ));
+    }
+    Ok(token)
+}
+
+/// Builds `Type::"id"` from a type name and a raw id.
+pub(crate) fn entity_uid(type_name: &str, id: &str) -> Option<EntityUid> {
+    let ty = type_name.parse::<cedar_policy::EntityTypeName>().ok()?;
+    Some(EntityUid::from_type_name_and_id(
+        ty,
+        cedar_policy::EntityId::new(id),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthnConfig;
+
+    fn request(headers: &[(&str, &str)], principal: Option<&str>) -> AccessRequest {
+        let mut r = AccessRequest::for_test("GET", "/");
+        for (k, v) in headers {
+            r.headers.insert(k.to_string(), v.to_string());
+        }
+        r.source_principal = principal.map(str::to_string);
+        r
+    }
+
+    fn authenticator() -> Authenticator {
+        Authenticator::new(&AuthnConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn no_credentials_is_not_a_failure() {
+        let a = authenticator();
+        assert!(matches!(
+            a.authenticate(&request(&[], None), 0),
+            Authentication::NoCredentials
+        ));
+    }
+
+    #[test]
+    fn non_bearer_scheme_is_rejected() {
+        let a = authenticator();
+        match a.authenticate(
+            &request(&[("authorization", "Basic YWxhZGRpbjpvcGVu")], None),
+            0,
+        ) {
+            Authentication::Rejected(f) => assert_eq!(f.reason, "unsupported_scheme"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn comma_merged_tokens_are_rejected() {
+        let a = authenticator();
+        match a.authenticate(
+            &request(&[("authorization", "Bearer a.b.c,Bearer d.e.f")], None),
+            0,
+        ) {
+            Authentication::Rejected(f) => assert_eq!(f.reason, "malformed_authorization"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn trusted_spiffe_peer_is_a_service_account() {
+        let a = authenticator();
+        let id = "spiffe://acme.example/ns/ml/sa/batch-scorer";
+        match a.authenticate(&request(&[], Some(id)), 0) {
+            Authentication::Authenticated(identity) => {
+                assert_eq!(identity.method, AuthMethod::Mtls);
+                assert_eq!(
+                    identity.principal.to_string(),
+                    format!("ServiceAccount::\"{id}\"")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn untrusted_peer_is_rejected() {
+        let a = authenticator();
+        match a.authenticate(&request(&[], Some("CN=evil")), 0) {
+            Authentication::Rejected(f) => assert_eq!(f.reason, "mtls_untrusted_peer"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

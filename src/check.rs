@@ -1,0 +1,102 @@
+//! The offline request format (`portcullis check --request FILE.json`): a
+//! request as JSON, optionally with an identity that stands in for
+//! credentials. Translates into `AccessRequest` like any adapter.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cedar_policy::EntityUid;
+use serde::Deserialize;
+
+use crate::authn::{AuthMethod, Identity};
+use crate::request::AccessRequest;
+
+/// A request described in JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckInput {
+    /// HTTP method.
+    pub method: String,
+    /// Path, with query string if any.
+    pub path: String,
+    /// Host / authority.
+    #[serde(default)]
+    pub host: String,
+    /// Headers (names are lower-cased), e.g. `authorization`.
+    #[serde(default)]
+    pub headers: HashMap<String, String>,
+    /// Client address.
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
+    /// mTLS peer identity as Envoy would report it.
+    #[serde(default)]
+    pub source_principal: Option<String>,
+    /// Request time, seconds since the epoch (default: now).
+    #[serde(default)]
+    pub time: Option<u64>,
+    /// Decide as this identity instead of authenticating the request.
+    #[serde(default)]
+    pub identity: Option<IdentityInput>,
+}
+
+/// An identity given directly, in Cedar terms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityInput {
+    /// The principal, e.g. `User::"alice"`.
+    pub principal: String,
+    /// Extra parents, e.g. `["Org::\"acme\""]`.
+    #[serde(default)]
+    pub parents: Vec<String>,
+}
+
+impl CheckInput {
+    /// Parses the JSON text of a request file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text)
+            .map_err(|e| format!("line {} column {}: {e}", e.line(), e.column()))
+    }
+
+    /// The request in our own terms.
+    pub fn to_access_request(&self) -> AccessRequest {
+        AccessRequest {
+            method: self.method.to_ascii_uppercase(),
+            path: self.path.clone(),
+            host: self.host.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            source_ip: self.source_ip,
+            source_principal: self.source_principal.clone(),
+            request_id: String::new(),
+            time: self
+                .time
+                .map(|t| UNIX_EPOCH + Duration::from_secs(t))
+                .unwrap_or_else(SystemTime::now),
+        }
+    }
+
+    /// The given identity, if any.
+    pub fn identity(&self) -> Result<Option<Identity>, String> {
+        let Some(input) = &self.identity else {
+            return Ok(None);
+        };
+        let parse = |s: &str| {
+            s.parse::<EntityUid>().map_err(|e| {
+                format!("identity: '{s}' is not a Cedar entity uid like User::\"alice\": {e}")
+            })
+        };
+        Ok(Some(Identity {
+            principal: parse(&input.principal)?,
+            parents: input
+                .parents
+                .iter()
+                .map(|p| parse(p))
+                .collect::<Result<_, _>>()?,
+            method: AuthMethod::Jwt,
+        }))
+    }
+}

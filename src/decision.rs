@@ -1,0 +1,203 @@
+//! The outcome of the pipeline for one request, and its client-facing
+//! rendering as an RFC 9457 problem document. Adapters turn a `Decision`
+//! into their wire format; nothing here knows a wire format.
+
+use serde::Serialize;
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The request may pass.
+    Allow,
+    /// The request is refused.
+    Deny,
+}
+
+/// Why a request was denied: a stable code, one per kind of denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// No credentials on a route that needs them.
+    Unauthenticated,
+    /// Credentials were present but invalid.
+    InvalidCredentials,
+    /// The policies do not permit the request.
+    Forbidden,
+    /// A policy failed to evaluate; denied because an erroring `forbid`
+    /// must never let a `permit` through.
+    PolicyError,
+    /// No route matches the path.
+    NoRoute,
+    /// The path matches, the method does not.
+    MethodNotAllowed,
+    /// The path cannot be decoded.
+    BadPath,
+    /// The route's resource does not exist.
+    UnknownResource,
+}
+
+impl DenyReason {
+    /// HTTP status for the client.
+    pub fn status(self) -> u16 {
+        match self {
+            DenyReason::Unauthenticated | DenyReason::InvalidCredentials => 401,
+            DenyReason::Forbidden | DenyReason::PolicyError => 403,
+            DenyReason::NoRoute | DenyReason::UnknownResource => 404,
+            DenyReason::MethodNotAllowed => 405,
+            DenyReason::BadPath => 400,
+        }
+    }
+
+    /// The stable code (problem `type` suffix, logs, metrics).
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::Unauthenticated => "unauthenticated",
+            DenyReason::InvalidCredentials => "invalid_credentials",
+            DenyReason::Forbidden => "forbidden",
+            DenyReason::PolicyError => "policy_error",
+            DenyReason::NoRoute => "no_route",
+            DenyReason::MethodNotAllowed => "method_not_allowed",
+            DenyReason::BadPath => "bad_path",
+            DenyReason::UnknownResource => "unknown_resource",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            DenyReason::Unauthenticated => "Authentication required",
+            DenyReason::InvalidCredentials => "Invalid credentials",
+            DenyReason::Forbidden => "Forbidden",
+            DenyReason::PolicyError => "Forbidden",
+            DenyReason::NoRoute => "Not found",
+            DenyReason::MethodNotAllowed => "Method not allowed",
+            DenyReason::BadPath => "Bad request path",
+            DenyReason::UnknownResource => "Not found",
+        }
+    }
+}
+
+/// The decision on one request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// Unique, time-ordered decision id (UUIDv7).
+    pub id: String,
+    /// Allow or deny.
+    pub decision: Outcome,
+    /// HTTP status the client gets (200 on allow).
+    pub status: u16,
+    /// Why it was denied; `None` on allow.
+    pub reason: Option<DenyReason>,
+    /// What the client is told (safe to show: no policy text, no internals).
+    pub detail: String,
+    /// The Cedar principal, e.g. `User::"alice"`.
+    pub principal: Option<String>,
+    /// The authentication method (`jwt`, `mtls`, `anonymous`).
+    pub auth_method: Option<&'static str>,
+    /// The Cedar action, e.g. `Action::"invoke"`.
+    pub action: Option<String>,
+    /// The Cedar resource, e.g. `ModelVersion::"sentiment/v2"`.
+    pub resource: Option<String>,
+    /// The matched route's name.
+    pub route: Option<String>,
+    /// Ids of the policies that determined the outcome.
+    pub determining_policies: Vec<String>,
+    /// Evaluation errors and authentication failure reasons, for operators
+    /// (logs, audit), never sent to the client.
+    pub errors: Vec<String>,
+    /// The policy snapshot version that decided.
+    pub policy_version: String,
+    /// For 405: the methods the path accepts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_methods: Option<String>,
+}
+
+impl Decision {
+    /// A fresh decision for a snapshot version, denied by default.
+    pub fn new(policy_version: &str) -> Self {
+        Decision {
+            id: uuid::Uuid::now_v7().to_string(),
+            decision: Outcome::Deny,
+            status: 403,
+            reason: Some(DenyReason::Forbidden),
+            detail: String::new(),
+            principal: None,
+            auth_method: None,
+            action: None,
+            resource: None,
+            route: None,
+            determining_policies: Vec::new(),
+            errors: Vec::new(),
+            policy_version: policy_version.to_string(),
+            allow_methods: None,
+        }
+    }
+
+    /// Marks the decision as allowed.
+    pub fn allow(mut self) -> Self {
+        self.decision = Outcome::Allow;
+        self.status = 200;
+        self.reason = None;
+        self.detail = String::new();
+        self
+    }
+
+    /// Marks the decision as denied with a reason and a client-safe detail.
+    pub fn deny(mut self, reason: DenyReason, detail: impl Into<String>) -> Self {
+        self.decision = Outcome::Deny;
+        self.status = reason.status();
+        self.reason = Some(reason);
+        self.detail = detail.into();
+        self
+    }
+
+    /// True when the request may pass.
+    pub fn is_allowed(&self) -> bool {
+        self.decision == Outcome::Allow
+    }
+
+    /// The RFC 9457 problem document for a denial.
+    pub fn problem_json(&self) -> String {
+        let reason = self.reason.unwrap_or(DenyReason::Forbidden);
+        let problem = serde_json::json!({
+            "type": format!("urn:portcullis:problem:{}", reason.code()),
+            "title": reason.title(),
+            "status": self.status,
+            "detail": self.detail,
+            "decision_id": self.id,
+        });
+        problem.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_document_carries_status_and_id_but_no_errors() {
+        let mut d = Decision::new("v1").deny(DenyReason::Forbidden, "not permitted");
+        d.errors.push("policy p1: secret internal detail".into());
+        let v: serde_json::Value = serde_json::from_str(&d.problem_json()).unwrap();
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["title"], "Forbidden");
+        assert_eq!(v["decision_id"], d.id.as_str());
+        assert_eq!(v["type"], "urn:portcullis:problem:forbidden");
+        assert!(!d.problem_json().contains("secret internal"));
+    }
+
+    #[test]
+    fn statuses_follow_reasons() {
+        assert_eq!(DenyReason::Unauthenticated.status(), 401);
+        assert_eq!(DenyReason::InvalidCredentials.status(), 401);
+        assert_eq!(DenyReason::PolicyError.status(), 403);
+        assert_eq!(DenyReason::NoRoute.status(), 404);
+        assert_eq!(DenyReason::MethodNotAllowed.status(), 405);
+        assert_eq!(DenyReason::BadPath.status(), 400);
+    }
+
+    #[test]
+    fn decision_ids_are_unique() {
+        assert_ne!(Decision::new("v").id, Decision::new("v").id);
+    }
+}

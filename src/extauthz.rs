@@ -1,0 +1,366 @@
+//! The Envoy ext_authz v3 adapter: `CheckRequest` -> `AccessRequest`, and
+//! `Decision` -> `CheckResponse`. Protocol mapping only; no policy logic.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+use envoy_types::pb::google::rpc;
+use tonic::{Request, Response, Status};
+
+use crate::decision::{Decision, DenyReason};
+use crate::pipeline;
+use crate::request::AccessRequest;
+use crate::server::State;
+
+/// Headers Portcullis sets for the upstream; clients may never send them.
+pub const HEADER_PREFIX: &str = "x-portcullis-";
+const PRINCIPAL_HEADER: &str = "x-portcullis-principal";
+const DECISION_HEADER: &str = "x-portcullis-decision-id";
+const VERSION_HEADER: &str = "x-portcullis-policy-version";
+
+/// gRPC codes used in `CheckResponse.status`.
+const GRPC_OK: i32 = 0;
+const GRPC_PERMISSION_DENIED: i32 = 7;
+const GRPC_UNAUTHENTICATED: i32 = 16;
+
+/// The ext_authz `Authorization` service.
+#[derive(Debug, Clone)]
+pub struct AuthzService {
+    state: Arc<State>,
+}
+
+impl AuthzService {
+    /// A service deciding with the shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        AuthzService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let access = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
+        let snapshot = self.state.policies.current();
+        let decision = pipeline::decide(&snapshot, &self.state.authenticator, &access);
+        Ok(Response::new(to_check_response(&decision, &access)))
+    }
+}
+
+/// Translates Envoy's attribute context. A request without HTTP attributes
+/// is malformed: we answer with a gRPC error (never an empty, allowing,
+/// CheckResponse).
+pub fn to_access_request(check: &CheckRequest) -> Result<AccessRequest, &'static str> {
+    let attrs = check
+        .attributes
+        .as_ref()
+        .ok_or("CheckRequest has no attributes")?;
+    let http = attrs
+        .request
+        .as_ref()
+        .and_then(|r| r.http.as_ref())
+        .ok_or("CheckRequest has no HTTP request attributes")?;
+    if http.method.is_empty() || http.path.is_empty() {
+        return Err("CheckRequest's HTTP request has no method or path");
+    }
+    let headers = headers_of(http);
+    let source = attrs.source.as_ref();
+    let source_ip = source
+        .and_then(|s| s.address.as_ref())
+        .and_then(|a| a.address.as_ref())
+        .and_then(|a| match a {
+            Address::SocketAddress(sa) => sa.address.parse::<IpAddr>().ok(),
+            _ => None,
+        });
+    let source_principal = source
+        .map(|s| s.principal.clone())
+        .filter(|p| !p.is_empty());
+    let time = attrs
+        .request
+        .as_ref()
+        .and_then(|r| r.time.as_ref())
+        .and_then(|t| {
+            let secs = u64::try_from(t.seconds).ok()?;
+            let nanos = u32::try_from(t.nanos).ok()?;
+            UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+        })
+        .unwrap_or_else(SystemTime::now);
+    let request_id = if http.id.is_empty() {
+        headers.get("x-request-id").cloned().unwrap_or_default()
+    } else {
+        http.id.clone()
+    };
+    let host = if http.host.is_empty() {
+        headers.get(":authority").cloned().unwrap_or_default()
+    } else {
+        http.host.clone()
+    };
+    Ok(AccessRequest {
+        method: http.method.to_ascii_uppercase(),
+        path: http.path.clone(),
+        host,
+        headers,
+        source_ip,
+        source_principal,
+        request_id,
+        time,
+    })
+}
+
+/// Headers with lower-case names, from `headers` or, when Envoy sends raw
+/// headers, from `header_map` (repeats comma-merged, as Envoy does).
+fn headers_of(http: &HttpRequest) -> HashMap<String, String> {
+    if !http.headers.is_empty() {
+        return http
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+    }
+    let mut out: HashMap<String, String> = HashMap::new();
+    for h in http.header_map.iter().flat_map(|m| m.headers.iter()) {
+        let value = if h.raw_value.is_empty() {
+            h.value.clone()
+        } else {
+            String::from_utf8_lossy(&h.raw_value).into_owned()
+        };
+        out.entry(h.key.to_ascii_lowercase())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    out
+}
+
+/// Renders a decision for Envoy.
+pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckResponse {
+    let metadata = decision_metadata(decision);
+    if decision.is_allowed() {
+        let mut headers = vec![
+            set_header(DECISION_HEADER, &decision.id),
+            set_header(VERSION_HEADER, &decision.policy_version),
+        ];
+        if let Some(p) = &decision.principal {
+            headers.push(set_header(PRINCIPAL_HEADER, p));
+        }
+        // Clients must never spoof our headers: the ones we set overwrite,
+        // every other x-portcullis-* header the client sent is removed.
+        let headers_to_remove = req
+            .headers
+            .keys()
+            .filter(|k| k.starts_with(HEADER_PREFIX))
+            .filter(|k| {
+                !headers
+                    .iter()
+                    .any(|h| h.header.as_ref().is_some_and(|h| &h.key == *k))
+            })
+            .cloned()
+            .collect();
+        return CheckResponse {
+            status: Some(rpc::Status {
+                code: GRPC_OK,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers,
+                headers_to_remove,
+                ..Default::default()
+            })),
+            dynamic_metadata: Some(metadata),
+        };
+    }
+    let mut headers = vec![
+        set_header("content-type", "application/problem+json"),
+        set_header(DECISION_HEADER, &decision.id),
+        set_header("cache-control", "no-store"),
+    ];
+    match decision.reason {
+        Some(DenyReason::Unauthenticated) => {
+            headers.push(set_header(
+                "www-authenticate",
+                "Bearer realm=\"portcullis\"",
+            ));
+        }
+        Some(DenyReason::InvalidCredentials) => headers.push(set_header(
+            "www-authenticate",
+            "Bearer realm=\"portcullis\", error=\"invalid_token\"",
+        )),
+        Some(DenyReason::MethodNotAllowed) => {
+            if let Some(allow) = &decision.allow_methods {
+                headers.push(set_header("allow", allow));
+            }
+        }
+        _ => {}
+    }
+    let code = if decision.status == 401 {
+        GRPC_UNAUTHENTICATED
+    } else {
+        GRPC_PERMISSION_DENIED
+    };
+    CheckResponse {
+        status: Some(rpc::Status {
+            code,
+            message: decision.reason.map(|r| r.code()).unwrap_or_default().into(),
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            // Envoy's StatusCode enum values are the HTTP status numbers.
+            status: Some(HttpStatus {
+                code: i32::from(decision.status),
+            }),
+            headers,
+            body: decision.problem_json(),
+        })),
+        dynamic_metadata: Some(metadata),
+    }
+}
+
+fn set_header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// Dynamic metadata for Envoy's access log and later filters.
+fn decision_metadata(d: &Decision) -> Struct {
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
+    let mut fields = HashMap::new();
+    fields.insert("decision_id".to_string(), s(&d.id));
+    fields.insert("policy_version".to_string(), s(&d.policy_version));
+    fields.insert(
+        "decision".to_string(),
+        s(if d.is_allowed() { "allow" } else { "deny" }),
+    );
+    if let Some(p) = &d.principal {
+        fields.insert("principal".to_string(), s(p));
+    }
+    fields.insert(
+        "determining_policies".to_string(),
+        Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: d.determining_policies.iter().map(|p| s(p)).collect(),
+            })),
+        },
+    );
+    Struct { fields }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context;
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+
+    fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    http: Some(HttpRequest {
+                        method: method.into(),
+                        path: path.into(),
+                        host: "api.test".into(),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn missing_http_attributes_is_an_error_not_an_allow() {
+        assert!(to_access_request(&CheckRequest::default()).is_err());
+    }
+
+    #[test]
+    fn header_names_are_lower_cased() {
+        let r = to_access_request(&check("get", "/x", &[("X-Request-Id", "abc")])).unwrap();
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.header("x-request-id"), Some("abc"));
+        assert_eq!(r.request_id, "abc");
+    }
+
+    #[test]
+    fn allow_overwrites_and_strips_spoofed_headers() {
+        let req = to_access_request(&check(
+            "GET",
+            "/x",
+            &[
+                ("x-portcullis-principal", "User::\"admin\""),
+                ("x-portcullis-role", "admin"),
+            ],
+        ))
+        .unwrap();
+        let mut d = Decision::new("v1").allow();
+        d.principal = Some("User::\"alice\"".into());
+        let resp = to_check_response(&d, &req);
+        assert_eq!(resp.status.unwrap().code, GRPC_OK);
+        let Some(HttpResponse::OkResponse(ok)) = resp.http_response else {
+            panic!("expected OkResponse")
+        };
+        let set: Vec<_> = ok
+            .headers
+            .iter()
+            .map(|h| h.header.clone().unwrap())
+            .collect();
+        assert!(set
+            .iter()
+            .any(|h| h.key == PRINCIPAL_HEADER && h.value == "User::\"alice\""));
+        assert!(ok
+            .headers
+            .iter()
+            .all(|h| h.append_action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32));
+        assert_eq!(ok.headers_to_remove, vec!["x-portcullis-role".to_string()]);
+    }
+
+    #[test]
+    fn deny_has_status_problem_body_and_www_authenticate() {
+        let req = AccessRequest::for_test("GET", "/x");
+        let d = Decision::new("v1").deny(DenyReason::InvalidCredentials, "expired");
+        let resp = to_check_response(&d, &req);
+        assert_eq!(resp.status.unwrap().code, GRPC_UNAUTHENTICATED);
+        let Some(HttpResponse::DeniedResponse(denied)) = resp.http_response else {
+            panic!("expected DeniedResponse")
+        };
+        assert_eq!(denied.status.unwrap().code, 401);
+        let keys: Vec<_> = denied
+            .headers
+            .iter()
+            .map(|h| h.header.clone().unwrap().key)
+            .collect();
+        assert!(keys.contains(&"www-authenticate".to_string()));
+        assert!(keys.contains(&"content-type".to_string()));
+        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+        assert_eq!(body["status"], 401);
+    }
+}

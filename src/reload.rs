@@ -1,0 +1,175 @@
+//! Holds the serving snapshot and replaces it: on file change (debounced),
+//! on SIGHUP, or on demand. A new snapshot is fully validated before it is
+//! swapped in atomically; an invalid change leaves the last good one serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::Watcher;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::snapshot::{LoadErrors, Snapshot};
+
+/// Counters and the last failure, for the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStats {
+    /// Snapshots swapped in since start (not counting the first).
+    pub reloads: u64,
+    /// Rejected reload attempts since start.
+    pub rejected: u64,
+    /// Errors of the last attempt, if it was rejected.
+    pub last_errors: Vec<String>,
+}
+
+/// The serving snapshot of one policy directory.
+#[derive(Debug)]
+pub struct PolicyStore {
+    dir: PathBuf,
+    current: ArcSwap<Snapshot>,
+    // A std mutex: held only by the blocking reload, never across an await.
+    // It also serialises reloads so an older load cannot overwrite a newer.
+    stats: Mutex<ReloadStats>,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// A new version now serves.
+    Swapped { from: String, to: String },
+    /// The directory's content did not change.
+    Unchanged { version: String },
+}
+
+impl PolicyStore {
+    /// Loads the directory; an invalid directory is an error (no snapshot,
+    /// so nothing to serve).
+    pub fn load(dir: &Path) -> Result<Self, LoadErrors> {
+        let snapshot = Snapshot::load(dir)?;
+        Ok(PolicyStore {
+            dir: dir.to_path_buf(),
+            current: ArcSwap::from_pointee(snapshot),
+            stats: Mutex::new(ReloadStats::default()),
+        })
+    }
+
+    /// The snapshot serving now; a request holds it for its whole evaluation.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The policy directory.
+    pub fn directory(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reload statistics.
+    pub fn stats(&self) -> ReloadStats {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Loads the directory again and swaps the result in if it is valid.
+    /// Blocking (reads files, may run git): call from a blocking context.
+    pub fn reload(&self) -> Result<ReloadOutcome, LoadErrors> {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let from = self.current.load().version.clone();
+        match Snapshot::load(&self.dir) {
+            Ok(snapshot) if snapshot.version == from => {
+                stats.last_errors.clear();
+                Ok(ReloadOutcome::Unchanged { version: from })
+            }
+            Ok(snapshot) => {
+                let to = snapshot.version.clone();
+                self.current.store(Arc::new(snapshot));
+                stats.reloads += 1;
+                stats.last_errors.clear();
+                tracing::info!(from = %from, to = %to, "policy snapshot reloaded");
+                Ok(ReloadOutcome::Swapped { from, to })
+            }
+            Err(errors) => {
+                stats.rejected += 1;
+                stats.last_errors = errors.errors.iter().map(ToString::to_string).collect();
+                for e in &errors.errors {
+                    tracing::error!(file = %e.file, line = e.line, error = %e.message, "rejected policy change");
+                }
+                tracing::error!(
+                    serving = %from,
+                    problems = errors.errors.len(),
+                    "policy reload rejected; the last good snapshot keeps serving"
+                );
+                Err(errors)
+            }
+        }
+    }
+
+    /// Reloads on a blocking thread.
+    pub async fn reload_async(self: &Arc<Self>) -> Result<ReloadOutcome, LoadErrors> {
+        let store = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || store.reload()).await {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+/// Watches the policy directory and reloads after `debounce` of quiet.
+/// The returned task stops when `cancel` fires.
+pub fn spawn_watcher(
+    store: Arc<PolicyStore>,
+    debounce: Duration,
+    cancel: CancellationToken,
+) -> notify::Result<tokio::task::JoinHandle<()>> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        match event {
+            Ok(e) if e.kind.is_access() => {}
+            // A full channel already means "reload pending".
+            Ok(_) => {
+                let _ = tx.try_send(());
+            }
+            Err(e) => tracing::warn!(error = %e, "policy directory watch error"),
+        }
+    })?;
+    watcher.watch(store.directory(), notify::RecursiveMode::Recursive)?;
+    Ok(tokio::spawn(async move {
+        // The watcher lives as long as this task.
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = rx.recv() => if got.is_none() { return },
+            }
+            // Debounce: wait until no event arrived for `debounce`.
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(debounce) => break,
+                    got = rx.recv() => if got.is_none() { return },
+                }
+            }
+            let _ = store.reload_async().await;
+        }
+    }))
+}
+
+/// Reloads on SIGHUP until `cancel` fires.
+#[cfg(unix)]
+pub fn spawn_sighup(
+    store: Arc<PolicyStore>,
+    cancel: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading policies");
+            let _ = store.reload_async().await;
+        }
+    }))
+}

@@ -1,0 +1,48 @@
+//! The request under decision, in our own terms: what every adapter
+//! (ext_authz, RLS, the offline `check` command) translates its input into.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+/// One request a gateway asks about.
+#[derive(Debug, Clone)]
+pub struct AccessRequest {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// The raw `:path`, possibly with a query string.
+    pub path: String,
+    /// The `:authority` / Host.
+    pub host: String,
+    /// Request headers, names lower-cased (Envoy comma-merges repeats).
+    pub headers: HashMap<String, String>,
+    /// The downstream client's address, as the gateway saw it.
+    pub source_ip: Option<IpAddr>,
+    /// The downstream mTLS peer identity (URI SAN / SPIFFE id), if any.
+    pub source_principal: Option<String>,
+    /// The gateway's request id (`x-request-id`), for correlation.
+    pub request_id: String,
+    /// When the gateway received the request.
+    pub time: SystemTime,
+}
+
+impl AccessRequest {
+    /// A header value by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// A minimal request for tests.
+    pub fn for_test(method: &str, path: &str) -> Self {
+        AccessRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+            host: "api.test".to_string(),
+            headers: HashMap::new(),
+            source_ip: None,
+            source_principal: None,
+            request_id: String::new(),
+            time: SystemTime::now(),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The gRPC servers: the decision listener (ext_authz, health, reflection)
+//! and the admin listener (admin API, health, reflection), their limits,
+//! background tasks, and graceful shutdown. No decision logic lives here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::admin::PolicyAdmin;
+use crate::authn::Authenticator;
+use crate::config::Config;
+use crate::extauthz::AuthzService;
+use crate::proto::policy_service_server::PolicyServiceServer;
+use crate::reload::{self, PolicyStore};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct State {
+    /// The serving policy snapshot.
+    pub policies: Arc<PolicyStore>,
+    /// Credential verification.
+    pub authenticator: Authenticator,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The policy directory is invalid.
+    #[error(transparent)]
+    Policies(#[from] crate::snapshot::LoadErrors),
+    /// Authentication could not be set up.
+    #[error("authentication setup failed:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Authn(Vec<crate::authn::AuthnSetupError>),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Watching the policy directory failed.
+    #[error("cannot watch the policy directory: {0}")]
+    Watch(String),
+}
+
+/// A running Portcullis.
+#[derive(Debug)]
+pub struct Running {
+    /// The decision listener's address.
+    pub decision_addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin_addr: SocketAddr,
+    /// Shared state (for tests and the binary).
+    pub state: Arc<State>,
+    cancel: CancellationToken,
+    tasks: JoinSet<Result<(), tonic::transport::Error>>,
+    background: JoinSet<()>,
+    grace: Duration,
+}
+
+/// Loads policies, binds the listeners and starts serving.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let policies_dir = config.policies.clone();
+    let store = tokio::task::spawn_blocking(move || PolicyStore::load(&policies_dir))
+        .await
+        .expect("policy loading does not panic")?;
+    let snapshot = store.current();
+    tracing::info!(
+        version = %snapshot.version,
+        policies = snapshot.policy_count(),
+        routes = snapshot.routes.routes().len(),
+        directory = %snapshot.directory.display(),
+        "policy snapshot loaded"
+    );
+    let authenticator = Authenticator::new(&config.authentication).map_err(StartError::Authn)?;
+    let state = Arc::new(State {
+        policies: Arc::new(store),
+        authenticator,
+    });
+
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let decision_listener = bind("listen", config.listen).await?;
+    let admin_listener = bind("admin_listen", config.admin_listen).await?;
+    let decision_addr = decision_listener
+        .local_addr()
+        .expect("bound socket has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound socket has an address");
+
+    let cancel = CancellationToken::new();
+    let mut background = JoinSet::new();
+    if config.reload.watch {
+        let handle = reload::spawn_watcher(
+            Arc::clone(&state.policies),
+            Duration::from_millis(config.reload.debounce_ms),
+            cancel.clone(),
+        )
+        .map_err(|e| StartError::Watch(e.to_string()))?;
+        background.spawn(async move {
+            let _ = handle.await;
+        });
+    }
+    #[cfg(unix)]
+    if let Ok(handle) = reload::spawn_sighup(Arc::clone(&state.policies), cancel.clone()) {
+        background.spawn(async move {
+            let _ = handle.await;
+        });
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthorizationServer<AuthzService>>()
+        .await;
+    health
+        .set_serving::<PolicyServiceServer<PolicyAdmin>>()
+        .await;
+
+    let limits = &config.server;
+    let max_message = limits.max_message_bytes;
+    let builder = || {
+        let keepalive = (limits.keepalive_interval_seconds > 0)
+            .then(|| Duration::from_secs(limits.keepalive_interval_seconds));
+        Server::builder()
+            .timeout(config.request_timeout())
+            .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .http2_max_header_list_size(Some(limits.max_header_list_size))
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_seconds)))
+            .tcp_nodelay(true)
+    };
+
+    let mut tasks = JoinSet::new();
+    {
+        let (v1, v1alpha) = reflection(&[
+            "envoy.service.auth.v3.Authorization",
+            "grpc.health.v1.Health",
+        ]);
+        let authz = AuthorizationServer::new(AuthzService::new(Arc::clone(&state)))
+            .max_decoding_message_size(max_message);
+        let router = builder()
+            .add_service(authz)
+            .add_service(health_service.clone())
+            .add_service(v1)
+            .add_service(v1alpha);
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(decision_listener),
+                    stop.cancelled_owned(),
+                )
+                .await
+        });
+    }
+    {
+        let (v1, v1alpha) =
+            reflection(&["portcullis.admin.v1.PolicyService", "grpc.health.v1.Health"]);
+        let router = builder()
+            .add_service(PolicyServiceServer::new(PolicyAdmin::new(Arc::clone(
+                &state,
+            ))))
+            .add_service(health_service)
+            .add_service(v1)
+            .add_service(v1alpha);
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(admin_listener),
+                    stop.cancelled_owned(),
+                )
+                .await
+        });
+    }
+
+    Ok(Running {
+        decision_addr,
+        admin_addr,
+        state,
+        cancel,
+        tasks,
+        background,
+        grace: Duration::from_millis(limits.shutdown_grace_ms),
+    })
+}
+
+/// Reflection services (v1 and v1alpha, which grpcurl 1.8.6 speaks) that
+/// list exactly `services`.
+fn reflection(
+    services: &[&str],
+) -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let configure = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::REFLECTION_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    let v1 = configure()
+        .build_v1()
+        .expect("reflection descriptors are valid");
+    let v1alpha = configure()
+        .build_v1alpha()
+        .expect("reflection descriptors are valid");
+    (v1, v1alpha)
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish within the grace
+    /// period, stops background tasks.
+    pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
+        self.cancel.cancel();
+        let grace = self.grace;
+        let drained = tokio::time::timeout(grace, async {
+            let mut result = Ok(());
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Ok(Err(e)) = joined {
+                    result = Err(e);
+                }
+            }
+            result
+        })
+        .await;
+        self.background.shutdown().await;
+        match drained {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "in-flight requests did not finish within the grace period; closing"
+                );
+                self.tasks.shutdown().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until a server task ends on its own (an error), for the binary.
+    pub async fn serve_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        tokio::select! {
+            _ = signal => {}
+            Some(joined) = self.tasks.join_next() => {
+                if let Ok(Err(e)) = joined {
+                    self.cancel.cancel();
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}

@@ -1,0 +1,762 @@
+//! The policy directory, loaded and fully validated into one immutable
+//! `Snapshot`. Loading reports every problem at once, each with file and
+//! line; it never half-publishes. Swapping snapshots is `reload`'s job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use cedar_policy::{
+    Context, Entities, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request, Schema,
+    ValidationMode, Validator,
+};
+use sha2::{Digest, Sha256};
+
+use crate::routes::{Authentication, RouteTable};
+
+/// The entity type of callers without credentials on routes that allow them.
+pub const ANONYMOUS_TYPE: &str = "Anonymous";
+
+/// Where a policy came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySource {
+    /// File, relative to the policy directory.
+    pub file: String,
+    /// 1-based line of the policy's `@id` annotation.
+    pub line: usize,
+}
+
+/// Everything that decides, loaded and validated together.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Git commit (with a dirty suffix) or content hash.
+    pub version: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// The directory it came from.
+    pub directory: PathBuf,
+    /// The files that make it up, relative to `directory`.
+    pub files: Vec<String>,
+    /// The Cedar schema.
+    pub schema: Schema,
+    /// The enforced Cedar policies, each with its `@id` as policy id.
+    pub policies: PolicySet,
+    /// Where each policy is defined.
+    pub sources: BTreeMap<String, PolicySource>,
+    /// Static entities from `entities.json`.
+    pub entities: Entities,
+    /// The route table.
+    pub routes: RouteTable,
+}
+
+/// One problem in a policy directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The file, relative to the directory (or the directory itself).
+    pub file: String,
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// All the problems found in a policy directory.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("policy directory {} is invalid ({} problem(s)):\n  {}", directory.display(), errors.len(), errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+pub struct LoadErrors {
+    /// The directory.
+    pub directory: PathBuf,
+    /// Every problem, in file order.
+    pub errors: Vec<LoadError>,
+}
+
+const SCHEMA_FILE: &str = "schema.cedarschema";
+const ENTITIES_FILE: &str = "entities.json";
+const ROUTES_FILE: &str = "routes.yaml";
+
+impl Snapshot {
+    /// Loads and validates a policy directory.
+    pub fn load(dir: &Path) -> Result<Snapshot, LoadErrors> {
+        let mut errors = Vec::new();
+        let fail = |errors: Vec<LoadError>| LoadErrors {
+            directory: dir.to_path_buf(),
+            errors,
+        };
+        let files = read_files(dir).map_err(|e| fail(vec![e]))?;
+
+        let schema = match files.get(SCHEMA_FILE) {
+            None => {
+                errors.push(LoadError {
+                    file: SCHEMA_FILE.into(),
+                    line: None,
+                    message: "missing: the policy directory needs a Cedar schema".into(),
+                });
+                None
+            }
+            Some(text) => match Schema::from_cedarschema_str(text) {
+                Ok((schema, warnings)) => {
+                    for w in warnings {
+                        tracing::warn!(file = SCHEMA_FILE, warning = %w, "schema warning");
+                    }
+                    Some(schema)
+                }
+                Err(e) => {
+                    errors.extend(diagnostic_errors(SCHEMA_FILE, text, &e));
+                    None
+                }
+            },
+        };
+
+        let (policies, sources) = parse_policies(&files, &mut errors);
+
+        let routes = match files.get(ROUTES_FILE) {
+            None => {
+                errors.push(LoadError {
+                    file: ROUTES_FILE.into(),
+                    line: None,
+                    message: "missing: the policy directory needs a route table".into(),
+                });
+                None
+            }
+            Some(text) => match RouteTable::parse(text, Path::new(ROUTES_FILE)) {
+                Ok(t) => Some(t),
+                Err(errs) => {
+                    errors.extend(errs.into_iter().map(|e| LoadError {
+                        file: ROUTES_FILE.into(),
+                        line: Some(e.line),
+                        message: e.message,
+                    }));
+                    None
+                }
+            },
+        };
+
+        let Some(schema) = schema else {
+            return Err(fail(errors));
+        };
+
+        // Everything below checks against the schema.
+        let validator = Validator::new(schema.clone());
+        let result = validator.validate(&policies, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let id = e.policy_id().to_string();
+            let (file, line) = sources
+                .get(&id)
+                .map(|s| (s.file.clone(), Some(s.line)))
+                .unwrap_or_else(|| ("?".into(), None));
+            errors.push(LoadError {
+                file,
+                line,
+                message: format!("policy '{id}' does not match the schema: {e}"),
+            });
+        }
+        for w in result.validation_warnings() {
+            tracing::warn!(policy = %w.policy_id(), warning = %w, "policy validation warning");
+        }
+
+        let entities = match files.get(ENTITIES_FILE) {
+            None => Entities::empty(),
+            Some(text) => match Entities::from_json_str(text, Some(&schema)) {
+                Ok(e) => e,
+                Err(e) => {
+                    let message = error_chain(&e);
+                    errors.push(LoadError {
+                        file: ENTITIES_FILE.into(),
+                        line: json_error_line(text).or_else(|| entity_line(text, &message)),
+                        message: format!("{message}{}", miette_help(&e)),
+                    });
+                    Entities::empty()
+                }
+            },
+        };
+
+        if let Some(routes) = &routes {
+            check_routes_against_schema(routes, &schema, &files[ROUTES_FILE], &mut errors);
+        }
+
+        if !errors.is_empty() {
+            return Err(fail(errors));
+        }
+        let routes = routes.expect("routes parsed when there are no errors");
+        Ok(Snapshot {
+            version: version_of(dir, &files),
+            loaded_at: SystemTime::now(),
+            directory: dir.to_path_buf(),
+            files: files.keys().cloned().collect(),
+            schema,
+            policies,
+            sources,
+            entities,
+            routes,
+        })
+    }
+
+    /// Number of enforced policies.
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+}
+
+/// Reads the files that make up a snapshot, keyed by relative path.
+fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LoadError {
+        file: dir.display().to_string(),
+        line: None,
+        message: format!("cannot read the policy directory: {e}"),
+    })?;
+    let mut files = BTreeMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let wanted = name == SCHEMA_FILE
+            || name == ENTITIES_FILE
+            || name == ROUTES_FILE
+            || name.ends_with(".cedar");
+        if !wanted || !entry.path().is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
+            file: name.clone(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        files.insert(name, text);
+    }
+    Ok(files)
+}
+
+/// Parses every `*.cedar` file; each policy takes its `@id` as its id.
+fn parse_policies(
+    files: &BTreeMap<String, String>,
+    errors: &mut Vec<LoadError>,
+) -> (PolicySet, BTreeMap<String, PolicySource>) {
+    let mut set = PolicySet::new();
+    let mut sources: BTreeMap<String, PolicySource> = BTreeMap::new();
+    for (file, text) in files.iter().filter(|(f, _)| f.ends_with(".cedar")) {
+        let parsed = match PolicySet::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.extend(diagnostic_errors(file, text, &e));
+                continue;
+            }
+        };
+        if parsed.templates().next().is_some() {
+            errors.push(LoadError {
+                file: file.clone(),
+                line: None,
+                message: "policy templates (?principal/?resource) are not supported; write static policies".into(),
+            });
+        }
+        let id_lines = annotation_lines(text);
+        let mut seen_in_file: HashMap<String, usize> = HashMap::new();
+        let mut unnamed = 0;
+        for policy in parsed.policies() {
+            let Some(id) = policy.annotation("id").map(str::to_string) else {
+                unnamed += 1;
+                errors.push(LoadError {
+                    file: file.clone(),
+                    line: nth_policy_line(text, unnamed),
+                    message:
+                        "policy has no @id(\"...\") annotation; every policy needs a unique id"
+                            .into(),
+                });
+                continue;
+            };
+            // The k-th policy with this id in this file sits at the k-th
+            // `@id("...")` with it.
+            let k = seen_in_file.entry(id.clone()).or_default();
+            let line = id_lines
+                .get(&id)
+                .and_then(|lines| lines.get(*k))
+                .copied()
+                .unwrap_or(1);
+            *k += 1;
+            if let Some(first) = sources.get(&id) {
+                errors.push(LoadError {
+                    file: file.clone(),
+                    line: Some(line),
+                    message: format!(
+                        "duplicate policy id '{id}' (first defined at {}:{})",
+                        first.file, first.line
+                    ),
+                });
+                continue;
+            }
+            if let Err(e) = set.add(policy.new_id(PolicyId::new(&id))) {
+                errors.push(LoadError {
+                    file: file.clone(),
+                    line: Some(line),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+            sources.insert(
+                id,
+                PolicySource {
+                    file: file.clone(),
+                    line,
+                },
+            );
+        }
+    }
+    (set, sources)
+}
+
+/// Lines of `@id("...")` annotations, by id, in file order.
+fn annotation_lines(text: &str) -> HashMap<String, Vec<usize>> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(pos) = rest.find("@id(") {
+            rest = &rest[pos + 4..];
+            let trimmed = rest.trim_start();
+            if let Some(body) = trimmed.strip_prefix('"') {
+                if let Some(end) = body.find('"') {
+                    out.entry(body[..end].to_string())
+                        .or_insert_with(Vec::new)
+                        .push(i + 1);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Best-effort line of the n-th policy (1-based) without an id: the n-th
+/// line starting with `permit` or `forbid`.
+fn nth_policy_line(text: &str, n: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start();
+            l.starts_with("permit") || l.starts_with("forbid")
+        })
+        .nth(n - 1)
+        .map(|(i, _)| i + 1)
+}
+
+/// Turns a miette diagnostic (Cedar's parse and schema errors) into errors
+/// with line numbers taken from its labels.
+fn diagnostic_errors(file: &str, text: &str, diag: &dyn miette::Diagnostic) -> Vec<LoadError> {
+    let mut out = Vec::new();
+    // A diagnostic may bundle several (ParseErrors does).
+    if let Some(related) = diag.related() {
+        for d in related {
+            out.extend(diagnostic_errors(file, text, d));
+        }
+        if !out.is_empty() {
+            return out;
+        }
+    }
+    let line = diag
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| line_of_offset(text, label.offset()));
+    out.push(LoadError {
+        file: file.to_string(),
+        line,
+        message: format!("{diag}{}", miette_help(diag)),
+    });
+    out
+}
+
+/// An error with its causes, `outer: inner: innermost`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The line of the first entity uid (`Type::"id"`) an error message names.
+fn entity_line(text: &str, message: &str) -> Option<usize> {
+    let start = message.find("::\"")?;
+    let rest = &message[start + 3..];
+    let id = &rest[..rest.find('"')?];
+    let needle = format!("\"id\": \"{id}\"");
+    let compact = format!("\"id\":\"{id}\"");
+    text.find(&needle)
+        .or_else(|| text.find(&compact))
+        .map(|offset| line_of_offset(text, offset))
+}
+
+fn miette_help(diag: &dyn miette::Diagnostic) -> String {
+    diag.help()
+        .map(|h| format!(" (hint: {h})"))
+        .unwrap_or_default()
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of a JSON syntax error, if the text is not valid JSON.
+fn json_error_line(text: &str) -> Option<usize> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .err()
+        .map(|e| e.line())
+}
+
+/// Checks every route against the schema by building the Cedar request the
+/// route will produce: the action exists, applies to the route's resource
+/// type, the declared headers fit the context type, and routes that allow
+/// anonymous callers name an action that `Anonymous` may take.
+fn check_routes_against_schema(
+    routes: &RouteTable,
+    schema: &Schema,
+    text: &str,
+    errors: &mut Vec<LoadError>,
+) {
+    for (index, route) in routes.routes().iter().enumerate() {
+        let mut err = |message: String| {
+            errors.push(LoadError {
+                file: ROUTES_FILE.into(),
+                line: Some(crate::routes::route_line(text, index, None)),
+                message: format!("route '{}': {message}", route.name),
+            })
+        };
+        let action = action_uid(&route.action);
+        let Some(principals) = schema.principals_for_action(&action) else {
+            err(format!(
+                "action '{}' is not declared in {SCHEMA_FILE}",
+                route.action
+            ));
+            continue;
+        };
+        let principals: Vec<EntityTypeName> = principals.cloned().collect();
+        let resource_type = match EntityTypeName::from_str(&route.resource_type) {
+            Ok(t) => t,
+            Err(e) => {
+                err(format!("resource type '{}': {e}", route.resource_type));
+                continue;
+            }
+        };
+        let resources: Vec<_> = schema
+            .resources_for_action(&action)
+            .map(|r| r.cloned().collect())
+            .unwrap_or_default();
+        if !resources.contains(&resource_type) {
+            err(format!(
+                "action '{}' does not apply to resource type '{}' (it applies to: {})",
+                route.action,
+                route.resource_type,
+                join(&resources)
+            ));
+            continue;
+        }
+        if route.authentication == Authentication::Optional
+            && !principals.iter().any(|p| p.to_string() == ANONYMOUS_TYPE)
+        {
+            err(format!(
+                "authentication is optional but action '{}' does not apply to principal type '{ANONYMOUS_TYPE}'; add it to the action's principal types in {SCHEMA_FILE} or make authentication required",
+                route.action
+            ));
+            continue;
+        }
+        let Some(principal_type) = principals.first() else {
+            err(format!(
+                "action '{}' applies to no principal type",
+                route.action
+            ));
+            continue;
+        };
+        let sample = crate::authz::RequestContext::sample(route);
+        let principal =
+            EntityUid::from_type_name_and_id(principal_type.clone(), EntityId::new("sample"));
+        let resource = EntityUid::from_type_name_and_id(resource_type, EntityId::new("sample"));
+        let context = match Context::from_json_value(sample, Some((schema, &action))) {
+            Ok(c) => c,
+            Err(e) => {
+                err(format!(
+                    "the request context this route produces does not match the schema's context for action '{}': {e}",
+                    route.action
+                ));
+                continue;
+            }
+        };
+        if let Err(e) = Request::new(principal, action, resource, context, Some(schema)) {
+            err(format!(
+                "the Cedar request this route produces is invalid: {e}"
+            ));
+        }
+    }
+}
+
+fn join(types: &[EntityTypeName]) -> String {
+    if types.is_empty() {
+        return "nothing".into();
+    }
+    types
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `Action::"name"` for a route's action.
+pub fn action_uid(name: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(
+        EntityTypeName::from_str("Action").expect("'Action' is a valid type name"),
+        EntityId::new(name),
+    )
+}
+
+/// The snapshot's version: the git commit of the directory when it is in a
+/// git checkout (with `-dirty.<hash>` when the files differ from the
+/// commit), otherwise `sha256:<hash>` of the files.
+fn version_of(dir: &Path, files: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    for (name, text) in files {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((text.len() as u64).to_le_bytes());
+        hasher.update(text.as_bytes());
+    }
+    let hash = hex::encode(hasher.finalize());
+    let short = &hash[..12];
+    match git_commit(dir) {
+        Some((commit, false)) => commit,
+        Some((commit, true)) => format!("{commit}-dirty.{short}"),
+        None => format!("sha256:{short}"),
+    }
+}
+
+/// `(short commit, dirty)` for a directory inside a git checkout.
+fn git_commit(dir: &Path) -> Option<(String, bool)> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = run(&["rev-parse", "--short=12", "HEAD"])?;
+    if commit.is_empty() {
+        return None;
+    }
+    let status = run(&["status", "--porcelain", "--", "."])?;
+    Some((commit, !status.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundled() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")
+    }
+
+    fn copy_bundled(to: &Path) {
+        for entry in std::fs::read_dir(bundled()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn errors_of(dir: &Path) -> Vec<String> {
+        Snapshot::load(dir)
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn policies_take_their_id_annotation_and_source_line() {
+        let s = Snapshot::load(&bundled()).unwrap();
+        let src = &s.sources["no-deprecated-versions"];
+        assert_eq!(src.file, "models.cedar");
+        let text = std::fs::read_to_string(bundled().join("models.cedar")).unwrap();
+        assert!(text
+            .lines()
+            .nth(src.line - 1)
+            .unwrap()
+            .contains("@id(\"no-deprecated-versions\")"));
+    }
+
+    #[test]
+    fn missing_required_files_are_each_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let errs = errors_of(dir.path());
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("schema.cedarschema: missing")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("routes.yaml: missing")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_across_files_point_at_both() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        std::fs::write(
+            dir.path().join("zz.cedar"),
+            "\n@id(\"public-status\")\npermit (principal, action, resource);\n",
+        )
+        .unwrap();
+        let errs = errors_of(dir.path());
+        assert!(
+            errs.iter().any(|e| e.starts_with(
+                "zz.cedar:2: duplicate policy id 'public-status' (first defined at platform.cedar:"
+            )),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn templates_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        std::fs::write(
+            dir.path().join("t.cedar"),
+            "@id(\"t\")\npermit (principal == ?principal, action, resource);\n",
+        )
+        .unwrap();
+        let errs = errors_of(dir.path());
+        assert!(errs.iter().any(|e| e.contains("templates")), "{errs:?}");
+    }
+
+    #[test]
+    fn entity_not_matching_the_schema_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        let text = std::fs::read_to_string(dir.path().join(ENTITIES_FILE)).unwrap();
+        std::fs::write(
+            dir.path().join(ENTITIES_FILE),
+            text.replace("\"deprecated\": true", "\"deprecated\": \"yes\""),
+        )
+        .unwrap();
+        let errs = errors_of(dir.path());
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("entities.json") && e.contains("deprecated")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn optional_auth_route_needs_an_action_anonymous_may_take() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        let text = std::fs::read_to_string(dir.path().join(ROUTES_FILE)).unwrap();
+        std::fs::write(
+            dir.path().join(ROUTES_FILE),
+            text.replace(
+                "    resource: { type: AuditLog, id: main }\n",
+                "    resource: { type: AuditLog, id: main }\n    authentication: optional\n",
+            ),
+        )
+        .unwrap();
+        let errs = errors_of(dir.path());
+        assert!(
+            errs.iter().any(|e| e.starts_with("routes.yaml:")
+                && e.contains("'read-audit'")
+                && e.contains("Anonymous")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn undeclared_context_header_is_a_route_error() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        let text = std::fs::read_to_string(dir.path().join(ROUTES_FILE)).unwrap();
+        std::fs::write(
+            dir.path().join(ROUTES_FILE),
+            text.replace("[x-client-region]", "[x-client-region, x-tenant]"),
+        )
+        .unwrap();
+        let errs = errors_of(dir.path());
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("'predict'") && e.contains("context")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn version_is_a_content_hash_outside_git_and_changes_with_content() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        let v1 = Snapshot::load(dir.path()).unwrap().version;
+        assert!(v1.starts_with("sha256:") && v1.len() == 19, "{v1}");
+        assert_eq!(Snapshot::load(dir.path()).unwrap().version, v1, "stable");
+        std::fs::write(dir.path().join("platform.cedar"), "// emptied\n").unwrap();
+        std::fs::write(dir.path().join(ROUTES_FILE), "routes: []\n").unwrap();
+        assert_ne!(Snapshot::load(dir.path()).unwrap().version, v1);
+    }
+
+    #[test]
+    fn version_is_the_git_commit_in_a_checkout_with_a_dirty_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .arg("-C")
+                .arg(dir.path())
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "-c",
+                    "commit.gpgsign=false",
+                ])
+                .args(args)
+                .output()
+                .expect("git is installed")
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        copy_bundled(dir.path());
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", "policies"]);
+        let head = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir.path())
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .unwrap();
+        let head = String::from_utf8(head.stdout).unwrap().trim().to_string();
+        assert_eq!(Snapshot::load(dir.path()).unwrap().version, head);
+
+        let path = dir.path().join("platform.cedar");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}\n// edited\n")).unwrap();
+        let dirty = Snapshot::load(dir.path()).unwrap().version;
+        assert!(dirty.starts_with(&format!("{head}-dirty.")), "{dirty}");
+    }
+}
