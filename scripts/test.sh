@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: installs what the tests need when missing (redis-server,
+# Envoy 1.40, grpcurl 1.8.6; see scripts/install-test-tools.sh), then runs
+# formatting and lint checks and the whole cargo test suite (unit,
+# integration, end-to-end through a real Envoy). Extra arguments go to
+# `cargo test`. Exits non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/install-test-tools.sh
+export PATH="$PWD/.tools/bin:$PATH"
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked "$@"

@@ -1,0 +1,991 @@
+//! Shared support for the integration tests: real processes (Portcullis,
+//! Envoy) on free loopback ports, an in-process upstream that echoes what it
+//! received, a small HTTP/1.1 client, and JWTs signed with the fixture keys.
+//!
+//! It does not decide what a test expects; the tests do. Every process it
+//! starts is killed when its handle drops, and every wait is bounded.
+//!
+//! Tools come from `PORTCULLIS_<TOOL>`, then `<repo>/.tools/bin`, then `PATH`;
+//! a missing tool is a test failure that says to run
+//! `scripts/install-test-tools.sh`, never a silent skip.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// How long a process may take to become ready before the test fails.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one HTTP exchange with Envoy or the upstream may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The issuer of the fixture keys (`tests/fixtures/keys`).
+pub const ISSUER: &str = "https://idp.test.portcullis/";
+/// The audience Portcullis accepts for [`ISSUER`].
+pub const AUDIENCE: &str = "portcullis";
+
+// ---------------------------------------------------------------------------
+// Paths, ports, tools
+// ---------------------------------------------------------------------------
+
+/// The repository root (the crate's manifest directory).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file under `tests/fixtures`.
+pub fn fixture(relative: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(relative)
+}
+
+/// The repository's bundled policy directory.
+pub fn policies_dir() -> PathBuf {
+    repo().join("policies")
+}
+
+/// A loopback port that was free a moment ago. Another process may take it
+/// before the caller binds it: callers that can retry a start do so.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0 to find a free port")
+        .port()
+}
+
+/// Finds a tool the tests run for real: `envoy`, `grpcurl` or `redis-server`.
+///
+/// Looks at `PORTCULLIS_<NAME>` (upper case, `-` as `_`), then
+/// `<repo>/.tools/bin/<name>`, then `PATH`. Panics when it finds none.
+pub fn tool(name: &str) -> PathBuf {
+    let var = format!("PORTCULLIS_{}", name.to_ascii_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(&var) {
+        let path = PathBuf::from(path);
+        assert!(
+            is_executable(&path),
+            "{var}={} is not an executable file; unset it to use \
+             .tools/bin/{name} from `scripts/install-test-tools.sh`",
+            path.display()
+        );
+        return path;
+    }
+    let local = repo().join(".tools/bin").join(name);
+    if is_executable(&local) {
+        return local;
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join(name);
+            if is_executable(&candidate) {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "`{name}` not found (looked at ${var}, {}, and PATH). \
+         Run `scripts/install-test-tools.sh` (as root) to install the test tools, \
+         or set {var} to the binary.",
+        local.display()
+    );
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Makes a child die with the test process even when the test process is
+/// killed without running destructors (Ctrl-C on cargo, a CI timeout), so
+/// no Envoy or Portcullis outlives its test run on a shared machine.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Sends SIGTERM to `child` and waits at most `timeout` for it to exit.
+fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: plain syscall on a pid we own and have not reaped yet.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    wait_timeout(child, timeout)
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait().expect("try_wait on child") {
+            Some(status) => return Some(status),
+            None if Instant::now() >= deadline => return None,
+            None => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Portcullis
+// ---------------------------------------------------------------------------
+
+/// Writes a Portcullis config into `dir` that trusts the fixture issuer and
+/// uses the bundled policies, all paths absolute; returns its path.
+///
+/// Both listeners are on port 0 so that tests can run in parallel; the
+/// ports are learnt from the `listening <kind> <addr>` lines on stdout.
+pub fn write_config(dir: &Path) -> PathBuf {
+    let q = |p: PathBuf| serde_json::to_string(&p.display().to_string()).unwrap();
+    let text = format!(
+        r#"# Written by tests/support/mod.rs
+listen: "127.0.0.1:0"
+admin_listen: "127.0.0.1:0"
+policies: {policies}
+authentication:
+  leeway_seconds: 30
+  jwt:
+    - issuer: "{ISSUER}"
+      audiences: ["{AUDIENCE}"]
+      jwks_file: {jwks}
+      algorithms: ["ES256", "RS256"]
+      principal_type: "User"
+      org_claim: "org"
+"#,
+        policies = q(policies_dir()),
+        jwks = q(fixture("keys/test-issuer.jwks.json")),
+    );
+    let path = dir.join("portcullis.yaml");
+    std::fs::write(&path, text).expect("write portcullis config");
+    path
+}
+
+/// A running `portcullis serve`, killed on drop.
+pub struct Portcullis {
+    child: Child,
+    addr: SocketAddr,
+    /// Lines of stdout after the first `listening decision` line.
+    stdout: mpsc::Receiver<String>,
+    /// Every `listening <kind> <addr>` line seen so far.
+    listeners: Vec<(String, SocketAddr)>,
+    stderr: PathBuf,
+    _dir: TempDir,
+}
+
+impl Portcullis {
+    /// Starts `portcullis serve <args>` and waits until it prints
+    /// `listening decision <addr>`.
+    ///
+    /// Unless `args` say otherwise it adds `--config` (from
+    /// [`write_config`]), `--policies <repo>/policies` and
+    /// `--listen 127.0.0.1:0`.
+    pub fn start(args: &[&str]) -> Portcullis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut full: Vec<String> = vec!["serve".into()];
+        let has = |flag: &str| {
+            args.iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        if !has("--config") {
+            full.push("--config".into());
+            full.push(write_config(dir.path()).display().to_string());
+        }
+        if !has("--policies") {
+            full.push("--policies".into());
+            full.push(policies_dir().display().to_string());
+        }
+        if !has("--listen") {
+            full.push("--listen".into());
+            full.push("127.0.0.1:0".into());
+        }
+        full.extend(args.iter().map(|a| a.to_string()));
+
+        let stderr = dir.path().join("portcullis.stderr");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        command
+            .args(&full)
+            .current_dir(dir.path())
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr).expect("create stderr file"));
+        die_with_parent(&mut command);
+        let mut child = command.spawn().expect("spawn portcullis");
+
+        // A thread drains stdout for the life of the process, so that the
+        // server never blocks on a full pipe, and hands each line over.
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let mut portcullis = Portcullis {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stdout: rx,
+            listeners: Vec::new(),
+            stderr,
+            _dir: dir,
+        };
+        portcullis.addr = portcullis.wait_listener_inner("decision", &full);
+        portcullis
+    }
+
+    /// The decision gRPC listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address printed for listener `kind` (`decision`, `admin`,
+    /// `http`), waiting for its line if it has not come yet.
+    pub fn listener(&mut self, kind: &str) -> SocketAddr {
+        self.wait_listener_inner(kind, &[])
+    }
+
+    fn wait_listener_inner(&mut self, kind: &str, args: &[String]) -> SocketAddr {
+        if let Some((_, addr)) = self.listeners.iter().find(|(k, _)| k == kind) {
+            return *addr;
+        }
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.stdout.recv_timeout(left) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "portcullis {args:?} printed no `listening {kind} ADDR` line within {STARTUP_TIMEOUT:?}\n\
+                     stdout so far:\n{}\nstderr:\n{}",
+                    seen.join("\n"),
+                    tail(&self.stderr(), 100)
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = wait_timeout(&mut self.child, Duration::from_secs(5));
+                    panic!(
+                        "portcullis {args:?} closed stdout (exit status {status:?}) before printing \
+                         `listening {kind} ADDR`\nstdout:\n{}\nstderr:\n{}",
+                        seen.join("\n"),
+                        tail(&self.stderr(), 100)
+                    )
+                }
+            };
+            let mut words = line.split_whitespace();
+            if let (Some("listening"), Some(k), Some(a), None) =
+                (words.next(), words.next(), words.next(), words.next())
+            {
+                let addr: SocketAddr = a
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad address in stdout line {line:?}: {e}"));
+                self.listeners.push((k.to_string(), addr));
+                if k == kind {
+                    return addr;
+                }
+            }
+            seen.push(line);
+        }
+    }
+
+    /// Everything the server wrote to stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.stderr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM, the production stop path, and waits at most `timeout`
+    /// for the exit status; panics (with stderr) if the process lingers.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        match terminate(&mut self.child, timeout) {
+            Some(status) => status,
+            None => panic!(
+                "portcullis did not exit within {timeout:?} of SIGTERM\nstderr:\n{}",
+                tail(&self.stderr(), 100)
+            ),
+        }
+    }
+}
+
+impl Drop for Portcullis {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- portcullis stderr (last 60 lines) ---\n{}\n--- end ---",
+                tail(&self.stderr(), 60)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Envoy
+// ---------------------------------------------------------------------------
+
+/// A running Envoy with `deploy/envoy.yaml`, killed on drop.
+pub struct Envoy {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+/// Replaces one of the config's literal addresses (`127.0.0.1:10000`),
+/// written in Envoy's form `address: 127.0.0.1, port_value: 10000`, with
+/// `to`. The address must appear exactly once.
+fn rewrite_address(config: &str, from: &str, to: SocketAddr) -> String {
+    let (ip, port) = from.rsplit_once(':').expect("ip:port");
+    let needle = format!("address: {ip}, port_value: {port}");
+    let count = config.matches(&needle).count();
+    assert_eq!(
+        count, 1,
+        "deploy/envoy.yaml must contain `{needle}` exactly once (found {count}): \
+         the tests rewrite it to a free port"
+    );
+    config.replace(
+        &needle,
+        &format!("address: {}, port_value: {}", to.ip(), to.port()),
+    )
+}
+
+impl Envoy {
+    /// Starts Envoy with `deploy/envoy.yaml`, its PDP and upstream pointed
+    /// at the given addresses and its listener and admin on free ports;
+    /// returns once the listener accepts connections and `/ready` is LIVE.
+    pub fn start(portcullis: SocketAddr, upstream: SocketAddr) -> Envoy {
+        let template = std::fs::read_to_string(repo().join("deploy/envoy.yaml"))
+            .expect("read deploy/envoy.yaml");
+        let envoy = tool("envoy");
+        // free_port() can race with another process: a start whose bind
+        // failed is retried on new ports, a bounded number of times.
+        let attempts = 3;
+        let mut last_log = String::new();
+        for attempt in 1..=attempts {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut config = template.clone();
+            for (from, to) in [
+                ("127.0.0.1:10000", addr),
+                ("127.0.0.1:8081", upstream),
+                ("127.0.0.1:50051", portcullis),
+                ("127.0.0.1:9901", admin),
+            ] {
+                config = rewrite_address(&config, from, to);
+            }
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("envoy.yaml");
+            std::fs::write(&path, config).expect("write envoy config");
+            let log = dir.path().join("envoy.log");
+            let log_file = File::create(&log).expect("create envoy log");
+            let mut command = Command::new(&envoy);
+            command
+                .arg("-c")
+                .arg(&path)
+                .args(["-l", "warning", "--disable-hot-restart"])
+                // No shared memory between concurrent Envoys in parallel tests.
+                .arg("--use-dynamic-base-id")
+                // Two cores, shared: one worker is plenty for tests.
+                .args(["--concurrency", "1"])
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("dup log file"))
+                .stderr(log_file);
+            die_with_parent(&mut command);
+            let child = command.spawn().unwrap_or_else(|e| {
+                panic!("spawn {}: {e}", envoy.display());
+            });
+            let mut envoy_proc = Envoy {
+                child,
+                addr,
+                admin,
+                log,
+                _dir: dir,
+            };
+            match envoy_proc.wait_ready() {
+                Ok(()) => return envoy_proc,
+                Err(exited) => {
+                    last_log = envoy_proc.log();
+                    let bind_race = last_log.contains("ddress already in use");
+                    if !(exited && bind_race && attempt < attempts) {
+                        panic!(
+                            "envoy did not become ready (attempt {attempt}, {}):\n{}",
+                            if exited { "exited" } else { "timed out" },
+                            tail(&last_log, 80)
+                        );
+                    }
+                }
+            }
+        }
+        panic!("envoy could not start in {attempts} attempts:\n{last_log}");
+    }
+
+    /// Waits for the listener and admin `/ready` == LIVE. `Err(true)` if
+    /// Envoy exited, `Err(false)` on timeout.
+    fn wait_ready(&mut self) -> Result<(), bool> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(true);
+            }
+            let listening =
+                TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok();
+            if listening {
+                let ready = HttpRequest::get("/ready")
+                    .timeout(Duration::from_secs(2))
+                    .try_send(self.admin)
+                    .map(|r| r.status == 200 && r.text().trim() == "LIVE")
+                    .unwrap_or(false);
+                if ready {
+                    return Ok(());
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Err(false)
+    }
+
+    /// The HTTP listener clients talk to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin listener.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Envoy's stdout and stderr so far.
+    pub fn log(&self) -> String {
+        read_lossy(&self.log)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- envoy log (last 40 lines) ---\n{}\n--- end ---",
+                tail(&self.log(), 40)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Upstream: an HTTP/1.1 echo server
+// ---------------------------------------------------------------------------
+
+/// An in-process HTTP/1.1 server that answers every request with 200 and a
+/// JSON description of it:
+///
+/// ```json
+/// {"method": "POST", "path": "/v1/...", "headers": {"x-a": "1, 2"},
+///  "header_list": [["x-a", "1"], ["x-a", "2"]], "body": "..."}
+/// ```
+///
+/// Header names are lower-cased; `headers` joins repeated headers with
+/// `", "`, `header_list` keeps each one, in order. Request bodies are read by
+/// `Content-Length`; a chunked request gets 501.
+pub struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+impl Upstream {
+    /// Starts the server on `127.0.0.1:0`, on its own thread and runtime so
+    /// that tests may use blocking clients.
+    pub fn start() -> Upstream {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let counter = hits.clone();
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime for upstream");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind upstream");
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        tokio::spawn(echo_connection(stream, counter.clone()));
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(STARTUP_TIMEOUT)
+            .expect("upstream did not start");
+        Upstream {
+            addr,
+            hits,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many requests it has answered.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn echo_connection(mut stream: tokio::net::TcpStream, hits: Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        // Read one request head (keep-alive: Envoy reuses connections).
+        let head_end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i;
+            }
+            if buf.len() > MAX_HEAD_BYTES {
+                let _ = stream.write_all(&simple_response(431, "")).await;
+                return;
+            }
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end + 4);
+
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default();
+        let mut parts = request_line.split(' ');
+        let (Some(method), Some(path), Some(_version)) = (parts.next(), parts.next(), parts.next())
+        else {
+            let _ = stream.write_all(&simple_response(400, "")).await;
+            return;
+        };
+        let mut header_list = Vec::new();
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                let _ = stream.write_all(&simple_response(400, "")).await;
+                return;
+            };
+            header_list.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let header = |name: &str| {
+            header_list
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if header("transfer-encoding").is_some() {
+            let _ = stream.write_all(&simple_response(501, "")).await;
+            return;
+        }
+        let length = match header("content-length").map(str::parse::<usize>) {
+            None => 0,
+            Some(Ok(n)) if n <= MAX_BODY_BYTES => n,
+            Some(_) => {
+                let _ = stream.write_all(&simple_response(400, "")).await;
+                return;
+            }
+        };
+        while buf.len() < length {
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buf.drain(..length).collect();
+        let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in &header_list {
+            headers
+                .entry(name.clone())
+                .and_modify(|v| {
+                    v.push_str(", ");
+                    v.push_str(value);
+                })
+                .or_insert_with(|| value.clone());
+        }
+        let echo = json!({
+            "method": method,
+            "path": path,
+            "headers": headers,
+            "header_list": header_list,
+            "body": String::from_utf8_lossy(&body),
+        })
+        .to_string();
+        hits.fetch_add(1, Ordering::SeqCst);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{echo}",
+            echo.len(),
+            if close { "connection: close\r\n" } else { "" },
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+fn simple_response(status: u16, reason: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .into_bytes()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/1.1 client
+// ---------------------------------------------------------------------------
+
+/// One HTTP/1.1 request, sent on a fresh connection (`Connection: close`).
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    timeout: Duration,
+}
+
+/// What came back: status, headers (names lower-cased, in order) and body.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// A request with `method` for `path` (sent as-is, unnormalised).
+    pub fn new(method: &str, path: &str) -> HttpRequest {
+        HttpRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout: HTTP_TIMEOUT,
+        }
+    }
+
+    pub fn get(path: &str) -> HttpRequest {
+        HttpRequest::new("GET", path)
+    }
+
+    pub fn post(path: &str) -> HttpRequest {
+        HttpRequest::new("POST", path)
+    }
+
+    /// Adds a header (repeat to send it several times).
+    pub fn header(mut self, name: &str, value: &str) -> HttpRequest {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds `Authorization: Bearer <token>`.
+    pub fn bearer(self, token: &str) -> HttpRequest {
+        self.header("authorization", &format!("Bearer {token}"))
+    }
+
+    /// Sets a JSON body and its content type.
+    pub fn json(mut self, body: &Value) -> HttpRequest {
+        self.body = body.to_string().into_bytes();
+        self.header("content-type", "application/json")
+    }
+
+    /// Bounds connecting, writing and reading (each).
+    pub fn timeout(mut self, timeout: Duration) -> HttpRequest {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends the request; panics on any I/O or protocol error.
+    pub fn send(&self, addr: SocketAddr) -> HttpResponse {
+        self.try_send(addr)
+            .unwrap_or_else(|e| panic!("{} {} to {addr}: {e}", self.method, self.path))
+    }
+
+    /// Sends the request.
+    pub fn try_send(&self, addr: SocketAddr) -> Result<HttpResponse, String> {
+        let mut stream =
+            TcpStream::connect_timeout(&addr, self.timeout).map_err(|e| format!("connect: {e}"))?;
+        stream.set_read_timeout(Some(self.timeout)).unwrap();
+        stream.set_write_timeout(Some(self.timeout)).unwrap();
+        let mut head = format!("{} {} HTTP/1.1\r\n", self.method, self.path);
+        let has = |name: &str| {
+            self.headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        if !has("host") {
+            head.push_str("host: api.test\r\n");
+        }
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !self.body.is_empty() || matches!(self.method.as_str(), "POST" | "PUT" | "PATCH") {
+            head.push_str(&format!("content-length: {}\r\n", self.body.len()));
+        }
+        head.push_str("connection: close\r\n\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&self.body);
+        stream
+            .write_all(&request)
+            .map_err(|e| format!("write: {e}"))?;
+        // No half-close after writing: Envoy treats a client FIN as the end
+        // of the connection and may reset the request. `connection: close`
+        // makes the server end it after the response instead.
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("read: {e} (got {} bytes)", raw.len()))?;
+        parse_response(&raw)
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
+    let end = find(raw, b"\r\n\r\n").ok_or_else(|| {
+        format!(
+            "no complete response head in {:?}",
+            String::from_utf8_lossy(raw)
+        )
+    })?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut headers = Vec::new();
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line {line:?}"))?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let rest = &raw[end + 4..];
+    let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        dechunk(rest)?
+    } else if let Some(length) = get("content-length") {
+        let length: usize = length
+            .parse()
+            .map_err(|_| format!("bad content-length {length:?}"))?;
+        if rest.len() < length {
+            return Err(format!("body cut short: {} of {length} bytes", rest.len()));
+        }
+        rest[..length].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n").ok_or("chunk size line missing")?;
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        if data.len() < size + 2 {
+            return Err("chunk cut short".into());
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics with the body when it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}): status {}, headers {:?}, body {:?}",
+                self.status,
+                self.headers,
+                self.text()
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JWTs
+// ---------------------------------------------------------------------------
+
+/// A fixture signing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    /// ES256, kid `test-es256`, in the issuer's JWKS.
+    Es256,
+    /// RS256, kid `test-rs256`, in the issuer's JWKS.
+    Rs256,
+    /// ES256 key that is NOT in the JWKS, sent with kid `test-es256`: a
+    /// forged signature on an otherwise well-formed token.
+    UntrustedEs256,
+}
+
+impl Key {
+    fn pem(self) -> PathBuf {
+        fixture(match self {
+            Key::Es256 => "keys/test-es256.pem",
+            Key::Rs256 => "keys/test-rs256.pem",
+            Key::UntrustedEs256 => "keys/untrusted-es256.pem",
+        })
+    }
+
+    fn kid(self) -> &'static str {
+        match self {
+            Key::Es256 | Key::UntrustedEs256 => "test-es256",
+            Key::Rs256 => "test-rs256",
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Claims of a valid token from the fixture issuer for `sub` in `org`,
+/// issued now, expiring in ten minutes. Adjust fields for negative cases.
+pub fn claims(sub: &str, org: &str) -> Value {
+    let now = now();
+    json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": sub,
+        "org": org,
+        "iat": now,
+        "exp": now + 600,
+    })
+}
+
+/// Signs `claims` with `key` (its algorithm and kid in the header).
+pub fn mint(claims: Value, key: Key) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = std::fs::read(key.pem()).expect("read fixture key");
+    let (algorithm, encoding) = match key {
+        Key::Es256 | Key::UntrustedEs256 => (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&pem).expect("EC PEM"),
+        ),
+        Key::Rs256 => (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&pem).expect("RSA PEM"),
+        ),
+    };
+    let mut header = Header::new(algorithm);
+    header.kid = Some(key.kid().to_string());
+    jsonwebtoken::encode(&header, &claims, &encoding).expect("sign JWT")
+}
