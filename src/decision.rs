@@ -2,10 +2,10 @@
 //! rendering as an RFC 9457 problem document. Adapters turn a `Decision`
 //! into their wire format; nothing here knows a wire format.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Allow or deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The request may pass.

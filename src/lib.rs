@@ -10,6 +10,7 @@ pub mod config;
 pub mod decision;
 pub mod extauthz;
 pub mod pipeline;
+pub mod policytest;
 pub mod reload;
 pub mod request;
 pub mod routes;

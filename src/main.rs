@@ -61,6 +61,15 @@ enum PolicyCommand {
         /// The directory (default: ./policies).
         dir: Option<PathBuf>,
     },
+    /// Run the policy test cases in DIR/tests/*.yaml; exits 1 on a failure.
+    Test {
+        /// The directory (default: ./policies).
+        dir: Option<PathBuf>,
+        /// Also fail when an enforced policy is not the determining policy
+        /// of any passing case.
+        #[arg(long)]
+        require_coverage: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +95,16 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Validate { dir },
         } => validate(dir.unwrap_or_else(|| PathBuf::from("policies"))),
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    dir,
+                    require_coverage,
+                },
+        } => policy_test(
+            dir.unwrap_or_else(|| PathBuf::from("policies")),
+            require_coverage,
+        ),
         Command::Check {
             request,
             policies,
@@ -226,4 +245,41 @@ fn check(
     };
     println!("{}", serde_json::to_string_pretty(&decision)?);
     Ok(ExitCode::SUCCESS)
+}
+
+fn policy_test(dir: PathBuf, require_coverage: bool) -> anyhow::Result<ExitCode> {
+    let snapshot = portcullis::snapshot::Snapshot::load(&dir)?;
+    let report = portcullis::policytest::run(&dir, &snapshot);
+    for f in &report.failures {
+        eprintln!(
+            "FAIL {}",
+            dir.join(&f.file).display().to_string() + &f.to_string()[f.file.len()..]
+        );
+    }
+    if !report.uncovered.is_empty() {
+        eprintln!(
+            "not covered (no passing case has them as determining policy): {}",
+            report.uncovered.join(", ")
+        );
+    }
+    println!(
+        "policy tests in {}: {} run, {} passed, {} failed; {} of {} policies covered (version {})",
+        dir.display(),
+        report.run,
+        report.passed,
+        report.failures.len(),
+        snapshot.sources.len() - report.uncovered.len(),
+        snapshot.sources.len(),
+        snapshot.version
+    );
+    let failed = !report.failures.is_empty() || (require_coverage && !report.uncovered.is_empty());
+    if report.run == 0 {
+        eprintln!("no test cases found in {}", dir.join("tests").display());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

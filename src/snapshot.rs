@@ -559,7 +559,8 @@ fn git_commit(dir: &Path) -> Option<(String, bool)> {
     if commit.is_empty() {
         return None;
     }
-    let status = run(&["status", "--porcelain", "--", "."])?;
+    // Policy tests (tests/) are not part of the snapshot.
+    let status = run(&["status", "--porcelain", "--", ".", ":(exclude)tests"])?;
     Some((commit, !status.is_empty()))
 }
 

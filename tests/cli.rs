@@ -236,3 +236,84 @@ fn rejected_reload_is_logged_with_file_and_line_and_old_snapshot_serves() {
     let status = pdp.terminate(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn policy_test_passes_on_the_bundled_policies_and_covers_every_policy() {
+    let out = portcullis(&[
+        "policy",
+        "test",
+        policies_dir().to_str().unwrap(),
+        "--require-coverage",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains(" 0 failed; 7 of 7 policies covered"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn policy_test_fails_when_a_policy_change_breaks_a_case() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_policies(dir.path());
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    for entry in std::fs::read_dir(policies_dir().join("tests")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            dir.path().join("tests").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    // Drop the deprecated-version forbid: the case that pins it must fail.
+    let models = dir.path().join("models.cedar");
+    let source = std::fs::read_to_string(&models).unwrap();
+    let start = source
+        .find("// Nobody invokes a deprecated model version.")
+        .unwrap();
+    std::fs::write(&models, &source[..start]).unwrap();
+
+    let out = portcullis(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let case_line = std::fs::read_to_string(dir.path().join("tests/models.yaml"))
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("nobody invokes a deprecated version"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("tests/models.yaml:{case_line}: case 'nobody invokes a deprecated version': expected deny 403, got allow 200")),
+        "{err}"
+    );
+    assert!(
+        text(&out.stdout).contains("1 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn policy_test_reports_a_malformed_case_file_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_policies(dir.path());
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("tests/bad.yaml"),
+        "cases:\n  - name: x\n    request: { method: GET, path: / }\n    expect: { decision: maybe }\n",
+    )
+    .unwrap();
+    let out = portcullis(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("tests/bad.yaml:4:") && err.contains("maybe"),
+        "{err}"
+    );
+}
