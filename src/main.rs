@@ -34,6 +34,11 @@ enum Command {
         /// Admin gRPC listener (overrides `admin_listen`).
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
+        /// Serve the policy directory as it was at this git revision
+        /// (overrides `policy_revision`); rolling back is pinning the
+        /// previous one.
+        #[arg(long)]
+        policy_rev: Option<String>,
     },
     /// Work with a policy directory.
     Policy {
@@ -70,6 +75,26 @@ enum PolicyCommand {
         #[arg(long)]
         require_coverage: bool,
     },
+    /// List the requests whose decision changes between two git revisions
+    /// of the policy directory.
+    Diff {
+        /// The old revision (commit, tag, branch).
+        #[arg(long)]
+        from: String,
+        /// The new revision (default: the working tree).
+        #[arg(long)]
+        to: Option<String>,
+        /// The policy directory inside a git checkout (default: ./policies).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// Requests to replay, one `check` JSON object per line. Default:
+        /// the policy test cases of both revisions.
+        #[arg(long)]
+        replay: Option<PathBuf>,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,7 +105,11 @@ fn main() -> ExitCode {
             policies,
             listen,
             admin_listen,
+            policy_rev,
         } => load_config(config.as_deref()).and_then(|mut c| {
+            if let Some(rev) = policy_rev {
+                c.policy_revision = Some(rev);
+            }
             if let Some(p) = policies {
                 c.policies = p;
             }
@@ -104,6 +133,22 @@ fn main() -> ExitCode {
         } => policy_test(
             dir.unwrap_or_else(|| PathBuf::from("policies")),
             require_coverage,
+        ),
+        Command::Policy {
+            command:
+                PolicyCommand::Diff {
+                    from,
+                    to,
+                    policies,
+                    replay,
+                    json,
+                },
+        } => policy_diff(
+            &policies.unwrap_or_else(|| PathBuf::from("policies")),
+            &from,
+            to.as_deref(),
+            replay.as_deref(),
+            json,
         ),
         Command::Check {
             request,
@@ -146,37 +191,39 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
         let running = portcullis::server::start(&config).await?;
         // Tests and scripts read these lines to learn the bound ports.
         println!("listening decision {}", running.decision_addr);
         println!("listening admin {}", running.admin_addr);
         tracing::info!(decision = %running.decision_addr, admin = %running.admin_addr, "serving");
-        running.serve_until(shutdown_signal()).await?;
+        running.serve_until(shutdown).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Registers the SIGTERM/SIGINT handlers now (before the listeners
+/// announce themselves, so an early signal still stops us gracefully) and
+/// returns a future that completes on the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 fn validate(dir: PathBuf) -> anyhow::Result<ExitCode> {
@@ -282,4 +329,78 @@ fn policy_test(dir: PathBuf, require_coverage: bool) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn policy_diff(
+    dir: &std::path::Path,
+    from: &str,
+    to: Option<&str>,
+    replay: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use portcullis::gitrev::PolicyRevision;
+    use portcullis::snapshot::Snapshot;
+    let old = PolicyRevision::checkout(dir, from)?;
+    let old_snapshot = Snapshot::load_versioned(&old.path(), Some(old.short.clone()))
+        .with_context(|| format!("the policies at {from} do not load"))?;
+    let new = to
+        .map(|rev| PolicyRevision::checkout(dir, rev))
+        .transpose()?;
+    let new_dir = new
+        .as_ref()
+        .map(|r| r.path())
+        .unwrap_or_else(|| dir.to_path_buf());
+    let new_snapshot = Snapshot::load_versioned(&new_dir, new.as_ref().map(|r| r.short.clone()))
+        .with_context(|| {
+            format!(
+                "the policies at {} do not load",
+                to.unwrap_or("the working tree")
+            )
+        })?;
+    let requests = match replay {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read replay file {}", path.display()))?;
+            portcullis::policydiff::read_replay(&text, &path.display().to_string())
+                .map_err(|e| anyhow::anyhow!(e))?
+        }
+        None => {
+            let mut requests = portcullis::policytest::requests(&old.path());
+            requests.extend(portcullis::policytest::requests(&new_dir));
+            requests
+        }
+    };
+    let impact = portcullis::policydiff::diff(&old_snapshot, &new_snapshot, &requests);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&impact)?);
+    } else {
+        for c in &impact.changed {
+            println!(
+                "CHANGED {}: {} -> {}  ({})",
+                c.summary,
+                side(&c.from),
+                side(&c.to),
+                c.request
+            );
+        }
+        for s in &impact.skipped {
+            eprintln!("skipped {s}");
+        }
+        println!(
+            "{} request(s) replayed from {} to {}: {} decision(s) change",
+            impact.replayed,
+            impact.from_version,
+            impact.to_version,
+            impact.changed.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn side(s: &portcullis::policydiff::Side) -> String {
+    let outcome = match s.decision {
+        portcullis::decision::Outcome::Allow => "allow",
+        portcullis::decision::Outcome::Deny => "deny",
+    };
+    format!("{outcome} {} [{}]", s.status, s.policies.join(", "))
 }
