@@ -27,6 +27,10 @@ pub struct Config {
     pub authentication: AuthnConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Serve the policy directory as it was at this git revision (commit,
+    /// tag or branch, resolved once at start) instead of the files on disk.
+    /// Rolling back is pinning the previous revision.
+    pub policy_revision: Option<String>,
 }
 
 impl Default for Config {
@@ -39,6 +43,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             authentication: AuthnConfig::default(),
             log: LogConfig::default(),
+            policy_revision: None,
         }
     }
 }

@@ -142,6 +142,32 @@ pub fn run(dir: &Path, snapshot: &Snapshot) -> Report {
     report
 }
 
+/// The requests of every case in `dir/tests/*.yaml`, named
+/// `file:line: case name`; unreadable files are skipped (`run` reports them).
+pub fn requests(dir: &Path) -> Vec<(String, CheckInput)> {
+    let mut out = Vec::new();
+    for path in case_files(&dir.join("tests")) {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(file) = serde_yaml_ng::from_str::<CaseFile>(&text) else {
+            continue;
+        };
+        let name = path
+            .strip_prefix(dir)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        for (index, case) in file.cases.into_iter().enumerate() {
+            out.push((
+                format!("{name}:{}: {}", case_line(&text, index), case.name),
+                case.request,
+            ));
+        }
+    }
+    out
+}
+
 /// Decides a case; `Ok(determining policies)` when it matches expectations.
 fn check_case(snapshot: &Snapshot, case: &Case) -> Result<Vec<String>, String> {
     let identity = case.request.identity()?;

@@ -28,6 +28,9 @@ pub struct ReloadStats {
 #[derive(Debug)]
 pub struct PolicyStore {
     dir: PathBuf,
+    /// The version every snapshot of this store carries, when it is known
+    /// from outside the directory (a pinned git revision).
+    version: Option<String>,
     current: ArcSwap<Snapshot>,
     // A std mutex: held only by the blocking reload, never across an await.
     // It also serialises reloads so an older load cannot overwrite a newer.
@@ -47,9 +50,15 @@ impl PolicyStore {
     /// Loads the directory; an invalid directory is an error (no snapshot,
     /// so nothing to serve).
     pub fn load(dir: &Path) -> Result<Self, LoadErrors> {
-        let snapshot = Snapshot::load(dir)?;
+        Self::load_versioned(dir, None)
+    }
+
+    /// Like `load`, with the version given (a pinned git revision).
+    pub fn load_versioned(dir: &Path, version: Option<String>) -> Result<Self, LoadErrors> {
+        let snapshot = Snapshot::load_versioned(dir, version.clone())?;
         Ok(PolicyStore {
             dir: dir.to_path_buf(),
+            version,
             current: ArcSwap::from_pointee(snapshot),
             stats: Mutex::new(ReloadStats::default()),
         })
@@ -75,7 +84,7 @@ impl PolicyStore {
     pub fn reload(&self) -> Result<ReloadOutcome, LoadErrors> {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let from = self.current.load().version.clone();
-        match Snapshot::load(&self.dir) {
+        match Snapshot::load_versioned(&self.dir, self.version.clone()) {
             Ok(snapshot) if snapshot.version == from => {
                 stats.last_errors.clear();
                 Ok(ReloadOutcome::Unchanged { version: from })

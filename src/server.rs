@@ -17,6 +17,7 @@ use crate::admin::PolicyAdmin;
 use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::extauthz::AuthzService;
+use crate::gitrev::PolicyRevision;
 use crate::proto::policy_service_server::PolicyServiceServer;
 use crate::reload::{self, PolicyStore};
 
@@ -45,6 +46,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The pinned policy revision could not be checked out.
+    #[error("cannot serve policy revision: {0}")]
+    Revision(#[from] crate::gitrev::RevisionError),
     /// Watching the policy directory failed.
     #[error("cannot watch the policy directory: {0}")]
     Watch(String),
@@ -63,14 +67,26 @@ pub struct Running {
     tasks: JoinSet<Result<(), tonic::transport::Error>>,
     background: JoinSet<()>,
     grace: Duration,
+    /// Keeps a pinned revision's files alive while serving.
+    _pinned: Option<PolicyRevision>,
 }
 
 /// Loads policies, binds the listeners and starts serving.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let policies_dir = config.policies.clone();
-    let store = tokio::task::spawn_blocking(move || PolicyStore::load(&policies_dir))
-        .await
-        .expect("policy loading does not panic")?;
+    let revision = config.policy_revision.clone();
+    let (store, pinned) = tokio::task::spawn_blocking(move || match revision {
+        None => PolicyStore::load(&policies_dir)
+            .map(|s| (s, None))
+            .map_err(StartError::from),
+        Some(rev) => {
+            let pinned = PolicyRevision::checkout(&policies_dir, &rev)?;
+            let store = PolicyStore::load_versioned(&pinned.path(), Some(pinned.short.clone()))?;
+            Ok((store, Some(pinned)))
+        }
+    })
+    .await
+    .expect("policy loading does not panic")?;
     let snapshot = store.current();
     tracing::info!(
         version = %snapshot.version,
@@ -101,7 +117,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let cancel = CancellationToken::new();
     let mut background = JoinSet::new();
-    if config.reload.watch {
+    // A pinned revision never changes on disk: nothing to watch.
+    if config.reload.watch && pinned.is_none() {
         let handle = reload::spawn_watcher(
             Arc::clone(&state.policies),
             Duration::from_millis(config.reload.debounce_ms),
@@ -194,6 +211,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         tasks,
         background,
         grace: Duration::from_millis(limits.shutdown_grace_ms),
+        _pinned: pinned,
     })
 }
 

@@ -88,6 +88,12 @@ const ROUTES_FILE: &str = "routes.yaml";
 impl Snapshot {
     /// Loads and validates a policy directory.
     pub fn load(dir: &Path) -> Result<Snapshot, LoadErrors> {
+        Self::load_versioned(dir, None)
+    }
+
+    /// Loads a directory whose version is known from elsewhere (a git
+    /// revision materialised into a temporary directory).
+    pub fn load_versioned(dir: &Path, version: Option<String>) -> Result<Snapshot, LoadErrors> {
         let mut errors = Vec::new();
         let fail = |errors: Vec<LoadError>| LoadErrors {
             directory: dir.to_path_buf(),
@@ -190,7 +196,7 @@ impl Snapshot {
         }
         let routes = routes.expect("routes parsed when there are no errors");
         Ok(Snapshot {
-            version: version_of(dir, &files),
+            version: version.unwrap_or_else(|| version_of(dir, &files)),
             loaded_at: SystemTime::now(),
             directory: dir.to_path_buf(),
             files: files.keys().cloned().collect(),

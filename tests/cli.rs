@@ -317,3 +317,189 @@ fn policy_test_reports_a_malformed_case_file_with_its_line() {
         "{err}"
     );
 }
+
+/// A git repository with the bundled policies (and their tests) committed
+/// under `policies/`, as the first commit; returns (repo dir, commit id).
+fn policy_repo() -> (tempfile::TempDir, String) {
+    let repo = tempfile::tempdir().unwrap();
+    let policies = repo.path().join("policies");
+    std::fs::create_dir_all(policies.join("tests")).unwrap();
+    copy_policies(&policies);
+    for entry in std::fs::read_dir(policies_dir().join("tests")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), policies.join("tests").join(entry.file_name())).unwrap();
+    }
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "v1"]);
+    let head = git(repo.path(), &["rev-parse", "HEAD"]);
+    (repo, head)
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .expect("git is installed");
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+/// Commits a change that removes the deprecated-version forbid.
+fn commit_without_deprecation_forbid(repo: &Path) -> String {
+    let models = repo.join("policies/models.cedar");
+    let source = std::fs::read_to_string(&models).unwrap();
+    let start = source
+        .find("// Nobody invokes a deprecated model version.")
+        .unwrap();
+    std::fs::write(&models, &source[..start]).unwrap();
+    git(
+        repo,
+        &["commit", "-q", "-am", "v2: allow deprecated versions"],
+    );
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn policy_diff_lists_exactly_the_requests_whose_decision_changes() {
+    let (repo, v1) = policy_repo();
+    let v2 = commit_without_deprecation_forbid(repo.path());
+    let policies = repo.path().join("policies");
+    let out = portcullis(&[
+        "policy",
+        "diff",
+        "--from",
+        &v1,
+        "--to",
+        &v2,
+        "--policies",
+        policies.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let impact: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(impact["from_version"], v1[..12]);
+    assert_eq!(impact["to_version"], v2[..12]);
+    let changed = impact["changed"].as_array().unwrap();
+    // The deprecated-version case appears once per revision's test set.
+    assert!(!changed.is_empty());
+    for c in changed {
+        assert_eq!(
+            c["summary"], "POST /v1/models/sentiment/versions/v1:predict as User::\"alice\"",
+            "{c}"
+        );
+        assert_eq!(c["from"]["decision"], "deny");
+        assert_eq!(c["to"]["decision"], "allow");
+    }
+    // Nothing else of the 17 cases per revision changes.
+    assert_eq!(impact["replayed"], 34);
+}
+
+#[test]
+fn policy_diff_replays_a_request_file_against_the_working_tree() {
+    let (repo, v1) = policy_repo();
+    let policies = repo.path().join("policies");
+    // Uncommitted edit in the working tree: carol loses the privileged role.
+    let entities = policies.join("entities.json");
+    let source = std::fs::read_to_string(&entities).unwrap();
+    std::fs::write(
+        &entities,
+        source.replace(
+            r#"{ "type": "Role", "id": "privileged" }, { "type": "Role", "id": "admin" }"#,
+            r#"{ "type": "Role", "id": "admin" }"#,
+        ),
+    )
+    .unwrap();
+    let replay = repo.path().join("requests.jsonl");
+    std::fs::write(
+        &replay,
+        concat!(
+            "# recorded requests\n",
+            r#"{"method":"POST","path":"/v1/models/fraud-detector/versions/v3:predict","identity":{"principal":"User::\"carol\""}}"#,
+            "\n",
+            r#"{"method":"POST","path":"/v1/models/sentiment/versions/v2:predict","identity":{"principal":"User::\"carol\"","parents":["Org::\"acme\""]}}"#,
+            "\n",
+            r#"{"method":"POST","path":"/v1/models/fraud-detector/versions/v3:predict","identity":{"principal":"User::\"carol\"","parents":["Org::\"acme\""]}}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&[
+        "policy",
+        "diff",
+        "--from",
+        &v1,
+        "--policies",
+        policies.to_str().unwrap(),
+        "--replay",
+        replay.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let changed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("CHANGED"))
+        .collect();
+    assert_eq!(changed.len(), 1, "{stdout}");
+    assert!(changed[0].contains("requests.jsonl:4"), "{stdout}");
+    assert!(
+        changed[0].contains("allow 200") && changed[0].contains("-> deny 403"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 request(s) replayed"), "{stdout}");
+}
+
+#[test]
+fn policy_diff_names_an_unknown_revision() {
+    let (repo, _) = policy_repo();
+    let policies = repo.path().join("policies");
+    let out = portcullis(&[
+        "policy",
+        "diff",
+        "--from",
+        "no-such-rev",
+        "--policies",
+        policies.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("revision 'no-such-rev' is not a commit"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn serve_pinned_to_a_revision_decides_with_that_revision() {
+    let (repo, v1) = policy_repo();
+    let v2 = commit_without_deprecation_forbid(repo.path());
+    let policies = repo.path().join("policies");
+    // The working tree (v2) allows deprecated versions; pin v1 (rollback).
+    let mut pdp = Portcullis::start(&[
+        "--policies",
+        policies.to_str().unwrap(),
+        "--policy-rev",
+        &v1,
+    ]);
+    let admin = pdp.listener("admin");
+    let version = Command::new(support::tool("grpcurl"))
+        .args(["-plaintext", "-max-time", "15", &admin.to_string()])
+        .arg("portcullis.admin.v1.PolicyService/GetVersion")
+        .output()
+        .unwrap();
+    let version: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
+    assert_eq!(version["version"], v1[..12], "{version}");
+    assert_ne!(v1, v2);
+    let status = pdp.terminate(Duration::from_secs(10));
+    assert!(status.success());
+}
