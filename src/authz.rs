@@ -80,18 +80,23 @@ fn time_record(epoch: u64) -> Value {
     json!({ "epoch": epoch, "hour": hour, "weekday": weekday })
 }
 
-/// Evaluates the snapshot's policies for one request.
+/// Evaluates the snapshot's enforced policies for one request and, when the
+/// snapshot has shadow policies, the candidate set too (second element).
 pub fn authorize(
     snapshot: &Snapshot,
     identity: &Identity,
     action: &str,
     resource: EntityUid,
     context: Value,
-) -> AuthzOutcome {
-    let denied = |error: String| AuthzOutcome {
-        allowed: false,
-        determining: Vec::new(),
-        errors: vec![error],
+) -> (AuthzOutcome, Option<AuthzOutcome>) {
+    let denied = |error: String| {
+        let outcome = AuthzOutcome {
+            allowed: false,
+            determining: Vec::new(),
+            errors: vec![error],
+        };
+        let shadow = snapshot.shadow.as_ref().map(|_| outcome.clone());
+        (outcome, shadow)
     };
     let action = action_uid(action);
     let context = match Context::from_json_value(context, Some((&snapshot.schema, &action))) {
@@ -129,7 +134,22 @@ pub fn authorize(
         &merged
     };
 
-    let response = Authorizer::new().is_authorized(&request, &snapshot.policies, entities);
+    let authorizer = Authorizer::new();
+    let enforced = evaluate(&authorizer, &request, &snapshot.policies, entities);
+    let shadow = snapshot
+        .shadow
+        .as_ref()
+        .map(|candidate| evaluate(&authorizer, &request, candidate, entities));
+    (enforced, shadow)
+}
+
+fn evaluate(
+    authorizer: &Authorizer,
+    request: &Request,
+    policies: &cedar_policy::PolicySet,
+    entities: &cedar_policy::Entities,
+) -> AuthzOutcome {
+    let response = authorizer.is_authorized(request, policies, entities);
     let errors: Vec<String> = response
         .diagnostics()
         .errors()

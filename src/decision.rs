@@ -110,6 +110,24 @@ pub struct Decision {
     /// For 405: the methods the path accepts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_methods: Option<String>,
+    /// What the decision would be with the shadow policies switched on
+    /// (only when the snapshot has shadow policies and authorization ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowOutcome>,
+}
+
+/// The outcome of the candidate policy set (enforced plus shadow) for a
+/// request; recorded, never enforced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShadowOutcome {
+    /// Allow or deny under the candidate set.
+    pub decision: Outcome,
+    /// True when it differs from the enforced outcome.
+    pub disagrees: bool,
+    /// Determining policies under the candidate set.
+    pub determining_policies: Vec<String>,
+    /// Evaluation errors under the candidate set.
+    pub errors: Vec<String>,
 }
 
 impl Decision {
@@ -130,6 +148,7 @@ impl Decision {
             errors: Vec::new(),
             policy_version: policy_version.to_string(),
             allow_methods: None,
+            shadow: None,
         }
     }
 

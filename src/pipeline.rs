@@ -8,7 +8,7 @@ use cedar_policy::EntityUid;
 
 use crate::authn::{entity_uid, AuthMethod, Authentication, Authenticator, Identity};
 use crate::authz::{self, RequestContext};
-use crate::decision::{Decision, DenyReason};
+use crate::decision::{Decision, DenyReason, Outcome, ShadowOutcome};
 use crate::request::AccessRequest;
 use crate::routes::{self, RouteMatch, Unmatched};
 use crate::snapshot::{Snapshot, ANONYMOUS_TYPE};
@@ -117,13 +117,27 @@ fn evaluate(
 
     // 4. Authorize: may they.
     let context = RequestContext::build(req, route, identity.method.as_str());
-    let outcome = authz::authorize(
+    let (outcome, shadow) = authz::authorize(
         snapshot,
         &identity,
         &route.action,
         resource.clone(),
         context,
     );
+    if let Some(shadow) = shadow {
+        // Shadow policies are never enforced: they only record what the
+        // decision would be with them switched on.
+        d.shadow = Some(ShadowOutcome {
+            decision: if shadow.allowed {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+            disagrees: shadow.allowed != outcome.allowed,
+            determining_policies: shadow.determining,
+            errors: shadow.errors,
+        });
+    }
     d.determining_policies = outcome.determining;
     d.errors.extend(outcome.errors);
     if outcome.allowed {
@@ -185,4 +199,18 @@ fn record(d: &Decision, req: &AccessRequest, started: Instant) {
         latency_us = started.elapsed().as_micros() as u64,
         "decision"
     );
+    if let Some(shadow) = d.shadow.as_ref().filter(|s| s.disagrees) {
+        tracing::warn!(
+            target: "portcullis::shadow",
+            decision_id = %d.id,
+            principal = d.principal.as_deref(),
+            action = d.action.as_deref(),
+            resource = d.resource.as_deref(),
+            enforced = ?d.decision,
+            shadow = ?shadow.decision,
+            enforced_policies = ?d.determining_policies,
+            shadow_policies = ?shadow.determining_policies,
+            "shadow policies disagree with the enforced decision"
+        );
+    }
 }

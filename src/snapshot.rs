@@ -45,6 +45,12 @@ pub struct Snapshot {
     pub policies: PolicySet,
     /// Where each policy is defined.
     pub sources: BTreeMap<String, PolicySource>,
+    /// With shadow policies (`shadow/*.cedar`): the enforced policies plus
+    /// the shadow ones, evaluated next to the enforced set and never
+    /// enforced. `None` when there are no shadow policies.
+    pub shadow: Option<PolicySet>,
+    /// Where each shadow policy is defined.
+    pub shadow_sources: BTreeMap<String, PolicySource>,
     /// Static entities from `entities.json`.
     pub entities: Entities,
     /// The route table.
@@ -84,6 +90,8 @@ pub struct LoadErrors {
 const SCHEMA_FILE: &str = "schema.cedarschema";
 const ENTITIES_FILE: &str = "entities.json";
 const ROUTES_FILE: &str = "routes.yaml";
+/// Policies evaluated next to the enforced set and never enforced.
+const SHADOW_DIR: &str = "shadow";
 
 impl Snapshot {
     /// Loads and validates a policy directory.
@@ -124,7 +132,31 @@ impl Snapshot {
             },
         };
 
-        let (policies, sources) = parse_policies(&files, &mut errors);
+        let (policies, sources) = parse_policies(&files, false, &mut errors);
+        let (shadow, shadow_sources) = parse_policies(&files, true, &mut errors);
+        // The candidate set is what enforcement would be with the shadow
+        // policies switched on.
+        let mut candidate = policies.clone();
+        for policy in shadow.policies() {
+            let id = policy.id().to_string();
+            let source = &shadow_sources[&id];
+            if let Some(enforced) = sources.get(&id) {
+                errors.push(LoadError {
+                    file: source.file.clone(),
+                    line: Some(source.line),
+                    message: format!(
+                        "shadow policy id '{id}' is also an enforced policy ({}:{}); give the shadow version its own id",
+                        enforced.file, enforced.line
+                    ),
+                });
+            } else if let Err(e) = candidate.add(policy.clone()) {
+                errors.push(LoadError {
+                    file: source.file.clone(),
+                    line: Some(source.line),
+                    message: e.to_string(),
+                });
+            }
+        }
 
         let routes = match files.get(ROUTES_FILE) {
             None => {
@@ -154,11 +186,13 @@ impl Snapshot {
 
         // Everything below checks against the schema.
         let validator = Validator::new(schema.clone());
-        let result = validator.validate(&policies, ValidationMode::Strict);
+        // Validating the candidate set covers enforced and shadow policies.
+        let result = validator.validate(&candidate, ValidationMode::Strict);
         for e in result.validation_errors() {
             let id = e.policy_id().to_string();
             let (file, line) = sources
                 .get(&id)
+                .or_else(|| shadow_sources.get(&id))
                 .map(|s| (s.file.clone(), Some(s.line)))
                 .unwrap_or_else(|| ("?".into(), None));
             errors.push(LoadError {
@@ -203,6 +237,8 @@ impl Snapshot {
             schema,
             policies,
             sources,
+            shadow: (!shadow_sources.is_empty()).then_some(candidate),
+            shadow_sources,
             entities,
             routes,
         })
@@ -238,17 +274,36 @@ fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadError> {
         })?;
         files.insert(name, text);
     }
+    let shadow = dir.join(SHADOW_DIR);
+    if shadow.is_dir() {
+        for entry in std::fs::read_dir(&shadow).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".cedar") || !entry.path().is_file() {
+                continue;
+            }
+            let key = format!("{SHADOW_DIR}/{name}");
+            let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
+                file: key.clone(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            })?;
+            files.insert(key, text);
+        }
+    }
     Ok(files)
 }
 
-/// Parses every `*.cedar` file; each policy takes its `@id` as its id.
+/// Parses the `*.cedar` files at the top (enforced) or under `shadow/`;
+/// each policy takes its `@id` as its id.
 fn parse_policies(
     files: &BTreeMap<String, String>,
+    shadow: bool,
     errors: &mut Vec<LoadError>,
 ) -> (PolicySet, BTreeMap<String, PolicySource>) {
     let mut set = PolicySet::new();
     let mut sources: BTreeMap<String, PolicySource> = BTreeMap::new();
-    for (file, text) in files.iter().filter(|(f, _)| f.ends_with(".cedar")) {
+    let wanted = |f: &str| f.ends_with(".cedar") && f.starts_with("shadow/") == shadow;
+    for (file, text) in files.iter().filter(|(f, _)| wanted(f)) {
         let parsed = match PolicySet::from_str(text) {
             Ok(p) => p,
             Err(e) => {

@@ -294,3 +294,95 @@ fn declared_headers_reach_the_cedar_context() {
     assert_eq!(d.status, 200, "{d:?}");
     assert!(d.errors.is_empty());
 }
+
+fn bundled_with_shadow(shadow: &str) -> (tempfile::TempDir, Snapshot) {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root().join("policies")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("shadow")).unwrap();
+    std::fs::write(dir.path().join("shadow/regions.cedar"), shadow).unwrap();
+    let snapshot = Snapshot::load(dir.path()).unwrap();
+    (dir, snapshot)
+}
+
+const SHADOW_REGION_FORBID: &str = r#"
+// Candidate control: no invocations from cn-north-1.
+@id("shadow-no-cn-north-1")
+forbid (principal, action == Action::"invoke", resource is ModelVersion)
+when { context.headers has "x-client-region" && context.headers["x-client-region"] == "cn-north-1" };
+"#;
+
+#[test]
+fn shadow_policies_are_evaluated_and_never_enforced() {
+    let (_dir, s) = bundled_with_shadow(SHADOW_REGION_FORBID);
+    let mut req = predict("sentiment", "v2");
+    req.headers
+        .insert("x-client-region".into(), "cn-north-1".into());
+    let d = decide_as(&s, Some(user("alice", Some("acme"))), &req);
+    assert_eq!(
+        d.decision,
+        Outcome::Allow,
+        "enforcement is unchanged: {d:?}"
+    );
+    let shadow = d.shadow.expect("shadow outcome recorded");
+    assert!(shadow.disagrees);
+    assert_eq!(shadow.decision, Outcome::Deny);
+    assert_eq!(shadow.determining_policies, vec!["shadow-no-cn-north-1"]);
+
+    // Where the candidate agrees, it is recorded as agreeing.
+    req.headers
+        .insert("x-client-region".into(), "eu-west-1".into());
+    let d = decide_as(&s, Some(user("alice", Some("acme"))), &req);
+    let shadow = d.shadow.expect("shadow outcome recorded");
+    assert!(!shadow.disagrees);
+    assert_eq!(shadow.decision, Outcome::Allow);
+}
+
+#[test]
+fn without_shadow_policies_nothing_extra_is_recorded() {
+    let d = decide_as(
+        &bundled(),
+        Some(user("alice", Some("acme"))),
+        &predict("sentiment", "v2"),
+    );
+    assert!(d.shadow.is_none());
+}
+
+#[test]
+fn shadow_policies_are_validated_like_enforced_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root().join("policies")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("shadow")).unwrap();
+    std::fs::write(
+        dir.path().join("shadow/bad.cedar"),
+        "\n@id(\"public-status\")\npermit (principal, action, resource);\n\n@id(\"typo\")\nforbid (principal, action == Action::\"invoke\", resource is ModelVersion)\nwhen { resource.deprecatd };\n",
+    )
+    .unwrap();
+    let errors: Vec<String> = Snapshot::load(dir.path())
+        .unwrap_err()
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.starts_with(
+            "shadow/bad.cedar:2: shadow policy id 'public-status' is also an enforced policy"
+        )),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("shadow/bad.cedar:5:") && e.contains("deprecatd")),
+        "{errors:?}"
+    );
+}
