@@ -57,6 +57,10 @@ pub struct ReloadConfig {
     /// Wait this long after the last change before reloading, so that an
     /// editor's or `git checkout`'s burst of writes becomes one reload.
     pub debounce_ms: u64,
+    /// Also reload every this many seconds (0: off), for directories that
+    /// change by a symlink swap (git-sync, ConfigMaps) which file watching
+    /// does not follow.
+    pub poll_seconds: u64,
 }
 
 impl Default for ReloadConfig {
@@ -64,6 +68,7 @@ impl Default for ReloadConfig {
         ReloadConfig {
             watch: true,
             debounce_ms: 250,
+            poll_seconds: 0,
         }
     }
 }

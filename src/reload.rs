@@ -182,3 +182,26 @@ pub fn spawn_sighup(
         }
     }))
 }
+
+/// Reloads every `interval` until `cancel` fires: for directories that are
+/// replaced by swapping a symlink (git-sync, Kubernetes ConfigMaps) or live
+/// on file systems without change notification. A reload that finds the
+/// same version swaps nothing.
+pub fn spawn_poller(
+    store: Arc<PolicyStore>,
+    interval: Duration,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate: skip it
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let _ = store.reload_async().await;
+        }
+    })
+}

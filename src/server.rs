@@ -129,6 +129,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             let _ = handle.await;
         });
     }
+    if config.reload.poll_seconds > 0 && pinned.is_none() {
+        let handle = reload::spawn_poller(
+            Arc::clone(&state.policies),
+            Duration::from_secs(config.reload.poll_seconds),
+            cancel.clone(),
+        );
+        background.spawn(async move {
+            let _ = handle.await;
+        });
+    }
     #[cfg(unix)]
     if let Ok(handle) = reload::spawn_sighup(Arc::clone(&state.policies), cancel.clone()) {
         background.spawn(async move {

@@ -35,6 +35,7 @@ async fn start(policies: &Path) -> Running {
         reload: portcullis::config::ReloadConfig {
             watch: true,
             debounce_ms: 100,
+            poll_seconds: 0,
         },
         ..Config::default()
     };
@@ -264,4 +265,60 @@ async fn invalid_policy_directory_refuses_to_start_listing_every_error() {
     let err = server::start(&config).await.unwrap_err().to_string();
     assert!(err.contains("bad.cedar:1"), "{err}");
     assert!(err.contains("routes.yaml"), "{err}");
+}
+
+#[tokio::test]
+async fn polling_follows_a_symlink_swap_that_file_watching_misses() {
+    // git-sync and ConfigMap volumes publish a new version by swapping a
+    // symlink; the directory the watcher watches never changes.
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = (root.path().join("rev-a"), root.path().join("rev-b"));
+    copy_dir(&bundled(), &a);
+    copy_dir(&bundled(), &b);
+    let platform = b.join("platform.cedar");
+    let text = std::fs::read_to_string(&platform).unwrap();
+    std::fs::write(
+        &platform,
+        text.replace(
+            "@id(\"public-status\")\npermit",
+            "@id(\"public-status\")\nforbid",
+        ),
+    )
+    .unwrap();
+    let current = root.path().join("current");
+    std::os::unix::fs::symlink(&a, &current).unwrap();
+
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        policies: current.clone(),
+        reload: portcullis::config::ReloadConfig {
+            watch: false,
+            debounce_ms: 100,
+            poll_seconds: 1,
+        },
+        ..Config::default()
+    };
+    let running = server::start(&config).await.unwrap();
+    let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        http_status(&check(&mut client, check_request("GET", "/v1/status", &[])).await),
+        200
+    );
+
+    // Atomic swap: a new link renamed over the old one.
+    let next = root.path().join("current.next");
+    std::os::unix::fs::symlink(&b, &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    let swapped = eventually(Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            http_status(&check(&mut client, check_request("GET", "/v1/status", &[])).await) == 403
+        }
+    })
+    .await;
+    assert!(swapped, "the swapped-in version did not serve within 5 s");
+    running.shutdown().await.unwrap();
 }
