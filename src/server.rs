@@ -156,18 +156,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let limits = &config.server;
     let max_message = limits.max_message_bytes;
-    let builder = || {
-        let keepalive = (limits.keepalive_interval_seconds > 0)
-            .then(|| Duration::from_secs(limits.keepalive_interval_seconds));
-        Server::builder()
-            .timeout(config.request_timeout())
-            .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
-            .max_concurrent_streams(Some(limits.max_concurrent_streams))
-            .http2_max_header_list_size(Some(limits.max_header_list_size))
-            .http2_keepalive_interval(keepalive)
-            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_seconds)))
-            .tcp_nodelay(true)
-    };
+    let builder = || grpc_server(config);
 
     let mut tasks = JoinSet::new();
     {
@@ -223,6 +212,22 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         grace: Duration::from_millis(limits.shutdown_grace_ms),
         _pinned: pinned,
     })
+}
+
+/// The tonic server with the configured limits: every listener (and the
+/// benchmark's empty baseline server) uses the same stack.
+pub fn grpc_server(config: &Config) -> Server {
+    let limits = &config.server;
+    let keepalive = (limits.keepalive_interval_seconds > 0)
+        .then(|| Duration::from_secs(limits.keepalive_interval_seconds));
+    Server::builder()
+        .timeout(config.request_timeout())
+        .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_max_header_list_size(Some(limits.max_header_list_size))
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_seconds)))
+        .tcp_nodelay(true)
 }
 
 /// Reflection services (v1 and v1alpha, which grpcurl 1.8.6 speaks) that

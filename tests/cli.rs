@@ -503,3 +503,37 @@ fn serve_pinned_to_a_revision_decides_with_that_revision() {
     let status = pdp.terminate(Duration::from_secs(10));
     assert!(status.success());
 }
+
+#[test]
+fn bench_baseline_runs_and_reports_a_ratio() {
+    // A functional check of the load generator (bounded: 300 requests per
+    // server), not a timing test: figures come from running it by hand.
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+        .args([
+            "--baseline",
+            "--json",
+            "--requests",
+            "300",
+            "--warmup",
+            "0.1",
+            "--concurrency",
+            "8",
+        ])
+        .args(["--policies", policies_dir().to_str().unwrap()])
+        .output()
+        .expect("run portcullis-bench");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2);
+    assert_eq!(phases[0]["server"], "empty");
+    assert_eq!(phases[1]["server"], "portcullis");
+    for p in phases {
+        assert_eq!(p["errors"], 0, "{p}");
+        assert_eq!(p["requests"], 300, "{p}");
+    }
+    // The mix has allowed and denied requests: the real server decides.
+    assert!(phases[1]["allowed"].as_u64().unwrap() > 0);
+    assert!(phases[1]["denied"].as_u64().unwrap() > 0);
+    assert!(report["ratio_vs_empty"].as_f64().is_some_and(|r| r > 0.0));
+}

@@ -1,0 +1,152 @@
+//! Micro-benchmarks of the decision path in process (no gRPC): the whole
+//! pipeline on the bundled policies with a bearer token, with an identity
+//! given (Cedar only), with mTLS; policy-set size scaling; JWT verification
+//! per algorithm. Run: `cargo bench --bench decision`.
+
+use std::path::{Path, PathBuf};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use portcullis::authn::{AuthMethod, Authenticator, Identity};
+use portcullis::config::{AuthnConfig, IssuerConfig};
+use portcullis::pipeline::{decide, decide_as};
+use portcullis::request::AccessRequest;
+use portcullis::snapshot::Snapshot;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn authenticator() -> Authenticator {
+    Authenticator::new(&AuthnConfig {
+        jwt: vec![IssuerConfig {
+            issuer: "https://idp.test.portcullis/".into(),
+            audiences: vec!["portcullis".into()],
+            jwks_file: root().join("tests/fixtures/keys/test-issuer.jwks.json"),
+            algorithms: vec!["ES256".into(), "RS256".into()],
+            principal_type: "User".into(),
+            subject_claim: "sub".into(),
+            org_claim: Some("org".into()),
+            org_type: "Org".into(),
+        }],
+        ..AuthnConfig::default()
+    })
+    .expect("fixture issuer loads")
+}
+
+fn token(alg: Algorithm) -> String {
+    let (file, kid) = match alg {
+        Algorithm::RS256 => ("test-rs256.pem", "test-rs256"),
+        _ => ("test-es256.pem", "test-es256"),
+    };
+    let pem = std::fs::read(root().join("tests/fixtures/keys").join(file)).unwrap();
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    let claims = serde_json::json!({"iss": "https://idp.test.portcullis/", "aud": "portcullis",
+        "sub": "alice", "org": "acme", "iat": now, "exp": now + 3600});
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+fn predict() -> AccessRequest {
+    AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
+}
+
+fn pipeline(c: &mut Criterion) {
+    let snapshot = Snapshot::load(&root().join("policies")).unwrap();
+    let authn = authenticator();
+    let mut g = c.benchmark_group("pipeline");
+    for alg in [Algorithm::ES256, Algorithm::RS256] {
+        let mut req = predict();
+        req.headers
+            .insert("authorization".into(), format!("Bearer {}", token(alg)));
+        assert!(decide(&snapshot, &authn, &req).is_allowed());
+        g.bench_function(format!("bearer_{alg:?}"), |b| {
+            b.iter(|| decide(&snapshot, &authn, &req))
+        });
+    }
+    let mut mtls = predict();
+    mtls.source_principal = Some("spiffe://acme.example/ns/ml/sa/batch-scorer".into());
+    assert!(decide(&snapshot, &authn, &mtls).is_allowed());
+    g.bench_function("mtls", |b| b.iter(|| decide(&snapshot, &authn, &mtls)));
+    let alice = Identity {
+        principal: r#"User::"alice""#.parse().unwrap(),
+        parents: vec![r#"Org::"acme""#.parse().unwrap()],
+        method: AuthMethod::Jwt,
+    };
+    g.bench_function("identity_given_cedar_only", |b| {
+        b.iter(|| decide_as(&snapshot, Some(alice.clone()), &predict()))
+    });
+    g.bench_function("no_route_404", |b| {
+        let req = AccessRequest::for_test("GET", "/nowhere");
+        b.iter(|| decide(&snapshot, &authn, &req))
+    });
+    g.finish();
+}
+
+/// A policy directory with `n` permit policies over distinct principals,
+/// plus the one that applies to the measured request.
+fn scaled_policies(dir: &Path, n: usize) {
+    for f in ["schema.cedarschema", "entities.json", "routes.yaml"] {
+        std::fs::copy(root().join("policies").join(f), dir.join(f)).unwrap();
+    }
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "@id(\"p{i}\")\npermit (principal == User::\"u{i}\", action == Action::\"invoke\", resource is ModelVersion) when {{ principal in resource.model.owner }};\n"
+        ));
+    }
+    text.push_str("@id(\"alice\")\npermit (principal == User::\"alice\", action == Action::\"invoke\", resource is ModelVersion);\n");
+    std::fs::write(dir.join("scaled.cedar"), text).unwrap();
+}
+
+fn policy_scaling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("policies");
+    let alice = Identity {
+        principal: r#"User::"alice""#.parse().unwrap(),
+        parents: vec![],
+        method: AuthMethod::Jwt,
+    };
+    for n in [10, 100, 1_000, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        scaled_policies(dir.path(), n);
+        let snapshot = Snapshot::load(dir.path()).unwrap();
+        assert!(decide_as(&snapshot, Some(alice.clone()), &predict()).is_allowed());
+        g.bench_with_input(BenchmarkId::from_parameter(n), &snapshot, |b, s| {
+            b.iter(|| decide_as(s, Some(alice.clone()), &predict()))
+        });
+    }
+    g.finish();
+}
+
+fn jwt(c: &mut Criterion) {
+    let authn = authenticator();
+    let mut g = c.benchmark_group("jwt_verify");
+    for alg in [Algorithm::ES256, Algorithm::RS256] {
+        let mut req = AccessRequest::for_test("GET", "/");
+        req.headers
+            .insert("authorization".into(), format!("Bearer {}", token(alg)));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(matches!(
+            authn.authenticate(&req, now),
+            portcullis::authn::Authentication::Authenticated(_)
+        ));
+        g.bench_function(format!("{alg:?}"), |b| {
+            b.iter(|| authn.authenticate(&req, now))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pipeline, policy_scaling, jwt);
+criterion_main!(benches);
