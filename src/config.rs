@@ -27,6 +27,8 @@ pub struct Config {
     pub authentication: AuthnConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -39,6 +41,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             authentication: AuthnConfig::default(),
             log: LogConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -269,6 +272,14 @@ impl Config {
         if self.policies.is_relative() {
             self.policies = base.join(&self.policies);
         }
+        if self.audit.directory.is_relative() {
+            self.audit.directory = base.join(&self.audit.directory);
+        }
+        if let Some(key) = &mut self.audit.hmac_key_file {
+            if key.is_relative() {
+                *key = base.join(&*key);
+            }
+        }
         for issuer in &mut self.authentication.jwt {
             if issuer.jwks_file.is_relative() {
                 issuer.jwks_file = base.join(&issuer.jwks_file);
@@ -360,6 +371,7 @@ impl Config {
                 self.log.level
             ));
         }
+        problems.extend(self.audit.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -373,6 +385,60 @@ impl Config {
     /// The request deadline as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.server.request_timeout_ms)
+    }
+}
+
+/// The audit trail: where and how records are written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Directory of the audit files (created if missing). One process per
+    /// directory.
+    pub directory: PathBuf,
+    /// Start a new file once the current one reaches this many bytes.
+    pub rotate_bytes: u64,
+    /// Sign a checkpoint after this many records (and at rotation and stop).
+    pub checkpoint_every: u64,
+    /// File holding the HMAC key that signs checkpoints (at least 32 bytes).
+    /// Without it checkpoints are not written. The key itself is never
+    /// logged.
+    pub hmac_key_file: Option<PathBuf>,
+    /// Records that may wait for the writer.
+    pub queue_size: usize,
+    /// When a record cannot be queued: `drop` (serve, count, log) or
+    /// `fail_closed` (deny the request with 503).
+    pub on_full: crate::audit::OnFull,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            directory: PathBuf::from("audit"),
+            rotate_bytes: 64 * 1024 * 1024,
+            checkpoint_every: 1000,
+            hmac_key_file: None,
+            queue_size: 65_536,
+            on_full: crate::audit::OnFull::Drop,
+        }
+    }
+}
+
+impl AuditConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.rotate_bytes < 4096 {
+            problems.push("audit.rotate_bytes: at least 4096".to_string());
+        }
+        if self.checkpoint_every == 0 {
+            problems.push("audit.checkpoint_every: at least 1".to_string());
+        }
+        if self.queue_size == 0 || self.queue_size > 1 << 24 {
+            problems.push("audit.queue_size: between 1 and 16777216".to_string());
+        }
+        if self.directory.as_os_str().is_empty() {
+            problems.push("audit.directory: must not be empty".to_string());
+        }
+        problems
     }
 }
 

@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Work with the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Decide one request offline and print the decision as JSON.
     Check {
         /// A JSON file describing the request (see README).
@@ -51,6 +56,20 @@ enum Command {
         /// Configuration file, for JWT issuers.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify audit files offline: the hash chain, and checkpoint
+    /// signatures with --key-file. Names the first broken record.
+    Verify {
+        /// Audit files (audit-*.jsonl) or directories holding them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The HMAC key file the server signs checkpoints with.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
 }
 
@@ -91,6 +110,9 @@ fn main() -> ExitCode {
             policies,
             config,
         } => check(&request, policies, config.as_deref()),
+        Command::Audit {
+            command: AuditCommand::Verify { files, key_file },
+        } => audit_verify(&files, key_file.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -226,4 +248,62 @@ fn check(
     };
     println!("{}", serde_json::to_string_pretty(&decision)?);
     Ok(ExitCode::SUCCESS)
+}
+
+fn audit_verify(
+    inputs: &[PathBuf],
+    key_file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use portcullis::audit::chain::CheckpointKey;
+    let key = key_file
+        .map(CheckpointKey::from_file)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let found = portcullis::audit::writer::list_files(input)
+                .with_context(|| format!("cannot list {}", input.display()))?;
+            if found.is_empty() {
+                anyhow::bail!("{}: no audit files (audit-*.jsonl) in it", input.display());
+            }
+            files.extend(found.into_iter().map(|(_, p)| p));
+        } else {
+            files.push(input.clone());
+        }
+    }
+    let v = portcullis::audit::query::verify_files(&files, key.as_ref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let range = match (v.first_seq, v.last_seq) {
+        (Some(a), Some(b)) => format!(" (seq {a}..={b})"),
+        _ => String::new(),
+    };
+    let checkpoints = if key.is_some() {
+        format!(
+            "{} checkpoint signature(s) verified",
+            v.checkpoints_verified
+        )
+    } else {
+        format!(
+            "{} checkpoint(s) not checked (give --key-file to check their signatures)",
+            v.checkpoints_unchecked
+        )
+    };
+    match &v.broken {
+        None => {
+            println!(
+                "ok: {} record(s){range} chain intact; {checkpoints}; head {}",
+                v.records, v.head
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(b) => {
+            println!("BROKEN: {b}");
+            println!(
+                "{} record(s){range} verified before the break; {checkpoints}",
+                v.records
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

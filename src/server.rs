@@ -13,10 +13,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::admin::PolicyAdmin;
+use crate::admin::{AuditAdmin, PolicyAdmin};
+use crate::audit::{AuditSink, AuditWriter};
 use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::extauthz::AuthzService;
+use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::policy_service_server::PolicyServiceServer;
 use crate::reload::{self, PolicyStore};
 
@@ -27,6 +29,8 @@ pub struct State {
     pub policies: Arc<PolicyStore>,
     /// Credential verification.
     pub authenticator: Authenticator,
+    /// The audit trail.
+    pub audit: AuditSink,
 }
 
 /// Why the server could not start.
@@ -48,6 +52,9 @@ pub enum StartError {
     /// Watching the policy directory failed.
     #[error("cannot watch the policy directory: {0}")]
     Watch(String),
+    /// The audit trail could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::StartError),
 }
 
 /// A running Portcullis.
@@ -63,6 +70,7 @@ pub struct Running {
     tasks: JoinSet<Result<(), tonic::transport::Error>>,
     background: JoinSet<()>,
     grace: Duration,
+    audit: Option<AuditWriter>,
 }
 
 /// Loads policies, binds the listeners and starts serving.
@@ -80,9 +88,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         "policy snapshot loaded"
     );
     let authenticator = Authenticator::new(&config.authentication).map_err(StartError::Authn)?;
+    let audit_config = config.audit.clone();
+    let (audit, audit_writer) =
+        tokio::task::spawn_blocking(move || crate::audit::start(&audit_config))
+            .await
+            .expect("opening the audit trail does not panic")?;
+    store.set_audit(audit.clone());
     let state = Arc::new(State {
         policies: Arc::new(store),
         authenticator,
+        audit,
     });
 
     let bind = |what, addr| async move {
@@ -126,6 +141,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     health
         .set_serving::<PolicyServiceServer<PolicyAdmin>>()
         .await;
+    health.set_serving::<AuditServiceServer<AuditAdmin>>().await;
 
     let limits = &config.server;
     let max_message = limits.max_message_bytes;
@@ -166,12 +182,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
     }
     {
-        let (v1, v1alpha) =
-            reflection(&["portcullis.admin.v1.PolicyService", "grpc.health.v1.Health"]);
+        let (v1, v1alpha) = reflection(&[
+            "portcullis.admin.v1.PolicyService",
+            "portcullis.admin.v1.AuditService",
+            "grpc.health.v1.Health",
+        ]);
         let router = builder()
             .add_service(PolicyServiceServer::new(PolicyAdmin::new(Arc::clone(
                 &state,
             ))))
+            .add_service(AuditServiceServer::new(AuditAdmin::new(
+                Arc::clone(&state),
+                cancel.clone(),
+            )))
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha);
@@ -194,6 +217,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         tasks,
         background,
         grace: Duration::from_millis(limits.shutdown_grace_ms),
+        audit: Some(audit_writer),
     })
 }
 
@@ -244,6 +268,13 @@ impl Running {
         })
         .await;
         self.background.shutdown().await;
+        if drained.is_err() {
+            self.tasks.shutdown().await;
+        }
+        // Every request is done: write what is queued, then close the trail.
+        if let Some(audit) = self.audit.take() {
+            audit.stop().await;
+        }
         match drained {
             Ok(result) => result,
             Err(_) => {
@@ -267,6 +298,9 @@ impl Running {
             Some(joined) = self.tasks.join_next() => {
                 if let Ok(Err(e)) = joined {
                     self.cancel.cancel();
+                    if let Some(audit) = self.audit.take() {
+                        audit.stop().await;
+                    }
                     return Err(e);
                 }
             }
