@@ -508,6 +508,65 @@ mod tests {
         }
     }
 
+    fn sink(mode: OnFull, capacity: usize) -> (AuditSink, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let sink = AuditSink {
+            tx,
+            mode,
+            capacity,
+            healthy: Arc::new(AtomicBool::new(true)),
+            counters: Arc::new(Counters::default()),
+            head: Arc::default(),
+            tail: broadcast::channel(1).0,
+            directory: "unused".into(),
+            key: None,
+        };
+        (sink, rx)
+    }
+
+    fn allowed() -> Decision {
+        Decision::new("v1").allow()
+    }
+
+    #[test]
+    fn full_queue_in_fail_closed_mode_denies_with_503() {
+        // A queue nobody drains: the second decision finds it full.
+        let (sink, _rx) = sink(OnFull::FailClosed, 1);
+        let req = AccessRequest::for_test("GET", "/");
+        let first = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        assert!(first.is_allowed());
+        let second = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        assert!(!second.is_allowed());
+        assert_eq!(second.status, 503);
+        assert_eq!(second.reason, Some(DenyReason::AuditUnavailable));
+        assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn full_queue_in_drop_mode_serves_and_counts_every_loss() {
+        let (sink, _rx) = sink(OnFull::Drop, 1);
+        let req = AccessRequest::for_test("GET", "/");
+        for _ in 0..5 {
+            assert!(sink
+                .record_decision(allowed(), &req, Duration::from_micros(1))
+                .is_allowed());
+        }
+        assert_eq!(sink.counters().queued.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn failed_writes_in_fail_closed_mode_deny() {
+        let (sink, _rx) = sink(OnFull::FailClosed, 16);
+        sink.healthy.store(false, Ordering::Relaxed);
+        let req = AccessRequest::for_test("GET", "/");
+        let d = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        assert_eq!(d.status, 503);
+        assert!(!sink.accepts());
+    }
+
     #[test]
     fn decision_records_carry_no_credentials() {
         let mut req = AccessRequest::for_test("GET", "/v1/models/x");

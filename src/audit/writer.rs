@@ -485,3 +485,112 @@ impl Chain {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::query::{self, Filter};
+
+    fn config(dir: &Path, key: Option<PathBuf>) -> AuditConfig {
+        AuditConfig {
+            directory: dir.to_path_buf(),
+            rotate_bytes: 4096,
+            checkpoint_every: 10,
+            hmac_key_file: key,
+            queue_size: 1024,
+            on_full: crate::audit::OnFull::Drop,
+        }
+    }
+
+    fn key_file(dir: &Path) -> PathBuf {
+        let path = dir.join("key");
+        std::fs::write(&path, [42u8; 32]).unwrap();
+        path
+    }
+
+    fn record(i: usize) -> AuditRecord {
+        AuditRecord {
+            principal: format!("User::\"u{i}\""),
+            decision: "allow".into(),
+            ..AuditRecord::new(Kind::Decision)
+        }
+    }
+
+    async fn write(config: &AuditConfig, n: usize) {
+        let (sink, writer) = start(config).unwrap();
+        for i in 0..n {
+            assert!(sink.record(record(i)));
+        }
+        writer.stop().await;
+    }
+
+    fn decisions(dir: &Path) -> usize {
+        let filter = Filter {
+            kind: "decision".into(),
+            ..Filter::default()
+        };
+        query::query(dir, &filter, 0, usize::MAX).unwrap().0.len()
+    }
+
+    #[tokio::test]
+    async fn rotation_seals_each_file_with_a_signed_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = config(&dir, Some(key_file(tmp.path())));
+        write(&config, 100).await;
+        let files = list_files(&dir).unwrap();
+        assert!(files.len() >= 3, "{files:?}");
+        for (_, path) in &files {
+            let text = std::fs::read_to_string(path).unwrap();
+            let last: AuditRecord = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            assert_eq!(last.kind, Kind::Checkpoint, "{}", path.display());
+        }
+        let key = CheckpointKey::from_file(config.hmac_key_file.as_deref().unwrap()).unwrap();
+        let (v, _) = query::verify_dir(&dir, Some(&key), 0, u64::MAX).unwrap();
+        assert_eq!(v.broken, None);
+        assert!(v.checkpoints_verified >= 10 + 2, "{v:?}");
+        assert_eq!(decisions(&dir), 100);
+    }
+
+    #[tokio::test]
+    async fn chain_continues_after_restart_and_a_torn_last_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = AuditConfig {
+            rotate_bytes: 1 << 20,
+            ..config(&dir, None)
+        };
+        write(&config, 5).await;
+        let (_, path) = list_files(&dir).unwrap().pop().unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"seq\":5,\"id\":\"torn").unwrap();
+        drop(file);
+        write(&config, 5).await;
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX).unwrap();
+        assert_eq!(v.broken, None, "{v:?}");
+        assert_eq!((v.records, v.last_seq), (10, Some(9)));
+        assert_eq!(decisions(&dir), 10);
+    }
+
+    #[tokio::test]
+    async fn a_directory_takes_one_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config(&tmp.path().join("audit"), None);
+        let (_sink, writer) = start(&config).unwrap();
+        assert!(matches!(start(&config), Err(StartError::Locked(_))));
+        writer.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_damaged_last_record_refuses_to_continue_the_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = config(&dir, None);
+        write(&config, 3).await;
+        let (_, path) = list_files(&dir).unwrap().pop().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("u2", "u9")).unwrap();
+        let err = start(&config).unwrap_err().to_string();
+        assert!(err.contains("does not match its hash"), "{err}");
+    }
+}
