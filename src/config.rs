@@ -417,7 +417,7 @@ impl Default for AuditConfig {
             rotate_bytes: 64 * 1024 * 1024,
             checkpoint_every: 1000,
             hmac_key_file: None,
-            queue_size: 65_536,
+            queue_size: 16_384,
             on_full: crate::audit::OnFull::Drop,
         }
     }
