@@ -30,12 +30,17 @@ struct Setup {
 
 impl Setup {
     fn new(checkpoint_every: u64) -> Setup {
+        Self::with_extra(checkpoint_every, "")
+    }
+
+    /// As `new`, with more top-level config YAML.
+    fn with_extra(checkpoint_every: u64, extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("audit.key"), [0x5au8; 32]).unwrap();
         let config = write_config_with(
             dir.path(),
             &format!(
-                "audit:\n  directory: audit\n  hmac_key_file: audit.key\n  checkpoint_every: {checkpoint_every}\n"
+                "audit:\n  directory: audit\n  hmac_key_file: audit.key\n  checkpoint_every: {checkpoint_every}\n{extra}"
             ),
         );
         Setup { dir, config }
@@ -50,7 +55,13 @@ impl Setup {
     }
 
     fn start(&self) -> Portcullis {
-        let mut pdp = Portcullis::start(&["--config", self.config.to_str().unwrap()]);
+        self.start_with(&[])
+    }
+
+    fn start_with(&self, args: &[&str]) -> Portcullis {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let mut pdp = Portcullis::start(&all);
         pdp.listener("admin");
         pdp
     }
@@ -619,4 +630,109 @@ async fn tail_streams_new_decision_records() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     // The server stops with an open tail.
     assert!(pdp.terminate(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn policy_reloads_and_rejections_are_recorded() {
+    let setup = Setup::with_extra(1000, "reload:\n  watch: false\n");
+    let policies = setup.dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for entry in std::fs::read_dir(support::policies_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut pdp = setup.start_with(&["--policies", policies.to_str().unwrap()]);
+
+    let platform = policies.join("platform.cedar");
+    let text = std::fs::read_to_string(&platform).unwrap();
+    std::fs::write(&platform, format!("{text}\n// reviewed\n")).unwrap();
+    let swapped = admin(&mut pdp, Some("carol"), "PolicyService/Reload", &json!({}));
+    assert_eq!(swapped["outcome"], "swapped", "{swapped}");
+
+    std::fs::write(
+        policies.join("broken.cedar"),
+        "permit (principal, action, resource) when { x };\n",
+    )
+    .unwrap();
+    let rejected = admin(&mut pdp, Some("carol"), "PolicyService/Reload", &json!({}));
+    assert_eq!(rejected["outcome"], "rejected", "{rejected}");
+    assert!(
+        rejected["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("broken.cedar:1"),
+        "{rejected}"
+    );
+
+    let reloads = admin(
+        &mut pdp,
+        Some("dave"),
+        "AuditService/Query",
+        &json!({"kind": "policy_reload"}),
+    );
+    let reloads = reloads["records"].as_array().unwrap().clone();
+    assert_eq!(reloads.len(), 2, "the start and the swap: {reloads:?}");
+    assert_eq!(reloads[1]["filesChanged"], json!(["platform.cedar"]));
+    assert_eq!(reloads[1]["previousVersion"], reloads[0]["policyVersion"]);
+    assert_eq!(reloads[1]["policyVersion"], swapped["version"]);
+
+    let rejections = admin(
+        &mut pdp,
+        Some("dave"),
+        "AuditService/Query",
+        &json!({"kind": "policy_rejected"}),
+    );
+    let rejection = &rejections["records"][0];
+    assert_eq!(
+        rejection["policyVersion"], swapped["version"],
+        "{rejections}"
+    );
+    assert!(
+        rejection["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("broken.cedar:1"),
+        "{rejections}"
+    );
+}
+
+/// A token from `scripts/dev-token.sh`, as the README tells a newcomer.
+fn dev_token(sub: &str) -> String {
+    let openssl = Command::new("openssl").arg("version").output();
+    assert!(
+        openssl.is_ok_and(|o| o.status.success()),
+        "openssl not found: scripts/dev-token.sh needs it; run scripts/install-test-tools.sh (as root)"
+    );
+    let output = Command::new("bash")
+        .arg(support::repo().join("scripts/dev-token.sh"))
+        .arg(sub)
+        .output()
+        .expect("run scripts/dev-token.sh");
+    assert!(
+        output.status.success(),
+        "dev-token.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn readme_dev_tokens_open_the_admin_api_for_the_test_issuer() {
+    let setup = Setup::new(1000);
+    let mut pdp = setup.start();
+    let addr = pdp.listener("admin").to_string();
+    let carol = format!("authorization: Bearer {}", dev_token("carol"));
+    let status = grpcurl(
+        &pdp,
+        &[
+            "-H",
+            &carol,
+            &addr,
+            "portcullis.admin.v1.AuditService/Status",
+        ],
+    );
+    assert!(status.contains("\"onFull\": \"drop\""), "{status}");
+    let bob = format!("authorization: Bearer {}", dev_token("bob"));
+    let err = admin_refused(&mut pdp, Some(bob), "AuditService/Status");
+    assert!(err.contains("PermissionDenied"), "{err}");
 }
