@@ -302,6 +302,40 @@ fn auditor_workflow_with_grpcurl_and_reflection() {
         "no token in a record: {denial}"
     );
 
+    // The same through the thin client, in the shape of the audit files.
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "audit",
+            "query",
+            "--admin",
+            &admin_addr,
+            "--principal",
+            "User::\"bob\"",
+            "--decision",
+            "deny",
+            "--kind",
+            "decision",
+        ])
+        .env("PORTCULLIS_ADMIN_TOKEN", token("dave"))
+        .output()
+        .expect("run portcullis audit query");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["hash"], denial["hash"]);
+    assert_eq!(
+        portcullis::audit::chain::leaf_hash(&lines[0]),
+        lines[0]["hash"].as_str().unwrap(),
+        "a queried record still matches its hash"
+    );
+
     // Get by id.
     let got = admin(
         &mut pdp,
