@@ -119,10 +119,11 @@ fn admit<T>(
 }
 
 /// Records an admin call; in `fail_closed` mode a call that cannot be
-/// recorded is refused.
+/// recorded (queue full, writes failing) is refused.
 fn audit_call(state: &State, record: AuditRecord) -> Result<(), Status> {
     let recorded = state.audit.record(record);
-    if !recorded && state.audit.mode() == audit::OnFull::FailClosed {
+    let fail_closed = state.audit.mode() == audit::OnFull::FailClosed;
+    if fail_closed && (!recorded || !state.audit.accepts()) {
         return Err(Status::unavailable(
             "the audit trail cannot record this call right now; retry later",
         ));

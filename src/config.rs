@@ -520,4 +520,36 @@ log:
             dir.path().join("keys/j.json")
         );
     }
+
+    #[test]
+    fn audit_settings_are_checked_and_resolved() {
+        let err = Config::parse("audit:\n  on_full: sometimes\n", Path::new("c.yaml")).unwrap_err();
+        assert!(
+            err.to_string().contains("on_full") || err.to_string().contains("sometimes"),
+            "{err}"
+        );
+        let c = Config::parse(
+            "audit:\n  rotate_bytes: 10\n  checkpoint_every: 0\n  queue_size: 0\n  on_full: fail_closed\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.audit.on_full, crate::audit::OnFull::FailClosed);
+        let err = c.check(Path::new("c.yaml")).unwrap_err().to_string();
+        for field in [
+            "audit.rotate_bytes",
+            "audit.checkpoint_every",
+            "audit.queue_size",
+        ] {
+            assert!(err.contains(field), "missing {field} in {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(&path, "audit:\n  hmac_key_file: keys/audit.key\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.audit.directory, dir.path().join("audit"));
+        assert_eq!(
+            c.audit.hmac_key_file,
+            Some(dir.path().join("keys/audit.key"))
+        );
+    }
 }

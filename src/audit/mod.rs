@@ -322,22 +322,30 @@ impl AuditSink {
     }
 
     /// Records a decision (and, for refused credentials, the failure). In
-    /// `fail_closed` mode a decision that cannot be recorded becomes a 503
-    /// denial: no request passes unaudited.
+    /// `fail_closed` mode a decision that cannot be recorded (queue full,
+    /// or the writer failing to write) becomes a 503 denial: no request
+    /// passes unaudited.
     pub fn record_decision(&self, d: Decision, req: &AccessRequest, latency: Duration) -> Decision {
-        if self.mode == OnFull::FailClosed && !self.healthy.load(Ordering::Relaxed) {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            self.dropped("the audit writer cannot write");
-            return unavailable(d);
+        let fail_closed = self.mode == OnFull::FailClosed;
+        let mut d = d;
+        let mut refused = false;
+        if fail_closed && !self.healthy.load(Ordering::Relaxed) {
+            // Deny, but still queue the (denied) record: the writer retries
+            // with it, and the service recovers once a write succeeds.
+            d = unavailable(d);
+            refused = true;
         }
         let failure = AuditRecord::authn_failure(&d, req);
         let recorded = self.record(AuditRecord::decision(&d, req, latency));
         if let Some(failure) = failure {
             self.record(failure);
         }
-        if !recorded && self.mode == OnFull::FailClosed {
+        if !recorded && fail_closed && !refused {
+            d = unavailable(d);
+            refused = true;
+        }
+        if refused {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            return unavailable(d);
         }
         d
     }
@@ -559,12 +567,24 @@ mod tests {
 
     #[test]
     fn failed_writes_in_fail_closed_mode_deny() {
-        let (sink, _rx) = sink(OnFull::FailClosed, 16);
+        let (sink, mut rx) = sink(OnFull::FailClosed, 16);
         sink.healthy.store(false, Ordering::Relaxed);
         let req = AccessRequest::for_test("GET", "/");
         let d = sink.record_decision(allowed(), &req, Duration::from_micros(1));
         assert_eq!(d.status, 503);
         assert!(!sink.accepts());
+        // The denial is still queued, so the writer retries and can recover.
+        let Ok(Message::Record(queued)) = rx.try_recv() else {
+            panic!("the denied decision is queued")
+        };
+        assert_eq!(
+            (queued.status, queued.reason.as_str()),
+            (503, "audit_unavailable")
+        );
+        assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
+        sink.healthy.store(true, Ordering::Relaxed);
+        let d = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        assert!(d.is_allowed(), "serves again once writes succeed");
     }
 
     #[test]

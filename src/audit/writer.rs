@@ -593,4 +593,56 @@ mod tests {
         let err = start(&config).unwrap_err().to_string();
         assert!(err.contains("does not match its hash"), "{err}");
     }
+
+    #[test]
+    fn a_failed_write_rolls_the_chain_back_so_the_files_have_no_gap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let path = dir.join(file_name(0));
+        std::fs::write(&path, b"").unwrap();
+        // A read-only handle: every write fails (even for root).
+        let read_only = File::open(&path).unwrap();
+        let counters = Arc::new(Counters::default());
+        let healthy = Arc::new(AtomicBool::new(true));
+        let mut chain = Chain {
+            dir: dir.clone(),
+            file: read_only,
+            path: path.clone(),
+            file_bytes: 0,
+            committed_bytes: 0,
+            records_in_file: 0,
+            next_seq: 0,
+            prev: GENESIS.to_string(),
+            committed: (0, GENESIS.to_string(), 0),
+            since_checkpoint: 0,
+            pending: Vec::new(),
+            published: Vec::new(),
+            key: None,
+            rotate_bytes: 1 << 20,
+            checkpoint_every: 1000,
+            counters: Arc::clone(&counters),
+            healthy: Arc::clone(&healthy),
+            head: Arc::default(),
+            tail: broadcast::channel(8).0,
+            _lock: File::open(&path).unwrap(),
+        };
+        chain.append(record(0));
+        chain.append(record(1));
+        chain.flush();
+        assert!(!healthy.load(Ordering::Relaxed));
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.write_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(chain.next_seq, 0, "rolled back");
+
+        chain.file = open_append(&path).unwrap();
+        chain.append(record(2));
+        chain.flush();
+        assert!(
+            healthy.load(Ordering::Relaxed),
+            "recovers with the next write"
+        );
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX).unwrap();
+        assert_eq!(v.broken, None, "{v:?}");
+        assert_eq!((v.records, v.first_seq), (1, Some(0)));
+    }
 }
