@@ -573,6 +573,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn verify_reports_on_a_range_across_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        write(&config(&dir, None), 100).await;
+        assert!(list_files(&dir).unwrap().len() >= 2);
+        let (v, files) = query::verify_dir(&dir, None, 60, 64).unwrap();
+        assert_eq!(v.broken, None);
+        assert_eq!(
+            (v.records, v.first_seq, v.last_seq),
+            (5, Some(60), Some(64))
+        );
+        assert!(!files.is_empty());
+        let (page, next) = query::query(&dir, &Filter::default(), 60, 5).unwrap();
+        let seqs: Vec<u64> = page.iter().map(|r| r.seq).collect();
+        assert_eq!((seqs, next), (vec![60, 61, 62, 63, 64], Some(65)));
+    }
+
+    #[tokio::test]
     async fn a_directory_takes_one_writer() {
         let tmp = tempfile::tempdir().unwrap();
         let config = config(&tmp.path().join("audit"), None);
