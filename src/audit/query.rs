@@ -61,9 +61,10 @@ impl Filter {
     }
 }
 
-/// Calls `f` with every complete line of the directory's files from the
-/// file holding `from_seq` on, in chain order, until it returns false.
-/// An incomplete last line (being written right now) is not passed.
+/// Calls `f` with every line of the directory's files from the file
+/// holding `from_seq` on, in chain order, until it returns false. An
+/// incomplete last line of the newest file (being written right now) is
+/// not passed.
 fn each_line(
     dir: &Path,
     from_seq: u64,
@@ -75,17 +76,25 @@ fn each_line(
         .iter()
         .rposition(|(first, _)| *first <= from_seq)
         .unwrap_or(0);
-    for (_, path) in &files[start..] {
+    let last = files.len().saturating_sub(1);
+    for (index, (_, path)) in files.iter().enumerate().skip(start) {
         let mut reader = BufReader::new(File::open(path)?);
         let mut buf = Vec::new();
         let mut line_no = 0;
         loop {
             buf.clear();
-            if reader.read_until(b'\n', &mut buf)? == 0 || buf.last() != Some(&b'\n') {
+            if reader.read_until(b'\n', &mut buf)? == 0 {
+                break;
+            }
+            let complete = buf.last() == Some(&b'\n');
+            if !complete && index == last {
+                // Being written right now.
                 break;
             }
             line_no += 1;
-            let text = String::from_utf8_lossy(&buf[..buf.len() - 1]);
+            // An incomplete line in an older file is damage: pass it on.
+            let end = if complete { buf.len() - 1 } else { buf.len() };
+            let text = String::from_utf8_lossy(&buf[..end]);
             let at = Location {
                 file: path.display().to_string(),
                 line: line_no,

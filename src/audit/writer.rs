@@ -591,6 +591,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cut_line_in_an_older_file_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        write(&config(&dir, None), 100).await;
+        let (_, first) = list_files(&dir).unwrap().remove(0);
+        let text = std::fs::read_to_string(&first).unwrap();
+        let lines = text.lines().count();
+        std::fs::write(&first, &text[..text.len() - 10]).unwrap();
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX).unwrap();
+        let broken = v.broken.expect("the cut line is reported");
+        assert_eq!(broken.at.file, first.display().to_string());
+        assert_eq!(broken.at.line, lines, "{broken}");
+    }
+
+    #[tokio::test]
     async fn a_directory_takes_one_writer() {
         let tmp = tempfile::tempdir().unwrap();
         let config = config(&tmp.path().join("audit"), None);
