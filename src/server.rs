@@ -174,10 +174,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let stop = cancel.clone();
         tasks.spawn(async move {
             router
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(decision_listener),
-                    stop.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(nodelay(decision_listener), stop.cancelled_owned())
                 .await
         });
     }
@@ -201,10 +198,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let stop = cancel.clone();
         tasks.spawn(async move {
             router
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(admin_listener),
-                    stop.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(nodelay(admin_listener), stop.cancelled_owned())
                 .await
         });
     }
@@ -218,6 +212,24 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         background,
         grace: Duration::from_millis(limits.shutdown_grace_ms),
         audit: Some(audit_writer),
+    })
+}
+
+/// Accepted connections with TCP_NODELAY set. Tonic's own `tcp_nodelay`
+/// applies only to listeners it binds itself; without this, Nagle's
+/// algorithm holds back the last frames of a response until the client's
+/// delayed ACK (about 40 ms per call).
+fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }
+        accepted
     })
 }
 
@@ -307,5 +319,21 @@ impl Running {
         }
         tracing::info!("shutting down");
         self.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt as _;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_set_so_responses_are_not_held_by_nagle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(nodelay(listener));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }

@@ -185,7 +185,7 @@ fn decision_id(response: &HttpResponse) -> String {
         .expect("every response carries its decision id")
 }
 
-/// Every record in the directory's files, parsed, in file order.
+/// Every complete record in the directory's files, parsed, in file order.
 fn records_on_disk(dir: &Path) -> Vec<Value> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -196,8 +196,10 @@ fn records_on_disk(dir: &Path) -> Vec<Value> {
     files
         .iter()
         .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
+            let text = std::fs::read_to_string(f).unwrap();
+            // While the server runs, the last line may be half written.
+            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            complete
                 .lines()
                 .map(|l| serde_json::from_str::<Value>(l).unwrap())
                 .collect::<Vec<_>>()
