@@ -463,7 +463,7 @@ fn unauthenticated_and_unauthorized_admin_callers_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_under_load_has_exactly_one_record() {
-    const N: usize = 400;
+    const N: usize = 1_000;
     let setup = Setup::new(50);
     let mut pdp = setup.start();
     let ids = decisions(pdp.addr(), N, 16).await;
@@ -487,25 +487,31 @@ async fn after_kill_9_every_record_verifies_and_the_chain_continues() {
     let setup = Setup::new(25);
     let mut pdp = setup.start();
     let addr = pdp.addr();
-    // Load in the background, bounded; killed mid-run.
+    // Load in the background (4 streams, bounded); killed mid-run.
     let load = tokio::spawn(async move {
-        let client = AuthorizationClient::connect(format!("http://{addr}")).await;
-        let Ok(client) = client else { return };
-        for i in 0..5_000 {
+        let Ok(client) = AuthorizationClient::connect(format!("http://{addr}")).await else {
+            return;
+        };
+        let mut streams = tokio::task::JoinSet::new();
+        for s in 0..4 {
             let mut c = client.clone();
-            if c.check(check_request("/v1/status", &format!("k-{i}")))
-                .await
-                .is_err()
-            {
-                return;
-            }
+            streams.spawn(async move {
+                for i in 0..2_000 {
+                    let req = check_request("/v1/status", &format!("k-{s}-{i}"));
+                    if c.check(req).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
+        while streams.join_next().await.is_some() {}
     });
     let deadline = Instant::now() + Duration::from_secs(20);
-    while decision_ids_on_disk(&setup.audit_dir()).len() < 100 {
+    while decision_ids_on_disk(&setup.audit_dir()).len() < 300 {
         assert!(Instant::now() < deadline, "no decisions reached the disk");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(!load.is_finished(), "the kill must land mid-run");
     kill_9(&mut pdp);
     load.abort();
     let _ = load.await;
