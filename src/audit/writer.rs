@@ -410,9 +410,9 @@ impl Chain {
             });
             self.records_in_file += records_before;
         }
-        self.flush();
-        if !self.pending.is_empty() {
-            // The write failed; keep appending to the same file.
+        if !self.flush() {
+            // The write failed; keep appending to the same file, which
+            // gets its sealing checkpoint at the next rotation.
             return;
         }
         if let Err(e) = self.file.sync_all() {
@@ -435,12 +435,12 @@ impl Chain {
         }
     }
 
-    /// Appends the pending batch with one write. On failure the batch's
-    /// records are counted as dropped and the chain rolls back, so that the
-    /// records on disk stay a gapless chain.
-    fn flush(&mut self) {
+    /// Appends the pending batch with one write; false when it failed. On
+    /// failure the batch's records are counted as dropped and the chain
+    /// rolls back, so that the records on disk stay a gapless chain.
+    fn flush(&mut self) -> bool {
         if self.pending.is_empty() {
-            return;
+            return true;
         }
         let n = self.published.len() as u64;
         match self.file.write_all(&self.pending) {
@@ -461,6 +461,7 @@ impl Chain {
                     // No subscriber is fine.
                     let _ = self.tail.send(record);
                 }
+                true
             }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -481,6 +482,7 @@ impl Chain {
                 self.since_checkpoint = since;
                 self.pending.clear();
                 self.published.clear();
+                false
             }
         }
     }
