@@ -778,3 +778,52 @@ fn readme_dev_tokens_open_the_admin_api_for_the_test_issuer() {
     let err = admin_refused(&mut pdp, Some(bob), "AuditService/Status");
     assert!(err.contains("PermissionDenied"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_that_falls_behind_ends_with_data_loss_never_silently() {
+    use portcullis::proto::audit_service_client::AuditServiceClient;
+    use portcullis::proto::TailRequest;
+
+    let setup = Setup::new(1000);
+    let mut pdp = setup.start();
+    let admin_addr = pdp.listener("admin");
+    // Small HTTP/2 windows, so that the client does not absorb the backlog.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin_addr}"))
+        .unwrap()
+        .initial_stream_window_size(Some(16 * 1024))
+        .initial_connection_window_size(Some(16 * 1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AuditServiceClient::new(channel);
+    let mut request = tonic::Request::new(TailRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("dave")).parse().unwrap(),
+    );
+    let mut stream = client.tail(request).await.expect("Tail opens").into_inner();
+    // Not reading while far more records than the tail buffers are written.
+    decisions(pdp.addr(), 2_000, 16).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut received = 0u64;
+    let mut last_seq = None;
+    loop {
+        assert!(Instant::now() < deadline, "no end of the lagging tail");
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Ok(Ok(Some(record))) => {
+                if let Some(prev) = last_seq {
+                    assert_eq!(record.seq, prev + 1, "a tail never skips silently");
+                }
+                last_seq = Some(record.seq);
+                received += 1;
+            }
+            Ok(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+                assert!(status.message().contains("Query"), "{status:?}");
+                break;
+            }
+            other => panic!("expected records then DATA_LOSS, got {other:?} after {received}"),
+        }
+    }
+    assert!(received < 2_000, "{received}");
+}
