@@ -60,6 +60,7 @@ fn admit<T>(
             }
             Err(_) => {
                 record.reason = "malformed_authorization".into();
+                record.status = 401;
                 audit_call(state, record)?;
                 return Err(Status::unauthenticated(
                     "the authorization metadata must be 'Bearer <token>'",
@@ -83,6 +84,7 @@ fn admit<T>(
         Authentication::NoCredentials => crate::pipeline::anonymous(),
         Authentication::Rejected(failure) => {
             record.reason = failure.reason.to_string();
+            record.status = 401;
             audit_call(state, record)?;
             return Err(Status::unauthenticated(failure.detail));
         }

@@ -284,7 +284,9 @@ impl<'k> Verifier<'k> {
             let covered = value.get("checkpoint_seq").and_then(Value::as_u64);
             let sig = value.get("checkpoint_mac").and_then(Value::as_str);
             match (self.key, head, covered, sig) {
-                (_, Some(head), Some(covered), _) if covered + 1 != seq || head != prev => {
+                (_, Some(head), Some(covered), _)
+                    if covered.checked_add(1) != Some(seq) || head != prev =>
+                {
                     return self.fail(
                         at,
                         Some(seq),
@@ -322,7 +324,7 @@ impl<'k> Verifier<'k> {
         }
         self.result.head = stored.to_string();
         self.prev = Some(stored.to_string());
-        self.expected_seq = Some(seq + 1);
+        self.expected_seq = Some(seq.saturating_add(1));
     }
 
     fn in_range(&self, seq: u64) -> bool {
@@ -331,7 +333,11 @@ impl<'k> Verifier<'k> {
 
     /// Past the end of the requested range: nothing more to check.
     pub fn done(&self) -> bool {
-        self.is_broken() || self.expected_seq.is_some_and(|s| s > self.range.1)
+        self.is_broken() || self.prev_seq().is_some_and(|s| s >= self.range.1)
+    }
+
+    fn prev_seq(&self) -> Option<u64> {
+        self.expected_seq.map(|s| s.saturating_sub(1))
     }
 
     fn fail(&mut self, at: Location, seq: Option<u64>, id: Option<String>, reason: String) {
@@ -457,6 +463,18 @@ mod tests {
         let b = verify(&forged).broken.unwrap();
         assert_eq!(b.seq, Some(4));
         assert!(b.reason.contains("signature"), "{b}");
+    }
+
+    #[test]
+    fn hostile_numbers_are_reported_not_panicked_on() {
+        let mut lines = chain(3, false);
+        let max = u64::MAX;
+        let mut v = json!({"seq": max, "id": "x", "kind": "checkpoint", "checkpoint_seq": max,
+                           "checkpoint_head": "h", "checkpoint_mac": "m", "prev": "p"});
+        v["hash"] = Value::String(leaf_hash(&v));
+        lines.insert(0, v.to_string());
+        let b = verify(&lines).broken.unwrap();
+        assert_eq!(b.at.line, 1, "{b}");
     }
 
     #[test]

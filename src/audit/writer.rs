@@ -229,7 +229,10 @@ fn resume(
         if leaf_hash(&value) != hash {
             return Err(damaged("its content does not match its hash"));
         }
-        return Ok((seq + 1, hash.to_string(), path));
+        let next = seq
+            .checked_add(1)
+            .ok_or_else(|| damaged("its seq is the largest possible"))?;
+        return Ok((next, hash.to_string(), path));
     }
     Ok((0, GENESIS.to_string(), dir.join(file_name(0))))
 }
