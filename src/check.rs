@@ -81,15 +81,17 @@ impl CheckInput {
 
     /// The given identity, if any.
     pub fn identity(&self) -> Result<Option<Identity>, String> {
-        let Some(input) = &self.identity else {
-            return Ok(None);
-        };
+        self.identity.as_ref().map(Self::identity_of).transpose()
+    }
+
+    /// An identity from its JSON form.
+    pub fn identity_of(input: &IdentityInput) -> Result<Identity, String> {
         let parse = |s: &str| {
             s.parse::<EntityUid>().map_err(|e| {
                 format!("identity: '{s}' is not a Cedar entity uid like User::\"alice\": {e}")
             })
         };
-        Ok(Some(Identity {
+        Ok(Identity {
             principal: parse(&input.principal)?,
             parents: input
                 .parents
@@ -97,6 +99,6 @@ impl CheckInput {
                 .map(|p| parse(p))
                 .collect::<Result<_, _>>()?,
             method: AuthMethod::Jwt,
-        }))
+        })
     }
 }

@@ -31,6 +31,8 @@ pub struct Config {
     /// tag or branch, resolved once at start) instead of the files on disk.
     /// Rolling back is pinning the previous revision.
     pub policy_revision: Option<String>,
+    /// The audit trail.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             authentication: AuthnConfig::default(),
             log: LogConfig::default(),
             policy_revision: None,
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -279,6 +282,14 @@ impl Config {
         if self.policies.is_relative() {
             self.policies = base.join(&self.policies);
         }
+        if self.audit.directory.is_relative() {
+            self.audit.directory = base.join(&self.audit.directory);
+        }
+        if let Some(key) = &mut self.audit.hmac_key_file {
+            if key.is_relative() {
+                *key = base.join(&*key);
+            }
+        }
         for issuer in &mut self.authentication.jwt {
             if issuer.jwks_file.is_relative() {
                 issuer.jwks_file = base.join(&issuer.jwks_file);
@@ -370,6 +381,7 @@ impl Config {
                 self.log.level
             ));
         }
+        problems.extend(self.audit.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -383,6 +395,60 @@ impl Config {
     /// The request deadline as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.server.request_timeout_ms)
+    }
+}
+
+/// The audit trail: where and how records are written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Directory of the audit files (created if missing). One process per
+    /// directory.
+    pub directory: PathBuf,
+    /// Start a new file once the current one reaches this many bytes.
+    pub rotate_bytes: u64,
+    /// Sign a checkpoint after this many records (and at rotation and stop).
+    pub checkpoint_every: u64,
+    /// File holding the HMAC key that signs checkpoints (at least 32 bytes).
+    /// Without it checkpoints are not written. The key itself is never
+    /// logged.
+    pub hmac_key_file: Option<PathBuf>,
+    /// Records that may wait for the writer.
+    pub queue_size: usize,
+    /// When a record cannot be queued: `drop` (serve, count, log) or
+    /// `fail_closed` (deny the request with 503).
+    pub on_full: crate::audit::OnFull,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            directory: PathBuf::from("audit"),
+            rotate_bytes: 64 * 1024 * 1024,
+            checkpoint_every: 1000,
+            hmac_key_file: None,
+            queue_size: 16_384,
+            on_full: crate::audit::OnFull::Drop,
+        }
+    }
+}
+
+impl AuditConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.rotate_bytes < 4096 {
+            problems.push("audit.rotate_bytes: at least 4096".to_string());
+        }
+        if self.checkpoint_every == 0 {
+            problems.push("audit.checkpoint_every: at least 1".to_string());
+        }
+        if self.queue_size == 0 || self.queue_size > 1 << 24 {
+            problems.push("audit.queue_size: between 1 and 16777216".to_string());
+        }
+        if self.directory.as_os_str().is_empty() {
+            problems.push("audit.directory: must not be empty".to_string());
+        }
+        problems
     }
 }
 
@@ -462,6 +528,38 @@ log:
         assert_eq!(
             c.authentication.jwt[0].jwks_file,
             dir.path().join("keys/j.json")
+        );
+    }
+
+    #[test]
+    fn audit_settings_are_checked_and_resolved() {
+        let err = Config::parse("audit:\n  on_full: sometimes\n", Path::new("c.yaml")).unwrap_err();
+        assert!(
+            err.to_string().contains("on_full") || err.to_string().contains("sometimes"),
+            "{err}"
+        );
+        let c = Config::parse(
+            "audit:\n  rotate_bytes: 10\n  checkpoint_every: 0\n  queue_size: 0\n  on_full: fail_closed\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.audit.on_full, crate::audit::OnFull::FailClosed);
+        let err = c.check(Path::new("c.yaml")).unwrap_err().to_string();
+        for field in [
+            "audit.rotate_bytes",
+            "audit.checkpoint_every",
+            "audit.queue_size",
+        ] {
+            assert!(err.contains(field), "missing {field} in {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(&path, "audit:\n  hmac_key_file: keys/audit.key\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.audit.directory, dir.path().join("audit"));
+        assert_eq!(
+            c.audit.hmac_key_file,
+            Some(dir.path().join("keys/audit.key"))
         );
     }
 }

@@ -35,6 +35,9 @@ pub enum DenyReason {
     BadPath,
     /// The route's resource does not exist.
     UnknownResource,
+    /// The decision could not be recorded in the audit trail and the
+    /// trail is configured to fail closed.
+    AuditUnavailable,
 }
 
 impl DenyReason {
@@ -46,6 +49,7 @@ impl DenyReason {
             DenyReason::NoRoute | DenyReason::UnknownResource => 404,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::BadPath => 400,
+            DenyReason::AuditUnavailable => 503,
         }
     }
 
@@ -60,6 +64,7 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::BadPath => "bad_path",
             DenyReason::UnknownResource => "unknown_resource",
+            DenyReason::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -73,6 +78,7 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "Method not allowed",
             DenyReason::BadPath => "Bad request path",
             DenyReason::UnknownResource => "Not found",
+            DenyReason::AuditUnavailable => "Service unavailable",
         }
     }
 }

@@ -57,7 +57,12 @@ impl Authorization for AuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let access = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
         let snapshot = self.state.policies.current();
-        let decision = pipeline::decide(&snapshot, &self.state.authenticator, &access);
+        let decision = pipeline::decide_recorded(
+            &snapshot,
+            &self.state.authenticator,
+            &self.state.audit,
+            &access,
+        );
         Ok(Response::new(to_check_response(&decision, &access)))
     }
 }

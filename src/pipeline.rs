@@ -214,3 +214,30 @@ fn record(d: &Decision, req: &AccessRequest, started: Instant) {
         );
     }
 }
+
+/// Decides one request and records the decision in the audit trail (stage
+/// 6). The single place where real decisions reach the audit trail; in
+/// `fail_closed` mode a decision that cannot be recorded comes back as a
+/// 503 denial.
+pub fn decide_recorded(
+    snapshot: &Snapshot,
+    authenticator: &Authenticator,
+    audit: &crate::audit::AuditSink,
+    req: &AccessRequest,
+) -> Decision {
+    let started = Instant::now();
+    let decision = decide(snapshot, authenticator, req);
+    audit.record_decision(decision, req, started.elapsed())
+}
+
+/// Decides a hypothetical request as `decide` would, authenticating its
+/// credentials, but neither logs nor records it (admin `Explain`).
+pub fn explain(
+    snapshot: &Snapshot,
+    authenticator: &Authenticator,
+    req: &AccessRequest,
+) -> Decision {
+    evaluate(snapshot, req, |r| {
+        authenticator.authenticate(r, epoch_seconds(r))
+    })
+}

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::check::CheckInput;
-use crate::decision::Outcome;
+use crate::authz;
+use crate::check::{CheckInput, IdentityInput};
+use crate::decision::{Decision, DenyReason, Outcome};
 use crate::pipeline;
 use crate::snapshot::Snapshot;
 
@@ -21,14 +22,35 @@ struct CaseFile {
     cases: Vec<Case>,
 }
 
-/// One case: a request (with an identity standing in for credentials) and
-/// what the policies must decide.
+/// One case: an HTTP request (with an identity standing in for
+/// credentials) or, for actions no route reaches (the admin API), a Cedar
+/// request; and what the policies must decide.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Case {
     name: String,
-    request: CheckInput,
+    #[serde(default)]
+    request: Option<CheckInput>,
+    #[serde(default)]
+    cedar: Option<CedarCase>,
     expect: Expect,
+}
+
+/// A Cedar request given directly.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CedarCase {
+    /// e.g. `User::"dave"`.
+    principal: String,
+    #[serde(default)]
+    parents: Vec<String>,
+    /// The action id, e.g. `audit:read`.
+    action: String,
+    /// e.g. `AuditLog::"main"`.
+    resource: String,
+    /// The context record, as JSON/YAML.
+    #[serde(default)]
+    context: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,10 +181,12 @@ pub fn requests(dir: &Path) -> Vec<(String, CheckInput)> {
             .display()
             .to_string();
         for (index, case) in file.cases.into_iter().enumerate() {
-            out.push((
-                format!("{name}:{}: {}", case_line(&text, index), case.name),
-                case.request,
-            ));
+            if let Some(request) = case.request {
+                out.push((
+                    format!("{name}:{}: {}", case_line(&text, index), case.name),
+                    request,
+                ));
+            }
         }
     }
     out
@@ -170,8 +194,14 @@ pub fn requests(dir: &Path) -> Vec<(String, CheckInput)> {
 
 /// Decides a case; `Ok(determining policies)` when it matches expectations.
 fn check_case(snapshot: &Snapshot, case: &Case) -> Result<Vec<String>, String> {
-    let identity = case.request.identity()?;
-    let decision = pipeline::decide_as(snapshot, identity, &case.request.to_access_request());
+    let decision = match (&case.request, &case.cedar) {
+        (Some(request), None) => {
+            let identity = request.identity()?;
+            pipeline::decide_as(snapshot, identity, &request.to_access_request())
+        }
+        (None, Some(cedar)) => decide_cedar(snapshot, cedar)?,
+        _ => return Err("give exactly one of 'request' (HTTP) or 'cedar'".into()),
+    };
     let got = format!(
         "{} {} (reason: {}, determining: [{}]{})",
         outcome_name(decision.decision),
@@ -207,6 +237,36 @@ fn check_case(snapshot: &Snapshot, case: &Case) -> Result<Vec<String>, String> {
         }
     }
     Ok(decision.determining_policies)
+}
+
+/// Evaluates a Cedar request directly; allow is 200, deny 403.
+fn decide_cedar(snapshot: &Snapshot, case: &CedarCase) -> Result<Decision, String> {
+    let identity = CheckInput::identity_of(&IdentityInput {
+        principal: case.principal.clone(),
+        parents: case.parents.clone(),
+    })?;
+    let resource = case.resource.parse().map_err(|e| {
+        format!(
+            "resource '{}' is not a Cedar entity uid: {e}",
+            case.resource
+        )
+    })?;
+    let context = if case.context.is_null() {
+        serde_json::json!({})
+    } else {
+        case.context.clone()
+    };
+    let (outcome, _shadow) = authz::authorize(snapshot, &identity, &case.action, resource, context);
+    let mut d = Decision::new(&snapshot.version);
+    d.determining_policies = outcome.determining;
+    d.errors = outcome.errors;
+    Ok(if outcome.allowed {
+        d.allow()
+    } else if d.errors.is_empty() {
+        d.deny(DenyReason::Forbidden, "")
+    } else {
+        d.deny(DenyReason::PolicyError, "")
+    })
 }
 
 fn outcome_name(o: Outcome) -> &'static str {

@@ -35,6 +35,8 @@ pub struct PolicyStore {
     // A std mutex: held only by the blocking reload, never across an await.
     // It also serialises reloads so an older load cannot overwrite a newer.
     stats: Mutex<ReloadStats>,
+    /// Where reloads and rejections are recorded, once the trail is open.
+    audit: std::sync::OnceLock<crate::audit::AuditSink>,
 }
 
 /// What a reload did.
@@ -61,6 +63,7 @@ impl PolicyStore {
             version,
             current: ArcSwap::from_pointee(snapshot),
             stats: Mutex::new(ReloadStats::default()),
+            audit: std::sync::OnceLock::new(),
         })
     }
 
@@ -83,7 +86,8 @@ impl PolicyStore {
     /// Blocking (reads files, may run git): call from a blocking context.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadErrors> {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let from = self.current.load().version.clone();
+        let old = self.current.load_full();
+        let from = old.version.clone();
         match Snapshot::load_versioned(&self.dir, self.version.clone()) {
             Ok(snapshot) if snapshot.version == from => {
                 stats.last_errors.clear();
@@ -91,6 +95,7 @@ impl PolicyStore {
             }
             Ok(snapshot) => {
                 let to = snapshot.version.clone();
+                self.audit_reload(&snapshot, Some(&old));
                 self.current.store(Arc::new(snapshot));
                 stats.reloads += 1;
                 stats.last_errors.clear();
@@ -100,6 +105,14 @@ impl PolicyStore {
             Err(errors) => {
                 stats.rejected += 1;
                 stats.last_errors = errors.errors.iter().map(ToString::to_string).collect();
+                if let Some(audit) = self.audit.get() {
+                    audit.record(crate::audit::AuditRecord {
+                        previous_version: from.clone(),
+                        policy_version: from.clone(),
+                        errors: stats.last_errors.clone(),
+                        ..crate::audit::AuditRecord::new(crate::audit::Kind::PolicyRejected)
+                    });
+                }
                 for e in &errors.errors {
                     tracing::error!(file = %e.file, line = e.line, error = %e.message, "rejected policy change");
                 }
@@ -111,6 +124,29 @@ impl PolicyStore {
                 Err(errors)
             }
         }
+    }
+
+    /// Records reloads and rejections in `audit` from now on, starting with
+    /// a record of the snapshot serving now.
+    pub fn set_audit(&self, audit: crate::audit::AuditSink) {
+        if self.audit.set(audit).is_ok() {
+            self.audit_reload(&self.current(), None);
+        }
+    }
+
+    fn audit_reload(&self, new: &Snapshot, old: Option<&Snapshot>) {
+        let Some(audit) = self.audit.get() else {
+            return;
+        };
+        audit.record(crate::audit::AuditRecord {
+            policy_version: new.version.clone(),
+            previous_version: old.map(|o| o.version.clone()).unwrap_or_default(),
+            files_changed: match old {
+                Some(old) => new.files_changed_since(old),
+                None => new.files.clone(),
+            },
+            ..crate::audit::AuditRecord::new(crate::audit::Kind::PolicyReload)
+        });
     }
 
     /// Reloads on a blocking thread.

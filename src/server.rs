@@ -13,11 +13,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::admin::PolicyAdmin;
+use crate::admin::{AuditAdmin, PolicyAdmin};
+use crate::audit::{AuditSink, AuditWriter};
 use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::extauthz::AuthzService;
 use crate::gitrev::PolicyRevision;
+use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::policy_service_server::PolicyServiceServer;
 use crate::reload::{self, PolicyStore};
 
@@ -28,6 +30,8 @@ pub struct State {
     pub policies: Arc<PolicyStore>,
     /// Credential verification.
     pub authenticator: Authenticator,
+    /// The audit trail.
+    pub audit: AuditSink,
 }
 
 /// Why the server could not start.
@@ -52,6 +56,9 @@ pub enum StartError {
     /// Watching the policy directory failed.
     #[error("cannot watch the policy directory: {0}")]
     Watch(String),
+    /// The audit trail could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::StartError),
 }
 
 /// A running Portcullis.
@@ -69,6 +76,7 @@ pub struct Running {
     grace: Duration,
     /// Keeps a pinned revision's files alive while serving.
     _pinned: Option<PolicyRevision>,
+    audit: Option<AuditWriter>,
 }
 
 /// Loads policies, binds the listeners and starts serving.
@@ -96,9 +104,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         "policy snapshot loaded"
     );
     let authenticator = Authenticator::new(&config.authentication).map_err(StartError::Authn)?;
+    let audit_config = config.audit.clone();
+    let (audit, audit_writer) =
+        tokio::task::spawn_blocking(move || crate::audit::start(&audit_config))
+            .await
+            .expect("opening the audit trail does not panic")?;
+    store.set_audit(audit.clone());
     let state = Arc::new(State {
         policies: Arc::new(store),
         authenticator,
+        audit,
     });
 
     let bind = |what, addr| async move {
@@ -153,6 +168,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     health
         .set_serving::<PolicyServiceServer<PolicyAdmin>>()
         .await;
+    health.set_serving::<AuditServiceServer<AuditAdmin>>().await;
 
     let limits = &config.server;
     let max_message = limits.max_message_bytes;
@@ -174,30 +190,31 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let stop = cancel.clone();
         tasks.spawn(async move {
             router
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(decision_listener),
-                    stop.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(nodelay(decision_listener), stop.cancelled_owned())
                 .await
         });
     }
     {
-        let (v1, v1alpha) =
-            reflection(&["portcullis.admin.v1.PolicyService", "grpc.health.v1.Health"]);
+        let (v1, v1alpha) = reflection(&[
+            "portcullis.admin.v1.PolicyService",
+            "portcullis.admin.v1.AuditService",
+            "grpc.health.v1.Health",
+        ]);
         let router = builder()
             .add_service(PolicyServiceServer::new(PolicyAdmin::new(Arc::clone(
                 &state,
             ))))
+            .add_service(AuditServiceServer::new(AuditAdmin::new(
+                Arc::clone(&state),
+                cancel.clone(),
+            )))
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha);
         let stop = cancel.clone();
         tasks.spawn(async move {
             router
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(admin_listener),
-                    stop.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(nodelay(admin_listener), stop.cancelled_owned())
                 .await
         });
     }
@@ -211,6 +228,25 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         background,
         grace: Duration::from_millis(limits.shutdown_grace_ms),
         _pinned: pinned,
+        audit: Some(audit_writer),
+    })
+}
+
+/// Accepted connections with TCP_NODELAY set. Tonic's own `tcp_nodelay`
+/// applies only to listeners it binds itself; without this, Nagle's
+/// algorithm holds back the last frames of a response until the client's
+/// delayed ACK (about 40 ms per call).
+pub fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }
+        accepted
     })
 }
 
@@ -277,6 +313,13 @@ impl Running {
         })
         .await;
         self.background.shutdown().await;
+        if drained.is_err() {
+            self.tasks.shutdown().await;
+        }
+        // Every request is done: write what is queued, then close the trail.
+        if let Some(audit) = self.audit.take() {
+            audit.stop().await;
+        }
         match drained {
             Ok(result) => result,
             Err(_) => {
@@ -300,11 +343,30 @@ impl Running {
             Some(joined) = self.tasks.join_next() => {
                 if let Ok(Err(e)) = joined {
                     self.cancel.cancel();
+                    if let Some(audit) = self.audit.take() {
+                        audit.stop().await;
+                    }
                     return Err(e);
                 }
             }
         }
         tracing::info!("shutting down");
         self.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt as _;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_set_so_responses_are_not_held_by_nagle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(nodelay(listener));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }

@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub entities: Entities,
     /// The route table.
     pub routes: RouteTable,
+    /// SHA-256 (hex) of each file, to tell which files a reload changed.
+    pub file_hashes: BTreeMap<String, String>,
 }
 
 /// One problem in a policy directory.
@@ -241,7 +243,25 @@ impl Snapshot {
             shadow_sources,
             entities,
             routes,
+            file_hashes: files
+                .iter()
+                .map(|(name, text)| (name.clone(), hex::encode(Sha256::digest(text.as_bytes()))))
+                .collect(),
         })
+    }
+
+    /// Files added, removed or changed between `older` and this snapshot.
+    pub fn files_changed_since(&self, older: &Snapshot) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .file_hashes
+            .keys()
+            .chain(older.file_hashes.keys())
+            .filter(|n| self.file_hashes.get(*n) != older.file_hashes.get(*n))
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Number of enforced policies.

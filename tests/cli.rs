@@ -34,7 +34,7 @@ fn validate_accepts_the_bundled_policies() {
     let out = portcullis(&["policy", "validate", policies_dir().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("ok (7 policies, 5 routes"),
+        text(&out.stdout).contains("ok (10 policies, 5 routes"),
         "{}",
         text(&out.stdout)
     );
@@ -252,7 +252,7 @@ fn policy_test_passes_on_the_bundled_policies_and_covers_every_policy() {
         text(&out.stderr)
     );
     assert!(
-        text(&out.stdout).contains(" 0 failed; 7 of 7 policies covered"),
+        text(&out.stdout).contains(" 0 failed; 10 of 10 policies covered"),
         "{}",
         text(&out.stdout)
     );

@@ -386,3 +386,16 @@ fn shadow_policies_are_validated_like_enforced_ones() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn shadow_outcome_is_part_of_the_decision_audit_record() {
+    let (_dir, s) = bundled_with_shadow(SHADOW_REGION_FORBID);
+    let mut req = predict("sentiment", "v2");
+    req.headers
+        .insert("x-client-region".into(), "cn-north-1".into());
+    let d = decide_as(&s, Some(user("alice", Some("acme"))), &req);
+    let record =
+        portcullis::audit::AuditRecord::decision(&d, &req, std::time::Duration::from_micros(5));
+    assert_eq!(record.decision, "allow");
+    assert_eq!(record.shadow, "deny (disagrees) [shadow-no-cn-north-1]");
+}

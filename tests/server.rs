@@ -37,6 +37,11 @@ async fn start(policies: &Path) -> Running {
             debounce_ms: 100,
             poll_seconds: 0,
         },
+        // Each server its own audit trail (a directory takes one writer).
+        audit: portcullis::config::AuditConfig {
+            directory: tempfile::tempdir().unwrap().keep(),
+            ..Default::default()
+        },
         ..Config::default()
     };
     server::start(&config).await.expect("server starts")
@@ -189,7 +194,7 @@ async fn hot_reload_applies_valid_changes_and_keeps_last_good_on_errors() {
         .unwrap();
     let v0 = version(&mut admin).await;
     assert!(v0.version.starts_with("sha256:"), "{}", v0.version);
-    assert_eq!(v0.policy_count, 7);
+    assert_eq!(v0.policy_count, 10);
 
     // Edit: remove the public status permit; the decision changes within 2 s.
     let platform = dir.path().join("platform.cedar");

@@ -388,7 +388,7 @@ async fn start_empty(cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
     tokio::spawn(async move {
         let _ = router
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                portcullis::server::nodelay(listener),
                 cancel.cancelled_owned(),
             )
             .await;

@@ -989,3 +989,34 @@ pub fn mint(claims: Value, key: Key) -> String {
     header.kid = Some(key.kid().to_string());
     jsonwebtoken::encode(&header, &claims, &encoding).expect("sign JWT")
 }
+
+// ---------------------------------------------------------------------------
+// Audit trail (issue 6)
+// ---------------------------------------------------------------------------
+
+/// Writes the config of [`write_config`] into `dir` with `extra` YAML
+/// (top-level keys such as `audit:`) appended; returns its path.
+pub fn write_config_with(dir: &Path, extra: &str) -> PathBuf {
+    let path = write_config(dir);
+    let mut text = std::fs::read_to_string(&path).expect("read written config");
+    text.push_str(extra);
+    std::fs::write(&path, text).expect("write portcullis config");
+    path
+}
+
+/// A valid bearer token from the fixture issuer for `sub` (org `acme`).
+pub fn token(sub: &str) -> String {
+    mint(claims(sub, "acme"), Key::Es256)
+}
+
+/// Sends SIGKILL to a running Portcullis (no shutdown path runs) and
+/// waits until it is gone.
+pub fn kill_9(portcullis: &mut Portcullis) {
+    let pid = libc::pid_t::try_from(portcullis.pid()).expect("pid fits pid_t");
+    // SAFETY: plain syscall on a child we started and have not reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    wait_timeout(&mut portcullis.child, Duration::from_secs(10))
+        .expect("portcullis exits within 10 s of SIGKILL");
+}

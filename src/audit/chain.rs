@@ -1,0 +1,485 @@
+//! The tamper evidence of the audit trail: canonical JSON, the hash chain
+//! (each record's hash covers its canonical form, which includes the previous
+//! record's hash) and HMAC-signed checkpoints. Verification of a sequence of
+//! lines lives here too, so that the server and the offline CLI agree.
+//! It does not read or write files.
+
+use std::fmt::Write as _;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The `prev` of the very first record of a chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Domain separation for leaf hashes and checkpoint MACs.
+const LEAF_DOMAIN: &[u8] = b"portcullis-audit-leaf-v1\n";
+const CHECKPOINT_DOMAIN: &[u8] = b"portcullis-audit-checkpoint-v1\n";
+
+/// Serialises a JSON value canonically: object keys sorted by their UTF-8
+/// bytes, no insignificant whitespace, serde_json's string escaping. The
+/// audit records hold only strings, integers, booleans, arrays and objects,
+/// so number formatting is never ambiguous.
+pub fn canonical(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String((*k).clone()).to_string());
+                out.push(':');
+                write_canonical(&map[k.as_str()], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => {
+            let _ = write!(out, "{other}");
+        }
+    }
+}
+
+/// The hash of a record: SHA-256 over its canonical form without the `hash`
+/// field (the form includes `prev`, the previous record's hash), hex.
+pub fn leaf_hash(record: &Value) -> String {
+    let mut without = record.clone();
+    if let Value::Object(map) = &mut without {
+        map.remove("hash");
+    }
+    let mut h = Sha256::new();
+    h.update(LEAF_DOMAIN);
+    h.update(canonical(&without).as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The secret that signs checkpoints. `Debug` never shows it.
+#[derive(Clone)]
+pub struct CheckpointKey(Vec<u8>);
+
+impl std::fmt::Debug for CheckpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointKey(***)")
+    }
+}
+
+impl CheckpointKey {
+    /// A key from raw bytes (at least 32).
+    pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
+        if bytes.len() < 32 {
+            return Err(format!(
+                "the HMAC key has {} bytes; use at least 32 random bytes (e.g. `head -c 32 /dev/urandom > audit.key`)",
+                bytes.len()
+            ));
+        }
+        Ok(CheckpointKey(bytes))
+    }
+
+    /// Reads a key file (its raw bytes, trailing newline included, are the key).
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read the HMAC key file {}: {e}", path.display()))?;
+        Self::new(bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC accepts any key length")
+    }
+
+    /// Signs "the chain up to record `seq` ends in `head`".
+    pub fn sign(&self, seq: u64, head: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(CHECKPOINT_DOMAIN);
+        mac.update(format!("{seq}:{head}").as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Checks a checkpoint signature in constant time.
+    pub fn verify(&self, seq: u64, head: &str, signature: &str) -> bool {
+        let Ok(sig) = hex::decode(signature) else {
+            return false;
+        };
+        let mut mac = self.mac();
+        mac.update(CHECKPOINT_DOMAIN);
+        mac.update(format!("{seq}:{head}").as_bytes());
+        mac.verify_slice(&sig).is_ok()
+    }
+}
+
+/// Where a line came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file (as given).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// The first broken link found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Break {
+    /// Where.
+    pub at: Location,
+    /// The sequence number the record claims (if it could be read).
+    pub seq: Option<u64>,
+    /// The record's id (if it could be read).
+    pub id: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.at)?;
+        if let Some(seq) = self.seq {
+            write!(f, "record seq {seq}")?;
+            if let Some(id) = &self.id {
+                write!(f, " (id {id})")?;
+            }
+            write!(f, ": ")?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+/// The outcome of verifying a sequence of lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// Records checked.
+    pub records: u64,
+    /// First and last sequence numbers checked.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// The hash of the last good record.
+    pub head: String,
+    /// Checkpoints whose signature verified with the key.
+    pub checkpoints_verified: u64,
+    /// Checkpoints seen but not checked (no key given).
+    pub checkpoints_unchecked: u64,
+    /// The first broken link, if any; verification stops there.
+    pub broken: Option<Break>,
+}
+
+/// Verifies records line by line, in order.
+#[derive(Debug)]
+pub struct Verifier<'k> {
+    key: Option<&'k CheckpointKey>,
+    expected_seq: Option<u64>,
+    prev: Option<String>,
+    /// Only records with seq in this range count (the chain is still
+    /// followed from the start so that links are checked).
+    range: (u64, u64),
+    result: Verification,
+}
+
+impl<'k> Verifier<'k> {
+    /// A verifier; `key` checks checkpoint signatures when given.
+    pub fn new(key: Option<&'k CheckpointKey>) -> Self {
+        Self::with_range(key, 0, u64::MAX)
+    }
+
+    /// A verifier that reports on records `from..=to` only.
+    pub fn with_range(key: Option<&'k CheckpointKey>, from: u64, to: u64) -> Self {
+        Verifier {
+            key,
+            expected_seq: None,
+            prev: None,
+            range: (from, to),
+            result: Verification::default(),
+        }
+    }
+
+    /// True once a break was found (later lines are ignored).
+    pub fn is_broken(&self) -> bool {
+        self.result.broken.is_some()
+    }
+
+    /// Checks the next line. A chain that starts at seq 0 must start from
+    /// the genesis hash; a chain given from the middle is trusted at its
+    /// first record's `prev`.
+    pub fn line(&mut self, text: &str, at: Location) {
+        if self.is_broken() {
+            return;
+        }
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => return self.fail(at, None, None, "not a JSON object".into()),
+            Err(e) => return self.fail(at, None, None, format!("not a JSON record: {e}")),
+        };
+        let seq = value.get("seq").and_then(Value::as_u64);
+        let id = value.get("id").and_then(Value::as_str).map(str::to_string);
+        let (Some(seq), Some(stored), Some(prev)) = (
+            seq,
+            value.get("hash").and_then(Value::as_str),
+            value.get("prev").and_then(Value::as_str),
+        ) else {
+            return self.fail(at, seq, id, "lacks seq, prev or hash".into());
+        };
+        if let Some(expected) = self.expected_seq {
+            if seq != expected {
+                let reason = if seq > expected {
+                    format!(
+                        "expected seq {expected}: {} record(s) before this one are missing or out of order",
+                        seq - expected
+                    )
+                } else {
+                    format!("expected seq {expected}: records are out of order or repeated")
+                };
+                return self.fail(at, Some(seq), id, reason);
+            }
+        } else if seq == 0 && prev != GENESIS {
+            return self.fail(
+                at,
+                Some(seq),
+                id,
+                "the first record does not start from the genesis hash".into(),
+            );
+        }
+        if let Some(expected_prev) = &self.prev {
+            if prev != expected_prev {
+                return self.fail(
+                    at,
+                    Some(seq),
+                    id,
+                    "its prev hash does not match the previous record's hash (a record before it was changed, removed or reordered)".into(),
+                );
+            }
+        }
+        let computed = leaf_hash(&value);
+        if computed != stored {
+            return self.fail(
+                at,
+                Some(seq),
+                id,
+                "its content does not match its hash (the record was edited)".into(),
+            );
+        }
+        if value.get("kind").and_then(Value::as_str) == Some("checkpoint") {
+            let head = value.get("checkpoint_head").and_then(Value::as_str);
+            let covered = value.get("checkpoint_seq").and_then(Value::as_u64);
+            let sig = value.get("checkpoint_mac").and_then(Value::as_str);
+            match (self.key, head, covered, sig) {
+                (_, Some(head), Some(covered), _)
+                    if covered.checked_add(1) != Some(seq) || head != prev =>
+                {
+                    return self.fail(
+                        at,
+                        Some(seq),
+                        id,
+                        "checkpoint does not cover the record before it".into(),
+                    );
+                }
+                (Some(key), Some(head), Some(covered), Some(sig)) => {
+                    if !key.verify(covered, head, sig) {
+                        return self.fail(at, Some(seq), id, "checkpoint signature does not verify with the key (the chain was rewritten, or the key is wrong)".into());
+                    }
+                    if self.in_range(seq) {
+                        self.result.checkpoints_verified += 1;
+                    }
+                }
+                (None, Some(_), Some(_), Some(_)) => {
+                    if self.in_range(seq) {
+                        self.result.checkpoints_unchecked += 1;
+                    }
+                }
+                _ => {
+                    return self.fail(
+                        at,
+                        Some(seq),
+                        id,
+                        "checkpoint lacks checkpoint_seq, checkpoint_head or checkpoint_mac".into(),
+                    )
+                }
+            }
+        }
+        if self.in_range(seq) {
+            self.result.records += 1;
+            self.result.first_seq.get_or_insert(seq);
+            self.result.last_seq = Some(seq);
+        }
+        self.result.head = stored.to_string();
+        self.prev = Some(stored.to_string());
+        self.expected_seq = Some(seq.saturating_add(1));
+    }
+
+    fn in_range(&self, seq: u64) -> bool {
+        seq >= self.range.0 && seq <= self.range.1
+    }
+
+    /// Past the end of the requested range: nothing more to check.
+    pub fn done(&self) -> bool {
+        self.is_broken() || self.prev_seq().is_some_and(|s| s >= self.range.1)
+    }
+
+    fn prev_seq(&self) -> Option<u64> {
+        self.expected_seq.map(|s| s.saturating_sub(1))
+    }
+
+    fn fail(&mut self, at: Location, seq: Option<u64>, id: Option<String>, reason: String) {
+        self.result.broken = Some(Break {
+            at,
+            seq,
+            id,
+            reason,
+        });
+    }
+
+    /// The result so far.
+    pub fn finish(self) -> Verification {
+        self.result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key() -> CheckpointKey {
+        CheckpointKey::new(vec![7u8; 32]).unwrap()
+    }
+
+    /// Builds a chain of `n` records (a checkpoint as the last one when
+    /// `checkpoint`), returned as lines.
+    fn chain(n: u64, checkpoint: bool) -> Vec<String> {
+        let mut prev = GENESIS.to_string();
+        let mut lines = Vec::new();
+        for seq in 0..n {
+            let mut v = json!({"seq": seq, "id": format!("r{seq}"), "kind": "decision",
+                               "principal": "User::\"alice\"", "prev": prev});
+            if checkpoint && seq == n - 1 {
+                v = json!({"seq": seq, "id": format!("r{seq}"), "kind": "checkpoint",
+                           "checkpoint_seq": seq - 1, "checkpoint_head": prev,
+                           "checkpoint_mac": key().sign(seq - 1, &prev), "prev": prev});
+            }
+            let h = leaf_hash(&v);
+            v["hash"] = Value::String(h.clone());
+            lines.push(v.to_string());
+            prev = h;
+        }
+        lines
+    }
+
+    fn verify(lines: &[String]) -> Verification {
+        let k = key();
+        let mut v = Verifier::new(Some(&k));
+        for (i, l) in lines.iter().enumerate() {
+            v.line(
+                l,
+                Location {
+                    file: "f".into(),
+                    line: i + 1,
+                },
+            );
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn canonical_sorts_keys_recursively() {
+        let v = json!({"b": 1, "a": {"d": [1, "x"], "c": true}});
+        assert_eq!(canonical(&v), r#"{"a":{"c":true,"d":[1,"x"]},"b":1}"#);
+    }
+
+    #[test]
+    fn intact_chain_verifies_with_checkpoint() {
+        let r = verify(&chain(5, true));
+        assert_eq!(r.broken, None);
+        assert_eq!(r.records, 5);
+        assert_eq!(r.checkpoints_verified, 1);
+    }
+
+    #[test]
+    fn edited_record_is_named() {
+        let mut lines = chain(5, false);
+        lines[2] = lines[2].replace("alice", "mallory");
+        let b = verify(&lines).broken.unwrap();
+        assert_eq!((b.seq, b.at.line), (Some(2), 3));
+        assert!(b.reason.contains("edited"), "{b}");
+    }
+
+    #[test]
+    fn deleted_record_is_named_at_the_gap() {
+        let mut lines = chain(5, false);
+        lines.remove(2);
+        let b = verify(&lines).broken.unwrap();
+        assert_eq!((b.seq, b.at.line), (Some(3), 3));
+        assert!(b.reason.contains("missing"), "{b}");
+    }
+
+    #[test]
+    fn swapped_records_are_named() {
+        let mut lines = chain(5, false);
+        lines.swap(1, 2);
+        let b = verify(&lines).broken.unwrap();
+        assert_eq!((b.seq, b.at.line), (Some(2), 2));
+        assert!(b.reason.contains("out of order"), "{b}");
+    }
+
+    #[test]
+    fn rewritten_chain_fails_the_checkpoint() {
+        // An attacker who rewrites every hash cannot forge the checkpoint.
+        let lines = chain(5, true);
+        let mut prev = GENESIS.to_string();
+        let mut forged = Vec::new();
+        for l in &lines {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v["prev"] = Value::String(prev.clone());
+            if v["kind"] == "checkpoint" {
+                v["checkpoint_head"] = Value::String(prev.clone());
+            } else {
+                v["principal"] = Value::String("User::\"mallory\"".into());
+            }
+            let h = leaf_hash(&v);
+            v["hash"] = Value::String(h.clone());
+            forged.push(v.to_string());
+            prev = h;
+        }
+        let b = verify(&forged).broken.unwrap();
+        assert_eq!(b.seq, Some(4));
+        assert!(b.reason.contains("signature"), "{b}");
+    }
+
+    #[test]
+    fn hostile_numbers_are_reported_not_panicked_on() {
+        let mut lines = chain(3, false);
+        let max = u64::MAX;
+        let mut v = json!({"seq": max, "id": "x", "kind": "checkpoint", "checkpoint_seq": max,
+                           "checkpoint_head": "h", "checkpoint_mac": "m", "prev": "p"});
+        v["hash"] = Value::String(leaf_hash(&v));
+        lines.insert(0, v.to_string());
+        let b = verify(&lines).broken.unwrap();
+        assert_eq!(b.at.line, 1, "{b}");
+    }
+
+    #[test]
+    fn short_keys_are_refused_and_debug_is_masked() {
+        assert!(CheckpointKey::new(vec![1; 8]).is_err());
+        assert_eq!(format!("{:?}", key()), "CheckpointKey(***)");
+    }
+}

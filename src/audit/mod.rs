@@ -1,0 +1,623 @@
+//! The audit trail: one record per decision, authentication failure,
+//! policy reload or rejection, and admin call, appended to hash-chained JSON
+//! lines by a writer thread fed through a bounded queue, so that writing
+//! never blocks the request path. This module holds the record and the
+//! sending side; `chain` the tamper evidence, `writer` the files, `query`
+//! the reading. Records never carry tokens, secrets or request bodies.
+
+pub mod chain;
+pub mod query;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::decision::{Decision, DenyReason, Outcome};
+use crate::request::AccessRequest;
+
+pub use writer::{start, AuditWriter, StartError};
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A decision on a request (allow or deny).
+    #[default]
+    Decision,
+    /// Credentials were presented and refused.
+    AuthnFailure,
+    /// A policy snapshot was loaded (at start) or swapped in.
+    PolicyReload,
+    /// A policy change was rejected; the last good snapshot kept serving.
+    PolicyRejected,
+    /// A call to the admin API (allowed or refused).
+    AdminCall,
+    /// An HMAC-signed statement of the chain's head.
+    Checkpoint,
+}
+
+impl Kind {
+    /// The name used in records and filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Decision => "decision",
+            Kind::AuthnFailure => "authn_failure",
+            Kind::PolicyReload => "policy_reload",
+            Kind::PolicyRejected => "policy_rejected",
+            Kind::AdminCall => "admin_call",
+            Kind::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One line of the audit trail. Empty fields are left out of the JSON.
+/// `seq`, `prev` and `hash` are set by the writer when it chains the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the chain, from 0, across files.
+    pub seq: u64,
+    /// Unique, time-ordered id (UUIDv7; for decisions, the decision id).
+    pub id: String,
+    /// When, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// What the record is about.
+    pub kind: Kind,
+    /// The gateway's request id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// The Cedar principal.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub principal: String,
+    /// How the principal authenticated (`jwt`, `mtls`, `anonymous`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub auth_method: String,
+    /// The Cedar action.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub action: String,
+    /// The Cedar resource.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    /// The matched route.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub route: String,
+    /// `allow` or `deny`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub decision: String,
+    /// HTTP status the client got.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub status: u64,
+    /// The stable deny reason code, or the authentication failure code.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Ids of the policies that determined the outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub determining_policies: Vec<String>,
+    /// Evaluation errors (policy ids and messages, never credentials).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// The quota outcome (empty until quotas exist).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub quota: String,
+    /// With shadow policies: the candidate set's outcome, e.g.
+    /// `deny (disagrees) [shadow-no-cn-north-1]`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shadow: String,
+    /// The policy snapshot version that decided (for reloads: the new one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy_version: String,
+    /// Time spent deciding, microseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_us: u64,
+    /// The client's address (as the gateway saw it; for admin calls, the
+    /// admin client's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source_ip: String,
+    /// Reloads: the version that served before.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub previous_version: String,
+    /// Reloads: files added, removed or changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_changed: Vec<String>,
+    /// Admin calls: the RPC (`portcullis.admin.v1.AuditService/Query`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rpc: String,
+    /// Checkpoints: the last record covered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_seq: Option<u64>,
+    /// Checkpoints: the hash of that record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checkpoint_head: String,
+    /// Checkpoints: HMAC-SHA256 of `checkpoint_seq:checkpoint_head`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checkpoint_mac: String,
+    /// The previous record's hash (the genesis hash for seq 0).
+    pub prev: String,
+    /// SHA-256 over this record's canonical JSON without `hash`.
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// A record of `kind`, stamped now, with a fresh id.
+    pub fn new(kind: Kind) -> Self {
+        AuditRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            time: rfc3339_millis(SystemTime::now()),
+            kind,
+            ..AuditRecord::default()
+        }
+    }
+
+    /// The record of a decision on a request.
+    pub fn decision(d: &Decision, req: &AccessRequest, latency: Duration) -> Self {
+        AuditRecord {
+            id: d.id.clone(),
+            request_id: req.request_id.clone(),
+            principal: d.principal.clone().unwrap_or_default(),
+            auth_method: d.auth_method.unwrap_or_default().to_string(),
+            action: d.action.clone().unwrap_or_default(),
+            resource: d.resource.clone().unwrap_or_default(),
+            route: d.route.clone().unwrap_or_default(),
+            decision: outcome_str(d.decision).to_string(),
+            status: u64::from(d.status),
+            reason: d.reason.map(|r| r.code().to_string()).unwrap_or_default(),
+            determining_policies: d.determining_policies.clone(),
+            errors: d.errors.clone(),
+            policy_version: d.policy_version.clone(),
+            latency_us: (latency.as_micros() as u64).max(1),
+            source_ip: req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            shadow: d
+                .shadow
+                .as_ref()
+                .map(|s| {
+                    format!(
+                        "{}{} [{}]",
+                        outcome_str(s.decision),
+                        if s.disagrees { " (disagrees)" } else { "" },
+                        s.determining_policies.join(", ")
+                    )
+                })
+                .unwrap_or_default(),
+            ..AuditRecord::new(Kind::Decision)
+        }
+    }
+
+    /// The record of refused credentials (next to the decision's record),
+    /// or `None` when the decision was not about invalid credentials.
+    pub fn authn_failure(d: &Decision, req: &AccessRequest) -> Option<Self> {
+        if d.reason != Some(DenyReason::InvalidCredentials) {
+            return None;
+        }
+        // The pipeline notes the failure's stable code as
+        // "authentication: <code>"; the client-facing detail is not kept.
+        let code = d
+            .errors
+            .iter()
+            .find_map(|e| e.strip_prefix("authentication: "))
+            .unwrap_or("invalid_credentials");
+        Some(AuditRecord {
+            request_id: req.request_id.clone(),
+            reason: code.to_string(),
+            action: d.action.clone().unwrap_or_default(),
+            route: d.route.clone().unwrap_or_default(),
+            policy_version: d.policy_version.clone(),
+            source_ip: req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            // The decision this failure belongs to.
+            errors: vec![format!("decision {}", d.id)],
+            ..AuditRecord::new(Kind::AuthnFailure)
+        })
+    }
+}
+
+fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Allow => "allow",
+        Outcome::Deny => "deny",
+    }
+}
+
+/// What to do when the queue is full (or the writer cannot write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Keep serving; count every record that could not be queued and log.
+    #[default]
+    Drop,
+    /// Deny requests whose decision cannot be recorded (503).
+    FailClosed,
+}
+
+/// Counters of the audit trail (exposed by `AuditService/Status`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records queued.
+    pub queued: AtomicU64,
+    /// Records written to disk (checkpoints included).
+    pub written: AtomicU64,
+    /// Records that could not be queued (queue full or writer stopped).
+    pub dropped: AtomicU64,
+    /// Requests denied because their decision could not be recorded.
+    pub refused: AtomicU64,
+    /// Failed writes.
+    pub write_errors: AtomicU64,
+    /// The epoch second of the last "dropped" log line (rate limit).
+    last_drop_log: AtomicU64,
+}
+
+/// The chain's head as the writer last left it.
+#[derive(Debug, Default, Clone)]
+pub struct Head {
+    /// The next sequence number.
+    pub next_seq: u64,
+    /// The last record's hash.
+    pub hash: String,
+    /// The file being appended to.
+    pub file: String,
+}
+
+pub(crate) enum Message {
+    Record(Box<AuditRecord>),
+    Stop(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The sending side of the audit trail, shared by every request handler.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<Message>,
+    mode: OnFull,
+    capacity: usize,
+    /// False after a write failed, until a write succeeds again.
+    healthy: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    head: Arc<std::sync::Mutex<Head>>,
+    tail: broadcast::Sender<Arc<AuditRecord>>,
+    directory: std::path::PathBuf,
+    key: Option<chain::CheckpointKey>,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSink")
+            .field("mode", &self.mode)
+            .field("capacity", &self.capacity)
+            .field("directory", &self.directory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditSink {
+    /// Queues a record without waiting. False when it could not be queued;
+    /// the loss is counted and logged.
+    pub fn record(&self, record: AuditRecord) -> bool {
+        match self.tx.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => {
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "the audit queue is full",
+                    mpsc::error::TrySendError::Closed(_) => "the audit writer has stopped",
+                };
+                self.dropped(why);
+                false
+            }
+        }
+    }
+
+    fn dropped(&self, why: &str) {
+        let total = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // Loud, but at most one line a second so a flood cannot drown the log.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.counters.last_drop_log.load(Ordering::Relaxed);
+        if now != last
+            && self
+                .counters
+                .last_drop_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::error!(
+                dropped_total = total,
+                mode = ?self.mode,
+                capacity = self.capacity,
+                "AUDIT RECORD NOT WRITTEN: {why}"
+            );
+        }
+    }
+
+    /// Records a decision (and, for refused credentials, the failure). In
+    /// `fail_closed` mode a decision that cannot be recorded (queue full,
+    /// or the writer failing to write) becomes a 503 denial: no request
+    /// passes unaudited.
+    pub fn record_decision(&self, d: Decision, req: &AccessRequest, latency: Duration) -> Decision {
+        let fail_closed = self.mode == OnFull::FailClosed;
+        let mut d = d;
+        let mut refused = false;
+        if fail_closed && !self.healthy.load(Ordering::Relaxed) {
+            // Deny, but still queue the (denied) record: the writer retries
+            // with it, and the service recovers once a write succeeds.
+            d = unavailable(d);
+            refused = true;
+        }
+        let failure = AuditRecord::authn_failure(&d, req);
+        let recorded = self.record(AuditRecord::decision(&d, req, latency));
+        if let Some(failure) = failure {
+            self.record(failure);
+        }
+        if !recorded && fail_closed && !refused {
+            d = unavailable(d);
+            refused = true;
+        }
+        if refused {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        d
+    }
+
+    /// True when a call that must be audited may go ahead (always in
+    /// `drop` mode).
+    pub fn accepts(&self) -> bool {
+        self.mode == OnFull::Drop || self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The chain's head.
+    pub fn head(&self) -> Head {
+        self.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// New records as they are written (for `Tail`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditRecord>> {
+        self.tail.subscribe()
+    }
+
+    /// The audit directory.
+    pub fn directory(&self) -> &std::path::Path {
+        &self.directory
+    }
+
+    /// The configured mode.
+    pub fn mode(&self) -> OnFull {
+        self.mode
+    }
+
+    /// The queue's capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// True when checkpoints are signed (a key is configured).
+    pub fn checkpoints_enabled(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The key that signs checkpoints, to verify them.
+    pub fn checkpoint_key(&self) -> Option<&chain::CheckpointKey> {
+        self.key.as_ref()
+    }
+}
+
+/// The 503 a request gets in `fail_closed` mode when its decision cannot be
+/// recorded. The decision keeps its id so logs can still correlate.
+fn unavailable(mut d: Decision) -> Decision {
+    d.errors
+        .push("audit: the decision could not be recorded".into());
+    let mut d = d.deny(
+        DenyReason::AuditUnavailable,
+        "the service cannot record decisions right now; retry later",
+    );
+    d.determining_policies.clear();
+    d
+}
+
+/// Where a remote admin client connects from, for admin-call records.
+pub fn source_of(addr: Option<SocketAddr>) -> String {
+    addr.map(|a| a.ip().to_string()).unwrap_or_default()
+}
+
+/// `2026-11-25T21:00:00.123Z`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = crate::admin::rfc3339(d.as_secs());
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), d.subsec_millis())
+}
+
+/// Parses RFC 3339 UTC (`2026-11-25T21:00:00Z`, optional fraction, `Z` or
+/// a `+hh:mm`/`-hh:mm` offset) into milliseconds since the epoch.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut millis = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let f = &frac[..digits];
+        let ms = format!("{:0<3}", &f[..digits.min(3)]);
+        millis = ms.parse().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let oh: i64 = o[1..3].parse().ok()?;
+            let om: i64 = o[4..6].parse().ok()?;
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 60 + om)
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3_600 + mi * 60 + sec - offset_min * 60;
+    Some(secs * 1_000 + millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_564_800_123);
+        let s = rfc3339_millis(t);
+        assert_eq!(s, "2026-11-25T00:00:00.123Z");
+        assert_eq!(parse_rfc3339_ms(&s), Some(1_795_564_800_123));
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-25T00:00:00Z"),
+            Some(1_795_564_800_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-25T01:00:00+01:00"),
+            Some(1_795_564_800_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00.5Z"),
+            Some(951_782_400_500)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-11-25T00:00:00",
+            "2026-11-25T00:00:00.Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+
+    fn sink(mode: OnFull, capacity: usize) -> (AuditSink, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let sink = AuditSink {
+            tx,
+            mode,
+            capacity,
+            healthy: Arc::new(AtomicBool::new(true)),
+            counters: Arc::new(Counters::default()),
+            head: Arc::default(),
+            tail: broadcast::channel(1).0,
+            directory: "unused".into(),
+            key: None,
+        };
+        (sink, rx)
+    }
+
+    fn allowed() -> Decision {
+        Decision::new("v1").allow()
+    }
+
+    #[test]
+    fn full_queue_in_fail_closed_mode_denies_with_503() {
+        // A queue nobody drains: the second decision finds it full.
+        let (sink, _rx) = sink(OnFull::FailClosed, 1);
+        let req = AccessRequest::for_test("GET", "/");
+        let first = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        assert!(first.is_allowed());
+        let second = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        assert!(!second.is_allowed());
+        assert_eq!(second.status, 503);
+        assert_eq!(second.reason, Some(DenyReason::AuditUnavailable));
+        assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn full_queue_in_drop_mode_serves_and_counts_every_loss() {
+        let (sink, _rx) = sink(OnFull::Drop, 1);
+        let req = AccessRequest::for_test("GET", "/");
+        for _ in 0..5 {
+            assert!(sink
+                .record_decision(allowed(), &req, Duration::from_micros(1))
+                .is_allowed());
+        }
+        assert_eq!(sink.counters().queued.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn failed_writes_in_fail_closed_mode_deny() {
+        let (sink, mut rx) = sink(OnFull::FailClosed, 16);
+        sink.healthy.store(false, Ordering::Relaxed);
+        let req = AccessRequest::for_test("GET", "/");
+        let d = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        assert_eq!(d.status, 503);
+        assert!(!sink.accepts());
+        // The denial is still queued, so the writer retries and can recover.
+        let Ok(Message::Record(queued)) = rx.try_recv() else {
+            panic!("the denied decision is queued")
+        };
+        assert_eq!(
+            (queued.status, queued.reason.as_str()),
+            (503, "audit_unavailable")
+        );
+        assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
+        sink.healthy.store(true, Ordering::Relaxed);
+        let d = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        assert!(d.is_allowed(), "serves again once writes succeed");
+    }
+
+    #[test]
+    fn decision_records_carry_no_credentials() {
+        let mut req = AccessRequest::for_test("GET", "/v1/models/x");
+        req.headers
+            .insert("authorization".into(), "Bearer secret.token.value".into());
+        req.request_id = "rid-1".into();
+        let mut d = Decision::new("v1").deny(DenyReason::InvalidCredentials, "bad");
+        d.errors.push("authentication: expired".into());
+        let rec = AuditRecord::decision(&d, &req, Duration::from_micros(5));
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        assert_eq!(rec.reason, "invalid_credentials");
+        let failure = AuditRecord::authn_failure(&d, &req).unwrap();
+        assert_eq!(failure.reason, "expired");
+        assert_eq!(failure.kind, Kind::AuthnFailure);
+        assert!(AuditRecord::authn_failure(&Decision::new("v1").allow(), &req).is_none());
+    }
+}

@@ -1,0 +1,686 @@
+//! The audit writer: one thread that owns the audit files. It takes records
+//! from the bounded queue in batches, chains them (seq, prev, hash), appends
+//! each batch with one write, signs a checkpoint every N records, at
+//! rotation and at stop, and publishes written records for `Tail`. At start
+//! it resumes the chain from the last record on disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::chain::{leaf_hash, CheckpointKey, GENESIS};
+use super::{AuditRecord, AuditSink, Counters, Head, Kind, Message};
+use crate::config::AuditConfig;
+
+/// Prefix and suffix of audit file names: `audit-<first seq, 20 digits>.jsonl`.
+pub const FILE_PREFIX: &str = "audit-";
+/// See [`FILE_PREFIX`].
+pub const FILE_SUFFIX: &str = ".jsonl";
+const LOCK_FILE: &str = ".lock";
+/// Records taken from the queue per write.
+const BATCH: usize = 4096;
+
+/// Why the audit trail could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The directory or a file could not be used.
+    #[error("audit directory {dir}: {message}")]
+    Directory { dir: PathBuf, message: String },
+    /// Another process holds the directory.
+    #[error("audit directory {0} is in use by another Portcullis process (two writers would break the chain); give each process its own audit.directory")]
+    Locked(PathBuf),
+    /// The HMAC key is unusable.
+    #[error("audit.hmac_key_file: {0}")]
+    Key(String),
+    /// The last record on disk is damaged: the chain cannot continue from it.
+    #[error("audit file {file}: the last record is damaged ({reason}); run `portcullis audit verify` on the directory's files, and move them aside to start a new chain")]
+    DamagedTail { file: PathBuf, reason: String },
+}
+
+/// The writer thread, owned by the server; `stop` flushes and ends it.
+#[derive(Debug)]
+pub struct AuditWriter {
+    tx: mpsc::Sender<Message>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AuditWriter {
+    /// Writes everything queued so far, signs a final checkpoint, syncs
+    /// the file and ends the thread.
+    pub async fn stop(mut self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Message::Stop(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// The sorted audit files of a directory with the first seq each holds.
+pub fn list_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(seq) = name
+            .strip_prefix(FILE_PREFIX)
+            .and_then(|r| r.strip_suffix(FILE_SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        files.push((seq, entry.path()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn file_name(first_seq: u64) -> String {
+    format!("{FILE_PREFIX}{first_seq:020}{FILE_SUFFIX}")
+}
+
+/// Opens the audit directory, resumes the chain and starts the writer.
+pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartError> {
+    let dir = config.directory.clone();
+    let dir_err = |message: String| StartError::Directory {
+        dir: dir.clone(),
+        message,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| dir_err(format!("cannot create: {e}")))?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join(LOCK_FILE))
+        .map_err(|e| dir_err(format!("cannot open {LOCK_FILE}: {e}")))?;
+    if lock.try_lock().is_err() {
+        return Err(StartError::Locked(dir));
+    }
+    let key = config
+        .hmac_key_file
+        .as_deref()
+        .map(CheckpointKey::from_file)
+        .transpose()
+        .map_err(StartError::Key)?;
+    if key.is_none() {
+        tracing::warn!(
+            directory = %dir.display(),
+            "audit checkpoints are not signed: set audit.hmac_key_file so that a rewritten chain is detectable"
+        );
+    }
+
+    let (next_seq, prev, path) = resume(&dir, &dir_err)?;
+    let file =
+        open_append(&path).map_err(|e| dir_err(format!("cannot open {}: {e}", path.display())))?;
+    let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    tracing::info!(
+        directory = %dir.display(),
+        file = %path.display(),
+        next_seq,
+        "audit trail ready"
+    );
+
+    let (tx, rx) = mpsc::channel(config.queue_size);
+    let (tail, _) = broadcast::channel(1024);
+    let counters = Arc::new(Counters::default());
+    let healthy = Arc::new(AtomicBool::new(true));
+    let head = Arc::new(Mutex::new(Head {
+        next_seq,
+        hash: prev.clone(),
+        file: path.display().to_string(),
+    }));
+    let sink = AuditSink {
+        tx: tx.clone(),
+        mode: config.on_full,
+        capacity: config.queue_size,
+        healthy: Arc::clone(&healthy),
+        counters: Arc::clone(&counters),
+        head: Arc::clone(&head),
+        tail: tail.clone(),
+        directory: dir.clone(),
+        key: key.clone(),
+    };
+    let mut state = Chain {
+        dir,
+        file,
+        path,
+        file_bytes,
+        committed_bytes: file_bytes,
+        records_in_file: u64::from(file_bytes > 0),
+        next_seq,
+        prev: prev.clone(),
+        committed: (next_seq, prev, 0),
+        since_checkpoint: 0,
+        pending: Vec::new(),
+        published: Vec::new(),
+        key,
+        rotate_bytes: config.rotate_bytes,
+        checkpoint_every: config.checkpoint_every,
+        counters,
+        healthy,
+        head,
+        tail,
+        _lock: lock,
+    };
+    let thread = std::thread::Builder::new()
+        .name("portcullis-audit".into())
+        .spawn(move || state.run(rx))
+        .map_err(|e| StartError::Directory {
+            dir: config.directory.clone(),
+            message: format!("cannot start the writer thread: {e}"),
+        })?;
+    Ok((
+        sink,
+        AuditWriter {
+            tx,
+            thread: Some(thread),
+        },
+    ))
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Finds the last record on disk: `(next seq, its hash, file to append to)`.
+/// An incomplete last line (a write torn by a crash) is cut off: it was
+/// never a whole record.
+fn resume(
+    dir: &Path,
+    dir_err: &dyn Fn(String) -> StartError,
+) -> Result<(u64, String, PathBuf), StartError> {
+    let mut files = list_files(dir).map_err(|e| dir_err(format!("cannot list: {e}")))?;
+    while let Some((_, path)) = files.last().cloned() {
+        let last = last_line(&path).map_err(|e| dir_err(format!("{}: {e}", path.display())))?;
+        let Some(line) = last else {
+            // A file created at rotation right before a crash: no records.
+            std::fs::remove_file(&path)
+                .map_err(|e| dir_err(format!("cannot remove empty {}: {e}", path.display())))?;
+            files.pop();
+            continue;
+        };
+        let damaged = |reason: &str| StartError::DamagedTail {
+            file: path.clone(),
+            reason: reason.to_string(),
+        };
+        let value: Value = serde_json::from_str(&line).map_err(|_| damaged("not JSON"))?;
+        let seq = value
+            .get("seq")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| damaged("no seq"))?;
+        let hash = value
+            .get("hash")
+            .and_then(Value::as_str)
+            .ok_or_else(|| damaged("no hash"))?;
+        if leaf_hash(&value) != hash {
+            return Err(damaged("its content does not match its hash"));
+        }
+        let next = seq
+            .checked_add(1)
+            .ok_or_else(|| damaged("its seq is the largest possible"))?;
+        return Ok((next, hash.to_string(), path));
+    }
+    Ok((0, GENESIS.to_string(), dir.join(file_name(0))))
+}
+
+/// The last complete line of a file, truncating an incomplete one.
+fn last_line(path: &Path) -> std::io::Result<Option<String>> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    // Records are small; the last one is within the last 1 MiB.
+    let start = len.saturating_sub(1 << 20);
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)?;
+    let complete = match buf.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None => 0,
+    };
+    if complete < buf.len() {
+        tracing::warn!(
+            file = %path.display(),
+            bytes = buf.len() - complete,
+            "audit file ends in an incomplete line (a write torn by a crash); cutting it off"
+        );
+        file.set_len(start + complete as u64)?;
+        file.sync_all()?;
+        buf.truncate(complete);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text
+        .trim_end_matches('\n')
+        .rsplit('\n')
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string))
+}
+
+struct Chain {
+    dir: PathBuf,
+    file: File,
+    path: PathBuf,
+    file_bytes: u64,
+    committed_bytes: u64,
+    records_in_file: u64,
+    next_seq: u64,
+    prev: String,
+    /// `(next_seq, prev, since_checkpoint)` after the last successful write,
+    /// to roll back to when a write fails (so the chain on disk has no gap).
+    committed: (u64, String, u64),
+    since_checkpoint: u64,
+    pending: Vec<u8>,
+    published: Vec<Arc<AuditRecord>>,
+    key: Option<CheckpointKey>,
+    rotate_bytes: u64,
+    checkpoint_every: u64,
+    counters: Arc<Counters>,
+    healthy: Arc<AtomicBool>,
+    head: Arc<Mutex<Head>>,
+    tail: broadcast::Sender<Arc<AuditRecord>>,
+    _lock: File,
+}
+
+impl Chain {
+    fn run(&mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut stop: Option<oneshot::Sender<()>> = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            for message in batch {
+                match message {
+                    Message::Record(r) => self.append(*r),
+                    Message::Stop(ack) => stop = Some(ack),
+                }
+            }
+            if stop.is_some() {
+                break;
+            }
+            self.flush();
+        }
+        // Stopping (or every sender is gone): take what was queued before
+        // the queue closed, then seal the file.
+        rx.close();
+        while let Ok(message) = rx.try_recv() {
+            match message {
+                Message::Record(r) => self.append(*r),
+                Message::Stop(ack) => {
+                    let _ = ack.send(());
+                }
+            }
+        }
+        if self.key.is_some() && self.since_checkpoint > 0 {
+            self.checkpoint();
+        }
+        self.flush();
+        if let Err(e) = self.file.sync_all() {
+            tracing::error!(error = %e, "cannot sync the audit file at stop");
+        }
+        tracing::info!(next_seq = self.next_seq, "audit trail flushed and closed");
+        if let Some(ack) = stop {
+            let _ = ack.send(());
+        }
+    }
+
+    fn append(&mut self, mut record: AuditRecord) {
+        if self.rotation_due() {
+            self.rotate();
+        }
+        record.seq = self.next_seq;
+        record.prev = std::mem::take(&mut self.prev);
+        record.hash.clear();
+        let mut value = serde_json::to_value(&record).expect("audit records serialise");
+        let hash = leaf_hash(&value);
+        value["hash"] = Value::String(hash.clone());
+        self.pending.extend_from_slice(value.to_string().as_bytes());
+        self.pending.push(b'\n');
+        record.hash = hash.clone();
+        self.prev = hash;
+        self.next_seq += 1;
+        self.records_in_file += 1;
+        let is_checkpoint = record.kind == Kind::Checkpoint;
+        self.published.push(Arc::new(record));
+        if is_checkpoint {
+            self.since_checkpoint = 0;
+        } else {
+            self.since_checkpoint += 1;
+            if self.key.is_some() && self.since_checkpoint >= self.checkpoint_every {
+                self.checkpoint();
+            }
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        if self.key.is_none() {
+            return;
+        }
+        if self.rotation_due() {
+            // Rotation signs a checkpoint of its own.
+            self.rotate();
+            return;
+        }
+        let Some(key) = &self.key else { return };
+        let covered = self.next_seq - 1;
+        let mac = key.sign(covered, &self.prev);
+        let record = AuditRecord {
+            checkpoint_seq: Some(covered),
+            checkpoint_head: self.prev.clone(),
+            checkpoint_mac: mac,
+            ..AuditRecord::new(Kind::Checkpoint)
+        };
+        self.append(record);
+    }
+
+    fn rotation_due(&self) -> bool {
+        self.records_in_file > 0 && self.file_bytes + self.pending.len() as u64 >= self.rotate_bytes
+    }
+
+    /// Seals the current file with a checkpoint and starts the next one.
+    fn rotate(&mut self) {
+        if self.key.is_some() {
+            // Not through `append`, which would rotate again.
+            let covered = self.next_seq - 1;
+            let mac = self
+                .key
+                .as_ref()
+                .expect("checked")
+                .sign(covered, &self.prev);
+            let records_before = self.records_in_file;
+            self.records_in_file = 0; // keep `append` from rotating
+            self.append(AuditRecord {
+                checkpoint_seq: Some(covered),
+                checkpoint_head: self.prev.clone(),
+                checkpoint_mac: mac,
+                ..AuditRecord::new(Kind::Checkpoint)
+            });
+            self.records_in_file += records_before;
+        }
+        if !self.flush() {
+            // The write failed; keep appending to the same file, which
+            // gets its sealing checkpoint at the next rotation.
+            return;
+        }
+        if let Err(e) = self.file.sync_all() {
+            tracing::error!(error = %e, "cannot sync the audit file at rotation");
+        }
+        let path = self.dir.join(file_name(self.next_seq));
+        match open_append(&path) {
+            Ok(file) => {
+                tracing::info!(file = %path.display(), first_seq = self.next_seq, "audit file rotated");
+                self.file = file;
+                self.path = path;
+                self.file_bytes = 0;
+                self.committed_bytes = 0;
+                self.records_in_file = 0;
+            }
+            Err(e) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(file = %path.display(), error = %e, "cannot open a new audit file; still appending to the old one");
+            }
+        }
+    }
+
+    /// Appends the pending batch with one write; false when it failed. On
+    /// failure the batch's records are counted as dropped and the chain
+    /// rolls back, so that the records on disk stay a gapless chain.
+    fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let n = self.published.len() as u64;
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.file_bytes += self.pending.len() as u64;
+                self.committed_bytes = self.file_bytes;
+                self.committed = (self.next_seq, self.prev.clone(), self.since_checkpoint);
+                self.pending.clear();
+                self.counters.written.fetch_add(n, Ordering::Relaxed);
+                self.healthy.store(true, Ordering::Relaxed);
+                {
+                    let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+                    head.next_seq = self.next_seq;
+                    head.hash = self.prev.clone();
+                    head.file = self.path.display().to_string();
+                }
+                for record in self.published.drain(..) {
+                    // No subscriber is fine.
+                    let _ = self.tail.send(record);
+                }
+                true
+            }
+            Err(e) => {
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(
+                    file = %self.path.display(),
+                    error = %e,
+                    records = n,
+                    "AUDIT WRITE FAILED: records lost"
+                );
+                // Cut a partial write off and roll the chain back.
+                let _ = self.file.set_len(self.committed_bytes);
+                self.file_bytes = self.committed_bytes;
+                let (seq, prev, since) = self.committed.clone();
+                self.next_seq = seq;
+                self.prev = prev;
+                self.since_checkpoint = since;
+                self.pending.clear();
+                self.published.clear();
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::query::{self, Filter};
+
+    fn config(dir: &Path, key: Option<PathBuf>) -> AuditConfig {
+        AuditConfig {
+            directory: dir.to_path_buf(),
+            rotate_bytes: 4096,
+            checkpoint_every: 10,
+            hmac_key_file: key,
+            queue_size: 1024,
+            on_full: crate::audit::OnFull::Drop,
+        }
+    }
+
+    fn key_file(dir: &Path) -> PathBuf {
+        let path = dir.join("key");
+        std::fs::write(&path, [42u8; 32]).unwrap();
+        path
+    }
+
+    fn record(i: usize) -> AuditRecord {
+        AuditRecord {
+            principal: format!("User::\"u{i}\""),
+            decision: "allow".into(),
+            ..AuditRecord::new(Kind::Decision)
+        }
+    }
+
+    async fn write(config: &AuditConfig, n: usize) {
+        let (sink, writer) = start(config).unwrap();
+        for i in 0..n {
+            assert!(sink.record(record(i)));
+        }
+        writer.stop().await;
+    }
+
+    fn decisions(dir: &Path) -> usize {
+        let filter = Filter {
+            kind: "decision".into(),
+            ..Filter::default()
+        };
+        query::query(dir, &filter, 0, usize::MAX).unwrap().0.len()
+    }
+
+    #[tokio::test]
+    async fn rotation_seals_each_file_with_a_signed_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = config(&dir, Some(key_file(tmp.path())));
+        write(&config, 100).await;
+        let files = list_files(&dir).unwrap();
+        assert!(files.len() >= 3, "{files:?}");
+        for (_, path) in &files {
+            let text = std::fs::read_to_string(path).unwrap();
+            let last: AuditRecord = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            assert_eq!(last.kind, Kind::Checkpoint, "{}", path.display());
+        }
+        let key = CheckpointKey::from_file(config.hmac_key_file.as_deref().unwrap()).unwrap();
+        let (v, _) = query::verify_dir(&dir, Some(&key), 0, u64::MAX).unwrap();
+        assert_eq!(v.broken, None);
+        assert!(v.checkpoints_verified >= 10 + 2, "{v:?}");
+        assert_eq!(decisions(&dir), 100);
+    }
+
+    #[tokio::test]
+    async fn chain_continues_after_restart_and_a_torn_last_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = AuditConfig {
+            rotate_bytes: 1 << 20,
+            ..config(&dir, None)
+        };
+        write(&config, 5).await;
+        let (_, path) = list_files(&dir).unwrap().pop().unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"seq\":5,\"id\":\"torn").unwrap();
+        drop(file);
+        write(&config, 5).await;
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX).unwrap();
+        assert_eq!(v.broken, None, "{v:?}");
+        assert_eq!((v.records, v.last_seq), (10, Some(9)));
+        assert_eq!(decisions(&dir), 10);
+    }
+
+    #[tokio::test]
+    async fn verify_reports_on_a_range_across_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        write(&config(&dir, None), 100).await;
+        assert!(list_files(&dir).unwrap().len() >= 2);
+        let (v, files) = query::verify_dir(&dir, None, 60, 64).unwrap();
+        assert_eq!(v.broken, None);
+        assert_eq!(
+            (v.records, v.first_seq, v.last_seq),
+            (5, Some(60), Some(64))
+        );
+        assert!(!files.is_empty());
+        let (page, next) = query::query(&dir, &Filter::default(), 60, 5).unwrap();
+        let seqs: Vec<u64> = page.iter().map(|r| r.seq).collect();
+        assert_eq!((seqs, next), (vec![60, 61, 62, 63, 64], Some(65)));
+    }
+
+    #[tokio::test]
+    async fn a_cut_line_in_an_older_file_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        write(&config(&dir, None), 100).await;
+        let (_, first) = list_files(&dir).unwrap().remove(0);
+        let text = std::fs::read_to_string(&first).unwrap();
+        let lines = text.lines().count();
+        std::fs::write(&first, &text[..text.len() - 10]).unwrap();
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX).unwrap();
+        let broken = v.broken.expect("the cut line is reported");
+        assert_eq!(broken.at.file, first.display().to_string());
+        assert_eq!(broken.at.line, lines, "{broken}");
+    }
+
+    #[tokio::test]
+    async fn a_directory_takes_one_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config(&tmp.path().join("audit"), None);
+        let (_sink, writer) = start(&config).unwrap();
+        assert!(matches!(start(&config), Err(StartError::Locked(_))));
+        writer.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_damaged_last_record_refuses_to_continue_the_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = config(&dir, None);
+        write(&config, 3).await;
+        let (_, path) = list_files(&dir).unwrap().pop().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("u2", "u9")).unwrap();
+        let err = start(&config).unwrap_err().to_string();
+        assert!(err.contains("does not match its hash"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_write_rolls_the_chain_back_so_the_files_have_no_gap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let path = dir.join(file_name(0));
+        std::fs::write(&path, b"").unwrap();
+        // A read-only handle: every write fails (even for root).
+        let read_only = File::open(&path).unwrap();
+        let counters = Arc::new(Counters::default());
+        let healthy = Arc::new(AtomicBool::new(true));
+        let mut chain = Chain {
+            dir: dir.clone(),
+            file: read_only,
+            path: path.clone(),
+            file_bytes: 0,
+            committed_bytes: 0,
+            records_in_file: 0,
+            next_seq: 0,
+            prev: GENESIS.to_string(),
+            committed: (0, GENESIS.to_string(), 0),
+            since_checkpoint: 0,
+            pending: Vec::new(),
+            published: Vec::new(),
+            key: None,
+            rotate_bytes: 1 << 20,
+            checkpoint_every: 1000,
+            counters: Arc::clone(&counters),
+            healthy: Arc::clone(&healthy),
+            head: Arc::default(),
+            tail: broadcast::channel(8).0,
+            _lock: File::open(&path).unwrap(),
+        };
+        chain.append(record(0));
+        chain.append(record(1));
+        chain.flush();
+        assert!(!healthy.load(Ordering::Relaxed));
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.write_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(chain.next_seq, 0, "rolled back");
+
+        chain.file = open_append(&path).unwrap();
+        chain.append(record(2));
+        chain.flush();
+        assert!(
+            healthy.load(Ordering::Relaxed),
+            "recovers with the next write"
+        );
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX).unwrap();
+        assert_eq!(v.broken, None, "{v:?}");
+        assert_eq!((v.records, v.first_seq), (1, Some(0)));
+    }
+}
