@@ -113,6 +113,12 @@ pub struct AuthnConfig {
     pub jwt: Vec<IssuerConfig>,
     /// Peers identified by the mTLS principal Envoy reports.
     pub mtls: MtlsConfig,
+    /// Fetching remote key sets (issuers with `jwks_url` or `discovery`).
+    pub jwks: JwksConfig,
+    /// Verified tokens kept in memory until they expire (0 disables).
+    pub token_cache_capacity: u64,
+    /// API keys in a request header.
+    pub api_keys: ApiKeyConfig,
 }
 
 impl Default for AuthnConfig {
@@ -122,11 +128,76 @@ impl Default for AuthnConfig {
             max_token_bytes: 8 * 1024,
             jwt: Vec::new(),
             mtls: MtlsConfig::default(),
+            jwks: JwksConfig::default(),
+            token_cache_capacity: 10_000,
+            api_keys: ApiKeyConfig::default(),
         }
     }
 }
 
-/// One trusted JWT issuer with static keys.
+/// How remote JWKS are fetched and kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksConfig {
+    /// One fetch (discovery document or key set) may take this long, ms.
+    pub fetch_timeout_ms: u64,
+    /// Refresh at least this long after a fetch, even if the identity
+    /// provider's `Cache-Control: max-age` asks for less, seconds.
+    pub min_refresh_seconds: u64,
+    /// Refresh at most this long after a fetch, whatever `max-age` says,
+    /// seconds (also the interval when there is no `max-age`).
+    pub max_refresh_seconds: u64,
+    /// A token naming an unknown `kid` triggers a refetch at most once per
+    /// this interval, so a flood of unknown kids cannot hammer the provider.
+    pub unknown_kid_refetch_seconds: u64,
+    /// After a failed refresh, retry after this long, seconds.
+    pub retry_seconds: u64,
+    /// Keys older than this (the provider unreachable since) are no longer
+    /// trusted: the issuer's tokens are refused and readiness reports it.
+    pub max_staleness_seconds: u64,
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        JwksConfig {
+            fetch_timeout_ms: 2_000,
+            min_refresh_seconds: 60,
+            max_refresh_seconds: 3_600,
+            unknown_kid_refetch_seconds: 30,
+            retry_seconds: 10,
+            max_staleness_seconds: 86_400,
+        }
+    }
+}
+
+/// API keys: a header carrying a secret that maps to an App.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeyConfig {
+    /// The keys file (hashes only; see `portcullis apikey new`). None: API
+    /// keys are not accepted.
+    pub file: Option<PathBuf>,
+    /// The request header that carries the key.
+    pub header: String,
+    /// Cedar entity type of the principal a key names.
+    pub principal_type: String,
+    /// Cedar entity type of the key's organisation.
+    pub org_type: String,
+}
+
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        ApiKeyConfig {
+            file: None,
+            header: "x-api-key".into(),
+            principal_type: "App".into(),
+            org_type: "Org".into(),
+        }
+    }
+}
+
+/// One trusted JWT issuer. Its keys come from exactly one of `jwks_file`,
+/// `jwks_url`, `discovery` or `hmac_secret_file`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
@@ -134,8 +205,9 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// Accepted `aud` values (the token must name at least one).
     pub audiences: Vec<String>,
-    /// A JWKS file with this issuer's public keys.
-    pub jwks_file: PathBuf,
+    /// A JWKS file with this issuer's public keys (static).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
     /// Accepted signature algorithms (asymmetric only).
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
@@ -151,6 +223,45 @@ pub struct IssuerConfig {
     /// Cedar entity type of the organisation.
     #[serde(default = "default_org_type")]
     pub org_type: String,
+    /// The issuer's JWKS URL (http or https), fetched and refreshed.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Find the JWKS URL through OIDC discovery
+    /// (`<issuer>/.well-known/openid-configuration`).
+    #[serde(default)]
+    pub discovery: bool,
+    /// A file holding an HMAC secret (at least 32 bytes); only then may the
+    /// issuer's algorithms include HS256/HS384/HS512.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Refuse tokens whose `exp - iat` exceeds this, seconds (short-lived
+    /// token policies); such tokens must carry `iat`.
+    #[serde(default)]
+    pub max_lifetime_seconds: Option<u64>,
+    /// Claim listing the principal's roles or groups (string or array);
+    /// each becomes a parent entity of type `role_type`.
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+    /// Cedar entity type of roles.
+    #[serde(default = "default_role_type")]
+    pub role_type: String,
+    /// Claims copied into `context.token.claims` (as strings); each must be
+    /// declared in the schema's `token.claims` record.
+    #[serde(default)]
+    pub context_claims: Vec<String>,
+    /// `amr` values that mean the user passed multi-factor authentication.
+    #[serde(default = "default_mfa_amr")]
+    pub mfa_amr_values: Vec<String>,
+    /// `acr` values that mean multi-factor authentication.
+    #[serde(default)]
+    pub mfa_acr_values: Vec<String>,
+}
+
+fn default_role_type() -> String {
+    "Role".into()
+}
+fn default_mfa_amr() -> Vec<String> {
+    vec!["mfa".into(), "hwk".into(), "otp".into()]
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -270,8 +381,18 @@ impl Config {
             self.policies = base.join(&self.policies);
         }
         for issuer in &mut self.authentication.jwt {
-            if issuer.jwks_file.is_relative() {
-                issuer.jwks_file = base.join(&issuer.jwks_file);
+            for path in [&mut issuer.jwks_file, &mut issuer.hmac_secret_file]
+                .into_iter()
+                .flatten()
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+        if let Some(file) = &mut self.authentication.api_keys.file {
+            if file.is_relative() {
+                *file = base.join(&*file);
             }
         }
     }
@@ -327,14 +448,45 @@ impl Config {
             if issuer.algorithms.is_empty() {
                 problems.push(format!("{at}.algorithms: name at least one algorithm"));
             }
+            let symmetric = issuer.hmac_secret_file.is_some();
             for alg in &issuer.algorithms {
-                if let Err(e) = crate::authn::jwt::parse_algorithm(alg) {
+                if let Err(e) = crate::authn::jwt::parse_algorithm(alg, symmetric) {
                     problems.push(format!("{at}.algorithms: {e}"));
                 }
+            }
+            let sources = [
+                issuer.jwks_file.is_some(),
+                issuer.jwks_url.is_some(),
+                issuer.discovery,
+                symmetric,
+            ]
+            .iter()
+            .filter(|s| **s)
+            .count();
+            if sources != 1 {
+                problems.push(format!(
+                    "{at}: set exactly one of jwks_file, jwks_url, discovery: true or hmac_secret_file"
+                ));
+            }
+            if let Some(url) = &issuer.jwks_url {
+                if let Err(e) = crate::authn::jwks::check_url(url) {
+                    problems.push(format!("{at}.jwks_url: {e}"));
+                }
+            }
+            if issuer.discovery {
+                if let Err(e) = crate::authn::jwks::check_url(&issuer.issuer) {
+                    problems.push(format!(
+                        "{at}.issuer: discovery needs an http(s) issuer URL: {e}"
+                    ));
+                }
+            }
+            if issuer.max_lifetime_seconds == Some(0) {
+                problems.push(format!("{at}.max_lifetime_seconds: must be at least 1"));
             }
             for (field, ty) in [
                 ("principal_type", &issuer.principal_type),
                 ("org_type", &issuer.org_type),
+                ("role_type", &issuer.role_type),
             ] {
                 if ty.parse::<cedar_policy::EntityTypeName>().is_err() {
                     problems.push(format!(
@@ -353,6 +505,51 @@ impl Config {
                 "authentication.mtls.principal_type: '{}' is not a Cedar entity type name",
                 mtls.principal_type
             ));
+        }
+        let jwks = &self.authentication.jwks;
+        if jwks.fetch_timeout_ms == 0 {
+            problems.push("authentication.jwks.fetch_timeout_ms: must be at least 1".into());
+        }
+        if jwks.min_refresh_seconds == 0 || jwks.min_refresh_seconds > jwks.max_refresh_seconds {
+            problems.push(
+                "authentication.jwks.min_refresh_seconds: must be at least 1 and at most max_refresh_seconds".into(),
+            );
+        }
+        if jwks.retry_seconds == 0 {
+            problems.push("authentication.jwks.retry_seconds: must be at least 1".into());
+        }
+        if jwks.max_staleness_seconds < jwks.max_refresh_seconds {
+            problems.push(
+                "authentication.jwks.max_staleness_seconds: must be at least max_refresh_seconds"
+                    .into(),
+            );
+        }
+        let keys = &self.authentication.api_keys;
+        if keys.header.is_empty()
+            || keys
+                .header
+                .bytes()
+                .any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            problems.push(format!(
+                "authentication.api_keys.header: '{}' is not a header name",
+                keys.header
+            ));
+        } else if keys.header.eq_ignore_ascii_case("authorization") {
+            problems.push(
+                "authentication.api_keys.header: must not be Authorization (bearer tokens use it)"
+                    .into(),
+            );
+        }
+        for (field, ty) in [
+            ("principal_type", &keys.principal_type),
+            ("org_type", &keys.org_type),
+        ] {
+            if ty.parse::<cedar_policy::EntityTypeName>().is_err() {
+                problems.push(format!(
+                    "authentication.api_keys.{field}: '{ty}' is not a Cedar entity type name"
+                ));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
@@ -451,7 +648,7 @@ log:
         assert_eq!(c.policies, dir.path().join("pol"));
         assert_eq!(
             c.authentication.jwt[0].jwks_file,
-            dir.path().join("keys/j.json")
+            Some(dir.path().join("keys/j.json"))
         );
     }
 }

@@ -35,6 +35,9 @@ pub enum DenyReason {
     BadPath,
     /// The route's resource does not exist.
     UnknownResource,
+    /// Credentials could not be checked right now (the issuer's keys or the
+    /// introspection endpoint unavailable).
+    AuthnUnavailable,
 }
 
 impl DenyReason {
@@ -46,6 +49,7 @@ impl DenyReason {
             DenyReason::NoRoute | DenyReason::UnknownResource => 404,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::BadPath => 400,
+            DenyReason::AuthnUnavailable => 503,
         }
     }
 
@@ -60,6 +64,7 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::BadPath => "bad_path",
             DenyReason::UnknownResource => "unknown_resource",
+            DenyReason::AuthnUnavailable => "authentication_unavailable",
         }
     }
 
@@ -73,6 +78,7 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "Method not allowed",
             DenyReason::BadPath => "Bad request path",
             DenyReason::UnknownResource => "Not found",
+            DenyReason::AuthnUnavailable => "Authentication unavailable",
         }
     }
 }

@@ -57,7 +57,7 @@ impl Authorization for AuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let access = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
         let snapshot = self.state.policies.current();
-        let decision = pipeline::decide(&snapshot, &self.state.authenticator, &access);
+        let decision = pipeline::decide(&snapshot, &self.state.authenticator, &access).await;
         Ok(Response::new(to_check_response(&decision, &access)))
     }
 }
@@ -200,7 +200,10 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         }
         Some(DenyReason::InvalidCredentials) => headers.push(set_header(
             "www-authenticate",
-            "Bearer realm=\"portcullis\", error=\"invalid_token\"",
+            &format!(
+                "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted_string(&decision.detail)
+            ),
         )),
         Some(DenyReason::MethodNotAllowed) => {
             if let Some(allow) = &decision.allow_methods {
@@ -230,6 +233,19 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         })),
         dynamic_metadata: Some(metadata),
     }
+}
+
+/// Text allowed in an RFC 6750 `error_description`: printable ASCII
+/// without `"` and `\`.
+fn quoted_string(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 fn set_header(key: &str, value: &str) -> HeaderValueOption {

@@ -127,35 +127,35 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async {
+        // Registered before the `listening` lines: a SIGTERM right after
+        // them must take the graceful path, not the default action.
+        let stop = shutdown_signal();
         let running = portcullis::server::start(&config).await?;
         // Tests and scripts read these lines to learn the bound ports.
         println!("listening decision {}", running.decision_addr);
         println!("listening admin {}", running.admin_addr);
         tracing::info!(decision = %running.decision_addr, admin = %running.admin_addr, "serving");
-        running.serve_until(shutdown_signal()).await?;
+        running.serve_until(stop).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn shutdown_signal() {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        signal(SignalKind::terminate()).ok()
+    };
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -221,7 +221,14 @@ fn check(
                             .join("\n")
                     )
                 })?;
-            portcullis::pipeline::decide(&snapshot, &authenticator, &access)
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?
+                .block_on(async {
+                    authenticator.prefetch().await;
+                    portcullis::pipeline::decide(&snapshot, &authenticator, &access).await
+                })
         }
     };
     println!("{}", serde_json::to_string_pretty(&decision)?);

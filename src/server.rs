@@ -120,9 +120,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<AuthzService>>()
-        .await;
+    for handle in state.authenticator.spawn_refresh(&cancel) {
+        background.spawn(async move {
+            let _ = handle.await;
+        });
+    }
+    // The Authorization service is SERVING only while every issuer's keys
+    // are usable (fetched, not too stale); the admin service is unaffected.
+    background.spawn(crate::authn::report_readiness(
+        Arc::clone(&state),
+        health.clone(),
+        cancel.clone(),
+    ));
     health
         .set_serving::<PolicyServiceServer<PolicyAdmin>>()
         .await;

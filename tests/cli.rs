@@ -34,7 +34,7 @@ fn validate_accepts_the_bundled_policies() {
     let out = portcullis(&["policy", "validate", policies_dir().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("ok (7 policies, 5 routes"),
+        text(&out.stdout).contains("ok (9 policies, 5 routes"),
         "{}",
         text(&out.stdout)
     );

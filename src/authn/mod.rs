@@ -1,9 +1,15 @@
 //! Authentication: turns the credentials on a request into an `Identity`.
 //! It does not decide what that identity may do (that is `authz`).
 
+pub mod jwks;
 pub mod jwt;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
 use cedar_policy::EntityUid;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthnConfig, MtlsConfig};
 use crate::request::AccessRequest;
@@ -18,6 +24,32 @@ pub struct Identity {
     pub parents: Vec<EntityUid>,
     /// How the caller authenticated.
     pub method: AuthMethod,
+    /// What the credential says beyond who: scopes, MFA, chosen claims.
+    pub token: TokenFacts,
+}
+
+impl Identity {
+    /// An identity with no scopes, claims or MFA.
+    pub fn new(principal: EntityUid, parents: Vec<EntityUid>, method: AuthMethod) -> Self {
+        Identity {
+            principal,
+            parents,
+            method,
+            token: TokenFacts::default(),
+        }
+    }
+}
+
+/// Facts a credential carries that policies may demand (Cedar
+/// `context.token` and `context.auth.mfa`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// OAuth scopes (`scope` string or `scp` array; API key scopes).
+    pub scopes: BTreeSet<String>,
+    /// Configured claims, as strings.
+    pub claims: BTreeMap<String, String>,
+    /// The user passed multi-factor authentication (`amr`/`acr`).
+    pub mfa: bool,
 }
 
 /// The authentication method that produced an identity.
@@ -51,6 +83,9 @@ pub struct AuthnFailure {
     pub reason: &'static str,
     /// What the client should know to fix its request.
     pub detail: String,
+    /// True when the credential could not be checked (keys or the
+    /// introspection endpoint unavailable): a 503-class denial, not 401.
+    pub unavailable: bool,
 }
 
 impl AuthnFailure {
@@ -58,6 +93,14 @@ impl AuthnFailure {
         AuthnFailure {
             reason,
             detail: detail.into(),
+            unavailable: false,
+        }
+    }
+
+    pub(crate) fn unavailable(reason: &'static str, detail: impl Into<String>) -> Self {
+        AuthnFailure {
+            unavailable: true,
+            ..AuthnFailure::new(reason, detail)
         }
     }
 }
@@ -103,13 +146,50 @@ impl Authenticator {
         })
     }
 
+    /// Fetches every remote key set once (for offline use such as the
+    /// `check` command); failures are logged and leave the issuer not ready.
+    pub async fn prefetch(&self) {
+        for jwks in self.jwt.remote_key_sets() {
+            if let Err(e) = jwks.refresh().await {
+                tracing::warn!(error = %e, "JWKS fetch failed");
+            }
+        }
+    }
+
+    /// Starts the background refresh of every remote key set; each task
+    /// stops when `cancel` is cancelled.
+    pub fn spawn_refresh(&self, cancel: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        self.jwt
+            .remote_key_sets()
+            .into_iter()
+            .map(|jwks| tokio::spawn(Arc::clone(&jwks).run(cancel.clone())))
+            .collect()
+    }
+
+    /// Issuers whose tokens cannot be verified now (keys never fetched, or
+    /// older than the maximum staleness). Empty when ready.
+    pub fn unready_issuers(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.jwt
+            .remote_key_sets()
+            .iter()
+            .filter(|j| !j.is_ready(now))
+            .map(|j| j.issuer().to_string())
+            .collect()
+    }
+
+    /// Remote key sets, for tests and metrics.
+    pub fn remote_key_sets(&self) -> Vec<Arc<jwks::RemoteJwks>> {
+        self.jwt.remote_key_sets()
+    }
+
     /// Establishes who is calling. A bearer token wins over the mTLS peer:
     /// the token names the end user, the certificate often only the client
     /// software.
-    pub fn authenticate(&self, req: &AccessRequest, now_epoch: u64) -> Authentication {
+    pub async fn authenticate(&self, req: &AccessRequest, now_epoch: u64) -> Authentication {
         if let Some(value) = req.header("authorization") {
             return match bearer_token(value) {
-                Ok(token) => match self.jwt.verify(token, now_epoch) {
+                Ok(token) => match self.jwt.verify(token, now_epoch, Instant::now()).await {
                     Ok(identity) => Authentication::Authenticated(identity),
                     Err(failure) => Authentication::Rejected(failure),
                 },
@@ -141,16 +221,45 @@ impl Authenticator {
             )));
         }
         Some(match entity_uid(&self.mtls.principal_type, principal) {
-            Some(uid) => Authentication::Authenticated(Identity {
-                principal: uid,
-                parents: Vec::new(),
-                method: AuthMethod::Mtls,
-            }),
+            Some(uid) => {
+                Authentication::Authenticated(Identity::new(uid, Vec::new(), AuthMethod::Mtls))
+            }
             None => Authentication::Rejected(AuthnFailure::new(
                 "mtls_bad_principal",
                 "the client certificate's identity cannot be used",
             )),
         })
+    }
+}
+
+/// Keeps grpc.health's status of the Authorization service in step with
+/// the issuers' readiness until `cancel`. Polls: staleness is a matter of
+/// time passing, not of an event.
+pub async fn report_readiness(
+    state: Arc<crate::server::State>,
+    health: tonic_health::server::HealthReporter,
+    cancel: CancellationToken,
+) {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+    type Service = AuthorizationServer<crate::extauthz::AuthzService>;
+    let mut reported: Option<bool> = None;
+    loop {
+        let unready = state.authenticator.unready_issuers();
+        let ready = unready.is_empty();
+        if reported != Some(ready) {
+            if ready {
+                health.set_serving::<Service>().await;
+                tracing::info!("all issuers' keys are available: serving");
+            } else {
+                health.set_not_serving::<Service>().await;
+                tracing::warn!(issuers = ?unready, "issuers' keys unavailable: not serving");
+            }
+            reported = Some(ready);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
     }
 }
 
@@ -207,44 +316,50 @@ mod tests {
         Authenticator::new(&AuthnConfig::default()).unwrap()
     }
 
-    #[test]
-    fn no_credentials_is_not_a_failure() {
+    #[tokio::test]
+    async fn no_credentials_is_not_a_failure() {
         let a = authenticator();
         assert!(matches!(
-            a.authenticate(&request(&[], None), 0),
+            a.authenticate(&request(&[], None), 0).await,
             Authentication::NoCredentials
         ));
     }
 
-    #[test]
-    fn non_bearer_scheme_is_rejected() {
+    #[tokio::test]
+    async fn non_bearer_scheme_is_rejected() {
         let a = authenticator();
-        match a.authenticate(
-            &request(&[("authorization", "Basic YWxhZGRpbjpvcGVu")], None),
-            0,
-        ) {
+        match a
+            .authenticate(
+                &request(&[("authorization", "Basic YWxhZGRpbjpvcGVu")], None),
+                0,
+            )
+            .await
+        {
             Authentication::Rejected(f) => assert_eq!(f.reason, "unsupported_scheme"),
             other => panic!("{other:?}"),
         }
     }
 
-    #[test]
-    fn comma_merged_tokens_are_rejected() {
+    #[tokio::test]
+    async fn comma_merged_tokens_are_rejected() {
         let a = authenticator();
-        match a.authenticate(
-            &request(&[("authorization", "Bearer a.b.c,Bearer d.e.f")], None),
-            0,
-        ) {
+        match a
+            .authenticate(
+                &request(&[("authorization", "Bearer a.b.c,Bearer d.e.f")], None),
+                0,
+            )
+            .await
+        {
             Authentication::Rejected(f) => assert_eq!(f.reason, "malformed_authorization"),
             other => panic!("{other:?}"),
         }
     }
 
-    #[test]
-    fn trusted_spiffe_peer_is_a_service_account() {
+    #[tokio::test]
+    async fn trusted_spiffe_peer_is_a_service_account() {
         let a = authenticator();
         let id = "spiffe://acme.example/ns/ml/sa/batch-scorer";
-        match a.authenticate(&request(&[], Some(id)), 0) {
+        match a.authenticate(&request(&[], Some(id)), 0).await {
             Authentication::Authenticated(identity) => {
                 assert_eq!(identity.method, AuthMethod::Mtls);
                 assert_eq!(
@@ -256,10 +371,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn untrusted_peer_is_rejected() {
+    #[tokio::test]
+    async fn untrusted_peer_is_rejected() {
         let a = authenticator();
-        match a.authenticate(&request(&[], Some("CN=evil")), 0) {
+        match a.authenticate(&request(&[], Some("CN=evil")), 0).await {
             Authentication::Rejected(f) => assert_eq!(f.reason, "mtls_untrusted_peer"),
             other => panic!("{other:?}"),
         }
