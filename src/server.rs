@@ -127,6 +127,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
     // The Authorization service is SERVING only while every issuer's keys
     // are usable (fetched, not too stale); the admin service is unaffected.
+    if state.authenticator.unready_issuers().is_empty() {
+        health
+            .set_serving::<AuthorizationServer<AuthzService>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<AuthorizationServer<AuthzService>>()
+            .await;
+    }
     background.spawn(crate::authn::report_readiness(
         Arc::clone(&state),
         health.clone(),

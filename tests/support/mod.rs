@@ -989,3 +989,217 @@ pub fn mint(claims: Value, key: Key) -> String {
     header.kid = Some(key.kid().to_string());
     jsonwebtoken::encode(&header, &claims, &encoding).expect("sign JWT")
 }
+
+// ---------------------------------------------------------------------------
+// Identity provider: a local JWKS / OIDC discovery server
+// ---------------------------------------------------------------------------
+
+/// What the identity provider serves; shared with its connection tasks.
+#[derive(Debug)]
+struct IdpState {
+    jwks: Value,
+    down: bool,
+    max_age: Option<u64>,
+    hits: BTreeMap<String, usize>,
+}
+
+/// An in-process OIDC identity provider on `127.0.0.1:0`:
+/// `/.well-known/openid-configuration` names `<issuer>/jwks.json`, which
+/// serves the current key set. Keys can be rotated and the server can "go
+/// down" (every request then gets 503). Every path's hits are counted,
+/// including paths it does not serve (to prove nothing fetched them).
+pub struct IdentityProvider {
+    addr: SocketAddr,
+    state: Arc<std::sync::Mutex<IdpState>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl IdentityProvider {
+    /// Starts serving the fixture key set (`test-es256`, `test-rs256`).
+    pub fn start() -> IdentityProvider {
+        let jwks: Value = serde_json::from_slice(
+            &std::fs::read(fixture("keys/test-issuer.jwks.json")).expect("fixture JWKS"),
+        )
+        .expect("fixture JWKS is JSON");
+        let state = Arc::new(std::sync::Mutex::new(IdpState {
+            jwks,
+            down: false,
+            max_age: None,
+            hits: BTreeMap::new(),
+        }));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let shared = Arc::clone(&state);
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime for the identity provider");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind identity provider");
+                let addr = listener.local_addr().unwrap();
+                addr_tx.send(addr).unwrap();
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        tokio::spawn(idp_connection(stream, Arc::clone(&shared), addr));
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(STARTUP_TIMEOUT)
+            .expect("identity provider did not start");
+        IdentityProvider {
+            addr,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The issuer URL (`iss` of its tokens, base of discovery).
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The key set URL.
+    pub fn jwks_url(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+
+    /// Serves `jwks` from now on (a key rotation).
+    pub fn set_jwks(&self, jwks: Value) {
+        self.state.lock().unwrap().jwks = jwks;
+    }
+
+    /// Serves the keys of the given fixture JWKS files, merged.
+    pub fn set_keys(&self, files: &[&str]) {
+        let mut keys = Vec::new();
+        for f in files {
+            let set: Value =
+                serde_json::from_slice(&std::fs::read(fixture(f)).expect("fixture JWKS")).unwrap();
+            keys.extend(set["keys"].as_array().unwrap().iter().cloned());
+        }
+        self.set_jwks(json!({ "keys": keys }));
+    }
+
+    /// Answers every request with 503 (`true`) or serves again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
+    /// Sends `Cache-Control: max-age=<n>` with the key set.
+    pub fn set_max_age(&self, seconds: Option<u64>) {
+        self.state.lock().unwrap().max_age = seconds;
+    }
+
+    /// How many requests reached `path` (any answer).
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every path requested so far, with counts.
+    pub fn all_hits(&self) -> BTreeMap<String, usize> {
+        self.state.lock().unwrap().hits.clone()
+    }
+}
+
+impl Drop for IdentityProvider {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One request per connection (the fetcher's client may reuse connections;
+/// closing after each answer keeps this server simple and still correct).
+async fn idp_connection(
+    mut stream: tokio::net::TcpStream,
+    state: Arc<std::sync::Mutex<IdpState>>,
+    addr: SocketAddr,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    while find(&buf, b"\r\n\r\n").is_none() {
+        if buf.len() > MAX_HEAD_BYTES {
+            return;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let path = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let (status, body, max_age) = {
+        let mut s = state.lock().unwrap();
+        *s.hits.entry(path.clone()).or_default() += 1;
+        if s.down {
+            (503, String::new(), None)
+        } else {
+            match path.as_str() {
+                "/.well-known/openid-configuration" => (
+                    200,
+                    json!({
+                        "issuer": format!("http://{addr}"),
+                        "jwks_uri": format!("http://{addr}/jwks.json"),
+                    })
+                    .to_string(),
+                    None,
+                ),
+                "/jwks.json" => (200, s.jwks.to_string(), s.max_age),
+                _ => (404, String::new(), None),
+            }
+        }
+    };
+    let cache = max_age
+        .map(|n| format!("cache-control: public, max-age={n}\r\n"))
+        .unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{cache}connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// Signs `header` and `payload`, given as raw JSON text (so that tests can
+/// write what no serializer would: duplicate members, odd headers), with an
+/// ES256 fixture key (`keys/<pem>`).
+pub fn sign_raw_es256(header: &str, payload: &str, pem: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(
+        &std::fs::read(fixture(&format!("keys/{pem}"))).expect("fixture key"),
+    )
+    .expect("EC PEM");
+    let message = format!("{}.{}", b64(header), b64(payload));
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::ES256)
+            .expect("sign");
+    format!("{message}.{signature}")
+}
