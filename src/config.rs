@@ -541,6 +541,16 @@ impl Config {
                     .into(),
             );
         }
+        if keys
+            .file
+            .as_ref()
+            .is_some_and(|f| f.starts_with(&self.policies))
+        {
+            problems.push(
+                "authentication.api_keys.file: keep the keys file outside the policy directory"
+                    .into(),
+            );
+        }
         for (field, ty) in [
             ("principal_type", &keys.principal_type),
             ("org_type", &keys.org_type),

@@ -1,6 +1,7 @@
 //! Authentication: turns the credentials on a request into an `Identity`.
 //! It does not decide what that identity may do (that is `authz`).
 
+pub mod apikey;
 pub mod jwks;
 pub mod jwt;
 
@@ -57,6 +58,8 @@ pub struct TokenFacts {
 pub enum AuthMethod {
     /// A verified JWT bearer token.
     Jwt,
+    /// An API key.
+    ApiKey,
     /// The mTLS peer identity reported by the gateway.
     Mtls,
     /// No credentials, on a route that allows anonymous access.
@@ -68,6 +71,7 @@ impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Jwt => "jwt",
+            AuthMethod::ApiKey => "apikey",
             AuthMethod::Mtls => "mtls",
             AuthMethod::Anonymous => "anonymous",
         }
@@ -122,6 +126,7 @@ pub enum Authentication {
 pub struct Authenticator {
     jwt: jwt::JwtVerifier,
     mtls: MtlsConfig,
+    api_keys: Option<Arc<apikey::ApiKeyVerifier>>,
 }
 
 /// Authentication configuration that cannot be used.
@@ -130,20 +135,31 @@ pub enum AuthnSetupError {
     /// An issuer's keys could not be loaded.
     #[error(transparent)]
     Jwks(#[from] jwt::JwksError),
+    /// The API keys file could not be loaded.
+    #[error(transparent)]
+    ApiKeys(#[from] apikey::KeysFileError),
 }
 
 impl Authenticator {
     /// Builds the authenticator, loading every issuer's keys.
     pub fn new(config: &AuthnConfig) -> Result<Self, Vec<AuthnSetupError>> {
-        let jwt = jwt::JwtVerifier::new(config).map_err(|errs| {
-            errs.into_iter()
-                .map(AuthnSetupError::from)
-                .collect::<Vec<_>>()
-        })?;
-        Ok(Authenticator {
-            jwt,
-            mtls: config.mtls.clone(),
-        })
+        let mut errors = Vec::new();
+        let jwt = jwt::JwtVerifier::new(config)
+            .map_err(|errs| errors.extend(errs.into_iter().map(AuthnSetupError::from)));
+        let api_keys = match &config.api_keys.file {
+            None => Ok(None),
+            Some(path) => apikey::ApiKeyVerifier::new(&config.api_keys, path)
+                .map(|v| Some(Arc::new(v)))
+                .map_err(|e| errors.push(e.into())),
+        };
+        match (jwt, api_keys) {
+            (Ok(jwt), Ok(api_keys)) => Ok(Authenticator {
+                jwt,
+                mtls: config.mtls.clone(),
+                api_keys,
+            }),
+            _ => Err(errors),
+        }
     }
 
     /// Fetches every remote key set once (for offline use such as the
@@ -159,11 +175,18 @@ impl Authenticator {
     /// Starts the background refresh of every remote key set; each task
     /// stops when `cancel` is cancelled.
     pub fn spawn_refresh(&self, cancel: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        self.jwt
+        let mut tasks: Vec<_> = self
+            .jwt
             .remote_key_sets()
             .into_iter()
             .map(|jwks| tokio::spawn(Arc::clone(&jwks).run(cancel.clone())))
-            .collect()
+            .collect();
+        if let Some(keys) = &self.api_keys {
+            tasks.push(tokio::spawn(
+                Arc::clone(keys).watch(API_KEYS_POLL, cancel.clone()),
+            ));
+        }
+        tasks
     }
 
     /// Issuers whose tokens cannot be verified now (keys never fetched, or
@@ -195,6 +218,21 @@ impl Authenticator {
                 },
                 Err(failure) => Authentication::Rejected(failure),
             };
+        }
+        if let Some(keys) = &self.api_keys {
+            if let Some(value) = req.header(keys.header()) {
+                if value.contains(',') {
+                    // Envoy comma-merges repeated headers.
+                    return Authentication::Rejected(AuthnFailure::new(
+                        "malformed_api_key",
+                        "send exactly one API key",
+                    ));
+                }
+                return match keys.verify(value.trim(), now_epoch) {
+                    Ok(identity) => Authentication::Authenticated(identity),
+                    Err(failure) => Authentication::Rejected(failure),
+                };
+            }
         }
         if let Some(principal) = req.source_principal.as_deref() {
             if let Some(identity) = self.mtls_identity(principal) {
@@ -231,6 +269,9 @@ impl Authenticator {
         })
     }
 }
+
+/// How often the API keys file is checked for changes.
+const API_KEYS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Keeps grpc.health's status of the Authorization service in step with
 /// the issuers' readiness until `cancel`. Polls: staleness is a matter of
