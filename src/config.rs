@@ -27,6 +27,8 @@ pub struct Config {
     pub authentication: AuthnConfig,
     /// Logging.
     pub log: LogConfig,
+    /// TLS (and required client certificates) on the decision listener.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -39,6 +41,34 @@ impl Default for Config {
             server: ServerConfig::default(),
             authentication: AuthnConfig::default(),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// TLS on the decision listener. Without `cert_file` the listener speaks
+/// plaintext gRPC (fine on loopback or inside a pod).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// When set, clients must present a certificate issued by this CA
+    /// (PEM): only the gateway may call the PDP.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes, ms.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval_ms: 1_000,
         }
     }
 }
@@ -288,6 +318,9 @@ pub struct MtlsConfig {
     /// Only principals starting with one of these prefixes are accepted
     /// (e.g. a SPIFFE trust domain). Empty: any.
     pub trusted_prefixes: Vec<String>,
+    /// SPIFFE trust domains accepted (exact, e.g. `acme.example`); a
+    /// `spiffe://` principal from any other domain is refused. Empty: any.
+    pub trust_domains: Vec<String>,
 }
 
 impl Default for MtlsConfig {
@@ -296,6 +329,7 @@ impl Default for MtlsConfig {
             enabled: true,
             principal_type: "ServiceAccount".into(),
             trusted_prefixes: vec!["spiffe://".into()],
+            trust_domains: Vec::new(),
         }
     }
 }
@@ -388,6 +422,18 @@ impl Config {
                 if path.is_relative() {
                     *path = base.join(&*path);
                 }
+            }
+        }
+        for path in [
+            &mut self.tls.cert_file,
+            &mut self.tls.key_file,
+            &mut self.tls.client_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
             }
         }
         if let Some(file) = &mut self.authentication.api_keys.file {
@@ -560,6 +606,16 @@ impl Config {
                     "authentication.api_keys.{field}: '{ty}' is not a Cedar entity type name"
                 ));
             }
+        }
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            problems.push("tls: set both cert_file and key_file (or neither)".into());
+        }
+        if tls.client_ca_file.is_some() && tls.cert_file.is_none() {
+            problems.push("tls.client_ca_file: requires cert_file and key_file".into());
+        }
+        if tls.reload_interval_ms == 0 {
+            problems.push("tls.reload_interval_ms: must be at least 1".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(

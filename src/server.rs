@@ -48,6 +48,9 @@ pub enum StartError {
     /// Watching the policy directory failed.
     #[error("cannot watch the policy directory: {0}")]
     Watch(String),
+    /// The decision listener's TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running Portcullis.
@@ -80,6 +83,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         "policy snapshot loaded"
     );
     let authenticator = Authenticator::new(&config.authentication).map_err(StartError::Authn)?;
+    let tls = match &config.tls.cert_file {
+        Some(_) => Some(Arc::new(crate::tls::ReloadingTls::load(&config.tls)?)),
+        None => None,
+    };
     let state = Arc::new(State {
         policies: Arc::new(store),
         authenticator,
@@ -174,14 +181,31 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .add_service(v1)
             .add_service(v1alpha);
         let stop = cancel.clone();
-        tasks.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(decision_listener),
-                    stop.cancelled_owned(),
-                )
-                .await
-        });
+        match &tls {
+            Some(tls) => {
+                background.spawn(Arc::clone(tls).watch(
+                    Duration::from_millis(config.tls.reload_interval_ms),
+                    cancel.clone(),
+                ));
+                let incoming =
+                    crate::tls::incoming(decision_listener, Arc::clone(tls), cancel.clone());
+                tasks.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                });
+            }
+            None => {
+                tasks.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(
+                            TcpListenerStream::new(decision_listener),
+                            stop.cancelled_owned(),
+                        )
+                        .await
+                });
+            }
+        }
     }
     {
         let (v1, v1alpha) =

@@ -246,12 +246,15 @@ impl Authenticator {
         if !self.mtls.enabled || principal.is_empty() {
             return None;
         }
-        let trusted = self.mtls.trusted_prefixes.is_empty()
+        let trusted = (self.mtls.trusted_prefixes.is_empty()
             || self
                 .mtls
                 .trusted_prefixes
                 .iter()
-                .any(|p| principal.starts_with(p.as_str()));
+                .any(|p| principal.starts_with(p.as_str())))
+            && (self.mtls.trust_domains.is_empty()
+                || spiffe_trust_domain(principal)
+                    .is_some_and(|d| self.mtls.trust_domains.iter().any(|t| t == d)));
         if !trusted {
             return Some(Authentication::Rejected(AuthnFailure::new(
                 "mtls_untrusted_peer",
@@ -302,6 +305,13 @@ pub async fn report_readiness(
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
         }
     }
+}
+
+/// The trust domain of a SPIFFE id (`spiffe://<domain>/<path>`).
+fn spiffe_trust_domain(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let domain = rest.split('/').next()?;
+    (!domain.is_empty()).then_some(domain)
 }
 
 /// Extracts the token from an `Authorization: Bearer <token>` header value.
@@ -409,6 +419,33 @@ mod tests {
                 );
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn spiffe_id_outside_the_trust_domains_is_rejected() {
+        let a = Authenticator::new(&AuthnConfig {
+            mtls: crate::config::MtlsConfig {
+                trust_domains: vec!["acme.example".into()],
+                ..Default::default()
+            },
+            ..AuthnConfig::default()
+        })
+        .unwrap();
+        let ok = "spiffe://acme.example/ns/ml/sa/batch-scorer";
+        assert!(matches!(
+            a.authenticate(&request(&[], Some(ok)), 0).await,
+            Authentication::Authenticated(_)
+        ));
+        for bad in [
+            "spiffe://evil.example/ns/ml/sa/batch-scorer",
+            "spiffe://acme.example.evil.example/sa/x",
+            "spiffe:///sa/x",
+        ] {
+            match a.authenticate(&request(&[], Some(bad)), 0).await {
+                Authentication::Rejected(f) => assert_eq!(f.reason, "mtls_untrusted_peer"),
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 
