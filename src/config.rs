@@ -149,6 +149,8 @@ pub struct AuthnConfig {
     pub token_cache_capacity: u64,
     /// API keys in a request header.
     pub api_keys: ApiKeyConfig,
+    /// OAuth2 token introspection (RFC 7662) for opaque bearer tokens.
+    pub introspection: Option<IntrospectionConfig>,
 }
 
 impl Default for AuthnConfig {
@@ -161,6 +163,60 @@ impl Default for AuthnConfig {
             jwks: JwksConfig::default(),
             token_cache_capacity: 10_000,
             api_keys: ApiKeyConfig::default(),
+            introspection: None,
+        }
+    }
+}
+
+/// The introspection endpoint asked about opaque (non-JWT) bearer tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntrospectionConfig {
+    /// The endpoint URL (http or https).
+    pub endpoint: String,
+    /// Our client id at the authorization server (HTTP Basic).
+    pub client_id: String,
+    /// A file holding our client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// The whole exchange must finish within this, ms; else 503.
+    pub timeout_ms: u64,
+    /// An active answer is cached for the token's remaining life, at most
+    /// this long, seconds.
+    pub max_cache_seconds: u64,
+    /// An inactive answer is cached this long, seconds.
+    pub negative_cache_seconds: u64,
+    /// Most answers kept.
+    pub cache_capacity: u64,
+    /// When set, the answer's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, every `aud` in the answer must be one of these.
+    pub audiences: Vec<String>,
+    /// Cedar entity type of the principal.
+    pub principal_type: String,
+    /// Answer member naming the principal.
+    pub subject_claim: String,
+    /// Answer member naming the organisation.
+    pub org_claim: Option<String>,
+    /// Cedar entity type of the organisation.
+    pub org_type: String,
+}
+
+impl Default for IntrospectionConfig {
+    fn default() -> Self {
+        IntrospectionConfig {
+            endpoint: String::new(),
+            client_id: String::new(),
+            client_secret_file: None,
+            timeout_ms: 100,
+            max_cache_seconds: 300,
+            negative_cache_seconds: 10,
+            cache_capacity: 10_000,
+            issuer: None,
+            audiences: Vec::new(),
+            principal_type: "User".into(),
+            subject_claim: "sub".into(),
+            org_claim: None,
+            org_type: "Org".into(),
         }
     }
 }
@@ -436,6 +492,16 @@ impl Config {
                 *path = base.join(&*path);
             }
         }
+        if let Some(file) = self
+            .authentication
+            .introspection
+            .as_mut()
+            .and_then(|i| i.client_secret_file.as_mut())
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
         if let Some(file) = &mut self.authentication.api_keys.file {
             if file.is_relative() {
                 *file = base.join(&*file);
@@ -605,6 +671,28 @@ impl Config {
                 problems.push(format!(
                     "authentication.api_keys.{field}: '{ty}' is not a Cedar entity type name"
                 ));
+            }
+        }
+        if let Some(i) = &self.authentication.introspection {
+            if let Err(e) = crate::authn::jwks::check_url(&i.endpoint) {
+                problems.push(format!("authentication.introspection.endpoint: {e}"));
+            }
+            if i.client_id.is_empty() {
+                problems.push("authentication.introspection.client_id: must not be empty".into());
+            }
+            if i.timeout_ms == 0 || i.timeout_ms > 10_000 {
+                problems
+                    .push("authentication.introspection.timeout_ms: between 1 and 10000".into());
+            }
+            for (field, ty) in [
+                ("principal_type", &i.principal_type),
+                ("org_type", &i.org_type),
+            ] {
+                if ty.parse::<cedar_policy::EntityTypeName>().is_err() {
+                    problems.push(format!(
+                        "authentication.introspection.{field}: '{ty}' is not a Cedar entity type name"
+                    ));
+                }
             }
         }
         let tls = &self.tls;

@@ -2,6 +2,7 @@
 //! It does not decide what that identity may do (that is `authz`).
 
 pub mod apikey;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 
@@ -60,6 +61,8 @@ pub enum AuthMethod {
     Jwt,
     /// An API key.
     ApiKey,
+    /// An opaque token the introspection endpoint called active.
+    Introspection,
     /// The mTLS peer identity reported by the gateway.
     Mtls,
     /// No credentials, on a route that allows anonymous access.
@@ -72,6 +75,7 @@ impl AuthMethod {
         match self {
             AuthMethod::Jwt => "jwt",
             AuthMethod::ApiKey => "apikey",
+            AuthMethod::Introspection => "introspection",
             AuthMethod::Mtls => "mtls",
             AuthMethod::Anonymous => "anonymous",
         }
@@ -127,6 +131,8 @@ pub struct Authenticator {
     jwt: jwt::JwtVerifier,
     mtls: MtlsConfig,
     api_keys: Option<Arc<apikey::ApiKeyVerifier>>,
+    introspection: Option<introspect::Introspector>,
+    max_token_bytes: usize,
 }
 
 /// Authentication configuration that cannot be used.
@@ -138,6 +144,9 @@ pub enum AuthnSetupError {
     /// The API keys file could not be loaded.
     #[error(transparent)]
     ApiKeys(#[from] apikey::KeysFileError),
+    /// The introspection client secret could not be read.
+    #[error(transparent)]
+    Introspection(#[from] introspect::SecretUnreadable),
 }
 
 impl Authenticator {
@@ -152,11 +161,19 @@ impl Authenticator {
                 .map(|v| Some(Arc::new(v)))
                 .map_err(|e| errors.push(e.into())),
         };
-        match (jwt, api_keys) {
-            (Ok(jwt), Ok(api_keys)) => Ok(Authenticator {
+        let introspection = match &config.introspection {
+            None => Ok(None),
+            Some(c) => introspect::Introspector::new(c)
+                .map(Some)
+                .map_err(|e| errors.push(e.into())),
+        };
+        match (jwt, api_keys, introspection) {
+            (Ok(jwt), Ok(api_keys), Ok(introspection)) => Ok(Authenticator {
                 jwt,
                 mtls: config.mtls.clone(),
                 api_keys,
+                introspection,
+                max_token_bytes: config.max_token_bytes,
             }),
             _ => Err(errors),
         }
@@ -211,11 +228,27 @@ impl Authenticator {
     /// software.
     pub async fn authenticate(&self, req: &AccessRequest, now_epoch: u64) -> Authentication {
         if let Some(value) = req.header("authorization") {
-            return match bearer_token(value) {
-                Ok(token) => match self.jwt.verify(token, now_epoch, Instant::now()).await {
-                    Ok(identity) => Authentication::Authenticated(identity),
-                    Err(failure) => Authentication::Rejected(failure),
-                },
+            let token = match bearer_token(value) {
+                Ok(token) => token,
+                Err(failure) => return Authentication::Rejected(failure),
+            };
+            // A compact JWS has exactly two dots; anything else is an
+            // opaque token when an introspection endpoint is configured.
+            let verified = match &self.introspection {
+                _ if token.len() > self.max_token_bytes => Err(AuthnFailure::new(
+                    "token_too_large",
+                    format!(
+                        "the bearer token is larger than {} bytes",
+                        self.max_token_bytes
+                    ),
+                )),
+                Some(introspector) if token.matches('.').count() != 2 => {
+                    introspector.introspect(token, now_epoch).await
+                }
+                _ => self.jwt.verify(token, now_epoch, Instant::now()).await,
+            };
+            return match verified {
+                Ok(identity) => Authentication::Authenticated(identity),
                 Err(failure) => Authentication::Rejected(failure),
             };
         }

@@ -1007,7 +1007,16 @@ struct IdpState {
     down: bool,
     max_age: Option<u64>,
     hits: BTreeMap<String, usize>,
+    /// Introspection answers by token; unknown tokens are inactive.
+    introspection: BTreeMap<String, Value>,
+    /// Delay before answering an introspection request.
+    introspection_delay: Duration,
+    /// The Authorization header introspection callers must send.
+    introspection_auth: String,
 }
+
+/// Client id and secret the identity provider expects at `/introspect`.
+pub const INTROSPECTION_CLIENT: (&str, &str) = ("portcullis", "introspection-secret-0123456789");
 
 /// An in-process OIDC identity provider on `127.0.0.1:0`:
 /// `/.well-known/openid-configuration` names `<issuer>/jwks.json`, which
@@ -1033,6 +1042,16 @@ impl IdentityProvider {
             down: false,
             max_age: None,
             hits: BTreeMap::new(),
+            introspection: BTreeMap::new(),
+            introspection_delay: Duration::ZERO,
+            introspection_auth: {
+                use base64::Engine;
+                let (id, secret) = INTROSPECTION_CLIENT;
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+                )
+            },
         }));
         let (addr_tx, addr_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -1109,6 +1128,25 @@ impl IdentityProvider {
         self.state.lock().unwrap().max_age = seconds;
     }
 
+    /// The introspection endpoint URL.
+    pub fn introspection_url(&self) -> String {
+        format!("http://{}/introspect", self.addr)
+    }
+
+    /// Answers introspection of `token` with `answer` from now on.
+    pub fn set_introspection(&self, token: &str, answer: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .introspection
+            .insert(token.to_string(), answer);
+    }
+
+    /// Delays every introspection answer by `delay` (a slow endpoint).
+    pub fn set_introspection_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().introspection_delay = delay;
+    }
+
     /// How many requests reached `path` (any answer).
     pub fn hits(&self, path: &str) -> usize {
         self.state
@@ -1156,12 +1194,38 @@ async fn idp_connection(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
+    let head_end = find(&buf, b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let header = |name: &str| {
+        head.split("\r\n").skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        .min(MAX_BODY_BYTES);
+    while buf.len() < head_end + 4 + length {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let request_body =
+        String::from_utf8_lossy(&buf[head_end + 4..head_end + 4 + length]).into_owned();
     let path = head
         .split_whitespace()
         .nth(1)
         .unwrap_or_default()
         .to_string();
+    if path == "/introspect" {
+        let delay = state.lock().unwrap().introspection_delay;
+        tokio::time::sleep(delay).await;
+    }
     let (status, body, max_age) = {
         let mut s = state.lock().unwrap();
         *s.hits.entry(path.clone()).or_default() += 1;
@@ -1169,6 +1233,23 @@ async fn idp_connection(
             (503, String::new(), None)
         } else {
             match path.as_str() {
+                "/introspect" => {
+                    if header("authorization").as_deref() != Some(s.introspection_auth.as_str()) {
+                        (401, String::new(), None)
+                    } else {
+                        let token = request_body
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix("token="))
+                            .map(form_decode)
+                            .unwrap_or_default();
+                        let answer = s
+                            .introspection
+                            .get(&token)
+                            .cloned()
+                            .unwrap_or_else(|| json!({"active": false}));
+                        (200, answer.to_string(), None)
+                    }
+                }
                 "/.well-known/openid-configuration" => (
                     200,
                     json!({
@@ -1191,6 +1272,26 @@ async fn idp_connection(
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// Decodes one `application/x-www-form-urlencoded` value.
+fn form_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Signs `header` and `payload`, given as raw JSON text (so that tests can
