@@ -151,6 +151,8 @@ pub struct AuthnConfig {
     pub api_keys: ApiKeyConfig,
     /// OAuth2 token introspection (RFC 7662) for opaque bearer tokens.
     pub introspection: Option<IntrospectionConfig>,
+    /// Counting failed attempts and blocking sources that keep failing.
+    pub failures: FailureConfig,
 }
 
 impl Default for AuthnConfig {
@@ -164,6 +166,36 @@ impl Default for AuthnConfig {
             token_cache_capacity: 10_000,
             api_keys: ApiKeyConfig::default(),
             introspection: None,
+            failures: FailureConfig::default(),
+        }
+    }
+}
+
+/// Failed authentication attempts: past `threshold` failures within
+/// `window_seconds`, a source address is blocked for `block_seconds`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailureConfig {
+    /// Count and block at all.
+    pub enabled: bool,
+    /// Failures within the window that block the source.
+    pub threshold: u32,
+    /// The counting window, seconds.
+    pub window_seconds: u64,
+    /// How long a source stays blocked, seconds.
+    pub block_seconds: u64,
+    /// Most sources and identities tracked at once (bounded memory).
+    pub max_tracked: usize,
+}
+
+impl Default for FailureConfig {
+    fn default() -> Self {
+        FailureConfig {
+            enabled: true,
+            threshold: 20,
+            window_seconds: 60,
+            block_seconds: 300,
+            max_tracked: 100_000,
         }
     }
 }
@@ -694,6 +726,15 @@ impl Config {
                     ));
                 }
             }
+        }
+        let f = &self.authentication.failures;
+        if f.enabled
+            && (f.threshold == 0
+                || f.window_seconds == 0
+                || f.block_seconds == 0
+                || f.max_tracked == 0)
+        {
+            problems.push("authentication.failures: threshold, window_seconds, block_seconds and max_tracked must be at least 1".into());
         }
         let tls = &self.tls;
         if tls.cert_file.is_some() != tls.key_file.is_some() {

@@ -38,6 +38,8 @@ pub enum DenyReason {
     /// Credentials could not be checked right now (the issuer's keys or the
     /// introspection endpoint unavailable).
     AuthnUnavailable,
+    /// The source failed authentication too often and is blocked.
+    TooManyFailedAttempts,
 }
 
 impl DenyReason {
@@ -50,6 +52,7 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => 405,
             DenyReason::BadPath => 400,
             DenyReason::AuthnUnavailable => 503,
+            DenyReason::TooManyFailedAttempts => 429,
         }
     }
 
@@ -65,6 +68,7 @@ impl DenyReason {
             DenyReason::BadPath => "bad_path",
             DenyReason::UnknownResource => "unknown_resource",
             DenyReason::AuthnUnavailable => "authentication_unavailable",
+            DenyReason::TooManyFailedAttempts => "too_many_failed_attempts",
         }
     }
 
@@ -79,6 +83,7 @@ impl DenyReason {
             DenyReason::BadPath => "Bad request path",
             DenyReason::UnknownResource => "Not found",
             DenyReason::AuthnUnavailable => "Authentication unavailable",
+            DenyReason::TooManyFailedAttempts => "Too many failed attempts",
         }
     }
 }
@@ -116,6 +121,9 @@ pub struct Decision {
     /// For 405: the methods the path accepts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_methods: Option<String>,
+    /// For a blocked source (429): seconds until it may try again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl Decision {
@@ -136,6 +144,7 @@ impl Decision {
             errors: Vec::new(),
             policy_version: policy_version.to_string(),
             allow_methods: None,
+            retry_after_seconds: None,
         }
     }
 

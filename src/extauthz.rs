@@ -212,6 +212,9 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         }
         _ => {}
     }
+    if let Some(seconds) = decision.retry_after_seconds {
+        headers.push(set_header("retry-after", &seconds.to_string()));
+    }
     let code = if decision.status == 401 {
         GRPC_UNAUTHENTICATED
     } else {

@@ -138,6 +138,18 @@ fn evaluate(
                 "this endpoint requires credentials: send 'Authorization: Bearer <token>' or use a client certificate",
             )
         }
+        Authentication::Blocked { retry_after } => {
+            // Round up: a client that waits Retry-After seconds must find
+            // the block over.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            d.errors.push("authentication: source_blocked".into());
+            let mut d = d.deny(
+                DenyReason::TooManyFailedAttempts,
+                format!("too many failed authentication attempts from this address; retry after {seconds} seconds"),
+            );
+            d.retry_after_seconds = Some(seconds);
+            return d;
+        }
         Authentication::Rejected(failure) => {
             log_authn_failure(req, &failure);
             d.errors.push(format!("authentication: {}", failure.reason));

@@ -2,6 +2,7 @@
 //! It does not decide what that identity may do (that is `authz`).
 
 pub mod apikey;
+pub mod failures;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
@@ -123,6 +124,11 @@ pub enum Authentication {
     /// Credentials were present but invalid: always 401, even on routes that
     /// allow anonymous access (a broken token is never silently ignored).
     Rejected(AuthnFailure),
+    /// The source failed too often and is blocked for a while (429).
+    Blocked {
+        /// How long until the block ends.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Authenticates requests with the configured methods.
@@ -133,6 +139,7 @@ pub struct Authenticator {
     api_keys: Option<Arc<apikey::ApiKeyVerifier>>,
     introspection: Option<introspect::Introspector>,
     max_token_bytes: usize,
+    failures: Option<Arc<dyn failures::FailureStore>>,
 }
 
 /// Authentication configuration that cannot be used.
@@ -174,6 +181,10 @@ impl Authenticator {
                 api_keys,
                 introspection,
                 max_token_bytes: config.max_token_bytes,
+                failures: config.failures.enabled.then(|| {
+                    Arc::new(failures::InProcessFailures::new(&config.failures))
+                        as Arc<dyn failures::FailureStore>
+                }),
             }),
             _ => Err(errors),
         }
@@ -223,10 +234,98 @@ impl Authenticator {
         self.jwt.remote_key_sets()
     }
 
-    /// Establishes who is calling. A bearer token wins over the mTLS peer:
-    /// the token names the end user, the certificate often only the client
-    /// software.
+    /// Uses `store` for failure counting (e.g. a shared Redis store)
+    /// instead of the in-process one.
+    pub fn with_failure_store(mut self, store: Arc<dyn failures::FailureStore>) -> Self {
+        self.failures = Some(store);
+        self
+    }
+
+    /// Establishes who is calling, unless the source is blocked for failing
+    /// too often; counts refused credentials per source and per presented
+    /// identity.
     pub async fn authenticate(&self, req: &AccessRequest, now_epoch: u64) -> Authentication {
+        self.authenticate_at(req, now_epoch, Instant::now()).await
+    }
+
+    /// [`Authenticator::authenticate`] with the monotonic clock given.
+    pub async fn authenticate_at(
+        &self,
+        req: &AccessRequest,
+        now_epoch: u64,
+        now: Instant,
+    ) -> Authentication {
+        let source = req.source_ip.map(failures::FailureKey::Source);
+        if let (Some(store), Some(source)) = (&self.failures, &source) {
+            if let Some(retry_after) = store.blocked_for(source, now) {
+                return Authentication::Blocked { retry_after };
+            }
+        }
+        let result = self.authenticate_credentials(req, now_epoch).await;
+        if let (Some(store), Authentication::Rejected(failure)) = (&self.failures, &result) {
+            // An endpoint we could not reach is our trouble, not the
+            // caller's failed attempt.
+            if !failure.unavailable {
+                if let Some(source) = &source {
+                    if store.record_failure(source, now, true) {
+                        tracing::warn!(
+                            target: "portcullis::authn",
+                            source_ip = ?req.source_ip,
+                            "source blocked after repeated authentication failures"
+                        );
+                    }
+                }
+                if let Some(identity) = self.presented_identity(req) {
+                    let key = failures::FailureKey::Identity(identity.clone());
+                    if store.record_failure(&key, now, false) {
+                        tracing::warn!(
+                            target: "portcullis::authn",
+                            presented_identity = %identity,
+                            "repeated authentication failures for one identity"
+                        );
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// The identity a refused credential claimed, for counting only: an API
+    /// key's public id, or a JWT's unverified issuer and subject.
+    fn presented_identity(&self, req: &AccessRequest) -> Option<String> {
+        use base64::Engine;
+        if let Some(keys) = &self.api_keys {
+            if let Some(value) = req.header(keys.header()) {
+                return value
+                    .strip_prefix("pck_")
+                    .and_then(|r| r.get(..12))
+                    .map(|id| format!("apikey:{id}"));
+            }
+        }
+        let token = bearer_token(req.header("authorization")?).ok()?;
+        if token.len() > self.max_token_bytes {
+            return None;
+        }
+        let payload = token.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
+        let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let iss = claims.get("iss")?.as_str()?;
+        let sub = claims.get("sub")?.as_str()?;
+        let mut id = format!("jwt:{iss}#{sub}");
+        id.truncate(256);
+        Some(id)
+    }
+
+    /// Establishes who is calling. A bearer token wins over an API key, and
+    /// both over the mTLS peer: the token names the end user, the
+    /// certificate often only the client software.
+    async fn authenticate_credentials(
+        &self,
+        req: &AccessRequest,
+        now_epoch: u64,
+    ) -> Authentication {
         if let Some(value) = req.header("authorization") {
             let token = match bearer_token(value) {
                 Ok(token) => token,
