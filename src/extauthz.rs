@@ -363,6 +363,11 @@ mod tests {
     }
 
     #[test]
+    fn error_description_stays_within_rfc_6750_characters() {
+        assert_eq!(quoted_string("a \"b\" \\c\u{e9}\n"), "a 'b' /c??");
+    }
+
+    #[test]
     fn deny_has_status_problem_body_and_www_authenticate() {
         let req = AccessRequest::for_test("GET", "/x");
         let d = Decision::new("v1").deny(DenyReason::InvalidCredentials, "expired");
@@ -379,6 +384,18 @@ mod tests {
             .collect();
         assert!(keys.contains(&"www-authenticate".to_string()));
         assert!(keys.contains(&"content-type".to_string()));
+        let challenge = denied
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "www-authenticate")
+            .unwrap()
+            .value
+            .clone();
+        assert_eq!(
+            challenge,
+            r#"Bearer realm="portcullis", error="invalid_token", error_description="expired""#
+        );
         let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
         assert_eq!(body["status"], 401);
     }

@@ -143,7 +143,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .set_not_serving::<AuthorizationServer<AuthzService>>()
             .await;
     }
-    background.spawn(crate::authn::report_readiness(
+    background.spawn(report_readiness(
         Arc::clone(&state),
         health.clone(),
         cancel.clone(),
@@ -315,5 +315,35 @@ impl Running {
         }
         tracing::info!("shutting down");
         self.shutdown().await
+    }
+}
+
+/// Keeps grpc.health's status of the Authorization service in step with
+/// the issuers' readiness until `cancel`. Polls: staleness is a matter of
+/// time passing, not of an event.
+async fn report_readiness(
+    state: Arc<State>,
+    health: tonic_health::server::HealthReporter,
+    cancel: CancellationToken,
+) {
+    type Service = AuthorizationServer<AuthzService>;
+    let mut reported: Option<bool> = None;
+    loop {
+        let unready = state.authenticator.unready_issuers();
+        let ready = unready.is_empty();
+        if reported != Some(ready) {
+            if ready {
+                health.set_serving::<Service>().await;
+                tracing::info!("all issuers' keys are available: serving");
+            } else {
+                health.set_not_serving::<Service>().await;
+                tracing::warn!(issuers = ?unready, "issuers' keys unavailable: not serving");
+            }
+            reported = Some(ready);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
     }
 }

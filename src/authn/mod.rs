@@ -294,15 +294,15 @@ impl Authenticator {
     /// key's public id, or a JWT's unverified issuer and subject.
     fn presented_identity(&self, req: &AccessRequest) -> Option<String> {
         use base64::Engine;
-        if let Some(keys) = &self.api_keys {
-            if let Some(value) = req.header(keys.header()) {
-                return value
-                    .strip_prefix("pck_")
-                    .and_then(|r| r.get(..12))
-                    .map(|id| format!("apikey:{id}"));
-            }
-        }
-        let token = bearer_token(req.header("authorization")?).ok()?;
+        let Some(authorization) = req.header("authorization") else {
+            let keys = self.api_keys.as_ref()?;
+            return req
+                .header(keys.header())?
+                .strip_prefix("pck_")
+                .and_then(|r| r.get(..12))
+                .map(|id| format!("apikey:{id}"));
+        };
+        let token = bearer_token(authorization).ok()?;
         if token.len() > self.max_token_bytes {
             return None;
         }
@@ -407,37 +407,6 @@ impl Authenticator {
 
 /// How often the API keys file is checked for changes.
 const API_KEYS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Keeps grpc.health's status of the Authorization service in step with
-/// the issuers' readiness until `cancel`. Polls: staleness is a matter of
-/// time passing, not of an event.
-pub async fn report_readiness(
-    state: Arc<crate::server::State>,
-    health: tonic_health::server::HealthReporter,
-    cancel: CancellationToken,
-) {
-    use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
-    type Service = AuthorizationServer<crate::extauthz::AuthzService>;
-    let mut reported: Option<bool> = None;
-    loop {
-        let unready = state.authenticator.unready_issuers();
-        let ready = unready.is_empty();
-        if reported != Some(ready) {
-            if ready {
-                health.set_serving::<Service>().await;
-                tracing::info!("all issuers' keys are available: serving");
-            } else {
-                health.set_not_serving::<Service>().await;
-                tracing::warn!(issuers = ?unready, "issuers' keys unavailable: not serving");
-            }
-            reported = Some(ready);
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
-        }
-    }
-}
 
 /// The trust domain of a SPIFFE id (`spiffe://<domain>/<path>`).
 fn spiffe_trust_domain(id: &str) -> Option<&str> {
