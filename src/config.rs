@@ -831,6 +831,45 @@ log:
     }
 
     #[test]
+    fn authentication_sources_secrets_and_tls_are_checked() {
+        let text = r#"
+policies: /srv/policies
+authentication:
+  jwt:
+    - issuer: a
+      audiences: [x]
+      jwks_file: k.json
+      jwks_url: "https://idp.example/jwks"
+    - issuer: b
+      audiences: [x]
+      algorithms: [HS256]
+    - issuer: c
+      audiences: [x]
+      jwks_url: "file:///etc/passwd"
+  api_keys:
+    file: /srv/policies/keys.yaml
+  introspection:
+    endpoint: "not a url"
+tls:
+  cert_file: server.pem
+"#;
+        let c = Config::parse(text, Path::new("c.yaml")).unwrap();
+        let err = c.check(Path::new("c.yaml")).unwrap_err().to_string();
+        for needle in [
+            "authentication.jwt[0]: set exactly one of",
+            "authentication.jwt[1]: set exactly one of",
+            "authentication.jwt[1].algorithms: 'HS256' is symmetric",
+            "authentication.jwt[2].jwks_url",
+            "authentication.api_keys.file: keep the keys file outside",
+            "authentication.introspection.endpoint",
+            "authentication.introspection.client_id",
+            "tls: set both cert_file and key_file",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portcullis.yaml");

@@ -151,7 +151,6 @@ fn evaluate(
             return d;
         }
         Authentication::Rejected(failure) => {
-            log_authn_failure(req, &failure);
             d.errors.push(format!("authentication: {}", failure.reason));
             let reason = if failure.unavailable {
                 DenyReason::AuthnUnavailable
@@ -248,18 +247,5 @@ fn record(d: &Decision, req: &AccessRequest, started: Instant) {
         policy_version = %d.policy_version,
         latency_us = started.elapsed().as_micros() as u64,
         "decision"
-    );
-}
-
-/// Logs a refused credential as a structured event (it becomes an audit
-/// record with the audit trail). Never the credential itself.
-fn log_authn_failure(req: &AccessRequest, failure: &crate::authn::AuthnFailure) {
-    tracing::info!(
-        target: "portcullis::authn",
-        request_id = %req.request_id,
-        source_ip = req.source_ip.map(|ip| ip.to_string()),
-        reason = failure.reason,
-        unavailable = failure.unavailable,
-        "authentication failed"
     );
 }

@@ -258,10 +258,13 @@ impl Authenticator {
         let source = req.source_ip.map(failures::FailureKey::Source);
         if let (Some(store), Some(source)) = (&self.failures, &source) {
             if let Some(retry_after) = store.blocked_for(source, now) {
-                return Authentication::Blocked { retry_after };
+                let result = Authentication::Blocked { retry_after };
+                log_outcome(req, &result);
+                return result;
             }
         }
         let result = self.authenticate_credentials(req, now_epoch).await;
+        log_outcome(req, &result);
         if let (Some(store), Authentication::Rejected(failure)) = (&self.failures, &result) {
             // An endpoint we could not reach is our trouble, not the
             // caller's failed attempt.
@@ -407,6 +410,33 @@ impl Authenticator {
 
 /// How often the API keys file is checked for changes.
 const API_KEYS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Logs one authentication attempt's outcome as a structured event (an
+/// audit record once the audit trail exists). Never the credential.
+fn log_outcome(req: &AccessRequest, result: &Authentication) {
+    let (outcome, method, principal, reason) = match result {
+        Authentication::Authenticated(id) => (
+            "authenticated",
+            Some(id.method.as_str()),
+            Some(id.principal.to_string()),
+            None,
+        ),
+        Authentication::NoCredentials => return,
+        Authentication::Rejected(f) if f.unavailable => ("unavailable", None, None, Some(f.reason)),
+        Authentication::Rejected(f) => ("rejected", None, None, Some(f.reason)),
+        Authentication::Blocked { .. } => ("blocked", None, None, Some("source_blocked")),
+    };
+    tracing::info!(
+        target: "portcullis::authn",
+        request_id = %req.request_id,
+        source_ip = req.source_ip.map(|ip| ip.to_string()),
+        outcome,
+        method,
+        principal,
+        reason,
+        "authentication"
+    );
+}
 
 /// The trust domain of a SPIFFE id (`spiffe://<domain>/<path>`).
 fn spiffe_trust_domain(id: &str) -> Option<&str> {
