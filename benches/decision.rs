@@ -19,16 +19,14 @@ fn root() -> PathBuf {
 
 fn authenticator() -> Authenticator {
     Authenticator::new(&AuthnConfig {
-        jwt: vec![IssuerConfig {
-            issuer: "https://idp.test.portcullis/".into(),
-            audiences: vec!["portcullis".into()],
-            jwks_file: root().join("tests/fixtures/keys/test-issuer.jwks.json"),
-            algorithms: vec!["ES256".into(), "RS256".into()],
-            principal_type: "User".into(),
-            subject_claim: "sub".into(),
-            org_claim: Some("org".into()),
-            org_type: "Org".into(),
-        }],
+        jwt: vec![serde_json::from_value::<IssuerConfig>(serde_json::json!({
+            "issuer": "https://idp.test.portcullis/",
+            "audiences": ["portcullis"],
+            "jwks_file": root().join("tests/fixtures/keys/test-issuer.jwks.json"),
+            "algorithms": ["ES256", "RS256"],
+            "org_claim": "org",
+        }))
+        .expect("issuer config")],
         ..AuthnConfig::default()
     })
     .expect("fixture issuer loads")
@@ -59,34 +57,46 @@ fn predict() -> AccessRequest {
     AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
 }
 
+/// `decide` is async (authentication may fetch keys); a current-thread
+/// runtime drives it here, which adds its own small cost to each iteration.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn pipeline(c: &mut Criterion) {
     let snapshot = Snapshot::load(&root().join("policies")).unwrap();
     let authn = authenticator();
+    let rt = runtime();
     let mut g = c.benchmark_group("pipeline");
     for alg in [Algorithm::ES256, Algorithm::RS256] {
         let mut req = predict();
         req.headers
             .insert("authorization".into(), format!("Bearer {}", token(alg)));
-        assert!(decide(&snapshot, &authn, &req).is_allowed());
+        assert!(rt.block_on(decide(&snapshot, &authn, &req)).is_allowed());
         g.bench_function(format!("bearer_{alg:?}"), |b| {
-            b.iter(|| decide(&snapshot, &authn, &req))
+            b.iter(|| rt.block_on(decide(&snapshot, &authn, &req)))
         });
     }
     let mut mtls = predict();
     mtls.source_principal = Some("spiffe://acme.example/ns/ml/sa/batch-scorer".into());
-    assert!(decide(&snapshot, &authn, &mtls).is_allowed());
-    g.bench_function("mtls", |b| b.iter(|| decide(&snapshot, &authn, &mtls)));
-    let alice = Identity {
-        principal: r#"User::"alice""#.parse().unwrap(),
-        parents: vec![r#"Org::"acme""#.parse().unwrap()],
-        method: AuthMethod::Jwt,
-    };
+    assert!(rt.block_on(decide(&snapshot, &authn, &mtls)).is_allowed());
+    g.bench_function("mtls", |b| {
+        b.iter(|| rt.block_on(decide(&snapshot, &authn, &mtls)))
+    });
+    let alice = Identity::new(
+        r#"User::"alice""#.parse().unwrap(),
+        vec![r#"Org::"acme""#.parse().unwrap()],
+        AuthMethod::Jwt,
+    );
     g.bench_function("identity_given_cedar_only", |b| {
         b.iter(|| decide_as(&snapshot, Some(alice.clone()), &predict()))
     });
     g.bench_function("no_route_404", |b| {
         let req = AccessRequest::for_test("GET", "/nowhere");
-        b.iter(|| decide(&snapshot, &authn, &req))
+        b.iter(|| rt.block_on(decide(&snapshot, &authn, &req)))
     });
     g.finish();
 }
@@ -109,11 +119,7 @@ fn scaled_policies(dir: &Path, n: usize) {
 
 fn policy_scaling(c: &mut Criterion) {
     let mut g = c.benchmark_group("policies");
-    let alice = Identity {
-        principal: r#"User::"alice""#.parse().unwrap(),
-        parents: vec![],
-        method: AuthMethod::Jwt,
-    };
+    let alice = Identity::new(r#"User::"alice""#.parse().unwrap(), vec![], AuthMethod::Jwt);
     for n in [10, 100, 1_000, 10_000] {
         let dir = tempfile::tempdir().unwrap();
         scaled_policies(dir.path(), n);
@@ -128,6 +134,7 @@ fn policy_scaling(c: &mut Criterion) {
 
 fn jwt(c: &mut Criterion) {
     let authn = authenticator();
+    let rt = runtime();
     let mut g = c.benchmark_group("jwt_verify");
     for alg in [Algorithm::ES256, Algorithm::RS256] {
         let mut req = AccessRequest::for_test("GET", "/");
@@ -138,11 +145,11 @@ fn jwt(c: &mut Criterion) {
             .unwrap()
             .as_secs();
         assert!(matches!(
-            authn.authenticate(&req, now),
+            rt.block_on(authn.authenticate(&req, now)),
             portcullis::authn::Authentication::Authenticated(_)
         ));
         g.bench_function(format!("{alg:?}"), |b| {
-            b.iter(|| authn.authenticate(&req, now))
+            b.iter(|| rt.block_on(authn.authenticate(&req, now)))
         });
     }
     g.finish();

@@ -31,7 +31,7 @@ const MAX_LIMIT: u32 = 1000;
 
 /// Authenticates, authorizes (Cedar) and audits one admin call; returns
 /// the caller when the policies allow the call.
-fn admit<T>(
+async fn admit<T: Sync>(
     state: &State,
     request: &Request<T>,
     rpc: &str,
@@ -79,14 +79,27 @@ fn admit<T>(
         time: SystemTime::now(),
     };
     let now = epoch_seconds();
-    let identity = match state.authenticator.authenticate(&access, now) {
+    let identity = match state.authenticator.authenticate(&access, now).await {
         Authentication::Authenticated(identity) => identity,
         Authentication::NoCredentials => crate::pipeline::anonymous(),
         Authentication::Rejected(failure) => {
             record.reason = failure.reason.to_string();
-            record.status = 401;
+            record.status = if failure.unavailable { 503 } else { 401 };
             audit_call(state, record)?;
-            return Err(Status::unauthenticated(failure.detail));
+            return Err(if failure.unavailable {
+                Status::unavailable(failure.detail)
+            } else {
+                Status::unauthenticated(failure.detail)
+            });
+        }
+        Authentication::Blocked { retry_after } => {
+            record.reason = "source_blocked".into();
+            record.status = 429;
+            audit_call(state, record)?;
+            return Err(Status::resource_exhausted(format!(
+                "too many failed authentication attempts from this address; retry after {} seconds",
+                retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)
+            )));
         }
     };
     record.principal = identity.principal.to_string();
@@ -177,7 +190,8 @@ impl PolicyService for PolicyAdmin {
             &rpc_name(POLICY_SERVICE, "GetVersion"),
             "policy:version",
             SERVICE,
-        )?;
+        )
+        .await?;
         let snapshot = self.state.policies.current();
         let stats = self.state.policies.stats();
         let loaded = snapshot
@@ -208,7 +222,8 @@ impl PolicyService for PolicyAdmin {
             &rpc_name(POLICY_SERVICE, "ListPolicies"),
             "policy:read",
             SERVICE,
-        )?;
+        )
+        .await?;
         let snapshot = self.state.policies.current();
         let mut policies: Vec<proto::PolicyInfo> = snapshot
             .policies
@@ -244,7 +259,8 @@ impl PolicyService for PolicyAdmin {
             &rpc_name(POLICY_SERVICE, "Explain"),
             "policy:explain",
             SERVICE,
-        )?;
+        )
+        .await?;
         let Some(fields) = request.into_inner().request else {
             return Err(Status::invalid_argument(
                 "give the request to explain as {\"request\": {\"method\": ..., \"path\": ...}}",
@@ -260,7 +276,7 @@ impl PolicyService for PolicyAdmin {
         let snapshot = self.state.policies.current();
         let d = match identity {
             Some(identity) => crate::pipeline::decide_as(&snapshot, Some(identity), &access),
-            None => crate::pipeline::explain(&snapshot, &self.state.authenticator, &access),
+            None => crate::pipeline::explain(&snapshot, &self.state.authenticator, &access).await,
         };
         Ok(Response::new(proto::ExplainResponse {
             decision: if d.is_allowed() { "allow" } else { "deny" }.into(),
@@ -288,7 +304,8 @@ impl PolicyService for PolicyAdmin {
             &rpc_name(POLICY_SERVICE, "Reload"),
             "policy:reload",
             SERVICE,
-        )?;
+        )
+        .await?;
         let before = self.state.policies.current().version.clone();
         let response = match self.state.policies.reload_async().await {
             Ok(crate::reload::ReloadOutcome::Swapped { from, to }) => proto::ReloadResponse {
@@ -356,7 +373,8 @@ impl AuditService for AuditAdmin {
             &rpc_name(AUDIT_SERVICE, "Query"),
             "audit:read",
             AUDIT_LOG,
-        )?;
+        )
+        .await?;
         let q = request.into_inner();
         let filter = query_filter(&q, epoch_millis())?;
         let from = if q.page_token.is_empty() {
@@ -391,7 +409,8 @@ impl AuditService for AuditAdmin {
             &rpc_name(AUDIT_SERVICE, "Get"),
             "audit:read",
             AUDIT_LOG,
-        )?;
+        )
+        .await?;
         let id = request.into_inner().id;
         if id.is_empty() {
             return Err(Status::invalid_argument("id: give a record id"));
@@ -414,7 +433,8 @@ impl AuditService for AuditAdmin {
             &rpc_name(AUDIT_SERVICE, "Verify"),
             "audit:verify",
             AUDIT_LOG,
-        )?;
+        )
+        .await?;
         let q = request.into_inner();
         let to = q.to_seq.unwrap_or(u64::MAX);
         if to < q.from_seq {
@@ -460,7 +480,8 @@ impl AuditService for AuditAdmin {
             &rpc_name(AUDIT_SERVICE, "Tail"),
             "audit:read",
             AUDIT_LOG,
-        )?;
+        )
+        .await?;
         let q = request.into_inner();
         let filter = Filter {
             principal: q.principal,
@@ -515,7 +536,8 @@ impl AuditService for AuditAdmin {
             &rpc_name(AUDIT_SERVICE, "Status"),
             "audit:read",
             AUDIT_LOG,
-        )?;
+        )
+        .await?;
         use std::sync::atomic::Ordering::Relaxed;
         let sink = &self.state.audit;
         let c = sink.counters();

@@ -30,7 +30,7 @@ pub struct RequestContext;
 
 impl RequestContext {
     /// The context for a real request.
-    pub fn build(req: &AccessRequest, route: &Route, auth_method: &str) -> Value {
+    pub fn build(req: &AccessRequest, route: &Route, identity: &Identity) -> Value {
         let path = req.path.split(['?', '#']).next().unwrap_or("");
         let mut headers = Map::new();
         for name in &route.context_headers {
@@ -49,7 +49,11 @@ impl RequestContext {
             "host": req.host,
             "route": route.name,
             "time": time_record(epoch),
-            "auth": { "method": auth_method },
+            "auth": { "method": identity.method.as_str(), "mfa": identity.token.mfa },
+            "token": {
+                "scopes": identity.token.scopes.iter().collect::<Vec<_>>(),
+                "claims": identity.token.claims,
+            },
             "headers": headers,
         });
         if let Some(ip) = req.source_ip {
@@ -67,7 +71,12 @@ impl RequestContext {
         for name in &route.context_headers {
             req.headers.insert(name.clone(), "sample".into());
         }
-        Self::build(&req, route, "jwt")
+        let identity = Identity::new(
+            crate::authn::entity_uid("User", "sample").expect("User is a type name"),
+            Vec::new(),
+            crate::authn::AuthMethod::Jwt,
+        );
+        Self::build(&req, route, &identity)
     }
 }
 

@@ -49,6 +49,12 @@ pub struct IdentityInput {
     /// Extra parents, e.g. `["Org::\"acme\""]`.
     #[serde(default)]
     pub parents: Vec<String>,
+    /// Scopes the credential grants (`context.token.scopes`).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Whether the user passed multi-factor authentication.
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 impl CheckInput {
@@ -99,6 +105,11 @@ impl CheckInput {
                 .map(|p| parse(p))
                 .collect::<Result<_, _>>()?,
             method: AuthMethod::Jwt,
+            token: crate::authn::TokenFacts {
+                scopes: input.scopes.iter().cloned().collect(),
+                claims: Default::default(),
+                mfa: input.mfa,
+            },
         })
     }
 }

@@ -33,6 +33,8 @@ pub struct Config {
     pub policy_revision: Option<String>,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// TLS (and required client certificates) on the decision listener.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -47,6 +49,34 @@ impl Default for Config {
             log: LogConfig::default(),
             policy_revision: None,
             audit: AuditConfig::default(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// TLS on the decision listener. Without `cert_file` the listener speaks
+/// plaintext gRPC (fine on loopback or inside a pod).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// When set, clients must present a certificate issued by this CA
+    /// (PEM): only the gateway may call the PDP.
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes, ms.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval_ms: 1_000,
         }
     }
 }
@@ -126,6 +156,16 @@ pub struct AuthnConfig {
     pub jwt: Vec<IssuerConfig>,
     /// Peers identified by the mTLS principal Envoy reports.
     pub mtls: MtlsConfig,
+    /// Fetching remote key sets (issuers with `jwks_url` or `discovery`).
+    pub jwks: JwksConfig,
+    /// Verified tokens kept in memory until they expire (0 disables).
+    pub token_cache_capacity: u64,
+    /// API keys in a request header.
+    pub api_keys: ApiKeyConfig,
+    /// OAuth2 token introspection (RFC 7662) for opaque bearer tokens.
+    pub introspection: Option<IntrospectionConfig>,
+    /// Counting failed attempts and blocking sources that keep failing.
+    pub failures: FailureConfig,
 }
 
 impl Default for AuthnConfig {
@@ -135,11 +175,160 @@ impl Default for AuthnConfig {
             max_token_bytes: 8 * 1024,
             jwt: Vec::new(),
             mtls: MtlsConfig::default(),
+            jwks: JwksConfig::default(),
+            token_cache_capacity: 10_000,
+            api_keys: ApiKeyConfig::default(),
+            introspection: None,
+            failures: FailureConfig::default(),
         }
     }
 }
 
-/// One trusted JWT issuer with static keys.
+/// Failed authentication attempts: past `threshold` failures within
+/// `window_seconds`, a source address is blocked for `block_seconds`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailureConfig {
+    /// Count and block at all.
+    pub enabled: bool,
+    /// Failures within the window that block the source.
+    pub threshold: u32,
+    /// The counting window, seconds.
+    pub window_seconds: u64,
+    /// How long a source stays blocked, seconds.
+    pub block_seconds: u64,
+    /// Most sources and identities tracked at once (bounded memory).
+    pub max_tracked: usize,
+}
+
+impl Default for FailureConfig {
+    fn default() -> Self {
+        FailureConfig {
+            enabled: true,
+            threshold: 20,
+            window_seconds: 60,
+            block_seconds: 300,
+            max_tracked: 100_000,
+        }
+    }
+}
+
+/// The introspection endpoint asked about opaque (non-JWT) bearer tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntrospectionConfig {
+    /// The endpoint URL (http or https).
+    pub endpoint: String,
+    /// Our client id at the authorization server (HTTP Basic).
+    pub client_id: String,
+    /// A file holding our client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// The whole exchange must finish within this, ms; else 503.
+    pub timeout_ms: u64,
+    /// An active answer is cached for the token's remaining life, at most
+    /// this long, seconds.
+    pub max_cache_seconds: u64,
+    /// An inactive answer is cached this long, seconds.
+    pub negative_cache_seconds: u64,
+    /// Most answers kept.
+    pub cache_capacity: u64,
+    /// When set, the answer's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, every `aud` in the answer must be one of these.
+    pub audiences: Vec<String>,
+    /// Cedar entity type of the principal.
+    pub principal_type: String,
+    /// Answer member naming the principal.
+    pub subject_claim: String,
+    /// Answer member naming the organisation.
+    pub org_claim: Option<String>,
+    /// Cedar entity type of the organisation.
+    pub org_type: String,
+}
+
+impl Default for IntrospectionConfig {
+    fn default() -> Self {
+        IntrospectionConfig {
+            endpoint: String::new(),
+            client_id: String::new(),
+            client_secret_file: None,
+            timeout_ms: 100,
+            max_cache_seconds: 300,
+            negative_cache_seconds: 10,
+            cache_capacity: 10_000,
+            issuer: None,
+            audiences: Vec::new(),
+            principal_type: "User".into(),
+            subject_claim: "sub".into(),
+            org_claim: None,
+            org_type: "Org".into(),
+        }
+    }
+}
+
+/// How remote JWKS are fetched and kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksConfig {
+    /// One fetch (discovery document or key set) may take this long, ms.
+    pub fetch_timeout_ms: u64,
+    /// Refresh at least this long after a fetch, even if the identity
+    /// provider's `Cache-Control: max-age` asks for less, seconds.
+    pub min_refresh_seconds: u64,
+    /// Refresh at most this long after a fetch, whatever `max-age` says,
+    /// seconds (also the interval when there is no `max-age`).
+    pub max_refresh_seconds: u64,
+    /// A token naming an unknown `kid` triggers a refetch at most once per
+    /// this interval, so a flood of unknown kids cannot hammer the provider.
+    pub unknown_kid_refetch_seconds: u64,
+    /// After a failed refresh, retry after this long, seconds.
+    pub retry_seconds: u64,
+    /// Keys older than this (the provider unreachable since) are no longer
+    /// trusted: the issuer's tokens are refused and readiness reports it.
+    pub max_staleness_seconds: u64,
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        JwksConfig {
+            fetch_timeout_ms: 2_000,
+            min_refresh_seconds: 60,
+            max_refresh_seconds: 3_600,
+            unknown_kid_refetch_seconds: 30,
+            retry_seconds: 10,
+            max_staleness_seconds: 86_400,
+        }
+    }
+}
+
+/// API keys: a header carrying a secret that maps to an App.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeyConfig {
+    /// The keys file (hashes only; see `portcullis apikey new`). None: API
+    /// keys are not accepted.
+    pub file: Option<PathBuf>,
+    /// The request header that carries the key.
+    pub header: String,
+    /// Cedar entity type of the principal a key names.
+    pub principal_type: String,
+    /// Cedar entity type of the key's organisation.
+    pub org_type: String,
+}
+
+impl Default for ApiKeyConfig {
+    fn default() -> Self {
+        ApiKeyConfig {
+            file: None,
+            header: "x-api-key".into(),
+            principal_type: "App".into(),
+            org_type: "Org".into(),
+        }
+    }
+}
+
+/// One trusted JWT issuer. Its keys come from exactly one of `jwks_file`,
+/// `jwks_url`, `discovery` or `hmac_secret_file`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
@@ -147,8 +336,9 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// Accepted `aud` values (the token must name at least one).
     pub audiences: Vec<String>,
-    /// A JWKS file with this issuer's public keys.
-    pub jwks_file: PathBuf,
+    /// A JWKS file with this issuer's public keys (static).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
     /// Accepted signature algorithms (asymmetric only).
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
@@ -164,6 +354,45 @@ pub struct IssuerConfig {
     /// Cedar entity type of the organisation.
     #[serde(default = "default_org_type")]
     pub org_type: String,
+    /// The issuer's JWKS URL (http or https), fetched and refreshed.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Find the JWKS URL through OIDC discovery
+    /// (`<issuer>/.well-known/openid-configuration`).
+    #[serde(default)]
+    pub discovery: bool,
+    /// A file holding an HMAC secret (at least 32 bytes); only then may the
+    /// issuer's algorithms include HS256/HS384/HS512.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Refuse tokens whose `exp - iat` exceeds this, seconds (short-lived
+    /// token policies); such tokens must carry `iat`.
+    #[serde(default)]
+    pub max_lifetime_seconds: Option<u64>,
+    /// Claim listing the principal's roles or groups (string or array);
+    /// each becomes a parent entity of type `role_type`.
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+    /// Cedar entity type of roles.
+    #[serde(default = "default_role_type")]
+    pub role_type: String,
+    /// Claims copied into `context.token.claims` (as strings); each must be
+    /// declared in the schema's `token.claims` record.
+    #[serde(default)]
+    pub context_claims: Vec<String>,
+    /// `amr` values that mean the user passed multi-factor authentication.
+    #[serde(default = "default_mfa_amr")]
+    pub mfa_amr_values: Vec<String>,
+    /// `acr` values that mean multi-factor authentication.
+    #[serde(default)]
+    pub mfa_acr_values: Vec<String>,
+}
+
+fn default_role_type() -> String {
+    "Role".into()
+}
+fn default_mfa_amr() -> Vec<String> {
+    vec!["mfa".into(), "hwk".into(), "otp".into()]
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -190,6 +419,9 @@ pub struct MtlsConfig {
     /// Only principals starting with one of these prefixes are accepted
     /// (e.g. a SPIFFE trust domain). Empty: any.
     pub trusted_prefixes: Vec<String>,
+    /// SPIFFE trust domains accepted (exact, e.g. `acme.example`); a
+    /// `spiffe://` principal from any other domain is refused. Empty: any.
+    pub trust_domains: Vec<String>,
 }
 
 impl Default for MtlsConfig {
@@ -198,6 +430,7 @@ impl Default for MtlsConfig {
             enabled: true,
             principal_type: "ServiceAccount".into(),
             trusted_prefixes: vec!["spiffe://".into()],
+            trust_domains: Vec::new(),
         }
     }
 }
@@ -291,8 +524,40 @@ impl Config {
             }
         }
         for issuer in &mut self.authentication.jwt {
-            if issuer.jwks_file.is_relative() {
-                issuer.jwks_file = base.join(&issuer.jwks_file);
+            for path in [&mut issuer.jwks_file, &mut issuer.hmac_secret_file]
+                .into_iter()
+                .flatten()
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
+        for path in [
+            &mut self.tls.cert_file,
+            &mut self.tls.key_file,
+            &mut self.tls.client_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        if let Some(file) = self
+            .authentication
+            .introspection
+            .as_mut()
+            .and_then(|i| i.client_secret_file.as_mut())
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        if let Some(file) = &mut self.authentication.api_keys.file {
+            if file.is_relative() {
+                *file = base.join(&*file);
             }
         }
     }
@@ -348,14 +613,45 @@ impl Config {
             if issuer.algorithms.is_empty() {
                 problems.push(format!("{at}.algorithms: name at least one algorithm"));
             }
+            let symmetric = issuer.hmac_secret_file.is_some();
             for alg in &issuer.algorithms {
-                if let Err(e) = crate::authn::jwt::parse_algorithm(alg) {
+                if let Err(e) = crate::authn::jwt::parse_algorithm(alg, symmetric) {
                     problems.push(format!("{at}.algorithms: {e}"));
                 }
+            }
+            let sources = [
+                issuer.jwks_file.is_some(),
+                issuer.jwks_url.is_some(),
+                issuer.discovery,
+                symmetric,
+            ]
+            .iter()
+            .filter(|s| **s)
+            .count();
+            if sources != 1 {
+                problems.push(format!(
+                    "{at}: set exactly one of jwks_file, jwks_url, discovery: true or hmac_secret_file"
+                ));
+            }
+            if let Some(url) = &issuer.jwks_url {
+                if let Err(e) = crate::authn::jwks::check_url(url) {
+                    problems.push(format!("{at}.jwks_url: {e}"));
+                }
+            }
+            if issuer.discovery {
+                if let Err(e) = crate::authn::jwks::check_url(&issuer.issuer) {
+                    problems.push(format!(
+                        "{at}.issuer: discovery needs an http(s) issuer URL: {e}"
+                    ));
+                }
+            }
+            if issuer.max_lifetime_seconds == Some(0) {
+                problems.push(format!("{at}.max_lifetime_seconds: must be at least 1"));
             }
             for (field, ty) in [
                 ("principal_type", &issuer.principal_type),
                 ("org_type", &issuer.org_type),
+                ("role_type", &issuer.role_type),
             ] {
                 if ty.parse::<cedar_policy::EntityTypeName>().is_err() {
                     problems.push(format!(
@@ -374,6 +670,102 @@ impl Config {
                 "authentication.mtls.principal_type: '{}' is not a Cedar entity type name",
                 mtls.principal_type
             ));
+        }
+        let jwks = &self.authentication.jwks;
+        if jwks.fetch_timeout_ms == 0 {
+            problems.push("authentication.jwks.fetch_timeout_ms: must be at least 1".into());
+        }
+        if jwks.min_refresh_seconds == 0 || jwks.min_refresh_seconds > jwks.max_refresh_seconds {
+            problems.push(
+                "authentication.jwks.min_refresh_seconds: must be at least 1 and at most max_refresh_seconds".into(),
+            );
+        }
+        if jwks.retry_seconds == 0 {
+            problems.push("authentication.jwks.retry_seconds: must be at least 1".into());
+        }
+        if jwks.max_staleness_seconds < jwks.max_refresh_seconds {
+            problems.push(
+                "authentication.jwks.max_staleness_seconds: must be at least max_refresh_seconds"
+                    .into(),
+            );
+        }
+        let keys = &self.authentication.api_keys;
+        if keys.header.is_empty()
+            || keys
+                .header
+                .bytes()
+                .any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            problems.push(format!(
+                "authentication.api_keys.header: '{}' is not a header name",
+                keys.header
+            ));
+        } else if keys.header.eq_ignore_ascii_case("authorization") {
+            problems.push(
+                "authentication.api_keys.header: must not be Authorization (bearer tokens use it)"
+                    .into(),
+            );
+        }
+        if keys
+            .file
+            .as_ref()
+            .is_some_and(|f| f.starts_with(&self.policies))
+        {
+            problems.push(
+                "authentication.api_keys.file: keep the keys file outside the policy directory"
+                    .into(),
+            );
+        }
+        for (field, ty) in [
+            ("principal_type", &keys.principal_type),
+            ("org_type", &keys.org_type),
+        ] {
+            if ty.parse::<cedar_policy::EntityTypeName>().is_err() {
+                problems.push(format!(
+                    "authentication.api_keys.{field}: '{ty}' is not a Cedar entity type name"
+                ));
+            }
+        }
+        if let Some(i) = &self.authentication.introspection {
+            if let Err(e) = crate::authn::jwks::check_url(&i.endpoint) {
+                problems.push(format!("authentication.introspection.endpoint: {e}"));
+            }
+            if i.client_id.is_empty() {
+                problems.push("authentication.introspection.client_id: must not be empty".into());
+            }
+            if i.timeout_ms == 0 || i.timeout_ms > 10_000 {
+                problems
+                    .push("authentication.introspection.timeout_ms: between 1 and 10000".into());
+            }
+            for (field, ty) in [
+                ("principal_type", &i.principal_type),
+                ("org_type", &i.org_type),
+            ] {
+                if ty.parse::<cedar_policy::EntityTypeName>().is_err() {
+                    problems.push(format!(
+                        "authentication.introspection.{field}: '{ty}' is not a Cedar entity type name"
+                    ));
+                }
+            }
+        }
+        let f = &self.authentication.failures;
+        if f.enabled
+            && (f.threshold == 0
+                || f.window_seconds == 0
+                || f.block_seconds == 0
+                || f.max_tracked == 0)
+        {
+            problems.push("authentication.failures: threshold, window_seconds, block_seconds and max_tracked must be at least 1".into());
+        }
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            problems.push("tls: set both cert_file and key_file (or neither)".into());
+        }
+        if tls.client_ca_file.is_some() && tls.cert_file.is_none() {
+            problems.push("tls.client_ca_file: requires cert_file and key_file".into());
+        }
+        if tls.reload_interval_ms == 0 {
+            problems.push("tls.reload_interval_ms: must be at least 1".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
@@ -515,6 +907,45 @@ log:
     }
 
     #[test]
+    fn authentication_sources_secrets_and_tls_are_checked() {
+        let text = r#"
+policies: /srv/policies
+authentication:
+  jwt:
+    - issuer: a
+      audiences: [x]
+      jwks_file: k.json
+      jwks_url: "https://idp.example/jwks"
+    - issuer: b
+      audiences: [x]
+      algorithms: [HS256]
+    - issuer: c
+      audiences: [x]
+      jwks_url: "file:///etc/passwd"
+  api_keys:
+    file: /srv/policies/keys.yaml
+  introspection:
+    endpoint: "not a url"
+tls:
+  cert_file: server.pem
+"#;
+        let c = Config::parse(text, Path::new("c.yaml")).unwrap();
+        let err = c.check(Path::new("c.yaml")).unwrap_err().to_string();
+        for needle in [
+            "authentication.jwt[0]: set exactly one of",
+            "authentication.jwt[1]: set exactly one of",
+            "authentication.jwt[1].algorithms: 'HS256' is symmetric",
+            "authentication.jwt[2].jwks_url",
+            "authentication.api_keys.file: keep the keys file outside",
+            "authentication.introspection.endpoint",
+            "authentication.introspection.client_id",
+            "tls: set both cert_file and key_file",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portcullis.yaml");
@@ -527,7 +958,7 @@ log:
         assert_eq!(c.policies, dir.path().join("pol"));
         assert_eq!(
             c.authentication.jwt[0].jwks_file,
-            dir.path().join("keys/j.json")
+            Some(dir.path().join("keys/j.json"))
         );
     }
 

@@ -38,6 +38,11 @@ pub enum DenyReason {
     /// The decision could not be recorded in the audit trail and the
     /// trail is configured to fail closed.
     AuditUnavailable,
+    /// Credentials could not be checked right now (the issuer's keys or the
+    /// introspection endpoint unavailable).
+    AuthnUnavailable,
+    /// The source failed authentication too often and is blocked.
+    TooManyFailedAttempts,
 }
 
 impl DenyReason {
@@ -50,6 +55,8 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => 405,
             DenyReason::BadPath => 400,
             DenyReason::AuditUnavailable => 503,
+            DenyReason::AuthnUnavailable => 503,
+            DenyReason::TooManyFailedAttempts => 429,
         }
     }
 
@@ -65,6 +72,8 @@ impl DenyReason {
             DenyReason::BadPath => "bad_path",
             DenyReason::UnknownResource => "unknown_resource",
             DenyReason::AuditUnavailable => "audit_unavailable",
+            DenyReason::AuthnUnavailable => "authentication_unavailable",
+            DenyReason::TooManyFailedAttempts => "too_many_failed_attempts",
         }
     }
 
@@ -79,6 +88,8 @@ impl DenyReason {
             DenyReason::BadPath => "Bad request path",
             DenyReason::UnknownResource => "Not found",
             DenyReason::AuditUnavailable => "Service unavailable",
+            DenyReason::AuthnUnavailable => "Authentication unavailable",
+            DenyReason::TooManyFailedAttempts => "Too many failed attempts",
         }
     }
 }
@@ -116,6 +127,9 @@ pub struct Decision {
     /// For 405: the methods the path accepts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_methods: Option<String>,
+    /// For a blocked source (429): seconds until it may try again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
     /// What the decision would be with the shadow policies switched on
     /// (only when the snapshot has shadow policies and authorization ran).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,6 +169,7 @@ impl Decision {
             policy_version: policy_version.to_string(),
             allow_methods: None,
             shadow: None,
+            retry_after_seconds: None,
         }
     }
 

@@ -62,7 +62,8 @@ impl Authorization for AuthzService {
             &self.state.authenticator,
             &self.state.audit,
             &access,
-        );
+        )
+        .await;
         Ok(Response::new(to_check_response(&decision, &access)))
     }
 }
@@ -205,7 +206,10 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         }
         Some(DenyReason::InvalidCredentials) => headers.push(set_header(
             "www-authenticate",
-            "Bearer realm=\"portcullis\", error=\"invalid_token\"",
+            &format!(
+                "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted_string(&decision.detail)
+            ),
         )),
         Some(DenyReason::MethodNotAllowed) => {
             if let Some(allow) = &decision.allow_methods {
@@ -213,6 +217,9 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
             }
         }
         _ => {}
+    }
+    if let Some(seconds) = decision.retry_after_seconds {
+        headers.push(set_header("retry-after", &seconds.to_string()));
     }
     let code = if decision.status == 401 {
         GRPC_UNAUTHENTICATED
@@ -235,6 +242,19 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         })),
         dynamic_metadata: Some(metadata),
     }
+}
+
+/// Text allowed in an RFC 6750 `error_description`: printable ASCII
+/// without `"` and `\`.
+fn quoted_string(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 fn set_header(key: &str, value: &str) -> HeaderValueOption {
@@ -349,6 +369,11 @@ mod tests {
     }
 
     #[test]
+    fn error_description_stays_within_rfc_6750_characters() {
+        assert_eq!(quoted_string("a \"b\" \\c\u{e9}\n"), "a 'b' /c??");
+    }
+
+    #[test]
     fn deny_has_status_problem_body_and_www_authenticate() {
         let req = AccessRequest::for_test("GET", "/x");
         let d = Decision::new("v1").deny(DenyReason::InvalidCredentials, "expired");
@@ -365,6 +390,18 @@ mod tests {
             .collect();
         assert!(keys.contains(&"www-authenticate".to_string()));
         assert!(keys.contains(&"content-type".to_string()));
+        let challenge = denied
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "www-authenticate")
+            .unwrap()
+            .value
+            .clone();
+        assert_eq!(
+            challenge,
+            r#"Bearer realm="portcullis", error="invalid_token", error_description="expired""#
+        );
         let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
         assert_eq!(body["status"], 401);
     }

@@ -19,6 +19,7 @@ pub mod request;
 pub mod routes;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 
 /// Generated code for our own admin protos.
 pub mod proto {

@@ -62,6 +62,31 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Manage API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Generate a key: prints the key once (give it to the client) and the
+    /// entry to append to the keys file (which stores only its hash).
+    New {
+        /// The App the key authenticates.
+        #[arg(long)]
+        app: String,
+        /// The App's organisation.
+        #[arg(long)]
+        org: String,
+        /// Scopes, comma-separated (e.g. models:invoke).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Expiry, seconds since the Unix epoch.
+        #[arg(long)]
+        expires_at: Option<u64>,
+    },
 }
 
 // Parsed once per run; the size difference between variants is irrelevant.
@@ -254,6 +279,15 @@ fn main() -> ExitCode {
             },
             limit,
         ),
+        Command::Apikey {
+            command:
+                ApiKeyCommand::New {
+                    app,
+                    org,
+                    scopes,
+                    expires_at,
+                },
+        } => apikey_new(&app, &org, scopes, expires_at),
     };
     match result {
         Ok(code) => code,
@@ -386,7 +420,14 @@ fn check(
                             .join("\n")
                     )
                 })?;
-            portcullis::pipeline::decide(&snapshot, &authenticator, &access)
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?
+                .block_on(async {
+                    authenticator.prefetch().await;
+                    portcullis::pipeline::decide(&snapshot, &authenticator, &access).await
+                })
         }
     };
     println!("{}", serde_json::to_string_pretty(&decision)?);
@@ -606,4 +647,25 @@ fn audit_query(
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+fn apikey_new(
+    app: &str,
+    org: &str,
+    scopes: Vec<String>,
+    expires_at: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    for (what, value) in [("--app", app), ("--org", org)] {
+        anyhow::ensure!(!value.trim().is_empty(), "{what} must not be empty");
+    }
+    let scopes = scopes
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let new = portcullis::authn::apikey::generate(app, org, scopes, expires_at);
+    let entry = serde_json::to_string(&new.stored)?;
+    println!("key: {}", new.key);
+    println!("# append to the API keys file under `keys:` (the key itself is not stored):");
+    println!("  - {entry}");
+    Ok(ExitCode::SUCCESS)
 }

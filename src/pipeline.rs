@@ -14,11 +14,15 @@ use crate::routes::{self, RouteMatch, Unmatched};
 use crate::snapshot::{Snapshot, ANONYMOUS_TYPE};
 
 /// Decides one request against one snapshot, and logs the decision.
-pub fn decide(snapshot: &Snapshot, authenticator: &Authenticator, req: &AccessRequest) -> Decision {
+/// Authentication may wait (a JWKS refetch on an unknown `kid`), so this is
+/// async; everything else is plain computation.
+pub async fn decide(
+    snapshot: &Snapshot,
+    authenticator: &Authenticator,
+    req: &AccessRequest,
+) -> Decision {
     let started = Instant::now();
-    let decision = evaluate(snapshot, req, |r| {
-        authenticator.authenticate(r, epoch_seconds(r))
-    });
+    let decision = explain(snapshot, authenticator, req).await;
     record(&decision, req, started);
     decision
 }
@@ -27,17 +31,36 @@ pub fn decide(snapshot: &Snapshot, authenticator: &Authenticator, req: &AccessRe
 /// request's credentials (offline `check`, policy tests, explain). Not logged
 /// as a real decision.
 pub fn decide_as(snapshot: &Snapshot, identity: Option<Identity>, req: &AccessRequest) -> Decision {
-    evaluate(snapshot, req, |_| match identity {
-        Some(identity) => Authentication::Authenticated(identity),
-        None => Authentication::NoCredentials,
-    })
+    match route(snapshot, req) {
+        Stage::Routed(routed) => {
+            let authentication = match identity {
+                Some(identity) => Authentication::Authenticated(identity),
+                None => Authentication::NoCredentials,
+            };
+            evaluate(snapshot, req, routed, authentication)
+        }
+        Stage::Decided(decided) => decided,
+    }
 }
 
-fn evaluate(
-    snapshot: &Snapshot,
-    req: &AccessRequest,
-    authenticate: impl FnOnce(&AccessRequest) -> Authentication,
-) -> Decision {
+/// Where a request stands after routing.
+enum Stage<'s> {
+    /// A route takes it; authentication comes next.
+    Routed(Routed<'s>),
+    /// Decided without looking at credentials (no route, bad path, ...).
+    Decided(Decision),
+}
+
+/// A request whose route is known, waiting to be authenticated.
+struct Routed<'s> {
+    d: Decision,
+    route: &'s routes::Route,
+    resource_id: String,
+}
+
+/// Stage 1, route: what is being asked for. A request no route takes is
+/// decided here, before any credential is looked at.
+fn route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Stage<'s> {
     let d = Decision::new(&snapshot.version);
 
     // 1. Route: what is being asked for.
@@ -55,10 +78,10 @@ fn evaluate(
                 ),
             );
             d.allow_methods = Some(allowed);
-            return d;
+            return Stage::Decided(d);
         }
         RouteMatch::NotFound => {
-            return match snapshot.routes.unmatched() {
+            return Stage::Decided(match snapshot.routes.unmatched() {
                 Unmatched::Allow => d.allow(),
                 Unmatched::Deny => d.deny(
                     DenyReason::NoRoute,
@@ -68,16 +91,37 @@ fn evaluate(
                         path_only(&req.path)
                     ),
                 ),
-            }
+            })
         }
-        RouteMatch::BadPath { reason } => return d.deny(DenyReason::BadPath, reason),
+        RouteMatch::BadPath { reason } => {
+            return Stage::Decided(d.deny(DenyReason::BadPath, reason))
+        }
     };
     let mut d = d;
     d.route = Some(route.name.clone());
     d.action = Some(format!("Action::{:?}", route.action));
+    Stage::Routed(Routed {
+        d,
+        route,
+        resource_id,
+    })
+}
+
+/// Stages 2 to 4 for a routed request and the outcome of authentication.
+fn evaluate(
+    snapshot: &Snapshot,
+    req: &AccessRequest,
+    routed: Routed<'_>,
+    authentication: Authentication,
+) -> Decision {
+    let Routed {
+        mut d,
+        route,
+        resource_id,
+    } = routed;
 
     // 2. Authenticate: who is asking.
-    let identity = match authenticate(req) {
+    let identity = match authentication {
         Authentication::Authenticated(identity) => identity,
         Authentication::NoCredentials if route.authentication == routes::Authentication::Optional => {
             anonymous()
@@ -88,9 +132,26 @@ fn evaluate(
                 "this endpoint requires credentials: send 'Authorization: Bearer <token>' or use a client certificate",
             )
         }
+        Authentication::Blocked { retry_after } => {
+            // Round up: a client that waits Retry-After seconds must find
+            // the block over.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            d.errors.push("authentication: source_blocked".into());
+            let mut d = d.deny(
+                DenyReason::TooManyFailedAttempts,
+                format!("too many failed authentication attempts from this address; retry after {seconds} seconds"),
+            );
+            d.retry_after_seconds = Some(seconds);
+            return d;
+        }
         Authentication::Rejected(failure) => {
             d.errors.push(format!("authentication: {}", failure.reason));
-            return d.deny(DenyReason::InvalidCredentials, failure.detail);
+            let reason = if failure.unavailable {
+                DenyReason::AuthnUnavailable
+            } else {
+                DenyReason::InvalidCredentials
+            };
+            return d.deny(reason, failure.detail);
         }
     };
     d.principal = Some(identity.principal.to_string());
@@ -116,7 +177,7 @@ fn evaluate(
     }
 
     // 4. Authorize: may they.
-    let context = RequestContext::build(req, route, identity.method.as_str());
+    let context = RequestContext::build(req, route, &identity);
     let (outcome, shadow) = authz::authorize(
         snapshot,
         &identity,
@@ -158,11 +219,7 @@ fn evaluate(
 
 /// The identity of a caller without credentials.
 pub fn anonymous() -> Identity {
-    Identity {
-        principal: anonymous_uid(),
-        parents: Vec::new(),
-        method: AuthMethod::Anonymous,
-    }
+    Identity::new(anonymous_uid(), Vec::new(), AuthMethod::Anonymous)
 }
 
 fn anonymous_uid() -> EntityUid {
@@ -219,25 +276,29 @@ fn record(d: &Decision, req: &AccessRequest, started: Instant) {
 /// 6). The single place where real decisions reach the audit trail; in
 /// `fail_closed` mode a decision that cannot be recorded comes back as a
 /// 503 denial.
-pub fn decide_recorded(
+pub async fn decide_recorded(
     snapshot: &Snapshot,
     authenticator: &Authenticator,
     audit: &crate::audit::AuditSink,
     req: &AccessRequest,
 ) -> Decision {
     let started = Instant::now();
-    let decision = decide(snapshot, authenticator, req);
+    let decision = decide(snapshot, authenticator, req).await;
     audit.record_decision(decision, req, started.elapsed())
 }
 
 /// Decides a hypothetical request as `decide` would, authenticating its
 /// credentials, but neither logs nor records it (admin `Explain`).
-pub fn explain(
+pub async fn explain(
     snapshot: &Snapshot,
     authenticator: &Authenticator,
     req: &AccessRequest,
 ) -> Decision {
-    evaluate(snapshot, req, |r| {
-        authenticator.authenticate(r, epoch_seconds(r))
-    })
+    match route(snapshot, req) {
+        Stage::Routed(routed) => {
+            let authentication = authenticator.authenticate(req, epoch_seconds(req)).await;
+            evaluate(snapshot, req, routed, authentication)
+        }
+        Stage::Decided(decided) => decided,
+    }
 }

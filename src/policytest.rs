@@ -44,6 +44,12 @@ struct CedarCase {
     principal: String,
     #[serde(default)]
     parents: Vec<String>,
+    /// Scopes the credential grants.
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// Whether the caller passed multi-factor authentication.
+    #[serde(default)]
+    mfa: bool,
     /// The action id, e.g. `audit:read`.
     action: String,
     /// e.g. `AuditLog::"main"`.
@@ -244,6 +250,8 @@ fn decide_cedar(snapshot: &Snapshot, case: &CedarCase) -> Result<Decision, Strin
     let identity = CheckInput::identity_of(&IdentityInput {
         principal: case.principal.clone(),
         parents: case.parents.clone(),
+        scopes: case.scopes.clone(),
+        mfa: case.mfa,
     })?;
     let resource = case.resource.parse().map_err(|e| {
         format!(

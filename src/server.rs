@@ -59,6 +59,9 @@ pub enum StartError {
     /// The audit trail could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::StartError),
+    /// The decision listener's TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running Portcullis.
@@ -110,6 +113,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .await
             .expect("opening the audit trail does not panic")?;
     store.set_audit(audit.clone());
+    let tls = match &config.tls.cert_file {
+        Some(_) => Some(Arc::new(crate::tls::ReloadingTls::load(&config.tls)?)),
+        None => None,
+    };
     let state = Arc::new(State {
         policies: Arc::new(store),
         authenticator,
@@ -162,9 +169,27 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<AuthzService>>()
-        .await;
+    for handle in state.authenticator.spawn_refresh(&cancel) {
+        background.spawn(async move {
+            let _ = handle.await;
+        });
+    }
+    // The Authorization service is SERVING only while every issuer's keys
+    // are usable (fetched, not too stale); the admin service is unaffected.
+    if state.authenticator.unready_issuers().is_empty() {
+        health
+            .set_serving::<AuthorizationServer<AuthzService>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<AuthorizationServer<AuthzService>>()
+            .await;
+    }
+    background.spawn(report_readiness(
+        Arc::clone(&state),
+        health.clone(),
+        cancel.clone(),
+    ));
     health
         .set_serving::<PolicyServiceServer<PolicyAdmin>>()
         .await;
@@ -188,11 +213,31 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .add_service(v1)
             .add_service(v1alpha);
         let stop = cancel.clone();
-        tasks.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(nodelay(decision_listener), stop.cancelled_owned())
-                .await
-        });
+        match &tls {
+            Some(tls) => {
+                background.spawn(Arc::clone(tls).watch(
+                    Duration::from_millis(config.tls.reload_interval_ms),
+                    cancel.clone(),
+                ));
+                let incoming =
+                    crate::tls::incoming(decision_listener, Arc::clone(tls), cancel.clone());
+                tasks.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                });
+            }
+            None => {
+                tasks.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(
+                            nodelay(decision_listener),
+                            stop.cancelled_owned(),
+                        )
+                        .await
+                });
+            }
+        }
     }
     {
         let (v1, v1alpha) = reflection(&[
@@ -352,6 +397,36 @@ impl Running {
         }
         tracing::info!("shutting down");
         self.shutdown().await
+    }
+}
+
+/// Keeps grpc.health's status of the Authorization service in step with
+/// the issuers' readiness until `cancel`. Polls: staleness is a matter of
+/// time passing, not of an event.
+async fn report_readiness(
+    state: Arc<State>,
+    health: tonic_health::server::HealthReporter,
+    cancel: CancellationToken,
+) {
+    type Service = AuthorizationServer<AuthzService>;
+    let mut reported: Option<bool> = None;
+    loop {
+        let unready = state.authenticator.unready_issuers();
+        let ready = unready.is_empty();
+        if reported != Some(ready) {
+            if ready {
+                health.set_serving::<Service>().await;
+                tracing::info!("all issuers' keys are available: serving");
+            } else {
+                health.set_not_serving::<Service>().await;
+                tracing::warn!(issuers = ?unready, "issuers' keys unavailable: not serving");
+            }
+            reported = Some(ready);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
     }
 }
 

@@ -34,7 +34,7 @@ fn validate_accepts_the_bundled_policies() {
     let out = portcullis(&["policy", "validate", policies_dir().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("ok (10 policies, 5 routes"),
+        text(&out.stdout).contains("ok (12 policies, 5 routes"),
         "{}",
         text(&out.stdout)
     );
@@ -252,7 +252,7 @@ fn policy_test_passes_on_the_bundled_policies_and_covers_every_policy() {
         text(&out.stderr)
     );
     assert!(
-        text(&out.stdout).contains(" 0 failed; 10 of 10 policies covered"),
+        text(&out.stdout).contains(" 0 failed; 12 of 12 policies covered"),
         "{}",
         text(&out.stdout)
     );
@@ -401,8 +401,8 @@ fn policy_diff_lists_exactly_the_requests_whose_decision_changes() {
         assert_eq!(c["from"]["decision"], "deny");
         assert_eq!(c["to"]["decision"], "allow");
     }
-    // Nothing else of the 17 cases per revision changes.
-    assert_eq!(impact["replayed"], 34);
+    // Nothing else of the 21 HTTP cases per revision changes.
+    assert_eq!(impact["replayed"], 42);
 }
 
 #[test]
@@ -429,7 +429,7 @@ fn policy_diff_replays_a_request_file_against_the_working_tree() {
             "\n",
             r#"{"method":"POST","path":"/v1/models/sentiment/versions/v2:predict","identity":{"principal":"User::\"carol\"","parents":["Org::\"acme\""]}}"#,
             "\n",
-            r#"{"method":"POST","path":"/v1/models/fraud-detector/versions/v3:predict","identity":{"principal":"User::\"carol\"","parents":["Org::\"acme\""]}}"#,
+            r#"{"method":"POST","path":"/v1/models/fraud-detector/versions/v3:predict","identity":{"principal":"User::\"carol\"","parents":["Org::\"acme\""],"mfa":true}}"#,
             "\n",
         ),
     )

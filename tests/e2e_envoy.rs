@@ -350,3 +350,53 @@ fn unreachable_pdp_fails_closed_with_503() {
         "fail closed: nothing is forwarded without a decision"
     );
 }
+
+// --- authentication hardening (issue 3) ----------------------------------------
+
+#[test]
+fn two_authorization_headers_are_unauthorized_through_envoy() {
+    let stack = Stack::start();
+    let token = alice();
+    let request = HttpRequest::post(PREDICT_V2)
+        .json(&predict_body())
+        .header("authorization", &format!("Bearer {token}"))
+        .header("authorization", &format!("Bearer {token}"));
+    let response = stack.send(request);
+    stack.expect_denied(&response, 401);
+}
+
+#[test]
+fn expired_token_challenge_says_what_to_fix() {
+    let stack = Stack::start();
+    let mut expired = claims("alice", "acme");
+    let now = support::now();
+    expired["iat"] = json!(now - 1200);
+    expired["exp"] = json!(now - 600);
+    let token = mint(expired, Key::Es256);
+    let response = stack.send(predict(PREDICT_V2, Some(&token)));
+    let problem = stack.expect_denied(&response, 401);
+    let challenge = response.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer ")
+            && challenge.contains(r#"error="invalid_token""#)
+            && challenge.contains("error_description=\"the token has expired"),
+        "{challenge}"
+    );
+    assert!(problem["detail"].as_str().unwrap().contains("expired"));
+    assert!(
+        !response.text().contains(&token),
+        "the token is never echoed"
+    );
+}
+
+#[test]
+fn restricted_model_is_allowed_after_mfa_step_up() {
+    let stack = Stack::start();
+    let mut stepped_up = claims("carol", "acme");
+    stepped_up["amr"] = json!(["pwd", "mfa"]);
+    let response = stack.send(predict(
+        PREDICT_RESTRICTED,
+        Some(&mint(stepped_up, Key::Es256)),
+    ));
+    stack.expect_allowed(&response);
+}

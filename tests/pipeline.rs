@@ -21,13 +21,12 @@ fn bundled() -> Snapshot {
 }
 
 fn user(id: &str, org: Option<&str>) -> Identity {
-    Identity {
-        principal: format!("User::\"{id}\"").parse().unwrap(),
-        parents: org
-            .map(|o| vec![format!("Org::\"{o}\"").parse().unwrap()])
+    Identity::new(
+        format!("User::\"{id}\"").parse().unwrap(),
+        org.map(|o| vec![format!("Org::\"{o}\"").parse().unwrap()])
             .unwrap_or_default(),
-        method: AuthMethod::Jwt,
-    }
+        AuthMethod::Jwt,
+    )
 }
 
 fn predict(model: &str, version: &str) -> AccessRequest {
@@ -101,16 +100,35 @@ fn restricted_model_needs_privileged_role() {
         &predict("fraud-detector", "v3"),
     );
     assert_eq!(alice.status, 403);
-    assert_eq!(
-        alice.determining_policies,
-        vec!["restricted-models-need-privileged-role"]
+    assert!(
+        alice
+            .determining_policies
+            .contains(&"restricted-models-need-privileged-role".to_string()),
+        "{alice:?}"
     );
+    let mut carol = user("carol", Some("acme"));
+    carol.token.mfa = true;
+    let carol = decide_as(&s, Some(carol), &predict("fraud-detector", "v3"));
+    assert_eq!(carol.status, 200, "{carol:?}");
+}
+
+#[test]
+fn restricted_model_needs_mfa_or_the_restricted_scope() {
+    let s = bundled();
     let carol = decide_as(
         &s,
         Some(user("carol", Some("acme"))),
         &predict("fraud-detector", "v3"),
     );
-    assert_eq!(carol.status, 200, "{carol:?}");
+    assert_eq!(carol.status, 403);
+    assert_eq!(
+        carol.determining_policies,
+        vec!["restricted-models-need-mfa-or-scope"]
+    );
+    let mut scoped = user("carol", Some("acme"));
+    scoped.token.scopes.insert("models:restricted".into());
+    let d = decide_as(&s, Some(scoped), &predict("fraud-detector", "v3"));
+    assert_eq!(d.status, 200, "{d:?}");
 }
 
 #[test]
@@ -149,13 +167,13 @@ fn anonymous_only_where_the_route_allows_it() {
     assert_eq!(d.status, 401);
 }
 
-#[test]
-fn mtls_service_account_invokes_its_org_models() {
+#[tokio::test]
+async fn mtls_service_account_invokes_its_org_models() {
     let s = bundled();
     let authn = Authenticator::new(&AuthnConfig::default()).unwrap();
     let mut req = predict("sentiment", "v2");
     req.source_principal = Some("spiffe://acme.example/ns/ml/sa/batch-scorer".into());
-    let d = decide(&s, &authn, &req);
+    let d = decide(&s, &authn, &req).await;
     assert_eq!(d.decision, Outcome::Allow, "{d:?}");
     assert_eq!(d.auth_method, Some("mtls"));
 }
@@ -182,11 +200,7 @@ fn token_org_claim_makes_the_user_an_org_member() {
 #[test]
 fn erroring_forbid_denies_even_when_a_permit_holds() {
     let s = Snapshot::load(&root().join("tests/fixtures/policies-erroring-forbid")).unwrap();
-    let rita = Identity {
-        principal: r#"User::"rita""#.parse().unwrap(),
-        parents: vec![],
-        method: AuthMethod::Jwt,
-    };
+    let rita = Identity::new(r#"User::"rita""#.parse().unwrap(), vec![], AuthMethod::Jwt);
     // Known, public document: permitted.
     let ok = decide_as(
         &s,
@@ -222,17 +236,15 @@ fn erroring_forbid_denies_even_when_a_permit_holds() {
 }
 
 fn authenticator() -> Authenticator {
+    let yaml = format!(
+        "issuer: https://idp.test.portcullis/\naudiences: [portcullis]\njwks_file: {}\nalgorithms: [ES256]\norg_claim: org\n",
+        root()
+            .join("tests/fixtures/keys/test-issuer.jwks.json")
+            .display()
+    );
+    let issuer: IssuerConfig = serde_yaml_ng::from_str(&yaml).unwrap();
     Authenticator::new(&AuthnConfig {
-        jwt: vec![IssuerConfig {
-            issuer: "https://idp.test.portcullis/".into(),
-            audiences: vec!["portcullis".into()],
-            jwks_file: root().join("tests/fixtures/keys/test-issuer.jwks.json"),
-            algorithms: vec!["ES256".into()],
-            principal_type: "User".into(),
-            subject_claim: "sub".into(),
-            org_claim: Some("org".into()),
-            org_type: "Org".into(),
-        }],
+        jwt: vec![issuer],
         ..AuthnConfig::default()
     })
     .unwrap()
@@ -251,8 +263,8 @@ fn token(sub: &str, org: &str) -> String {
     jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap()
 }
 
-#[test]
-fn jwt_bearer_end_to_end_in_process() {
+#[tokio::test]
+async fn jwt_bearer_end_to_end_in_process() {
     let s = bundled();
     let authn = authenticator();
     let mut req = predict("sentiment", "v2");
@@ -260,24 +272,24 @@ fn jwt_bearer_end_to_end_in_process() {
         "authorization".into(),
         format!("Bearer {}", token("alice", "acme")),
     );
-    let d = decide(&s, &authn, &req);
+    let d = decide(&s, &authn, &req).await;
     assert_eq!(d.decision, Outcome::Allow, "{d:?}");
     assert_eq!(d.auth_method, Some("jwt"));
 
     req.headers
         .insert("authorization".into(), "Bearer not.a.jwt".into());
-    let d = decide(&s, &authn, &req);
+    let d = decide(&s, &authn, &req).await;
     assert_eq!(d.reason, Some(DenyReason::InvalidCredentials));
     assert_eq!(d.status, 401);
 }
 
-#[test]
-fn bad_token_on_anonymous_route_is_still_401() {
+#[tokio::test]
+async fn bad_token_on_anonymous_route_is_still_401() {
     let s = bundled();
     let mut req = AccessRequest::for_test("GET", "/v1/status");
     req.headers
         .insert("authorization".into(), "Bearer garbage".into());
-    let d = decide(&s, &authenticator(), &req);
+    let d = decide(&s, &authenticator(), &req).await;
     assert_eq!(d.status, 401);
 }
 

@@ -194,7 +194,7 @@ async fn hot_reload_applies_valid_changes_and_keeps_last_good_on_errors() {
         .unwrap();
     let v0 = version(&mut admin).await;
     assert!(v0.version.starts_with("sha256:"), "{}", v0.version);
-    assert_eq!(v0.policy_count, 10);
+    assert_eq!(v0.policy_count, 12);
 
     // Edit: remove the public status permit; the decision changes within 2 s.
     let platform = dir.path().join("platform.cedar");
@@ -301,6 +301,10 @@ async fn polling_follows_a_symlink_swap_that_file_watching_misses() {
             watch: false,
             debounce_ms: 100,
             poll_seconds: 1,
+        },
+        audit: portcullis::config::AuditConfig {
+            directory: tempfile::tempdir().unwrap().keep(),
+            ..Default::default()
         },
         ..Config::default()
     };

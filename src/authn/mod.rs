@@ -1,9 +1,18 @@
 //! Authentication: turns the credentials on a request into an `Identity`.
 //! It does not decide what that identity may do (that is `authz`).
 
+pub mod apikey;
+pub mod failures;
+pub mod introspect;
+pub mod jwks;
 pub mod jwt;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
 use cedar_policy::EntityUid;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthnConfig, MtlsConfig};
 use crate::request::AccessRequest;
@@ -18,6 +27,32 @@ pub struct Identity {
     pub parents: Vec<EntityUid>,
     /// How the caller authenticated.
     pub method: AuthMethod,
+    /// What the credential says beyond who: scopes, MFA, chosen claims.
+    pub token: TokenFacts,
+}
+
+impl Identity {
+    /// An identity with no scopes, claims or MFA.
+    pub fn new(principal: EntityUid, parents: Vec<EntityUid>, method: AuthMethod) -> Self {
+        Identity {
+            principal,
+            parents,
+            method,
+            token: TokenFacts::default(),
+        }
+    }
+}
+
+/// Facts a credential carries that policies may demand (Cedar
+/// `context.token` and `context.auth.mfa`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// OAuth scopes (`scope` string or `scp` array; API key scopes).
+    pub scopes: BTreeSet<String>,
+    /// Configured claims, as strings.
+    pub claims: BTreeMap<String, String>,
+    /// The user passed multi-factor authentication (`amr`/`acr`).
+    pub mfa: bool,
 }
 
 /// The authentication method that produced an identity.
@@ -25,6 +60,10 @@ pub struct Identity {
 pub enum AuthMethod {
     /// A verified JWT bearer token.
     Jwt,
+    /// An API key.
+    ApiKey,
+    /// An opaque token the introspection endpoint called active.
+    Introspection,
     /// The mTLS peer identity reported by the gateway.
     Mtls,
     /// No credentials, on a route that allows anonymous access.
@@ -36,6 +75,8 @@ impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Jwt => "jwt",
+            AuthMethod::ApiKey => "apikey",
+            AuthMethod::Introspection => "introspection",
             AuthMethod::Mtls => "mtls",
             AuthMethod::Anonymous => "anonymous",
         }
@@ -51,6 +92,9 @@ pub struct AuthnFailure {
     pub reason: &'static str,
     /// What the client should know to fix its request.
     pub detail: String,
+    /// True when the credential could not be checked (keys or the
+    /// introspection endpoint unavailable): a 503-class denial, not 401.
+    pub unavailable: bool,
 }
 
 impl AuthnFailure {
@@ -58,6 +102,14 @@ impl AuthnFailure {
         AuthnFailure {
             reason,
             detail: detail.into(),
+            unavailable: false,
+        }
+    }
+
+    pub(crate) fn unavailable(reason: &'static str, detail: impl Into<String>) -> Self {
+        AuthnFailure {
+            unavailable: true,
+            ..AuthnFailure::new(reason, detail)
         }
     }
 }
@@ -72,6 +124,11 @@ pub enum Authentication {
     /// Credentials were present but invalid: always 401, even on routes that
     /// allow anonymous access (a broken token is never silently ignored).
     Rejected(AuthnFailure),
+    /// The source failed too often and is blocked for a while (429).
+    Blocked {
+        /// How long until the block ends.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Authenticates requests with the configured methods.
@@ -79,6 +136,10 @@ pub enum Authentication {
 pub struct Authenticator {
     jwt: jwt::JwtVerifier,
     mtls: MtlsConfig,
+    api_keys: Option<Arc<apikey::ApiKeyVerifier>>,
+    introspection: Option<introspect::Introspector>,
+    max_token_bytes: usize,
+    failures: Option<Arc<dyn failures::FailureStore>>,
 }
 
 /// Authentication configuration that cannot be used.
@@ -87,34 +148,226 @@ pub enum AuthnSetupError {
     /// An issuer's keys could not be loaded.
     #[error(transparent)]
     Jwks(#[from] jwt::JwksError),
+    /// The API keys file could not be loaded.
+    #[error(transparent)]
+    ApiKeys(#[from] apikey::KeysFileError),
+    /// The introspection client secret could not be read.
+    #[error(transparent)]
+    Introspection(#[from] introspect::SecretUnreadable),
 }
 
 impl Authenticator {
     /// Builds the authenticator, loading every issuer's keys.
     pub fn new(config: &AuthnConfig) -> Result<Self, Vec<AuthnSetupError>> {
-        let jwt = jwt::JwtVerifier::new(config).map_err(|errs| {
-            errs.into_iter()
-                .map(AuthnSetupError::from)
-                .collect::<Vec<_>>()
-        })?;
-        Ok(Authenticator {
-            jwt,
-            mtls: config.mtls.clone(),
-        })
+        let mut errors = Vec::new();
+        let jwt = jwt::JwtVerifier::new(config)
+            .map_err(|errs| errors.extend(errs.into_iter().map(AuthnSetupError::from)));
+        let api_keys = match &config.api_keys.file {
+            None => Ok(None),
+            Some(path) => apikey::ApiKeyVerifier::new(&config.api_keys, path)
+                .map(|v| Some(Arc::new(v)))
+                .map_err(|e| errors.push(e.into())),
+        };
+        let introspection = match &config.introspection {
+            None => Ok(None),
+            Some(c) => introspect::Introspector::new(c)
+                .map(Some)
+                .map_err(|e| errors.push(e.into())),
+        };
+        match (jwt, api_keys, introspection) {
+            (Ok(jwt), Ok(api_keys), Ok(introspection)) => Ok(Authenticator {
+                jwt,
+                mtls: config.mtls.clone(),
+                api_keys,
+                introspection,
+                max_token_bytes: config.max_token_bytes,
+                failures: config.failures.enabled.then(|| {
+                    Arc::new(failures::InProcessFailures::new(&config.failures))
+                        as Arc<dyn failures::FailureStore>
+                }),
+            }),
+            _ => Err(errors),
+        }
     }
 
-    /// Establishes who is calling. A bearer token wins over the mTLS peer:
-    /// the token names the end user, the certificate often only the client
-    /// software.
-    pub fn authenticate(&self, req: &AccessRequest, now_epoch: u64) -> Authentication {
+    /// Fetches every remote key set once (for offline use such as the
+    /// `check` command); failures are logged and leave the issuer not ready.
+    pub async fn prefetch(&self) {
+        for jwks in self.jwt.remote_key_sets() {
+            if let Err(e) = jwks.refresh().await {
+                tracing::warn!(error = %e, "JWKS fetch failed");
+            }
+        }
+    }
+
+    /// Starts the background refresh of every remote key set; each task
+    /// stops when `cancel` is cancelled.
+    pub fn spawn_refresh(&self, cancel: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks: Vec<_> = self
+            .jwt
+            .remote_key_sets()
+            .into_iter()
+            .map(|jwks| tokio::spawn(Arc::clone(&jwks).run(cancel.clone())))
+            .collect();
+        if let Some(keys) = &self.api_keys {
+            tasks.push(tokio::spawn(
+                Arc::clone(keys).watch(API_KEYS_POLL, cancel.clone()),
+            ));
+        }
+        tasks
+    }
+
+    /// Issuers whose tokens cannot be verified now (keys never fetched, or
+    /// older than the maximum staleness). Empty when ready.
+    pub fn unready_issuers(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.jwt
+            .remote_key_sets()
+            .iter()
+            .filter(|j| !j.is_ready(now))
+            .map(|j| j.issuer().to_string())
+            .collect()
+    }
+
+    /// Remote key sets, for tests and metrics.
+    pub fn remote_key_sets(&self) -> Vec<Arc<jwks::RemoteJwks>> {
+        self.jwt.remote_key_sets()
+    }
+
+    /// Uses `store` for failure counting (e.g. a shared Redis store)
+    /// instead of the in-process one.
+    pub fn with_failure_store(mut self, store: Arc<dyn failures::FailureStore>) -> Self {
+        self.failures = Some(store);
+        self
+    }
+
+    /// Establishes who is calling, unless the source is blocked for failing
+    /// too often; counts refused credentials per source and per presented
+    /// identity.
+    pub async fn authenticate(&self, req: &AccessRequest, now_epoch: u64) -> Authentication {
+        self.authenticate_at(req, now_epoch, Instant::now()).await
+    }
+
+    /// [`Authenticator::authenticate`] with the monotonic clock given.
+    pub async fn authenticate_at(
+        &self,
+        req: &AccessRequest,
+        now_epoch: u64,
+        now: Instant,
+    ) -> Authentication {
+        let source = req.source_ip.map(failures::FailureKey::Source);
+        if let (Some(store), Some(source)) = (&self.failures, &source) {
+            if let Some(retry_after) = store.blocked_for(source, now) {
+                let result = Authentication::Blocked { retry_after };
+                log_outcome(req, &result);
+                return result;
+            }
+        }
+        let result = self.authenticate_credentials(req, now_epoch).await;
+        log_outcome(req, &result);
+        if let (Some(store), Authentication::Rejected(failure)) = (&self.failures, &result) {
+            // An endpoint we could not reach is our trouble, not the
+            // caller's failed attempt.
+            if !failure.unavailable {
+                if let Some(source) = &source {
+                    if store.record_failure(source, now, true) {
+                        tracing::warn!(
+                            target: "portcullis::authn",
+                            source_ip = ?req.source_ip,
+                            "source blocked after repeated authentication failures"
+                        );
+                    }
+                }
+                if let Some(identity) = self.presented_identity(req) {
+                    let key = failures::FailureKey::Identity(identity.clone());
+                    if store.record_failure(&key, now, false) {
+                        tracing::warn!(
+                            target: "portcullis::authn",
+                            presented_identity = %identity,
+                            "repeated authentication failures for one identity"
+                        );
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// The identity a refused credential claimed, for counting only: an API
+    /// key's public id, or a JWT's unverified issuer and subject.
+    fn presented_identity(&self, req: &AccessRequest) -> Option<String> {
+        use base64::Engine;
+        let Some(authorization) = req.header("authorization") else {
+            let keys = self.api_keys.as_ref()?;
+            return req
+                .header(keys.header())?
+                .strip_prefix("pck_")
+                .and_then(|r| r.get(..12))
+                .map(|id| format!("apikey:{id}"));
+        };
+        let token = bearer_token(authorization).ok()?;
+        if token.len() > self.max_token_bytes {
+            return None;
+        }
+        let payload = token.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
+        let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let iss = claims.get("iss")?.as_str()?;
+        let sub = claims.get("sub")?.as_str()?;
+        let mut id = format!("jwt:{iss}#{sub}");
+        id.truncate(256);
+        Some(id)
+    }
+
+    /// Establishes who is calling. A bearer token wins over an API key, and
+    /// both over the mTLS peer: the token names the end user, the
+    /// certificate often only the client software.
+    async fn authenticate_credentials(
+        &self,
+        req: &AccessRequest,
+        now_epoch: u64,
+    ) -> Authentication {
         if let Some(value) = req.header("authorization") {
-            return match bearer_token(value) {
-                Ok(token) => match self.jwt.verify(token, now_epoch) {
-                    Ok(identity) => Authentication::Authenticated(identity),
-                    Err(failure) => Authentication::Rejected(failure),
-                },
+            let token = match bearer_token(value) {
+                Ok(token) => token,
+                Err(failure) => return Authentication::Rejected(failure),
+            };
+            // A compact JWS has exactly two dots; anything else is an
+            // opaque token when an introspection endpoint is configured.
+            let verified = match &self.introspection {
+                _ if token.len() > self.max_token_bytes => Err(AuthnFailure::new(
+                    "token_too_large",
+                    format!(
+                        "the bearer token is larger than {} bytes",
+                        self.max_token_bytes
+                    ),
+                )),
+                Some(introspector) if token.matches('.').count() != 2 => {
+                    introspector.introspect(token, now_epoch).await
+                }
+                _ => self.jwt.verify(token, now_epoch, Instant::now()).await,
+            };
+            return match verified {
+                Ok(identity) => Authentication::Authenticated(identity),
                 Err(failure) => Authentication::Rejected(failure),
             };
+        }
+        if let Some(keys) = &self.api_keys {
+            if let Some(value) = req.header(keys.header()) {
+                if value.contains(',') {
+                    // Envoy comma-merges repeated headers.
+                    return Authentication::Rejected(AuthnFailure::new(
+                        "malformed_api_key",
+                        "send exactly one API key",
+                    ));
+                }
+                return match keys.verify(value.trim(), now_epoch) {
+                    Ok(identity) => Authentication::Authenticated(identity),
+                    Err(failure) => Authentication::Rejected(failure),
+                };
+            }
         }
         if let Some(principal) = req.source_principal.as_deref() {
             if let Some(identity) = self.mtls_identity(principal) {
@@ -128,12 +381,15 @@ impl Authenticator {
         if !self.mtls.enabled || principal.is_empty() {
             return None;
         }
-        let trusted = self.mtls.trusted_prefixes.is_empty()
+        let trusted = (self.mtls.trusted_prefixes.is_empty()
             || self
                 .mtls
                 .trusted_prefixes
                 .iter()
-                .any(|p| principal.starts_with(p.as_str()));
+                .any(|p| principal.starts_with(p.as_str())))
+            && (self.mtls.trust_domains.is_empty()
+                || spiffe_trust_domain(principal)
+                    .is_some_and(|d| self.mtls.trust_domains.iter().any(|t| t == d)));
         if !trusted {
             return Some(Authentication::Rejected(AuthnFailure::new(
                 "mtls_untrusted_peer",
@@ -141,17 +397,52 @@ impl Authenticator {
             )));
         }
         Some(match entity_uid(&self.mtls.principal_type, principal) {
-            Some(uid) => Authentication::Authenticated(Identity {
-                principal: uid,
-                parents: Vec::new(),
-                method: AuthMethod::Mtls,
-            }),
+            Some(uid) => {
+                Authentication::Authenticated(Identity::new(uid, Vec::new(), AuthMethod::Mtls))
+            }
             None => Authentication::Rejected(AuthnFailure::new(
                 "mtls_bad_principal",
                 "the client certificate's identity cannot be used",
             )),
         })
     }
+}
+
+/// How often the API keys file is checked for changes.
+const API_KEYS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Logs one authentication attempt's outcome as a structured event (an
+/// audit record once the audit trail exists). Never the credential.
+fn log_outcome(req: &AccessRequest, result: &Authentication) {
+    let (outcome, method, principal, reason) = match result {
+        Authentication::Authenticated(id) => (
+            "authenticated",
+            Some(id.method.as_str()),
+            Some(id.principal.to_string()),
+            None,
+        ),
+        Authentication::NoCredentials => return,
+        Authentication::Rejected(f) if f.unavailable => ("unavailable", None, None, Some(f.reason)),
+        Authentication::Rejected(f) => ("rejected", None, None, Some(f.reason)),
+        Authentication::Blocked { .. } => ("blocked", None, None, Some("source_blocked")),
+    };
+    tracing::info!(
+        target: "portcullis::authn",
+        request_id = %req.request_id,
+        source_ip = req.source_ip.map(|ip| ip.to_string()),
+        outcome,
+        method,
+        principal,
+        reason,
+        "authentication"
+    );
+}
+
+/// The trust domain of a SPIFFE id (`spiffe://<domain>/<path>`).
+fn spiffe_trust_domain(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let domain = rest.split('/').next()?;
+    (!domain.is_empty()).then_some(domain)
 }
 
 /// Extracts the token from an `Authorization: Bearer <token>` header value.
@@ -207,44 +498,50 @@ mod tests {
         Authenticator::new(&AuthnConfig::default()).unwrap()
     }
 
-    #[test]
-    fn no_credentials_is_not_a_failure() {
+    #[tokio::test]
+    async fn no_credentials_is_not_a_failure() {
         let a = authenticator();
         assert!(matches!(
-            a.authenticate(&request(&[], None), 0),
+            a.authenticate(&request(&[], None), 0).await,
             Authentication::NoCredentials
         ));
     }
 
-    #[test]
-    fn non_bearer_scheme_is_rejected() {
+    #[tokio::test]
+    async fn non_bearer_scheme_is_rejected() {
         let a = authenticator();
-        match a.authenticate(
-            &request(&[("authorization", "Basic YWxhZGRpbjpvcGVu")], None),
-            0,
-        ) {
+        match a
+            .authenticate(
+                &request(&[("authorization", "Basic YWxhZGRpbjpvcGVu")], None),
+                0,
+            )
+            .await
+        {
             Authentication::Rejected(f) => assert_eq!(f.reason, "unsupported_scheme"),
             other => panic!("{other:?}"),
         }
     }
 
-    #[test]
-    fn comma_merged_tokens_are_rejected() {
+    #[tokio::test]
+    async fn comma_merged_tokens_are_rejected() {
         let a = authenticator();
-        match a.authenticate(
-            &request(&[("authorization", "Bearer a.b.c,Bearer d.e.f")], None),
-            0,
-        ) {
+        match a
+            .authenticate(
+                &request(&[("authorization", "Bearer a.b.c,Bearer d.e.f")], None),
+                0,
+            )
+            .await
+        {
             Authentication::Rejected(f) => assert_eq!(f.reason, "malformed_authorization"),
             other => panic!("{other:?}"),
         }
     }
 
-    #[test]
-    fn trusted_spiffe_peer_is_a_service_account() {
+    #[tokio::test]
+    async fn trusted_spiffe_peer_is_a_service_account() {
         let a = authenticator();
         let id = "spiffe://acme.example/ns/ml/sa/batch-scorer";
-        match a.authenticate(&request(&[], Some(id)), 0) {
+        match a.authenticate(&request(&[], Some(id)), 0).await {
             Authentication::Authenticated(identity) => {
                 assert_eq!(identity.method, AuthMethod::Mtls);
                 assert_eq!(
@@ -256,10 +553,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn untrusted_peer_is_rejected() {
+    #[tokio::test]
+    async fn spiffe_id_outside_the_trust_domains_is_rejected() {
+        let a = Authenticator::new(&AuthnConfig {
+            mtls: crate::config::MtlsConfig {
+                trust_domains: vec!["acme.example".into()],
+                ..Default::default()
+            },
+            ..AuthnConfig::default()
+        })
+        .unwrap();
+        let ok = "spiffe://acme.example/ns/ml/sa/batch-scorer";
+        assert!(matches!(
+            a.authenticate(&request(&[], Some(ok)), 0).await,
+            Authentication::Authenticated(_)
+        ));
+        for bad in [
+            "spiffe://evil.example/ns/ml/sa/batch-scorer",
+            "spiffe://acme.example.evil.example/sa/x",
+            "spiffe:///sa/x",
+        ] {
+            match a.authenticate(&request(&[], Some(bad)), 0).await {
+                Authentication::Rejected(f) => assert_eq!(f.reason, "mtls_untrusted_peer"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn untrusted_peer_is_rejected() {
         let a = authenticator();
-        match a.authenticate(&request(&[], Some("CN=evil")), 0) {
+        match a.authenticate(&request(&[], Some("CN=evil")), 0).await {
             Authentication::Rejected(f) => assert_eq!(f.reason, "mtls_untrusted_peer"),
             other => panic!("{other:?}"),
         }

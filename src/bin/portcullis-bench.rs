@@ -460,16 +460,16 @@ fn portcullis_config(
         ..Config::default()
     };
     config.reload.watch = false;
-    config.authentication.jwt.push(IssuerConfig {
-        issuer: ISSUER.into(),
-        audiences: vec![AUDIENCE.into()],
-        jwks_file,
-        algorithms: vec!["ES256".into()],
-        principal_type: "User".into(),
-        subject_claim: "sub".into(),
-        org_claim: Some("org".into()),
-        org_type: "Org".into(),
-    });
+    // The audit trail is on, as in production, in this run's directory.
+    config.audit.directory = dir.join("audit");
+    let issuer: IssuerConfig = serde_json::from_value(serde_json::json!({
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "jwks_file": jwks_file,
+        "algorithms": ["ES256"],
+        "org_claim": "org",
+    }))?;
+    config.authentication.jwt.push(issuer);
     Ok(config)
 }
 

@@ -393,6 +393,12 @@ impl Envoy {
     pub fn start(portcullis: SocketAddr, upstream: SocketAddr) -> Envoy {
         let template = std::fs::read_to_string(repo().join("deploy/envoy.yaml"))
             .expect("read deploy/envoy.yaml");
+        Envoy::start_with(&template, portcullis, upstream)
+    }
+
+    /// Like [`Envoy::start`], with the configuration text `template` (which
+    /// must hold the same four addresses as `deploy/envoy.yaml`).
+    pub fn start_with(template: &str, portcullis: SocketAddr, upstream: SocketAddr) -> Envoy {
         let envoy = tool("envoy");
         // free_port() can race with another process: a start whose bind
         // failed is retried on new ports, a bounded number of times.
@@ -401,7 +407,7 @@ impl Envoy {
         for attempt in 1..=attempts {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut config = template.clone();
+            let mut config = template.to_string();
             for (from, to) in [
                 ("127.0.0.1:10000", addr),
                 ("127.0.0.1:8081", upstream),
@@ -1019,4 +1025,446 @@ pub fn kill_9(portcullis: &mut Portcullis) {
     }
     wait_timeout(&mut portcullis.child, Duration::from_secs(10))
         .expect("portcullis exits within 10 s of SIGKILL");
+}
+
+// ---------------------------------------------------------------------------
+// Identity provider: a local JWKS / OIDC discovery server
+// ---------------------------------------------------------------------------
+
+/// What the identity provider serves; shared with its connection tasks.
+#[derive(Debug)]
+struct IdpState {
+    jwks: Value,
+    down: bool,
+    max_age: Option<u64>,
+    hits: BTreeMap<String, usize>,
+    /// Introspection answers by token; unknown tokens are inactive.
+    introspection: BTreeMap<String, Value>,
+    /// Delay before answering an introspection request.
+    introspection_delay: Duration,
+    /// The Authorization header introspection callers must send.
+    introspection_auth: String,
+}
+
+/// Client id and secret the identity provider expects at `/introspect`.
+pub const INTROSPECTION_CLIENT: (&str, &str) = ("portcullis", "introspection-secret-0123456789");
+
+/// An in-process OIDC identity provider on `127.0.0.1:0`:
+/// `/.well-known/openid-configuration` names `<issuer>/jwks.json`, which
+/// serves the current key set. Keys can be rotated and the server can "go
+/// down" (every request then gets 503). Every path's hits are counted,
+/// including paths it does not serve (to prove nothing fetched them).
+pub struct IdentityProvider {
+    addr: SocketAddr,
+    state: Arc<std::sync::Mutex<IdpState>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl IdentityProvider {
+    /// Starts serving the fixture key set (`test-es256`, `test-rs256`).
+    pub fn start() -> IdentityProvider {
+        let jwks: Value = serde_json::from_slice(
+            &std::fs::read(fixture("keys/test-issuer.jwks.json")).expect("fixture JWKS"),
+        )
+        .expect("fixture JWKS is JSON");
+        let state = Arc::new(std::sync::Mutex::new(IdpState {
+            jwks,
+            down: false,
+            max_age: None,
+            hits: BTreeMap::new(),
+            introspection: BTreeMap::new(),
+            introspection_delay: Duration::ZERO,
+            introspection_auth: {
+                use base64::Engine;
+                let (id, secret) = INTROSPECTION_CLIENT;
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+                )
+            },
+        }));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let shared = Arc::clone(&state);
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime for the identity provider");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind identity provider");
+                let addr = listener.local_addr().unwrap();
+                addr_tx.send(addr).unwrap();
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        tokio::spawn(idp_connection(stream, Arc::clone(&shared), addr));
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(STARTUP_TIMEOUT)
+            .expect("identity provider did not start");
+        IdentityProvider {
+            addr,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The issuer URL (`iss` of its tokens, base of discovery).
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The key set URL.
+    pub fn jwks_url(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+
+    /// Serves `jwks` from now on (a key rotation).
+    pub fn set_jwks(&self, jwks: Value) {
+        self.state.lock().unwrap().jwks = jwks;
+    }
+
+    /// Serves the keys of the given fixture JWKS files, merged.
+    pub fn set_keys(&self, files: &[&str]) {
+        let mut keys = Vec::new();
+        for f in files {
+            let set: Value =
+                serde_json::from_slice(&std::fs::read(fixture(f)).expect("fixture JWKS")).unwrap();
+            keys.extend(set["keys"].as_array().unwrap().iter().cloned());
+        }
+        self.set_jwks(json!({ "keys": keys }));
+    }
+
+    /// Answers every request with 503 (`true`) or serves again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
+    /// Sends `Cache-Control: max-age=<n>` with the key set.
+    pub fn set_max_age(&self, seconds: Option<u64>) {
+        self.state.lock().unwrap().max_age = seconds;
+    }
+
+    /// The introspection endpoint URL.
+    pub fn introspection_url(&self) -> String {
+        format!("http://{}/introspect", self.addr)
+    }
+
+    /// Answers introspection of `token` with `answer` from now on.
+    pub fn set_introspection(&self, token: &str, answer: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .introspection
+            .insert(token.to_string(), answer);
+    }
+
+    /// Delays every introspection answer by `delay` (a slow endpoint).
+    pub fn set_introspection_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().introspection_delay = delay;
+    }
+
+    /// How many requests reached `path` (any answer).
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every path requested so far, with counts.
+    pub fn all_hits(&self) -> BTreeMap<String, usize> {
+        self.state.lock().unwrap().hits.clone()
+    }
+}
+
+impl Drop for IdentityProvider {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One request per connection (the fetcher's client may reuse connections;
+/// closing after each answer keeps this server simple and still correct).
+async fn idp_connection(
+    mut stream: tokio::net::TcpStream,
+    state: Arc<std::sync::Mutex<IdpState>>,
+    addr: SocketAddr,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    while find(&buf, b"\r\n\r\n").is_none() {
+        if buf.len() > MAX_HEAD_BYTES {
+            return;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head_end = find(&buf, b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let header = |name: &str| {
+        head.split("\r\n").skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        .min(MAX_BODY_BYTES);
+    while buf.len() < head_end + 4 + length {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let request_body =
+        String::from_utf8_lossy(&buf[head_end + 4..head_end + 4 + length]).into_owned();
+    let path = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    if path == "/introspect" {
+        let delay = state.lock().unwrap().introspection_delay;
+        tokio::time::sleep(delay).await;
+    }
+    let (status, body, max_age) = {
+        let mut s = state.lock().unwrap();
+        *s.hits.entry(path.clone()).or_default() += 1;
+        if s.down {
+            (503, String::new(), None)
+        } else {
+            match path.as_str() {
+                "/introspect" => {
+                    if header("authorization").as_deref() != Some(s.introspection_auth.as_str()) {
+                        (401, String::new(), None)
+                    } else {
+                        let token = request_body
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix("token="))
+                            .map(form_decode)
+                            .unwrap_or_default();
+                        let answer = s
+                            .introspection
+                            .get(&token)
+                            .cloned()
+                            .unwrap_or_else(|| json!({"active": false}));
+                        (200, answer.to_string(), None)
+                    }
+                }
+                "/.well-known/openid-configuration" => (
+                    200,
+                    json!({
+                        "issuer": format!("http://{addr}"),
+                        "jwks_uri": format!("http://{addr}/jwks.json"),
+                    })
+                    .to_string(),
+                    None,
+                ),
+                "/jwks.json" => (200, s.jwks.to_string(), s.max_age),
+                _ => (404, String::new(), None),
+            }
+        }
+    };
+    let cache = max_age
+        .map(|n| format!("cache-control: public, max-age={n}\r\n"))
+        .unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{cache}connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// Decodes one `application/x-www-form-urlencoded` value.
+fn form_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Signs `header` and `payload`, given as raw JSON text (so that tests can
+/// write what no serializer would: duplicate members, odd headers), with an
+/// ES256 fixture key (`keys/<pem>`).
+pub fn sign_raw_es256(header: &str, payload: &str, pem: &str) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(
+        &std::fs::read(fixture(&format!("keys/{pem}"))).expect("fixture key"),
+    )
+    .expect("EC PEM");
+    let message = format!("{}.{}", b64(header), b64(payload));
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::ES256)
+            .expect("sign");
+    format!("{message}.{signature}")
+}
+
+// ---------------------------------------------------------------------------
+// TLS certificates (generated per test with rcgen)
+// ---------------------------------------------------------------------------
+
+/// PEM files for one test: a CA, a server certificate for `127.0.0.1` and
+/// `localhost`, a client certificate (SPIFFE URI SAN) from that CA, and a
+/// client certificate from another CA. Files live in `dir`.
+pub struct TestPki {
+    pub dir: TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+    pub other_client_cert: PathBuf,
+    pub other_client_key: PathBuf,
+}
+
+/// The SPIFFE id in [`TestPki`]'s client certificate.
+pub const GATEWAY_SPIFFE_ID: &str = "spiffe://acme.example/ns/edge/sa/envoy";
+
+fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+fn leaf(
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    sans: Vec<rcgen::SanType>,
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![usage];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "portcullis test");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+impl TestPki {
+    /// Generates everything into a fresh temporary directory.
+    pub fn generate() -> TestPki {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ca = test_ca("portcullis test CA");
+        let other = test_ca("some other CA");
+        let (server_cert, server_key) = leaf(
+            &ca,
+            vec![
+                rcgen::SanType::IpAddress([127, 0, 0, 1].into()),
+                rcgen::SanType::DnsName("localhost".try_into().unwrap()),
+                rcgen::SanType::DnsName("portcullis.internal".try_into().unwrap()),
+            ],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let client_san = || vec![rcgen::SanType::URI(GATEWAY_SPIFFE_ID.try_into().unwrap())];
+        let (client_cert, client_key) = leaf(
+            &ca,
+            client_san(),
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let (other_cert, other_key) = leaf(
+            &other,
+            client_san(),
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        TestPki {
+            ca: write("ca.pem", &ca.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server.key", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+            other_ca: write("other-ca.pem", &other.pem()),
+            other_client_cert: write("other-client.pem", &other_cert),
+            other_client_key: write("other-client.key", &other_key),
+            dir,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// An audit trail for in-process services built by hand
+// ---------------------------------------------------------------------------
+
+/// An audit trail in a temporary directory, for tests that assemble a
+/// `server::State` themselves; keep it alive as long as the service.
+pub struct TestAudit {
+    /// The sink to put in `State`.
+    pub sink: portcullis::audit::AuditSink,
+    _writer: portcullis::audit::AuditWriter,
+    _dir: TempDir,
+}
+
+impl TestAudit {
+    /// Starts the writer on a fresh temporary directory.
+    pub fn start() -> TestAudit {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (sink, writer) = portcullis::audit::start(&portcullis::config::AuditConfig {
+            directory: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .expect("audit trail starts");
+        TestAudit {
+            sink,
+            _writer: writer,
+            _dir: dir,
+        }
+    }
 }

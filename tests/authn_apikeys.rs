@@ -1,0 +1,140 @@
+//! API keys end to end in process: `portcullis apikey new` prints a key and
+//! the entry to store; the key authenticates its App; the bundled policies
+//! let an App with the invoke scope invoke its org's models; unknown,
+//! revoked (after a reload) and expired keys are 401.
+
+mod support;
+
+use std::process::Command;
+
+use portcullis::authn::Authenticator;
+use portcullis::config::{ApiKeyConfig, AuthnConfig};
+use portcullis::decision::DenyReason;
+use portcullis::pipeline::decide;
+use portcullis::request::AccessRequest;
+use portcullis::snapshot::Snapshot;
+use support::policies_dir;
+
+/// Runs `portcullis apikey new`; returns (key, entry line).
+fn new_key(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["apikey", "new"])
+        .args(args)
+        .output()
+        .expect("run portcullis");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("key: "))
+        .expect("a key line")
+        .to_string();
+    let entry = stdout
+        .lines()
+        .find(|l| l.starts_with("  - "))
+        .expect("an entry line")
+        .to_string();
+    assert!(
+        !entry.contains(&key),
+        "the stored entry never holds the key"
+    );
+    (key, entry)
+}
+
+fn predict(key: &str) -> AccessRequest {
+    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict");
+    r.headers.insert("x-api-key".into(), key.into());
+    r
+}
+
+#[tokio::test]
+async fn api_keys_valid_unknown_revoked_expired() {
+    let (scoped, scoped_entry) = new_key(&[
+        "--app",
+        "batch-scorer",
+        "--org",
+        "acme",
+        "--scopes",
+        "models:invoke",
+    ]);
+    let (unscoped, unscoped_entry) = new_key(&["--app", "reporting", "--org", "acme"]);
+    let (expired, expired_entry) = new_key(&[
+        "--app",
+        "old-app",
+        "--org",
+        "acme",
+        "--scopes",
+        "models:invoke",
+        "--expires-at",
+        "1000",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api-keys.yaml");
+    std::fs::write(
+        &path,
+        format!("keys:\n{scoped_entry}\n{unscoped_entry}\n{expired_entry}\n"),
+    )
+    .unwrap();
+    let authn = Authenticator::new(&AuthnConfig {
+        api_keys: ApiKeyConfig {
+            file: Some(path.clone()),
+            ..ApiKeyConfig::default()
+        },
+        ..AuthnConfig::default()
+    })
+    .unwrap();
+    let s = Snapshot::load(&policies_dir()).unwrap();
+
+    let d = decide(&s, &authn, &predict(&scoped)).await;
+    assert_eq!(d.status, 200, "{d:?}");
+    assert_eq!(d.principal.as_deref(), Some(r#"App::"batch-scorer""#));
+    assert_eq!(d.auth_method, Some("apikey"));
+    assert_eq!(
+        d.determining_policies,
+        vec!["apps-with-invoke-scope-invoke-org-models"]
+    );
+
+    // Authenticated, but without the scope the policies ask for.
+    let d = decide(&s, &authn, &predict(&unscoped)).await;
+    assert_eq!(d.status, 403, "{d:?}");
+
+    let (stranger, _) = new_key(&["--app", "x", "--org", "acme"]);
+    let d = decide(&s, &authn, &predict(&stranger)).await;
+    assert_eq!(d.reason, Some(DenyReason::InvalidCredentials));
+    assert_eq!(d.errors, vec!["authentication: unknown_api_key"]);
+
+    let d = decide(&s, &authn, &predict(&expired)).await;
+    assert_eq!(d.status, 401);
+    assert_eq!(d.errors, vec!["authentication: api_key_expired"]);
+
+    // Revocation: mark the entry revoked; the file watcher picks it up.
+    let revoked_entry = scoped_entry.replacen('{', "{\"revoked\":true,", 1);
+    std::fs::write(
+        &path,
+        format!("keys:\n{revoked_entry}\n{unscoped_entry}\n{expired_entry}\n"),
+    )
+    .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let tasks = authn.spawn_refresh(&cancel);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let d = decide(&s, &authn, &predict(&scoped)).await;
+        if d.status == 401 {
+            assert_eq!(d.errors, vec!["authentication: api_key_revoked"]);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revocation not applied: {d:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -1,0 +1,222 @@
+//! Remote JWKS through the real server in process: key rotation at the
+//! identity provider is picked up without a restart, the provider going down
+//! does not break tokens signed by cached keys, keys past the maximum
+//! staleness are refused (503) and readiness reports it, and a provider
+//! unreachable at startup leaves the Authorization service NOT_SERVING
+//! until it answers. Waits poll with deadlines; no logic sleeps.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use portcullis::config::Config;
+use portcullis::server::{self, Running};
+use serde_json::json;
+use support::{now, policies_dir, sign_raw_es256, IdentityProvider};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+async fn start(idp: &IdentityProvider, max_staleness_seconds: u64) -> Running {
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+admin_listen: "127.0.0.1:0"
+policies: "{policies}"
+reload: {{ watch: false }}
+authentication:
+  jwks:
+    fetch_timeout_ms: 500
+    min_refresh_seconds: 1
+    max_refresh_seconds: 1
+    retry_seconds: 1
+    unknown_kid_refetch_seconds: 1
+    max_staleness_seconds: {max_staleness_seconds}
+  jwt:
+    - issuer: "{issuer}"
+      audiences: [portcullis]
+      jwks_url: "{jwks}"
+      algorithms: [ES256]
+      org_claim: org
+"#,
+        policies = policies_dir().display(),
+        issuer = idp.issuer(),
+        jwks = idp.jwks_url(),
+    );
+    let mut config = Config::parse(&yaml, Path::new("jwks.yaml")).unwrap();
+    config.check(Path::new("jwks.yaml")).unwrap();
+    // Each server its own audit trail (a directory takes one writer).
+    config.audit.directory = tempfile::tempdir().unwrap().keep();
+    server::start(&config).await.expect("server starts")
+}
+
+/// A fresh token (unique `jti`, so the verified-token cache never answers)
+/// signed with a fixture key.
+fn token(idp: &IdentityProvider, kid: &str, pem: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let claims = json!({"iss": idp.issuer(), "aud": "portcullis", "sub": "alice",
+        "org": "acme", "iat": now(), "exp": now() + 300, "jti": format!("t{n}")});
+    sign_raw_es256(
+        &json!({"alg": "ES256", "kid": kid}).to_string(),
+        &claims.to_string(),
+        pem,
+    )
+}
+
+async fn status(running: &Running, token: String) -> u16 {
+    let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
+        .await
+        .unwrap();
+    let req = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/v1/models/sentiment/versions/v2:predict".into(),
+                    host: "api.test".into(),
+                    headers: [("authorization".to_string(), format!("Bearer {token}"))]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    match client.check(req).await.unwrap().into_inner().http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d.status.unwrap().code as u16,
+        other => panic!("unexpected http_response {other:?}"),
+    }
+}
+
+async fn health(running: &Running) -> i32 {
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", running.decision_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut client = HealthClient::new(channel);
+    client
+        .check(HealthCheckRequest {
+            service: AUTHZ_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+/// Polls `probe` until it returns `want` or `within` passes.
+async fn eventually<F, Fut, T>(within: Duration, want: T, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+    T: PartialEq + Copy + std::fmt::Debug,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let got = probe().await;
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn rotation_is_picked_up_and_cached_keys_outlive_an_outage() {
+    let idp = IdentityProvider::start();
+    let running = start(&idp, 4).await;
+    assert_eq!(
+        eventually(Duration::from_secs(5), SERVING, || health(&running)).await,
+        SERVING
+    );
+    assert_eq!(
+        status(&running, token(&idp, "test-es256", "test-es256.pem")).await,
+        200
+    );
+
+    // Rotation: the provider now publishes only the new key.
+    idp.set_keys(&["keys/rotated-issuer.jwks.json"]);
+    let rotated = || token(&idp, "rotated-es256", "rotated-es256.pem");
+    assert_eq!(
+        eventually(Duration::from_secs(5), 200, || status(&running, rotated())).await,
+        200,
+        "a token signed with the rotated-in key is accepted without a restart"
+    );
+    // The old key is gone from the provider, and from us after a refresh.
+    assert_eq!(
+        eventually(Duration::from_secs(5), 401, || status(
+            &running,
+            token(&idp, "test-es256", "test-es256.pem")
+        ))
+        .await,
+        401,
+        "a key rotated out is refused"
+    );
+
+    // The provider goes down: cached keys keep working...
+    idp.set_down(true);
+    let outage = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(status(&running, rotated()).await, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(health(&running).await, SERVING);
+    // ...up to the maximum staleness; then the issuer's tokens get a 503
+    // and readiness reports it.
+    assert_eq!(
+        eventually(Duration::from_secs(8), 503, || status(&running, rotated())).await,
+        503
+    );
+    assert!(outage.elapsed() >= Duration::from_secs(2));
+    assert_eq!(
+        eventually(Duration::from_secs(3), NOT_SERVING, || health(&running)).await,
+        NOT_SERVING
+    );
+
+    // The provider comes back: serving again, without a restart.
+    idp.set_down(false);
+    assert_eq!(
+        eventually(Duration::from_secs(5), SERVING, || health(&running)).await,
+        SERVING
+    );
+    assert_eq!(status(&running, rotated()).await, 200);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn provider_unreachable_at_startup_means_not_ready() {
+    let idp = IdentityProvider::start();
+    idp.set_down(true);
+    let running = start(&idp, 60).await;
+    assert_eq!(health(&running).await, NOT_SERVING);
+    assert_eq!(
+        status(&running, token(&idp, "test-es256", "test-es256.pem")).await,
+        503,
+        "no keys yet: refused as unavailable, not as a bad token"
+    );
+    idp.set_down(false);
+    assert_eq!(
+        eventually(Duration::from_secs(5), SERVING, || health(&running)).await,
+        SERVING
+    );
+    assert_eq!(
+        status(&running, token(&idp, "test-es256", "test-es256.pem")).await,
+        200
+    );
+    running.shutdown().await.unwrap();
+}
