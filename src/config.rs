@@ -27,6 +27,8 @@ pub struct Config {
     pub authentication: AuthnConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Quota store and failure mode.
+    pub quotas: QuotaSettings,
 }
 
 impl Default for Config {
@@ -39,6 +41,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             authentication: AuthnConfig::default(),
             log: LogConfig::default(),
+            quotas: QuotaSettings::default(),
         }
     }
 }
@@ -360,6 +363,7 @@ impl Config {
                 self.log.level
             ));
         }
+        problems.extend(self.quotas.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -373,6 +377,114 @@ impl Config {
     /// The request deadline as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.server.request_timeout_ms)
+    }
+}
+
+/// Where quota counters live and what happens when that store fails.
+/// The limits themselves are policy (`quotas.yaml`), not configuration.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaSettings {
+    /// `local` (in-process, the default) or `redis` (shared by replicas).
+    pub store: QuotaStoreKind,
+    /// For `store: redis`: `redis://host:port/db` (a password in it is never
+    /// logged).
+    pub redis_url: Option<String>,
+    /// Bound on one store round trip (connect included), in milliseconds.
+    /// Well under Envoy's 20 ms ratelimit timeout.
+    pub timeout_ms: u64,
+    /// `deny` (503), `allow` (uncounted) or `local` (in-process limits
+    /// divided by `replicas`) while the store fails.
+    pub on_store_error: crate::quota::OnStoreError,
+    /// Replicas sharing the store: in `local` failure mode each enforces
+    /// 1/replicas of every limit.
+    pub replicas: u64,
+    /// Most keys the in-process store holds (memory bound).
+    pub max_local_keys: usize,
+}
+
+impl std::fmt::Debug for QuotaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaSettings")
+            .field("store", &self.store)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("timeout_ms", &self.timeout_ms)
+            .field("on_store_error", &self.on_store_error)
+            .field("replicas", &self.replicas)
+            .field("max_local_keys", &self.max_local_keys)
+            .finish()
+    }
+}
+
+/// The quota store kind.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaStoreKind {
+    /// In-process counters.
+    Local,
+    /// Redis.
+    Redis,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        QuotaSettings {
+            store: QuotaStoreKind::Local,
+            redis_url: None,
+            timeout_ms: 10,
+            on_store_error: crate::quota::OnStoreError::Local,
+            replicas: 1,
+            max_local_keys: 1_000_000,
+        }
+    }
+}
+
+impl QuotaSettings {
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.store == QuotaStoreKind::Redis && self.redis_url.is_none() {
+            p.push(
+                "quotas.redis_url: required with store: redis (e.g. redis://127.0.0.1:6379)".into(),
+            );
+        }
+        if let Some(url) = &self.redis_url {
+            if redis::Client::open(url.as_str()).is_err() {
+                p.push("quotas.redis_url: not a Redis URL (redis://host:port/db)".into());
+            }
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 1000 {
+            p.push("quotas.timeout_ms: between 1 and 1000".into());
+        }
+        if self.replicas == 0 {
+            p.push("quotas.replicas: at least 1".into());
+        }
+        if self.max_local_keys < 1024 {
+            p.push("quotas.max_local_keys: at least 1024".into());
+        }
+        p
+    }
+
+    /// The enforcement these settings describe.
+    pub fn build(&self) -> Result<crate::quota::Quotas, String> {
+        use std::sync::Arc;
+        let timeout = Duration::from_millis(self.timeout_ms);
+        let store: Arc<dyn crate::quota::QuotaStore> = match self.store {
+            QuotaStoreKind::Local => Arc::new(crate::quota::local::LocalStore::new(
+                self.max_local_keys,
+                Arc::new(crate::quota::SystemClock),
+            )),
+            QuotaStoreKind::Redis => Arc::new(crate::quota::redis::RedisStore::new(
+                self.redis_url.as_deref().unwrap_or_default(),
+                timeout,
+            )?),
+        };
+        Ok(crate::quota::Quotas::new(
+            store,
+            timeout,
+            self.on_store_error,
+            self.replicas,
+            self.max_local_keys,
+        ))
     }
 }
 

@@ -35,6 +35,12 @@ pub enum DenyReason {
     BadPath,
     /// The route's resource does not exist.
     UnknownResource,
+    /// A quota limit refused the request.
+    QuotaExceeded,
+    /// The quota store could not be asked and the configured mode denies.
+    QuotaUnavailable,
+    /// The request's quota cost (header or body field) is not a number.
+    BadQuotaCost,
 }
 
 impl DenyReason {
@@ -46,6 +52,9 @@ impl DenyReason {
             DenyReason::NoRoute | DenyReason::UnknownResource => 404,
             DenyReason::MethodNotAllowed => 405,
             DenyReason::BadPath => 400,
+            DenyReason::QuotaExceeded => 429,
+            DenyReason::QuotaUnavailable => 503,
+            DenyReason::BadQuotaCost => 400,
         }
     }
 
@@ -60,6 +69,9 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "method_not_allowed",
             DenyReason::BadPath => "bad_path",
             DenyReason::UnknownResource => "unknown_resource",
+            DenyReason::QuotaExceeded => "quota_exceeded",
+            DenyReason::QuotaUnavailable => "quota_unavailable",
+            DenyReason::BadQuotaCost => "bad_quota_cost",
         }
     }
 
@@ -73,6 +85,9 @@ impl DenyReason {
             DenyReason::MethodNotAllowed => "Method not allowed",
             DenyReason::BadPath => "Bad request path",
             DenyReason::UnknownResource => "Not found",
+            DenyReason::QuotaExceeded => "Too many requests",
+            DenyReason::QuotaUnavailable => "Service unavailable",
+            DenyReason::BadQuotaCost => "Bad request",
         }
     }
 }
@@ -110,6 +125,9 @@ pub struct Decision {
     /// For 405: the methods the path accepts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_methods: Option<String>,
+    /// The quota outcome (limit that decided, remaining, degraded mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<crate::quota::apply::QuotaOutcome>,
 }
 
 impl Decision {
@@ -130,6 +148,7 @@ impl Decision {
             errors: Vec::new(),
             policy_version: policy_version.to_string(),
             allow_methods: None,
+            quota: None,
         }
     }
 
@@ -159,13 +178,21 @@ impl Decision {
     /// The RFC 9457 problem document for a denial.
     pub fn problem_json(&self) -> String {
         let reason = self.reason.unwrap_or(DenyReason::Forbidden);
-        let problem = serde_json::json!({
+        let mut problem = serde_json::json!({
             "type": format!("urn:portcullis:problem:{}", reason.code()),
             "title": reason.title(),
             "status": self.status,
             "detail": self.detail,
             "decision_id": self.id,
         });
+        if let (Some(q), DenyReason::QuotaExceeded) = (&self.quota, reason) {
+            problem["quota"] = serde_json::json!({
+                "limit": q.limit,
+                "window_seconds": q.window_seconds,
+                "remaining": q.remaining,
+                "retry_after_seconds": q.retry_after_seconds,
+            });
+        }
         problem.to_string()
     }
 }

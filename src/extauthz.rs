@@ -35,6 +35,8 @@ const VERSION_HEADER: &str = "x-portcullis-policy-version";
 const GRPC_OK: i32 = 0;
 const GRPC_PERMISSION_DENIED: i32 = 7;
 const GRPC_UNAUTHENTICATED: i32 = 16;
+const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
+const GRPC_UNAVAILABLE: i32 = 14;
 
 /// The ext_authz `Authorization` service.
 #[derive(Debug, Clone)]
@@ -57,7 +59,13 @@ impl Authorization for AuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let access = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
         let snapshot = self.state.policies.current();
-        let decision = pipeline::decide(&snapshot, &self.state.authenticator, &access);
+        let decision = pipeline::decide(
+            &snapshot,
+            &self.state.authenticator,
+            &self.state.quotas,
+            &access,
+        )
+        .await;
         Ok(Response::new(to_check_response(&decision, &access)))
     }
 }
@@ -119,6 +127,7 @@ pub fn to_access_request(check: &CheckRequest) -> Result<AccessRequest, &'static
         source_principal,
         request_id,
         time,
+        body: body_of(http),
     })
 }
 
@@ -173,6 +182,8 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
             })
             .cloned()
             .collect();
+        // Where the client stands, on the response it gets from upstream.
+        let response_headers_to_add = quota_headers(decision);
         return CheckResponse {
             status: Some(rpc::Status {
                 code: GRPC_OK,
@@ -181,6 +192,7 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers,
                 headers_to_remove,
+                response_headers_to_add,
                 ..Default::default()
             })),
             dynamic_metadata: Some(metadata),
@@ -209,10 +221,12 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         }
         _ => {}
     }
-    let code = if decision.status == 401 {
-        GRPC_UNAUTHENTICATED
-    } else {
-        GRPC_PERMISSION_DENIED
+    headers.extend(quota_headers(decision));
+    let code = match decision.status {
+        401 => GRPC_UNAUTHENTICATED,
+        429 => GRPC_RESOURCE_EXHAUSTED,
+        503 => GRPC_UNAVAILABLE,
+        _ => GRPC_PERMISSION_DENIED,
     };
     CheckResponse {
         status: Some(rpc::Status {
@@ -268,6 +282,27 @@ fn decision_metadata(d: &Decision) -> Struct {
         },
     );
     Struct { fields }
+}
+
+/// The body Envoy sent: `raw_body` (with `pack_as_bytes`), else `body`.
+fn body_of(http: &HttpRequest) -> Option<Vec<u8>> {
+    if !http.raw_body.is_empty() {
+        Some(http.raw_body.clone())
+    } else if !http.body.is_empty() {
+        Some(http.body.clone().into_bytes())
+    } else {
+        None
+    }
+}
+
+/// `RateLimit-*` and `Retry-After` headers for the client.
+fn quota_headers(decision: &Decision) -> Vec<HeaderValueOption> {
+    decision
+        .quota
+        .iter()
+        .flat_map(|q| q.headers())
+        .map(|(k, v)| set_header(k, &v))
+        .collect()
 }
 
 #[cfg(test)]

@@ -221,7 +221,18 @@ fn check(
                             .join("\n")
                     )
                 })?;
-            portcullis::pipeline::decide(&snapshot, &authenticator, &access)
+            // Offline: quotas are charged against a fresh in-process store,
+            // so the answer shows each limit as a new client would meet it.
+            let quotas = portcullis::quota::Quotas::in_process(1024);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()?
+                .block_on(portcullis::pipeline::decide(
+                    &snapshot,
+                    &authenticator,
+                    &quotas,
+                    &access,
+                ))
         }
     };
     println!("{}", serde_json::to_string_pretty(&decision)?);

@@ -9,42 +9,96 @@ use cedar_policy::EntityUid;
 use crate::authn::{entity_uid, AuthMethod, Authentication, Authenticator, Identity};
 use crate::authz::{self, RequestContext};
 use crate::decision::{Decision, DenyReason};
+use crate::quota::{self, check::QuotaSubject, Quotas};
 use crate::request::AccessRequest;
 use crate::routes::{self, RouteMatch, Unmatched};
 use crate::snapshot::{Snapshot, ANONYMOUS_TYPE};
 
-/// Decides one request against one snapshot, and logs the decision.
-pub fn decide(snapshot: &Snapshot, authenticator: &Authenticator, req: &AccessRequest) -> Decision {
+/// Decides one request against one snapshot, charges its quotas, and logs
+/// the decision.
+pub async fn decide(
+    snapshot: &Snapshot,
+    authenticator: &Authenticator,
+    quotas: &Quotas,
+    req: &AccessRequest,
+) -> Decision {
     let started = Instant::now();
-    let decision = evaluate(snapshot, req, |r| {
+    let mut subject = None;
+    let decision = evaluate(snapshot, req, &mut subject, |r| {
         authenticator.authenticate(r, epoch_seconds(r))
     });
+    // 5. Quota: last, so that a request any other stage refuses never
+    // consumes quota.
+    let decision = match subject {
+        Some(subject) if decision.is_allowed() => {
+            charge(snapshot, quotas, &subject, req, decision).await
+        }
+        _ => decision,
+    };
     record(&decision, req, started);
     decision
 }
 
 /// Decides a request for an identity given by the caller instead of the
 /// request's credentials (offline `check`, policy tests, explain). Not logged
-/// as a real decision.
+/// as a real decision, and charges no quota.
 pub fn decide_as(snapshot: &Snapshot, identity: Option<Identity>, req: &AccessRequest) -> Decision {
-    evaluate(snapshot, req, |_| match identity {
+    evaluate(snapshot, req, &mut None, |_| match identity {
         Some(identity) => Authentication::Authenticated(identity),
         None => Authentication::NoCredentials,
     })
 }
 
+/// The quota stage: every limit the `check:` rules give this request,
+/// charged at once; a refusal is a 429 with the limit that refused.
+async fn charge(
+    snapshot: &Snapshot,
+    quotas: &Quotas,
+    subject: &QuotaSubject,
+    req: &AccessRequest,
+    d: Decision,
+) -> Decision {
+    let descriptors = match quota::check::descriptors(&snapshot.quotas, subject, req) {
+        Ok(descriptors) => descriptors,
+        Err(bad) => return d.deny(DenyReason::BadQuotaCost, bad.0),
+    };
+    if descriptors.is_empty() {
+        return d;
+    }
+    let verdict = quota::apply::apply(&snapshot.quotas, quotas, &descriptors).await;
+    let mut d = d;
+    d.quota = verdict.outcome;
+    if verdict.allowed {
+        return d;
+    }
+    let unavailable = d
+        .quota
+        .as_ref()
+        .is_some_and(|q| q.degraded == Some(quota::OnStoreError::Deny));
+    let detail = d.quota.as_ref().map(|q| q.detail()).unwrap_or_default();
+    if unavailable {
+        d.deny(DenyReason::QuotaUnavailable, detail)
+    } else {
+        d.deny(DenyReason::QuotaExceeded, detail)
+    }
+}
+
 fn evaluate(
     snapshot: &Snapshot,
     req: &AccessRequest,
+    subject: &mut Option<QuotaSubject>,
     authenticate: impl FnOnce(&AccessRequest) -> Authentication,
 ) -> Decision {
     let d = Decision::new(&snapshot.version);
 
     // 1. Route: what is being asked for.
-    let (route, resource_id) = match snapshot.routes.match_request(&req.method, &req.path) {
+    let (route, resource_id, captures) = match snapshot.routes.match_request(&req.method, &req.path)
+    {
         RouteMatch::Matched {
-            route, resource_id, ..
-        } => (route, resource_id),
+            route,
+            resource_id,
+            captures,
+        } => (route, resource_id, captures),
         RouteMatch::MethodNotAllowed { allowed } => {
             let allowed = allowed.join(", ");
             let mut d = d.deny(
@@ -127,6 +181,7 @@ fn evaluate(
     d.determining_policies = outcome.determining;
     d.errors.extend(outcome.errors);
     if outcome.allowed {
+        *subject = Some(quota_subject(&identity, &route.name, captures));
         return d.allow();
     }
     if !d.errors.is_empty() {
@@ -140,6 +195,25 @@ fn evaluate(
         identity.principal, route.action, resource
     );
     d.deny(DenyReason::Forbidden, detail)
+}
+
+/// What the quota rules may use: principal, org, route and captures.
+fn quota_subject(identity: &Identity, route: &str, captures: Vec<(&str, String)>) -> QuotaSubject {
+    let org = identity
+        .parents
+        .iter()
+        .find(|p| p.type_name().basename() == "Org")
+        .map(|p| p.id().unescaped().to_string());
+    QuotaSubject {
+        principal_type: identity.principal.type_name().to_string(),
+        principal: identity.principal.id().unescaped().to_string(),
+        org,
+        route: route.to_string(),
+        captures: captures
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    }
 }
 
 /// The identity of a caller without credentials.
@@ -182,6 +256,9 @@ fn record(d: &Decision, req: &AccessRequest, started: Instant) {
         determining_policies = ?d.determining_policies,
         errors = ?d.errors,
         policy_version = %d.policy_version,
+        quota = d.quota.as_ref().map(|q| q.descriptor.as_str()),
+        quota_remaining = d.quota.as_ref().map(|q| q.remaining),
+        quota_degraded = d.quota.as_ref().and_then(|q| q.degraded).map(|m| m.as_str()),
         latency_us = started.elapsed().as_micros() as u64,
         "decision"
     );

@@ -19,6 +19,8 @@ use crate::config::Config;
 use crate::extauthz::AuthzService;
 use crate::proto::policy_service_server::PolicyServiceServer;
 use crate::reload::{self, PolicyStore};
+use crate::rls::RateLimiter;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -27,6 +29,8 @@ pub struct State {
     pub policies: Arc<PolicyStore>,
     /// Credential verification.
     pub authenticator: Authenticator,
+    /// Quota enforcement (store, timeout, failure mode).
+    pub quotas: crate::quota::Quotas,
 }
 
 /// Why the server could not start.
@@ -48,6 +52,9 @@ pub enum StartError {
     /// Watching the policy directory failed.
     #[error("cannot watch the policy directory: {0}")]
     Watch(String),
+    /// The quota store could not be set up.
+    #[error("quotas: {0}")]
+    Quotas(String),
 }
 
 /// A running Portcullis.
@@ -80,9 +87,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         "policy snapshot loaded"
     );
     let authenticator = Authenticator::new(&config.authentication).map_err(StartError::Authn)?;
+    let quotas = config.quotas.build().map_err(StartError::Quotas)?;
+    tracing::info!(store = quotas.store_name(), "quota store");
     let state = Arc::new(State {
         policies: Arc::new(store),
         authenticator,
+        quotas,
     });
 
     let bind = |what, addr| async move {
@@ -126,6 +136,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     health
         .set_serving::<PolicyServiceServer<PolicyAdmin>>()
         .await;
+    health
+        .set_serving::<RateLimitServiceServer<RateLimiter>>()
+        .await;
 
     let limits = &config.server;
     let max_message = limits.max_message_bytes;
@@ -146,12 +159,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     {
         let (v1, v1alpha) = reflection(&[
             "envoy.service.auth.v3.Authorization",
+            "envoy.service.ratelimit.v3.RateLimitService",
             "grpc.health.v1.Health",
         ]);
         let authz = AuthorizationServer::new(AuthzService::new(Arc::clone(&state)))
             .max_decoding_message_size(max_message);
+        let rls = RateLimitServiceServer::new(RateLimiter::new(Arc::clone(&state)))
+            .max_decoding_message_size(max_message);
         let router = builder()
             .add_service(authz)
+            .add_service(rls)
             .add_service(health_service.clone())
             .add_service(v1)
             .add_service(v1alpha);

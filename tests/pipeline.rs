@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::authn::{AuthMethod, Authenticator, Identity};
 use portcullis::config::{AuthnConfig, IssuerConfig};
 use portcullis::decision::{DenyReason, Outcome};
-use portcullis::pipeline::{decide, decide_as};
+use portcullis::pipeline::decide_as;
 use portcullis::request::AccessRequest;
 use portcullis::snapshot::Snapshot;
 use serde_json::json;
@@ -293,4 +293,18 @@ fn declared_headers_reach_the_cedar_context() {
     let d = decide_as(&s, Some(user("alice", Some("acme"))), &req);
     assert_eq!(d.status, 200, "{d:?}");
     assert!(d.errors.is_empty());
+}
+
+/// The async pipeline, run to completion with in-process quotas.
+fn decide(
+    s: &Snapshot,
+    authn: &portcullis::authn::Authenticator,
+    req: &AccessRequest,
+) -> portcullis::decision::Decision {
+    let quotas = portcullis::quota::Quotas::in_process(1024);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(portcullis::pipeline::decide(s, authn, &quotas, req))
 }

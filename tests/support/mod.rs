@@ -989,3 +989,166 @@ pub fn mint(claims: Value, key: Key) -> String {
     header.kid = Some(key.kid().to_string());
     jsonwebtoken::encode(&header, &claims, &encoding).expect("sign JWT")
 }
+
+// ---------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------
+
+/// A real `redis-server` on a free loopback port, without persistence,
+/// killed on drop. It can be paused (SIGSTOP), resumed, killed and
+/// restarted on the same port for fault injection.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    paused: bool,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                paused: false,
+                _dir: tempfile::tempdir().expect("temp dir"),
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on a free port after 5 tries");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let mut command = Command::new(tool("redis-server"));
+        command
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .current_dir(self._dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_parent(&mut command);
+        let mut child = command.spawn().expect("spawn redis-server");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.ping() {
+                self.child = Some(child);
+                return true;
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// True when the server answers PING now.
+    pub fn ping(&self) -> bool {
+        self.command("PING\r\n")
+            .is_some_and(|r| r.starts_with("+PONG"))
+    }
+
+    /// Sends one inline command and returns the first reply line.
+    pub fn command(&self, inline: &str) -> Option<String> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_millis(200),
+        )
+        .ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        s.write_all(inline.as_bytes()).ok()?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).ok()?;
+        Some(line)
+    }
+
+    /// Every key and its TTL in milliseconds (-1: no TTL).
+    pub fn ttls(&self) -> Vec<(String, i64)> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect redis");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"KEYS *\r\n").unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let n: usize = line.trim_start_matches('*').trim().parse().unwrap();
+        let mut keys = Vec::new();
+        for _ in 0..n {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            keys.push(line.trim_end().to_string());
+        }
+        keys.into_iter()
+            .map(|k| {
+                let cmd = format!("*2\r\n$5\r\nPTTL\r\n${}\r\n{}\r\n", k.len(), k);
+                s.write_all(cmd.as_bytes()).unwrap();
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let ttl = line.trim_start_matches(':').trim().parse().unwrap();
+                (k, ttl)
+            })
+            .collect()
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: plain syscall on a child we own and have not reaped.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.paused = false;
+    }
+
+    /// Kills the server (SIGKILL); its data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused = false;
+    }
+
+    /// Starts a killed server again on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill the server before restarting it");
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
+        self.kill();
+    }
+}
