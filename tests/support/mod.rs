@@ -1088,11 +1088,15 @@ impl RedisServer {
         }
         keys.into_iter()
             .map(|k| {
-                let cmd = format!("*2\r\n$5\r\nPTTL\r\n${}\r\n{}\r\n", k.len(), k);
+                let cmd = format!("*2\r\n$4\r\nPTTL\r\n${}\r\n{}\r\n", k.len(), k);
                 s.write_all(cmd.as_bytes()).unwrap();
                 line.clear();
                 reader.read_line(&mut line).unwrap();
-                let ttl = line.trim_start_matches(':').trim().parse().unwrap();
+                let ttl = line
+                    .trim_start_matches(':')
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("PTTL {k}: {line:?}"));
                 (k, ttl)
             })
             .collect()
