@@ -128,34 +128,34 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .context("start the async runtime")?;
     runtime.block_on(async {
         let running = portcullis::server::start(&config).await?;
+        let stop = shutdown_signal();
         // Tests and scripts read these lines to learn the bound ports.
         println!("listening decision {}", running.decision_addr);
         println!("listening admin {}", running.admin_addr);
         tracing::info!(decision = %running.decision_addr, admin = %running.admin_addr, "serving");
-        running.serve_until(shutdown_signal()).await?;
+        running.serve_until(stop).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn shutdown_signal() {
+/// Registers for SIGTERM/Ctrl-C now (so a signal sent as soon as the
+/// `listening` lines appear is not lost) and resolves when one arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        signal(SignalKind::terminate()).ok()
+    };
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

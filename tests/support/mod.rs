@@ -391,8 +391,20 @@ impl Envoy {
     /// at the given addresses and its listener and admin on free ports;
     /// returns once the listener accepts connections and `/ready` is LIVE.
     pub fn start(portcullis: SocketAddr, upstream: SocketAddr) -> Envoy {
-        let template = std::fs::read_to_string(repo().join("deploy/envoy.yaml"))
-            .expect("read deploy/envoy.yaml");
+        Envoy::start_edited(portcullis, upstream, |config| config)
+    }
+
+    /// Like [`Envoy::start`], with `deploy/envoy.yaml` changed by `edit`
+    /// first (e.g. without a filter).
+    pub fn start_edited(
+        portcullis: SocketAddr,
+        upstream: SocketAddr,
+        edit: impl Fn(String) -> String,
+    ) -> Envoy {
+        let template = edit(
+            std::fs::read_to_string(repo().join("deploy/envoy.yaml"))
+                .expect("read deploy/envoy.yaml"),
+        );
         let envoy = tool("envoy");
         // free_port() can race with another process: a start whose bind
         // failed is retried on new ports, a bounded number of times.
