@@ -457,3 +457,65 @@ async fn check_with_redis_down_follows_the_configured_mode() {
         running.shutdown().await.unwrap();
     }
 }
+
+// --- configuration ---------------------------------------------------------
+
+#[test]
+fn quota_settings_are_checked_completely() {
+    let path = Path::new("portcullis.yaml");
+    let config = Config::parse(
+        "quotas:\n  store: redis\n  redis_url: redis://127.0.0.1:6379\n  on_store_error: deny\n  replicas: 3\n",
+        path,
+    )
+    .unwrap();
+    config.check(path).unwrap();
+    assert_eq!(config.quotas.replicas, 3);
+    // The URL may hold a password: Debug never shows it.
+    assert!(!format!("{:?}", config.quotas).contains("6379"));
+
+    let bad = Config::parse(
+        "quotas:\n  store: redis\n  timeout_ms: 0\n  replicas: 0\n",
+        path,
+    )
+    .unwrap();
+    let err = bad.check(path).unwrap_err().to_string();
+    for field in ["quotas.redis_url", "quotas.timeout_ms", "quotas.replicas"] {
+        assert!(err.contains(field), "{err}");
+    }
+    let unknown = Config::parse("quotas:\n  strore: redis\n", path).unwrap_err();
+    assert!(unknown.to_string().contains("strore"), "{unknown}");
+}
+
+#[test]
+fn bad_quota_files_are_reported_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policies(dir.path());
+    std::fs::write(
+        policies.join("quotas/broken.yaml"),
+        "domain: ml_api\ndescriptors:\n  - key: a\n    value: b\n  - key: a\n    value: b\n",
+    )
+    .unwrap();
+    let errors = portcullis::snapshot::Snapshot::load(&policies).unwrap_err();
+    let text: Vec<String> = errors
+        .errors
+        .iter()
+        .map(|e| format!("{}:{}: {}", e.file, e.line.unwrap_or(0), e.message))
+        .collect();
+    assert!(
+        text.iter().any(
+            |t| t.starts_with("quotas/broken.yaml:") && t.contains("duplicate domain 'ml_api'")
+        ),
+        "{text:?}"
+    );
+    std::fs::write(
+        policies.join("quotas/broken.yaml"),
+        "domain: other\ndescriptors:\n  - key: a\n    value: b\n  - key: a\n    value: b\n",
+    )
+    .unwrap();
+    let errors = portcullis::snapshot::Snapshot::load(&policies).unwrap_err();
+    assert_eq!(errors.errors[0].file, "quotas/broken.yaml");
+    assert_eq!(errors.errors[0].line, Some(5));
+    assert!(errors.errors[0]
+        .message
+        .contains("duplicate descriptor composite key"));
+}
