@@ -390,6 +390,8 @@ pub struct QuotaSettings {
     /// For `store: redis`: `redis://host:port/db` (a password in it is never
     /// logged).
     pub redis_url: Option<String>,
+    /// For `store: redis_cluster`: seed nodes, `redis://host:port` each.
+    pub redis_urls: Vec<String>,
     /// Bound on one store round trip (connect included), in milliseconds.
     /// Well under Envoy's 20 ms ratelimit timeout.
     pub timeout_ms: u64,
@@ -408,6 +410,7 @@ impl std::fmt::Debug for QuotaSettings {
         f.debug_struct("QuotaSettings")
             .field("store", &self.store)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_urls", &self.redis_urls.len())
             .field("timeout_ms", &self.timeout_ms)
             .field("on_store_error", &self.on_store_error)
             .field("replicas", &self.replicas)
@@ -424,6 +427,9 @@ pub enum QuotaStoreKind {
     Local,
     /// Redis.
     Redis,
+    /// Redis Cluster (seed nodes in `redis_urls`).
+    #[serde(rename = "redis_cluster")]
+    RedisCluster,
 }
 
 impl Default for QuotaSettings {
@@ -431,6 +437,7 @@ impl Default for QuotaSettings {
         QuotaSettings {
             store: QuotaStoreKind::Local,
             redis_url: None,
+            redis_urls: Vec::new(),
             timeout_ms: 10,
             on_store_error: crate::quota::OnStoreError::Local,
             replicas: 1,
@@ -450,6 +457,16 @@ impl QuotaSettings {
         if let Some(url) = &self.redis_url {
             if redis::Client::open(url.as_str()).is_err() {
                 p.push("quotas.redis_url: not a Redis URL (redis://host:port/db)".into());
+            }
+        }
+        if self.store == QuotaStoreKind::RedisCluster {
+            if self.redis_urls.is_empty() {
+                p.push("quotas.redis_urls: required with store: redis_cluster (seed nodes, e.g. [redis://127.0.0.1:7000])".into());
+            }
+            if redis::cluster::ClusterClient::new(self.redis_urls.iter().map(String::as_str))
+                .is_err()
+            {
+                p.push("quotas.redis_urls: not Redis URLs (redis://host:port)".into());
             }
         }
         if self.timeout_ms == 0 || self.timeout_ms > 1000 {
@@ -475,6 +492,10 @@ impl QuotaSettings {
             )),
             QuotaStoreKind::Redis => Arc::new(crate::quota::redis::RedisStore::new(
                 self.redis_url.as_deref().unwrap_or_default(),
+                timeout,
+            )?),
+            QuotaStoreKind::RedisCluster => Arc::new(crate::quota::redis::RedisStore::cluster(
+                &self.redis_urls,
                 timeout,
             )?),
         };

@@ -334,3 +334,41 @@ async fn the_script_is_reloaded_after_script_flush() {
     let r = store.charge(std::slice::from_ref(&c)).await.unwrap();
     assert_eq!(r.states[0].remaining, 1);
 }
+
+// --- Redis Cluster -----------------------------------------------------------
+
+#[tokio::test]
+async fn redis_cluster_store_passes_the_suite() {
+    let cluster = support::RedisCluster::start();
+    let store = RedisStore::cluster(&cluster.urls(), Duration::from_secs(2)).unwrap();
+    // The all-or-nothing case spans two slots: charged slot by slot, the
+    // refused request's earlier slot is refunded.
+    let slot = |k: &str| redis::cluster_routing::Slot::for_key(format!("portcullis:q:{{{k}}}"));
+    assert_ne!(slot(&key("deny", "user=a")), slot(&key("deny", "org=o")));
+    suite(&store).await;
+    let ttls = cluster.ttls();
+    assert!(!ttls.is_empty());
+    for (k, ttl) in ttls {
+        assert!(ttl > 0, "key {k} has no TTL ({ttl})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_limiters_sharing_a_redis_cluster_allow_exactly_the_limit() {
+    let cluster = support::RedisCluster::start();
+    let limiters: Vec<Arc<RedisStore>> = (0..3)
+        .map(|_| Arc::new(RedisStore::cluster(&cluster.urls(), Duration::from_secs(5)).unwrap()))
+        .collect();
+    let c = charge("cluster-exact|user=a", 100, 1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let limiter = Arc::clone(&limiters[i % 3]);
+        let c = c.clone();
+        tasks.spawn(async move { limiter.charge(&[c]).await.expect("cluster answers").allowed });
+    }
+    let mut allowed = 0;
+    while let Some(r) = tasks.join_next().await {
+        allowed += u32::from(r.unwrap());
+    }
+    assert_eq!(allowed, 100);
+}

@@ -12,11 +12,24 @@
 //! reconnects after errors), created lazily so that Portcullis starts and
 //! serves in its failure mode while Redis is down. A `READONLY` reply (a
 //! failed-over primary) drops the connection so the next call reconnects.
+//!
+//! Redis Cluster: every key is its own hash tag (`portcullis:q:{<key>}`),
+//! so keys spread over the slots. The keys of one request that share a slot
+//! are charged by one script call, atomically. Keys in different slots are
+//! charged slot by slot (in the request's order); when a later slot refuses, the
+//! slots already charged are refunded (compensation), so a refused request
+//! consumes nothing once the call returns. Between a charge and its refund a
+//! concurrent request may see the temporary charge and be refused (never
+//! over-admitted); if the refund itself fails, the earlier slots stay
+//! charged (errs towards refusing).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 
 use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
 
@@ -80,15 +93,43 @@ end
 return out
 "#;
 
+/// Gives back what a charge took: ARGV per key: emission_us * cost.
+const REFUND: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local new_tat = tat - tonumber(ARGV[i])
+  if new_tat <= now then
+    redis.call('DEL', KEYS[i])
+  else
+    local ttl = math.max(math.ceil((new_tat - now) / 1000), 1)
+    redis.call('SET', KEYS[i], string.format('%d', new_tat), 'PX', ttl)
+  end
+end
+return 1
+"#;
+
 /// Prefix of every key Portcullis writes.
 pub const KEY_PREFIX: &str = "portcullis:q:";
 
-/// Quota counters in Redis.
+enum Target {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        connection: Mutex<Option<ConnectionManager>>,
+    },
+    Cluster {
+        client: ClusterClient,
+        connection: Mutex<Option<ClusterConnection>>,
+    },
+}
+
+/// Quota counters in Redis (one primary, or a Redis Cluster).
 pub struct RedisStore {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    connection: Mutex<Option<ConnectionManager>>,
+    target: Target,
     script: redis::Script,
+    refund: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -110,56 +151,65 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
-        Ok(RedisStore {
+        Ok(RedisStore::with(Target::Single {
             client,
             config,
             connection: Mutex::new(None),
+        }))
+    }
+
+    /// A store on a Redis Cluster reached through `seeds`.
+    pub fn cluster(seeds: &[String], timeout: Duration) -> Result<RedisStore, String> {
+        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| format!("quotas.redis_urls: not Redis URLs (redis://host:port): {e}"))?;
+        Ok(RedisStore::with(Target::Cluster {
+            client,
+            connection: Mutex::new(None),
+        }))
+    }
+
+    fn with(target: Target) -> RedisStore {
+        RedisStore {
+            target,
             script: redis::Script::new(SCRIPT),
-        })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(c) = self
-            .connection
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Ok(c);
+            refund: redis::Script::new(REFUND),
         }
-        let c = ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
-            .await
-            .map_err(error)?;
-        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
-        Ok(c)
     }
-}
 
-fn error(e: redis::RedisError) -> StoreError {
-    StoreError {
-        store: "redis",
-        message: e.to_string(),
+    fn forget_connection(&self) {
+        match &self.target {
+            Target::Single { connection, .. } => {
+                *connection.lock().unwrap_or_else(|p| p.into_inner()) = None
+            }
+            Target::Cluster { connection, .. } => {
+                *connection.lock().unwrap_or_else(|p| p.into_inner()) = None
+            }
+        }
     }
-}
 
-#[tonic::async_trait]
-impl QuotaStore for RedisStore {
-    async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
-        let mut con = self.connection().await?;
+    async fn run<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        charges: &[&Charge],
+    ) -> Result<Charged, StoreError> {
         let mut invocation = self.script.prepare_invoke();
         for c in charges {
             invocation
-                .key(format!("{KEY_PREFIX}{{{}}}", c.key))
+                .key(redis_key(&c.key))
                 .arg(c.rate.emission_us)
                 .arg(c.rate.tolerance_us)
                 .arg(c.cost)
                 .arg(u8::from(c.shadow));
         }
-        let reply: Vec<i64> = match invocation.invoke_async(&mut con).await {
+        let reply: Vec<i64> = match invocation.invoke_async(con).await {
             Ok(r) => r,
             Err(e) => {
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
-                    *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    self.forget_connection();
                 }
                 return Err(error(e));
             }
@@ -186,7 +236,164 @@ impl QuotaStore for RedisStore {
         })
     }
 
+    async fn charge_cluster(
+        &self,
+        con: &mut ClusterConnection,
+        charges: &[Charge],
+    ) -> Result<Charged, StoreError> {
+        let mut slots: Vec<(Slot, Vec<usize>)> = Vec::new();
+        for (i, c) in charges.iter().enumerate() {
+            let slot = Slot::for_key(redis_key(&c.key));
+            match slots.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => slots.push((slot, vec![i])),
+            }
+        }
+        let mut states: Vec<Option<LimitState>> = vec![None; charges.len()];
+        let mut charged_groups: Vec<&Vec<usize>> = Vec::new();
+        let mut refused = false;
+        for (_, members) in &slots {
+            let group: Vec<Charge> = members
+                .iter()
+                .map(|&i| Charge {
+                    // After a refusal: only report, charge nothing.
+                    cost: if refused { 0 } else { charges[i].cost },
+                    ..charges[i].clone()
+                })
+                .collect();
+            let refs: Vec<&Charge> = group.iter().collect();
+            let result = self.run(con, &refs).await;
+            let result = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.refund_groups(con, charges, &states, &charged_groups)
+                        .await;
+                    return Err(e);
+                }
+            };
+            for (&i, state) in members.iter().zip(&result.states) {
+                states[i] = Some(*state);
+            }
+            if refused {
+                // Reported with cost 0: show the real cost's verdict.
+                for &i in members {
+                    let c = &charges[i];
+                    let st = states[i].as_mut().expect("set above");
+                    let ahead = c.cost * c.rate.emission_us + st.reset_us;
+                    st.over = ahead > c.rate.tolerance_us;
+                    st.retry_us = ahead.saturating_sub(c.rate.tolerance_us);
+                }
+            } else if result.allowed {
+                charged_groups.push(members);
+            } else {
+                refused = true;
+            }
+        }
+        if refused {
+            self.refund_groups(con, charges, &states, &charged_groups)
+                .await;
+            for members in &charged_groups {
+                for &i in *members {
+                    let c = &charges[i];
+                    let st = states[i].as_mut().expect("charged");
+                    if !st.over && c.cost > 0 {
+                        st.remaining = (st.remaining + c.cost).min(c.rate.burst());
+                        st.reset_us = st.reset_us.saturating_sub(c.cost * c.rate.emission_us);
+                    }
+                }
+            }
+        }
+        Ok(Charged {
+            allowed: !refused,
+            states: states
+                .into_iter()
+                .map(|s| s.expect("every charge answered"))
+                .collect(),
+        })
+    }
+
+    async fn refund_groups(
+        &self,
+        con: &mut ClusterConnection,
+        charges: &[Charge],
+        states: &[Option<LimitState>],
+        groups: &[&Vec<usize>],
+    ) {
+        for members in groups {
+            let mut invocation = self.refund.prepare_invoke();
+            let mut any = false;
+            for &i in *members {
+                let c = &charges[i];
+                let charged = states[i].is_some_and(|s| !s.over) && c.cost > 0;
+                if charged {
+                    invocation
+                        .key(redis_key(&c.key))
+                        .arg(c.cost * c.rate.emission_us);
+                    any = true;
+                }
+            }
+            if any {
+                if let Err(e) = invocation.invoke_async::<i64>(con).await {
+                    tracing::warn!(target: "portcullis::quota", error = %e, "quota refund failed; the charge stays");
+                }
+            }
+        }
+    }
+}
+
+fn redis_key(key: &str) -> String {
+    format!("{KEY_PREFIX}{{{key}}}")
+}
+
+fn error(e: redis::RedisError) -> StoreError {
+    StoreError {
+        store: "redis",
+        message: e.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl QuotaStore for RedisStore {
+    async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
+        match &self.target {
+            Target::Single {
+                client,
+                config,
+                connection,
+            } => {
+                let cached = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut con = match cached {
+                    Some(c) => c,
+                    None => {
+                        let c = ConnectionManager::new_with_config(client.clone(), config.clone())
+                            .await
+                            .map_err(error)?;
+                        *connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                        c
+                    }
+                };
+                let refs: Vec<&Charge> = charges.iter().collect();
+                self.run(&mut con, &refs).await
+            }
+            Target::Cluster { client, connection } => {
+                let cached = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut con = match cached {
+                    Some(c) => c,
+                    None => {
+                        let c = client.get_async_connection().await.map_err(error)?;
+                        *connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                        c
+                    }
+                };
+                self.charge_cluster(&mut con, charges).await
+            }
+        }
+    }
+
     fn name(&self) -> &'static str {
-        "redis"
+        match self.target {
+            Target::Single { .. } => "redis",
+            Target::Cluster { .. } => "redis_cluster",
+        }
     }
 }

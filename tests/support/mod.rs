@@ -1013,18 +1013,25 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     paused: bool,
+    extra: Vec<String>,
     _dir: TempDir,
 }
 
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server with extra arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
             let mut server = RedisServer {
                 child: None,
                 port,
                 paused: false,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
                 _dir: tempfile::tempdir().expect("temp dir"),
             };
             if server.spawn() {
@@ -1039,6 +1046,7 @@ impl RedisServer {
         command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .current_dir(self._dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1079,6 +1087,24 @@ impl RedisServer {
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).ok()?;
         Some(line)
+    }
+
+    /// Sends one inline command and returns a bulk-string reply's text.
+    pub fn bulk(&self, inline: &str) -> Option<String> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_millis(200),
+        )
+        .ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        s.write_all(inline.as_bytes()).ok()?;
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let len: usize = line.strip_prefix('$')?.trim().parse().ok()?;
+        let mut body = vec![0u8; len + 2];
+        reader.read_exact(&mut body).ok()?;
+        Some(String::from_utf8_lossy(&body[..len]).into_owned())
     }
 
     /// Every key and its TTL in milliseconds (-1: no TTL).
@@ -1166,5 +1192,65 @@ impl Drop for RedisServer {
             self.resume();
         }
         self.kill();
+    }
+}
+
+/// A real three-primary Redis Cluster on free loopback ports, created with
+/// `redis-cli --cluster create`, killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled nodes, joins them, and waits until
+    /// every node reports `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(RedisServer::start_with(&["--cluster-enabled", "yes"]));
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new(tool("redis-cli"))
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let ok = nodes.iter().all(|n| {
+                n.bulk("CLUSTER INFO\r\n")
+                    .is_some_and(|info| info.contains("cluster_state:ok"))
+            });
+            if ok {
+                return RedisCluster { nodes };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not reach cluster_state:ok"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Seed URLs, one per node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Every key on every node with its TTL in milliseconds.
+    pub fn ttls(&self) -> Vec<(String, i64)> {
+        self.nodes.iter().flat_map(RedisServer::ttls).collect()
     }
 }
