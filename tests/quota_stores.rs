@@ -372,3 +372,27 @@ async fn three_limiters_sharing_a_redis_cluster_allow_exactly_the_limit() {
     }
     assert_eq!(allowed, 100);
 }
+
+#[tokio::test]
+async fn a_demoted_primary_is_an_error_and_its_promotion_recovers() {
+    // READONLY (the primary became a replica in a failover) is a store
+    // error handled by the configured mode; the connection is dropped and
+    // the next call reconnects.
+    let redis = RedisServer::start();
+    let other = RedisServer::start();
+    let q = quotas(&redis, OnStoreError::Deny);
+    let c = charge("readonly|user=a", 1000, 1);
+    recovers(&q, &c).await;
+    let demote = format!(
+        "REPLICAOF 127.0.0.1 {}\r\n",
+        other.url().rsplit(':').next().unwrap()
+    );
+    assert_eq!(redis.command(&demote).as_deref(), Some("+OK\r\n"));
+    let r = q.enforce(std::slice::from_ref(&c)).await;
+    assert!(matches!(r, Enforced::Unavailable), "{r:?}");
+    assert_eq!(
+        redis.command("REPLICAOF NO ONE\r\n").as_deref(),
+        Some("+OK\r\n")
+    );
+    recovers(&q, &c).await;
+}
