@@ -9,8 +9,9 @@
 //! bucket is full again, after which it carries no information.
 //!
 //! The connection is a `ConnectionManager` (one multiplexed connection that
-//! reconnects after errors), created lazily so that Portcullis starts and
-//! serves in its failure mode while Redis is down. A `READONLY` reply (a
+//! reconnects after errors), created lazily, in the background, so that
+//! Portcullis starts and serves in its failure mode while Redis is down, and
+//! a connect slower than one request's timeout still completes. A `READONLY` reply (a
 //! failed-over primary) drops the connection so the next call reconnects.
 //!
 //! Redis Cluster: every key is its own hash tag (`portcullis:q:{<key>}`),
@@ -23,7 +24,9 @@
 //! over-admitted); if the refund itself fails, the earlier slots stay
 //! charged (errs towards refusing).
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -113,15 +116,92 @@ return 1
 /// Prefix of every key Portcullis writes.
 pub const KEY_PREFIX: &str = "portcullis:q:";
 
+/// How long a (background) connection attempt may take. Longer than one
+/// request's budget on purpose: a connect slower than that still completes
+/// and serves the requests after it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection made in the background. A request waits for it at most
+/// its own timeout (enforced by the caller); the attempt goes on without it
+/// and ends by itself within `CONNECT_TIMEOUT`.
+struct Lazy<C> {
+    slot: Arc<Mutex<Option<C>>>,
+    connecting: Arc<AtomicBool>,
+    ready: Arc<tokio::sync::Notify>,
+    last_error: Arc<Mutex<String>>,
+}
+
+impl<C: Clone + Send + 'static> Lazy<C> {
+    fn new() -> Self {
+        Lazy {
+            slot: Arc::new(Mutex::new(None)),
+            connecting: Arc::new(AtomicBool::new(false)),
+            ready: Arc::new(tokio::sync::Notify::new()),
+            last_error: Arc::new(Mutex::new(String::new())),
+        }
+    }
+
+    fn cached(&self) -> Option<C> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn forget(&self) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    async fn get<F>(&self, connect: impl FnOnce() -> F) -> Result<C, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<C>> + Send + 'static,
+    {
+        let notified = self.ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        if !self.connecting.swap(true, Ordering::SeqCst) {
+            let attempt = connect();
+            let (slot, connecting, ready, last_error) = (
+                Arc::clone(&self.slot),
+                Arc::clone(&self.connecting),
+                Arc::clone(&self.ready),
+                Arc::clone(&self.last_error),
+            );
+            tokio::spawn(async move {
+                match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+                    Ok(Ok(c)) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
+                    Ok(Err(e)) => {
+                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string()
+                    }
+                    Err(_) => {
+                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                            format!("connecting took over {} s", CONNECT_TIMEOUT.as_secs())
+                    }
+                }
+                connecting.store(false, Ordering::SeqCst);
+                ready.notify_waiters();
+            });
+        }
+        notified.await;
+        self.cached().ok_or_else(|| StoreError {
+            store: "redis",
+            message: format!(
+                "cannot connect: {}",
+                self.last_error.lock().unwrap_or_else(|p| p.into_inner())
+            ),
+        })
+    }
+}
+
 enum Target {
     Single {
         client: redis::Client,
         config: ConnectionManagerConfig,
-        connection: Mutex<Option<ConnectionManager>>,
+        connection: Lazy<ConnectionManager>,
     },
     Cluster {
         client: ClusterClient,
-        connection: Mutex<Option<ClusterConnection>>,
+        connection: Lazy<ClusterConnection>,
     },
 }
 
@@ -147,28 +227,28 @@ impl RedisStore {
             format!("quotas.redis_url is not a Redis URL (redis://host:port/db): {e}")
         })?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
         Ok(RedisStore::with(Target::Single {
             client,
             config,
-            connection: Mutex::new(None),
+            connection: Lazy::new(),
         }))
     }
 
     /// A store on a Redis Cluster reached through `seeds`.
     pub fn cluster(seeds: &[String], timeout: Duration) -> Result<RedisStore, String> {
         let client = ClusterClient::builder(seeds.iter().map(String::as_str))
-            .connection_timeout(timeout)
+            .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(timeout)
             .retries(1)
             .build()
             .map_err(|e| format!("quotas.redis_urls: not Redis URLs (redis://host:port): {e}"))?;
         Ok(RedisStore::with(Target::Cluster {
             client,
-            connection: Mutex::new(None),
+            connection: Lazy::new(),
         }))
     }
 
@@ -182,12 +262,8 @@ impl RedisStore {
 
     fn forget_connection(&self) {
         match &self.target {
-            Target::Single { connection, .. } => {
-                *connection.lock().unwrap_or_else(|p| p.into_inner()) = None
-            }
-            Target::Cluster { connection, .. } => {
-                *connection.lock().unwrap_or_else(|p| p.into_inner()) = None
-            }
+            Target::Single { connection, .. } => connection.forget(),
+            Target::Cluster { connection, .. } => connection.forget(),
         }
     }
 
@@ -361,30 +437,18 @@ impl QuotaStore for RedisStore {
                 config,
                 connection,
             } => {
-                let cached = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let mut con = match cached {
-                    Some(c) => c,
-                    None => {
-                        let c = ConnectionManager::new_with_config(client.clone(), config.clone())
-                            .await
-                            .map_err(error)?;
-                        *connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
-                        c
-                    }
-                };
+                let (client, config) = (client.clone(), config.clone());
+                let mut con = connection
+                    .get(|| ConnectionManager::new_with_config(client, config))
+                    .await?;
                 let refs: Vec<&Charge> = charges.iter().collect();
                 self.run(&mut con, &refs).await
             }
             Target::Cluster { client, connection } => {
-                let cached = connection.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let mut con = match cached {
-                    Some(c) => c,
-                    None => {
-                        let c = client.get_async_connection().await.map_err(error)?;
-                        *connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
-                        c
-                    }
-                };
+                let client = client.clone();
+                let mut con = connection
+                    .get(|| async move { client.get_async_connection().await })
+                    .await?;
                 self.charge_cluster(&mut con, charges).await
             }
         }
