@@ -200,3 +200,109 @@ fn current_limit(limit: &QuotaLimit) -> RateLimit {
         unit: unit as i32,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+
+    fn limit(requests: u64, window_s: u64) -> QuotaLimit {
+        QuotaLimit {
+            name: Some("n".into()),
+            requests,
+            window_us: window_s * 1_000_000,
+            burst: requests,
+            unlimited: false,
+            replaces: Vec::new(),
+            shadow: false,
+        }
+    }
+
+    #[test]
+    fn windows_are_expressed_per_the_smallest_unit_they_divide() {
+        let l = current_limit(&limit(10, 60));
+        assert_eq!((l.requests_per_unit, l.unit), (10, Unit::Minute as i32));
+        let l = current_limit(&limit(10, 30));
+        assert_eq!((l.requests_per_unit, l.unit), (20, Unit::Minute as i32));
+        // 7 per 7 s: no minute, hour or day is a multiple of 7 s; a week is.
+        let l = current_limit(&limit(7, 7));
+        assert_eq!((l.requests_per_unit, l.unit), (604_800, Unit::Week as i32));
+    }
+
+    #[test]
+    fn hits_addend_follows_envoyproxy_ratelimit() {
+        let d = |hits: Option<u64>| RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+            hits_addend: hits.map(|value| UInt64Value { value }),
+            ..Default::default()
+        };
+        let req = RateLimitRequest {
+            domain: "d".into(),
+            descriptors: vec![d(None), d(Some(0)), d(Some(5))],
+            hits_addend: 0,
+        };
+        let costs: Vec<u64> = to_descriptors(&req)
+            .unwrap()
+            .iter()
+            .map(|d| d.cost)
+            .collect();
+        assert_eq!(costs, [1, 0, 5]);
+        let req = RateLimitRequest {
+            hits_addend: 3,
+            ..req
+        };
+        let costs: Vec<u64> = to_descriptors(&req)
+            .unwrap()
+            .iter()
+            .map(|d| d.cost)
+            .collect();
+        assert_eq!(costs, [3, 0, 5]);
+    }
+
+    #[test]
+    fn refunds_and_empty_requests_are_refused() {
+        let mut d = RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+            ..Default::default()
+        };
+        d.is_negative_hits = true;
+        let req = RateLimitRequest {
+            domain: "d".into(),
+            descriptors: vec![d],
+            hits_addend: 0,
+        };
+        assert!(to_descriptors(&req)
+            .unwrap_err()
+            .contains("is_negative_hits"));
+        let empty = RateLimitRequest {
+            domain: "d".into(),
+            ..Default::default()
+        };
+        assert!(to_descriptors(&empty).is_err());
+    }
+
+    #[test]
+    fn overall_code_is_never_unknown() {
+        let verdict = Verdict {
+            allowed: true,
+            applied: vec![None],
+            outcome: None,
+        };
+        let d = Decision::new("v").allow();
+        let r = to_response(&verdict, &d);
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].code, Code::Ok as i32);
+        let denied = Decision::new("v").deny(DenyReason::QuotaExceeded, "x");
+        let r = to_response(&verdict, &denied);
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert!(!r.raw_body.is_empty());
+    }
+}
