@@ -396,3 +396,69 @@ async fn a_demoted_primary_is_an_error_and_its_promotion_recovers() {
     );
     recovers(&q, &c).await;
 }
+
+// --- envoyproxy/ratelimit semantics through `apply` ------------------------
+
+#[tokio::test]
+async fn replaces_steps_a_named_limit_aside_as_envoyproxy_documents() {
+    let config = portcullis::quota::QuotaConfig::parse([(
+        "quotas.yaml",
+        "\
+domain: example
+descriptors:
+  - key: key1
+    rate_limit:
+      name: limit1
+      unit: minute
+      requests_per_unit: 5
+  - key: key2
+    rate_limit:
+      replaces:
+        - name: limit1
+      unit: minute
+      requests_per_unit: 10
+",
+    )])
+    .unwrap();
+    let quotas = Quotas::in_process(1024);
+    let d = |entries: &[(&str, &str)]| portcullis::quota::apply::Descriptor {
+        domain: "example".into(),
+        entries: entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cost: 1,
+    };
+    // With both descriptors, limit1 (5) is replaced: the 10 decides.
+    for i in 0..10 {
+        let v = portcullis::quota::apply::apply(
+            &config,
+            &quotas,
+            &[d(&[("key1", "a")]), d(&[("key2", "b")])],
+        )
+        .await;
+        assert!(v.allowed, "request {i}");
+        assert!(v.applied[0].is_none());
+        assert_eq!(v.outcome.unwrap().limit, 10);
+    }
+    let v = portcullis::quota::apply::apply(
+        &config,
+        &quotas,
+        &[d(&[("key1", "a")]), d(&[("key2", "b")])],
+    )
+    .await;
+    assert!(!v.allowed);
+    // Alone, key1 has its own 5.
+    for _ in 0..5 {
+        assert!(
+            portcullis::quota::apply::apply(&config, &quotas, &[d(&[("key1", "a")])])
+                .await
+                .allowed
+        );
+    }
+    assert!(
+        !portcullis::quota::apply::apply(&config, &quotas, &[d(&[("key1", "a")])])
+            .await
+            .allowed
+    );
+}

@@ -67,6 +67,7 @@ fn entries(
             "org" => subject.org.clone(),
             "route" => Some(subject.route.clone()),
             "method" => Some(req.method.clone()),
+            "source_ip" => req.source_ip.map(|ip| ip.to_string()),
             other => subject
                 .captures
                 .iter()

@@ -181,7 +181,7 @@ pub enum Part {
     /// Literal text.
     Text(String),
     /// `{name}`: a built-in (`principal`, `principal_type`, `org`, `route`,
-    /// `method`) or a route capture.
+    /// `method`, `source_ip`) or a route capture.
     Var(String),
 }
 
@@ -209,7 +209,14 @@ pub struct QuotaConfig {
 }
 
 /// Built-in template variables.
-pub const BUILTIN_VARS: &[&str] = &["principal", "principal_type", "org", "route", "method"];
+pub const BUILTIN_VARS: &[&str] = &[
+    "principal",
+    "principal_type",
+    "org",
+    "route",
+    "method",
+    "source_ip",
+];
 
 impl QuotaConfig {
     /// True when no domain is configured.
