@@ -125,3 +125,62 @@ fn cost(
     }
     Ok(c.default)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> QuotaConfig {
+        QuotaConfig::parse([(
+            "quotas.yaml",
+            "domain: d\ncheck:\n  - descriptor: [{key: ip, value: \"{source_ip}\"}]\n  - descriptor: [{key: org, value: \"{org}\"}]\n  - routes: [predict]\n    descriptor: [{key: m, value: \"{principal}@{model}\"}]\n    cost: {body_field: params.max_tokens, header: x-max-tokens, default: 7}\n",
+        )])
+        .unwrap()
+    }
+
+    fn subject(route: &str, org: Option<&str>) -> QuotaSubject {
+        QuotaSubject {
+            principal_type: "User".into(),
+            principal: "alice".into(),
+            org: org.map(str::to_string),
+            route: route.into(),
+            captures: vec![("model".into(), "gpt".into())],
+        }
+    }
+
+    #[test]
+    fn rules_apply_only_where_their_variables_and_routes_do() {
+        let mut req = AccessRequest::for_test("POST", "/x");
+        let d = descriptors(&config(), &subject("other", None), &req).unwrap();
+        assert!(d.is_empty(), "{d:?}");
+        req.source_ip = Some("192.0.2.1".parse().unwrap());
+        let d = descriptors(&config(), &subject("predict", Some("acme")), &req).unwrap();
+        let entries: Vec<_> = d.iter().map(|d| d.entries[0].clone()).collect();
+        assert_eq!(
+            entries,
+            [
+                ("ip".to_string(), "192.0.2.1".to_string()),
+                ("org".to_string(), "acme".to_string()),
+                ("m".to_string(), "alice@gpt".to_string()),
+            ]
+        );
+        assert_eq!(d[2].cost, 7);
+    }
+
+    #[test]
+    fn cost_comes_from_header_then_body_then_default() {
+        let s = subject("predict", None);
+        let mut req = AccessRequest::for_test("POST", "/x");
+        req.body = Some(br#"{"params": {"max_tokens": 42}}"#.to_vec());
+        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 42);
+        req.headers.insert("x-max-tokens".into(), "9".into());
+        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 9);
+        req.headers.insert("x-max-tokens".into(), "nine".into());
+        assert!(descriptors(&config(), &s, &req).is_err());
+        req.headers.clear();
+        req.body = Some(br#"{"params": {"max_tokens": -1}}"#.to_vec());
+        assert!(descriptors(&config(), &s, &req).is_err());
+        req.body = Some(b"not json".to_vec());
+        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 7);
+    }
+}
