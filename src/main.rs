@@ -420,13 +420,16 @@ fn check(
                             .join("\n")
                     )
                 })?;
+            // Offline: quotas are charged against a fresh in-process store,
+            // so the answer shows each limit as a new client would meet it.
+            let quotas = portcullis::quota::Quotas::in_process(1024);
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("start the async runtime")?
                 .block_on(async {
                     authenticator.prefetch().await;
-                    portcullis::pipeline::decide(&snapshot, &authenticator, &access).await
+                    portcullis::pipeline::decide(&snapshot, &authenticator, &quotas, &access).await
                 })
         }
     };

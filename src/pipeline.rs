@@ -9,27 +9,90 @@ use cedar_policy::EntityUid;
 use crate::authn::{entity_uid, AuthMethod, Authentication, Authenticator, Identity};
 use crate::authz::{self, RequestContext};
 use crate::decision::{Decision, DenyReason, Outcome, ShadowOutcome};
+use crate::quota::{self, check::QuotaSubject, Quotas};
 use crate::request::AccessRequest;
 use crate::routes::{self, RouteMatch, Unmatched};
 use crate::snapshot::{Snapshot, ANONYMOUS_TYPE};
 
-/// Decides one request against one snapshot, and logs the decision.
-/// Authentication may wait (a JWKS refetch on an unknown `kid`), so this is
-/// async; everything else is plain computation.
+/// Decides one request against one snapshot, charges its quotas, and logs
+/// the decision. Authentication may wait (a JWKS refetch on an unknown
+/// `kid`) and quotas may ask Redis, so this is async; everything else is
+/// plain computation.
 pub async fn decide(
     snapshot: &Snapshot,
     authenticator: &Authenticator,
+    quotas: &Quotas,
     req: &AccessRequest,
 ) -> Decision {
     let started = Instant::now();
-    let decision = explain(snapshot, authenticator, req).await;
+    let mut subject = None;
+    let decision = authenticate_and_evaluate(snapshot, authenticator, req, &mut subject).await;
+    // 5. Quota: last, so that a request any other stage refuses never
+    // consumes quota.
+    let decision = match subject {
+        Some(subject) if decision.is_allowed() => {
+            charge(snapshot, quotas, &subject, req, decision).await
+        }
+        _ => decision,
+    };
     record(&decision, req, started);
     decision
 }
 
+/// Stages 1 to 4: route, then (only for routed requests) authenticate,
+/// then resource and authorization.
+async fn authenticate_and_evaluate(
+    snapshot: &Snapshot,
+    authenticator: &Authenticator,
+    req: &AccessRequest,
+    subject: &mut Option<QuotaSubject>,
+) -> Decision {
+    match route(snapshot, req) {
+        Stage::Routed(routed) => {
+            let authentication = authenticator.authenticate(req, epoch_seconds(req)).await;
+            evaluate(snapshot, req, routed, authentication, subject)
+        }
+        Stage::Decided(decided) => decided,
+    }
+}
+
+/// The quota stage: every limit the `check:` rules give this request,
+/// charged at once; a refusal is a 429 with the limit that refused.
+async fn charge(
+    snapshot: &Snapshot,
+    quotas: &Quotas,
+    subject: &QuotaSubject,
+    req: &AccessRequest,
+    d: Decision,
+) -> Decision {
+    let descriptors = match quota::check::descriptors(&snapshot.quotas, subject, req) {
+        Ok(descriptors) => descriptors,
+        Err(bad) => return d.deny(DenyReason::BadQuotaCost, bad.0),
+    };
+    if descriptors.is_empty() {
+        return d;
+    }
+    let verdict = quota::apply::apply(&snapshot.quotas, quotas, &descriptors).await;
+    let mut d = d;
+    d.quota = verdict.outcome;
+    if verdict.allowed {
+        return d;
+    }
+    let unavailable = d
+        .quota
+        .as_ref()
+        .is_some_and(|q| q.degraded == Some(quota::OnStoreError::Deny));
+    let detail = d.quota.as_ref().map(|q| q.detail()).unwrap_or_default();
+    if unavailable {
+        d.deny(DenyReason::QuotaUnavailable, detail)
+    } else {
+        d.deny(DenyReason::QuotaExceeded, detail)
+    }
+}
+
 /// Decides a request for an identity given by the caller instead of the
 /// request's credentials (offline `check`, policy tests, explain). Not logged
-/// as a real decision.
+/// as a real decision, and charges no quota.
 pub fn decide_as(snapshot: &Snapshot, identity: Option<Identity>, req: &AccessRequest) -> Decision {
     match route(snapshot, req) {
         Stage::Routed(routed) => {
@@ -37,7 +100,7 @@ pub fn decide_as(snapshot: &Snapshot, identity: Option<Identity>, req: &AccessRe
                 Some(identity) => Authentication::Authenticated(identity),
                 None => Authentication::NoCredentials,
             };
-            evaluate(snapshot, req, routed, authentication)
+            evaluate(snapshot, req, routed, authentication, &mut None)
         }
         Stage::Decided(decided) => decided,
     }
@@ -56,6 +119,7 @@ struct Routed<'s> {
     d: Decision,
     route: &'s routes::Route,
     resource_id: String,
+    captures: Vec<(&'s str, String)>,
 }
 
 /// Stage 1, route: what is being asked for. A request no route takes is
@@ -64,10 +128,13 @@ fn route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Stage<'s> {
     let d = Decision::new(&snapshot.version);
 
     // 1. Route: what is being asked for.
-    let (route, resource_id) = match snapshot.routes.match_request(&req.method, &req.path) {
+    let (route, resource_id, captures) = match snapshot.routes.match_request(&req.method, &req.path)
+    {
         RouteMatch::Matched {
-            route, resource_id, ..
-        } => (route, resource_id),
+            route,
+            resource_id,
+            captures,
+        } => (route, resource_id, captures),
         RouteMatch::MethodNotAllowed { allowed } => {
             let allowed = allowed.join(", ");
             let mut d = d.deny(
@@ -104,6 +171,7 @@ fn route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Stage<'s> {
         d,
         route,
         resource_id,
+        captures,
     })
 }
 
@@ -113,11 +181,13 @@ fn evaluate(
     req: &AccessRequest,
     routed: Routed<'_>,
     authentication: Authentication,
+    subject: &mut Option<QuotaSubject>,
 ) -> Decision {
     let Routed {
         mut d,
         route,
         resource_id,
+        captures,
     } = routed;
 
     // 2. Authenticate: who is asking.
@@ -202,6 +272,7 @@ fn evaluate(
     d.determining_policies = outcome.determining;
     d.errors.extend(outcome.errors);
     if outcome.allowed {
+        *subject = Some(quota_subject(&identity, &route.name, captures));
         return d.allow();
     }
     if !d.errors.is_empty() {
@@ -215,6 +286,25 @@ fn evaluate(
         identity.principal, route.action, resource
     );
     d.deny(DenyReason::Forbidden, detail)
+}
+
+/// What the quota rules may use: principal, org, route and captures.
+fn quota_subject(identity: &Identity, route: &str, captures: Vec<(&str, String)>) -> QuotaSubject {
+    let org = identity
+        .parents
+        .iter()
+        .find(|p| p.type_name().basename() == "Org")
+        .map(|p| p.id().unescaped().to_string());
+    QuotaSubject {
+        principal_type: identity.principal.type_name().to_string(),
+        principal: identity.principal.id().unescaped().to_string(),
+        org,
+        route: route.to_string(),
+        captures: captures
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    }
 }
 
 /// The identity of a caller without credentials.
@@ -253,6 +343,9 @@ fn record(d: &Decision, req: &AccessRequest, started: Instant) {
         determining_policies = ?d.determining_policies,
         errors = ?d.errors,
         policy_version = %d.policy_version,
+        quota = d.quota.as_ref().map(|q| q.descriptor.as_str()),
+        quota_remaining = d.quota.as_ref().map(|q| q.remaining),
+        quota_degraded = d.quota.as_ref().and_then(|q| q.degraded).map(|m| m.as_str()),
         latency_us = started.elapsed().as_micros() as u64,
         "decision"
     );
@@ -279,26 +372,22 @@ fn record(d: &Decision, req: &AccessRequest, started: Instant) {
 pub async fn decide_recorded(
     snapshot: &Snapshot,
     authenticator: &Authenticator,
+    quotas: &Quotas,
     audit: &crate::audit::AuditSink,
     req: &AccessRequest,
 ) -> Decision {
     let started = Instant::now();
-    let decision = decide(snapshot, authenticator, req).await;
+    let decision = decide(snapshot, authenticator, quotas, req).await;
     audit.record_decision(decision, req, started.elapsed())
 }
 
 /// Decides a hypothetical request as `decide` would, authenticating its
-/// credentials, but neither logs nor records it (admin `Explain`).
+/// credentials, but neither charges quota, logs nor records it (admin
+/// `Explain`).
 pub async fn explain(
     snapshot: &Snapshot,
     authenticator: &Authenticator,
     req: &AccessRequest,
 ) -> Decision {
-    match route(snapshot, req) {
-        Stage::Routed(routed) => {
-            let authentication = authenticator.authenticate(req, epoch_seconds(req)).await;
-            evaluate(snapshot, req, routed, authentication)
-        }
-        Stage::Decided(decided) => decided,
-    }
+    authenticate_and_evaluate(snapshot, authenticator, req, &mut None).await
 }

@@ -24,6 +24,9 @@ pub struct AccessRequest {
     pub request_id: String,
     /// When the gateway received the request.
     pub time: SystemTime,
+    /// The request body, when the gateway sends it (quota costs read it).
+    /// Never logged.
+    pub body: Option<Vec<u8>>,
 }
 
 impl AccessRequest {
@@ -43,6 +46,7 @@ impl AccessRequest {
             source_principal: None,
             request_id: String::new(),
             time: SystemTime::now(),
+            body: None,
         }
     }
 }

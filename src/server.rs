@@ -22,6 +22,8 @@ use crate::gitrev::PolicyRevision;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::policy_service_server::PolicyServiceServer;
 use crate::reload::{self, PolicyStore};
+use crate::rls::RateLimiter;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -32,6 +34,8 @@ pub struct State {
     pub authenticator: Authenticator,
     /// The audit trail.
     pub audit: AuditSink,
+    /// Quota enforcement (store, timeout, failure mode).
+    pub quotas: crate::quota::Quotas,
 }
 
 /// Why the server could not start.
@@ -62,6 +66,9 @@ pub enum StartError {
     /// The decision listener's TLS files cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The quota store could not be set up.
+    #[error("quotas: {0}")]
+    Quotas(String),
 }
 
 /// A running Portcullis.
@@ -107,6 +114,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         "policy snapshot loaded"
     );
     let authenticator = Authenticator::new(&config.authentication).map_err(StartError::Authn)?;
+    let quotas = config.quotas.build().map_err(StartError::Quotas)?;
+    tracing::info!(store = quotas.store_name(), "quota store");
     let audit_config = config.audit.clone();
     let (audit, audit_writer) =
         tokio::task::spawn_blocking(move || crate::audit::start(&audit_config))
@@ -121,6 +130,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         policies: Arc::new(store),
         authenticator,
         audit,
+        quotas,
     });
 
     let bind = |what, addr| async move {
@@ -194,6 +204,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .set_serving::<PolicyServiceServer<PolicyAdmin>>()
         .await;
     health.set_serving::<AuditServiceServer<AuditAdmin>>().await;
+    health
+        .set_serving::<RateLimitServiceServer<RateLimiter>>()
+        .await;
 
     let limits = &config.server;
     let max_message = limits.max_message_bytes;
@@ -203,12 +216,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     {
         let (v1, v1alpha) = reflection(&[
             "envoy.service.auth.v3.Authorization",
+            "envoy.service.ratelimit.v3.RateLimitService",
             "grpc.health.v1.Health",
         ]);
         let authz = AuthorizationServer::new(AuthzService::new(Arc::clone(&state)))
             .max_decoding_message_size(max_message);
+        let rls = RateLimitServiceServer::new(RateLimiter::new(Arc::clone(&state)))
+            .max_decoding_message_size(max_message);
         let router = builder()
             .add_service(authz)
+            .add_service(rls)
             .add_service(health_service.clone())
             .add_service(v1)
             .add_service(v1alpha);

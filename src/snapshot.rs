@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// SHA-256 (hex) of each file, to tell which files a reload changed.
     pub file_hashes: BTreeMap<String, String>,
+    /// Quota limits and in-Check quota rules (`quotas.yaml`, `quotas/*.yaml`).
+    pub quotas: crate::quota::QuotaConfig,
 }
 
 /// One problem in a policy directory.
@@ -227,6 +229,23 @@ impl Snapshot {
             check_routes_against_schema(routes, &schema, &files[ROUTES_FILE], &mut errors);
         }
 
+        let quota_files = files
+            .iter()
+            .filter(|(f, _)| crate::quota::config::is_quota_file(f));
+        let quotas = match crate::quota::QuotaConfig::parse(
+            quota_files.map(|(f, t)| (f.as_str(), t.as_str())),
+        ) {
+            Ok(q) => q,
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| LoadError {
+                    file: e.file,
+                    line: e.line,
+                    message: e.message,
+                }));
+                crate::quota::QuotaConfig::default()
+            }
+        };
+
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -247,6 +266,7 @@ impl Snapshot {
                 .iter()
                 .map(|(name, text)| (name.clone(), hex::encode(Sha256::digest(text.as_bytes()))))
                 .collect(),
+            quotas,
         })
     }
 
@@ -283,6 +303,7 @@ fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadError> {
         let wanted = name == SCHEMA_FILE
             || name == ENTITIES_FILE
             || name == ROUTES_FILE
+            || name == crate::quota::config::QUOTAS_FILE
             || name.ends_with(".cedar");
         if !wanted || !entry.path().is_file() {
             continue;
@@ -310,6 +331,11 @@ fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadError> {
             files.insert(key, text);
         }
     }
+    crate::quota::config::read_domain_files(dir, &mut files).map_err(|(file, e)| LoadError {
+        file,
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
     Ok(files)
 }
 

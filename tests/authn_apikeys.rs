@@ -10,9 +10,9 @@ use std::process::Command;
 use portcullis::authn::Authenticator;
 use portcullis::config::{ApiKeyConfig, AuthnConfig};
 use portcullis::decision::DenyReason;
-use portcullis::pipeline::decide;
 use portcullis::request::AccessRequest;
 use portcullis::snapshot::Snapshot;
+use support::decide;
 use support::policies_dir;
 
 /// Runs `portcullis apikey new`; returns (key, entry line).

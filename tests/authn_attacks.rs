@@ -56,6 +56,7 @@ authentication:
         policies: Arc::new(PolicyStore::load(&policies_dir()).unwrap()),
         authenticator,
         audit: audit.sink.clone(),
+        quotas: portcullis::quota::Quotas::in_process(1024),
     }));
     (service, audit)
 }

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use portcullis::authn::Authenticator;
 use portcullis::config::{AuthnConfig, IntrospectionConfig};
-use portcullis::pipeline::decide;
 use portcullis::request::AccessRequest;
 use portcullis::snapshot::Snapshot;
 use serde_json::json;
+use support::decide;
 use support::{now, policies_dir, IdentityProvider, INTROSPECTION_CLIENT};
 
 fn authenticator(idp: &IdentityProvider, dir: &std::path::Path) -> Authenticator {

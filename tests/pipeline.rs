@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::authn::{AuthMethod, Authenticator, Identity};
 use portcullis::config::{AuthnConfig, IssuerConfig};
 use portcullis::decision::{DenyReason, Outcome};
-use portcullis::pipeline::{decide, decide_as};
+use portcullis::pipeline::decide_as;
 use portcullis::request::AccessRequest;
 use portcullis::snapshot::Snapshot;
 use serde_json::json;
@@ -410,4 +410,14 @@ fn shadow_outcome_is_part_of_the_decision_audit_record() {
         portcullis::audit::AuditRecord::decision(&d, &req, std::time::Duration::from_micros(5));
     assert_eq!(record.decision, "allow");
     assert_eq!(record.shadow, "deny (disagrees) [shadow-no-cn-north-1]");
+}
+
+/// The pipeline with a fresh in-process quota store.
+async fn decide(
+    s: &Snapshot,
+    authn: &Authenticator,
+    req: &AccessRequest,
+) -> portcullis::decision::Decision {
+    let quotas = portcullis::quota::Quotas::in_process(1024);
+    portcullis::pipeline::decide(s, authn, &quotas, req).await
 }

@@ -104,7 +104,7 @@ pub struct AuditRecord {
     /// Evaluation errors (policy ids and messages, never credentials).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
-    /// The quota outcome (empty until quotas exist).
+    /// The quota outcome: the limit that decided and what is left.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub quota: String,
     /// With shadow policies: the candidate set's outcome, e.g.
@@ -174,6 +174,7 @@ impl AuditRecord {
             policy_version: d.policy_version.clone(),
             latency_us: (latency.as_micros() as u64).max(1),
             source_ip: req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            quota: d.quota.as_ref().map(quota_summary).unwrap_or_default(),
             shadow: d
                 .shadow
                 .as_ref()
@@ -499,6 +500,22 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     Some(secs * 1_000 + millis)
 }
 
+/// `name: remaining/limit per Ns`, with the degraded mode when a store
+/// failure decided, e.g. `principal-requests: 41/600 per 60s (degraded: local)`.
+fn quota_summary(q: &crate::quota::apply::QuotaOutcome) -> String {
+    let mut s = format!(
+        "{}: {}/{} per {}s",
+        q.name.as_deref().unwrap_or(&q.descriptor),
+        q.remaining,
+        q.limit,
+        q.window_seconds
+    );
+    if let Some(mode) = q.degraded {
+        s.push_str(&format!(" (degraded: {})", mode.as_str()));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,3 +638,4 @@ mod tests {
         assert!(AuditRecord::authn_failure(&Decision::new("v1").allow(), &req).is_none());
     }
 }
+

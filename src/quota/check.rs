@@ -1,0 +1,186 @@
+//! Quotas inside ext_authz `Check`: the descriptors a request's identity
+//! and route yield under the `check:` rules of the quota files, each with
+//! its cost (a header, a JSON body field, or a default).
+
+use super::apply::Descriptor;
+use super::config::{CheckRule, Part, QuotaConfig};
+use crate::request::AccessRequest;
+
+/// Who asks for what, as the quota rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaSubject {
+    /// The principal's entity type, e.g. `User`.
+    pub principal_type: String,
+    /// The principal's id, e.g. `alice`.
+    pub principal: String,
+    /// The id of the principal's `Org` parent, if any.
+    pub org: Option<String>,
+    /// The matched route's name.
+    pub route: String,
+    /// The route's captures, e.g. `("model", "sentiment")`.
+    pub captures: Vec<(String, String)>,
+}
+
+/// A cost that cannot be read: the request is refused with 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadCost(pub String);
+
+/// The descriptors (with costs) that apply to a request.
+pub fn descriptors(
+    config: &QuotaConfig,
+    subject: &QuotaSubject,
+    req: &AccessRequest,
+) -> Result<Vec<Descriptor>, BadCost> {
+    let mut body: Option<Option<serde_json::Value>> = None;
+    let mut out = Vec::new();
+    for rule in &config.check_rules {
+        if let Some(routes) = &rule.routes {
+            if !routes.iter().any(|r| r == &subject.route) {
+                continue;
+            }
+        }
+        let Some(entries) = entries(rule, subject, req) else {
+            continue;
+        };
+        let cost = cost(rule, req, &mut body)?;
+        out.push(Descriptor {
+            domain: rule.domain.clone(),
+            entries,
+            cost,
+        });
+    }
+    Ok(out)
+}
+
+/// The rule's entries, or `None` when a variable has no value here (the
+/// rule does not apply, e.g. `{org}` for a user without an org).
+fn entries(
+    rule: &CheckRule,
+    subject: &QuotaSubject,
+    req: &AccessRequest,
+) -> Option<Vec<(String, String)>> {
+    let var = |name: &str| -> Option<String> {
+        match name {
+            "principal" => Some(subject.principal.clone()),
+            "principal_type" => Some(subject.principal_type.clone()),
+            "org" => subject.org.clone(),
+            "route" => Some(subject.route.clone()),
+            "method" => Some(req.method.clone()),
+            "source_ip" => req.source_ip.map(|ip| ip.to_string()),
+            other => subject
+                .captures
+                .iter()
+                .find(|(k, _)| k == other)
+                .map(|(_, v)| v.clone()),
+        }
+    };
+    rule.entries
+        .iter()
+        .map(|(key, parts)| {
+            let mut value = String::new();
+            for p in parts {
+                match p {
+                    Part::Text(t) => value.push_str(t),
+                    Part::Var(v) => value.push_str(&var(v)?),
+                }
+            }
+            Some((key.clone(), value))
+        })
+        .collect()
+}
+
+fn cost(
+    rule: &CheckRule,
+    req: &AccessRequest,
+    body: &mut Option<Option<serde_json::Value>>,
+) -> Result<u64, BadCost> {
+    let c = &rule.cost;
+    if let Some(h) = &c.header {
+        if let Some(v) = req.header(h) {
+            return v.trim().parse::<u64>().map_err(|_| {
+                BadCost(format!(
+                    "header '{h}' must be a non-negative integer (it sets the quota cost)"
+                ))
+            });
+        }
+    }
+    if let Some(field) = &c.body_field {
+        let json = body.get_or_insert_with(|| {
+            req.body
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        });
+        let mut node = json.as_ref();
+        for part in field.split('.') {
+            node = node.and_then(|n| n.get(part));
+        }
+        if let Some(v) = node.filter(|v| !v.is_null()) {
+            return v.as_u64().ok_or_else(|| {
+                BadCost(format!(
+                    "body field '{field}' must be a non-negative integer (it sets the quota cost)"
+                ))
+            });
+        }
+    }
+    Ok(c.default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> QuotaConfig {
+        QuotaConfig::parse([(
+            "quotas.yaml",
+            "domain: d\ncheck:\n  - descriptor: [{key: ip, value: \"{source_ip}\"}]\n  - descriptor: [{key: org, value: \"{org}\"}]\n  - routes: [predict]\n    descriptor: [{key: m, value: \"{principal}@{model}\"}]\n    cost: {body_field: params.max_tokens, header: x-max-tokens, default: 7}\n",
+        )])
+        .unwrap()
+    }
+
+    fn subject(route: &str, org: Option<&str>) -> QuotaSubject {
+        QuotaSubject {
+            principal_type: "User".into(),
+            principal: "alice".into(),
+            org: org.map(str::to_string),
+            route: route.into(),
+            captures: vec![("model".into(), "gpt".into())],
+        }
+    }
+
+    #[test]
+    fn rules_apply_only_where_their_variables_and_routes_do() {
+        let mut req = AccessRequest::for_test("POST", "/x");
+        let d = descriptors(&config(), &subject("other", None), &req).unwrap();
+        assert!(d.is_empty(), "{d:?}");
+        req.source_ip = Some("192.0.2.1".parse().unwrap());
+        let d = descriptors(&config(), &subject("predict", Some("acme")), &req).unwrap();
+        let entries: Vec<_> = d.iter().map(|d| d.entries[0].clone()).collect();
+        assert_eq!(
+            entries,
+            [
+                ("ip".to_string(), "192.0.2.1".to_string()),
+                ("org".to_string(), "acme".to_string()),
+                ("m".to_string(), "alice@gpt".to_string()),
+            ]
+        );
+        assert_eq!(d[2].cost, 7);
+    }
+
+    #[test]
+    fn cost_comes_from_header_then_body_then_default() {
+        let s = subject("predict", None);
+        let mut req = AccessRequest::for_test("POST", "/x");
+        req.body = Some(br#"{"params": {"max_tokens": 42}}"#.to_vec());
+        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 42);
+        req.headers.insert("x-max-tokens".into(), "9".into());
+        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 9);
+        req.headers.insert("x-max-tokens".into(), "nine".into());
+        assert!(descriptors(&config(), &s, &req).is_err());
+        req.headers.clear();
+        req.body = Some(br#"{"params": {"max_tokens": -1}}"#.to_vec());
+        assert!(descriptors(&config(), &s, &req).is_err());
+        req.body = Some(b"not json".to_vec());
+        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 7);
+    }
+}

@@ -1,0 +1,281 @@
+//! Quotas: limits per descriptor (user, org, app, model, ...), checked and
+//! charged all-or-nothing with a cost, in one of two stores behind one
+//! trait. Serving quotas to Envoy is `rls.rs`'s job and to ext_authz the
+//! pipeline's; this module knows no wire format.
+//!
+//! Why all-or-nothing: a request that one limit refuses must not eat the
+//! quota of the others, or a client throttled on one model loses its org's
+//! budget too.
+
+pub mod apply;
+pub mod check;
+pub mod config;
+pub mod gcra;
+pub mod local;
+pub mod redis;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use config::{QuotaConfig, QuotaLimit};
+use gcra::Rate;
+
+/// One limit that applies to a request, and what it charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The counter's key: domain and descriptor entries, e.g.
+    /// `ml_api|user=alice`.
+    pub key: String,
+    /// The limit's rate and burst.
+    pub rate: Rate,
+    /// Units to charge (0: check only).
+    pub cost: u64,
+    /// Shadow mode: reported, never limits.
+    pub shadow: bool,
+}
+
+/// The state of one limit after a charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    /// The charge did not fit (for a shadow limit: would not have fitted).
+    pub over: bool,
+    /// Units left.
+    pub remaining: u64,
+    /// Microseconds until the bucket is full again.
+    pub reset_us: u64,
+    /// When over: microseconds until the charge would fit.
+    pub retry_us: u64,
+}
+
+/// The answer to one atomic check-and-charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charged {
+    /// Every non-shadow limit fitted, and all were charged. When false,
+    /// nothing was charged.
+    pub allowed: bool,
+    /// One state per charge, in order.
+    pub states: Vec<LimitState>,
+}
+
+/// A store failed to answer (unreachable, timed out, errored).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("quota store {store}: {message}")]
+pub struct StoreError {
+    /// Which store.
+    pub store: &'static str,
+    /// What happened (for operators; never sent to clients).
+    pub message: String,
+}
+
+/// A quota store: one atomic check-and-charge over a set of limits.
+#[tonic::async_trait]
+pub trait QuotaStore: Send + Sync + std::fmt::Debug {
+    /// Checks every charge; if every non-shadow one fits, charges them all
+    /// (and shadow ones that fit), else charges none.
+    async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError>;
+    /// The store's name for logs (`local`, `redis`).
+    fn name(&self) -> &'static str;
+}
+
+/// Where time comes from for the in-process store.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Microseconds since the Unix epoch.
+    fn now_us(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock at `us` microseconds.
+    pub fn at(us: u64) -> Arc<ManualClock> {
+        Arc::new(ManualClock(AtomicU64::new(us)))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What to do when the store fails to answer within its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Refuse the request (503 with Retry-After).
+    Deny,
+    /// Let the request through uncounted.
+    Allow,
+    /// Enforce in-process limits (divided by `replicas`) until the store
+    /// answers again.
+    Local,
+}
+
+impl OnStoreError {
+    /// The mode's name for logs and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreError::Deny => "deny",
+            OnStoreError::Allow => "allow",
+            OnStoreError::Local => "local",
+        }
+    }
+}
+
+/// The result of charging through [`Quotas`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforced {
+    /// The store (or the local fallback) answered.
+    Charged {
+        /// The answer.
+        charged: Charged,
+        /// Set when the answer came from the degraded mode (`local`).
+        degraded: Option<OnStoreError>,
+    },
+    /// The store failed and the mode is `allow`: let through, uncounted.
+    AllowedUnchecked,
+    /// The store failed and the mode is `deny`.
+    Unavailable,
+}
+
+/// The configured quota enforcement: a store, its timeout, and what to do
+/// when it fails.
+#[derive(Debug)]
+pub struct Quotas {
+    store: Arc<dyn QuotaStore>,
+    timeout: Duration,
+    on_error: OnStoreError,
+    fallback: local::LocalStore,
+    replicas: u64,
+    degraded: AtomicU64,
+}
+
+impl Quotas {
+    /// Enforcement through `store`; failures handled per `on_error`.
+    pub fn new(
+        store: Arc<dyn QuotaStore>,
+        timeout: Duration,
+        on_error: OnStoreError,
+        replicas: u64,
+        max_local_keys: usize,
+    ) -> Quotas {
+        Quotas {
+            store,
+            timeout,
+            on_error,
+            fallback: local::LocalStore::new(max_local_keys, Arc::new(SystemClock)),
+            replicas: replicas.max(1),
+            degraded: AtomicU64::new(0),
+        }
+    }
+
+    /// In-process quotas only (the default, and offline `check`).
+    pub fn in_process(max_keys: usize) -> Quotas {
+        let store = Arc::new(local::LocalStore::new(max_keys, Arc::new(SystemClock)));
+        Quotas::new(
+            store,
+            Duration::from_millis(10),
+            OnStoreError::Deny,
+            1,
+            max_keys,
+        )
+    }
+
+    /// The store's name.
+    pub fn store_name(&self) -> &'static str {
+        self.store.name()
+    }
+
+    /// Decisions taken in a degraded mode since start.
+    pub fn degraded_decisions(&self) -> u64 {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Checks and charges, bounded by the timeout; a store failure maps here,
+    /// in exactly one place, to the configured behaviour.
+    pub async fn enforce(&self, charges: &[Charge]) -> Enforced {
+        if charges.is_empty() {
+            return Enforced::Charged {
+                charged: Charged {
+                    allowed: true,
+                    states: Vec::new(),
+                },
+                degraded: None,
+            };
+        }
+        let error = match tokio::time::timeout(self.timeout, self.store.charge(charges)).await {
+            Ok(Ok(charged)) => {
+                return Enforced::Charged {
+                    charged,
+                    degraded: None,
+                }
+            }
+            Ok(Err(e)) => e,
+            Err(_) => StoreError {
+                store: self.store.name(),
+                message: format!("no answer within {} ms", self.timeout.as_millis()),
+            },
+        };
+        self.degraded.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            target: "portcullis::quota",
+            error = %error,
+            mode = self.on_error.as_str(),
+            "quota store failed; deciding in degraded mode"
+        );
+        match self.on_error {
+            OnStoreError::Deny => Enforced::Unavailable,
+            OnStoreError::Allow => Enforced::AllowedUnchecked,
+            OnStoreError::Local => {
+                let scaled: Vec<Charge> = charges
+                    .iter()
+                    .map(|c| Charge {
+                        rate: scale(c.rate, self.replicas),
+                        ..c.clone()
+                    })
+                    .collect();
+                let charged = self
+                    .fallback
+                    .charge_now(&scaled)
+                    .expect("the in-process store does not fail");
+                Enforced::Charged {
+                    charged,
+                    degraded: Some(OnStoreError::Local),
+                }
+            }
+        }
+    }
+}
+
+/// A rate divided among `replicas` processes that each enforce it alone.
+fn scale(rate: Rate, replicas: u64) -> Rate {
+    if replicas <= 1 {
+        return rate;
+    }
+    let emission_us = rate.emission_us.saturating_mul(replicas);
+    let burst = (rate.burst() / replicas).max(1);
+    Rate {
+        emission_us,
+        tolerance_us: emission_us.saturating_mul(burst),
+    }
+}

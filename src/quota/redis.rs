@@ -1,0 +1,463 @@
+//! The Redis quota store: one Lua script, the same GCRA as `gcra.rs`, run
+//! atomically by Redis over every key of a request in one round trip, with
+//! time from the Redis server (`TIME`), so replicas with skewed clocks
+//! cannot split or double count.
+//!
+//! The script is sent once and then called by hash (`EVALSHA`); the `redis`
+//! crate's `Script` resends it on `NOSCRIPT` (after a restart or
+//! `SCRIPT FLUSH`). Every key written gets a TTL equal to the time until its
+//! bucket is full again, after which it carries no information.
+//!
+//! The connection is a `ConnectionManager` (one multiplexed connection that
+//! reconnects after errors), created lazily, in the background, so that
+//! Portcullis starts and serves in its failure mode while Redis is down, and
+//! a connect slower than one request's timeout still completes. A `READONLY` reply (a
+//! failed-over primary) drops the connection so the next call reconnects.
+//!
+//! Redis Cluster: every key is its own hash tag (`portcullis:q:{<key>}`),
+//! so keys spread over the slots. The keys of one request that share a slot
+//! are charged by one script call, atomically. Keys in different slots are
+//! charged slot by slot (in the request's order); when a later slot refuses, the
+//! slots already charged are refunded (compensation), so a refused request
+//! consumes nothing once the call returns. Between a charge and its refund a
+//! concurrent request may see the temporary charge and be refused (never
+//! over-admitted); if the refund itself fails, the earlier slots stay
+//! charged (errs towards refusing).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+
+use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
+
+/// The GCRA of `gcra::assess` over all KEYS, all or nothing.
+///
+/// ARGV: per key, 4 values: emission_us, tolerance_us, cost, shadow (0|1).
+/// Returns: allowed (0|1), then per key: over, remaining, reset_us, retry_us.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local tats, news, over = {}, {}, {}
+local out = {0}
+local allowed = 1
+for i = 1, n do
+  local emission = tonumber(ARGV[(i - 1) * 4 + 1])
+  local tolerance = tonumber(ARGV[(i - 1) * 4 + 2])
+  local cost = tonumber(ARGV[(i - 1) * 4 + 3])
+  local shadow = ARGV[(i - 1) * 4 + 4] == '1'
+  local tat = news[KEYS[i]] or tonumber(redis.call('GET', KEYS[i]) or '0')
+  local base = math.max(tat, now)
+  local new_tat = base + cost * emission
+  local ahead = new_tat - now
+  local remaining, reset, retry
+  if ahead > tolerance then
+    over[i] = 1
+    remaining = math.floor(math.max(tolerance - (base - now), 0) / emission)
+    reset = base - now
+    retry = ahead - tolerance
+    if not shadow then allowed = 0 end
+  else
+    over[i] = 0
+    remaining = math.floor((tolerance - ahead) / emission)
+    reset = ahead
+    retry = 0
+    if cost > 0 then news[KEYS[i]] = new_tat end
+  end
+  tats[i] = base
+  out[#out + 1] = over[i]
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+out[1] = allowed
+if allowed == 1 then
+  for key, new_tat in pairs(news) do
+    local ttl = math.max(math.ceil((new_tat - now) / 1000), 1)
+    redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl)
+  end
+else
+  -- Nothing was charged: report each state as it stays.
+  for i = 1, n do
+    if over[i] == 0 then
+      local emission = tonumber(ARGV[(i - 1) * 4 + 1])
+      local tolerance = tonumber(ARGV[(i - 1) * 4 + 2])
+      out[(i - 1) * 4 + 3] = math.floor((tolerance - (tats[i] - now)) / emission)
+      out[(i - 1) * 4 + 4] = tats[i] - now
+    end
+  end
+end
+return out
+"#;
+
+/// Gives back what a charge took: ARGV per key: emission_us * cost.
+const REFUND: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local new_tat = tat - tonumber(ARGV[i])
+  if new_tat <= now then
+    redis.call('DEL', KEYS[i])
+  else
+    local ttl = math.max(math.ceil((new_tat - now) / 1000), 1)
+    redis.call('SET', KEYS[i], string.format('%d', new_tat), 'PX', ttl)
+  end
+end
+return 1
+"#;
+
+/// Prefix of every key Portcullis writes.
+pub const KEY_PREFIX: &str = "portcullis:q:";
+
+/// How long a (background) connection attempt may take. Longer than one
+/// request's budget on purpose: a connect slower than that still completes
+/// and serves the requests after it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection made in the background. A request waits for it at most
+/// its own timeout (enforced by the caller); the attempt goes on without it
+/// and ends by itself within `CONNECT_TIMEOUT`.
+struct Lazy<C> {
+    slot: Arc<Mutex<Option<C>>>,
+    connecting: Arc<AtomicBool>,
+    ready: Arc<tokio::sync::Notify>,
+    last_error: Arc<Mutex<String>>,
+}
+
+impl<C: Clone + Send + 'static> Lazy<C> {
+    fn new() -> Self {
+        Lazy {
+            slot: Arc::new(Mutex::new(None)),
+            connecting: Arc::new(AtomicBool::new(false)),
+            ready: Arc::new(tokio::sync::Notify::new()),
+            last_error: Arc::new(Mutex::new(String::new())),
+        }
+    }
+
+    fn cached(&self) -> Option<C> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn forget(&self) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    async fn get<F>(&self, connect: impl FnOnce() -> F) -> Result<C, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<C>> + Send + 'static,
+    {
+        let notified = self.ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(c) = self.cached() {
+            return Ok(c);
+        }
+        if !self.connecting.swap(true, Ordering::SeqCst) {
+            let attempt = connect();
+            let (slot, connecting, ready, last_error) = (
+                Arc::clone(&self.slot),
+                Arc::clone(&self.connecting),
+                Arc::clone(&self.ready),
+                Arc::clone(&self.last_error),
+            );
+            tokio::spawn(async move {
+                match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+                    Ok(Ok(c)) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
+                    Ok(Err(e)) => {
+                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string()
+                    }
+                    Err(_) => {
+                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                            format!("connecting took over {} s", CONNECT_TIMEOUT.as_secs())
+                    }
+                }
+                connecting.store(false, Ordering::SeqCst);
+                ready.notify_waiters();
+            });
+        }
+        notified.await;
+        self.cached().ok_or_else(|| StoreError {
+            store: "redis",
+            message: format!(
+                "cannot connect: {}",
+                self.last_error.lock().unwrap_or_else(|p| p.into_inner())
+            ),
+        })
+    }
+}
+
+enum Target {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        connection: Lazy<ConnectionManager>,
+    },
+    Cluster {
+        client: ClusterClient,
+        connection: Lazy<ClusterConnection>,
+    },
+}
+
+/// Quota counters in Redis (one primary, or a Redis Cluster).
+pub struct RedisStore {
+    target: Target,
+    script: redis::Script,
+    refund: redis::Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store for `url` (`redis://host:port/db`); connects on first use.
+    /// `timeout` bounds connecting and each command.
+    pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, String> {
+        let client = redis::Client::open(url).map_err(|e| {
+            format!("quotas.redis_url is not a Redis URL (redis://host:port/db): {e}")
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        Ok(RedisStore::with(Target::Single {
+            client,
+            config,
+            connection: Lazy::new(),
+        }))
+    }
+
+    /// A store on a Redis Cluster reached through `seeds`.
+    pub fn cluster(seeds: &[String], timeout: Duration) -> Result<RedisStore, String> {
+        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| format!("quotas.redis_urls: not Redis URLs (redis://host:port): {e}"))?;
+        Ok(RedisStore::with(Target::Cluster {
+            client,
+            connection: Lazy::new(),
+        }))
+    }
+
+    fn with(target: Target) -> RedisStore {
+        RedisStore {
+            target,
+            script: redis::Script::new(SCRIPT),
+            refund: redis::Script::new(REFUND),
+        }
+    }
+
+    fn forget_connection(&self) {
+        match &self.target {
+            Target::Single { connection, .. } => connection.forget(),
+            Target::Cluster { connection, .. } => connection.forget(),
+        }
+    }
+
+    async fn run<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        charges: &[&Charge],
+    ) -> Result<Charged, StoreError> {
+        let mut invocation = self.script.prepare_invoke();
+        for c in charges {
+            invocation
+                .key(redis_key(&c.key))
+                .arg(c.rate.emission_us)
+                .arg(c.rate.tolerance_us)
+                .arg(c.cost)
+                .arg(u8::from(c.shadow));
+        }
+        let reply: Vec<i64> = match invocation.invoke_async(con).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+                    self.forget_connection();
+                }
+                return Err(error(e));
+            }
+        };
+        if reply.len() != 1 + 4 * charges.len() {
+            return Err(StoreError {
+                store: "redis",
+                message: format!("the quota script answered {} values", reply.len()),
+            });
+        }
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        let states = reply[1..]
+            .chunks(4)
+            .map(|s| LimitState {
+                over: s[0] == 1,
+                remaining: u(s[1]),
+                reset_us: u(s[2]),
+                retry_us: u(s[3]),
+            })
+            .collect();
+        Ok(Charged {
+            allowed: reply[0] == 1,
+            states,
+        })
+    }
+
+    async fn charge_cluster(
+        &self,
+        con: &mut ClusterConnection,
+        charges: &[Charge],
+    ) -> Result<Charged, StoreError> {
+        let mut slots: Vec<(Slot, Vec<usize>)> = Vec::new();
+        for (i, c) in charges.iter().enumerate() {
+            let slot = Slot::for_key(redis_key(&c.key));
+            match slots.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => slots.push((slot, vec![i])),
+            }
+        }
+        let mut states: Vec<Option<LimitState>> = vec![None; charges.len()];
+        let mut charged_groups: Vec<&Vec<usize>> = Vec::new();
+        let mut refused = false;
+        for (_, members) in &slots {
+            let group: Vec<Charge> = members
+                .iter()
+                .map(|&i| Charge {
+                    // After a refusal: only report, charge nothing.
+                    cost: if refused { 0 } else { charges[i].cost },
+                    ..charges[i].clone()
+                })
+                .collect();
+            let refs: Vec<&Charge> = group.iter().collect();
+            let result = self.run(con, &refs).await;
+            let result = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.refund_groups(con, charges, &states, &charged_groups)
+                        .await;
+                    return Err(e);
+                }
+            };
+            for (&i, state) in members.iter().zip(&result.states) {
+                states[i] = Some(*state);
+            }
+            if refused {
+                // Reported with cost 0: show the real cost's verdict.
+                for &i in members {
+                    let c = &charges[i];
+                    let st = states[i].as_mut().expect("set above");
+                    let ahead = c.cost * c.rate.emission_us + st.reset_us;
+                    st.over = ahead > c.rate.tolerance_us;
+                    st.retry_us = ahead.saturating_sub(c.rate.tolerance_us);
+                }
+            } else if result.allowed {
+                charged_groups.push(members);
+            } else {
+                refused = true;
+            }
+        }
+        if refused {
+            self.refund_groups(con, charges, &states, &charged_groups)
+                .await;
+            for members in &charged_groups {
+                for &i in *members {
+                    let c = &charges[i];
+                    let st = states[i].as_mut().expect("charged");
+                    if !st.over && c.cost > 0 {
+                        st.remaining = (st.remaining + c.cost).min(c.rate.burst());
+                        st.reset_us = st.reset_us.saturating_sub(c.cost * c.rate.emission_us);
+                    }
+                }
+            }
+        }
+        Ok(Charged {
+            allowed: !refused,
+            states: states
+                .into_iter()
+                .map(|s| s.expect("every charge answered"))
+                .collect(),
+        })
+    }
+
+    async fn refund_groups(
+        &self,
+        con: &mut ClusterConnection,
+        charges: &[Charge],
+        states: &[Option<LimitState>],
+        groups: &[&Vec<usize>],
+    ) {
+        for members in groups {
+            let mut invocation = self.refund.prepare_invoke();
+            let mut any = false;
+            for &i in *members {
+                let c = &charges[i];
+                let charged = states[i].is_some_and(|s| !s.over) && c.cost > 0;
+                if charged {
+                    invocation
+                        .key(redis_key(&c.key))
+                        .arg(c.cost * c.rate.emission_us);
+                    any = true;
+                }
+            }
+            if any {
+                if let Err(e) = invocation.invoke_async::<i64>(con).await {
+                    tracing::warn!(target: "portcullis::quota", error = %e, "quota refund failed; the charge stays");
+                }
+            }
+        }
+    }
+}
+
+fn redis_key(key: &str) -> String {
+    format!("{KEY_PREFIX}{{{key}}}")
+}
+
+fn error(e: redis::RedisError) -> StoreError {
+    StoreError {
+        store: "redis",
+        message: e.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl QuotaStore for RedisStore {
+    async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
+        match &self.target {
+            Target::Single {
+                client,
+                config,
+                connection,
+            } => {
+                let (client, config) = (client.clone(), config.clone());
+                let mut con = connection
+                    .get(|| ConnectionManager::new_with_config(client, config))
+                    .await?;
+                let refs: Vec<&Charge> = charges.iter().collect();
+                self.run(&mut con, &refs).await
+            }
+            Target::Cluster { client, connection } => {
+                let client = client.clone();
+                let mut con = connection
+                    .get(|| async move { client.get_async_connection().await })
+                    .await?;
+                self.charge_cluster(&mut con, charges).await
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.target {
+            Target::Single { .. } => "redis",
+            Target::Cluster { .. } => "redis_cluster",
+        }
+    }
+}

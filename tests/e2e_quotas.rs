@@ -1,0 +1,140 @@
+//! Quotas end to end through a real Envoy with `deploy/envoy.yaml`:
+//! Envoy's ratelimit filter -> Portcullis RLS -> 429 after the limit, and the
+//! same kind of limit enforced through ext_authz alone (the config without
+//! the ratelimit filter). `portcullis serve` runs with no Redis configured,
+//! so quotas are enforced in process.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use support::{Envoy, HttpRequest, HttpResponse, Portcullis, Upstream};
+
+/// The bundled policies with the tight test quotas over them.
+fn policies(into: &Path) -> PathBuf {
+    let dir = into.join("policies");
+    std::fs::create_dir_all(dir.join("quotas")).unwrap();
+    for entry in std::fs::read_dir(support::policies_dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(
+        support::fixture("quotas/quotas.yaml"),
+        dir.join("quotas.yaml"),
+    )
+    .unwrap();
+    dir
+}
+
+/// `deploy/envoy.yaml` without its ratelimit filter: a gateway that speaks
+/// only ext_authz.
+fn without_ratelimit_filter(config: String) -> String {
+    let start = config
+        .find("                  - name: envoy.filters.http.ratelimit")
+        .expect("deploy/envoy.yaml has the ratelimit filter");
+    let end = start
+        + config[start + 1..]
+            .find("                  - name: ")
+            .expect("a filter follows the ratelimit filter")
+        + 1;
+    format!("{}{}", &config[..start], &config[end..])
+}
+
+fn problem(r: &HttpResponse) -> Value {
+    assert!(
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("application/problem+json"),
+        "{:?}",
+        r.headers
+    );
+    r.json()
+}
+
+#[test]
+fn envoy_ratelimit_filter_gets_429_with_headers_from_rls() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = policies(dir.path()).display().to_string();
+    let upstream = Upstream::start();
+    let pdp = Portcullis::start(&["--policies", &dir_arg]);
+    let envoy = Envoy::start(pdp.addr(), upstream.addr());
+
+    // The fixture allows 2 requests an hour per client address (RLS).
+    for _ in 0..2 {
+        let r = HttpRequest::get("/v1/status").send(envoy.addr());
+        assert_eq!(
+            r.status,
+            200,
+            "{:?} {}\n{}",
+            r.headers,
+            r.text(),
+            pdp.stderr()
+        );
+    }
+    let r = HttpRequest::get("/v1/status").send(envoy.addr());
+    assert_eq!(r.status, 429, "{:?} {}", r.headers, r.text());
+    assert_eq!(
+        upstream.hits(),
+        2,
+        "the refused request must not reach the upstream"
+    );
+    // Headers describe the limit that refused: 2 per hour, none left.
+    assert_eq!(r.header("ratelimit-limit"), Some("2"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(r.header("ratelimit-policy"), Some("2;w=3600"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=1800).contains(&retry), "retry-after {retry}");
+    // Envoy's own draft-03 headers, from the descriptor statuses.
+    assert_eq!(
+        r.header("x-ratelimit-limit").map(|v| v.starts_with('2')),
+        Some(true),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    let p = problem(&r);
+    assert_eq!(p["status"], 429);
+    assert_eq!(p["type"], "urn:portcullis:problem:quota_exceeded");
+}
+
+#[test]
+fn ext_authz_alone_enforces_quotas_with_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = policies(dir.path()).display().to_string();
+    let upstream = Upstream::start();
+    let pdp = Portcullis::start(&["--policies", &dir_arg]);
+    let envoy = Envoy::start_edited(pdp.addr(), upstream.addr(), without_ratelimit_filter);
+
+    // The fixture allows anonymous callers 3 requests an hour (in Check);
+    // allowed responses tell the client what is left.
+    for remaining in ["2", "1", "0"] {
+        let r = HttpRequest::get("/v1/status").send(envoy.addr());
+        assert_eq!(
+            r.status,
+            200,
+            "{:?} {}\n{}",
+            r.headers,
+            r.text(),
+            pdp.stderr()
+        );
+        assert_eq!(
+            r.header("ratelimit-remaining"),
+            Some(remaining),
+            "{:?}",
+            r.headers
+        );
+        assert_eq!(r.header("ratelimit-limit"), Some("3"));
+    }
+    let r = HttpRequest::get("/v1/status").send(envoy.addr());
+    assert_eq!(r.status, 429, "{:?} {}", r.headers, r.text());
+    assert_eq!(upstream.hits(), 3);
+    assert_eq!(r.header("ratelimit-limit"), Some("3"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    let p = problem(&r);
+    assert_eq!(p["type"], "urn:portcullis:problem:quota_exceeded");
+    assert_eq!(p["quota"]["limit"], 3);
+}

@@ -1,0 +1,526 @@
+//! Quotas through the gRPC server in process: RLS `ShouldRateLimit` and
+//! quotas inside ext_authz `Check`, with the in-process store and with a
+//! real Redis.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::config::core::v3::{Address as CoreAddress, SocketAddress};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use portcullis::config::{Config, QuotaSettings, QuotaStoreKind};
+use portcullis::server::{self, Running};
+use support::RedisServer;
+
+const SERVICE_ACCOUNT: &str = "spiffe://acme.example/ns/ml/sa/batch-scorer";
+
+/// The bundled policies with the tight test quotas over them.
+fn policies(into: &Path) -> PathBuf {
+    let dir = into.join("policies");
+    std::fs::create_dir_all(dir.join("quotas")).unwrap();
+    for entry in std::fs::read_dir(support::policies_dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(
+        support::fixture("quotas/quotas.yaml"),
+        dir.join("quotas.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        support::fixture("quotas/quotas/messaging.yaml"),
+        dir.join("quotas/messaging.yaml"),
+    )
+    .unwrap();
+    dir
+}
+
+async fn start(dir: &Path, quotas: QuotaSettings) -> Running {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        policies: policies(dir),
+        quotas,
+        // Each server its own audit trail (a directory takes one writer).
+        audit: portcullis::config::AuditConfig {
+            directory: dir.join("audit"),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    server::start(&config).await.expect("server starts")
+}
+
+fn redis_settings(redis: &RedisServer) -> QuotaSettings {
+    QuotaSettings {
+        store: QuotaStoreKind::Redis,
+        redis_url: Some(redis.url()),
+        timeout_ms: 500,
+        ..QuotaSettings::default()
+    }
+}
+
+// --- RLS -------------------------------------------------------------------
+
+fn rls_request(domain: &str, descriptors: &[&[(&str, &str)]], hits: u32) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.into(),
+        descriptors: descriptors
+            .iter()
+            .map(|entries| RateLimitDescriptor {
+                entries: entries
+                    .iter()
+                    .map(|(k, v)| Entry {
+                        key: k.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+        hits_addend: hits,
+    }
+}
+
+async fn rls(running: &Running, req: RateLimitRequest) -> RateLimitResponse {
+    let mut client = RateLimitServiceClient::connect(format!("http://{}", running.decision_addr))
+        .await
+        .unwrap();
+    client.should_rate_limit(req).await.unwrap().into_inner()
+}
+
+fn header<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>, name: &str) -> Option<String> {
+    headers
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.to_string())
+}
+
+fn rls_header(r: &RateLimitResponse, name: &str) -> Option<String> {
+    header(
+        r.response_headers_to_add
+            .iter()
+            .map(|h| (h.key.as_str(), h.value.as_str())),
+        name,
+    )
+}
+
+async fn rls_suite(running: &Running) {
+    // Two per hour per address; a descriptor without a limit is OK.
+    let req = || {
+        rls_request(
+            "ml_api",
+            &[&[("remote_address", "10.1.2.3")], &[("nothing", "here")]],
+            0,
+        )
+    };
+    for remaining in [1u32, 0] {
+        let r = rls(running, req()).await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses.len(), 2);
+        let s = &r.statuses[0];
+        assert_eq!(s.code, Code::Ok as i32);
+        assert_eq!(s.limit_remaining, remaining);
+        let limit = s.current_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.requests_per_unit, limit.name.as_str()),
+            (2, "per-address")
+        );
+        assert!(s.duration_until_reset.as_ref().unwrap().seconds > 0);
+        assert_eq!(r.statuses[1].code, Code::Ok as i32);
+        assert_eq!(
+            rls_header(&r, "ratelimit-remaining"),
+            Some(remaining.to_string())
+        );
+        assert!(r.raw_body.is_empty());
+    }
+    let r = rls(running, req()).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[1].code, Code::Ok as i32);
+    assert_eq!(rls_header(&r, "ratelimit-limit"), Some("2".into()));
+    assert_eq!(rls_header(&r, "ratelimit-remaining"), Some("0".into()));
+    let retry: u64 = rls_header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=1800).contains(&retry), "{retry}");
+    let body: serde_json::Value = serde_json::from_slice(&r.raw_body).unwrap();
+    assert_eq!(body["status"], 429);
+    assert_eq!(body["type"], "urn:portcullis:problem:quota_exceeded");
+    assert_eq!(body["quota"]["limit"], 2);
+
+    // hits_addend: an explicit 0 on a descriptor checks without charging;
+    // the request-level value charges every descriptor.
+    let mut check_only = rls_request("ml_api", &[&[("remote_address", "10.9.9.9")]], 0);
+    check_only.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
+    for _ in 0..3 {
+        let r = rls(running, check_only.clone()).await;
+        assert_eq!(r.statuses[0].limit_remaining, 2);
+    }
+    let two = rls(
+        running,
+        rls_request("ml_api", &[&[("remote_address", "10.9.9.9")]], 2),
+    )
+    .await;
+    assert_eq!(two.overall_code, Code::Ok as i32);
+    assert_eq!(two.statuses[0].limit_remaining, 0);
+
+    // Shadow mode reports but never limits; unlimited never counts.
+    for _ in 0..3 {
+        let r = rls(
+            running,
+            rls_request("ml_api", &[&[("shadowed", "x")], &[("free", "y")]], 0),
+        )
+        .await;
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert!(r.statuses.iter().all(|s| s.code == Code::Ok as i32));
+    }
+
+    // envoyproxy/ratelimit example 2 (quotas/messaging.yaml), as documented:
+    // 5 marketing messages a day to a number, 100 to any number.
+    let marketing = || {
+        rls_request(
+            "messaging",
+            &[&[("message_type", "marketing"), ("to_number", "2061234567")]],
+            0,
+        )
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            rls(running, marketing()).await.overall_code,
+            Code::Ok as i32
+        );
+    }
+    let r = rls(running, marketing()).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let any = rls(
+        running,
+        rls_request("messaging", &[&[("to_number", "2061234567")]], 0),
+    )
+    .await;
+    assert_eq!(any.overall_code, Code::Ok as i32);
+    assert_eq!(
+        any.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        100
+    );
+
+    // An unknown domain limits nothing.
+    let r = rls(running, rls_request("other", &[&[("a", "b")]], 0)).await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+
+    // Malformed requests are errors, never an OK.
+    let mut client = RateLimitServiceClient::connect(format!("http://{}", running.decision_addr))
+        .await
+        .unwrap();
+    let err = client
+        .should_rate_limit(rls_request("", &[&[("a", "b")]], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn rls_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), QuotaSettings::default()).await;
+    rls_suite(&running).await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn rls_with_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), redis_settings(&redis)).await;
+    rls_suite(&running).await;
+    running.shutdown().await.unwrap();
+}
+
+// --- in Check --------------------------------------------------------------
+
+fn check_request(
+    method: &str,
+    path: &str,
+    principal: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                principal: principal.unwrap_or_default().into(),
+                address: Some(CoreAddress {
+                    address: Some(Address::SocketAddress(SocketAddress {
+                        address: "127.0.0.1".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "api.test".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    raw_body: body.to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn status(r: &CheckResponse) -> u16 {
+    match &r.http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().unwrap().code as u16,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Headers for the client: `response_headers_to_add` on an allow, the
+/// denied response's headers on a refusal.
+fn client_header(r: &CheckResponse, name: &str) -> Option<String> {
+    let headers: Vec<_> = match &r.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok.response_headers_to_add.clone(),
+        Some(HttpResponse::DeniedResponse(d)) => d.headers.clone(),
+        _ => Vec::new(),
+    };
+    let pairs: Vec<(String, String)> = headers
+        .into_iter()
+        .filter_map(|h| h.header)
+        .map(|h| (h.key, h.value))
+        .collect();
+    header(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), name)
+}
+
+async fn check(running: &Running, req: CheckRequest) -> CheckResponse {
+    let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
+        .await
+        .unwrap();
+    client.check(req).await.unwrap().into_inner()
+}
+
+const PREDICT: &str = "/v1/models/sentiment/versions/v2:predict";
+
+async fn check_suite(running: &Running) {
+    // Anonymous callers share one bucket of 3 an hour on /v1/status.
+    for remaining in ["2", "1", "0"] {
+        let r = check(running, check_request("GET", "/v1/status", None, &[], b"")).await;
+        assert_eq!(status(&r), 200);
+        assert_eq!(
+            client_header(&r, "ratelimit-remaining").as_deref(),
+            Some(remaining)
+        );
+        assert_eq!(client_header(&r, "ratelimit-limit").as_deref(), Some("3"));
+    }
+    let r = check(running, check_request("GET", "/v1/status", None, &[], b"")).await;
+    assert_eq!(status(&r), 429);
+    assert_eq!(r.status.as_ref().unwrap().code, 8);
+    assert_eq!(
+        client_header(&r, "ratelimit-remaining").as_deref(),
+        Some("0")
+    );
+    assert!(client_header(&r, "retry-after").is_some());
+    let Some(HttpResponse::DeniedResponse(denied)) = &r.http_response else {
+        unreachable!()
+    };
+    let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+    assert_eq!(body["type"], "urn:portcullis:problem:quota_exceeded");
+    assert_eq!(
+        client_header(&r, "content-type").as_deref(),
+        Some("application/problem+json")
+    );
+
+    // Refused by policy (translate belongs to another org): never charged.
+    for _ in 0..5 {
+        let r = check(
+            running,
+            check_request(
+                "POST",
+                "/v1/models/translate/versions/v1:predict",
+                Some(SERVICE_ACCOUNT),
+                &[],
+                b"",
+            ),
+        )
+        .await;
+        assert_eq!(status(&r), 403);
+    }
+    // Tokens: the body's max_tokens is the cost; a refused request charges
+    // neither the token limit nor the request limit.
+    let predict = |tokens: &str| {
+        check_request(
+            "POST",
+            PREDICT,
+            Some(SERVICE_ACCOUNT),
+            &[("content-type", "application/json")],
+            format!("{{\"max_tokens\": {tokens}}}").as_bytes(),
+        )
+    };
+    let r = check(running, predict("600")).await;
+    assert_eq!(status(&r), 200, "{r:?}");
+    assert_eq!(
+        client_header(&r, "ratelimit-remaining").as_deref(),
+        Some("2")
+    );
+    let r = check(running, predict("600")).await;
+    assert_eq!(status(&r), 429);
+    assert_eq!(
+        client_header(&r, "ratelimit-limit").as_deref(),
+        Some("1000")
+    );
+    assert_eq!(
+        client_header(&r, "ratelimit-remaining").as_deref(),
+        Some("400")
+    );
+    let r = check(running, predict("300")).await;
+    assert_eq!(status(&r), 200);
+    // The limit with the least left decides: 1 request of 3 (the 429 did
+    // not count), not 100 tokens of 1000.
+    assert_eq!(client_header(&r, "ratelimit-limit").as_deref(), Some("3"));
+    assert_eq!(
+        client_header(&r, "ratelimit-remaining").as_deref(),
+        Some("1")
+    );
+    // A cost that is not a number is a 400, not a free pass.
+    let r = check(running, predict("\"lots\"")).await;
+    assert_eq!(status(&r), 400);
+    let r = check(
+        running,
+        check_request(
+            "POST",
+            PREDICT,
+            Some(SERVICE_ACCOUNT),
+            &[("x-max-tokens", "-5")],
+            b"",
+        ),
+    )
+    .await;
+    assert_eq!(status(&r), 400);
+}
+
+#[tokio::test]
+async fn check_quotas_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), QuotaSettings::default()).await;
+    check_suite(&running).await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn check_quotas_with_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), redis_settings(&redis)).await;
+    check_suite(&running).await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn check_with_redis_down_follows_the_configured_mode() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, expected) in [
+        (portcullis::quota::OnStoreError::Deny, 503),
+        (portcullis::quota::OnStoreError::Allow, 200),
+        (portcullis::quota::OnStoreError::Local, 200),
+    ] {
+        let settings = QuotaSettings {
+            timeout_ms: 10,
+            on_store_error: mode,
+            ..redis_settings(&redis)
+        };
+        let sub = dir.path().join(mode.as_str());
+        let running = start(&sub, settings).await;
+        let r = check(&running, check_request("GET", "/v1/status", None, &[], b"")).await;
+        assert_eq!(status(&r), expected, "mode {}", mode.as_str());
+        if expected == 503 {
+            assert_eq!(client_header(&r, "retry-after").as_deref(), Some("1"));
+        }
+        running.shutdown().await.unwrap();
+    }
+}
+
+// --- configuration ---------------------------------------------------------
+
+#[test]
+fn quota_settings_are_checked_completely() {
+    let path = Path::new("portcullis.yaml");
+    let config = Config::parse(
+        "quotas:\n  store: redis\n  redis_url: redis://127.0.0.1:6379\n  on_store_error: deny\n  replicas: 3\n",
+        path,
+    )
+    .unwrap();
+    config.check(path).unwrap();
+    assert_eq!(config.quotas.replicas, 3);
+    // The URL may hold a password: Debug never shows it.
+    assert!(!format!("{:?}", config.quotas).contains("6379"));
+
+    let bad = Config::parse(
+        "quotas:\n  store: redis\n  timeout_ms: 0\n  replicas: 0\n",
+        path,
+    )
+    .unwrap();
+    let err = bad.check(path).unwrap_err().to_string();
+    for field in ["quotas.redis_url", "quotas.timeout_ms", "quotas.replicas"] {
+        assert!(err.contains(field), "{err}");
+    }
+    let unknown = Config::parse("quotas:\n  strore: redis\n", path).unwrap_err();
+    assert!(unknown.to_string().contains("strore"), "{unknown}");
+}
+
+#[test]
+fn bad_quota_files_are_reported_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policies(dir.path());
+    std::fs::write(
+        policies.join("quotas/broken.yaml"),
+        "domain: ml_api\ndescriptors:\n  - key: a\n    value: b\n  - key: a\n    value: b\n",
+    )
+    .unwrap();
+    let errors = portcullis::snapshot::Snapshot::load(&policies).unwrap_err();
+    let text: Vec<String> = errors
+        .errors
+        .iter()
+        .map(|e| format!("{}:{}: {}", e.file, e.line.unwrap_or(0), e.message))
+        .collect();
+    assert!(
+        text.iter().any(
+            |t| t.starts_with("quotas/broken.yaml:") && t.contains("duplicate domain 'ml_api'")
+        ),
+        "{text:?}"
+    );
+    std::fs::write(
+        policies.join("quotas/broken.yaml"),
+        "domain: other\ndescriptors:\n  - key: a\n    value: b\n  - key: a\n    value: b\n",
+    )
+    .unwrap();
+    let errors = portcullis::snapshot::Snapshot::load(&policies).unwrap_err();
+    assert_eq!(errors.errors[0].file, "quotas/broken.yaml");
+    assert_eq!(errors.errors[0].line, Some(5));
+    assert!(errors.errors[0]
+        .message
+        .contains("duplicate descriptor composite key"));
+}

@@ -1,0 +1,464 @@
+//! The quota suite, run against both stores (in-process and a real
+//! `redis-server`), plus Redis-only exactness and fault injection.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::quota::gcra::Rate;
+use portcullis::quota::local::LocalStore;
+use portcullis::quota::redis::RedisStore;
+use portcullis::quota::{
+    Charge, Enforced, ManualClock, OnStoreError, QuotaStore, Quotas, SystemClock,
+};
+use support::RedisServer;
+
+const HOUR_US: u64 = 3_600_000_000;
+
+fn charge(key: &str, requests: u64, cost: u64) -> Charge {
+    Charge {
+        key: key.into(),
+        // Per hour: nothing refills during a test.
+        rate: Rate::new(requests, HOUR_US, requests),
+        cost,
+        shadow: false,
+    }
+}
+
+/// A fresh key namespace per test, so tests can share one Redis.
+fn key(test: &str, k: &str) -> String {
+    format!("{test}-{}|{k}", std::process::id())
+}
+
+async fn allowed(store: &dyn QuotaStore, charges: &[Charge]) -> bool {
+    store.charge(charges).await.expect("store answers").allowed
+}
+
+// --- the suite both stores must pass ---------------------------------------
+
+async fn denied_requests_do_not_consume(store: &dyn QuotaStore) {
+    let user = charge(&key("deny", "user=a"), 10, 1);
+    let org = charge(&key("deny", "org=o"), 3, 1);
+    for _ in 0..3 {
+        assert!(allowed(store, &[user.clone(), org.clone()]).await);
+    }
+    // The org limit refuses: the user limit must not be charged.
+    for _ in 0..5 {
+        let r = store.charge(&[user.clone(), org.clone()]).await.unwrap();
+        assert!(!r.allowed);
+        assert!(!r.states[0].over && r.states[1].over);
+        assert_eq!(r.states[0].remaining, 7, "refused requests consumed quota");
+        assert!(r.states[1].retry_us > 0);
+    }
+    let r = store.charge(std::slice::from_ref(&user)).await.unwrap();
+    assert!(r.allowed);
+    assert_eq!(r.states[0].remaining, 6);
+}
+
+async fn shadow_mode_never_limits(store: &dyn QuotaStore) {
+    let mut shadow = charge(&key("shadow", "user=a"), 2, 1);
+    shadow.shadow = true;
+    let real = charge(&key("shadow", "org=o"), 100, 1);
+    for i in 0..5 {
+        let r = store.charge(&[shadow.clone(), real.clone()]).await.unwrap();
+        assert!(r.allowed, "request {i}");
+        assert_eq!(r.states[0].over, i >= 2, "request {i}");
+    }
+}
+
+async fn cost_is_weighted(store: &dyn QuotaStore) {
+    let tokens = |cost| charge(&key("cost", "tokens=a"), 1000, cost);
+    assert!(allowed(store, &[tokens(600)]).await);
+    let r = store.charge(&[tokens(500)]).await.unwrap();
+    assert!(!r.allowed);
+    assert_eq!(r.states[0].remaining, 400);
+    assert!(allowed(store, &[tokens(400)]).await);
+    assert!(!allowed(store, &[tokens(1)]).await);
+}
+
+async fn check_only_charges_nothing(store: &dyn QuotaStore) {
+    let c = |cost| charge(&key("check", "user=a"), 2, cost);
+    assert!(allowed(store, &[c(1)]).await);
+    for _ in 0..3 {
+        let r = store.charge(&[c(0)]).await.unwrap();
+        assert!(r.allowed);
+        assert_eq!(r.states[0].remaining, 1);
+    }
+    assert!(allowed(store, &[c(1)]).await);
+    assert!(!allowed(store, &[c(1)]).await);
+}
+
+async fn same_key_twice_in_one_request_counts_twice(store: &dyn QuotaStore) {
+    let c = charge(&key("twice", "user=a"), 3, 2);
+    assert!(!allowed(store, &[c.clone(), c.clone()]).await);
+    let r = store.charge(std::slice::from_ref(&c)).await.unwrap();
+    assert!(r.allowed);
+    assert_eq!(r.states[0].remaining, 1);
+}
+
+/// 2L requests sent back to back straddle whatever fixed-window boundary
+/// lies in them: GCRA allows at most burst plus what refilled meanwhile.
+async fn boundary_straddle_allows_at_most_limit_plus_burst(store: &dyn QuotaStore) {
+    let (limit, burst) = (20u64, 5u64);
+    let c = Charge {
+        key: key("straddle", "user=a"),
+        rate: Rate::new(limit, 1_000_000, burst),
+        cost: 1,
+        shadow: false,
+    };
+    let started = Instant::now();
+    let mut ok = 0u64;
+    for _ in 0..2 * limit {
+        if allowed(store, std::slice::from_ref(&c)).await {
+            ok += 1;
+        }
+    }
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    let refilled = limit * elapsed_us / 1_000_000 + 1;
+    assert!(ok <= limit + burst, "{ok} allowed");
+    assert!(ok <= burst + refilled, "{ok} allowed in {elapsed_us} us");
+    assert!(ok >= burst, "{ok} allowed");
+}
+
+async fn suite(store: &dyn QuotaStore) {
+    denied_requests_do_not_consume(store).await;
+    shadow_mode_never_limits(store).await;
+    cost_is_weighted(store).await;
+    check_only_charges_nothing(store).await;
+    same_key_twice_in_one_request_counts_twice(store).await;
+    boundary_straddle_allows_at_most_limit_plus_burst(store).await;
+}
+
+#[tokio::test]
+async fn in_process_store_passes_the_suite() {
+    suite(&LocalStore::new(10_000, Arc::new(SystemClock))).await;
+}
+
+#[tokio::test]
+async fn redis_store_passes_the_suite() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis.url(), Duration::from_millis(500)).unwrap();
+    suite(&store).await;
+    let ttls = redis.ttls();
+    assert!(!ttls.is_empty());
+    for (k, ttl) in ttls {
+        assert!(ttl > 0, "key {k} has no TTL ({ttl})");
+        assert!(k.starts_with("portcullis:q:{"), "{k}");
+    }
+}
+
+#[tokio::test]
+async fn in_process_boundary_straddle_with_a_controlled_clock() {
+    // 10 per minute, at most 5 at once. A fixed window would allow 20
+    // across the boundary at t = 60 s; GCRA allows 5 plus the refill.
+    let clock = ManualClock::at(59_000_000);
+    let store = LocalStore::new(1024, clock.clone());
+    let c = Charge {
+        key: "d|user=a".into(),
+        rate: Rate::new(10, 60_000_000, 5),
+        cost: 1,
+        shadow: false,
+    };
+    let mut ok = 0;
+    for _ in 0..20 {
+        if store.charge_now(std::slice::from_ref(&c)).unwrap().allowed {
+            ok += 1;
+        }
+        clock.advance(Duration::from_millis(100));
+    }
+    assert_eq!(ok, 5);
+}
+
+// --- Redis: exactness ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_limiters_sharing_redis_allow_exactly_the_limit() {
+    let redis = RedisServer::start();
+    // Three independent limiters, each with its own connection.
+    let limiters: Vec<Arc<Quotas>> = (0..3)
+        .map(|_| {
+            let store = RedisStore::new(&redis.url(), Duration::from_secs(5)).unwrap();
+            Arc::new(Quotas::new(
+                Arc::new(store),
+                Duration::from_secs(5),
+                OnStoreError::Deny,
+                1,
+                1024,
+            ))
+        })
+        .collect();
+    let c = charge("exact|user=a", 100, 1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let limiter = Arc::clone(&limiters[i % 3]);
+        let c = c.clone();
+        tasks.spawn(async move { limiter.enforce(&[c]).await });
+    }
+    let (mut allowed, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Enforced::Charged {
+                charged,
+                degraded: None,
+            } => {
+                if charged.allowed {
+                    allowed += 1
+                } else {
+                    refused += 1
+                }
+            }
+            other => panic!("store failed: {other:?}"),
+        }
+    }
+    assert_eq!((allowed, refused), (100, 900));
+}
+
+// --- Redis: fault injection ------------------------------------------------
+
+const TIMEOUT: Duration = Duration::from_millis(10);
+/// Scheduling slack on a shared 2-core machine, on top of the timeout.
+const SLACK: Duration = Duration::from_millis(90);
+
+fn quotas(redis: &RedisServer, mode: OnStoreError) -> Quotas {
+    Quotas::new(
+        Arc::new(RedisStore::new(&redis.url(), TIMEOUT).unwrap()),
+        TIMEOUT,
+        mode,
+        2,
+        1024,
+    )
+}
+
+/// Enforces once, asserting it returns within the timeout.
+async fn timed(q: &Quotas, c: &Charge) -> Enforced {
+    let started = Instant::now();
+    let r = q.enforce(std::slice::from_ref(c)).await;
+    let took = started.elapsed();
+    assert!(took <= TIMEOUT + SLACK, "a decision took {took:?}");
+    r
+}
+
+fn healthy(r: &Enforced) -> bool {
+    matches!(r, Enforced::Charged { degraded: None, .. })
+}
+
+/// Polls (bounded) until the store answers normally again.
+async fn recovers(q: &Quotas, c: &Charge) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if healthy(&q.enforce(std::slice::from_ref(c)).await) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no recovery within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn fault_cycle(mode: OnStoreError, expect: fn(&Enforced) -> bool) {
+    let mut redis = RedisServer::start();
+    let q = quotas(&redis, mode);
+    let c = charge(&format!("fault-{}|user=a", mode.as_str()), 1000, 1);
+    recovers(&q, &c).await;
+
+    redis.pause();
+    for _ in 0..5 {
+        let r = timed(&q, &c).await;
+        assert!(expect(&r), "paused, mode {}: {r:?}", mode.as_str());
+    }
+    redis.resume();
+    recovers(&q, &c).await;
+
+    redis.kill();
+    for _ in 0..5 {
+        let r = timed(&q, &c).await;
+        assert!(expect(&r), "killed, mode {}: {r:?}", mode.as_str());
+    }
+    redis.restart();
+    recovers(&q, &c).await;
+    assert!(q.degraded_decisions() >= 10);
+    for (k, ttl) in redis.ttls() {
+        assert!(ttl > 0, "key {k} has no TTL");
+    }
+}
+
+#[tokio::test]
+async fn redis_failure_in_deny_mode_refuses_within_the_timeout() {
+    fault_cycle(OnStoreError::Deny, |r| matches!(r, Enforced::Unavailable)).await;
+}
+
+#[tokio::test]
+async fn redis_failure_in_allow_mode_lets_through_within_the_timeout() {
+    fault_cycle(OnStoreError::Allow, |r| {
+        matches!(r, Enforced::AllowedUnchecked)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_failure_in_local_mode_enforces_scaled_local_limits() {
+    fault_cycle(OnStoreError::Local, |r| {
+        matches!(
+            r,
+            Enforced::Charged {
+                degraded: Some(OnStoreError::Local),
+                ..
+            }
+        )
+    })
+    .await;
+    // Local limits are the shared limit divided by the replicas (2 here).
+    let mut redis = RedisServer::start();
+    let q = quotas(&redis, OnStoreError::Local);
+    redis.kill();
+    let c = charge("local-scaled|user=a", 10, 1);
+    let mut ok = 0;
+    for _ in 0..10 {
+        if let Enforced::Charged { charged, .. } = q.enforce(std::slice::from_ref(&c)).await {
+            ok += u32::from(charged.allowed);
+        }
+    }
+    assert_eq!(ok, 5);
+}
+
+#[tokio::test]
+async fn the_script_is_reloaded_after_script_flush() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&redis.url(), Duration::from_secs(2)).unwrap();
+    let c = charge("noscript|user=a", 3, 1);
+    assert!(allowed(&store, std::slice::from_ref(&c)).await);
+    assert_eq!(
+        redis.command("SCRIPT FLUSH\r\n").as_deref(),
+        Some("+OK\r\n")
+    );
+    let r = store.charge(std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(r.states[0].remaining, 1);
+}
+
+// --- Redis Cluster -----------------------------------------------------------
+
+#[tokio::test]
+async fn redis_cluster_store_passes_the_suite() {
+    let cluster = support::RedisCluster::start();
+    let store = RedisStore::cluster(&cluster.urls(), Duration::from_secs(2)).unwrap();
+    // The all-or-nothing case spans two slots: charged slot by slot, the
+    // refused request's earlier slot is refunded.
+    let slot = |k: &str| redis::cluster_routing::Slot::for_key(format!("portcullis:q:{{{k}}}"));
+    assert_ne!(slot(&key("deny", "user=a")), slot(&key("deny", "org=o")));
+    suite(&store).await;
+    let ttls = cluster.ttls();
+    assert!(!ttls.is_empty());
+    for (k, ttl) in ttls {
+        assert!(ttl > 0, "key {k} has no TTL ({ttl})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_limiters_sharing_a_redis_cluster_allow_exactly_the_limit() {
+    let cluster = support::RedisCluster::start();
+    let limiters: Vec<Arc<RedisStore>> = (0..3)
+        .map(|_| Arc::new(RedisStore::cluster(&cluster.urls(), Duration::from_secs(5)).unwrap()))
+        .collect();
+    let c = charge("cluster-exact|user=a", 100, 1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let limiter = Arc::clone(&limiters[i % 3]);
+        let c = c.clone();
+        tasks.spawn(async move { limiter.charge(&[c]).await.expect("cluster answers").allowed });
+    }
+    let mut allowed = 0;
+    while let Some(r) = tasks.join_next().await {
+        allowed += u32::from(r.unwrap());
+    }
+    assert_eq!(allowed, 100);
+}
+
+#[tokio::test]
+async fn a_demoted_primary_is_an_error_and_its_promotion_recovers() {
+    // READONLY (the primary became a replica in a failover) is a store
+    // error handled by the configured mode; the connection is dropped and
+    // the next call reconnects.
+    let redis = RedisServer::start();
+    let other = RedisServer::start();
+    let q = quotas(&redis, OnStoreError::Deny);
+    let c = charge("readonly|user=a", 1000, 1);
+    recovers(&q, &c).await;
+    let demote = format!(
+        "REPLICAOF 127.0.0.1 {}\r\n",
+        other.url().rsplit(':').next().unwrap()
+    );
+    assert_eq!(redis.command(&demote).as_deref(), Some("+OK\r\n"));
+    let r = q.enforce(std::slice::from_ref(&c)).await;
+    assert!(matches!(r, Enforced::Unavailable), "{r:?}");
+    assert_eq!(
+        redis.command("REPLICAOF NO ONE\r\n").as_deref(),
+        Some("+OK\r\n")
+    );
+    recovers(&q, &c).await;
+}
+
+// --- envoyproxy/ratelimit semantics through `apply` ------------------------
+
+#[tokio::test]
+async fn replaces_steps_a_named_limit_aside_as_envoyproxy_documents() {
+    let config = portcullis::quota::QuotaConfig::parse([(
+        "quotas.yaml",
+        "\
+domain: example
+descriptors:
+  - key: key1
+    rate_limit:
+      name: limit1
+      unit: minute
+      requests_per_unit: 5
+  - key: key2
+    rate_limit:
+      replaces:
+        - name: limit1
+      unit: minute
+      requests_per_unit: 10
+",
+    )])
+    .unwrap();
+    let quotas = Quotas::in_process(1024);
+    let d = |entries: &[(&str, &str)]| portcullis::quota::apply::Descriptor {
+        domain: "example".into(),
+        entries: entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cost: 1,
+    };
+    // With both descriptors, limit1 (5) is replaced: the 10 decides.
+    for i in 0..10 {
+        let v = portcullis::quota::apply::apply(
+            &config,
+            &quotas,
+            &[d(&[("key1", "a")]), d(&[("key2", "b")])],
+        )
+        .await;
+        assert!(v.allowed, "request {i}");
+        assert!(v.applied[0].is_none());
+        assert_eq!(v.outcome.unwrap().limit, 10);
+    }
+    let v = portcullis::quota::apply::apply(
+        &config,
+        &quotas,
+        &[d(&[("key1", "a")]), d(&[("key2", "b")])],
+    )
+    .await;
+    assert!(!v.allowed);
+    // Alone, key1 has its own 5.
+    for _ in 0..5 {
+        assert!(
+            portcullis::quota::apply::apply(&config, &quotas, &[d(&[("key1", "a")])])
+                .await
+                .allowed
+        );
+    }
+    assert!(
+        !portcullis::quota::apply::apply(&config, &quotas, &[d(&[("key1", "a")])])
+            .await
+            .allowed
+    );
+}
