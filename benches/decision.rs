@@ -79,18 +79,7 @@ fn bundled_with_roomy_quotas() -> (tempfile::TempDir, Snapshot) {
     }
     let quotas = dir.path().join("quotas.yaml");
     let text = std::fs::read_to_string(&quotas).unwrap();
-    let scaled: String = text
-        .lines()
-        .map(|line| {
-            let trimmed = line.trim_start();
-            if trimmed.starts_with("requests_per_unit:") || trimmed.starts_with("burst:") {
-                format!("{line}000000\n")
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect();
-    std::fs::write(&quotas, scaled).unwrap();
+    std::fs::write(&quotas, portcullis::quota::config::scaled(&text, 1_000_000)).unwrap();
     let snapshot = Snapshot::load(dir.path()).unwrap();
     (dir, snapshot)
 }

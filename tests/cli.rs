@@ -533,7 +533,10 @@ fn bench_baseline_runs_and_reports_a_ratio() {
         assert_eq!(p["requests"], 300, "{p}");
     }
     // The mix has allowed and denied requests: the real server decides.
-    assert!(phases[1]["allowed"].as_u64().unwrap() > 0);
-    assert!(phases[1]["denied"].as_u64().unwrap() > 0);
+    // 8 in 10 of the mix are allowed; scaled quotas never refuse them.
+    let allowed = phases[1]["allowed"].as_u64().unwrap();
+    let denied = phases[1]["denied"].as_u64().unwrap();
+    assert!(denied > 0, "{report}");
+    assert!(allowed > 3 * denied, "{report}");
     assert!(report["ratio_vs_empty"].as_f64().is_some_and(|r| r > 0.0));
 }

@@ -638,4 +638,3 @@ mod tests {
         assert!(AuditRecord::authn_failure(&Decision::new("v1").allow(), &req).is_none());
     }
 }
-

@@ -65,6 +65,11 @@ struct Args {
     /// Policy directory for the in-process server.
     #[arg(long, default_value = "policies")]
     policies: PathBuf,
+    /// Use the policy directory's quotas as they are. By default every
+    /// limit is scaled up a million times, so that allowed requests are
+    /// charged (the quota stage runs) but a benchmark never runs out.
+    #[arg(long)]
+    keep_quotas: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -453,10 +458,15 @@ fn portcullis_config(
 ) -> anyhow::Result<Config> {
     let jwks_file = dir.join("bench.jwks.json");
     std::fs::write(&jwks_file, keys.jwks.to_string())?;
+    let policies = if args.keep_quotas {
+        args.policies.clone()
+    } else {
+        roomy_copy(&args.policies, &dir.join("policies"))?
+    };
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         admin_listen: "127.0.0.1:0".parse()?,
-        policies: args.policies.clone(),
+        policies,
         ..Config::default()
     };
     config.reload.watch = false;
@@ -471,6 +481,33 @@ fn portcullis_config(
     }))?;
     config.authentication.jwt.push(issuer);
     Ok(config)
+}
+
+/// A copy of the policy directory's files with every quota scaled up a
+/// million times (see `--keep-quotas`).
+fn roomy_copy(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(to.join("quotas"))?;
+    for sub in ["", "quotas", "shadow"] {
+        let Ok(entries) = std::fs::read_dir(from.join(sub)) else {
+            continue;
+        };
+        std::fs::create_dir_all(to.join(sub))?;
+        for entry in entries {
+            let path = entry?.path();
+            if !path.is_file() {
+                continue;
+            }
+            let target = to.join(sub).join(path.file_name().expect("a file name"));
+            let is_quota = sub == "quotas" || path.file_name().is_some_and(|n| n == "quotas.yaml");
+            if is_quota {
+                let text = std::fs::read_to_string(&path)?;
+                std::fs::write(&target, portcullis::quota::config::scaled(&text, 1_000_000))?;
+            } else {
+                std::fs::copy(&path, &target)?;
+            }
+        }
+    }
+    Ok(to.to_path_buf())
 }
 
 fn check(method: &str, path: &str, headers: &[(&str, String)], principal: &str) -> CheckRequest {

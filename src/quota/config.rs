@@ -599,6 +599,30 @@ fn line_of(text: &str, needle: &str, n: usize) -> Option<usize> {
         .map(|(i, _)| i + 1)
 }
 
+/// A quota file's text with every `requests_per_unit` and `burst` value
+/// multiplied by `factor`: for benchmarks that must exercise the quota
+/// stage on every request without ever running out.
+pub fn scaled(text: &str, factor: u64) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let value = ["requests_per_unit:", "burst:"]
+            .iter()
+            .find_map(|key| trimmed.strip_prefix(key))
+            .and_then(|rest| rest.trim().parse::<u64>().ok());
+        match value {
+            Some(n) => {
+                let indent = &line[..line.len() - trimmed.len()];
+                let key = trimmed.split(':').next().unwrap_or_default();
+                out.push_str(&format!("{indent}{key}: {}", n.saturating_mul(factor)));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// True for `quotas.yaml` and `quotas/*.yaml` (relative paths).
 pub fn is_quota_file(relative: &str) -> bool {
     relative == QUOTAS_FILE
@@ -633,6 +657,15 @@ pub fn read_domain_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaled_multiplies_rates_and_bursts_only() {
+        let text = "descriptors:\n  - key: a\n    rate_limit:\n      unit: minute\n      requests_per_unit: 600\n      burst: 100\n";
+        let out = super::scaled(text, 1000);
+        assert!(out.contains("      requests_per_unit: 600000\n"), "{out}");
+        assert!(out.contains("      burst: 100000\n"), "{out}");
+        assert!(out.contains("      unit: minute\n"), "{out}");
+    }
 
     fn load(text: &str) -> QuotaConfig {
         QuotaConfig::parse([("quotas.yaml", text)]).unwrap_or_else(|e| panic!("{e:?}"))
