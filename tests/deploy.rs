@@ -191,3 +191,128 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
     );
     assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/portcullis\"]"));
 }
+
+#[test]
+fn envoy_accepts_the_compose_config() {
+    // (deploy/envoy-mtls.yaml names certificate files; tests/tls_listener.rs
+    // runs it with generated ones.)
+    let out = Command::new(support::tool("envoy"))
+        .args(["--mode", "validate", "-l", "error", "-c"])
+        .arg(deploy("compose/envoy.yaml"))
+        .output()
+        .expect("run envoy");
+    assert!(
+        out.status.success(),
+        "envoy --mode validate rejected deploy/compose/envoy.yaml:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn yaml(file: &str) -> Value {
+    let text = std::fs::read_to_string(deploy(file)).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("deploy/{file}: {e}"))
+}
+
+/// The HTTP filters of an Envoy config's first listener.
+fn http_filters(config: &Value) -> &Value {
+    &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"]
+}
+
+#[test]
+fn compose_envoy_has_the_same_filters_as_deploy_envoy() {
+    let compose = yaml("compose/envoy.yaml");
+    let main = yaml("envoy.yaml");
+    assert!(http_filters(&main)
+        .as_sequence()
+        .is_some_and(|f| f.len() >= 3));
+    assert_eq!(
+        http_filters(&compose),
+        http_filters(&main),
+        "the filter chains drifted apart"
+    );
+}
+
+#[test]
+fn compose_file_names_the_stack_and_its_files_exist() {
+    let compose = yaml("compose.yaml");
+    let services = compose["services"].as_mapping().expect("services");
+    for name in ["redis", "portcullis-1", "portcullis-2", "model", "envoy"] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    // Every host path mounted into a container exists (relative to deploy/).
+    let mut mounts = Vec::new();
+    for (_, service) in services {
+        for v in service["volumes"].as_sequence().into_iter().flatten() {
+            mounts.push(v.as_str().unwrap().split(':').next().unwrap().to_string());
+        }
+    }
+    // The two replicas share one anchor: their mounts come from it.
+    for v in compose["x-portcullis"]["volumes"].as_sequence().unwrap() {
+        mounts.push(v.as_str().unwrap().split(':').next().unwrap().to_string());
+    }
+    assert!(mounts.len() >= 5, "{mounts:?}");
+    for m in mounts {
+        assert!(
+            deploy(&m).exists(),
+            "deploy/{m} is mounted but does not exist"
+        );
+    }
+    // The replicas share quotas through Redis.
+    let config = Config::parse(
+        &std::fs::read_to_string(deploy("compose/portcullis.yaml")).unwrap(),
+        Path::new("compose/portcullis.yaml"),
+    )
+    .expect("parses");
+    config
+        .check(Path::new("compose/portcullis.yaml"))
+        .expect("checks");
+    assert_eq!(config.quotas.replicas, 2);
+    assert_eq!(
+        config.quotas.redis_url.as_deref(),
+        Some("redis://redis:6379/0")
+    );
+}
+
+#[test]
+fn demo_script_runs_to_the_end() {
+    // The demo builds nothing when given the binary; it installs tools only
+    // when missing. Bounded: every wait in it is.
+    let out = Command::new("bash")
+        .arg(support::repo().join("scripts/demo.sh"))
+        .env("PORTCULLIS_BIN", env!("CARGO_BIN_EXE_portcullis"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                support::repo().join(".tools/bin").display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("run scripts/demo.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "HTTP/1.1 200 OK",
+        "HTTP/1.1 401 Unauthorized",
+        "HTTP/1.1 403 Forbidden",
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 429 Too Many Requests",
+        "HTTP/1.1 404 Not Found",
+        "\"principal\": \"User::\\\"bob\\\"\"",
+        "\"ok\": true",
+        "demo: done",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    // Tokens are never printed.
+    assert!(!stdout.contains("Bearer eyJhbGciOiJSUzI1NiIs"), "{stdout}");
+}
