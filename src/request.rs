@@ -35,6 +35,14 @@ impl AccessRequest {
         self.headers.get(name).map(String::as_str)
     }
 
+    /// The request an RLS call stands for in logs and the audit trail: RLS
+    /// carries only descriptors, no HTTP request.
+    pub fn for_ratelimit(domain: &str) -> Self {
+        let mut r = Self::for_test("POST", &format!("/ratelimit/{domain}"));
+        r.host = String::new();
+        r
+    }
+
     /// A minimal request for tests.
     pub fn for_test(method: &str, path: &str) -> Self {
         AccessRequest {

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::decision::{Decision, DenyReason};
 use crate::quota::apply::{self, Descriptor, Verdict};
 use crate::quota::{OnStoreError, QuotaLimit};
+use crate::request::AccessRequest;
 use crate::server::State;
 
 /// The RLS `RateLimitService`.
@@ -42,6 +43,7 @@ impl RateLimitService for RateLimiter {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        let started = std::time::Instant::now();
         let descriptors = to_descriptors(request.get_ref()).map_err(Status::invalid_argument)?;
         let snapshot = self.state.policies.current();
         let verdict = apply::apply(&snapshot.quotas, &self.state.quotas, &descriptors).await;
@@ -76,6 +78,23 @@ impl RateLimitService for RateLimiter {
             policy_version = %decision.policy_version,
             "decision"
         );
+        // Every decision is audited, RLS ones too: the domain is the
+        // resource; RLS carries no principal or client request.
+        let domain = &request.get_ref().domain;
+        decision.action = Some("ratelimit".into());
+        decision.resource = Some(format!("RateLimitDomain::{domain:?}"));
+        let access = AccessRequest::for_ratelimit(domain);
+        let decision = self
+            .state
+            .audit
+            .record_decision(decision, &access, started.elapsed());
+        if decision.reason == Some(DenyReason::AuditUnavailable) {
+            // Fail closed on the audit trail: Envoy's own failure mode for
+            // the ratelimit filter decides, as for any RLS error.
+            return Err(Status::unavailable(
+                "the decision could not be recorded in the audit trail",
+            ));
+        }
         Ok(Response::new(to_response(&verdict, &decision)))
     }
 }

@@ -239,6 +239,32 @@ async fn rls_in_process() {
     let running = start(dir.path(), QuotaSettings::default()).await;
     rls_suite(&running).await;
     running.shutdown().await.unwrap();
+
+    // Every RLS decision is in the audit trail (flushed at shutdown).
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("audit")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let r: serde_json::Value = serde_json::from_str(line).unwrap();
+                if r["action"] == "ratelimit" {
+                    records.push(r);
+                }
+            }
+        }
+    }
+    assert!(!records.is_empty(), "no RLS decision records");
+    assert!(records.iter().all(|r| r["kind"] == "decision"
+        && r["resource"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("RateLimitDomain::"))));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["decision"] == "deny" && r["status"] == 429),
+        "an over-limit RLS call is recorded as a 429 denial"
+    );
+    assert!(records.iter().any(|r| r["decision"] == "allow"));
 }
 
 #[tokio::test]
