@@ -57,7 +57,9 @@ impl RequestContext {
             "headers": headers,
         });
         if let Some(ip) = req.source_ip {
-            ctx["source_ip"] = Value::String(ip.to_string());
+            // Explicit extension escape: the context parses without the
+            // schema (fast); `Request::new` still checks it against it.
+            ctx["source_ip"] = json!({ "__extn": { "fn": "ip", "arg": ip.to_string() } });
         }
         ctx
     }
@@ -89,6 +91,9 @@ fn time_record(epoch: u64) -> Value {
     json!({ "epoch": epoch, "hour": hour, "weekday": weekday })
 }
 
+/// One authorizer for the process: it holds no request state.
+static AUTHORIZER: std::sync::LazyLock<Authorizer> = std::sync::LazyLock::new(Authorizer::new);
+
 /// Evaluates the snapshot's enforced policies for one request and, when the
 /// snapshot has shadow policies, the candidate set too (second element).
 pub fn authorize(
@@ -108,7 +113,10 @@ pub fn authorize(
         (outcome, shadow)
     };
     let action = action_uid(action);
-    let context = match Context::from_json_value(context, Some((&snapshot.schema, &action))) {
+    // Parsed without the schema: schema-directed parsing tries implicit
+    // forms and builds (then drops) an error for each, which dominated the
+    // decision's cost; the schema still checks the result in `Request::new`.
+    let context = match Context::from_json_value(context, None) {
         Ok(c) => c,
         Err(e) => return denied(format!("request context does not match the schema: {e}")),
     };
@@ -143,12 +151,12 @@ pub fn authorize(
         &merged
     };
 
-    let authorizer = Authorizer::new();
-    let enforced = evaluate(&authorizer, &request, &snapshot.policies, entities);
+    let authorizer = &*AUTHORIZER;
+    let enforced = evaluate(authorizer, &request, &snapshot.policies, entities);
     let shadow = snapshot
         .shadow
         .as_ref()
-        .map(|candidate| evaluate(&authorizer, &request, candidate, entities));
+        .map(|candidate| evaluate(authorizer, &request, candidate, entities));
     (enforced, shadow)
 }
 
