@@ -327,9 +327,12 @@ fn path_only(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or("")
 }
 
-/// Logs a decision. Credentials and bodies never reach the log.
+/// Logs a decision. Credentials and bodies never reach the log. Debug
+/// level: the audit trail records every decision without blocking the
+/// request path, while a log line per request is a blocking write; shadow
+/// disagreements stay warnings.
 fn record(d: &Decision, req: &AccessRequest, started: Instant) {
-    tracing::info!(
+    tracing::debug!(
         target: "portcullis::decision",
         decision_id = %d.id,
         request_id = %req.request_id,

@@ -65,7 +65,8 @@ impl RateLimitService for RateLimiter {
                 decision.deny(DenyReason::QuotaExceeded, detail)
             };
         }
-        tracing::info!(
+        // Debug: the audit trail records every decision (see pipeline).
+        tracing::debug!(
             target: "portcullis::decision",
             decision_id = %decision.id,
             kind = "ratelimit",

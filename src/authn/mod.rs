@@ -426,16 +426,27 @@ fn log_outcome(req: &AccessRequest, result: &Authentication) {
         Authentication::Rejected(f) => ("rejected", None, None, Some(f.reason)),
         Authentication::Blocked { .. } => ("blocked", None, None, Some("source_blocked")),
     };
-    tracing::info!(
-        target: "portcullis::authn",
-        request_id = %req.request_id,
-        source_ip = req.source_ip.map(|ip| ip.to_string()),
-        outcome,
-        method,
-        principal,
-        reason,
-        "authentication"
-    );
+    // Successes are routine (every decision's audit record names the
+    // principal and method): debug. Refusals stay visible at info.
+    macro_rules! event {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "portcullis::authn",
+                request_id = %req.request_id,
+                source_ip = req.source_ip.map(|ip| ip.to_string()),
+                outcome,
+                method,
+                principal,
+                reason,
+                "authentication"
+            )
+        };
+    }
+    if outcome == "authenticated" {
+        event!(debug);
+    } else {
+        event!(info);
+    }
 }
 
 /// The trust domain of a SPIFFE id (`spiffe://<domain>/<path>`).
