@@ -92,9 +92,15 @@ show "403: nobody invokes the deprecated sentiment v1" \
 show "400: the token budget cost (max_tokens) must be a number" \
   -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
   -H 'content-type: application/json' -d '{"inputs":["x"],"max_tokens":"lots"}'
-show "429: asking for more tokens than alice's budget allows at once" \
+show "400: more tokens than alice's budget ever allows at once (no Retry-After: waiting cannot help)" \
   -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
   -H 'content-type: application/json' -d '{"inputs":["x"],"max_tokens":50000}'
+show "allowed: 15000 tokens fit in alice's budget (20000 at once)" \
+  -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
+  -H 'content-type: application/json' -d '{"inputs":["x"],"max_tokens":15000}'
+show "429: another 15000 do not fit yet; Retry-After says when they will" \
+  -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
+  -H 'content-type: application/json' -d '{"inputs":["x"],"max_tokens":15000}'
 show "404: no such route" "$gw/v2/nothing-here"
 
 echo

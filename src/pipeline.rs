@@ -83,7 +83,11 @@ async fn charge(
         .as_ref()
         .is_some_and(|q| q.degraded == Some(quota::OnStoreError::Deny));
     let detail = d.quota.as_ref().map(|q| q.detail()).unwrap_or_default();
-    if unavailable {
+    let too_large = d.quota.as_ref().is_some_and(|q| q.cost_too_large.is_some());
+    if too_large {
+        // No amount of waiting helps: the client must ask for less.
+        d.deny(DenyReason::BadQuotaCost, detail)
+    } else if unavailable {
         d.deny(DenyReason::QuotaUnavailable, detail)
     } else {
         d.deny(DenyReason::QuotaExceeded, detail)

@@ -421,3 +421,38 @@ async fn decide(
     let quotas = portcullis::quota::Quotas::in_process(1024);
     portcullis::pipeline::decide(s, authn, &quotas, req).await
 }
+
+#[tokio::test]
+async fn a_cost_larger_than_the_limit_ever_allows_is_a_400_without_retry_after() {
+    // principal-model-tokens holds 20000 at once (bundled quotas.yaml).
+    let s = bundled();
+    let authn = authenticator();
+    let quotas = portcullis::quota::Quotas::in_process(1024);
+    let ask = |tokens: u64| {
+        let mut req = predict("sentiment", "v2");
+        req.headers.insert(
+            "authorization".into(),
+            format!("Bearer {}", token("alice", "acme")),
+        );
+        req.headers
+            .insert("x-max-tokens".into(), tokens.to_string());
+        req
+    };
+    let d = portcullis::pipeline::decide(&s, &authn, &quotas, &ask(50_000)).await;
+    assert_eq!(d.reason, Some(DenyReason::BadQuotaCost), "{d:?}");
+    let q = d.quota.as_ref().unwrap();
+    assert_eq!(q.cost_too_large, Some(50_000));
+    assert_eq!(q.retry_after_seconds, None);
+    assert!(d.detail.contains("allows at once"), "{}", d.detail);
+    // Nothing was charged: 15000 fits, then another 15000 must wait.
+    let d = portcullis::pipeline::decide(&s, &authn, &quotas, &ask(15_000)).await;
+    assert_eq!(d.status, 200, "{d:?}");
+    let d = portcullis::pipeline::decide(&s, &authn, &quotas, &ask(15_000)).await;
+    assert_eq!(d.reason, Some(DenyReason::QuotaExceeded), "{d:?}");
+    assert!(d
+        .quota
+        .as_ref()
+        .unwrap()
+        .retry_after_seconds
+        .is_some_and(|r| r > 0));
+}

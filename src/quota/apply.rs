@@ -65,6 +65,10 @@ pub struct QuotaOutcome {
     /// Set when the store failed and the configured mode decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded: Option<OnStoreError>,
+    /// Set when the request's cost is larger than this limit ever allows at
+    /// once (its burst): waiting cannot help, so there is no Retry-After.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_too_large: Option<u64>,
 }
 
 impl QuotaOutcome {
@@ -75,6 +79,16 @@ impl QuotaOutcome {
             Some(OnStoreError::Allow) => return Vec::new(),
             Some(OnStoreError::Deny) => return vec![("retry-after", "1".to_string())],
             _ => {}
+        }
+        if self.cost_too_large.is_some() {
+            // The counter was not read: describe the limit, not its state.
+            return vec![
+                ("ratelimit-limit", self.limit.to_string()),
+                (
+                    "ratelimit-policy",
+                    format!("{};w={}", self.limit, self.window_seconds),
+                ),
+            ];
         }
         let mut h = vec![
             ("ratelimit-limit", self.limit.to_string()),
@@ -93,6 +107,14 @@ impl QuotaOutcome {
 
     /// The client-safe explanation of a refusal.
     pub fn detail(&self) -> String {
+        if let Some(cost) = self.cost_too_large {
+            return format!(
+                "the request costs {cost}, more than quota '{}' allows at once ({} per {} s); ask for less",
+                self.name.as_deref().unwrap_or(&self.descriptor),
+                self.limit,
+                self.window_seconds
+            );
+        }
         match (self.degraded, self.retry_after_seconds) {
             (Some(OnStoreError::Deny), _) => {
                 "quota could not be checked right now; retry shortly".to_string()
@@ -145,6 +167,42 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
         index.push(i);
     }
     let mut applied: Vec<Option<Applied>> = vec![None; descriptors.len()];
+    // A cost larger than an enforced limit's burst can never fit: refuse it
+    // as such, charging nothing, rather than with a Retry-After that no
+    // amount of waiting would satisfy.
+    if let Some(pos) = charges
+        .iter()
+        .position(|c| !c.shadow && c.cost > c.rate.burst())
+    {
+        let (i, c) = (index[pos], &charges[pos]);
+        let limit = found[i].expect("indexed limits exist").clone();
+        let outcome = QuotaOutcome {
+            descriptor: c.key.clone(),
+            name: limit.name.clone(),
+            limit: limit.burst,
+            window_seconds: limit.window_seconds(),
+            remaining: 0,
+            reset_seconds: 0,
+            retry_after_seconds: None,
+            shadow_exceeded: Vec::new(),
+            degraded: None,
+            cost_too_large: Some(c.cost),
+        };
+        applied[i] = Some(Applied {
+            limit,
+            state: LimitState {
+                over: true,
+                remaining: 0,
+                reset_us: 0,
+                retry_us: 0,
+            },
+        });
+        return Verdict {
+            allowed: false,
+            applied,
+            outcome: Some(outcome),
+        };
+    }
     if charges.is_empty() {
         return Verdict {
             allowed: true,
@@ -213,6 +271,7 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
             retry_after_seconds: (!charged.allowed).then(|| secs_up(a.state.retry_us).max(1)),
             shadow_exceeded,
             degraded,
+            cost_too_large: None,
         }
     });
     Verdict {
@@ -233,5 +292,6 @@ fn unchecked(key: &str, mode: OnStoreError) -> QuotaOutcome {
         retry_after_seconds: (mode == OnStoreError::Deny).then_some(1),
         shadow_exceeded: Vec::new(),
         degraded: Some(mode),
+        cost_too_large: None,
     }
 }
