@@ -147,6 +147,19 @@ fn configmap_carries_a_valid_portcullis_config() {
         "{} not under {mount}",
         config.policies.display()
     );
+    // The root file system is read-only: the audit trail must live on a
+    // writable mount, or Portcullis cannot start.
+    let writable = mounts.iter().any(|m| {
+        m["readOnly"].as_bool() != Some(true)
+            && m["mountPath"]
+                .as_str()
+                .is_some_and(|p| config.audit.directory.starts_with(p))
+    });
+    assert!(
+        config.audit.directory.is_absolute() && writable,
+        "audit directory {} is not on a writable volume",
+        config.audit.directory.display()
+    );
 }
 
 #[test]
@@ -190,6 +203,12 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
         "reproducible dependency versions"
     );
     assert!(text.contains("ENTRYPOINT [\"/usr/local/bin/portcullis\"]"));
+    // The default audit directory (./audit) must be writable by nonroot.
+    assert!(text.contains("WORKDIR /var/lib/portcullis"), "{text}");
+    assert!(
+        text.contains("--chown=nonroot:nonroot /out/var/lib/portcullis"),
+        "{text}"
+    );
 }
 
 #[test]
