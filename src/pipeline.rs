@@ -78,19 +78,9 @@ async fn charge(
     if verdict.allowed {
         return d;
     }
-    let unavailable = d
-        .quota
-        .as_ref()
-        .is_some_and(|q| q.degraded == Some(quota::OnStoreError::Deny));
-    let detail = d.quota.as_ref().map(|q| q.detail()).unwrap_or_default();
-    let too_large = d.quota.as_ref().is_some_and(|q| q.cost_too_large.is_some());
-    if too_large {
-        // No amount of waiting helps: the client must ask for less.
-        d.deny(DenyReason::BadQuotaCost, detail)
-    } else if unavailable {
-        d.deny(DenyReason::QuotaUnavailable, detail)
-    } else {
-        d.deny(DenyReason::QuotaExceeded, detail)
+    match d.quota.as_ref().map(|q| (q.deny_reason(), q.detail())) {
+        Some((reason, detail)) => d.deny(reason, detail),
+        None => d.deny(DenyReason::QuotaExceeded, String::new()),
     }
 }
 

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::decision::{Decision, DenyReason};
 use crate::quota::apply::{self, Descriptor, Verdict};
-use crate::quota::{OnStoreError, QuotaLimit};
+use crate::quota::QuotaLimit;
 use crate::request::AccessRequest;
 use crate::server::State;
 
@@ -50,20 +50,15 @@ impl RateLimitService for RateLimiter {
         let mut decision = Decision::new(&snapshot.version).allow();
         decision.quota = verdict.outcome.clone();
         if !verdict.allowed {
-            let unavailable = decision
+            if let Some((reason, detail)) = decision
                 .quota
                 .as_ref()
-                .is_some_and(|q| q.degraded == Some(OnStoreError::Deny));
-            let detail = decision
-                .quota
-                .as_ref()
-                .map(|q| q.detail())
-                .unwrap_or_default();
-            decision = if unavailable {
-                decision.deny(DenyReason::QuotaUnavailable, detail)
+                .map(|q| (q.deny_reason(), q.detail()))
+            {
+                decision = decision.deny(reason, detail);
             } else {
-                decision.deny(DenyReason::QuotaExceeded, detail)
-            };
+                decision = decision.deny(DenyReason::QuotaExceeded, String::new());
+            }
         }
         // Debug: the audit trail records every decision (see pipeline).
         tracing::debug!(

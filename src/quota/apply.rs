@@ -105,6 +105,19 @@ impl QuotaOutcome {
         h
     }
 
+    /// Why a refused request is denied: the store could not be asked (and
+    /// the mode denies), the cost can never fit, or the limit is spent.
+    pub fn deny_reason(&self) -> crate::decision::DenyReason {
+        use crate::decision::DenyReason;
+        if self.degraded == Some(OnStoreError::Deny) {
+            DenyReason::QuotaUnavailable
+        } else if self.cost_too_large.is_some() {
+            DenyReason::BadQuotaCost
+        } else {
+            DenyReason::QuotaExceeded
+        }
+    }
+
     /// The client-safe explanation of a refusal.
     pub fn detail(&self) -> String {
         if let Some(cost) = self.cost_too_large {
