@@ -3,10 +3,16 @@
 //! policies. Forbid overrides permit, default deny, and any evaluation error
 //! denies. It does not authenticate or match routes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cedar_policy::{Authorizer, Context, Decision as CedarDecision, Entity, EntityUid, Request};
+use cedar_policy::{
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity,
+    EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    RestrictedExpression,
+};
 use serde_json::{json, Map, Value};
 
 use crate::authn::Identity;
@@ -102,7 +108,54 @@ pub fn authorize(
     action: &str,
     resource: EntityUid,
     context: Value,
-) -> (AuthzOutcome, Option<AuthzOutcome>) {
+) -> Decided {
+    let action = action_uid(action);
+    // Every input the policies can read is in the key (the entity store is
+    // the snapshot's, which owns the cache, plus the identity's parents),
+    // so a hit is the decision Cedar would make again.
+    let key = DecisionKey::new(identity, &action, &resource, &context);
+    if let Some(hit) = snapshot.prepared.decisions.get(&key) {
+        snapshot.prepared.hits.fetch_add(1, Ordering::Relaxed);
+        return (*hit).clone();
+    }
+    snapshot.prepared.misses.fetch_add(1, Ordering::Relaxed);
+    let decided = decide_uncached(snapshot, identity, action, resource, context);
+    snapshot
+        .prepared
+        .decisions
+        .insert(key, Arc::new(decided.clone()));
+    decided
+}
+
+/// The decision cache's key: principal, the parents its credentials assert,
+/// action, resource and the whole context, as one string.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct DecisionKey(Box<str>);
+
+impl DecisionKey {
+    fn new(identity: &Identity, action: &EntityUid, resource: &EntityUid, context: &Value) -> Self {
+        use std::fmt::Write as _;
+        let mut key = String::with_capacity(256);
+        let _ = write!(key, "{}\u{1f}", identity.principal);
+        let mut parents: Vec<String> = identity.parents.iter().map(ToString::to_string).collect();
+        parents.sort_unstable();
+        for p in parents {
+            let _ = write!(key, "{p}\u{1e}");
+        }
+        let _ = write!(key, "\u{1f}{action}\u{1f}{resource}\u{1f}{context}");
+        DecisionKey(key.into_boxed_str())
+    }
+}
+
+type Decided = (AuthzOutcome, Option<AuthzOutcome>);
+
+fn decide_uncached(
+    snapshot: &Snapshot,
+    identity: &Identity,
+    action: EntityUid,
+    resource: EntityUid,
+    context: Value,
+) -> Decided {
     let denied = |error: String| {
         let outcome = AuthzOutcome {
             allowed: false,
@@ -112,18 +165,18 @@ pub fn authorize(
         let shadow = snapshot.shadow.as_ref().map(|_| outcome.clone());
         (outcome, shadow)
     };
-    let action = action_uid(action);
-    // Parsed without the schema: schema-directed parsing tries implicit
-    // forms and builds (then drops) an error for each, which dominated the
-    // decision's cost; the schema still checks the result in `Request::new`.
-    let context = match Context::from_json_value(context, None) {
+    // Built directly from the JSON value: `Context::from_json_value` tries
+    // each escape form of every value through serde and builds (then drops)
+    // an error for each miss, which cost more than evaluating the policies.
+    // The schema still checks the result in `Request::new`.
+    let context = match context_from_json(context) {
         Ok(c) => c,
         Err(e) => return denied(format!("request context does not match the schema: {e}")),
     };
     let request = match Request::new(
         identity.principal.clone(),
-        action,
-        resource,
+        action.clone(),
+        resource.clone(),
         context,
         Some(&snapshot.schema),
     ) {
@@ -132,32 +185,321 @@ pub fn authorize(
     };
 
     // Credentials may assert parents (the token's org) that entities.json
-    // does not know; merge them into the principal for this request only.
-    let merged;
-    let entities = if identity.parents.is_empty() {
-        &snapshot.entities
-    } else {
-        let upserted = with_parents(snapshot, identity).and_then(|p| {
-            snapshot
-                .entities
-                .clone()
-                .upsert_entities([p], None)
-                .map_err(|e| e.to_string())
-        });
-        merged = match upserted {
-            Ok(e) => e,
-            Err(e) => return denied(format!("cannot build the principal entity: {e}")),
-        };
-        &merged
+    // does not know; merge them into the principal (cached per identity,
+    // for the life of the snapshot).
+    let entities = match snapshot.prepared.entities_for(snapshot, identity) {
+        Ok(e) => e,
+        Err(e) => return denied(format!("cannot build the principal entity: {e}")),
     };
+    let scope = Scope::of(&entities, &identity.principal, &action, &resource);
 
     let authorizer = &*AUTHORIZER;
-    let enforced = evaluate(authorizer, &request, &snapshot.policies, entities);
+    let enforced = evaluate(
+        authorizer,
+        &request,
+        &snapshot.prepared.enforced.slice(&scope),
+        &entities,
+    );
     let shadow = snapshot
+        .prepared
         .shadow
         .as_ref()
-        .map(|candidate| evaluate(authorizer, &request, candidate, entities));
+        .map(|candidate| evaluate(authorizer, &request, &candidate.slice(&scope), &entities));
     (enforced, shadow)
+}
+
+/// A Cedar context from the JSON value `RequestContext::build` produces:
+/// strings, booleans, integers, arrays, objects and `{"__extn": {"fn":
+/// "ip"|"decimal", "arg": ...}}`.
+pub fn context_from_json(value: Value) -> Result<Context, String> {
+    let Value::Object(fields) = value else {
+        return Err("the context must be a record".into());
+    };
+    let pairs = fields
+        .into_iter()
+        .map(|(k, v)| restricted(v, &k).map(|v| (k, v)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Context::from_pairs(pairs).map_err(|e| e.to_string())
+}
+
+fn restricted(value: Value, at: &str) -> Result<RestrictedExpression, String> {
+    Ok(match value {
+        Value::String(s) => RestrictedExpression::new_string(s),
+        Value::Bool(b) => RestrictedExpression::new_bool(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => RestrictedExpression::new_long(i),
+            None => return Err(format!("'{at}': {n} is not a 64-bit integer")),
+        },
+        Value::Array(items) => RestrictedExpression::new_set(
+            items
+                .into_iter()
+                .map(|v| restricted(v, at))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Value::Object(mut fields) => {
+            if let Some(Value::Object(extn)) = fields.remove("__extn") {
+                let arg = extn.get("arg").and_then(Value::as_str).unwrap_or("");
+                return match extn.get("fn").and_then(Value::as_str) {
+                    Some("ip") => Ok(RestrictedExpression::new_ip(arg)),
+                    Some("decimal") => Ok(RestrictedExpression::new_decimal(arg)),
+                    other => Err(format!("'{at}': unknown extension function {other:?}")),
+                };
+            }
+            RestrictedExpression::new_record(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = restricted(v, &k)?;
+                        Ok((k, v))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+            )
+            .map_err(|e| e.to_string())?
+        }
+        Value::Null => return Err(format!("'{at}': null has no Cedar value")),
+    })
+}
+
+/// What a policy's scope can be matched against: the request's principal,
+/// action and resource, each with its ancestors in the entity store.
+struct Scope<'a> {
+    principal: &'a EntityUid,
+    principal_ancestors: HashSet<&'a EntityUid>,
+    action: &'a EntityUid,
+    action_ancestors: HashSet<&'a EntityUid>,
+    resource: &'a EntityUid,
+    resource_ancestors: HashSet<&'a EntityUid>,
+}
+
+impl<'a> Scope<'a> {
+    fn of(
+        entities: &'a Entities,
+        principal: &'a EntityUid,
+        action: &'a EntityUid,
+        resource: &'a EntityUid,
+    ) -> Self {
+        let ancestors = |uid: &EntityUid| -> HashSet<&'a EntityUid> {
+            entities
+                .ancestors(uid)
+                .map(|a| a.collect())
+                .unwrap_or_default()
+        };
+        Scope {
+            principal,
+            principal_ancestors: ancestors(principal),
+            action,
+            action_ancestors: ancestors(action),
+            resource,
+            resource_ancestors: ancestors(resource),
+        }
+    }
+
+    /// Cedar's `in` for the scope: equal, or an ancestor.
+    fn principal_in(&self, group: &EntityUid) -> bool {
+        group == self.principal || self.principal_ancestors.contains(group)
+    }
+
+    fn resource_in(&self, group: &EntityUid) -> bool {
+        group == self.resource || self.resource_ancestors.contains(group)
+    }
+
+    fn action_in(&self, group: &EntityUid) -> bool {
+        group == self.action || self.action_ancestors.contains(group)
+    }
+
+    /// Whether the policy's scope can hold for this request. A policy whose
+    /// scope does not hold is neither satisfied nor evaluated further by
+    /// Cedar (the scope is the first conjunct), so leaving it out changes
+    /// neither the decision, nor the determining policies, nor the errors.
+    fn admits(&self, policy: &Policy) -> bool {
+        let principal = match policy.principal_constraint() {
+            PrincipalConstraint::Any => true,
+            PrincipalConstraint::Eq(uid) => &uid == self.principal,
+            PrincipalConstraint::In(uid) => self.principal_in(&uid),
+            PrincipalConstraint::Is(ty) => &ty == self.principal.type_name(),
+            PrincipalConstraint::IsIn(ty, uid) => {
+                &ty == self.principal.type_name() && self.principal_in(&uid)
+            }
+        };
+        principal
+            && match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(uid) => &uid == self.action,
+                ActionConstraint::In(groups) => groups.iter().any(|g| self.action_in(g)),
+            }
+            && match policy.resource_constraint() {
+                ResourceConstraint::Any => true,
+                ResourceConstraint::Eq(uid) => &uid == self.resource,
+                ResourceConstraint::In(uid) => self.resource_in(&uid),
+                ResourceConstraint::Is(ty) => &ty == self.resource.type_name(),
+                ResourceConstraint::IsIn(ty, uid) => {
+                    &ty == self.resource.type_name() && self.resource_in(&uid)
+                }
+            }
+    }
+}
+
+/// A policy set indexed by principal scope, so that a request is evaluated
+/// against only the policies whose scope can hold for it.
+pub struct PolicyIndex {
+    all: Arc<PolicySet>,
+    /// Every policy, in a fixed order; the maps below hold positions.
+    policies: Vec<Policy>,
+    by_principal: HashMap<EntityUid, Vec<usize>>,
+    by_principal_type: HashMap<EntityTypeName, Vec<usize>>,
+    any_principal: Vec<usize>,
+    /// Slices already built, keyed by the positions they hold.
+    slices: moka::sync::Cache<Vec<usize>, Arc<PolicySet>>,
+    /// Template-linked policies cannot be re-added alone: no slicing then.
+    sliceable: bool,
+}
+
+impl PolicyIndex {
+    /// Indexes `set`.
+    pub fn new(set: &PolicySet) -> Self {
+        let policies: Vec<Policy> = set.policies().cloned().collect();
+        let mut by_principal: HashMap<EntityUid, Vec<usize>> = HashMap::new();
+        let mut by_principal_type: HashMap<EntityTypeName, Vec<usize>> = HashMap::new();
+        let mut any_principal = Vec::new();
+        for (i, policy) in policies.iter().enumerate() {
+            match policy.principal_constraint() {
+                PrincipalConstraint::Any => any_principal.push(i),
+                PrincipalConstraint::Eq(uid) | PrincipalConstraint::In(uid) => {
+                    by_principal.entry(uid).or_default().push(i)
+                }
+                PrincipalConstraint::Is(ty) | PrincipalConstraint::IsIn(ty, _) => {
+                    by_principal_type.entry(ty).or_default().push(i)
+                }
+            }
+        }
+        let sliceable =
+            set.templates().next().is_none() && policies.iter().all(|p| p.template_id().is_none());
+        PolicyIndex {
+            all: Arc::new(set.clone()),
+            policies,
+            by_principal,
+            by_principal_type,
+            any_principal,
+            slices: moka::sync::Cache::new(4_096),
+            sliceable,
+        }
+    }
+
+    /// The policies whose scope can hold for the request.
+    fn slice(&self, scope: &Scope<'_>) -> Arc<PolicySet> {
+        if !self.sliceable {
+            return Arc::clone(&self.all);
+        }
+        let mut picked: Vec<usize> = Vec::new();
+        let mut consider = |positions: Option<&Vec<usize>>| {
+            for &i in positions.into_iter().flatten() {
+                if scope.admits(&self.policies[i]) {
+                    picked.push(i);
+                }
+            }
+        };
+        consider(Some(&self.any_principal));
+        consider(self.by_principal.get(scope.principal));
+        for ancestor in &scope.principal_ancestors {
+            consider(self.by_principal.get(*ancestor));
+        }
+        consider(self.by_principal_type.get(scope.principal.type_name()));
+        picked.sort_unstable();
+        picked.dedup();
+        if picked.len() == self.policies.len() {
+            return Arc::clone(&self.all);
+        }
+        if let Some(slice) = self.slices.get(&picked) {
+            return slice;
+        }
+        let slice = PolicySet::from_policies(picked.iter().map(|&i| self.policies[i].clone()))
+            .map(Arc::new)
+            .unwrap_or_else(|_| Arc::clone(&self.all));
+        self.slices.insert(picked, Arc::clone(&slice));
+        slice
+    }
+}
+
+/// What a snapshot prepares once for evaluating requests fast: its policy
+/// sets indexed by scope, and the entity stores of identities whose
+/// credentials assert parents.
+pub struct Prepared {
+    decisions: moka::sync::Cache<DecisionKey, Arc<Decided>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    enforced: PolicyIndex,
+    shadow: Option<PolicyIndex>,
+    merged: moka::sync::Cache<(EntityUid, Vec<EntityUid>), Arc<Entities>>,
+    plain: Arc<Entities>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("policies", &self.enforced.policies.len())
+            .field("merged_entity_stores", &self.merged.entry_count())
+            .finish()
+    }
+}
+
+/// Cedar decisions kept per snapshot (keys are a few hundred bytes).
+const DECISION_CACHE_CAPACITY: u64 = 16_384;
+
+/// Most entities held, summed over the cached per-identity stores.
+const MERGED_ENTITY_BUDGET: u64 = 2_000_000;
+
+impl Prepared {
+    /// Prepares the enforced set, the shadow set and the entity store.
+    pub fn new(enforced: &PolicySet, shadow: Option<&PolicySet>, entities: &Entities) -> Self {
+        Prepared {
+            decisions: moka::sync::Cache::builder()
+                .max_capacity(DECISION_CACHE_CAPACITY)
+                .build(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            enforced: PolicyIndex::new(enforced),
+            shadow: shadow.map(PolicyIndex::new),
+            merged: moka::sync::Cache::builder()
+                .max_capacity(MERGED_ENTITY_BUDGET)
+                .weigher(|_, e: &Arc<Entities>| u32::try_from(e.len() + 1).unwrap_or(u32::MAX))
+                .build(),
+            plain: Arc::new(entities.clone()),
+        }
+    }
+
+    /// Decision cache hits and misses since the snapshot was loaded.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The entity store to evaluate `identity`'s requests against.
+    fn entities_for(
+        &self,
+        snapshot: &Snapshot,
+        identity: &Identity,
+    ) -> Result<Arc<Entities>, String> {
+        if identity.parents.is_empty() {
+            return Ok(Arc::clone(&self.plain));
+        }
+        let mut parents = identity.parents.clone();
+        parents.sort_unstable_by_key(ToString::to_string);
+        let key = (identity.principal.clone(), parents);
+        if let Some(e) = self.merged.get(&key) {
+            return Ok(e);
+        }
+        let principal = with_parents(snapshot, identity)?;
+        let merged = snapshot
+            .entities
+            .clone()
+            .upsert_entities([principal], None)
+            .map_err(|e| e.to_string())?;
+        let merged = Arc::new(merged);
+        self.merged.insert(key, Arc::clone(&merged));
+        Ok(merged)
+    }
 }
 
 fn evaluate(
@@ -198,5 +540,134 @@ fn with_parents(snapshot: &Snapshot, identity: &Identity) -> Result<Entity, Stri
             Entity::new(uid, attrs, parents).map_err(|e| e.to_string())
         }
         None => Ok(Entity::new_no_attrs(identity.principal.clone(), parents)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICIES: &str = r#"
+        @id("any") permit (principal, action, resource) when { context.flag };
+        @id("eq-alice") permit (principal == User::"alice", action == Action::"invoke", resource);
+        @id("in-acme") permit (principal in Org::"acme", action in [Action::"use"], resource in Folder::"f");
+        @id("in-team") forbid (principal in Team::"t1", action, resource == Model::"m2");
+        @id("is-user") permit (principal is User, action == Action::"read", resource is Model);
+        @id("is-in") permit (principal is User in Org::"acme", action, resource is Model in Folder::"f");
+        @id("svc") permit (principal is ServiceAccount, action, resource) when { resource.missing == 1 };
+        @id("errs") forbid (principal == User::"bob", action, resource) when { resource.nope };
+        @id("res-eq") permit (principal, action == Action::"invoke", resource == Model::"zzz");
+        @id("carol") permit (principal == User::"carol", action in [Action::"read", Action::"invoke"], resource);
+    "#;
+
+    fn entities() -> Entities {
+        Entities::from_json_value(
+            serde_json::json!([
+                {"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": [{"type": "Team", "id": "t1"}]},
+                {"uid": {"type": "Team", "id": "t1"}, "attrs": {}, "parents": [{"type": "Org", "id": "acme"}]},
+                {"uid": {"type": "User", "id": "bob"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Model", "id": "m1"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f"}]},
+                {"uid": {"type": "Model", "id": "m2"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f"}]},
+                {"uid": {"type": "Action", "id": "invoke"}, "attrs": {}, "parents": [{"type": "Action", "id": "use"}]},
+                {"uid": {"type": "Action", "id": "read"}, "attrs": {}, "parents": [{"type": "Action", "id": "use"}]},
+                {"uid": {"type": "Action", "id": "use"}, "attrs": {}, "parents": []}
+            ]),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn uid(s: &str) -> EntityUid {
+        s.parse().unwrap()
+    }
+
+    /// Evaluating the slice gives exactly what evaluating every policy
+    /// gives: decision, determining policies and errors, for principals in
+    /// and out of the store, action groups, and resources in and out of it.
+    #[test]
+    fn a_slice_decides_exactly_as_the_whole_set() {
+        let set: PolicySet = POLICIES.parse().unwrap();
+        let index = PolicyIndex::new(&set);
+        let entities = entities();
+        let principals = [
+            r#"User::"alice""#,
+            r#"User::"bob""#,
+            r#"User::"carol""#,
+            r#"ServiceAccount::"s""#,
+            r#"Team::"t1""#,
+        ];
+        let actions = [
+            r#"Action::"invoke""#,
+            r#"Action::"read""#,
+            r#"Action::"use""#,
+        ];
+        let resources = [
+            r#"Model::"m1""#,
+            r#"Model::"m2""#,
+            r#"Model::"zzz""#,
+            r#"Folder::"f""#,
+        ];
+        let mut smaller = 0;
+        for p in principals {
+            for a in actions {
+                for r in resources {
+                    for flag in [false, true] {
+                        let (p, a, r) = (uid(p), uid(a), uid(r));
+                        let ctx = context_from_json(serde_json::json!({ "flag": flag })).unwrap();
+                        let request =
+                            Request::new(p.clone(), a.clone(), r.clone(), ctx, None).unwrap();
+                        let scope = Scope::of(&entities, &p, &a, &r);
+                        let slice = index.slice(&scope);
+                        if slice.policies().count() < set.policies().count() {
+                            smaller += 1;
+                        }
+                        let whole = evaluate(&AUTHORIZER, &request, &set, &entities);
+                        let sliced = evaluate(&AUTHORIZER, &request, &slice, &entities);
+                        let sorted = |o: &AuthzOutcome| {
+                            let mut d = o.determining.clone();
+                            d.sort();
+                            let mut e = o.errors.clone();
+                            e.sort();
+                            (o.allowed, d, e)
+                        };
+                        assert_eq!(sorted(&whole), sorted(&sliced), "{p} {a} {r} flag={flag}");
+                    }
+                }
+            }
+        }
+        // The index does cut work: most requests see fewer policies.
+        assert!(smaller > 60, "only {smaller} of 120 requests were sliced");
+    }
+
+    #[test]
+    fn contexts_convert_like_cedar_json_parsing() {
+        let value = serde_json::json!({
+            "s": "x", "n": -3, "b": true, "set": ["a", "b"],
+            "rec": {"inner": {"deep": 1}},
+            "ip": {"__extn": {"fn": "ip", "arg": "10.0.0.1"}},
+        });
+        let fast = context_from_json(value.clone()).unwrap();
+        let slow = Context::from_json_value(value, None).unwrap();
+        let p = uid(r#"User::"u""#);
+        let a = uid(r#"Action::"a""#);
+        let r = uid(r#"Model::"m""#);
+        let policy: PolicySet = r#"permit (principal, action, resource) when {
+            context.s == "x" && context.n == -3 && context.b && context.set.contains("b")
+            && context.rec.inner.deep == 1 && context.ip.isInRange(ip("10.0.0.0/8")) };"#
+            .parse()
+            .unwrap();
+        for ctx in [fast, slow] {
+            let req = Request::new(p.clone(), a.clone(), r.clone(), ctx, None).unwrap();
+            let out = evaluate(&AUTHORIZER, &req, &policy, &Entities::empty());
+            assert!(out.allowed, "{out:?}");
+        }
+        for bad in [
+            serde_json::json!({"f": 1.5}),
+            serde_json::json!({"n": null}),
+            serde_json::json!({"x": {"__extn": {"fn": "nope", "arg": "1"}}}),
+            serde_json::json!([1]),
+        ] {
+            assert!(context_from_json(bad.clone()).is_err(), "{bad}");
+        }
     }
 }

@@ -59,6 +59,9 @@ pub struct Snapshot {
     pub file_hashes: BTreeMap<String, String>,
     /// Quota limits and in-Check quota rules (`quotas.yaml`, `quotas/*.yaml`).
     pub quotas: crate::quota::QuotaConfig,
+    /// The policy sets indexed for evaluation, and per-identity entity
+    /// stores (built once per snapshot; see `authz`).
+    pub prepared: crate::authz::Prepared,
 }
 
 /// One problem in a policy directory.
@@ -250,6 +253,8 @@ impl Snapshot {
             return Err(fail(errors));
         }
         let routes = routes.expect("routes parsed when there are no errors");
+        let shadow = (!shadow_sources.is_empty()).then_some(candidate);
+        let prepared = crate::authz::Prepared::new(&policies, shadow.as_ref(), &entities);
         Ok(Snapshot {
             version: version.unwrap_or_else(|| version_of(dir, &files)),
             loaded_at: SystemTime::now(),
@@ -258,7 +263,7 @@ impl Snapshot {
             schema,
             policies,
             sources,
-            shadow: (!shadow_sources.is_empty()).then_some(candidate),
+            shadow,
             shadow_sources,
             entities,
             routes,
@@ -267,6 +272,7 @@ impl Snapshot {
                 .map(|(name, text)| (name.clone(), hex::encode(Sha256::digest(text.as_bytes()))))
                 .collect(),
             quotas,
+            prepared,
         })
     }
 

@@ -456,3 +456,48 @@ async fn a_cost_larger_than_the_limit_ever_allows_is_a_400_without_retry_after()
         .retry_after_seconds
         .is_some_and(|r| r > 0));
 }
+
+/// The decision cache answers a repeated request without evaluating it
+/// again, misses when any input the policies read differs (the identity's
+/// parents, the context), and starts empty with every snapshot, so a policy
+/// change never serves a stale decision.
+#[test]
+fn decision_cache_hits_only_on_identical_inputs_and_dies_with_its_snapshot() {
+    use portcullis::authz::authorize;
+    let snapshot = bundled();
+    let resource: cedar_policy::EntityUid = r#"ModelVersion::"sentiment/v2""#.parse().unwrap();
+    let context = |hour: u64| {
+        json!({
+            "method": "POST", "path": "/v1/models/sentiment/versions/v2:predict",
+            "host": "api", "route": "predict",
+            "time": {"epoch": 1_700_000_000 + hour * 3600, "hour": hour, "weekday": 3},
+            "auth": {"method": "jwt", "mfa": false},
+            "token": {"scopes": [], "claims": {}}, "headers": {},
+        })
+    };
+    let alice = user("alice", Some("acme"));
+    let first = authorize(&snapshot, &alice, "invoke", resource.clone(), context(10));
+    assert_eq!(snapshot.prepared.cache_stats(), (0, 1));
+    let again = authorize(&snapshot, &alice, "invoke", resource.clone(), context(10));
+    assert_eq!(snapshot.prepared.cache_stats(), (1, 1));
+    assert_eq!(first, again);
+    assert!(first.0.allowed, "{first:?}");
+    // Other parents: alice outside acme may not invoke acme's model.
+    let outsider = user("alice", Some("globex"));
+    let other = authorize(
+        &snapshot,
+        &outsider,
+        "invoke",
+        resource.clone(),
+        context(10),
+    );
+    assert_eq!(snapshot.prepared.cache_stats(), (1, 2));
+    assert!(!other.0.allowed, "{other:?}");
+    // Another context is another key.
+    authorize(&snapshot, &alice, "invoke", resource.clone(), context(11));
+    assert_eq!(snapshot.prepared.cache_stats(), (1, 3));
+    // A fresh snapshot (a reload) starts with an empty cache.
+    let reloaded = bundled();
+    authorize(&reloaded, &alice, "invoke", resource, context(10));
+    assert_eq!(reloaded.prepared.cache_stats(), (0, 1));
+}
