@@ -100,6 +100,12 @@ fn pipeline(c: &mut Criterion) {
         g.bench_function(format!("bearer_{alg:?}"), |b| {
             b.iter(|| rt.block_on(decide(&snapshot, &authn, &quotas, &req)))
         });
+        // The same with every decision evaluated by Cedar again.
+        snapshot.prepared.set_decision_cache(false);
+        g.bench_function(format!("bearer_{alg:?}_decision_cache_off"), |b| {
+            b.iter(|| rt.block_on(decide(&snapshot, &authn, &quotas, &req)))
+        });
+        snapshot.prepared.set_decision_cache(true);
     }
     let mut mtls = predict();
     mtls.source_principal = Some("spiffe://acme.example/ns/ml/sa/batch-scorer".into());
@@ -114,9 +120,11 @@ fn pipeline(c: &mut Criterion) {
         vec![r#"Org::"acme""#.parse().unwrap()],
         AuthMethod::Jwt,
     );
+    snapshot.prepared.set_decision_cache(false);
     g.bench_function("identity_given_cedar_only", |b| {
         b.iter(|| decide_as(&snapshot, Some(alice.clone()), &predict()))
     });
+    snapshot.prepared.set_decision_cache(true);
     g.bench_function("no_route_404", |b| {
         let req = AccessRequest::for_test("GET", "/nowhere");
         b.iter(|| rt.block_on(decide(&snapshot, &authn, &quotas, &req)))
@@ -125,34 +133,42 @@ fn pipeline(c: &mut Criterion) {
 }
 
 /// A policy directory with `n` permit policies over distinct principals,
-/// plus the one that applies to the measured request.
-fn scaled_policies(dir: &Path, n: usize) {
+/// plus the one that applies to the measured request. `indexed`: each
+/// principal is named in the policy's scope (the index skips the others);
+/// otherwise in its condition (every policy is evaluated).
+fn scaled_policies(dir: &Path, n: usize, indexed: bool) {
     for f in ["schema.cedarschema", "entities.json", "routes.yaml"] {
         std::fs::copy(root().join("policies").join(f), dir.join(f)).unwrap();
     }
     let mut text = String::new();
     for i in 0..n {
-        text.push_str(&format!(
-            "@id(\"p{i}\")\npermit (principal == User::\"u{i}\", action == Action::\"invoke\", resource is ModelVersion) when {{ principal in resource.model.owner }};\n"
-        ));
+        text.push_str(&if indexed {
+            format!("@id(\"p{i}\")\npermit (principal == User::\"u{i}\", action == Action::\"invoke\", resource is ModelVersion) when {{ principal in resource.model.owner }};\n")
+        } else {
+            format!("@id(\"p{i}\")\npermit (principal, action == Action::\"invoke\", resource is ModelVersion) when {{ principal == User::\"u{i}\" && principal in resource.model.owner }};\n")
+        });
     }
     text.push_str("@id(\"alice\")\npermit (principal == User::\"alice\", action == Action::\"invoke\", resource is ModelVersion);\n");
     std::fs::write(dir.join("scaled.cedar"), text).unwrap();
 }
 
 fn policy_scaling(c: &mut Criterion) {
-    let mut g = c.benchmark_group("policies");
     let alice = Identity::new(r#"User::"alice""#.parse().unwrap(), vec![], AuthMethod::Jwt);
-    for n in [10, 100, 1_000, 10_000] {
-        let dir = tempfile::tempdir().unwrap();
-        scaled_policies(dir.path(), n);
-        let snapshot = Snapshot::load(dir.path()).unwrap();
-        assert!(decide_as(&snapshot, Some(alice.clone()), &predict()).is_allowed());
-        g.bench_with_input(BenchmarkId::from_parameter(n), &snapshot, |b, s| {
-            b.iter(|| decide_as(s, Some(alice.clone()), &predict()))
-        });
+    for (group, indexed) in [("policies", true), ("policies_in_conditions", false)] {
+        let mut g = c.benchmark_group(group);
+        for n in [10, 100, 1_000, 10_000] {
+            let dir = tempfile::tempdir().unwrap();
+            scaled_policies(dir.path(), n, indexed);
+            let snapshot = Snapshot::load(dir.path()).unwrap();
+            // Cedar evaluates every request: this measures the policy count.
+            snapshot.prepared.set_decision_cache(false);
+            assert!(decide_as(&snapshot, Some(alice.clone()), &predict()).is_allowed());
+            g.bench_with_input(BenchmarkId::from_parameter(n), &snapshot, |b, s| {
+                b.iter(|| decide_as(s, Some(alice.clone()), &predict()))
+            });
+        }
+        g.finish();
     }
-    g.finish();
 }
 
 fn jwt(c: &mut Criterion) {

@@ -4,7 +4,7 @@
 //! denies. It does not authenticate or match routes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -113,6 +113,9 @@ pub fn authorize(
     // Every input the policies can read is in the key (the entity store is
     // the snapshot's, which owns the cache, plus the identity's parents),
     // so a hit is the decision Cedar would make again.
+    if !snapshot.prepared.cache_decisions.load(Ordering::Relaxed) {
+        return decide_uncached(snapshot, identity, action, resource, context);
+    }
     let key = DecisionKey::new(identity, &action, &resource, &context);
     if let Some(hit) = snapshot.prepared.decisions.get(&key) {
         snapshot.prepared.hits.fetch_add(1, Ordering::Relaxed);
@@ -425,6 +428,7 @@ impl PolicyIndex {
 /// credentials assert parents.
 pub struct Prepared {
     decisions: moka::sync::Cache<DecisionKey, Arc<Decided>>,
+    cache_decisions: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
     enforced: PolicyIndex,
@@ -455,6 +459,7 @@ impl Prepared {
             decisions: moka::sync::Cache::builder()
                 .max_capacity(DECISION_CACHE_CAPACITY)
                 .build(),
+            cache_decisions: AtomicBool::new(true),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             enforced: PolicyIndex::new(enforced),
@@ -464,6 +469,15 @@ impl Prepared {
                 .weigher(|_, e: &Arc<Entities>| u32::try_from(e.len() + 1).unwrap_or(u32::MAX))
                 .build(),
             plain: Arc::new(entities.clone()),
+        }
+    }
+
+    /// Turns the decision cache on (the default) or off, e.g. to measure
+    /// the cost of evaluating every request.
+    pub fn set_decision_cache(&self, on: bool) {
+        self.cache_decisions.store(on, Ordering::Relaxed);
+        if !on {
+            self.decisions.invalidate_all();
         }
     }
 
