@@ -14,6 +14,9 @@ use anyhow::Context as _;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::Engine;
 use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    rate_limit_descriptor::Entry, RateLimitDescriptor,
+};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
@@ -23,6 +26,12 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, OkHttpResponse,
 };
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::rpc;
 use hdrhistogram::Histogram;
 use portcullis::config::{Config, IssuerConfig};
@@ -33,9 +42,24 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Parser, Debug)]
 #[command(
     name = "portcullis-bench",
-    about = "Load generator for Portcullis ext_authz Check"
+    about = "Load generator for Portcullis ext_authz Check and RLS ShouldRateLimit"
 )]
 struct Args {
+    /// The call to load: ext_authz `Check` or RLS `ShouldRateLimit`.
+    #[arg(long, value_enum, default_value_t = Rpc::Check)]
+    rpc: Rpc,
+    /// Quota store of the in-process server for `--rpc rls`: in process,
+    /// or this Redis URL (limits then exact across replicas).
+    #[arg(long)]
+    redis: Option<String>,
+    /// Serve the empty ext_authz + RLS server at this address until
+    /// interrupted, and measure nothing (for scripts/bench-envoy.sh).
+    #[arg(long)]
+    serve_empty: Option<SocketAddr>,
+    /// Write the policy directory with roomy quotas (see --keep-quotas)
+    /// to this directory and exit (for scripts/bench-envoy.sh).
+    #[arg(long)]
+    prepare_policies: Option<PathBuf>,
     /// Benchmark a running server at this address instead of starting one
     /// (its issuers will not know this run's token key: use --mix anonymous).
     #[arg(long)]
@@ -73,6 +97,15 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Rpc {
+    /// ext_authz v3 `Check`.
+    Check,
+    /// Rate limit service v3 `ShouldRateLimit`.
+    Rls,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, Serialize)]
@@ -113,6 +146,10 @@ struct Percentiles {
 
 #[derive(Debug, Serialize)]
 struct Report {
+    rpc: Rpc,
+    /// `local` or `redis` (RLS only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<&'static str>,
     mix: Mix,
     concurrency: usize,
     connections: usize,
@@ -146,13 +183,38 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
 
+    if let Some(dir) = &args.prepare_policies {
+        roomy_copy(&args.policies, dir)?;
+        println!("{}", dir.display());
+        return Ok(());
+    }
+    if let Some(addr) = args.serve_empty {
+        let cancel = CancellationToken::new();
+        let bound = servers.block_on(start_empty(addr, cancel.clone()))?;
+        eprintln!("empty ext_authz + RLS server listening on {bound}");
+        servers.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            anyhow::Ok(())
+        })?;
+        cancel.cancel();
+        return Ok(());
+    }
+
     let keys = TokenKey::generate()?;
-    let requests = Arc::new(request_mix(args.mix, &keys)?);
+    let requests = Arc::new(match args.rpc {
+        Rpc::Check => Calls::Check(request_mix(args.mix, &keys)?),
+        Rpc::Rls => Calls::Rls(rls_mix()),
+    });
     let mut phases = Vec::new();
 
     if args.baseline {
         let cancel = CancellationToken::new();
-        let addr = servers.block_on(start_empty(cancel.clone()))?;
+        let addr = servers.block_on(start_empty("127.0.0.1:0".parse()?, cancel.clone()))?;
         phases.push(clients.block_on(drive("empty", addr, &args, Arc::clone(&requests)))?);
         cancel.cancel();
     }
@@ -196,6 +258,12 @@ fn main() -> anyhow::Result<()> {
         _ => (None, None),
     };
     let report = Report {
+        rpc: args.rpc,
+        store: (args.rpc == Rpc::Rls).then_some(if args.redis.is_some() {
+            "redis"
+        } else {
+            "local"
+        }),
         mix: args.mix,
         concurrency: args.concurrency,
         connections: args.connections,
@@ -215,10 +283,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_table(r: &Report) {
-    println!(
-        "mix {:?}, concurrency {}, connections {}",
-        r.mix, r.concurrency, r.connections
-    );
+    match r.rpc {
+        Rpc::Check => println!(
+            "Check, mix {:?}, concurrency {}, connections {}",
+            r.mix, r.concurrency, r.connections
+        ),
+        Rpc::Rls => println!(
+            "ShouldRateLimit, store {}, concurrency {}, connections {}",
+            r.store.unwrap_or("local"),
+            r.concurrency,
+            r.connections
+        ),
+    }
     println!(
         "{:<11} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "server", "requests", "errors", "req/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
@@ -250,7 +326,7 @@ async fn drive(
     server: &'static str,
     addr: SocketAddr,
     args: &Args,
-    requests: Arc<Vec<CheckRequest>>,
+    requests: Arc<Calls>,
 ) -> anyhow::Result<Phase> {
     let mut channels = Vec::new();
     for _ in 0..args.connections {
@@ -321,13 +397,15 @@ async fn run_load(
     concurrency: usize,
     duration: Duration,
     limit: Option<u64>,
-    requests: &Arc<Vec<CheckRequest>>,
+    requests: &Arc<Calls>,
 ) -> Vec<WorkerResult> {
     let deadline = Instant::now() + duration;
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..concurrency {
-        let mut client = AuthorizationClient::new(channels[w % channels.len()].clone());
+        let channel = channels[w % channels.len()].clone();
+        let mut authz = AuthorizationClient::new(channel.clone());
+        let mut rls = RateLimitServiceClient::new(channel);
         let requests = Arc::clone(requests);
         let sent = Arc::clone(&sent);
         workers.spawn(async move {
@@ -343,17 +421,33 @@ async fn run_load(
                 if limit.is_some_and(|l| n >= l) {
                     break;
                 }
-                let req = requests[i % requests.len()].clone();
-                i += concurrency;
                 let t = Instant::now();
-                let result = client.check(req).await;
+                let allowed = match &*requests {
+                    Calls::Check(calls) => {
+                        let req = calls[i % calls.len()].clone();
+                        authz.check(req).await.map(|resp| {
+                            matches!(
+                                resp.into_inner().http_response,
+                                Some(HttpResponse::OkResponse(_))
+                            )
+                        })
+                    }
+                    Calls::Rls(calls) => {
+                        let req = calls[i % calls.len()].clone();
+                        rls.should_rate_limit(req)
+                            .await
+                            .map(|resp| resp.into_inner().overall_code == RlsCode::Ok as i32)
+                    }
+                };
+                i += concurrency;
                 let us = t.elapsed().as_micros().max(1) as u64;
-                match result {
-                    Ok(resp) => {
+                match allowed {
+                    Ok(allowed) => {
                         let _ = r.hist.record(us.min(60_000_000));
-                        match resp.into_inner().http_response {
-                            Some(HttpResponse::OkResponse(_)) => r.allowed += 1,
-                            _ => r.denied += 1,
+                        if allowed {
+                            r.allowed += 1;
+                        } else {
+                            r.denied += 1;
                         }
                     }
                     Err(_) => r.errors += 1,
@@ -365,7 +459,13 @@ async fn run_load(
     workers.join_all().await
 }
 
-/// An ext_authz server that allows everything at once: the ceiling.
+/// The calls the workers cycle through.
+enum Calls {
+    Check(Vec<CheckRequest>),
+    Rls(Vec<RateLimitRequest>),
+}
+
+/// An ext_authz and RLS server that allows everything at once: the ceiling.
 #[derive(Clone)]
 struct Empty;
 
@@ -383,13 +483,29 @@ impl Authorization for Empty {
     }
 }
 
-async fn start_empty(cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+#[tonic::async_trait]
+impl RateLimitService for Empty {
+    async fn should_rate_limit(
+        &self,
+        _request: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+        Ok(tonic::Response::new(RateLimitResponse {
+            overall_code: RlsCode::Ok as i32,
+            ..Default::default()
+        }))
+    }
+}
+
+async fn start_empty(at: SocketAddr, cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(at).await?;
     let addr = listener.local_addr()?;
     let config = Config::default();
-    let router = portcullis::server::grpc_server(&config).add_service(
-        AuthorizationServer::new(Empty).max_decoding_message_size(config.server.max_message_bytes),
-    );
+    let router = portcullis::server::grpc_server(&config)
+        .add_service(
+            AuthorizationServer::new(Empty)
+                .max_decoding_message_size(config.server.max_message_bytes),
+        )
+        .add_service(RateLimitServiceServer::new(Empty));
     tokio::spawn(async move {
         let _ = router
             .serve_with_incoming_shutdown(
@@ -480,6 +596,13 @@ fn portcullis_config(
         "org_claim": "org",
     }))?;
     config.authentication.jwt.push(issuer);
+    if let Some(url) = &args.redis {
+        config.quotas.store = portcullis::config::QuotaStoreKind::Redis;
+        config.quotas.redis_url = Some(url.clone());
+        // A store error must show up as a denial, not as a silent
+        // in-process fallback that would flatter the figures.
+        config.quotas.on_store_error = portcullis::quota::OnStoreError::Deny;
+    }
     Ok(config)
 }
 
@@ -581,4 +704,31 @@ fn request_mix(mix: Mix, keys: &TokenKey) -> anyhow::Result<Vec<CheckRequest>> {
             out
         }
     })
+}
+
+/// RLS calls as Envoy's ratelimit filter sends them for the bundled
+/// `quotas.yaml`: per address, per principal and per org, over many keys.
+fn rls_mix() -> Vec<RateLimitRequest> {
+    let entry = |key: &str, value: String| Entry {
+        key: key.into(),
+        value,
+    };
+    let descriptor = |entries: Vec<Entry>| RateLimitDescriptor {
+        entries,
+        ..Default::default()
+    };
+    (0..256u32)
+        .map(|i| RateLimitRequest {
+            domain: "ml_api".into(),
+            descriptors: vec![
+                descriptor(vec![entry(
+                    "remote_address",
+                    format!("10.0.{}.{}", i / 250, i % 250),
+                )]),
+                descriptor(vec![entry("principal", format!("User:u{}", i % 64))]),
+                descriptor(vec![entry("org", format!("org{}", i % 8))]),
+            ],
+            hits_addend: 1,
+        })
+        .collect()
 }
