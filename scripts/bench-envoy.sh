@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Through-Envoy benchmark. Envoy 1.40 runs deploy/envoy.yaml (ext_authz with
+# the request body, the ratelimit filter, header mutation) in front of an
+# upstream twice: first with both filters pointed at an empty ext_authz + RLS
+# server (same tonic stack as Portcullis, answers OK at once), then at
+# Portcullis on the bundled policies (quotas scaled up so that the load never
+# runs out; every allowed request is still charged). wrk loads both for the
+# same duration with the same allowed inference call; the script prints both
+# throughputs and latencies and the ratio. Only the ratio is worth quoting:
+# on a 2-core machine wrk, Envoy, the upstream and the decision server share
+# the cores.
+#
+#   scripts/bench-envoy.sh                 # 10 s per server
+#   DURATION=30 CONNECTIONS=64 scripts/bench-envoy.sh
+#
+# Settings (environment): DURATION (s, 10), WARMUP (s, 2), CONNECTIONS (32),
+# THREADS (wrk threads, 1), ENVOY_CONCURRENCY (Envoy workers, 1).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}
+ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || { echo "DURATION must be 1..600 seconds" >&2; exit 2; }
+
+say() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench-envoy: %s\n' "$*" >&2; exit 1; }
+
+# Tools: Envoy from the test-tool installer, wrk from Debian's packages.
+scripts/install-test-tools.sh >&2 || die "installing Envoy failed"
+envoy=$root/.tools/bin/envoy
+[ -x "$envoy" ] || die "no Envoy at $envoy"
+if ! command -v wrk >/dev/null; then
+    say "installing wrk (apt)"
+    sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+    $sudo_ apt-get install -y wrk >&2 || die "apt-get install wrk failed"
+fi
+command -v openssl >/dev/null || die "needs openssl (for the dev token)"
+
+say "building release binaries"
+cargo build --release --locked --bin portcullis --bin portcullis-bench >&2
+bin=$root/target/release
+
+work=$(mktemp -d -t portcullis-bench-envoy.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_tcp() { # port, what
+    for _ in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    die "$2 did not listen on 127.0.0.1:$1 within 10 s"
+}
+
+wait_envoy_ready() { # admin port
+    for _ in $(seq 1 200); do
+        if [ "$(curl -s "http://127.0.0.1:$1/ready" 2>/dev/null)" = "LIVE" ]; then return 0; fi
+        sleep 0.05
+    done
+    die "Envoy was not ready within 10 s (log: $work/envoy-*.log)"
+}
+
+# The upstream: a second Envoy answering every request with 200 itself, so
+# the upstream costs little and the same in both runs.
+up_port=$(free_port)
+up_admin=$(free_port)
+cat >"$work/upstream.yaml" <<EOF
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: $up_admin } }
+static_resources:
+  listeners:
+    - name: upstream
+      address: { socket_address: { address: 127.0.0.1, port_value: $up_port } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: upstream
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                        - match: { prefix: "/" }
+                          direct_response: { status: 200, body: { inline_string: "{\"ok\":true}" } }
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+EOF
+"$envoy" -c "$work/upstream.yaml" --concurrency 1 --log-level error --base-id 71 \
+    >"$work/envoy-upstream.log" 2>&1 &
+pids+=($!)
+wait_envoy_ready "$up_admin"
+
+# Portcullis: bundled policies with roomy quotas, the test issuer.
+pp=$(free_port)
+pa=$(free_port)
+"$bin/portcullis-bench" --policies policies --prepare-policies "$work/policies" >/dev/null
+cat >"$work/portcullis.yaml" <<EOF
+listen: "127.0.0.1:$pp"
+admin_listen: "127.0.0.1:$pa"
+policies: "$work/policies"
+reload: { watch: false }
+authentication:
+  jwt:
+    - issuer: "https://idp.test.portcullis/"
+      audiences: ["portcullis"]
+      jwks_file: "$root/tests/fixtures/keys/test-issuer.jwks.json"
+      algorithms: ["ES256", "RS256"]
+      org_claim: org
+audit: { directory: "$work/audit" }
+log: { format: text, level: warn }
+EOF
+
+# The empty ext_authz + RLS server.
+ep=$(free_port)
+"$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" 2>"$work/empty.log" &
+pids+=($!)
+wait_tcp "$ep" "the empty server"
+
+token=$(scripts/dev-token.sh alice acme 3600)
+cat >"$work/request.lua" <<EOF
+wrk.method = "POST"
+wrk.path = "/v1/models/sentiment/versions/v2:predict"
+wrk.body = '{"inputs": [[0.1, 0.2, 0.3, 0.4]], "max_tokens": 16}'
+wrk.headers["content-type"] = "application/json"
+wrk.headers["authorization"] = "Bearer $token"
+EOF
+
+# One Envoy run against the decision server at $2; prints "rps p50 p90 p99 non2xx".
+measure() { # name, decision port
+    local name=$1 port=$2 lp ap
+    lp=$(free_port)
+    ap=$(free_port)
+    sed -e "s/address: 127.0.0.1, port_value: 10000 /address: 127.0.0.1, port_value: $lp /" \
+        -e "s/address: 127.0.0.1, port_value: 9901 /address: 127.0.0.1, port_value: $ap /" \
+        -e "s/address: 127.0.0.1, port_value: 8081 /address: 127.0.0.1, port_value: $up_port /" \
+        -e "s/address: 127.0.0.1, port_value: 50051 /address: 127.0.0.1, port_value: $port /" \
+        deploy/envoy.yaml >"$work/envoy-$name.yaml"
+    for p in "$lp" "$ap" "$up_port" "$port"; do
+        grep -q "port_value: $p " "$work/envoy-$name.yaml" || die "deploy/envoy.yaml: could not point an address at port $p"
+    done
+    "$envoy" -c "$work/envoy-$name.yaml" --concurrency "$ENVOY_CONCURRENCY" --log-level error \
+        --base-id "$((72 + RANDOM % 1000))" >"$work/envoy-$name.log" 2>&1 &
+    local envoy_pid=$!
+    pids+=("$envoy_pid")
+    wait_envoy_ready "$ap"
+    local status
+    status=$(curl -s -o "$work/probe-$name.body" -w '%{http_code}' -X POST \
+        -H 'content-type: application/json' -H "authorization: Bearer $token" \
+        --data '{"inputs": [[0.1, 0.2, 0.3, 0.4]], "max_tokens": 16}' \
+        "http://127.0.0.1:$lp/v1/models/sentiment/versions/v2:predict")
+    [ "$status" = 200 ] || die "$name: the benchmark request is not allowed (HTTP $status: $(head -c 300 "$work/probe-$name.body"))"
+    wrk -t "$THREADS" -c "$CONNECTIONS" -d "${WARMUP}s" -s "$work/request.lua" "http://127.0.0.1:$lp" >/dev/null
+    wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" --latency -s "$work/request.lua" \
+        "http://127.0.0.1:$lp" >"$work/wrk-$name.txt"
+    kill "$envoy_pid" 2>/dev/null || true
+    wait "$envoy_pid" 2>/dev/null || true
+    python3 - "$work/wrk-$name.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def us(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+lat = {p: us(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", text, re.M)}
+bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+errs = re.search(r"Socket errors:.*", text)
+print(f"{rps:.0f} {lat['50']:.0f} {lat['90']:.0f} {lat['99']:.0f} {int(bad.group(1)) if bad else 0} {'yes' if errs else 'no'}")
+PY
+}
+
+say "Envoy -> empty ext_authz/RLS server (${DURATION}s, $CONNECTIONS connections)"
+read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <<<"$(measure empty "$ep")"
+
+"$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>"$work/portcullis.log" &
+pids+=($!)
+wait_tcp "$pp" "Portcullis"
+say "Envoy -> Portcullis, bundled policies (${DURATION}s, $CONNECTIONS connections)"
+read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <<<"$(measure portcullis "$pp")"
+
+printf '%-28s %10s %9s %9s %9s %8s\n' "ext_authz + RLS server" "req/s" "p50 us" "p90 us" "p99 us" "non-2xx"
+printf '%-28s %10s %9s %9s %9s %8s\n' "empty" "$e_rps" "$e_p50" "$e_p90" "$e_p99" "$e_bad"
+printf '%-28s %10s %9s %9s %9s %8s\n' "portcullis" "$p_rps" "$p_p50" "$p_p90" "$p_p99" "$p_bad"
+python3 -c "print(f'ratio_vs_empty_through_envoy {$p_rps / $e_rps:.3f}')"
+if [ "$e_bad" != 0 ] || [ "$p_bad" != 0 ]; then
+    die "some responses were not 2xx (see the non-2xx column): the figures do not measure allowed requests"
+fi
