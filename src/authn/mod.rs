@@ -674,6 +674,166 @@ mod tests {
         }
     }
 
+    /// Remembers what was counted.
+    #[derive(Debug, Default)]
+    struct Recorder(std::sync::Mutex<Vec<(failures::FailureKey, bool)>>);
+
+    #[tonic::async_trait]
+    impl failures::FailureStore for Recorder {
+        async fn blocked_for(&self, _: &failures::FailureKey, _: Instant) -> Option<Duration> {
+            None
+        }
+        async fn record_failure(
+            &self,
+            key: &failures::FailureKey,
+            _: Instant,
+            block: bool,
+        ) -> bool {
+            self.0.lock().unwrap().push((key.clone(), block));
+            false
+        }
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+    }
+
+    /// An authenticator whose API keys come in `x-portcullis-key` from an
+    /// empty keys file, counting failures in a [`Recorder`].
+    fn counting() -> (tempfile::TempDir, Arc<Recorder>, Authenticator) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.yaml");
+        std::fs::write(&keys, "keys: []\n").unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let a = Authenticator::new(&AuthnConfig {
+            api_keys: crate::config::ApiKeyConfig {
+                file: Some(keys),
+                header: "X-Portcullis-Key".into(),
+                ..Default::default()
+            },
+            ..AuthnConfig::default()
+        })
+        .unwrap()
+        .with_failure_store(Arc::clone(&recorder) as Arc<dyn failures::FailureStore>);
+        (dir, recorder, a)
+    }
+
+    fn unsigned_token(iss: &str, sub: &str) -> String {
+        use base64::Engine;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.c2ln",
+            b64(serde_json::json!({"alg": "ES256"})),
+            b64(serde_json::json!({"iss": iss, "sub": sub}))
+        )
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_count_against_the_source_and_the_presented_identity() {
+        let (_dir, recorder, a) = counting();
+        let from = |headers: &[(&str, &str)]| {
+            let mut r = request(headers, None);
+            r.source_ip = Some([192, 0, 2, 1].into());
+            r
+        };
+        let token = format!("Bearer {}", unsigned_token("https://idp.example/", "alice"));
+        let key = "pck_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        for headers in [
+            [("authorization", token.as_str())],
+            [("x-portcullis-key", key)],
+        ] {
+            assert!(matches!(
+                a.authenticate(&from(&headers), 0).await,
+                Authentication::Rejected(_)
+            ));
+        }
+        let source = failures::FailureKey::Source([192, 0, 2, 1].into());
+        let id = |s: &str| failures::FailureKey::Identity(s.into());
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [
+                (source.clone(), true),
+                (id("jwt:https://idp.example/#alice"), false),
+                (source, true),
+                (id("apikey:0123456789ab"), false),
+            ],
+            "sources are blocked, identities only reported"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_api_key_header_is_configurable() {
+        let (_dir, recorder, a) = counting();
+        let key = "pck_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        // The default header is not looked at when another is configured.
+        assert!(matches!(
+            a.authenticate(&request(&[("x-api-key", key)], None), 0)
+                .await,
+            Authentication::NoCredentials
+        ));
+        match a
+            .authenticate(&request(&[("x-portcullis-key", key)], None), 0)
+            .await
+        {
+            Authentication::Rejected(f) => assert_eq!(f.reason, "unknown_api_key"),
+            other => panic!("{other:?}"),
+        }
+        // No source address: only the presented identity is counted.
+        assert_eq!(recorder.0.lock().unwrap().len(), 1);
+    }
+
+    /// A `MakeWriter` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_attempt_is_one_structured_event_without_the_credential() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (_dir, _recorder, a) = counting();
+        let token = unsigned_token("https://idp.example/", "alice");
+        let mut r = request(&[("authorization", &format!("Bearer {token}"))], None);
+        r.request_id = "req-1".into();
+        r.source_ip = Some([192, 0, 2, 1].into());
+        a.authenticate(&r, 0).await;
+        let spiffe = "spiffe://acme.example/ns/ml/sa/batch-scorer";
+        a.authenticate(&request(&[], Some(spiffe)), 0).await;
+
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &serde_json::Value| e["fields"]["message"] == "authentication")
+            .collect();
+        assert_eq!(events.len(), 2, "{text}");
+        let f = &events[0]["fields"];
+        assert_eq!(events[0]["target"], "portcullis::authn");
+        assert_eq!(f["outcome"], "rejected");
+        assert_eq!(f["reason"], "unknown_issuer");
+        assert_eq!(f["request_id"], "req-1");
+        assert_eq!(f["source_ip"], "192.0.2.1");
+        assert_eq!(events[1]["fields"]["outcome"], "authenticated");
+        assert_eq!(events[1]["fields"]["method"], "mtls");
+        assert!(!text.contains(&token), "the credential is never logged");
+    }
+
     #[tokio::test]
     async fn untrusted_peer_is_rejected() {
         let a = authenticator();
