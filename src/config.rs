@@ -260,6 +260,11 @@ pub struct FailureConfig {
     pub max_tracked: usize,
     /// `auto` (Redis when authentication has one), `local` or `redis`.
     pub store: FailureStoreKind,
+    /// With Redis: a source Redis called unblocked is taken as unblocked
+    /// for this long without asking again, milliseconds (0: ask on every
+    /// request). A block set through another replica may take this long to
+    /// reach this one; it saves a round trip per request.
+    pub unblocked_cache_ms: u64,
 }
 
 impl Default for FailureConfig {
@@ -271,6 +276,7 @@ impl Default for FailureConfig {
             block_seconds: 300,
             max_tracked: 100_000,
             store: FailureStoreKind::Auto,
+            unblocked_cache_ms: 1_000,
         }
     }
 }
@@ -813,6 +819,12 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.authentication.failures.unblocked_cache_ms > 60_000 {
+            problems.push(
+                "authentication.failures.unblocked_cache_ms: at most 60000 (a block must reach every replica soon)"
+                    .into(),
+            );
         }
         if keys.file.is_some() && keys.redis {
             problems

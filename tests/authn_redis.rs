@@ -270,6 +270,36 @@ async fn a_redis_cluster_shares_failure_blocks_and_api_keys() {
 }
 
 #[tokio::test]
+async fn a_replica_trusts_an_unblocked_answer_for_unblocked_cache_ms_and_a_failure_refreshes_it() {
+    let redis = RedisServer::start();
+    let store = |cache_ms| {
+        RedisFailures::new(
+            &FailureConfig {
+                unblocked_cache_ms: cache_ms,
+                ..failures(300)
+            },
+            Arc::new(SharedRedis::single(&redis.url(), Duration::from_secs(2), "test").unwrap()),
+            Duration::from_secs(2),
+        )
+    };
+    let (a, b) = (store(0), store(60_000));
+    let now = Instant::now();
+    assert_eq!(b.blocked_for(&ip(1), now).await, None);
+    for _ in 0..3 {
+        a.record_failure(&ip(1), now, true).await;
+    }
+    assert!(a.blocked_for(&ip(1), now).await.is_some());
+    // b answers from its cache (the documented lag)...
+    assert_eq!(b.blocked_for(&ip(1), now).await, None);
+    // ...a replica without the cache asks Redis...
+    assert!(store(0).blocked_for(&ip(1), now).await.is_some());
+    // ...and a failure b records itself goes to Redis, which reports the
+    // block.
+    b.record_failure(&ip(1), now, true).await;
+    assert!(b.blocked_for(&ip(1), now).await.is_some());
+}
+
+#[tokio::test]
 async fn with_redis_down_failures_are_counted_in_process_until_it_answers_again() {
     let mut redis = RedisServer::start();
     let url = redis.url();

@@ -141,7 +141,7 @@ mod tests {
             window_seconds: 60,
             block_seconds: 300,
             max_tracked: 4,
-            store: Default::default(),
+            ..FailureConfig::default()
         })
     }
 

@@ -21,7 +21,12 @@
 //! the switch to and from degraded mode is logged.
 //!
 //! A block Redis reported is remembered locally until it ends, so a
-//! blocked source hammering a replica costs no Redis round trips.
+//! blocked source hammering a replica costs no Redis round trips. A source
+//! Redis called unblocked is taken as unblocked for `unblocked_cache_ms`
+//! (default 1 s; 0 asks every time), so a busy client does not pay a round
+//! trip per request; a block set through another replica reaches this one
+//! within that time. A failure recorded here always goes to Redis, and
+//! drops the cached answer for its key.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,6 +88,8 @@ pub struct RedisFailures {
     block_ms: u64,
     /// Blocks Redis reported, until they end.
     known_blocks: moka::sync::Cache<FailureKey, Instant>,
+    /// Keys Redis called unblocked, briefly.
+    known_unblocked: Option<moka::sync::Cache<FailureKey, ()>>,
     /// Counts while Redis does not answer.
     fallback: InProcessFailures,
     degraded: AtomicU64,
@@ -112,6 +119,12 @@ impl RedisFailures {
                 .max_capacity(config.max_tracked as u64)
                 .time_to_live(Duration::from_secs(config.block_seconds))
                 .build(),
+            known_unblocked: (config.unblocked_cache_ms > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(config.max_tracked as u64)
+                    .time_to_live(Duration::from_millis(config.unblocked_cache_ms))
+                    .build()
+            }),
             fallback: InProcessFailures::new(config),
             degraded: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
@@ -196,10 +209,18 @@ impl FailureStore for RedisFailures {
         if let Some(left) = self.fallback.blocked_for_now(key, now) {
             return Some(left);
         }
+        if let Some(unblocked) = &self.known_unblocked {
+            if unblocked.contains_key(key) {
+                return None;
+            }
+        }
         match self.call(key, false, false).await {
             Ok((blocked_ms, _)) => {
                 self.answered();
                 self.remember_block(key, now, blocked_ms);
+                if let (0, Some(unblocked)) = (blocked_ms, &self.known_unblocked) {
+                    unblocked.insert(key.clone(), ());
+                }
                 (blocked_ms > 0).then(|| Duration::from_millis(blocked_ms))
             }
             Err(e) => {
@@ -210,6 +231,9 @@ impl FailureStore for RedisFailures {
     }
 
     async fn record_failure(&self, key: &FailureKey, now: Instant, block: bool) -> bool {
+        if let Some(unblocked) = &self.known_unblocked {
+            unblocked.invalidate(key);
+        }
         match self.call(key, true, block).await {
             Ok((blocked_ms, reached)) => {
                 self.answered();
