@@ -436,7 +436,7 @@ async fn api_keys_in_redis_valid_unknown_revoked_at_once_expired() {
     let (ok, out, err) = apikey(&[
         "new",
         "--app",
-        "second-app",
+        "batch-scorer",
         "--org",
         "acme",
         "--scopes",
@@ -469,13 +469,13 @@ async fn api_keys_in_redis_valid_unknown_revoked_at_once_expired() {
 
     let authn = redis_keys_authenticator(&url);
     let s = Snapshot::load(&policies_dir()).unwrap();
+    // Two active keys for one app (rotation).
     for key in [&scoped, &printed] {
         let d = support::decide(&s, &authn, &with_key(key)).await;
         assert_eq!(d.status, 200, "{d:?}");
         assert_eq!(d.auth_method, Some("apikey"));
+        assert_eq!(d.principal.as_deref(), Some(r#"App::"batch-scorer""#));
     }
-    let d = support::decide(&s, &authn, &with_key(&scoped)).await;
-    assert_eq!(d.principal.as_deref(), Some(r#"App::"batch-scorer""#));
 
     let stranger = portcullis::authn::apikey::generate("x", "acme", vec![], None).key;
     let d = support::decide(&s, &authn, &with_key(&stranger)).await;
@@ -497,8 +497,8 @@ async fn api_keys_in_redis_valid_unknown_revoked_at_once_expired() {
     let d = support::decide(&s, &authn, &with_key(&scoped)).await;
     assert_eq!(d.status, 401, "{d:?}");
     assert_eq!(d.errors, vec!["authentication: api_key_revoked"]);
-    // The app's other key is unaffected (rotation: several keys per app
-    // work the same way).
+    // The app's other key is unaffected: rotate by adding the new key,
+    // then revoking the old one.
     let d = support::decide(&s, &authn, &with_key(&printed)).await;
     assert_eq!(d.status, 200);
     // Deleting the record works too.
