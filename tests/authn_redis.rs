@@ -440,7 +440,7 @@ async fn api_keys_in_redis_valid_unknown_revoked_at_once_expired() {
         "--org",
         "acme",
         "--scopes",
-        "models:invoke",
+        "models:invoke,models:read",
     ]);
     assert!(ok, "{err}");
     let printed = key_of(&out);
@@ -461,6 +461,13 @@ async fn api_keys_in_redis_valid_unknown_revoked_at_once_expired() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    let scopes = redis
+        .bulk(&format!(
+            "HGET portcullis:apikey:{{{}}} scopes\r\n",
+            &printed[4..16]
+        ))
+        .unwrap();
+    assert_eq!(scopes, "models:invoke models:read", "quoted for the shell");
     // Redis holds hashes only, never a key.
     let stored = redis
         .bulk(&format!("HGET portcullis:apikey:{{{id}}} sha256\r\n"))

@@ -262,3 +262,24 @@ pub fn redis_key(key: &FailureKey) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_key_is_its_own_hash_tag_and_identities_are_hashed() {
+        assert_eq!(
+            redis_key(&FailureKey::Source([192, 0, 2, 7].into())),
+            "portcullis:f:{src:192.0.2.7}"
+        );
+        let v6 = redis_key(&FailureKey::Source("2001:db8::1".parse().unwrap()));
+        assert_eq!(v6, "portcullis:f:{src:2001:db8::1}");
+        // Attacker-chosen identities (braces, length) never shape the key.
+        let hostile = format!("jwt:{{x}}#{}", "a".repeat(300));
+        let key = redis_key(&FailureKey::Identity(hostile));
+        assert_eq!(key.len(), "portcullis:f:{id:}".len() + 32);
+        assert_eq!(key.matches('{').count(), 1);
+        assert_ne!(key, redis_key(&FailureKey::Identity("jwt:{x}#b".into())));
+    }
+}
