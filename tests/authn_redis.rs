@@ -304,27 +304,36 @@ async fn with_redis_down_failures_are_counted_in_process_until_it_answers_again(
     let mut redis = RedisServer::start();
     let url = redis.url();
     redis.kill();
-    let store = RedisFailures::new(
-        &failures(300),
-        Arc::new(SharedRedis::single(&url, Duration::from_millis(100), "test").unwrap()),
-        Duration::from_millis(100),
+    let store = |pause| {
+        RedisFailures::new(
+            &failures(300),
+            Arc::new(SharedRedis::single(&url, Duration::from_millis(100), "test").unwrap()),
+            Duration::from_millis(100),
+        )
+        .with_retry_after_error(pause)
+    };
+    let (store, patient) = (
+        store(Duration::from_millis(200)),
+        store(Duration::from_secs(3600)),
     );
     let now = Instant::now();
-    assert_eq!(store.blocked_for(&ip(1), now).await, None, "fails open");
-    let reached: Vec<bool> = {
-        let mut r = Vec::new();
+    for s in [&store, &patient] {
+        assert_eq!(s.blocked_for(&ip(1), now).await, None, "fails open");
+        let mut reached = Vec::new();
         for _ in 0..3 {
-            r.push(store.record_failure(&ip(1), now, true).await);
+            reached.push(s.record_failure(&ip(1), now, true).await);
         }
-        r
-    };
-    assert_eq!(reached, [false, false, true]);
-    // This replica still blocks the source on its own.
-    assert_eq!(
-        store.blocked_for(&ip(1), now).await,
-        Some(Duration::from_secs(300))
-    );
-    assert!(store.degraded_operations() >= 4);
+        assert_eq!(reached, [false, false, true]);
+        // This replica still blocks the source on its own.
+        assert_eq!(
+            s.blocked_for(&ip(1), now).await,
+            Some(Duration::from_secs(300))
+        );
+        assert!(s.degraded_operations() >= 4);
+    }
+    // After a failure Redis is left alone for a while: no timeout to wait
+    // out on every request.
+    assert_eq!(patient.redis_calls(), 1);
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -344,6 +353,8 @@ async fn with_redis_down_failures_are_counted_in_process_until_it_answers_again(
         .ttls()
         .iter()
         .any(|(k, _)| k == "portcullis:f:{src:10.0.0.2}"));
+    // The block counted during the outage still holds.
+    assert!(store.blocked_for(&ip(1), Instant::now()).await.is_some());
 }
 
 // --- API keys in Redis ------------------------------------------------------

@@ -18,7 +18,10 @@
 //! while Redis is down would turn a Redis outage into an outage of every
 //! API, and a block is a brake on guessing, not the protection itself
 //! (credentials still have to verify). Degraded operations are counted and
-//! the switch to and from degraded mode is logged.
+//! the switch to and from degraded mode is logged. After Redis fails to
+//! answer it is not asked again for a second (the fallback answers at
+//! once), so an unresponsive Redis costs one timeout per second, not one
+//! per request.
 //!
 //! A block Redis reported is remembered locally until it ends, so a
 //! blocked source hammering a replica costs no Redis round trips. A source
@@ -29,7 +32,7 @@
 //! drops the cached answer for its key.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
@@ -75,6 +78,9 @@ redis.call('PEXPIRE', KEYS[1], math.max(start + window - now, blocked_until - no
 return {blocked, reached}
 "#;
 
+/// After Redis fails to answer, how long the fallback answers alone.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+
 /// Prefix of every failure key.
 pub const KEY_PREFIX: &str = "portcullis:f:";
 
@@ -94,6 +100,10 @@ pub struct RedisFailures {
     fallback: InProcessFailures,
     degraded: AtomicU64,
     healthy: AtomicBool,
+    /// Redis is not asked before this (after it failed to answer).
+    retry_at: Mutex<Option<Instant>>,
+    retry_after_error: Duration,
+    calls: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisFailures {
@@ -128,7 +138,22 @@ impl RedisFailures {
             fallback: InProcessFailures::new(config),
             degraded: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            retry_at: Mutex::new(None),
+            retry_after_error: RETRY_AFTER_ERROR,
+            calls: AtomicU64::new(0),
         }
+    }
+
+    /// Waits `pause` (instead of a second) after a Redis failure before
+    /// asking Redis again.
+    pub fn with_retry_after_error(mut self, pause: Duration) -> Self {
+        self.retry_after_error = pause;
+        self
+    }
+
+    /// Calls sent to Redis since start.
+    pub fn redis_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 
     /// Operations answered by the in-process fallback since start.
@@ -142,6 +167,24 @@ impl RedisFailures {
         record: bool,
         block: bool,
     ) -> Result<(u64, bool), String> {
+        let retry_at = *self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        if retry_at.is_some_and(|at| Instant::now() < at) {
+            return Err("Redis failed to answer moments ago; not asked".into());
+        }
+        let result = self.call_redis(key, record, block).await;
+        *self.retry_at.lock().unwrap_or_else(|p| p.into_inner()) = result
+            .is_err()
+            .then(|| Instant::now() + self.retry_after_error);
+        result
+    }
+
+    async fn call_redis(
+        &self,
+        key: &FailureKey,
+        record: bool,
+        block: bool,
+    ) -> Result<(u64, bool), String> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(redis_key(key))
