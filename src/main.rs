@@ -193,6 +193,10 @@ enum PolicyCommand {
     Validate {
         /// The directory (default: ./policies).
         dir: Option<PathBuf>,
+        /// Also check the directory against this configuration (claims its
+        /// issuers copy into the Cedar context must fit the schema).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run the policy test cases in DIR/tests/*.yaml; exits 1 on a failure.
     Test {
@@ -250,8 +254,11 @@ fn main() -> ExitCode {
             serve(c)
         }),
         Command::Policy {
-            command: PolicyCommand::Validate { dir },
-        } => validate(dir.unwrap_or_else(|| PathBuf::from("policies"))),
+            command: PolicyCommand::Validate { dir, config },
+        } => validate(
+            dir.unwrap_or_else(|| PathBuf::from("policies")),
+            config.as_deref(),
+        ),
         Command::Policy {
             command:
                 PolicyCommand::Test {
@@ -404,8 +411,25 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn validate(dir: PathBuf) -> anyhow::Result<ExitCode> {
-    match portcullis::snapshot::Snapshot::load(&dir) {
+fn validate(dir: PathBuf, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let claims = match config {
+        Some(path) => {
+            portcullis::snapshot::ContextClaim::configured(&Config::load(path)?.authentication)
+        }
+        None => Vec::new(),
+    };
+    let loaded = portcullis::snapshot::Snapshot::load(&dir).and_then(|s| {
+        let errors = s.check_context_claims(&claims);
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(portcullis::snapshot::LoadErrors {
+                directory: dir.clone(),
+                errors,
+            })
+        }
+    });
+    match loaded {
         Ok(s) => {
             println!(
                 "{}: ok ({} policies, {} routes, version {})",
