@@ -73,17 +73,27 @@ impl RequestContext {
     /// A context with every field a route can produce set, to check the
     /// route against the schema at load time.
     pub fn sample(route: &Route) -> Value {
+        Self::sample_with_claims(route, &[])
+    }
+
+    /// [`RequestContext::sample`] with `claims` in `context.token.claims`
+    /// (as an issuer's `context_claims` copies them: strings).
+    pub fn sample_with_claims(route: &Route, claims: &[&str]) -> Value {
         let mut req = AccessRequest::for_test("GET", "/");
         req.source_ip = Some(std::net::IpAddr::from([127, 0, 0, 1]));
         req.time = SystemTime::UNIX_EPOCH;
         for name in &route.context_headers {
             req.headers.insert(name.clone(), "sample".into());
         }
-        let identity = Identity::new(
+        let mut identity = Identity::new(
             crate::authn::entity_uid("User", "sample").expect("User is a type name"),
             Vec::new(),
             crate::authn::AuthMethod::Jwt,
         );
+        identity.token.claims = claims
+            .iter()
+            .map(|c| (c.to_string(), "sample".to_string()))
+            .collect();
         Self::build(&req, route, &identity)
     }
 }

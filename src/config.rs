@@ -5,9 +5,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::shared_redis::SharedRedis;
 
 /// The whole configuration of one Portcullis process.
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +172,57 @@ pub struct AuthnConfig {
     pub introspection: Option<IntrospectionConfig>,
     /// Counting failed attempts and blocking sources that keep failing.
     pub failures: FailureConfig,
+    /// A Redis of its own for authentication state (failure counts and
+    /// blocks, API keys). Without it, authentication uses the quota store's
+    /// Redis when `quotas.store` is `redis` or `redis_cluster`.
+    pub redis: Option<AuthnRedisConfig>,
+}
+
+/// The Redis authentication keeps shared state in.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthnRedisConfig {
+    /// A single primary: `redis://host:port/db` (a password in it is never
+    /// logged).
+    pub url: Option<String>,
+    /// Or a Redis Cluster: seed nodes, `redis://host:port` each.
+    pub urls: Vec<String>,
+    /// Bound on one Redis round trip (connect included), milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for AuthnRedisConfig {
+    fn default() -> Self {
+        AuthnRedisConfig {
+            url: None,
+            urls: Vec::new(),
+            timeout_ms: 50,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthnRedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthnRedisConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("urls", &self.urls.len())
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// Where failed attempts are counted.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureStoreKind {
+    /// Redis when authentication has one (`authentication.redis`, or the
+    /// quota store's Redis), else in process.
+    #[default]
+    Auto,
+    /// In this process only.
+    Local,
+    /// In the authentication Redis, shared by every replica.
+    Redis,
 }
 
 impl Default for AuthnConfig {
@@ -183,6 +237,7 @@ impl Default for AuthnConfig {
             api_keys: ApiKeyConfig::default(),
             introspection: None,
             failures: FailureConfig::default(),
+            redis: None,
         }
     }
 }
@@ -200,8 +255,16 @@ pub struct FailureConfig {
     pub window_seconds: u64,
     /// How long a source stays blocked, seconds.
     pub block_seconds: u64,
-    /// Most sources and identities tracked at once (bounded memory).
+    /// Most sources and identities tracked at once in process (bounded
+    /// memory); Redis keys expire with their window or block instead.
     pub max_tracked: usize,
+    /// `auto` (Redis when authentication has one), `local` or `redis`.
+    pub store: FailureStoreKind,
+    /// With Redis: a source Redis called unblocked is taken as unblocked
+    /// for this long without asking again, milliseconds (0: ask on every
+    /// request). A block set through another replica may take this long to
+    /// reach this one; it saves a round trip per request.
+    pub unblocked_cache_ms: u64,
 }
 
 impl Default for FailureConfig {
@@ -212,6 +275,8 @@ impl Default for FailureConfig {
             window_seconds: 60,
             block_seconds: 300,
             max_tracked: 100_000,
+            store: FailureStoreKind::Auto,
+            unblocked_cache_ms: 1_000,
         }
     }
 }
@@ -308,9 +373,12 @@ impl Default for JwksConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiKeyConfig {
-    /// The keys file (hashes only; see `portcullis apikey new`). None: API
-    /// keys are not accepted.
+    /// The keys file (hashes only; see `portcullis apikey new`). Neither
+    /// this nor `redis`: API keys are not accepted.
     pub file: Option<PathBuf>,
+    /// Look keys up in the authentication Redis instead (written by
+    /// `portcullis apikey new --redis`); a revocation applies at once.
+    pub redis: bool,
     /// The request header that carries the key.
     pub header: String,
     /// Cedar entity type of the principal a key names.
@@ -323,6 +391,7 @@ impl Default for ApiKeyConfig {
     fn default() -> Self {
         ApiKeyConfig {
             file: None,
+            redis: false,
             header: "x-api-key".into(),
             principal_type: "App".into(),
             org_type: "Org".into(),
@@ -751,6 +820,17 @@ impl Config {
                 }
             }
         }
+        if self.authentication.failures.unblocked_cache_ms > 60_000 {
+            problems.push(
+                "authentication.failures.unblocked_cache_ms: at most 60000 (a block must reach every replica soon)"
+                    .into(),
+            );
+        }
+        if keys.file.is_some() && keys.redis {
+            problems
+                .push("authentication.api_keys: set either file or redis: true, not both".into());
+        }
+        problems.extend(self.authn_redis_problems());
         let f = &self.authentication.failures;
         if f.enabled
             && (f.threshold == 0
@@ -786,6 +866,85 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    fn authn_redis_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let a = &self.authentication;
+        if let Some(r) = &a.redis {
+            match (&r.url, r.urls.is_empty()) {
+                (None, true) => p.push(
+                    "authentication.redis: set url (one primary) or urls (Redis Cluster seeds)"
+                        .into(),
+                ),
+                (Some(_), false) => {
+                    p.push("authentication.redis: set url or urls, not both".into())
+                }
+                (Some(url), true) => {
+                    if redis::Client::open(url.as_str()).is_err() {
+                        p.push(
+                            "authentication.redis.url: not a Redis URL (redis://host:port/db)"
+                                .into(),
+                        );
+                    }
+                }
+                (None, false) => {
+                    if redis::cluster::ClusterClient::new(r.urls.iter().map(String::as_str))
+                        .is_err()
+                    {
+                        p.push(
+                            "authentication.redis.urls: not Redis URLs (redis://host:port)".into(),
+                        );
+                    }
+                }
+            }
+            if r.timeout_ms == 0 || r.timeout_ms > 1000 {
+                p.push("authentication.redis.timeout_ms: between 1 and 1000".into());
+            }
+        }
+        let has_redis = a.redis.is_some() || self.quotas.store != QuotaStoreKind::Local;
+        if !has_redis {
+            let hint = "configure authentication.redis or a Redis quota store (quotas.store)";
+            if a.failures.enabled && a.failures.store == FailureStoreKind::Redis {
+                p.push(format!(
+                    "authentication.failures.store: redis needs a Redis; {hint}"
+                ));
+            }
+            if a.api_keys.redis {
+                p.push(format!(
+                    "authentication.api_keys.redis: needs a Redis; {hint}"
+                ));
+            }
+        }
+        p
+    }
+
+    /// The Redis connections this configuration names: the quota store's
+    /// and authentication's. Authentication shares the quota store's
+    /// connection (and its timeout) unless `authentication.redis` names one
+    /// of its own. Connections are made lazily, on first use.
+    pub fn redis_connections(
+        &self,
+    ) -> Result<(Option<Arc<SharedRedis>>, Option<crate::authn::AuthnRedis>), String> {
+        let quotas = self.quotas.redis()?;
+        let authn = match &self.authentication.redis {
+            Some(r) => {
+                let timeout = Duration::from_millis(r.timeout_ms);
+                let redis = match &r.url {
+                    Some(url) => SharedRedis::single(url, timeout, "authentication.redis.url")?,
+                    None => SharedRedis::cluster(&r.urls, timeout, "authentication.redis.urls")?,
+                };
+                Some(crate::authn::AuthnRedis {
+                    redis: Arc::new(redis),
+                    timeout,
+                })
+            }
+            None => quotas.clone().map(|redis| crate::authn::AuthnRedis {
+                redis,
+                timeout: Duration::from_millis(self.quotas.timeout_ms),
+            }),
+        };
+        Ok((quotas, authn))
     }
 
     /// The request deadline as a duration.
@@ -949,31 +1108,47 @@ impl QuotaSettings {
         p
     }
 
-    /// The enforcement these settings describe.
-    pub fn build(&self) -> Result<crate::quota::Quotas, String> {
-        use std::sync::Arc;
+    /// The Redis these settings name (not yet connected), if any.
+    pub fn redis(&self) -> Result<Option<Arc<SharedRedis>>, String> {
         let timeout = Duration::from_millis(self.timeout_ms);
-        let store: Arc<dyn crate::quota::QuotaStore> = match self.store {
-            QuotaStoreKind::Local => Arc::new(crate::quota::local::LocalStore::new(
+        Ok(match self.store {
+            QuotaStoreKind::Local => None,
+            QuotaStoreKind::Redis => Some(Arc::new(SharedRedis::single(
+                self.redis_url.as_deref().unwrap_or_default(),
+                timeout,
+                "quotas.redis_url",
+            )?)),
+            QuotaStoreKind::RedisCluster => Some(Arc::new(SharedRedis::cluster(
+                &self.redis_urls,
+                timeout,
+                "quotas.redis_urls",
+            )?)),
+        })
+    }
+
+    /// The enforcement these settings describe, on a Redis of its own.
+    pub fn build(&self) -> Result<crate::quota::Quotas, String> {
+        Ok(self.build_on(self.redis()?))
+    }
+
+    /// The enforcement these settings describe; `redis` is the connection
+    /// from [`QuotaSettings::redis`] (possibly shared with authentication).
+    pub fn build_on(&self, redis: Option<Arc<SharedRedis>>) -> crate::quota::Quotas {
+        let timeout = Duration::from_millis(self.timeout_ms);
+        let store: Arc<dyn crate::quota::QuotaStore> = match redis {
+            None => Arc::new(crate::quota::local::LocalStore::new(
                 self.max_local_keys,
                 Arc::new(crate::quota::SystemClock),
             )),
-            QuotaStoreKind::Redis => Arc::new(crate::quota::redis::RedisStore::new(
-                self.redis_url.as_deref().unwrap_or_default(),
-                timeout,
-            )?),
-            QuotaStoreKind::RedisCluster => Arc::new(crate::quota::redis::RedisStore::cluster(
-                &self.redis_urls,
-                timeout,
-            )?),
+            Some(redis) => Arc::new(crate::quota::redis::RedisStore::on(redis)),
         };
-        Ok(crate::quota::Quotas::new(
+        crate::quota::Quotas::new(
             store,
             timeout,
             self.on_store_error,
             self.replicas,
             self.max_local_keys,
-        ))
+        )
     }
 }
 
@@ -1037,6 +1212,69 @@ log:
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn authentication_redis_settings_are_checked() {
+        let check = |text: &str| {
+            Config::parse(text, Path::new("c.yaml"))
+                .unwrap()
+                .check(Path::new("c.yaml"))
+                .map_err(|e| e.to_string())
+        };
+        // Redis features without a Redis.
+        let err = check(
+            "authentication:\n  failures: {store: redis}\n  api_keys: {redis: true, file: /k.yaml}\n",
+        )
+        .unwrap_err();
+        for needle in [
+            "authentication.failures.store: redis needs a Redis; configure authentication.redis or a Redis quota store",
+            "authentication.api_keys.redis: needs a Redis",
+            "authentication.api_keys: set either file or redis: true, not both",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        let err = check("authentication:\n  redis: {timeout_ms: 0}\n").unwrap_err();
+        assert!(err.contains("authentication.redis: set url"), "{err}");
+        assert!(err.contains("authentication.redis.timeout_ms"), "{err}");
+        let err = check("authentication:\n  redis: {url: 'http://x', urls: [redis://a:1]}\n")
+            .unwrap_err();
+        assert!(err.contains("set url or urls, not both"), "{err}");
+        let err = check("authentication:\n  redis: {url: 'http://x'}\n").unwrap_err();
+        assert!(
+            err.contains("authentication.redis.url: not a Redis URL"),
+            "{err}"
+        );
+        // A Redis of its own, or the quota store's, will do.
+        check("authentication:\n  redis: {url: 'redis://127.0.0.1:6379'}\n  api_keys: {redis: true}\n  failures: {store: redis}\n").unwrap();
+        check("quotas: {store: redis, redis_url: 'redis://127.0.0.1:6379'}\nauthentication:\n  api_keys: {redis: true}\n").unwrap();
+    }
+
+    #[test]
+    fn authentication_shares_the_quota_redis_unless_it_has_its_own() {
+        let quota_only = Config::parse(
+            "quotas: {store: redis, redis_url: 'redis://127.0.0.1:6379', timeout_ms: 7}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        let (quotas, authn) = quota_only.redis_connections().unwrap();
+        let (quotas, authn) = (quotas.unwrap(), authn.unwrap());
+        assert!(Arc::ptr_eq(&quotas, &authn.redis), "one shared connection");
+        assert_eq!(authn.timeout, Duration::from_millis(7));
+
+        let own = Config::parse(
+            "quotas: {store: redis, redis_url: 'redis://127.0.0.1:6379'}\nauthentication:\n  redis: {urls: ['redis://127.0.0.1:7000'], timeout_ms: 40}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        let (quotas, authn) = own.redis_connections().unwrap();
+        let authn = authn.unwrap();
+        assert!(!Arc::ptr_eq(&quotas.unwrap(), &authn.redis));
+        assert!(authn.redis.is_cluster());
+        assert_eq!(authn.timeout, Duration::from_millis(40));
+
+        let (quotas, authn) = Config::default().redis_connections().unwrap();
+        assert!(quotas.is_none() && authn.is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod request;
 pub mod rls;
 pub mod routes;
 pub mod server;
+pub mod shared_redis;
 pub mod snapshot;
 pub mod tls;
 

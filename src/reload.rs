@@ -11,7 +11,7 @@ use notify::Watcher;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::snapshot::{LoadErrors, Snapshot};
+use crate::snapshot::{ContextClaim, LoadErrors, Snapshot};
 
 /// Counters and the last failure, for the admin API.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +37,9 @@ pub struct PolicyStore {
     stats: Mutex<ReloadStats>,
     /// Where reloads and rejections are recorded, once the trail is open.
     audit: std::sync::OnceLock<crate::audit::AuditSink>,
+    /// Claims the configuration copies into the Cedar context: every
+    /// snapshot's schema must be able to carry them.
+    context_claims: Vec<ContextClaim>,
 }
 
 /// What a reload did.
@@ -64,7 +67,28 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(snapshot),
             stats: Mutex::new(ReloadStats::default()),
             audit: std::sync::OnceLock::new(),
+            context_claims: Vec::new(),
         })
+    }
+
+    /// Requires this snapshot and every reloaded one to carry `claims` in
+    /// `context.token.claims`; the serving snapshot is checked now (an error
+    /// here stops startup), a reload that drops one is rejected.
+    pub fn require_context_claims(&mut self, claims: Vec<ContextClaim>) -> Result<(), LoadErrors> {
+        self.context_claims = claims;
+        self.meets_requirements(self.current()).map(|_| ())
+    }
+
+    fn meets_requirements(&self, snapshot: Arc<Snapshot>) -> Result<Arc<Snapshot>, LoadErrors> {
+        let errors = snapshot.check_context_claims(&self.context_claims);
+        if errors.is_empty() {
+            Ok(snapshot)
+        } else {
+            Err(LoadErrors {
+                directory: self.dir.clone(),
+                errors,
+            })
+        }
     }
 
     /// The snapshot serving now; a request holds it for its whole evaluation.
@@ -88,7 +112,9 @@ impl PolicyStore {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
         let from = old.version.clone();
-        match Snapshot::load_versioned(&self.dir, self.version.clone()) {
+        let loaded = Snapshot::load_versioned(&self.dir, self.version.clone())
+            .and_then(|s| self.meets_requirements(Arc::new(s)));
+        match loaded {
             Ok(snapshot) if snapshot.version == from => {
                 stats.last_errors.clear();
                 Ok(ReloadOutcome::Unchanged { version: from })
@@ -96,7 +122,7 @@ impl PolicyStore {
             Ok(snapshot) => {
                 let to = snapshot.version.clone();
                 self.audit_reload(&snapshot, Some(&old));
-                self.current.store(Arc::new(snapshot));
+                self.current.store(snapshot);
                 stats.reloads += 1;
                 stats.last_errors.clear();
                 tracing::info!(from = %from, to = %to, "policy snapshot reloaded");

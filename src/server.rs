@@ -66,9 +66,9 @@ pub enum StartError {
     /// The decision listener's TLS files cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    /// The quota store could not be set up.
-    #[error("quotas: {0}")]
-    Quotas(String),
+    /// A Redis connection (quotas, authentication) could not be set up.
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 /// A running Portcullis.
@@ -93,7 +93,7 @@ pub struct Running {
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let policies_dir = config.policies.clone();
     let revision = config.policy_revision.clone();
-    let (store, pinned) = tokio::task::spawn_blocking(move || match revision {
+    let (mut store, pinned) = tokio::task::spawn_blocking(move || match revision {
         None => PolicyStore::load(&policies_dir)
             .map(|s| (s, None))
             .map_err(StartError::from),
@@ -105,6 +105,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     })
     .await
     .expect("policy loading does not panic")?;
+    // Claims copied into the Cedar context must fit the schema's context,
+    // now and after every reload.
+    store.require_context_claims(crate::snapshot::ContextClaim::configured(
+        &config.authentication,
+    ))?;
     let snapshot = store.current();
     tracing::info!(
         version = %snapshot.version,
@@ -113,9 +118,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         directory = %snapshot.directory.display(),
         "policy snapshot loaded"
     );
-    let authenticator = Authenticator::new(&config.authentication).map_err(StartError::Authn)?;
-    let quotas = config.quotas.build().map_err(StartError::Quotas)?;
-    tracing::info!(store = quotas.store_name(), "quota store");
+    let (quota_redis, authn_redis) = config.redis_connections().map_err(StartError::Redis)?;
+    let authenticator = Authenticator::with_redis(&config.authentication, authn_redis)
+        .map_err(StartError::Authn)?;
+    let quotas = config.quotas.build_on(quota_redis);
+    tracing::info!(
+        store = quotas.store_name(),
+        failures = authenticator.failure_store(),
+        "quota and authentication failure stores"
+    );
     let audit_config = config.audit.clone();
     let (audit, audit_writer) =
         tokio::task::spawn_blocking(move || crate::audit::start(&audit_config))

@@ -616,6 +616,81 @@ fn check_routes_against_schema(
     }
 }
 
+/// A claim the configuration copies into `context.token.claims`, which the
+/// schema must declare (as a String) for every route's action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextClaim {
+    /// The config field that names it, e.g. `authentication.jwt[0].context_claims`.
+    pub field: String,
+    /// The claim.
+    pub claim: String,
+}
+
+impl ContextClaim {
+    /// Every claim the authentication config copies into the context.
+    pub fn configured(config: &crate::config::AuthnConfig) -> Vec<ContextClaim> {
+        config
+            .jwt
+            .iter()
+            .enumerate()
+            .flat_map(|(i, issuer)| {
+                issuer.context_claims.iter().map(move |claim| ContextClaim {
+                    field: format!("authentication.jwt[{i}].context_claims"),
+                    claim: claim.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Snapshot {
+    /// Checks that the schema lets every route's Cedar context carry each
+    /// configured claim: without that, every request with such a token
+    /// would be denied as not matching the schema. One problem per claim
+    /// (naming the first route that cannot carry it).
+    pub fn check_context_claims(&self, claims: &[ContextClaim]) -> Vec<LoadError> {
+        let mut problems = Vec::new();
+        'claims: for c in claims {
+            for route in self.routes.routes() {
+                let action = action_uid(&route.action);
+                let sample = crate::authz::RequestContext::sample_with_claims(route, &[&c.claim]);
+                let fits = Context::from_json_value(sample, Some((&self.schema, &action)))
+                    .map_err(|e| e.to_string())
+                    .and_then(|context| {
+                        let principal = self
+                            .schema
+                            .principals_for_action(&action)
+                            .and_then(|mut p| p.next().cloned())
+                            .ok_or_else(|| "no principal type".to_string())?;
+                        let resource = EntityTypeName::from_str(&route.resource_type)
+                            .map_err(|e| e.to_string())?;
+                        Request::new(
+                            EntityUid::from_type_name_and_id(principal, EntityId::new("sample")),
+                            action.clone(),
+                            EntityUid::from_type_name_and_id(resource, EntityId::new("sample")),
+                            context,
+                            Some(&self.schema),
+                        )
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                    });
+                if let Err(cedar) = fits {
+                    problems.push(LoadError {
+                        file: SCHEMA_FILE.into(),
+                        line: None,
+                        message: format!(
+                            "{}: claim '{}' is copied into context.token.claims, but the context of action '{}' (route '{}') cannot carry it; declare `\"{}\"?: String` in the schema's token.claims record, or remove the claim from {} ({cedar})",
+                            c.field, c.claim, route.action, route.name, c.claim, c.field
+                        ),
+                    });
+                    continue 'claims;
+                }
+            }
+        }
+        problems
+    }
+}
+
 fn join(types: &[EntityTypeName]) -> String {
     if types.is_empty() {
         return "nothing".into();

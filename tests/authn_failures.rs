@@ -36,6 +36,7 @@ fn config() -> AuthnConfig {
             window_seconds: 60,
             block_seconds: 120,
             max_tracked: 1000,
+            ..FailureConfig::default()
         },
         ..AuthnConfig::default()
     }

@@ -72,6 +72,42 @@ fn validate_names_file_and_line_of_a_schema_violation() {
 }
 
 #[test]
+fn validate_with_a_config_checks_its_context_claims_against_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |claims: &str| {
+        let path = dir.path().join(format!("c{}.yaml", claims.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "authentication:\n  jwt:\n    - issuer: https://idp.example/\n      audiences: [portcullis]\n      jwks_file: {}\n      context_claims: {claims}\n",
+                support::fixture("keys/test-issuer.jwks.json").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let policies = policies_dir();
+    let run = |config: &Path| {
+        portcullis(&[
+            "policy",
+            "validate",
+            policies.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+    };
+    let out = run(&config("[tier]"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(&config("[tier, team]"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("schema.cedarschema: authentication.jwt[0].context_claims: claim 'team'"),
+        "{err}"
+    );
+}
+
+#[test]
 fn validate_reports_every_problem_at_once() {
     let dir = tempfile::tempdir().unwrap();
     copy_policies(dir.path());

@@ -331,3 +331,66 @@ async fn polling_follows_a_symlink_swap_that_file_watching_misses() {
     assert!(swapped, "the swapped-in version did not serve within 5 s");
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_context_claim_the_schema_does_not_declare_stops_startup_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&bundled(), dir.path());
+    let config = |claims: &str| {
+        Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        policies: dir.path().to_path_buf(),
+        reload: portcullis::config::ReloadConfig {
+            watch: false,
+            ..Default::default()
+        },
+        authentication: portcullis::config::AuthnConfig {
+            jwt: vec![serde_yaml_ng::from_str(&format!(
+                "issuer: https://idp.example/\naudiences: [portcullis]\njwks_file: {}\ncontext_claims: {claims}\n",
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/keys/test-issuer.jwks.json")
+                    .display()
+            ))
+            .unwrap()],
+            ..Default::default()
+        },
+        audit: portcullis::config::AuditConfig {
+            directory: tempfile::tempdir().unwrap().keep(),
+            ..Default::default()
+        },
+        ..Config::default()
+    }
+    };
+
+    // `team` is not in the bundled schema's token.claims record.
+    let err = server::start(&config("[tier, team]"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("schema.cedarschema: authentication.jwt[0].context_claims: claim 'team'"),
+        "{err}"
+    );
+    assert!(err.contains(r#"declare `"team"?: String`"#), "{err}");
+    assert!(!err.contains("claim 'tier'"), "{err}");
+
+    // Declared: it starts. A reload whose schema drops the claim is
+    // rejected and the last good snapshot keeps serving.
+    let running = server::start(&config("[tier]")).await.expect("starts");
+    let before = running.state.policies.current().version.clone();
+    let schema = dir.path().join("schema.cedarschema");
+    let text = std::fs::read_to_string(&schema).unwrap();
+    let dropped = text.replace(r#""tier"?: String,"#, "");
+    assert_ne!(text, dropped);
+    std::fs::write(&schema, dropped).unwrap();
+    let policies = std::sync::Arc::clone(&running.state.policies);
+    let err = tokio::task::spawn_blocking(move || policies.reload())
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("claim 'tier'"), "{err}");
+    assert_eq!(running.state.policies.current().version, before);
+    running.shutdown().await.unwrap();
+}

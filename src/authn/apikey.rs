@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::{entity_uid, AuthMethod, AuthnFailure, Identity, TokenFacts};
 use crate::config::ApiKeyConfig;
 
-const PREFIX: &str = "pck_";
-const ID_HEX_LEN: usize = 12;
+pub(crate) const PREFIX: &str = "pck_";
+pub(crate) const ID_HEX_LEN: usize = 12;
 const SECRET_BYTES: usize = 32;
 
 /// One stored key (a line of the keys file).
@@ -170,51 +170,78 @@ impl ApiKeyVerifier {
 
     /// Verifies a presented key at `now_epoch`.
     pub fn verify(&self, presented: &str, now_epoch: u64) -> Result<Identity, AuthnFailure> {
-        let unknown = || AuthnFailure::new("unknown_api_key", "the API key is not valid");
-        let id = parse_id(presented).ok_or_else(|| {
-            AuthnFailure::new(
-                "malformed_api_key",
-                "the API key is malformed; send the key exactly as issued",
-            )
-        })?;
-        let hash: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        let (id, hash) = parse(presented)?;
         let keys = self.keys.load();
-        let entry = keys.by_id.get(id).and_then(|candidates| {
-            candidates.iter().find(|k| {
-                hex::decode(&k.sha256)
-                    .map(|stored| bool::from(stored.as_slice().ct_eq(&hash)))
-                    .unwrap_or(false)
-            })
-        });
+        let entry = keys
+            .by_id
+            .get(id)
+            .and_then(|candidates| candidates.iter().find(|k| k.matches(&hash)));
         let Some(entry) = entry else {
             return Err(unknown());
         };
-        if entry.revoked {
+        entry.grant(now_epoch, &self.principal_type, &self.org_type)
+    }
+}
+
+impl StoredKey {
+    /// True when `hash` (SHA-256 of a presented key) is this key's, compared
+    /// in constant time.
+    pub(crate) fn matches(&self, hash: &[u8; 32]) -> bool {
+        hex::decode(&self.sha256)
+            .map(|stored| bool::from(stored.as_slice().ct_eq(hash)))
+            .unwrap_or(false)
+    }
+
+    /// The identity this key grants at `now_epoch`, unless it is revoked or
+    /// expired.
+    pub(crate) fn grant(
+        &self,
+        now_epoch: u64,
+        principal_type: &str,
+        org_type: &str,
+    ) -> Result<Identity, AuthnFailure> {
+        if self.revoked {
             return Err(AuthnFailure::new(
                 "api_key_revoked",
                 "the API key has been revoked; use a current key",
             ));
         }
-        if entry.expires_at.is_some_and(|at| at <= now_epoch) {
+        if self.expires_at.is_some_and(|at| at <= now_epoch) {
             return Err(AuthnFailure::new(
                 "api_key_expired",
                 "the API key has expired; use a current key",
             ));
         }
-        let principal = entity_uid(&self.principal_type, &entry.app)
+        let principal = entity_uid(principal_type, &self.app)
             .ok_or_else(|| AuthnFailure::new("bad_api_key_app", "the API key cannot be used"))?;
-        let parents = entity_uid(&self.org_type, &entry.org).into_iter().collect();
+        let parents = entity_uid(org_type, &self.org).into_iter().collect();
         Ok(Identity {
             principal,
             parents,
             method: AuthMethod::ApiKey,
             token: TokenFacts {
-                scopes: entry.scopes.iter().cloned().collect(),
+                scopes: self.scopes.iter().cloned().collect(),
                 claims: Default::default(),
                 mfa: false,
             },
         })
     }
+}
+
+/// The refusal for a key no store knows (or whose secret does not match).
+pub(crate) fn unknown() -> AuthnFailure {
+    AuthnFailure::new("unknown_api_key", "the API key is not valid")
+}
+
+/// A presented key's public id and SHA-256.
+pub(crate) fn parse(presented: &str) -> Result<(&str, [u8; 32]), AuthnFailure> {
+    let id = parse_id(presented).ok_or_else(|| {
+        AuthnFailure::new(
+            "malformed_api_key",
+            "the API key is malformed; send the key exactly as issued",
+        )
+    })?;
+    Ok((id, sha2::Sha256::digest(presented.as_bytes()).into()))
 }
 
 /// The public id of a well-formed key.

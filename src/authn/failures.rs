@@ -4,9 +4,13 @@
 //! past the threshold is reported, not blocked: anyone can present a
 //! victim's name, and blocking it would hand attackers a lockout.
 //!
-//! The store is a trait because a second implementation is due: Redis,
-//! so that replicas share blocks. Time is passed in (`now`), so the rules
-//! are tested without sleeping.
+//! The store is a trait with two implementations: in process (here) and
+//! Redis (`failures_redis.rs`), so that replicas share counts and blocks.
+//! Time is passed in (`now`), so the in-process rules are tested without
+//! sleeping; the Redis store keeps time on the Redis server instead.
+//!
+//! A source that fails again after its block ended, still inside the same
+//! window, is blocked again at once: the count is past the threshold.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,13 +28,18 @@ pub enum FailureKey {
     Identity(String),
 }
 
-/// Where failures are counted.
+/// Where failures are counted. Neither operation fails: a store that
+/// cannot reach its backend answers in its documented degraded mode.
+#[tonic::async_trait]
 pub trait FailureStore: Send + Sync + std::fmt::Debug {
     /// If `key` is blocked at `now`, how long until it is not.
-    fn blocked_for(&self, key: &FailureKey, now: Instant) -> Option<Duration>;
-    /// Counts one failure for `key`; returns true when this failure crossed
-    /// the threshold (the key is blocked from now, if blocking applies).
-    fn record_failure(&self, key: &FailureKey, now: Instant, block: bool) -> bool;
+    async fn blocked_for(&self, key: &FailureKey, now: Instant) -> Option<Duration>;
+    /// Counts one failure for `key`; returns true when this failure reached
+    /// the threshold (reported once per window). With `block`, a key at or
+    /// past the threshold is blocked for the cool-down from now.
+    async fn record_failure(&self, key: &FailureKey, now: Instant, block: bool) -> bool;
+    /// The store's name for logs (`local`, `redis`).
+    fn name(&self) -> &'static str;
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,14 +78,16 @@ impl InProcessFailures {
     }
 }
 
-impl FailureStore for InProcessFailures {
-    fn blocked_for(&self, key: &FailureKey, now: Instant) -> Option<Duration> {
+impl InProcessFailures {
+    /// [`FailureStore::blocked_for`], without the async wrapper.
+    pub fn blocked_for_now(&self, key: &FailureKey, now: Instant) -> Option<Duration> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let until = entries.get(key)?.blocked_until?;
         (until > now).then(|| until - now)
     }
 
-    fn record_failure(&self, key: &FailureKey, now: Instant, block: bool) -> bool {
+    /// [`FailureStore::record_failure`], without the async wrapper.
+    pub fn record_failure_now(&self, key: &FailureKey, now: Instant, block: bool) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.max_tracked && !entries.contains_key(key) {
             // Bounded memory: forget what no longer matters; if a flood of
@@ -97,13 +108,25 @@ impl FailureStore for InProcessFailures {
             e.count = 0;
         }
         e.count = e.count.saturating_add(1);
-        if e.count == self.threshold {
-            if block {
-                e.blocked_until = Some(now + self.cool_down);
-            }
-            return true;
+        if block && e.count >= self.threshold {
+            e.blocked_until = Some(now + self.cool_down);
         }
-        false
+        e.count == self.threshold
+    }
+}
+
+#[tonic::async_trait]
+impl FailureStore for InProcessFailures {
+    async fn blocked_for(&self, key: &FailureKey, now: Instant) -> Option<Duration> {
+        self.blocked_for_now(key, now)
+    }
+
+    async fn record_failure(&self, key: &FailureKey, now: Instant, block: bool) -> bool {
+        self.record_failure_now(key, now, block)
+    }
+
+    fn name(&self) -> &'static str {
+        "local"
     }
 }
 
@@ -118,6 +141,7 @@ mod tests {
             window_seconds: 60,
             block_seconds: 300,
             max_tracked: 4,
+            ..FailureConfig::default()
         })
     }
 
@@ -129,20 +153,27 @@ mod tests {
     fn source_is_blocked_after_threshold_and_unblocked_after_cool_down() {
         let s = store();
         let t0 = Instant::now();
-        assert!(!s.record_failure(&ip(1), t0, true));
-        assert!(!s.record_failure(&ip(1), t0 + Duration::from_secs(1), true));
-        assert_eq!(s.blocked_for(&ip(1), t0), None);
-        assert!(s.record_failure(&ip(1), t0 + Duration::from_secs(2), true));
+        assert!(!s.record_failure_now(&ip(1), t0, true));
+        assert!(!s.record_failure_now(&ip(1), t0 + Duration::from_secs(1), true));
+        assert_eq!(s.blocked_for_now(&ip(1), t0), None);
+        assert!(s.record_failure_now(&ip(1), t0 + Duration::from_secs(2), true));
         assert_eq!(
-            s.blocked_for(&ip(1), t0 + Duration::from_secs(2)),
+            s.blocked_for_now(&ip(1), t0 + Duration::from_secs(2)),
             Some(Duration::from_secs(300))
         );
         assert_eq!(
-            s.blocked_for(&ip(1), t0 + Duration::from_secs(101)),
+            s.blocked_for_now(&ip(1), t0 + Duration::from_secs(101)),
             Some(Duration::from_secs(201))
         );
-        assert_eq!(s.blocked_for(&ip(2), t0), None, "other sources unaffected");
-        assert_eq!(s.blocked_for(&ip(1), t0 + Duration::from_secs(302)), None);
+        assert_eq!(
+            s.blocked_for_now(&ip(2), t0),
+            None,
+            "other sources unaffected"
+        );
+        assert_eq!(
+            s.blocked_for_now(&ip(1), t0 + Duration::from_secs(302)),
+            None
+        );
     }
 
     #[test]
@@ -150,9 +181,34 @@ mod tests {
         let s = store();
         let t0 = Instant::now();
         for i in 0..10 {
-            s.record_failure(&ip(1), t0 + Duration::from_secs(31 * i), true);
+            s.record_failure_now(&ip(1), t0 + Duration::from_secs(31 * i), true);
         }
-        assert_eq!(s.blocked_for(&ip(1), t0 + Duration::from_secs(310)), None);
+        assert_eq!(
+            s.blocked_for_now(&ip(1), t0 + Duration::from_secs(310)),
+            None
+        );
+    }
+
+    #[test]
+    fn failing_again_after_the_block_inside_the_window_blocks_again() {
+        let s = InProcessFailures::new(&FailureConfig {
+            window_seconds: 600,
+            block_seconds: 10,
+            ..FailureConfig::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            s.record_failure_now(&ip(1), t0, true);
+        }
+        assert!(s.blocked_for_now(&ip(1), t0).is_some());
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(s.blocked_for_now(&ip(1), later), None);
+        // Reported once per window, but blocked again at the next failure.
+        assert!(!s.record_failure_now(&ip(1), later, true));
+        assert_eq!(
+            s.blocked_for_now(&ip(1), later),
+            Some(Duration::from_secs(10))
+        );
     }
 
     #[test]
@@ -160,9 +216,11 @@ mod tests {
         let s = store();
         let t0 = Instant::now();
         let id = FailureKey::Identity("apikey:0123456789ab".into());
-        let crossed: Vec<bool> = (0..3).map(|_| s.record_failure(&id, t0, false)).collect();
+        let crossed: Vec<bool> = (0..3)
+            .map(|_| s.record_failure_now(&id, t0, false))
+            .collect();
         assert_eq!(crossed, [false, false, true]);
-        assert_eq!(s.blocked_for(&id, t0), None);
+        assert_eq!(s.blocked_for_now(&id, t0), None);
     }
 
     #[test]
@@ -170,11 +228,11 @@ mod tests {
         let s = store();
         let t0 = Instant::now();
         for n in 0..50 {
-            s.record_failure(&ip(n), t0, true);
+            s.record_failure_now(&ip(n), t0, true);
         }
         assert!(s.entries.lock().unwrap().len() <= 4);
         // Once the window has passed, room is made again.
-        s.record_failure(&ip(99), t0 + Duration::from_secs(61), true);
+        s.record_failure_now(&ip(99), t0 + Duration::from_secs(61), true);
         assert!(s.entries.lock().unwrap().contains_key(&ip(99)));
     }
 }

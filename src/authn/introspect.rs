@@ -111,18 +111,24 @@ impl Introspector {
             }
         };
         let answer = self.read(&body, now_epoch);
-        let ttl = match &answer {
-            Answer::Active { exp, .. } => Duration::from_secs(
-                exp.saturating_sub(now_epoch)
-                    .min(self.config.max_cache_seconds),
-            ),
-            Answer::Inactive => Duration::from_secs(self.config.negative_cache_seconds),
-        };
+        let ttl = self.cache_for(&answer, now_epoch);
         let answer = Arc::new(answer);
         if !ttl.is_zero() {
             self.cache.insert(key, (Arc::clone(&answer), ttl));
         }
         self.judge(&answer, now_epoch)
+    }
+
+    /// How long an answer is kept: an active one for the token's remaining
+    /// life, capped; an inactive one briefly.
+    fn cache_for(&self, answer: &Answer, now_epoch: u64) -> Duration {
+        match answer {
+            Answer::Active { exp, .. } => Duration::from_secs(
+                exp.saturating_sub(now_epoch)
+                    .min(self.config.max_cache_seconds),
+            ),
+            Answer::Inactive => Duration::from_secs(self.config.negative_cache_seconds),
+        }
     }
 
     fn judge(&self, answer: &Answer, now_epoch: u64) -> Result<Identity, AuthnFailure> {
@@ -278,6 +284,25 @@ mod tests {
             }
             Answer::Inactive => panic!("should be active"),
         }
+    }
+
+    #[test]
+    fn answers_are_cached_for_the_remaining_life_capped_and_inactive_briefly() {
+        let i = introspector();
+        let active = |exp| {
+            i.read(
+                &json!({"active": true, "sub": "alice", "exp": exp,
+                    "iss": "https://as.example/", "aud": "portcullis"}),
+                1000,
+            )
+        };
+        // Defaults: at most 300 s; inactive 10 s.
+        assert_eq!(i.cache_for(&active(1060), 1000), Duration::from_secs(60));
+        assert_eq!(i.cache_for(&active(99_999), 1000), Duration::from_secs(300));
+        assert_eq!(
+            i.cache_for(&Answer::Inactive, 1000),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

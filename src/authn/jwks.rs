@@ -380,6 +380,30 @@ mod tests {
         assert_eq!(jwks.fetch_count(), 2);
     }
 
+    #[tokio::test]
+    async fn a_provider_that_never_answers_fails_the_fetch_within_the_timeout() {
+        // A listener that is never accepted from: connections complete (the
+        // kernel queues them) and no byte ever comes back.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks", silent.local_addr().unwrap());
+        let jwks = RemoteJwks::new(
+            "i",
+            Some(&url),
+            &JwksConfig {
+                fetch_timeout_ms: 200,
+                ..config()
+            },
+        );
+        let result = tokio::time::timeout(Duration::from_secs(10), jwks.refresh())
+            .await
+            .expect("the fetch gives up by itself, it does not hang");
+        assert!(
+            matches!(result, Err(JwksUnreachable::Fetch { .. })),
+            "{result:?}"
+        );
+        assert!(!jwks.is_ready(Instant::now()));
+    }
+
     #[test]
     fn only_http_urls_are_accepted() {
         assert!(check_url("https://idp.example/jwks").is_ok());

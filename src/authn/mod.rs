@@ -2,14 +2,16 @@
 //! It does not decide what that identity may do (that is `authz`).
 
 pub mod apikey;
+pub mod apikey_redis;
 pub mod failures;
+pub mod failures_redis;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cedar_policy::EntityUid;
 use tokio_util::sync::CancellationToken;
@@ -131,12 +133,47 @@ pub enum Authentication {
     },
 }
 
+/// The Redis authentication keeps shared state in (failure counts and
+/// blocks, API keys), and the bound on one round trip.
+#[derive(Debug, Clone)]
+pub struct AuthnRedis {
+    /// The connection (possibly shared with the quota store).
+    pub redis: Arc<crate::shared_redis::SharedRedis>,
+    /// Bound on one call, connect included.
+    pub timeout: Duration,
+}
+
+/// Where API keys are looked up.
+#[derive(Debug)]
+enum ApiKeys {
+    /// The keys file, reloaded when it changes.
+    File(Arc<apikey::ApiKeyVerifier>),
+    /// Redis, asked on every lookup.
+    Redis(apikey_redis::RedisKeys),
+}
+
+impl ApiKeys {
+    fn header(&self) -> &str {
+        match self {
+            ApiKeys::File(f) => f.header(),
+            ApiKeys::Redis(r) => r.header(),
+        }
+    }
+
+    async fn verify(&self, presented: &str, now_epoch: u64) -> Result<Identity, AuthnFailure> {
+        match self {
+            ApiKeys::File(f) => f.verify(presented, now_epoch),
+            ApiKeys::Redis(r) => r.verify(presented, now_epoch).await,
+        }
+    }
+}
+
 /// Authenticates requests with the configured methods.
 #[derive(Debug)]
 pub struct Authenticator {
     jwt: jwt::JwtVerifier,
     mtls: MtlsConfig,
-    api_keys: Option<Arc<apikey::ApiKeyVerifier>>,
+    api_keys: Option<ApiKeys>,
     introspection: Option<introspect::Introspector>,
     max_token_bytes: usize,
     failures: Option<Arc<dyn failures::FailureStore>>,
@@ -154,19 +191,42 @@ pub enum AuthnSetupError {
     /// The introspection client secret could not be read.
     #[error(transparent)]
     Introspection(#[from] introspect::SecretUnreadable),
+    /// A feature keeps its state in Redis, and no Redis was given.
+    #[error("{0} needs a Redis: configure authentication.redis or a Redis quota store")]
+    NoRedis(&'static str),
 }
 
 impl Authenticator {
-    /// Builds the authenticator, loading every issuer's keys.
+    /// Builds the authenticator without Redis, loading every issuer's keys.
     pub fn new(config: &AuthnConfig) -> Result<Self, Vec<AuthnSetupError>> {
+        Self::with_redis(config, None)
+    }
+
+    /// Builds the authenticator, loading every issuer's keys; `redis` is
+    /// where failure counts (`failures.store` `auto` or `redis`) and, with
+    /// `api_keys.redis`, API keys live.
+    pub fn with_redis(
+        config: &AuthnConfig,
+        redis: Option<AuthnRedis>,
+    ) -> Result<Self, Vec<AuthnSetupError>> {
+        use crate::config::FailureStoreKind;
         let mut errors = Vec::new();
         let jwt = jwt::JwtVerifier::new(config)
             .map_err(|errs| errors.extend(errs.into_iter().map(AuthnSetupError::from)));
-        let api_keys = match &config.api_keys.file {
-            None => Ok(None),
-            Some(path) => apikey::ApiKeyVerifier::new(&config.api_keys, path)
-                .map(|v| Some(Arc::new(v)))
+        let api_keys = match (&config.api_keys.file, config.api_keys.redis, &redis) {
+            (Some(path), _, _) => apikey::ApiKeyVerifier::new(&config.api_keys, path)
+                .map(|v| Some(ApiKeys::File(Arc::new(v))))
                 .map_err(|e| errors.push(e.into())),
+            (None, true, Some(r)) => Ok(Some(ApiKeys::Redis(apikey_redis::RedisKeys::new(
+                &config.api_keys,
+                Arc::clone(&r.redis),
+                r.timeout,
+            )))),
+            (None, true, None) => {
+                errors.push(AuthnSetupError::NoRedis("authentication.api_keys.redis"));
+                Err(())
+            }
+            (None, false, _) => Ok(None),
         };
         let introspection = match &config.introspection {
             None => Ok(None),
@@ -174,20 +234,43 @@ impl Authenticator {
                 .map(Some)
                 .map_err(|e| errors.push(e.into())),
         };
-        match (jwt, api_keys, introspection) {
-            (Ok(jwt), Ok(api_keys), Ok(introspection)) => Ok(Authenticator {
+        let f = &config.failures;
+        let failures: Result<Option<Arc<dyn failures::FailureStore>>, ()> =
+            match (f.enabled, f.store, &redis) {
+                (false, _, _) => Ok(None),
+                (true, FailureStoreKind::Local, _) | (true, FailureStoreKind::Auto, None) => {
+                    Ok(Some(Arc::new(failures::InProcessFailures::new(f))))
+                }
+                (true, FailureStoreKind::Auto | FailureStoreKind::Redis, Some(r)) => {
+                    Ok(Some(Arc::new(failures_redis::RedisFailures::new(
+                        f,
+                        Arc::clone(&r.redis),
+                        r.timeout,
+                    ))))
+                }
+                (true, FailureStoreKind::Redis, None) => {
+                    errors.push(AuthnSetupError::NoRedis(
+                        "authentication.failures.store: redis",
+                    ));
+                    Err(())
+                }
+            };
+        match (jwt, api_keys, introspection, failures) {
+            (Ok(jwt), Ok(api_keys), Ok(introspection), Ok(failures)) => Ok(Authenticator {
                 jwt,
                 mtls: config.mtls.clone(),
                 api_keys,
                 introspection,
                 max_token_bytes: config.max_token_bytes,
-                failures: config.failures.enabled.then(|| {
-                    Arc::new(failures::InProcessFailures::new(&config.failures))
-                        as Arc<dyn failures::FailureStore>
-                }),
+                failures,
             }),
             _ => Err(errors),
         }
+    }
+
+    /// Where failed attempts are counted (`local`, `redis`), if anywhere.
+    pub fn failure_store(&self) -> Option<&'static str> {
+        self.failures.as_ref().map(|f| f.name())
     }
 
     /// Fetches every remote key set once (for offline use such as the
@@ -209,7 +292,7 @@ impl Authenticator {
             .into_iter()
             .map(|jwks| tokio::spawn(Arc::clone(&jwks).run(cancel.clone())))
             .collect();
-        if let Some(keys) = &self.api_keys {
+        if let Some(ApiKeys::File(keys)) = &self.api_keys {
             tasks.push(tokio::spawn(
                 Arc::clone(keys).watch(API_KEYS_POLL, cancel.clone()),
             ));
@@ -257,7 +340,7 @@ impl Authenticator {
     ) -> Authentication {
         let source = req.source_ip.map(failures::FailureKey::Source);
         if let (Some(store), Some(source)) = (&self.failures, &source) {
-            if let Some(retry_after) = store.blocked_for(source, now) {
+            if let Some(retry_after) = store.blocked_for(source, now).await {
                 let result = Authentication::Blocked { retry_after };
                 log_outcome(req, &result);
                 return result;
@@ -270,7 +353,7 @@ impl Authenticator {
             // caller's failed attempt.
             if !failure.unavailable {
                 if let Some(source) = &source {
-                    if store.record_failure(source, now, true) {
+                    if store.record_failure(source, now, true).await {
                         tracing::warn!(
                             target: "portcullis::authn",
                             source_ip = ?req.source_ip,
@@ -280,7 +363,7 @@ impl Authenticator {
                 }
                 if let Some(identity) = self.presented_identity(req) {
                     let key = failures::FailureKey::Identity(identity.clone());
-                    if store.record_failure(&key, now, false) {
+                    if store.record_failure(&key, now, false).await {
                         tracing::warn!(
                             target: "portcullis::authn",
                             presented_identity = %identity,
@@ -363,7 +446,7 @@ impl Authenticator {
                         "send exactly one API key",
                     ));
                 }
-                return match keys.verify(value.trim(), now_epoch) {
+                return match keys.verify(value.trim(), now_epoch).await {
                     Ok(identity) => Authentication::Authenticated(identity),
                     Err(failure) => Authentication::Rejected(failure),
                 };
@@ -589,6 +672,166 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    /// Remembers what was counted.
+    #[derive(Debug, Default)]
+    struct Recorder(std::sync::Mutex<Vec<(failures::FailureKey, bool)>>);
+
+    #[tonic::async_trait]
+    impl failures::FailureStore for Recorder {
+        async fn blocked_for(&self, _: &failures::FailureKey, _: Instant) -> Option<Duration> {
+            None
+        }
+        async fn record_failure(
+            &self,
+            key: &failures::FailureKey,
+            _: Instant,
+            block: bool,
+        ) -> bool {
+            self.0.lock().unwrap().push((key.clone(), block));
+            false
+        }
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+    }
+
+    /// An authenticator whose API keys come in `x-portcullis-key` from an
+    /// empty keys file, counting failures in a [`Recorder`].
+    fn counting() -> (tempfile::TempDir, Arc<Recorder>, Authenticator) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.yaml");
+        std::fs::write(&keys, "keys: []\n").unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let a = Authenticator::new(&AuthnConfig {
+            api_keys: crate::config::ApiKeyConfig {
+                file: Some(keys),
+                header: "X-Portcullis-Key".into(),
+                ..Default::default()
+            },
+            ..AuthnConfig::default()
+        })
+        .unwrap()
+        .with_failure_store(Arc::clone(&recorder) as Arc<dyn failures::FailureStore>);
+        (dir, recorder, a)
+    }
+
+    fn unsigned_token(iss: &str, sub: &str) -> String {
+        use base64::Engine;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.c2ln",
+            b64(serde_json::json!({"alg": "ES256"})),
+            b64(serde_json::json!({"iss": iss, "sub": sub}))
+        )
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_count_against_the_source_and_the_presented_identity() {
+        let (_dir, recorder, a) = counting();
+        let from = |headers: &[(&str, &str)]| {
+            let mut r = request(headers, None);
+            r.source_ip = Some([192, 0, 2, 1].into());
+            r
+        };
+        let token = format!("Bearer {}", unsigned_token("https://idp.example/", "alice"));
+        let key = "pck_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        for headers in [
+            [("authorization", token.as_str())],
+            [("x-portcullis-key", key)],
+        ] {
+            assert!(matches!(
+                a.authenticate(&from(&headers), 0).await,
+                Authentication::Rejected(_)
+            ));
+        }
+        let source = failures::FailureKey::Source([192, 0, 2, 1].into());
+        let id = |s: &str| failures::FailureKey::Identity(s.into());
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [
+                (source.clone(), true),
+                (id("jwt:https://idp.example/#alice"), false),
+                (source, true),
+                (id("apikey:0123456789ab"), false),
+            ],
+            "sources are blocked, identities only reported"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_api_key_header_is_configurable() {
+        let (_dir, recorder, a) = counting();
+        let key = "pck_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        // The default header is not looked at when another is configured.
+        assert!(matches!(
+            a.authenticate(&request(&[("x-api-key", key)], None), 0)
+                .await,
+            Authentication::NoCredentials
+        ));
+        match a
+            .authenticate(&request(&[("x-portcullis-key", key)], None), 0)
+            .await
+        {
+            Authentication::Rejected(f) => assert_eq!(f.reason, "unknown_api_key"),
+            other => panic!("{other:?}"),
+        }
+        // No source address: only the presented identity is counted.
+        assert_eq!(recorder.0.lock().unwrap().len(), 1);
+    }
+
+    /// A `MakeWriter` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_attempt_is_one_structured_event_without_the_credential() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let (_dir, _recorder, a) = counting();
+        let token = unsigned_token("https://idp.example/", "alice");
+        let mut r = request(&[("authorization", &format!("Bearer {token}"))], None);
+        r.request_id = "req-1".into();
+        r.source_ip = Some([192, 0, 2, 1].into());
+        a.authenticate(&r, 0).await;
+        let spiffe = "spiffe://acme.example/ns/ml/sa/batch-scorer";
+        a.authenticate(&request(&[], Some(spiffe)), 0).await;
+
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &serde_json::Value| e["fields"]["message"] == "authentication")
+            .collect();
+        assert_eq!(events.len(), 2, "{text}");
+        let f = &events[0]["fields"];
+        assert_eq!(events[0]["target"], "portcullis::authn");
+        assert_eq!(f["outcome"], "rejected");
+        assert_eq!(f["reason"], "unknown_issuer");
+        assert_eq!(f["request_id"], "req-1");
+        assert_eq!(f["source_ip"], "192.0.2.1");
+        assert_eq!(events[1]["fields"]["outcome"], "authenticated");
+        assert_eq!(events[1]["fields"]["method"], "mtls");
+        assert!(!text.contains(&token), "the credential is never logged");
     }
 
     #[tokio::test]

@@ -8,11 +8,10 @@
 //! `SCRIPT FLUSH`). Every key written gets a TTL equal to the time until its
 //! bucket is full again, after which it carries no information.
 //!
-//! The connection is a `ConnectionManager` (one multiplexed connection that
-//! reconnects after errors), created lazily, in the background, so that
-//! Portcullis starts and serves in its failure mode while Redis is down, and
-//! a connect slower than one request's timeout still completes. A `READONLY` reply (a
-//! failed-over primary) drops the connection so the next call reconnects.
+//! The connection is a [`SharedRedis`] (see `shared_redis.rs`), made
+//! lazily in the background and shared with the authentication stores
+//! that use the same Redis. A `READONLY` reply (a failed-over primary)
+//! drops the connection so the next call reconnects.
 //!
 //! Redis Cluster: every key is its own hash tag (`portcullis:q:{<key>}`),
 //! so keys spread over the slots. The keys of one request that share a slot
@@ -24,15 +23,14 @@
 //! over-admitted); if the refund itself fails, the earlier slots stay
 //! charged (errs towards refusing).
 
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
+use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
+
+use crate::shared_redis::{Connection, SharedRedis};
 
 use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
 
@@ -116,98 +114,9 @@ return 1
 /// Prefix of every key Portcullis writes.
 pub const KEY_PREFIX: &str = "portcullis:q:";
 
-/// How long a (background) connection attempt may take. Longer than one
-/// request's budget on purpose: a connect slower than that still completes
-/// and serves the requests after it.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A connection made in the background. A request waits for it at most
-/// its own timeout (enforced by the caller); the attempt goes on without it
-/// and ends by itself within `CONNECT_TIMEOUT`.
-struct Lazy<C> {
-    slot: Arc<Mutex<Option<C>>>,
-    connecting: Arc<AtomicBool>,
-    ready: Arc<tokio::sync::Notify>,
-    last_error: Arc<Mutex<String>>,
-}
-
-impl<C: Clone + Send + 'static> Lazy<C> {
-    fn new() -> Self {
-        Lazy {
-            slot: Arc::new(Mutex::new(None)),
-            connecting: Arc::new(AtomicBool::new(false)),
-            ready: Arc::new(tokio::sync::Notify::new()),
-            last_error: Arc::new(Mutex::new(String::new())),
-        }
-    }
-
-    fn cached(&self) -> Option<C> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn forget(&self) {
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    async fn get<F>(&self, connect: impl FnOnce() -> F) -> Result<C, StoreError>
-    where
-        F: Future<Output = redis::RedisResult<C>> + Send + 'static,
-    {
-        let notified = self.ready.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(c) = self.cached() {
-            return Ok(c);
-        }
-        if !self.connecting.swap(true, Ordering::SeqCst) {
-            let attempt = connect();
-            let (slot, connecting, ready, last_error) = (
-                Arc::clone(&self.slot),
-                Arc::clone(&self.connecting),
-                Arc::clone(&self.ready),
-                Arc::clone(&self.last_error),
-            );
-            tokio::spawn(async move {
-                match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-                    Ok(Ok(c)) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
-                    Ok(Err(e)) => {
-                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string()
-                    }
-                    Err(_) => {
-                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                            format!("connecting took over {} s", CONNECT_TIMEOUT.as_secs())
-                    }
-                }
-                connecting.store(false, Ordering::SeqCst);
-                ready.notify_waiters();
-            });
-        }
-        notified.await;
-        self.cached().ok_or_else(|| StoreError {
-            store: "redis",
-            message: format!(
-                "cannot connect: {}",
-                self.last_error.lock().unwrap_or_else(|p| p.into_inner())
-            ),
-        })
-    }
-}
-
-enum Target {
-    Single {
-        client: redis::Client,
-        config: ConnectionManagerConfig,
-        connection: Lazy<ConnectionManager>,
-    },
-    Cluster {
-        client: ClusterClient,
-        connection: Lazy<ClusterConnection>,
-    },
-}
-
 /// Quota counters in Redis (one primary, or a Redis Cluster).
 pub struct RedisStore {
-    target: Target,
+    redis: Arc<SharedRedis>,
     script: redis::Script,
     refund: redis::Script,
 }
@@ -221,49 +130,30 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// A store for `url` (`redis://host:port/db`); connects on first use.
-    /// `timeout` bounds connecting and each command.
+    /// `timeout` bounds each command.
     pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|e| {
-            format!("quotas.redis_url is not a Redis URL (redis://host:port/db): {e}")
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
-        Ok(RedisStore::with(Target::Single {
-            client,
-            config,
-            connection: Lazy::new(),
-        }))
+        Ok(RedisStore::on(Arc::new(SharedRedis::single(
+            url,
+            timeout,
+            "quotas.redis_url",
+        )?)))
     }
 
     /// A store on a Redis Cluster reached through `seeds`.
     pub fn cluster(seeds: &[String], timeout: Duration) -> Result<RedisStore, String> {
-        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
-            .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(timeout)
-            .retries(1)
-            .build()
-            .map_err(|e| format!("quotas.redis_urls: not Redis URLs (redis://host:port): {e}"))?;
-        Ok(RedisStore::with(Target::Cluster {
-            client,
-            connection: Lazy::new(),
-        }))
+        Ok(RedisStore::on(Arc::new(SharedRedis::cluster(
+            seeds,
+            timeout,
+            "quotas.redis_urls",
+        )?)))
     }
 
-    fn with(target: Target) -> RedisStore {
+    /// A store on a Redis shared with other stores.
+    pub fn on(redis: Arc<SharedRedis>) -> RedisStore {
         RedisStore {
-            target,
+            redis,
             script: redis::Script::new(SCRIPT),
             refund: redis::Script::new(REFUND),
-        }
-    }
-
-    fn forget_connection(&self) {
-        match &self.target {
-            Target::Single { connection, .. } => connection.forget(),
-            Target::Cluster { connection, .. } => connection.forget(),
         }
     }
 
@@ -284,9 +174,7 @@ impl RedisStore {
         let reply: Vec<i64> = match invocation.invoke_async(con).await {
             Ok(r) => r,
             Err(e) => {
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
-                    self.forget_connection();
-                }
+                self.redis.note_error(&e);
                 return Err(error(e));
             }
         };
@@ -431,33 +319,24 @@ fn error(e: redis::RedisError) -> StoreError {
 #[tonic::async_trait]
 impl QuotaStore for RedisStore {
     async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
-        match &self.target {
-            Target::Single {
-                client,
-                config,
-                connection,
-            } => {
-                let (client, config) = (client.clone(), config.clone());
-                let mut con = connection
-                    .get(|| ConnectionManager::new_with_config(client, config))
-                    .await?;
+        let connection = self.redis.connection().await.map_err(|e| StoreError {
+            store: "redis",
+            message: e.to_string(),
+        })?;
+        match connection {
+            Connection::Single(mut con) => {
                 let refs: Vec<&Charge> = charges.iter().collect();
                 self.run(&mut con, &refs).await
             }
-            Target::Cluster { client, connection } => {
-                let client = client.clone();
-                let mut con = connection
-                    .get(|| async move { client.get_async_connection().await })
-                    .await?;
-                self.charge_cluster(&mut con, charges).await
-            }
+            Connection::Cluster(mut con) => self.charge_cluster(&mut con, charges).await,
         }
     }
 
     fn name(&self) -> &'static str {
-        match self.target {
-            Target::Single { .. } => "redis",
-            Target::Cluster { .. } => "redis_cluster",
+        if self.redis.is_cluster() {
+            "redis_cluster"
+        } else {
+            "redis"
         }
     }
 }
