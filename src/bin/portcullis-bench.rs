@@ -52,6 +52,16 @@ struct Args {
     /// or this Redis URL (limits then exact across replicas).
     #[arg(long)]
     redis: Option<String>,
+    /// A bearer token for the allowed calls of the mix instead of tokens
+    /// signed with this run's key (for `--target`: a token the running
+    /// server trusts, e.g. from scripts/dev-token.sh).
+    #[arg(long)]
+    bearer: Option<String>,
+    /// With `--rpc rls`: every call uses new quota keys (principal and
+    /// address descriptors numbered by the call), cycling after this many,
+    /// to measure the store's memory with many keys.
+    #[arg(long)]
+    keys: Option<u64>,
     /// Serve the empty ext_authz + RLS server at this address until
     /// interrupted, and measure nothing (for scripts/bench-envoy.sh).
     #[arg(long)]
@@ -207,7 +217,7 @@ fn main() -> anyhow::Result<()> {
 
     let keys = TokenKey::generate()?;
     let requests = Arc::new(match args.rpc {
-        Rpc::Check => Calls::Check(request_mix(args.mix, &keys)?),
+        Rpc::Check => Calls::Check(request_mix(args.mix, &keys, args.bearer.as_deref())?),
         Rpc::Rls => Calls::Rls(rls_mix()),
     });
     let mut phases = Vec::new();
@@ -344,6 +354,7 @@ async fn drive(
         Duration::from_secs_f64(args.warmup),
         None,
         &requests,
+        &args.keys,
     )
     .await;
     let started = Instant::now();
@@ -353,6 +364,7 @@ async fn drive(
         Duration::from_secs_f64(args.duration),
         args.requests,
         &requests,
+        &args.keys,
     )
     .await;
     let seconds = started.elapsed().as_secs_f64();
@@ -398,6 +410,7 @@ async fn run_load(
     duration: Duration,
     limit: Option<u64>,
     requests: &Arc<Calls>,
+    keys: &Option<u64>,
 ) -> Vec<WorkerResult> {
     let deadline = Instant::now() + duration;
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -408,6 +421,7 @@ async fn run_load(
         let mut rls = RateLimitServiceClient::new(channel);
         let requests = Arc::clone(requests);
         let sent = Arc::clone(&sent);
+        let keys = *keys;
         workers.spawn(async move {
             let mut r = WorkerResult {
                 hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
@@ -433,7 +447,10 @@ async fn run_load(
                         })
                     }
                     Calls::Rls(calls) => {
-                        let req = calls[i % calls.len()].clone();
+                        let req = match keys {
+                            Some(k) => rls_call(n % k),
+                            None => calls[i % calls.len()].clone(),
+                        };
                         rls.should_rate_limit(req)
                             .await
                             .map(|resp| resp.into_inner().overall_code == RlsCode::Ok as i32)
@@ -659,12 +676,19 @@ fn check(method: &str, path: &str, headers: &[(&str, String)], principal: &str) 
 }
 
 /// The requests the workers cycle through, in mix proportions.
-fn request_mix(mix: Mix, keys: &TokenKey) -> anyhow::Result<Vec<CheckRequest>> {
+fn request_mix(
+    mix: Mix,
+    keys: &TokenKey,
+    given: Option<&str>,
+) -> anyhow::Result<Vec<CheckRequest>> {
     const PREDICT: &str = "/v1/models/sentiment/versions/v2:predict";
     let bearer = |t: String| vec![("authorization", format!("Bearer {t}"))];
-    let reused: Vec<String> = (0..16)
-        .map(|i| keys.mint("alice", "acme", i))
-        .collect::<anyhow::Result<_>>()?;
+    let reused: Vec<String> = match given {
+        Some(token) => vec![token.to_string()],
+        None => (0..16)
+            .map(|i| keys.mint("alice", "acme", i))
+            .collect::<anyhow::Result<_>>()?,
+    };
     let allowed = |i: usize| {
         check(
             "POST",
@@ -709,6 +733,11 @@ fn request_mix(mix: Mix, keys: &TokenKey) -> anyhow::Result<Vec<CheckRequest>> {
 /// RLS calls as Envoy's ratelimit filter sends them for the bundled
 /// `quotas.yaml`: per address, per principal and per org, over many keys.
 fn rls_mix() -> Vec<RateLimitRequest> {
+    (0..256u64).map(rls_call).collect()
+}
+
+/// The `i`th RLS call: its own address and principal, one of eight orgs.
+fn rls_call(i: u64) -> RateLimitRequest {
     let entry = |key: &str, value: String| Entry {
         key: key.into(),
         value,
@@ -717,18 +746,16 @@ fn rls_mix() -> Vec<RateLimitRequest> {
         entries,
         ..Default::default()
     };
-    (0..256u32)
-        .map(|i| RateLimitRequest {
-            domain: "ml_api".into(),
-            descriptors: vec![
-                descriptor(vec![entry(
-                    "remote_address",
-                    format!("10.0.{}.{}", i / 250, i % 250),
-                )]),
-                descriptor(vec![entry("principal", format!("User:u{}", i % 64))]),
-                descriptor(vec![entry("org", format!("org{}", i % 8))]),
-            ],
-            hits_addend: 1,
-        })
-        .collect()
+    RateLimitRequest {
+        domain: "ml_api".into(),
+        descriptors: vec![
+            descriptor(vec![entry(
+                "remote_address",
+                format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+            )]),
+            descriptor(vec![entry("principal", format!("User:u{i}"))]),
+            descriptor(vec![entry("org", format!("org{}", i % 8))]),
+        ],
+        hits_addend: 1,
+    }
 }
