@@ -52,6 +52,12 @@ struct Args {
     /// or this Redis URL (limits then exact across replicas).
     #[arg(long)]
     redis: Option<String>,
+    /// Add this many policies to the in-process server's policy directory
+    /// and reload it (validated and swapped) once per second while it is
+    /// under load; the report lists each reload's time, and any failed
+    /// request shows in the errors column.
+    #[arg(long)]
+    reload_policies: Option<usize>,
     /// A bearer token for the allowed calls of the mix instead of tokens
     /// signed with this run's key (for `--target`: a token the running
     /// server trusts, e.g. from scripts/dev-token.sh).
@@ -132,6 +138,14 @@ enum Mix {
     Anonymous,
 }
 
+/// One policy reload under load.
+#[derive(Debug, Serialize)]
+struct Reload {
+    policies: usize,
+    milliseconds: f64,
+    ok: bool,
+}
+
 /// What one server did under load.
 #[derive(Debug, Serialize)]
 struct Phase {
@@ -157,6 +171,9 @@ struct Percentiles {
 #[derive(Debug, Serialize)]
 struct Report {
     rpc: Rpc,
+    /// With `--reload-policies`: each reload under load.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reloads: Vec<Reload>,
     /// `local` or `redis` (RLS only).
     #[serde(skip_serializing_if = "Option::is_none")]
     store: Option<&'static str>,
@@ -221,6 +238,7 @@ fn main() -> anyhow::Result<()> {
         Rpc::Rls => Calls::Rls(rls_mix()),
     });
     let mut phases = Vec::new();
+    let mut reloads = Vec::new();
 
     if args.baseline {
         let cancel = CancellationToken::new();
@@ -243,12 +261,21 @@ fn main() -> anyhow::Result<()> {
             let config = portcullis_config(&args, &keys, dir.path())?;
             let running = servers.block_on(portcullis::server::start(&config))?;
             let addr = running.decision_addr;
+            let reloader = args.reload_policies.map(|n| {
+                let store = Arc::clone(&running.state.policies);
+                let file = config.policies.join("scaled.cedar");
+                let budget = args.warmup + args.duration;
+                servers.spawn(reload_under_load(store, file, n, budget))
+            });
             phases.push(clients.block_on(drive(
                 "portcullis",
                 addr,
                 &args,
                 Arc::clone(&requests),
             ))?);
+            if let Some(task) = reloader {
+                reloads = servers.block_on(task)??;
+            }
             servers.block_on(running.shutdown())?;
             Some(dir)
         }
@@ -269,6 +296,7 @@ fn main() -> anyhow::Result<()> {
     };
     let report = Report {
         rpc: args.rpc,
+        reloads,
         store: (args.rpc == Rpc::Rls).then_some(if args.redis.is_some() {
             "redis"
         } else {
@@ -285,6 +313,9 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
+    }
+    if report.reloads.iter().any(|r| !r.ok) {
+        anyhow::bail!("a policy reload failed");
     }
     if report.phases.iter().any(|p| p.errors > 0) {
         anyhow::bail!("some requests failed (see the errors column)");
@@ -321,6 +352,14 @@ fn print_table(r: &Report) {
             p.latency_us.p99,
             p.latency_us.p999,
             p.latency_us.max
+        );
+    }
+    for reload in &r.reloads {
+        println!(
+            "reload of {} policies under load: {:.0} ms{}",
+            reload.policies,
+            reload.milliseconds,
+            if reload.ok { "" } else { " (FAILED)" }
         );
     }
     if let (Some(ratio), Some(added)) = (r.ratio_vs_empty, &r.latency_added_us) {
@@ -596,6 +635,13 @@ fn portcullis_config(
     } else {
         roomy_copy(&args.policies, &dir.join("policies"))?
     };
+    if let Some(n) = args.reload_policies {
+        anyhow::ensure!(
+            !args.keep_quotas,
+            "--reload-policies writes into a copy of the policy directory: drop --keep-quotas"
+        );
+        std::fs::write(policies.join("scaled.cedar"), scaled_policies(n, 0))?;
+    }
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         admin_listen: "127.0.0.1:0".parse()?,
@@ -621,6 +667,45 @@ fn portcullis_config(
         config.quotas.on_store_error = portcullis::quota::OnStoreError::Deny;
     }
     Ok(config)
+}
+
+/// `n` policies that never apply to the benchmark's requests (each names
+/// its own principal), tagged with `generation` so each write is a change.
+fn scaled_policies(n: usize, generation: u32) -> String {
+    let mut text = String::with_capacity(n * 160);
+    for i in 0..n {
+        text.push_str(&format!(
+            "@id(\"bench-g{generation}-p{i}\")\npermit (principal == User::\"bench-u{i}\", action == Action::\"invoke\", resource is ModelVersion) when {{ principal in resource.model.owner }};\n"
+        ));
+    }
+    text
+}
+
+/// Rewrites the policy file and reloads, once per second, for `seconds`.
+async fn reload_under_load(
+    store: Arc<portcullis::reload::PolicyStore>,
+    file: PathBuf,
+    n: usize,
+    seconds: f64,
+) -> anyhow::Result<Vec<Reload>> {
+    let mut out = Vec::new();
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut generation = 1;
+    // Bounded: at most one reload per second of the run, and 600 at most.
+    while Instant::now() + Duration::from_secs(1) < end && generation <= 600 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::fs::write(&file, scaled_policies(n, generation)).await?;
+        let started = Instant::now();
+        let result = store.reload_async().await;
+        out.push(Reload {
+            policies: n,
+            milliseconds: started.elapsed().as_secs_f64() * 1e3,
+            ok: result.is_ok(),
+        });
+        generation += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(out)
 }
 
 /// A copy of the policy directory's files with every quota scaled up a
