@@ -4,8 +4,6 @@
 //! lines lives here too, so that the server and the offline CLI agree.
 //! It does not read or write files.
 
-use std::fmt::Write as _;
-
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -22,54 +20,51 @@ const CHECKPOINT_DOMAIN: &[u8] = b"portcullis-audit-checkpoint-v1\n";
 /// audit records hold only strings, integers, booleans, arrays and objects,
 /// so number formatting is never ambiguous.
 pub fn canonical(value: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
+    let mut out = Vec::with_capacity(512);
+    write_canonical(value, None, &mut out);
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Writes `value` canonically into `out`, leaving out the top-level member
+/// named `skip`. Writes straight into one buffer: this runs for every
+/// audited decision.
+fn write_canonical(value: &Value, skip: Option<&str>, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
+            let mut keys: Vec<&String> = map.keys().filter(|k| Some(k.as_str()) != skip).collect();
+            keys.sort_unstable();
+            out.push(b'{');
             for (i, k) in keys.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String((*k).clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k.as_str()], out);
+                serde_json::to_writer(&mut *out, k.as_str()).expect("a string serialises");
+                out.push(b':');
+                write_canonical(&map[k.as_str()], None, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                write_canonical(item, out);
+                write_canonical(item, None, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => {
-            let _ = write!(out, "{other}");
-        }
+        other => serde_json::to_writer(&mut *out, other).expect("a scalar serialises"),
     }
 }
 
 /// The hash of a record: SHA-256 over its canonical form without the `hash`
 /// field (the form includes `prev`, the previous record's hash), hex.
 pub fn leaf_hash(record: &Value) -> String {
-    let mut without = record.clone();
-    if let Value::Object(map) = &mut without {
-        map.remove("hash");
-    }
-    let mut h = Sha256::new();
-    h.update(LEAF_DOMAIN);
-    h.update(canonical(&without).as_bytes());
-    hex::encode(h.finalize())
+    let mut form = Vec::with_capacity(1024);
+    form.extend_from_slice(LEAF_DOMAIN);
+    write_canonical(record, Some("hash"), &mut form);
+    hex::encode(Sha256::digest(&form))
 }
 
 /// The secret that signs checkpoints. `Debug` never shows it.
@@ -357,6 +352,67 @@ impl<'k> Verifier<'k> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The canonical form is what every stored hash was computed over: it
+    /// must never change. This is the original formulation, kept as the
+    /// reference.
+    fn reference_canonical(value: &Value, out: &mut String) {
+        use std::fmt::Write as _;
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String((*k).clone()).to_string());
+                    out.push(':');
+                    reference_canonical(&map[k.as_str()], out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    reference_canonical(item, out);
+                }
+                out.push(']');
+            }
+            other => {
+                let _ = write!(out, "{other}");
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_form_and_leaf_hash_match_the_reference() {
+        let values = [
+            serde_json::json!({"z": 1, "a": [true, null, "x\"y\n\u{1}"], "hash": "h", "m": {"b": -2, "a": "é😀"}}),
+            serde_json::json!({"seq": 18446744073709551615u64, "prev": "00", "kind": "decision", "hash": ""}),
+            serde_json::json!([{"b": 1, "a": 2}, "s", 3]),
+            serde_json::json!("plain"),
+        ];
+        for v in values {
+            let mut expected = String::new();
+            reference_canonical(&v, &mut expected);
+            assert_eq!(canonical(&v), expected);
+            let mut without = v.clone();
+            if let Value::Object(map) = &mut without {
+                map.remove("hash");
+            }
+            let mut form = String::new();
+            reference_canonical(&without, &mut form);
+            let mut h = Sha256::new();
+            h.update(LEAF_DOMAIN);
+            h.update(form.as_bytes());
+            assert_eq!(leaf_hash(&v), hex::encode(h.finalize()));
+        }
+    }
     use super::*;
     use serde_json::json;
 
