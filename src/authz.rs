@@ -459,8 +459,9 @@ impl std::fmt::Debug for Prepared {
 /// Cedar decisions kept per snapshot (keys are a few hundred bytes).
 const DECISION_CACHE_CAPACITY: u64 = 16_384;
 
-/// Most entities held, summed over the cached per-identity stores.
-const MERGED_ENTITY_BUDGET: u64 = 2_000_000;
+/// Most entities held, summed over the cached per-identity stores (each a
+/// copy of the snapshot's map of shared entities: tens of bytes per entity).
+const MERGED_ENTITY_BUDGET: u64 = 500_000;
 
 impl Prepared {
     /// Prepares the enforced set, the shadow set and the entity store.
