@@ -44,7 +44,7 @@ python3 deploy/demo/model_server.py "$model_port" & pids+=($!)
 # 2. Portcullis on the bundled policies, with the test issuer.
 sed -e "s#\"\.\./\.\./#\"$repo/#g" -e "s#directory: \"audit\"#directory: \"$work/audit\"#" \
   deploy/demo/portcullis.yaml > "$work/portcullis.yaml"
-"$portcullis" serve --config "$work/portcullis.yaml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+"$portcullis" serve --config "$work/portcullis.yaml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
   > "$work/portcullis.out" 2> "$work/portcullis.log" & pids+=($!)
 wait_for "Portcullis" grep -q "listening admin" "$work/portcullis.out"
 pdp=$(awk '/listening decision/ {print $3}' "$work/portcullis.out")

@@ -17,6 +17,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin gRPC listener (PolicyService, health, reflection).
     pub admin_listen: SocketAddr,
+    /// Operations HTTP listener: `/metrics` (Prometheus), `/healthz`,
+    /// `/readyz`.
+    pub http_listen: SocketAddr,
     /// The policy directory.
     pub policies: PathBuf,
     /// Policy reloading.
@@ -44,6 +47,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             policies: PathBuf::from("policies"),
             reload: ReloadConfig::default(),
             server: ServerConfig::default(),
@@ -589,6 +593,14 @@ impl Config {
                 "admin_listen: {} is also the decision listener (listen); give the admin API its own port",
                 self.admin_listen
             ));
+        }
+        for (name, addr) in [("listen", self.listen), ("admin_listen", self.admin_listen)] {
+            if self.http_listen == addr && addr.port() != 0 {
+                problems.push(format!(
+                    "http_listen: {} is also the {name} listener; give the HTTP listener its own port",
+                    self.http_listen
+                ));
+            }
         }
         if self.authentication.leeway_seconds > 300 {
             problems.push(

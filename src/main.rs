@@ -34,6 +34,10 @@ enum Command {
         /// Admin gRPC listener (overrides `admin_listen`).
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
+        /// Operations HTTP listener: /metrics, /healthz, /readyz
+        /// (overrides `http_listen`).
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
         /// Serve the policy directory as it was at this git revision
         /// (overrides `policy_revision`); rolling back is pinning the
         /// previous one.
@@ -192,6 +196,7 @@ fn main() -> ExitCode {
             policies,
             listen,
             admin_listen,
+            http_listen,
             policy_rev,
         } => load_config(config.as_deref()).and_then(|mut c| {
             if let Some(rev) = policy_rev {
@@ -205,6 +210,9 @@ fn main() -> ExitCode {
             }
             if let Some(a) = admin_listen {
                 c.admin_listen = a;
+            }
+            if let Some(h) = http_listen {
+                c.http_listen = h;
             }
             serve(c)
         }),
@@ -329,7 +337,13 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         // Tests and scripts read these lines to learn the bound ports.
         println!("listening decision {}", running.decision_addr);
         println!("listening admin {}", running.admin_addr);
-        tracing::info!(decision = %running.decision_addr, admin = %running.admin_addr, "serving");
+        println!("listening http {}", running.http_addr);
+        tracing::info!(
+            decision = %running.decision_addr,
+            admin = %running.admin_addr,
+            http = %running.http_addr,
+            "serving"
+        );
         running.serve_until(shutdown).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@ use cedar_policy::EntityUid;
 use crate::authn::{entity_uid, AuthMethod, Authentication, Authenticator, Identity};
 use crate::authz::{self, RequestContext};
 use crate::decision::{Decision, DenyReason, Outcome, ShadowOutcome};
+use crate::metrics;
 use crate::quota::{self, check::QuotaSubject, Quotas};
 use crate::request::AccessRequest;
 use crate::routes::{self, RouteMatch, Unmatched};
@@ -49,7 +50,9 @@ async fn authenticate_and_evaluate(
 ) -> Decision {
     match route(snapshot, req) {
         Stage::Routed(routed) => {
+            let started = Instant::now();
             let authentication = authenticator.authenticate(req, epoch_seconds(req)).await;
+            metrics::global().stage(metrics::Stage::Authn, started.elapsed());
             evaluate(snapshot, req, routed, authentication, subject)
         }
         Stage::Decided(decided) => decided,
@@ -72,7 +75,9 @@ async fn charge(
     if descriptors.is_empty() {
         return d;
     }
+    let started = Instant::now();
     let verdict = quota::apply::apply(&snapshot.quotas, quotas, &descriptors).await;
+    metrics::global().stage(metrics::Stage::Quota, started.elapsed());
     let mut d = d;
     d.quota = verdict.outcome;
     if verdict.allowed {
@@ -119,6 +124,13 @@ struct Routed<'s> {
 /// Stage 1, route: what is being asked for. A request no route takes is
 /// decided here, before any credential is looked at.
 fn route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Stage<'s> {
+    let started = Instant::now();
+    let routing = match_route(snapshot, req);
+    metrics::global().stage(metrics::Stage::Route, started.elapsed());
+    routing
+}
+
+fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Stage<'s> {
     let d = Decision::new(&snapshot.version);
 
     // 1. Route: what is being asked for.
@@ -241,6 +253,7 @@ fn evaluate(
     }
 
     // 4. Authorize: may they.
+    let started = Instant::now();
     let context = RequestContext::build(req, route, &identity);
     let (outcome, shadow) = authz::authorize(
         snapshot,
@@ -249,6 +262,7 @@ fn evaluate(
         resource.clone(),
         context,
     );
+    metrics::global().stage(metrics::Stage::Authz, started.elapsed());
     if let Some(shadow) = shadow {
         // Shadow policies are never enforced: they only record what the
         // decision would be with them switched on.
@@ -375,7 +389,9 @@ pub async fn decide_recorded(
 ) -> Decision {
     let started = Instant::now();
     let decision = decide(snapshot, authenticator, quotas, req).await;
-    audit.record_decision(decision, req, started.elapsed())
+    let decision = audit.record_decision(decision, req, started.elapsed());
+    metrics::global().decision(metrics::Service::ExtAuthz, &decision, started.elapsed());
+    decision
 }
 
 /// Decides a hypothetical request as `decide` would, authenticating its

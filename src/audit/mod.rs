@@ -403,6 +403,11 @@ impl AuditSink {
         self.capacity
     }
 
+    /// Records waiting for the writer now.
+    pub fn queue_depth(&self) -> usize {
+        self.capacity.saturating_sub(self.tx.capacity())
+    }
+
     /// True when checkpoints are signed (a key is configured).
     pub fn checkpoints_enabled(&self) -> bool {
         self.key.is_some()

@@ -454,6 +454,31 @@ impl QuotaStore for RedisStore {
         }
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        let ping = redis::cmd("PING");
+        match &self.target {
+            Target::Single {
+                client,
+                config,
+                connection,
+            } => {
+                let (client, config) = (client.clone(), config.clone());
+                let mut con = connection
+                    .get(|| ConnectionManager::new_with_config(client, config))
+                    .await?;
+                ping.query_async::<String>(&mut con).await.map_err(error)?;
+            }
+            Target::Cluster { client, connection } => {
+                let client = client.clone();
+                let mut con = connection
+                    .get(|| async move { client.get_async_connection().await })
+                    .await?;
+                ping.query_async::<String>(&mut con).await.map_err(error)?;
+            }
+        }
+        Ok(())
+    }
+
     fn name(&self) -> &'static str {
         match self.target {
             Target::Single { .. } => "redis",
