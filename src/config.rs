@@ -40,6 +40,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Quota store and failure mode.
     pub quotas: QuotaSettings,
+    /// Anomaly detection (surges, repeated failures, `context.risk`).
+    pub anomaly: crate::anomaly::AnomalyConfig,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             tls: TlsConfig::default(),
             quotas: QuotaSettings::default(),
+            anomaly: crate::anomaly::AnomalyConfig::default(),
         }
     }
 }
@@ -790,6 +793,7 @@ impl Config {
         }
         problems.extend(self.audit.problems());
         problems.extend(self.quotas.problems());
+        problems.extend(self.anomaly.problems());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -64,6 +64,7 @@ impl Authorization for AuthzService {
             &self.state.authenticator,
             &self.state.quotas,
             &self.state.audit,
+            self.state.anomalies.as_deref(),
             &access,
         )
         .await;

@@ -3,6 +3,7 @@
 //! pipeline decides from the policy directory; adapters translate.
 
 pub mod admin;
+pub mod anomaly;
 pub mod audit;
 pub mod authn;
 pub mod authz;

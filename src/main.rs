@@ -422,7 +422,9 @@ fn check(
     let snapshot = portcullis::snapshot::Snapshot::load(&dir)?;
     let access = input.to_access_request();
     let decision = match identity {
-        Some(identity) => portcullis::pipeline::decide_as(&snapshot, Some(identity), &access),
+        Some(identity) => {
+            portcullis::pipeline::decide_as_at_risk(&snapshot, Some(identity), &access, input.risk)
+        }
         None => {
             let authenticator = portcullis::authn::Authenticator::new(&config.authentication)
                 .map_err(|errs| {

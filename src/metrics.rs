@@ -459,6 +459,24 @@ impl Collector for StateCollector {
             "JWT issuers whose keys are not usable (never fetched or too stale)",
             &[(&[], ready.unready_issuers as i64)],
         )?;
+        if let Some(anomalies) = &state.anomalies {
+            let (principals, sources, blocked) = anomalies.tracked();
+            gauge(
+                &mut e,
+                "portcullis_anomaly_tracked_subjects",
+                "Principals and source addresses with an anomaly baseline in memory",
+                &[
+                    (&[("subject", "principal")], principals as i64),
+                    (&[("subject", "source")], sources as i64),
+                ],
+            )?;
+            gauge(
+                &mut e,
+                "portcullis_anomaly_blocked_subjects",
+                "Subjects blocked by the anomaly detector right now",
+                &[(&[], blocked as i64)],
+            )?;
+        }
         Ok(())
     }
 }

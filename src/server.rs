@@ -36,6 +36,8 @@ pub struct State {
     pub audit: AuditSink,
     /// Quota enforcement (store, timeout, failure mode).
     pub quotas: crate::quota::Quotas,
+    /// Anomaly detection, when enabled.
+    pub anomalies: Option<Arc<crate::anomaly::Detector>>,
 }
 
 /// Why the server could not start.
@@ -136,6 +138,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         authenticator,
         audit,
         quotas,
+        anomalies: config.anomaly.enabled.then(|| {
+            Arc::new(crate::anomaly::Detector::new(
+                &config.anomaly,
+                Arc::new(crate::quota::SystemClock),
+            ))
+        }),
     });
 
     let bind = |what, addr| async move {

@@ -39,6 +39,8 @@ pub enum Kind {
     AdminCall,
     /// An HMAC-signed statement of the chain's head.
     Checkpoint,
+    /// The anomaly detector saw a surge or repeated failures.
+    Anomaly,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::PolicyRejected => "policy_rejected",
             Kind::AdminCall => "admin_call",
             Kind::Checkpoint => "checkpoint",
+            Kind::Anomaly => "anomaly",
         }
     }
 }
@@ -74,6 +77,11 @@ pub struct AuditRecord {
     /// The gateway's request id.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
+    /// The W3C trace id of the request (`traceparent`), to join the record
+    /// with traces. Left out when absent, so records written before the
+    /// field existed hash as they did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
     /// The Cedar principal.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub principal: String,
@@ -130,6 +138,10 @@ pub struct AuditRecord {
     /// Admin calls: the RPC (`portcullis.admin.v1.AuditService/Query`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rpc: String,
+    /// Anomalies: what was seen, against which threshold, and the response
+    /// (risk, block).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
     /// Checkpoints: the last record covered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_seq: Option<u64>,
