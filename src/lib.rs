@@ -26,6 +26,7 @@ pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod tracecontext;
 
 /// Generated code for our own admin protos.
 pub mod proto {

@@ -13,6 +13,8 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use portcullis::proto::audit_service_client::AuditServiceClient;
+use portcullis::proto::{QueryRequest, VerifyRequest};
 use support::{metric, mint, parse_metrics, Key, Portcullis};
 
 fn check_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
@@ -62,6 +64,18 @@ fn rls_request(hits: u32) -> RateLimitRequest {
     }
 }
 
+/// `msg` with dave's (an auditor's) bearer token.
+fn auditor<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", support::token("dave"))
+            .parse()
+            .unwrap(),
+    );
+    r
+}
+
 const PREDICT: &str = "/v1/models/sentiment/versions/v2:predict";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,8 +94,18 @@ async fn metrics_after_known_traffic_show_the_expected_counts() {
 
     // 3 allowed, 2 forbidden, 1 without credentials, 2 refused credentials,
     // 1 without a route.
-    for _ in 0..3 {
-        let req = check_request("POST", PREDICT, &[("authorization", &alice)]);
+    for i in 0..3 {
+        let traceparent = format!("00-4bf92f3577b34da6a3ce929d0e0e473{i}-00f067aa0ba902b7-01");
+        let request_id = format!("req-{i}");
+        let req = check_request(
+            "POST",
+            PREDICT,
+            &[
+                ("authorization", &alice),
+                ("traceparent", &traceparent),
+                ("x-request-id", &request_id),
+            ],
+        );
         assert_eq!(status_of(&mut client, req).await, 200);
     }
     for _ in 0..2 {
@@ -217,6 +241,43 @@ async fn metrics_after_known_traffic_show_the_expected_counts() {
     );
 
     assert_eq!(support::http_get(http, "/healthz"), (200, "ok\n".into()));
+
+    // The trace context reached the audit records, and the chain with the
+    // new field still verifies.
+    let admin = pdp.listener("admin");
+    let mut audit = AuditServiceClient::connect(format!("http://{admin}"))
+        .await
+        .unwrap();
+    let records = audit
+        .query(auditor(QueryRequest {
+            principal: "User::\"alice\"".into(),
+            kind: "decision".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let mut traced: Vec<(String, String)> = records
+        .iter()
+        .map(|r| (r.request_id.clone(), r.trace_id.clone()))
+        .collect();
+    traced.sort();
+    assert_eq!(
+        traced,
+        (0..3)
+            .map(|i| (
+                format!("req-{i}"),
+                format!("4bf92f3577b34da6a3ce929d0e0e473{i}")
+            ))
+            .collect::<Vec<_>>()
+    );
+    let verified = audit
+        .verify(auditor(VerifyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
     let (status, body) = support::http_get(http, "/readyz");
     assert_eq!(status, 200, "{body}");
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();

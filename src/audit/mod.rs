@@ -173,6 +173,7 @@ impl AuditRecord {
         AuditRecord {
             id: d.id.clone(),
             request_id: req.request_id.clone(),
+            trace_id: crate::tracecontext::trace_id(req),
             principal: d.principal.clone().unwrap_or_default(),
             auth_method: d.auth_method.unwrap_or_default().to_string(),
             action: d.action.clone().unwrap_or_default(),
@@ -218,6 +219,7 @@ impl AuditRecord {
             .unwrap_or("invalid_credentials");
         Some(AuditRecord {
             request_id: req.request_id.clone(),
+            trace_id: crate::tracecontext::trace_id(req),
             reason: code.to_string(),
             action: d.action.clone().unwrap_or_default(),
             route: d.route.clone().unwrap_or_default(),
@@ -653,5 +655,27 @@ mod tests {
         assert_eq!(failure.reason, "expired");
         assert_eq!(failure.kind, Kind::AuthnFailure);
         assert!(AuditRecord::authn_failure(&Decision::new("v1").allow(), &req).is_none());
+    }
+
+    #[test]
+    fn trace_ids_come_from_traceparent_and_absent_ones_leave_the_record_as_before() {
+        let mut req = AccessRequest::for_test("GET", "/v1/models/x");
+        let d = Decision::new("v1").deny(DenyReason::InvalidCredentials, "bad");
+        let rec = AuditRecord::decision(&d, &req, Duration::from_micros(5));
+        let json = serde_json::to_value(&rec).unwrap();
+        // Records without trace context serialise (and so hash) exactly as
+        // records written before the fields existed.
+        assert!(
+            json.get("trace_id").is_none() && json.get("detail").is_none(),
+            "{json}"
+        );
+        req.headers.insert(
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        let rec = AuditRecord::decision(&d, &req, Duration::from_micros(5));
+        assert_eq!(rec.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let failure = AuditRecord::authn_failure(&d, &req).unwrap();
+        assert_eq!(failure.trace_id, rec.trace_id);
     }
 }
