@@ -110,6 +110,30 @@ impl EncodeMetric for LabelledHistograms {
     }
 }
 
+/// A label family that is described (`# HELP`, `# TYPE`) even before its
+/// first sample, so that dashboards, alerts and tests see every metric the
+/// service exports from the first scrape.
+#[derive(Debug, Clone)]
+struct Described<M>(M);
+
+impl<M: TypedMetric> TypedMetric for Described<M> {
+    const TYPE: MetricType = M::TYPE;
+}
+
+impl<M: EncodeMetric> EncodeMetric for Described<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// A stage of the decision pipeline, for its latency histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -290,7 +314,7 @@ impl Metrics {
         registry.register(
             "portcullis_decisions",
             "Decisions by API (ext_authz, ratelimit), outcome and deny reason",
-            self.decisions.clone(),
+            Described(self.decisions.clone()),
         );
         registry.register(
             "portcullis_decision_duration_seconds",
@@ -305,27 +329,27 @@ impl Metrics {
         registry.register(
             "portcullis_authn_failures",
             "Refused credentials by credential kind and failure reason",
-            self.authn_failures.clone(),
+            Described(self.authn_failures.clone()),
         );
         registry.register(
             "portcullis_quota_rejections",
             "Requests refused by a quota limit, by limit name",
-            self.quota_rejections.clone(),
+            Described(self.quota_rejections.clone()),
         );
         registry.register(
             "portcullis_cache_requests",
             "Token and introspection cache lookups by result",
-            self.cache_family.clone(),
+            Described(self.cache_family.clone()),
         );
         registry.register(
             "portcullis_shadow_disagreements",
             "Decisions where the shadow policies disagree with the enforced ones",
-            self.shadow_disagreements.clone(),
+            Described(self.shadow_disagreements.clone()),
         );
         registry.register(
             "portcullis_anomaly_events",
             "Anomaly events by kind and subject kind",
-            self.anomalies.clone(),
+            Described(self.anomalies.clone()),
         );
         registry.register(
             "portcullis_anomaly_blocks",
