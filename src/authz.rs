@@ -55,8 +55,6 @@ impl RequestContext {
                 "claims": identity.token.claims,
             },
             "headers": headers,
-            // The anomaly detector's score (0-100); the pipeline sets it.
-            "risk": 0,
         });
         if let Some(ip) = req.source_ip {
             // Explicit extension escape: the context parses without the

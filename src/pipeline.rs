@@ -315,7 +315,9 @@ fn evaluate(
     // 4. Authorize: may they.
     let started = Instant::now();
     let mut context = RequestContext::build(req, route, &identity);
-    context["risk"] = serde_json::json!(risk);
+    if snapshot.risk_actions.contains(&route.action) {
+        context["risk"] = serde_json::json!(risk);
+    }
     let (outcome, shadow) = authz::authorize(
         snapshot,
         &identity,

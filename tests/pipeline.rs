@@ -456,3 +456,13 @@ async fn a_cost_larger_than_the_limit_ever_allows_is_a_400_without_retry_after()
         .retry_after_seconds
         .is_some_and(|r| r > 0));
 }
+
+#[test]
+fn context_risk_goes_only_to_actions_whose_schema_declares_it() {
+    // The bundled schema declares `risk` for every HTTP action...
+    let s = bundled();
+    assert!(s.risk_actions.contains("invoke"), "{:?}", s.risk_actions);
+    // ...a schema written before it existed still loads, without it.
+    let old = Snapshot::load(&root().join("tests/fixtures/policies-erroring-forbid")).unwrap();
+    assert!(old.risk_actions.is_empty(), "{:?}", old.risk_actions);
+}
