@@ -113,4 +113,9 @@ echo "=== and the chain verifies"
 "$grpcurl" -plaintext -max-time 10 -H "authorization: Bearer $carol" -d '{}' "$admin" \
   portcullis.admin.v1.AuditService/Verify
 echo
+http=$(awk '/listening http/ {print $3}' "$work/portcullis.out")
+echo "=== the metrics after this traffic (decisions by outcome and reason, quota rejections)"
+echo "\$ curl -s http://$http/metrics | grep -E '^portcullis_(decisions|quota_rejections)_total'"
+curl -s --max-time 10 "http://$http/metrics" | grep -E '^portcullis_(decisions|quota_rejections)_total'
+echo
 echo "demo: done"

@@ -527,6 +527,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn decisions_quota_rejections_and_shadow_disagreements_are_counted() {
+        use crate::decision::{DenyReason, ShadowOutcome};
+        let m = Metrics::new();
+        let mut d = Decision::new("v1").deny(DenyReason::Forbidden, "no");
+        d.shadow = Some(ShadowOutcome {
+            decision: Outcome::Allow,
+            disagrees: true,
+            determining_policies: vec!["candidate".into()],
+            errors: Vec::new(),
+        });
+        m.decision(Service::ExtAuthz, &d, Duration::from_micros(80));
+        m.decision(
+            Service::ExtAuthz,
+            &Decision::new("v1").allow(),
+            Duration::from_micros(80),
+        );
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        for line in [
+            "portcullis_decisions_total{service=\"ext_authz\",outcome=\"deny\",reason=\"forbidden\"} 1",
+            "portcullis_decisions_total{service=\"ext_authz\",outcome=\"allow\",reason=\"none\"} 1",
+            "portcullis_shadow_disagreements_total{enforced=\"deny\",shadow=\"allow\"} 1",
+            "portcullis_decision_duration_seconds_count{service=\"ext_authz\"} 2",
+            "portcullis_decision_duration_seconds_count{service=\"ratelimit\"} 0",
+        ] {
+            assert!(out.contains(line), "{line} in\n{out}");
+        }
+        // Families without samples are still described.
+        assert!(
+            out.contains("# TYPE portcullis_quota_rejections_total counter"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn histogram_buckets_are_cumulative_in_the_exposition() {
         let h = LabelledHistograms::new("stage", STAGES);
         h.histograms[1].observe(Duration::from_micros(30));

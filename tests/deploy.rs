@@ -375,6 +375,8 @@ fn demo_script_runs_to_the_end() {
         "HTTP/1.1 404 Not Found",
         "\"principal\": \"User::\\\"bob\\\"\"",
         "\"ok\": true",
+        "portcullis_decisions_total{service=\"ext_authz\",outcome=\"deny\",reason=\"forbidden\"}",
+        "portcullis_quota_rejections_total{limit=\"principal-model-tokens\"} 1",
         "demo: done",
     ] {
         assert!(

@@ -359,3 +359,66 @@ fn a_dead_redis_makes_us_unready_only_when_its_failure_mode_denies() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anomaly_shows_in_metrics_and_the_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config_with(
+        dir.path(),
+        "anomaly:\n  failure_threshold: 3\n  block_seconds: 60\n",
+    );
+    let mut pdp = Portcullis::start(&["--config", config.to_str().unwrap()]);
+    let mut client = AuthorizationClient::connect(format!("http://{}", pdp.addr()))
+        .await
+        .unwrap();
+    // bob may not invoke: three refusals make repeated failures, and the
+    // block (block_on defaults to repeated_failures) answers the fourth.
+    let bob = format!("Bearer {}", support::token("bob"));
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let req = check_request("POST", PREDICT, &[("authorization", &bob)]);
+        statuses.push(status_of(&mut client, req).await);
+    }
+    assert_eq!(statuses, [403, 403, 403, 429]);
+    let m = parse_metrics(&pdp.http_get("/metrics").1);
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_anomaly_events_total",
+            &[("kind", "repeated_failures"), ("subject", "principal")]
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "portcullis_anomaly_blocks_total", &[]), 1.0);
+    assert_eq!(metric(&m, "portcullis_anomaly_blocked_subjects", &[]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_decisions_total",
+            &[("reason", "anomaly_blocked")]
+        ),
+        1.0
+    );
+    let admin = pdp.listener("admin");
+    let mut audit = AuditServiceClient::connect(format!("http://{admin}"))
+        .await
+        .unwrap();
+    let records = audit
+        .query(auditor(QueryRequest {
+            kind: "anomaly".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].principal, "User::\"bob\"");
+    assert_eq!(records[0].reason, "repeated_failures");
+    assert_eq!(records[0].decision, "block");
+    assert!(
+        records[0].detail.contains("blocked for 60s"),
+        "{}",
+        records[0].detail
+    );
+}
