@@ -42,6 +42,8 @@ pub struct Config {
     pub quotas: QuotaSettings,
     /// Anomaly detection (surges, repeated failures, `context.risk`).
     pub anomaly: crate::anomaly::AnomalyConfig,
+    /// Export of tracing spans over OTLP/gRPC; none: no export.
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             quotas: QuotaSettings::default(),
             anomaly: crate::anomaly::AnomalyConfig::default(),
+            otlp: None,
         }
     }
 }
@@ -794,6 +797,9 @@ impl Config {
         problems.extend(self.audit.problems());
         problems.extend(self.quotas.problems());
         problems.extend(self.anomaly.problems());
+        if let Some(otlp) = &self.otlp {
+            problems.extend(otlp.problems());
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -69,6 +69,7 @@ impl Authorization for AuthzService {
             trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
             parent_span_id = trace.as_ref().map(|t| t.parent_id.as_str()),
         );
+        crate::otlp::set_parent(&span, &access.headers);
         let decision = tracing::Instrument::instrument(
             pipeline::decide_recorded(
                 &snapshot,

@@ -15,6 +15,7 @@ pub mod gitrev;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod policydiff;
 pub mod policytest;

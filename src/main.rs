@@ -313,25 +313,43 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     })
 }
 
-fn init_logging(config: &Config) {
+/// Logs on stderr (JSON or text) and, with `otlp:` configured, spans
+/// exported to the collector. Returns the tracer provider to flush at exit.
+fn init_logging(
+    config: &Config,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match config.log.format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let provider = match &config.otlp {
+        Some(otlp) => Some(otlp.provider().map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
+    let otel = provider.as_ref().map(portcullis::otlp::layer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    Ok(provider)
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(async {
+    // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
+    let tracer = {
+        let _entered = runtime.enter();
+        init_logging(&config)?
+    };
+    let served = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let running = portcullis::server::start(&config).await?;
         // Tests and scripts read these lines to learn the bound ports.
@@ -347,7 +365,14 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         running.serve_until(shutdown).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    if let Some(tracer) = tracer {
+        // Send the spans still batched.
+        if let Err(e) = tracer.shutdown() {
+            eprintln!("otlp: flushing spans at exit failed: {e}");
+        }
+    }
+    served
 }
 
 /// Registers the SIGTERM/SIGINT handlers now (before the listeners
