@@ -120,8 +120,6 @@ pub fn set_parent(span: &tracing::Span, headers: &std::collections::HashMap<Stri
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn settings_are_checked_and_defaulted() {
         let config = crate::config::Config::parse(
