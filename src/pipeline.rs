@@ -285,7 +285,7 @@ fn evaluate(
     let risk = match watch {
         Watch::Fixed(risk) => risk,
         Watch::Live(detector) => {
-            let a = detector.assess(d.principal.as_deref(), req.source_ip);
+            let a = detector.assess(watched_principal(&d), req.source_ip);
             if let Some(wait) = a.blocked_for {
                 return anomaly_blocked(d, wait);
             }
@@ -475,6 +475,16 @@ pub async fn decide_recorded(
     decision
 }
 
+/// The principal the anomaly detector tracks for a decision: not the
+/// shared anonymous one (every caller without credentials is that one
+/// principal; their sources are tracked instead).
+fn watched_principal(d: &Decision) -> Option<&str> {
+    match d.auth_method {
+        Some("anonymous") => None,
+        _ => d.principal.as_deref(),
+    }
+}
+
 /// Feeds a decision to the anomaly detector; every event it sets off
 /// becomes a metric, a log line and an audit record.
 fn watch_decision(
@@ -491,7 +501,7 @@ fn watch_decision(
         Some(DenyReason::AnomalyBlocked | DenyReason::TooManyFailedAttempts) => return,
         Some(_) => Observed::Denied,
     };
-    let events = detector.observe(d.principal.as_deref(), req.source_ip, observed);
+    let events = detector.observe(watched_principal(d), req.source_ip, observed);
     let config = detector.config();
     for event in events {
         let detail = event.detail(config.interval_seconds, config.failure_window_seconds);

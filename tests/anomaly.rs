@@ -194,6 +194,47 @@ async fn while_a_source_is_risky_the_policies_ask_its_callers_for_mfa() {
     assert_eq!(ask(&service, predict(&alice, "198.51.100.7")).await.0, 200);
 }
 
+#[tokio::test]
+async fn callers_without_credentials_are_watched_by_address_not_as_one_principal() {
+    let (service, audit, _clock) = service(AnomalyConfig {
+        new_subject_max_requests: 50,
+        min_requests: 50,
+        failure_threshold: 3,
+        block_seconds: 60,
+        block_on: vec![AnomalyKind::RateSurge],
+        ..AnomalyConfig::default()
+    });
+    let mut records = audit.sink.subscribe();
+    // 80 anonymous status reads from 80 addresses: together past the
+    // surge threshold, each far below it. Nobody is flagged or blocked.
+    for i in 0..80u32 {
+        let mut req = predict("", &format!("10.0.0.{}", i + 1));
+        let http = req
+            .attributes
+            .as_mut()
+            .unwrap()
+            .request
+            .as_mut()
+            .unwrap()
+            .http
+            .as_mut()
+            .unwrap();
+        http.method = "GET".into();
+        http.path = "/v1/status".into();
+        http.headers.clear();
+        let (status, _, body) = ask(&service, req).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    // A sentinel anomaly: the first anomaly record written must be it.
+    let forged = mint(claims("alice", "acme"), Key::UntrustedEs256);
+    for _ in 0..3 {
+        assert_eq!(ask(&service, predict(&forged, "192.0.2.99")).await.0, 401);
+    }
+    let first = anomaly_records(&mut records, 1).await;
+    assert_eq!(first[0].source_ip, "192.0.2.99", "{first:?}");
+    assert_eq!(first[0].reason, "repeated_failures");
+}
+
 // ---------------------------------------------------------------------------
 // Synthetic loads against the detector (simulated time)
 // ---------------------------------------------------------------------------
