@@ -361,6 +361,9 @@ pub struct Detector {
     interval_us: u64,
     principals: moka::sync::Cache<Arc<str>, Arc<Mutex<Track>>>,
     sources: moka::sync::Cache<IpAddr, Arc<Mutex<Track>>>,
+    /// Subjects blocked and until when (µs), for the gauge: touched only
+    /// when a block is imposed and at scrape time, never per request.
+    blocks: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -389,6 +392,7 @@ impl Detector {
                 .max_capacity(config.max_tracked)
                 .time_to_idle(idle)
                 .build(),
+            blocks: Mutex::default(),
         }
     }
 
@@ -449,6 +453,19 @@ impl Detector {
                 Arc::new(Mutex::new(Track::new(now / self.interval_us)))
             });
             self.count(&track, now, observed, Subject::Source(s), &mut events);
+        }
+        if events.iter().any(|e| e.blocked_for.is_some()) {
+            let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            blocks.retain(|_, until| *until > now);
+            for e in events.iter().filter(|e| e.blocked_for.is_some()) {
+                let until = now + e.blocked_for.unwrap_or_default().as_micros() as u64;
+                let key = match &e.subject {
+                    Subject::Principal(p) => p.clone(),
+                    Subject::Source(ip) => ip.to_string(),
+                };
+                let slot = blocks.entry(key).or_insert(0);
+                *slot = (*slot).max(until);
+            }
         }
         events
     }
@@ -553,18 +570,16 @@ impl Detector {
         }
     }
 
-    /// Tracked principals, tracked sources, and subjects blocked now
-    /// (approximate: the caches settle their counts lazily).
+    /// Tracked principals, tracked sources (approximate: the caches settle
+    /// their counts lazily), and subjects blocked now.
     pub fn tracked(&self) -> (u64, u64, u64) {
         let now = self.clock.now_us();
-        let blocked =
-            |t: &Arc<Mutex<Track>>| t.lock().map(|t| t.blocked_until_us > now).unwrap_or(false);
-        let blocked_count = self.principals.iter().filter(|(_, t)| blocked(t)).count()
-            + self.sources.iter().filter(|(_, t)| blocked(t)).count();
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        blocks.retain(|_, until| *until > now);
         (
             self.principals.entry_count(),
             self.sources.entry_count(),
-            blocked_count as u64,
+            blocks.len() as u64,
         )
     }
 
@@ -672,6 +687,7 @@ mod tests {
         // The fifth failure was at t=4 s; now t=5 s: 119 s left.
         let a = d.assess(None, Some(source));
         assert_eq!(a.blocked_for, Some(Duration::from_secs(119)));
+        assert_eq!(d.tracked().2, 1, "counted as blocked");
         assert_eq!(a.risk, 80);
         clock.advance(Duration::from_secs(118));
         assert!(d.assess(None, Some(source)).blocked_for.is_some());
@@ -681,6 +697,7 @@ mod tests {
             None,
             "expired on time"
         );
+        assert_eq!(d.tracked().2, 0, "no longer counted as blocked");
     }
 
     #[test]
