@@ -285,8 +285,8 @@ struct Track {
     blocked_until_us: u64,
 }
 
-/// At most this many empty intervals are folded after an idle period: by
-/// then the baseline has decayed to (almost) nothing anyway.
+/// After more empty intervals than this (by then the baseline has decayed to
+/// almost nothing: 0.8^64), a subject starts its warm-up again.
 const MAX_IDLE_FOLDS: u64 = 64;
 
 impl Track {
@@ -325,7 +325,21 @@ impl Track {
             self.deny
                 .fold((self.denies as f64).min(max_deny), alpha, first);
             self.seen = self.seen.saturating_add(1);
-            let idle = (now_interval - self.interval - 1).min(MAX_IDLE_FOLDS);
+            let idle = now_interval - self.interval - 1;
+            if idle > MAX_IDLE_FOLDS {
+                // Back after a long absence: the old baseline has decayed to
+                // nothing and says little about the return, which would
+                // otherwise look like a surge. Warm up again.
+                self.seen = 0;
+                self.rate = Ewma::default();
+                self.deny = Ewma::default();
+                self.partial = true;
+                self.interval = now_interval;
+                self.requests = 0;
+                self.denies = 0;
+                self.flagged &= AnomalyKind::RepeatedFailures.bit();
+                return;
+            }
             for _ in 0..idle {
                 self.rate.fold(0.0, alpha, false);
                 self.deny.fold(0.0, alpha, false);
@@ -631,6 +645,43 @@ mod tests {
         );
         assert!(events.is_empty(), "{events:?}");
         assert_eq!(d.assess(Some("User::\"steady\""), None).risk, 0);
+    }
+
+    #[test]
+    fn a_caller_back_after_a_long_absence_warms_up_again_instead_of_surging() {
+        let (d, clock) = detector(AnomalyConfig::default());
+        let who = "User::\"batch\"";
+        // 20 per second for ten minutes, away for an hour, back at 20/s.
+        let events = traffic(
+            &d,
+            &clock,
+            who,
+            12_000,
+            Duration::from_secs(600),
+            Observed::Allowed,
+        );
+        assert!(events.is_empty(), "{events:?}");
+        clock.advance(Duration::from_secs(3_600));
+        let events = traffic(
+            &d,
+            &clock,
+            who,
+            12_000,
+            Duration::from_secs(600),
+            Observed::Allowed,
+        );
+        assert!(events.is_empty(), "{events:?}");
+        // A short pause keeps the baseline: a surge right after is flagged.
+        clock.advance(Duration::from_secs(30));
+        let events = traffic(
+            &d,
+            &clock,
+            who,
+            3_000,
+            Duration::from_secs(10),
+            Observed::Allowed,
+        );
+        assert_eq!(events.len(), 1, "{events:?}");
     }
 
     #[test]
