@@ -194,5 +194,42 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pipeline, policy_scaling, jwt);
+/// What issue 7 adds to every `Check`: the anomaly detector's assessment
+/// and observation (principal and source, 1,000 of each in rotation) and
+/// the recording of a decision's metrics.
+fn observability(c: &mut Criterion) {
+    use portcullis::anomaly::{AnomalyConfig, Detector, Observed};
+    let detector = Detector::new(
+        &AnomalyConfig::default(),
+        std::sync::Arc::new(portcullis::quota::SystemClock),
+    );
+    let principals: Vec<String> = (0..1000).map(|i| format!("User::\"u{i}\"")).collect();
+    let sources: Vec<std::net::IpAddr> = (0..1000u32)
+        .map(|i| std::net::IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]))
+        .collect();
+    let mut g = c.benchmark_group("observability");
+    let mut i = 0usize;
+    g.bench_function("anomaly_assess_and_observe", |b| {
+        b.iter(|| {
+            i = (i + 1) % 1000;
+            let a = detector.assess(Some(&principals[i]), Some(sources[i]));
+            let events =
+                detector.observe(Some(&principals[i]), Some(sources[i]), Observed::Allowed);
+            (a, events)
+        })
+    });
+    let d = portcullis::decision::Decision::new("v1").allow();
+    g.bench_function("metrics_decision", |b| {
+        b.iter(|| {
+            portcullis::metrics::global().decision(
+                portcullis::metrics::Service::ExtAuthz,
+                &d,
+                std::time::Duration::from_micros(60),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pipeline, policy_scaling, jwt, observability);
 criterion_main!(benches);

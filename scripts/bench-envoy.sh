@@ -110,10 +110,12 @@ wait_envoy_ready "$up_admin"
 # Portcullis: bundled policies with roomy quotas, the test issuer.
 pp=$(free_port)
 pa=$(free_port)
+ph=$(free_port)
 "$bin/portcullis-bench" --policies policies --prepare-policies "$work/policies" >/dev/null
 cat >"$work/portcullis.yaml" <<EOF
 listen: "127.0.0.1:$pp"
 admin_listen: "127.0.0.1:$pa"
+http_listen: "127.0.0.1:$ph"
 policies: "$work/policies"
 reload: { watch: false }
 authentication:

@@ -29,10 +29,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 pp=$(free_port)
 pa=$(free_port)
+ph=$(free_port)
 "$bin/portcullis-bench" --policies policies --prepare-policies "$work/policies" >/dev/null
 cat >"$work/portcullis.yaml" <<EOF
 listen: "127.0.0.1:$pp"
 admin_listen: "127.0.0.1:$pa"
+http_listen: "127.0.0.1:$ph"
 policies: "$work/policies"
 reload: { watch: false }
 authentication:

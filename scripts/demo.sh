@@ -44,7 +44,7 @@ python3 deploy/demo/model_server.py "$model_port" & pids+=($!)
 # 2. Portcullis on the bundled policies, with the test issuer.
 sed -e "s#\"\.\./\.\./#\"$repo/#g" -e "s#directory: \"audit\"#directory: \"$work/audit\"#" \
   deploy/demo/portcullis.yaml > "$work/portcullis.yaml"
-"$portcullis" serve --config "$work/portcullis.yaml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+"$portcullis" serve --config "$work/portcullis.yaml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
   > "$work/portcullis.out" 2> "$work/portcullis.log" & pids+=($!)
 wait_for "Portcullis" grep -q "listening admin" "$work/portcullis.out"
 pdp=$(awk '/listening decision/ {print $3}' "$work/portcullis.out")
@@ -112,5 +112,10 @@ echo
 echo "=== and the chain verifies"
 "$grpcurl" -plaintext -max-time 10 -H "authorization: Bearer $carol" -d '{}' "$admin" \
   portcullis.admin.v1.AuditService/Verify
+echo
+http=$(awk '/listening http/ {print $3}' "$work/portcullis.out")
+echo "=== the metrics after this traffic (decisions by outcome and reason, quota rejections)"
+echo "\$ curl -s http://$http/metrics | grep -E '^portcullis_(decisions|quota_rejections)_total'"
+curl -s --max-time 10 "http://$http/metrics" | grep -E '^portcullis_(decisions|quota_rejections)_total'
 echo
 echo "demo: done"

@@ -129,9 +129,11 @@ pub fn authorize(
     let key = DecisionKey::new(identity, &action, &resource, &context);
     if let Some(hit) = snapshot.prepared.decisions.get(&key) {
         snapshot.prepared.hits.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().cache(crate::metrics::Cache::Decision, true);
         return (*hit).clone();
     }
     snapshot.prepared.misses.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::global().cache(crate::metrics::Cache::Decision, false);
     let decided = decide_uncached(snapshot, identity, action, resource, context);
     snapshot
         .prepared

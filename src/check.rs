@@ -38,6 +38,10 @@ pub struct CheckInput {
     /// Decide as this identity instead of authenticating the request.
     #[serde(default)]
     pub identity: Option<IdentityInput>,
+    /// The anomaly risk score the policies see as `context.risk` (0-100;
+    /// the live detector's score when serving).
+    #[serde(default)]
+    pub risk: u8,
 }
 
 /// An identity given directly, in Cedar terms.

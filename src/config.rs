@@ -20,6 +20,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin gRPC listener (PolicyService, health, reflection).
     pub admin_listen: SocketAddr,
+    /// Operations HTTP listener: `/metrics` (Prometheus), `/healthz`,
+    /// `/readyz`.
+    pub http_listen: SocketAddr,
     /// The policy directory.
     pub policies: PathBuf,
     /// Policy reloading.
@@ -40,6 +43,10 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Quota store and failure mode.
     pub quotas: QuotaSettings,
+    /// Anomaly detection (surges, repeated failures, `context.risk`).
+    pub anomaly: crate::anomaly::AnomalyConfig,
+    /// Export of tracing spans over OTLP/gRPC; none: no export.
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 impl Default for Config {
@@ -47,6 +54,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             policies: PathBuf::from("policies"),
             reload: ReloadConfig::default(),
             server: ServerConfig::default(),
@@ -56,6 +64,8 @@ impl Default for Config {
             audit: AuditConfig::default(),
             tls: TlsConfig::default(),
             quotas: QuotaSettings::default(),
+            anomaly: crate::anomaly::AnomalyConfig::default(),
+            otlp: None,
         }
     }
 }
@@ -659,6 +669,14 @@ impl Config {
                 self.admin_listen
             ));
         }
+        for (name, addr) in [("listen", self.listen), ("admin_listen", self.admin_listen)] {
+            if self.http_listen == addr && addr.port() != 0 {
+                problems.push(format!(
+                    "http_listen: {} is also the {name} listener; give the HTTP listener its own port",
+                    self.http_listen
+                ));
+            }
+        }
         if self.authentication.leeway_seconds > 300 {
             problems.push(
                 "authentication.leeway_seconds: at most 300 (RFC 8725 asks for a small leeway)"
@@ -858,6 +876,10 @@ impl Config {
         }
         problems.extend(self.audit.problems());
         problems.extend(self.quotas.problems());
+        problems.extend(self.anomaly.problems());
+        if let Some(otlp) = &self.otlp {
+            problems.extend(otlp.problems());
+        }
         if problems.is_empty() {
             Ok(())
         } else {

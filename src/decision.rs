@@ -49,6 +49,8 @@ pub enum DenyReason {
     QuotaUnavailable,
     /// The request's quota cost (header or body field) is not a number.
     BadQuotaCost,
+    /// The anomaly detector blocked the principal or source for a while.
+    AnomalyBlocked,
 }
 
 impl DenyReason {
@@ -66,6 +68,7 @@ impl DenyReason {
             DenyReason::QuotaExceeded => 429,
             DenyReason::QuotaUnavailable => 503,
             DenyReason::BadQuotaCost => 400,
+            DenyReason::AnomalyBlocked => 429,
         }
     }
 
@@ -86,6 +89,7 @@ impl DenyReason {
             DenyReason::QuotaExceeded => "quota_exceeded",
             DenyReason::QuotaUnavailable => "quota_unavailable",
             DenyReason::BadQuotaCost => "bad_quota_cost",
+            DenyReason::AnomalyBlocked => "anomaly_blocked",
         }
     }
 
@@ -105,6 +109,7 @@ impl DenyReason {
             DenyReason::QuotaExceeded => "Too many requests",
             DenyReason::QuotaUnavailable => "Service unavailable",
             DenyReason::BadQuotaCost => "Bad request",
+            DenyReason::AnomalyBlocked => "Temporarily blocked",
         }
     }
 }

@@ -59,12 +59,27 @@ impl Authorization for AuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let access = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
         let snapshot = self.state.policies.current();
-        let decision = pipeline::decide_recorded(
-            &snapshot,
-            &self.state.authenticator,
-            &self.state.quotas,
-            &self.state.audit,
-            &access,
+        // One span per decision, carrying the gateway's request id and
+        // trace context: every log line inside it (authentication, quota,
+        // anomalies) names them.
+        let trace = crate::tracecontext::TraceContext::of(&access);
+        let span = tracing::info_span!(
+            "check",
+            request_id = %access.request_id,
+            trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
+            parent_span_id = trace.as_ref().map(|t| t.parent_id.as_str()),
+        );
+        crate::otlp::set_parent(&span, &access.headers);
+        let decision = tracing::Instrument::instrument(
+            pipeline::decide_recorded(
+                &snapshot,
+                &self.state.authenticator,
+                &self.state.quotas,
+                &self.state.audit,
+                self.state.anomalies.as_deref(),
+                &access,
+            ),
+            span,
         )
         .await;
         Ok(Response::new(to_check_response(&decision, &access)))

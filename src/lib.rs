@@ -3,6 +3,7 @@
 //! pipeline decides from the policy directory; adapters translate.
 
 pub mod admin;
+pub mod anomaly;
 pub mod audit;
 pub mod authn;
 pub mod authz;
@@ -11,6 +12,10 @@ pub mod config;
 pub mod decision;
 pub mod extauthz;
 pub mod gitrev;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod policydiff;
 pub mod policytest;
@@ -23,6 +28,7 @@ pub mod server;
 pub mod shared_redis;
 pub mod snapshot;
 pub mod tls;
+pub mod tracecontext;
 
 /// Generated code for our own admin protos.
 pub mod proto {

@@ -34,6 +34,10 @@ enum Command {
         /// Admin gRPC listener (overrides `admin_listen`).
         #[arg(long)]
         admin_listen: Option<std::net::SocketAddr>,
+        /// Operations HTTP listener: /metrics, /healthz, /readyz
+        /// (overrides `http_listen`).
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
         /// Serve the policy directory as it was at this git revision
         /// (overrides `policy_revision`); rolling back is pinning the
         /// previous one.
@@ -237,6 +241,7 @@ fn main() -> ExitCode {
             policies,
             listen,
             admin_listen,
+            http_listen,
             policy_rev,
         } => load_config(config.as_deref()).and_then(|mut c| {
             if let Some(rev) = policy_rev {
@@ -250,6 +255,9 @@ fn main() -> ExitCode {
             }
             if let Some(a) = admin_listen {
                 c.admin_listen = a;
+            }
+            if let Some(h) = http_listen {
+                c.http_listen = h;
             }
             serve(c)
         }),
@@ -357,35 +365,66 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     })
 }
 
-fn init_logging(config: &Config) {
+/// Logs on stderr (JSON or text) and, with `otlp:` configured, spans
+/// exported to the collector. Returns the tracer provider to flush at exit.
+fn init_logging(
+    config: &Config,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match config.log.format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let provider = match &config.otlp {
+        Some(otlp) => Some(otlp.provider().map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
+    let otel = provider.as_ref().map(portcullis::otlp::layer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    Ok(provider)
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(async {
+    // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
+    let tracer = {
+        let _entered = runtime.enter();
+        init_logging(&config)?
+    };
+    let served = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let running = portcullis::server::start(&config).await?;
         // Tests and scripts read these lines to learn the bound ports.
         println!("listening decision {}", running.decision_addr);
         println!("listening admin {}", running.admin_addr);
-        tracing::info!(decision = %running.decision_addr, admin = %running.admin_addr, "serving");
+        println!("listening http {}", running.http_addr);
+        tracing::info!(
+            decision = %running.decision_addr,
+            admin = %running.admin_addr,
+            http = %running.http_addr,
+            "serving"
+        );
         running.serve_until(shutdown).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    if let Some(tracer) = tracer {
+        // Send the spans still batched.
+        if let Err(e) = tracer.shutdown() {
+            eprintln!("otlp: flushing spans at exit failed: {e}");
+        }
+    }
+    served
 }
 
 /// Registers the SIGTERM/SIGINT handlers now (before the listeners
@@ -477,7 +516,9 @@ fn check(
     let snapshot = portcullis::snapshot::Snapshot::load(&dir)?;
     let access = input.to_access_request();
     let decision = match identity {
-        Some(identity) => portcullis::pipeline::decide_as(&snapshot, Some(identity), &access),
+        Some(identity) => {
+            portcullis::pipeline::decide_as_at_risk(&snapshot, Some(identity), &access, input.risk)
+        }
         None => {
             let (_, authn_redis) = config.redis_connections().map_err(|e| anyhow::anyhow!(e))?;
             // Offline: failures are counted here only, never in the

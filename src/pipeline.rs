@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use cedar_policy::EntityUid;
 
+use crate::anomaly::{Detector, Observed, Subject};
 use crate::authn::{entity_uid, AuthMethod, Authentication, Authenticator, Identity};
 use crate::authz::{self, RequestContext};
 use crate::decision::{Decision, DenyReason, Outcome, ShadowOutcome};
+use crate::metrics;
 use crate::quota::{self, check::QuotaSubject, Quotas};
 use crate::request::AccessRequest;
 use crate::routes::{self, RouteMatch, Unmatched};
@@ -24,9 +26,32 @@ pub async fn decide(
     quotas: &Quotas,
     req: &AccessRequest,
 ) -> Decision {
+    decide_watched(snapshot, authenticator, quotas, Watch::Fixed(0), req).await
+}
+
+/// How the anomaly detector takes part in a decision: the risk score the
+/// policies see (`context.risk`) and blocks.
+#[derive(Debug, Clone, Copy)]
+pub enum Watch<'a> {
+    /// No detector: the risk is this score (0 for real requests; the
+    /// given one for policy tests and offline checks).
+    Fixed(u8),
+    /// The live detector: risk and blocks of the principal and source.
+    Live(&'a Detector),
+}
+
+/// [`decide`] with the anomaly detector's view of the request.
+pub async fn decide_watched(
+    snapshot: &Snapshot,
+    authenticator: &Authenticator,
+    quotas: &Quotas,
+    watch: Watch<'_>,
+    req: &AccessRequest,
+) -> Decision {
     let started = Instant::now();
     let mut subject = None;
-    let decision = authenticate_and_evaluate(snapshot, authenticator, req, &mut subject).await;
+    let decision =
+        authenticate_and_evaluate(snapshot, authenticator, req, watch, &mut subject).await;
     // 5. Quota: last, so that a request any other stage refuses never
     // consumes quota.
     let decision = match subject {
@@ -45,12 +70,22 @@ async fn authenticate_and_evaluate(
     snapshot: &Snapshot,
     authenticator: &Authenticator,
     req: &AccessRequest,
+    watch: Watch<'_>,
     subject: &mut Option<QuotaSubject>,
 ) -> Decision {
     match route(snapshot, req) {
         Stage::Routed(routed) => {
+            // A source the anomaly detector blocks is refused before its
+            // credentials are even looked at.
+            if let Watch::Live(detector) = watch {
+                if let Some(wait) = detector.assess(None, req.source_ip).blocked_for {
+                    return anomaly_blocked(routed.d, wait);
+                }
+            }
+            let started = Instant::now();
             let authentication = authenticator.authenticate(req, epoch_seconds(req)).await;
-            evaluate(snapshot, req, routed, authentication, subject)
+            metrics::global().stage(metrics::Stage::Authn, started.elapsed());
+            evaluate(snapshot, req, routed, authentication, watch, subject)
         }
         Stage::Decided(decided) => decided,
     }
@@ -72,7 +107,9 @@ async fn charge(
     if descriptors.is_empty() {
         return d;
     }
+    let started = Instant::now();
     let verdict = quota::apply::apply(&snapshot.quotas, quotas, &descriptors).await;
+    metrics::global().stage(metrics::Stage::Quota, started.elapsed());
     let mut d = d;
     d.quota = verdict.outcome;
     if verdict.allowed {
@@ -88,13 +125,30 @@ async fn charge(
 /// request's credentials (offline `check`, policy tests, explain). Not logged
 /// as a real decision, and charges no quota.
 pub fn decide_as(snapshot: &Snapshot, identity: Option<Identity>, req: &AccessRequest) -> Decision {
+    decide_as_at_risk(snapshot, identity, req, 0)
+}
+
+/// [`decide_as`] with a given anomaly risk score (`context.risk`).
+pub fn decide_as_at_risk(
+    snapshot: &Snapshot,
+    identity: Option<Identity>,
+    req: &AccessRequest,
+    risk: u8,
+) -> Decision {
     match route(snapshot, req) {
         Stage::Routed(routed) => {
             let authentication = match identity {
                 Some(identity) => Authentication::Authenticated(identity),
                 None => Authentication::NoCredentials,
             };
-            evaluate(snapshot, req, routed, authentication, &mut None)
+            evaluate(
+                snapshot,
+                req,
+                routed,
+                authentication,
+                Watch::Fixed(risk),
+                &mut None,
+            )
         }
         Stage::Decided(decided) => decided,
     }
@@ -119,6 +173,13 @@ struct Routed<'s> {
 /// Stage 1, route: what is being asked for. A request no route takes is
 /// decided here, before any credential is looked at.
 fn route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Stage<'s> {
+    let started = Instant::now();
+    let routing = match_route(snapshot, req);
+    metrics::global().stage(metrics::Stage::Route, started.elapsed());
+    routing
+}
+
+fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Stage<'s> {
     let d = Decision::new(&snapshot.version);
 
     // 1. Route: what is being asked for.
@@ -175,6 +236,7 @@ fn evaluate(
     req: &AccessRequest,
     routed: Routed<'_>,
     authentication: Authentication,
+    watch: Watch<'_>,
     subject: &mut Option<QuotaSubject>,
 ) -> Decision {
     let Routed {
@@ -220,6 +282,16 @@ fn evaluate(
     };
     d.principal = Some(identity.principal.to_string());
     d.auth_method = Some(identity.method.as_str());
+    let risk = match watch {
+        Watch::Fixed(risk) => risk,
+        Watch::Live(detector) => {
+            let a = detector.assess(watched_principal(&d), req.source_ip);
+            if let Some(wait) = a.blocked_for {
+                return anomaly_blocked(d, wait);
+            }
+            a.risk
+        }
+    };
 
     // 3. Resource: which entity the route names.
     let Some(resource) = entity_uid(&route.resource_type, &resource_id) else {
@@ -241,7 +313,11 @@ fn evaluate(
     }
 
     // 4. Authorize: may they.
-    let context = RequestContext::build(req, route, &identity);
+    let started = Instant::now();
+    let mut context = RequestContext::build(req, route, &identity);
+    if snapshot.risk_actions.contains(&route.action) {
+        context["risk"] = serde_json::json!(risk);
+    }
     let (outcome, shadow) = authz::authorize(
         snapshot,
         &identity,
@@ -249,6 +325,7 @@ fn evaluate(
         resource.clone(),
         context,
     );
+    metrics::global().stage(metrics::Stage::Authz, started.elapsed());
     if let Some(shadow) = shadow {
         // Shadow policies are never enforced: they only record what the
         // decision would be with them switched on.
@@ -280,6 +357,19 @@ fn evaluate(
         identity.principal, route.action, resource
     );
     d.deny(DenyReason::Forbidden, detail)
+}
+
+/// The 429 of a principal or source the anomaly detector blocks.
+fn anomaly_blocked(d: Decision, wait: std::time::Duration) -> Decision {
+    // Round up: a client that waits Retry-After seconds must find the
+    // block over.
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut d = d.deny(
+        DenyReason::AnomalyBlocked,
+        format!("unusual activity from this client; retry after {seconds} seconds"),
+    );
+    d.retry_after_seconds = Some(seconds);
+    d
 }
 
 /// What the quota rules may use: principal, org, route and captures.
@@ -371,11 +461,85 @@ pub async fn decide_recorded(
     authenticator: &Authenticator,
     quotas: &Quotas,
     audit: &crate::audit::AuditSink,
+    anomalies: Option<&Detector>,
     req: &AccessRequest,
 ) -> Decision {
     let started = Instant::now();
-    let decision = decide(snapshot, authenticator, quotas, req).await;
-    audit.record_decision(decision, req, started.elapsed())
+    let watch = anomalies.map_or(Watch::Fixed(0), Watch::Live);
+    let decision = decide_watched(snapshot, authenticator, quotas, watch, req).await;
+    if let Some(detector) = anomalies {
+        watch_decision(detector, audit, &decision, req);
+    }
+    let decision = audit.record_decision(decision, req, started.elapsed());
+    metrics::global().decision(metrics::Service::ExtAuthz, &decision, started.elapsed());
+    decision
+}
+
+/// The principal the anomaly detector tracks for a decision: not the
+/// shared anonymous one (every caller without credentials is that one
+/// principal; their sources are tracked instead).
+fn watched_principal(d: &Decision) -> Option<&str> {
+    match d.auth_method {
+        Some("anonymous") => None,
+        _ => d.principal.as_deref(),
+    }
+}
+
+/// Feeds a decision to the anomaly detector; every event it sets off
+/// becomes a metric, a log line and an audit record.
+fn watch_decision(
+    detector: &Detector,
+    audit: &crate::audit::AuditSink,
+    d: &Decision,
+    req: &AccessRequest,
+) {
+    let observed = match d.reason {
+        None => Observed::Allowed,
+        Some(DenyReason::InvalidCredentials) => Observed::AuthnFailure,
+        Some(DenyReason::Forbidden) => Observed::Forbidden,
+        // Refusals of an already blocked client are not new evidence.
+        Some(DenyReason::AnomalyBlocked | DenyReason::TooManyFailedAttempts) => return,
+        Some(_) => Observed::Denied,
+    };
+    let events = detector.observe(watched_principal(d), req.source_ip, observed);
+    let config = detector.config();
+    for event in events {
+        let detail = event.detail(config.interval_seconds, config.failure_window_seconds);
+        metrics::global().anomaly(event.kind.code(), event.subject.kind());
+        if event.blocked_for.is_some() {
+            metrics::global().anomaly_block();
+        }
+        let (principal, source_ip) = match &event.subject {
+            Subject::Principal(p) => (p.clone(), String::new()),
+            Subject::Source(ip) => (String::new(), ip.to_string()),
+        };
+        tracing::warn!(
+            target: "portcullis::anomaly",
+            kind = event.kind.code(),
+            subject = event.subject.kind(),
+            principal = %principal,
+            source_ip = %source_ip,
+            risk = event.risk,
+            blocked_seconds = event.blocked_for.map(|b| b.as_secs()),
+            request_id = %req.request_id,
+            decision_id = %d.id,
+            "anomaly: {detail}"
+        );
+        audit.record(crate::audit::AuditRecord {
+            principal,
+            source_ip,
+            reason: event.kind.code().to_string(),
+            decision: if event.blocked_for.is_some() {
+                "block".into()
+            } else {
+                String::new()
+            },
+            detail,
+            request_id: req.request_id.clone(),
+            policy_version: d.policy_version.clone(),
+            ..crate::audit::AuditRecord::new(crate::audit::Kind::Anomaly)
+        });
+    }
 }
 
 /// Decides a hypothetical request as `decide` would, authenticating its
@@ -386,5 +550,5 @@ pub async fn explain(
     authenticator: &Authenticator,
     req: &AccessRequest,
 ) -> Decision {
-    authenticate_and_evaluate(snapshot, authenticator, req, &mut None).await
+    authenticate_and_evaluate(snapshot, authenticator, req, Watch::Fixed(0), &mut None).await
 }

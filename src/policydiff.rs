@@ -76,8 +76,8 @@ pub fn diff(from: &Snapshot, to: &Snapshot, requests: &[(String, CheckInput)]) -
             }
         };
         let access = input.to_access_request();
-        let a = pipeline::decide_as(from, identity.clone(), &access);
-        let b = pipeline::decide_as(to, identity, &access);
+        let a = pipeline::decide_as_at_risk(from, identity.clone(), &access, input.risk);
+        let b = pipeline::decide_as_at_risk(to, identity, &access, input.risk);
         impact.replayed += 1;
         if a.decision != b.decision || a.status != b.status {
             let who = input

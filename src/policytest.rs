@@ -203,7 +203,12 @@ fn check_case(snapshot: &Snapshot, case: &Case) -> Result<Vec<String>, String> {
     let decision = match (&case.request, &case.cedar) {
         (Some(request), None) => {
             let identity = request.identity()?;
-            pipeline::decide_as(snapshot, identity, &request.to_access_request())
+            pipeline::decide_as_at_risk(
+                snapshot,
+                identity,
+                &request.to_access_request(),
+                request.risk,
+            )
         }
         (None, Some(cedar)) => decide_cedar(snapshot, cedar)?,
         _ => return Err("give exactly one of 'request' (HTTP) or 'cedar'".into()),

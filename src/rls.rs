@@ -84,6 +84,11 @@ impl RateLimitService for RateLimiter {
             .state
             .audit
             .record_decision(decision, &access, started.elapsed());
+        crate::metrics::global().decision(
+            crate::metrics::Service::RateLimit,
+            &decision,
+            started.elapsed(),
+        );
         if decision.reason == Some(DenyReason::AuditUnavailable) {
             // Fail closed on the audit trail: Envoy's own failure mode for
             // the ratelimit filter decides, as for any RLS error.

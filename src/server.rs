@@ -36,6 +36,8 @@ pub struct State {
     pub audit: AuditSink,
     /// Quota enforcement (store, timeout, failure mode).
     pub quotas: crate::quota::Quotas,
+    /// Anomaly detection, when enabled.
+    pub anomalies: Option<Arc<crate::anomaly::Detector>>,
 }
 
 /// Why the server could not start.
@@ -78,6 +80,11 @@ pub struct Running {
     pub decision_addr: SocketAddr,
     /// The admin listener's address.
     pub admin_addr: SocketAddr,
+    /// The operations HTTP listener's address (`/metrics`, `/healthz`,
+    /// `/readyz`).
+    pub http_addr: SocketAddr,
+    /// The shared readiness answer.
+    pub readiness: crate::health::Readiness,
     /// Shared state (for tests and the binary).
     pub state: Arc<State>,
     cancel: CancellationToken,
@@ -142,6 +149,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         authenticator,
         audit,
         quotas,
+        anomalies: config.anomaly.enabled.then(|| {
+            Arc::new(crate::anomaly::Detector::new(
+                &config.anomaly,
+                Arc::new(crate::quota::SystemClock),
+            ))
+        }),
     });
 
     let bind = |what, addr| async move {
@@ -151,10 +164,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let decision_listener = bind("listen", config.listen).await?;
     let admin_listener = bind("admin_listen", config.admin_listen).await?;
+    let http_listener = bind("http_listen", config.http_listen).await?;
     let decision_addr = decision_listener
         .local_addr()
         .expect("bound socket has an address");
     let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound socket has an address");
+    let http_addr = http_listener
         .local_addr()
         .expect("bound socket has an address");
 
@@ -195,9 +212,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             let _ = handle.await;
         });
     }
-    // The Authorization service is SERVING only while every issuer's keys
-    // are usable (fetched, not too stale); the admin service is unaffected.
-    if state.authenticator.unready_issuers().is_empty() {
+    // The Authorization service is SERVING only while the service is ready
+    // (see health.rs: issuers' keys usable, a required quota store
+    // reachable); /readyz gives the same answer. The admin service is
+    // unaffected.
+    let readiness = crate::health::Readiness::new();
+    if readiness.refresh(&state).await.ready {
         health
             .set_serving::<AuthorizationServer<AuthzService>>()
             .await;
@@ -206,8 +226,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .set_not_serving::<AuthorizationServer<AuthzService>>()
             .await;
     }
-    background.spawn(report_readiness(
+    background.spawn(crate::health::report::<AuthorizationServer<AuthzService>>(
         Arc::clone(&state),
+        readiness.clone(),
         health.clone(),
         cancel.clone(),
     ));
@@ -292,9 +313,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
     }
 
+    {
+        let (state, readiness, stop) = (Arc::clone(&state), readiness.clone(), cancel.clone());
+        background.spawn(async move {
+            if let Err(e) = crate::http::serve(http_listener, state, readiness, stop).await {
+                tracing::error!(error = %e, "the HTTP listener (metrics, health) failed");
+            }
+        });
+    }
+
     Ok(Running {
         decision_addr,
         admin_addr,
+        http_addr,
+        readiness,
         state,
         cancel,
         tasks,
@@ -425,36 +457,6 @@ impl Running {
         }
         tracing::info!("shutting down");
         self.shutdown().await
-    }
-}
-
-/// Keeps grpc.health's status of the Authorization service in step with
-/// the issuers' readiness until `cancel`. Polls: staleness is a matter of
-/// time passing, not of an event.
-async fn report_readiness(
-    state: Arc<State>,
-    health: tonic_health::server::HealthReporter,
-    cancel: CancellationToken,
-) {
-    type Service = AuthorizationServer<AuthzService>;
-    let mut reported: Option<bool> = None;
-    loop {
-        let unready = state.authenticator.unready_issuers();
-        let ready = unready.is_empty();
-        if reported != Some(ready) {
-            if ready {
-                health.set_serving::<Service>().await;
-                tracing::info!("all issuers' keys are available: serving");
-            } else {
-                health.set_not_serving::<Service>().await;
-                tracing::warn!(issuers = ?unready, "issuers' keys unavailable: not serving");
-            }
-            reported = Some(ready);
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
-        }
     }
 }
 

@@ -62,6 +62,10 @@ pub struct Snapshot {
     /// The policy sets indexed for evaluation, and per-identity entity
     /// stores (built once per snapshot; see `authz`).
     pub prepared: crate::authz::Prepared,
+    /// Actions whose schema context declares `risk` (the anomaly score):
+    /// only their requests carry `context.risk`, so schemas written before
+    /// it existed keep loading and deciding unchanged.
+    pub risk_actions: std::collections::HashSet<String>,
 }
 
 /// One problem in a policy directory.
@@ -228,8 +232,15 @@ impl Snapshot {
             },
         };
 
+        let mut risk_actions = std::collections::HashSet::new();
         if let Some(routes) = &routes {
-            check_routes_against_schema(routes, &schema, &files[ROUTES_FILE], &mut errors);
+            check_routes_against_schema(
+                routes,
+                &schema,
+                &files[ROUTES_FILE],
+                &mut errors,
+                &mut risk_actions,
+            );
         }
 
         let quota_files = files
@@ -273,6 +284,7 @@ impl Snapshot {
                 .collect(),
             quotas,
             prepared,
+            risk_actions,
         })
     }
 
@@ -540,6 +552,7 @@ fn check_routes_against_schema(
     schema: &Schema,
     text: &str,
     errors: &mut Vec<LoadError>,
+    risk_actions: &mut std::collections::HashSet<String>,
 ) {
     for (index, route) in routes.routes().iter().enumerate() {
         let mut err = |message: String| {
@@ -598,15 +611,32 @@ fn check_routes_against_schema(
         let principal =
             EntityUid::from_type_name_and_id(principal_type.clone(), EntityId::new("sample"));
         let resource = EntityUid::from_type_name_and_id(resource_type, EntityId::new("sample"));
-        let context = match Context::from_json_value(sample, Some((schema, &action))) {
-            Ok(c) => c,
-            Err(e) => {
-                err(format!(
-                    "the request context this route produces does not match the schema's context for action '{}': {e}",
-                    route.action
-                ));
-                continue;
+        // With `risk` when the schema's context declares it, else without.
+        let mut with_risk = sample.clone();
+        with_risk["risk"] = serde_json::json!(0);
+        let context = match Context::from_json_value(with_risk, Some((schema, &action))) {
+            Ok(c) => {
+                risk_actions.insert(route.action.clone());
+                c
             }
+            Err(with_risk_error) => match Context::from_json_value(sample, Some((schema, &action)))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    // Report the attempt that got furthest: the one with
+                    // `risk`, unless `risk` itself is what the schema lacks.
+                    let e = if with_risk_error.to_string().contains("`risk`") {
+                        e.to_string()
+                    } else {
+                        with_risk_error.to_string()
+                    };
+                    err(format!(
+                        "the request context this route produces does not match the schema's context for action '{}': {e}",
+                        route.action
+                    ));
+                    continue;
+                }
+            },
         };
         if let Err(e) = Request::new(principal, action, resource, context, Some(schema)) {
             err(format!(
@@ -653,7 +683,12 @@ impl Snapshot {
         'claims: for c in claims {
             for route in self.routes.routes() {
                 let action = action_uid(&route.action);
-                let sample = crate::authz::RequestContext::sample_with_claims(route, &[&c.claim]);
+                let mut sample =
+                    crate::authz::RequestContext::sample_with_claims(route, &[&c.claim]);
+                // As requests do: `risk` for actions whose schema declares it.
+                if self.risk_actions.contains(&route.action) {
+                    sample["risk"] = serde_json::json!(0);
+                }
                 let fits = Context::from_json_value(sample, Some((&self.schema, &action)))
                     .map_err(|e| e.to_string())
                     .and_then(|context| {

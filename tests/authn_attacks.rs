@@ -57,6 +57,7 @@ authentication:
         authenticator,
         audit: audit.sink.clone(),
         quotas: portcullis::quota::Quotas::in_process(1024),
+        anomalies: None,
     }));
     (service, audit)
 }

@@ -102,6 +102,7 @@ async fn a_blocked_source_gets_429_with_retry_after_through_ext_authz() {
         authenticator: Authenticator::new(&config()).unwrap(),
         audit: audit.sink.clone(),
         quotas: portcullis::quota::Quotas::in_process(1024),
+        anomalies: None,
     }));
     let forged = mint(claims("alice", "acme"), Key::UntrustedEs256);
     let check = |token: &str| CheckRequest {

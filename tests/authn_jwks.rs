@@ -28,6 +28,7 @@ async fn start(idp: &IdentityProvider, max_staleness_seconds: u64) -> Running {
         r#"
 listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
+http_listen: "127.0.0.1:0"
 policies: "{policies}"
 reload: {{ watch: false }}
 authentication:

@@ -61,6 +61,7 @@ async fn start(dir: &Path, redis: &RedisServer, failures: FailureConfig) -> Runn
             watch: false,
             ..Default::default()
         },
+        http_listen: "127.0.0.1:0".parse().unwrap(),
         authentication: AuthnConfig {
             jwt: vec![issuer()],
             failures,

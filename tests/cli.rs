@@ -34,7 +34,7 @@ fn validate_accepts_the_bundled_policies() {
     let out = portcullis(&["policy", "validate", policies_dir().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("ok (12 policies, 5 routes"),
+        text(&out.stdout).contains("ok (13 policies, 5 routes"),
         "{}",
         text(&out.stdout)
     );
@@ -288,7 +288,7 @@ fn policy_test_passes_on_the_bundled_policies_and_covers_every_policy() {
         text(&out.stderr)
     );
     assert!(
-        text(&out.stdout).contains(" 0 failed; 12 of 12 policies covered"),
+        text(&out.stdout).contains(" 0 failed; 13 of 13 policies covered"),
         "{}",
         text(&out.stdout)
     );
@@ -437,8 +437,8 @@ fn policy_diff_lists_exactly_the_requests_whose_decision_changes() {
         assert_eq!(c["from"]["decision"], "deny");
         assert_eq!(c["to"]["decision"], "allow");
     }
-    // Nothing else of the 21 HTTP cases per revision changes.
-    assert_eq!(impact["replayed"], 42);
+    // Nothing else of the 24 HTTP cases per revision changes.
+    assert_eq!(impact["replayed"], 48);
 }
 
 #[test]

@@ -472,7 +472,7 @@ fn decision_cache_hits_only_on_identical_inputs_and_dies_with_its_snapshot() {
             "host": "api", "route": "predict",
             "time": {"epoch": 1_700_000_000 + hour * 3600, "hour": hour, "weekday": 3},
             "auth": {"method": "jwt", "mfa": false},
-            "token": {"scopes": [], "claims": {}}, "headers": {},
+            "token": {"scopes": [], "claims": {}}, "headers": {}, "risk": 0,
         })
     };
     let alice = user("alice", Some("acme"));
@@ -500,4 +500,14 @@ fn decision_cache_hits_only_on_identical_inputs_and_dies_with_its_snapshot() {
     let reloaded = bundled();
     authorize(&reloaded, &alice, "invoke", resource, context(10));
     assert_eq!(reloaded.prepared.cache_stats(), (0, 1));
+}
+
+#[test]
+fn context_risk_goes_only_to_actions_whose_schema_declares_it() {
+    // The bundled schema declares `risk` for every HTTP action...
+    let s = bundled();
+    assert!(s.risk_actions.contains("invoke"), "{:?}", s.risk_actions);
+    // ...a schema written before it existed still loads, without it.
+    let old = Snapshot::load(&root().join("tests/fixtures/policies-erroring-forbid")).unwrap();
+    assert!(old.risk_actions.is_empty(), "{:?}", old.risk_actions);
 }

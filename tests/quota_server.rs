@@ -51,6 +51,7 @@ async fn start(dir: &Path, quotas: QuotaSettings) -> Running {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
         policies: policies(dir),
         quotas,
         // Each server its own audit trail (a directory takes one writer).

@@ -31,6 +31,7 @@ async fn start(policies: &Path) -> Running {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
         policies: policies.to_path_buf(),
         reload: portcullis::config::ReloadConfig {
             watch: true,
@@ -194,7 +195,7 @@ async fn hot_reload_applies_valid_changes_and_keeps_last_good_on_errors() {
         .unwrap();
     let v0 = version(&mut admin).await;
     assert!(v0.version.starts_with("sha256:"), "{}", v0.version);
-    assert_eq!(v0.policy_count, 12);
+    assert_eq!(v0.policy_count, 13);
 
     // Edit: remove the public status permit; the decision changes within 2 s.
     let platform = dir.path().join("platform.cedar");
@@ -264,6 +265,7 @@ async fn invalid_policy_directory_refuses_to_start_listing_every_error() {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
         policies: dir.path().to_path_buf(),
         ..Config::default()
     };
@@ -296,6 +298,7 @@ async fn polling_follows_a_symlink_swap_that_file_watching_misses() {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
         policies: current.clone(),
         reload: portcullis::config::ReloadConfig {
             watch: false,

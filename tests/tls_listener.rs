@@ -71,7 +71,7 @@ async fn mtls_listener_admits_only_clients_of_the_configured_ca() {
     let client_ca = pki.dir.path().join("client-ca.pem");
     std::fs::copy(&pki.ca, &client_ca).unwrap();
     let yaml = format!(
-        "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\npolicies: \"{}\"\nreload: {{ watch: false }}\n{}",
+        "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\nhttp_listen: \"127.0.0.1:0\"\npolicies: \"{}\"\nreload: {{ watch: false }}\n{}",
         policies_dir().display(),
         tls_yaml(&pki, &client_ca)
     );

@@ -39,6 +39,8 @@ pub enum Kind {
     AdminCall,
     /// An HMAC-signed statement of the chain's head.
     Checkpoint,
+    /// The anomaly detector saw a surge or repeated failures.
+    Anomaly,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::PolicyRejected => "policy_rejected",
             Kind::AdminCall => "admin_call",
             Kind::Checkpoint => "checkpoint",
+            Kind::Anomaly => "anomaly",
         }
     }
 }
@@ -74,6 +77,11 @@ pub struct AuditRecord {
     /// The gateway's request id.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
+    /// The W3C trace id of the request (`traceparent`), to join the record
+    /// with traces. Left out when absent, so records written before the
+    /// field existed hash as they did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
     /// The Cedar principal.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub principal: String,
@@ -130,6 +138,10 @@ pub struct AuditRecord {
     /// Admin calls: the RPC (`portcullis.admin.v1.AuditService/Query`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rpc: String,
+    /// Anomalies: what was seen, against which threshold, and the response
+    /// (risk, block).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
     /// Checkpoints: the last record covered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_seq: Option<u64>,
@@ -161,6 +173,7 @@ impl AuditRecord {
         AuditRecord {
             id: d.id.clone(),
             request_id: req.request_id.clone(),
+            trace_id: crate::tracecontext::trace_id(req),
             principal: d.principal.clone().unwrap_or_default(),
             auth_method: d.auth_method.unwrap_or_default().to_string(),
             action: d.action.clone().unwrap_or_default(),
@@ -206,6 +219,7 @@ impl AuditRecord {
             .unwrap_or("invalid_credentials");
         Some(AuditRecord {
             request_id: req.request_id.clone(),
+            trace_id: crate::tracecontext::trace_id(req),
             reason: code.to_string(),
             action: d.action.clone().unwrap_or_default(),
             route: d.route.clone().unwrap_or_default(),
@@ -401,6 +415,11 @@ impl AuditSink {
     /// The queue's capacity.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Records waiting for the writer now.
+    pub fn queue_depth(&self) -> usize {
+        self.capacity.saturating_sub(self.tx.capacity())
     }
 
     /// True when checkpoints are signed (a key is configured).
@@ -636,5 +655,27 @@ mod tests {
         assert_eq!(failure.reason, "expired");
         assert_eq!(failure.kind, Kind::AuthnFailure);
         assert!(AuditRecord::authn_failure(&Decision::new("v1").allow(), &req).is_none());
+    }
+
+    #[test]
+    fn trace_ids_come_from_traceparent_and_absent_ones_leave_the_record_as_before() {
+        let mut req = AccessRequest::for_test("GET", "/v1/models/x");
+        let d = Decision::new("v1").deny(DenyReason::InvalidCredentials, "bad");
+        let rec = AuditRecord::decision(&d, &req, Duration::from_micros(5));
+        let json = serde_json::to_value(&rec).unwrap();
+        // Records without trace context serialise (and so hash) exactly as
+        // records written before the fields existed.
+        assert!(
+            json.get("trace_id").is_none() && json.get("detail").is_none(),
+            "{json}"
+        );
+        req.headers.insert(
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        let rec = AuditRecord::decision(&d, &req, Duration::from_micros(5));
+        assert_eq!(rec.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let failure = AuditRecord::authn_failure(&d, &req).unwrap();
+        assert_eq!(failure.trace_id, rec.trace_id);
     }
 }

@@ -94,8 +94,10 @@ impl Introspector {
     pub async fn introspect(&self, token: &str, now_epoch: u64) -> Result<Identity, AuthnFailure> {
         let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         if let Some((answer, _)) = self.cache.get(&key) {
+            crate::metrics::global().cache(crate::metrics::Cache::Introspection, true);
             return self.judge(&answer, now_epoch);
         }
+        crate::metrics::global().cache(crate::metrics::Cache::Introspection, false);
         let budget = Duration::from_millis(self.config.timeout_ms);
         let response = tokio::time::timeout(budget, self.ask(token))
             .await

@@ -217,8 +217,12 @@ impl JwtVerifier {
                     Keys::Remote(r) => r.is_ready(now),
                 });
             if issuer_usable && now_epoch <= hit.exp.saturating_add(self.leeway) {
+                crate::metrics::global().cache(crate::metrics::Cache::Token, true);
                 return Ok(hit.identity.clone());
             }
+        }
+        if self.cache.is_some() {
+            crate::metrics::global().cache(crate::metrics::Cache::Token, false);
         }
         let verified = self.verify_uncached(token, now_epoch, now).await?;
         let identity = verified.identity.clone();

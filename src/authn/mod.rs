@@ -341,6 +341,7 @@ impl Authenticator {
         let source = req.source_ip.map(failures::FailureKey::Source);
         if let (Some(store), Some(source)) = (&self.failures, &source) {
             if let Some(retry_after) = store.blocked_for(source, now).await {
+                crate::metrics::global().authn_failure(self.credential_kind(req), "source_blocked");
                 let result = Authentication::Blocked { retry_after };
                 log_outcome(req, &result);
                 return result;
@@ -348,6 +349,9 @@ impl Authenticator {
         }
         let result = self.authenticate_credentials(req, now_epoch).await;
         log_outcome(req, &result);
+        if let Authentication::Rejected(failure) = &result {
+            crate::metrics::global().authn_failure(self.credential_kind(req), failure.reason);
+        }
         if let (Some(store), Authentication::Rejected(failure)) = (&self.failures, &result) {
             // An endpoint we could not reach is our trouble, not the
             // caller's failed attempt.
@@ -374,6 +378,25 @@ impl Authenticator {
             }
         }
         result
+    }
+
+    /// The kind of credential a request presents, in the order they are
+    /// tried (a bounded label for metrics): `bearer`, `apikey`, `mtls`, or
+    /// `none`.
+    fn credential_kind(&self, req: &AccessRequest) -> &'static str {
+        if req.header("authorization").is_some() {
+            "bearer"
+        } else if self
+            .api_keys
+            .as_ref()
+            .is_some_and(|k| req.header(k.header()).is_some())
+        {
+            "apikey"
+        } else if req.source_principal.is_some() {
+            "mtls"
+        } else {
+            "none"
+        }
     }
 
     /// The identity a refused credential claimed, for counting only: an API

@@ -645,6 +645,7 @@ fn portcullis_config(
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         admin_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
         policies,
         ..Config::default()
     };

@@ -76,6 +76,10 @@ pub trait QuotaStore: Send + Sync + std::fmt::Debug {
     async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError>;
     /// The store's name for logs (`local`, `redis`).
     fn name(&self) -> &'static str;
+    /// Checks that the store answers (readiness). In-process stores always do.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Where time comes from for the in-process store.
@@ -204,6 +208,24 @@ impl Quotas {
     /// The store's name.
     pub fn store_name(&self) -> &'static str {
         self.store.name()
+    }
+
+    /// The configured failure mode.
+    pub fn on_error(&self) -> OnStoreError {
+        self.on_error
+    }
+
+    /// Asks the store whether it answers, bounded (for readiness; at least
+    /// half a second, so a busy machine is not mistaken for a dead store).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let budget = self.timeout.max(Duration::from_millis(500));
+        match tokio::time::timeout(budget, self.store.ping()).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError {
+                store: self.store.name(),
+                message: format!("no answer to PING within {} ms", budget.as_millis()),
+            }),
+        }
     }
 
     /// Decisions taken in a degraded mode since start.

@@ -332,6 +332,21 @@ impl QuotaStore for RedisStore {
         }
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.redis.connection().await.map_err(|e| StoreError {
+            store: self.name(),
+            message: e.to_string(),
+        })?;
+        if let Err(e) = redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+        {
+            self.redis.note_error(&e);
+            return Err(error(e));
+        }
+        Ok(())
+    }
+
     fn name(&self) -> &'static str {
         if self.redis.is_cluster() {
             "redis_cluster"
