@@ -461,10 +461,7 @@ impl Collector for StateCollector {
             &mut e,
             "portcullis_quota_store_errors",
             "Quota store calls that failed or timed out",
-            &[(
-                &[("store", quotas.store_name())],
-                quotas.degraded_decisions(),
-            )],
+            &[(&[("store", quotas.store_name())], quotas.store_errors())],
         )?;
         counter(
             &mut e,

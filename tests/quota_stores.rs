@@ -462,3 +462,31 @@ descriptors:
             .allowed
     );
 }
+
+/// A hanging store is asked once per back-off period, not once per request:
+/// the requests in between are decided in the degraded mode at once. The
+/// first request after the back-off asks again, so recovery stays automatic.
+#[tokio::test]
+async fn a_hanging_store_is_asked_once_per_back_off_period() {
+    let mut redis = RedisServer::start();
+    let q = quotas(&redis, OnStoreError::Deny);
+    let c = charge("backoff|user=a", 1000, 1);
+    recovers(&q, &c).await;
+    redis.pause();
+    for _ in 0..200 {
+        let r = timed(&q, &c).await;
+        assert!(matches!(r, Enforced::Unavailable), "{r:?}");
+    }
+    assert!(q.degraded_decisions() >= 200);
+    // 200 local decisions take far less than 200 back-off periods: most
+    // never asked the store.
+    assert!(
+        q.store_errors() <= 20,
+        "{} store calls for 200 decisions",
+        q.store_errors()
+    );
+    assert!(q.store_errors() >= 1);
+    redis.resume();
+    tokio::time::sleep(portcullis::quota::STORE_BACKOFF).await;
+    recovers(&q, &c).await;
+}

@@ -172,7 +172,21 @@ pub struct Quotas {
     fallback: local::LocalStore,
     replicas: u64,
     degraded: AtomicU64,
+    /// Store calls that failed or timed out.
+    store_errors: AtomicU64,
+    /// Microseconds after `started` before which the store is not asked
+    /// (set after a failure), so that a hanging store costs one timeout per
+    /// back-off period instead of one per request.
+    backoff_until_us: AtomicU64,
+    /// When the last failure warning was logged (microseconds after
+    /// `started`): at most one a second, whatever the request rate.
+    warned_at_us: AtomicU64,
+    started: std::time::Instant,
 }
+
+/// After a store failure, decide in the degraded mode without asking the
+/// store for this long; the first request after it tries the store again.
+pub const STORE_BACKOFF: Duration = Duration::from_millis(250);
 
 impl Quotas {
     /// Enforcement through `store`; failures handled per `on_error`.
@@ -190,6 +204,10 @@ impl Quotas {
             fallback: local::LocalStore::new(max_local_keys, Arc::new(SystemClock)),
             replicas: replicas.max(1),
             degraded: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
+            backoff_until_us: AtomicU64::new(0),
+            warned_at_us: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -228,6 +246,11 @@ impl Quotas {
         }
     }
 
+    /// Store calls that failed or timed out since start.
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(Ordering::Relaxed)
+    }
+
     /// Decisions taken in a degraded mode since start.
     pub fn degraded_decisions(&self) -> u64 {
         self.degraded.load(Ordering::Relaxed)
@@ -245,26 +268,43 @@ impl Quotas {
                 degraded: None,
             };
         }
-        let error = match tokio::time::timeout(self.timeout, self.store.charge(charges)).await {
-            Ok(Ok(charged)) => {
-                return Enforced::Charged {
-                    charged,
-                    degraded: None,
+        let now_us = |q: &Quotas| q.started.elapsed().as_micros() as u64;
+        if now_us(self) >= self.backoff_until_us.load(Ordering::Relaxed) {
+            let error = match tokio::time::timeout(self.timeout, self.store.charge(charges)).await {
+                Ok(Ok(charged)) => {
+                    return Enforced::Charged {
+                        charged,
+                        degraded: None,
+                    }
                 }
+                Ok(Err(e)) => e,
+                Err(_) => StoreError {
+                    store: self.store.name(),
+                    message: format!("no answer within {} ms", self.timeout.as_millis()),
+                },
+            };
+            self.store_errors.fetch_add(1, Ordering::Relaxed);
+            let now = now_us(self);
+            self.backoff_until_us
+                .store(now + STORE_BACKOFF.as_micros() as u64, Ordering::Relaxed);
+            let last = self.warned_at_us.load(Ordering::Relaxed);
+            if (last == 0 || now.saturating_sub(last) >= 1_000_000)
+                && self
+                    .warned_at_us
+                    .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    target: "portcullis::quota",
+                    error = %error,
+                    mode = self.on_error.as_str(),
+                    backoff_ms = STORE_BACKOFF.as_millis() as u64,
+                    degraded_decisions = self.degraded.load(Ordering::Relaxed) + 1,
+                    "quota store failed; deciding in degraded mode (logged at most once a second)"
+                );
             }
-            Ok(Err(e)) => e,
-            Err(_) => StoreError {
-                store: self.store.name(),
-                message: format!("no answer within {} ms", self.timeout.as_millis()),
-            },
-        };
+        }
         self.degraded.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            target: "portcullis::quota",
-            error = %error,
-            mode = self.on_error.as_str(),
-            "quota store failed; deciding in degraded mode"
-        );
         match self.on_error {
             OnStoreError::Deny => Enforced::Unavailable,
             OnStoreError::Allow => Enforced::AllowedUnchecked,
