@@ -55,6 +55,7 @@ fn token(alg: Algorithm) -> String {
 
 fn predict() -> AccessRequest {
     AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
+        .with_json(&serde_json::json!({"features": ["great service"], "max_tokens": 64}))
 }
 
 /// `decide` is async (authentication may fetch keys); a current-thread

@@ -37,6 +37,34 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Quota store and failure mode.
     pub quotas: QuotaSettings,
+    /// The region this gateway serves, for data residency.
+    pub residency: ResidencyConfig,
+}
+
+/// Where the gateway's region comes from: fixed in this configuration, or
+/// a header the gateway itself sets (and overwrites, so a client cannot
+/// choose it; see deploy/envoy.yaml). With neither, orgs that restrict
+/// their regions are refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResidencyConfig {
+    /// The region, e.g. `eu-west-1`.
+    pub region: Option<String>,
+    /// A lower-case header the gateway sets to its region (overrides
+    /// `region` when present).
+    pub region_header: Option<String>,
+}
+
+impl ResidencyConfig {
+    /// The gateway's region for a request with these headers.
+    pub fn region_of(&self, headers: &std::collections::HashMap<String, String>) -> Option<String> {
+        self.region_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.region.clone())
+    }
 }
 
 impl Default for Config {
@@ -53,6 +81,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             tls: TlsConfig::default(),
             quotas: QuotaSettings::default(),
+            residency: ResidencyConfig::default(),
         }
     }
 }
@@ -169,6 +198,49 @@ pub struct AuthnConfig {
     pub introspection: Option<IntrospectionConfig>,
     /// Counting failed attempts and blocking sources that keep failing.
     pub failures: FailureConfig,
+    /// Signed payloads (HMAC-SHA256 with a per-app secret).
+    pub signatures: SignatureConfig,
+}
+
+/// Signed payloads: `x-signature: t=<unix seconds>,v1=<hex HMAC-SHA256>`
+/// over `t`, method, path and body, with a secret per app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignatureConfig {
+    /// The request header carrying the signature.
+    pub header: String,
+    /// How far the signature's timestamp may be from the request's time.
+    pub window_seconds: u64,
+    /// Signatures remembered to refuse replays (bounded; each is kept for
+    /// twice the window).
+    pub replay_cache_capacity: u64,
+    /// Apps with a signing secret.
+    pub apps: Vec<SignedAppConfig>,
+}
+
+impl Default for SignatureConfig {
+    fn default() -> Self {
+        SignatureConfig {
+            header: "x-signature".into(),
+            window_seconds: 300,
+            replay_cache_capacity: 100_000,
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// One app's signing secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedAppConfig {
+    /// The app's id (the `App` principal an API key maps to).
+    pub app: String,
+    /// A file holding the secret (at least 32 bytes; surrounding
+    /// whitespace ignored).
+    pub secret_file: PathBuf,
+    /// Every request from this app must be signed, on every route.
+    #[serde(default)]
+    pub required: bool,
 }
 
 impl Default for AuthnConfig {
@@ -183,6 +255,7 @@ impl Default for AuthnConfig {
             api_keys: ApiKeyConfig::default(),
             introspection: None,
             failures: FailureConfig::default(),
+            signatures: SignatureConfig::default(),
         }
     }
 }
@@ -778,6 +851,43 @@ impl Config {
         }
         problems.extend(self.audit.problems());
         problems.extend(self.quotas.problems());
+        let sig = &self.authentication.signatures;
+        if sig.window_seconds == 0 || sig.replay_cache_capacity == 0 {
+            problems.push("authentication.signatures: window_seconds and replay_cache_capacity must be at least 1".into());
+        }
+        if sig.header.is_empty()
+            || sig
+                .header
+                .bytes()
+                .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        {
+            problems.push(
+                "authentication.signatures.header: a lower-case header name, e.g. x-signature"
+                    .into(),
+            );
+        }
+        for (i, app) in sig.apps.iter().enumerate() {
+            if sig.apps[..i].iter().any(|a| a.app == app.app) {
+                problems.push(format!(
+                    "authentication.signatures.apps: app '{}' is listed twice",
+                    app.app
+                ));
+            }
+        }
+        if let Some(h) = &self.residency.region_header {
+            if h.is_empty()
+                || h.bytes()
+                    .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+            {
+                problems.push(
+                    "residency.region_header: a lower-case header name, e.g. x-gateway-region"
+                        .into(),
+                );
+            }
+            if h.starts_with("x-portcullis-") {
+                problems.push("residency.region_header: x-portcullis-* headers are Portcullis's own; use another name".into());
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {

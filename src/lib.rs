@@ -17,11 +17,13 @@ pub mod policytest;
 pub mod quota;
 pub mod reload;
 pub mod request;
+pub mod residency;
 pub mod rls;
 pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod validate;
 
 /// Generated code for our own admin protos.
 pub mod proto {

@@ -36,6 +36,8 @@ pub struct State {
     pub audit: AuditSink,
     /// Quota enforcement (store, timeout, failure mode).
     pub quotas: crate::quota::Quotas,
+    /// Where the gateway's region comes from (data residency).
+    pub residency: crate::config::ResidencyConfig,
 }
 
 /// Why the server could not start.
@@ -131,6 +133,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         authenticator,
         audit,
         quotas,
+        residency: config.residency.clone(),
     });
 
     let bind = |what, addr| async move {

@@ -46,7 +46,8 @@ fn new_key(args: &[&str]) -> (String, String) {
 }
 
 fn predict(key: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict");
+    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
+        .with_json(&serde_json::json!({"features": ["great service"]}));
     r.headers.insert("x-api-key".into(), key.into());
     r
 }

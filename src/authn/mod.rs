@@ -6,6 +6,7 @@ pub mod failures;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
+pub mod signature;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -140,6 +141,7 @@ pub struct Authenticator {
     introspection: Option<introspect::Introspector>,
     max_token_bytes: usize,
     failures: Option<Arc<dyn failures::FailureStore>>,
+    signatures: signature::Signatures,
 }
 
 /// Authentication configuration that cannot be used.
@@ -154,6 +156,9 @@ pub enum AuthnSetupError {
     /// The introspection client secret could not be read.
     #[error(transparent)]
     Introspection(#[from] introspect::SecretUnreadable),
+    /// A payload-signing secret could not be used.
+    #[error(transparent)]
+    Signature(#[from] signature::SecretUnusable),
 }
 
 impl Authenticator {
@@ -174,8 +179,11 @@ impl Authenticator {
                 .map(Some)
                 .map_err(|e| errors.push(e.into())),
         };
-        match (jwt, api_keys, introspection) {
-            (Ok(jwt), Ok(api_keys), Ok(introspection)) => Ok(Authenticator {
+        let signatures = signature::Signatures::new(&config.signatures)
+            .map_err(|errs| errors.extend(errs.into_iter().map(AuthnSetupError::from)));
+        match (jwt, api_keys, introspection, signatures) {
+            (Ok(jwt), Ok(api_keys), Ok(introspection), Ok(signatures)) => Ok(Authenticator {
+                signatures,
                 jwt,
                 mtls: config.mtls.clone(),
                 api_keys,
@@ -239,6 +247,19 @@ impl Authenticator {
     pub fn with_failure_store(mut self, store: Arc<dyn failures::FailureStore>) -> Self {
         self.failures = Some(store);
         self
+    }
+
+    /// Checks the payload signature of an authenticated request (when the
+    /// route or the app requires one, or one is sent); `now` in seconds
+    /// since the epoch.
+    pub fn verify_signature(
+        &self,
+        req: &AccessRequest,
+        identity: &Identity,
+        route_requires: bool,
+        now: u64,
+    ) -> Result<(), signature::Refused> {
+        self.signatures.verify(req, identity, route_requires, now)
     }
 
     /// Establishes who is calling, unless the source is blocked for failing

@@ -1,0 +1,263 @@
+//! Stage 4 of the pipeline, validate: a routed, authorized request's body
+//! against its route's rule (content type, size, JSON well-formedness and
+//! depth, JSON Schema, the model version's input constraints, personal
+//! data). Plain Rust over our own types; the wire never reaches here.
+
+pub mod json;
+pub mod models;
+pub mod pii;
+pub mod rules;
+pub mod schema;
+
+use serde::Serialize;
+
+use crate::decision::DenyReason;
+use crate::request::AccessRequest;
+use rules::{BodySpec, PiiKind, PiiMode};
+
+/// Envoy sets this when it sent only part of the body
+/// (`allow_partial_message: true`).
+pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+/// At most this many problems are listed in one response.
+pub const MAX_PROBLEMS: usize = 20;
+
+/// One thing wrong with a request body: where (a JSON pointer into the
+/// request, "" for the whole body) and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// RFC 6901 JSON pointer into the request body.
+    pub pointer: String,
+    /// What is wrong and how to fix it; never the offending value.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `pointer`.
+    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The denial (400, 413, 415, 422).
+    pub reason: DenyReason,
+    /// One sentence for the client.
+    pub detail: String,
+    /// Each problem (capped at [`MAX_PROBLEMS`]).
+    pub problems: Vec<Problem>,
+}
+
+impl Rejection {
+    fn new(reason: DenyReason, detail: impl Into<String>, problems: Vec<Problem>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+            problems,
+        }
+    }
+}
+
+/// What an accepted body tells the upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// Kinds of personal data found on a `pii: tag` route.
+    pub pii: Vec<PiiKind>,
+}
+
+/// The model version a body is checked against.
+pub struct ModelInput<'a> {
+    /// `model/version`, for messages.
+    pub label: &'a str,
+    /// Its registry entry.
+    pub version: &'a models::Version,
+}
+
+/// Checks a request's body against its route's rule.
+pub fn check_body(
+    req: &AccessRequest,
+    spec: &BodySpec,
+    schema: Option<&jsonschema::Validator>,
+    model: Option<ModelInput<'_>>,
+) -> Result<Accepted, Rejection> {
+    // A partial body cannot be validated as if it were whole.
+    if req
+        .header(PARTIAL_BODY_HEADER)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        return Err(Rejection::new(
+            DenyReason::BodyTooLarge,
+            format!(
+                "the request body is larger than the gateway forwards for checking; send at most {} bytes",
+                spec.max_bytes
+            ),
+            Vec::new(),
+        ));
+    }
+    let body = match req.body.as_deref() {
+        Some(b) if !b.is_empty() => b,
+        _ if spec.required => {
+            return Err(Rejection::new(
+                DenyReason::MalformedBody,
+                format!(
+                    "this endpoint needs a request body ({})",
+                    spec.content_types.join(" or ")
+                ),
+                vec![Problem::new(
+                    "",
+                    "the body is empty: send the request as JSON",
+                )],
+            ))
+        }
+        _ => return Ok(Accepted::default()),
+    };
+    let media_type = req
+        .header("content-type")
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if !spec.content_types.contains(&media_type) {
+        let sent = if media_type.is_empty() {
+            "no Content-Type".to_string()
+        } else if media_type.len() <= 64 && media_type.bytes().all(|b| b.is_ascii_graphic()) {
+            format!("Content-Type {media_type}")
+        } else {
+            "an unusable Content-Type".to_string()
+        };
+        return Err(Rejection::new(
+            DenyReason::UnsupportedMediaType,
+            format!(
+                "the request has {sent}; send Content-Type: {}",
+                spec.content_types.join(" or ")
+            ),
+            Vec::new(),
+        ));
+    }
+    if body.len() > spec.max_bytes {
+        return Err(Rejection::new(
+            DenyReason::BodyTooLarge,
+            format!(
+                "the request body has {} bytes; this endpoint accepts at most {}",
+                body.len(),
+                spec.max_bytes
+            ),
+            Vec::new(),
+        ));
+    }
+    if !rules::is_json_type(&media_type) {
+        return scan_text_body(body, spec);
+    }
+
+    let value = json::parse(body, spec.max_depth).map_err(|m| {
+        Rejection::new(
+            DenyReason::MalformedBody,
+            "the request body is not well-formed JSON",
+            vec![Problem::new("", m.message)],
+        )
+    })?;
+
+    let mut problems = Vec::new();
+    let mut more = false;
+    if let Some(schema) = schema {
+        (problems, more) = schema::check(schema, &value, MAX_PROBLEMS);
+    }
+    if let Some(model) = &model {
+        for p in model.version.check_input(model.label, &value) {
+            if problems.len() == MAX_PROBLEMS {
+                more = true;
+                break;
+            }
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+        }
+    }
+    if !problems.is_empty() {
+        let detail = if more {
+            format!(
+                "the request body is invalid; the first {} problems are listed",
+                problems.len()
+            )
+        } else {
+            format!(
+                "the request body is invalid ({} problem(s))",
+                problems.len()
+            )
+        };
+        return Err(Rejection::new(DenyReason::InvalidBody, detail, problems));
+    }
+
+    if spec.pii == PiiMode::Off {
+        return Ok(Accepted::default());
+    }
+    let findings = pii::scan_json(&value, &spec.pii_kinds);
+    let mut kinds: Vec<PiiKind> = findings.iter().map(|f| f.kind).collect();
+    kinds.sort();
+    kinds.dedup();
+    match spec.pii {
+        PiiMode::Deny if !findings.is_empty() => {
+            Err(Rejection::new(
+                DenyReason::PiiDetected,
+                format!(
+                "the request body contains personal data ({}), which this endpoint does not accept",
+                kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+                findings
+                    .iter()
+                    .map(|f| {
+                        Problem::new(
+                            f.pointer.clone(),
+                            format!(
+                                "contains {}: remove or mask it before sending",
+                                f.kind.describe()
+                            ),
+                        )
+                    })
+                    .collect(),
+            ))
+        }
+        _ => Ok(Accepted { pii: kinds }),
+    }
+}
+
+/// A non-JSON body on a PII route: scanned as text when it is UTF-8.
+fn scan_text_body(body: &[u8], spec: &BodySpec) -> Result<Accepted, Rejection> {
+    if spec.pii == PiiMode::Off {
+        return Ok(Accepted::default());
+    }
+    let text = String::from_utf8_lossy(body);
+    let kinds = pii::scan_text(&text, &spec.pii_kinds);
+    match spec.pii {
+        PiiMode::Deny if !kinds.is_empty() => {
+            Err(Rejection::new(
+                DenyReason::PiiDetected,
+                format!(
+                "the request body contains personal data ({}), which this endpoint does not accept",
+                kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+                kinds
+                    .iter()
+                    .map(|k| {
+                        Problem::new(
+                            "",
+                            format!(
+                                "contains {}: remove or mask it before sending",
+                                k.describe()
+                            ),
+                        )
+                    })
+                    .collect(),
+            ))
+        }
+        _ => Ok(Accepted { pii: kinds }),
+    }
+}
