@@ -241,7 +241,12 @@ fn evaluate(
     d.auth_method = Some(identity.method.as_str());
 
     // Data residency: before anything reads the request's content.
-    if let Err(detail) = residency::check(snapshot, &identity, req.gateway_region.as_deref()) {
+    if let Err(detail) = residency::check(
+        &snapshot.org_regions,
+        &snapshot.entities,
+        &identity,
+        req.gateway_region.as_deref(),
+    ) {
         return d.deny(DenyReason::ResidencyViolation, detail);
     }
 

@@ -4,24 +4,65 @@
 //! reads the snapshot's entities and the request's gateway region, which
 //! only the gateway or Portcullis's configuration sets.
 
-use cedar_policy::{EntityUid, EvalResult};
+use std::collections::HashMap;
+
+use cedar_policy::{Entities, EntityUid, EvalResult};
 
 use crate::authn::Identity;
-use crate::snapshot::Snapshot;
 
 /// The org attribute listing the regions an org's data may be processed in.
 pub const ALLOWED_REGIONS_ATTR: &str = "allowed_regions";
+
+/// Orgs that restrict their regions, with the regions (sorted), found once
+/// per snapshot so that a request from an unrestricted org costs a lookup.
+pub type OrgRegions = HashMap<EntityUid, Vec<String>>;
+
+/// Every `Org` entity with `allowed_regions`.
+pub fn org_regions(entities: &Entities) -> OrgRegions {
+    let mut out = OrgRegions::new();
+    for e in entities.iter() {
+        if e.uid().type_name().basename() != "Org" {
+            continue;
+        }
+        if let Some(Ok(EvalResult::Set(set))) = e.attr(ALLOWED_REGIONS_ATTR) {
+            let regions = set
+                .iter()
+                .filter_map(|v| match v {
+                    EvalResult::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            out.insert(e.uid(), regions);
+        }
+    }
+    out
+}
 
 /// `Ok` when every org of the caller that restricts regions allows
 /// `region`; else the client-facing explanation. A restricted org and a
 /// gateway that does not know its region: refused (it cannot be shown to
 /// comply).
-pub fn check(snapshot: &Snapshot, identity: &Identity, region: Option<&str>) -> Result<(), String> {
-    for org in orgs(snapshot, identity) {
-        let Some(allowed) = allowed_regions(snapshot, &org) else {
+pub fn check(
+    restricted: &OrgRegions,
+    entities: &Entities,
+    identity: &Identity,
+    region: Option<&str>,
+) -> Result<(), String> {
+    if restricted.is_empty() {
+        return Ok(());
+    }
+    // The caller's orgs: those its credentials assert and its ancestors in
+    // entities.json.
+    let asserted = identity.parents.iter();
+    let known = entities
+        .ancestors(&identity.principal)
+        .into_iter()
+        .flatten();
+    for org in asserted.chain(known) {
+        let Some(allowed) = restricted.get(org) else {
             continue;
         };
-        let org_id = org.id().unescaped().to_string();
+        let org_id = org.id().unescaped();
         match region {
             Some(region) if allowed.iter().any(|r| r == region) => {}
             Some(region) => {
@@ -39,38 +80,4 @@ pub fn check(snapshot: &Snapshot, identity: &Identity, region: Option<&str>) -> 
         }
     }
     Ok(())
-}
-
-/// The caller's orgs: those its credentials assert and those entities.json
-/// gives it.
-fn orgs(snapshot: &Snapshot, identity: &Identity) -> Vec<EntityUid> {
-    let is_org = |p: &EntityUid| p.type_name().basename() == "Org";
-    let mut out: Vec<EntityUid> = identity
-        .parents
-        .iter()
-        .filter(|p| is_org(p))
-        .cloned()
-        .collect();
-    if let Some(principal) = snapshot.entities.get(&identity.principal) {
-        let (_, _, parents) = principal.clone().into_inner();
-        out.extend(parents.into_iter().filter(is_org));
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn allowed_regions(snapshot: &Snapshot, org: &EntityUid) -> Option<Vec<String>> {
-    let entity = snapshot.entities.get(org)?;
-    match entity.attr(ALLOWED_REGIONS_ATTR)? {
-        Ok(EvalResult::Set(set)) => Some(
-            set.iter()
-                .filter_map(|v| match v {
-                    EvalResult::String(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
-    }
 }

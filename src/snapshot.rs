@@ -68,6 +68,8 @@ pub struct Snapshot {
     /// Routes whose Cedar context type declares `region` (the gateway's
     /// region goes into their context).
     pub region_routes: HashSet<String>,
+    /// Orgs that restrict the regions their data is processed in.
+    pub org_regions: crate::residency::OrgRegions,
 }
 
 /// One problem in a policy directory.
@@ -289,7 +291,6 @@ impl Snapshot {
             sources,
             shadow: (!shadow_sources.is_empty()).then_some(candidate),
             shadow_sources,
-            entities,
             routes,
             file_hashes: files
                 .iter()
@@ -299,6 +300,8 @@ impl Snapshot {
             models,
             schemas,
             region_routes,
+            org_regions: crate::residency::org_regions(&entities),
+            entities,
         })
     }
 

@@ -194,7 +194,7 @@ async fn hot_reload_applies_valid_changes_and_keeps_last_good_on_errors() {
         .unwrap();
     let v0 = version(&mut admin).await;
     assert!(v0.version.starts_with("sha256:"), "{}", v0.version);
-    assert_eq!(v0.policy_count, 12);
+    assert_eq!(v0.policy_count, 13);
 
     // Edit: remove the public status permit; the decision changes within 2 s.
     let platform = dir.path().join("platform.cedar");

@@ -504,7 +504,7 @@ fn bearer_token(value: &str) -> Result<&str, AuthnFailure> {
 }
 
 /// Builds `Type::"id"` from a type name and a raw id.
-pub(crate) fn entity_uid(type_name: &str, id: &str) -> Option<EntityUid> {
+pub fn entity_uid(type_name: &str, id: &str) -> Option<EntityUid> {
     let ty = type_name.parse::<cedar_policy::EntityTypeName>().ok()?;
     Some(EntityUid::from_type_name_and_id(
         ty,

@@ -261,3 +261,102 @@ fn scan_text_body(body: &[u8], spec: &BodySpec) -> Result<Accepted, Rejection> {
         _ => Ok(Accepted { pii: kinds }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> BodySpec {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn request(content_type: Option<&str>, body: &[u8]) -> AccessRequest {
+        let mut r = AccessRequest::for_test("POST", "/x");
+        if let Some(t) = content_type {
+            r.headers.insert("content-type".into(), t.into());
+        }
+        r.body = Some(body.to_vec());
+        r
+    }
+
+    #[test]
+    fn a_partial_body_is_never_validated_as_whole() {
+        let mut r = request(Some("application/json"), br#"{"a": 1}"#);
+        r.headers.insert(PARTIAL_BODY_HEADER.into(), "true".into());
+        let e = check_body(&r, &spec("{}"), None, None).unwrap_err();
+        assert_eq!(e.reason, DenyReason::BodyTooLarge);
+    }
+
+    #[test]
+    fn content_type_size_and_presence_per_route() {
+        let s = spec("{max_bytes: 10}");
+        let e = check_body(&request(Some("text/plain"), b"{}"), &s, None, None).unwrap_err();
+        assert_eq!(e.reason, DenyReason::UnsupportedMediaType);
+        // Parameters are ignored, case too.
+        check_body(
+            &request(Some("Application/JSON; charset=utf-8"), b"{}"),
+            &s,
+            None,
+            None,
+        )
+        .unwrap();
+        let e = check_body(
+            &request(Some("application/json"), b"[1,2,3,4,5,6]"),
+            &s,
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, DenyReason::BodyTooLarge);
+        let e = check_body(&request(Some("application/json"), b""), &s, None, None).unwrap_err();
+        assert_eq!(e.reason, DenyReason::MalformedBody);
+        let optional = spec("{required: false}");
+        assert_eq!(
+            check_body(&request(None, b""), &optional, None, None),
+            Ok(Accepted::default())
+        );
+        let text = spec("{content_types: [text/plain], pii: deny}");
+        let e = check_body(
+            &request(Some("text/plain"), b"ssn 123-45-6789"),
+            &text,
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, DenyReason::PiiDetected);
+        assert!(!format!("{e:?}").contains("6789"));
+    }
+
+    #[test]
+    fn pii_is_tagged_or_refused_per_route_and_off_by_default() {
+        let body = br#"{"note": "write to jo@example.org, card 5500-0000-0000-0004"}"#;
+        let r = request(Some("application/json"), body);
+        assert_eq!(
+            check_body(&r, &spec("{}"), None, None),
+            Ok(Accepted::default())
+        );
+        assert_eq!(
+            check_body(&r, &spec("{pii: tag}"), None, None),
+            Ok(Accepted {
+                pii: vec![PiiKind::Email, PiiKind::Card]
+            })
+        );
+        let e = check_body(&r, &spec("{pii: deny, pii_kinds: [card]}"), None, None).unwrap_err();
+        assert_eq!(e.reason, DenyReason::PiiDetected);
+        assert_eq!(e.problems.len(), 1);
+        assert_eq!(e.problems[0].pointer, "/note");
+        assert!(!format!("{e:?}").contains("5500"));
+        assert!(!format!("{e:?}").contains("jo@"));
+    }
+
+    #[test]
+    fn escaped_personal_data_is_still_found() {
+        // "\u0040" is '@': the scan reads decoded strings.
+        let r = request(
+            Some("application/json"),
+            br#"{"note": "jo\u0040example.org"}"#,
+        );
+        let e = check_body(&r, &spec("{pii: deny}"), None, None).unwrap_err();
+        assert_eq!(e.reason, DenyReason::PiiDetected);
+    }
+}
