@@ -500,3 +500,56 @@ async fn a_cost_larger_than_the_limit_ever_allows_is_a_400_without_retry_after()
         .retry_after_seconds
         .is_some_and(|r| r > 0));
 }
+
+#[test]
+fn the_gateway_region_reaches_the_cedar_context() {
+    // A policy (here a shadow one, to see it decide) can use the region the
+    // gateway serves; routes whose context type declares `region` get it.
+    let (_dir, s) = bundled_with_shadow(
+        r#"
+@id("shadow-restricted-models-in-eu-only")
+forbid (principal, action == Action::"invoke", resource is ModelVersion)
+when { context has region && context.region != "eu-west-1" };
+"#,
+    );
+    assert!(s.region_routes.contains("predict"));
+    let mut req = predict("sentiment", "v2");
+    req.gateway_region = Some("us-east-1".into());
+    let d = decide_as(&s, Some(user("alice", Some("acme"))), &req);
+    assert_eq!(d.status, 200, "{d:?}");
+    let shadow = d.shadow.expect("shadow outcome");
+    assert_eq!(
+        shadow.determining_policies,
+        vec!["shadow-restricted-models-in-eu-only"]
+    );
+    req.gateway_region = Some("eu-west-1".into());
+    let d = decide_as(&s, Some(user("alice", Some("acme"))), &req);
+    assert!(!d.shadow.expect("shadow outcome").disagrees);
+}
+
+#[test]
+fn residency_is_checked_against_the_orgs_allowed_regions() {
+    let s = bundled();
+    let req = |region: Option<&str>| {
+        let mut r = predict("credit-score", "v1");
+        r.body = Some(br#"{"features": [52000, 41, 0.31]}"#.to_vec());
+        r.gateway_region = region.map(str::to_string);
+        r
+    };
+    // frank's org comes from entities.json (no org in the credentials).
+    let frank = || Some(user("frank", None));
+    let d = decide_as(&s, frank(), &req(Some("eu-central-1")));
+    assert_eq!(d.status, 200, "{d:?}");
+    let d = decide_as(&s, frank(), &req(Some("us-east-1")));
+    assert_eq!(d.reason, Some(DenyReason::ResidencyViolation), "{d:?}");
+    assert_eq!(d.status, 403);
+    let d = decide_as(&s, frank(), &req(None));
+    assert!(d.detail.contains("does not declare its region"), "{d:?}");
+    // An org without allowed_regions is not affected by the region.
+    let d = decide_as(
+        &s,
+        Some(user("alice", Some("acme"))),
+        &predict("sentiment", "v2"),
+    );
+    assert_eq!(d.status, 200, "{d:?}");
+}
