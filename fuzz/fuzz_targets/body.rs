@@ -31,7 +31,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let s = &*SNAPSHOT;
-    let route_name = if selector & 0x08 == 0 { "predict" } else { "feedback" };
+    let route_name = if selector & 0x08 == 0 {
+        "predict"
+    } else {
+        "feedback"
+    };
     let route = s
         .routes
         .routes()
@@ -54,12 +58,18 @@ fuzz_target!(|data: &[u8]| {
         .filter(|_| spec.model_input)
         .map(|(label, version)| ModelInput { label, version });
 
-    let content_type = if selector & 0x10 == 0 { "application/json" } else { "text/plain" };
+    let content_type = if selector & 0x10 == 0 {
+        "application/json"
+    } else {
+        "text/plain"
+    };
     let mut req = AccessRequest::for_test("POST", "/fuzz");
     req.body = Some(body.to_vec());
-    req.headers.insert("content-type".into(), content_type.into());
+    req.headers
+        .insert("content-type".into(), content_type.into());
     if selector & 0x20 != 0 {
-        req.headers.insert("x-envoy-auth-partial-body".into(), "true".into());
+        req.headers
+            .insert("x-envoy-auth-partial-body".into(), "true".into());
     }
     match check_body(&req, spec, schema, input) {
         Ok(_) => {
