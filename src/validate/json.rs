@@ -211,12 +211,7 @@ impl<'de> Visitor<'de> for ValueSeed {
 /// Names the key only when it looks like a field name (a key could itself
 /// be personal data).
 fn duplicate_key_message(key: &str) -> String {
-    let is_field_name = !key.is_empty()
-        && key.len() <= 64
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if is_field_name {
+    if super::is_field_name(key) {
         format!("the key \"{key}\" appears twice in one object: send each key once")
     } else {
         "an object has the same key twice: send each key once".to_string()
@@ -266,6 +261,8 @@ mod tests {
         );
         let e = parse(br#"{"x": {"a b@c": 1, "a b@c": 2}}"#, 8).unwrap_err();
         assert!(!e.message.contains("a b@c"), "{}", e.message);
+        let e = parse(br#"{"4111111111111111": 1, "4111111111111111": 2}"#, 8).unwrap_err();
+        assert!(!e.message.contains("4111"), "{}", e.message);
     }
 
     #[test]

@@ -57,9 +57,54 @@ impl Rejection {
         Rejection {
             reason,
             detail: detail.into(),
-            problems,
+            problems: problems
+                .into_iter()
+                .map(|p| Problem {
+                    pointer: safe_pointer(&p.pointer),
+                    message: p.message,
+                })
+                .collect(),
         }
     }
+}
+
+/// Whether an object key may be repeated to the client: it looks like a
+/// field name (a letter or `_` first, at most 64 characters of letters,
+/// digits, `_`, `-`, `.`, and at most 4 digits). A key can itself be
+/// personal data (`{"4111111111111111": ...}`); such keys are not shown.
+pub fn is_field_name(key: &str) -> bool {
+    key.len() <= 64
+        && key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        && key.bytes().filter(u8::is_ascii_digit).count() <= 4
+}
+
+/// A JSON pointer with every segment that is neither an array index nor a
+/// field name (see [`is_field_name`]) replaced by `*`.
+pub fn safe_pointer(pointer: &str) -> String {
+    if pointer.is_empty() {
+        return String::new();
+    }
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|segment| {
+            let unescaped = segment.replace("~1", "/").replace("~0", "~");
+            let index = !segment.is_empty()
+                && segment.len() <= 6
+                && segment.bytes().all(|b| b.is_ascii_digit());
+            if index || is_field_name(&unescaped) {
+                format!("/{segment}")
+            } else {
+                "/*".to_string()
+            }
+        })
+        .collect()
 }
 
 /// What an accepted body tells the upstream.
@@ -347,6 +392,21 @@ mod tests {
         assert_eq!(e.problems[0].pointer, "/note");
         assert!(!format!("{e:?}").contains("5500"));
         assert!(!format!("{e:?}").contains("jo@"));
+    }
+
+    #[test]
+    fn keys_that_are_not_field_names_never_reach_the_client() {
+        assert_eq!(safe_pointer("/features/0/note"), "/features/0/note");
+        assert_eq!(safe_pointer("/a~1b"), "/*");
+        assert_eq!(safe_pointer("/notes/4111111111111111/x"), "/notes/*/x");
+        assert_eq!(safe_pointer("/x/jo@example.org"), "/x/*");
+        let r = request(
+            Some("application/json"),
+            br#"{"notes": {"4111111111111111": "card 4111111111111111"}}"#,
+        );
+        let e = check_body(&r, &spec("{pii: deny}"), None, None).unwrap_err();
+        assert_eq!(e.problems[0].pointer, "/notes/*");
+        assert!(!format!("{e:?}").contains("4111"));
     }
 
     #[test]

@@ -145,25 +145,22 @@ fn problem(error: &ValidationError<'_>) -> Problem {
     Problem::new(pointer, message)
 }
 
-/// Property names as the client wrote them, quoted, at most five.
+/// Property names as the client wrote them, quoted, at most five; names
+/// that do not look like field names (they could be personal data) are
+/// counted, not shown.
 fn names(unexpected: &[String]) -> String {
-    let mut shown: Vec<String> = unexpected
-        .iter()
-        .take(5)
-        .map(|n| format!("\"{}\"", short(n)))
-        .collect();
-    if unexpected.len() > 5 {
-        shown.push(format!("and {} more", unexpected.len() - 5));
+    let (fields, others): (Vec<&String>, Vec<&String>) =
+        unexpected.iter().partition(|n| super::is_field_name(n));
+    let mut shown: Vec<String> = fields.iter().take(5).map(|n| format!("\"{n}\"")).collect();
+    let hidden = fields.len().saturating_sub(5) + others.len();
+    if hidden > 0 {
+        shown.push(if shown.is_empty() {
+            format!("{hidden} unnamed")
+        } else {
+            format!("and {hidden} more")
+        });
     }
     shown.join(", ")
-}
-
-fn short(name: &str) -> String {
-    if name.chars().count() > 40 {
-        format!("{}...", name.chars().take(40).collect::<String>())
-    } else {
-        name.to_string()
-    }
 }
 
 #[cfg(test)]
@@ -210,6 +207,11 @@ mod tests {
             "{got:?}"
         );
         assert!(!format!("{got:?}").contains("secret-value"));
+        let (p, _) = check(&s, &json!({"features": [1], "jo@example.org": 1}), 10);
+        assert_eq!(
+            p[0].message,
+            "has fields this endpoint does not accept (1 unnamed): remove them"
+        );
         let (p, _) = check(&s, &json!({}), 10);
         assert_eq!(
             p[0].message,
