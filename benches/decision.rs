@@ -55,6 +55,7 @@ fn token(alg: Algorithm) -> String {
 
 fn predict() -> AccessRequest {
     AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
+        .with_json(&serde_json::json!({"features": ["great service"], "max_tokens": 64}))
 }
 
 /// `decide` is async (authentication may fetch keys); a current-thread
@@ -76,6 +77,12 @@ fn bundled_with_roomy_quotas() -> (tempfile::TempDir, Snapshot) {
         if path.is_file() {
             std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
         }
+    }
+    let schemas = dir.path().join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    for entry in std::fs::read_dir(root().join("policies/schemas")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, schemas.join(path.file_name().unwrap())).unwrap();
     }
     let quotas = dir.path().join("quotas.yaml");
     let text = std::fs::read_to_string(&quotas).unwrap();
@@ -231,5 +238,49 @@ fn observability(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pipeline, policy_scaling, jwt, observability);
+/// The body stage alone, on the bundled predict route: depth scan and
+/// duplicate-refusing parse, JSON Schema, the model version's input rules
+/// and the PII scan (pii: deny), for a small and a 4 KB text body.
+fn validation(c: &mut Criterion) {
+    use portcullis::validate::{check_body, models::Lookup, ModelInput};
+    let s = Snapshot::load(&root().join("policies")).expect("bundled policies load");
+    let route = s
+        .routes
+        .routes()
+        .iter()
+        .find(|r| r.name == "predict")
+        .unwrap();
+    let spec = route.body.as_ref().unwrap();
+    let schema = s.schemas.get("predict.json").map(|v| &**v);
+    let Lookup::Found { entry, .. } = s.models.lookup("sentiment", "v2", 0) else {
+        panic!("sentiment/v2 is registered")
+    };
+    let mut g = c.benchmark_group("validate");
+    for (name, text) in [
+        ("predict_small", "the parcel arrived early".to_string()),
+        ("predict_4kb", "the parcel arrived early and ".repeat(137)),
+    ] {
+        let req = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
+            .with_json(&serde_json::json!({"features": [text], "max_tokens": 64}));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let input = ModelInput {
+                    label: "sentiment/v2",
+                    version: entry,
+                };
+                check_body(&req, spec, schema, Some(input)).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    pipeline,
+    policy_scaling,
+    jwt,
+    observability,
+    validation
+);
 criterion_main!(benches);

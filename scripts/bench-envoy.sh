@@ -139,7 +139,7 @@ token=$(scripts/dev-token.sh alice acme 3600)
 cat >"$work/request.lua" <<EOF
 wrk.method = "POST"
 wrk.path = "/v1/models/sentiment/versions/v2:predict"
-wrk.body = '{"inputs": [[0.1, 0.2, 0.3, 0.4]], "max_tokens": 16}'
+wrk.body = '{"features": ["the delivery was quick"], "max_tokens": 16}'
 wrk.headers["content-type"] = "application/json"
 wrk.headers["authorization"] = "Bearer $token"
 EOF
@@ -165,7 +165,7 @@ measure() { # name, decision port
     local status
     status=$(curl -s -o "$work/probe-$name.body" -w '%{http_code}' -X POST \
         -H 'content-type: application/json' -H "authorization: Bearer $token" \
-        --data '{"inputs": [[0.1, 0.2, 0.3, 0.4]], "max_tokens": 16}' \
+        --data '{"features": ["the delivery was quick"], "max_tokens": 16}' \
         "http://127.0.0.1:$lp/v1/models/sentiment/versions/v2:predict")
     [ "$status" = 200 ] || die "$name: the benchmark request is not allowed (HTTP $status: $(head -c 300 "$work/probe-$name.body"))"
     wrk -t "$THREADS" -c "$CONNECTIONS" -d "${WARMUP}s" -s "$work/request.lua" "http://127.0.0.1:$lp" >/dev/null

@@ -2,7 +2,8 @@
 # A walk through Portcullis behind a real Envoy, on this machine only
 # (loopback): a demo model server, Portcullis on the bundled policies, Envoy
 # with deploy/envoy.yaml. It sends a handful of requests and prints each
-# request and response: allow, 401, 403, 400, 429, then an audit query.
+# request and response: allow, 401, 403, 400, 422, 404, 429, then an audit
+# query.
 #
 #   scripts/demo.sh            (installs Envoy/grpcurl if missing, builds)
 #
@@ -62,7 +63,7 @@ gw=http://127.0.0.1:$gw_port
 alice=$(scripts/dev-token.sh alice acme)
 bob=$(scripts/dev-token.sh bob acme)
 carol=$(scripts/dev-token.sh carol acme)
-body='{"inputs":["great product"],"max_tokens":64}'
+body='{"features":["great product"],"max_tokens":64}'
 
 show() { # show TITLE CURL-ARGS...
   local title=$1; shift
@@ -71,7 +72,7 @@ show() { # show TITLE CURL-ARGS...
   echo "\$ curl $*" | sed -E 's/(Bearer )[A-Za-z0-9_.-]+/\1<token>/g'
   curl -sS -D "$work/headers" -o "$work/body" "$@"
   head -1 "$work/headers" | tr -d '\r'
-  grep -iE '^(content-type|www-authenticate|retry-after|ratelimit-[a-z]+|x-portcullis-decision-id):' "$work/headers" | tr -d '\r' || true
+  grep -iE '^(content-type|www-authenticate|retry-after|ratelimit-[a-z]+|deprecation|sunset|x-portcullis-decision-id):' "$work/headers" | tr -d '\r' || true
   cat "$work/body"; echo
 }
 
@@ -86,21 +87,33 @@ show "401: a token that is not ours" \
 show "403: bob is a viewer, not an invoker" \
   -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $bob" \
   -H 'content-type: application/json' -d "$body"
-show "403: nobody invokes the deprecated sentiment v1" \
+show "allowed, with Deprecation and Sunset: sentiment v1 is deprecated (models.yaml)" \
   -X POST "$gw/v1/models/sentiment/versions/v1:predict" -H "authorization: Bearer $alice" \
   -H 'content-type: application/json' -d "$body"
-show "400: the token budget cost (max_tokens) must be a number" \
+show "400: the body is not well-formed JSON (truncated)" \
   -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
-  -H 'content-type: application/json' -d '{"inputs":["x"],"max_tokens":"lots"}'
+  -H 'content-type: application/json' -d '{"features":["great product"'
+show "422: well-formed, but sentiment v2 takes exactly one feature; the error points at it" \
+  -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
+  -H 'content-type: application/json' -d '{"features":["great product","and more"]}'
+show "422: a card number on a route that refuses personal data (the number is never echoed)" \
+  -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
+  -H 'content-type: application/json' -d '{"features":["charge 4111 1111 1111 1111"]}'
+show "404: sentiment has no v9; the answer names the versions that exist" \
+  -X POST "$gw/v1/models/sentiment/versions/v9:predict" -H "authorization: Bearer $alice" \
+  -H 'content-type: application/json' -d "$body"
+show "400: the token budget cost (x-max-tokens) must be a number" \
+  -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
+  -H 'x-max-tokens: lots' -H 'content-type: application/json' -d '{"features":["x"]}'
 show "400: more tokens than alice's budget ever allows at once (no Retry-After: waiting cannot help)" \
   -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
-  -H 'content-type: application/json' -d '{"inputs":["x"],"max_tokens":50000}'
+  -H 'x-max-tokens: 50000' -H 'content-type: application/json' -d '{"features":["x"]}'
 show "allowed: 15000 tokens fit in alice's budget (20000 at once)" \
   -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
-  -H 'content-type: application/json' -d '{"inputs":["x"],"max_tokens":15000}'
+  -H 'x-max-tokens: 15000' -H 'content-type: application/json' -d '{"features":["x"]}'
 show "429: another 15000 do not fit yet; Retry-After says when they will" \
   -X POST "$gw/v1/models/sentiment/versions/v2:predict" -H "authorization: Bearer $alice" \
-  -H 'content-type: application/json' -d '{"inputs":["x"],"max_tokens":15000}'
+  -H 'x-max-tokens: 15000' -H 'content-type: application/json' -d '{"features":["x"]}'
 show "404: no such route" "$gw/v2/nothing-here"
 
 echo

@@ -13,3 +13,9 @@ export PATH="$PWD/.tools/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked "$@"
+
+# Fuzz the body validator and the CheckRequest mapping briefly (20 s per
+# target, debug build; needs the nightly toolchain, installs cargo-fuzz
+# when missing and fails loudly when it cannot). Longer runs on demand:
+# scripts/fuzz.sh 600.
+bash scripts/fuzz.sh 20

@@ -78,6 +78,7 @@ async fn admit<T: Sync>(
         request_id: String::new(),
         time: SystemTime::now(),
         body: None,
+        gateway_region: None,
     };
     let now = epoch_seconds();
     let identity = match state.authenticator.authenticate(&access, now).await {

@@ -42,6 +42,17 @@ pub struct CheckInput {
     /// the live detector's score when serving).
     #[serde(default)]
     pub risk: u8,
+    /// The request body, as JSON (sent with `Content-Type:
+    /// application/json` unless `headers` say otherwise).
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// The request body as raw text, for bodies that are not JSON or not
+    /// well-formed.
+    #[serde(default)]
+    pub raw_body: Option<String>,
+    /// The region the gateway serves.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 /// An identity given directly, in Cedar terms.
@@ -70,15 +81,26 @@ impl CheckInput {
 
     /// The request in our own terms.
     pub fn to_access_request(&self) -> AccessRequest {
+        let body = match (&self.body, &self.raw_body) {
+            (Some(json), _) => Some(json.to_string().into_bytes()),
+            (None, Some(raw)) => Some(raw.clone().into_bytes()),
+            (None, None) => None,
+        };
+        let mut headers: HashMap<String, String> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        if self.body.is_some() {
+            headers
+                .entry("content-type".into())
+                .or_insert_with(|| "application/json".into());
+        }
         AccessRequest {
             method: self.method.to_ascii_uppercase(),
             path: self.path.clone(),
             host: self.host.clone(),
-            headers: self
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
+            headers,
             source_ip: self.source_ip,
             source_principal: self.source_principal.clone(),
             request_id: String::new(),
@@ -86,7 +108,8 @@ impl CheckInput {
                 .time
                 .map(|t| UNIX_EPOCH + Duration::from_secs(t))
                 .unwrap_or_else(SystemTime::now),
-            body: None,
+            body,
+            gateway_region: self.region.clone(),
         }
     }
 

@@ -47,6 +47,34 @@ pub struct Config {
     pub anomaly: crate::anomaly::AnomalyConfig,
     /// Export of tracing spans over OTLP/gRPC; none: no export.
     pub otlp: Option<crate::otlp::OtlpConfig>,
+    /// The region this gateway serves, for data residency.
+    pub residency: ResidencyConfig,
+}
+
+/// Where the gateway's region comes from: fixed in this configuration, or
+/// a header the gateway itself sets (and overwrites, so a client cannot
+/// choose it; see deploy/envoy.yaml). With neither, orgs that restrict
+/// their regions are refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResidencyConfig {
+    /// The region, e.g. `eu-west-1`.
+    pub region: Option<String>,
+    /// A lower-case header the gateway sets to its region (overrides
+    /// `region` when present).
+    pub region_header: Option<String>,
+}
+
+impl ResidencyConfig {
+    /// The gateway's region for a request with these headers.
+    pub fn region_of(&self, headers: &std::collections::HashMap<String, String>) -> Option<String> {
+        self.region_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.region.clone())
+    }
 }
 
 impl Default for Config {
@@ -66,6 +94,7 @@ impl Default for Config {
             quotas: QuotaSettings::default(),
             anomaly: crate::anomaly::AnomalyConfig::default(),
             otlp: None,
+            residency: ResidencyConfig::default(),
         }
     }
 }
@@ -186,6 +215,8 @@ pub struct AuthnConfig {
     /// blocks, API keys). Without it, authentication uses the quota store's
     /// Redis when `quotas.store` is `redis` or `redis_cluster`.
     pub redis: Option<AuthnRedisConfig>,
+    /// Signed payloads (HMAC-SHA256 with a per-app secret).
+    pub signatures: SignatureConfig,
 }
 
 /// The Redis authentication keeps shared state in.
@@ -207,6 +238,33 @@ impl Default for AuthnRedisConfig {
             url: None,
             urls: Vec::new(),
             timeout_ms: 50,
+        }
+    }
+}
+
+/// Signed payloads: `x-signature: t=<unix seconds>,v1=<hex HMAC-SHA256>`
+/// over `t`, method, path and body, with a secret per app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignatureConfig {
+    /// The request header carrying the signature.
+    pub header: String,
+    /// How far the signature's timestamp may be from the request's time.
+    pub window_seconds: u64,
+    /// Signatures remembered to refuse replays (bounded; each is kept for
+    /// twice the window).
+    pub replay_cache_capacity: u64,
+    /// Apps with a signing secret.
+    pub apps: Vec<SignedAppConfig>,
+}
+
+impl Default for SignatureConfig {
+    fn default() -> Self {
+        SignatureConfig {
+            header: "x-signature".into(),
+            window_seconds: 300,
+            replay_cache_capacity: 100_000,
+            apps: Vec::new(),
         }
     }
 }
@@ -235,6 +293,20 @@ pub enum FailureStoreKind {
     Redis,
 }
 
+/// One app's signing secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedAppConfig {
+    /// The app's id (the `App` principal an API key maps to).
+    pub app: String,
+    /// A file holding the secret (at least 32 bytes; surrounding
+    /// whitespace ignored).
+    pub secret_file: PathBuf,
+    /// Every request from this app must be signed, on every route.
+    #[serde(default)]
+    pub required: bool,
+}
+
 impl Default for AuthnConfig {
     fn default() -> Self {
         AuthnConfig {
@@ -248,6 +320,7 @@ impl Default for AuthnConfig {
             introspection: None,
             failures: FailureConfig::default(),
             redis: None,
+            signatures: SignatureConfig::default(),
         }
     }
 }
@@ -879,6 +952,43 @@ impl Config {
         problems.extend(self.anomaly.problems());
         if let Some(otlp) = &self.otlp {
             problems.extend(otlp.problems());
+        }
+        let sig = &self.authentication.signatures;
+        if sig.window_seconds == 0 || sig.replay_cache_capacity == 0 {
+            problems.push("authentication.signatures: window_seconds and replay_cache_capacity must be at least 1".into());
+        }
+        if sig.header.is_empty()
+            || sig
+                .header
+                .bytes()
+                .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        {
+            problems.push(
+                "authentication.signatures.header: a lower-case header name, e.g. x-signature"
+                    .into(),
+            );
+        }
+        for (i, app) in sig.apps.iter().enumerate() {
+            if sig.apps[..i].iter().any(|a| a.app == app.app) {
+                problems.push(format!(
+                    "authentication.signatures.apps: app '{}' is listed twice",
+                    app.app
+                ));
+            }
+        }
+        if let Some(h) = &self.residency.region_header {
+            if h.is_empty()
+                || h.bytes()
+                    .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+            {
+                problems.push(
+                    "residency.region_header: a lower-case header name, e.g. x-gateway-region"
+                        .into(),
+                );
+            }
+            if h.starts_with("x-portcullis-") {
+                problems.push("residency.region_header: x-portcullis-* headers are Portcullis's own; use another name".into());
+            }
         }
         if problems.is_empty() {
             Ok(())

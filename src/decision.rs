@@ -51,6 +51,30 @@ pub enum DenyReason {
     BadQuotaCost,
     /// The anomaly detector blocked the principal or source for a while.
     AnomalyBlocked,
+    /// The body is not well-formed (not JSON, bad UTF-8, too deep,
+    /// duplicate keys, numbers out of range, missing).
+    MalformedBody,
+    /// The body is well-formed but breaks the route's schema or the model
+    /// version's input constraints.
+    InvalidBody,
+    /// The body is larger than the route accepts (or arrived partial).
+    BodyTooLarge,
+    /// The body's Content-Type is not one the route accepts.
+    UnsupportedMediaType,
+    /// The route names a model the registry does not have.
+    UnknownModel,
+    /// The model exists, the version (or alias) does not.
+    UnknownModelVersion,
+    /// The model version is past its sunset date.
+    ModelVersionRetired,
+    /// The body carries personal data on a route that refuses it.
+    PiiDetected,
+    /// The caller's org may not have its data processed in the gateway's
+    /// region.
+    ResidencyViolation,
+    /// A payload signature is required and missing, wrong, expired or
+    /// replayed.
+    InvalidSignature,
 }
 
 impl DenyReason {
@@ -69,6 +93,14 @@ impl DenyReason {
             DenyReason::QuotaUnavailable => 503,
             DenyReason::BadQuotaCost => 400,
             DenyReason::AnomalyBlocked => 429,
+            DenyReason::MalformedBody => 400,
+            DenyReason::InvalidBody | DenyReason::PiiDetected => 422,
+            DenyReason::BodyTooLarge => 413,
+            DenyReason::UnsupportedMediaType => 415,
+            DenyReason::UnknownModel | DenyReason::UnknownModelVersion => 404,
+            DenyReason::ModelVersionRetired => 410,
+            DenyReason::ResidencyViolation => 403,
+            DenyReason::InvalidSignature => 401,
         }
     }
 
@@ -90,6 +122,16 @@ impl DenyReason {
             DenyReason::QuotaUnavailable => "quota_unavailable",
             DenyReason::BadQuotaCost => "bad_quota_cost",
             DenyReason::AnomalyBlocked => "anomaly_blocked",
+            DenyReason::MalformedBody => "malformed_body",
+            DenyReason::InvalidBody => "invalid_body",
+            DenyReason::BodyTooLarge => "body_too_large",
+            DenyReason::UnsupportedMediaType => "unsupported_media_type",
+            DenyReason::UnknownModel => "unknown_model",
+            DenyReason::UnknownModelVersion => "unknown_model_version",
+            DenyReason::ModelVersionRetired => "model_version_retired",
+            DenyReason::PiiDetected => "pii_detected",
+            DenyReason::ResidencyViolation => "residency_violation",
+            DenyReason::InvalidSignature => "invalid_signature",
         }
     }
 
@@ -110,6 +152,16 @@ impl DenyReason {
             DenyReason::QuotaUnavailable => "Service unavailable",
             DenyReason::BadQuotaCost => "Bad request",
             DenyReason::AnomalyBlocked => "Temporarily blocked",
+            DenyReason::MalformedBody => "Malformed request body",
+            DenyReason::InvalidBody => "Invalid request body",
+            DenyReason::BodyTooLarge => "Request body too large",
+            DenyReason::UnsupportedMediaType => "Unsupported media type",
+            DenyReason::UnknownModel => "Not found",
+            DenyReason::UnknownModelVersion => "Unknown model version",
+            DenyReason::ModelVersionRetired => "Model version retired",
+            DenyReason::PiiDetected => "Personal data not accepted",
+            DenyReason::ResidencyViolation => "Outside the allowed region",
+            DenyReason::InvalidSignature => "Invalid payload signature",
         }
     }
 }
@@ -157,6 +209,21 @@ pub struct Decision {
     /// (only when the snapshot has shadow policies and authorization ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowOutcome>,
+    /// For 400/422: each problem with the body, `{pointer, message}`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<crate::validate::Problem>,
+    /// Headers set on the request to the upstream on allow (e.g.
+    /// `x-portcullis-pii`).
+    #[serde(skip)]
+    pub upstream_headers: Vec<(String, String)>,
+    /// Headers added to the client's response (e.g. `Deprecation`,
+    /// `Sunset`).
+    #[serde(skip)]
+    pub response_headers: Vec<(String, String)>,
+    /// Request headers removed before the upstream sees them
+    /// (minimisation, the route's `headers_to_remove`).
+    #[serde(skip)]
+    pub strip_headers: Vec<String>,
 }
 
 /// The outcome of the candidate policy set (enforced plus shadow) for a
@@ -194,6 +261,10 @@ impl Decision {
             shadow: None,
             retry_after_seconds: None,
             quota: None,
+            problems: Vec::new(),
+            upstream_headers: Vec::new(),
+            response_headers: Vec::new(),
+            strip_headers: Vec::new(),
         }
     }
 
@@ -237,6 +308,9 @@ impl Decision {
                 "remaining": q.remaining,
                 "retry_after_seconds": q.retry_after_seconds,
             });
+        }
+        if !self.problems.is_empty() {
+            problem["errors"] = serde_json::json!(self.problems);
         }
         problem.to_string()
     }

@@ -57,7 +57,8 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let access = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
+        let mut access = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
+        access.gateway_region = self.state.residency.region_of(&access.headers);
         let snapshot = self.state.policies.current();
         // One span per decision, carrying the gateway's request id and
         // trace context: every log line inside it (authentication, quota,
@@ -144,6 +145,7 @@ pub fn to_access_request(check: &CheckRequest) -> Result<AccessRequest, &'static
         request_id,
         time,
         body: body_of(http),
+        gateway_region: None,
     })
 }
 
@@ -185,9 +187,12 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         if let Some(p) = &decision.principal {
             headers.push(set_header(PRINCIPAL_HEADER, p));
         }
+        for (k, v) in &decision.upstream_headers {
+            headers.push(set_header(k, v));
+        }
         // Clients must never spoof our headers: the ones we set overwrite,
         // every other x-portcullis-* header the client sent is removed.
-        let headers_to_remove = req
+        let mut headers_to_remove: Vec<String> = req
             .headers
             .keys()
             .filter(|k| k.starts_with(HEADER_PREFIX))
@@ -198,8 +203,21 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
             })
             .cloned()
             .collect();
+        // Minimisation: what the route says the model does not need.
+        for h in &decision.strip_headers {
+            if req.headers.contains_key(h) && !headers_to_remove.contains(h) {
+                headers_to_remove.push(h.clone());
+            }
+        }
+        headers_to_remove.sort();
         // Where the client stands, on the response it gets from upstream.
-        let response_headers_to_add = quota_headers(decision);
+        let mut response_headers_to_add = quota_headers(decision);
+        response_headers_to_add.extend(
+            decision
+                .response_headers
+                .iter()
+                .map(|(k, v)| set_header(k, v)),
+        );
         return CheckResponse {
             status: Some(rpc::Status {
                 code: GRPC_OK,
@@ -244,6 +262,12 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         headers.push(set_header("retry-after", &seconds.to_string()));
     }
     headers.extend(quota_headers(decision));
+    headers.extend(
+        decision
+            .response_headers
+            .iter()
+            .map(|(k, v)| set_header(k, v)),
+    );
     let code = match decision.status {
         401 => GRPC_UNAUTHENTICATED,
         429 => GRPC_RESOURCE_EXHAUSTED,

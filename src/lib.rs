@@ -22,6 +22,7 @@ pub mod policytest;
 pub mod quota;
 pub mod reload;
 pub mod request;
+pub mod residency;
 pub mod rls;
 pub mod routes;
 pub mod server;
@@ -29,6 +30,7 @@ pub mod shared_redis;
 pub mod snapshot;
 pub mod tls;
 pub mod tracecontext;
+pub mod validate;
 
 /// Generated code for our own admin protos.
 pub mod proto {

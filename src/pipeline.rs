@@ -13,8 +13,14 @@ use crate::decision::{Decision, DenyReason, Outcome, ShadowOutcome};
 use crate::metrics;
 use crate::quota::{self, check::QuotaSubject, Quotas};
 use crate::request::AccessRequest;
+use crate::residency;
 use crate::routes::{self, RouteMatch, Unmatched};
 use crate::snapshot::{Snapshot, ANONYMOUS_TYPE};
+use crate::validate::{self, models::Lookup};
+
+/// The header that names, to the upstream, the kinds of personal data an
+/// allowed body carries (`pii: tag` routes).
+pub const PII_HEADER: &str = "x-portcullis-pii";
 
 /// Decides one request against one snapshot, charges its quotas, and logs
 /// the decision. Authentication may wait (a JWKS refetch on an unknown
@@ -83,8 +89,21 @@ async fn authenticate_and_evaluate(
                 }
             }
             let started = Instant::now();
-            let authentication = authenticator.authenticate(req, epoch_seconds(req)).await;
+            let now = epoch_seconds(req);
+            let authentication = authenticator.authenticate(req, now).await;
             metrics::global().stage(metrics::Stage::Authn, started.elapsed());
+            // Signed payloads: the signature authenticates the message, so
+            // it is checked with the credentials, before any policy runs.
+            if let Authentication::Authenticated(identity) = &authentication {
+                let required = routed.route.signature == routes::SignatureMode::Required;
+                if let Err(refused) = authenticator.verify_signature(req, identity, required, now) {
+                    let mut d = routed.d;
+                    d.principal = Some(identity.principal.to_string());
+                    d.auth_method = Some(identity.method.as_str());
+                    d.errors.push(format!("signature: {}", refused.reason));
+                    return d.deny(DenyReason::InvalidSignature, refused.detail);
+                }
+            }
             evaluate(snapshot, req, routed, authentication, watch, subject)
         }
         Stage::Decided(decided) => decided,
@@ -242,8 +261,8 @@ fn evaluate(
     let Routed {
         mut d,
         route,
-        resource_id,
-        captures,
+        mut resource_id,
+        mut captures,
     } = routed;
 
     // 2. Authenticate: who is asking.
@@ -293,6 +312,74 @@ fn evaluate(
         }
     };
 
+    // Data residency: before anything reads the request's content.
+    if let Err(detail) = residency::check(
+        &snapshot.org_regions,
+        &snapshot.entities,
+        &identity,
+        req.gateway_region.as_deref(),
+    ) {
+        return d.deny(DenyReason::ResidencyViolation, detail);
+    }
+
+    // The model version the route names, aliases resolved: the registry
+    // decides what exists, what is retired and what is deprecated.
+    let mut model_version = None;
+    if let Some((name_capture, version_capture)) =
+        route.model.as_ref().and_then(|m| m.capture_names())
+    {
+        let value = |name: &str| {
+            captures
+                .iter()
+                .find(|(c, _)| *c == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let (model, asked) = (value(name_capture), value(version_capture));
+        match snapshot
+            .models
+            .lookup(&model, &asked, epoch_seconds(req) as i64)
+        {
+            Lookup::Found { version, entry } => {
+                if version != asked {
+                    for (c, v) in captures.iter_mut() {
+                        if *c == version_capture {
+                            *v = version.to_string();
+                        }
+                    }
+                    resource_id = route.resource_id(&captures);
+                }
+                d.response_headers.extend(entry.deprecation_headers());
+                model_version = Some((format!("{model}/{version}"), entry));
+            }
+            Lookup::UnknownModel => {
+                return d.deny(
+                    DenyReason::UnknownModel,
+                    format!("there is no model '{model}'"),
+                )
+            }
+            Lookup::UnknownVersion { available } => {
+                return d.deny(
+                    DenyReason::UnknownModelVersion,
+                    format!("model '{model}' has no version '{asked}'; available: {available}"),
+                )
+            }
+            Lookup::Retired {
+                version,
+                sunset,
+                successor,
+            } => {
+                let instead = successor
+                    .map(|s| format!("; use {s} (alias latest)"))
+                    .unwrap_or_default();
+                return d.deny(
+                    DenyReason::ModelVersionRetired,
+                    format!("model '{model}' version '{version}' was retired on {sunset}{instead}"),
+                );
+            }
+        }
+    }
+
     // 3. Resource: which entity the route names.
     let Some(resource) = entity_uid(&route.resource_type, &resource_id) else {
         d.errors.push(format!(
@@ -317,6 +404,11 @@ fn evaluate(
     let mut context = RequestContext::build(req, route, &identity);
     if snapshot.risk_actions.contains(&route.action) {
         context["risk"] = serde_json::json!(risk);
+    }
+    if let Some(region) = &req.gateway_region {
+        if snapshot.region_routes.contains(&route.name) {
+            context["region"] = serde_json::Value::String(region.clone());
+        }
     }
     let (outcome, shadow) = authz::authorize(
         snapshot,
@@ -343,6 +435,32 @@ fn evaluate(
     d.determining_policies = outcome.determining;
     d.errors.extend(outcome.errors);
     if outcome.allowed {
+        // 4. Validate: only routes with a body rule look at the body.
+        if let Some(spec) = &route.body {
+            let schema = spec
+                .schema
+                .as_ref()
+                .and_then(|name| snapshot.schemas.get(name))
+                .map(|s| &**s);
+            let model = model_version
+                .as_ref()
+                .filter(|_| spec.model_input)
+                .map(|(label, version)| validate::ModelInput { label, version });
+            match validate::check_body(req, spec, schema, model) {
+                Ok(accepted) => {
+                    if !accepted.pii.is_empty() {
+                        let kinds: Vec<&str> = accepted.pii.iter().map(|k| k.as_str()).collect();
+                        d.upstream_headers
+                            .push((PII_HEADER.to_string(), kinds.join(",")));
+                    }
+                }
+                Err(rejection) => {
+                    d.problems = rejection.problems;
+                    return d.deny(rejection.reason, rejection.detail);
+                }
+            }
+        }
+        d.strip_headers.clone_from(&route.headers_to_remove);
         *subject = Some(quota_subject(&identity, &route.name, captures));
         return d.allow();
     }

@@ -27,6 +27,10 @@ pub struct AccessRequest {
     /// The request body, when the gateway sends it (quota costs read it).
     /// Never logged.
     pub body: Option<Vec<u8>>,
+    /// The region the gateway serves (from Portcullis's configuration or a
+    /// header only the gateway sets), for data residency. Never taken from
+    /// anything the client controls.
+    pub gateway_region: Option<String>,
 }
 
 impl AccessRequest {
@@ -43,6 +47,14 @@ impl AccessRequest {
         r
     }
 
+    /// This request with a JSON body (and `Content-Type: application/json`).
+    pub fn with_json(mut self, body: &serde_json::Value) -> Self {
+        self.body = Some(body.to_string().into_bytes());
+        self.headers
+            .insert("content-type".into(), "application/json".into());
+        self
+    }
+
     /// A minimal request for tests.
     pub fn for_test(method: &str, path: &str) -> Self {
         AccessRequest {
@@ -55,6 +67,7 @@ impl AccessRequest {
             request_id: String::new(),
             time: SystemTime::now(),
             body: None,
+            gateway_region: None,
         }
     }
 }

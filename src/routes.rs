@@ -11,6 +11,9 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+pub use crate::validate::rules::SignatureMode;
+use crate::validate::rules::{self, BodySpec, ModelRef};
+
 /// A problem in the route table, located at a line of its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}:{line}: {message}", file.display())]
@@ -132,6 +135,14 @@ pub struct Route {
     pub authentication: Authentication,
     /// Lower-case request header names copied into the Cedar context.
     pub context_headers: Vec<String>,
+    /// Which captures name a model in models.yaml and its version.
+    pub model: Option<ModelRef>,
+    /// What the body must be (`None`: the body is not looked at).
+    pub body: Option<BodySpec>,
+    /// Request headers the upstream must not see (minimisation).
+    pub headers_to_remove: Vec<String>,
+    /// Whether requests must carry a payload signature.
+    pub signature: SignatureMode,
     entity_type: EntityTypeName,
     template: PathTemplate,
     resource_id: Vec<IdPart>,
@@ -146,6 +157,12 @@ impl Route {
     /// The names of the path's captures, in path order.
     pub fn captures(&self) -> impl Iterator<Item = &str> {
         self.template.capture_names()
+    }
+
+    /// The resource id for these captures (e.g. after a model alias such
+    /// as `latest` was resolved to a version).
+    pub fn resource_id(&self, captures: &[(&str, String)]) -> String {
+        render_id(&self.resource_id, captures)
     }
 
     fn bind(&self, rest: &str) -> RouteMatch<'_> {
@@ -628,6 +645,14 @@ struct RawRoute {
     authentication: Authentication,
     #[serde(default)]
     context_headers: Vec<String>,
+    #[serde(default)]
+    model: Option<ModelRef>,
+    #[serde(default)]
+    body: Option<BodySpec>,
+    #[serde(default)]
+    headers_to_remove: Vec<String>,
+    #[serde(default)]
+    signature: SignatureMode,
 }
 
 #[derive(Deserialize)]
@@ -847,6 +872,21 @@ impl Checker<'_> {
             let (Some(raw), Some(compiled)) = (&raws[i], compiled) else {
                 continue;
             };
+            let capture_names: Vec<&str> = compiled.template.capture_names().collect();
+            let problems = rules::check(
+                raw.body.as_ref(),
+                raw.model.as_ref(),
+                &raw.headers_to_remove,
+                &capture_names,
+            );
+            if !problems.is_empty() {
+                for (field, message) in problems {
+                    let mut at = vec![Step::Key("routes"), Step::Index(i)];
+                    at.extend(field.split('.').map(Step::Key));
+                    self.error(&at, format!("route '{}': {message}", raw.name));
+                }
+                continue;
+            }
             let route = Route {
                 name: raw.name.clone(),
                 method: compiled.method,
@@ -857,6 +897,10 @@ impl Checker<'_> {
                 must_exist: raw.must_exist,
                 authentication: raw.authentication,
                 context_headers: raw.context_headers.clone(),
+                model: raw.model.clone(),
+                body: raw.body.clone(),
+                headers_to_remove: raw.headers_to_remove.clone(),
+                signature: raw.signature,
                 entity_type: compiled.entity_type,
                 template: compiled.template,
                 resource_id: compiled.resource_id,
@@ -1689,10 +1733,10 @@ routes:
             errors(text),
             [
                 format!("{FILE}:1: unmatched: unknown variant `maybe`, expected `deny` or `allow`"),
-                format!("{FILE}:8: routes[0]: unknown field `colour`, expected one of `name`, `method`, `path`, `action`, `resource`, `must_exist`, `authentication`, `context_headers`"),
+                format!("{FILE}:8: routes[0]: unknown field `colour`, expected one of `name`, `method`, `path`, `action`, `resource`, `must_exist`, `authentication`, `context_headers`, `model`, `body`, `headers_to_remove`, `signature`"),
                 format!("{FILE}:10: route 'b': method 'get' is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, ANY (write it in upper case: GET)"),
                 format!("{FILE}:15: route 'b': resource id '{{y}}' uses capture 'y', which the path does not define; captures: x"),
-                format!("{FILE}:16: routes[2]: unknown field `extra`, expected one of `name`, `method`, `path`, `action`, `resource`, `must_exist`, `authentication`, `context_headers`"),
+                format!("{FILE}:16: routes[2]: unknown field `extra`, expected one of `name`, `method`, `path`, `action`, `resource`, `must_exist`, `authentication`, `context_headers`, `model`, `body`, `headers_to_remove`, `signature`"),
             ]
         );
     }

@@ -38,6 +38,8 @@ pub struct State {
     pub quotas: crate::quota::Quotas,
     /// Anomaly detection, when enabled.
     pub anomalies: Option<Arc<crate::anomaly::Detector>>,
+    /// Where the gateway's region comes from (data residency).
+    pub residency: crate::config::ResidencyConfig,
 }
 
 /// Why the server could not start.
@@ -155,6 +157,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 Arc::new(crate::quota::SystemClock),
             ))
         }),
+        residency: config.residency.clone(),
     });
 
     let bind = |what, addr| async move {

@@ -2,7 +2,7 @@
 //! `Snapshot`. Loading reports every problem at once, each with file and
 //! line; it never half-publishes. Swapping snapshots is `reload`'s job.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -15,6 +15,8 @@ use cedar_policy::{
 use sha2::{Digest, Sha256};
 
 use crate::routes::{Authentication, RouteTable};
+use crate::validate::models::{Registry, MODELS_FILE, MODEL_TYPE, MODEL_VERSION_TYPE};
+use crate::validate::schema::{self, Schemas, SCHEMAS_DIR};
 
 /// The entity type of callers without credentials on routes that allow them.
 pub const ANONYMOUS_TYPE: &str = "Anonymous";
@@ -66,6 +68,15 @@ pub struct Snapshot {
     /// only their requests carry `context.risk`, so schemas written before
     /// it existed keep loading and deciding unchanged.
     pub risk_actions: std::collections::HashSet<String>,
+    /// The model registry (`models.yaml`); empty without one.
+    pub models: Registry,
+    /// Body schemas (`schemas/*.json`), compiled, by file name.
+    pub schemas: Schemas,
+    /// Routes whose Cedar context type declares `region` (the gateway's
+    /// region goes into their context).
+    pub region_routes: HashSet<String>,
+    /// Orgs that restrict the regions their data is processed in.
+    pub org_regions: crate::residency::OrgRegions,
 }
 
 /// One problem in a policy directory.
@@ -232,15 +243,34 @@ impl Snapshot {
             },
         };
 
-        let mut risk_actions = std::collections::HashSet::new();
+        let mut risk_actions = HashSet::new();
+        let models = match files.get(MODELS_FILE) {
+            None => Registry::default(),
+            Some(text) => match Registry::parse(text) {
+                Ok(r) => r,
+                Err(errs) => {
+                    errors.extend(errs.into_iter().map(|e| LoadError {
+                        file: MODELS_FILE.into(),
+                        line: e.line,
+                        message: e.message,
+                    }));
+                    Registry::default()
+                }
+            },
+        };
+        let entities = with_registry(entities, &models, &schema, &files, &mut errors);
+        let schemas = compile_schemas(&files, &mut errors);
+
+        let mut region_routes = HashSet::new();
         if let Some(routes) = &routes {
-            check_routes_against_schema(
+            region_routes = check_routes_against_schema(
                 routes,
                 &schema,
                 &files[ROUTES_FILE],
                 &mut errors,
                 &mut risk_actions,
             );
+            check_route_references(routes, &schemas, &models, &files[ROUTES_FILE], &mut errors);
         }
 
         let quota_files = files
@@ -276,7 +306,6 @@ impl Snapshot {
             sources,
             shadow,
             shadow_sources,
-            entities,
             routes,
             file_hashes: files
                 .iter()
@@ -285,6 +314,11 @@ impl Snapshot {
             quotas,
             prepared,
             risk_actions,
+            models,
+            schemas,
+            region_routes,
+            org_regions: crate::residency::org_regions(&entities),
+            entities,
         })
     }
 
@@ -321,6 +355,7 @@ fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadError> {
         let wanted = name == SCHEMA_FILE
             || name == ENTITIES_FILE
             || name == ROUTES_FILE
+            || name == MODELS_FILE
             || name == crate::quota::config::QUOTAS_FILE
             || name.ends_with(".cedar");
         if !wanted || !entry.path().is_file() {
@@ -341,6 +376,22 @@ fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadError> {
                 continue;
             }
             let key = format!("{SHADOW_DIR}/{name}");
+            let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
+                file: key.clone(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            })?;
+            files.insert(key, text);
+        }
+    }
+    let schemas = dir.join(SCHEMAS_DIR);
+    if schemas.is_dir() {
+        for entry in std::fs::read_dir(&schemas).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".json") || !entry.path().is_file() {
+                continue;
+            }
+            let key = format!("{SCHEMAS_DIR}/{name}");
             let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
                 file: key.clone(),
                 line: None,
@@ -552,8 +603,9 @@ fn check_routes_against_schema(
     schema: &Schema,
     text: &str,
     errors: &mut Vec<LoadError>,
-    risk_actions: &mut std::collections::HashSet<String>,
-) {
+    risk_actions: &mut HashSet<String>,
+) -> HashSet<String> {
+    let mut region_routes = HashSet::new();
     for (index, route) in routes.routes().iter().enumerate() {
         let mut err = |message: String| {
             errors.push(LoadError {
@@ -614,34 +666,163 @@ fn check_routes_against_schema(
         // With `risk` when the schema's context declares it, else without.
         let mut with_risk = sample.clone();
         with_risk["risk"] = serde_json::json!(0);
-        let context = match Context::from_json_value(with_risk, Some((schema, &action))) {
-            Ok(c) => {
-                risk_actions.insert(route.action.clone());
-                c
-            }
-            Err(with_risk_error) => match Context::from_json_value(sample, Some((schema, &action)))
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    // Report the attempt that got furthest: the one with
-                    // `risk`, unless `risk` itself is what the schema lacks.
-                    let e = if with_risk_error.to_string().contains("`risk`") {
-                        e.to_string()
-                    } else {
-                        with_risk_error.to_string()
-                    };
-                    err(format!(
-                        "the request context this route produces does not match the schema's context for action '{}': {e}",
-                        route.action
-                    ));
-                    continue;
+        let (sample, with_risk_error) =
+            match Context::from_json_value(with_risk.clone(), Some((schema, &action))) {
+                Ok(_) => {
+                    risk_actions.insert(route.action.clone());
+                    (with_risk, None)
                 }
-            },
+                Err(e) => (sample, Some(e.to_string())),
+            };
+        // The gateway's region goes into the context of routes whose
+        // context type declares it (`region?: String`).
+        let mut with_region = sample.clone();
+        with_region["region"] = serde_json::json!("sample");
+        let accepts_region = Context::from_json_value(with_region, Some((schema, &action)))
+            .ok()
+            .is_some_and(|c| {
+                Request::new(
+                    principal.clone(),
+                    action.clone(),
+                    resource.clone(),
+                    c,
+                    Some(schema),
+                )
+                .is_ok()
+            });
+        if accepts_region {
+            region_routes.insert(route.name.clone());
+        }
+        let context = match Context::from_json_value(sample, Some((schema, &action))) {
+            Ok(c) => c,
+            Err(e) => {
+                // Report the attempt that got furthest: the one with `risk`,
+                // unless `risk` itself is what the schema lacks.
+                let e = match with_risk_error {
+                    Some(w) if !w.contains("`risk`") => w,
+                    _ => e.to_string(),
+                };
+                err(format!(
+                    "the request context this route produces does not match the schema's context for action '{}': {e}",
+                    route.action
+                ));
+                continue;
+            }
         };
         if let Err(e) = Request::new(principal, action, resource, context, Some(schema)) {
             err(format!(
                 "the Cedar request this route produces is invalid: {e}"
             ));
+        }
+    }
+    region_routes
+}
+
+/// Adds the registry's `Model` and `ModelVersion` entities to those of
+/// entities.json. With a registry, entities.json may not define models:
+/// the registry is the one source of their attributes.
+fn with_registry(
+    entities: Entities,
+    models: &Registry,
+    schema: &Schema,
+    files: &BTreeMap<String, String>,
+    errors: &mut Vec<LoadError>,
+) -> Entities {
+    if models.is_empty() {
+        return entities;
+    }
+    for e in entities.iter() {
+        let t = e.uid().type_name().basename().to_string();
+        if t == MODEL_TYPE || t == MODEL_VERSION_TYPE {
+            let text = files.get(ENTITIES_FILE).map(String::as_str).unwrap_or("");
+            errors.push(LoadError {
+                file: ENTITIES_FILE.into(),
+                line: entity_line(text, &e.uid().to_string()),
+                message: format!(
+                    "{} is defined here and models.yaml defines models: the registry is the one source of models and versions; remove it from {ENTITIES_FILE}",
+                    e.uid()
+                ),
+            });
+        }
+    }
+    let registry = serde_json::Value::Array(models.entities());
+    let parsed = entities
+        .clone()
+        .add_entities_from_json_value(registry, Some(schema));
+    match parsed {
+        Ok(merged) => merged,
+        Err(e) => {
+            errors.push(LoadError {
+                file: MODELS_FILE.into(),
+                line: None,
+                message: format!(
+                    "the models do not fit the Cedar schema's Model/ModelVersion types ({}): {}",
+                    SCHEMA_FILE,
+                    error_chain(&e)
+                ),
+            });
+            entities
+        }
+    }
+}
+
+/// Compiles every `schemas/*.json`; a broken one fails the snapshot.
+fn compile_schemas(files: &BTreeMap<String, String>, errors: &mut Vec<LoadError>) -> Schemas {
+    let mut out = Schemas::new();
+    let prefix = format!("{SCHEMAS_DIR}/");
+    for (file, text) in files.iter().filter(|(f, _)| f.starts_with(&prefix)) {
+        match schema::compile(text) {
+            Ok(compiled) => {
+                out.insert(file[prefix.len()..].to_string(), compiled);
+            }
+            Err((line, message)) => errors.push(LoadError {
+                file: file.clone(),
+                line,
+                message,
+            }),
+        }
+    }
+    out
+}
+
+/// Every schema a route names exists, and routes naming models have a
+/// registry.
+fn check_route_references(
+    routes: &RouteTable,
+    schemas: &Schemas,
+    models: &Registry,
+    text: &str,
+    errors: &mut Vec<LoadError>,
+) {
+    for (index, route) in routes.routes().iter().enumerate() {
+        let at = |field| Some(crate::routes::route_line(text, index, Some(field)));
+        if let Some(name) = route.body.as_ref().and_then(|b| b.schema.as_ref()) {
+            if !schemas.contains_key(name) {
+                let known: Vec<&str> = schemas.keys().map(String::as_str).collect();
+                errors.push(LoadError {
+                    file: ROUTES_FILE.into(),
+                    line: at("body.schema"),
+                    message: format!(
+                        "route '{}': schema '{name}' is not in {SCHEMAS_DIR}/ ({})",
+                        route.name,
+                        if known.is_empty() {
+                            "it has no schemas".to_string()
+                        } else {
+                            format!("schemas: {}", known.join(", "))
+                        }
+                    ),
+                });
+            }
+        }
+        if route.model.is_some() && models.is_empty() {
+            errors.push(LoadError {
+                file: ROUTES_FILE.into(),
+                line: at("model"),
+                message: format!(
+                    "route '{}' names a model but the policy directory has no {MODELS_FILE} (or it lists no models)",
+                    route.name
+                ),
+            });
         }
     }
 }
@@ -802,6 +983,12 @@ mod tests {
                 std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
             }
         }
+        let schemas = to.join(SCHEMAS_DIR);
+        std::fs::create_dir_all(&schemas).unwrap();
+        for entry in std::fs::read_dir(bundled().join(SCHEMAS_DIR)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, schemas.join(path.file_name().unwrap())).unwrap();
+        }
     }
 
     fn errors_of(dir: &Path) -> Vec<String> {
@@ -816,14 +1003,14 @@ mod tests {
     #[test]
     fn policies_take_their_id_annotation_and_source_line() {
         let s = Snapshot::load(&bundled()).unwrap();
-        let src = &s.sources["no-deprecated-versions"];
+        let src = &s.sources["no-retired-versions"];
         assert_eq!(src.file, "models.cedar");
         let text = std::fs::read_to_string(bundled().join("models.cedar")).unwrap();
         assert!(text
             .lines()
             .nth(src.line - 1)
             .unwrap()
-            .contains("@id(\"no-deprecated-versions\")"));
+            .contains("@id(\"no-retired-versions\")"));
     }
 
     #[test]
@@ -879,13 +1066,120 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(ENTITIES_FILE)).unwrap();
         std::fs::write(
             dir.path().join(ENTITIES_FILE),
-            text.replace("\"deprecated\": true", "\"deprecated\": \"yes\""),
+            text.replace(
+                "\"allowed_regions\": [\"eu-west-1\", \"eu-central-1\"]",
+                "\"allowed_regions\": \"eu-west-1\"",
+            ),
         )
         .unwrap();
         let errs = errors_of(dir.path());
         assert!(
             errs.iter()
-                .any(|e| e.starts_with("entities.json") && e.contains("deprecated")),
+                .any(|e| e.starts_with("entities.json") && e.contains("allowed_regions")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_broken_body_schema_fails_the_snapshot_naming_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        std::fs::write(
+            dir.path().join("schemas/feedback.json"),
+            "{\n  \"type\": \"object\",\n  \"properties\": { \"rating\": { \"type\": \"integr\" } }\n}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("schemas/broken.json"), "{\n  \"type\": \n").unwrap();
+        let errs = errors_of(dir.path());
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("schemas/feedback.json: does not compile")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("schemas/broken.json:3: not valid JSON")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_route_naming_a_missing_schema_fails_the_snapshot_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        std::fs::remove_file(dir.path().join("schemas/feedback.json")).unwrap();
+        let routes = std::fs::read_to_string(dir.path().join(ROUTES_FILE)).unwrap();
+        let line = routes
+            .lines()
+            .position(|l| l.contains("schema: feedback.json"))
+            .unwrap()
+            + 1;
+        let errs = errors_of(dir.path());
+        assert_eq!(
+            errs,
+            [format!("routes.yaml:{line}: route 'feedback': schema 'feedback.json' is not in schemas/ (schemas: predict.json)")]
+        );
+    }
+
+    #[test]
+    fn models_come_from_the_registry_only() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        let text = std::fs::read_to_string(dir.path().join(ENTITIES_FILE)).unwrap();
+        std::fs::write(
+            dir.path().join(ENTITIES_FILE),
+            text.replacen(
+                "[\n",
+                "[\n  { \"uid\": { \"type\": \"Model\", \"id\": \"sentiment\" }, \"attrs\": { \"owner\": { \"type\": \"Org\", \"id\": \"acme\" }, \"sensitivity\": \"public\" }, \"parents\": [] },\n",
+                1,
+            ),
+        )
+        .unwrap();
+        let errs = errors_of(dir.path());
+        assert!(
+            errs.iter().any(|e| e.starts_with("entities.json:2: Model::\"sentiment\" is defined here and models.yaml defines models")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn the_registry_feeds_the_model_entities() {
+        let s = Snapshot::load(&bundled()).unwrap();
+        let uid: EntityUid = r#"ModelVersion::"sentiment/v1""#.parse().unwrap();
+        let v1 = s.entities.get(&uid).expect("sentiment/v1 from models.yaml");
+        assert_eq!(
+            v1.attr("deprecated").unwrap().unwrap(),
+            cedar_policy::EvalResult::Bool(true)
+        );
+        assert!(v1.attr("sunset").is_some());
+        let uid: EntityUid = r#"Model::"fraud-detector""#.parse().unwrap();
+        assert_eq!(
+            s.entities
+                .get(&uid)
+                .unwrap()
+                .attr("sensitivity")
+                .unwrap()
+                .unwrap(),
+            cedar_policy::EvalResult::String("restricted".into())
+        );
+    }
+
+    #[test]
+    fn a_broken_registry_fails_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        let text = std::fs::read_to_string(dir.path().join(MODELS_FILE)).unwrap();
+        std::fs::write(
+            dir.path().join(MODELS_FILE),
+            text.replace("aliases: { latest: v3 }", "aliases: { latest: v4 }"),
+        )
+        .unwrap();
+        let line = text.lines().position(|l| l.contains("latest: v3")).unwrap() + 1;
+        let errs = errors_of(dir.path());
+        assert!(
+            errs.iter().any(|e| e.starts_with(&format!(
+                "models.yaml:{line}: model 'fraud-detector': alias 'latest' points to version 'v4'"
+            ))),
             "{errs:?}"
         );
     }

@@ -43,6 +43,7 @@ fn service(config: AnomalyConfig) -> (AuthzService, support::TestAudit, Arc<Manu
         audit: audit.sink.clone(),
         quotas: portcullis::quota::Quotas::in_process(1024),
         anomalies: Some(Arc::new(detector)),
+        residency: Default::default(),
     }));
     (service, audit, clock)
 }
@@ -65,9 +66,14 @@ fn predict(token: &str, source: &str) -> CheckRequest {
                     method: "POST".into(),
                     path: "/v1/models/sentiment/versions/v2:predict".into(),
                     host: "api.test".into(),
-                    headers: [("authorization".to_string(), format!("Bearer {token}"))]
-                        .into_iter()
-                        .collect(),
+                    headers: [
+                        ("authorization".to_string(), format!("Bearer {token}")),
+                        ("content-type".to_string(), "application/json".to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    // The predict route validates its body.
+                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -369,13 +369,13 @@ fn auditor_workflow_with_grpcurl_and_reflection() {
         &mut pdp,
         Some("carol"),
         "PolicyService/Explain",
-        &json!({"request": {"method": "POST", "path": "/v1/models/sentiment/versions/v1:predict",
-                            "identity": {"principal": "User::\"alice\"", "parents": ["Org::\"acme\""]}}}),
+        &json!({"request": {"method": "POST", "path": "/v1/models/fraud-detector/versions/v3:predict",
+                            "identity": {"principal": "User::\"alice\"", "parents": ["Org::\"acme\""], "mfa": true}}}),
     );
     assert_eq!(explained["decision"], "deny", "{explained}");
     assert_eq!(
         explained["determiningPolicies"],
-        json!(["no-deprecated-versions"])
+        json!(["restricted-models-need-privileged-role"])
     );
     // ... and it is not recorded as a decision.
     let alice = admin(
@@ -681,9 +681,7 @@ fn policy_reloads_and_rejections_are_recorded() {
     std::fs::create_dir_all(&policies).unwrap();
     for entry in std::fs::read_dir(support::policies_dir()).unwrap() {
         let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-        }
+        support::copy_policy_entry(&path, &policies);
     }
     let mut pdp = setup.start_with(&["--policies", policies.to_str().unwrap()]);
 

@@ -46,7 +46,8 @@ fn new_key(args: &[&str]) -> (String, String) {
 }
 
 fn predict(key: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict");
+    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
+        .with_json(&serde_json::json!({"features": ["great service"]}));
     r.headers.insert("x-api-key".into(), key.into());
     r
 }
@@ -137,4 +138,84 @@ async fn api_keys_valid_unknown_revoked_expired() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// Signed payloads for an app that must sign (authentication.signatures):
+/// valid passes once, its replay, a wrong signature, a changed body and an
+/// expired timestamp are refused with 401 invalid_signature.
+#[tokio::test]
+async fn an_app_that_must_sign_is_refused_without_a_valid_fresh_signature() {
+    use portcullis::authn::signature::sign;
+    use portcullis::config::{SignatureConfig, SignedAppConfig};
+
+    let (key, entry) = new_key(&[
+        "--app",
+        "batch-scorer",
+        "--org",
+        "acme",
+        "--scopes",
+        "models:invoke",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("api-keys.yaml");
+    std::fs::write(&keys, format!("keys:\n{entry}\n")).unwrap();
+    let secret = b"7f3c0a9e1b2d4c6e8f0a1b3c5d7e9f11";
+    let secret_file = dir.path().join("batch-scorer.secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let authn = Authenticator::new(&AuthnConfig {
+        api_keys: ApiKeyConfig {
+            file: Some(keys),
+            ..ApiKeyConfig::default()
+        },
+        signatures: SignatureConfig {
+            apps: vec![SignedAppConfig {
+                app: "batch-scorer".into(),
+                secret_file,
+                required: true,
+            }],
+            ..SignatureConfig::default()
+        },
+        ..AuthnConfig::default()
+    })
+    .unwrap();
+    let s = Snapshot::load(&policies_dir()).unwrap();
+    let now = support::now() as u64;
+    let path = "/v1/models/sentiment/versions/v2:predict";
+    let body = br#"{"features":["great service"]}"#;
+    let signed = |signature: String, body: &[u8]| {
+        let mut r = predict(&key);
+        r.body = Some(body.to_vec());
+        r.headers.insert("x-signature".into(), signature);
+        r
+    };
+
+    let d = decide(&s, &authn, &predict(&key)).await;
+    assert_eq!(d.reason, Some(DenyReason::InvalidSignature), "{d:?}");
+    assert_eq!(d.status, 401);
+    assert_eq!(d.errors, vec!["signature: signature_missing"]);
+
+    let valid = signed(sign(secret, now, "POST", path, body), body);
+    let d = decide(&s, &authn, &valid).await;
+    assert_eq!(d.status, 200, "{d:?}");
+    let d = decide(&s, &authn, &valid).await;
+    assert_eq!(d.errors, vec!["signature: signature_replayed"], "{d:?}");
+
+    let tampered = signed(
+        sign(secret, now, "POST", path, body),
+        br#"{"features":["other text"]}"#,
+    );
+    let d = decide(&s, &authn, &tampered).await;
+    assert_eq!(d.errors, vec!["signature: signature_invalid"], "{d:?}");
+
+    let wrong = signed(
+        sign(b"not-the-secret-not-the-secret-xx", now, "POST", path, body),
+        body,
+    );
+    let d = decide(&s, &authn, &wrong).await;
+    assert_eq!(d.errors, vec!["signature: signature_invalid"], "{d:?}");
+
+    let expired = signed(sign(secret, now - 3_600, "POST", path, body), body);
+    let d = decide(&s, &authn, &expired).await;
+    assert_eq!(d.errors, vec!["signature: signature_expired"], "{d:?}");
+    assert_eq!(d.status, 401);
 }

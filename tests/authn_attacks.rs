@@ -58,6 +58,7 @@ authentication:
         audit: audit.sink.clone(),
         quotas: portcullis::quota::Quotas::in_process(1024),
         anomalies: None,
+        residency: Default::default(),
     }));
     (service, audit)
 }
@@ -80,8 +81,14 @@ fn check_request(headers: &[(&str, Vec<u8>)]) -> CheckRequest {
                                 raw_value: v.clone(),
                                 ..Default::default()
                             })
+                            .chain(std::iter::once(HeaderValue {
+                                key: "content-type".into(),
+                                raw_value: b"application/json".to_vec(),
+                                ..Default::default()
+                            }))
                             .collect(),
                     }),
+                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -43,7 +43,8 @@ fn config() -> AuthnConfig {
 }
 
 fn from(ip: [u8; 4], token: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict");
+    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
+        .with_json(&serde_json::json!({"features": ["great service"]}));
     r.source_ip = Some(ip.into());
     r.headers
         .insert("authorization".into(), format!("Bearer {token}"));
@@ -103,6 +104,7 @@ async fn a_blocked_source_gets_429_with_retry_after_through_ext_authz() {
         audit: audit.sink.clone(),
         quotas: portcullis::quota::Quotas::in_process(1024),
         anomalies: None,
+        residency: Default::default(),
     }));
     let forged = mint(claims("alice", "acme"), Key::UntrustedEs256);
     let check = |token: &str| CheckRequest {
@@ -122,9 +124,13 @@ async fn a_blocked_source_gets_429_with_retry_after_through_ext_authz() {
                     method: "POST".into(),
                     path: "/v1/models/sentiment/versions/v2:predict".into(),
                     host: "api.test".into(),
-                    headers: [("authorization".to_string(), format!("Bearer {token}"))]
-                        .into_iter()
-                        .collect(),
+                    headers: [
+                        ("authorization".to_string(), format!("Bearer {token}")),
+                        ("content-type".to_string(), "application/json".to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -34,7 +34,8 @@ fn authenticator(idp: &IdentityProvider, dir: &std::path::Path) -> Authenticator
 }
 
 fn predict(token: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict");
+    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
+        .with_json(&serde_json::json!({"features": ["great service"]}));
     r.headers
         .insert("authorization".into(), format!("Bearer {token}"));
     r

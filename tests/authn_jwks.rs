@@ -82,9 +82,13 @@ async fn status(running: &Running, token: String) -> u16 {
                     method: "POST".into(),
                     path: "/v1/models/sentiment/versions/v2:predict".into(),
                     host: "api.test".into(),
-                    headers: [("authorization".to_string(), format!("Bearer {token}"))]
-                        .into_iter()
-                        .collect(),
+                    headers: [
+                        ("authorization".to_string(), format!("Bearer {token}")),
+                        ("content-type".to_string(), "application/json".to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
                     ..Default::default()
                 }),
                 ..Default::default()

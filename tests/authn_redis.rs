@@ -99,9 +99,14 @@ fn check_request(source: &str, token: &str) -> CheckRequest {
                     method: "POST".into(),
                     path: PREDICT.into(),
                     host: "api.test".into(),
-                    headers: [("authorization".to_string(), format!("Bearer {token}"))]
-                        .into_iter()
-                        .collect(),
+                    headers: [
+                        ("authorization".to_string(), format!("Bearer {token}")),
+                        ("content-type".to_string(), "application/json".to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    // The predict route validates its body.
+                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -385,7 +390,8 @@ fn key_of(stdout: &str) -> String {
 }
 
 fn with_key(key: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", PREDICT);
+    let mut r = AccessRequest::for_test("POST", PREDICT)
+        .with_json(&serde_json::json!({"features": ["great service"]}));
     r.headers.insert("x-api-key".into(), key.into());
     r
 }

@@ -19,9 +19,7 @@ fn portcullis(args: &[&str]) -> Output {
 fn copy_policies(to: &Path) {
     for entry in std::fs::read_dir(policies_dir()).unwrap() {
         let entry = entry.unwrap();
-        if entry.path().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
+        support::copy_policy_entry(&entry.path(), to);
     }
 }
 
@@ -34,7 +32,7 @@ fn validate_accepts_the_bundled_policies() {
     let out = portcullis(&["policy", "validate", policies_dir().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("ok (13 policies, 5 routes"),
+        text(&out.stdout).contains("ok (14 policies, 6 routes"),
         "{}",
         text(&out.stdout)
     );
@@ -141,8 +139,9 @@ fn check_prints_the_decision_as_json() {
     let request = dir.path().join("req.json");
     std::fs::write(
         &request,
-        r#"{"method": "POST", "path": "/v1/models/sentiment/versions/v1:predict",
-            "identity": {"principal": "User::\"alice\"", "parents": ["Org::\"acme\""]}}"#,
+        r#"{"method": "POST", "path": "/v1/models/fraud-detector/versions/v3:predict",
+            "identity": {"principal": "User::\"alice\"", "parents": ["Org::\"acme\""], "mfa": true},
+            "body": {"features": [120.5, 5411, "DE", 14]}}"#,
     )
     .unwrap();
     let out = portcullis(&[
@@ -158,8 +157,11 @@ fn check_prints_the_decision_as_json() {
     assert_eq!(d["status"], 403);
     assert_eq!(d["principal"], r#"User::"alice""#);
     assert_eq!(d["action"], r#"Action::"invoke""#);
-    assert_eq!(d["resource"], r#"ModelVersion::"sentiment/v1""#);
-    assert_eq!(d["determining_policies"][0], "no-deprecated-versions");
+    assert_eq!(d["resource"], r#"ModelVersion::"fraud-detector/v3""#);
+    assert_eq!(
+        d["determining_policies"][0],
+        "restricted-models-need-privileged-role"
+    );
     assert!(d["policy_version"].as_str().is_some_and(|v| !v.is_empty()));
 }
 
@@ -172,7 +174,8 @@ fn check_verifies_tokens_with_the_configured_issuers() {
     std::fs::write(
         &request,
         serde_json::json!({"method": "POST", "path": "/v1/models/sentiment/versions/v2:predict",
-                           "headers": {"Authorization": format!("Bearer {token}")}})
+                           "headers": {"Authorization": format!("Bearer {token}")},
+                           "body": {"features": ["great service"]}})
         .to_string(),
     )
     .unwrap();
@@ -288,7 +291,7 @@ fn policy_test_passes_on_the_bundled_policies_and_covers_every_policy() {
         text(&out.stderr)
     );
     assert!(
-        text(&out.stdout).contains(" 0 failed; 13 of 13 policies covered"),
+        text(&out.stdout).contains(" 0 failed; 14 of 14 policies covered"),
         "{}",
         text(&out.stdout)
     );
@@ -307,13 +310,9 @@ fn policy_test_fails_when_a_policy_change_breaks_a_case() {
         )
         .unwrap();
     }
-    // Drop the deprecated-version forbid: the case that pins it must fail.
+    // Drop the privileged-role forbid: the case that pins it must fail.
     let models = dir.path().join("models.cedar");
-    let source = std::fs::read_to_string(&models).unwrap();
-    let start = source
-        .find("// Nobody invokes a deprecated model version.")
-        .unwrap();
-    std::fs::write(&models, &source[..start]).unwrap();
+    std::fs::write(&models, without_privileged_role_forbid(&models)).unwrap();
 
     let out = portcullis(&["policy", "test", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -321,11 +320,11 @@ fn policy_test_fails_when_a_policy_change_breaks_a_case() {
     let case_line = std::fs::read_to_string(dir.path().join("tests/models.yaml"))
         .unwrap()
         .lines()
-        .position(|l| l.contains("nobody invokes a deprecated version"))
+        .position(|l| l.contains("a restricted model needs the privileged role, even with MFA"))
         .unwrap()
         + 1;
     assert!(
-        err.contains(&format!("tests/models.yaml:{case_line}: case 'nobody invokes a deprecated version': expected deny 403, got allow 200")),
+        err.contains(&format!("tests/models.yaml:{case_line}: case 'a restricted model needs the privileged role, even with MFA': expected deny 403, got allow 200")),
         "{err}"
     );
     assert!(
@@ -391,17 +390,32 @@ fn git(dir: &Path, args: &[&str]) -> String {
     text(&out.stdout).trim().to_string()
 }
 
-/// Commits a change that removes the deprecated-version forbid.
-fn commit_without_deprecation_forbid(repo: &Path) -> String {
-    let models = repo.join("policies/models.cedar");
-    let source = std::fs::read_to_string(&models).unwrap();
+/// models.cedar without the forbid that restricted models need the
+/// privileged role.
+fn without_privileged_role_forbid(models: &Path) -> String {
+    let source = std::fs::read_to_string(models).unwrap();
     let start = source
-        .find("// Nobody invokes a deprecated model version.")
+        .find("// Restricted models need the privileged role on top of invoker.")
         .unwrap();
-    std::fs::write(&models, &source[..start]).unwrap();
+    let end = start
+        + source[start..]
+            .find("// Restricted models also need step-up")
+            .unwrap();
+    format!("{}{}", &source[..start], &source[end..])
+}
+
+/// Commits a change that removes the privileged-role forbid.
+fn commit_without_privileged_role_forbid(repo: &Path) -> String {
+    let models = repo.join("policies/models.cedar");
+    std::fs::write(&models, without_privileged_role_forbid(&models)).unwrap();
     git(
         repo,
-        &["commit", "-q", "-am", "v2: allow deprecated versions"],
+        &[
+            "commit",
+            "-q",
+            "-am",
+            "v2: restricted models without the privileged role",
+        ],
     );
     git(repo, &["rev-parse", "HEAD"])
 }
@@ -409,7 +423,7 @@ fn commit_without_deprecation_forbid(repo: &Path) -> String {
 #[test]
 fn policy_diff_lists_exactly_the_requests_whose_decision_changes() {
     let (repo, v1) = policy_repo();
-    let v2 = commit_without_deprecation_forbid(repo.path());
+    let v2 = commit_without_privileged_role_forbid(repo.path());
     let policies = repo.path().join("policies");
     let out = portcullis(&[
         "policy",
@@ -427,18 +441,18 @@ fn policy_diff_lists_exactly_the_requests_whose_decision_changes() {
     assert_eq!(impact["from_version"], v1[..12]);
     assert_eq!(impact["to_version"], v2[..12]);
     let changed = impact["changed"].as_array().unwrap();
-    // The deprecated-version case appears once per revision's test set.
+    // The privileged-role case appears once per revision's test set.
     assert!(!changed.is_empty());
     for c in changed {
         assert_eq!(
-            c["summary"], "POST /v1/models/sentiment/versions/v1:predict as User::\"alice\"",
+            c["summary"], "POST /v1/models/fraud-detector/versions/v3:predict as User::\"alice\"",
             "{c}"
         );
         assert_eq!(c["from"]["decision"], "deny");
         assert_eq!(c["to"]["decision"], "allow");
     }
-    // Nothing else of the 24 HTTP cases per revision changes.
-    assert_eq!(impact["replayed"], 48);
+    // Nothing else of the 40 HTTP cases per revision changes.
+    assert_eq!(impact["replayed"], 80);
 }
 
 #[test]
@@ -461,11 +475,11 @@ fn policy_diff_replays_a_request_file_against_the_working_tree() {
         &replay,
         concat!(
             "# recorded requests\n",
-            r#"{"method":"POST","path":"/v1/models/fraud-detector/versions/v3:predict","identity":{"principal":"User::\"carol\""}}"#,
+            r#"{"method":"POST","path":"/v1/models/fraud-detector/versions/v3:predict","identity":{"principal":"User::\"carol\""},"body":{"features":[120.5,5411,"DE",14]}}"#,
             "\n",
-            r#"{"method":"POST","path":"/v1/models/sentiment/versions/v2:predict","identity":{"principal":"User::\"carol\"","parents":["Org::\"acme\""]}}"#,
+            r#"{"method":"POST","path":"/v1/models/sentiment/versions/v2:predict","identity":{"principal":"User::\"carol\"","parents":["Org::\"acme\""]},"body":{"features":["great service"]}}"#,
             "\n",
-            r#"{"method":"POST","path":"/v1/models/fraud-detector/versions/v3:predict","identity":{"principal":"User::\"carol\"","parents":["Org::\"acme\""],"mfa":true}}"#,
+            r#"{"method":"POST","path":"/v1/models/fraud-detector/versions/v3:predict","identity":{"principal":"User::\"carol\"","parents":["Org::\"acme\""],"mfa":true},"body":{"features":[120.5,5411,"DE",14]}}"#,
             "\n",
         ),
     )
@@ -518,9 +532,10 @@ fn policy_diff_names_an_unknown_revision() {
 #[test]
 fn serve_pinned_to_a_revision_decides_with_that_revision() {
     let (repo, v1) = policy_repo();
-    let v2 = commit_without_deprecation_forbid(repo.path());
+    let v2 = commit_without_privileged_role_forbid(repo.path());
     let policies = repo.path().join("policies");
-    // The working tree (v2) allows deprecated versions; pin v1 (rollback).
+    // The working tree (v2) drops the privileged-role forbid; pin v1
+    // (rollback).
     let mut pdp = Portcullis::start(&[
         "--policies",
         policies.to_str().unwrap(),

@@ -371,6 +371,9 @@ fn demo_script_runs_to_the_end() {
         "HTTP/1.1 401 Unauthorized",
         "HTTP/1.1 403 Forbidden",
         "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 422 Unprocessable Entity",
+        "\"pointer\":\"/features\"",
+        "deprecation: @1788220800",
         "HTTP/1.1 429 Too Many Requests",
         "HTTP/1.1 404 Not Found",
         "\"principal\": \"User::\\\"bob\\\"\"",
@@ -386,6 +389,9 @@ fn demo_script_runs_to_the_end() {
     }
     // Tokens are never printed.
     assert!(!stdout.contains("Bearer eyJhbGciOiJSUzI1NiIs"), "{stdout}");
+    // The card number is printed once, in the request the demo shows, and
+    // never echoed back.
+    assert_eq!(stdout.matches("4111 1111 1111 1111").count(), 1, "{stdout}");
 }
 
 // ---------------------------------------------------------------------------

@@ -11,12 +11,13 @@ use support::{claims, mint, Envoy, HttpRequest, HttpResponse, Key, Portcullis, U
 
 const PREDICT_V2: &str = "/v1/models/sentiment/versions/v2:predict";
 const PREDICT_V1_DEPRECATED: &str = "/v1/models/sentiment/versions/v1:predict";
+const PREDICT_V0_RETIRED: &str = "/v1/models/sentiment/versions/v0:predict";
 const PREDICT_RESTRICTED: &str = "/v1/models/fraud-detector/versions/v3:predict";
 const PREDICT_UNKNOWN_MODEL: &str = "/v1/models/unknown/versions/v1:predict";
 
 /// A small, plausible inference body for predict calls.
 fn predict_body() -> Value {
-    json!({ "inputs": ["the service was quick and friendly"] })
+    json!({ "features": ["the service was quick and friendly"] })
 }
 
 /// Upstream, Portcullis and Envoy wired together. Fields drop in order:
@@ -25,17 +26,32 @@ struct Stack {
     envoy: Envoy,
     pdp: Portcullis,
     upstream: Upstream,
+    /// Holds the config (and, relative to it, the audit trail).
+    config_dir: tempfile::TempDir,
 }
 
 impl Stack {
     fn start() -> Stack {
+        Self::start_with_config("")
+    }
+
+    /// A stack whose Portcullis config has `extra` YAML appended.
+    fn start_with_config(extra: &str) -> Stack {
         let upstream = Upstream::start();
-        let pdp = Portcullis::start(&["--listen", "127.0.0.1:0"]);
+        let config_dir = tempfile::tempdir().unwrap();
+        let config = support::write_config_with(config_dir.path(), extra);
+        let pdp = Portcullis::start(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
         let envoy = Envoy::start(pdp.addr(), upstream.addr());
         Stack {
             envoy,
             pdp,
             upstream,
+            config_dir,
         }
     }
 
@@ -291,10 +307,27 @@ fn token_for_another_audience_is_unauthorized() {
 // --- 403: authorization -------------------------------------------------------
 
 #[test]
-fn deprecated_model_version_is_forbidden() {
+fn deprecated_model_version_is_served_with_deprecation_and_sunset_headers() {
     let stack = Stack::start();
     let response = stack.send(predict(PREDICT_V1_DEPRECATED, Some(&alice())));
-    stack.expect_denied(&response, 403);
+    stack.expect_allowed(&response);
+    // models.yaml: sentiment v1 deprecated 2026-09-01, sunset 2030-06-30.
+    assert_eq!(response.header("deprecation"), Some("@1788220800"));
+    assert_eq!(
+        response.header("sunset"),
+        Some("Sun, 30 Jun 2030 00:00:00 GMT")
+    );
+}
+
+#[test]
+fn retired_model_version_is_gone_and_names_its_successor() {
+    let stack = Stack::start();
+    let response = stack.send(predict(PREDICT_V0_RETIRED, Some(&alice())));
+    let problem = stack.expect_denied(&response, 410);
+    assert_eq!(
+        problem["detail"],
+        "model 'sentiment' version 'v0' was retired on 2026-01-31; use v2 (alias latest)"
+    );
 }
 
 #[test]
@@ -394,9 +427,347 @@ fn restricted_model_is_allowed_after_mfa_step_up() {
     let stack = Stack::start();
     let mut stepped_up = claims("carol", "acme");
     stepped_up["amr"] = json!(["pwd", "mfa"]);
-    let response = stack.send(predict(
-        PREDICT_RESTRICTED,
-        Some(&mint(stepped_up, Key::Es256)),
-    ));
+    let response = stack.send(
+        HttpRequest::post(PREDICT_RESTRICTED)
+            .bearer(&mint(stepped_up, Key::Es256))
+            .json(&json!({"features": [120.5, 5411, "DE", 14]})),
+    );
     stack.expect_allowed(&response);
+}
+
+// --- request bodies and data governance (issue 5) ---------------------------
+
+/// Every `{pointer, message}` of a problem document.
+fn problems(problem: &Value) -> Vec<(String, String)> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| {
+                    (
+                        e["pointer"].as_str().unwrap().to_string(),
+                        e["message"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_valid_inference_request_passes_with_its_body() {
+    let stack = Stack::start();
+    let body = json!({"features": ["the parcel arrived early"], "max_tokens": 64});
+    let response = stack.send(
+        HttpRequest::post("/v1/models/sentiment/versions/latest:predict")
+            .bearer(&alice())
+            .json(&body),
+    );
+    let echo = stack.expect_allowed(&response);
+    assert_eq!(echo["body"], body.to_string());
+    assert!(response.header("deprecation").is_none());
+}
+
+#[test]
+fn a_wrong_feature_count_is_422_pointing_at_the_field() {
+    let stack = Stack::start();
+    let response = stack.send(
+        HttpRequest::post(PREDICT_V2)
+            .bearer(&alice())
+            .json(&json!({"features": ["first text", "second text"]})),
+    );
+    let problem = stack.expect_denied(&response, 422);
+    assert_eq!(problem["type"], "urn:portcullis:problem:invalid_body");
+    assert_eq!(
+        problems(&problem),
+        [(
+            "/features".to_string(),
+            "sentiment/v2 takes exactly 1 feature (text); this request has 2: send one value per feature, in that order".to_string()
+        )]
+    );
+}
+
+#[test]
+fn an_unknown_model_version_is_404_naming_the_versions_that_exist() {
+    let stack = Stack::start();
+    let response = stack.send(predict(
+        "/v1/models/sentiment/versions/v9:predict",
+        Some(&alice()),
+    ));
+    let problem = stack.expect_denied(&response, 404);
+    assert_eq!(
+        problem["type"],
+        "urn:portcullis:problem:unknown_model_version"
+    );
+    assert_eq!(
+        problem["detail"],
+        "model 'sentiment' has no version 'v9'; available: v0 (deprecated, sunset 2026-01-31), v1 (deprecated, sunset 2030-06-30), v2; aliases: latest -> v2"
+    );
+}
+
+#[test]
+fn a_card_number_on_a_deny_pii_route_is_refused_and_appears_nowhere() {
+    let stack = Stack::start_with_config("log:\n  level: trace\n");
+    let card = "4111 1111 1111 1111";
+    let response = stack.send(
+        HttpRequest::post(PREDICT_V2)
+            .bearer(&alice())
+            .header("x-request-id", "pii-card-1")
+            .json(&json!({"features": [format!("please charge my card {card} today")]})),
+    );
+    let problem = stack.expect_denied(&response, 422);
+    assert_eq!(problem["type"], "urn:portcullis:problem:pii_detected");
+    assert_eq!(
+        problems(&problem),
+        [(
+            "/features/0".to_string(),
+            "contains a payment card number: remove or mask it before sending".to_string()
+        )]
+    );
+    // The decision was made and recorded (so the logs and the trail had
+    // their chance to leak it)...
+    let audit_dir = stack.config_dir.path().join("audit");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let trail = loop {
+        let trail: String = std::fs::read_dir(&audit_dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| support::read_lossy(&e.path()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if trail.contains("pii-card-1") || std::time::Instant::now() > deadline {
+            break trail;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        trail.contains("pii_detected"),
+        "the denial is audited: {trail}"
+    );
+    // ...and the number is in none of them, in any spelling.
+    for spelling in [card.to_string(), card.replace(' ', ""), "1111 1111".into()] {
+        for (place, text) in [
+            ("response", response.text()),
+            ("portcullis log", stack.pdp.stderr()),
+            ("audit trail", trail.clone()),
+            ("envoy log", stack.envoy.log()),
+        ] {
+            assert!(
+                !text.contains(&spelling),
+                "{spelling:?} leaked into the {place}"
+            );
+        }
+    }
+}
+
+#[test]
+fn malformed_bodies_are_400_with_a_precise_message() {
+    let stack = Stack::start();
+    let deep = format!(
+        "{{\"features\": {}{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    for (body, content_type, says) in [
+        (
+            br#"{"features": ["fine""#.to_vec(),
+            "application/json",
+            "ends early",
+        ),
+        (
+            b"{\"features\": [\"\xff\"]}".to_vec(),
+            "application/json",
+            "not valid UTF-8",
+        ),
+        (
+            br#"{"features": ["a"], "features": ["b"]}"#.to_vec(),
+            "application/json",
+            "\"features\" appears twice",
+        ),
+        (
+            deep.into_bytes(),
+            "application/json",
+            "more than 8 levels deep",
+        ),
+        (
+            br#"{"features": [123456789012345678901234567890]}"#.to_vec(),
+            "application/json",
+            "out of range",
+        ),
+    ] {
+        let response = stack.send(
+            HttpRequest::post(PREDICT_V2)
+                .bearer(&alice())
+                .raw_body(content_type, &body),
+        );
+        let problem = stack.expect_denied(&response, 400);
+        assert_eq!(problem["type"], "urn:portcullis:problem:malformed_body");
+        let found = problems(&problem);
+        assert!(found[0].1.contains(says), "{says}: {found:?}");
+    }
+    let response = stack.send(
+        HttpRequest::post(PREDICT_V2)
+            .bearer(&alice())
+            .raw_body("text/plain", b"the parcel arrived early"),
+    );
+    let problem = stack.expect_denied(&response, 415);
+    assert_eq!(
+        problem["detail"],
+        "the request has Content-Type text/plain; send Content-Type: application/json"
+    );
+}
+
+#[test]
+fn oversized_bodies_are_413_at_the_gateway_or_the_route() {
+    let stack = Stack::start();
+    // Over Envoy's max_request_bytes (65536): Envoy refuses it itself,
+    // never sending a partial body to check.
+    let huge = json!({"features": ["x".repeat(70_000)]});
+    let response = stack.send(HttpRequest::post(PREDICT_V2).bearer(&alice()).json(&huge));
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(stack.upstream.hits(), 0);
+    // Over the feedback route's own max_bytes (8192): Portcullis says so.
+    let big = json!({"decision_id": "0192f0c4-7b8a-7cc1-9a4e-3c1d2b4a5e6f", "rating": 3, "comment": "y".repeat(9_000)});
+    let response = stack.send(
+        HttpRequest::post("/v1/feedback")
+            .bearer(&alice())
+            .json(&big),
+    );
+    let problem = stack.expect_denied(&response, 413);
+    assert_eq!(
+        problem["detail"],
+        "the request body has 9078 bytes; this endpoint accepts at most 8192"
+    );
+}
+
+#[test]
+fn personal_data_is_tagged_for_the_upstream_on_a_tag_route() {
+    let stack = Stack::start();
+    let response = stack.send(
+        HttpRequest::post("/v1/feedback")
+            .bearer(&alice())
+            .header("x-portcullis-pii", "none")
+            .header("cookie", "session=abc")
+            .json(&json!({
+                "decision_id": "0192f0c4-7b8a-7cc1-9a4e-3c1d2b4a5e6f",
+                "rating": 2,
+                "comment": "mail me at jo@example.org or call +44 20 7946 0958"
+            })),
+    );
+    let echo = stack.expect_allowed(&response);
+    // Set by Portcullis (the client's value replaced), kinds only.
+    assert_eq!(upstream_header(&echo, "x-portcullis-pii"), "email,phone");
+    // Minimisation: the route strips the cookie.
+    assert!(
+        echo["header_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|pair| pair[0] != "cookie"),
+        "{echo}"
+    );
+}
+
+#[test]
+fn predict_strips_the_headers_the_model_does_not_need() {
+    let stack = Stack::start();
+    let response = stack.send(
+        predict(PREDICT_V2, Some(&alice()))
+            .header("cookie", "session=abc")
+            .header("x-client-id", "device-1234")
+            .header("x-keep-me", "yes"),
+    );
+    let echo = stack.expect_allowed(&response);
+    let names: Vec<&str> = echo["header_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|pair| pair[0].as_str())
+        .collect();
+    assert!(
+        !names.contains(&"cookie") && !names.contains(&"x-client-id"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"x-keep-me"), "{names:?}");
+}
+
+/// A token for frank of initech, whose data may be processed only in
+/// eu-west-1 and eu-central-1 (policies/entities.json).
+fn frank() -> String {
+    mint(claims("frank", "initech"), Key::Es256)
+}
+
+fn credit_score() -> HttpRequest {
+    HttpRequest::post("/v1/models/credit-score/versions/v1:predict")
+        .bearer(&frank())
+        .json(&json!({"features": [52000, 41, 0.31]}))
+}
+
+#[test]
+fn residency_refuses_an_org_outside_its_regions_and_a_client_cannot_choose_the_region() {
+    // The gateway serves us-east-1 (Portcullis configuration).
+    let stack = Stack::start_with_config("residency:\n  region: us-east-1\n");
+    let response = stack.send(credit_score());
+    let problem = stack.expect_denied(&response, 403);
+    assert_eq!(
+        problem["type"],
+        "urn:portcullis:problem:residency_violation"
+    );
+    assert_eq!(
+        problem["detail"],
+        "org 'initech' allows its data to be processed only in eu-central-1, eu-west-1; this gateway serves us-east-1: send the request through a gateway in an allowed region"
+    );
+    // Orgs without restrictions are unaffected.
+    let response = stack.send(predict(PREDICT_V2, Some(&alice())));
+    stack.expect_allowed(&response);
+}
+
+#[test]
+fn residency_allows_an_org_inside_its_regions() {
+    let stack = Stack::start_with_config("residency:\n  region: eu-west-1\n");
+    let response = stack.send(credit_score());
+    stack.expect_allowed(&response);
+}
+
+#[test]
+fn a_region_header_is_trusted_only_as_the_gateway_sets_it() {
+    // Portcullis reads the region from x-gateway-region, which Envoy
+    // overwrites (header_mutation, first filter) with the region it
+    // serves: a client claiming eu-west-1 does not get through.
+    let template = std::fs::read_to_string(support::repo().join("deploy/envoy.yaml")).unwrap();
+    let marker = "                          - remove: x-portcullis-principal\n";
+    assert!(template.contains(marker));
+    let upstream = Upstream::start();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = support::write_config_with(
+        config_dir.path(),
+        "residency:\n  region_header: x-gateway-region\n",
+    );
+    let pdp = Portcullis::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let envoy = Envoy::start_with(
+        &template.replace(
+            marker,
+            &format!("                          - append: {{ header: {{ key: x-gateway-region, value: us-east-1 }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n{marker}"),
+        ),
+        pdp.addr(),
+        upstream.addr(),
+    );
+    let response = credit_score()
+        .header("x-gateway-region", "eu-west-1")
+        .send(envoy.addr());
+    assert_eq!(response.status, 403, "{}", response.text());
+    assert!(
+        response.text().contains("this gateway serves us-east-1"),
+        "{}",
+        response.text()
+    );
+    assert_eq!(upstream.hits(), 0);
 }

@@ -17,9 +17,7 @@ fn policies(into: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("quotas")).unwrap();
     for entry in std::fs::read_dir(support::policies_dir()).unwrap() {
         let entry = entry.unwrap();
-        if entry.path().is_file() {
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-        }
+        support::copy_policy_entry(&entry.path(), &dir);
     }
     std::fs::copy(
         support::fixture("quotas/quotas.yaml"),

@@ -99,7 +99,7 @@ fn reflection_lists_the_services_of_each_listener() {
         version["version"].as_str().is_some_and(|v| !v.is_empty()),
         "{version}"
     );
-    assert_eq!(version["policyCount"], 13, "{version}");
+    assert_eq!(version["policyCount"], 14, "{version}");
 }
 
 #[test]

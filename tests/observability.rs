@@ -28,7 +28,17 @@ fn check_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckReq
                     headers: headers
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .chain(
+                            (method == "POST")
+                                .then(|| ("content-type".to_string(), "application/json".into())),
+                        )
                         .collect(),
+                    // POSTs go to the predict route, which validates its body.
+                    raw_body: if method == "POST" {
+                        br#"{"features": ["great service"]}"#.to_vec()
+                    } else {
+                        Vec::new()
+                    },
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+mod support;
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::authn::{AuthMethod, Authenticator, Identity};
 use portcullis::config::{AuthnConfig, IssuerConfig};
@@ -30,10 +32,16 @@ fn user(id: &str, org: Option<&str>) -> Identity {
 }
 
 fn predict(model: &str, version: &str) -> AccessRequest {
+    let features = match model {
+        "fraud-detector" => json!([120.5, 5411, "DE", 14]),
+        "translate" => json!(["good morning", "de"]),
+        _ => json!(["great service"]),
+    };
     AccessRequest::for_test(
         "POST",
         &format!("/v1/models/{model}/versions/{version}:predict"),
     )
+    .with_json(&json!({ "features": features }))
 }
 
 #[test]
@@ -81,14 +89,50 @@ fn viewer_may_not_invoke() {
 }
 
 #[test]
-fn forbid_overrides_permit_for_deprecated_versions() {
+fn forbid_overrides_permit_for_restricted_models() {
+    // alice is an invoker in acme (a permit holds) without the privileged
+    // role or step-up (two forbids hold).
+    let d = decide_as(
+        &bundled(),
+        Some(user("alice", Some("acme"))),
+        &predict("fraud-detector", "v3"),
+    );
+    assert_eq!(d.status, 403);
+    let mut policies = d.determining_policies.clone();
+    policies.sort();
+    assert_eq!(
+        policies,
+        vec![
+            "restricted-models-need-mfa-or-scope",
+            "restricted-models-need-privileged-role"
+        ]
+    );
+}
+
+#[test]
+fn deprecated_versions_are_served_with_deprecation_headers_until_sunset() {
     let d = decide_as(
         &bundled(),
         Some(user("alice", Some("acme"))),
         &predict("sentiment", "v1"),
     );
-    assert_eq!(d.status, 403);
-    assert_eq!(d.determining_policies, vec!["no-deprecated-versions"]);
+    assert_eq!(d.status, 200, "{d:?}");
+    assert_eq!(
+        d.response_headers,
+        vec![
+            ("deprecation".to_string(), "@1788220800".to_string()),
+            (
+                "sunset".to_string(),
+                "Sun, 30 Jun 2030 00:00:00 GMT".to_string()
+            )
+        ]
+    );
+    // After the sunset date (2030-06-30) the registry refuses it: 410.
+    let mut later = predict("sentiment", "v1");
+    later.time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_924_992_000);
+    let d = decide_as(&bundled(), Some(user("alice", Some("acme"))), &later);
+    assert_eq!(d.status, 410, "{d:?}");
+    assert_eq!(d.reason, Some(DenyReason::ModelVersionRetired));
 }
 
 #[test]
@@ -138,8 +182,12 @@ fn unknown_model_version_is_404_on_must_exist_route() {
         Some(user("alice", Some("acme"))),
         &predict("sentiment", "v9"),
     );
-    assert_eq!(d.reason, Some(DenyReason::UnknownResource));
+    assert_eq!(d.reason, Some(DenyReason::UnknownModelVersion));
     assert_eq!(d.status, 404);
+    assert_eq!(
+        d.detail,
+        "model 'sentiment' has no version 'v9'; available: v0 (deprecated, sunset 2026-01-31), v1 (deprecated, sunset 2030-06-30), v2; aliases: latest -> v2"
+    );
 }
 
 #[test]
@@ -311,9 +359,7 @@ fn bundled_with_shadow(shadow: &str) -> (tempfile::TempDir, Snapshot) {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(root().join("policies")).unwrap() {
         let entry = entry.unwrap();
-        if entry.path().is_file() {
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
+        support::copy_policy_entry(&entry.path(), dir.path());
     }
     std::fs::create_dir(dir.path().join("shadow")).unwrap();
     std::fs::write(dir.path().join("shadow/regions.cedar"), shadow).unwrap();
@@ -369,9 +415,7 @@ fn shadow_policies_are_validated_like_enforced_ones() {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(root().join("policies")).unwrap() {
         let entry = entry.unwrap();
-        if entry.path().is_file() {
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
+        support::copy_policy_entry(&entry.path(), dir.path());
     }
     std::fs::create_dir(dir.path().join("shadow")).unwrap();
     std::fs::write(
@@ -510,4 +554,57 @@ fn context_risk_goes_only_to_actions_whose_schema_declares_it() {
     // ...a schema written before it existed still loads, without it.
     let old = Snapshot::load(&root().join("tests/fixtures/policies-erroring-forbid")).unwrap();
     assert!(old.risk_actions.is_empty(), "{:?}", old.risk_actions);
+}
+
+#[test]
+fn the_gateway_region_reaches_the_cedar_context() {
+    // A policy (here a shadow one, to see it decide) can use the region the
+    // gateway serves; routes whose context type declares `region` get it.
+    let (_dir, s) = bundled_with_shadow(
+        r#"
+@id("shadow-restricted-models-in-eu-only")
+forbid (principal, action == Action::"invoke", resource is ModelVersion)
+when { context has region && context.region != "eu-west-1" };
+"#,
+    );
+    assert!(s.region_routes.contains("predict"));
+    let mut req = predict("sentiment", "v2");
+    req.gateway_region = Some("us-east-1".into());
+    let d = decide_as(&s, Some(user("alice", Some("acme"))), &req);
+    assert_eq!(d.status, 200, "{d:?}");
+    let shadow = d.shadow.expect("shadow outcome");
+    assert_eq!(
+        shadow.determining_policies,
+        vec!["shadow-restricted-models-in-eu-only"]
+    );
+    req.gateway_region = Some("eu-west-1".into());
+    let d = decide_as(&s, Some(user("alice", Some("acme"))), &req);
+    assert!(!d.shadow.expect("shadow outcome").disagrees);
+}
+
+#[test]
+fn residency_is_checked_against_the_orgs_allowed_regions() {
+    let s = bundled();
+    let req = |region: Option<&str>| {
+        let mut r = predict("credit-score", "v1");
+        r.body = Some(br#"{"features": [52000, 41, 0.31]}"#.to_vec());
+        r.gateway_region = region.map(str::to_string);
+        r
+    };
+    // frank's org comes from entities.json (no org in the credentials).
+    let frank = || Some(user("frank", None));
+    let d = decide_as(&s, frank(), &req(Some("eu-central-1")));
+    assert_eq!(d.status, 200, "{d:?}");
+    let d = decide_as(&s, frank(), &req(Some("us-east-1")));
+    assert_eq!(d.reason, Some(DenyReason::ResidencyViolation), "{d:?}");
+    assert_eq!(d.status, 403);
+    let d = decide_as(&s, frank(), &req(None));
+    assert!(d.detail.contains("does not declare its region"), "{d:?}");
+    // An org without allowed_regions is not affected by the region.
+    let d = decide_as(
+        &s,
+        Some(user("alice", Some("acme"))),
+        &predict("sentiment", "v2"),
+    );
+    assert_eq!(d.status, 200, "{d:?}");
 }

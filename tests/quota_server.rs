@@ -30,9 +30,7 @@ fn policies(into: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("quotas")).unwrap();
     for entry in std::fs::read_dir(support::policies_dir()).unwrap() {
         let entry = entry.unwrap();
-        if entry.path().is_file() {
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-        }
+        support::copy_policy_entry(&entry.path(), &dir);
     }
     std::fs::copy(
         support::fixture("quotas/quotas.yaml"),
@@ -402,7 +400,7 @@ async fn check_suite(running: &Running) {
             PREDICT,
             Some(SERVICE_ACCOUNT),
             &[("content-type", "application/json")],
-            format!("{{\"max_tokens\": {tokens}}}").as_bytes(),
+            format!("{{\"features\": [\"great service\"], \"max_tokens\": {tokens}}}").as_bytes(),
         )
     };
     let r = check(running, predict("600")).await;
@@ -430,9 +428,11 @@ async fn check_suite(running: &Running) {
         client_header(&r, "ratelimit-remaining").as_deref(),
         Some("1")
     );
-    // A cost that is not a number is a 400, not a free pass.
+    // A cost that is not a number is refused, not a free pass: the
+    // predict schema says max_tokens is an integer (422) before the quota
+    // stage would call it a bad cost (400).
     let r = check(running, predict("\"lots\"")).await;
-    assert_eq!(status(&r), 400);
+    assert_eq!(status(&r), 422);
     let r = check(
         running,
         check_request(

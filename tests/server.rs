@@ -2,6 +2,8 @@
 //! ext_authz Check, health, the admin API, hot reload and shutdown.
 
 use std::path::{Path, PathBuf};
+
+mod support;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
@@ -21,9 +23,7 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        if entry.path().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
+        support::copy_policy_entry(&entry.path(), to);
     }
 }
 
@@ -195,7 +195,7 @@ async fn hot_reload_applies_valid_changes_and_keeps_last_good_on_errors() {
         .unwrap();
     let v0 = version(&mut admin).await;
     assert!(v0.version.starts_with("sha256:"), "{}", v0.version);
-    assert_eq!(v0.policy_count, 13);
+    assert_eq!(v0.policy_count, 14);
 
     // Edit: remove the public status permit; the decision changes within 2 s.
     let platform = dir.path().join("platform.cedar");

@@ -159,7 +159,7 @@ fn envoy_calls_portcullis_over_mtls_end_to_end() {
     let token = mint(claims("alice", "acme"), Key::Es256);
     let response = HttpRequest::post("/v1/models/sentiment/versions/v2:predict")
         .bearer(&token)
-        .json(&serde_json::json!({"inputs": ["hello"]}))
+        .json(&serde_json::json!({"features": ["hello"]}))
         .send(envoy.addr());
     assert_eq!(
         response.status,
@@ -174,7 +174,7 @@ fn envoy_calls_portcullis_over_mtls_end_to_end() {
     // A decision really came from Portcullis: no token, a 401 with its
     // problem document.
     let response = HttpRequest::post("/v1/models/sentiment/versions/v2:predict")
-        .json(&serde_json::json!({"inputs": ["hello"]}))
+        .json(&serde_json::json!({"features": ["hello"]}))
         .send(envoy.addr());
     assert_eq!(response.status, 401, "{}", response.text());
     assert_eq!(

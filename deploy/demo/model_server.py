@@ -22,13 +22,8 @@ class Handler(BaseHTTPRequestHandler):
         seen = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-portcullis-")}
         reply = {"path": self.path, "method": self.command, "portcullis_headers": seen}
         if self.command == "POST" and self.path.endswith(":predict"):
-            try:
-                inputs = json.loads(body or b"{}").get("inputs", [])
-            except ValueError:
-                inputs = []
-            reply["predictions"] = [{"label": "positive", "score": 0.97} for _ in inputs] or [
-                {"label": "positive", "score": 0.97}
-            ]
+            # Portcullis has validated the body (features per models.yaml).
+            reply["prediction"] = {"label": "positive", "score": 0.97}
         data = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")

@@ -8,6 +8,7 @@ pub mod failures_redis;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
+pub mod signature;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -177,6 +178,7 @@ pub struct Authenticator {
     introspection: Option<introspect::Introspector>,
     max_token_bytes: usize,
     failures: Option<Arc<dyn failures::FailureStore>>,
+    signatures: signature::Signatures,
 }
 
 /// Authentication configuration that cannot be used.
@@ -194,6 +196,9 @@ pub enum AuthnSetupError {
     /// A feature keeps its state in Redis, and no Redis was given.
     #[error("{0} needs a Redis: configure authentication.redis or a Redis quota store")]
     NoRedis(&'static str),
+    /// A payload-signing secret could not be used.
+    #[error(transparent)]
+    Signature(#[from] signature::SecretUnusable),
 }
 
 impl Authenticator {
@@ -255,15 +260,20 @@ impl Authenticator {
                     Err(())
                 }
             };
-        match (jwt, api_keys, introspection, failures) {
-            (Ok(jwt), Ok(api_keys), Ok(introspection), Ok(failures)) => Ok(Authenticator {
-                jwt,
-                mtls: config.mtls.clone(),
-                api_keys,
-                introspection,
-                max_token_bytes: config.max_token_bytes,
-                failures,
-            }),
+        let signatures = signature::Signatures::new(&config.signatures)
+            .map_err(|errs| errors.extend(errs.into_iter().map(AuthnSetupError::from)));
+        match (jwt, api_keys, introspection, failures, signatures) {
+            (Ok(jwt), Ok(api_keys), Ok(introspection), Ok(failures), Ok(signatures)) => {
+                Ok(Authenticator {
+                    signatures,
+                    jwt,
+                    mtls: config.mtls.clone(),
+                    api_keys,
+                    introspection,
+                    max_token_bytes: config.max_token_bytes,
+                    failures,
+                })
+            }
             _ => Err(errors),
         }
     }
@@ -322,6 +332,19 @@ impl Authenticator {
     pub fn with_failure_store(mut self, store: Arc<dyn failures::FailureStore>) -> Self {
         self.failures = Some(store);
         self
+    }
+
+    /// Checks the payload signature of an authenticated request (when the
+    /// route or the app requires one, or one is sent); `now` in seconds
+    /// since the epoch.
+    pub fn verify_signature(
+        &self,
+        req: &AccessRequest,
+        identity: &Identity,
+        route_requires: bool,
+        now: u64,
+    ) -> Result<(), signature::Refused> {
+        self.signatures.verify(req, identity, route_requires, now)
     }
 
     /// Establishes who is calling, unless the source is blocked for failing
@@ -589,7 +612,7 @@ fn bearer_token(value: &str) -> Result<&str, AuthnFailure> {
 }
 
 /// Builds `Type::"id"` from a type name and a raw id.
-pub(crate) fn entity_uid(type_name: &str, id: &str) -> Option<EntityUid> {
+pub fn entity_uid(type_name: &str, id: &str) -> Option<EntityUid> {
     let ty = type_name.parse::<cedar_policy::EntityTypeName>().ok()?;
     Some(EntityUid::from_type_name_and_id(
         ty,

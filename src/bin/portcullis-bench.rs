@@ -713,7 +713,7 @@ async fn reload_under_load(
 /// million times (see `--keep-quotas`).
 fn roomy_copy(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(to.join("quotas"))?;
-    for sub in ["", "quotas", "shadow"] {
+    for sub in ["", "quotas", "shadow", "schemas"] {
         let Ok(entries) = std::fs::read_dir(from.join(sub)) else {
             continue;
         };
@@ -737,6 +737,17 @@ fn roomy_copy(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<Pa
 }
 
 fn check(method: &str, path: &str, headers: &[(&str, String)], principal: &str) -> CheckRequest {
+    // Inference calls carry a body the predict route validates (schema,
+    // model input constraints, PII scan), as real ones do.
+    let (body, content_type) = if method == "POST" {
+        (
+            br#"{"features": ["the delivery was quick and the support friendly"], "max_tokens": 64}"#
+                .to_vec(),
+            Some(("content-type".to_string(), "application/json".to_string())),
+        )
+    } else {
+        (Vec::new(), None)
+    };
     CheckRequest {
         attributes: Some(AttributeContext {
             source: Some(Peer {
@@ -751,7 +762,9 @@ fn check(method: &str, path: &str, headers: &[(&str, String)], principal: &str) 
                     headers: headers
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.clone()))
+                        .chain(content_type)
                         .collect(),
+                    raw_body: body,
                     ..Default::default()
                 }),
                 ..Default::default()

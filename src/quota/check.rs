@@ -96,13 +96,14 @@ fn cost(
     body: &mut Option<Option<serde_json::Value>>,
 ) -> Result<u64, BadCost> {
     let c = &rule.cost;
+    let mut found: Option<u64> = None;
     if let Some(h) = &c.header {
         if let Some(v) = req.header(h) {
-            return v.trim().parse::<u64>().map_err(|_| {
+            found = Some(v.trim().parse::<u64>().map_err(|_| {
                 BadCost(format!(
                     "header '{h}' must be a non-negative integer (it sets the quota cost)"
                 ))
-            });
+            })?);
         }
     }
     if let Some(field) = &c.body_field {
@@ -116,14 +117,17 @@ fn cost(
             node = node.and_then(|n| n.get(part));
         }
         if let Some(v) = node.filter(|v| !v.is_null()) {
-            return v.as_u64().ok_or_else(|| {
+            let v = v.as_u64().ok_or_else(|| {
                 BadCost(format!(
                     "body field '{field}' must be a non-negative integer (it sets the quota cost)"
                 ))
-            });
+            })?;
+            // Both given: the larger counts, so a client cannot lower the
+            // cost of what its body asks for by sending a smaller header.
+            found = Some(found.map_or(v, |h| h.max(v)));
         }
     }
-    Ok(c.default)
+    Ok(found.unwrap_or(c.default))
 }
 
 #[cfg(test)]
@@ -168,11 +172,18 @@ mod tests {
     }
 
     #[test]
-    fn cost_comes_from_header_then_body_then_default() {
+    fn cost_is_the_larger_of_header_and_body_else_the_default() {
         let s = subject("predict", None);
         let mut req = AccessRequest::for_test("POST", "/x");
         req.body = Some(br#"{"params": {"max_tokens": 42}}"#.to_vec());
         assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 42);
+        // A smaller header does not lower what the body asks for...
+        req.headers.insert("x-max-tokens".into(), "9".into());
+        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 42);
+        // ...a larger one raises it.
+        req.headers.insert("x-max-tokens".into(), "100".into());
+        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 100);
+        req.body = None;
         req.headers.insert("x-max-tokens".into(), "9".into());
         assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 9);
         req.headers.insert("x-max-tokens".into(), "nine".into());

@@ -121,7 +121,7 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-fn read_lossy(path: &Path) -> String {
+pub fn read_lossy(path: &Path) -> String {
     std::fs::read(path)
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
@@ -793,6 +793,13 @@ impl HttpRequest {
     pub fn json(mut self, body: &Value) -> HttpRequest {
         self.body = body.to_string().into_bytes();
         self.header("content-type", "application/json")
+    }
+
+    /// Sets the body to these bytes with this Content-Type (for bodies
+    /// that are not well-formed JSON).
+    pub fn raw_body(mut self, content_type: &str, body: &[u8]) -> HttpRequest {
+        self.body = body.to_vec();
+        self.header("content-type", content_type)
     }
 
     /// Bounds connecting, writing and reading (each).
@@ -1862,4 +1869,22 @@ pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .map(|s| s.value)
         .sum()
+}
+
+/// Copies one entry of a policy directory into `to`: a file, or the
+/// `schemas/` directory (body schemas) with its files. Other directories
+/// (tests/, shadow/, quotas/) are left to the caller.
+pub fn copy_policy_entry(from: &Path, to: &Path) {
+    if from.is_file() {
+        std::fs::copy(from, to.join(from.file_name().unwrap())).unwrap();
+    } else if from.file_name().is_some_and(|n| n == "schemas") {
+        let dir = to.join("schemas");
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
 }

@@ -1,0 +1,45 @@
+//! The ext_authz mapping: arbitrary bytes decoded as an Envoy
+//! `CheckRequest`, translated into our request, decided against the
+//! bundled policies and rendered back into a `CheckResponse`. Nothing may
+//! panic; a translated request is always answered.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use libfuzzer_sys::fuzz_target;
+use portcullis::config::ResidencyConfig;
+use portcullis::extauthz::{to_access_request, to_check_response};
+use portcullis::pipeline::decide_as;
+use portcullis::snapshot::Snapshot;
+use prost::Message;
+
+static SNAPSHOT: LazyLock<Snapshot> = LazyLock::new(|| {
+    Snapshot::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
+        .expect("the bundled policies load")
+});
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(check) = CheckRequest::decode(data) else {
+        return;
+    };
+    let Ok(mut req) = to_access_request(&check) else {
+        return;
+    };
+    let residency = ResidencyConfig {
+        region: Some("eu-west-1".into()),
+        region_header: Some("x-gateway-region".into()),
+    };
+    req.gateway_region = residency.region_of(&req.headers);
+    // The request's own credentials are not verified here (that needs
+    // keys); an mTLS-like identity stands in when Envoy reported a peer.
+    let identity = req.source_principal.as_ref().and_then(|p| {
+        portcullis::authn::entity_uid("ServiceAccount", p).map(|uid| {
+            portcullis::authn::Identity::new(uid, Vec::new(), portcullis::authn::AuthMethod::Mtls)
+        })
+    });
+    let d = decide_as(&SNAPSHOT, identity, &req);
+    let response = to_check_response(&d, &req);
+    assert!(response.status.is_some());
+    assert!(response.http_response.is_some());
+});

@@ -1,0 +1,83 @@
+//! Data residency: an org may restrict the regions its data is processed in
+//! (the `allowed_regions` attribute of its Cedar `Org` entity); a request
+//! from a member through a gateway serving another region is refused. It
+//! reads the snapshot's entities and the request's gateway region, which
+//! only the gateway or Portcullis's configuration sets.
+
+use std::collections::HashMap;
+
+use cedar_policy::{Entities, EntityUid, EvalResult};
+
+use crate::authn::Identity;
+
+/// The org attribute listing the regions an org's data may be processed in.
+pub const ALLOWED_REGIONS_ATTR: &str = "allowed_regions";
+
+/// Orgs that restrict their regions, with the regions (sorted), found once
+/// per snapshot so that a request from an unrestricted org costs a lookup.
+pub type OrgRegions = HashMap<EntityUid, Vec<String>>;
+
+/// Every `Org` entity with `allowed_regions`.
+pub fn org_regions(entities: &Entities) -> OrgRegions {
+    let mut out = OrgRegions::new();
+    for e in entities.iter() {
+        if e.uid().type_name().basename() != "Org" {
+            continue;
+        }
+        if let Some(Ok(EvalResult::Set(set))) = e.attr(ALLOWED_REGIONS_ATTR) {
+            let regions = set
+                .iter()
+                .filter_map(|v| match v {
+                    EvalResult::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            out.insert(e.uid(), regions);
+        }
+    }
+    out
+}
+
+/// `Ok` when every org of the caller that restricts regions allows
+/// `region`; else the client-facing explanation. A restricted org and a
+/// gateway that does not know its region: refused (it cannot be shown to
+/// comply).
+pub fn check(
+    restricted: &OrgRegions,
+    entities: &Entities,
+    identity: &Identity,
+    region: Option<&str>,
+) -> Result<(), String> {
+    if restricted.is_empty() {
+        return Ok(());
+    }
+    // The caller's orgs: those its credentials assert and its ancestors in
+    // entities.json.
+    let asserted = identity.parents.iter();
+    let known = entities
+        .ancestors(&identity.principal)
+        .into_iter()
+        .flatten();
+    for org in asserted.chain(known) {
+        let Some(allowed) = restricted.get(org) else {
+            continue;
+        };
+        let org_id = org.id().unescaped();
+        match region {
+            Some(region) if allowed.iter().any(|r| r == region) => {}
+            Some(region) => {
+                return Err(format!(
+                    "org '{org_id}' allows its data to be processed only in {}; this gateway serves {region}: send the request through a gateway in an allowed region",
+                    allowed.join(", ")
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "org '{org_id}' allows its data to be processed only in {}; this gateway does not declare its region, so the request is refused",
+                    allowed.join(", ")
+                ))
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! Personal data in request bodies: e-mail addresses (not inside URLs),
+//! phone numbers, payment card numbers (Luhn), US social security numbers
+//! (valid ranges) and IBANs (mod-97). Finds where and what kind; the
+//! matched text is never returned, so it cannot reach a response, a log
+//! line or the audit trail.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::rules::PiiKind;
+
+/// One finding: where (a JSON pointer, or "" for a non-JSON body) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// JSON pointer to the string or number that holds it.
+    pub pointer: String,
+    /// The kind of personal data.
+    pub kind: PiiKind,
+}
+
+/// At most this many findings are reported per request.
+pub const MAX_FINDINGS: usize = 20;
+
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,24}\b")
+        .expect("valid regex")
+});
+static PHONE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\+\d[\d \t().-]{6,20}\d|\(\d{3}\) ?\d{3}[ .-]\d{4}\b|\b\d{3}[.-]\d{3}[.-]\d{4}\b")
+        .expect("valid regex")
+});
+static CARD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").expect("valid regex"));
+static SSN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b(\d{3})-(\d{2})-(\d{4})\b").expect("valid regex"));
+static IBAN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4}){3,8}\b").expect("valid regex")
+});
+
+/// The kinds (among `kinds`) found in one piece of text.
+pub fn scan_text(text: &str, kinds: &[PiiKind]) -> Vec<PiiKind> {
+    // One pass over the bytes for what each kind cannot do without; most
+    // text fails every one of these, and then no regex runs at all.
+    let (mut digits, mut upper, mut at, mut dash) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b'A'..=b'Z' => upper += 1,
+            b'@' => at = true,
+            b'-' => dash = true,
+            _ => {}
+        }
+    }
+    kinds
+        .iter()
+        .copied()
+        .filter(|kind| match kind {
+            PiiKind::Email => at && has_email(text),
+            PiiKind::Phone => digits >= 8 && has_phone(text),
+            PiiKind::Card => digits >= 13 && has_card(text),
+            PiiKind::Ssn => digits >= 9 && dash && has_ssn(text),
+            PiiKind::Iban => digits >= 2 && upper >= 2 && has_iban(text),
+        })
+        .collect()
+}
+
+/// Findings in every string (and long integer) of a JSON document.
+pub fn scan_json(value: &Value, kinds: &[PiiKind]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut pointer = String::new();
+    walk(value, kinds, &mut pointer, &mut findings);
+    findings
+}
+
+fn walk(value: &Value, kinds: &[PiiKind], pointer: &mut String, out: &mut Vec<Finding>) {
+    if out.len() >= MAX_FINDINGS {
+        return;
+    }
+    match value {
+        Value::String(s) => {
+            for kind in scan_text(s, kinds) {
+                out.push(Finding {
+                    pointer: pointer.clone(),
+                    kind,
+                });
+            }
+        }
+        // A card number sent as a JSON number.
+        Value::Number(n) if kinds.contains(&PiiKind::Card) => {
+            if let Some(u) = n.as_u64() {
+                if is_card_number(&u.to_string()) {
+                    out.push(Finding {
+                        pointer: pointer.clone(),
+                        kind: PiiKind::Card,
+                    });
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&i.to_string());
+                walk(item, kinds, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                walk(v, kinds, pointer, out);
+                pointer.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn has_email(text: &str) -> bool {
+    EMAIL.find_iter(text).any(|m| !inside_url(text, m.start()))
+}
+
+/// Whether the match starting at `start` lies in a whitespace-delimited
+/// token that is a URL (`https://cdn.example/logo@2x.png`,
+/// `https://user@host/`): those are not e-mail addresses.
+fn inside_url(text: &str, start: usize) -> bool {
+    let token_start = text[..start]
+        .rfind(|c: char| c.is_whitespace() || c == '"' || c == '<' || c == '(')
+        .map_or(0, |p| p + 1);
+    let token_end = text[start..]
+        .find(|c: char| c.is_whitespace())
+        .map_or(text.len(), |p| start + p);
+    text[token_start..token_end].contains("://")
+}
+
+fn has_phone(text: &str) -> bool {
+    PHONE.find_iter(text).any(|m| {
+        let digits = m.as_str().bytes().filter(u8::is_ascii_digit).count();
+        if m.as_str().starts_with('+') {
+            (8..=15).contains(&digits)
+        } else {
+            digits == 10
+        }
+    })
+}
+
+fn has_card(text: &str) -> bool {
+    CARD.find_iter(text).any(|m| {
+        // "+4915112345678" is a phone number, whatever its checksum.
+        let after_plus = text[..m.start()].ends_with('+');
+        !after_plus && is_card_number(m.as_str())
+    })
+}
+
+/// 13 to 19 digits (separators ignored), a card network's leading digit
+/// (2 to 6) and a valid Luhn check digit.
+pub fn is_card_number(candidate: &str) -> bool {
+    let digits: Vec<u32> = candidate.chars().filter_map(|c| c.to_digit(10)).collect();
+    (13..=19).contains(&digits.len()) && (2..=6).contains(&digits[0]) && luhn(&digits)
+}
+
+/// The Luhn (mod 10) check over all digits, check digit last.
+pub fn luhn(digits: &[u32]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let d2 = d * 2;
+                if d2 > 9 {
+                    d2 - 9
+                } else {
+                    d2
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+fn has_ssn(text: &str) -> bool {
+    SSN.captures_iter(text).any(|c| {
+        let area: u32 = c[1].parse().unwrap_or(0);
+        let group: u32 = c[2].parse().unwrap_or(0);
+        let serial: u32 = c[3].parse().unwrap_or(0);
+        area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+    })
+}
+
+fn has_iban(text: &str) -> bool {
+    IBAN.find_iter(text).any(|m| {
+        // The pattern may run into following capitals ("... 00 OK"): try
+        // shorter candidates too, dropping trailing groups.
+        let mut candidate = m.as_str();
+        loop {
+            if is_iban(candidate) {
+                return true;
+            }
+            match candidate.rfind(' ') {
+                Some(p) => candidate = &candidate[..p],
+                None => return false,
+            }
+        }
+    })
+}
+
+/// 15 to 34 characters (spaces ignored), country letters, check digits,
+/// and the ISO 13616 mod-97 remainder 1.
+pub fn is_iban(candidate: &str) -> bool {
+    let compact: Vec<u8> = candidate.bytes().filter(|b| *b != b' ').collect();
+    if !(15..=34).contains(&compact.len())
+        || !compact[..2].iter().all(u8::is_ascii_uppercase)
+        || !compact[2..4].iter().all(u8::is_ascii_digit)
+        || !compact.iter().all(u8::is_ascii_alphanumeric)
+    {
+        return false;
+    }
+    let rearranged = compact[4..].iter().chain(&compact[..4]);
+    let mut remainder: u32 = 0;
+    for &b in rearranged {
+        let value = if b.is_ascii_digit() {
+            u32::from(b - b'0')
+        } else {
+            u32::from(b.to_ascii_uppercase() - b'A') + 10
+        };
+        remainder = if value >= 10 {
+            (remainder * 100 + value) % 97
+        } else {
+            (remainder * 10 + value) % 97
+        };
+    }
+    remainder == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(text: &str) -> Vec<&'static str> {
+        scan_text(text, &PiiKind::ALL)
+            .into_iter()
+            .map(PiiKind::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn emails_are_found_but_not_inside_urls() {
+        assert_eq!(
+            kinds("write to alice.smith+ml@example.co.uk today"),
+            ["email"]
+        );
+        assert!(kinds("see https://cdn.example.com/logo@2x.png").is_empty());
+        assert!(kinds("clone https://deploy@git.example.org/repo.git").is_empty());
+        assert!(kinds("a @ sign and user@localhost").is_empty());
+    }
+
+    #[test]
+    fn phones_in_international_and_north_american_formats() {
+        assert_eq!(kinds("call +44 20 7946 0958"), ["phone"]);
+        assert_eq!(kinds("call (415) 555-0132"), ["phone"]);
+        assert_eq!(kinds("call 415-555-0132"), ["phone"]);
+        assert!(kinds("order 1234567890 shipped").is_empty());
+        assert!(kinds("version 1.2.3 of 2024-05-01").is_empty());
+    }
+
+    #[test]
+    fn card_numbers_need_luhn() {
+        assert_eq!(kinds("card 4111 1111 1111 1111"), ["card"]);
+        assert_eq!(kinds("card 5500-0000-0000-0004"), ["card"]);
+        assert_eq!(kinds("4012888888881881"), ["card"]);
+        // One digit off: fails Luhn.
+        assert!(kinds("card 4111 1111 1111 1112").is_empty());
+        // Passes Luhn but no card network starts with 0.
+        assert!(kinds("id 0000000000000000").is_empty());
+    }
+
+    #[test]
+    fn ssns_in_valid_ranges_only() {
+        assert_eq!(kinds("ssn 123-45-6789"), ["ssn"]);
+        assert!(kinds("ssn 000-45-6789").is_empty());
+        assert!(kinds("ssn 666-45-6789").is_empty());
+        assert!(kinds("ssn 912-45-6789").is_empty());
+        assert!(kinds("ref 123-00-6789").is_empty());
+    }
+
+    #[test]
+    fn ibans_need_mod_97() {
+        assert_eq!(kinds("pay DE89 3704 0044 0532 0130 00 OK"), ["iban"]);
+        assert_eq!(kinds("GB82WEST12345698765432"), ["iban"]);
+        assert!(kinds("GB82WEST12345698765433").is_empty());
+        assert!(kinds("SKU AB12CDEF3456GHIJ78").is_empty());
+    }
+
+    #[test]
+    fn json_findings_point_at_the_value_and_carry_no_text() {
+        let v: Value = serde_json::json!({
+            "features": ["fine", {"note": "card 4111111111111111"}],
+            "n": 4111111111111111u64,
+            "a/b": "mail bob@example.org"
+        });
+        let found = scan_json(&v, &PiiKind::ALL);
+        let pairs: Vec<_> = found
+            .iter()
+            .map(|f| (f.pointer.as_str(), f.kind.as_str()))
+            .collect();
+        assert!(pairs.contains(&("/features/1/note", "card")), "{pairs:?}");
+        assert!(pairs.contains(&("/n", "card")), "{pairs:?}");
+        assert!(pairs.contains(&("/a~1b", "email")), "{pairs:?}");
+        assert!(!format!("{found:?}").contains("4111"));
+    }
+
+    #[test]
+    fn only_the_kinds_asked_for() {
+        assert!(scan_text("bob@example.org", &[PiiKind::Card]).is_empty());
+    }
+}
