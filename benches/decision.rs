@@ -144,8 +144,18 @@ fn pipeline(c: &mut Criterion) {
 /// principal is named in the policy's scope (the index skips the others);
 /// otherwise in its condition (every policy is evaluated).
 fn scaled_policies(dir: &Path, n: usize, indexed: bool) {
-    for f in ["schema.cedarschema", "entities.json", "routes.yaml"] {
+    for f in [
+        "schema.cedarschema",
+        "entities.json",
+        "routes.yaml",
+        "models.yaml",
+    ] {
         std::fs::copy(root().join("policies").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("schemas")).unwrap();
+    for entry in std::fs::read_dir(root().join("policies/schemas")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join("schemas").join(path.file_name().unwrap())).unwrap();
     }
     let mut text = String::new();
     for i in 0..n {
