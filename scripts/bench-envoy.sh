@@ -18,6 +18,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -52,10 +54,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 wait_tcp() { # port, what
     for _ in $(seq 1 200); do
@@ -108,26 +106,7 @@ pids+=($!)
 wait_envoy_ready "$up_admin"
 
 # Portcullis: bundled policies with roomy quotas, the test issuer.
-pp=$(free_port)
-pa=$(free_port)
-ph=$(free_port)
-"$bin/portcullis-bench" --policies policies --prepare-policies "$work/policies" >/dev/null
-cat >"$work/portcullis.yaml" <<EOF
-listen: "127.0.0.1:$pp"
-admin_listen: "127.0.0.1:$pa"
-http_listen: "127.0.0.1:$ph"
-policies: "$work/policies"
-reload: { watch: false }
-authentication:
-  jwt:
-    - issuer: "https://idp.test.portcullis/"
-      audiences: ["portcullis"]
-      jwks_file: "$root/tests/fixtures/keys/test-issuer.jwks.json"
-      algorithms: ["ES256", "RS256"]
-      org_claim: org
-audit: { directory: "$work/audit" }
-log: { format: text, level: warn }
-EOF
+bench_portcullis_config "$work" "$bin" "$root"
 
 # The empty ext_authz + RLS server.
 ep=$(free_port)

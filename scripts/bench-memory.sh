@@ -12,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 KEYS=${KEYS:-1000000}
 DURATION=${DURATION:-10}
 [[ $KEYS =~ ^[0-9]+$ && $KEYS -ge 1 && $KEYS -le 10000000 ]] || { echo "KEYS must be 1..10000000" >&2; exit 2; }
@@ -25,28 +27,8 @@ work=$(mktemp -d -t portcullis-bench-memory.XXXXXX)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-pp=$(free_port)
-pa=$(free_port)
-ph=$(free_port)
-"$bin/portcullis-bench" --policies policies --prepare-policies "$work/policies" >/dev/null
-cat >"$work/portcullis.yaml" <<EOF
-listen: "127.0.0.1:$pp"
-admin_listen: "127.0.0.1:$pa"
-http_listen: "127.0.0.1:$ph"
-policies: "$work/policies"
-reload: { watch: false }
-authentication:
-  jwt:
-    - issuer: "https://idp.test.portcullis/"
-      audiences: ["portcullis"]
-      jwks_file: "$root/tests/fixtures/keys/test-issuer.jwks.json"
-      algorithms: ["ES256", "RS256"]
-      org_claim: org
-audit: { directory: "$work/audit" }
-log: { format: text, level: warn }
-EOF
+# Portcullis: bundled policies with roomy quotas, the test issuer.
+bench_portcullis_config "$work" "$bin" "$root"
 "$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/out" 2>"$work/log" &
 pid=$!
 for _ in $(seq 1 200); do

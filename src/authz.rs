@@ -309,49 +309,48 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// Cedar's `in` for the scope: equal, or an ancestor.
-    fn principal_in(&self, group: &EntityUid) -> bool {
-        group == self.principal || self.principal_ancestors.contains(group)
-    }
-
-    fn resource_in(&self, group: &EntityUid) -> bool {
-        group == self.resource || self.resource_ancestors.contains(group)
-    }
-
-    fn action_in(&self, group: &EntityUid) -> bool {
-        group == self.action || self.action_ancestors.contains(group)
-    }
-
     /// Whether the policy's scope can hold for this request. A policy whose
     /// scope does not hold is neither satisfied nor evaluated further by
     /// Cedar (the scope is the first conjunct), so leaving it out changes
     /// neither the decision, nor the determining policies, nor the errors.
-    fn admits(&self, policy: &Policy) -> bool {
-        let principal = match policy.principal_constraint() {
+    fn admits(&self, scope: &PolicyScope) -> bool {
+        // Cedar's `in` for the scope: equal, or an ancestor.
+        let within = |uid: &EntityUid, ancestors: &HashSet<&EntityUid>, group: &EntityUid| {
+            group == uid || ancestors.contains(group)
+        };
+        let (p, pa) = (self.principal, &self.principal_ancestors);
+        let (r, ra) = (self.resource, &self.resource_ancestors);
+        let principal = match &scope.principal {
             PrincipalConstraint::Any => true,
-            PrincipalConstraint::Eq(uid) => &uid == self.principal,
-            PrincipalConstraint::In(uid) => self.principal_in(&uid),
-            PrincipalConstraint::Is(ty) => &ty == self.principal.type_name(),
-            PrincipalConstraint::IsIn(ty, uid) => {
-                &ty == self.principal.type_name() && self.principal_in(&uid)
-            }
+            PrincipalConstraint::Eq(uid) => uid == p,
+            PrincipalConstraint::In(uid) => within(p, pa, uid),
+            PrincipalConstraint::Is(ty) => ty == p.type_name(),
+            PrincipalConstraint::IsIn(ty, uid) => ty == p.type_name() && within(p, pa, uid),
         };
         principal
-            && match policy.action_constraint() {
+            && match &scope.action {
                 ActionConstraint::Any => true,
-                ActionConstraint::Eq(uid) => &uid == self.action,
-                ActionConstraint::In(groups) => groups.iter().any(|g| self.action_in(g)),
+                ActionConstraint::Eq(uid) => uid == self.action,
+                ActionConstraint::In(groups) => groups
+                    .iter()
+                    .any(|g| within(self.action, &self.action_ancestors, g)),
             }
-            && match policy.resource_constraint() {
+            && match &scope.resource {
                 ResourceConstraint::Any => true,
-                ResourceConstraint::Eq(uid) => &uid == self.resource,
-                ResourceConstraint::In(uid) => self.resource_in(&uid),
-                ResourceConstraint::Is(ty) => &ty == self.resource.type_name(),
-                ResourceConstraint::IsIn(ty, uid) => {
-                    &ty == self.resource.type_name() && self.resource_in(&uid)
-                }
+                ResourceConstraint::Eq(uid) => uid == r,
+                ResourceConstraint::In(uid) => within(r, ra, uid),
+                ResourceConstraint::Is(ty) => ty == r.type_name(),
+                ResourceConstraint::IsIn(ty, uid) => ty == r.type_name() && within(r, ra, uid),
             }
     }
+}
+
+/// A policy's scope, converted out of Cedar's AST once per snapshot (each
+/// `*_constraint()` call clones its entity ids).
+struct PolicyScope {
+    principal: PrincipalConstraint,
+    action: ActionConstraint,
+    resource: ResourceConstraint,
 }
 
 /// A policy set indexed by principal scope, so that a request is evaluated
@@ -360,6 +359,8 @@ pub struct PolicyIndex {
     all: Arc<PolicySet>,
     /// Every policy, in a fixed order; the maps below hold positions.
     policies: Vec<Policy>,
+    /// Each policy's scope, by position.
+    scopes: Vec<PolicyScope>,
     by_principal: HashMap<EntityUid, Vec<usize>>,
     by_principal_type: HashMap<EntityTypeName, Vec<usize>>,
     any_principal: Vec<usize>,
@@ -376,14 +377,22 @@ impl PolicyIndex {
         let mut by_principal: HashMap<EntityUid, Vec<usize>> = HashMap::new();
         let mut by_principal_type: HashMap<EntityTypeName, Vec<usize>> = HashMap::new();
         let mut any_principal = Vec::new();
-        for (i, policy) in policies.iter().enumerate() {
-            match policy.principal_constraint() {
+        let scopes: Vec<PolicyScope> = policies
+            .iter()
+            .map(|p| PolicyScope {
+                principal: p.principal_constraint(),
+                action: p.action_constraint(),
+                resource: p.resource_constraint(),
+            })
+            .collect();
+        for (i, scope) in scopes.iter().enumerate() {
+            match &scope.principal {
                 PrincipalConstraint::Any => any_principal.push(i),
                 PrincipalConstraint::Eq(uid) | PrincipalConstraint::In(uid) => {
-                    by_principal.entry(uid).or_default().push(i)
+                    by_principal.entry(uid.clone()).or_default().push(i)
                 }
                 PrincipalConstraint::Is(ty) | PrincipalConstraint::IsIn(ty, _) => {
-                    by_principal_type.entry(ty).or_default().push(i)
+                    by_principal_type.entry(ty.clone()).or_default().push(i)
                 }
             }
         }
@@ -392,6 +401,7 @@ impl PolicyIndex {
         PolicyIndex {
             all: Arc::new(set.clone()),
             policies,
+            scopes,
             by_principal,
             by_principal_type,
             any_principal,
@@ -408,7 +418,7 @@ impl PolicyIndex {
         let mut picked: Vec<usize> = Vec::new();
         let mut consider = |positions: Option<&Vec<usize>>| {
             for &i in positions.into_iter().flatten() {
-                if scope.admits(&self.policies[i]) {
+                if scope.admits(&self.scopes[i]) {
                     picked.push(i);
                 }
             }
