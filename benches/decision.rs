@@ -7,11 +7,34 @@ use std::path::{Path, PathBuf};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use portcullis::authn::config::{AuthnConfig, IssuerConfig};
 use portcullis::authn::{AuthMethod, Authenticator, Identity};
-use portcullis::config::{AuthnConfig, IssuerConfig};
-use portcullis::pipeline::{decide, decide_as};
+use portcullis::decision::Decision;
+use portcullis::pipeline::{self, Ask, Live, Mode};
+use portcullis::policy::Snapshot;
+use portcullis::quota::Quotas;
 use portcullis::request::AccessRequest;
-use portcullis::snapshot::Snapshot;
+
+/// An enforced decision without the audit trail: the stages alone.
+async fn decide(
+    snapshot: &Snapshot,
+    authn: &Authenticator,
+    quotas: &Quotas,
+    req: &AccessRequest,
+) -> Decision {
+    let live = Live {
+        authenticator: authn,
+        quotas,
+        audit: None,
+        anomalies: None,
+    };
+    pipeline::decide(snapshot, Ask::Access(req), Mode::Enforce(live)).await
+}
+
+/// A decision for a given identity (Cedar and the body stage only).
+fn decide_as(snapshot: &Snapshot, identity: Option<Identity>, req: &AccessRequest) -> Decision {
+    pipeline::decide_offline(snapshot, req, identity, 0)
+}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -218,7 +241,7 @@ fn observability(c: &mut Criterion) {
     use portcullis::anomaly::{AnomalyConfig, Detector, Observed};
     let detector = Detector::new(
         &AnomalyConfig::default(),
-        std::sync::Arc::new(portcullis::quota::SystemClock),
+        std::sync::Arc::new(portcullis::time::SystemClock),
     );
     let principals: Vec<String> = (0..1000).map(|i| format!("User::\"u{i}\"")).collect();
     let sources: Vec<std::net::IpAddr> = (0..1000u32)

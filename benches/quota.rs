@@ -12,7 +12,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::quota::gcra::Rate;
 use portcullis::quota::local::LocalStore;
 use portcullis::quota::redis::RedisStore;
-use portcullis::quota::{Charge, QuotaStore, SystemClock};
+use portcullis::quota::{Charge, QuotaStore};
+use portcullis::time::SystemClock;
 
 fn charges(i: u64) -> Vec<Charge> {
     // Large limits: the benchmark measures the charge, not refusals.

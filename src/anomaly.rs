@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::quota::Clock;
+use crate::time::Clock;
 
 /// Anomaly detection settings (`anomaly:` in the config file).
 #[derive(Debug, Clone, Deserialize)]
@@ -607,7 +607,7 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::ManualClock;
+    use crate::time::ManualClock;
 
     fn detector(config: AnomalyConfig) -> (Detector, Arc<ManualClock>) {
         let clock = ManualClock::at(1_000_000_000_000);

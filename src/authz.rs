@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity,
@@ -18,7 +18,6 @@ use serde_json::{json, Map, Value};
 use crate::authn::Identity;
 use crate::request::AccessRequest;
 use crate::routes::Route;
-use crate::snapshot::{action_uid, Snapshot};
 
 /// The result of evaluating the policies for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +43,7 @@ impl RequestContext {
                 headers.insert(name.clone(), Value::String(v.to_string()));
             }
         }
-        let epoch = req
-            .time
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let epoch = crate::time::epoch_seconds(req.time);
         let mut ctx = json!({
             "method": req.method,
             "path": path,
@@ -110,10 +105,35 @@ fn time_record(epoch: u64) -> Value {
 /// One authorizer for the process: it holds no request state.
 static AUTHORIZER: std::sync::LazyLock<Authorizer> = std::sync::LazyLock::new(Authorizer::new);
 
+/// What authorization reads of a policy snapshot: the schema, the shared
+/// entities, the prepared (sliced, cached) policy sets, and whether shadow
+/// policies exist.
+#[derive(Debug, Clone, Copy)]
+pub struct Policies<'s> {
+    /// The Cedar schema requests are validated against.
+    pub schema: &'s cedar_policy::Schema,
+    /// `entities.json` plus the model registry's entities.
+    pub entities: &'s Entities,
+    /// The prepared policy sets and caches.
+    pub prepared: &'s Prepared,
+    /// True when the snapshot has shadow policies.
+    pub shadow: bool,
+}
+
+/// The Cedar `Action` entity named `name`.
+pub fn action_uid(name: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(
+        "Action"
+            .parse::<cedar_policy::EntityTypeName>()
+            .expect("'Action' is a valid type name"),
+        cedar_policy::EntityId::new(name),
+    )
+}
+
 /// Evaluates the snapshot's enforced policies for one request and, when the
 /// snapshot has shadow policies, the candidate set too (second element).
 pub fn authorize(
-    snapshot: &Snapshot,
+    snapshot: Policies<'_>,
     identity: &Identity,
     action: &str,
     resource: EntityUid,
@@ -165,7 +185,7 @@ impl DecisionKey {
 type Decided = (AuthzOutcome, Option<AuthzOutcome>);
 
 fn decide_uncached(
-    snapshot: &Snapshot,
+    snapshot: Policies<'_>,
     identity: &Identity,
     action: EntityUid,
     resource: EntityUid,
@@ -177,7 +197,7 @@ fn decide_uncached(
             determining: Vec::new(),
             errors: vec![error],
         };
-        let shadow = snapshot.shadow.as_ref().map(|_| outcome.clone());
+        let shadow = snapshot.shadow.then(|| outcome.clone());
         (outcome, shadow)
     };
     // Built directly from the JSON value: `Context::from_json_value` tries
@@ -193,7 +213,7 @@ fn decide_uncached(
         action.clone(),
         resource.clone(),
         context,
-        Some(&snapshot.schema),
+        Some(snapshot.schema),
     ) {
         Ok(r) => r,
         Err(e) => return denied(format!("request does not match the schema: {e}")),
@@ -202,7 +222,7 @@ fn decide_uncached(
     // Credentials may assert parents (the token's org) that entities.json
     // does not know; merge them into the principal (cached per identity,
     // for the life of the snapshot).
-    let entities = match snapshot.prepared.entities_for(snapshot, identity) {
+    let entities = match snapshot.prepared.entities_for(snapshot.entities, identity) {
         Ok(e) => e,
         Err(e) => return denied(format!("cannot build the principal entity: {e}")),
     };
@@ -515,7 +535,7 @@ impl Prepared {
     /// The entity store to evaluate `identity`'s requests against.
     fn entities_for(
         &self,
-        snapshot: &Snapshot,
+        entities: &Entities,
         identity: &Identity,
     ) -> Result<Arc<Entities>, String> {
         if identity.parents.is_empty() {
@@ -527,9 +547,8 @@ impl Prepared {
         if let Some(e) = self.merged.get(&key) {
             return Ok(e);
         }
-        let principal = with_parents(snapshot, identity)?;
-        let merged = snapshot
-            .entities
+        let principal = with_parents(entities, identity)?;
+        let merged = entities
             .clone()
             .upsert_entities([principal], None)
             .map_err(|e| e.to_string())?;
@@ -568,9 +587,9 @@ fn evaluate(
 
 /// The principal entity with the identity's parents added to any it has in
 /// `entities.json` (attributes come from `entities.json` only).
-fn with_parents(snapshot: &Snapshot, identity: &Identity) -> Result<Entity, String> {
+fn with_parents(entities: &Entities, identity: &Identity) -> Result<Entity, String> {
     let mut parents: HashSet<EntityUid> = identity.parents.iter().cloned().collect();
-    match snapshot.entities.get(&identity.principal) {
+    match entities.get(&identity.principal) {
         Some(existing) => {
             let (uid, attrs, static_parents) = existing.clone().into_inner();
             parents.extend(static_parents);

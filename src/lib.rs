@@ -1,36 +1,53 @@
 //! Portcullis: a policy decision point for API gateways in front of
-//! machine-learning inference APIs. Envoy asks (ext_authz `Check`); the
-//! pipeline decides from the policy directory; adapters translate.
+//! machine-learning inference APIs. Gateways ask (ext_authz `Check`, RLS
+//! `ShouldRateLimit`, the admin API); `pipeline::decide` decides from the
+//! policy snapshot; adapters translate. `docs/architecture.md` is the map.
+//!
+//! Layers, each importing only the layers below it (`tests/tidy.rs` keeps
+//! it so):
+//! 1. leaves: [`request`], [`decision`], [`time`], [`json`], [`yaml`],
+//!    [`metrics`], [`tracecontext`], [`otlp`], [`shared_redis`], [`proto`]
+//! 2. stages, each owning its config section: [`routes`], [`authn`],
+//!    [`authz`], [`validate`], [`quota`], [`residency`], [`anomaly`],
+//!    [`audit`]
+//! 3. [`policy`]: the snapshot, its loading, versioning and reloading
+//! 4. [`pipeline`]: the one decision path
+//! 5. [`app`] and [`config`]: the running state assembled from a `Config`
+//! 6. [`adapters`]: ext_authz, RLS, admin, operations HTTP, offline
+//! 7. [`server`]: listeners, tonic stacks, reflection, tasks, shutdown
+//! 8. [`cli`]: the command line (`main.rs` only calls it)
 
-pub mod admin;
+pub mod decision;
+pub mod json;
+pub mod metrics;
+pub mod otlp;
+pub mod request;
+pub mod shared_redis;
+pub mod time;
+pub mod tracecontext;
+pub mod yaml;
+
 pub mod anomaly;
 pub mod audit;
 pub mod authn;
 pub mod authz;
-pub mod check;
-pub mod config;
-pub mod decision;
-pub mod extauthz;
-pub mod gitrev;
-pub mod health;
-pub mod http;
-pub mod metrics;
-pub mod otlp;
-pub mod pipeline;
-pub mod policydiff;
-pub mod policytest;
 pub mod quota;
-pub mod reload;
-pub mod request;
 pub mod residency;
-pub mod rls;
 pub mod routes;
-pub mod server;
-pub mod shared_redis;
-pub mod snapshot;
-pub mod tls;
-pub mod tracecontext;
 pub mod validate;
+
+pub mod policy;
+
+pub mod pipeline;
+
+pub mod app;
+pub mod config;
+
+pub mod adapters;
+
+pub mod server;
+
+pub mod cli;
 
 /// Generated code for our own admin protos.
 pub mod proto {

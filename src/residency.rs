@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use cedar_policy::{Entities, EntityUid, EvalResult};
+use serde::Deserialize;
 
 use crate::authn::Identity;
 
@@ -80,4 +81,52 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// Where the gateway's region comes from: fixed in this configuration, or
+/// a header the gateway itself sets (and overwrites, so a client cannot
+/// choose it; see deploy/envoy.yaml). With neither, orgs that restrict
+/// their regions are refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResidencyConfig {
+    /// The region, e.g. `eu-west-1`.
+    pub region: Option<String>,
+    /// A lower-case header the gateway sets to its region (overrides
+    /// `region` when present).
+    pub region_header: Option<String>,
+}
+
+impl ResidencyConfig {
+    /// The gateway's region for a request with these headers.
+    pub fn region_of(&self, headers: &std::collections::HashMap<String, String>) -> Option<String> {
+        self.region_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.region.clone())
+    }
+}
+
+impl ResidencyConfig {
+    /// Every problem with this section, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(h) = &self.region_header {
+            if h.is_empty()
+                || h.bytes()
+                    .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+            {
+                problems.push(
+                    "residency.region_header: a lower-case header name, e.g. x-gateway-region"
+                        .into(),
+                );
+            }
+            if h.starts_with("x-portcullis-") {
+                problems.push("residency.region_header: x-portcullis-* headers are Portcullis's own; use another name".into());
+            }
+        }
+        problems
+    }
 }

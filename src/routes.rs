@@ -1090,15 +1090,10 @@ impl Checker<'_> {
     }
 
     fn yaml_error(&mut self, error: &serde_yaml_ng::Error) {
-        let location = error.location();
-        let mut message = error.to_string();
-        if let Some(location) = &location {
-            let suffix = format!(" at line {} column {}", location.line(), location.column());
-            message = message.replacen(&suffix, "", 1);
-        }
+        let (line, message) = crate::yaml::located(error);
         self.errors.push(RouteError {
             file: self.file.to_owned(),
-            line: location.map_or(1, |l| l.line()),
+            line: line.unwrap_or(1),
             message,
         });
     }
@@ -1273,7 +1268,7 @@ fn locate(text: &str, at: &[Step<'_>]) -> Option<usize> {
         seed: PhantomData::<Marker>,
     };
     match seed.deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
-        Err(e) if e.to_string().contains(MARKER) => e.location().map(|l| l.line()),
+        Err(e) if e.to_string().contains(MARKER) => crate::yaml::line(&e),
         _ => None,
     }
 }

@@ -38,6 +38,9 @@ struct Lazy<C> {
     connecting: Arc<AtomicBool>,
     ready: Arc<tokio::sync::Notify>,
     last_error: Arc<Mutex<String>>,
+    /// Owns the background attempts (the server's tracker once given one
+    /// with [`SharedRedis::owned_by`]).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl<C: Clone + Send + 'static> Lazy<C> {
@@ -47,6 +50,7 @@ impl<C: Clone + Send + 'static> Lazy<C> {
             connecting: Arc::new(AtomicBool::new(false)),
             ready: Arc::new(tokio::sync::Notify::new()),
             last_error: Arc::new(Mutex::new(String::new())),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -76,7 +80,7 @@ impl<C: Clone + Send + 'static> Lazy<C> {
                 Arc::clone(&self.ready),
                 Arc::clone(&self.last_error),
             );
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
                     Ok(Ok(c)) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
                     Ok(Err(e)) => {
@@ -170,6 +174,17 @@ impl ConnectionLike for Connection {
 }
 
 impl SharedRedis {
+    /// This connection with its background connection attempts spawned on
+    /// `tasks` (the running server's tracker), so that shutdown waits for
+    /// them (each ends within [`CONNECT_TIMEOUT`]).
+    pub fn owned_by(mut self, tasks: &tokio_util::task::TaskTracker) -> Self {
+        match &mut self.target {
+            Target::Single { connection, .. } => connection.tasks = tasks.clone(),
+            Target::Cluster { connection, .. } => connection.tasks = tasks.clone(),
+        }
+        self
+    }
+
     /// A single primary at `url` (`redis://host:port/db`); connects on first
     /// use. `timeout` bounds each command's answer. `field` names the config
     /// field in errors.

@@ -6,6 +6,7 @@
 //! the reading. Records never carry tokens, secrets or request bodies.
 
 pub mod chain;
+pub mod config;
 pub mod query;
 pub mod writer;
 
@@ -19,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::decision::{Decision, DenyReason, Outcome};
 use crate::request::AccessRequest;
+pub use config::AuditConfig;
 
 pub use writer::{start, AuditWriter, StartError};
 
@@ -162,7 +164,7 @@ impl AuditRecord {
     pub fn new(kind: Kind) -> Self {
         AuditRecord {
             id: uuid::Uuid::now_v7().to_string(),
-            time: rfc3339_millis(SystemTime::now()),
+            time: crate::time::rfc3339_millis(SystemTime::now()),
             kind,
             ..AuditRecord::default()
         }
@@ -201,6 +203,34 @@ impl AuditRecord {
                 })
                 .unwrap_or_default(),
             ..AuditRecord::new(Kind::Decision)
+        }
+    }
+
+    /// The record of an admin call: who called which RPC, and the
+    /// decision on it. A refused credential's code (`expired`, ...) is the
+    /// reason, as operators search for it.
+    pub fn admin_call(d: &Decision, req: &AccessRequest, rpc: &str) -> Self {
+        let reason = d
+            .errors
+            .iter()
+            .find_map(|e| e.strip_prefix("authentication: "))
+            .map(str::to_string)
+            .or_else(|| d.reason.map(|r| r.code().to_string()))
+            .unwrap_or_default();
+        AuditRecord {
+            rpc: rpc.to_string(),
+            principal: d.principal.clone().unwrap_or_default(),
+            auth_method: d.auth_method.unwrap_or_default().to_string(),
+            action: d.action.clone().unwrap_or_default(),
+            resource: d.resource.clone().unwrap_or_default(),
+            decision: outcome_str(d.decision).to_string(),
+            status: u64::from(d.status),
+            reason,
+            determining_policies: d.determining_policies.clone(),
+            errors: d.errors.clone(),
+            policy_version: d.policy_version.clone(),
+            source_ip: req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            ..AuditRecord::new(Kind::AdminCall)
         }
     }
 
@@ -357,6 +387,29 @@ impl AuditSink {
     /// or the writer failing to write) becomes a 503 denial: no request
     /// passes unaudited.
     pub fn record_decision(&self, d: Decision, req: &AccessRequest, latency: Duration) -> Decision {
+        self.record_or_refuse(d, |d| {
+            let mut records = vec![AuditRecord::decision(d, req, latency)];
+            records.extend(AuditRecord::authn_failure(d, req));
+            records
+        })
+    }
+
+    /// Records an admin call's decision, with the same fail-closed rule as
+    /// [`AuditSink::record_decision`]: a call that cannot be recorded is
+    /// refused.
+    pub fn record_admin_call(&self, d: Decision, req: &AccessRequest, rpc: &str) -> Decision {
+        self.record_or_refuse(d, |d| vec![AuditRecord::admin_call(d, req, rpc)])
+    }
+
+    /// Queues the records `of` the decision gives (the first is the
+    /// decision's own); in `fail_closed` mode a decision whose record
+    /// cannot be queued, or that arrives while writes fail, becomes a 503
+    /// denial, and that denial is what is recorded.
+    fn record_or_refuse(
+        &self,
+        d: Decision,
+        of: impl Fn(&Decision) -> Vec<AuditRecord>,
+    ) -> Decision {
         let fail_closed = self.mode == OnFull::FailClosed;
         let mut d = d;
         let mut refused = false;
@@ -366,10 +419,10 @@ impl AuditSink {
             d = unavailable(d);
             refused = true;
         }
-        let failure = AuditRecord::authn_failure(&d, req);
-        let recorded = self.record(AuditRecord::decision(&d, req, latency));
-        if let Some(failure) = failure {
-            self.record(failure);
+        let mut records = of(&d).into_iter();
+        let recorded = records.next().is_some_and(|own| self.record(own));
+        for other in records {
+            self.record(other);
         }
         if !recorded && fail_closed && !refused {
             d = unavailable(d);
@@ -451,74 +504,6 @@ pub fn source_of(addr: Option<SocketAddr>) -> String {
     addr.map(|a| a.ip().to_string()).unwrap_or_default()
 }
 
-/// `2026-11-25T21:00:00.123Z`.
-pub fn rfc3339_millis(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = crate::admin::rfc3339(d.as_secs());
-    format!("{}.{:03}Z", secs.trim_end_matches('Z'), d.subsec_millis())
-}
-
-/// Parses RFC 3339 UTC (`2026-11-25T21:00:00Z`, optional fraction, `Z` or
-/// a `+hh:mm`/`-hh:mm` offset) into milliseconds since the epoch.
-pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let f = &frac[..digits];
-        let ms = format!("{:0<3}", &f[..digits.min(3)]);
-        millis = ms.parse().ok()?;
-        rest = &frac[digits..];
-    }
-    let offset_min = match rest {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-            let oh: i64 = o[1..3].parse().ok()?;
-            let om: i64 = o[4..6].parse().ok()?;
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            sign * (oh * 60 + om)
-        }
-        _ => return None,
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let (y2, m2) = if mo <= 2 {
-        (y - 1, mo + 9)
-    } else {
-        (y, mo - 3)
-    };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3_600 + mi * 60 + sec - offset_min * 60;
-    Some(secs * 1_000 + millis)
-}
-
 /// `name: remaining/limit per Ns`, with the degraded mode when a store
 /// failure decided, e.g. `principal-requests: 41/600 per 60s (degraded: local)`.
 fn quota_summary(q: &crate::quota::apply::QuotaOutcome) -> String {
@@ -538,35 +523,6 @@ fn quota_summary(q: &crate::quota::apply::QuotaOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_round_trips() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_564_800_123);
-        let s = rfc3339_millis(t);
-        assert_eq!(s, "2026-11-25T00:00:00.123Z");
-        assert_eq!(parse_rfc3339_ms(&s), Some(1_795_564_800_123));
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-25T00:00:00Z"),
-            Some(1_795_564_800_000)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-25T01:00:00+01:00"),
-            Some(1_795_564_800_000)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2000-02-29T00:00:00.5Z"),
-            Some(951_782_400_500)
-        );
-        for bad in [
-            "",
-            "yesterday",
-            "2026-13-01T00:00:00Z",
-            "2026-11-25T00:00:00",
-            "2026-11-25T00:00:00.Z",
-        ] {
-            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
-        }
-    }
 
     fn sink(mode: OnFull, capacity: usize) -> (AuditSink, mpsc::Receiver<Message>) {
         let (tx, rx) = mpsc::channel(capacity);

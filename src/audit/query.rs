@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use super::chain::{CheckpointKey, Location, Verification, Verifier};
 use super::writer::list_files;
-use super::{parse_rfc3339_ms, AuditRecord};
+use super::AuditRecord;
+use crate::time::parse_rfc3339_ms;
 
 /// Which records a query or a tail wants. Empty fields match everything.
 #[derive(Debug, Clone, Default)]

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::chain::{leaf_hash, CheckpointKey, GENESIS};
 use super::{AuditRecord, AuditSink, Counters, Head, Kind, Message};
-use crate::config::AuditConfig;
+use crate::audit::config::AuditConfig;
 
 /// Prefix and suffix of audit file names: `audit-<first seq, 20 digits>.jsonl`.
 pub const FILE_PREFIX: &str = "audit-";

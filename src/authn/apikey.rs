@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use super::{entity_uid, AuthMethod, AuthnFailure, Identity, TokenFacts};
-use crate::config::ApiKeyConfig;
+use crate::authn::config::ApiKeyConfig;
 
 pub(crate) const PREFIX: &str = "pck_";
 pub(crate) const ID_HEX_LEN: usize = 12;
@@ -153,11 +153,7 @@ impl ApiKeyVerifier {
     /// Watches the file (by modification time) until `cancel`, so that a
     /// revocation takes effect within about `interval`.
     pub async fn watch(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
+        crate::time::every(interval, cancel, || async {
             match self.reload_if_changed() {
                 Ok(true) => tracing::info!(path = %self.path.display(), "API keys reloaded"),
                 Ok(false) => {}
@@ -165,7 +161,8 @@ impl ApiKeyVerifier {
                     tracing::error!(error = %e, "API keys file rejected; keeping the last good keys")
                 }
             }
-        }
+        })
+        .await
     }
 
     /// Verifies a presented key at `now_epoch`.
@@ -270,7 +267,7 @@ fn load(path: &Path) -> Result<Keys, KeysFileError> {
     let file: KeysFile = if text.trim().is_empty() {
         KeysFile { keys: Vec::new() }
     } else {
-        serde_yaml_ng::from_str(&text).map_err(|e| invalid(crate::config::yaml_message(&e)))?
+        serde_yaml_ng::from_str(&text).map_err(|e| invalid(crate::yaml::message(&e)))?
     };
     let mut problems = Vec::new();
     let mut by_id: HashMap<String, Vec<StoredKey>> = HashMap::new();

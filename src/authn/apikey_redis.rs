@@ -26,7 +26,7 @@ use redis::aio::ConnectionLike;
 
 use super::apikey::{parse, unknown, StoredKey};
 use super::{AuthnFailure, Identity};
-use crate::config::ApiKeyConfig;
+use crate::authn::config::ApiKeyConfig;
 use crate::shared_redis::SharedRedis;
 
 /// Prefix of every API key record.

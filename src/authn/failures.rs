@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::FailureConfig;
+use crate::authn::config::FailureConfig;
 
 /// What a failure is counted against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 
 use super::failures::{FailureKey, FailureStore, InProcessFailures};
-use crate::config::FailureConfig;
+use crate::authn::config::FailureConfig;
 use crate::shared_redis::SharedRedis;
 
 /// ARGV: op (`check` | `record`), threshold, window_ms, block_ms,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 use super::{entity_uid, AuthMethod, AuthnFailure, Identity, TokenFacts};
-use crate::config::IntrospectionConfig;
+use crate::authn::config::IntrospectionConfig;
 
 /// A cached answer.
 #[derive(Debug, Clone)]

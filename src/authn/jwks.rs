@@ -14,7 +14,7 @@ use arc_swap::ArcSwapOption;
 use tokio_util::sync::CancellationToken;
 
 use super::jwt::{parse_key_set, Key};
-use crate::config::JwksConfig;
+use crate::authn::config::JwksConfig;
 
 /// Largest JWKS or discovery document we read; a provider sending more is
 /// broken or hostile.

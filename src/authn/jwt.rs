@@ -18,7 +18,7 @@ use sha2::Digest;
 
 use super::jwks::{KeysUnavailable, RemoteJwks};
 use super::{entity_uid, AuthMethod, AuthnFailure, Identity, TokenFacts};
-use crate::config::{AuthnConfig, IssuerConfig};
+use crate::authn::config::{AuthnConfig, IssuerConfig};
 
 /// Parses an algorithm name from the configuration. Symmetric algorithms
 /// are accepted only for an issuer with an explicit HMAC secret.
@@ -114,10 +114,7 @@ impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExpiry {
         value: &Arc<Verified>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::time::now_seconds();
         Some(Duration::from_secs(value.exp.saturating_sub(now)))
     }
 }
@@ -553,7 +550,7 @@ fn split_compact(token: &str) -> Result<(JsonObject, JsonObject), AuthnFailure> 
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(segment)
             .map_err(|_| malformed())?;
-        let strict: StrictJson = serde_json::from_slice(&bytes).map_err(|e| {
+        let strict = crate::json::from_slice(&bytes, |_| DUPLICATE.to_string()).map_err(|e| {
             if e.to_string().contains(DUPLICATE) {
                 AuthnFailure::new(
                     "duplicate_member",
@@ -563,7 +560,7 @@ fn split_compact(token: &str) -> Result<(JsonObject, JsonObject), AuthnFailure> 
                 malformed()
             }
         })?;
-        match strict.0 {
+        match strict {
             Value::Object(map) => Ok(map),
             _ => Err(malformed()),
         }
@@ -607,66 +604,6 @@ fn check_header(
 }
 
 const DUPLICATE: &str = "duplicate JSON member";
-
-/// JSON that refuses duplicate object members at any depth (serde_json
-/// keeps the last one silently, and two parsers may disagree on which).
-struct StrictJson(Value);
-
-impl<'de> serde::Deserialize<'de> for StrictJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictJson)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(StrictJson(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some((k, StrictJson(v))) = map.next_entry::<String, StrictJson>()? {
-            if out.insert(k, v).is_some() {
-                return Err(serde::de::Error::custom(DUPLICATE));
-            }
-        }
-        Ok(Value::Object(out))
-    }
-}
 
 fn map_error(kind: &jsonwebtoken::errors::ErrorKind) -> AuthnFailure {
     use jsonwebtoken::errors::ErrorKind as K;

@@ -3,6 +3,7 @@
 
 pub mod apikey;
 pub mod apikey_redis;
+pub mod config;
 pub mod failures;
 pub mod failures_redis;
 pub mod introspect;
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 use cedar_policy::EntityUid;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthnConfig, MtlsConfig};
 use crate::request::AccessRequest;
+pub use config::{AuthnConfig, MtlsConfig};
 
 /// Who is calling, as established by authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +215,7 @@ impl Authenticator {
         config: &AuthnConfig,
         redis: Option<AuthnRedis>,
     ) -> Result<Self, Vec<AuthnSetupError>> {
-        use crate::config::FailureStoreKind;
+        use crate::authn::config::FailureStoreKind;
         let mut errors = Vec::new();
         let jwt = jwt::JwtVerifier::new(config)
             .map_err(|errs| errors.extend(errs.into_iter().map(AuthnSetupError::from)));
@@ -295,19 +296,13 @@ impl Authenticator {
 
     /// Starts the background refresh of every remote key set; each task
     /// stops when `cancel` is cancelled.
-    pub fn spawn_refresh(&self, cancel: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks: Vec<_> = self
-            .jwt
-            .remote_key_sets()
-            .into_iter()
-            .map(|jwks| tokio::spawn(Arc::clone(&jwks).run(cancel.clone())))
-            .collect();
-        if let Some(ApiKeys::File(keys)) = &self.api_keys {
-            tasks.push(tokio::spawn(
-                Arc::clone(keys).watch(API_KEYS_POLL, cancel.clone()),
-            ));
+    pub fn spawn_refresh(&self, tasks: &tokio_util::task::TaskTracker, cancel: &CancellationToken) {
+        for jwks in self.jwt.remote_key_sets() {
+            tasks.spawn(Arc::clone(&jwks).run(cancel.clone()));
         }
-        tasks
+        if let Some(ApiKeys::File(keys)) = &self.api_keys {
+            tasks.spawn(Arc::clone(keys).watch(API_KEYS_POLL, cancel.clone()));
+        }
     }
 
     /// Issuers whose tokens cannot be verified now (keys never fetched, or
@@ -623,7 +618,7 @@ pub fn entity_uid(type_name: &str, id: &str) -> Option<EntityUid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AuthnConfig;
+    use crate::authn::config::AuthnConfig;
 
     fn request(headers: &[(&str, &str)], principal: Option<&str>) -> AccessRequest {
         let mut r = AccessRequest::for_test("GET", "/");
@@ -696,7 +691,7 @@ mod tests {
     #[tokio::test]
     async fn spiffe_id_outside_the_trust_domains_is_rejected() {
         let a = Authenticator::new(&AuthnConfig {
-            mtls: crate::config::MtlsConfig {
+            mtls: crate::authn::config::MtlsConfig {
                 trust_domains: vec!["acme.example".into()],
                 ..Default::default()
             },
@@ -751,7 +746,7 @@ mod tests {
         std::fs::write(&keys, "keys: []\n").unwrap();
         let recorder = Arc::new(Recorder::default());
         let a = Authenticator::new(&AuthnConfig {
-            api_keys: crate::config::ApiKeyConfig {
+            api_keys: crate::authn::config::ApiKeyConfig {
                 file: Some(keys),
                 header: "X-Portcullis-Key".into(),
                 ..Default::default()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::SignatureConfig;
+use crate::authn::config::SignatureConfig;
 use crate::request::AccessRequest;
 
 use super::Identity;
@@ -227,8 +227,8 @@ fn parse_header(value: &str) -> Option<(u64, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authn::config::SignedAppConfig;
     use crate::authn::{entity_uid, AuthMethod};
-    use crate::config::SignedAppConfig;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 

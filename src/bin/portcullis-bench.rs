@@ -34,7 +34,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::rpc;
 use hdrhistogram::Histogram;
-use portcullis::config::{Config, IssuerConfig};
+use portcullis::authn::config::IssuerConfig;
+use portcullis::config::Config;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -661,7 +662,7 @@ fn portcullis_config(
     }))?;
     config.authentication.jwt.push(issuer);
     if let Some(url) = &args.redis {
-        config.quotas.store = portcullis::config::QuotaStoreKind::Redis;
+        config.quotas.store = portcullis::quota::QuotaStoreKind::Redis;
         config.quotas.redis_url = Some(url.clone());
         // A store error must show up as a denial, not as a silent
         // in-process fallback that would flatter the figures.
@@ -684,7 +685,7 @@ fn scaled_policies(n: usize, generation: u32) -> String {
 
 /// Rewrites the policy file and reloads, once per second, for `seconds`.
 async fn reload_under_load(
-    store: Arc<portcullis::reload::PolicyStore>,
+    store: Arc<portcullis::policy::PolicyStore>,
     file: PathBuf,
     n: usize,
     seconds: f64,

@@ -3,10 +3,9 @@
 //! picks the limit that decided, for headers. Shared by the RLS adapter and
 //! the in-Check quota stage so both answer the same way.
 
-use serde::Serialize;
-
 use super::config::{counter_key, QuotaConfig, QuotaLimit};
 use super::{Charge, Enforced, LimitState, OnStoreError, Quotas};
+pub use crate::decision::quota::QuotaOutcome;
 
 /// One descriptor to enforce: its domain, entries and cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,111 +36,6 @@ pub struct Verdict {
     pub applied: Vec<Option<Applied>>,
     /// The outcome for headers and records; `None` when no limit applied.
     pub outcome: Option<QuotaOutcome>,
-}
-
-/// What a decision records about quotas, and what the client is told.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct QuotaOutcome {
-    /// The counter key of the limit that decided (on a refusal, the one that
-    /// refused; on an allow, the one with the least left).
-    pub descriptor: String,
-    /// That limit's name, if configured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Its size: units a full bucket holds.
-    pub limit: u64,
-    /// Its window in seconds.
-    pub window_seconds: u64,
-    /// Units left.
-    pub remaining: u64,
-    /// Seconds until the bucket is full again.
-    pub reset_seconds: u64,
-    /// On a refusal: seconds until the request would fit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_after_seconds: Option<u64>,
-    /// Shadow-mode limits this request exceeded (reported, not enforced).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub shadow_exceeded: Vec<String>,
-    /// Set when the store failed and the configured mode decided.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub degraded: Option<OnStoreError>,
-    /// Set when the request's cost is larger than this limit ever allows at
-    /// once (its burst): waiting cannot help, so there is no Retry-After.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cost_too_large: Option<u64>,
-}
-
-impl QuotaOutcome {
-    /// `RateLimit-*` headers (and `Retry-After` on a refusal) for the client.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        match self.degraded {
-            // Nothing was counted: no numbers to tell.
-            Some(OnStoreError::Allow) => return Vec::new(),
-            Some(OnStoreError::Deny) => return vec![("retry-after", "1".to_string())],
-            _ => {}
-        }
-        if self.cost_too_large.is_some() {
-            // The counter was not read: describe the limit, not its state.
-            return vec![
-                ("ratelimit-limit", self.limit.to_string()),
-                (
-                    "ratelimit-policy",
-                    format!("{};w={}", self.limit, self.window_seconds),
-                ),
-            ];
-        }
-        let mut h = vec![
-            ("ratelimit-limit", self.limit.to_string()),
-            ("ratelimit-remaining", self.remaining.to_string()),
-            ("ratelimit-reset", self.reset_seconds.to_string()),
-            (
-                "ratelimit-policy",
-                format!("{};w={}", self.limit, self.window_seconds),
-            ),
-        ];
-        if let Some(retry) = self.retry_after_seconds {
-            h.push(("retry-after", retry.to_string()));
-        }
-        h
-    }
-
-    /// Why a refused request is denied: the store could not be asked (and
-    /// the mode denies), the cost can never fit, or the limit is spent.
-    pub fn deny_reason(&self) -> crate::decision::DenyReason {
-        use crate::decision::DenyReason;
-        if self.degraded == Some(OnStoreError::Deny) {
-            DenyReason::QuotaUnavailable
-        } else if self.cost_too_large.is_some() {
-            DenyReason::BadQuotaCost
-        } else {
-            DenyReason::QuotaExceeded
-        }
-    }
-
-    /// The client-safe explanation of a refusal.
-    pub fn detail(&self) -> String {
-        if let Some(cost) = self.cost_too_large {
-            return format!(
-                "the request costs {cost}, more than quota '{}' allows at once ({} per {} s); ask for less",
-                self.name.as_deref().unwrap_or(&self.descriptor),
-                self.limit,
-                self.window_seconds
-            );
-        }
-        match (self.degraded, self.retry_after_seconds) {
-            (Some(OnStoreError::Deny), _) => {
-                "quota could not be checked right now; retry shortly".to_string()
-            }
-            (_, Some(retry)) => format!(
-                "quota '{}' exceeded: {} per {} s; retry after {} s",
-                self.name.as_deref().unwrap_or(&self.descriptor),
-                self.limit,
-                self.window_seconds,
-                retry
-            ),
-            _ => String::new(),
-        }
-    }
 }
 
 fn secs_up(us: u64) -> u64 {

@@ -246,14 +246,8 @@ impl QuotaConfig {
             let parsed: FileYaml = match serde_yaml_ng::from_str(text) {
                 Ok(p) => p,
                 Err(e) => {
-                    errors.push(err(
-                        e.location().map(|l| l.line()),
-                        e.to_string()
-                            .split(" at line ")
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    ));
+                    let (line, message) = crate::yaml::located(&e);
+                    errors.push(err(line, message));
                     continue;
                 }
             };

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::gcra::assess;
-use super::{Charge, Charged, Clock, LimitState, QuotaStore, StoreError};
+use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
+use crate::time::Clock;
 
 const SHARDS: usize = 64;
 
@@ -166,7 +167,7 @@ impl QuotaStore for LocalStore {
 mod tests {
     use super::*;
     use crate::quota::gcra::Rate;
-    use crate::quota::ManualClock;
+    use crate::time::ManualClock;
 
     fn charge(key: &str, requests: u64, cost: u64) -> Charge {
         Charge {

@@ -13,10 +13,15 @@ pub mod config;
 pub mod gcra;
 pub mod local;
 pub mod redis;
+pub mod settings;
+
+pub use settings::{QuotaSettings, QuotaStoreKind};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::time::SystemClock;
 
 pub use config::{QuotaConfig, QuotaLimit};
 use gcra::Rate;
@@ -82,69 +87,7 @@ pub trait QuotaStore: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Where time comes from for the in-process store.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Microseconds since the Unix epoch.
-    fn now_us(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_us(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0)
-    }
-}
-
-/// A clock tests move by hand.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock at `us` microseconds.
-    pub fn at(us: u64) -> Arc<ManualClock> {
-        Arc::new(ManualClock(AtomicU64::new(us)))
-    }
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_micros() as u64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_us(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// What to do when the store fails to answer within its timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnStoreError {
-    /// Refuse the request (503 with Retry-After).
-    Deny,
-    /// Let the request through uncounted.
-    Allow,
-    /// Enforce in-process limits (divided by `replicas`) until the store
-    /// answers again.
-    Local,
-}
-
-impl OnStoreError {
-    /// The mode's name for logs and records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnStoreError::Deny => "deny",
-            OnStoreError::Allow => "allow",
-            OnStoreError::Local => "local",
-        }
-    }
-}
+pub use crate::decision::quota::OnStoreError;
 
 /// The result of charging through [`Quotas`].
 #[derive(Debug, Clone, PartialEq, Eq)]

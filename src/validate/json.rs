@@ -1,13 +1,10 @@
 //! Reads a JSON body safely: UTF-8, nesting depth and number sizes are
 //! checked in one linear pass BEFORE anything recursive runs, so a
 //! 10,000-deep document costs a scan, not a stack; then it is parsed into
-//! a `serde_json::Value` refusing duplicate keys. Messages say where and
+//! a `serde_json::Value` refusing duplicate keys (`crate::json`). Messages say where and
 //! how to fix, and never repeat the body's content.
 
-use std::fmt;
-
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Longest number literal accepted (digits, sign, point, exponent).
 pub const MAX_NUMBER_CHARS: usize = 40;
@@ -34,12 +31,7 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Value, Malformed> {
         ))
     })?;
     scan(text.as_bytes(), max_depth)?;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let value = ValueSeed
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v))
-        .map_err(|e| describe(&e))?;
-    Ok(value)
+    crate::json::from_str(text, duplicate_key_message).map_err(|e| describe(&e))
 }
 
 /// One pass over the bytes: nesting depth and the length of every number
@@ -142,69 +134,6 @@ fn describe(e: &serde_json::Error) -> Malformed {
         _ => malformed(format!(
             "the body is not valid JSON at line {line}, column {column}: {what}"
         )),
-    }
-}
-
-/// Deserializes a `Value`, refusing an object with the same key twice.
-struct ValueSeed;
-
-impl<'de> DeserializeSeed<'de> for ValueSeed {
-    type Value = Value;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ValueSeed {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        serde_json::Number::from_f64(v)
-            .map(Value::Number)
-            .ok_or_else(|| E::custom("a number is not finite"))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(v) = seq.next_element_seed(ValueSeed)? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(duplicate_key_message(&key)));
-            }
-            let value = map.next_value_seed(ValueSeed)?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
     }
 }
 

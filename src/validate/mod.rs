@@ -9,8 +9,6 @@ pub mod pii;
 pub mod rules;
 pub mod schema;
 
-use serde::Serialize;
-
 use crate::decision::DenyReason;
 use crate::request::AccessRequest;
 use rules::{BodySpec, PiiKind, PiiMode};
@@ -21,25 +19,7 @@ pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 /// At most this many problems are listed in one response.
 pub const MAX_PROBLEMS: usize = 20;
 
-/// One thing wrong with a request body: where (a JSON pointer into the
-/// request, "" for the whole body) and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    /// RFC 6901 JSON pointer into the request body.
-    pub pointer: String,
-    /// What is wrong and how to fix it; never the offending value.
-    pub message: String,
-}
-
-impl Problem {
-    /// A problem at `pointer`.
-    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem {
-            pointer: pointer.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::decision::Problem;
 
 /// Why a body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -166,15 +166,7 @@ impl Registry {
     /// Parses models.yaml, reporting every problem found.
     pub fn parse(text: &str) -> Result<Registry, Vec<RegistryError>> {
         let raw: RawRegistry = serde_yaml_ng::from_str(text).map_err(|e| {
-            let line = e.location().map(|l| l.line());
-            let mut message = e.to_string();
-            if let Some(l) = e.location() {
-                message = message.replacen(
-                    &format!(" at line {} column {}", l.line(), l.column()),
-                    "",
-                    1,
-                );
-            }
+            let (line, message) = crate::yaml::located(&e);
             vec![RegistryError { line, message }]
         })?;
         let mut errors = Vec::new();
@@ -234,7 +226,7 @@ impl Registry {
                     ("sunset", &version.sunset, &mut version.sunset_epoch),
                 ] {
                     if let Some(date) = date {
-                        match parse_date(date) {
+                        match crate::time::parse_date(date) {
                             Some(epoch) => *slot = Some(epoch),
                             None => errors.push(RegistryError {
                                 line: line_of(text, &[name, "versions", vname, field]),
@@ -507,43 +499,6 @@ fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// `YYYY-MM-DD` -> seconds since the epoch at 00:00 UTC.
-fn parse_date(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let y: i64 = s[..4].parse().ok()?;
-    let m: i64 = s[5..7].parse().ok()?;
-    let d: i64 = s[8..].parse().ok()?;
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days_in_month = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&m) || d < 1 || d > days_in_month[(m - 1) as usize] {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some((era * 146_097 + doe - 719_468) * 86_400)
-}
-
 /// The 1-based line of the nested key path under `models:`, found by
 /// walking the text: each key is looked for after the previous one, at a
 /// deeper indentation.
@@ -607,10 +562,10 @@ models:
 
     #[test]
     fn dates_parse_to_epoch_seconds() {
-        assert_eq!(parse_date("1970-01-01"), Some(0));
-        assert_eq!(parse_date("2000-03-01"), Some(951_868_800));
-        assert_eq!(parse_date("2023-02-29"), None);
-        assert_eq!(parse_date("2024-02-29"), Some(1_709_164_800));
+        assert_eq!(crate::time::parse_date("1970-01-01"), Some(0));
+        assert_eq!(crate::time::parse_date("2000-03-01"), Some(951_868_800));
+        assert_eq!(crate::time::parse_date("2023-02-29"), None);
+        assert_eq!(crate::time::parse_date("2024-02-29"), Some(1_709_164_800));
     }
 
     #[test]
@@ -629,7 +584,7 @@ models:
 
     #[test]
     fn a_version_past_its_sunset_is_retired_and_names_its_successor() {
-        let now = parse_date("2025-06-01").unwrap();
+        let now = crate::time::parse_date("2025-06-01").unwrap();
         let r = registry();
         let Lookup::Retired {
             sunset, successor, ..

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::State;
+use crate::app::State;
 
 /// How often readiness is re-checked.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);

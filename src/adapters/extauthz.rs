@@ -1,5 +1,7 @@
 //! The Envoy ext_authz v3 adapter: `CheckRequest` -> `AccessRequest`, and
-//! `Decision` -> `CheckResponse`. Protocol mapping only; no policy logic.
+//! `Decision` -> `CheckResponse` (status, headers and body from the
+//! outcome table, `decision::outcome`). Protocol mapping only; no policy
+//! logic.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,23 +22,16 @@ use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
-use crate::decision::{Decision, DenyReason};
+use crate::app::State;
+use crate::decision::outcome::DECISION_HEADER;
+use crate::decision::{Decision, GrpcCode};
 use crate::pipeline;
 use crate::request::AccessRequest;
-use crate::server::State;
 
 /// Headers Portcullis sets for the upstream; clients may never send them.
 pub const HEADER_PREFIX: &str = "x-portcullis-";
 const PRINCIPAL_HEADER: &str = "x-portcullis-principal";
-const DECISION_HEADER: &str = "x-portcullis-decision-id";
 const VERSION_HEADER: &str = "x-portcullis-policy-version";
-
-/// gRPC codes used in `CheckResponse.status`.
-const GRPC_OK: i32 = 0;
-const GRPC_PERMISSION_DENIED: i32 = 7;
-const GRPC_UNAUTHENTICATED: i32 = 16;
-const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
-const GRPC_UNAVAILABLE: i32 = 14;
 
 /// The ext_authz `Authorization` service.
 #[derive(Debug, Clone)]
@@ -72,13 +67,10 @@ impl Authorization for AuthzService {
         );
         crate::otlp::set_parent(&span, &access.headers);
         let decision = tracing::Instrument::instrument(
-            pipeline::decide_recorded(
+            pipeline::decide(
                 &snapshot,
-                &self.state.authenticator,
-                &self.state.quotas,
-                &self.state.audit,
-                self.state.anomalies.as_deref(),
-                &access,
+                pipeline::Ask::Access(&access),
+                pipeline::Mode::Enforce(self.state.live()),
             ),
             span,
         )
@@ -211,16 +203,14 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         }
         headers_to_remove.sort();
         // Where the client stands, on the response it gets from upstream.
-        let mut response_headers_to_add = quota_headers(decision);
-        response_headers_to_add.extend(
-            decision
-                .response_headers
-                .iter()
-                .map(|(k, v)| set_header(k, v)),
-        );
+        let response_headers_to_add = decision
+            .client_headers()
+            .iter()
+            .map(|(k, v)| set_header(k, v))
+            .collect();
         return CheckResponse {
             status: Some(rpc::Status {
-                code: GRPC_OK,
+                code: GrpcCode::Ok as i32,
                 ..Default::default()
             }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
@@ -232,51 +222,14 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
             dynamic_metadata: Some(metadata),
         };
     }
-    let mut headers = vec![
-        set_header("content-type", "application/problem+json"),
-        set_header(DECISION_HEADER, &decision.id),
-        set_header("cache-control", "no-store"),
-    ];
-    match decision.reason {
-        Some(DenyReason::Unauthenticated) => {
-            headers.push(set_header(
-                "www-authenticate",
-                "Bearer realm=\"portcullis\"",
-            ));
-        }
-        Some(DenyReason::InvalidCredentials) => headers.push(set_header(
-            "www-authenticate",
-            &format!(
-                "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
-                quoted_string(&decision.detail)
-            ),
-        )),
-        Some(DenyReason::MethodNotAllowed) => {
-            if let Some(allow) = &decision.allow_methods {
-                headers.push(set_header("allow", allow));
-            }
-        }
-        _ => {}
-    }
-    if let Some(seconds) = decision.retry_after_seconds {
-        headers.push(set_header("retry-after", &seconds.to_string()));
-    }
-    headers.extend(quota_headers(decision));
-    headers.extend(
-        decision
-            .response_headers
-            .iter()
-            .map(|(k, v)| set_header(k, v)),
-    );
-    let code = match decision.status {
-        401 => GRPC_UNAUTHENTICATED,
-        429 => GRPC_RESOURCE_EXHAUSTED,
-        503 => GRPC_UNAVAILABLE,
-        _ => GRPC_PERMISSION_DENIED,
-    };
+    let headers = decision
+        .client_headers()
+        .iter()
+        .map(|(k, v)| set_header(k, v))
+        .collect();
     CheckResponse {
         status: Some(rpc::Status {
-            code,
+            code: decision.grpc() as i32,
             message: decision.reason.map(|r| r.code()).unwrap_or_default().into(),
             ..Default::default()
         }),
@@ -290,19 +243,6 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         })),
         dynamic_metadata: Some(metadata),
     }
-}
-
-/// Text allowed in an RFC 6750 `error_description`: printable ASCII
-/// without `"` and `\`.
-fn quoted_string(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '"' => '\'',
-            '\\' => '/',
-            ' '..='~' => c,
-            _ => '?',
-        })
-        .collect()
 }
 
 fn set_header(key: &str, value: &str) -> HeaderValueOption {
@@ -354,19 +294,10 @@ fn body_of(http: &HttpRequest) -> Option<Vec<u8>> {
     }
 }
 
-/// `RateLimit-*` and `Retry-After` headers for the client.
-fn quota_headers(decision: &Decision) -> Vec<HeaderValueOption> {
-    decision
-        .quota
-        .iter()
-        .flat_map(|q| q.headers())
-        .map(|(k, v)| set_header(k, &v))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::DenyReason;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 
@@ -418,7 +349,7 @@ mod tests {
         let mut d = Decision::new("v1").allow();
         d.principal = Some("User::\"alice\"".into());
         let resp = to_check_response(&d, &req);
-        assert_eq!(resp.status.unwrap().code, GRPC_OK);
+        assert_eq!(resp.status.unwrap().code, GrpcCode::Ok as i32);
         let Some(HttpResponse::OkResponse(ok)) = resp.http_response else {
             panic!("expected OkResponse")
         };
@@ -438,16 +369,11 @@ mod tests {
     }
 
     #[test]
-    fn error_description_stays_within_rfc_6750_characters() {
-        assert_eq!(quoted_string("a \"b\" \\c\u{e9}\n"), "a 'b' /c??");
-    }
-
-    #[test]
     fn deny_has_status_problem_body_and_www_authenticate() {
         let req = AccessRequest::for_test("GET", "/x");
         let d = Decision::new("v1").deny(DenyReason::InvalidCredentials, "expired");
         let resp = to_check_response(&d, &req);
-        assert_eq!(resp.status.unwrap().code, GRPC_UNAUTHENTICATED);
+        assert_eq!(resp.status.unwrap().code, GrpcCode::Unauthenticated as i32);
         let Some(HttpResponse::DeniedResponse(denied)) = resp.http_response else {
             panic!("expected DeniedResponse")
         };

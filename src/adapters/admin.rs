@@ -2,25 +2,25 @@
 //! asks with grpcurl. Served on its own listener. Every call is
 //! authenticated (bearer JWT from a configured issuer, else Anonymous),
 //! authorized by the snapshot's Cedar policies, and recorded in the audit
-//! trail.
+//! trail: `admit` asks the pipeline, as every front door does.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{self, query::Filter, AuditRecord, Kind};
-use crate::authn::{entity_uid, AuthMethod, Authentication, Identity};
+use crate::app::State;
+use crate::audit::{self, query::Filter, AuditRecord};
+use crate::authn::entity_uid;
+use crate::pipeline::{self, AdminCall, Ask, Mode};
 use crate::proto;
 use crate::proto::audit_service_server::AuditService;
 use crate::proto::policy_service_server::PolicyService;
 use crate::proto::{GetVersionRequest, GetVersionResponse};
 use crate::request::AccessRequest;
-use crate::server::State;
 
 const POLICY_SERVICE: &str = "portcullis.admin.v1.PolicyService";
 const AUDIT_SERVICE: &str = "portcullis.admin.v1.AuditService";
@@ -29,44 +29,21 @@ const AUDIT_LOG: (&str, &str) = ("AuditLog", "main");
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-/// Authenticates, authorizes (Cedar) and audits one admin call; returns
-/// the caller when the policies allow the call.
+/// Decides one admin call through the pipeline (authentication, Cedar
+/// authorization of `action` on `resource`, the audit record) and
+/// translates a refusal into its gRPC status (outcome table).
 async fn admit<T: Sync>(
     state: &State,
     request: &Request<T>,
     rpc: &str,
     action: &str,
     resource: (&str, &str),
-) -> Result<Identity, Status> {
-    let source = audit::source_of(request.remote_addr());
-    let mut record = AuditRecord {
-        rpc: rpc.to_string(),
-        action: format!("Action::{action:?}"),
-        source_ip: source,
-        decision: "deny".into(),
-        ..AuditRecord::new(Kind::AdminCall)
-    };
-    let snapshot = state.policies.current();
-    record.policy_version = snapshot.version.clone();
-    let resource_uid =
-        entity_uid(resource.0, resource.1).expect("admin resource types are valid names");
-    record.resource = resource_uid.to_string();
-
+) -> Result<(), Status> {
     let mut headers = HashMap::new();
     if let Some(value) = request.metadata().get("authorization") {
-        match value.to_str() {
-            Ok(v) => {
-                headers.insert("authorization".to_string(), v.to_string());
-            }
-            Err(_) => {
-                record.reason = "malformed_authorization".into();
-                record.status = 401;
-                audit_call(state, record)?;
-                return Err(Status::unauthenticated(
-                    "the authorization metadata must be 'Bearer <token>'",
-                ));
-            }
-        }
+        // Not ASCII: the authenticator refuses it as a malformed credential.
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers.insert("authorization".to_string(), value);
     }
     let access = AccessRequest {
         method: "POST".into(),
@@ -80,87 +57,18 @@ async fn admit<T: Sync>(
         body: None,
         gateway_region: None,
     };
-    let now = epoch_seconds();
-    let identity = match state.authenticator.authenticate(&access, now).await {
-        Authentication::Authenticated(identity) => identity,
-        Authentication::NoCredentials => crate::pipeline::anonymous(),
-        Authentication::Rejected(failure) => {
-            record.reason = failure.reason.to_string();
-            record.status = if failure.unavailable { 503 } else { 401 };
-            audit_call(state, record)?;
-            return Err(if failure.unavailable {
-                Status::unavailable(failure.detail)
-            } else {
-                Status::unauthenticated(failure.detail)
-            });
-        }
-        Authentication::Blocked { retry_after } => {
-            record.reason = "source_blocked".into();
-            record.status = 429;
-            audit_call(state, record)?;
-            return Err(Status::resource_exhausted(format!(
-                "too many failed authentication attempts from this address; retry after {} seconds",
-                retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)
-            )));
-        }
+    let call = AdminCall {
+        request: &access,
+        rpc,
+        action,
+        resource: entity_uid(resource.0, resource.1).expect("admin resource types are valid names"),
     };
-    record.principal = identity.principal.to_string();
-    record.auth_method = identity.method.as_str().to_string();
-
-    let context = json!({ "rpc": rpc, "auth": { "method": identity.method.as_str() } });
-    // Admin calls are decided by the enforced policies only.
-    let (outcome, _shadow) =
-        crate::authz::authorize(&snapshot, &identity, action, resource_uid.clone(), context);
-    record.determining_policies = outcome.determining.clone();
-    record.errors = outcome.errors.clone();
-    if outcome.allowed {
-        record.decision = "allow".into();
-        record.status = 200;
-        audit_call(state, record)?;
-        return Ok(identity);
+    let snapshot = state.policies.current();
+    let d = pipeline::decide(&snapshot, Ask::Admin(&call), Mode::Enforce(state.live())).await;
+    if d.is_allowed() {
+        return Ok(());
     }
-    if identity.method == AuthMethod::Anonymous {
-        record.reason = "unauthenticated".into();
-        record.status = 401;
-        audit_call(state, record)?;
-        return Err(Status::unauthenticated(format!(
-            "{rpc} needs credentials: send metadata 'authorization: Bearer <JWT>' with a token from a configured issuer"
-        )));
-    }
-    record.reason = "forbidden".into();
-    record.status = 403;
-    audit_call(state, record)?;
-    Err(Status::permission_denied(format!(
-        "{} may not {action} {resource_uid}",
-        identity.principal
-    )))
-}
-
-/// Records an admin call; in `fail_closed` mode a call that cannot be
-/// recorded (queue full, writes failing) is refused.
-fn audit_call(state: &State, record: AuditRecord) -> Result<(), Status> {
-    let recorded = state.audit.record(record);
-    let fail_closed = state.audit.mode() == audit::OnFull::FailClosed;
-    if fail_closed && (!recorded || !state.audit.accepts()) {
-        return Err(Status::unavailable(
-            "the audit trail cannot record this call right now; retry later",
-        ));
-    }
-    Ok(())
-}
-
-fn epoch_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn epoch_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    Err(Status::new(tonic::Code::from(d.grpc() as i32), d.detail))
 }
 
 fn rpc_name(service: &str, method: &str) -> String {
@@ -203,7 +111,7 @@ impl PolicyService for PolicyAdmin {
             .unwrap_or(0);
         Ok(Response::new(GetVersionResponse {
             version: snapshot.version.clone(),
-            loaded_at: rfc3339(loaded),
+            loaded_at: crate::time::rfc3339(loaded),
             directory: snapshot.directory.display().to_string(),
             files: snapshot.files.clone(),
             policy_count: snapshot.policy_count() as u32,
@@ -269,17 +177,21 @@ impl PolicyService for PolicyAdmin {
             ));
         };
         let value = struct_to_json(fields);
-        let input: crate::check::CheckInput = serde_json::from_value(value)
+        let input: crate::adapters::offline::check::CheckInput = serde_json::from_value(value)
             .map_err(|e| Status::invalid_argument(format!("request: {e}")))?;
         let identity = input
             .identity()
             .map_err(|e| Status::invalid_argument(format!("request.{e}")))?;
         let access = input.to_access_request();
         let snapshot = self.state.policies.current();
-        let d = match identity {
-            Some(identity) => crate::pipeline::decide_as(&snapshot, Some(identity), &access),
-            None => crate::pipeline::explain(&snapshot, &self.state.authenticator, &access).await,
+        let mode = match identity {
+            Some(identity) => Mode::As {
+                identity: Some(identity),
+                risk: 0,
+            },
+            None => Mode::Explain(&self.state.authenticator),
         };
+        let d = pipeline::decide(&snapshot, Ask::Access(&access), mode).await;
         Ok(Response::new(proto::ExplainResponse {
             decision: if d.is_allowed() { "allow" } else { "deny" }.into(),
             status: u32::from(d.status),
@@ -310,18 +222,22 @@ impl PolicyService for PolicyAdmin {
         .await?;
         let before = self.state.policies.current().version.clone();
         let response = match self.state.policies.reload_async().await {
-            Ok(crate::reload::ReloadOutcome::Swapped { from, to }) => proto::ReloadResponse {
-                outcome: "swapped".into(),
-                version: to,
-                previous_version: from,
-                errors: Vec::new(),
-            },
-            Ok(crate::reload::ReloadOutcome::Unchanged { version }) => proto::ReloadResponse {
-                outcome: "unchanged".into(),
-                version: version.clone(),
-                previous_version: version,
-                errors: Vec::new(),
-            },
+            Ok(crate::policy::reload::ReloadOutcome::Swapped { from, to }) => {
+                proto::ReloadResponse {
+                    outcome: "swapped".into(),
+                    version: to,
+                    previous_version: from,
+                    errors: Vec::new(),
+                }
+            }
+            Ok(crate::policy::reload::ReloadOutcome::Unchanged { version }) => {
+                proto::ReloadResponse {
+                    outcome: "unchanged".into(),
+                    version: version.clone(),
+                    previous_version: version,
+                    errors: Vec::new(),
+                }
+            }
             Err(errors) => proto::ReloadResponse {
                 outcome: "rejected".into(),
                 version: before.clone(),
@@ -337,14 +253,13 @@ impl PolicyService for PolicyAdmin {
 #[derive(Debug, Clone)]
 pub struct AuditAdmin {
     state: Arc<State>,
-    /// Ends `Tail` streams when the server stops.
-    stop: CancellationToken,
 }
 
 impl AuditAdmin {
-    /// The service over the shared state; `stop` ends open tails.
-    pub fn new(state: Arc<State>, stop: CancellationToken) -> Self {
-        AuditAdmin { state, stop }
+    /// The service over the shared state; open tails end when the state's
+    /// `stop` is cancelled.
+    pub fn new(state: Arc<State>) -> Self {
+        AuditAdmin { state }
     }
 }
 
@@ -378,7 +293,7 @@ impl AuditService for AuditAdmin {
         )
         .await?;
         let q = request.into_inner();
-        let filter = query_filter(&q, epoch_millis())?;
+        let filter = query_filter(&q, crate::time::now_millis())?;
         let from = if q.page_token.is_empty() {
             0
         } else {
@@ -498,8 +413,8 @@ impl AuditService for AuditAdmin {
         };
         let mut records = self.state.audit.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
+        let stop = self.state.stop.clone();
+        self.state.tasks.spawn(async move {
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -571,11 +486,13 @@ pub fn query_filter(q: &proto::QueryRequest, now_ms: i64) -> Result<Filter, Stat
         if text.is_empty() {
             return Ok(None);
         }
-        audit::parse_rfc3339_ms(text).map(Some).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "{field}: '{text}' is not an RFC 3339 time like 2026-11-25T21:00:00Z"
-            ))
-        })
+        crate::time::parse_rfc3339_ms(text)
+            .map(Some)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{field}: '{text}' is not an RFC 3339 time like 2026-11-25T21:00:00Z"
+                ))
+            })
     };
     let mut since = time("since", &q.since)?;
     let until = time("until", &q.until)?;
@@ -704,31 +621,10 @@ fn value_to_json(v: prost_types::Value) -> Value {
     }
 }
 
-/// Seconds since the epoch as RFC 3339 UTC (`2026-11-25T21:00:00Z`).
-pub fn rfc3339(epoch: u64) -> String {
-    let days = (epoch / 86_400) as i64;
-    let secs = epoch % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3_600,
-        (secs % 3_600) / 60,
-        secs % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::Kind;
 
     #[test]
     fn records_survive_the_wire_unchanged() {
@@ -768,12 +664,5 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("until"));
-    }
-
-    #[test]
-    fn rfc3339_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_564_800 + 3_723), "2026-11-25T01:02:03Z");
     }
 }

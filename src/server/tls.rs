@@ -101,11 +101,7 @@ impl ReloadingTls {
 
     /// Checks the files every `interval` until `cancel`.
     pub async fn watch(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
+        crate::time::every(interval, cancel, || async {
             match self.reload_if_changed() {
                 Ok(true) => tracing::info!("listener TLS certificates reloaded"),
                 Ok(false) => {}
@@ -113,7 +109,8 @@ impl ReloadingTls {
                     tracing::error!(error = %e, "listener TLS files rejected; keeping the last good ones")
                 }
             }
-        }
+        })
+        .await
     }
 
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -219,10 +216,12 @@ impl AsyncWrite for TlsConnection {
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    tasks: &tokio_util::task::TaskTracker,
     cancel: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConnection, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
+    let handshakes = tasks.clone();
+    tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -238,7 +237,7 @@ pub fn incoming(
             let _ = stream.set_nodelay(true);
             let acceptor = tls.acceptor();
             let tx = tx.clone();
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(conn)) => {
                         let _ = tx.send(Ok(TlsConnection(conn))).await;

@@ -2,6 +2,8 @@
 //! and the admin listener (admin API, health, reflection), their limits,
 //! background tasks, and graceful shutdown. No decision logic lives here.
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,47 +12,27 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorizati
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::admin::{AuditAdmin, PolicyAdmin};
-use crate::audit::{AuditSink, AuditWriter};
-use crate::authn::Authenticator;
+use crate::adapters::admin::{AuditAdmin, PolicyAdmin};
+use crate::adapters::extauthz::AuthzService;
+use crate::adapters::rls::RateLimiter;
+use crate::app::{App, AssembleError, State};
+use crate::audit::AuditWriter;
 use crate::config::Config;
-use crate::extauthz::AuthzService;
-use crate::gitrev::PolicyRevision;
+use crate::policy::gitrev::PolicyRevision;
+use crate::policy::reload;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::policy_service_server::PolicyServiceServer;
-use crate::reload::{self, PolicyStore};
-use crate::rls::RateLimiter;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
-
-/// What every request handler shares.
-#[derive(Debug)]
-pub struct State {
-    /// The serving policy snapshot.
-    pub policies: Arc<PolicyStore>,
-    /// Credential verification.
-    pub authenticator: Authenticator,
-    /// The audit trail.
-    pub audit: AuditSink,
-    /// Quota enforcement (store, timeout, failure mode).
-    pub quotas: crate::quota::Quotas,
-    /// Anomaly detection, when enabled.
-    pub anomalies: Option<Arc<crate::anomaly::Detector>>,
-    /// Where the gateway's region comes from (data residency).
-    pub residency: crate::config::ResidencyConfig,
-}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The policy directory is invalid.
+    /// The running state could not be assembled (policies, authentication,
+    /// audit trail, Redis).
     #[error(transparent)]
-    Policies(#[from] crate::snapshot::LoadErrors),
-    /// Authentication could not be set up.
-    #[error("authentication setup failed:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
-    Authn(Vec<crate::authn::AuthnSetupError>),
+    App(#[from] AssembleError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -58,21 +40,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// The pinned policy revision could not be checked out.
-    #[error("cannot serve policy revision: {0}")]
-    Revision(#[from] crate::gitrev::RevisionError),
     /// Watching the policy directory failed.
     #[error("cannot watch the policy directory: {0}")]
     Watch(String),
-    /// The audit trail could not be opened.
-    #[error(transparent)]
-    Audit(#[from] crate::audit::StartError),
     /// The decision listener's TLS files cannot be used.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    /// A Redis connection (quotas, authentication) could not be set up.
-    #[error("redis: {0}")]
-    Redis(String),
+    Tls(#[from] crate::server::tls::TlsError),
 }
 
 /// A running Portcullis.
@@ -86,79 +59,32 @@ pub struct Running {
     /// `/readyz`).
     pub http_addr: SocketAddr,
     /// The shared readiness answer.
-    pub readiness: crate::health::Readiness,
+    pub readiness: crate::app::health::Readiness,
     /// Shared state (for tests and the binary).
     pub state: Arc<State>,
-    cancel: CancellationToken,
-    tasks: JoinSet<Result<(), tonic::transport::Error>>,
-    background: JoinSet<()>,
+    /// The listeners; a listener's error ends `serve_until`.
+    listeners: JoinSet<Result<(), tonic::transport::Error>>,
     grace: Duration,
     /// Keeps a pinned revision's files alive while serving.
     _pinned: Option<PolicyRevision>,
     audit: Option<AuditWriter>,
 }
 
-/// Loads policies, binds the listeners and starts serving.
+/// Assembles the running state, binds the listeners and starts serving.
+/// Every task it starts is spawned on the state's task tracker and stops
+/// on [`Running::shutdown`].
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let policies_dir = config.policies.clone();
-    let revision = config.policy_revision.clone();
-    let (mut store, pinned) = tokio::task::spawn_blocking(move || match revision {
-        None => PolicyStore::load(&policies_dir)
-            .map(|s| (s, None))
-            .map_err(StartError::from),
-        Some(rev) => {
-            let pinned = PolicyRevision::checkout(&policies_dir, &rev)?;
-            let store = PolicyStore::load_versioned(&pinned.path(), Some(pinned.short.clone()))?;
-            Ok((store, Some(pinned)))
-        }
-    })
-    .await
-    .expect("policy loading does not panic")?;
-    // Claims copied into the Cedar context must fit the schema's context,
-    // now and after every reload.
-    store.require_context_claims(crate::snapshot::ContextClaim::configured(
-        &config.authentication,
-    ))?;
-    let snapshot = store.current();
-    tracing::info!(
-        version = %snapshot.version,
-        policies = snapshot.policy_count(),
-        routes = snapshot.routes.routes().len(),
-        directory = %snapshot.directory.display(),
-        "policy snapshot loaded"
-    );
-    let (quota_redis, authn_redis) = config.redis_connections().map_err(StartError::Redis)?;
-    let authenticator = Authenticator::with_redis(&config.authentication, authn_redis)
-        .map_err(StartError::Authn)?;
-    let quotas = config.quotas.build_on(quota_redis);
-    tracing::info!(
-        store = quotas.store_name(),
-        failures = authenticator.failure_store(),
-        "quota and authentication failure stores"
-    );
-    let audit_config = config.audit.clone();
-    let (audit, audit_writer) =
-        tokio::task::spawn_blocking(move || crate::audit::start(&audit_config))
-            .await
-            .expect("opening the audit trail does not panic")?;
-    store.set_audit(audit.clone());
+    let App {
+        state,
+        audit_writer,
+        pinned,
+    } = App::assemble(config).await?;
     let tls = match &config.tls.cert_file {
-        Some(_) => Some(Arc::new(crate::tls::ReloadingTls::load(&config.tls)?)),
+        Some(_) => Some(Arc::new(crate::server::tls::ReloadingTls::load(
+            &config.tls,
+        )?)),
         None => None,
     };
-    let state = Arc::new(State {
-        policies: Arc::new(store),
-        authenticator,
-        audit,
-        quotas,
-        anomalies: config.anomaly.enabled.then(|| {
-            Arc::new(crate::anomaly::Detector::new(
-                &config.anomaly,
-                Arc::new(crate::quota::SystemClock),
-            ))
-        }),
-        residency: config.residency.clone(),
-    });
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
@@ -178,48 +104,37 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .local_addr()
         .expect("bound socket has an address");
 
-    let cancel = CancellationToken::new();
-    let mut background = JoinSet::new();
+    let (tasks, cancel) = (&state.tasks, &state.stop);
     // A pinned revision never changes on disk: nothing to watch.
     if config.reload.watch && pinned.is_none() {
-        let handle = reload::spawn_watcher(
+        reload::spawn_watcher(
             Arc::clone(&state.policies),
             Duration::from_millis(config.reload.debounce_ms),
+            tasks,
             cancel.clone(),
         )
         .map_err(|e| StartError::Watch(e.to_string()))?;
-        background.spawn(async move {
-            let _ = handle.await;
-        });
     }
     if config.reload.poll_seconds > 0 && pinned.is_none() {
-        let handle = reload::spawn_poller(
+        reload::spawn_poller(
             Arc::clone(&state.policies),
             Duration::from_secs(config.reload.poll_seconds),
+            tasks,
             cancel.clone(),
         );
-        background.spawn(async move {
-            let _ = handle.await;
-        });
     }
     #[cfg(unix)]
-    if let Ok(handle) = reload::spawn_sighup(Arc::clone(&state.policies), cancel.clone()) {
-        background.spawn(async move {
-            let _ = handle.await;
-        });
+    if let Err(e) = reload::spawn_sighup(Arc::clone(&state.policies), tasks, cancel.clone()) {
+        tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload with the admin API");
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for handle in state.authenticator.spawn_refresh(&cancel) {
-        background.spawn(async move {
-            let _ = handle.await;
-        });
-    }
+    state.authenticator.spawn_refresh(tasks, cancel);
     // The Authorization service is SERVING only while the service is ready
-    // (see health.rs: issuers' keys usable, a required quota store
+    // (see app/health.rs: issuers' keys usable, a required quota store
     // reachable); /readyz gives the same answer. The admin service is
     // unaffected.
-    let readiness = crate::health::Readiness::new();
+    let readiness = crate::app::health::Readiness::new();
     if readiness.refresh(&state).await.ready {
         health
             .set_serving::<AuthorizationServer<AuthzService>>()
@@ -229,7 +144,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .set_not_serving::<AuthorizationServer<AuthzService>>()
             .await;
     }
-    background.spawn(crate::health::report::<AuthorizationServer<AuthzService>>(
+    tasks.spawn(crate::app::health::report::<
+        AuthorizationServer<AuthzService>,
+    >(
         Arc::clone(&state),
         readiness.clone(),
         health.clone(),
@@ -247,7 +164,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let max_message = limits.max_message_bytes;
     let builder = || grpc_server(config);
 
-    let mut tasks = JoinSet::new();
+    let mut listeners = JoinSet::new();
     {
         let (v1, v1alpha) = reflection(&[
             "envoy.service.auth.v3.Authorization",
@@ -267,20 +184,24 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let stop = cancel.clone();
         match &tls {
             Some(tls) => {
-                background.spawn(Arc::clone(tls).watch(
+                tasks.spawn(Arc::clone(tls).watch(
                     Duration::from_millis(config.tls.reload_interval_ms),
                     cancel.clone(),
                 ));
-                let incoming =
-                    crate::tls::incoming(decision_listener, Arc::clone(tls), cancel.clone());
-                tasks.spawn(async move {
+                let incoming = crate::server::tls::incoming(
+                    decision_listener,
+                    Arc::clone(tls),
+                    tasks,
+                    cancel.clone(),
+                );
+                listeners.spawn(async move {
                     router
                         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                         .await
                 });
             }
             None => {
-                tasks.spawn(async move {
+                listeners.spawn(async move {
                     router
                         .serve_with_incoming_shutdown(
                             nodelay(decision_listener),
@@ -301,15 +222,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             .add_service(PolicyServiceServer::new(PolicyAdmin::new(Arc::clone(
                 &state,
             ))))
-            .add_service(AuditServiceServer::new(AuditAdmin::new(
-                Arc::clone(&state),
-                cancel.clone(),
-            )))
+            .add_service(AuditServiceServer::new(AuditAdmin::new(Arc::clone(&state))))
             .add_service(health_service)
             .add_service(v1)
             .add_service(v1alpha);
         let stop = cancel.clone();
-        tasks.spawn(async move {
+        listeners.spawn(async move {
             router
                 .serve_with_incoming_shutdown(nodelay(admin_listener), stop.cancelled_owned())
                 .await
@@ -317,9 +235,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
 
     {
-        let (state, readiness, stop) = (Arc::clone(&state), readiness.clone(), cancel.clone());
-        background.spawn(async move {
-            if let Err(e) = crate::http::serve(http_listener, state, readiness, stop).await {
+        let (state2, readiness, stop) = (Arc::clone(&state), readiness.clone(), cancel.clone());
+        tasks.spawn(async move {
+            if let Err(e) =
+                crate::adapters::http::serve(http_listener, state2, readiness, stop).await
+            {
                 tracing::error!(error = %e, "the HTTP listener (metrics, health) failed");
             }
         });
@@ -331,9 +251,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         http_addr,
         readiness,
         state,
-        cancel,
-        tasks,
-        background,
+        listeners,
         grace: Duration::from_millis(limits.shutdown_grace_ms),
         _pinned: pinned,
         audit: Some(audit_writer),
@@ -406,13 +324,15 @@ fn reflection(
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish within the grace
-    /// period, stops background tasks.
+    /// period, stops every background task (the state's tracker), then
+    /// flushes and closes the audit trail.
     pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
-        self.cancel.cancel();
+        self.state.stop.cancel();
         let grace = self.grace;
+        let listeners = &mut self.listeners;
         let drained = tokio::time::timeout(grace, async {
             let mut result = Ok(());
-            while let Some(joined) = self.tasks.join_next().await {
+            while let Some(joined) = listeners.join_next().await {
                 if let Ok(Err(e)) = joined {
                     result = Err(e);
                 }
@@ -420,46 +340,57 @@ impl Running {
             result
         })
         .await;
-        self.background.shutdown().await;
         if drained.is_err() {
-            self.tasks.shutdown().await;
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "in-flight requests did not finish within the grace period; closing"
+            );
+            self.listeners.shutdown().await;
+        }
+        // Every task ends on `stop`; a connection attempt within its own
+        // timeout. Wait for them, but never longer than the grace period.
+        self.state.tasks.close();
+        if tokio::time::timeout(grace, self.state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.state.tasks.len(),
+                "background tasks did not stop within the grace period"
+            );
         }
         // Every request is done: write what is queued, then close the trail.
         if let Some(audit) = self.audit.take() {
             audit.stop().await;
         }
-        match drained {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(
-                    grace_ms = grace.as_millis() as u64,
-                    "in-flight requests did not finish within the grace period; closing"
-                );
-                self.tasks.shutdown().await;
-                Ok(())
-            }
-        }
+        drained.unwrap_or(Ok(()))
     }
 
-    /// Waits until a server task ends on its own (an error), for the binary.
+    /// Serves until `signal` fires (then shuts down gracefully) or a
+    /// listener fails (then returns its error after the same shutdown).
     pub async fn serve_until(
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        tokio::select! {
-            _ = signal => {}
-            Some(joined) = self.tasks.join_next() => {
-                if let Ok(Err(e)) = joined {
-                    self.cancel.cancel();
-                    if let Some(audit) = self.audit.take() {
-                        audit.stop().await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        let failed = tokio::select! {
+            _ = signal => None,
+            Some(joined) = self.listeners.join_next() => match joined {
+                Ok(Err(e)) => Some(e),
+                _ => None,
+            },
+        };
         tracing::info!("shutting down");
-        self.shutdown().await
+        let stopped = self.shutdown().await;
+        match failed {
+            Some(e) => Err(e),
+            None => stopped,
+        }
+    }
+
+    /// Tasks of the running service not yet finished (for tests: zero
+    /// after shutdown).
+    pub fn task_tracker(&self) -> tokio_util::task::TaskTracker {
+        self.state.tasks.clone()
     }
 }
 

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::Watcher;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::snapshot::{ContextClaim, LoadErrors, Snapshot};
+use crate::policy::snapshot::{ContextClaim, LoadErrors, Snapshot};
 
 /// Counters and the last failure, for the admin API.
 #[derive(Debug, Clone, Default)]
@@ -190,8 +192,9 @@ impl PolicyStore {
 pub fn spawn_watcher(
     store: Arc<PolicyStore>,
     debounce: Duration,
+    tasks: &TaskTracker,
     cancel: CancellationToken,
-) -> notify::Result<tokio::task::JoinHandle<()>> {
+) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
@@ -204,7 +207,7 @@ pub fn spawn_watcher(
         }
     })?;
     watcher.watch(store.directory(), notify::RecursiveMode::Recursive)?;
-    Ok(tokio::spawn(async move {
+    tasks.spawn(async move {
         // The watcher lives as long as this task.
         let _watcher = watcher;
         loop {
@@ -222,18 +225,20 @@ pub fn spawn_watcher(
             }
             let _ = store.reload_async().await;
         }
-    }))
+    });
+    Ok(())
 }
 
 /// Reloads on SIGHUP until `cancel` fires.
 #[cfg(unix)]
 pub fn spawn_sighup(
     store: Arc<PolicyStore>,
+    tasks: &TaskTracker,
     cancel: CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
-    Ok(tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -242,7 +247,8 @@ pub fn spawn_sighup(
             tracing::info!("SIGHUP: reloading policies");
             let _ = store.reload_async().await;
         }
-    }))
+    });
+    Ok(())
 }
 
 /// Reloads every `interval` until `cancel` fires: for directories that are
@@ -252,18 +258,38 @@ pub fn spawn_sighup(
 pub fn spawn_poller(
     store: Arc<PolicyStore>,
     interval: Duration,
+    tasks: &TaskTracker,
     cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await; // the first tick is immediate: skip it
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+) {
+    tasks.spawn(crate::time::every(interval, cancel, move || {
+        let store = Arc::clone(&store);
+        async move {
             let _ = store.reload_async().await;
         }
-    })
+    }));
+}
+
+/// When the policy directory is reloaded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch the directory and reload on change.
+    pub watch: bool,
+    /// Wait this long after the last change before reloading, so that an
+    /// editor's or `git checkout`'s burst of writes becomes one reload.
+    pub debounce_ms: u64,
+    /// Also reload every this many seconds (0: off), for directories that
+    /// change by a symlink swap (git-sync, ConfigMaps) which file watching
+    /// does not follow.
+    pub poll_seconds: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            debounce_ms: 250,
+            poll_seconds: 0,
+        }
+    }
 }

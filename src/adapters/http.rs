@@ -13,8 +13,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Readiness;
-use crate::server::State;
+use crate::app::health::Readiness;
+use crate::app::State;
 
 #[derive(Clone)]
 struct Shared {
@@ -44,7 +44,7 @@ pub async fn serve(
 }
 
 async fn metrics(AxumState(shared): AxumState<Shared>) -> impl IntoResponse {
-    let body = crate::metrics::render(&shared.state, &shared.readiness);
+    let body = crate::app::metrics::render(&shared.state, &shared.readiness);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
 }
 

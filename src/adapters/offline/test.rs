@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::adapters::offline::check::{CheckInput, IdentityInput};
 use crate::authz;
-use crate::check::{CheckInput, IdentityInput};
 use crate::decision::{Decision, DenyReason, Outcome};
 use crate::pipeline;
-use crate::snapshot::Snapshot;
+use crate::policy::snapshot::Snapshot;
 
 /// One file of cases.
 #[derive(Debug, Deserialize)]
@@ -136,7 +136,7 @@ pub fn run(dir: &Path, snapshot: &Snapshot) -> Report {
             Err(e) => {
                 report.failures.push(Failure {
                     file,
-                    line: e.location().map(|l| l.line()).unwrap_or(1),
+                    line: crate::yaml::line(&e).unwrap_or(1),
                     case: None,
                     message: e.to_string(),
                 });
@@ -203,10 +203,10 @@ fn check_case(snapshot: &Snapshot, case: &Case) -> Result<Vec<String>, String> {
     let decision = match (&case.request, &case.cedar) {
         (Some(request), None) => {
             let identity = request.identity()?;
-            pipeline::decide_as_at_risk(
+            pipeline::decide_offline(
                 snapshot,
-                identity,
                 &request.to_access_request(),
+                identity,
                 request.risk,
             )
         }
@@ -269,7 +269,8 @@ fn decide_cedar(snapshot: &Snapshot, case: &CedarCase) -> Result<Decision, Strin
     } else {
         case.context.clone()
     };
-    let (outcome, _shadow) = authz::authorize(snapshot, &identity, &case.action, resource, context);
+    let (outcome, _shadow) =
+        authz::authorize(snapshot.authz(), &identity, &case.action, resource, context);
     let mut d = Decision::new(&snapshot.version);
     d.determining_policies = outcome.determining;
     d.errors = outcome.errors;

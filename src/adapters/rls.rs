@@ -1,6 +1,7 @@
 //! The Envoy RLS v3 adapter: `RateLimitRequest` -> descriptors, and the
-//! quota verdict -> `RateLimitResponse`. Protocol mapping only: limits are
-//! found and charged by `quota::apply`, exactly as inside `Check`.
+//! `Decision` -> `RateLimitResponse`. Protocol mapping only: the pipeline
+//! decides (a rate-limit call is a decision with only the quota stage),
+//! exactly as the quota stage inside `Check`.
 //!
 //! Semantics follow envoyproxy/ratelimit: `hits_addend` per descriptor
 //! overrides the request's (an explicit 0 checks without charging; the
@@ -18,11 +19,12 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use tonic::{Request, Response, Status};
 
-use crate::decision::{Decision, DenyReason};
-use crate::quota::apply::{self, Descriptor, Verdict};
-use crate::quota::QuotaLimit;
+use crate::app::State;
+use crate::decision::quota::LimitStatus;
+use crate::decision::Decision;
+use crate::pipeline;
+use crate::quota::apply::Descriptor;
 use crate::request::AccessRequest;
-use crate::server::State;
 
 /// The RLS `RateLimitService`.
 #[derive(Debug, Clone)]
@@ -43,60 +45,30 @@ impl RateLimitService for RateLimiter {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let started = std::time::Instant::now();
-        let descriptors = to_descriptors(request.get_ref()).map_err(Status::invalid_argument)?;
+        let call = request.get_ref();
+        let descriptors = to_descriptors(call).map_err(Status::invalid_argument)?;
+        let access = AccessRequest::for_ratelimit(&call.domain);
         let snapshot = self.state.policies.current();
-        let verdict = apply::apply(&snapshot.quotas, &self.state.quotas, &descriptors).await;
-        let mut decision = Decision::new(&snapshot.version).allow();
-        decision.quota = verdict.outcome.clone();
-        if !verdict.allowed {
-            if let Some((reason, detail)) = decision
-                .quota
-                .as_ref()
-                .map(|q| (q.deny_reason(), q.detail()))
-            {
-                decision = decision.deny(reason, detail);
-            } else {
-                decision = decision.deny(DenyReason::QuotaExceeded, String::new());
-            }
-        }
-        // Debug: the audit trail records every decision (see pipeline).
-        tracing::debug!(
-            target: "portcullis::decision",
-            decision_id = %decision.id,
-            kind = "ratelimit",
-            domain = %request.get_ref().domain,
-            decision = ?decision.decision,
-            status = decision.status,
-            quota = decision.quota.as_ref().map(|q| q.descriptor.as_str()),
-            quota_remaining = decision.quota.as_ref().map(|q| q.remaining),
-            quota_degraded = decision.quota.as_ref().and_then(|q| q.degraded).map(|m| m.as_str()),
-            policy_version = %decision.policy_version,
-            "decision"
-        );
-        // Every decision is audited, RLS ones too: the domain is the
-        // resource; RLS carries no principal or client request.
-        let domain = &request.get_ref().domain;
-        decision.action = Some("ratelimit".into());
-        decision.resource = Some(format!("RateLimitDomain::{domain:?}"));
-        let access = AccessRequest::for_ratelimit(domain);
-        let decision = self
-            .state
-            .audit
-            .record_decision(decision, &access, started.elapsed());
-        crate::metrics::global().decision(
-            crate::metrics::Service::RateLimit,
-            &decision,
-            started.elapsed(),
-        );
-        if decision.reason == Some(DenyReason::AuditUnavailable) {
-            // Fail closed on the audit trail: Envoy's own failure mode for
-            // the ratelimit filter decides, as for any RLS error.
-            return Err(Status::unavailable(
-                "the decision could not be recorded in the audit trail",
+        let decision = pipeline::decide(
+            &snapshot,
+            pipeline::Ask::RateLimit(pipeline::RateLimit {
+                request: &access,
+                domain: &call.domain,
+                descriptors: &descriptors,
+            }),
+            pipeline::Mode::Enforce(self.state.live()),
+        )
+        .await;
+        if decision.is_failure() {
+            // The decision could not be made or recorded (the audit trail
+            // fails closed): Envoy's own failure mode for the ratelimit
+            // filter decides, as for any RLS error.
+            return Err(Status::new(
+                tonic::Code::from(decision.grpc() as i32),
+                decision.detail,
             ));
         }
-        Ok(Response::new(to_response(&verdict, &decision)))
+        Ok(Response::new(to_response(&decision)))
     }
 }
 
@@ -138,56 +110,51 @@ pub fn to_descriptors(req: &RateLimitRequest) -> Result<Vec<Descriptor>, String>
         .collect()
 }
 
-/// Renders a verdict for Envoy.
-pub fn to_response(verdict: &Verdict, decision: &Decision) -> RateLimitResponse {
-    let statuses = verdict
-        .applied
+/// Renders a decision for Envoy: `overall_code` OK or OVER_LIMIT (never
+/// UNKNOWN, which Envoy lets through), a status per descriptor, and on a
+/// refusal the client's headers and problem document (outcome table).
+pub fn to_response(decision: &Decision) -> RateLimitResponse {
+    let statuses = decision
+        .limits
         .iter()
-        .map(|a| match a {
+        .map(|limit| match limit {
             None => DescriptorStatus {
                 code: Code::Ok as i32,
                 ..Default::default()
             },
-            Some(a) => DescriptorStatus {
+            Some(l) => DescriptorStatus {
                 // Shadow mode reports but never limits.
-                code: if a.state.over && !a.limit.shadow {
+                code: if l.over && !l.shadow {
                     Code::OverLimit as i32
                 } else {
                     Code::Ok as i32
                 },
-                current_limit: Some(current_limit(&a.limit)),
-                limit_remaining: u32::try_from(a.state.remaining).unwrap_or(u32::MAX),
+                current_limit: Some(current_limit(l)),
+                limit_remaining: u32::try_from(l.remaining).unwrap_or(u32::MAX),
                 duration_until_reset: Some(PbDuration {
-                    seconds: (a.state.reset_us / 1_000_000) as i64,
-                    nanos: ((a.state.reset_us % 1_000_000) * 1000) as i32,
+                    seconds: (l.reset_us / 1_000_000) as i64,
+                    nanos: ((l.reset_us % 1_000_000) * 1000) as i32,
                 }),
                 ..Default::default()
             },
         })
         .collect();
-    let header = |k: &str, v: String| HeaderValue {
-        key: k.to_string(),
-        value: v,
-        ..Default::default()
-    };
-    let mut response_headers_to_add: Vec<HeaderValue> = decision
-        .quota
-        .iter()
-        .flat_map(|q| q.headers())
-        .map(|(k, v)| header(k, v))
+    let response_headers_to_add = decision
+        .client_headers()
+        .into_iter()
+        .map(|(key, value)| HeaderValue {
+            key,
+            value,
+            ..Default::default()
+        })
         .collect();
-    let mut raw_body = Vec::new();
-    if !decision.is_allowed() {
-        response_headers_to_add.push(header("content-type", "application/problem+json".into()));
-        response_headers_to_add.push(header("x-portcullis-decision-id", decision.id.clone()));
-        raw_body = decision.problem_json().into_bytes();
-    }
+    let (overall_code, raw_body) = if decision.is_allowed() {
+        (Code::Ok, Vec::new())
+    } else {
+        (Code::OverLimit, decision.problem_json().into_bytes())
+    };
     RateLimitResponse {
-        overall_code: if decision.is_allowed() {
-            Code::Ok as i32
-        } else {
-            Code::OverLimit as i32
-        },
+        overall_code: overall_code as i32,
         statuses,
         response_headers_to_add,
         raw_body,
@@ -197,7 +164,7 @@ pub fn to_response(verdict: &Verdict, decision: &Decision) -> RateLimitResponse 
 
 /// A limit in RLS terms: requests per unit. A window that is not one unit
 /// (our extension) is expressed per the smallest unit it divides.
-fn current_limit(limit: &QuotaLimit) -> RateLimit {
+fn current_limit(limit: &LimitStatus) -> RateLimit {
     const UNITS: [(u64, Unit); 7] = [
         (1, Unit::Second),
         (60, Unit::Minute),
@@ -228,15 +195,15 @@ mod tests {
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
     use envoy_types::pb::google::protobuf::UInt64Value;
 
-    fn limit(requests: u64, window_s: u64) -> QuotaLimit {
-        QuotaLimit {
+    fn limit(requests: u64, window_s: u64) -> LimitStatus {
+        LimitStatus {
             name: Some("n".into()),
             requests,
             window_us: window_s * 1_000_000,
-            burst: requests,
-            unlimited: false,
-            replaces: Vec::new(),
             shadow: false,
+            over: false,
+            remaining: requests,
+            reset_us: 0,
         }
     }
 
@@ -311,17 +278,13 @@ mod tests {
 
     #[test]
     fn overall_code_is_never_unknown() {
-        let verdict = Verdict {
-            allowed: true,
-            applied: vec![None],
-            outcome: None,
-        };
-        let d = Decision::new("v").allow();
-        let r = to_response(&verdict, &d);
+        let mut d = Decision::new("v").allow();
+        d.limits = vec![None];
+        let r = to_response(&d);
         assert_eq!(r.overall_code, Code::Ok as i32);
         assert_eq!(r.statuses[0].code, Code::Ok as i32);
-        let denied = Decision::new("v").deny(DenyReason::QuotaExceeded, "x");
-        let r = to_response(&verdict, &denied);
+        let denied = d.deny(crate::decision::DenyReason::QuotaExceeded, "x");
+        let r = to_response(&denied);
         assert_eq!(r.overall_code, Code::OverLimit as i32);
         assert!(!r.raw_body.is_empty());
     }

@@ -116,6 +116,15 @@ const ROUTES_FILE: &str = "routes.yaml";
 const SHADOW_DIR: &str = "shadow";
 
 impl Snapshot {
+    /// What authorization reads of this snapshot.
+    pub fn authz(&self) -> crate::authz::Policies<'_> {
+        crate::authz::Policies {
+            schema: &self.schema,
+            entities: &self.entities,
+            prepared: &self.prepared,
+            shadow: self.shadow.is_some(),
+        }
+    }
     /// Loads and validates a policy directory.
     pub fn load(dir: &Path) -> Result<Snapshot, LoadErrors> {
         Self::load_versioned(dir, None)
@@ -839,7 +848,7 @@ pub struct ContextClaim {
 
 impl ContextClaim {
     /// Every claim the authentication config copies into the context.
-    pub fn configured(config: &crate::config::AuthnConfig) -> Vec<ContextClaim> {
+    pub fn configured(config: &crate::authn::config::AuthnConfig) -> Vec<ContextClaim> {
         config
             .jwt
             .iter()
@@ -918,13 +927,7 @@ fn join(types: &[EntityTypeName]) -> String {
         .join(", ")
 }
 
-/// `Action::"name"` for a route's action.
-pub fn action_uid(name: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(
-        EntityTypeName::from_str("Action").expect("'Action' is a valid type name"),
-        EntityId::new(name),
-    )
-}
+pub use crate::authz::action_uid;
 
 /// The snapshot's version: the git commit of the directory when it is in a
 /// git checkout (with `-dirty.<hash>` when the files differ from the

@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 
-use crate::check::CheckInput;
+use crate::adapters::offline::check::CheckInput;
 use crate::decision::{Decision, Outcome};
 use crate::pipeline;
-use crate::snapshot::Snapshot;
+use crate::policy::snapshot::Snapshot;
 
 /// One side of a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,8 +76,8 @@ pub fn diff(from: &Snapshot, to: &Snapshot, requests: &[(String, CheckInput)]) -
             }
         };
         let access = input.to_access_request();
-        let a = pipeline::decide_as_at_risk(from, identity.clone(), &access, input.risk);
-        let b = pipeline::decide_as_at_risk(to, identity, &access, input.risk);
+        let a = pipeline::decide_offline(from, &access, identity.clone(), input.risk);
+        let b = pipeline::decide_offline(to, &access, identity, input.risk);
         impact.replayed += 1;
         if a.decision != b.decision || a.status != b.status {
             let who = input

@@ -1,0 +1,10 @@
+//! Adapters: each translates one front door's wire messages into an
+//! `AccessRequest` (or a rate-limit ask), calls `pipeline::decide`, and
+//! renders the `Decision` through the outcome table
+//! (`decision::outcome`). No policy logic lives here.
+
+pub mod admin;
+pub mod extauthz;
+pub mod http;
+pub mod offline;
+pub mod rls;

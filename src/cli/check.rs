@@ -1,0 +1,91 @@
+//! `portcullis check`: decide one request from a JSON file offline and
+//! print the decision.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+/// `portcullis check` arguments.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// A JSON file describing the request (see README).
+    #[arg(long)]
+    request: PathBuf,
+    /// Policy directory (default: the config's, else ./policies).
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// Configuration file, for JWT issuers.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl CheckArgs {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        check(&self.request, self.policies, self.config.as_deref())
+    }
+}
+
+fn check(
+    request: &std::path::Path,
+    policies: Option<PathBuf>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(config)?;
+    let dir = policies.unwrap_or(config.policies.clone());
+    let text = std::fs::read_to_string(request)
+        .with_context(|| format!("cannot read request file {}", request.display()))?;
+    let input = crate::adapters::offline::check::CheckInput::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", request.display()))?;
+    let identity = input
+        .identity()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", request.display()))?;
+    let snapshot = crate::policy::snapshot::Snapshot::load(&dir)?;
+    let access = input.to_access_request();
+    let decision = match identity {
+        Some(identity) => {
+            crate::pipeline::decide_offline(&snapshot, &access, Some(identity), input.risk)
+        }
+        None => {
+            let (_, authn_redis) = config
+                .redis_connections(&tokio_util::task::TaskTracker::new())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            // Offline: failures are counted here only, never in the
+            // replicas' shared Redis; API keys in Redis are looked up.
+            let mut authn_config = config.authentication.clone();
+            authn_config.failures.store = crate::authn::config::FailureStoreKind::Local;
+            let authenticator = crate::authn::Authenticator::with_redis(&authn_config, authn_redis)
+                .map_err(|errs| {
+                    anyhow::anyhow!(
+                        "{}",
+                        errs.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )
+                })?;
+            // Offline: quotas are charged against a fresh in-process store,
+            // so the answer shows each limit as a new client would meet it.
+            let quotas = crate::quota::Quotas::in_process(1024);
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?
+                .block_on(async {
+                    authenticator.prefetch().await;
+                    let live = crate::pipeline::Live {
+                        authenticator: &authenticator,
+                        quotas: &quotas,
+                        audit: None,
+                        anomalies: None,
+                    };
+                    let ask = crate::pipeline::Ask::Access(&access);
+                    crate::pipeline::decide(&snapshot, ask, crate::pipeline::Mode::Enforce(live))
+                        .await
+                })
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&decision)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,501 @@
+//! The outcome table: from a decision to everything a client sees of it
+//! (HTTP status, gRPC code, RFC 9457 problem type and title,
+//! `WWW-Authenticate`, `Retry-After`, `Allow`, rate-limit headers). Every
+//! adapter (ext_authz, RLS, admin, forward-auth) renders from here and
+//! nowhere else.
+
+use serde::Serialize;
+
+use super::Decision;
+
+/// Why a request was denied: a stable code, one per kind of denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// No credentials on a route that needs them.
+    Unauthenticated,
+    /// Credentials were present but invalid.
+    InvalidCredentials,
+    /// The policies do not permit the request.
+    Forbidden,
+    /// A policy failed to evaluate; denied because an erroring `forbid`
+    /// must never let a `permit` through.
+    PolicyError,
+    /// No route matches the path.
+    NoRoute,
+    /// The path matches, the method does not.
+    MethodNotAllowed,
+    /// The path cannot be decoded.
+    BadPath,
+    /// The route's resource does not exist.
+    UnknownResource,
+    /// The decision could not be recorded in the audit trail and the
+    /// trail is configured to fail closed.
+    AuditUnavailable,
+    /// Credentials could not be checked right now (the issuer's keys or the
+    /// introspection endpoint unavailable).
+    AuthnUnavailable,
+    /// The source failed authentication too often and is blocked.
+    TooManyFailedAttempts,
+    /// A quota limit refused the request.
+    QuotaExceeded,
+    /// The quota store could not be asked and the configured mode denies.
+    QuotaUnavailable,
+    /// The request's quota cost (header or body field) is not a number.
+    BadQuotaCost,
+    /// The anomaly detector blocked the principal or source for a while.
+    AnomalyBlocked,
+    /// The body is not well-formed (not JSON, bad UTF-8, too deep,
+    /// duplicate keys, numbers out of range, missing).
+    MalformedBody,
+    /// The body is well-formed but breaks the route's schema or the model
+    /// version's input constraints.
+    InvalidBody,
+    /// The body is larger than the route accepts (or arrived partial).
+    BodyTooLarge,
+    /// The body's Content-Type is not one the route accepts.
+    UnsupportedMediaType,
+    /// The route names a model the registry does not have.
+    UnknownModel,
+    /// The model exists, the version (or alias) does not.
+    UnknownModelVersion,
+    /// The model version is past its sunset date.
+    ModelVersionRetired,
+    /// The body carries personal data on a route that refuses it.
+    PiiDetected,
+    /// The caller's org may not have its data processed in the gateway's
+    /// region.
+    ResidencyViolation,
+    /// A payload signature is required and missing, wrong, expired or
+    /// replayed.
+    InvalidSignature,
+}
+
+/// gRPC status codes (grpc/grpc `doc/statuscodes.md`), by their numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[repr(i32)]
+pub enum GrpcCode {
+    /// 0: not an error.
+    Ok = 0,
+    /// 3: the client must change its request.
+    InvalidArgument = 3,
+    /// 5: what was asked for does not exist.
+    NotFound = 5,
+    /// 7: the caller may not do this.
+    PermissionDenied = 7,
+    /// 8: a quota or rate limit is spent.
+    ResourceExhausted = 8,
+    /// 12: the operation is not supported here.
+    Unimplemented = 12,
+    /// 14: try again later.
+    Unavailable = 14,
+    /// 16: no valid credentials.
+    Unauthenticated = 16,
+}
+
+/// Whether a refusal is a policy answer or a failure to decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The policies (or the request's own form) refuse it: the client is
+    /// told why; adapters answer it as a denial.
+    Denial,
+    /// Portcullis could not decide or record the decision (audit trail,
+    /// key sets, introspection unavailable): where the protocol lets the
+    /// gateway's own failure mode decide (RLS), adapters answer with a gRPC
+    /// error instead of a denial.
+    Failure,
+}
+
+/// Everything a client sees of one kind of refusal: one row of the
+/// outcome table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    /// HTTP status (RFC 9110 section 15).
+    pub status: u16,
+    /// The gRPC code: `CheckResponse.status.code` (Envoy ext_authz), the
+    /// admin API's status, RLS errors. Follows the gRPC HTTP-to-gRPC
+    /// mapping where one exists (401, 403, 404, 429, 503).
+    pub grpc: GrpcCode,
+    /// The stable code: problem `type` suffix, logs, metrics, audit.
+    pub code: &'static str,
+    /// The RFC 9457 problem `title`.
+    pub title: &'static str,
+    /// Denial or failure.
+    pub kind: Kind,
+}
+
+const fn row(status: u16, grpc: GrpcCode, code: &'static str, title: &'static str) -> Row {
+    Row {
+        status,
+        grpc,
+        code,
+        title,
+        kind: Kind::Denial,
+    }
+}
+
+const fn failure(code: &'static str, title: &'static str) -> Row {
+    Row {
+        status: 503,
+        grpc: GrpcCode::Unavailable,
+        code,
+        title,
+        kind: Kind::Failure,
+    }
+}
+
+impl DenyReason {
+    /// The outcome table: the one place a refusal becomes an HTTP status,
+    /// a gRPC code, a problem type and title. Every adapter renders from
+    /// it.
+    pub const fn row(self) -> Row {
+        use GrpcCode::*;
+        match self {
+            DenyReason::Unauthenticated => row(
+                401,
+                Unauthenticated,
+                "unauthenticated",
+                "Authentication required",
+            ),
+            DenyReason::InvalidCredentials => row(
+                401,
+                Unauthenticated,
+                "invalid_credentials",
+                "Invalid credentials",
+            ),
+            DenyReason::InvalidSignature => row(
+                401,
+                Unauthenticated,
+                "invalid_signature",
+                "Invalid payload signature",
+            ),
+            DenyReason::Forbidden => row(403, PermissionDenied, "forbidden", "Forbidden"),
+            DenyReason::PolicyError => row(403, PermissionDenied, "policy_error", "Forbidden"),
+            DenyReason::ResidencyViolation => row(
+                403,
+                PermissionDenied,
+                "residency_violation",
+                "Outside the allowed region",
+            ),
+            DenyReason::NoRoute => row(404, NotFound, "no_route", "Not found"),
+            DenyReason::UnknownResource => row(404, NotFound, "unknown_resource", "Not found"),
+            DenyReason::UnknownModel => row(404, NotFound, "unknown_model", "Not found"),
+            DenyReason::UnknownModelVersion => row(
+                404,
+                NotFound,
+                "unknown_model_version",
+                "Unknown model version",
+            ),
+            DenyReason::ModelVersionRetired => row(
+                410,
+                NotFound,
+                "model_version_retired",
+                "Model version retired",
+            ),
+            DenyReason::MethodNotAllowed => row(
+                405,
+                Unimplemented,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            DenyReason::BadPath => row(400, InvalidArgument, "bad_path", "Bad request path"),
+            DenyReason::BadQuotaCost => row(400, InvalidArgument, "bad_quota_cost", "Bad request"),
+            DenyReason::MalformedBody => row(
+                400,
+                InvalidArgument,
+                "malformed_body",
+                "Malformed request body",
+            ),
+            DenyReason::BodyTooLarge => row(
+                413,
+                InvalidArgument,
+                "body_too_large",
+                "Request body too large",
+            ),
+            DenyReason::UnsupportedMediaType => row(
+                415,
+                InvalidArgument,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            DenyReason::InvalidBody => {
+                row(422, InvalidArgument, "invalid_body", "Invalid request body")
+            }
+            DenyReason::PiiDetected => row(
+                422,
+                InvalidArgument,
+                "pii_detected",
+                "Personal data not accepted",
+            ),
+            DenyReason::TooManyFailedAttempts => row(
+                429,
+                ResourceExhausted,
+                "too_many_failed_attempts",
+                "Too many failed attempts",
+            ),
+            DenyReason::QuotaExceeded => row(
+                429,
+                ResourceExhausted,
+                "quota_exceeded",
+                "Too many requests",
+            ),
+            DenyReason::AnomalyBlocked => row(
+                429,
+                ResourceExhausted,
+                "anomaly_blocked",
+                "Temporarily blocked",
+            ),
+            // The operator chose `on_store_error: deny`: a deliberate answer.
+            DenyReason::QuotaUnavailable => {
+                row(503, Unavailable, "quota_unavailable", "Service unavailable")
+            }
+            DenyReason::AuditUnavailable => failure("audit_unavailable", "Service unavailable"),
+            DenyReason::AuthnUnavailable => {
+                failure("authentication_unavailable", "Authentication unavailable")
+            }
+        }
+    }
+
+    /// HTTP status for the client.
+    pub const fn status(self) -> u16 {
+        self.row().status
+    }
+
+    /// The stable code (problem `type` suffix, logs, metrics).
+    pub const fn code(self) -> &'static str {
+        self.row().code
+    }
+
+    /// The gRPC code.
+    pub const fn grpc(self) -> GrpcCode {
+        self.row().grpc
+    }
+
+    /// Denial or failure.
+    pub const fn kind(self) -> Kind {
+        self.row().kind
+    }
+}
+
+/// Text allowed in an RFC 6750 `error_description` (section 3): printable
+/// ASCII without `"` and `\`.
+fn quoted_string(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+impl Decision {
+    /// The RFC 9457 problem document for a denial.
+    pub fn problem_json(&self) -> String {
+        let reason = self.reason.unwrap_or(DenyReason::Forbidden);
+        let row = reason.row();
+        let mut problem = serde_json::json!({
+            "type": format!("urn:portcullis:problem:{}", row.code),
+            "title": row.title,
+            "status": self.status,
+            "detail": self.detail,
+            "decision_id": self.id,
+        });
+        if let (Some(q), DenyReason::QuotaExceeded) = (&self.quota, reason) {
+            problem["quota"] = serde_json::json!({
+                "limit": q.limit,
+                "window_seconds": q.window_seconds,
+                "remaining": q.remaining,
+                "retry_after_seconds": q.retry_after_seconds,
+            });
+        }
+        if !self.problems.is_empty() {
+            problem["errors"] = serde_json::json!(self.problems);
+        }
+        problem.to_string()
+    }
+
+    /// The gRPC code of this decision (`Ok` when allowed).
+    pub fn grpc(&self) -> GrpcCode {
+        match self.reason {
+            None if self.is_allowed() => GrpcCode::Ok,
+            reason => reason.unwrap_or(DenyReason::Forbidden).grpc(),
+        }
+    }
+
+    /// True when the decision is a failure to decide or record (see
+    /// [`Kind::Failure`]).
+    pub fn is_failure(&self) -> bool {
+        self.reason.is_some_and(|r| r.kind() == Kind::Failure)
+    }
+
+    /// The headers of the client's response, names lower case: on a denial
+    /// the problem document's `content-type`, the decision id,
+    /// `cache-control: no-store`, the challenge (`www-authenticate`, RFC
+    /// 6750 section 3), `allow` (405), `retry-after`; on both, the quota's
+    /// `ratelimit-*` headers and the route's own (`deprecation`, `sunset`).
+    pub fn client_headers(&self) -> Vec<(String, String)> {
+        let mut h: Vec<(String, String)> = Vec::new();
+        let mut add = |k: &str, v: String| h.push((k.to_string(), v));
+        if !self.is_allowed() {
+            add("content-type", PROBLEM_JSON.to_string());
+            add(DECISION_HEADER, self.id.clone());
+            add("cache-control", "no-store".to_string());
+            match self.reason {
+                Some(DenyReason::Unauthenticated) => {
+                    add("www-authenticate", "Bearer realm=\"portcullis\"".to_string())
+                }
+                Some(DenyReason::InvalidCredentials) => add(
+                    "www-authenticate",
+                    format!(
+                        "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
+                        quoted_string(&self.detail)
+                    ),
+                ),
+                Some(DenyReason::MethodNotAllowed) => {
+                    if let Some(allow) = &self.allow_methods {
+                        add("allow", allow.clone());
+                    }
+                }
+                _ => {}
+            }
+            if let Some(seconds) = self.retry_after_seconds {
+                add("retry-after", seconds.to_string());
+            }
+        }
+        for (k, v) in self.quota.iter().flat_map(|q| q.headers()) {
+            add(k, v);
+        }
+        for (k, v) in &self.response_headers {
+            add(k, v.clone());
+        }
+        h
+    }
+}
+
+/// The media type of problem documents (RFC 9457 section 3).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The response header that names the decision, for support requests.
+pub const DECISION_HEADER: &str = "x-portcullis-decision-id";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_reasons() {
+        assert_eq!(DenyReason::Unauthenticated.status(), 401);
+        assert_eq!(DenyReason::InvalidCredentials.status(), 401);
+        assert_eq!(DenyReason::PolicyError.status(), 403);
+        assert_eq!(DenyReason::NoRoute.status(), 404);
+        assert_eq!(DenyReason::MethodNotAllowed.status(), 405);
+        assert_eq!(DenyReason::BadPath.status(), 400);
+    }
+
+    #[test]
+    fn not_found_is_not_found_on_grpc_too() {
+        // Before the table, 404, 413 and 415 all became PERMISSION_DENIED.
+        assert_eq!(DenyReason::NoRoute.grpc(), GrpcCode::NotFound);
+        assert_eq!(DenyReason::UnknownModelVersion.grpc(), GrpcCode::NotFound);
+        assert_eq!(DenyReason::BodyTooLarge.grpc(), GrpcCode::InvalidArgument);
+        assert_eq!(
+            DenyReason::UnsupportedMediaType.grpc(),
+            GrpcCode::InvalidArgument
+        );
+        assert_eq!(
+            DenyReason::QuotaExceeded.grpc(),
+            GrpcCode::ResourceExhausted
+        );
+        assert_eq!(DenyReason::AuditUnavailable.grpc(), GrpcCode::Unavailable);
+    }
+
+    #[test]
+    fn failures_are_only_what_could_not_be_decided_or_recorded() {
+        let failures: Vec<_> = ALL.iter().filter(|r| r.kind() == Kind::Failure).collect();
+        assert_eq!(
+            failures,
+            [&DenyReason::AuditUnavailable, &DenyReason::AuthnUnavailable]
+        );
+    }
+
+    #[test]
+    fn every_reason_has_its_own_code_and_a_status_matching_its_grpc_code() {
+        let mut codes: Vec<_> = ALL.iter().map(|r| r.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), ALL.len());
+        for r in ALL {
+            let expected = match r.status() {
+                401 => GrpcCode::Unauthenticated,
+                403 => GrpcCode::PermissionDenied,
+                404 | 410 => GrpcCode::NotFound,
+                405 => GrpcCode::Unimplemented,
+                429 => GrpcCode::ResourceExhausted,
+                503 => GrpcCode::Unavailable,
+                _ => GrpcCode::InvalidArgument,
+            };
+            assert_eq!(r.grpc(), expected, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn error_description_stays_within_rfc_6750_characters() {
+        assert_eq!(quoted_string("a \"b\" \\c\u{e9}\n"), "a 'b' /c??");
+    }
+
+    #[test]
+    fn problem_document_carries_status_and_id_but_no_errors() {
+        let mut d = Decision::new("v1").deny(DenyReason::Forbidden, "not permitted");
+        d.errors.push("policy p1: secret internal detail".into());
+        let v: serde_json::Value = serde_json::from_str(&d.problem_json()).unwrap();
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["title"], "Forbidden");
+        assert_eq!(v["decision_id"], d.id.as_str());
+        assert_eq!(v["type"], "urn:portcullis:problem:forbidden");
+        assert!(!d.problem_json().contains("secret internal"));
+    }
+
+    #[test]
+    fn invalid_credentials_carry_an_rfc_6750_challenge() {
+        let d = Decision::new("v1").deny(DenyReason::InvalidCredentials, "expired");
+        let h = d.client_headers();
+        let challenge = &h.iter().find(|(k, _)| k == "www-authenticate").unwrap().1;
+        assert_eq!(
+            challenge,
+            r#"Bearer realm="portcullis", error="invalid_token", error_description="expired""#
+        );
+        assert!(h
+            .iter()
+            .any(|(k, v)| k == "content-type" && v == PROBLEM_JSON));
+    }
+
+    const ALL: [DenyReason; 25] = [
+        DenyReason::Unauthenticated,
+        DenyReason::InvalidCredentials,
+        DenyReason::InvalidSignature,
+        DenyReason::Forbidden,
+        DenyReason::PolicyError,
+        DenyReason::ResidencyViolation,
+        DenyReason::NoRoute,
+        DenyReason::UnknownResource,
+        DenyReason::UnknownModel,
+        DenyReason::UnknownModelVersion,
+        DenyReason::ModelVersionRetired,
+        DenyReason::MethodNotAllowed,
+        DenyReason::BadPath,
+        DenyReason::BadQuotaCost,
+        DenyReason::MalformedBody,
+        DenyReason::BodyTooLarge,
+        DenyReason::UnsupportedMediaType,
+        DenyReason::InvalidBody,
+        DenyReason::PiiDetected,
+        DenyReason::TooManyFailedAttempts,
+        DenyReason::QuotaExceeded,
+        DenyReason::AnomalyBlocked,
+        DenyReason::QuotaUnavailable,
+        DenyReason::AuditUnavailable,
+        DenyReason::AuthnUnavailable,
+    ];
+}

@@ -1,0 +1,163 @@
+//! The `quotas:` section of the configuration: where counters live, what
+//! happens when that store fails, and building the enforcement from it.
+//! The limits themselves are policy (`quotas.yaml`, see `config.rs` in
+//! this folder).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::shared_redis::SharedRedis;
+
+/// Where quota counters live and what happens when that store fails.
+/// The limits themselves are policy (`quotas.yaml`), not configuration.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaSettings {
+    /// `local` (in-process, the default) or `redis` (shared by replicas).
+    pub store: QuotaStoreKind,
+    /// For `store: redis`: `redis://host:port/db` (a password in it is never
+    /// logged).
+    pub redis_url: Option<String>,
+    /// For `store: redis_cluster`: seed nodes, `redis://host:port` each.
+    pub redis_urls: Vec<String>,
+    /// Bound on one store round trip (connect included), in milliseconds.
+    /// Well under Envoy's 20 ms ratelimit timeout.
+    pub timeout_ms: u64,
+    /// `deny` (503), `allow` (uncounted) or `local` (in-process limits
+    /// divided by `replicas`) while the store fails.
+    pub on_store_error: crate::quota::OnStoreError,
+    /// Replicas sharing the store: in `local` failure mode each enforces
+    /// 1/replicas of every limit.
+    pub replicas: u64,
+    /// Most keys the in-process store holds (memory bound).
+    pub max_local_keys: usize,
+}
+
+impl std::fmt::Debug for QuotaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaSettings")
+            .field("store", &self.store)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_urls", &self.redis_urls.len())
+            .field("timeout_ms", &self.timeout_ms)
+            .field("on_store_error", &self.on_store_error)
+            .field("replicas", &self.replicas)
+            .field("max_local_keys", &self.max_local_keys)
+            .finish()
+    }
+}
+
+/// The quota store kind.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaStoreKind {
+    /// In-process counters.
+    Local,
+    /// Redis.
+    Redis,
+    /// Redis Cluster (seed nodes in `redis_urls`).
+    #[serde(rename = "redis_cluster")]
+    RedisCluster,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        QuotaSettings {
+            store: QuotaStoreKind::Local,
+            redis_url: None,
+            redis_urls: Vec::new(),
+            timeout_ms: 10,
+            on_store_error: crate::quota::OnStoreError::Local,
+            replicas: 1,
+            max_local_keys: 1_000_000,
+        }
+    }
+}
+
+impl QuotaSettings {
+    /// Every problem with this section, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.store == QuotaStoreKind::Redis && self.redis_url.is_none() {
+            p.push(
+                "quotas.redis_url: required with store: redis (e.g. redis://127.0.0.1:6379)".into(),
+            );
+        }
+        if let Some(url) = &self.redis_url {
+            if redis::Client::open(url.as_str()).is_err() {
+                p.push("quotas.redis_url: not a Redis URL (redis://host:port/db)".into());
+            }
+        }
+        if self.store == QuotaStoreKind::RedisCluster {
+            if self.redis_urls.is_empty() {
+                p.push("quotas.redis_urls: required with store: redis_cluster (seed nodes, e.g. [redis://127.0.0.1:7000])".into());
+            }
+            if redis::cluster::ClusterClient::new(self.redis_urls.iter().map(String::as_str))
+                .is_err()
+            {
+                p.push("quotas.redis_urls: not Redis URLs (redis://host:port)".into());
+            }
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 1000 {
+            p.push("quotas.timeout_ms: between 1 and 1000".into());
+        }
+        if self.replicas == 0 {
+            p.push("quotas.replicas: at least 1".into());
+        }
+        if self.max_local_keys < 1024 {
+            p.push("quotas.max_local_keys: at least 1024".into());
+        }
+        p
+    }
+
+    /// The Redis these settings name (not yet connected), if any.
+    /// Background connection attempts are spawned on `tasks`.
+    pub fn redis(
+        &self,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Result<Option<Arc<SharedRedis>>, String> {
+        let timeout = Duration::from_millis(self.timeout_ms);
+        Ok(match self.store {
+            QuotaStoreKind::Local => None,
+            QuotaStoreKind::Redis => Some(Arc::new(
+                SharedRedis::single(
+                    self.redis_url.as_deref().unwrap_or_default(),
+                    timeout,
+                    "quotas.redis_url",
+                )?
+                .owned_by(tasks),
+            )),
+            QuotaStoreKind::RedisCluster => Some(Arc::new(
+                SharedRedis::cluster(&self.redis_urls, timeout, "quotas.redis_urls")?
+                    .owned_by(tasks),
+            )),
+        })
+    }
+
+    /// The enforcement these settings describe, on a Redis of its own.
+    pub fn build(&self) -> Result<crate::quota::Quotas, String> {
+        Ok(self.build_on(self.redis(&tokio_util::task::TaskTracker::new())?))
+    }
+
+    /// The enforcement these settings describe; `redis` is the connection
+    /// from [`QuotaSettings::redis`] (possibly shared with authentication).
+    pub fn build_on(&self, redis: Option<Arc<SharedRedis>>) -> crate::quota::Quotas {
+        let timeout = Duration::from_millis(self.timeout_ms);
+        let store: Arc<dyn crate::quota::QuotaStore> = match redis {
+            None => Arc::new(crate::quota::local::LocalStore::new(
+                self.max_local_keys,
+                Arc::new(crate::time::SystemClock),
+            )),
+            Some(redis) => Arc::new(crate::quota::redis::RedisStore::on(redis)),
+        };
+        crate::quota::Quotas::new(
+            store,
+            timeout,
+            self.on_store_error,
+            self.replicas,
+            self.max_local_keys,
+        )
+    }
+}
