@@ -4,136 +4,23 @@
 pub mod apikey;
 pub mod apikey_redis;
 pub mod config;
+mod config_check;
 pub mod failures;
 pub mod failures_redis;
+mod identity;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod signature;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cedar_policy::EntityUid;
 use tokio_util::sync::CancellationToken;
 
 use crate::request::AccessRequest;
 pub use config::{AuthnConfig, MtlsConfig};
-
-/// Who is calling, as established by authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The Cedar principal.
-    pub principal: EntityUid,
-    /// Parents the credential asserts (e.g. the token's org), added to the
-    /// principal entity next to those in `entities.json`.
-    pub parents: Vec<EntityUid>,
-    /// How the caller authenticated.
-    pub method: AuthMethod,
-    /// What the credential says beyond who: scopes, MFA, chosen claims.
-    pub token: TokenFacts,
-}
-
-impl Identity {
-    /// An identity with no scopes, claims or MFA.
-    pub fn new(principal: EntityUid, parents: Vec<EntityUid>, method: AuthMethod) -> Self {
-        Identity {
-            principal,
-            parents,
-            method,
-            token: TokenFacts::default(),
-        }
-    }
-}
-
-/// Facts a credential carries that policies may demand (Cedar
-/// `context.token` and `context.auth.mfa`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TokenFacts {
-    /// OAuth scopes (`scope` string or `scp` array; API key scopes).
-    pub scopes: BTreeSet<String>,
-    /// Configured claims, as strings.
-    pub claims: BTreeMap<String, String>,
-    /// The user passed multi-factor authentication (`amr`/`acr`).
-    pub mfa: bool,
-}
-
-/// The authentication method that produced an identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    /// A verified JWT bearer token.
-    Jwt,
-    /// An API key.
-    ApiKey,
-    /// An opaque token the introspection endpoint called active.
-    Introspection,
-    /// The mTLS peer identity reported by the gateway.
-    Mtls,
-    /// No credentials, on a route that allows anonymous access.
-    Anonymous,
-}
-
-impl AuthMethod {
-    /// The name used in the Cedar context and in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::Jwt => "jwt",
-            AuthMethod::ApiKey => "apikey",
-            AuthMethod::Introspection => "introspection",
-            AuthMethod::Mtls => "mtls",
-            AuthMethod::Anonymous => "anonymous",
-        }
-    }
-}
-
-/// Why credentials were refused. `detail` is safe to show the client: it
-/// names the problem, never key material or internals.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{detail}")]
-pub struct AuthnFailure {
-    /// A stable, low-cardinality reason code (for metrics and audit).
-    pub reason: &'static str,
-    /// What the client should know to fix its request.
-    pub detail: String,
-    /// True when the credential could not be checked (keys or the
-    /// introspection endpoint unavailable): a 503-class denial, not 401.
-    pub unavailable: bool,
-}
-
-impl AuthnFailure {
-    pub(crate) fn new(reason: &'static str, detail: impl Into<String>) -> Self {
-        AuthnFailure {
-            reason,
-            detail: detail.into(),
-            unavailable: false,
-        }
-    }
-
-    pub(crate) fn unavailable(reason: &'static str, detail: impl Into<String>) -> Self {
-        AuthnFailure {
-            unavailable: true,
-            ..AuthnFailure::new(reason, detail)
-        }
-    }
-}
-
-/// The result of looking at a request's credentials.
-#[derive(Debug)]
-pub enum Authentication {
-    /// Credentials were present and valid.
-    Authenticated(Identity),
-    /// The request carried no credentials at all.
-    NoCredentials,
-    /// Credentials were present but invalid: always 401, even on routes that
-    /// allow anonymous access (a broken token is never silently ignored).
-    Rejected(AuthnFailure),
-    /// The source failed too often and is blocked for a while (429).
-    Blocked {
-        /// How long until the block ends.
-        retry_after: std::time::Duration,
-    },
-}
+pub use identity::{entity_uid, AuthMethod, Authentication, AuthnFailure, Identity, TokenFacts};
 
 /// The Redis authentication keeps shared state in (failure counts and
 /// blocks, API keys), and the bound on one round trip.
@@ -604,15 +491,6 @@ fn bearer_token(value: &str) -> Result<&str, AuthnFailure> {
         ));
     }
     Ok(token)
-}
-
-/// Builds `Type::"id"` from a type name and a raw id.
-pub fn entity_uid(type_name: &str, id: &str) -> Option<EntityUid> {
-    let ty = type_name.parse::<cedar_policy::EntityTypeName>().ok()?;
-    Some(EntityUid::from_type_name_and_id(
-        ty,
-        cedar_policy::EntityId::new(id),
-    ))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! to a denial in exactly one place each; quota is charged last, so a
 //! request any other stage refuses never consumes quota.
 
+mod calls;
 mod record;
 mod stages;
 
@@ -110,8 +111,8 @@ pub async fn decide(snapshot: &Snapshot, ask: Ask<'_>, mode: Mode<'_>) -> Decisi
     let started = Instant::now();
     let decision = match ask {
         Ask::Access(req) => access(snapshot, req, &mode).await,
-        Ask::RateLimit(call) => stages::ratelimit(snapshot, &call, &mode).await,
-        Ask::Admin(call) => stages::admin(snapshot, call, &mode).await,
+        Ask::RateLimit(call) => calls::ratelimit(snapshot, &call, &mode).await,
+        Ask::Admin(call) => calls::admin(snapshot, call, &mode).await,
     };
     match mode {
         Mode::Enforce(live) => record::record(&live, ask, decision, started),
@@ -137,13 +138,13 @@ pub fn decide_offline(
 }
 
 /// The stages of an HTTP request, top to bottom. A stage returns what the
-/// next one needs, or the decision (`Err`) that ends the path.
+/// next one needs, or the refusal (`Err`) that ends the path.
 async fn access(snapshot: &Snapshot, req: &AccessRequest, mode: &Mode<'_>) -> Decision {
     // 1. Route: what is asked for (a request no route takes is decided
     // here, before any credential is looked at).
     let mut at = match stages::route(snapshot, req) {
-        Ok(routed) => routed,
-        Err(decided) => return decided,
+        stages::Routing::Routed(routed) => routed,
+        stages::Routing::Decided(decided) => return decided,
     };
     let verdict: Result<(), stages::Refusal> = async {
         stages::screen_source(mode, req)?; // a blocked source: before credentials

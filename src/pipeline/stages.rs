@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use cedar_policy::EntityUid;
 
-use super::{AdminCall, Mode, RateLimit};
+use super::Mode;
 use crate::authn::{entity_uid, AuthMethod, Authentication, Identity};
 use crate::authz::RequestContext;
 use crate::decision::quota::LimitStatus;
@@ -72,19 +72,24 @@ pub(super) struct Routed<'s> {
     captures: Vec<(&'s str, String)>,
 }
 
+/// Where a request stands after routing.
+pub(super) enum Routing<'s> {
+    /// A route takes it; authentication comes next.
+    Routed(Routed<'s>),
+    /// Decided without looking at credentials (no route, bad path, ...).
+    Decided(Decision),
+}
+
 /// Stage 1, route: what is being asked for. A request no route takes is
-/// decided here (`Err`), before any credential is looked at.
-pub(super) fn route<'s>(
-    snapshot: &'s Snapshot,
-    req: &AccessRequest,
-) -> Result<Routed<'s>, Decision> {
+/// decided here, before any credential is looked at.
+pub(super) fn route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
     let started = Instant::now();
     let routing = match_route(snapshot, req);
     metrics::global().stage(metrics::Stage::Route, started.elapsed());
     routing
 }
 
-fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Result<Routed<'s>, Decision> {
+fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
     let d = Decision::new(&snapshot.version);
     match snapshot.routes.match_request(&req.method, &req.path) {
         RouteMatch::Matched {
@@ -95,7 +100,7 @@ fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Result<Routed
             let mut d = d;
             d.route = Some(route.name.clone());
             d.action = Some(format!("Action::{:?}", route.action));
-            Ok(Routed {
+            Routing::Routed(Routed {
                 d,
                 route,
                 resource_id,
@@ -112,9 +117,9 @@ fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Result<Routed
                 ),
             );
             d.allow_methods = Some(allowed);
-            Err(d)
+            Routing::Decided(d)
         }
-        RouteMatch::NotFound => Err(match snapshot.routes.unmatched() {
+        RouteMatch::NotFound => Routing::Decided(match snapshot.routes.unmatched() {
             Unmatched::Allow => d.allow(),
             Unmatched::Deny => d.deny(
                 DenyReason::NoRoute,
@@ -125,7 +130,7 @@ fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Result<Routed
                 ),
             ),
         }),
-        RouteMatch::BadPath { reason } => Err(d.deny(DenyReason::BadPath, reason)),
+        RouteMatch::BadPath { reason } => Routing::Decided(d.deny(DenyReason::BadPath, reason)),
     }
 }
 
@@ -182,7 +187,7 @@ pub(super) async fn authenticate(
 /// The identity an authentication outcome gives, or the refusal. Without
 /// credentials the caller is anonymous where `optional`, else refused.
 /// Operators find the failure's code in `errors` ("authentication: ...").
-fn identify(
+pub(super) fn identify(
     authentication: Authentication,
     optional: bool,
     d: &mut Decision,
@@ -468,7 +473,7 @@ pub(super) async fn charge(
 
 /// Charges `descriptors` and notes the outcome on `d`: the limit that
 /// decided and each descriptor's state.
-async fn charge_descriptors(
+pub(super) async fn charge_descriptors(
     snapshot: &Snapshot,
     quotas: &crate::quota::Quotas,
     descriptors: &[crate::quota::apply::Descriptor],
@@ -500,83 +505,6 @@ async fn charge_descriptors(
         Some(q) => Refusal::new(q.deny_reason(), q.detail()),
         None => Refusal::new(DenyReason::QuotaExceeded, String::new()),
     })
-}
-
-/// A rate-limit call: the quota stage alone, over the caller's
-/// descriptors. The domain is the resource; RLS carries no principal.
-pub(super) async fn ratelimit(
-    snapshot: &Snapshot,
-    call: &RateLimit<'_>,
-    mode: &Mode<'_>,
-) -> Decision {
-    let mut d = Decision::new(&snapshot.version);
-    d.action = Some("ratelimit".into());
-    d.resource = Some(format!("RateLimitDomain::{:?}", call.domain));
-    let Mode::Enforce(live) = mode else {
-        return d.allow();
-    };
-    match charge_descriptors(snapshot, live.quotas, call.descriptors, &mut d).await {
-        Ok(()) => d.allow(),
-        Err(refusal) => refusal.deny(d),
-    }
-}
-
-/// An admin call: the caller is authenticated as any request is (without
-/// credentials: anonymous), then the enforced policies decide whether it
-/// may perform the call's action on its resource.
-pub(super) async fn admin(snapshot: &Snapshot, call: &AdminCall<'_>, mode: &Mode<'_>) -> Decision {
-    let mut d = Decision::new(&snapshot.version);
-    d.action = Some(format!("Action::{:?}", call.action));
-    d.resource = Some(call.resource.to_string());
-    let authentication = match mode {
-        Mode::Enforce(live) => {
-            live.authenticator
-                .authenticate(call.request, crate::time::epoch_seconds(call.request.time))
-                .await
-        }
-        Mode::Explain(authenticator) => {
-            authenticator
-                .authenticate(call.request, crate::time::epoch_seconds(call.request.time))
-                .await
-        }
-        Mode::As { identity, .. } => match identity.clone() {
-            Some(identity) => Authentication::Authenticated(identity),
-            None => Authentication::NoCredentials,
-        },
-    };
-    let identity = match identify(authentication, true, &mut d) {
-        Ok(identity) => identity,
-        Err(refusal) => return refusal.deny(d),
-    };
-    let context =
-        serde_json::json!({ "rpc": call.rpc, "auth": { "method": identity.method.as_str() } });
-    // Admin calls are decided by the enforced policies only.
-    let (outcome, _shadow) = crate::authz::authorize(
-        snapshot.authz(),
-        &identity,
-        call.action,
-        call.resource.clone(),
-        context,
-    );
-    d.determining_policies = outcome.determining;
-    d.errors = outcome.errors;
-    if outcome.allowed {
-        return d.allow();
-    }
-    if identity.method == AuthMethod::Anonymous {
-        return d.deny(
-            DenyReason::Unauthenticated,
-            format!(
-                "{} needs credentials: send metadata 'authorization: Bearer <JWT>' with a token from a configured issuer",
-                call.rpc
-            ),
-        );
-    }
-    let detail = format!(
-        "{} may not {} {}",
-        identity.principal, call.action, call.resource
-    );
-    d.deny(DenyReason::Forbidden, detail)
 }
 
 /// The 429 of a principal or source the anomaly detector blocks.

@@ -1,9 +1,14 @@
-//! A policy directory as it was at a git revision: materialised into a
-//! temporary directory so that it loads like any other. Used to pin the
-//! serving policies to a commit (rollback) and by `policy diff`.
+//! Policy versions: the version a snapshot carries (the git commit of its
+//! directory, or a content hash outside git), and a policy directory as it
+//! was at a git revision, materialised into a temporary directory so that
+//! it loads like any other (pinning the serving policies to a commit for
+//! rollback, and `policy diff`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use sha2::{Digest, Sha256};
 
 /// A policy directory checked out from git at one commit.
 #[derive(Debug)]
@@ -150,4 +155,46 @@ fn git_bytes(dir: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
             err
         })
     }
+}
+
+/// The snapshot's version: the git commit of the directory when it is in a
+/// git checkout (with `-dirty.<hash>` when the files differ from the
+/// commit), otherwise `sha256:<hash>` of the files.
+pub(super) fn version_of(dir: &Path, files: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    for (name, text) in files {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((text.len() as u64).to_le_bytes());
+        hasher.update(text.as_bytes());
+    }
+    let hash = hex::encode(hasher.finalize());
+    let short = &hash[..12];
+    match git_commit(dir) {
+        Some((commit, false)) => commit,
+        Some((commit, true)) => format!("{commit}-dirty.{short}"),
+        None => format!("sha256:{short}"),
+    }
+}
+
+/// `(short commit, dirty)` for a directory inside a git checkout.
+pub(super) fn git_commit(dir: &Path) -> Option<(String, bool)> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = run(&["rev-parse", "--short=12", "HEAD"])?;
+    if commit.is_empty() {
+        return None;
+    }
+    // Policy tests (tests/) are not part of the snapshot.
+    let status = run(&["status", "--porcelain", "--", ".", ":(exclude)tests"])?;
+    Some((commit, !status.is_empty()))
 }

@@ -3,21 +3,22 @@
 //! policies. Forbid overrides permit, default deny, and any evaluation error
 //! denies. It does not authenticate or match routes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity,
-    EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
-    RestrictedExpression,
+    Authorizer, Decision as CedarDecision, Entities, Entity, EntityUid, PolicySet, Request,
 };
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use crate::authn::Identity;
-use crate::request::AccessRequest;
-use crate::routes::Route;
+
+mod context;
+mod slice;
+
+pub use context::{context_from_json, ContextError, RequestContext};
+use slice::{PolicyIndex, Scope};
 
 /// The result of evaluating the policies for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,77 +31,11 @@ pub struct AuthzOutcome {
     pub errors: Vec<String>,
 }
 
-/// The Cedar context a route produces.
-pub struct RequestContext;
-
-impl RequestContext {
-    /// The context for a real request.
-    pub fn build(req: &AccessRequest, route: &Route, identity: &Identity) -> Value {
-        let path = req.path.split(['?', '#']).next().unwrap_or("");
-        let mut headers = Map::new();
-        for name in &route.context_headers {
-            if let Some(v) = req.header(name) {
-                headers.insert(name.clone(), Value::String(v.to_string()));
-            }
-        }
-        let epoch = crate::time::epoch_seconds(req.time);
-        let mut ctx = json!({
-            "method": req.method,
-            "path": path,
-            "host": req.host,
-            "route": route.name,
-            "time": time_record(epoch),
-            "auth": { "method": identity.method.as_str(), "mfa": identity.token.mfa },
-            "token": {
-                "scopes": identity.token.scopes.iter().collect::<Vec<_>>(),
-                "claims": identity.token.claims,
-            },
-            "headers": headers,
-        });
-        if let Some(ip) = req.source_ip {
-            // Explicit extension escape: the context parses without the
-            // schema (fast); `Request::new` still checks it against it.
-            ctx["source_ip"] = json!({ "__extn": { "fn": "ip", "arg": ip.to_string() } });
-        }
-        ctx
-    }
-
-    /// A context with every field a route can produce set, to check the
-    /// route against the schema at load time.
-    pub fn sample(route: &Route) -> Value {
-        Self::sample_with_claims(route, &[])
-    }
-
-    /// [`RequestContext::sample`] with `claims` in `context.token.claims`
-    /// (as an issuer's `context_claims` copies them: strings).
-    pub fn sample_with_claims(route: &Route, claims: &[&str]) -> Value {
-        let mut req = AccessRequest::for_test("GET", "/");
-        req.source_ip = Some(std::net::IpAddr::from([127, 0, 0, 1]));
-        req.time = SystemTime::UNIX_EPOCH;
-        for name in &route.context_headers {
-            req.headers.insert(name.clone(), "sample".into());
-        }
-        let mut identity = Identity::new(
-            crate::authn::entity_uid("User", "sample").expect("User is a type name"),
-            Vec::new(),
-            crate::authn::AuthMethod::Jwt,
-        );
-        identity.token.claims = claims
-            .iter()
-            .map(|c| (c.to_string(), "sample".to_string()))
-            .collect();
-        Self::build(&req, route, &identity)
-    }
-}
-
-/// `{epoch, hour, weekday}` in UTC; weekday is ISO (Monday 1 .. Sunday 7).
-fn time_record(epoch: u64) -> Value {
-    let days = epoch / 86_400;
-    let hour = (epoch % 86_400) / 3_600;
-    // 1970-01-01 was a Thursday (ISO 4).
-    let weekday = (days + 3) % 7 + 1;
-    json!({ "epoch": epoch, "hour": hour, "weekday": weekday })
-}
+/// The principal entity (with the parents its credentials assert) could
+/// not be built or merged into the entity store.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct PrincipalEntityError(String);
 
 /// One authorizer for the process: it holds no request state.
 static AUTHORIZER: std::sync::LazyLock<Authorizer> = std::sync::LazyLock::new(Authorizer::new);
@@ -243,228 +178,6 @@ fn decide_uncached(
     (enforced, shadow)
 }
 
-/// A Cedar context from the JSON value `RequestContext::build` produces:
-/// strings, booleans, integers, arrays, objects and `{"__extn": {"fn":
-/// "ip"|"decimal", "arg": ...}}`.
-pub fn context_from_json(value: Value) -> Result<Context, String> {
-    let Value::Object(fields) = value else {
-        return Err("the context must be a record".into());
-    };
-    let pairs = fields
-        .into_iter()
-        .map(|(k, v)| restricted(v, &k).map(|v| (k, v)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Context::from_pairs(pairs).map_err(|e| e.to_string())
-}
-
-fn restricted(value: Value, at: &str) -> Result<RestrictedExpression, String> {
-    Ok(match value {
-        Value::String(s) => RestrictedExpression::new_string(s),
-        Value::Bool(b) => RestrictedExpression::new_bool(b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => RestrictedExpression::new_long(i),
-            None => return Err(format!("'{at}': {n} is not a 64-bit integer")),
-        },
-        Value::Array(items) => RestrictedExpression::new_set(
-            items
-                .into_iter()
-                .map(|v| restricted(v, at))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        Value::Object(mut fields) => {
-            if let Some(Value::Object(extn)) = fields.remove("__extn") {
-                let arg = extn.get("arg").and_then(Value::as_str).unwrap_or("");
-                return match extn.get("fn").and_then(Value::as_str) {
-                    Some("ip") => Ok(RestrictedExpression::new_ip(arg)),
-                    Some("decimal") => Ok(RestrictedExpression::new_decimal(arg)),
-                    other => Err(format!("'{at}': unknown extension function {other:?}")),
-                };
-            }
-            RestrictedExpression::new_record(
-                fields
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let v = restricted(v, &k)?;
-                        Ok((k, v))
-                    })
-                    .collect::<Result<Vec<_>, String>>()?,
-            )
-            .map_err(|e| e.to_string())?
-        }
-        Value::Null => return Err(format!("'{at}': null has no Cedar value")),
-    })
-}
-
-/// What a policy's scope can be matched against: the request's principal,
-/// action and resource, each with its ancestors in the entity store.
-struct Scope<'a> {
-    principal: &'a EntityUid,
-    principal_ancestors: HashSet<&'a EntityUid>,
-    action: &'a EntityUid,
-    action_ancestors: HashSet<&'a EntityUid>,
-    resource: &'a EntityUid,
-    resource_ancestors: HashSet<&'a EntityUid>,
-}
-
-impl<'a> Scope<'a> {
-    fn of(
-        entities: &'a Entities,
-        principal: &'a EntityUid,
-        action: &'a EntityUid,
-        resource: &'a EntityUid,
-    ) -> Self {
-        let ancestors = |uid: &EntityUid| -> HashSet<&'a EntityUid> {
-            entities
-                .ancestors(uid)
-                .map(|a| a.collect())
-                .unwrap_or_default()
-        };
-        Scope {
-            principal,
-            principal_ancestors: ancestors(principal),
-            action,
-            action_ancestors: ancestors(action),
-            resource,
-            resource_ancestors: ancestors(resource),
-        }
-    }
-
-    /// Whether the policy's scope can hold for this request. A policy whose
-    /// scope does not hold is neither satisfied nor evaluated further by
-    /// Cedar (the scope is the first conjunct), so leaving it out changes
-    /// neither the decision, nor the determining policies, nor the errors.
-    fn admits(&self, scope: &PolicyScope) -> bool {
-        // Cedar's `in` for the scope: equal, or an ancestor.
-        let within = |uid: &EntityUid, ancestors: &HashSet<&EntityUid>, group: &EntityUid| {
-            group == uid || ancestors.contains(group)
-        };
-        let (p, pa) = (self.principal, &self.principal_ancestors);
-        let (r, ra) = (self.resource, &self.resource_ancestors);
-        let principal = match &scope.principal {
-            PrincipalConstraint::Any => true,
-            PrincipalConstraint::Eq(uid) => uid == p,
-            PrincipalConstraint::In(uid) => within(p, pa, uid),
-            PrincipalConstraint::Is(ty) => ty == p.type_name(),
-            PrincipalConstraint::IsIn(ty, uid) => ty == p.type_name() && within(p, pa, uid),
-        };
-        principal
-            && match &scope.action {
-                ActionConstraint::Any => true,
-                ActionConstraint::Eq(uid) => uid == self.action,
-                ActionConstraint::In(groups) => groups
-                    .iter()
-                    .any(|g| within(self.action, &self.action_ancestors, g)),
-            }
-            && match &scope.resource {
-                ResourceConstraint::Any => true,
-                ResourceConstraint::Eq(uid) => uid == r,
-                ResourceConstraint::In(uid) => within(r, ra, uid),
-                ResourceConstraint::Is(ty) => ty == r.type_name(),
-                ResourceConstraint::IsIn(ty, uid) => ty == r.type_name() && within(r, ra, uid),
-            }
-    }
-}
-
-/// A policy's scope, converted out of Cedar's AST once per snapshot (each
-/// `*_constraint()` call clones its entity ids).
-struct PolicyScope {
-    principal: PrincipalConstraint,
-    action: ActionConstraint,
-    resource: ResourceConstraint,
-}
-
-/// A policy set indexed by principal scope, so that a request is evaluated
-/// against only the policies whose scope can hold for it.
-pub struct PolicyIndex {
-    all: Arc<PolicySet>,
-    /// Every policy, in a fixed order; the maps below hold positions.
-    policies: Vec<Policy>,
-    /// Each policy's scope, by position.
-    scopes: Vec<PolicyScope>,
-    by_principal: HashMap<EntityUid, Vec<usize>>,
-    by_principal_type: HashMap<EntityTypeName, Vec<usize>>,
-    any_principal: Vec<usize>,
-    /// Slices already built, keyed by the positions they hold.
-    slices: moka::sync::Cache<Vec<usize>, Arc<PolicySet>>,
-    /// Template-linked policies cannot be re-added alone: no slicing then.
-    sliceable: bool,
-}
-
-impl PolicyIndex {
-    /// Indexes `set`.
-    pub fn new(set: &PolicySet) -> Self {
-        let policies: Vec<Policy> = set.policies().cloned().collect();
-        let mut by_principal: HashMap<EntityUid, Vec<usize>> = HashMap::new();
-        let mut by_principal_type: HashMap<EntityTypeName, Vec<usize>> = HashMap::new();
-        let mut any_principal = Vec::new();
-        let scopes: Vec<PolicyScope> = policies
-            .iter()
-            .map(|p| PolicyScope {
-                principal: p.principal_constraint(),
-                action: p.action_constraint(),
-                resource: p.resource_constraint(),
-            })
-            .collect();
-        for (i, scope) in scopes.iter().enumerate() {
-            match &scope.principal {
-                PrincipalConstraint::Any => any_principal.push(i),
-                PrincipalConstraint::Eq(uid) | PrincipalConstraint::In(uid) => {
-                    by_principal.entry(uid.clone()).or_default().push(i)
-                }
-                PrincipalConstraint::Is(ty) | PrincipalConstraint::IsIn(ty, _) => {
-                    by_principal_type.entry(ty.clone()).or_default().push(i)
-                }
-            }
-        }
-        let sliceable =
-            set.templates().next().is_none() && policies.iter().all(|p| p.template_id().is_none());
-        PolicyIndex {
-            all: Arc::new(set.clone()),
-            policies,
-            scopes,
-            by_principal,
-            by_principal_type,
-            any_principal,
-            slices: moka::sync::Cache::new(4_096),
-            sliceable,
-        }
-    }
-
-    /// The policies whose scope can hold for the request.
-    fn slice(&self, scope: &Scope<'_>) -> Arc<PolicySet> {
-        if !self.sliceable {
-            return Arc::clone(&self.all);
-        }
-        let mut picked: Vec<usize> = Vec::new();
-        let mut consider = |positions: Option<&Vec<usize>>| {
-            for &i in positions.into_iter().flatten() {
-                if scope.admits(&self.scopes[i]) {
-                    picked.push(i);
-                }
-            }
-        };
-        consider(Some(&self.any_principal));
-        consider(self.by_principal.get(scope.principal));
-        for ancestor in &scope.principal_ancestors {
-            consider(self.by_principal.get(*ancestor));
-        }
-        consider(self.by_principal_type.get(scope.principal.type_name()));
-        picked.sort_unstable();
-        picked.dedup();
-        if picked.len() == self.policies.len() {
-            return Arc::clone(&self.all);
-        }
-        if let Some(slice) = self.slices.get(&picked) {
-            return slice;
-        }
-        let slice = PolicySet::from_policies(picked.iter().map(|&i| self.policies[i].clone()))
-            .map(Arc::new)
-            .unwrap_or_else(|_| Arc::clone(&self.all));
-        self.slices.insert(picked, Arc::clone(&slice));
-        slice
-    }
-}
-
 /// What a snapshot prepares once for evaluating requests fast: its policy
 /// sets indexed by scope, and the entity stores of identities whose
 /// credentials assert parents.
@@ -537,7 +250,7 @@ impl Prepared {
         &self,
         entities: &Entities,
         identity: &Identity,
-    ) -> Result<Arc<Entities>, String> {
+    ) -> Result<Arc<Entities>, PrincipalEntityError> {
         if identity.parents.is_empty() {
             return Ok(Arc::clone(&self.plain));
         }
@@ -551,7 +264,7 @@ impl Prepared {
         let merged = entities
             .clone()
             .upsert_entities([principal], None)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| PrincipalEntityError(e.to_string()))?;
         let merged = Arc::new(merged);
         self.merged.insert(key, Arc::clone(&merged));
         Ok(merged)
@@ -587,13 +300,13 @@ fn evaluate(
 
 /// The principal entity with the identity's parents added to any it has in
 /// `entities.json` (attributes come from `entities.json` only).
-fn with_parents(entities: &Entities, identity: &Identity) -> Result<Entity, String> {
+fn with_parents(entities: &Entities, identity: &Identity) -> Result<Entity, PrincipalEntityError> {
     let mut parents: HashSet<EntityUid> = identity.parents.iter().cloned().collect();
     match entities.get(&identity.principal) {
         Some(existing) => {
             let (uid, attrs, static_parents) = existing.clone().into_inner();
             parents.extend(static_parents);
-            Entity::new(uid, attrs, parents).map_err(|e| e.to_string())
+            Entity::new(uid, attrs, parents).map_err(|e| PrincipalEntityError(e.to_string()))
         }
         None => Ok(Entity::new_no_attrs(identity.principal.clone(), parents)),
     }
@@ -602,6 +315,7 @@ fn with_parents(entities: &Entities, identity: &Identity) -> Result<Entity, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cedar_policy::Context;
 
     const POLICIES: &str = r#"
         @id("any") permit (principal, action, resource) when { context.flag };

@@ -1,0 +1,283 @@
+//! `AuditService`: querying, fetching, tailing, verifying and reporting on
+//! the audit trail.
+
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{admit, rpc_name, to_proto, AUDIT_LOG, AUDIT_SERVICE};
+use crate::app::State;
+use crate::audit::{self, query::Filter};
+use crate::proto;
+use crate::proto::audit_service_server::AuditService;
+
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+/// `AuditService`: reading and verifying the audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditAdmin {
+    state: Arc<State>,
+}
+
+impl AuditAdmin {
+    /// The service over the shared state; open tails end when the state's
+    /// `stop` is cancelled.
+    pub fn new(state: Arc<State>) -> Self {
+        AuditAdmin { state }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the audit files");
+            Err(Status::internal(
+                "cannot read the audit files; see the server log",
+            ))
+        }
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditAdmin {
+    async fn query(
+        &self,
+        request: Request<proto::QueryRequest>,
+    ) -> Result<Response<proto::QueryResponse>, Status> {
+        admit(
+            &self.state,
+            &request,
+            &rpc_name(AUDIT_SERVICE, "Query"),
+            "audit:read",
+            AUDIT_LOG,
+        )
+        .await?;
+        let q = request.into_inner();
+        let filter = query_filter(&q, crate::time::now_millis())?;
+        let from = if q.page_token.is_empty() {
+            0
+        } else {
+            q.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument(
+                    "page_token: pass next_page_token from a previous response",
+                )
+            })?
+        };
+        let limit = match q.limit {
+            0 => DEFAULT_LIMIT,
+            n => n.min(MAX_LIMIT),
+        } as usize;
+        let dir = self.state.audit.directory().to_path_buf();
+        let (records, next) =
+            blocking(move || audit::query::query(&dir, &filter, from, limit)).await?;
+        Ok(Response::new(proto::QueryResponse {
+            records: records.into_iter().map(to_proto).collect(),
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::AuditRecord>, Status> {
+        admit(
+            &self.state,
+            &request,
+            &rpc_name(AUDIT_SERVICE, "Get"),
+            "audit:read",
+            AUDIT_LOG,
+        )
+        .await?;
+        let id = request.into_inner().id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("id: give a record id"));
+        }
+        let dir = self.state.audit.directory().to_path_buf();
+        let wanted = id.clone();
+        match blocking(move || audit::query::get(&dir, &wanted)).await? {
+            Some(r) => Ok(Response::new(to_proto(r))),
+            None => Err(Status::not_found(format!("no audit record with id {id}"))),
+        }
+    }
+
+    async fn verify(
+        &self,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
+        admit(
+            &self.state,
+            &request,
+            &rpc_name(AUDIT_SERVICE, "Verify"),
+            "audit:verify",
+            AUDIT_LOG,
+        )
+        .await?;
+        let q = request.into_inner();
+        let to = q.to_seq.unwrap_or(u64::MAX);
+        if to < q.from_seq {
+            return Err(Status::invalid_argument(
+                "to_seq must not be below from_seq",
+            ));
+        }
+        let dir = self.state.audit.directory().to_path_buf();
+        let key = self.state.audit.checkpoint_key().cloned();
+        let from = q.from_seq;
+        let (v, files) =
+            blocking(move || audit::query::verify_dir(&dir, key.as_ref(), from, to)).await?;
+        let broken = v.broken.as_ref().map(|b| proto::BrokenLink {
+            file: b.at.file.clone(),
+            line: b.at.line as u64,
+            seq: b.seq.unwrap_or_default(),
+            id: b.id.clone().unwrap_or_default(),
+            reason: b.reason.clone(),
+            message: b.to_string(),
+        });
+        Ok(Response::new(proto::VerifyResponse {
+            ok: broken.is_none(),
+            records: v.records,
+            first_seq: v.first_seq.unwrap_or_default(),
+            last_seq: v.last_seq.unwrap_or_default(),
+            head_hash: v.head,
+            checkpoints_verified: v.checkpoints_verified,
+            checkpoint_key_configured: self.state.audit.checkpoints_enabled(),
+            broken,
+            files,
+        }))
+    }
+
+    type TailStream = ReceiverStream<Result<proto::AuditRecord, Status>>;
+
+    async fn tail(
+        &self,
+        request: Request<proto::TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        admit(
+            &self.state,
+            &request,
+            &rpc_name(AUDIT_SERVICE, "Tail"),
+            "audit:read",
+            AUDIT_LOG,
+        )
+        .await?;
+        let q = request.into_inner();
+        let filter = Filter {
+            principal: q.principal,
+            action: q.action,
+            resource: q.resource,
+            decision: q.decision,
+            policy_id: q.policy_id,
+            policy_version: q.policy_version,
+            kind: q.kind,
+            since_ms: None,
+            until_ms: None,
+        };
+        let mut records = self.state.audit.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let stop = self.state.stop.clone();
+        self.state.tasks.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tx.closed() => return,
+                    next = records.recv() => next,
+                };
+                match next {
+                    Ok(record) if filter.matches(&record) => {
+                        if tx.send(Ok(to_proto((*record).clone()))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!(
+                                "the tail fell {n} records behind; catch up with Query and tail again"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        admit(
+            &self.state,
+            &request,
+            &rpc_name(AUDIT_SERVICE, "Status"),
+            "audit:read",
+            AUDIT_LOG,
+        )
+        .await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let sink = &self.state.audit;
+        let c = sink.counters();
+        let head = sink.head();
+        Ok(Response::new(proto::StatusResponse {
+            directory: sink.directory().display().to_string(),
+            on_full: match sink.mode() {
+                audit::OnFull::Drop => "drop".into(),
+                audit::OnFull::FailClosed => "fail_closed".into(),
+            },
+            queue_capacity: sink.capacity() as u64,
+            queued: c.queued.load(Relaxed),
+            written: c.written.load(Relaxed),
+            dropped: c.dropped.load(Relaxed),
+            refused: c.refused.load(Relaxed),
+            write_errors: c.write_errors.load(Relaxed),
+            next_seq: head.next_seq,
+            head_hash: head.hash,
+            current_file: head.file,
+            checkpoints_signed: sink.checkpoints_enabled(),
+        }))
+    }
+}
+
+/// The filter of a `Query`, with times parsed; `now_ms` anchors
+/// `within_seconds`.
+pub fn query_filter(q: &proto::QueryRequest, now_ms: i64) -> Result<Filter, Status> {
+    let time = |field: &str, text: &str| -> Result<Option<i64>, Status> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        crate::time::parse_rfc3339_ms(text)
+            .map(Some)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{field}: '{text}' is not an RFC 3339 time like 2026-11-25T21:00:00Z"
+                ))
+            })
+    };
+    let mut since = time("since", &q.since)?;
+    let until = time("until", &q.until)?;
+    if q.within_seconds > 0 {
+        let floor = now_ms.saturating_sub((q.within_seconds as i64).saturating_mul(1000));
+        since = Some(since.map_or(floor, |s| s.max(floor)));
+    }
+    if !q.decision.is_empty() && q.decision != "allow" && q.decision != "deny" {
+        return Err(Status::invalid_argument("decision: 'allow' or 'deny'"));
+    }
+    Ok(Filter {
+        principal: q.principal.clone(),
+        action: q.action.clone(),
+        resource: q.resource.clone(),
+        decision: q.decision.clone(),
+        policy_id: q.policy_id.clone(),
+        policy_version: q.policy_version.clone(),
+        kind: q.kind.clone(),
+        since_ms: since,
+        until_ms: until,
+    })
+}

@@ -1,0 +1,271 @@
+//! Reading a policy directory and parsing its Cedar files, with every
+//! problem located by file and line (Cedar's and serde's diagnostics turned
+//! into `LoadError`s). Cross-file checks are `checks.rs`'s job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{PolicyId, PolicySet};
+
+use super::snapshot::{
+    LoadError, PolicySource, ENTITIES_FILE, ROUTES_FILE, SCHEMA_FILE, SHADOW_DIR,
+};
+use crate::validate::models::MODELS_FILE;
+use crate::validate::schema::SCHEMAS_DIR;
+
+/// Reads the files that make up a snapshot, keyed by relative path.
+pub(super) fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LoadError {
+        file: dir.display().to_string(),
+        line: None,
+        message: format!("cannot read the policy directory: {e}"),
+    })?;
+    let mut files = BTreeMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let wanted = name == SCHEMA_FILE
+            || name == ENTITIES_FILE
+            || name == ROUTES_FILE
+            || name == MODELS_FILE
+            || name == crate::quota::config::QUOTAS_FILE
+            || name.ends_with(".cedar");
+        if !wanted || !entry.path().is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
+            file: name.clone(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        files.insert(name, text);
+    }
+    let shadow = dir.join(SHADOW_DIR);
+    if shadow.is_dir() {
+        for entry in std::fs::read_dir(&shadow).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".cedar") || !entry.path().is_file() {
+                continue;
+            }
+            let key = format!("{SHADOW_DIR}/{name}");
+            let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
+                file: key.clone(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            })?;
+            files.insert(key, text);
+        }
+    }
+    let schemas = dir.join(SCHEMAS_DIR);
+    if schemas.is_dir() {
+        for entry in std::fs::read_dir(&schemas).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".json") || !entry.path().is_file() {
+                continue;
+            }
+            let key = format!("{SCHEMAS_DIR}/{name}");
+            let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
+                file: key.clone(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            })?;
+            files.insert(key, text);
+        }
+    }
+    crate::quota::config::read_domain_files(dir, &mut files).map_err(|(file, e)| LoadError {
+        file,
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    Ok(files)
+}
+
+/// Parses the `*.cedar` files at the top (enforced) or under `shadow/`;
+/// each policy takes its `@id` as its id.
+pub(super) fn parse_policies(
+    files: &BTreeMap<String, String>,
+    shadow: bool,
+    errors: &mut Vec<LoadError>,
+) -> (PolicySet, BTreeMap<String, PolicySource>) {
+    let mut set = PolicySet::new();
+    let mut sources: BTreeMap<String, PolicySource> = BTreeMap::new();
+    let wanted = |f: &str| f.ends_with(".cedar") && f.starts_with("shadow/") == shadow;
+    for (file, text) in files.iter().filter(|(f, _)| wanted(f)) {
+        let parsed = match PolicySet::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.extend(diagnostic_errors(file, text, &e));
+                continue;
+            }
+        };
+        if parsed.templates().next().is_some() {
+            errors.push(LoadError {
+                file: file.clone(),
+                line: None,
+                message: "policy templates (?principal/?resource) are not supported; write static policies".into(),
+            });
+        }
+        let id_lines = annotation_lines(text);
+        let mut seen_in_file: HashMap<String, usize> = HashMap::new();
+        let mut unnamed = 0;
+        for policy in parsed.policies() {
+            let Some(id) = policy.annotation("id").map(str::to_string) else {
+                unnamed += 1;
+                errors.push(LoadError {
+                    file: file.clone(),
+                    line: nth_policy_line(text, unnamed),
+                    message:
+                        "policy has no @id(\"...\") annotation; every policy needs a unique id"
+                            .into(),
+                });
+                continue;
+            };
+            // The k-th policy with this id in this file sits at the k-th
+            // `@id("...")` with it.
+            let k = seen_in_file.entry(id.clone()).or_default();
+            let line = id_lines
+                .get(&id)
+                .and_then(|lines| lines.get(*k))
+                .copied()
+                .unwrap_or(1);
+            *k += 1;
+            if let Some(first) = sources.get(&id) {
+                errors.push(LoadError {
+                    file: file.clone(),
+                    line: Some(line),
+                    message: format!(
+                        "duplicate policy id '{id}' (first defined at {}:{})",
+                        first.file, first.line
+                    ),
+                });
+                continue;
+            }
+            if let Err(e) = set.add(policy.new_id(PolicyId::new(&id))) {
+                errors.push(LoadError {
+                    file: file.clone(),
+                    line: Some(line),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+            sources.insert(
+                id,
+                PolicySource {
+                    file: file.clone(),
+                    line,
+                },
+            );
+        }
+    }
+    (set, sources)
+}
+
+/// Lines of `@id("...")` annotations, by id, in file order.
+pub(super) fn annotation_lines(text: &str) -> HashMap<String, Vec<usize>> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(pos) = rest.find("@id(") {
+            rest = &rest[pos + 4..];
+            let trimmed = rest.trim_start();
+            if let Some(body) = trimmed.strip_prefix('"') {
+                if let Some(end) = body.find('"') {
+                    out.entry(body[..end].to_string())
+                        .or_insert_with(Vec::new)
+                        .push(i + 1);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Best-effort line of the n-th policy (1-based) without an id: the n-th
+/// line starting with `permit` or `forbid`.
+pub(super) fn nth_policy_line(text: &str, n: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start();
+            l.starts_with("permit") || l.starts_with("forbid")
+        })
+        .nth(n - 1)
+        .map(|(i, _)| i + 1)
+}
+
+/// Turns a miette diagnostic (Cedar's parse and schema errors) into errors
+/// with line numbers taken from its labels.
+pub(super) fn diagnostic_errors(
+    file: &str,
+    text: &str,
+    diag: &dyn miette::Diagnostic,
+) -> Vec<LoadError> {
+    let mut out = Vec::new();
+    // A diagnostic may bundle several (ParseErrors does).
+    if let Some(related) = diag.related() {
+        for d in related {
+            out.extend(diagnostic_errors(file, text, d));
+        }
+        if !out.is_empty() {
+            return out;
+        }
+    }
+    let line = diag
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| line_of_offset(text, label.offset()));
+    out.push(LoadError {
+        file: file.to_string(),
+        line,
+        message: format!("{diag}{}", miette_help(diag)),
+    });
+    out
+}
+
+/// An error with its causes, `outer: inner: innermost`.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The line of the first entity uid (`Type::"id"`) an error message names.
+pub(super) fn entity_line(text: &str, message: &str) -> Option<usize> {
+    let start = message.find("::\"")?;
+    let rest = &message[start + 3..];
+    let id = &rest[..rest.find('"')?];
+    let needle = format!("\"id\": \"{id}\"");
+    let compact = format!("\"id\":\"{id}\"");
+    text.find(&needle)
+        .or_else(|| text.find(&compact))
+        .map(|offset| line_of_offset(text, offset))
+}
+
+pub(super) fn miette_help(diag: &dyn miette::Diagnostic) -> String {
+    diag.help()
+        .map(|h| format!(" (hint: {h})"))
+        .unwrap_or_default()
+}
+
+pub(super) fn line_of_offset(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of a JSON syntax error, if the text is not valid JSON.
+pub(super) fn json_error_line(text: &str) -> Option<usize> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .err()
+        .map(|e| e.line())
+}
