@@ -400,4 +400,27 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
         assert_eq!(body["status"], 401);
     }
+
+    #[test]
+    fn refusals_carry_the_grpc_code_of_their_row_in_the_outcome_table() {
+        // Before the one table, 404, 413 and 415 all answered
+        // PERMISSION_DENIED in CheckResponse.status.
+        let req = AccessRequest::for_test("GET", "/x");
+        for (reason, http, grpc) in [
+            (DenyReason::NoRoute, 404, GrpcCode::NotFound),
+            (DenyReason::BodyTooLarge, 413, GrpcCode::InvalidArgument),
+            (DenyReason::UnsupportedMediaType, 415, GrpcCode::InvalidArgument),
+            (DenyReason::MethodNotAllowed, 405, GrpcCode::Unimplemented),
+            (DenyReason::Forbidden, 403, GrpcCode::PermissionDenied),
+            (DenyReason::QuotaExceeded, 429, GrpcCode::ResourceExhausted),
+            (DenyReason::AuditUnavailable, 503, GrpcCode::Unavailable),
+        ] {
+            let resp = to_check_response(&Decision::new("v1").deny(reason, "x"), &req);
+            assert_eq!(resp.status.unwrap().code, grpc as i32, "{reason:?}");
+            let Some(HttpResponse::DeniedResponse(denied)) = resp.http_response else {
+                panic!("expected DeniedResponse")
+            };
+            assert_eq!(denied.status.unwrap().code, http, "{reason:?}");
+        }
+    }
 }
