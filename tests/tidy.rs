@@ -13,14 +13,29 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
         &[
-            "request", "decision", "time", "json", "yaml", "metrics", "tracecontext", "otlp",
-            "shared_redis", "proto",
+            "request",
+            "decision",
+            "time",
+            "json",
+            "yaml",
+            "metrics",
+            "tracecontext",
+            "otlp",
+            "shared_redis",
+            "proto",
         ],
     ),
     (
         "stages",
         &[
-            "routes", "authn", "authz", "validate", "quota", "residency", "anomaly", "audit",
+            "routes",
+            "authn",
+            "authz",
+            "validate",
+            "quota",
+            "residency",
+            "anomaly",
+            "audit",
         ],
     ),
     ("policy", &["policy"]),
@@ -59,7 +74,8 @@ fn module_of(rel: &Path) -> Option<String> {
 
 /// The file without its unit tests (which may reach anywhere).
 fn body(text: &str) -> &str {
-    text.find("#[cfg(test)]\nmod tests").map_or(text, |i| &text[..i])
+    text.find("#[cfg(test)]\nmod tests")
+        .map_or(text, |i| &text[..i])
 }
 
 /// Top-level modules named by `crate::x` paths, `crate::{x, y}` groups
@@ -143,7 +159,9 @@ fn no_module_imports_a_layer_above_its_own() {
     let mut upward = Vec::new();
     for (rel, module, _, text) in &read_crate().files {
         let Some(module) = module else { continue };
-        let Some(mine) = layer_of(module) else { continue };
+        let Some(mine) = layer_of(module) else {
+            continue;
+        };
         for used in imports(body(text)) {
             if let Some(theirs) = layer_of(&used) {
                 if theirs > mine {
@@ -157,7 +175,11 @@ fn no_module_imports_a_layer_above_its_own() {
             }
         }
     }
-    assert!(upward.is_empty(), "imports that point up a layer:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "imports that point up a layer:\n{}",
+        upward.join("\n")
+    );
 }
 
 #[test]
@@ -188,7 +210,10 @@ fn no_import_circle_between_top_level_modules() {
         .filter(|m| reaches(m).contains(*m))
         .cloned()
         .collect();
-    assert!(circular.is_empty(), "modules on an import circle: {circular:?}");
+    assert!(
+        circular.is_empty(),
+        "modules on an import circle: {circular:?}"
+    );
 }
 
 #[test]
@@ -214,5 +239,8 @@ fn source_files_stay_small_and_say_their_job() {
 #[test]
 fn the_import_reader_sees_paths_and_groups_but_not_comments() {
     let found = imports("use crate::{a, b::c};\nlet x = crate::d::e(); // crate::f\n");
-    assert_eq!(found, ["a", "b", "d"].map(String::from).into_iter().collect());
+    assert_eq!(
+        found,
+        ["a", "b", "d"].map(String::from).into_iter().collect()
+    );
 }

@@ -409,7 +409,11 @@ mod tests {
         for (reason, http, grpc) in [
             (DenyReason::NoRoute, 404, GrpcCode::NotFound),
             (DenyReason::BodyTooLarge, 413, GrpcCode::InvalidArgument),
-            (DenyReason::UnsupportedMediaType, 415, GrpcCode::InvalidArgument),
+            (
+                DenyReason::UnsupportedMediaType,
+                415,
+                GrpcCode::InvalidArgument,
+            ),
             (DenyReason::MethodNotAllowed, 405, GrpcCode::Unimplemented),
             (DenyReason::Forbidden, 403, GrpcCode::PermissionDenied),
             (DenyReason::QuotaExceeded, 429, GrpcCode::ResourceExhausted),

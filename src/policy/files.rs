@@ -40,44 +40,42 @@ pub(super) fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadErr
         })?;
         files.insert(name, text);
     }
-    let shadow = dir.join(SHADOW_DIR);
-    if shadow.is_dir() {
-        for entry in std::fs::read_dir(&shadow).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.ends_with(".cedar") || !entry.path().is_file() {
-                continue;
-            }
-            let key = format!("{SHADOW_DIR}/{name}");
-            let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
-                file: key.clone(),
-                line: None,
-                message: format!("cannot read: {e}"),
-            })?;
-            files.insert(key, text);
-        }
-    }
-    let schemas = dir.join(SCHEMAS_DIR);
-    if schemas.is_dir() {
-        for entry in std::fs::read_dir(&schemas).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.ends_with(".json") || !entry.path().is_file() {
-                continue;
-            }
-            let key = format!("{SCHEMAS_DIR}/{name}");
-            let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
-                file: key.clone(),
-                line: None,
-                message: format!("cannot read: {e}"),
-            })?;
-            files.insert(key, text);
-        }
-    }
+    read_subdirectory(dir, SHADOW_DIR, ".cedar", &mut files)?;
+    read_subdirectory(dir, SCHEMAS_DIR, ".json", &mut files)?;
     crate::quota::config::read_domain_files(dir, &mut files).map_err(|(file, e)| LoadError {
         file,
         line: None,
         message: format!("cannot read: {e}"),
     })?;
     Ok(files)
+}
+
+/// The files of `dir/sub` whose names end in `ext`, keyed `sub/name`
+/// (a missing subdirectory has none).
+fn read_subdirectory(
+    dir: &Path,
+    sub: &str,
+    ext: &str,
+    files: &mut BTreeMap<String, String>,
+) -> Result<(), LoadError> {
+    let path = dir.join(sub);
+    if !path.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(ext) || !entry.path().is_file() {
+            continue;
+        }
+        let key = format!("{sub}/{name}");
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
+            file: key.clone(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        files.insert(key, text);
+    }
+    Ok(())
 }
 
 /// Parses the `*.cedar` files at the top (enforced) or under `shadow/`;

@@ -74,39 +74,50 @@ pub(super) fn rpc_name(service: &str, method: &str) -> String {
     format!("{service}/{method}")
 }
 
+/// An audit record (`$record`) as `$target`, every field that has the same
+/// name and type on both sides copied, plus the given ones (`kind` and
+/// `status` differ in type between the file shape and the wire).
+macro_rules! audit_record {
+    ($($target:ident)::+, $record:ident, { $($field:ident: $value:expr),* $(,)? }) => {
+        $($target)::+ {
+            $($field: $value,)*
+            seq: $record.seq,
+            id: $record.id,
+            time: $record.time,
+            request_id: $record.request_id,
+            trace_id: $record.trace_id,
+            detail: $record.detail,
+            principal: $record.principal,
+            auth_method: $record.auth_method,
+            action: $record.action,
+            resource: $record.resource,
+            route: $record.route,
+            decision: $record.decision,
+            reason: $record.reason,
+            determining_policies: $record.determining_policies,
+            errors: $record.errors,
+            quota: $record.quota,
+            shadow: $record.shadow,
+            policy_version: $record.policy_version,
+            latency_us: $record.latency_us,
+            source_ip: $record.source_ip,
+            previous_version: $record.previous_version,
+            files_changed: $record.files_changed,
+            rpc: $record.rpc,
+            checkpoint_seq: $record.checkpoint_seq,
+            checkpoint_head: $record.checkpoint_head,
+            checkpoint_mac: $record.checkpoint_mac,
+            prev: $record.prev,
+            hash: $record.hash,
+        }
+    };
+}
+
 pub(super) fn to_proto(r: AuditRecord) -> proto::AuditRecord {
-    proto::AuditRecord {
-        seq: r.seq,
-        id: r.id,
-        time: r.time,
+    audit_record!(proto::AuditRecord, r, {
         kind: r.kind.as_str().into(),
-        request_id: r.request_id,
-        trace_id: r.trace_id,
-        detail: r.detail,
-        principal: r.principal,
-        auth_method: r.auth_method,
-        action: r.action,
-        resource: r.resource,
-        route: r.route,
-        decision: r.decision,
         status: u32::try_from(r.status).unwrap_or(u32::MAX),
-        reason: r.reason,
-        determining_policies: r.determining_policies,
-        errors: r.errors,
-        quota: r.quota,
-        shadow: r.shadow,
-        policy_version: r.policy_version,
-        latency_us: r.latency_us,
-        source_ip: r.source_ip,
-        previous_version: r.previous_version,
-        files_changed: r.files_changed,
-        rpc: r.rpc,
-        checkpoint_seq: r.checkpoint_seq,
-        checkpoint_head: r.checkpoint_head,
-        checkpoint_mac: r.checkpoint_mac,
-        prev: r.prev,
-        hash: r.hash,
-    }
+    })
 }
 
 /// An audit record from the wire, in the shape of the audit files (for
@@ -114,38 +125,10 @@ pub(super) fn to_proto(r: AuditRecord) -> proto::AuditRecord {
 pub fn from_proto(r: proto::AuditRecord) -> Result<AuditRecord, String> {
     let kind = serde_json::from_value(Value::String(r.kind.clone()))
         .map_err(|_| format!("record {}: unknown kind '{}'", r.id, r.kind))?;
-    Ok(AuditRecord {
-        seq: r.seq,
-        id: r.id,
-        time: r.time,
-        kind,
-        request_id: r.request_id,
-        trace_id: r.trace_id,
-        detail: r.detail,
-        principal: r.principal,
-        auth_method: r.auth_method,
-        action: r.action,
-        resource: r.resource,
-        route: r.route,
-        decision: r.decision,
+    Ok(audit_record!(AuditRecord, r, {
+        kind: kind,
         status: u64::from(r.status),
-        reason: r.reason,
-        determining_policies: r.determining_policies,
-        errors: r.errors,
-        quota: r.quota,
-        shadow: r.shadow,
-        policy_version: r.policy_version,
-        latency_us: r.latency_us,
-        source_ip: r.source_ip,
-        previous_version: r.previous_version,
-        files_changed: r.files_changed,
-        rpc: r.rpc,
-        checkpoint_seq: r.checkpoint_seq,
-        checkpoint_head: r.checkpoint_head,
-        checkpoint_mac: r.checkpoint_mac,
-        prev: r.prev,
-        hash: r.hash,
-    })
+    }))
 }
 
 /// A protobuf `Struct` as JSON; whole numbers become integers (protobuf
