@@ -5,7 +5,7 @@
 //! 5xx, never a panic, never an echo of the token — and no header may make
 //! Portcullis fetch anything.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

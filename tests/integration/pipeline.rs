@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-mod support;
+use crate::support;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::authn::{AuthMethod, Authenticator, Identity};

@@ -1,7 +1,7 @@
 //! The decision listener as an operator sees it with grpcurl 1.8.6 and
 //! server reflection only (no proto files), plus the SIGTERM stop path.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

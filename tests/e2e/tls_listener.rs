@@ -4,7 +4,7 @@
 //! end, the real Envoy with `deploy/envoy-mtls.yaml` calls Portcullis with
 //! its client certificate and requests flow.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

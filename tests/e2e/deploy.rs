@@ -3,7 +3,7 @@
 //! required fields for the Kubernetes manifests and the Dockerfile (no
 //! container engine or cluster runs on this machine).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;
@@ -263,7 +263,7 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
 
 #[test]
 fn envoy_accepts_the_compose_config() {
-    // (deploy/envoy-mtls.yaml names certificate files; tests/tls_listener.rs
+    // (deploy/envoy-mtls.yaml names certificate files; tests/e2e/tls_listener.rs
     // runs it with generated ones.)
     let out = Command::new(support::tool("envoy"))
         .args(["--mode", "validate", "-l", "error", "-c"])

@@ -5,7 +5,7 @@
 //! time, steady traffic from many principals raises nothing). The figures
 //! are printed; run with `--nocapture` to see them.
 
-mod support;
+use crate::support;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! quotas inside ext_authz `Check`, with the in-process store and with a
 //! real Redis.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 //! the ratelimit filter). `portcullis serve` runs with no Redis configured,
 //! so quotas are enforced in process.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! with a controllable clock at the authenticator, and through the
 //! ext_authz adapter as a 429 with Retry-After.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

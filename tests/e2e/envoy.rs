@@ -4,7 +4,7 @@
 //! Each test starts its own stack (upstream, Portcullis, Envoy) so that tests
 //! run in parallel and a failure names one case.
 
-mod support;
+use crate::support;
 
 use serde_json::{json, Value};
 use support::{claims, mint, Envoy, HttpRequest, HttpResponse, Key, Portcullis, Upstream};

@@ -1,7 +1,7 @@
 //! OAuth2 token introspection (RFC 7662) against the test identity
 //! provider's endpoint: active, inactive, slow and down; answers cached.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! unreachable at startup leaves the Authorization service NOT_SERVING
 //! until it answers. Waits poll with deadlines; no logic sleeps.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The `portcullis` binary's commands: `policy validate`, `check`, config
 //! errors, and hot reload as an operator sees it (the logs).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};

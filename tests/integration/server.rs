@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-mod support;
+use crate::support;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};

@@ -1,7 +1,7 @@
 //! The quota suite, run against both stores (in-process and a real
 //! `redis-server`), plus Redis-only exactness and fault injection.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! let an App with the invoke scope invoke its org's models; unknown,
 //! revoked (after a reload) and expired keys are 401.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

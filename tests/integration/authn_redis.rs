@@ -4,7 +4,7 @@
 //! down (counting falls back to the process); API keys in Redis, written by
 //! `portcullis apikey new --redis` and revoked at once by `apikey revoke`.
 
-mod support;
+use crate::support;
 
 use std::net::IpAddr;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! trace service on 127.0.0.1:0) receives the `check` span of a request,
 //! in the gateway's trace (`traceparent`), named after the service.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! decision record per decision under load, a `kill -9` mid-run, and
 //! tampering named by `Verify` and by `portcullis audit verify`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! traffic shows the expected counts, `/healthz` and `/readyz` answer, and
 //! readiness follows the backends (unfetched JWKS, a dead Redis).
 
-mod support;
+use crate::support;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
