@@ -1,7 +1,21 @@
-//! Portcullis inside the test process: the pieces a test needs to call the
-//! library or the tonic services directly, without a listener.
+//! Portcullis inside the test process: the gRPC server started and stopped
+//! as production does, the ext_authz service over a hand-assembled state,
+//! and the decision pipeline called directly.
 
+use std::ops::Deref;
+use std::sync::Arc;
+
+use portcullis::anomaly::Detector;
+use portcullis::authn::Authenticator;
+use portcullis::config::Config;
+use portcullis::extauthz::AuthzService;
+use portcullis::reload::PolicyStore;
+use portcullis::request::AccessRequest;
+use portcullis::server::{self, Running, StartError, State};
 use tempfile::TempDir;
+
+use super::check::{PREDICT, PREDICT_BODY};
+use super::paths::policies_dir;
 
 /// An audit trail in a temporary directory, for tests that assemble a
 /// `server::State` themselves; keep it alive as long as the service.
@@ -29,12 +43,86 @@ impl TestAudit {
     }
 }
 
+/// The ext_authz service over a `State` assembled by hand (the only place
+/// the tests build one): the bundled policies, `authenticator`, in-process
+/// quotas, `anomalies` when given, and an audit trail of its own, which the
+/// caller keeps alive as long as the service.
+pub fn authz_service(
+    authenticator: Authenticator,
+    anomalies: Option<Arc<Detector>>,
+) -> (AuthzService, TestAudit) {
+    let audit = TestAudit::start();
+    let state = State {
+        policies: Arc::new(PolicyStore::load(&policies_dir()).expect("bundled policies load")),
+        authenticator,
+        audit: audit.sink.clone(),
+        quotas: portcullis::quota::Quotas::in_process(1024),
+        anomalies,
+        residency: Default::default(),
+    };
+    (AuthzService::new(Arc::new(state)), audit)
+}
+
+/// Portcullis started in the test process with `server::start`, with an
+/// audit trail of its own in a temporary directory (a directory takes one
+/// writer). Reads as the `Running` it wraps; stop it with
+/// [`TestServer::shutdown`], the path production uses.
+#[derive(Debug)]
+pub struct TestServer {
+    running: Running,
+    audit: TempDir,
+}
+
+impl TestServer {
+    /// Starts `config` (see [`super::in_process_config`]); panics when it
+    /// cannot.
+    pub async fn start(config: Config) -> TestServer {
+        TestServer::try_start(config)
+            .await
+            .unwrap_or_else(|e| panic!("server starts: {e}"))
+    }
+
+    /// Starts `config`, or says why it cannot.
+    pub async fn try_start(mut config: Config) -> Result<TestServer, StartError> {
+        let audit = tempfile::tempdir().expect("temp dir");
+        config.audit.directory = audit.path().to_path_buf();
+        let running = server::start(&config).await?;
+        Ok(TestServer {
+            running,
+            audit: audit,
+        })
+    }
+
+    /// Stops accepting, drains in-flight requests and flushes the audit
+    /// trail, as on SIGTERM; hands back the trail's directory for a test to
+    /// read (removed when dropped).
+    pub async fn shutdown(self) -> Result<TempDir, tonic::transport::Error> {
+        self.running.shutdown().await?;
+        Ok(self.audit)
+    }
+}
+
+impl Deref for TestServer {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.running
+    }
+}
+
 /// The decision pipeline with a fresh in-process quota store.
 pub async fn decide(
     snapshot: &portcullis::snapshot::Snapshot,
-    authn: &portcullis::authn::Authenticator,
-    req: &portcullis::request::AccessRequest,
+    authn: &Authenticator,
+    req: &AccessRequest,
 ) -> portcullis::decision::Decision {
     let quotas = portcullis::quota::Quotas::in_process(1024);
     portcullis::pipeline::decide(snapshot, authn, &quotas, req).await
+}
+
+/// `POST` [`PREDICT`] with a body the route accepts, as the pipeline sees
+/// it; a test adds the credentials.
+pub fn predict_access() -> AccessRequest {
+    AccessRequest::for_test("POST", PREDICT)
+        .with_json(&serde_json::from_slice(PREDICT_BODY).expect("PREDICT_BODY is JSON"))
 }

@@ -13,8 +13,10 @@
 
 use std::time::Duration;
 
+mod check;
 mod config;
 mod envoy;
+mod grpcurl;
 mod http;
 mod in_process;
 mod jwks;
@@ -30,16 +32,22 @@ mod server;
 mod thread_server;
 mod upstream;
 
-pub use config::{write_config, write_config_with};
+pub use check::{check_at, denied_header, http_status, Check, PREDICT, PREDICT_BODY};
+pub use config::{
+    fixture_issuer, in_process_config, parse_config, server_yaml, write_config, write_config_with,
+};
 pub use envoy::Envoy;
+pub use grpcurl::{grpcurl, grpcurl_output};
 pub use http::{http_get, HttpRequest, HttpResponse};
-pub use in_process::{decide, TestAudit};
+pub use in_process::{authz_service, decide, predict_access, TestAudit, TestServer};
 pub use jwks::{IdentityProvider, INTROSPECTION_CLIENT};
 pub use jwt::{claims, mint, now, sign_raw_es256, token, Key, AUDIENCE, ISSUER};
 pub use metrics::{metric, parse_metrics, Sample};
 pub use paths::{fixture, policies_dir, repo};
 pub use pki::{TestPki, GATEWAY_SPIFFE_ID};
-pub use policies::copy_policy_entry;
+pub use policies::{
+    copy_bundled_policies, copy_bundled_policy_tests, copy_policy_entry, PolicyDir,
+};
 pub use ports::free_port;
 pub use process::{read_lossy, tool};
 pub use redis::{RedisCluster, RedisServer};
