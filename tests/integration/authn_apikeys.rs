@@ -12,8 +12,7 @@ use portcullis::config::{ApiKeyConfig, AuthnConfig};
 use portcullis::decision::DenyReason;
 use portcullis::request::AccessRequest;
 use portcullis::snapshot::Snapshot;
-use support::decide;
-use support::policies_dir;
+use support::{decide, policies_dir};
 
 /// Runs `portcullis apikey new`; returns (key, entry line).
 fn new_key(args: &[&str]) -> (String, String) {
@@ -46,8 +45,7 @@ fn new_key(args: &[&str]) -> (String, String) {
 }
 
 fn predict(key: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
-        .with_json(&serde_json::json!({"features": ["great service"]}));
+    let mut r = support::predict_access();
     r.headers.insert("x-api-key".into(), key.into());
     r
 }

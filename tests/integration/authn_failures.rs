@@ -4,32 +4,18 @@
 
 use crate::support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::SocketAddress;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use portcullis::authn::{Authentication, Authenticator};
-use portcullis::config::{AuthnConfig, FailureConfig, IssuerConfig};
-use portcullis::extauthz::AuthzService;
-use portcullis::reload::PolicyStore;
+use portcullis::config::{AuthnConfig, FailureConfig};
 use portcullis::request::AccessRequest;
-use portcullis::server::State;
-use support::{claims, mint, policies_dir, Key, AUDIENCE, ISSUER};
+use support::{claims, denied_header, mint, Check, Key};
 
 fn config() -> AuthnConfig {
-    let issuer: IssuerConfig = serde_yaml_ng::from_str(&format!(
-        "issuer: \"{ISSUER}\"\naudiences: [\"{AUDIENCE}\"]\njwks_file: \"{}\"\norg_claim: org\n",
-        support::fixture("keys/test-issuer.jwks.json").display()
-    ))
-    .unwrap();
     AuthnConfig {
-        jwt: vec![issuer],
+        jwt: vec![support::fixture_issuer()],
         failures: FailureConfig {
             enabled: true,
             threshold: 3,
@@ -43,8 +29,7 @@ fn config() -> AuthnConfig {
 }
 
 fn from(ip: [u8; 4], token: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
-        .with_json(&serde_json::json!({"features": ["great service"]}));
+    let mut r = support::predict_access();
     r.source_ip = Some(ip.into());
     r.headers
         .insert("authorization".into(), format!("Bearer {token}"));
@@ -97,46 +82,13 @@ async fn source_is_blocked_after_repeated_failures_and_unblocked_after_the_cool_
 
 #[tokio::test]
 async fn a_blocked_source_gets_429_with_retry_after_through_ext_authz() {
-    let audit = support::TestAudit::start();
-    let service = AuthzService::new(Arc::new(State {
-        policies: Arc::new(PolicyStore::load(&policies_dir()).unwrap()),
-        authenticator: Authenticator::new(&config()).unwrap(),
-        audit: audit.sink.clone(),
-        quotas: portcullis::quota::Quotas::in_process(1024),
-        anomalies: None,
-        residency: Default::default(),
-    }));
+    let (service, _audit) = support::authz_service(Authenticator::new(&config()).unwrap(), None);
     let forged = mint(claims("alice", "acme"), Key::UntrustedEs256);
-    let check = |token: &str| CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(envoy_types::pb::envoy::config::core::v3::Address {
-                    address: Some(Address::SocketAddress(SocketAddress {
-                        address: "192.0.2.7".into(),
-                        port_specifier: Some(PortSpecifier::PortValue(40000)),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/v1/models/sentiment/versions/v2:predict".into(),
-                    host: "api.test".into(),
-                    headers: [
-                        ("authorization".to_string(), format!("Bearer {token}")),
-                        ("content-type".to_string(), "application/json".to_string()),
-                    ]
-                    .into_iter()
-                    .collect(),
-                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+    let check = |token: &str| {
+        Check::predict()
+            .bearer(token)
+            .source_port("192.0.2.7", 40000)
+            .build()
     };
     let mut statuses = Vec::new();
     let mut last = None;
@@ -146,22 +98,18 @@ async fn a_blocked_source_gets_429_with_retry_after_through_ext_authz() {
             .await
             .unwrap()
             .into_inner();
-        let Some(HttpResponse::DeniedResponse(denied)) = resp.http_response else {
-            panic!("denied expected")
-        };
-        statuses.push(denied.status.as_ref().unwrap().code);
-        last = Some(denied);
+        statuses.push(support::http_status(&resp));
+        last = Some(resp);
     }
     assert_eq!(statuses, [401, 401, 401, 429]);
-    let denied = last.unwrap();
-    let retry_after = denied
-        .headers
-        .iter()
-        .filter_map(|h| h.header.as_ref())
-        .find(|h| h.key == "retry-after")
-        .map(|h| h.value.parse::<u64>().unwrap())
+    let last = last.unwrap();
+    let retry_after = denied_header(&last, "retry-after")
+        .map(|v| v.parse::<u64>().unwrap())
         .expect("Retry-After on 429");
     assert!((119..=120).contains(&retry_after), "{retry_after}");
+    let Some(HttpResponse::DeniedResponse(denied)) = &last.http_response else {
+        panic!("denied expected")
+    };
     let problem: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
     assert_eq!(problem["status"], 429);
 }

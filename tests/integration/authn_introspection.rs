@@ -10,8 +10,7 @@ use portcullis::config::{AuthnConfig, IntrospectionConfig};
 use portcullis::request::AccessRequest;
 use portcullis::snapshot::Snapshot;
 use serde_json::json;
-use support::decide;
-use support::{now, policies_dir, IdentityProvider, INTROSPECTION_CLIENT};
+use support::{decide, now, policies_dir, IdentityProvider, INTROSPECTION_CLIENT};
 
 fn authenticator(idp: &IdentityProvider, dir: &std::path::Path) -> Authenticator {
     let secret = dir.join("client-secret");
@@ -34,8 +33,7 @@ fn authenticator(idp: &IdentityProvider, dir: &std::path::Path) -> Authenticator
 }
 
 fn predict(token: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
-        .with_json(&serde_json::json!({"features": ["great service"]}));
+    let mut r = support::predict_access();
     r.headers
         .insert("authorization".into(), format!("Bearer {token}"));
     r
