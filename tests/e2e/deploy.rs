@@ -3,31 +3,37 @@
 //! required fields for the Kubernetes manifests and the Dockerfile (no
 //! container engine or cluster runs on this machine).
 
-use crate::support;
-
 use std::path::Path;
 use std::process::Command;
 
 use portcullis::config::Config;
 use serde_yaml_ng::Value;
 
+use crate::support;
+
 fn deploy(file: &str) -> std::path::PathBuf {
     support::repo().join("deploy").join(file)
 }
 
-#[test]
-fn envoy_accepts_deploy_envoy_yaml() {
+/// Runs `envoy --mode validate` on `deploy/<file>`; panics with Envoy's
+/// output when it rejects the file.
+fn assert_envoy_accepts(file: &str) {
     let out = Command::new(support::tool("envoy"))
         .args(["--mode", "validate", "-l", "error", "-c"])
-        .arg(deploy("envoy.yaml"))
+        .arg(deploy(file))
         .output()
         .expect("run envoy");
     assert!(
         out.status.success(),
-        "envoy --mode validate rejected deploy/envoy.yaml:\n{}{}",
+        "envoy --mode validate rejected deploy/{file}:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn envoy_accepts_deploy_envoy_yaml() {
+    assert_envoy_accepts("envoy.yaml");
 }
 
 #[test]
@@ -265,16 +271,7 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
 fn envoy_accepts_the_compose_config() {
     // (deploy/envoy-mtls.yaml names certificate files; tests/e2e/tls_listener.rs
     // runs it with generated ones.)
-    let out = Command::new(support::tool("envoy"))
-        .args(["--mode", "validate", "-l", "error", "-c"])
-        .arg(deploy("compose/envoy.yaml"))
-        .output()
-        .expect("run envoy");
-    assert!(
-        out.status.success(),
-        "envoy --mode validate rejected deploy/compose/envoy.yaml:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_envoy_accepts("compose/envoy.yaml");
 }
 
 fn yaml(file: &str) -> Value {

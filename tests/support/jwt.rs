@@ -104,3 +104,16 @@ pub fn sign_raw_es256(header: &str, payload: &str, pem: &str) -> String {
             .expect("sign");
     format!("{message}.{signature}")
 }
+
+/// `message` as a tonic request carrying a valid bearer token for `sub`
+/// (org `acme`): how the tests call the admin API as someone.
+pub fn as_user<T>(message: T, sub: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(sub))
+            .parse()
+            .expect("a bearer token is valid metadata"),
+    );
+    request
+}

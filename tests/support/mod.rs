@@ -41,7 +41,7 @@ pub use grpcurl::{grpcurl, grpcurl_output};
 pub use http::{http_get, HttpRequest, HttpResponse};
 pub use in_process::{authz_service, decide, predict_access, TestAudit, TestServer};
 pub use jwks::{IdentityProvider, INTROSPECTION_CLIENT};
-pub use jwt::{claims, mint, now, sign_raw_es256, token, Key, AUDIENCE, ISSUER};
+pub use jwt::{as_user, claims, mint, now, sign_raw_es256, token, Key, AUDIENCE, ISSUER};
 pub use metrics::{metric, parse_metrics, Sample};
 pub use paths::{fixture, policies_dir, repo};
 pub use pki::{TestPki, GATEWAY_SPIFFE_ID};
