@@ -5,8 +5,6 @@
 //! time, steady traffic from many principals raises nothing). The figures
 //! are printed; run with `--nocapture` to see them.
 
-use crate::support;
-
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +17,8 @@ use portcullis::audit::{AuditRecord, Kind};
 use portcullis::authn::Authenticator;
 use portcullis::extauthz::AuthzService;
 use portcullis::quota::ManualClock;
-use support::{claims, denied_header, http_status, mint, Check, Key};
+
+use crate::support::{self, claims, denied_header, http_status, mint, Check, Key};
 
 fn authenticator() -> Authenticator {
     let dir = tempfile::tempdir().unwrap();

@@ -3,8 +3,6 @@
 //! let an App with the invoke scope invoke its org's models; unknown,
 //! revoked (after a reload) and expired keys are 401.
 
-use crate::support;
-
 use std::process::Command;
 
 use portcullis::authn::Authenticator;
@@ -12,7 +10,8 @@ use portcullis::config::{ApiKeyConfig, AuthnConfig};
 use portcullis::decision::DenyReason;
 use portcullis::request::AccessRequest;
 use portcullis::snapshot::Snapshot;
-use support::{decide, policies_dir};
+
+use crate::support::{self, decide, policies_dir};
 
 /// Runs `portcullis apikey new`; returns (key, entry line).
 fn new_key(args: &[&str]) -> (String, String) {

@@ -5,8 +5,6 @@
 //! 5xx, never a panic, never an echo of the token — and no header may make
 //! Portcullis fetch anything.
 
-use crate::support;
-
 use base64::Engine;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -14,7 +12,8 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use portcullis::authn::Authenticator;
 use portcullis::extauthz::AuthzService;
 use serde_json::{json, Value};
-use support::{now, sign_raw_es256, Check, IdentityProvider, PREDICT, PREDICT_BODY};
+
+use crate::support::{self, now, sign_raw_es256, Check, IdentityProvider, PREDICT, PREDICT_BODY};
 
 const ATTACKER_JWKS: &str = "/attacker/jwks.json";
 

@@ -2,8 +2,6 @@
 //! with a controllable clock at the authenticator, and through the
 //! ext_authz adapter as a 429 with Retry-After.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
@@ -11,7 +9,8 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use portcullis::authn::{Authentication, Authenticator};
 use portcullis::config::{AuthnConfig, FailureConfig};
 use portcullis::request::AccessRequest;
-use support::{claims, denied_header, mint, Check, Key};
+
+use crate::support::{self, claims, denied_header, mint, Check, Key};
 
 fn config() -> AuthnConfig {
     AuthnConfig {

@@ -1,8 +1,6 @@
 //! OAuth2 token introspection (RFC 7662) against the test identity
 //! provider's endpoint: active, inactive, slow and down; answers cached.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use portcullis::authn::Authenticator;
@@ -10,7 +8,8 @@ use portcullis::config::{AuthnConfig, IntrospectionConfig};
 use portcullis::request::AccessRequest;
 use portcullis::snapshot::Snapshot;
 use serde_json::json;
-use support::{decide, now, policies_dir, IdentityProvider, INTROSPECTION_CLIENT};
+
+use crate::support::{self, decide, now, policies_dir, IdentityProvider, INTROSPECTION_CLIENT};
 
 fn authenticator(idp: &IdentityProvider, dir: &std::path::Path) -> Authenticator {
     let secret = dir.join("client-secret");

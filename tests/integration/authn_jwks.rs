@@ -5,14 +5,15 @@
 //! unreachable at startup leaves the Authorization service NOT_SERVING
 //! until it answers. Waits poll with deadlines; no logic sleeps.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{check_at, http_status, now, sign_raw_es256, Check, IdentityProvider, TestServer};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+use crate::support::{
+    self, check_at, http_status, now, sign_raw_es256, Check, IdentityProvider, TestServer,
+};
 
 const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 

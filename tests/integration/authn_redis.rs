@@ -4,8 +4,6 @@
 //! down (counting falls back to the process); API keys in Redis, written by
 //! `portcullis apikey new --redis` and revoked at once by `apikey revoke`.
 
-use crate::support;
-
 use std::net::IpAddr;
 use std::process::Command;
 use std::sync::Arc;
@@ -20,9 +18,10 @@ use portcullis::decision::DenyReason;
 use portcullis::request::AccessRequest;
 use portcullis::shared_redis::SharedRedis;
 use portcullis::snapshot::Snapshot;
-use support::{
-    check_at, claims, denied_header, http_status, mint, policies_dir, Check, Key, RedisCluster,
-    RedisServer, TestServer,
+
+use crate::support::{
+    self, check_at, claims, denied_header, http_status, mint, policies_dir, Check, Key,
+    RedisCluster, RedisServer, TestServer,
 };
 
 fn failures(block_seconds: u64) -> FailureConfig {

@@ -1,8 +1,6 @@
 //! Decision semantics through the library's public API, on real policy
 //! directories: the bundled `policies/` and small fixtures.
 
-use crate::support;
-
 use portcullis::authn::{AuthMethod, Authenticator, Identity};
 use portcullis::config::{AuthnConfig, IssuerConfig};
 use portcullis::decision::{DenyReason, Outcome};
@@ -10,7 +8,8 @@ use portcullis::pipeline::decide_as;
 use portcullis::request::AccessRequest;
 use portcullis::snapshot::Snapshot;
 use serde_json::json;
-use support::{decide, PolicyDir};
+
+use crate::support::{self, decide, PolicyDir};
 
 fn bundled() -> Snapshot {
     Snapshot::load(&support::policies_dir()).expect("bundled policies are valid")

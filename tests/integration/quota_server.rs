@@ -2,8 +2,6 @@
 //! quotas inside ext_authz `Check`, with the in-process store and with a
 //! real Redis.
 
-use crate::support;
-
 use std::path::Path;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
@@ -15,7 +13,10 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
 use portcullis::config::{Config, QuotaSettings, QuotaStoreKind};
-use support::{check_at, http_status, Check, PolicyDir, RedisServer, TestServer, PREDICT};
+
+use crate::support::{
+    self, check_at, http_status, Check, PolicyDir, RedisServer, TestServer, PREDICT,
+};
 
 const SERVICE_ACCOUNT: &str = "spiffe://acme.example/ns/ml/sa/batch-scorer";
 

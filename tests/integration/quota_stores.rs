@@ -1,8 +1,6 @@
 //! The quota suite, run against both stores (in-process and a real
 //! `redis-server`), plus Redis-only exactness and fault injection.
 
-use crate::support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +10,8 @@ use portcullis::quota::redis::RedisStore;
 use portcullis::quota::{
     Charge, Enforced, ManualClock, OnStoreError, QuotaStore, Quotas, SystemClock,
 };
-use support::RedisServer;
+
+use crate::support::{self, RedisServer};
 
 const HOUR_US: u64 = 3_600_000_000;
 

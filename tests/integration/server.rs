@@ -4,15 +4,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{
-    self, copy_bundled_policies, http_status, policies_dir, Check, TestServer, PREDICT,
-};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use portcullis::config::{Config, ReloadConfig};
 use portcullis::proto::policy_service_client::PolicyServiceClient;
 use portcullis::proto::GetVersionRequest;
+
+use crate::support::{
+    self, copy_bundled_policies, http_status, policies_dir, Check, TestServer, PREDICT,
+};
 
 /// A server in process on `policies`, watching them for changes.
 async fn start(policies: &Path) -> TestServer {
