@@ -206,16 +206,19 @@ fn configmap_carries_a_valid_portcullis_config() {
 fn network_policy_admits_only_the_gateway_to_the_decision_port() {
     let n = manifest("networkpolicy.yaml");
     let rules = get(&n, "spec.ingress").as_sequence().unwrap();
-    let decision: Vec<_> = rules
-        .iter()
-        .filter(|r| {
-            r["ports"]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .any(|p| p["port"].as_u64() == Some(50051))
-        })
-        .collect();
+    let to_port = |port: u64| -> Vec<&Value> {
+        rules
+            .iter()
+            .filter(|r| {
+                r["ports"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["port"].as_u64() == Some(port))
+            })
+            .collect()
+    };
+    let decision = to_port(50051);
     assert_eq!(decision.len(), 1);
     let labels = &decision[0]["from"][0]["podSelector"]["matchLabels"];
     assert_eq!(
@@ -223,16 +226,7 @@ fn network_policy_admits_only_the_gateway_to_the_decision_port() {
         Some("envoy-gateway")
     );
     // Only Prometheus scrapes the operations port.
-    let metrics: Vec<_> = rules
-        .iter()
-        .filter(|r| {
-            r["ports"]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .any(|p| p["port"].as_u64() == Some(9090))
-        })
-        .collect();
+    let metrics = to_port(9090);
     assert_eq!(metrics.len(), 1);
     assert_eq!(
         metrics[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),

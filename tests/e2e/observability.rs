@@ -21,6 +21,14 @@ fn predict(headers: &[(&str, &str)]) -> CheckRequest {
     Check::predict().headers(headers).build()
 }
 
+/// A client of `pdp`'s audit API.
+async fn auditor(pdp: &mut Portcullis) -> AuditServiceClient<tonic::transport::Channel> {
+    let admin = pdp.listener("admin");
+    AuditServiceClient::connect(format!("http://{admin}"))
+        .await
+        .unwrap()
+}
+
 async fn status_of(
     client: &mut AuthorizationClient<tonic::transport::Channel>,
     req: CheckRequest,
@@ -212,10 +220,7 @@ async fn metrics_after_known_traffic_show_the_expected_counts() {
 
     // The trace context reached the audit records, and the chain with the
     // new field still verifies.
-    let admin = pdp.listener("admin");
-    let mut audit = AuditServiceClient::connect(format!("http://{admin}"))
-        .await
-        .unwrap();
+    let mut audit = auditor(&mut pdp).await;
     let records = audit
         .query(as_user(
             QueryRequest {
@@ -364,11 +369,8 @@ async fn an_anomaly_shows_in_metrics_and_the_audit_trail() {
         ),
         1.0
     );
-    let admin = pdp.listener("admin");
-    let mut audit = AuditServiceClient::connect(format!("http://{admin}"))
+    let records = auditor(&mut pdp)
         .await
-        .unwrap();
-    let records = audit
         .query(as_user(
             QueryRequest {
                 kind: "anomaly".into(),

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use super::http::HttpRequest;
 use super::paths::repo;
 use super::ports::free_port;
-use super::process::{die_with_parent, read_lossy, tail, tool};
+use super::process::{die_with_parent, kill_on_drop, read_lossy, tail, tool};
 use super::STARTUP_TIMEOUT;
 
 /// A running Envoy with `deploy/envoy.yaml`, killed on drop.
@@ -174,15 +174,7 @@ impl Envoy {
 
 impl Drop for Envoy {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if thread::panicking() {
-            eprintln!(
-                "--- envoy log (last 40 lines) ---\n{}\n--- end ---",
-                tail(&self.log(), 40)
-            );
-        }
+        let log = self.log();
+        kill_on_drop(&mut self.child, "envoy log", &log, 40);
     }
 }

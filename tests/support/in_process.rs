@@ -87,10 +87,7 @@ impl TestServer {
         let audit = tempfile::tempdir().expect("temp dir");
         config.audit.directory = audit.path().to_path_buf();
         let running = server::start(&config).await?;
-        Ok(TestServer {
-            running,
-            audit: audit,
-        })
+        Ok(TestServer { running, audit })
     }
 
     /// Stops accepting, drains in-flight requests and flushes the audit

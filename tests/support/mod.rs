@@ -9,7 +9,7 @@
 //! One module per job; this file only names them and re-exports what the
 //! tests use, so that a test says `support::Envoy`, not where it lives.
 // Each test binary uses a different part of this module.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -32,26 +32,42 @@ mod server;
 mod thread_server;
 mod upstream;
 
+// Each test binary uses a part of these; the rest is not dead code.
+#[allow(unused_imports)]
 pub use check::{check_at, denied_header, http_status, Check, PREDICT, PREDICT_BODY};
+#[allow(unused_imports)]
 pub use config::{
     fixture_issuer, in_process_config, parse_config, server_yaml, write_config, write_config_with,
 };
+#[allow(unused_imports)]
 pub use envoy::Envoy;
+#[allow(unused_imports)]
 pub use grpcurl::{grpcurl, grpcurl_output};
+#[allow(unused_imports)]
 pub use http::{http_get, HttpRequest, HttpResponse};
+#[allow(unused_imports)]
 pub use in_process::{authz_service, decide, predict_access, TestAudit, TestServer};
+#[allow(unused_imports)]
 pub use jwks::{IdentityProvider, INTROSPECTION_CLIENT};
-pub use jwt::{as_user, claims, mint, now, sign_raw_es256, token, Key, AUDIENCE, ISSUER};
-pub use metrics::{metric, parse_metrics, Sample};
+#[allow(unused_imports)]
+pub use jwt::{as_user, claims, mint, now, sign_raw_es256, token, Key};
+#[allow(unused_imports)]
+pub use metrics::{metric, parse_metrics};
+#[allow(unused_imports)]
 pub use paths::{fixture, policies_dir, repo};
-pub use pki::{TestPki, GATEWAY_SPIFFE_ID};
-pub use policies::{
-    copy_bundled_policies, copy_bundled_policy_tests, copy_policy_entry, PolicyDir,
-};
+#[allow(unused_imports)]
+pub use pki::TestPki;
+#[allow(unused_imports)]
+pub use policies::{copy_bundled_policies, copy_bundled_policy_tests, PolicyDir};
+#[allow(unused_imports)]
 pub use ports::free_port;
+#[allow(unused_imports)]
 pub use process::{read_lossy, tool};
+#[allow(unused_imports)]
 pub use redis::{RedisCluster, RedisServer};
+#[allow(unused_imports)]
 pub use server::{kill_9, Portcullis};
+#[allow(unused_imports)]
 pub use upstream::Upstream;
 
 /// How long a process may take to become ready before the test fails.

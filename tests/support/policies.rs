@@ -10,7 +10,7 @@ use super::paths::{fixture, policies_dir};
 /// Copies one entry of a policy directory into `to`: a file, or the
 /// `schemas/` directory (body schemas) with its files. Other directories
 /// (tests/, shadow/, quotas/) are left to the caller.
-pub fn copy_policy_entry(from: &Path, to: &Path) {
+fn copy_policy_entry(from: &Path, to: &Path) {
     if from.is_file() {
         std::fs::copy(from, to.join(from.file_name().unwrap())).unwrap();
     } else if from.file_name().is_some_and(|n| n == "schemas") {

@@ -86,6 +86,22 @@ pub(super) fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Kills `child` if it still runs and reaps it; while the test is
+/// panicking, prints the last `lines` lines of its `log` under `what`, so
+/// that a failure shows what the process said. For `Drop` impls.
+pub(super) fn kill_on_drop(child: &mut Child, what: &str, log: &str, lines: usize) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if thread::panicking() {
+        eprintln!(
+            "--- {what} (last {lines} lines) ---\n{}\n--- end ---",
+            tail(log, lines)
+        );
+    }
+}
+
 /// Sends SIGTERM to `child` and waits at most `timeout` for it to exit.
 pub(super) fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");

@@ -83,8 +83,9 @@ impl RedisServer {
             .is_some_and(|r| r.starts_with("+PONG"))
     }
 
-    /// Sends one inline command and returns the first reply line.
-    pub fn command(&self, inline: &str) -> Option<String> {
+    /// Sends one inline command on a new connection; a reader for the
+    /// reply. `None` when the server does not take it within the bounds.
+    fn send(&self, inline: &str) -> Option<BufReader<std::net::TcpStream>> {
         let mut s = std::net::TcpStream::connect_timeout(
             &SocketAddr::from(([127, 0, 0, 1], self.port)),
             Duration::from_millis(200),
@@ -92,21 +93,19 @@ impl RedisServer {
         .ok()?;
         s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
         s.write_all(inline.as_bytes()).ok()?;
+        Some(BufReader::new(s))
+    }
+
+    /// Sends one inline command and returns the first reply line.
+    pub fn command(&self, inline: &str) -> Option<String> {
         let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).ok()?;
+        self.send(inline)?.read_line(&mut line).ok()?;
         Some(line)
     }
 
     /// Sends one inline command and returns a bulk-string reply's text.
     pub fn bulk(&self, inline: &str) -> Option<String> {
-        let mut s = std::net::TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_millis(200),
-        )
-        .ok()?;
-        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-        s.write_all(inline.as_bytes()).ok()?;
-        let mut reader = BufReader::new(s);
+        let mut reader = self.send(inline)?;
         let mut line = String::new();
         reader.read_line(&mut line).ok()?;
         let len: usize = line.strip_prefix('$')?.trim().parse().ok()?;

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use super::config::write_config;
 use super::http::http_get;
 use super::paths::policies_dir;
-use super::process::{die_with_parent, read_lossy, tail, terminate, wait_timeout};
+use super::process::{die_with_parent, kill_on_drop, read_lossy, tail, terminate, wait_timeout};
 use super::STARTUP_TIMEOUT;
 
 /// A running `portcullis serve`, killed on drop.
@@ -184,16 +184,8 @@ impl Portcullis {
 
 impl Drop for Portcullis {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if thread::panicking() {
-            eprintln!(
-                "--- portcullis stderr (last 60 lines) ---\n{}\n--- end ---",
-                tail(&self.stderr(), 60)
-            );
-        }
+        let stderr = self.stderr();
+        kill_on_drop(&mut self.child, "portcullis stderr", &stderr, 60);
     }
 }
 
