@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use portcullis::anomaly::{AnomalyConfig, Detector, Observed};
-use portcullis::quota::ManualClock;
+use portcullis::time::ManualClock;
 
 /// Resident set size in KiB (Linux `/proc/self/status`).
 fn rss_kib() -> u64 {

@@ -468,7 +468,12 @@ pub(super) async fn charge(
     if descriptors.is_empty() {
         return Ok(());
     }
-    charge_descriptors(snapshot, live.quotas, &descriptors, &mut at.d).await
+    // The stage histogram times `Check`'s stages; a rate-limit call is
+    // timed as a whole (`portcullis_decision_duration_seconds`).
+    let started = Instant::now();
+    let charged = charge_descriptors(snapshot, live.quotas, &descriptors, &mut at.d).await;
+    metrics::global().stage(metrics::Stage::Quota, started.elapsed());
+    charged
 }
 
 /// Charges `descriptors` and notes the outcome on `d`: the limit that
@@ -479,9 +484,7 @@ pub(super) async fn charge_descriptors(
     descriptors: &[crate::quota::apply::Descriptor],
     d: &mut Decision,
 ) -> Result<(), Refusal> {
-    let started = Instant::now();
     let verdict = crate::quota::apply::apply(&snapshot.quotas, quotas, descriptors).await;
-    metrics::global().stage(metrics::Stage::Quota, started.elapsed());
     d.limits = verdict
         .applied
         .iter()

@@ -1,32 +1,11 @@
 //! The decision listener as an operator sees it with grpcurl 1.8.6 and
 //! server reflection only (no proto files), plus the SIGTERM stop path.
 
-mod support;
-
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{tool, Portcullis};
 
-/// Runs grpcurl (bounded by its own `-max-time`); returns stdout, panics
-/// with stderr when it fails.
-fn grpcurl(pdp: &Portcullis, args: &[&str]) -> String {
-    let output = Command::new(tool("grpcurl"))
-        .args(["-plaintext", "-connect-timeout", "5", "-max-time", "15"])
-        .args(args)
-        .output()
-        .expect("run grpcurl");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}\nportcullis stderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        pdp.stderr()
-    );
-    stdout
-}
+use crate::support::{grpcurl, Portcullis};
 
 fn call(pdp: &Portcullis, method: &str, request: &Value) -> Value {
     let addr = pdp.addr().to_string();

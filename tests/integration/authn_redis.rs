@@ -4,42 +4,26 @@
 //! down (counting falls back to the process); API keys in Redis, written by
 //! `portcullis apikey new --redis` and revoked at once by `apikey revoke`.
 
-mod support;
-
 use std::net::IpAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::config::core::v3::{Address as CoreAddress, SocketAddress};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use portcullis::authn::config::{ApiKeyConfig, AuthnConfig, AuthnRedisConfig, FailureConfig};
 use portcullis::authn::failures::{FailureKey, FailureStore};
 use portcullis::authn::failures_redis::RedisFailures;
 use portcullis::authn::{Authenticator, AuthnRedis};
-use portcullis::config::{
-    ApiKeyConfig, AuthnConfig, AuthnRedisConfig, Config, FailureConfig, IssuerConfig,
-};
+use portcullis::config::Config;
 use portcullis::decision::DenyReason;
+use portcullis::policy::snapshot::Snapshot;
 use portcullis::request::AccessRequest;
-use portcullis::server::{self, Running};
 use portcullis::shared_redis::SharedRedis;
-use portcullis::snapshot::Snapshot;
-use support::{claims, mint, policies_dir, Key, RedisCluster, RedisServer, AUDIENCE, ISSUER};
 
-const PREDICT: &str = "/v1/models/sentiment/versions/v2:predict";
-
-fn issuer() -> IssuerConfig {
-    serde_yaml_ng::from_str(&format!(
-        "issuer: \"{ISSUER}\"\naudiences: [\"{AUDIENCE}\"]\njwks_file: \"{}\"\norg_claim: org\n",
-        support::fixture("keys/test-issuer.jwks.json").display()
-    ))
-    .unwrap()
-}
+use crate::support::{
+    self, check_at, claims, denied_header, http_status, mint, policies_dir, Check, Key,
+    RedisCluster, RedisServer, TestServer,
+};
 
 fn failures(block_seconds: u64) -> FailureConfig {
     FailureConfig {
@@ -52,18 +36,14 @@ fn failures(block_seconds: u64) -> FailureConfig {
 
 /// A server whose authentication keeps its state in `redis` (quotas stay
 /// in process).
-async fn start(dir: &Path, redis: &RedisServer, failures: FailureConfig) -> Running {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        policies: policies_dir(),
-        reload: portcullis::config::ReloadConfig {
+async fn start(redis: &RedisServer, failures: FailureConfig) -> TestServer {
+    TestServer::start(Config {
+        reload: portcullis::policy::reload::ReloadConfig {
             watch: false,
             ..Default::default()
         },
-        http_listen: "127.0.0.1:0".parse().unwrap(),
         authentication: AuthnConfig {
-            jwt: vec![issuer()],
+            jwt: vec![support::fixture_issuer()],
             failures,
             redis: Some(AuthnRedisConfig {
                 url: Some(redis.url()),
@@ -72,86 +52,26 @@ async fn start(dir: &Path, redis: &RedisServer, failures: FailureConfig) -> Runn
             }),
             ..AuthnConfig::default()
         },
-        // Each server its own audit trail (a directory takes one writer).
-        audit: portcullis::config::AuditConfig {
-            directory: dir.join("audit"),
-            ..Default::default()
-        },
-        ..Config::default()
-    };
-    server::start(&config).await.expect("server starts")
+        ..support::in_process_config(&policies_dir())
+    })
+    .await
 }
 
-fn check_request(source: &str, token: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(CoreAddress {
-                    address: Some(Address::SocketAddress(SocketAddress {
-                        address: source.into(),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: PREDICT.into(),
-                    host: "api.test".into(),
-                    headers: [
-                        ("authorization".to_string(), format!("Bearer {token}")),
-                        ("content-type".to_string(), "application/json".to_string()),
-                    ]
-                    .into_iter()
-                    .collect(),
-                    // The predict route validates its body.
-                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-async fn check(running: &Running, source: &str, token: &str) -> CheckResponse {
-    let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
-        .await
-        .unwrap();
-    client
-        .check(check_request(source, token))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-fn status(r: &CheckResponse) -> u16 {
-    match &r.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().unwrap().code as u16,
-        other => panic!("unexpected {other:?}"),
-    }
+/// A predict call with `token` from `source`.
+async fn check(running: &TestServer, source: &str, token: &str) -> CheckResponse {
+    let request = Check::predict().bearer(token).source(source).build();
+    check_at(running.decision_addr, request).await
 }
 
 fn retry_after(r: &CheckResponse) -> Option<u64> {
-    let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
-        return None;
-    };
-    d.headers
-        .iter()
-        .filter_map(|h| h.header.as_ref())
-        .find(|h| h.key == "retry-after")
-        .map(|h| h.value.parse().unwrap())
+    denied_header(r, "retry-after").map(|v| v.parse().unwrap())
 }
 
 #[tokio::test]
 async fn failures_on_one_server_block_the_source_on_the_other_until_the_cool_down_ends() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let a = start(&dir.path().join("a"), &redis, failures(2)).await;
-    let b = start(&dir.path().join("b"), &redis, failures(2)).await;
+    let a = start(&redis, failures(2)).await;
+    let b = start(&redis, failures(2)).await;
     assert_eq!(a.state.authenticator.failure_store(), Some("redis"));
     let forged = mint(claims("alice", "acme"), Key::UntrustedEs256);
     let good = mint(claims("alice", "acme"), Key::Es256);
@@ -159,7 +79,7 @@ async fn failures_on_one_server_block_the_source_on_the_other_until_the_cool_dow
     let statuses: Vec<u16> = {
         let mut s = Vec::new();
         for _ in 0..3 {
-            s.push(status(&check(&a, "192.0.2.7", &forged).await));
+            s.push(http_status(&check(&a, "192.0.2.7", &forged).await));
         }
         s
     };
@@ -167,15 +87,15 @@ async fn failures_on_one_server_block_the_source_on_the_other_until_the_cool_dow
     // The other server never saw a failure from that source, and still
     // refuses it, even with a good token.
     let blocked = check(&b, "192.0.2.7", &good).await;
-    assert_eq!(status(&blocked), 429);
+    assert_eq!(http_status(&blocked), 429);
     assert!(
         matches!(retry_after(&blocked), Some(1..=2)),
         "{:?}",
         retry_after(&blocked)
     );
-    assert_eq!(status(&check(&a, "192.0.2.7", &good).await), 429);
+    assert_eq!(http_status(&check(&a, "192.0.2.7", &good).await), 429);
     // Other sources are not affected.
-    assert_eq!(status(&check(&b, "192.0.2.8", &good).await), 200);
+    assert_eq!(http_status(&check(&b, "192.0.2.8", &good).await), 200);
 
     // One hash per source and per presented identity, each expiring.
     let keys = redis.ttls();
@@ -195,10 +115,10 @@ async fn failures_on_one_server_block_the_source_on_the_other_until_the_cool_dow
     for server in [&b, &a] {
         loop {
             let r = check(server, "192.0.2.7", &good).await;
-            if status(&r) == 200 {
+            if http_status(&r) == 200 {
                 break;
             }
-            assert_eq!(status(&r), 429);
+            assert_eq!(http_status(&r), 429);
             assert!(Instant::now() < deadline, "the block did not end");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -249,22 +169,10 @@ async fn a_redis_cluster_shares_failure_blocks_and_api_keys() {
             .await
             .unwrap()
     );
-    let authn = Authenticator::with_redis(
-        &AuthnConfig {
-            api_keys: ApiKeyConfig {
-                redis: true,
-                ..ApiKeyConfig::default()
-            },
-            ..AuthnConfig::default()
-        },
-        Some(AuthnRedis {
-            redis: Arc::new(
-                SharedRedis::cluster(&cluster.urls(), Duration::from_secs(2), "test").unwrap(),
-            ),
-            timeout: Duration::from_secs(2),
-        }),
-    )
-    .unwrap();
+    let authn = redis_keys_authenticator(
+        SharedRedis::cluster(&cluster.urls(), Duration::from_secs(2), "test").unwrap(),
+        Duration::from_secs(2),
+    );
     let s = Snapshot::load(&policies_dir()).unwrap();
     let d = support::decide(&s, &authn, &with_key(&key.key)).await;
     assert_eq!(d.status, 200, "{d:?}");
@@ -390,13 +298,14 @@ fn key_of(stdout: &str) -> String {
 }
 
 fn with_key(key: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", PREDICT)
-        .with_json(&serde_json::json!({"features": ["great service"]}));
+    let mut r = support::predict_access();
     r.headers.insert("x-api-key".into(), key.into());
     r
 }
 
-fn redis_keys_authenticator(url: &str) -> Authenticator {
+/// An authenticator that looks API keys up in `redis`, waiting at most
+/// `timeout` for an answer.
+fn redis_keys_authenticator(redis: SharedRedis, timeout: Duration) -> Authenticator {
     Authenticator::with_redis(
         &AuthnConfig {
             api_keys: ApiKeyConfig {
@@ -406,8 +315,8 @@ fn redis_keys_authenticator(url: &str) -> Authenticator {
             ..AuthnConfig::default()
         },
         Some(AuthnRedis {
-            redis: Arc::new(SharedRedis::single(url, Duration::from_millis(200), "test").unwrap()),
-            timeout: Duration::from_millis(200),
+            redis: Arc::new(redis),
+            timeout,
         }),
     )
     .unwrap()
@@ -492,7 +401,10 @@ async fn api_keys_in_redis_valid_unknown_revoked_at_once_expired() {
         .unwrap();
     assert_eq!(stored.len(), 64);
 
-    let authn = redis_keys_authenticator(&url);
+    let authn = redis_keys_authenticator(
+        SharedRedis::single(&url, Duration::from_millis(200), "test").unwrap(),
+        Duration::from_millis(200),
+    );
     let s = Snapshot::load(&policies_dir()).unwrap();
     // Two active keys for one app (rotation).
     for key in [&scoped, &printed] {

@@ -2,20 +2,18 @@
 //! trace service on 127.0.0.1:0) receives the `check` span of a request,
 //! in the gateway's trace (`traceparent`), named after the service.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+
+use crate::support::{self, Check};
 
 #[derive(Clone, Default)]
 struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
@@ -86,29 +84,13 @@ async fn check_spans_are_exported_in_the_gateways_trace() {
         .unwrap();
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let parent = "b7ad6b7169203331";
-    let headers = [
-        (
-            "traceparent".to_string(),
-            format!("00-{trace_id}-{parent}-01"),
-        ),
-        ("x-request-id".to_string(), "otlp-1".to_string()),
-    ];
     client
-        .check(CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    http: Some(HttpRequest {
-                        method: "GET".into(),
-                        path: "/v1/status".into(),
-                        host: "api.test".into(),
-                        headers: headers.into_iter().collect(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        })
+        .check(
+            Check::get("/v1/status")
+                .header("traceparent", &format!("00-{trace_id}-{parent}-01"))
+                .header("x-request-id", "otlp-1")
+                .build(),
+        )
         .await
         .unwrap();
 

@@ -1,17 +1,15 @@
 //! OAuth2 token introspection (RFC 7662) against the test identity
 //! provider's endpoint: active, inactive, slow and down; answers cached.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use portcullis::authn::config::{AuthnConfig, IntrospectionConfig};
 use portcullis::authn::Authenticator;
-use portcullis::config::{AuthnConfig, IntrospectionConfig};
+use portcullis::policy::snapshot::Snapshot;
 use portcullis::request::AccessRequest;
-use portcullis::snapshot::Snapshot;
 use serde_json::json;
-use support::decide;
-use support::{now, policies_dir, IdentityProvider, INTROSPECTION_CLIENT};
+
+use crate::support::{self, decide, now, policies_dir, IdentityProvider, INTROSPECTION_CLIENT};
 
 fn authenticator(idp: &IdentityProvider, dir: &std::path::Path) -> Authenticator {
     let secret = dir.join("client-secret");
@@ -34,8 +32,7 @@ fn authenticator(idp: &IdentityProvider, dir: &std::path::Path) -> Authenticator
 }
 
 fn predict(token: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
-        .with_json(&serde_json::json!({"features": ["great service"]}));
+    let mut r = support::predict_access();
     r.headers
         .insert("authorization".into(), format!("Bearer {token}"));
     r

@@ -5,27 +5,20 @@
 //! time, steady traffic from many principals raises nothing). The figures
 //! are printed; run with `--nocapture` to see them.
 
-mod support;
-
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::SocketAddress;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use portcullis::adapters::extauthz::AuthzService;
 use portcullis::anomaly::{AnomalyConfig, AnomalyKind, Detector, Observed};
 use portcullis::audit::{AuditRecord, Kind};
 use portcullis::authn::Authenticator;
-use portcullis::extauthz::AuthzService;
-use portcullis::quota::ManualClock;
-use portcullis::reload::PolicyStore;
-use portcullis::server::State;
-use support::{claims, mint, policies_dir, Key};
+use portcullis::time::ManualClock;
+
+use crate::support::{self, claims, denied_header, http_status, mint, Check, Key};
 
 fn authenticator() -> Authenticator {
     let dir = tempfile::tempdir().unwrap();
@@ -34,53 +27,18 @@ fn authenticator() -> Authenticator {
 }
 
 fn service(config: AnomalyConfig) -> (AuthzService, support::TestAudit, Arc<ManualClock>) {
-    let audit = support::TestAudit::start();
     let clock = ManualClock::at(1_800_000_000_000_000);
     let detector = Detector::new(&config, clock.clone());
-    let service = AuthzService::new(Arc::new(State {
-        policies: Arc::new(PolicyStore::load(&policies_dir()).unwrap()),
-        authenticator: authenticator(),
-        audit: audit.sink.clone(),
-        quotas: portcullis::quota::Quotas::in_process(1024),
-        anomalies: Some(Arc::new(detector)),
-        residency: Default::default(),
-    }));
+    let (service, audit) = support::authz_service(authenticator(), Some(Arc::new(detector)));
     (service, audit, clock)
 }
 
+/// A predict call with `token` from `source` (port 40000).
 fn predict(token: &str, source: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(envoy_types::pb::envoy::config::core::v3::Address {
-                    address: Some(Address::SocketAddress(SocketAddress {
-                        address: source.into(),
-                        port_specifier: Some(PortSpecifier::PortValue(40000)),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/v1/models/sentiment/versions/v2:predict".into(),
-                    host: "api.test".into(),
-                    headers: [
-                        ("authorization".to_string(), format!("Bearer {token}")),
-                        ("content-type".to_string(), "application/json".to_string()),
-                    ]
-                    .into_iter()
-                    .collect(),
-                    // The predict route validates its body.
-                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    Check::predict()
+        .bearer(token)
+        .source_port(source, 40000)
+        .build()
 }
 
 /// Status, Retry-After and the problem body (empty when allowed).
@@ -90,19 +48,12 @@ async fn ask(service: &AuthzService, req: CheckRequest) -> (u32, Option<u64>, St
         .await
         .unwrap()
         .into_inner();
-    match resp.http_response {
-        Some(HttpResponse::OkResponse(_)) => (200, None, String::new()),
-        Some(HttpResponse::DeniedResponse(d)) => {
-            let retry = d
-                .headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .find(|h| h.key == "retry-after")
-                .map(|h| h.value.parse().unwrap());
-            (d.status.unwrap().code as u32, retry, d.body)
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    let retry = denied_header(&resp, "retry-after").map(|v| v.parse().unwrap());
+    let body = match &resp.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => d.body.clone(),
+        _ => String::new(),
+    };
+    (u32::from(http_status(&resp)), retry, body)
 }
 
 /// Written audit records of kind `anomaly`, waiting for at least `n`.
@@ -214,20 +165,9 @@ async fn callers_without_credentials_are_watched_by_address_not_as_one_principal
     // 80 anonymous status reads from 80 addresses: together past the
     // surge threshold, each far below it. Nobody is flagged or blocked.
     for i in 0..80u32 {
-        let mut req = predict("", &format!("10.0.0.{}", i + 1));
-        let http = req
-            .attributes
-            .as_mut()
-            .unwrap()
-            .request
-            .as_mut()
-            .unwrap()
-            .http
-            .as_mut()
-            .unwrap();
-        http.method = "GET".into();
-        http.path = "/v1/status".into();
-        http.headers.clear();
+        let req = Check::get("/v1/status")
+            .source_port(&format!("10.0.0.{}", i + 1), 40000)
+            .build();
         let (status, _, body) = ask(&service, req).await;
         assert_eq!(status, 200, "request {i}: {body}");
     }
@@ -326,7 +266,7 @@ fn simulate(
 }
 
 fn clock_now(clock: &ManualClock) -> u64 {
-    use portcullis::quota::Clock;
+    use portcullis::time::Clock;
     clock.now_us()
 }
 

@@ -4,28 +4,9 @@
 //! the ratelimit filter). `portcullis serve` runs with no Redis configured,
 //! so quotas are enforced in process.
 
-mod support;
-
-use std::path::{Path, PathBuf};
-
 use serde_json::Value;
-use support::{Envoy, HttpRequest, HttpResponse, Portcullis, Upstream};
 
-/// The bundled policies with the tight test quotas over them.
-fn policies(into: &Path) -> PathBuf {
-    let dir = into.join("policies");
-    std::fs::create_dir_all(dir.join("quotas")).unwrap();
-    for entry in std::fs::read_dir(support::policies_dir()).unwrap() {
-        let entry = entry.unwrap();
-        support::copy_policy_entry(&entry.path(), &dir);
-    }
-    std::fs::copy(
-        support::fixture("quotas/quotas.yaml"),
-        dir.join("quotas.yaml"),
-    )
-    .unwrap();
-    dir
-}
+use crate::support::{Envoy, HttpRequest, HttpResponse, PolicyDir, Portcullis, Upstream};
 
 /// `deploy/envoy.yaml` without its ratelimit filter: a gateway that speaks
 /// only ext_authz.
@@ -54,10 +35,10 @@ fn problem(r: &HttpResponse) -> Value {
 
 #[test]
 fn envoy_ratelimit_filter_gets_429_with_headers_from_rls() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir_arg = policies(dir.path()).display().to_string();
+    // The bundled policies with the tight test quotas over them.
+    let policies = PolicyDir::bundled().with_test_quotas();
     let upstream = Upstream::start();
-    let pdp = Portcullis::start(&["--policies", &dir_arg]);
+    let pdp = Portcullis::start(&["--policies", policies.arg()]);
     let envoy = Envoy::start(pdp.addr(), upstream.addr());
 
     // The fixture allows 2 requests an hour per client address (RLS).
@@ -100,10 +81,10 @@ fn envoy_ratelimit_filter_gets_429_with_headers_from_rls() {
 
 #[test]
 fn ext_authz_alone_enforces_quotas_with_headers() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir_arg = policies(dir.path()).display().to_string();
+    // The bundled policies with the tight test quotas over them.
+    let policies = PolicyDir::bundled().with_test_quotas();
     let upstream = Upstream::start();
-    let pdp = Portcullis::start(&["--policies", &dir_arg]);
+    let pdp = Portcullis::start(&["--policies", policies.arg()]);
     let envoy = Envoy::start_edited(pdp.addr(), upstream.addr(), without_ratelimit_filter);
 
     // The fixture allows anonymous callers 3 requests an hour (in Check);

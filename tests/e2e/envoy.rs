@@ -4,10 +4,11 @@
 //! Each test starts its own stack (upstream, Portcullis, Envoy) so that tests
 //! run in parallel and a failure names one case.
 
-mod support;
-
 use serde_json::{json, Value};
-use support::{claims, mint, Envoy, HttpRequest, HttpResponse, Key, Portcullis, Upstream};
+
+use crate::support::{
+    self, claims, mint, Envoy, HttpRequest, HttpResponse, Key, Portcullis, Upstream,
+};
 
 const PREDICT_V2: &str = "/v1/models/sentiment/versions/v2:predict";
 const PREDICT_V1_DEPRECATED: &str = "/v1/models/sentiment/versions/v1:predict";

@@ -1,26 +1,17 @@
 //! The `portcullis` binary's commands: `policy validate`, `check`, config
 //! errors, and hot reload as an operator sees it (the logs).
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{policies_dir, Portcullis};
+use crate::support::{self, policies_dir, PolicyDir, Portcullis};
 
 fn portcullis(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(args)
         .output()
         .expect("run portcullis")
-}
-
-fn copy_policies(to: &Path) {
-    for entry in std::fs::read_dir(policies_dir()).unwrap() {
-        let entry = entry.unwrap();
-        support::copy_policy_entry(&entry.path(), to);
-    }
 }
 
 fn text(o: &[u8]) -> String {
@@ -40,14 +31,12 @@ fn validate_accepts_the_bundled_policies() {
 
 #[test]
 fn validate_names_file_and_line_of_a_syntax_error() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_policies(dir.path());
-    std::fs::write(
-        dir.path().join("extra.cedar"),
+    let dir = PolicyDir::bundled();
+    dir.write(
+        "extra.cedar",
         "// a comment\n@id(\"broken\")\npermit (principal, action, resource)\nwhen { context.method == };\n",
-    )
-    .unwrap();
-    let out = portcullis(&["policy", "validate", dir.path().to_str().unwrap()]);
+    );
+    let out = portcullis(&["policy", "validate", dir.arg()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("extra.cedar:4:"), "{err}");
@@ -55,14 +44,12 @@ fn validate_names_file_and_line_of_a_syntax_error() {
 
 #[test]
 fn validate_names_file_and_line_of_a_schema_violation() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_policies(dir.path());
-    std::fs::write(
-        dir.path().join("extra.cedar"),
+    let dir = PolicyDir::bundled();
+    dir.write(
+        "extra.cedar",
         "\n\n@id(\"typo\")\npermit (principal, action == Action::\"invoke\", resource is ModelVersion)\nwhen { resource.deprecatd == false };\n",
-    )
-    .unwrap();
-    let out = portcullis(&["policy", "validate", dir.path().to_str().unwrap()]);
+    );
+    let out = portcullis(&["policy", "validate", dir.arg()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("extra.cedar:3:"), "{err}");
@@ -107,21 +94,15 @@ fn validate_with_a_config_checks_its_context_claims_against_the_schema() {
 
 #[test]
 fn validate_reports_every_problem_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_policies(dir.path());
-    std::fs::write(
-        dir.path().join("a.cedar"),
-        "permit (principal, action, resource);\n",
-    )
-    .unwrap();
-    let routes = std::fs::read_to_string(dir.path().join("routes.yaml")).unwrap();
-    std::fs::write(
-        dir.path().join("routes.yaml"),
-        routes.replace("action: readAudit", "action: readAudits"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("entities.json"), "[ { \"uid\": ").unwrap();
-    let out = portcullis(&["policy", "validate", dir.path().to_str().unwrap()]);
+    let dir = PolicyDir::bundled();
+    dir.write("a.cedar", "permit (principal, action, resource);\n");
+    let routes = dir.read("routes.yaml");
+    dir.write(
+        "routes.yaml",
+        &routes.replace("action: readAudit", "action: readAudits"),
+    );
+    dir.write("entities.json", "[ { \"uid\": ");
+    let out = portcullis(&["policy", "validate", dir.arg()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("a.cedar:1: policy has no @id"), "{err}");
@@ -226,20 +207,20 @@ fn serve_refuses_a_bad_config_naming_the_field() {
 
 #[test]
 fn serve_refuses_an_invalid_policy_directory_listing_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_policies(dir.path());
-    std::fs::write(
-        dir.path().join("x.cedar"),
+    let dir = PolicyDir::bundled();
+    dir.write(
+        "x.cedar",
         "@id(\"x\")\nforbid (principal, action, resource) when { ;\n",
-    )
-    .unwrap();
+    );
     let out = portcullis(&[
         "serve",
         "--policies",
-        dir.path().to_str().unwrap(),
+        dir.arg(),
         "--listen",
         "127.0.0.1:0",
         "--admin-listen",
+        "127.0.0.1:0",
+        "--http-listen",
         "127.0.0.1:0",
     ]);
     assert_eq!(out.status.code(), Some(1));
@@ -252,15 +233,13 @@ fn serve_refuses_an_invalid_policy_directory_listing_errors() {
 
 #[test]
 fn rejected_reload_is_logged_with_file_and_line_and_old_snapshot_serves() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_policies(dir.path());
-    let mut pdp = Portcullis::start(&["--policies", dir.path().to_str().unwrap()]);
+    let dir = PolicyDir::bundled();
+    let mut pdp = Portcullis::start(&["--policies", dir.arg()]);
     let _ = pdp.listener("admin");
-    std::fs::write(
-        dir.path().join("broken.cedar"),
+    dir.write(
+        "broken.cedar",
         "@id(\"broken\")\npermit (principal, action, resource) when { 1 + };\n",
-    )
-    .unwrap();
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !pdp.stderr().contains("policy reload rejected") {
         std::thread::sleep(Duration::from_millis(50));
@@ -299,26 +278,16 @@ fn policy_test_passes_on_the_bundled_policies_and_covers_every_policy() {
 
 #[test]
 fn policy_test_fails_when_a_policy_change_breaks_a_case() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_policies(dir.path());
-    std::fs::create_dir(dir.path().join("tests")).unwrap();
-    for entry in std::fs::read_dir(policies_dir().join("tests")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(
-            entry.path(),
-            dir.path().join("tests").join(entry.file_name()),
-        )
-        .unwrap();
-    }
+    let dir = PolicyDir::bundled().with_policy_tests();
     // Drop the privileged-role forbid: the case that pins it must fail.
     let models = dir.path().join("models.cedar");
     std::fs::write(&models, without_privileged_role_forbid(&models)).unwrap();
 
-    let out = portcullis(&["policy", "test", dir.path().to_str().unwrap()]);
+    let out = portcullis(&["policy", "test", dir.arg()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    let case_line = std::fs::read_to_string(dir.path().join("tests/models.yaml"))
-        .unwrap()
+    let case_line = dir
+        .read("tests/models.yaml")
         .lines()
         .position(|l| l.contains("a restricted model needs the privileged role, even with MFA"))
         .unwrap()
@@ -336,15 +305,12 @@ fn policy_test_fails_when_a_policy_change_breaks_a_case() {
 
 #[test]
 fn policy_test_reports_a_malformed_case_file_with_its_line() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_policies(dir.path());
-    std::fs::create_dir(dir.path().join("tests")).unwrap();
-    std::fs::write(
-        dir.path().join("tests/bad.yaml"),
+    let dir = PolicyDir::bundled();
+    dir.write(
+        "tests/bad.yaml",
         "cases:\n  - name: x\n    request: { method: GET, path: / }\n    expect: { decision: maybe }\n",
-    )
-    .unwrap();
-    let out = portcullis(&["policy", "test", dir.path().to_str().unwrap()]);
+    );
+    let out = portcullis(&["policy", "test", dir.arg()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
@@ -358,12 +324,8 @@ fn policy_test_reports_a_malformed_case_file_with_its_line() {
 fn policy_repo() -> (tempfile::TempDir, String) {
     let repo = tempfile::tempdir().unwrap();
     let policies = repo.path().join("policies");
-    std::fs::create_dir_all(policies.join("tests")).unwrap();
-    copy_policies(&policies);
-    for entry in std::fs::read_dir(policies_dir().join("tests")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), policies.join("tests").join(entry.file_name())).unwrap();
-    }
+    support::copy_bundled_policies(&policies);
+    support::copy_bundled_policy_tests(&policies);
     git(repo.path(), &["init", "-q"]);
     git(repo.path(), &["add", "."]);
     git(repo.path(), &["commit", "-q", "-m", "v1"]);

@@ -1,25 +1,17 @@
 //! Decision semantics through the library's public API, on real policy
 //! directories: the bundled `policies/` and small fixtures.
 
-use std::path::PathBuf;
-
-mod support;
-
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use portcullis::authn::config::{AuthnConfig, IssuerConfig};
 use portcullis::authn::{AuthMethod, Authenticator, Identity};
-use portcullis::config::{AuthnConfig, IssuerConfig};
 use portcullis::decision::{DenyReason, Outcome};
-use portcullis::pipeline::decide_as;
+use portcullis::policy::snapshot::Snapshot;
 use portcullis::request::AccessRequest;
-use portcullis::snapshot::Snapshot;
 use serde_json::json;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::{self, decide, decide_as, decide_with, PolicyDir};
 
 fn bundled() -> Snapshot {
-    Snapshot::load(&root().join("policies")).expect("bundled policies are valid")
+    Snapshot::load(&support::policies_dir()).expect("bundled policies are valid")
 }
 
 fn user(id: &str, org: Option<&str>) -> Identity {
@@ -247,7 +239,7 @@ fn token_org_claim_makes_the_user_an_org_member() {
 
 #[test]
 fn erroring_forbid_denies_even_when_a_permit_holds() {
-    let s = Snapshot::load(&root().join("tests/fixtures/policies-erroring-forbid")).unwrap();
+    let s = Snapshot::load(&support::fixture("policies-erroring-forbid")).unwrap();
     let rita = Identity::new(r#"User::"rita""#.parse().unwrap(), vec![], AuthMethod::Jwt);
     // Known, public document: permitted.
     let ok = decide_as(
@@ -283,32 +275,16 @@ fn erroring_forbid_denies_even_when_a_permit_holds() {
     );
 }
 
+/// The fixture issuer, ES256 keys only.
 fn authenticator() -> Authenticator {
-    let yaml = format!(
-        "issuer: https://idp.test.portcullis/\naudiences: [portcullis]\njwks_file: {}\nalgorithms: [ES256]\norg_claim: org\n",
-        root()
-            .join("tests/fixtures/keys/test-issuer.jwks.json")
-            .display()
-    );
-    let issuer: IssuerConfig = serde_yaml_ng::from_str(&yaml).unwrap();
     Authenticator::new(&AuthnConfig {
-        jwt: vec![issuer],
+        jwt: vec![IssuerConfig {
+            algorithms: vec!["ES256".into()],
+            ..support::fixture_issuer()
+        }],
         ..AuthnConfig::default()
     })
     .unwrap()
-}
-
-fn token(sub: &str, org: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let pem = std::fs::read(root().join("tests/fixtures/keys/test-es256.pem")).unwrap();
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("test-es256".into());
-    let claims = json!({"iss": "https://idp.test.portcullis/", "aud": "portcullis",
-                        "sub": sub, "org": org, "exp": now + 300, "iat": now});
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_pem(&pem).unwrap()).unwrap()
 }
 
 #[tokio::test]
@@ -318,7 +294,7 @@ async fn jwt_bearer_end_to_end_in_process() {
     let mut req = predict("sentiment", "v2");
     req.headers.insert(
         "authorization".into(),
-        format!("Bearer {}", token("alice", "acme")),
+        format!("Bearer {}", support::token("alice")),
     );
     let d = decide(&s, &authn, &req).await;
     assert_eq!(d.decision, Outcome::Allow, "{d:?}");
@@ -355,14 +331,9 @@ fn declared_headers_reach_the_cedar_context() {
     assert!(d.errors.is_empty());
 }
 
-fn bundled_with_shadow(shadow: &str) -> (tempfile::TempDir, Snapshot) {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(root().join("policies")).unwrap() {
-        let entry = entry.unwrap();
-        support::copy_policy_entry(&entry.path(), dir.path());
-    }
-    std::fs::create_dir(dir.path().join("shadow")).unwrap();
-    std::fs::write(dir.path().join("shadow/regions.cedar"), shadow).unwrap();
+fn bundled_with_shadow(shadow: &str) -> (PolicyDir, Snapshot) {
+    let dir = PolicyDir::bundled();
+    dir.write("shadow/regions.cedar", shadow);
     let snapshot = Snapshot::load(dir.path()).unwrap();
     (dir, snapshot)
 }
@@ -412,17 +383,11 @@ fn without_shadow_policies_nothing_extra_is_recorded() {
 
 #[test]
 fn shadow_policies_are_validated_like_enforced_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(root().join("policies")).unwrap() {
-        let entry = entry.unwrap();
-        support::copy_policy_entry(&entry.path(), dir.path());
-    }
-    std::fs::create_dir(dir.path().join("shadow")).unwrap();
-    std::fs::write(
-        dir.path().join("shadow/bad.cedar"),
+    let dir = PolicyDir::bundled();
+    dir.write(
+        "shadow/bad.cedar",
         "\n@id(\"public-status\")\npermit (principal, action, resource);\n\n@id(\"typo\")\nforbid (principal, action == Action::\"invoke\", resource is ModelVersion)\nwhen { resource.deprecatd };\n",
-    )
-    .unwrap();
+    );
     let errors: Vec<String> = Snapshot::load(dir.path())
         .unwrap_err()
         .errors
@@ -456,16 +421,6 @@ fn shadow_outcome_is_part_of_the_decision_audit_record() {
     assert_eq!(record.shadow, "deny (disagrees) [shadow-no-cn-north-1]");
 }
 
-/// The pipeline with a fresh in-process quota store.
-async fn decide(
-    s: &Snapshot,
-    authn: &Authenticator,
-    req: &AccessRequest,
-) -> portcullis::decision::Decision {
-    let quotas = portcullis::quota::Quotas::in_process(1024);
-    portcullis::pipeline::decide(s, authn, &quotas, req).await
-}
-
 #[tokio::test]
 async fn a_cost_larger_than_the_limit_ever_allows_is_a_400_without_retry_after() {
     // principal-model-tokens holds 20000 at once (bundled quotas.yaml).
@@ -476,22 +431,22 @@ async fn a_cost_larger_than_the_limit_ever_allows_is_a_400_without_retry_after()
         let mut req = predict("sentiment", "v2");
         req.headers.insert(
             "authorization".into(),
-            format!("Bearer {}", token("alice", "acme")),
+            format!("Bearer {}", support::token("alice")),
         );
         req.headers
             .insert("x-max-tokens".into(), tokens.to_string());
         req
     };
-    let d = portcullis::pipeline::decide(&s, &authn, &quotas, &ask(50_000)).await;
+    let d = decide_with(&s, &authn, &quotas, &ask(50_000)).await;
     assert_eq!(d.reason, Some(DenyReason::BadQuotaCost), "{d:?}");
     let q = d.quota.as_ref().unwrap();
     assert_eq!(q.cost_too_large, Some(50_000));
     assert_eq!(q.retry_after_seconds, None);
     assert!(d.detail.contains("allows at once"), "{}", d.detail);
     // Nothing was charged: 15000 fits, then another 15000 must wait.
-    let d = portcullis::pipeline::decide(&s, &authn, &quotas, &ask(15_000)).await;
+    let d = decide_with(&s, &authn, &quotas, &ask(15_000)).await;
     assert_eq!(d.status, 200, "{d:?}");
-    let d = portcullis::pipeline::decide(&s, &authn, &quotas, &ask(15_000)).await;
+    let d = decide_with(&s, &authn, &quotas, &ask(15_000)).await;
     assert_eq!(d.reason, Some(DenyReason::QuotaExceeded), "{d:?}");
     assert!(d
         .quota
@@ -520,16 +475,28 @@ fn decision_cache_hits_only_on_identical_inputs_and_dies_with_its_snapshot() {
         })
     };
     let alice = user("alice", Some("acme"));
-    let first = authorize(&snapshot, &alice, "invoke", resource.clone(), context(10));
+    let first = authorize(
+        snapshot.authz(),
+        &alice,
+        "invoke",
+        resource.clone(),
+        context(10),
+    );
     assert_eq!(snapshot.prepared.cache_stats(), (0, 1));
-    let again = authorize(&snapshot, &alice, "invoke", resource.clone(), context(10));
+    let again = authorize(
+        snapshot.authz(),
+        &alice,
+        "invoke",
+        resource.clone(),
+        context(10),
+    );
     assert_eq!(snapshot.prepared.cache_stats(), (1, 1));
     assert_eq!(first, again);
     assert!(first.0.allowed, "{first:?}");
     // Other parents: alice outside acme may not invoke acme's model.
     let outsider = user("alice", Some("globex"));
     let other = authorize(
-        &snapshot,
+        snapshot.authz(),
         &outsider,
         "invoke",
         resource.clone(),
@@ -538,11 +505,17 @@ fn decision_cache_hits_only_on_identical_inputs_and_dies_with_its_snapshot() {
     assert_eq!(snapshot.prepared.cache_stats(), (1, 2));
     assert!(!other.0.allowed, "{other:?}");
     // Another context is another key.
-    authorize(&snapshot, &alice, "invoke", resource.clone(), context(11));
+    authorize(
+        snapshot.authz(),
+        &alice,
+        "invoke",
+        resource.clone(),
+        context(11),
+    );
     assert_eq!(snapshot.prepared.cache_stats(), (1, 3));
     // A fresh snapshot (a reload) starts with an empty cache.
     let reloaded = bundled();
-    authorize(&reloaded, &alice, "invoke", resource, context(10));
+    authorize(reloaded.authz(), &alice, "invoke", resource, context(10));
     assert_eq!(reloaded.prepared.cache_stats(), (0, 1));
 }
 
@@ -552,7 +525,7 @@ fn context_risk_goes_only_to_actions_whose_schema_declares_it() {
     let s = bundled();
     assert!(s.risk_actions.contains("invoke"), "{:?}", s.risk_actions);
     // ...a schema written before it existed still loads, without it.
-    let old = Snapshot::load(&root().join("tests/fixtures/policies-erroring-forbid")).unwrap();
+    let old = Snapshot::load(&support::fixture("policies-erroring-forbid")).unwrap();
     assert!(old.risk_actions.is_empty(), "{:?}", old.risk_actions);
 }
 

@@ -4,20 +4,20 @@
 //! decision record per decision under load, a `kill -9` mid-run, and
 //! tampering named by `Verify` and by `portcullis audit verify`.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use serde_json::{json, Value};
-use support::{kill_9, token, tool, write_config_with, Portcullis};
 use tempfile::TempDir;
+
+use crate::support::{
+    self, as_user, grpcurl, grpcurl_output, kill_9, token, write_config_with, Check, Portcullis,
+};
 
 const ADMIN: &str = "portcullis.admin.v1";
 
@@ -67,28 +67,6 @@ impl Setup {
     }
 }
 
-fn grpcurl_output(args: &[&str]) -> Output {
-    Command::new(tool("grpcurl"))
-        .args(["-plaintext", "-connect-timeout", "5", "-max-time", "15"])
-        .args(args)
-        .output()
-        .expect("run grpcurl")
-}
-
-/// grpcurl that must succeed; returns stdout.
-fn grpcurl(pdp: &Portcullis, args: &[&str]) -> String {
-    let output = grpcurl_output(args);
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}\nportcullis stderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        pdp.stderr()
-    );
-    stdout
-}
-
 /// Calls an admin method as `who` (None: no credentials) and parses the
 /// JSON reply.
 fn admin(pdp: &mut Portcullis, who: Option<&str>, method: &str, body: &Value) -> Value {
@@ -124,21 +102,7 @@ fn admin_refused(pdp: &mut Portcullis, header: Option<String>, method: &str) -> 
 }
 
 fn check_request(path: &str, request_id: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    id: request_id.into(),
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "api.test".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    Check::get(path).id(request_id).build()
 }
 
 /// Sends `n` Check calls, at most `concurrency` at a time; returns the
@@ -643,13 +607,12 @@ async fn tail_streams_new_decision_records() {
     let mut client = AuditServiceClient::connect(format!("http://{admin_addr}"))
         .await
         .unwrap();
-    let mut request = tonic::Request::new(TailRequest {
-        kind: "decision".into(),
-        ..Default::default()
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", token("dave")).parse().unwrap(),
+    let request = as_user(
+        TailRequest {
+            kind: "decision".into(),
+            ..Default::default()
+        },
+        "dave",
     );
     let mut stream = client.tail(request).await.expect("Tail opens").into_inner();
 
@@ -678,11 +641,7 @@ async fn tail_streams_new_decision_records() {
 fn policy_reloads_and_rejections_are_recorded() {
     let setup = Setup::with_extra(1000, "reload:\n  watch: false\n");
     let policies = setup.dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    for entry in std::fs::read_dir(support::policies_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        support::copy_policy_entry(&path, &policies);
-    }
+    support::copy_bundled_policies(&policies);
     let mut pdp = setup.start_with(&["--policies", policies.to_str().unwrap()]);
 
     let platform = policies.join("platform.cedar");
@@ -796,11 +755,7 @@ async fn a_tail_that_falls_behind_ends_with_data_loss_never_silently() {
         .await
         .unwrap();
     let mut client = AuditServiceClient::new(channel);
-    let mut request = tonic::Request::new(TailRequest::default());
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", token("dave")).parse().unwrap(),
-    );
+    let request = as_user(TailRequest::default(), "dave");
     let mut stream = client.tail(request).await.expect("Tail opens").into_inner();
     // Not reading while far more records than the tail buffers are written.
     decisions(pdp.addr(), 2_000, 16).await;

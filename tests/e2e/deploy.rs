@@ -3,37 +3,44 @@
 //! required fields for the Kubernetes manifests and the Dockerfile (no
 //! container engine or cluster runs on this machine).
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
 use portcullis::config::Config;
 use serde_yaml_ng::Value;
 
+use crate::support;
+
 fn deploy(file: &str) -> std::path::PathBuf {
     support::repo().join("deploy").join(file)
 }
 
-#[test]
-fn envoy_accepts_deploy_envoy_yaml() {
+/// Runs `envoy --mode validate` on `deploy/<file>`; panics with Envoy's
+/// output when it rejects the file.
+fn assert_envoy_accepts(file: &str) {
     let out = Command::new(support::tool("envoy"))
         .args(["--mode", "validate", "-l", "error", "-c"])
-        .arg(deploy("envoy.yaml"))
+        .arg(deploy(file))
         .output()
         .expect("run envoy");
     assert!(
         out.status.success(),
-        "envoy --mode validate rejected deploy/envoy.yaml:\n{}{}",
+        "envoy --mode validate rejected deploy/{file}:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
 #[test]
+fn envoy_accepts_deploy_envoy_yaml() {
+    assert_envoy_accepts("envoy.yaml");
+}
+
+#[test]
 fn example_config_loads_and_its_policies_validate() {
     let config = Config::load(&deploy("portcullis.yaml")).expect("deploy/portcullis.yaml loads");
-    portcullis::snapshot::Snapshot::load(&config.policies).expect("its policy directory loads");
+    portcullis::policy::snapshot::Snapshot::load(&config.policies)
+        .expect("its policy directory loads");
     portcullis::authn::Authenticator::new(&config.authentication).expect("its issuers load");
 }
 
@@ -200,16 +207,19 @@ fn configmap_carries_a_valid_portcullis_config() {
 fn network_policy_admits_only_the_gateway_to_the_decision_port() {
     let n = manifest("networkpolicy.yaml");
     let rules = get(&n, "spec.ingress").as_sequence().unwrap();
-    let decision: Vec<_> = rules
-        .iter()
-        .filter(|r| {
-            r["ports"]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .any(|p| p["port"].as_u64() == Some(50051))
-        })
-        .collect();
+    let to_port = |port: u64| -> Vec<&Value> {
+        rules
+            .iter()
+            .filter(|r| {
+                r["ports"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["port"].as_u64() == Some(port))
+            })
+            .collect()
+    };
+    let decision = to_port(50051);
     assert_eq!(decision.len(), 1);
     let labels = &decision[0]["from"][0]["podSelector"]["matchLabels"];
     assert_eq!(
@@ -217,16 +227,7 @@ fn network_policy_admits_only_the_gateway_to_the_decision_port() {
         Some("envoy-gateway")
     );
     // Only Prometheus scrapes the operations port.
-    let metrics: Vec<_> = rules
-        .iter()
-        .filter(|r| {
-            r["ports"]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .any(|p| p["port"].as_u64() == Some(9090))
-        })
-        .collect();
+    let metrics = to_port(9090);
     assert_eq!(metrics.len(), 1);
     assert_eq!(
         metrics[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
@@ -263,18 +264,9 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
 
 #[test]
 fn envoy_accepts_the_compose_config() {
-    // (deploy/envoy-mtls.yaml names certificate files; tests/tls_listener.rs
+    // (deploy/envoy-mtls.yaml names certificate files; tests/e2e/tls_listener.rs
     // runs it with generated ones.)
-    let out = Command::new(support::tool("envoy"))
-        .args(["--mode", "validate", "-l", "error", "-c"])
-        .arg(deploy("compose/envoy.yaml"))
-        .output()
-        .expect("run envoy");
-    assert!(
-        out.status.success(),
-        "envoy --mode validate rejected deploy/compose/envoy.yaml:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_envoy_accepts("compose/envoy.yaml");
 }
 
 fn yaml(file: &str) -> Value {

@@ -2,62 +2,38 @@
 //! traffic shows the expected counts, `/healthz` and `/readyz` answer, and
 //! readiness follows the backends (unfetched JWKS, a dead Redis).
 
-mod support;
-
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use portcullis::proto::audit_service_client::AuditServiceClient;
 use portcullis::proto::{QueryRequest, VerifyRequest};
-use support::{metric, mint, parse_metrics, Key, Portcullis};
 
-fn check_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: "api.test".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .chain(
-                            (method == "POST")
-                                .then(|| ("content-type".to_string(), "application/json".into())),
-                        )
-                        .collect(),
-                    // POSTs go to the predict route, which validates its body.
-                    raw_body: if method == "POST" {
-                        br#"{"features": ["great service"]}"#.to_vec()
-                    } else {
-                        Vec::new()
-                    },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+use crate::support::{
+    self, as_user, http_status, metric, mint, parse_metrics, Check, Key, Portcullis,
+};
+
+/// A predict call with these headers.
+fn predict(headers: &[(&str, &str)]) -> CheckRequest {
+    Check::predict().headers(headers).build()
+}
+
+/// A client of `pdp`'s audit API.
+async fn auditor(pdp: &mut Portcullis) -> AuditServiceClient<tonic::transport::Channel> {
+    let admin = pdp.listener("admin");
+    AuditServiceClient::connect(format!("http://{admin}"))
+        .await
+        .unwrap()
 }
 
 async fn status_of(
     client: &mut AuthorizationClient<tonic::transport::Channel>,
     req: CheckRequest,
 ) -> u16 {
-    let resp = client.check(req).await.expect("Check answers").into_inner();
-    match resp.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(d)) => d.status.unwrap().code as u16,
-        other => panic!("unexpected answer {other:?}"),
-    }
+    http_status(&client.check(req).await.expect("Check answers").into_inner())
 }
 
 fn rls_request(hits: u32) -> RateLimitRequest {
@@ -73,20 +49,6 @@ fn rls_request(hits: u32) -> RateLimitRequest {
         hits_addend: hits,
     }
 }
-
-/// `msg` with dave's (an auditor's) bearer token.
-fn auditor<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", support::token("dave"))
-            .parse()
-            .unwrap(),
-    );
-    r
-}
-
-const PREDICT: &str = "/v1/models/sentiment/versions/v2:predict";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_known_traffic_show_the_expected_counts() {
@@ -107,31 +69,24 @@ async fn metrics_after_known_traffic_show_the_expected_counts() {
     for i in 0..3 {
         let traceparent = format!("00-4bf92f3577b34da6a3ce929d0e0e473{i}-00f067aa0ba902b7-01");
         let request_id = format!("req-{i}");
-        let req = check_request(
-            "POST",
-            PREDICT,
-            &[
-                ("authorization", &alice),
-                ("traceparent", &traceparent),
-                ("x-request-id", &request_id),
-            ],
-        );
+        let req = predict(&[
+            ("authorization", &alice),
+            ("traceparent", &traceparent),
+            ("x-request-id", &request_id),
+        ]);
         assert_eq!(status_of(&mut client, req).await, 200);
     }
     for _ in 0..2 {
-        let req = check_request("POST", PREDICT, &[("authorization", &bob)]);
+        let req = predict(&[("authorization", &bob)]);
         assert_eq!(status_of(&mut client, req).await, 403);
     }
-    assert_eq!(
-        status_of(&mut client, check_request("POST", PREDICT, &[])).await,
-        401
-    );
+    assert_eq!(status_of(&mut client, predict(&[])).await, 401);
     for _ in 0..2 {
-        let req = check_request("POST", PREDICT, &[("authorization", &forged)]);
+        let req = predict(&[("authorization", &forged)]);
         assert_eq!(status_of(&mut client, req).await, 401);
     }
     assert_eq!(
-        status_of(&mut client, check_request("GET", "/nowhere", &[])).await,
+        status_of(&mut client, Check::get("/nowhere").build()).await,
         404
     );
     // RLS: 50 of the address's 50 per second, then 40 more, which would
@@ -265,16 +220,16 @@ async fn metrics_after_known_traffic_show_the_expected_counts() {
 
     // The trace context reached the audit records, and the chain with the
     // new field still verifies.
-    let admin = pdp.listener("admin");
-    let mut audit = AuditServiceClient::connect(format!("http://{admin}"))
-        .await
-        .unwrap();
+    let mut audit = auditor(&mut pdp).await;
     let records = audit
-        .query(auditor(QueryRequest {
-            principal: "User::\"alice\"".into(),
-            kind: "decision".into(),
-            ..Default::default()
-        }))
+        .query(as_user(
+            QueryRequest {
+                principal: "User::\"alice\"".into(),
+                kind: "decision".into(),
+                ..Default::default()
+            },
+            "dave",
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -294,7 +249,7 @@ async fn metrics_after_known_traffic_show_the_expected_counts() {
             .collect::<Vec<_>>()
     );
     let verified = audit
-        .verify(auditor(VerifyRequest::default()))
+        .verify(as_user(VerifyRequest::default(), "dave"))
         .await
         .unwrap()
         .into_inner();
@@ -313,13 +268,7 @@ fn readyz_is_503_while_an_issuers_keys_were_never_fetched() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("portcullis.yaml");
     let yaml = format!(
-        r#"
-listen: "127.0.0.1:0"
-admin_listen: "127.0.0.1:0"
-http_listen: "127.0.0.1:0"
-policies: "{policies}"
-reload: {{ watch: false }}
-authentication:
+        r#"{head}authentication:
   jwks:
     fetch_timeout_ms: 200
     retry_seconds: 1
@@ -329,7 +278,7 @@ authentication:
       jwks_url: "{jwks}"
       algorithms: [ES256]
 "#,
-        policies = support::policies_dir().display(),
+        head = support::server_yaml(),
         issuer = idp.issuer(),
         jwks = idp.jwks_url(),
     );
@@ -397,7 +346,7 @@ async fn an_anomaly_shows_in_metrics_and_the_audit_trail() {
     let bob = format!("Bearer {}", support::token("bob"));
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let req = check_request("POST", PREDICT, &[("authorization", &bob)]);
+        let req = predict(&[("authorization", &bob)]);
         statuses.push(status_of(&mut client, req).await);
     }
     assert_eq!(statuses, [403, 403, 403, 429]);
@@ -420,15 +369,15 @@ async fn an_anomaly_shows_in_metrics_and_the_audit_trail() {
         ),
         1.0
     );
-    let admin = pdp.listener("admin");
-    let mut audit = AuditServiceClient::connect(format!("http://{admin}"))
+    let records = auditor(&mut pdp)
         .await
-        .unwrap();
-    let records = audit
-        .query(auditor(QueryRequest {
-            kind: "anomaly".into(),
-            ..Default::default()
-        }))
+        .query(as_user(
+            QueryRequest {
+                kind: "anomaly".into(),
+                ..Default::default()
+            },
+            "dave",
+        ))
         .await
         .unwrap()
         .into_inner()

@@ -1,72 +1,36 @@
 //! The gRPC server in process on 127.0.0.1:0, called with tonic clients:
 //! ext_authz Check, health, the admin API, hot reload and shutdown.
 
-use std::path::{Path, PathBuf};
-
-mod support;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use portcullis::config::Config;
+use portcullis::policy::reload::ReloadConfig;
 use portcullis::proto::policy_service_client::PolicyServiceClient;
 use portcullis::proto::GetVersionRequest;
-use portcullis::server::{self, Running};
 
-fn bundled() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")
-}
+use crate::support::{
+    self, copy_bundled_policies, http_status, policies_dir, Check, TestServer, PREDICT,
+};
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        support::copy_policy_entry(&entry.path(), to);
-    }
-}
-
-async fn start(policies: &Path) -> Running {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        policies: policies.to_path_buf(),
-        reload: portcullis::config::ReloadConfig {
+/// A server in process on `policies`, watching them for changes.
+async fn start(policies: &Path) -> TestServer {
+    TestServer::start(Config {
+        reload: ReloadConfig {
             watch: true,
             debounce_ms: 100,
             poll_seconds: 0,
         },
-        // Each server its own audit trail (a directory takes one writer).
-        audit: portcullis::config::AuditConfig {
-            directory: tempfile::tempdir().unwrap().keep(),
-            ..Default::default()
-        },
-        ..Config::default()
-    };
-    server::start(&config).await.expect("server starts")
+        ..support::in_process_config(policies)
+    })
+    .await
 }
 
-fn check_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: "api.test".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+fn status_check() -> CheckRequest {
+    Check::get("/v1/status").build()
 }
 
 async fn check(
@@ -80,26 +44,18 @@ async fn check(
         .into_inner()
 }
 
-fn http_status(resp: &CheckResponse) -> u16 {
-    match &resp.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().unwrap().code as u16,
-        other => panic!("unexpected http_response {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn check_allows_and_denies_over_grpc() {
-    let running = start(&bundled()).await;
+    let running = start(&policies_dir()).await;
     let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
         .await
         .unwrap();
 
-    let ok = check(&mut client, check_request("GET", "/v1/status", &[])).await;
+    let ok = check(&mut client, status_check()).await;
     assert_eq!(ok.status.as_ref().unwrap().code, 0);
     assert_eq!(http_status(&ok), 200);
 
-    let not_found = check(&mut client, check_request("GET", "/nope", &[])).await;
+    let not_found = check(&mut client, Check::get("/nope").build()).await;
     assert_eq!(http_status(&not_found), 404);
     let Some(HttpResponse::DeniedResponse(denied)) = &not_found.http_response else {
         unreachable!()
@@ -108,11 +64,7 @@ async fn check_allows_and_denies_over_grpc() {
     assert_eq!(body["status"], 404);
     assert!(body["decision_id"].as_str().is_some_and(|s| !s.is_empty()));
 
-    let unauthenticated = check(
-        &mut client,
-        check_request("POST", "/v1/models/sentiment/versions/v2:predict", &[]),
-    )
-    .await;
+    let unauthenticated = check(&mut client, Check::post(PREDICT).build()).await;
     assert_eq!(http_status(&unauthenticated), 401);
     assert_eq!(unauthenticated.status.unwrap().code, 16);
 
@@ -121,7 +73,7 @@ async fn check_allows_and_denies_over_grpc() {
 
 #[tokio::test]
 async fn malformed_check_request_is_a_grpc_error_never_an_allow() {
-    let running = start(&bundled()).await;
+    let running = start(&policies_dir()).await;
     let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
         .await
         .unwrap();
@@ -133,7 +85,7 @@ async fn malformed_check_request_is_a_grpc_error_never_an_allow() {
 
 #[tokio::test]
 async fn health_reports_serving_on_both_listeners() {
-    let running = start(&bundled()).await;
+    let running = start(&policies_dir()).await;
     for addr in [running.decision_addr, running.admin_addr] {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
@@ -185,7 +137,7 @@ where
 #[tokio::test]
 async fn hot_reload_applies_valid_changes_and_keeps_last_good_on_errors() {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&bundled(), dir.path());
+    copy_bundled_policies(dir.path());
     let running = start(dir.path()).await;
     let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
         .await
@@ -208,9 +160,7 @@ async fn hot_reload_applies_valid_changes_and_keeps_last_good_on_errors() {
     std::fs::write(&platform, &edited).unwrap();
     let changed = eventually(Duration::from_secs(2), || {
         let mut client = client.clone();
-        async move {
-            http_status(&check(&mut client, check_request("GET", "/v1/status", &[])).await) == 403
-        }
+        async move { http_status(&check(&mut client, status_check()).await) == 403 }
     })
     .await;
     assert!(changed, "the edited policy did not take effect within 2 s");
@@ -244,10 +194,7 @@ async fn hot_reload_applies_valid_changes_and_keeps_last_good_on_errors() {
         "{:?}",
         v2.last_reload_errors
     );
-    assert_eq!(
-        http_status(&check(&mut client, check_request("GET", "/v1/status", &[])).await),
-        403
-    );
+    assert_eq!(http_status(&check(&mut client, status_check()).await), 403);
 
     running.shutdown().await.unwrap();
 }
@@ -255,21 +202,17 @@ async fn hot_reload_applies_valid_changes_and_keeps_last_good_on_errors() {
 #[tokio::test]
 async fn invalid_policy_directory_refuses_to_start_listing_every_error() {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&bundled(), dir.path());
+    copy_bundled_policies(dir.path());
     std::fs::write(
         dir.path().join("bad.cedar"),
         "permit (principal, action, resource) when { x };\n",
     )
     .unwrap();
     std::fs::remove_file(dir.path().join("routes.yaml")).unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        policies: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    let err = server::start(&config).await.unwrap_err().to_string();
+    let err = TestServer::try_start(support::in_process_config(dir.path()))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bad.cedar:1"), "{err}");
     assert!(err.contains("routes.yaml"), "{err}");
 }
@@ -280,8 +223,8 @@ async fn polling_follows_a_symlink_swap_that_file_watching_misses() {
     // symlink; the directory the watcher watches never changes.
     let root = tempfile::tempdir().unwrap();
     let (a, b) = (root.path().join("rev-a"), root.path().join("rev-b"));
-    copy_dir(&bundled(), &a);
-    copy_dir(&bundled(), &b);
+    copy_bundled_policies(&a);
+    copy_bundled_policies(&b);
     let platform = b.join("platform.cedar");
     let text = std::fs::read_to_string(&platform).unwrap();
     std::fs::write(
@@ -295,30 +238,19 @@ async fn polling_follows_a_symlink_swap_that_file_watching_misses() {
     let current = root.path().join("current");
     std::os::unix::fs::symlink(&a, &current).unwrap();
 
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        policies: current.clone(),
-        reload: portcullis::config::ReloadConfig {
+    let running = TestServer::start(Config {
+        reload: ReloadConfig {
             watch: false,
             debounce_ms: 100,
             poll_seconds: 1,
         },
-        audit: portcullis::config::AuditConfig {
-            directory: tempfile::tempdir().unwrap().keep(),
-            ..Default::default()
-        },
-        ..Config::default()
-    };
-    let running = server::start(&config).await.unwrap();
+        ..support::in_process_config(&current)
+    })
+    .await;
     let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
         .await
         .unwrap();
-    assert_eq!(
-        http_status(&check(&mut client, check_request("GET", "/v1/status", &[])).await),
-        200
-    );
+    assert_eq!(http_status(&check(&mut client, status_check()).await), 200);
 
     // Atomic swap: a new link renamed over the old one.
     let next = root.path().join("current.next");
@@ -326,9 +258,7 @@ async fn polling_follows_a_symlink_swap_that_file_watching_misses() {
     std::fs::rename(&next, &current).unwrap();
     let swapped = eventually(Duration::from_secs(5), || {
         let mut client = client.clone();
-        async move {
-            http_status(&check(&mut client, check_request("GET", "/v1/status", &[])).await) == 403
-        }
+        async move { http_status(&check(&mut client, status_check()).await) == 403 }
     })
     .await;
     assert!(swapped, "the swapped-in version did not serve within 5 s");
@@ -338,36 +268,27 @@ async fn polling_follows_a_symlink_swap_that_file_watching_misses() {
 #[tokio::test]
 async fn a_context_claim_the_schema_does_not_declare_stops_startup_and_reload() {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&bundled(), dir.path());
+    copy_bundled_policies(dir.path());
     let config = |claims: &str| {
         Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        policies: dir.path().to_path_buf(),
-        reload: portcullis::config::ReloadConfig {
+        reload: ReloadConfig {
             watch: false,
             ..Default::default()
         },
-        authentication: portcullis::config::AuthnConfig {
+        authentication: portcullis::authn::config::AuthnConfig {
             jwt: vec![serde_yaml_ng::from_str(&format!(
                 "issuer: https://idp.example/\naudiences: [portcullis]\njwks_file: {}\ncontext_claims: {claims}\n",
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/fixtures/keys/test-issuer.jwks.json")
-                    .display()
+                support::fixture("keys/test-issuer.jwks.json").display()
             ))
             .unwrap()],
             ..Default::default()
         },
-        audit: portcullis::config::AuditConfig {
-            directory: tempfile::tempdir().unwrap().keep(),
-            ..Default::default()
-        },
-        ..Config::default()
+        ..support::in_process_config(dir.path())
     }
     };
 
     // `team` is not in the bundled schema's token.claims record.
-    let err = server::start(&config("[tier, team]"))
+    let err = TestServer::try_start(config("[tier, team]"))
         .await
         .unwrap_err()
         .to_string();
@@ -380,7 +301,7 @@ async fn a_context_claim_the_schema_does_not_declare_stops_startup_and_reload() 
 
     // Declared: it starts. A reload whose schema drops the claim is
     // rejected and the last good snapshot keeps serving.
-    let running = server::start(&config("[tier]")).await.expect("starts");
+    let running = TestServer::start(config("[tier]")).await;
     let before = running.state.policies.current().version.clone();
     let schema = dir.path().join("schema.cedarschema");
     let text = std::fs::read_to_string(&schema).unwrap();

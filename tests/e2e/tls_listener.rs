@@ -4,15 +4,12 @@
 //! end, the real Envoy with `deploy/envoy-mtls.yaml` calls Portcullis with
 //! its client certificate and requests flow.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portcullis::config::Config;
-use support::{
-    claims, mint, policies_dir, tool, Envoy, HttpRequest, Key, Portcullis, TestPki, Upstream,
+use crate::support::{
+    self, claims, mint, tool, Envoy, HttpRequest, Key, Portcullis, TestPki, TestServer, Upstream,
 };
 
 fn tls_yaml(pki: &TestPki, client_ca: &Path) -> String {
@@ -70,16 +67,8 @@ async fn mtls_listener_admits_only_clients_of_the_configured_ca() {
     let pki = TestPki::generate();
     let client_ca = pki.dir.path().join("client-ca.pem");
     std::fs::copy(&pki.ca, &client_ca).unwrap();
-    let yaml = format!(
-        "listen: \"127.0.0.1:0\"\nadmin_listen: \"127.0.0.1:0\"\nhttp_listen: \"127.0.0.1:0\"\npolicies: \"{}\"\nreload: {{ watch: false }}\n{}",
-        policies_dir().display(),
-        tls_yaml(&pki, &client_ca)
-    );
-    let mut config = Config::parse(&yaml, Path::new("tls.yaml")).unwrap();
-    config.check(Path::new("tls.yaml")).unwrap();
-    // Each server its own audit trail (a directory takes one writer).
-    config.audit.directory = tempfile::tempdir().unwrap().keep();
-    let running = portcullis::server::start(&config).await.unwrap();
+    let yaml = format!("{}{}", support::server_yaml(), tls_yaml(&pki, &client_ca));
+    let running = TestServer::start(support::parse_config(&yaml, "tls.yaml")).await;
     let addr = running.decision_addr;
 
     let good = client_flags(&pki, &pki.client_cert, &pki.client_key);
@@ -136,10 +125,7 @@ fn envoy_calls_portcullis_over_mtls_end_to_end() {
     let pki = TestPki::generate();
     let dir = tempfile::tempdir().unwrap();
     // The usual test config (fixture issuer, bundled policies) plus TLS.
-    let config = support::write_config(dir.path());
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&tls_yaml(&pki, &pki.ca));
-    std::fs::write(&config, text).unwrap();
+    let config = support::write_config_with(dir.path(), &tls_yaml(&pki, &pki.ca));
 
     let upstream = Upstream::start();
     let pdp = Portcullis::start(&["--config", config.to_str().unwrap()]);

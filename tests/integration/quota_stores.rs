@@ -1,18 +1,16 @@
 //! The quota suite, run against both stores (in-process and a real
 //! `redis-server`), plus Redis-only exactness and fault injection.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis::quota::gcra::Rate;
 use portcullis::quota::local::LocalStore;
 use portcullis::quota::redis::RedisStore;
-use portcullis::quota::{
-    Charge, Enforced, ManualClock, OnStoreError, QuotaStore, Quotas, SystemClock,
-};
-use support::RedisServer;
+use portcullis::quota::{Charge, Enforced, OnStoreError, QuotaStore, Quotas};
+use portcullis::time::{ManualClock, SystemClock};
+
+use crate::support::{self, RedisServer};
 
 const HOUR_US: u64 = 3_600_000_000;
 

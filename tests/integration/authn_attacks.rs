@@ -5,26 +5,16 @@
 //! 5xx, never a panic, never an echo of the token — and no header may make
 //! Portcullis fetch anything.
 
-mod support;
-
-use std::path::Path;
-use std::sync::Arc;
-
 use base64::Engine;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use portcullis::adapters::extauthz::AuthzService;
 use portcullis::authn::Authenticator;
-use portcullis::config::Config;
-use portcullis::extauthz::AuthzService;
-use portcullis::reload::PolicyStore;
-use portcullis::server::State;
 use serde_json::{json, Value};
-use support::{now, policies_dir, sign_raw_es256, IdentityProvider};
 
-const PREDICT: &str = "/v1/models/sentiment/versions/v2:predict";
+use crate::support::{self, now, sign_raw_es256, Check, IdentityProvider, PREDICT, PREDICT_BODY};
+
 const ATTACKER_JWKS: &str = "/attacker/jwks.json";
 
 fn b64(s: &str) -> String {
@@ -46,56 +36,24 @@ authentication:
 "#,
         issuer = idp.issuer()
     );
-    let config = Config::parse(&yaml, Path::new("attack.yaml")).unwrap();
-    config.check(Path::new("attack.yaml")).unwrap();
+    let config = support::parse_config(&yaml, "attack.yaml");
     let authenticator = Authenticator::new(&config.authentication).unwrap();
     authenticator.prefetch().await;
     assert!(authenticator.unready_issuers().is_empty(), "keys fetched");
-    let audit = support::TestAudit::start();
-    let service = AuthzService::new(Arc::new(State {
-        policies: Arc::new(PolicyStore::load(&policies_dir()).unwrap()),
-        authenticator,
-        audit: audit.sink.clone(),
-        quotas: portcullis::quota::Quotas::in_process(1024),
-        anomalies: None,
-        residency: Default::default(),
-    }));
-    (service, audit)
+    support::authz_service(authenticator, None)
 }
 
 /// A Check for a predict call with these header values (repeats allowed,
 /// sent as Envoy sends raw headers: `header_map` with byte values).
 fn check_request(headers: &[(&str, Vec<u8>)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: PREDICT.into(),
-                    host: "api.test".into(),
-                    header_map: Some(HeaderMap {
-                        headers: headers
-                            .iter()
-                            .map(|(k, v)| HeaderValue {
-                                key: k.to_string(),
-                                raw_value: v.clone(),
-                                ..Default::default()
-                            })
-                            .chain(std::iter::once(HeaderValue {
-                                key: "content-type".into(),
-                                raw_value: b"application/json".to_vec(),
-                                ..Default::default()
-                            }))
-                            .collect(),
-                    }),
-                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    headers
+        .iter()
+        .fold(Check::post(PREDICT), |check, (name, value)| {
+            check.raw_header(name, value)
+        })
+        .raw_header("content-type", b"application/json")
+        .raw_body(PREDICT_BODY)
+        .build()
 }
 
 async fn check(service: &AuthzService, headers: &[(&str, Vec<u8>)]) -> CheckResponse {

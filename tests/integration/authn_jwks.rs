@@ -5,33 +5,21 @@
 //! unreachable at startup leaves the Authorization service NOT_SERVING
 //! until it answers. Waits poll with deadlines; no logic sleeps.
 
-mod support;
-
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use portcullis::config::Config;
-use portcullis::server::{self, Running};
 use serde_json::json;
-use support::{now, policies_dir, sign_raw_es256, IdentityProvider};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use crate::support::{
+    self, check_at, http_status, now, sign_raw_es256, Check, IdentityProvider, TestServer,
+};
+
 const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
-async fn start(idp: &IdentityProvider, max_staleness_seconds: u64) -> Running {
+async fn start(idp: &IdentityProvider, max_staleness_seconds: u64) -> TestServer {
     let yaml = format!(
-        r#"
-listen: "127.0.0.1:0"
-admin_listen: "127.0.0.1:0"
-http_listen: "127.0.0.1:0"
-policies: "{policies}"
-reload: {{ watch: false }}
-authentication:
+        r#"{head}authentication:
   jwks:
     fetch_timeout_ms: 500
     min_refresh_seconds: 1
@@ -46,15 +34,11 @@ authentication:
       algorithms: [ES256]
       org_claim: org
 "#,
-        policies = policies_dir().display(),
+        head = support::server_yaml(),
         issuer = idp.issuer(),
         jwks = idp.jwks_url(),
     );
-    let mut config = Config::parse(&yaml, Path::new("jwks.yaml")).unwrap();
-    config.check(Path::new("jwks.yaml")).unwrap();
-    // Each server its own audit trail (a directory takes one writer).
-    config.audit.directory = tempfile::tempdir().unwrap().keep();
-    server::start(&config).await.expect("server starts")
+    TestServer::start(support::parse_config(&yaml, "jwks.yaml")).await
 }
 
 /// A fresh token (unique `jti`, so the verified-token cache never answers)
@@ -71,39 +55,12 @@ fn token(idp: &IdentityProvider, kid: &str, pem: &str) -> String {
     )
 }
 
-async fn status(running: &Running, token: String) -> u16 {
-    let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
-        .await
-        .unwrap();
-    let req = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/v1/models/sentiment/versions/v2:predict".into(),
-                    host: "api.test".into(),
-                    headers: [
-                        ("authorization".to_string(), format!("Bearer {token}")),
-                        ("content-type".to_string(), "application/json".to_string()),
-                    ]
-                    .into_iter()
-                    .collect(),
-                    raw_body: br#"{"features": ["great service"]}"#.to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    };
-    match client.check(req).await.unwrap().into_inner().http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(d)) => d.status.unwrap().code as u16,
-        other => panic!("unexpected http_response {other:?}"),
-    }
+async fn status(running: &TestServer, token: String) -> u16 {
+    let request = Check::predict().bearer(&token).build();
+    http_status(&check_at(running.decision_addr, request).await)
 }
 
-async fn health(running: &Running) -> i32 {
+async fn health(running: &TestServer) -> i32 {
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{}", running.decision_addr))
             .unwrap()

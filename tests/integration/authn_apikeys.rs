@@ -3,17 +3,15 @@
 //! let an App with the invoke scope invoke its org's models; unknown,
 //! revoked (after a reload) and expired keys are 401.
 
-mod support;
-
 use std::process::Command;
 
+use portcullis::authn::config::{ApiKeyConfig, AuthnConfig};
 use portcullis::authn::Authenticator;
-use portcullis::config::{ApiKeyConfig, AuthnConfig};
 use portcullis::decision::DenyReason;
+use portcullis::policy::snapshot::Snapshot;
 use portcullis::request::AccessRequest;
-use portcullis::snapshot::Snapshot;
-use support::decide;
-use support::policies_dir;
+
+use crate::support::{self, decide, policies_dir};
 
 /// Runs `portcullis apikey new`; returns (key, entry line).
 fn new_key(args: &[&str]) -> (String, String) {
@@ -46,8 +44,7 @@ fn new_key(args: &[&str]) -> (String, String) {
 }
 
 fn predict(key: &str) -> AccessRequest {
-    let mut r = AccessRequest::for_test("POST", "/v1/models/sentiment/versions/v2:predict")
-        .with_json(&serde_json::json!({"features": ["great service"]}));
+    let mut r = support::predict_access();
     r.headers.insert("x-api-key".into(), key.into());
     r
 }
@@ -120,7 +117,8 @@ async fn api_keys_valid_unknown_revoked_expired() {
     )
     .unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let tasks = authn.spawn_refresh(&cancel);
+    let tasks = tokio_util::task::TaskTracker::new();
+    authn.spawn_refresh(&tasks, &cancel);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let d = decide(&s, &authn, &predict(&scoped)).await;
@@ -135,9 +133,8 @@ async fn api_keys_valid_unknown_revoked_expired() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     cancel.cancel();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// Signed payloads for an app that must sign (authentication.signatures):
@@ -145,8 +142,8 @@ async fn api_keys_valid_unknown_revoked_expired() {
 /// expired timestamp are refused with 401 invalid_signature.
 #[tokio::test]
 async fn an_app_that_must_sign_is_refused_without_a_valid_fresh_signature() {
+    use portcullis::authn::config::{SignatureConfig, SignedAppConfig};
     use portcullis::authn::signature::sign;
-    use portcullis::config::{SignatureConfig, SignedAppConfig};
 
     let (key, entry) = new_key(&[
         "--app",

@@ -2,64 +2,39 @@
 //! quotas inside ext_authz `Check`, with the in-process store and with a
 //! real Redis.
 
-mod support;
+use std::path::Path;
 
-use std::path::{Path, PathBuf};
-
-use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::config::core::v3::{Address as CoreAddress, SocketAddress};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
-use portcullis::config::{Config, QuotaSettings, QuotaStoreKind};
-use portcullis::server::{self, Running};
-use support::RedisServer;
+use portcullis::config::Config;
+use portcullis::quota::{QuotaSettings, QuotaStoreKind};
+
+use crate::support::{
+    self, check_at, http_status, Check, PolicyDir, RedisServer, TestServer, PREDICT,
+};
 
 const SERVICE_ACCOUNT: &str = "spiffe://acme.example/ns/ml/sa/batch-scorer";
 
 /// The bundled policies with the tight test quotas over them.
-fn policies(into: &Path) -> PathBuf {
-    let dir = into.join("policies");
-    std::fs::create_dir_all(dir.join("quotas")).unwrap();
-    for entry in std::fs::read_dir(support::policies_dir()).unwrap() {
-        let entry = entry.unwrap();
-        support::copy_policy_entry(&entry.path(), &dir);
-    }
-    std::fs::copy(
-        support::fixture("quotas/quotas.yaml"),
-        dir.join("quotas.yaml"),
-    )
-    .unwrap();
-    std::fs::copy(
-        support::fixture("quotas/quotas/messaging.yaml"),
-        dir.join("quotas/messaging.yaml"),
-    )
-    .unwrap();
-    dir
+fn quota_policies() -> PolicyDir {
+    PolicyDir::bundled()
+        .with_test_quotas()
+        .with_messaging_quotas()
 }
 
-async fn start(dir: &Path, quotas: QuotaSettings) -> Running {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        policies: policies(dir),
+/// A server in process on `policies` with these quota settings.
+async fn start(policies: &Path, quotas: QuotaSettings) -> TestServer {
+    TestServer::start(Config {
         quotas,
-        // Each server its own audit trail (a directory takes one writer).
-        audit: portcullis::config::AuditConfig {
-            directory: dir.join("audit"),
-            ..Default::default()
-        },
-        ..Config::default()
-    };
-    server::start(&config).await.expect("server starts")
+        ..support::in_process_config(policies)
+    })
+    .await
 }
 
 fn redis_settings(redis: &RedisServer) -> QuotaSettings {
@@ -93,7 +68,7 @@ fn rls_request(domain: &str, descriptors: &[&[(&str, &str)]], hits: u32) -> Rate
     }
 }
 
-async fn rls(running: &Running, req: RateLimitRequest) -> RateLimitResponse {
+async fn rls(running: &TestServer, req: RateLimitRequest) -> RateLimitResponse {
     let mut client = RateLimitServiceClient::connect(format!("http://{}", running.decision_addr))
         .await
         .unwrap();
@@ -116,7 +91,7 @@ fn rls_header(r: &RateLimitResponse, name: &str) -> Option<String> {
     )
 }
 
-async fn rls_suite(running: &Running) {
+async fn rls_suite(running: &TestServer) {
     // Two per hour per address; a descriptor without a limit is OK.
     let req = || {
         rls_request(
@@ -234,14 +209,14 @@ async fn rls_suite(running: &Running) {
 
 #[tokio::test]
 async fn rls_in_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), QuotaSettings::default()).await;
+    let policies = quota_policies();
+    let running = start(policies.path(), QuotaSettings::default()).await;
     rls_suite(&running).await;
-    running.shutdown().await.unwrap();
+    let audit = running.shutdown().await.unwrap();
 
     // Every RLS decision is in the audit trail (flushed at shutdown).
     let mut records = Vec::new();
-    for entry in std::fs::read_dir(dir.path().join("audit")).unwrap() {
+    for entry in std::fs::read_dir(audit.path()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "jsonl") {
             for line in std::fs::read_to_string(&path).unwrap().lines() {
@@ -269,14 +244,16 @@ async fn rls_in_process() {
 #[tokio::test]
 async fn rls_with_redis() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), redis_settings(&redis)).await;
+    let policies = quota_policies();
+    let running = start(policies.path(), redis_settings(&redis)).await;
     rls_suite(&running).await;
     running.shutdown().await.unwrap();
 }
 
 // --- in Check --------------------------------------------------------------
 
+/// A Check from the local gateway address, with the caller's mTLS
+/// `principal` when it has one.
 fn check_request(
     method: &str,
     path: &str,
@@ -284,43 +261,12 @@ fn check_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                principal: principal.unwrap_or_default().into(),
-                address: Some(CoreAddress {
-                    address: Some(Address::SocketAddress(SocketAddress {
-                        address: "127.0.0.1".into(),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: "api.test".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    raw_body: body.to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-fn status(r: &CheckResponse) -> u16 {
-    match &r.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().unwrap().code as u16,
-        other => panic!("unexpected {other:?}"),
-    }
+    Check::new(method, path)
+        .source("127.0.0.1")
+        .principal(principal.unwrap_or_default())
+        .headers(headers)
+        .raw_body(body)
+        .build()
 }
 
 /// Headers for the client: `response_headers_to_add` on an allow, the
@@ -339,20 +285,15 @@ fn client_header(r: &CheckResponse, name: &str) -> Option<String> {
     header(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), name)
 }
 
-async fn check(running: &Running, req: CheckRequest) -> CheckResponse {
-    let mut client = AuthorizationClient::connect(format!("http://{}", running.decision_addr))
-        .await
-        .unwrap();
-    client.check(req).await.unwrap().into_inner()
+async fn check(running: &TestServer, req: CheckRequest) -> CheckResponse {
+    check_at(running.decision_addr, req).await
 }
 
-const PREDICT: &str = "/v1/models/sentiment/versions/v2:predict";
-
-async fn check_suite(running: &Running) {
+async fn check_suite(running: &TestServer) {
     // Anonymous callers share one bucket of 3 an hour on /v1/status.
     for remaining in ["2", "1", "0"] {
         let r = check(running, check_request("GET", "/v1/status", None, &[], b"")).await;
-        assert_eq!(status(&r), 200);
+        assert_eq!(http_status(&r), 200);
         assert_eq!(
             client_header(&r, "ratelimit-remaining").as_deref(),
             Some(remaining)
@@ -360,7 +301,7 @@ async fn check_suite(running: &Running) {
         assert_eq!(client_header(&r, "ratelimit-limit").as_deref(), Some("3"));
     }
     let r = check(running, check_request("GET", "/v1/status", None, &[], b"")).await;
-    assert_eq!(status(&r), 429);
+    assert_eq!(http_status(&r), 429);
     assert_eq!(r.status.as_ref().unwrap().code, 8);
     assert_eq!(
         client_header(&r, "ratelimit-remaining").as_deref(),
@@ -390,7 +331,7 @@ async fn check_suite(running: &Running) {
             ),
         )
         .await;
-        assert_eq!(status(&r), 403);
+        assert_eq!(http_status(&r), 403);
     }
     // Tokens: the body's max_tokens is the cost; a refused request charges
     // neither the token limit nor the request limit.
@@ -404,13 +345,13 @@ async fn check_suite(running: &Running) {
         )
     };
     let r = check(running, predict("600")).await;
-    assert_eq!(status(&r), 200, "{r:?}");
+    assert_eq!(http_status(&r), 200, "{r:?}");
     assert_eq!(
         client_header(&r, "ratelimit-remaining").as_deref(),
         Some("2")
     );
     let r = check(running, predict("600")).await;
-    assert_eq!(status(&r), 429);
+    assert_eq!(http_status(&r), 429);
     assert_eq!(
         client_header(&r, "ratelimit-limit").as_deref(),
         Some("1000")
@@ -420,7 +361,7 @@ async fn check_suite(running: &Running) {
         Some("400")
     );
     let r = check(running, predict("300")).await;
-    assert_eq!(status(&r), 200);
+    assert_eq!(http_status(&r), 200);
     // The limit with the least left decides: 1 request of 3 (the 429 did
     // not count), not 100 tokens of 1000.
     assert_eq!(client_header(&r, "ratelimit-limit").as_deref(), Some("3"));
@@ -432,7 +373,7 @@ async fn check_suite(running: &Running) {
     // predict schema says max_tokens is an integer (422) before the quota
     // stage would call it a bad cost (400).
     let r = check(running, predict("\"lots\"")).await;
-    assert_eq!(status(&r), 422);
+    assert_eq!(http_status(&r), 422);
     let r = check(
         running,
         check_request(
@@ -444,13 +385,13 @@ async fn check_suite(running: &Running) {
         ),
     )
     .await;
-    assert_eq!(status(&r), 400);
+    assert_eq!(http_status(&r), 400);
 }
 
 #[tokio::test]
 async fn check_quotas_in_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), QuotaSettings::default()).await;
+    let policies = quota_policies();
+    let running = start(policies.path(), QuotaSettings::default()).await;
     check_suite(&running).await;
     running.shutdown().await.unwrap();
 }
@@ -458,8 +399,8 @@ async fn check_quotas_in_process() {
 #[tokio::test]
 async fn check_quotas_with_redis() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path(), redis_settings(&redis)).await;
+    let policies = quota_policies();
+    let running = start(policies.path(), redis_settings(&redis)).await;
     check_suite(&running).await;
     running.shutdown().await.unwrap();
 }
@@ -468,7 +409,7 @@ async fn check_quotas_with_redis() {
 async fn check_with_redis_down_follows_the_configured_mode() {
     let mut redis = RedisServer::start();
     redis.kill();
-    let dir = tempfile::tempdir().unwrap();
+    let policies = quota_policies();
     for (mode, expected) in [
         (portcullis::quota::OnStoreError::Deny, 503),
         (portcullis::quota::OnStoreError::Allow, 200),
@@ -479,10 +420,9 @@ async fn check_with_redis_down_follows_the_configured_mode() {
             on_store_error: mode,
             ..redis_settings(&redis)
         };
-        let sub = dir.path().join(mode.as_str());
-        let running = start(&sub, settings).await;
+        let running = start(policies.path(), settings).await;
         let r = check(&running, check_request("GET", "/v1/status", None, &[], b"")).await;
-        assert_eq!(status(&r), expected, "mode {}", mode.as_str());
+        assert_eq!(http_status(&r), expected, "mode {}", mode.as_str());
         if expected == 503 {
             assert_eq!(client_header(&r, "retry-after").as_deref(), Some("1"));
         }
@@ -520,14 +460,12 @@ fn quota_settings_are_checked_completely() {
 
 #[test]
 fn bad_quota_files_are_reported_with_file_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let policies = policies(dir.path());
-    std::fs::write(
-        policies.join("quotas/broken.yaml"),
+    let policies = quota_policies();
+    policies.write(
+        "quotas/broken.yaml",
         "domain: ml_api\ndescriptors:\n  - key: a\n    value: b\n  - key: a\n    value: b\n",
-    )
-    .unwrap();
-    let errors = portcullis::snapshot::Snapshot::load(&policies).unwrap_err();
+    );
+    let errors = portcullis::policy::snapshot::Snapshot::load(policies.path()).unwrap_err();
     let text: Vec<String> = errors
         .errors
         .iter()
@@ -539,12 +477,11 @@ fn bad_quota_files_are_reported_with_file_and_line() {
         ),
         "{text:?}"
     );
-    std::fs::write(
-        policies.join("quotas/broken.yaml"),
+    policies.write(
+        "quotas/broken.yaml",
         "domain: other\ndescriptors:\n  - key: a\n    value: b\n  - key: a\n    value: b\n",
-    )
-    .unwrap();
-    let errors = portcullis::snapshot::Snapshot::load(&policies).unwrap_err();
+    );
+    let errors = portcullis::policy::snapshot::Snapshot::load(policies.path()).unwrap_err();
     assert_eq!(errors.errors[0].file, "quotas/broken.yaml");
     assert_eq!(errors.errors[0].line, Some(5));
     assert!(errors.errors[0]

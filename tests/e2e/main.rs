@@ -1,0 +1,21 @@
+//! End-to-end tests through real processes: the `portcullis` binary Cargo
+//! built (its commands, its listeners, its logs, its exit codes), a real
+//! Envoy with the configuration from `deploy/`, and grpcurl through server
+//! reflection, as an operator or a gateway meets them.
+//!
+//! One binary for all of them, so that the dependency tree is linked once.
+//! Every Portcullis here runs in a process of its own, so process-wide
+//! state (metrics, logs) is per test.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod audit;
+mod cli;
+mod deploy;
+mod envoy;
+mod envoy_quotas;
+mod grpcurl;
+mod observability;
+mod otlp;
+mod tls_listener;
