@@ -318,3 +318,55 @@ async fn a_context_claim_the_schema_does_not_declare_stops_startup_and_reload() 
     assert_eq!(running.state.policies.current().version, before);
     running.shutdown().await.unwrap();
 }
+
+/// Every task the server spawns has an owner: started and stopped five
+/// times (watching the policies, polling them, serving a Check and an admin
+/// call each time), it leaves no task running and every port free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_and_stopping_leaves_no_task_or_port_behind() {
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let before = runtime.num_alive_tasks();
+    for round in 0..5 {
+        let server = TestServer::start(Config {
+            reload: ReloadConfig {
+                watch: true,
+                debounce_ms: 100,
+                poll_seconds: 1,
+            },
+            ..support::in_process_config(&policies_dir())
+        })
+        .await;
+        let tracker = server.task_tracker();
+        assert!(!tracker.is_empty(), "round {round}: nothing was tracked");
+        let addrs = [server.decision_addr, server.admin_addr, server.http_addr];
+        let mut client = AuthorizationClient::connect(format!("http://{}", server.decision_addr))
+            .await
+            .unwrap();
+        assert_eq!(http_status(&check(&mut client, status_check()).await), 200);
+        let mut admin = PolicyServiceClient::connect(format!("http://{}", server.admin_addr))
+            .await
+            .unwrap();
+        admin.get_version(GetVersionRequest {}).await.unwrap();
+        drop((client, admin));
+        server.shutdown().await.unwrap();
+        assert!(
+            tracker.is_empty(),
+            "round {round}: {} tasks still running after shutdown",
+            tracker.len()
+        );
+        for addr in addrs {
+            std::net::TcpListener::bind(addr)
+                .unwrap_or_else(|e| panic!("round {round}: {addr} still bound: {e}"));
+        }
+    }
+    // Connection tasks end as their clients hang up; give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while runtime.num_alive_tasks() > before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        runtime.num_alive_tasks(),
+        before,
+        "tasks left on the runtime after five starts and stops"
+    );
+}
