@@ -2,6 +2,44 @@
 //! paths against them segment by segment, and decoding captured values. It
 //! does not choose between routes (that is the table's job).
 
+/// Why a path template in routes.yaml cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPathTemplate {
+    #[error("it must start with '/'")]
+    NoLeadingSlash,
+    #[error("it has an empty segment ('//')")]
+    EmptySegment,
+    #[error("segment '{0}' can never match: requests with '.' or '..' segments are rejected")]
+    DotSegment(String),
+    #[error("segment '{0}' has more than one capture; a segment holds at most one '{{name}}'")]
+    SeveralCaptures(String),
+    #[error("segment '{0}' has an unbalanced '{{' or '}}'")]
+    UnbalancedBrace(String),
+    #[error("capture name '{0}' is not valid; use [a-z_][a-z0-9_]*")]
+    InvalidCaptureName(String),
+    #[error("capture '{0}' is used more than once")]
+    RepeatedCapture(String),
+    #[error("'%' must be followed by two hex digits")]
+    BadPercentEscape,
+    #[error("'{0}' is not allowed; query strings and fragments are stripped before matching")]
+    QueryOrFragment(char),
+    #[error("{0:?} is not allowed; percent-encode it")]
+    UnencodedChar(char),
+}
+
+/// Why a captured path segment is refused; the text is shown to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadCapture {
+    #[error("invalid percent-encoding")]
+    InvalidPercentEncoding,
+    #[error("percent-encoded bytes are not UTF-8")]
+    NotUtf8,
+    #[error("an encoded '/', '\\' or control character is not allowed")]
+    ForbiddenCharacter,
+    #[error("'.' and '..' are not allowed")]
+    DotValue,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct PathTemplate {
     /// The segments after the leading `/`; `/` alone is one empty literal.
@@ -23,20 +61,18 @@ pub(super) enum Segment {
 
 impl PathTemplate {
     /// Every problem in `text`, or the compiled template.
-    pub(super) fn compile(text: &str) -> Result<PathTemplate, Vec<String>> {
+    pub(super) fn compile(text: &str) -> Result<PathTemplate, Vec<InvalidPathTemplate>> {
         let Some(rest) = text.strip_prefix('/') else {
-            return Err(vec!["it must start with '/'".to_owned()]);
+            return Err(vec![InvalidPathTemplate::NoLeadingSlash]);
         };
         let mut problems = Vec::new();
         let mut segments = Vec::new();
         let raw: Vec<&str> = rest.split('/').collect();
         for (i, raw_segment) in raw.iter().enumerate() {
             if raw_segment.is_empty() && i + 1 < raw.len() {
-                problems.push("it has an empty segment ('//')".to_owned());
+                problems.push(InvalidPathTemplate::EmptySegment);
             } else if *raw_segment == "." || *raw_segment == ".." {
-                problems.push(format!(
-                    "segment '{raw_segment}' can never match: requests with '.' or '..' segments are rejected"
-                ));
+                problems.push(InvalidPathTemplate::DotSegment(raw_segment.to_string()));
             } else {
                 match Segment::compile(raw_segment) {
                     Ok(segment) => segments.push(segment),
@@ -55,7 +91,7 @@ impl PathTemplate {
         for (i, name) in names.iter().enumerate() {
             // Once per name, at its second use.
             if names[..i].iter().filter(|n| *n == name).count() == 1 {
-                problems.push(format!("capture '{name}' is used more than once"));
+                problems.push(InvalidPathTemplate::RepeatedCapture(name.to_string()));
             }
         }
         if problems.is_empty() {
@@ -94,7 +130,7 @@ impl PathTemplate {
 }
 
 impl Segment {
-    fn compile(raw: &str) -> Result<Segment, String> {
+    fn compile(raw: &str) -> Result<Segment, InvalidPathTemplate> {
         let opens = raw.matches('{').count();
         let closes = raw.matches('}').count();
         if opens == 0 && closes == 0 {
@@ -102,15 +138,13 @@ impl Segment {
             return Ok(Segment::Literal(raw.into()));
         }
         if opens > 1 || closes > 1 {
-            return Err(format!(
-                "segment '{raw}' has more than one capture; a segment holds at most one '{{name}}'"
-            ));
+            return Err(InvalidPathTemplate::SeveralCaptures(raw.to_owned()));
         }
         let (Some(open), Some(close)) = (raw.find('{'), raw.find('}')) else {
-            return Err(format!("segment '{raw}' has an unbalanced '{{' or '}}'"));
+            return Err(InvalidPathTemplate::UnbalancedBrace(raw.to_owned()));
         };
         if close < open {
-            return Err(format!("segment '{raw}' has an unbalanced '{{' or '}}'"));
+            return Err(InvalidPathTemplate::UnbalancedBrace(raw.to_owned()));
         }
         let (prefix, name, suffix) = (&raw[..open], &raw[open + 1..close], &raw[close + 1..]);
         check_capture_name(name)?;
@@ -151,7 +185,7 @@ impl Segment {
     }
 }
 
-fn check_capture_name(name: &str) -> Result<(), String> {
+fn check_capture_name(name: &str) -> Result<(), InvalidPathTemplate> {
     let mut chars = name.chars();
     let valid = chars
         .next()
@@ -160,14 +194,12 @@ fn check_capture_name(name: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
-            "capture name '{name}' is not valid; use [a-z_][a-z0-9_]*"
-        ))
+        Err(InvalidPathTemplate::InvalidCaptureName(name.to_owned()))
     }
 }
 
 /// Template literals must be what a request path can hold raw (RFC 3986 `pchar`).
-fn check_path_chars(literal: &str) -> Result<(), String> {
+fn check_path_chars(literal: &str) -> Result<(), InvalidPathTemplate> {
     let bytes = literal.as_bytes();
     for (i, c) in literal.char_indices() {
         match c {
@@ -176,13 +208,9 @@ fn check_path_chars(literal: &str) -> Result<(), String> {
             | '=' | ':' | '@' => {}
             '%' if bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
                 && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit) => {}
-            '%' => return Err("'%' must be followed by two hex digits".to_owned()),
-            '?' | '#' => {
-                return Err(format!(
-                    "'{c}' is not allowed; query strings and fragments are stripped before matching"
-                ))
-            }
-            _ => return Err(format!("{c:?} is not allowed; percent-encode it")),
+            '%' => return Err(InvalidPathTemplate::BadPercentEscape),
+            '?' | '#' => return Err(InvalidPathTemplate::QueryOrFragment(c)),
+            _ => return Err(InvalidPathTemplate::UnencodedChar(c)),
         }
     }
     Ok(())
@@ -202,7 +230,7 @@ pub(super) fn is_dot_segment(raw: &str) -> bool {
 
 /// Percent-decodes a captured value, rejecting what could alter the path's
 /// meaning downstream (an encoded separator, a control character).
-pub(super) fn decode_capture(raw: &str) -> Result<String, &'static str> {
+pub(super) fn decode_capture(raw: &str) -> Result<String, BadCapture> {
     let bytes = raw.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -210,7 +238,7 @@ pub(super) fn decode_capture(raw: &str) -> Result<String, &'static str> {
         if bytes[i] == b'%' {
             let hex = |j: usize| bytes.get(j).and_then(|b| (*b as char).to_digit(16));
             let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2)) else {
-                return Err("invalid percent-encoding");
+                return Err(BadCapture::InvalidPercentEncoding);
             };
             decoded.push((high * 16 + low) as u8);
             i += 3;
@@ -219,15 +247,15 @@ pub(super) fn decode_capture(raw: &str) -> Result<String, &'static str> {
             i += 1;
         }
     }
-    let value = String::from_utf8(decoded).map_err(|_| "percent-encoded bytes are not UTF-8")?;
+    let value = String::from_utf8(decoded).map_err(|_| BadCapture::NotUtf8)?;
     if value
         .chars()
         .any(|c| c == '/' || c == '\\' || c.is_control())
     {
-        return Err("an encoded '/', '\\' or control character is not allowed");
+        return Err(BadCapture::ForbiddenCharacter);
     }
     if value == "." || value == ".." {
-        return Err("'.' and '..' are not allowed");
+        return Err(BadCapture::DotValue);
     }
     Ok(value)
 }
@@ -236,6 +264,65 @@ pub(super) fn decode_capture(raw: &str) -> Result<String, &'static str> {
 mod tests {
     use crate::routes::fixtures::*;
     use crate::routes::RouteMatch;
+
+    #[test]
+    fn problems_read_exactly_as_operators_and_clients_see_them() {
+        use super::{BadCapture, InvalidPathTemplate as T};
+        let template = [
+            (T::NoLeadingSlash, "it must start with '/'"),
+            (T::EmptySegment, "it has an empty segment ('//')"),
+            (
+                T::DotSegment("..".into()),
+                "segment '..' can never match: requests with '.' or '..' segments are rejected",
+            ),
+            (
+                T::SeveralCaptures("{a}{b}".into()),
+                "segment '{a}{b}' has more than one capture; a segment holds at most one '{name}'",
+            ),
+            (
+                T::UnbalancedBrace("{a".into()),
+                "segment '{a' has an unbalanced '{' or '}'",
+            ),
+            (
+                T::InvalidCaptureName("A".into()),
+                "capture name 'A' is not valid; use [a-z_][a-z0-9_]*",
+            ),
+            (
+                T::RepeatedCapture("a".into()),
+                "capture 'a' is used more than once",
+            ),
+            (
+                T::BadPercentEscape,
+                "'%' must be followed by two hex digits",
+            ),
+            (
+                T::QueryOrFragment('#'),
+                "'#' is not allowed; query strings and fragments are stripped before matching",
+            ),
+            (
+                T::UnencodedChar(' '),
+                "' ' is not allowed; percent-encode it",
+            ),
+        ];
+        for (problem, text) in template {
+            assert_eq!(problem.to_string(), text);
+        }
+        let capture = [
+            (
+                BadCapture::InvalidPercentEncoding,
+                "invalid percent-encoding",
+            ),
+            (BadCapture::NotUtf8, "percent-encoded bytes are not UTF-8"),
+            (
+                BadCapture::ForbiddenCharacter,
+                "an encoded '/', '\\' or control character is not allowed",
+            ),
+            (BadCapture::DotValue, "'.' and '..' are not allowed"),
+        ];
+        for (problem, text) in capture {
+            assert_eq!(problem.to_string(), text);
+        }
+    }
 
     #[test]
     fn invalid_path_templates_are_rejected() {

@@ -1,6 +1,25 @@
 //! Resource id templates (`{model}/{version}`): compiling them against a
 //! path's captures, and rendering the id of a matched request.
 
+/// Why a resource id template in routes.yaml cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidResourceId {
+    #[error("is empty")]
+    Empty,
+    #[error("has a '}}' without a matching '{{'")]
+    UnopenedBrace,
+    #[error("has a '{{' without a matching '}}'")]
+    UnclosedBrace,
+    #[error("uses capture '{name}', which the path does not define; the path has no captures")]
+    PathHasNoCaptures { name: String },
+    #[error("uses capture '{name}', which the path does not define; captures: {defined}")]
+    UnknownCapture {
+        name: String,
+        /// The path's captures, comma-separated.
+        defined: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum IdPart {
     Literal(String),
@@ -13,9 +32,9 @@ pub(super) enum IdPart {
 pub(super) fn compile_id(
     text: &str,
     captures: Option<&[&str]>,
-) -> Result<Vec<IdPart>, Vec<String>> {
+) -> Result<Vec<IdPart>, Vec<InvalidResourceId>> {
     if text.is_empty() {
-        return Err(vec!["is empty".to_owned()]);
+        return Err(vec![InvalidResourceId::Empty]);
     }
     let mut parts = Vec::new();
     let mut problems = Vec::new();
@@ -27,14 +46,14 @@ pub(super) fn compile_id(
         }
         rest = &rest[next..];
         if rest.starts_with('}') {
-            problems.push("has a '}' without a matching '{'".to_owned());
+            problems.push(InvalidResourceId::UnopenedBrace);
             rest = &rest[1..];
         } else if let Some(after) = rest.strip_prefix('{') {
             let Some(close) = after
                 .find(['{', '}'])
                 .filter(|c| after[*c..].starts_with('}'))
             else {
-                problems.push("has a '{' without a matching '}'".to_owned());
+                problems.push(InvalidResourceId::UnclosedBrace);
                 break;
             };
             let name = &after[..close];
@@ -42,13 +61,15 @@ pub(super) fn compile_id(
             if let Some(captures) = captures {
                 match captures.iter().position(|c| *c == name) {
                     Some(index) => parts.push(IdPart::Capture(index)),
-                    None if captures.is_empty() => problems.push(format!(
-                        "uses capture '{name}', which the path does not define; the path has no captures"
-                    )),
-                    None => problems.push(format!(
-                        "uses capture '{name}', which the path does not define; captures: {}",
-                        captures.join(", ")
-                    )),
+                    None if captures.is_empty() => {
+                        problems.push(InvalidResourceId::PathHasNoCaptures {
+                            name: name.to_owned(),
+                        })
+                    }
+                    None => problems.push(InvalidResourceId::UnknownCapture {
+                        name: name.to_owned(),
+                        defined: captures.join(", "),
+                    }),
                 }
             }
             rest = &after[close + 1..];
@@ -80,6 +101,30 @@ pub(super) fn render_id(parts: &[IdPart], captures: &[(&str, String)]) -> String
 #[cfg(test)]
 mod tests {
     use crate::routes::fixtures::*;
+
+    #[test]
+    fn problems_read_exactly_as_operators_see_them() {
+        use super::InvalidResourceId as I;
+        let name = || "m".to_owned();
+        for (problem, text) in [
+            (I::Empty, "is empty"),
+            (I::UnopenedBrace, "has a '}' without a matching '{'"),
+            (I::UnclosedBrace, "has a '{' without a matching '}'"),
+            (
+                I::PathHasNoCaptures { name: name() },
+                "uses capture 'm', which the path does not define; the path has no captures",
+            ),
+            (
+                I::UnknownCapture {
+                    name: name(),
+                    defined: "a, b".into(),
+                },
+                "uses capture 'm', which the path does not define; captures: a, b",
+            ),
+        ] {
+            assert_eq!(problem.to_string(), text);
+        }
+    }
 
     #[test]
     fn resource_id_with_an_unknown_capture_is_rejected() {
