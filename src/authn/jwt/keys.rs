@@ -9,22 +9,37 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::authn::config::IssuerConfig;
 
+/// An algorithm name in an issuer's configuration that it cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableAlgorithm {
+    /// Not a JWS algorithm name we know.
+    #[error("'{0}' is not a JWS algorithm (use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)")]
+    Unknown(String),
+    /// HS256, HS384 or HS512 for an issuer without an HMAC secret.
+    #[error(
+        "'{0}' is symmetric; it needs an hmac_secret_file (asymmetric algorithms are the default)"
+    )]
+    SymmetricWithoutSecret(String),
+    /// An asymmetric algorithm for an issuer with an HMAC secret.
+    #[error("'{0}' is asymmetric; an issuer with an hmac_secret_file accepts only HS256, HS384 or HS512")]
+    AsymmetricWithSecret(String),
+}
+
 /// Parses an algorithm name from the configuration. Symmetric algorithms
 /// are accepted only for an issuer with an explicit HMAC secret.
-pub fn parse_algorithm(name: &str, symmetric_allowed: bool) -> Result<Algorithm, String> {
-    let alg: Algorithm = name.parse().map_err(|_| {
-        format!("'{name}' is not a JWS algorithm (use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)")
-    })?;
+pub fn parse_algorithm(
+    name: &str,
+    symmetric_allowed: bool,
+) -> Result<Algorithm, UnusableAlgorithm> {
+    let alg: Algorithm = name
+        .parse()
+        .map_err(|_| UnusableAlgorithm::Unknown(name.to_owned()))?;
     let symmetric = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
     if symmetric && !symmetric_allowed {
-        return Err(format!(
-            "'{name}' is symmetric; it needs an hmac_secret_file (asymmetric algorithms are the default)"
-        ));
+        return Err(UnusableAlgorithm::SymmetricWithoutSecret(name.to_owned()));
     }
     if !symmetric && symmetric_allowed {
-        return Err(format!(
-            "'{name}' is asymmetric; an issuer with an hmac_secret_file accepts only HS256, HS384 or HS512"
-        ));
+        return Err(UnusableAlgorithm::AsymmetricWithSecret(name.to_owned()));
     }
     Ok(alg)
 }
@@ -42,13 +57,56 @@ pub enum JwksError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The file is not a JWKS (or not a usable secret).
-    #[error("issuer '{issuer}': {path} is not valid: {message}")]
+    /// The file is not a usable JWKS.
+    #[error("issuer '{issuer}': {path} is not valid: {problem}")]
     Malformed {
         issuer: String,
         path: PathBuf,
-        message: String,
+        problem: BadKeySet,
     },
+    /// The HMAC secret is shorter than [`MIN_HMAC_SECRET_BYTES`].
+    #[error("issuer '{issuer}': {path} is not valid: the HMAC secret must be at least {min} bytes (it has {length})", min = MIN_HMAC_SECRET_BYTES)]
+    ShortSecret {
+        issuer: String,
+        path: PathBuf,
+        length: usize,
+    },
+}
+
+/// Why a JWKS document cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BadKeySet {
+    /// Not JSON, or not shaped like a JWKS.
+    #[error("{0}")]
+    NotJwks(serde_json::Error),
+    #[error("it has no keys")]
+    NoKeys,
+    /// One key cannot verify tokens.
+    #[error("key {index}: {problem}")]
+    UnusableKey { index: usize, problem: UnusableKey },
+    /// One key's parameters do not make a key.
+    #[error("key {index}: {error}")]
+    Undecodable {
+        index: usize,
+        error: jsonwebtoken::errors::Error,
+    },
+}
+
+/// Why one JWK cannot verify tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableKey {
+    #[error("unsupported elliptic curve")]
+    UnsupportedCurve,
+    #[error("symmetric (oct) keys do not belong in a public JWKS")]
+    SymmetricKey,
+    #[error("unsupported key type")]
+    UnsupportedKeyType,
+    /// The declared `alg` (as written) is not one we verify.
+    #[error("unsupported alg {0}")]
+    UnsupportedAlg(String),
+    /// The declared `alg` is not of the key's family.
+    #[error("alg {0:?} does not match the key type")]
+    AlgorithmMismatch(Algorithm),
 }
 
 /// One verification key.
@@ -66,10 +124,10 @@ pub(super) fn load_keys(ic: &IssuerConfig, path: &PathBuf) -> Result<Vec<Key>, J
         path: path.clone(),
         source,
     })?;
-    parse_key_set(text.as_bytes()).map_err(|message| JwksError::Malformed {
+    parse_key_set(text.as_bytes()).map_err(|problem| JwksError::Malformed {
         issuer: ic.issuer.clone(),
         path: path.clone(),
-        message,
+        problem,
     })
 }
 
@@ -82,13 +140,10 @@ pub(super) fn load_secret(ic: &IssuerConfig, path: &PathBuf) -> Result<Vec<Key>,
     // A trailing newline from an editor or `echo` is not part of the secret.
     let secret = bytes.trim_ascii_end();
     if secret.len() < MIN_HMAC_SECRET_BYTES {
-        return Err(JwksError::Malformed {
+        return Err(JwksError::ShortSecret {
             issuer: ic.issuer.clone(),
             path: path.clone(),
-            message: format!(
-                "the HMAC secret must be at least {MIN_HMAC_SECRET_BYTES} bytes (it has {})",
-                secret.len()
-            ),
+            length: secret.len(),
         });
     }
     Ok(vec![Key {
@@ -99,17 +154,19 @@ pub(super) fn load_secret(ic: &IssuerConfig, path: &PathBuf) -> Result<Vec<Key>,
 }
 
 /// Parses a JWKS document into verification keys; every key must be usable.
-pub(crate) fn parse_key_set(bytes: &[u8]) -> Result<Vec<Key>, String> {
-    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+pub(crate) fn parse_key_set(bytes: &[u8]) -> Result<Vec<Key>, BadKeySet> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(BadKeySet::NotJwks)?;
     if set.keys.is_empty() {
-        return Err("it has no keys".into());
+        return Err(BadKeySet::NoKeys);
     }
     set.keys
         .iter()
         .enumerate()
-        .map(|(i, jwk)| {
-            let algorithms = key_algorithms(jwk).map_err(|m| format!("key {i}: {m}"))?;
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {i}: {e}"))?;
+        .map(|(index, jwk)| {
+            let algorithms =
+                key_algorithms(jwk).map_err(|problem| BadKeySet::UnusableKey { index, problem })?;
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|error| BadKeySet::Undecodable { index, error })?;
             Ok(Key {
                 kid: jwk.common.key_id.clone(),
                 algorithms,
@@ -121,20 +178,18 @@ pub(crate) fn parse_key_set(bytes: &[u8]) -> Result<Vec<Key>, String> {
 
 /// The algorithms a JWK may verify: its type and curve decide the family,
 /// and a declared `alg` narrows it to exactly one.
-fn key_algorithms(jwk: &Jwk) -> Result<Vec<Algorithm>, String> {
+fn key_algorithms(jwk: &Jwk) -> Result<Vec<Algorithm>, UnusableKey> {
     use Algorithm::*;
     let family: Vec<Algorithm> = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => vec![ES256],
             EllipticCurve::P384 => vec![ES384],
-            _ => return Err("unsupported elliptic curve".into()),
+            _ => return Err(UnusableKey::UnsupportedCurve),
         },
         AlgorithmParameters::OctetKeyPair(_) => vec![EdDSA],
-        AlgorithmParameters::OctetKey(_) => {
-            return Err("symmetric (oct) keys do not belong in a public JWKS".into())
-        }
-        _ => return Err("unsupported key type".into()),
+        AlgorithmParameters::OctetKey(_) => return Err(UnusableKey::SymmetricKey),
+        _ => return Err(UnusableKey::UnsupportedKeyType),
     };
     match &jwk.common.key_algorithm {
         None => Ok(family),
@@ -142,11 +197,11 @@ fn key_algorithms(jwk: &Jwk) -> Result<Vec<Algorithm>, String> {
             let declared: Algorithm = declared
                 .to_string()
                 .parse()
-                .map_err(|_| format!("unsupported alg {declared}"))?;
+                .map_err(|_| UnusableKey::UnsupportedAlg(declared.to_string()))?;
             if family.contains(&declared) {
                 Ok(vec![declared])
             } else {
-                Err(format!("alg {declared:?} does not match the key type"))
+                Err(UnusableKey::AlgorithmMismatch(declared))
             }
         }
     }
@@ -159,6 +214,42 @@ mod tests {
     use crate::authn::jwt::fixtures::*;
     use crate::authn::jwt::JwtVerifier;
     use jsonwebtoken::{EncodingKey, Header};
+
+    #[test]
+    fn unusable_algorithms_and_key_sets_read_exactly_as_operators_see_them() {
+        let algorithm = |name, symmetric| parse_algorithm(name, symmetric).unwrap_err().to_string();
+        assert_eq!(
+            algorithm("HS999", false),
+            "'HS999' is not a JWS algorithm (use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)"
+        );
+        assert_eq!(
+            algorithm("HS256", false),
+            "'HS256' is symmetric; it needs an hmac_secret_file (asymmetric algorithms are the default)"
+        );
+        assert_eq!(
+            algorithm("ES256", true),
+            "'ES256' is asymmetric; an issuer with an hmac_secret_file accepts only HS256, HS384 or HS512"
+        );
+
+        let key_set = |text: &str| parse_key_set(text.as_bytes()).unwrap_err().to_string();
+        assert_eq!(key_set(r#"{"keys": []}"#), "it has no keys");
+        let not_json = serde_json::from_str::<JwkSet>("[").unwrap_err().to_string();
+        assert_eq!(key_set("["), not_json);
+        assert_eq!(
+            key_set(r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#),
+            "key 0: symmetric (oct) keys do not belong in a public JWKS"
+        );
+        assert_eq!(
+            key_set(
+                r#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "alg": "RS256"}]}"#
+            ),
+            "key 0: alg RS256 does not match the key type"
+        );
+        assert_eq!(
+            key_set(r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "alg": "RSA1_5"}]}"#),
+            "key 0: unsupported alg RSA1_5"
+        );
+    }
 
     #[test]
     fn missing_jwks_file_names_issuer_and_path() {

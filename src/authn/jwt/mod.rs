@@ -25,7 +25,10 @@ use sha2::Digest;
 use self::compact::{check_header, malformed, split_compact};
 pub(crate) use self::keys::parse_key_set;
 use self::keys::{load_keys, load_secret};
-pub use self::keys::{parse_algorithm, JwksError, Key, MIN_HMAC_SECRET_BYTES};
+pub use self::keys::{
+    parse_algorithm, BadKeySet, JwksError, Key, UnusableAlgorithm, UnusableKey,
+    MIN_HMAC_SECRET_BYTES,
+};
 use super::jwks::{KeysUnavailable, RemoteJwks};
 use super::{AuthnFailure, Identity};
 use crate::authn::config::{AuthnConfig, IssuerConfig};
