@@ -409,10 +409,10 @@ fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadError> {
             files.insert(key, text);
         }
     }
-    crate::quota::config::read_domain_files(dir, &mut files).map_err(|(file, e)| LoadError {
-        file,
+    crate::quota::config::read_domain_files(dir, &mut files).map_err(|e| LoadError {
+        file: e.file,
         line: None,
-        message: format!("cannot read: {e}"),
+        message: format!("cannot read: {}", e.source),
     })?;
     Ok(files)
 }

@@ -5,6 +5,30 @@
 use super::format::{DescriptorYaml, RateLimitYaml};
 use super::{Node, QuotaLimit};
 
+/// Why a descriptor's `rate_limit` cannot be used; `at` is the descriptor's
+/// composite key (e.g. `domain.key_value`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRateLimit {
+    #[error("{at}: should not have an empty replaces entry")]
+    EmptyReplaces { at: String },
+    #[error("{at}: replaces should not contain name of same descriptor")]
+    ReplacesItself { at: String },
+    #[error("{at}: should not specify rate limit unit or requests_per_unit when unlimited")]
+    UnlimitedWithRate { at: String },
+    #[error("{at}: give either unit or window (our extension), not both")]
+    UnitAndWindow { at: String },
+    #[error("{at}: invalid rate limit unit '{unit}': use second, minute, hour, day, week, month or year")]
+    UnknownUnit { at: String, unit: String },
+    #[error("{at}: window '{window}' is not a duration like 30s, 5m, 2h or 1d")]
+    BadWindow { at: String, window: String },
+    #[error("{at}: invalid rate limit unit: rate_limit needs a unit (or a window)")]
+    NoUnit { at: String },
+    #[error("{at}: rate_limit needs requests_per_unit")]
+    NoRequestsPerUnit { at: String },
+    #[error("{at}: burst must be at least 1 (omit it for burst = requests_per_unit)")]
+    ZeroBurst { at: String },
+}
+
 /// Adds `descriptors` under `node`, reporting each problem at its line;
 /// `key_lines` holds the line of every descriptor in pre-order.
 pub(super) fn build(
@@ -45,7 +69,7 @@ pub(super) fn build(
                     }
                     child.limit = Some(l);
                 }
-                Err(message) => report(line, message),
+                Err(problem) => report(line, problem.to_string()),
             }
         }
         build(
@@ -66,23 +90,20 @@ pub(super) fn build(
     }
 }
 
-fn limit(rl: &RateLimitYaml, shadow: bool, at: &str) -> Result<QuotaLimit, String> {
+fn limit(rl: &RateLimitYaml, shadow: bool, at: &str) -> Result<QuotaLimit, BadRateLimit> {
+    let at = || at.to_owned();
     for r in &rl.replaces {
         if r.name.is_empty() {
-            return Err(format!("{at}: should not have an empty replaces entry"));
+            return Err(BadRateLimit::EmptyReplaces { at: at() });
         }
         if Some(&r.name) == rl.name.as_ref() {
-            return Err(format!(
-                "{at}: replaces should not contain name of same descriptor"
-            ));
+            return Err(BadRateLimit::ReplacesItself { at: at() });
         }
     }
     let replaces = rl.replaces.iter().map(|r| r.name.clone()).collect();
     if rl.unlimited {
         if rl.unit.is_some() || rl.window.is_some() || rl.requests_per_unit.is_some() {
-            return Err(format!(
-                "{at}: should not specify rate limit unit or requests_per_unit when unlimited"
-            ));
+            return Err(BadRateLimit::UnlimitedWithRate { at: at() });
         }
         return Ok(QuotaLimit {
             name: rl.name.clone(),
@@ -95,31 +116,23 @@ fn limit(rl: &RateLimitYaml, shadow: bool, at: &str) -> Result<QuotaLimit, Strin
         });
     }
     let window_us = match (&rl.unit, &rl.window) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "{at}: give either unit or window (our extension), not both"
-            ))
-        }
-        (Some(unit), None) => unit_us(unit).ok_or_else(|| {
-            format!("{at}: invalid rate limit unit '{unit}': use second, minute, hour, day, week, month or year")
+        (Some(_), Some(_)) => return Err(BadRateLimit::UnitAndWindow { at: at() }),
+        (Some(unit), None) => unit_us(unit).ok_or_else(|| BadRateLimit::UnknownUnit {
+            at: at(),
+            unit: unit.clone(),
         })?,
-        (None, Some(w)) => parse_window(w).ok_or_else(|| {
-            format!("{at}: window '{w}' is not a duration like 30s, 5m, 2h or 1d")
+        (None, Some(w)) => parse_window(w).ok_or_else(|| BadRateLimit::BadWindow {
+            at: at(),
+            window: w.clone(),
         })?,
-        (None, None) => {
-            return Err(format!(
-                "{at}: invalid rate limit unit: rate_limit needs a unit (or a window)"
-            ))
-        }
+        (None, None) => return Err(BadRateLimit::NoUnit { at: at() }),
     };
     let requests = rl
         .requests_per_unit
-        .ok_or_else(|| format!("{at}: rate_limit needs requests_per_unit"))?;
+        .ok_or_else(|| BadRateLimit::NoRequestsPerUnit { at: at() })?;
     let burst = rl.burst.unwrap_or(requests);
     if rl.burst == Some(0) {
-        return Err(format!(
-            "{at}: burst must be at least 1 (omit it for burst = requests_per_unit)"
-        ));
+        return Err(BadRateLimit::ZeroBurst { at: at() });
     }
     Ok(QuotaLimit {
         name: rl.name.clone(),
@@ -164,6 +177,7 @@ fn parse_window(w: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::quota::config::QuotaConfig;
 
     fn errors(text: &str) -> Vec<String> {
@@ -197,5 +211,56 @@ mod tests {
             err[0].starts_with("4:") && err[0].contains("unknown field `colour`"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn rate_limit_problems_read_exactly_as_operators_see_them() {
+        let at = || "d.a".to_owned();
+        for (problem, text) in [
+            (
+                BadRateLimit::EmptyReplaces { at: at() },
+                "d.a: should not have an empty replaces entry",
+            ),
+            (
+                BadRateLimit::ReplacesItself { at: at() },
+                "d.a: replaces should not contain name of same descriptor",
+            ),
+            (
+                BadRateLimit::UnlimitedWithRate { at: at() },
+                "d.a: should not specify rate limit unit or requests_per_unit when unlimited",
+            ),
+            (
+                BadRateLimit::UnitAndWindow { at: at() },
+                "d.a: give either unit or window (our extension), not both",
+            ),
+            (
+                BadRateLimit::UnknownUnit {
+                    at: at(),
+                    unit: "fortnight".into(),
+                },
+                "d.a: invalid rate limit unit 'fortnight': use second, minute, hour, day, week, month or year",
+            ),
+            (
+                BadRateLimit::BadWindow {
+                    at: at(),
+                    window: "5x".into(),
+                },
+                "d.a: window '5x' is not a duration like 30s, 5m, 2h or 1d",
+            ),
+            (
+                BadRateLimit::NoUnit { at: at() },
+                "d.a: invalid rate limit unit: rate_limit needs a unit (or a window)",
+            ),
+            (
+                BadRateLimit::NoRequestsPerUnit { at: at() },
+                "d.a: rate_limit needs requests_per_unit",
+            ),
+            (
+                BadRateLimit::ZeroBurst { at: at() },
+                "d.a: burst must be at least 1 (omit it for burst = requests_per_unit)",
+            ),
+        ] {
+            assert_eq!(problem.to_string(), text);
+        }
     }
 }

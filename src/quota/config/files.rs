@@ -6,6 +6,15 @@ use std::collections::BTreeMap;
 
 use super::{QUOTAS_DIR, QUOTAS_FILE};
 
+/// A quota file, or the `quotas` directory, that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {file}: {source}")]
+pub struct UnreadableQuotaFile {
+    /// Relative to the policy directory, e.g. `quotas/ml_api.yaml`.
+    pub file: String,
+    pub source: std::io::Error,
+}
+
 /// A quota file's text with every `requests_per_unit` and `burst` value
 /// multiplied by `factor`: for benchmarks that must exercise the quota
 /// stage on every request without ever running out.
@@ -43,19 +52,25 @@ pub fn is_quota_file(relative: &str) -> bool {
 pub fn read_domain_files(
     dir: &std::path::Path,
     files: &mut BTreeMap<String, String>,
-) -> Result<(), (String, std::io::Error)> {
+) -> Result<(), UnreadableQuotaFile> {
     let sub = dir.join(QUOTAS_DIR);
     if !sub.is_dir() {
         return Ok(());
     }
-    let entries = std::fs::read_dir(&sub).map_err(|e| (QUOTAS_DIR.to_string(), e))?;
+    let entries = std::fs::read_dir(&sub).map_err(|source| UnreadableQuotaFile {
+        file: QUOTAS_DIR.to_string(),
+        source,
+    })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.ends_with(".yaml") || !entry.path().is_file() {
             continue;
         }
         let key = format!("{QUOTAS_DIR}/{name}");
-        let text = std::fs::read_to_string(entry.path()).map_err(|e| (key.clone(), e))?;
+        let text = std::fs::read_to_string(entry.path()).map_err(|source| UnreadableQuotaFile {
+            file: key.clone(),
+            source,
+        })?;
         files.insert(key, text);
     }
     Ok(())

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use self::check_rules::check_rule;
 use self::descriptors::build;
-pub use self::files::{is_quota_file, read_domain_files, scaled};
+pub use self::files::{is_quota_file, read_domain_files, scaled, UnreadableQuotaFile};
 use self::files::{key_lines, line_of};
 use self::format::FileYaml;
 use super::gcra::Rate;
@@ -199,7 +199,7 @@ impl QuotaConfig {
                 let line = line_of(text, "descriptor:", i);
                 match check_rule(rule, &domain, i) {
                     Ok(r) => config.check_rules.push(r),
-                    Err(message) => errors.push(err(line, message)),
+                    Err(problem) => errors.push(err(line, problem.to_string())),
                 }
             }
             config.domains.insert(domain, root);
