@@ -206,10 +206,10 @@ impl RemoteJwks {
             Source::Discovery => self.discover().await?,
         };
         let (body, max_age) = self.get(&url).await?;
-        let keys = parse_key_set(&body).map_err(|message| JwksUnreachable::Document {
+        let keys = parse_key_set(&body).map_err(|problem| JwksUnreachable::Document {
             issuer: self.issuer.clone(),
             url: url.clone(),
-            message,
+            message: problem.to_string(),
         })?;
         let count = keys.len();
         self.loaded.store(Some(Arc::new(Loaded {

@@ -42,10 +42,10 @@ pub(super) fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadErr
     }
     read_subdirectory(dir, SHADOW_DIR, ".cedar", &mut files)?;
     read_subdirectory(dir, SCHEMAS_DIR, ".json", &mut files)?;
-    crate::quota::config::read_domain_files(dir, &mut files).map_err(|(file, e)| LoadError {
-        file,
+    crate::quota::config::read_domain_files(dir, &mut files).map_err(|e| LoadError {
+        file: e.file,
         line: None,
-        message: format!("cannot read: {e}"),
+        message: format!("cannot read: {}", e.source),
     })?;
     Ok(files)
 }

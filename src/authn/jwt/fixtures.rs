@@ -1,0 +1,93 @@
+//! Shared fixtures for the JWT verifier's unit tests: the test issuer's
+//! keys, its configuration, and helpers that sign and verify tokens.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use super::JwtVerifier;
+use crate::authn::config::{AuthnConfig, IssuerConfig};
+use crate::authn::{AuthnFailure, Identity};
+
+pub(super) const ISS: &str = "https://idp.test.portcullis/";
+
+pub(super) fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keys")
+        .join(name)
+}
+
+pub(super) fn issuer_config(jwks_file: PathBuf) -> IssuerConfig {
+    IssuerConfig {
+        issuer: ISS.into(),
+        audiences: vec!["portcullis".into()],
+        jwks_file: Some(jwks_file),
+        algorithms: vec!["ES256".into(), "RS256".into()],
+        principal_type: "User".into(),
+        subject_claim: "sub".into(),
+        org_claim: Some("org".into()),
+        org_type: "Org".into(),
+        jwks_url: None,
+        discovery: false,
+        hmac_secret_file: None,
+        max_lifetime_seconds: None,
+        roles_claim: Some("roles".into()),
+        role_type: "Role".into(),
+        context_claims: vec!["tier".into()],
+        mfa_amr_values: vec!["mfa".into()],
+        mfa_acr_values: vec!["urn:acr:mfa".into()],
+    }
+}
+
+pub(super) fn verifier_with(ic: IssuerConfig) -> JwtVerifier {
+    let config = AuthnConfig {
+        jwt: vec![ic],
+        ..AuthnConfig::default()
+    };
+    JwtVerifier::new(&config).unwrap()
+}
+
+pub(super) fn verifier() -> JwtVerifier {
+    verifier_with(issuer_config(fixture("test-issuer.jwks.json")))
+}
+
+pub(super) fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+pub(super) fn verify(v: &JwtVerifier, token: &str) -> Result<Identity, AuthnFailure> {
+    block(v.verify(token, now(), Instant::now()))
+}
+
+pub(super) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub(super) fn sign(alg: Algorithm, kid: Option<&str>, pem: &str, claims: Value) -> String {
+    let pem = std::fs::read(fixture(pem)).unwrap();
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+pub(super) fn claims() -> Value {
+    json!({"iss": ISS, "aud": "portcullis", "sub": "alice", "org": "acme",
+           "exp": now() + 300, "iat": now()})
+}
+
+pub(super) fn reason(token: &str) -> &'static str {
+    verify(&verifier(), token).unwrap_err().reason
+}

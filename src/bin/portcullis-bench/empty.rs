@@ -1,0 +1,70 @@
+//! An ext_authz and RLS server that answers OK at once, on the same tonic
+//! stack and settings as Portcullis: the ceiling the figures are compared to.
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::rpc;
+use portcullis::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// An ext_authz and RLS server that allows everything at once: the ceiling.
+#[derive(Clone)]
+struct Empty;
+
+#[tonic::async_trait]
+impl Authorization for Empty {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(rpc::Status::default()),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            dynamic_metadata: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for Empty {
+    async fn should_rate_limit(
+        &self,
+        _request: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+        Ok(tonic::Response::new(RateLimitResponse {
+            overall_code: RlsCode::Ok as i32,
+            ..Default::default()
+        }))
+    }
+}
+
+pub async fn start_empty(at: SocketAddr, cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(at).await?;
+    let addr = listener.local_addr()?;
+    let config = Config::default();
+    let router = portcullis::server::grpc_server(&config)
+        .add_service(
+            AuthorizationServer::new(Empty)
+                .max_decoding_message_size(config.server.max_message_bytes),
+        )
+        .add_service(RateLimitServiceServer::new(Empty));
+    tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming_shutdown(
+                portcullis::server::nodelay(listener),
+                cancel.cancelled_owned(),
+            )
+            .await;
+    });
+    Ok(addr)
+}

@@ -1,0 +1,265 @@
+//! `portcullis-bench`: a gRPC load generator for ext_authz `Check`. It
+//! starts Portcullis in process (or targets a running one), drives it with a
+//! bounded request mix at a fixed concurrency, and reports throughput and
+//! latency percentiles. With `--baseline` it first measures an empty
+//! ext_authz server on the same tonic stack and settings, so the figures
+//! that matter are ratios taken in one run on the same machine.
+//!
+//! `report` holds the figures, `load` drives a server, `requests` builds the
+//! calls, `token` signs them, `setup` prepares the in-process server and
+//! `empty` is the baseline server.
+
+mod empty;
+mod load;
+mod report;
+mod requests;
+mod setup;
+mod token;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::empty::start_empty;
+use crate::load::{drive, Calls};
+use crate::report::{print_table, Percentiles, Report};
+use crate::requests::{request_mix, rls_mix};
+use crate::setup::{portcullis_config, reload_under_load, roomy_copy};
+use crate::token::TokenKey;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portcullis-bench",
+    about = "Load generator for Portcullis ext_authz Check and RLS ShouldRateLimit"
+)]
+struct Args {
+    /// The call to load: ext_authz `Check` or RLS `ShouldRateLimit`.
+    #[arg(long, value_enum, default_value_t = Rpc::Check)]
+    rpc: Rpc,
+    /// Quota store of the in-process server for `--rpc rls`: in process,
+    /// or this Redis URL (limits then exact across replicas).
+    #[arg(long)]
+    redis: Option<String>,
+    /// Add this many policies to the in-process server's policy directory
+    /// and reload it (validated and swapped) once per second while it is
+    /// under load; the report lists each reload's time, and any failed
+    /// request shows in the errors column.
+    #[arg(long)]
+    reload_policies: Option<usize>,
+    /// A bearer token for the allowed calls of the mix instead of tokens
+    /// signed with this run's key (for `--target`: a token the running
+    /// server trusts, e.g. from scripts/dev-token.sh).
+    #[arg(long)]
+    bearer: Option<String>,
+    /// With `--rpc rls`: every call uses new quota keys (principal and
+    /// address descriptors numbered by the call), cycling after this many,
+    /// to measure the store's memory with many keys.
+    #[arg(long)]
+    keys: Option<u64>,
+    /// Serve the empty ext_authz + RLS server at this address until
+    /// interrupted, and measure nothing (for scripts/bench-envoy.sh).
+    #[arg(long)]
+    serve_empty: Option<SocketAddr>,
+    /// Write the policy directory with roomy quotas (see --keep-quotas)
+    /// to this directory and exit (for scripts/bench-envoy.sh).
+    #[arg(long)]
+    prepare_policies: Option<PathBuf>,
+    /// Benchmark a running server at this address instead of starting one
+    /// (its issuers will not know this run's token key: use --mix anonymous).
+    #[arg(long)]
+    target: Option<SocketAddr>,
+    /// First measure an empty ext_authz server with the same load and
+    /// report the ratio of Portcullis's throughput to it.
+    #[arg(long)]
+    baseline: bool,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the requests are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds of measurement per server (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Stop after this many requests per server (whichever comes first).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Seconds of unmeasured warm-up per server.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// The request mix.
+    #[arg(long, value_enum, default_value_t = Mix::Mixed)]
+    mix: Mix,
+    /// Policy directory for the in-process server.
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
+    /// Use the policy directory's quotas as they are. By default every
+    /// limit is scaled up a million times, so that allowed requests are
+    /// charged (the quota stage runs) but a benchmark never runs out.
+    #[arg(long)]
+    keep_quotas: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Rpc {
+    /// ext_authz v3 `Check`.
+    Check,
+    /// Rate limit service v3 `ShouldRateLimit`.
+    Rls,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Mix {
+    /// Allowed inference calls with a small set of reused (cacheable) tokens.
+    Allowed,
+    /// Every call carries a token never seen before.
+    Uncached,
+    /// 60% allowed (reused tokens), 10% forbidden, 10% mTLS workload,
+    /// 10% anonymous status, 10% unknown path.
+    Mixed,
+    /// Anonymous status checks only (no token).
+    Anonymous,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(
+        args.duration > 0.0 && args.duration <= 600.0,
+        "--duration must be in (0, 600] seconds"
+    );
+    // Servers get their own runtime so that the load generator's tasks do
+    // not queue behind them on one scheduler.
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("server")
+        .enable_all()
+        .build()?;
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load")
+        .enable_all()
+        .build()?;
+
+    if let Some(dir) = &args.prepare_policies {
+        roomy_copy(&args.policies, dir)?;
+        println!("{}", dir.display());
+        return Ok(());
+    }
+    if let Some(addr) = args.serve_empty {
+        let cancel = CancellationToken::new();
+        let bound = servers.block_on(start_empty(addr, cancel.clone()))?;
+        eprintln!("empty ext_authz + RLS server listening on {bound}");
+        servers.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            anyhow::Ok(())
+        })?;
+        cancel.cancel();
+        return Ok(());
+    }
+
+    let keys = TokenKey::generate()?;
+    let requests = Arc::new(match args.rpc {
+        Rpc::Check => Calls::Check(request_mix(args.mix, &keys, args.bearer.as_deref())?),
+        Rpc::Rls => Calls::Rls(rls_mix()),
+    });
+    let mut phases = Vec::new();
+    let mut reloads = Vec::new();
+
+    if args.baseline {
+        let cancel = CancellationToken::new();
+        let addr = servers.block_on(start_empty("127.0.0.1:0".parse()?, cancel.clone()))?;
+        phases.push(clients.block_on(drive("empty", addr, &args, Arc::clone(&requests)))?);
+        cancel.cancel();
+    }
+    let _keep = match args.target {
+        Some(addr) => {
+            phases.push(clients.block_on(drive(
+                "portcullis",
+                addr,
+                &args,
+                Arc::clone(&requests),
+            ))?);
+            None
+        }
+        None => {
+            let dir = tempfile::tempdir()?;
+            let config = portcullis_config(&args, &keys, dir.path())?;
+            let running = servers.block_on(portcullis::server::start(&config))?;
+            let addr = running.decision_addr;
+            let reloader = args.reload_policies.map(|n| {
+                let store = Arc::clone(&running.state.policies);
+                let file = config.policies.join("scaled.cedar");
+                let budget = args.warmup + args.duration;
+                servers.spawn(reload_under_load(store, file, n, budget))
+            });
+            phases.push(clients.block_on(drive(
+                "portcullis",
+                addr,
+                &args,
+                Arc::clone(&requests),
+            ))?);
+            if let Some(task) = reloader {
+                reloads = servers.block_on(task)??;
+            }
+            servers.block_on(running.shutdown())?;
+            Some(dir)
+        }
+    };
+
+    let (ratio, added) = match (phases.first(), phases.get(1)) {
+        (Some(empty), Some(real)) if args.baseline => (
+            Some(real.throughput_rps / empty.throughput_rps),
+            Some(Percentiles {
+                p50: real.latency_us.p50.saturating_sub(empty.latency_us.p50),
+                p90: real.latency_us.p90.saturating_sub(empty.latency_us.p90),
+                p99: real.latency_us.p99.saturating_sub(empty.latency_us.p99),
+                p999: real.latency_us.p999.saturating_sub(empty.latency_us.p999),
+                max: real.latency_us.max.saturating_sub(empty.latency_us.max),
+            }),
+        ),
+        _ => (None, None),
+    };
+    let report = Report {
+        rpc: args.rpc,
+        reloads,
+        store: (args.rpc == Rpc::Rls).then_some(if args.redis.is_some() {
+            "redis"
+        } else {
+            "local"
+        }),
+        mix: args.mix,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        phases,
+        ratio_vs_empty: ratio,
+        latency_added_us: added,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if report.reloads.iter().any(|r| !r.ok) {
+        anyhow::bail!("a policy reload failed");
+    }
+    if report.phases.iter().any(|p| p.errors > 0) {
+        anyhow::bail!("some requests failed (see the errors column)");
+    }
+    Ok(())
+}

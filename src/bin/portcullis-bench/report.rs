@@ -1,0 +1,103 @@
+//! What a run measured, and how it is printed: a table or one JSON object.
+
+use serde::Serialize;
+
+use crate::{Mix, Rpc};
+
+/// One policy reload under load.
+#[derive(Debug, Serialize)]
+pub struct Reload {
+    pub policies: usize,
+    pub milliseconds: f64,
+    pub ok: bool,
+}
+
+/// What one server did under load.
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    pub server: &'static str,
+    pub requests: u64,
+    pub errors: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    pub seconds: f64,
+    pub throughput_rps: f64,
+    pub latency_us: Percentiles,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub rpc: Rpc,
+    /// With `--reload-policies`: each reload under load.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reloads: Vec<Reload>,
+    /// `local` or `redis` (RLS only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<&'static str>,
+    pub mix: Mix,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub phases: Vec<Phase>,
+    /// Portcullis's throughput divided by the empty server's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_vs_empty: Option<f64>,
+    /// Portcullis's latency minus the empty server's, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_added_us: Option<Percentiles>,
+}
+
+pub fn print_table(r: &Report) {
+    match r.rpc {
+        Rpc::Check => println!(
+            "Check, mix {:?}, concurrency {}, connections {}",
+            r.mix, r.concurrency, r.connections
+        ),
+        Rpc::Rls => println!(
+            "ShouldRateLimit, store {}, concurrency {}, connections {}",
+            r.store.unwrap_or("local"),
+            r.concurrency,
+            r.connections
+        ),
+    }
+    println!(
+        "{:<11} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "server", "requests", "errors", "req/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
+    );
+    for p in &r.phases {
+        println!(
+            "{:<11} {:>9} {:>7} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            p.server,
+            p.requests,
+            p.errors,
+            p.throughput_rps,
+            p.latency_us.p50,
+            p.latency_us.p90,
+            p.latency_us.p99,
+            p.latency_us.p999,
+            p.latency_us.max
+        );
+    }
+    for reload in &r.reloads {
+        println!(
+            "reload of {} policies under load: {:.0} ms{}",
+            reload.policies,
+            reload.milliseconds,
+            if reload.ok { "" } else { " (FAILED)" }
+        );
+    }
+    if let (Some(ratio), Some(added)) = (r.ratio_vs_empty, &r.latency_added_us) {
+        println!(
+            "ratio_vs_empty {ratio:.3}; latency added p50 {} us, p99 {} us",
+            added.p50, added.p99
+        );
+    }
+}

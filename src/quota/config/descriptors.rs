@@ -1,0 +1,266 @@
+//! The descriptor tree of one quota file, by envoyproxy/ratelimit's load
+//! rules: composite keys, duplicates, and each `rate_limit` turned into a
+//! [`QuotaLimit`] (with our `window` and `burst`).
+
+use super::format::{DescriptorYaml, RateLimitYaml};
+use super::{Node, QuotaLimit};
+
+/// Why a descriptor's `rate_limit` cannot be used; `at` is the descriptor's
+/// composite key (e.g. `domain.key_value`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRateLimit {
+    #[error("{at}: should not have an empty replaces entry")]
+    EmptyReplaces { at: String },
+    #[error("{at}: replaces should not contain name of same descriptor")]
+    ReplacesItself { at: String },
+    #[error("{at}: should not specify rate limit unit or requests_per_unit when unlimited")]
+    UnlimitedWithRate { at: String },
+    #[error("{at}: give either unit or window (our extension), not both")]
+    UnitAndWindow { at: String },
+    #[error("{at}: invalid rate limit unit '{unit}': use second, minute, hour, day, week, month or year")]
+    UnknownUnit { at: String, unit: String },
+    #[error("{at}: window '{window}' is not a duration like 30s, 5m, 2h or 1d")]
+    BadWindow { at: String, window: String },
+    #[error("{at}: invalid rate limit unit: rate_limit needs a unit (or a window)")]
+    NoUnit { at: String },
+    #[error("{at}: rate_limit needs requests_per_unit")]
+    NoRequestsPerUnit { at: String },
+    #[error("{at}: burst must be at least 1 (omit it for burst = requests_per_unit)")]
+    ZeroBurst { at: String },
+}
+
+/// Adds `descriptors` under `node`, reporting each problem at its line;
+/// `key_lines` holds the line of every descriptor in pre-order.
+pub(super) fn build(
+    descriptors: &[DescriptorYaml],
+    node: &mut Node,
+    path: &str,
+    key_lines: &[usize],
+    counter: &mut usize,
+    names: &mut Vec<String>,
+    report: &mut dyn FnMut(Option<usize>, String),
+) {
+    for d in descriptors {
+        let line = key_lines.get(*counter).copied();
+        *counter += 1;
+        if d.key.is_empty() {
+            report(line, format!("{path}: descriptor has empty key"));
+        }
+        let value = d.value.clone().filter(|v| !v.is_empty());
+        let composite = match &value {
+            Some(v) => format!("{path}.{}_{v}", d.key),
+            None => format!("{path}.{}", d.key),
+        };
+        let slot = (d.key.clone(), value.clone());
+        if node.children.contains_key(&slot) {
+            report(
+                line,
+                format!("duplicate descriptor composite key '{composite}'"),
+            );
+            continue;
+        }
+        let _ = (d.detailed_metric, d.value_to_metric);
+        let mut child = Node::default();
+        if let Some(rl) = &d.rate_limit {
+            match limit(rl, d.shadow_mode, &composite) {
+                Ok(l) => {
+                    if let Some(n) = &l.name {
+                        names.push(n.clone());
+                    }
+                    child.limit = Some(l);
+                }
+                Err(problem) => report(line, problem.to_string()),
+            }
+        }
+        build(
+            &d.descriptors,
+            &mut child,
+            &composite,
+            key_lines,
+            counter,
+            names,
+            report,
+        );
+        if let Some(v) = &value {
+            if let Some(prefix) = v.strip_suffix('*') {
+                node.wildcards.push((d.key.clone(), prefix.to_string()));
+            }
+        }
+        node.children.insert(slot, child);
+    }
+}
+
+fn limit(rl: &RateLimitYaml, shadow: bool, at: &str) -> Result<QuotaLimit, BadRateLimit> {
+    let at = || at.to_owned();
+    for r in &rl.replaces {
+        if r.name.is_empty() {
+            return Err(BadRateLimit::EmptyReplaces { at: at() });
+        }
+        if Some(&r.name) == rl.name.as_ref() {
+            return Err(BadRateLimit::ReplacesItself { at: at() });
+        }
+    }
+    let replaces = rl.replaces.iter().map(|r| r.name.clone()).collect();
+    if rl.unlimited {
+        if rl.unit.is_some() || rl.window.is_some() || rl.requests_per_unit.is_some() {
+            return Err(BadRateLimit::UnlimitedWithRate { at: at() });
+        }
+        return Ok(QuotaLimit {
+            name: rl.name.clone(),
+            requests: 0,
+            window_us: 1_000_000,
+            burst: 0,
+            unlimited: true,
+            replaces,
+            shadow,
+        });
+    }
+    let window_us = match (&rl.unit, &rl.window) {
+        (Some(_), Some(_)) => return Err(BadRateLimit::UnitAndWindow { at: at() }),
+        (Some(unit), None) => unit_us(unit).ok_or_else(|| BadRateLimit::UnknownUnit {
+            at: at(),
+            unit: unit.clone(),
+        })?,
+        (None, Some(w)) => parse_window(w).ok_or_else(|| BadRateLimit::BadWindow {
+            at: at(),
+            window: w.clone(),
+        })?,
+        (None, None) => return Err(BadRateLimit::NoUnit { at: at() }),
+    };
+    let requests = rl
+        .requests_per_unit
+        .ok_or_else(|| BadRateLimit::NoRequestsPerUnit { at: at() })?;
+    let burst = rl.burst.unwrap_or(requests);
+    if rl.burst == Some(0) {
+        return Err(BadRateLimit::ZeroBurst { at: at() });
+    }
+    Ok(QuotaLimit {
+        name: rl.name.clone(),
+        requests,
+        window_us,
+        burst,
+        unlimited: false,
+        replaces,
+        shadow,
+    })
+}
+
+fn unit_us(unit: &str) -> Option<u64> {
+    let s: u64 = match unit.to_ascii_lowercase().as_str() {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3600,
+        "day" => 86_400,
+        "week" => 7 * 86_400,
+        "month" => 30 * 86_400,
+        "year" => 365 * 86_400,
+        _ => return None,
+    };
+    Some(s * 1_000_000)
+}
+
+fn parse_window(w: &str) -> Option<u64> {
+    let w = w.trim();
+    let split = w.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = w.split_at(split);
+    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+    let us = match unit {
+        "ms" => 1_000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
+        _ => return None,
+    };
+    n.checked_mul(us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::config::QuotaConfig;
+
+    fn errors(text: &str) -> Vec<String> {
+        QuotaConfig::parse([("quotas.yaml", text)])
+            .expect_err("should fail")
+            .into_iter()
+            .map(|e| format!("{}:{}", e.line.unwrap_or(0), e.message))
+            .collect()
+    }
+
+    #[test]
+    fn load_time_rules_are_envoyproxys() {
+        assert_eq!(
+            errors("descriptors: []\n"),
+            ["1:config file cannot have empty domain"]
+        );
+        let dup = "domain: d\ndescriptors:\n  - key: a\n    value: b\n  - key: a\n    value: b\n";
+        assert_eq!(
+            errors(dup),
+            ["5:duplicate descriptor composite key 'd.a_b'"]
+        );
+        let bad_unit = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n";
+        assert!(errors(bad_unit)[0].starts_with("3:d.a: invalid rate limit unit 'fortnight'"));
+        let unlimited = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unlimited: true, unit: second, requests_per_unit: 1}\n";
+        assert!(errors(unlimited)[0].contains("when unlimited"));
+        let replaces = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {name: x, replaces: [{name: x}], unit: second, requests_per_unit: 1}\n";
+        assert!(errors(replaces)[0].contains("replaces should not contain name of same descriptor"));
+        let unknown = "domain: d\ndescriptors:\n  - key: a\n    colour: blue\n";
+        let err = errors(unknown);
+        assert!(
+            err[0].starts_with("4:") && err[0].contains("unknown field `colour`"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn rate_limit_problems_read_exactly_as_operators_see_them() {
+        let at = || "d.a".to_owned();
+        for (problem, text) in [
+            (
+                BadRateLimit::EmptyReplaces { at: at() },
+                "d.a: should not have an empty replaces entry",
+            ),
+            (
+                BadRateLimit::ReplacesItself { at: at() },
+                "d.a: replaces should not contain name of same descriptor",
+            ),
+            (
+                BadRateLimit::UnlimitedWithRate { at: at() },
+                "d.a: should not specify rate limit unit or requests_per_unit when unlimited",
+            ),
+            (
+                BadRateLimit::UnitAndWindow { at: at() },
+                "d.a: give either unit or window (our extension), not both",
+            ),
+            (
+                BadRateLimit::UnknownUnit {
+                    at: at(),
+                    unit: "fortnight".into(),
+                },
+                "d.a: invalid rate limit unit 'fortnight': use second, minute, hour, day, week, month or year",
+            ),
+            (
+                BadRateLimit::BadWindow {
+                    at: at(),
+                    window: "5x".into(),
+                },
+                "d.a: window '5x' is not a duration like 30s, 5m, 2h or 1d",
+            ),
+            (
+                BadRateLimit::NoUnit { at: at() },
+                "d.a: invalid rate limit unit: rate_limit needs a unit (or a window)",
+            ),
+            (
+                BadRateLimit::NoRequestsPerUnit { at: at() },
+                "d.a: rate_limit needs requests_per_unit",
+            ),
+            (
+                BadRateLimit::ZeroBurst { at: at() },
+                "d.a: burst must be at least 1 (omit it for burst = requests_per_unit)",
+            ),
+        ] {
+            assert_eq!(problem.to_string(), text);
+        }
+    }
+}
