@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis::request::AccessRequest;
-use portcullis::snapshot::Snapshot;
+use portcullis::policy::Snapshot;
 use portcullis::validate::models::Lookup;
 use portcullis::validate::{check_body, json, pii, rules::PiiKind, ModelInput};
 

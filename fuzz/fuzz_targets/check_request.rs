@@ -8,10 +8,9 @@ use std::sync::LazyLock;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use libfuzzer_sys::fuzz_target;
-use portcullis::config::ResidencyConfig;
-use portcullis::extauthz::{to_access_request, to_check_response};
-use portcullis::pipeline::decide_as;
-use portcullis::snapshot::Snapshot;
+use portcullis::residency::ResidencyConfig;
+use portcullis::adapters::extauthz::{to_access_request, to_check_response};
+use portcullis::policy::Snapshot;
 use prost::Message;
 
 static SNAPSHOT: LazyLock<Snapshot> = LazyLock::new(|| {
@@ -38,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
             portcullis::authn::Identity::new(uid, Vec::new(), portcullis::authn::AuthMethod::Mtls)
         })
     });
-    let d = decide_as(&SNAPSHOT, identity, &req);
+    let d = portcullis::pipeline::decide_offline(&SNAPSHOT, &req, identity, 0);
     let response = to_check_response(&d, &req);
     assert!(response.status.is_some());
     assert!(response.http_response.is_some());
