@@ -126,6 +126,15 @@ impl App {
         let authenticator = Authenticator::with_redis(&config.authentication, authn_redis)
             .map_err(AssembleError::Authn)?;
         let quotas = config.quotas.build_on(quota_redis);
+        if config.quotas.replicas > 1 && config.quotas.store == crate::quota::QuotaStoreKind::Local
+        {
+            // Almost always a mistake: each replica counts on its own and
+            // enforces the whole limit.
+            tracing::warn!(
+                replicas = config.quotas.replicas,
+                "quotas.replicas is above 1 but the quota store is local: every replica enforces the full limit on its own; use store: redis (or redis_cluster) so replicas share counters"
+            );
+        }
         tracing::info!(
             store = quotas.store_name(),
             failures = authenticator.failure_store(),

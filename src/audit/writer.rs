@@ -30,7 +30,7 @@ const BATCH: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The directory or a file could not be used.
-    #[error("audit directory {dir}: {message}")]
+    #[error("audit directory {dir}: {message}; set audit.directory to a directory this process may write (a relative path resolves against the config file's directory, often a read-only mount in a cluster)")]
     Directory { dir: PathBuf, message: String },
     /// Another process holds the directory.
     #[error("audit directory {0} is in use by another Portcullis process (two writers would break the chain); give each process its own audit.directory")]

@@ -18,12 +18,24 @@ pub struct CheckArgs {
     /// Configuration file, for JWT issuers.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Exit with status 2 when the decision is a deny (as `opa eval
+    /// --fail`); without it the exit status is 0 whatever the decision.
+    #[arg(long)]
+    fail: bool,
 }
+
+/// The exit status of a deny under `--fail` (1 is an error).
+pub const DENIED: u8 = 2;
 
 impl CheckArgs {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        check(&self.request, self.policies, self.config.as_deref())
+        let allowed = check(&self.request, self.policies, self.config.as_deref())?;
+        Ok(if self.fail && !allowed {
+            ExitCode::from(DENIED)
+        } else {
+            ExitCode::SUCCESS
+        })
     }
 }
 
@@ -31,9 +43,12 @@ fn check(
     request: &std::path::Path,
     policies: Option<PathBuf>,
     config: Option<&std::path::Path>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<bool> {
     let config = super::load_config(config)?;
-    let dir = policies.unwrap_or(config.policies.clone());
+    let dir = super::policy_dir(
+        policies.unwrap_or(config.policies.clone()),
+        "--policies DIR",
+    )?;
     let text = std::fs::read_to_string(request)
         .with_context(|| format!("cannot read request file {}", request.display()))?;
     let input = crate::adapters::offline::check::CheckInput::parse(&text)
@@ -87,5 +102,5 @@ fn check(
         }
     };
     println!("{}", serde_json::to_string_pretty(&decision)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(decision.is_allowed())
 }

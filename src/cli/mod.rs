@@ -51,7 +51,11 @@ enum Command {
 /// Parses the command line, runs the command, and turns an error into
 /// one line on stderr and a failing exit code.
 pub fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if !matches!(command, Command::Serve(_)) {
+        die_quietly_on_a_closed_pipe();
+    }
+    let result = match command {
         Command::Serve(args) => args.run(),
         Command::Policy { command } => command.run(),
         Command::Audit { command } => command.run(),
@@ -61,10 +65,51 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, a cause left out when the text
+/// before already says it (`cannot listen on ...: Address in use` once,
+/// not twice).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// A command whose output is piped into `head` ends quietly when the pipe
+/// closes, as other command-line tools do, instead of panicking in
+/// `println!`. Not for `serve`: a server must survive a peer that hangs up.
+fn die_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE, before any
+    // thread is started, touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// `dir` when it is a directory; otherwise an error that says how to
+/// name one (`how`).
+fn policy_dir(dir: std::path::PathBuf, how: &str) -> anyhow::Result<std::path::PathBuf> {
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let what = if dir.exists() {
+        "is not a directory"
+    } else {
+        "does not exist"
+    };
+    anyhow::bail!("policy directory {} {what}; pass {how}", dir.display())
 }
 
 /// The configuration file, or every default without one.
@@ -73,4 +118,32 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e =
+            anyhow::Error::new(io).context("cannot listen on 127.0.0.1:1: Address already in use");
+        assert_eq!(
+            describe(&e),
+            "cannot listen on 127.0.0.1:1: Address already in use"
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(io).context("cannot read c.yaml");
+        assert_eq!(describe(&e), "cannot read c.yaml: No such file");
+    }
+
+    #[test]
+    fn a_missing_policy_directory_says_how_to_name_one() {
+        let e = policy_dir("/nonexistent/policies".into(), "--policies DIR").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "policy directory /nonexistent/policies does not exist; pass --policies DIR"
+        );
+    }
 }

@@ -79,6 +79,7 @@ impl PolicyCommand {
 }
 
 fn validate(dir: PathBuf, config: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let dir = super::policy_dir(dir, "the directory: portcullis policy validate DIR")?;
     let claims = match config {
         Some(path) => {
             crate::policy::snapshot::ContextClaim::configured(&Config::load(path)?.authentication)
@@ -128,6 +129,7 @@ fn location_suffix(e: &crate::policy::snapshot::LoadError) -> String {
 }
 
 fn policy_test(dir: PathBuf, require_coverage: bool) -> anyhow::Result<ExitCode> {
+    let dir = super::policy_dir(dir, "the directory: portcullis policy test DIR")?;
     let snapshot = crate::policy::snapshot::Snapshot::load(&dir)?;
     let report = crate::adapters::offline::test::run(&dir, &snapshot);
     for f in &report.failures {

@@ -11,20 +11,25 @@ use crate::config::{Config, LogFormat};
 /// `portcullis serve` arguments: each overrides the config file.
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Configuration file (YAML); every field has a default.
+    /// Configuration file (YAML); every field has a default
+    /// (docs/configuration.md). Without one: the bundled ./policies, the
+    /// listeners below, the audit trail in ./audit.
     #[arg(long, env = "PORTCULLIS_CONFIG")]
     config: Option<PathBuf>,
-    /// Policy directory (overrides `policies` in the config file).
+    /// Policy directory (overrides `policies` in the config file)
+    /// [default: policies]
     #[arg(long)]
     policies: Option<PathBuf>,
-    /// Decision gRPC listener (overrides `listen`).
+    /// Decision gRPC listener: ext_authz, RLS, health, reflection
+    /// (overrides `listen`) [default: 127.0.0.1:50051]
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// Admin gRPC listener (overrides `admin_listen`).
+    /// Admin gRPC listener (overrides `admin_listen`)
+    /// [default: 127.0.0.1:50052]
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
     /// Operations HTTP listener: /metrics, /healthz, /readyz
-    /// (overrides `http_listen`).
+    /// (overrides `http_listen`) [default: 127.0.0.1:9090]
     #[arg(long)]
     http_listen: Option<std::net::SocketAddr>,
     /// Serve the policy directory as it was at this git revision
@@ -52,6 +57,10 @@ impl ServeArgs {
         }
         if let Some(h) = self.http_listen {
             c.http_listen = h;
+        }
+        if c.policy_revision.is_none() {
+            c.policies =
+                super::policy_dir(c.policies, "--policies DIR or set `policies` in --config")?;
         }
         serve(c)
     }
@@ -140,4 +149,29 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn serve_help_shows_the_defaults_the_server_uses() {
+        let mut cli = super::super::Cli::command();
+        let help = cli
+            .find_subcommand_mut("serve")
+            .expect("serve")
+            .render_long_help()
+            .to_string();
+        let defaults = crate::config::Config::default();
+        for shown in [
+            format!("[default: {}]", defaults.listen),
+            format!("[default: {}]", defaults.admin_listen),
+            format!("[default: {}]", defaults.http_listen),
+            format!("[default: {}]", defaults.policies.display()),
+            format!("./{}", defaults.audit.directory.display()),
+        ] {
+            assert!(help.contains(&shown), "serve --help lacks {shown}:\n{help}");
+        }
+    }
 }
