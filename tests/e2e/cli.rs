@@ -553,3 +553,153 @@ fn bench_baseline_runs_and_reports_a_ratio() {
     assert!(allowed > 3 * denied, "{report}");
     assert!(report["ratio_vs_empty"].as_f64().is_some_and(|r| r > 0.0));
 }
+
+/// A request file for `check`: `GET path` without credentials.
+fn request_file(dir: &Path, path: &str) -> String {
+    let file = dir.join("req.json");
+    std::fs::write(
+        &file,
+        format!(r#"{{"method": "GET", "path": "{path}", "host": "api"}}"#),
+    )
+    .unwrap();
+    file.to_str().unwrap().to_string()
+}
+
+#[test]
+fn check_with_fail_exits_2_on_a_deny_and_0_on_an_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policies_dir();
+    for (path, fail, code) in [
+        ("/v1/status", true, 0),
+        ("/v1/no-such-route", true, 2),
+        ("/v1/no-such-route", false, 0),
+    ] {
+        let request = request_file(dir.path(), path);
+        let mut args = vec![
+            "check",
+            "--request",
+            &request,
+            "--policies",
+            policies.to_str().unwrap(),
+        ];
+        if fail {
+            args.push("--fail");
+        }
+        let out = portcullis(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{path} --fail={fail}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn output_piped_into_a_closed_reader_ends_quietly_without_a_panic() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let request = request_file(dir.path(), "/v1/status");
+    let policies = policies_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "check",
+            "--request",
+            &request,
+            "--policies",
+            policies.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before anything is written (as `| head -0`).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn a_missing_policy_directory_says_to_pass_policies() {
+    let out = portcullis(&["serve", "--policies", "/nonexistent/policies"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("policy directory /nonexistent/policies does not exist; pass --policies DIR"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_audit_directory_that_cannot_be_created_says_to_set_audit_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the directory should be: creating it fails as on a
+    // read-only mount, whoever runs the test.
+    std::fs::write(dir.path().join("audit"), "").unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "policies: {}\nlisten: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nhttp_listen: 127.0.0.1:0\n",
+            policies_dir().display()
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("set audit.directory to a directory this process may write"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bind_error_names_its_cause_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "policies: {}\naudit: {{directory: {}}}\nadmin_listen: 127.0.0.1:0\nhttp_listen: 127.0.0.1:0\n",
+            policies_dir().display(),
+            dir.path().join("audit").display()
+        ),
+    )
+    .unwrap();
+    let out = portcullis(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        &addr,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert_eq!(line.matches("in use").count(), 1, "{line}");
+}
+
+#[test]
+fn replicas_above_one_on_a_local_quota_store_are_warned_about_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "quotas: {store: local, replicas: 3}\n").unwrap();
+    let mut pdp = Portcullis::start(&["--config", config.to_str().unwrap()]);
+    let _ = pdp.listener("admin");
+    pdp.terminate(Duration::from_secs(10));
+    let err = pdp.stderr();
+    assert!(
+        err.contains("every replica enforces the full limit on its own"),
+        "{err}"
+    );
+}
