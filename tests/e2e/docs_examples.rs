@@ -8,7 +8,9 @@
 //!
 //! - in a ```sh block, comment lines right after a command whose first line
 //!   starts with `# => ` (continued by lines starting with `#  `);
-//! - in a ```console block, the lines after a `$ command` line.
+//! - in a ```console block, the lines after a `$ command` line;
+//! - a fence whose info string says `output` (```json output), after the
+//!   shell fence whose last command prints it (prose may come between).
 //!
 //! Output is compared without whitespace (grpcurl pretty-prints what the
 //! docs write on one line), with `...` matching anything, and with ids,
@@ -215,6 +217,11 @@ fn examples(path: &Path) -> (Vec<Example>, Vec<String>) {
         .unwrap()
         .display()
         .to_string();
+    examples_named(&name, path)
+}
+
+/// The examples of the document at `path`, named `name` in messages.
+fn examples_named(name: &str, path: &Path) -> (Vec<Example>, Vec<String>) {
     let text = std::fs::read_to_string(path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let mut found = Vec::new();
@@ -242,10 +249,23 @@ fn examples(path: &Path) -> (Vec<Example>, Vec<String>) {
             })
             .collect();
         i = end + 1;
-        if lang == "console" {
-            found.extend(console_block(&name, &body));
+        if lang.split_whitespace().any(|w| w == "output") {
+            // A fence marked `output` (```json output) shows what the last
+            // command before it prints.
+            let text: String = body.iter().map(|(_, l)| format!("{l}\n")).collect();
+            match found.last_mut() {
+                Some(Example { expected: None, .. }) => {
+                    found.last_mut().unwrap().expected = Some(text);
+                }
+                _ => problems.push(format!(
+                    "{name}:{start}: a ```{lang} fence without a command before it \
+                     that shows no output yet"
+                )),
+            }
+        } else if lang == "console" {
+            found.extend(console_block(name, &body));
         } else if SHELL.contains(&lang.as_str()) {
-            found.extend(shell_block(&name, &body));
+            found.extend(shell_block(name, &body));
         } else if lang != "text" {
             for (n, line) in &body {
                 if COMMAND_WORDS
@@ -315,6 +335,22 @@ fn shell_block(name: &str, body: &[(usize, &str)]) -> Vec<Example> {
         }
         in_output = false;
         let mut text = line.to_string();
+        // A here-document runs to its delimiter line.
+        if let Some(at) = line.find("<<") {
+            let delimiter = line[at + 2..]
+                .trim_start_matches('-')
+                .trim()
+                .trim_matches(|c| c == '\'' || c == '"')
+                .to_string();
+            while k < body.len() {
+                text.push('\n');
+                text.push_str(body[k].1);
+                k += 1;
+                if body[k - 1].1.trim() == delimiter {
+                    break;
+                }
+            }
+        }
         loop {
             let (open, _) = scan(&text);
             if !(open || text.trim_end().ends_with('\\')) || k >= body.len() {
@@ -359,6 +395,16 @@ fn normalise(text: &str) -> String {
                 .is_none_or(|c| !c.is_ascii_alphanumeric());
             if len >= 12 && boundary {
                 out.push_str("<hex>");
+                // A working tree that differs from the commit:
+                // `<commit>-dirty.<hash>` is still a version.
+                let dirty: String = chars[i + len..].iter().take(7).collect();
+                if dirty == "-dirty." {
+                    let tail = chars[i + len + 7..]
+                        .iter()
+                        .take_while(|c| c.is_ascii_hexdigit())
+                        .count();
+                    i += 7 + tail;
+                }
             } else {
                 out.extend(&chars[i..i + len]);
             }
@@ -601,4 +647,28 @@ fn shell_blocks_split_into_commands_and_outputs() {
         Some("{\"ok\":true,\n\"n\":1}\n")
     );
     assert_eq!(found[1].expected, None);
+}
+
+#[test]
+fn here_documents_and_output_fences_belong_to_their_command() {
+    let body = [
+        (1, "portcullis check --request /dev/stdin <<'EOF'"),
+        (2, "{ \"method\": \"GET\","),
+        (3, "  \"path\": \"/\" }"),
+        (4, "EOF"),
+    ];
+    let found = shell_block("doc.md", &body);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].text.ends_with("EOF"), "{found:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("doc.md");
+    let text = "```sh\nportcullis check --request x.json\n```\n\nThe output:\n\n```json output\n{\"decision\": \"allow\"}\n```\n";
+    std::fs::write(&doc, text).unwrap();
+    let (found, problems) = examples_named("doc.md", &doc);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        found[0].expected.as_deref(),
+        Some("{\"decision\": \"allow\"}\n")
+    );
 }
