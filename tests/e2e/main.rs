@@ -13,6 +13,7 @@ mod support;
 mod audit;
 mod cli;
 mod deploy;
+mod docs_examples;
 mod envoy;
 mod envoy_quotas;
 mod grpcurl;
