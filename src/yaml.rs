@@ -4,9 +4,10 @@
 
 /// An error message with its location: `line L column C: what`.
 pub fn message(e: &serde_yaml_ng::Error) -> String {
+    let (_, text) = located(e);
     match e.location() {
-        Some(loc) => format!("line {} column {}: {e}", loc.line(), loc.column()),
-        None => e.to_string(),
+        Some(loc) => format!("line {} column {}: {text}", loc.line(), loc.column()),
+        None => text,
     }
 }
 
