@@ -1,16 +1,24 @@
-//! Compiles our own protos (proto/) with the pure-Rust `protox` (no system
-//! `protoc`), and writes one descriptor set for gRPC server reflection that
-//! also covers the Envoy services we serve (their .proto sources ship inside
-//! the `envoy-types` crate).
+//! Compiles our own protos (proto/portcullis/) with the pure-Rust `protox`
+//! (no system `protoc`), and writes one descriptor set for gRPC server
+//! reflection that also covers the Envoy services we serve.
+//!
+//! Envoy's .proto files are carried in proto/third_party/ (see its README):
+//! this script never asks cargo for metadata or the network, so a fresh clone
+//! builds with an empty cargo home.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 const OWN_PROTOS: &[&str] = &["portcullis/admin/v1/admin.proto"];
+/// Compiled into the reflection descriptor set. Reflection lists only the
+/// services the server registers, so ext_proc's messages can be here before
+/// its adapter is.
 const ENVOY_PROTOS: &[&str] = &[
     "envoy/service/auth/v3/external_auth.proto",
     "envoy/service/ratelimit/v3/rls.proto",
+    "envoy/service/ext_proc/v3/external_processor.proto",
 ];
+/// Include roots under proto/third_party/, one per upstream repository.
+const THIRD_PARTY: &[&str] = &["data-plane-api", "xds", "protoc-gen-validate", "googleapis"];
 
 fn main() {
     println!("cargo:rerun-if-changed=proto");
@@ -20,64 +28,18 @@ fn main() {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(own.clone())
+        .compile_fds(own)
         .expect("generate Rust code for proto/");
 
     // Descriptor set for reflection: our protos plus Envoy's, so that
     // `grpcurl list/describe` and JSON calls work without proto files.
-    let envoy_proto = envoy_types_proto_dir();
-    let data_plane = envoy_proto.join("data-plane-api");
-    let includes: Vec<PathBuf> = [
-        data_plane.clone(),
-        envoy_proto.join("xds"),
-        envoy_proto.join("protoc-gen-validate"),
-        envoy_proto.join("googleapis"),
-        envoy_proto.join("cel-spec").join("proto"),
-        envoy_proto.join("opentelemetry-proto"),
-        envoy_proto.join("client_model"),
-        PathBuf::from("proto"),
-    ]
-    .into_iter()
-    .filter(|p| p.exists())
-    .collect();
+    let third_party = PathBuf::from("proto").join("third_party");
+    let mut includes: Vec<PathBuf> = THIRD_PARTY.iter().map(|t| third_party.join(t)).collect();
+    includes.push(PathBuf::from("proto"));
     let mut files: Vec<&str> = ENVOY_PROTOS.to_vec();
     files.extend_from_slice(OWN_PROTOS);
-    let all = protox::compile(files, includes).expect("compile Envoy protos for reflection");
+    let all = protox::compile(files, includes)
+        .expect("compile proto/third_party (Envoy's protos) for reflection");
     let bytes = prost::Message::encode_to_vec(&all);
     std::fs::write(out.join("reflection_descriptor.bin"), bytes).expect("write descriptor set");
-}
-
-/// The `proto/` directory of the `envoy-types` crate this build uses.
-fn envoy_types_proto_dir() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
-    let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--filter-platform",
-        ])
-        .arg(std::env::var("TARGET").expect("TARGET is set by cargo"))
-        .arg("--manifest-path")
-        .arg(Path::new(&manifest).join("Cargo.toml"))
-        .output()
-        .expect("run cargo metadata");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let meta: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
-    let pkg = meta["packages"]
-        .as_array()
-        .and_then(|pkgs| pkgs.iter().find(|p| p["name"] == "envoy-types"))
-        .expect("envoy-types is a dependency");
-    let manifest_path = pkg["manifest_path"].as_str().expect("manifest_path");
-    Path::new(manifest_path)
-        .parent()
-        .expect("crate dir")
-        .join("proto")
 }

