@@ -556,36 +556,25 @@ mod tests {
     fn a_caller_back_after_a_long_absence_warms_up_again_instead_of_surging() {
         let (d, clock) = detector(AnomalyConfig::default());
         let who = "User::\"batch\"";
+        let allowed = |n, seconds| {
+            traffic(
+                &d,
+                &clock,
+                who,
+                n,
+                Duration::from_secs(seconds),
+                Observed::Allowed,
+            )
+        };
         // 20 per second for ten minutes, away for an hour, back at 20/s.
-        let events = traffic(
-            &d,
-            &clock,
-            who,
-            12_000,
-            Duration::from_secs(600),
-            Observed::Allowed,
-        );
+        let events = allowed(12_000, 600);
         assert!(events.is_empty(), "{events:?}");
         clock.advance(Duration::from_secs(3_600));
-        let events = traffic(
-            &d,
-            &clock,
-            who,
-            12_000,
-            Duration::from_secs(600),
-            Observed::Allowed,
-        );
+        let events = allowed(12_000, 600);
         assert!(events.is_empty(), "{events:?}");
         // A short pause keeps the baseline: a surge right after is flagged.
         clock.advance(Duration::from_secs(30));
-        let events = traffic(
-            &d,
-            &clock,
-            who,
-            3_000,
-            Duration::from_secs(10),
-            Observed::Allowed,
-        );
+        let events = allowed(3_000, 10);
         assert_eq!(events.len(), 1, "{events:?}");
     }
 
