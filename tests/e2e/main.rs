@@ -12,7 +12,9 @@ mod support;
 
 mod audit;
 mod cli;
+mod container_build;
 mod deploy;
+mod deploy_rules;
 mod docs_examples;
 mod envoy;
 mod envoy_quotas;

@@ -7,8 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use portcullis::config::{Config, FailureStoreKind, QuotaStoreKind};
+use portcullis::authn::config::FailureStoreKind;
+use portcullis::config::Config;
 use portcullis::quota::OnStoreError;
+use portcullis::quota::QuotaStoreKind;
 use serde_yaml_ng::Value;
 
 fn deploy(file: &str) -> PathBuf {

@@ -253,7 +253,7 @@ fn copy(image: &Image, context: &Path, ignore: &DockerIgnore, args: &str, line: 
         flags
             .iter()
             .all(|f| f.starts_with("--chown") || f.starts_with("--chmod")),
-        "line {line}: COPY {flags:?}: teach tests/container_build.rs this flag"
+        "line {line}: COPY {flags:?}: teach tests/e2e/container_build.rs this flag"
     );
     let (dest, sources) = rest.split_last().expect("COPY SRC... DEST");
     assert!(!sources.is_empty(), "line {line}: COPY without a source");
@@ -489,7 +489,7 @@ fn check_dockerfile(text: &str, dockerfile: &Path, context: &Path) -> Result<usi
                     }
                 }
                 other => panic!(
-                    "line {}: {other} before a cargo step: teach tests/container_build.rs",
+                    "line {}: {other} before a cargo step: teach tests/e2e/container_build.rs",
                     ins.line
                 ),
             }
