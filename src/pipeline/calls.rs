@@ -2,7 +2,7 @@
 //! alone) and an admin API call (authentication and authorization of the
 //! call itself), through the same stages as `access`.
 
-use super::stages::{charge_descriptors, identify};
+use super::stages::{charge_descriptors, identify, limit_status};
 use super::{AdminCall, Mode, RateLimit};
 use crate::authn::{AuthMethod, Authentication};
 use crate::decision::{Decision, DenyReason};
@@ -21,7 +21,13 @@ pub(super) async fn ratelimit(
     let Mode::Enforce(live) = mode else {
         return d.allow();
     };
-    match charge_descriptors(snapshot, live.quotas, call.descriptors, &mut d).await {
+    let (charged, per_descriptor) =
+        charge_descriptors(snapshot, live.quotas, call.descriptors, &mut d).await;
+    d.limits = per_descriptor
+        .into_iter()
+        .map(|applied| applied.map(limit_status))
+        .collect();
+    match charged {
         Ok(()) => d.allow(),
         Err(refusal) => refusal.deny(d),
     }

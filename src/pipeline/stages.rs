@@ -14,6 +14,7 @@ use crate::decision::{Decision, DenyReason, Outcome, Problem, ShadowOutcome};
 use crate::metrics;
 use crate::policy::snapshot::ANONYMOUS_TYPE;
 use crate::policy::Snapshot;
+use crate::quota::apply::Applied;
 use crate::quota::check::QuotaSubject;
 use crate::request::AccessRequest;
 use crate::routes::{self, RouteMatch, Unmatched};
@@ -471,43 +472,47 @@ pub(super) async fn charge(
     // The stage histogram times `Check`'s stages; a rate-limit call is
     // timed as a whole (`portcullis_decision_duration_seconds`).
     let started = Instant::now();
-    let charged = charge_descriptors(snapshot, live.quotas, &descriptors, &mut at.d).await;
+    let (charged, _per_descriptor) =
+        charge_descriptors(snapshot, live.quotas, &descriptors, &mut at.d).await;
     metrics::global().stage(metrics::Stage::Quota, started.elapsed());
     charged
 }
 
-/// Charges `descriptors` and notes the outcome on `d`: the limit that
-/// decided and each descriptor's state.
+/// Charges `descriptors`, notes on `d` the limit that decided, and hands
+/// back each descriptor's limit and state (for RLS's per-descriptor
+/// statuses; `Check` drops them).
 pub(super) async fn charge_descriptors(
     snapshot: &Snapshot,
     quotas: &crate::quota::Quotas,
     descriptors: &[crate::quota::apply::Descriptor],
     d: &mut Decision,
-) -> Result<(), Refusal> {
+) -> (Result<(), Refusal>, Vec<Option<Applied>>) {
     let verdict = crate::quota::apply::apply(&snapshot.quotas, quotas, descriptors).await;
-    d.limits = verdict
-        .applied
-        .iter()
-        .map(|a| {
-            a.as_ref().map(|a| LimitStatus {
-                name: a.limit.name.clone(),
-                requests: a.limit.requests,
-                window_us: a.limit.window_us,
-                shadow: a.limit.shadow,
-                over: a.state.over,
-                remaining: a.state.remaining,
-                reset_us: a.state.reset_us,
-            })
-        })
-        .collect();
     d.quota = verdict.outcome;
-    if verdict.allowed {
-        return Ok(());
+    let charged = if verdict.allowed {
+        Ok(())
+    } else {
+        Err(match d.quota.as_ref() {
+            Some(q) => Refusal::new(q.deny_reason(), q.detail()),
+            None => Refusal::new(DenyReason::QuotaExceeded, String::new()),
+        })
+    };
+    (charged, verdict.applied)
+}
+
+/// A descriptor's limit and its state after the charge, as a decision
+/// carries it.
+pub(super) fn limit_status(applied: Applied) -> LimitStatus {
+    let Applied { limit, state } = applied;
+    LimitStatus {
+        name: limit.name,
+        requests: limit.requests,
+        window_us: limit.window_us,
+        shadow: limit.shadow,
+        over: state.over,
+        remaining: state.remaining,
+        reset_us: state.reset_us,
     }
-    Err(match d.quota.as_ref() {
-        Some(q) => Refusal::new(q.deny_reason(), q.detail()),
-        None => Refusal::new(DenyReason::QuotaExceeded, String::new()),
-    })
 }
 
 /// The 429 of a principal or source the anomaly detector blocks.
