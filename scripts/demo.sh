@@ -5,7 +5,12 @@
 # request and response: allow, 401, 403, 400, 422, 404, 429, then an audit
 # query.
 #
-#   scripts/demo.sh            (installs Envoy/grpcurl if missing, builds)
+#   scripts/demo.sh            (installs Envoy/grpcurl if missing)
+#
+# It runs the release binary of the quick start (`cargo run --release --
+# serve`): cargo finds it up to date, wherever CARGO_TARGET_DIR or cargo's
+# configuration puts it, so there is no second compile. PORTCULLIS_BIN names
+# another binary (the tests pass the one they built).
 #
 # Everything it starts is stopped when it ends; every wait is bounded.
 set -euo pipefail
@@ -15,10 +20,17 @@ repo=$PWD
 bash scripts/install-test-tools.sh >/dev/null
 envoy=$repo/.tools/bin/envoy
 grpcurl=$repo/.tools/bin/grpcurl
-if [ -z "${PORTCULLIS_BIN:-}" ]; then
-  cargo build --quiet --bin portcullis
+portcullis=${PORTCULLIS_BIN:-}
+if [ -z "$portcullis" ]; then
+  # Cargo says where the binary is (the target directory may be anywhere).
+  portcullis=$(cargo build --release --quiet --bin portcullis --message-format=json |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "portcullis":
+        print(m["executable"])')
+  [ -x "$portcullis" ] || { echo "demo: cargo built no portcullis binary" >&2; exit 1; }
 fi
-portcullis=${PORTCULLIS_BIN:-$repo/target/debug/portcullis}
 
 work=$(mktemp -d)
 pids=()

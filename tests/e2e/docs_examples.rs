@@ -39,6 +39,10 @@ const NOT_RUNNABLE: &[(&str, &str)] = &[
         "the server itself: this test starts it with a config that trusts the same test issuer, on free ports",
     ),
     (
+        "scripts/demo.sh",
+        "starts its own Envoy, model server and Portcullis; tests/e2e/deploy.rs runs it (demo_script_runs_to_the_end)",
+    ),
+    (
         "scripts/test.sh",
         "runs every test, this one included (about 13 minutes)",
     ),
