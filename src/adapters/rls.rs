@@ -112,7 +112,17 @@ pub fn to_descriptors(req: &RateLimitRequest) -> Result<Vec<Descriptor>, String>
 
 /// Renders a decision for Envoy: `overall_code` OK or OVER_LIMIT (never
 /// UNKNOWN, which Envoy lets through), a status per descriptor, and on a
-/// refusal the client's headers and problem document (outcome table).
+/// refusal the client's headers (`RateLimit-*`, `Retry-After`) and problem
+/// document (outcome table).
+///
+/// An OK answer adds no client headers: its descriptor statuses carry the
+/// limits (`current_limit`, `limit_remaining`, `duration_until_reset`).
+/// Behind the same Envoy, the request goes on to ext_authz `Check`, whose
+/// quotas describe the caller; two filters each adding `RateLimit-Limit`
+/// would give the client two conflicting values. So each response carries
+/// one set: the layer that refused, or `Check` on an allow. Envoy's
+/// `enable_x_ratelimit_headers` renders the statuses as headers where RLS
+/// is the only limit.
 pub fn to_response(decision: &Decision) -> RateLimitResponse {
     let statuses = decision
         .limits
@@ -139,19 +149,23 @@ pub fn to_response(decision: &Decision) -> RateLimitResponse {
             },
         })
         .collect();
-    let response_headers_to_add = decision
-        .client_headers()
-        .into_iter()
-        .map(|(key, value)| HeaderValue {
-            key,
-            value,
-            ..Default::default()
-        })
-        .collect();
-    let (overall_code, raw_body) = if decision.is_allowed() {
-        (Code::Ok, Vec::new())
+    let (overall_code, response_headers_to_add, raw_body) = if decision.is_allowed() {
+        (Code::Ok, Vec::new(), Vec::new())
     } else {
-        (Code::OverLimit, decision.problem_json().into_bytes())
+        let headers = decision
+            .client_headers()
+            .into_iter()
+            .map(|(key, value)| HeaderValue {
+                key,
+                value,
+                ..Default::default()
+            })
+            .collect();
+        (
+            Code::OverLimit,
+            headers,
+            decision.problem_json().into_bytes(),
+        )
     };
     RateLimitResponse {
         overall_code: overall_code as i32,
