@@ -57,36 +57,97 @@ fn get<'a>(v: &'a Value, path: &str) -> &'a Value {
         })
 }
 
+/// Every document of `deploy/k8s/<file>` (`---`-separated).
+fn documents(file: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(deploy(&format!("k8s/{file}"))).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("k8s/{file}: {e}")))
+        .collect()
+}
+
 #[test]
 fn kubernetes_manifests_have_the_required_fields() {
-    let expected = [
-        ("configmap.yaml", "v1", "ConfigMap"),
-        ("deployment.yaml", "apps/v1", "Deployment"),
-        ("service.yaml", "v1", "Service"),
-        ("pdb.yaml", "policy/v1", "PodDisruptionBudget"),
-        ("hpa.yaml", "autoscaling/v2", "HorizontalPodAutoscaler"),
+    let expected: [(&str, &[(&str, &str)]); 7] = [
+        ("configmap.yaml", &[("v1", "ConfigMap")]),
+        ("deployment.yaml", &[("apps/v1", "Deployment")]),
+        ("service.yaml", &[("v1", "Service")]),
+        ("pdb.yaml", &[("policy/v1", "PodDisruptionBudget")]),
+        ("hpa.yaml", &[("autoscaling/v2", "HorizontalPodAutoscaler")]),
         (
             "networkpolicy.yaml",
-            "networking.k8s.io/v1",
-            "NetworkPolicy",
+            &[("networking.k8s.io/v1", "NetworkPolicy")],
+        ),
+        (
+            "redis.yaml",
+            &[
+                ("apps/v1", "Deployment"),
+                ("v1", "Service"),
+                ("networking.k8s.io/v1", "NetworkPolicy"),
+            ],
         ),
     ];
-    for (file, api, kind) in expected {
-        let m = manifest(file);
-        assert_eq!(get(&m, "apiVersion").as_str(), Some(api), "{file}");
-        assert_eq!(get(&m, "kind").as_str(), Some(kind), "{file}");
-        assert!(
-            get(&m, "metadata.name")
-                .as_str()
-                .is_some_and(|n| n.starts_with("portcullis")),
-            "{file}"
-        );
+    for (file, kinds) in expected {
+        let docs = documents(file);
+        let found: Vec<(&str, &str)> = docs
+            .iter()
+            .map(|m| {
+                (
+                    get(m, "apiVersion").as_str().unwrap_or_default(),
+                    get(m, "kind").as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(found, kinds, "{file}");
+        for m in &docs {
+            assert!(
+                get(m, "metadata.name")
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("portcullis")),
+                "{file}"
+            );
+        }
     }
     let files: Vec<_> = std::fs::read_dir(deploy("k8s"))
         .unwrap()
         .flatten()
         .collect();
     assert_eq!(files.len(), expected.len(), "every manifest is checked");
+}
+
+/// The Redis the ConfigMap's `quotas.redis_url` names is in the manifests:
+/// its Service answers on that host and port, selects the Redis pods, and
+/// only Portcullis pods may reach it.
+#[test]
+fn the_quota_store_the_config_names_is_deployed_and_fenced() {
+    let config = portcullis_config_from_configmap();
+    let url = config
+        .quotas
+        .redis_url
+        .expect("deploy/k8s shares counters in Redis");
+    let docs = documents("redis.yaml");
+    let service = &docs[1];
+    let name = get(service, "metadata.name").as_str().unwrap();
+    let port = get(service, "spec.ports.0.port").as_u64().unwrap();
+    assert!(
+        url.starts_with(&format!("redis://{name}:{port}/")),
+        "quotas.redis_url {url} is not the Service {name}:{port}"
+    );
+    let labels = get(&docs[0], "spec.template.metadata.labels");
+    assert_eq!(get(service, "spec.selector"), labels);
+    let fence = &docs[2];
+    assert_eq!(get(fence, "spec.podSelector.matchLabels"), labels);
+    assert_eq!(
+        get(fence, "spec.ingress.0.from.0.podSelector.matchLabels"),
+        get(
+            &manifest("deployment.yaml"),
+            "spec.template.metadata.labels"
+        )
+    );
+    assert_eq!(
+        get(fence, "spec.ingress.0.ports.0.port").as_u64(),
+        Some(port)
+    );
 }
 
 #[test]
@@ -164,14 +225,20 @@ fn deployment_is_probed_hardened_and_limited() {
     );
 }
 
-#[test]
-fn configmap_carries_a_valid_portcullis_config() {
+/// The Portcullis config in the ConfigMap, parsed and checked.
+fn portcullis_config_from_configmap() -> Config {
     let m = manifest("configmap.yaml");
     let text = m["data"]["portcullis.yaml"]
         .as_str()
         .expect("data: portcullis.yaml");
     let config = Config::parse(text, Path::new("configmap.yaml")).expect("parses");
     config.check(Path::new("configmap.yaml")).expect("checks");
+    config
+}
+
+#[test]
+fn configmap_carries_a_valid_portcullis_config() {
+    let config = portcullis_config_from_configmap();
     assert!(
         config.reload.poll_seconds > 0,
         "git-sync swaps a symlink: polling must be on"
