@@ -20,12 +20,7 @@ fn charges(i: u64) -> Vec<Charge> {
     let rate = Rate::new(u64::MAX / 4, 1_000_000, u64::MAX / 4 / 1_000_000);
     ["principal", "org", "tokens"]
         .iter()
-        .map(|k| Charge {
-            key: format!("bench|{k}={}", i % 1000),
-            rate,
-            cost: 1,
-            shadow: false,
-        })
+        .map(|k| Charge::gcra(format!("bench|{k}={}", i % 1000), rate, 1))
         .collect()
 }
 

@@ -16,7 +16,10 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{
+    Duration as PbDuration, ListValue, Struct as PbStruct, Value as PbValue,
+};
 use tonic::{Request, Response, Status};
 
 use crate::app::State;
@@ -24,6 +27,8 @@ use crate::decision::quota::LimitStatus;
 use crate::decision::Decision;
 use crate::pipeline;
 use crate::quota::apply::Descriptor;
+use crate::quota::settings::HeadersSent;
+use crate::quota::RlsHeaders;
 use crate::request::AccessRequest;
 
 /// The RLS `RateLimitService`.
@@ -68,7 +73,10 @@ impl RateLimitService for RateLimiter {
                 decision.detail,
             ));
         }
-        Ok(Response::new(to_response(&decision)))
+        Ok(Response::new(to_response(
+            &decision,
+            self.state.quotas.rls_headers(),
+        )))
     }
 }
 
@@ -97,6 +105,18 @@ pub fn to_descriptors(req: &RateLimitRequest) -> Result<Vec<Descriptor>, String>
             if d.entries.is_empty() {
                 return Err(format!("descriptors[{i}]: a descriptor needs entries"));
             }
+            let limit = match &d.limit {
+                None => None,
+                Some(l) => Some((
+                    u64::from(l.requests_per_unit),
+                    unit_us(l.unit).ok_or_else(|| {
+                        format!(
+                            "descriptors[{i}].limit.unit: {} is not a rate limit unit (SECOND..YEAR)",
+                            l.unit
+                        )
+                    })?,
+                )),
+            };
             Ok(Descriptor {
                 domain: req.domain.clone(),
                 entries: d
@@ -105,75 +125,166 @@ pub fn to_descriptors(req: &RateLimitRequest) -> Result<Vec<Descriptor>, String>
                     .map(|e| (e.key.clone(), e.value.clone()))
                     .collect(),
                 cost: d.hits_addend.map(|h| h.value).unwrap_or(request_hits),
+                limit,
             })
         })
         .collect()
 }
 
+/// Microseconds in one `envoy.type.v3.RateLimitUnit` (as
+/// envoyproxy/ratelimit counts them: a month is 30 days, a year 365).
+fn unit_us(unit: i32) -> Option<u64> {
+    let seconds = match Unit::try_from(unit).ok()? {
+        Unit::Unknown => return None,
+        Unit::Second => 1,
+        Unit::Minute => 60,
+        Unit::Hour => 3600,
+        Unit::Day => 86_400,
+        Unit::Week => 7 * 86_400,
+        Unit::Month => 30 * 86_400,
+        Unit::Year => 365 * 86_400,
+    };
+    Some(seconds * 1_000_000)
+}
+
 /// Renders a decision for Envoy: `overall_code` OK or OVER_LIMIT (never
-/// UNKNOWN, which Envoy lets through), a status per descriptor, and on a
-/// refusal the client's headers (`RateLimit-*`, `Retry-After`) and problem
-/// document (outcome table).
+/// UNKNOWN, which Envoy lets through), a status per descriptor, and the
+/// client's headers as `headers` says (`quotas.rls_headers`), and on a
+/// refusal the problem document (outcome table).
 ///
-/// An OK answer adds no client headers: its descriptor statuses carry the
-/// limits (`current_limit`, `limit_remaining`, `duration_until_reset`).
-/// Behind the same Envoy, the request goes on to ext_authz `Check`, whose
+/// Statuses follow envoyproxy/ratelimit: an `unlimited` descriptor reports
+/// `limit_remaining` 4294967295 and no `current_limit`; an over-limit one
+/// reports 0 left. The metadata of the descriptors that passed is merged
+/// into `dynamic_metadata` under `metadata`.
+///
+/// By default (`send: over_limit`) an OK answer adds no client headers:
+/// behind the same Envoy, the request goes on to ext_authz `Check`, whose
 /// quotas describe the caller; two filters each adding `RateLimit-Limit`
 /// would give the client two conflicting values. So each response carries
-/// one set: the layer that refused, or `Check` on an allow. Envoy's
-/// `enable_x_ratelimit_headers` renders the statuses as headers where RLS
-/// is the only limit.
-pub fn to_response(decision: &Decision) -> RateLimitResponse {
-    let statuses = decision
-        .limits
-        .iter()
-        .map(|limit| match limit {
-            None => DescriptorStatus {
-                code: Code::Ok as i32,
-                ..Default::default()
-            },
-            Some(l) => DescriptorStatus {
-                // Shadow mode reports but never limits.
-                code: if l.over && !l.shadow {
-                    Code::OverLimit as i32
-                } else {
-                    Code::Ok as i32
-                },
-                current_limit: Some(current_limit(l)),
-                limit_remaining: u32::try_from(l.remaining).unwrap_or(u32::MAX),
-                duration_until_reset: Some(PbDuration {
-                    seconds: (l.reset_us / 1_000_000) as i64,
-                    nanos: ((l.reset_us % 1_000_000) * 1000) as i32,
-                }),
-                ..Default::default()
-            },
-        })
-        .collect();
-    let (overall_code, response_headers_to_add, raw_body) = if decision.is_allowed() {
-        (Code::Ok, Vec::new(), Vec::new())
-    } else {
-        let headers = decision
+/// one set: the layer that refused, or `Check` on an allow. `send: always`
+/// adds them to an OK too (the limit closest to refusing), `never` to none.
+pub fn to_response(decision: &Decision, headers: &RlsHeaders) -> RateLimitResponse {
+    let statuses = decision.limits.iter().map(status).collect();
+    let mut metadata = serde_json::Map::new();
+    for l in decision.limits.iter().flatten() {
+        if let (Some(m), false) = (&l.metadata, l.over && !l.shadow) {
+            metadata.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    let allowed = decision.is_allowed();
+    let mut added: Vec<(String, String)> = match (headers.send, allowed) {
+        (HeadersSent::Never, _) | (HeadersSent::OverLimit, true) => Vec::new(),
+        (_, false) => decision
             .client_headers()
             .into_iter()
-            .map(|(key, value)| HeaderValue {
-                key,
-                value,
-                ..Default::default()
+            .map(|(k, v)| (headers.rename(&k).to_string(), v))
+            .collect(),
+        (HeadersSent::Always, true) => closest(decision)
+            .map(|l| {
+                vec![
+                    (
+                        headers.limit.clone(),
+                        current_limit(l).requests_per_unit.to_string(),
+                    ),
+                    (headers.remaining.clone(), l.remaining.to_string()),
+                    (
+                        headers.reset.clone(),
+                        l.reset_us.div_ceil(1_000_000).to_string(),
+                    ),
+                ]
             })
-            .collect();
-        (
-            Code::OverLimit,
-            headers,
-            decision.problem_json().into_bytes(),
-        )
+            .unwrap_or_default(),
+    };
+    let response_headers_to_add = added
+        .drain(..)
+        .map(|(key, value)| HeaderValue {
+            key,
+            value,
+            ..Default::default()
+        })
+        .collect();
+    let (overall_code, raw_body) = if allowed {
+        (Code::Ok, Vec::new())
+    } else {
+        (Code::OverLimit, decision.problem_json().into_bytes())
     };
     RateLimitResponse {
         overall_code: overall_code as i32,
         statuses,
         response_headers_to_add,
         raw_body,
+        dynamic_metadata: (!metadata.is_empty()).then(|| PbStruct {
+            fields: [(
+                "metadata".to_string(),
+                pb_value(serde_json::Value::Object(metadata)),
+            )]
+            .into_iter()
+            .collect(),
+        }),
         ..Default::default()
     }
+}
+
+/// One descriptor's status.
+fn status(limit: &Option<LimitStatus>) -> DescriptorStatus {
+    match limit {
+        None => DescriptorStatus {
+            code: Code::Ok as i32,
+            ..Default::default()
+        },
+        Some(l) if l.unlimited => DescriptorStatus {
+            code: Code::Ok as i32,
+            limit_remaining: u32::MAX,
+            ..Default::default()
+        },
+        Some(l) => {
+            // Shadow mode reports but never limits.
+            let over = l.over && !l.shadow;
+            DescriptorStatus {
+                code: if over { Code::OverLimit } else { Code::Ok } as i32,
+                current_limit: Some(current_limit(l)),
+                // Over the limit nothing is left for this call, whatever
+                // the bucket still holds for a smaller one.
+                limit_remaining: if l.over {
+                    0
+                } else {
+                    u32::try_from(l.remaining).unwrap_or(u32::MAX)
+                },
+                duration_until_reset: Some(PbDuration {
+                    seconds: (l.reset_us / 1_000_000) as i64,
+                    nanos: ((l.reset_us % 1_000_000) * 1000) as i32,
+                }),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// The counted limit closest to refusing (least left), for headers on an OK.
+fn closest(decision: &Decision) -> Option<&LimitStatus> {
+    decision
+        .limits
+        .iter()
+        .flatten()
+        .filter(|l| !l.unlimited)
+        .min_by_key(|l| l.remaining)
+}
+
+/// A JSON value as a `google.protobuf.Value`.
+fn pb_value(v: serde_json::Value) -> PbValue {
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.into_iter().map(pb_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(PbStruct {
+            fields: o.into_iter().map(|(k, v)| (k, pb_value(v))).collect(),
+        }),
+    };
+    PbValue { kind: Some(kind) }
 }
 
 /// A limit in RLS terms: requests per unit. A window that is not one unit
@@ -218,6 +329,8 @@ mod tests {
             over: false,
             remaining: requests,
             reset_us: 0,
+            unlimited: false,
+            metadata: None,
         }
     }
 
@@ -294,11 +407,11 @@ mod tests {
     fn overall_code_is_never_unknown() {
         let mut d = Decision::new("v").allow();
         d.limits = vec![None];
-        let r = to_response(&d);
+        let r = to_response(&d, &RlsHeaders::default());
         assert_eq!(r.overall_code, Code::Ok as i32);
         assert_eq!(r.statuses[0].code, Code::Ok as i32);
         let denied = d.deny(crate::decision::DenyReason::QuotaExceeded, "x");
-        let r = to_response(&denied);
+        let r = to_response(&denied, &RlsHeaders::default());
         assert_eq!(r.overall_code, Code::OverLimit as i32);
         assert!(!r.raw_body.is_empty());
     }

@@ -39,6 +39,11 @@ pub struct QuotaOutcome {
     /// That limit's name, if configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// envoyproxy/ratelimit's statistics key for that limit
+    /// (`domain.key_value.key`, or the request's values with
+    /// `detailed_metric` / `value_to_metric`); empty when no limit decided.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stats_key: String,
     /// Its size: units a full bucket holds.
     pub limit: u64,
     /// Its window in seconds.
@@ -150,6 +155,13 @@ pub struct LimitStatus {
     pub over: bool,
     /// Units left.
     pub remaining: u64,
-    /// Microseconds until the bucket is full again.
+    /// Microseconds until the bucket is full again (fixed windows: until
+    /// the window ends).
     pub reset_us: u64,
+    /// `unlimited: true`: never counted (RLS reports the maximum uint32
+    /// remaining, as envoyproxy/ratelimit does).
+    pub unlimited: bool,
+    /// The descriptor's `metadata`, for the RLS dynamic metadata when it
+    /// passes.
+    pub metadata: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
 }

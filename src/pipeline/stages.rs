@@ -503,16 +503,7 @@ pub(super) async fn charge_descriptors(
 /// A descriptor's limit and its state after the charge, as a decision
 /// carries it.
 pub(super) fn limit_status(applied: Applied) -> LimitStatus {
-    let Applied { limit, state } = applied;
-    LimitStatus {
-        name: limit.name,
-        requests: limit.requests,
-        window_us: limit.window_us,
-        shadow: limit.shadow,
-        over: state.over,
-        remaining: state.remaining,
-        reset_us: state.reset_us,
-    }
+    applied.into()
 }
 
 /// The 429 of a principal or source the anomaly detector blocks.

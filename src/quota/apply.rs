@@ -3,8 +3,11 @@
 //! picks the limit that decided, for headers. Shared by the RLS adapter and
 //! the in-Check quota stage so both answer the same way.
 
+use std::borrow::Cow;
+
 use super::config::{counter_key, QuotaConfig, QuotaLimit};
-use super::{Charge, Enforced, LimitState, OnStoreError, Quotas};
+use super::{Charge, Counting, Enforced, FixedWindow, LimitState, OnStoreError, Quotas};
+use crate::decision::quota::LimitStatus;
 pub use crate::decision::quota::QuotaOutcome;
 
 /// One descriptor to enforce: its domain, entries and cost.
@@ -16,6 +19,10 @@ pub struct Descriptor {
     pub entries: Vec<(String, String)>,
     /// Units to charge (0: check only).
     pub cost: u64,
+    /// The RLS descriptor's `limit` override (Envoy's `limit` rate-limit
+    /// action): `(requests per unit, unit in microseconds)`. Applied instead
+    /// of the configured limit when the domain is configured.
+    pub limit: Option<(u64, u64)>,
 }
 
 /// Per descriptor: the limit that applied and its state, if any.
@@ -25,6 +32,23 @@ pub struct Applied {
     pub limit: QuotaLimit,
     /// Its state after the charge.
     pub state: LimitState,
+}
+
+impl From<Applied> for LimitStatus {
+    fn from(applied: Applied) -> LimitStatus {
+        let Applied { limit, state } = applied;
+        LimitStatus {
+            name: limit.name,
+            requests: limit.requests,
+            window_us: limit.window_us,
+            shadow: limit.shadow,
+            over: state.over,
+            remaining: state.remaining,
+            reset_us: state.reset_us,
+            unlimited: limit.unlimited,
+            metadata: limit.metadata,
+        }
+    }
 }
 
 /// The verdict on a set of descriptors.
@@ -38,54 +62,115 @@ pub struct Verdict {
     pub outcome: Option<QuotaOutcome>,
 }
 
+/// A descriptor's limit and the entries that share a counter
+/// (`share_threshold`: entry index, pattern).
+type Limited<'c> = (Cow<'c, QuotaLimit>, Vec<(usize, &'c str)>);
+
+/// The limit a descriptor gets: its `limit` override in a configured
+/// domain, else the configured one (with the entries that share a counter).
+fn limit_of<'c>(
+    config: &'c QuotaConfig,
+    d: &Descriptor,
+) -> Option<Limited<'c>> {
+    match d.limit {
+        Some((requests, window_us)) => config.has_domain(&d.domain).then(|| {
+            (
+                Cow::Owned(QuotaLimit::per_window(requests, window_us)),
+                Vec::new(),
+            )
+        }),
+        None => config
+            .find(&d.domain, &d.entries)
+            .map(|f| (Cow::Borrowed(f.limit), f.shared)),
+    }
+}
+
+/// The counter key: `share_threshold` entries count under their pattern.
+fn key_of(d: &Descriptor, shared: &[(usize, &str)]) -> String {
+    if shared.is_empty() {
+        return counter_key(&d.domain, &d.entries);
+    }
+    let mut entries = d.entries.clone();
+    for (i, pattern) in shared {
+        entries[*i].1 = (*pattern).to_string();
+    }
+    counter_key(&d.domain, &entries)
+}
+
 fn secs_up(us: u64) -> u64 {
     us.div_ceil(1_000_000)
 }
 
 /// Finds, charges and judges the limits of `descriptors`.
 pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descriptor]) -> Verdict {
-    let found: Vec<Option<&QuotaLimit>> = descriptors
-        .iter()
-        .map(|d| {
-            config
-                .limit_for(&d.domain, &d.entries)
-                .filter(|l| !l.unlimited)
-        })
-        .collect();
-    // `replaces`: a limit named by another applying limit steps aside.
+    let found: Vec<_> = descriptors.iter().map(|d| limit_of(config, d)).collect();
+    // `replaces`: a limit named by another applying limit (unlimited ones
+    // included, as in envoyproxy/ratelimit) steps aside.
     let replaced: Vec<&str> = found
         .iter()
         .flatten()
-        .flat_map(|l| l.replaces.iter().map(String::as_str))
+        .flat_map(|(l, _)| l.replaces.iter().map(String::as_str))
         .collect();
+    let mut applied: Vec<Option<Applied>> = vec![None; descriptors.len()];
     let mut charges = Vec::new();
     let mut index = Vec::new();
     for (i, (d, l)) in descriptors.iter().zip(&found).enumerate() {
-        let Some(l) = l else { continue };
+        let Some((l, shared)) = l else { continue };
+        if l.unlimited {
+            // Never counted; reported as the most a status can say is left.
+            applied[i] = Some(Applied {
+                limit: l.clone().into_owned(),
+                state: LimitState {
+                    over: false,
+                    remaining: u64::MAX,
+                    reset_us: 0,
+                    retry_us: 0,
+                },
+            });
+            continue;
+        }
         if l.name.as_deref().is_some_and(|n| replaced.contains(&n)) {
             continue;
         }
+        // Our `burst` has no fixed-window meaning: such a limit stays GCRA.
+        let fixed = quotas.counting() == Counting::FixedWindow && l.burst == l.requests;
         charges.push(Charge {
-            key: counter_key(&d.domain, &d.entries),
+            key: key_of(d, shared),
             rate: l.rate(),
             cost: d.cost,
             shadow: l.shadow,
+            quota: l.quota_mode,
+            post_hoc: l.post_hoc,
+            window: fixed.then_some(FixedWindow {
+                window_us: l.window_us,
+                limit: l.requests,
+            }),
         });
         index.push(i);
     }
-    let mut applied: Vec<Option<Applied>> = vec![None; descriptors.len()];
+    let limit_at = |i: usize| {
+        found[i]
+            .as_ref()
+            .expect("indexed limits exist")
+            .0
+            .clone()
+            .into_owned()
+    };
     // A cost larger than an enforced limit's burst can never fit: refuse it
     // as such, charging nothing, rather than with a Retry-After that no
     // amount of waiting would satisfy.
+    // (A fixed window counts it, as envoyproxy/ratelimit does; a post-hoc
+    // charge records work already done.)
     if let Some(pos) = charges
         .iter()
-        .position(|c| !c.shadow && c.cost > c.rate.burst())
+        .position(|c| !c.shadow && !c.always_recorded() && c.cost > c.rate.burst())
     {
         let (i, c) = (index[pos], &charges[pos]);
-        let limit = found[i].expect("indexed limits exist").clone();
+        let limit = limit_at(i);
         let outcome = QuotaOutcome {
             descriptor: c.key.clone(),
             name: limit.name.clone(),
+            stats_key: stats_key(config, &descriptors[i], &limit),
             limit: limit.burst,
             window_seconds: limit.window_seconds(),
             remaining: 0,
@@ -134,10 +219,9 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
             }
         }
     };
-    for ((i, charge), state) in index.iter().zip(&charges).zip(&charged.states) {
-        let _ = charge;
+    for (i, state) in index.iter().zip(&charged.states) {
         applied[*i] = Some(Applied {
-            limit: found[*i].expect("indexed limits exist").clone(),
+            limit: limit_at(*i),
             state: *state,
         });
     }
@@ -171,6 +255,7 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
         QuotaOutcome {
             descriptor: c.key.clone(),
             name: a.limit.name.clone(),
+            stats_key: stats_key(config, &descriptors[i], &a.limit),
             limit: a.limit.burst,
             window_seconds: a.limit.window_seconds(),
             remaining: a.state.remaining,
@@ -188,10 +273,21 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
     }
 }
 
+/// envoyproxy/ratelimit's statistics key for `limit` as `d` reached it.
+fn stats_key(config: &QuotaConfig, d: &Descriptor, limit: &QuotaLimit) -> String {
+    if d.limit.is_some() || !limit.stats_from_request {
+        return limit.path.to_string();
+    }
+    config
+        .stats_key(&d.domain, &d.entries)
+        .unwrap_or_else(|| limit.path.to_string())
+}
+
 fn unchecked(key: &str, mode: OnStoreError) -> QuotaOutcome {
     QuotaOutcome {
         descriptor: key.to_string(),
         name: None,
+        stats_key: String::new(),
         limit: 0,
         window_seconds: 0,
         remaining: 0,

@@ -48,6 +48,7 @@ pub fn descriptors(
             domain: rule.domain.clone(),
             entries,
             cost,
+            limit: None,
         });
     }
     Ok(out)

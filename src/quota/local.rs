@@ -1,9 +1,10 @@
-//! The in-process quota store: GCRA state in a sharded map, with bounded
-//! memory. Atomic across keys by locking every shard a request touches, in
-//! shard order (so two requests can never deadlock).
+//! The in-process quota store: GCRA state (or envoyproxy/ratelimit's fixed
+//! window counts) in a sharded map, with bounded memory. Atomic across keys
+//! by locking every shard a request touches, in shard order (so two
+//! requests can never deadlock).
 //!
-//! Memory: a key costs one 128-bit hash and one TAT. A state whose TAT has
-//! passed is a full bucket, the same as no state, so it is dropped whenever
+//! Memory: a key costs one 128-bit hash, one TAT (or window end) and one
+//! count. A state whose TAT (or window) has passed is a full bucket, the same as no state, so it is dropped whenever
 //! a shard reaches its share of `max_keys`; if a shard is still full of live
 //! keys, the key closest to full is dropped (forgiving at most the little
 //! quota it still had used) and counted.
@@ -13,7 +14,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::gcra::assess;
+use super::gcra::{assess, Assessment};
 use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
 use crate::time::Clock;
 
@@ -22,7 +23,7 @@ const SHARDS: usize = 64;
 /// In-process GCRA counters.
 #[derive(Debug)]
 pub struct LocalStore {
-    shards: Vec<Mutex<HashMap<u128, u64>>>,
+    shards: Vec<Mutex<HashMap<u128, Cell>>>,
     per_shard: usize,
     hashers: (
         std::collections::hash_map::RandomState,
@@ -68,65 +69,115 @@ impl LocalStore {
         (a << 64) | b
     }
 
+    fn hash_window(&self, key: &str, start: u64) -> u128 {
+        let a = self.hashers.0.hash_one((key, start)) as u128;
+        let b = self.hashers.1.hash_one((key, start)) as u128;
+        (a << 64) | b
+    }
+
     /// The synchronous check-and-charge.
     pub fn charge_now(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
-        let hashes: Vec<u128> = charges.iter().map(|c| self.hash(&c.key)).collect();
+        let now = self.clock.now_us();
+        // A fixed window's counter is its own key: the window's start is
+        // part of the hash, so a new window starts from zero.
+        let hashes: Vec<u128> = charges
+            .iter()
+            .map(|c| match c.window {
+                None => self.hash(&c.key),
+                Some(w) => self.hash_window(&c.key, w.start(now)),
+            })
+            .collect();
         let mut shard_ids: Vec<usize> = hashes.iter().map(|h| (*h as usize) % SHARDS).collect();
         shard_ids.sort_unstable();
         shard_ids.dedup();
         // A poisoned shard still holds valid integers: keep using it.
-        let mut guards: Vec<(usize, std::sync::MutexGuard<'_, HashMap<u128, u64>>)> = shard_ids
+        let mut guards: Vec<(usize, std::sync::MutexGuard<'_, HashMap<u128, Cell>>)> = shard_ids
             .iter()
             .map(|&i| (i, self.shards[i].lock().unwrap_or_else(|p| p.into_inner())))
             .collect();
-        let now = self.clock.now_us();
         let shard_of = |h: u128| {
             let i = (h as usize) % SHARDS;
-            let pos = guards.iter().position(|(id, _)| *id == i).expect("locked");
-            pos
+            guards.iter().position(|(id, _)| *id == i).expect("locked")
         };
         let positions: Vec<usize> = hashes.iter().map(|h| shard_of(*h)).collect();
 
         // Charges on the same key within one request see each other.
-        let mut pending: HashMap<u128, u64> = HashMap::new();
+        // Per key: the cell to write, and whether it is written whatever
+        // the verdict (fixed windows, post-hoc charges).
+        let mut pending: HashMap<u128, (Cell, bool)> = HashMap::new();
         let mut assessments = Vec::with_capacity(charges.len());
         for ((charge, hash), pos) in charges.iter().zip(&hashes).zip(&positions) {
-            let tat = pending
+            let stored = pending
                 .get(hash)
-                .copied()
+                .map(|(c, _)| *c)
                 .or_else(|| guards[*pos].1.get(hash).copied())
-                .unwrap_or(0);
-            let a = assess(tat, now, charge.rate, charge.cost);
-            if !a.over && charge.cost > 0 {
-                pending.insert(*hash, a.new_tat);
-            }
-            assessments.push(a);
-        }
-        let allowed = charges
-            .iter()
-            .zip(&assessments)
-            .all(|(c, a)| c.shadow || !a.over);
-        if allowed {
-            for (hash, tat) in &pending {
-                let pos = positions[hashes.iter().position(|h| h == hash).expect("hashed")];
-                let shard = &mut guards[pos].1;
-                if !shard.contains_key(hash) && shard.len() >= self.per_shard {
-                    shard.retain(|_, t| *t > now);
-                    if shard.len() >= self.per_shard {
-                        // Drop the eighth closest to full at once, so a shard
-                        // full of live keys is not rescanned on every insert.
-                        let mut tats: Vec<u64> = shard.values().copied().collect();
-                        let nth = tats.len() / 8;
-                        let (_, threshold, _) = tats.select_nth_unstable(nth);
-                        let threshold = *threshold;
-                        let before = shard.len();
-                        shard.retain(|_, t| *t > threshold);
-                        self.evicted_live
-                            .fetch_add((before - shard.len()) as u64, Ordering::Relaxed);
+                .filter(|c| c.until > now)
+                .unwrap_or_default();
+            let a = match charge.window {
+                Some(w) => {
+                    let end = w.start(now) + w.window_us;
+                    let count = stored.count + charge.cost;
+                    let over = count > w.limit;
+                    if charge.cost > 0 {
+                        pending.insert(*hash, (Cell { until: end, count }, true));
+                    }
+                    Assessment {
+                        over,
+                        new_tat: end,
+                        remaining: w.limit.saturating_sub(count),
+                        reset_us: end - now,
+                        retry_us: if over { end - now } else { 0 },
                     }
                 }
-                shard.insert(*hash, *tat);
+                None => {
+                    let a = assess(stored.until, now, charge.rate, charge.cost);
+                    if charge.cost > 0 && (!a.over || charge.post_hoc) {
+                        let tat = if a.over {
+                            // Work already done is recorded past the burst.
+                            stored.until.max(now) + charge.cost * charge.rate.emission_us
+                        } else {
+                            a.new_tat
+                        };
+                        let always = charge.post_hoc || pending.get(hash).is_some_and(|p| p.1);
+                        pending.insert(
+                            *hash,
+                            (
+                                Cell {
+                                    until: tat,
+                                    count: 0,
+                                },
+                                always,
+                            ),
+                        );
+                    }
+                    a
+                }
+            };
+            assessments.push(a);
+        }
+        let allowed = super::passes(charges.iter().zip(assessments.iter().map(|a| a.over)));
+        for (hash, (cell, always)) in &pending {
+            if !allowed && !always {
+                continue;
             }
+            let pos = positions[hashes.iter().position(|h| h == hash).expect("hashed")];
+            let shard = &mut guards[pos].1;
+            if !shard.contains_key(hash) && shard.len() >= self.per_shard {
+                shard.retain(|_, c| c.until > now);
+                if shard.len() >= self.per_shard {
+                    // Drop the eighth closest to full at once, so a shard
+                    // full of live keys is not rescanned on every insert.
+                    let mut untils: Vec<u64> = shard.values().map(|c| c.until).collect();
+                    let nth = untils.len() / 8;
+                    let (_, threshold, _) = untils.select_nth_unstable(nth);
+                    let threshold = *threshold;
+                    let before = shard.len();
+                    shard.retain(|_, c| c.until > threshold);
+                    self.evicted_live
+                        .fetch_add((before - shard.len()) as u64, Ordering::Relaxed);
+                }
+            }
+            shard.insert(*hash, *cell);
         }
         let states = charges
             .iter()
@@ -134,7 +185,8 @@ impl LocalStore {
             .map(|(c, a)| {
                 // Nothing was charged when the request was refused: report
                 // the state as it stays.
-                let (remaining, reset_us) = if allowed || a.over || c.cost == 0 {
+                let kept = allowed || a.over || c.cost == 0 || c.always_recorded();
+                let (remaining, reset_us) = if kept {
                     (a.remaining, a.reset_us)
                 } else {
                     let before = assess(a.new_tat - c.cost * c.rate.emission_us, now, c.rate, 0);
@@ -150,6 +202,15 @@ impl LocalStore {
             .collect();
         Ok(Charged { allowed, states })
     }
+}
+
+/// One key's state: for GCRA `until` is the theoretical arrival time (the
+/// bucket is full again then); for a fixed window `until` is the window's
+/// end and `count` its hits. Past `until` a cell is the same as none.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cell {
+    until: u64,
+    count: u64,
 }
 
 #[tonic::async_trait]
@@ -170,12 +231,7 @@ mod tests {
     use crate::time::ManualClock;
 
     fn charge(key: &str, requests: u64, cost: u64) -> Charge {
-        Charge {
-            key: key.into(),
-            rate: Rate::new(requests, 60_000_000, requests),
-            cost,
-            shadow: false,
-        }
+        Charge::gcra(key, Rate::new(requests, 60_000_000, requests), cost)
     }
 
     #[test]

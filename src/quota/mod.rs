@@ -15,7 +15,7 @@ pub mod local;
 pub mod redis;
 pub mod settings;
 
-pub use settings::{QuotaSettings, QuotaStoreKind};
+pub use settings::{Counting, QuotaSettings, QuotaStoreKind, RlsHeaders};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +38,79 @@ pub struct Charge {
     pub cost: u64,
     /// Shadow mode: reported, never limits.
     pub shadow: bool,
+    /// envoyproxy/ratelimit's `quota_mode`: when over, refuses only if
+    /// every quota-mode charge of the request is over.
+    pub quota: bool,
+    /// A charge for work already done: recorded even when it does not fit
+    /// (for GCRA, the theoretical arrival time moves past `now + burst`),
+    /// so later calls are refused until the budget recovers.
+    pub post_hoc: bool,
+    /// `Some`: counted in envoyproxy/ratelimit's fixed windows instead of
+    /// by GCRA (`rate` is then unused).
+    pub window: Option<FixedWindow>,
+}
+
+impl Charge {
+    /// A plain GCRA charge of `cost` against `key` (no shadow, quota or
+    /// post-hoc mode).
+    pub fn gcra(key: impl Into<String>, rate: Rate, cost: u64) -> Charge {
+        Charge {
+            key: key.into(),
+            rate,
+            cost,
+            shadow: false,
+            quota: false,
+            post_hoc: false,
+            window: None,
+        }
+    }
+
+    /// True when this charge is recorded whatever the verdict: fixed
+    /// windows count refused hits (as envoyproxy/ratelimit does), and a
+    /// post-hoc charge records work already done.
+    pub fn always_recorded(&self) -> bool {
+        self.window.is_some() || self.post_hoc
+    }
+}
+
+/// One fixed window of envoyproxy/ratelimit: `limit` units per
+/// `window_us`, windows aligned to multiples of `window_us` since the Unix
+/// epoch; every hit is counted, refused or not, and a charge is over when
+/// the count after it exceeds `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedWindow {
+    /// The window, microseconds.
+    pub window_us: u64,
+    /// Units per window.
+    pub limit: u64,
+}
+
+impl FixedWindow {
+    /// The start of the window holding `now_us`.
+    pub fn start(&self, now_us: u64) -> u64 {
+        now_us - now_us % self.window_us.max(1)
+    }
+}
+
+/// Whether a request passes, given each charge and whether it is over:
+/// every enforced (not shadow, not quota-mode) charge fits, and if there
+/// are quota-mode charges at least one of them fits (envoyproxy/ratelimit:
+/// OVER_LIMIT "iff at least one rate limit descriptor is over the limit or
+/// all quota descriptors are over the limit").
+pub fn passes<'a>(verdicts: impl Iterator<Item = (&'a Charge, bool)>) -> bool {
+    let (mut quotas, mut quota_fits) = (false, false);
+    for (c, over) in verdicts {
+        if c.shadow {
+            continue;
+        }
+        if c.quota {
+            quotas = true;
+            quota_fits |= !over;
+        } else if over {
+            return false;
+        }
+    }
+    !quotas || quota_fits
 }
 
 /// The state of one limit after a charge.
@@ -125,6 +198,8 @@ pub struct Quotas {
     /// `started`): at most one a second, whatever the request rate.
     warned_at_us: AtomicU64,
     started: std::time::Instant,
+    counting: Counting,
+    rls_headers: RlsHeaders,
 }
 
 /// After a store failure, decide in the degraded mode without asking the
@@ -151,7 +226,31 @@ impl Quotas {
             backoff_until_us: AtomicU64::new(0),
             warned_at_us: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            counting: Counting::Gcra,
+            rls_headers: RlsHeaders::default(),
         }
+    }
+
+    /// The same enforcement counting `counting`'s way.
+    pub fn with_counting(mut self, counting: Counting) -> Quotas {
+        self.counting = counting;
+        self
+    }
+
+    /// The same enforcement with these RLS response headers.
+    pub fn with_rls_headers(mut self, headers: RlsHeaders) -> Quotas {
+        self.rls_headers = headers;
+        self
+    }
+
+    /// How limits count (`quotas.counting`).
+    pub fn counting(&self) -> Counting {
+        self.counting
+    }
+
+    /// Which rate-limit headers RLS answers carry (`quotas.rls_headers`).
+    pub fn rls_headers(&self) -> &RlsHeaders {
+        &self.rls_headers
     }
 
     /// In-process quotas only (the default, and offline `check`).
@@ -256,6 +355,10 @@ impl Quotas {
                     .iter()
                     .map(|c| Charge {
                         rate: scale(c.rate, self.replicas),
+                        window: c.window.map(|w| FixedWindow {
+                            limit: (w.limit / self.replicas).max(1),
+                            ..w
+                        }),
                         ..c.clone()
                     })
                     .collect();

@@ -21,7 +21,9 @@
 //! consumes nothing once the call returns. Between a charge and its refund a
 //! concurrent request may see the temporary charge and be refused (never
 //! over-admitted); if the refund itself fails, the earlier slots stay
-//! charged (errs towards refusing).
+//! charged (errs towards refusing). `quota_mode` limits are judged over all
+//! slots (refunded the same way when all of them are over). Fixed windows
+//! and post-hoc charges are never refunded: they count whatever the verdict.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,56 +36,104 @@ use crate::shared_redis::{Connection, SharedRedis};
 
 use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
 
-/// The GCRA of `gcra::assess` over all KEYS, all or nothing.
+/// The GCRA of `gcra::assess` over all KEYS, all or nothing; or, per key,
+/// envoyproxy/ratelimit's fixed window (every hit counted).
 ///
-/// ARGV: per key, 4 values: emission_us, tolerance_us, cost, shadow (0|1).
+/// ARGV: per key, 4 values: a, b, cost, flags. Flags: 1 shadow, 2 quota
+/// mode, 4 post-hoc, 8 fixed window. GCRA: a = emission_us, b =
+/// tolerance_us. Fixed window: a = window_us, b = limit; the counter is
+/// `KEYS[i]:<window start>` (same hash tag, same slot).
 /// Returns: allowed (0|1), then per key: over, remaining, reset_us, retry_us.
+/// `allowed` follows `quota::passes`: every enforced key fits, and some
+/// quota-mode key fits if there are any.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = #KEYS
-local tats, news, over = {}, {}, {}
+local tats, news, always, counts, over = {}, {}, {}, {}, {}
 local out = {0}
-local allowed = 1
+local enforced_ok, quotas, quota_ok = true, false, false
+local function bit(flags, b) return math.floor(flags / b) % 2 == 1 end
 for i = 1, n do
-  local emission = tonumber(ARGV[(i - 1) * 4 + 1])
-  local tolerance = tonumber(ARGV[(i - 1) * 4 + 2])
+  local a = tonumber(ARGV[(i - 1) * 4 + 1])
+  local b = tonumber(ARGV[(i - 1) * 4 + 2])
   local cost = tonumber(ARGV[(i - 1) * 4 + 3])
-  local shadow = ARGV[(i - 1) * 4 + 4] == '1'
-  local tat = news[KEYS[i]] or tonumber(redis.call('GET', KEYS[i]) or '0')
-  local base = math.max(tat, now)
-  local new_tat = base + cost * emission
-  local ahead = new_tat - now
+  local flags = tonumber(ARGV[(i - 1) * 4 + 4])
   local remaining, reset, retry
-  if ahead > tolerance then
-    over[i] = 1
-    remaining = math.floor(math.max(tolerance - (base - now), 0) / emission)
-    reset = base - now
-    retry = ahead - tolerance
-    if not shadow then allowed = 0 end
+  if bit(flags, 8) then
+    local start = now - now % a
+    local key = KEYS[i] .. ':' .. string.format('%d', start)
+    local count = (counts[key] and counts[key][1]) or tonumber(redis.call('GET', key) or '0')
+    count = count + cost
+    if cost > 0 then counts[key] = {count, start + a} end
+    reset = start + a - now
+    if count > b then
+      over[i] = 1
+      remaining = 0
+      retry = reset
+    else
+      over[i] = 0
+      remaining = b - count
+      retry = 0
+    end
   else
-    over[i] = 0
-    remaining = math.floor((tolerance - ahead) / emission)
-    reset = ahead
-    retry = 0
-    if cost > 0 then news[KEYS[i]] = new_tat end
+    local tat = news[KEYS[i]] or tonumber(redis.call('GET', KEYS[i]) or '0')
+    local base = math.max(tat, now)
+    local new_tat = base + cost * a
+    local ahead = new_tat - now
+    if ahead > b then
+      over[i] = 1
+      remaining = math.floor(math.max(b - (base - now), 0) / a)
+      reset = base - now
+      retry = ahead - b
+      if bit(flags, 4) and cost > 0 then
+        -- Work already done: recorded past the burst, whatever the verdict.
+        news[KEYS[i]] = new_tat
+        always[KEYS[i]] = true
+      end
+    else
+      over[i] = 0
+      remaining = math.floor((b - ahead) / a)
+      reset = ahead
+      retry = 0
+      if cost > 0 then
+        news[KEYS[i]] = new_tat
+        if bit(flags, 4) then always[KEYS[i]] = true end
+      end
+    end
+    tats[i] = base
   end
-  tats[i] = base
+  if not bit(flags, 1) then
+    if bit(flags, 2) then
+      quotas = true
+      if over[i] == 0 then quota_ok = true end
+    elseif over[i] == 1 then
+      enforced_ok = false
+    end
+  end
   out[#out + 1] = over[i]
   out[#out + 1] = remaining
   out[#out + 1] = reset
   out[#out + 1] = retry
 end
-out[1] = allowed
-if allowed == 1 then
-  for key, new_tat in pairs(news) do
+local allowed = enforced_ok and (quota_ok or not quotas)
+if allowed then out[1] = 1 end
+for key, new_tat in pairs(news) do
+  if allowed or always[key] then
     local ttl = math.max(math.ceil((new_tat - now) / 1000), 1)
     redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl)
   end
-else
-  -- Nothing was charged: report each state as it stays.
+end
+for key, c in pairs(counts) do
+  local ttl = math.max(math.ceil((c[2] - now) / 1000), 1)
+  redis.call('SET', key, string.format('%d', c[1]), 'PX', ttl)
+end
+if not allowed then
+  -- Nothing else was charged: report each state as it stays.
   for i = 1, n do
-    if over[i] == 0 then
+    local flags = tonumber(ARGV[(i - 1) * 4 + 4])
+    local cost = tonumber(ARGV[(i - 1) * 4 + 3])
+    if over[i] == 0 and not bit(flags, 8) and not bit(flags, 4) and cost > 0 then
       local emission = tonumber(ARGV[(i - 1) * 4 + 1])
       local tolerance = tonumber(ARGV[(i - 1) * 4 + 2])
       out[(i - 1) * 4 + 3] = math.floor((tolerance - (tats[i] - now)) / emission)
@@ -164,12 +214,20 @@ impl RedisStore {
     ) -> Result<Charged, StoreError> {
         let mut invocation = self.script.prepare_invoke();
         for c in charges {
+            let (a, b) = match c.window {
+                Some(w) => (w.window_us, w.limit),
+                None => (c.rate.emission_us, c.rate.tolerance_us),
+            };
+            let flags = u8::from(c.shadow)
+                | u8::from(c.quota) << 1
+                | u8::from(c.post_hoc) << 2
+                | u8::from(c.window.is_some()) << 3;
             invocation
                 .key(redis_key(&c.key))
-                .arg(c.rate.emission_us)
-                .arg(c.rate.tolerance_us)
+                .arg(a)
+                .arg(b)
                 .arg(c.cost)
-                .arg(u8::from(c.shadow));
+                .arg(flags);
         }
         let reply: Vec<i64> = match invocation.invoke_async(con).await {
             Ok(r) => r,
@@ -220,8 +278,17 @@ impl RedisStore {
             let group: Vec<Charge> = members
                 .iter()
                 .map(|&i| Charge {
-                    // After a refusal: only report, charge nothing.
-                    cost: if refused { 0 } else { charges[i].cost },
+                    // After a refusal: only report, charge nothing (but
+                    // what is always recorded still is).
+                    cost: if refused && !charges[i].always_recorded() {
+                        0
+                    } else {
+                        charges[i].cost
+                    },
+                    // Quota mode spans slots: a slot cannot judge it, so
+                    // each slot charges a quota limit when it fits (as a
+                    // shadow one) and the verdict is taken over all slots.
+                    shadow: charges[i].shadow || charges[i].quota,
                     ..charges[i].clone()
                 })
                 .collect();
@@ -240,7 +307,7 @@ impl RedisStore {
             }
             if refused {
                 // Reported with cost 0: show the real cost's verdict.
-                for &i in members {
+                for &i in members.iter().filter(|&&i| !charges[i].always_recorded()) {
                     let c = &charges[i];
                     let st = states[i].as_mut().expect("set above");
                     let ahead = c.cost * c.rate.emission_us + st.reset_us;
@@ -253,6 +320,10 @@ impl RedisStore {
                 refused = true;
             }
         }
+        if !refused {
+            let over = states.iter().map(|s| s.is_some_and(|s| s.over));
+            refused = !super::passes(charges.iter().zip(over));
+        }
         if refused {
             self.refund_groups(con, charges, &states, &charged_groups)
                 .await;
@@ -260,7 +331,7 @@ impl RedisStore {
                 for &i in *members {
                     let c = &charges[i];
                     let st = states[i].as_mut().expect("charged");
-                    if !st.over && c.cost > 0 {
+                    if !st.over && c.cost > 0 && !c.always_recorded() {
                         st.remaining = (st.remaining + c.cost).min(c.rate.burst());
                         st.reset_us = st.reset_us.saturating_sub(c.cost * c.rate.emission_us);
                     }
@@ -288,7 +359,8 @@ impl RedisStore {
             let mut any = false;
             for &i in *members {
                 let c = &charges[i];
-                let charged = states[i].is_some_and(|s| !s.over) && c.cost > 0;
+                let charged =
+                    states[i].is_some_and(|s| !s.over) && c.cost > 0 && !c.always_recorded();
                 if charged {
                     invocation
                         .key(redis_key(&c.key))

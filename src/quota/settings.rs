@@ -33,6 +33,82 @@ pub struct QuotaSettings {
     pub replicas: u64,
     /// Most keys the in-process store holds (memory bound).
     pub max_local_keys: usize,
+    /// How limits count: `gcra` (the default) or `fixed_window`
+    /// (envoyproxy/ratelimit's counting, for a drop-in migration).
+    pub counting: Counting,
+    /// The rate-limit headers of RLS answers: when, and their names.
+    pub rls_headers: RlsHeaders,
+}
+
+/// How limits count.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Counting {
+    /// GCRA: a token bucket as one timestamp per key; no window boundary,
+    /// refused requests consume nothing, reset = until the bucket is full.
+    #[default]
+    Gcra,
+    /// envoyproxy/ratelimit's fixed windows aligned to the unit (a minute
+    /// limit resets at every whole minute), every hit counted (refused ones
+    /// too), reset = until the window ends. Limits with our `burst`
+    /// extension stay GCRA (a fixed window has no burst).
+    FixedWindow,
+}
+
+/// When an RLS answer carries rate-limit headers
+/// (`response_headers_to_add`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadersSent {
+    /// Only on `OVER_LIMIT` (the default: on an `OK` the request goes on to
+    /// `Check`, whose quotas describe the caller).
+    #[default]
+    OverLimit,
+    /// On every answer with a limit (envoyproxy/ratelimit's
+    /// `LIMIT_RESPONSE_HEADERS_ENABLED=true`): the limit closest to refusing.
+    Always,
+    /// Never (envoyproxy/ratelimit's default).
+    Never,
+}
+
+/// The rate-limit headers of RLS answers (envoyproxy/ratelimit's
+/// `LIMIT_RESPONSE_HEADERS_ENABLED`, `LIMIT_LIMIT_HEADER`,
+/// `LIMIT_REMAINING_HEADER`, `LIMIT_RESET_HEADER`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlsHeaders {
+    /// `over_limit` (default), `always` or `never`.
+    pub send: HeadersSent,
+    /// The limit header's name (default `ratelimit-limit`).
+    pub limit: String,
+    /// The remaining header's name (default `ratelimit-remaining`).
+    pub remaining: String,
+    /// The reset header's name, seconds (default `ratelimit-reset`).
+    pub reset: String,
+}
+
+impl Default for RlsHeaders {
+    fn default() -> Self {
+        RlsHeaders {
+            send: HeadersSent::OverLimit,
+            limit: "ratelimit-limit".into(),
+            remaining: "ratelimit-remaining".into(),
+            reset: "ratelimit-reset".into(),
+        }
+    }
+}
+
+impl RlsHeaders {
+    /// The configured name for one of the standard header names, lower case
+    /// (`ratelimit-limit`, `-remaining`, `-reset`); others unchanged.
+    pub fn rename<'a>(&'a self, standard: &'a str) -> &'a str {
+        match standard {
+            "ratelimit-limit" => &self.limit,
+            "ratelimit-remaining" => &self.remaining,
+            "ratelimit-reset" => &self.reset,
+            other => other,
+        }
+    }
 }
 
 impl std::fmt::Debug for QuotaSettings {
@@ -45,6 +121,8 @@ impl std::fmt::Debug for QuotaSettings {
             .field("on_store_error", &self.on_store_error)
             .field("replicas", &self.replicas)
             .field("max_local_keys", &self.max_local_keys)
+            .field("counting", &self.counting)
+            .field("rls_headers", &self.rls_headers)
             .finish()
     }
 }
@@ -72,6 +150,8 @@ impl Default for QuotaSettings {
             on_store_error: crate::quota::OnStoreError::Local,
             replicas: 1,
             max_local_keys: 1_000_000,
+            counting: Counting::Gcra,
+            rls_headers: RlsHeaders::default(),
         }
     }
 }
@@ -108,6 +188,23 @@ impl QuotaSettings {
         }
         if self.max_local_keys < 1024 {
             p.push("quotas.max_local_keys: at least 1024".into());
+        }
+        let h = &self.rls_headers;
+        for (field, name) in [
+            ("limit", &h.limit),
+            ("remaining", &h.remaining),
+            ("reset", &h.reset),
+        ] {
+            // RFC 9110 section 5.1: a field name is a token.
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                p.push(format!(
+                    "quotas.rls_headers.{field}: '{name}' is not an HTTP header name (RFC 9110 token: letters, digits, '-')"
+                ));
+            }
         }
         p
     }
@@ -159,5 +256,7 @@ impl QuotaSettings {
             self.replicas,
             self.max_local_keys,
         )
+        .with_counting(self.counting)
+        .with_rls_headers(self.rls_headers.clone())
     }
 }

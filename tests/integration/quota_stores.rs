@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use portcullis::quota::gcra::Rate;
 use portcullis::quota::local::LocalStore;
 use portcullis::quota::redis::RedisStore;
-use portcullis::quota::{Charge, Enforced, OnStoreError, QuotaStore, Quotas};
+use portcullis::quota::{
+    Charge, Counting, Enforced, FixedWindow, OnStoreError, QuotaStore, Quotas,
+};
 use portcullis::time::{ManualClock, SystemClock};
 
 use crate::support::{self, RedisServer};
@@ -15,13 +17,20 @@ use crate::support::{self, RedisServer};
 const HOUR_US: u64 = 3_600_000_000;
 
 fn charge(key: &str, requests: u64, cost: u64) -> Charge {
-    Charge {
-        key: key.into(),
-        // Per hour: nothing refills during a test.
-        rate: Rate::new(requests, HOUR_US, requests),
-        cost,
-        shadow: false,
+    // Per hour: nothing refills during a test.
+    Charge::gcra(key, Rate::new(requests, HOUR_US, requests), cost)
+}
+
+/// `charge`, counted `counting`'s way (a fixed window of an hour).
+fn counted(counting: Counting, key: &str, requests: u64, cost: u64) -> Charge {
+    let mut c = charge(&format!("{counting:?}-{key}"), requests, cost);
+    if counting == Counting::FixedWindow {
+        c.window = Some(FixedWindow {
+            window_us: HOUR_US,
+            limit: requests,
+        });
     }
+    c
 }
 
 /// A fresh key namespace per test, so tests can share one Redis.
@@ -54,10 +63,10 @@ async fn denied_requests_do_not_consume(store: &dyn QuotaStore) {
     assert_eq!(r.states[0].remaining, 6);
 }
 
-async fn shadow_mode_never_limits(store: &dyn QuotaStore) {
-    let mut shadow = charge(&key("shadow", "user=a"), 2, 1);
+async fn shadow_mode_never_limits(store: &dyn QuotaStore, m: Counting) {
+    let mut shadow = counted(m, &key("shadow", "user=a"), 2, 1);
     shadow.shadow = true;
-    let real = charge(&key("shadow", "org=o"), 100, 1);
+    let real = counted(m, &key("shadow", "org=o"), 100, 1);
     for i in 0..5 {
         let r = store.charge(&[shadow.clone(), real.clone()]).await.unwrap();
         assert!(r.allowed, "request {i}");
@@ -75,6 +84,64 @@ async fn cost_is_weighted(store: &dyn QuotaStore) {
     assert!(!allowed(store, &[tokens(1)]).await);
 }
 
+/// envoyproxy/ratelimit's counting: 600 of 1000, then a refused 500 is
+/// counted too (1100), so even 1 more is refused and 0 is left.
+async fn fixed_window_counts_refused_hits(store: &dyn QuotaStore) {
+    let m = Counting::FixedWindow;
+    let tokens = |cost| counted(m, &key("refusedhits", "tokens=a"), 1000, cost);
+    let r = store.charge(&[tokens(600)]).await.unwrap();
+    assert!(r.allowed);
+    assert_eq!(r.states[0].remaining, 400);
+    assert!(r.states[0].reset_us <= HOUR_US && r.states[0].reset_us > 0);
+    let r = store.charge(&[tokens(500)]).await.unwrap();
+    assert!(!r.allowed);
+    assert_eq!((r.states[0].over, r.states[0].remaining), (true, 0));
+    assert!(!allowed(store, &[tokens(1)]).await);
+}
+
+/// The token-budget pattern: check with 0 before the work, charge the real
+/// usage after it. Once the usage overran the budget, the check refuses.
+async fn a_check_only_call_after_an_overrun_is_refused(store: &dyn QuotaStore, m: Counting) {
+    let mut usage = counted(m, &key("posthoc", "tokens=a"), 100, 0);
+    usage.post_hoc = true;
+    let check = usage.clone();
+    assert!(allowed(store, std::slice::from_ref(&check)).await);
+    let charged = Charge {
+        cost: 150,
+        ..usage.clone()
+    };
+    // The usage is recorded even though it does not fit...
+    let r = store.charge(std::slice::from_ref(&charged)).await.unwrap();
+    assert!(r.states[0].over);
+    // ...so the next check, and any charge, is refused.
+    let r = store.charge(std::slice::from_ref(&check)).await.unwrap();
+    assert!(!r.allowed && r.states[0].over, "{r:?}");
+    assert!(r.states[0].retry_us > 0);
+    assert!(!allowed(store, &[Charge { cost: 1, ..usage }]).await);
+}
+
+/// envoyproxy/ratelimit's `quota_mode`: quota limits refuse only when all
+/// of them are over; an ordinary limit still refuses alone.
+async fn quota_mode_refuses_only_when_every_quota_is_over(store: &dyn QuotaStore, m: Counting) {
+    let quota = |k: &str, n| {
+        let mut c = counted(m, &key("quota", k), n, 1);
+        c.quota = true;
+        c
+    };
+    let (small, large) = (quota("service=1", 1), quota("service=2", 2));
+    assert!(allowed(store, &[small.clone(), large.clone()]).await);
+    // small is over, large still fits: allowed.
+    let r = store.charge(&[small.clone(), large.clone()]).await.unwrap();
+    assert!(r.allowed && r.states[0].over && !r.states[1].over, "{r:?}");
+    // Both over: refused.
+    let r = store.charge(&[small.clone(), large.clone()]).await.unwrap();
+    assert!(!r.allowed && r.states[0].over && r.states[1].over, "{r:?}");
+    let ordinary = counted(m, &key("quota", "user=a"), 1, 1);
+    let fresh = quota("service=3", 10);
+    assert!(allowed(store, &[ordinary.clone(), fresh.clone()]).await);
+    assert!(!allowed(store, &[ordinary, fresh]).await);
+}
+
 async fn check_only_charges_nothing(store: &dyn QuotaStore) {
     let c = |cost| charge(&key("check", "user=a"), 2, cost);
     assert!(allowed(store, &[c(1)]).await);
@@ -87,24 +154,27 @@ async fn check_only_charges_nothing(store: &dyn QuotaStore) {
     assert!(!allowed(store, &[c(1)]).await);
 }
 
-async fn same_key_twice_in_one_request_counts_twice(store: &dyn QuotaStore) {
-    let c = charge(&key("twice", "user=a"), 3, 2);
+async fn same_key_twice_in_one_request_counts_twice(store: &dyn QuotaStore, m: Counting) {
+    let c = counted(m, &key("twice", "user=a"), 3, 2);
     assert!(!allowed(store, &[c.clone(), c.clone()]).await);
     let r = store.charge(std::slice::from_ref(&c)).await.unwrap();
-    assert!(r.allowed);
-    assert_eq!(r.states[0].remaining, 1);
+    match m {
+        // Refused, so nothing was charged: 2 of 3 fit.
+        Counting::Gcra => assert!(r.allowed && r.states[0].remaining == 1),
+        // The refused 4 were counted: 6 of 3.
+        Counting::FixedWindow => assert!(!r.allowed && r.states[0].remaining == 0),
+    }
 }
 
 /// 2L requests sent back to back straddle whatever fixed-window boundary
 /// lies in them: GCRA allows at most burst plus what refilled meanwhile.
 async fn boundary_straddle_allows_at_most_limit_plus_burst(store: &dyn QuotaStore) {
     let (limit, burst) = (20u64, 5u64);
-    let c = Charge {
-        key: key("straddle", "user=a"),
-        rate: Rate::new(limit, 1_000_000, burst),
-        cost: 1,
-        shadow: false,
-    };
+    let c = Charge::gcra(
+        key("straddle", "user=a"),
+        Rate::new(limit, 1_000_000, burst),
+        1,
+    );
     let started = Instant::now();
     let mut ok = 0u64;
     for _ in 0..2 * limit {
@@ -119,13 +189,20 @@ async fn boundary_straddle_allows_at_most_limit_plus_burst(store: &dyn QuotaStor
     assert!(ok >= burst, "{ok} allowed");
 }
 
+/// The suite, in both counting modes: GCRA (the default) and
+/// envoyproxy/ratelimit's fixed windows (`quotas.counting: fixed_window`).
 async fn suite(store: &dyn QuotaStore) {
+    for m in [Counting::Gcra, Counting::FixedWindow] {
+        shadow_mode_never_limits(store, m).await;
+        same_key_twice_in_one_request_counts_twice(store, m).await;
+        a_check_only_call_after_an_overrun_is_refused(store, m).await;
+        quota_mode_refuses_only_when_every_quota_is_over(store, m).await;
+    }
     denied_requests_do_not_consume(store).await;
-    shadow_mode_never_limits(store).await;
     cost_is_weighted(store).await;
     check_only_charges_nothing(store).await;
-    same_key_twice_in_one_request_counts_twice(store).await;
     boundary_straddle_allows_at_most_limit_plus_burst(store).await;
+    fixed_window_counts_refused_hits(store).await;
 }
 
 #[tokio::test]
@@ -147,17 +224,37 @@ async fn redis_store_passes_the_suite() {
 }
 
 #[tokio::test]
+async fn in_process_fixed_window_resets_at_the_window_end() {
+    // 2 per minute from t = 59.5 s: the window [0, 60 s) ends in 0.5 s,
+    // and the next one starts from zero, refused hits forgotten.
+    let clock = ManualClock::at(59_500_000);
+    let store = LocalStore::new(1024, clock.clone());
+    let mut c = Charge::gcra("d|user=a", Rate::new(2, 60_000_000, 2), 1);
+    c.window = Some(FixedWindow {
+        window_us: 60_000_000,
+        limit: 2,
+    });
+    for expect in [true, true, false, false] {
+        let r = store.charge_now(std::slice::from_ref(&c)).unwrap();
+        assert_eq!(r.allowed, expect);
+        assert_eq!(r.states[0].reset_us, 500_000);
+    }
+    clock.advance(Duration::from_millis(500));
+    let r = store.charge_now(std::slice::from_ref(&c)).unwrap();
+    assert!(r.allowed);
+    assert_eq!(
+        (r.states[0].remaining, r.states[0].reset_us),
+        (1, 60_000_000)
+    );
+}
+
+#[tokio::test]
 async fn in_process_boundary_straddle_with_a_controlled_clock() {
     // 10 per minute, at most 5 at once. A fixed window would allow 20
     // across the boundary at t = 60 s; GCRA allows 5 plus the refill.
     let clock = ManualClock::at(59_000_000);
     let store = LocalStore::new(1024, clock.clone());
-    let c = Charge {
-        key: "d|user=a".into(),
-        rate: Rate::new(10, 60_000_000, 5),
-        cost: 1,
-        shadow: false,
-    };
+    let c = Charge::gcra("d|user=a", Rate::new(10, 60_000_000, 5), 1);
     let mut ok = 0;
     for _ in 0..20 {
         if store.charge_now(std::slice::from_ref(&c)).unwrap().allowed {
@@ -426,6 +523,7 @@ descriptors:
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         cost: 1,
+        limit: None,
     };
     // With both descriptors, limit1 (5) is replaced: the 10 decides.
     for i in 0..10 {

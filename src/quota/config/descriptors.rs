@@ -3,7 +3,9 @@
 //! [`QuotaLimit`] (with our `window` and `burst`).
 
 use super::format::{DescriptorYaml, RateLimitYaml};
-use super::{Node, QuotaLimit};
+use std::sync::Arc;
+
+use super::{Node, QuotaLimit, Wildcard};
 
 /// Why a descriptor's `rate_limit` cannot be used; `at` is the descriptor's
 /// composite key (e.g. `domain.key_value`).
@@ -31,6 +33,7 @@ pub enum BadRateLimit {
 
 /// Adds `descriptors` under `node`, reporting each problem at its line;
 /// `key_lines` holds the line of every descriptor in pre-order.
+#[allow(clippy::too_many_arguments)] // one recursion carrying its load context
 pub(super) fn build(
     descriptors: &[DescriptorYaml],
     node: &mut Node,
@@ -38,9 +41,11 @@ pub(super) fn build(
     key_lines: &[usize],
     counter: &mut usize,
     names: &mut Vec<String>,
+    value_to_metric: bool,
     report: &mut dyn FnMut(Option<usize>, String),
 ) {
     for d in descriptors {
+        let value_to_metric = value_to_metric || d.value_to_metric;
         let line = key_lines.get(*counter).copied();
         *counter += 1;
         if d.key.is_empty() {
@@ -59,11 +64,22 @@ pub(super) fn build(
             );
             continue;
         }
-        let _ = (d.detailed_metric, d.value_to_metric);
-        let mut child = Node::default();
+        let is_wildcard = value.as_deref().is_some_and(|v| v.contains('*'));
+        if d.share_threshold && !is_wildcard {
+            report(
+                line,
+                format!("share_threshold can only be used with wildcard values (containing '*'), but found key '{composite}'"),
+            );
+        }
+        let mut child = Node {
+            value_to_metric: d.value_to_metric,
+            share_threshold: d.share_threshold,
+            ..Node::default()
+        };
         if let Some(rl) = &d.rate_limit {
-            match limit(rl, d.shadow_mode, &composite) {
-                Ok(l) => {
+            match limit(rl, d, &composite) {
+                Ok(mut l) => {
+                    l.stats_from_request = l.detailed_metric || value_to_metric;
                     if let Some(n) = &l.name {
                         names.push(n.clone());
                     }
@@ -79,19 +95,23 @@ pub(super) fn build(
             key_lines,
             counter,
             names,
+            value_to_metric,
             report,
         );
-        if let Some(v) = &value {
-            if let Some(prefix) = v.strip_suffix('*') {
-                node.wildcards.push((d.key.clone(), prefix.to_string()));
-            }
+        if let Some(v) = value.as_ref().filter(|_| is_wildcard) {
+            node.wildcards.push(Wildcard {
+                key: d.key.clone(),
+                pattern: v.clone(),
+                parts: v.split('*').map(str::to_string).collect(),
+            });
         }
         node.children.insert(slot, child);
     }
 }
 
-fn limit(rl: &RateLimitYaml, shadow: bool, at: &str) -> Result<QuotaLimit, BadRateLimit> {
-    let at = || at.to_owned();
+fn limit(rl: &RateLimitYaml, d: &DescriptorYaml, path: &str) -> Result<QuotaLimit, BadRateLimit> {
+    let shadow = d.shadow_mode;
+    let at = || path.to_owned();
     for r in &rl.replaces {
         if r.name.is_empty() {
             return Err(BadRateLimit::EmptyReplaces { at: at() });
@@ -113,6 +133,12 @@ fn limit(rl: &RateLimitYaml, shadow: bool, at: &str) -> Result<QuotaLimit, BadRa
             unlimited: true,
             replaces,
             shadow,
+            quota_mode: d.quota_mode,
+            post_hoc: rl.post_hoc,
+            detailed_metric: d.detailed_metric,
+            metadata: d.metadata.clone().map(Arc::new),
+            path: Arc::from(path),
+            stats_from_request: false,
         });
     }
     let window_us = match (&rl.unit, &rl.window) {
@@ -142,6 +168,12 @@ fn limit(rl: &RateLimitYaml, shadow: bool, at: &str) -> Result<QuotaLimit, BadRa
         unlimited: false,
         replaces,
         shadow,
+        quota_mode: d.quota_mode,
+        post_hoc: rl.post_hoc,
+        detailed_metric: d.detailed_metric,
+        metadata: d.metadata.clone().map(Arc::new),
+        path: Arc::from(path),
+        stats_from_request: false,
     })
 }
 

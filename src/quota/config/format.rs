@@ -1,6 +1,10 @@
 //! The shapes of a quota file as it is written: envoyproxy/ratelimit's
-//! format plus our `burst`, `window` and `check:` extensions. What their
-//! values mean is checked by `descriptors` and `check_rules`.
+//! format plus our `burst`, `window`, `post_hoc` and `check:` extensions.
+//! What their values mean is checked by `descriptors` and `check_rules`.
+//!
+//! Every field accepted here is read by the matcher or the store (a unit
+//! test in `descriptors.rs` enumerates the accepted fields from serde's own
+//! unknown-field error and shows each one changes an answer).
 
 use serde::Deserialize;
 
@@ -27,10 +31,26 @@ pub(super) struct DescriptorYaml {
     pub(super) descriptors: Vec<DescriptorYaml>,
     #[serde(default)]
     pub(super) shadow_mode: bool,
+    /// envoyproxy/ratelimit: the limit's statistics key (`stats_key`) is
+    /// the request's values instead of the configured path.
     #[serde(default)]
     pub(super) detailed_metric: bool,
+    /// envoyproxy/ratelimit: the statistics key carries the request's value
+    /// at this level.
     #[serde(default)]
     pub(super) value_to_metric: bool,
+    /// envoyproxy/ratelimit: every value matching this wildcard shares one
+    /// counter (keyed by the pattern).
+    #[serde(default)]
+    pub(super) share_threshold: bool,
+    /// envoyproxy/ratelimit: a quota limit refuses only when every quota
+    /// limit of the request is over.
+    #[serde(default)]
+    pub(super) quota_mode: bool,
+    /// envoyproxy/ratelimit: returned in the RLS response's dynamic
+    /// metadata (`metadata`) when this descriptor's limit passes.
+    #[serde(default)]
+    pub(super) metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +73,11 @@ pub(super) struct RateLimitYaml {
     /// of `unit`.
     #[serde(default)]
     pub(super) window: Option<String>,
+    /// Extension: charges record work already done and are always
+    /// recorded, even past the limit; only check-only calls (cost 0) and
+    /// later charges are refused until the budget recovers.
+    #[serde(default)]
+    pub(super) post_hoc: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,6 +19,7 @@ mod fixtures;
 mod format;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use self::check_rules::check_rule;
 use self::descriptors::build;
@@ -60,6 +61,23 @@ pub struct QuotaLimit {
     pub replaces: Vec<String>,
     /// Shadow mode: reported, never limits.
     pub shadow: bool,
+    /// envoyproxy/ratelimit's `quota_mode`: over this limit refuses only
+    /// when every quota-mode limit of the request is over.
+    pub quota_mode: bool,
+    /// Our `post_hoc`: a charge is always recorded, even past the limit.
+    pub post_hoc: bool,
+    /// envoyproxy/ratelimit's `detailed_metric`: the statistics key is the
+    /// request's values (see [`QuotaConfig::stats_key`]).
+    pub detailed_metric: bool,
+    /// envoyproxy/ratelimit's descriptor `metadata`: returned in the RLS
+    /// response's dynamic metadata when this limit passes.
+    pub metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The configured path, `domain.key_value.key` (envoyproxy/ratelimit's
+    /// statistics key without `detailed_metric` / `value_to_metric`).
+    pub path: Arc<str>,
+    /// The statistics key depends on the request's values
+    /// (`detailed_metric` here, or `value_to_metric` on the path).
+    pub stats_from_request: bool,
 }
 
 impl QuotaLimit {
@@ -72,14 +90,94 @@ impl QuotaLimit {
     pub fn window_seconds(&self) -> u64 {
         (self.window_us / 1_000_000).max(1)
     }
+
+    /// A limit of `requests` per `window_us` and nothing else: the RLS
+    /// descriptor's `limit` override (Envoy's `limit` rate-limit action),
+    /// which envoyproxy/ratelimit applies without shadow or quota mode.
+    pub fn per_window(requests: u64, window_us: u64) -> QuotaLimit {
+        QuotaLimit {
+            name: None,
+            requests,
+            window_us,
+            burst: requests,
+            unlimited: false,
+            replaces: Vec::new(),
+            shadow: false,
+            quota_mode: false,
+            post_hoc: false,
+            detailed_metric: false,
+            metadata: None,
+            path: Arc::from(""),
+            stats_from_request: false,
+        }
+    }
+}
+
+/// A child whose value holds `*`: each `*` matches any run of characters
+/// (envoyproxy/ratelimit's `wildcardMatch`).
+#[derive(Debug, Clone)]
+struct Wildcard {
+    key: String,
+    /// The value as written, e.g. `/v1/*/predict`.
+    pattern: String,
+    /// `pattern` split at each `*`.
+    parts: Vec<String>,
+}
+
+impl Wildcard {
+    fn matches(&self, value: &str) -> bool {
+        let parts = &self.parts;
+        let (first, last) = (&parts[0], &parts[parts.len() - 1]);
+        let fixed: usize = parts.iter().map(String::len).sum();
+        if value.len() < fixed
+            || !value.starts_with(first.as_str())
+            || !value.ends_with(last.as_str())
+        {
+            return false;
+        }
+        let mut rest = &value[first.len()..value.len() - last.len()];
+        for part in &parts[1..parts.len() - 1] {
+            match rest.find(part.as_str()) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 #[derive(Debug, Default, Clone)]
 struct Node {
     limit: Option<QuotaLimit>,
     children: HashMap<(String, Option<String>), Node>,
-    /// Children whose value ends in `*`: (key, value prefix), in file order.
-    wildcards: Vec<(String, String)>,
+    /// Children whose value holds `*`, in file order.
+    wildcards: Vec<Wildcard>,
+    /// `value_to_metric`: the statistics key carries the request's value.
+    value_to_metric: bool,
+    /// `share_threshold`: every value matching this node's wildcard shares
+    /// one counter.
+    share_threshold: bool,
+}
+
+/// How a descriptor entry reached its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via<'a> {
+    /// `key` + `value` exactly.
+    Value,
+    /// A wildcard value (the pattern).
+    Wildcard(&'a str),
+    /// A `key` without a value.
+    Key,
+}
+
+/// The limit a descriptor matched, and which of its entries share a
+/// counter (`share_threshold`): `(entry index, the wildcard pattern)`.
+#[derive(Debug, Clone)]
+pub struct Found<'a> {
+    /// The limit.
+    pub limit: &'a QuotaLimit,
+    /// Entries counted under their pattern instead of their value.
+    pub shared: Vec<(usize, &'a str)>,
 }
 
 /// Where a request's cost comes from.
@@ -154,7 +252,6 @@ impl QuotaConfig {
     ) -> Result<QuotaConfig, Vec<QuotaError>> {
         let mut config = QuotaConfig::default();
         let mut errors = Vec::new();
-        let mut domain_files: HashMap<String, String> = HashMap::new();
         for (file, text) in files {
             let err = |line: Option<usize>, message: String| QuotaError {
                 file: file.to_string(),
@@ -174,25 +271,21 @@ impl QuotaConfig {
                 errors.push(err(Some(1), "config file cannot have empty domain".into()));
                 continue;
             }
-            if let Some(first) = domain_files.get(&domain) {
-                errors.push(err(
-                    line_of(text, "domain:", 0),
-                    format!("duplicate domain '{domain}' (first defined in {first})"),
-                ));
-                continue;
-            }
-            domain_files.insert(domain.clone(), file.to_string());
+            // One domain in several files merges (envoyproxy/ratelimit's
+            // MERGE_DOMAIN_CONFIG); a composite key defined twice is still
+            // an error, reported in the file that repeats it.
             let key_lines = key_lines(text);
             let mut counter = 0usize;
-            let mut root = Node::default();
+            let root = config.domains.entry(domain.clone()).or_default();
             let mut names = Vec::new();
             build(
                 &parsed.descriptors,
-                &mut root,
+                root,
                 &domain,
                 &key_lines,
                 &mut counter,
                 &mut names,
+                false,
                 &mut |line, message| errors.push(err(line, message)),
             );
             for (i, rule) in parsed.check.iter().enumerate() {
@@ -202,7 +295,6 @@ impl QuotaConfig {
                     Err(problem) => errors.push(err(line, problem.to_string())),
                 }
             }
-            config.domains.insert(domain, root);
         }
         if errors.is_empty() {
             Ok(config)
@@ -211,35 +303,125 @@ impl QuotaConfig {
         }
     }
 
+    /// True when `domain` is configured (a descriptor's `limit` override
+    /// applies only in a configured domain, as in envoyproxy/ratelimit).
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.domains.contains_key(domain)
+    }
+
     /// The limit for one descriptor, by envoyproxy/ratelimit's rules: each
-    /// entry matches `key`+`value` exactly, else a `value: prefix*` wildcard,
-    /// else a `key` with no value; the limit is the one on the node the last
-    /// entry reaches.
+    /// entry matches `key`+`value` exactly, else a wildcard value (`*` at
+    /// any position, any number of them, first in file order), else a `key`
+    /// with no value; the limit is the one on the node the last entry
+    /// reaches.
     pub fn limit_for(&self, domain: &str, entries: &[(String, String)]) -> Option<&QuotaLimit> {
-        let mut node = self.domains.get(domain)?;
+        self.find(domain, entries).map(|f| f.limit)
+    }
+
+    /// [`QuotaConfig::limit_for`], with the entries that share a counter.
+    pub fn find(&self, domain: &str, entries: &[(String, String)]) -> Option<Found<'_>> {
         let mut found = None;
+        let mut shared = Vec::new();
+        self.walk(domain, entries, |i, node, via| {
+            if let (Via::Wildcard(pattern), true) = (via, node.share_threshold) {
+                shared.push((i, pattern));
+            }
+            if i == entries.len() - 1 {
+                found = node.limit.as_ref();
+            }
+        });
+        found.map(|limit| Found { limit, shared })
+    }
+
+    /// envoyproxy/ratelimit's statistics key for a descriptor's limit:
+    /// `domain.key_value.key` as configured (a wildcard level by its
+    /// pattern; `value_to_metric` levels by the request's value), or with
+    /// the limit's `detailed_metric` the request's own `key_value`s
+    /// (`share_threshold` levels by their pattern). Recorded in the
+    /// decision's quota outcome (`stats_key`). `None` when no limit applies.
+    pub fn stats_key(&self, domain: &str, entries: &[(String, String)]) -> Option<String> {
+        let mut path = String::from(domain);
+        let mut detailed = String::from(domain);
+        let mut limit = None;
+        let mut reached = 0;
+        self.walk(domain, entries, |i, node, via| {
+            let (key, value) = &entries[i];
+            let shown = match via {
+                Via::Wildcard(p) if node.share_threshold => Some(p),
+                Via::Wildcard(_) | Via::Key if node.value_to_metric => Some(value.as_str()),
+                Via::Wildcard(p) => Some(p),
+                Via::Value => Some(value.as_str()),
+                Via::Key => None,
+            };
+            for (out, v) in [
+                (&mut path, shown),
+                (
+                    &mut detailed,
+                    match via {
+                        Via::Wildcard(p) if node.share_threshold => Some(p),
+                        _ => Some(value.as_str()).filter(|v| !v.is_empty()),
+                    },
+                ),
+            ] {
+                out.push('.');
+                out.push_str(key);
+                if let Some(v) = v {
+                    out.push('_');
+                    out.push_str(v);
+                }
+            }
+            reached = i + 1;
+            if i == entries.len() - 1 {
+                limit = node.limit.as_ref();
+            }
+        });
+        let limit = limit?;
+        debug_assert_eq!(reached, entries.len());
+        Some(if limit.detailed_metric {
+            detailed
+        } else {
+            path
+        })
+    }
+
+    /// Follows `entries` down `domain`'s tree, calling `visit(entry index,
+    /// node reached, how)` per level reached.
+    fn walk<'a>(
+        &'a self,
+        domain: &str,
+        entries: &[(String, String)],
+        mut visit: impl FnMut(usize, &'a Node, Via<'a>),
+    ) {
+        let Some(mut node) = self.domains.get(domain) else {
+            return;
+        };
         for (i, (key, value)) in entries.iter().enumerate() {
-            let exact = node.children.get(&(key.clone(), Some(value.clone())));
-            let next = exact
+            let next = node
+                .children
+                .get(&(key.clone(), Some(value.clone())))
+                .map(|n| (n, Via::Value))
                 .or_else(|| {
                     node.wildcards
                         .iter()
-                        .find(|(k, prefix)| k == key && value.starts_with(prefix.as_str()))
-                        .and_then(|(k, prefix)| {
-                            node.children.get(&(k.clone(), Some(format!("{prefix}*"))))
+                        .find(|w| &w.key == key && w.matches(value))
+                        .and_then(|w| {
+                            node.children
+                                .get(&(w.key.clone(), Some(w.pattern.clone())))
+                                .map(|n| (n, Via::Wildcard(w.pattern.as_str())))
                         })
                 })
-                .or_else(|| node.children.get(&(key.clone(), None)));
-            let Some(next) = next else { break };
-            if i == entries.len() - 1 {
-                found = next.limit.as_ref();
-            }
+                .or_else(|| {
+                    node.children
+                        .get(&(key.clone(), None))
+                        .map(|n| (n, Via::Key))
+                });
+            let Some((next, via)) = next else { break };
+            visit(i, next, via);
             if next.children.is_empty() {
                 break;
             }
             node = next;
         }
-        found
     }
 }
 
