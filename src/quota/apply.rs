@@ -68,10 +68,7 @@ type Limited<'c> = (Cow<'c, QuotaLimit>, Vec<(usize, &'c str)>);
 
 /// The limit a descriptor gets: its `limit` override in a configured
 /// domain, else the configured one (with the entries that share a counter).
-fn limit_of<'c>(
-    config: &'c QuotaConfig,
-    d: &Descriptor,
-) -> Option<Limited<'c>> {
+fn limit_of<'c>(config: &'c QuotaConfig, d: &Descriptor) -> Option<Limited<'c>> {
     match d.limit {
         Some((requests, window_us)) => config.has_domain(&d.domain).then(|| {
             (

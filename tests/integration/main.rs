@@ -23,5 +23,6 @@ mod docs;
 mod pipeline;
 mod quota_server;
 mod quota_stores;
+mod ratelimit_conformance;
 mod server;
 mod tidy;

@@ -48,7 +48,11 @@ fn redis_settings(redis: &RedisServer) -> QuotaSettings {
 
 // --- RLS -------------------------------------------------------------------
 
-fn rls_request(domain: &str, descriptors: &[&[(&str, &str)]], hits: u32) -> RateLimitRequest {
+pub(crate) fn rls_request(
+    domain: &str,
+    descriptors: &[&[(&str, &str)]],
+    hits: u32,
+) -> RateLimitRequest {
     RateLimitRequest {
         domain: domain.into(),
         descriptors: descriptors
@@ -68,7 +72,7 @@ fn rls_request(domain: &str, descriptors: &[&[(&str, &str)]], hits: u32) -> Rate
     }
 }
 
-async fn rls(running: &TestServer, req: RateLimitRequest) -> RateLimitResponse {
+pub(crate) async fn rls(running: &TestServer, req: RateLimitRequest) -> RateLimitResponse {
     let mut client = RateLimitServiceClient::connect(format!("http://{}", running.decision_addr))
         .await
         .unwrap();

@@ -245,6 +245,117 @@ mod tests {
         );
     }
 
+    /// The fields serde accepts at `path` of a quota file, from its own
+    /// unknown-field error (so a field added to `format.rs` shows up here).
+    fn accepted(text: &str) -> Vec<String> {
+        let err = errors(text).join("\n");
+        let list = err.split("expected one of ").nth(1).expect(&err);
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// What the matcher and the store get from a config: the limit (every
+    /// field of it reaches the charge or the RLS status), the entries
+    /// counted under a pattern, and the statistics key.
+    fn observed(text: &str) -> String {
+        let c =
+            QuotaConfig::parse([("quotas.yaml", text)]).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+        let mut out = String::new();
+        for entries in [
+            &[("k", "vx")][..],
+            &[("k", "vx"), ("s", "t")],
+            &[("j", "vx")],
+            &[("k", "wx")],
+        ] {
+            let entries: Vec<(String, String)> = entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let found = c.find("d", &entries);
+            out.push_str(&format!(
+                "{:?} {:?} {:?}\n",
+                found.as_ref().map(|f| f.limit),
+                found.as_ref().map(|f| f.shared.clone()),
+                c.stats_key("d", &entries)
+            ));
+        }
+        out
+    }
+
+    /// No accepted-but-ignored field: every field the loader accepts
+    /// changes what the matcher or the store gets.
+    #[test]
+    fn every_accepted_field_changes_an_answer() {
+        let base = |descriptor: &str, rate_limit: &str| {
+            format!("domain: d\ndescriptors:\n  - key: k\n    value: v*\n{descriptor}    rate_limit: {{{rate_limit}}}\n")
+        };
+        let rl = "unit: minute, requests_per_unit: 5";
+        let plain = observed(&base("", rl));
+        let descriptor_variants = [
+            ("key", "domain: d\ndescriptors:\n  - key: j\n    value: v*\n    rate_limit: {unit: minute, requests_per_unit: 5}\n".to_string()),
+            ("value", "domain: d\ndescriptors:\n  - key: k\n    value: w*\n    rate_limit: {unit: minute, requests_per_unit: 5}\n".to_string()),
+            ("rate_limit", "domain: d\ndescriptors:\n  - key: k\n    value: v*\n".to_string()),
+            ("descriptors", base("    descriptors: [{key: s, rate_limit: {unit: second, requests_per_unit: 1}}]\n", rl)),
+            ("shadow_mode", base("    shadow_mode: true\n", rl)),
+            ("detailed_metric", base("    detailed_metric: true\n", rl)),
+            ("value_to_metric", base("    value_to_metric: true\n", rl)),
+            ("share_threshold", base("    share_threshold: true\n", rl)),
+            ("quota_mode", base("    quota_mode: true\n", rl)),
+            ("metadata", base("    metadata: {service: {name: s1}}\n", rl)),
+        ];
+        let rate_limit_variants = [
+            ("name", "name: n, unit: minute, requests_per_unit: 5"),
+            (
+                "replaces",
+                "replaces: [{name: other}], unit: minute, requests_per_unit: 5",
+            ),
+            ("unit", "unit: hour, requests_per_unit: 5"),
+            ("requests_per_unit", "unit: minute, requests_per_unit: 6"),
+            ("unlimited", "unlimited: true"),
+            ("burst", "unit: minute, requests_per_unit: 5, burst: 2"),
+            ("window", "window: 30s, requests_per_unit: 5"),
+            (
+                "post_hoc",
+                "unit: minute, requests_per_unit: 5, post_hoc: true",
+            ),
+        ];
+        let mut covered: Vec<&str> = Vec::new();
+        for (field, text) in &descriptor_variants {
+            assert_ne!(
+                observed(text),
+                plain,
+                "descriptor field `{field}` changes nothing"
+            );
+            covered.push(field);
+        }
+        let descriptor_fields = accepted("domain: d\ndescriptors:\n  - key: k\n    bogus: 1\n");
+        let mut want: Vec<&str> = covered.clone();
+        want.sort_unstable();
+        let mut got: Vec<&str> = descriptor_fields.iter().map(String::as_str).collect();
+        got.sort_unstable();
+        assert_eq!(got, want, "descriptor fields accepted vs shown to be used");
+
+        let mut covered: Vec<&str> = Vec::new();
+        for (field, r) in &rate_limit_variants {
+            assert_ne!(
+                observed(&base("", r)),
+                plain,
+                "rate_limit field `{field}` changes nothing"
+            );
+            covered.push(field);
+        }
+        covered.sort_unstable();
+        let mut got = accepted("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {bogus: 1}\n");
+        got.sort_unstable();
+        assert_eq!(
+            got, covered,
+            "rate_limit fields accepted vs shown to be used"
+        );
+    }
+
     #[test]
     fn rate_limit_problems_read_exactly_as_operators_see_them() {
         let at = || "d.a".to_owned();
