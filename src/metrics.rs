@@ -200,6 +200,7 @@ pub struct Metrics {
     shadow_disagreements: Family<Labels2, Counter>,
     anomalies: Family<Labels2, Counter>,
     anomaly_blocks: Counter,
+    jwks_keys_skipped: Family<[(&'static str, String); 2], Counter>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -234,6 +235,7 @@ impl Metrics {
             shadow_disagreements: Family::default(),
             anomalies: Family::default(),
             anomaly_blocks: Counter::default(),
+            jwks_keys_skipped: Family::default(),
         }
     }
 
@@ -303,6 +305,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Records a key of an issuer's JWKS that is not used (once per key,
+    /// however often the document is fetched): the issuer and the reason's
+    /// stable code.
+    pub fn jwks_key_skipped(&self, issuer: &str, reason: &'static str) {
+        self.jwks_keys_skipped
+            .get_or_create(&[
+                ("issuer", issuer.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
+
     /// Records a subject blocked by the anomaly detector.
     pub fn anomaly_block(&self) {
         self.anomaly_blocks.inc();
@@ -353,6 +367,11 @@ impl Metrics {
             "portcullis_anomaly_events",
             "Anomaly events by kind and subject kind",
             Described(self.anomalies.clone()),
+        );
+        registry.register(
+            "portcullis_jwks_keys_skipped",
+            "Keys of an issuer's JWKS that are not used (encryption keys, other key types or algorithms), by issuer and reason; each key counted once",
+            Described(self.jwks_keys_skipped.clone()),
         );
         registry.register(
             "portcullis_anomaly_blocks",

@@ -69,7 +69,13 @@ pub fn leaf_hash(record: &Value) -> String {
 
 /// The secret that signs checkpoints. `Debug` never shows it.
 #[derive(Clone)]
-pub struct CheckpointKey(Vec<u8>);
+pub struct CheckpointKey {
+    key: Vec<u8>,
+    /// The key as versions before the one secret-file rule read the same
+    /// file (every byte, a final line ending included), when that differs:
+    /// checkpoints they signed still verify. Never used to sign.
+    earlier_reading: Option<Vec<u8>>,
+}
 
 impl std::fmt::Debug for CheckpointKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,22 +88,38 @@ impl CheckpointKey {
     pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
         if bytes.len() < 32 {
             return Err(format!(
-                "the HMAC key has {} bytes; use at least 32 random bytes (e.g. `head -c 32 /dev/urandom > audit.key`)",
-                bytes.len()
+                "the HMAC key has {} bytes; use at least 32 random bytes (e.g. `head -c 32 /dev/urandom > audit.key`; {})",
+                bytes.len(),
+                crate::authn::secret::RULE,
             ));
         }
-        Ok(CheckpointKey(bytes))
+        Ok(CheckpointKey {
+            key: bytes,
+            earlier_reading: None,
+        })
     }
 
-    /// Reads a key file (its raw bytes, trailing newline included, are the key).
+    /// Reads a key file by the secret-file rule (`crate::authn::secret`:
+    /// the file's bytes, but for a final line ending after text).
+    /// Checkpoints signed with the file's every byte (how earlier versions
+    /// read it) still verify.
     pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path)
+        let file = std::fs::read(path)
             .map_err(|e| format!("cannot read the HMAC key file {}: {e}", path.display()))?;
-        Self::new(bytes).map_err(|e| format!("{}: {e}", path.display()))
+        let secret = crate::authn::secret::secret(&file).to_vec();
+        let mut key = Self::new(secret).map_err(|e| format!("{}: {e}", path.display()))?;
+        if key.key != file {
+            key.earlier_reading = Some(file);
+        }
+        Ok(key)
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC accepts any key length")
+        Self::mac_with(&self.key)
+    }
+
+    fn mac_with(key: &[u8]) -> Hmac<Sha256> {
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length")
     }
 
     /// Signs "the chain up to record `seq` ends in `head`".
@@ -108,15 +130,20 @@ impl CheckpointKey {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Checks a checkpoint signature in constant time.
+    /// Checks a checkpoint signature in constant time (with the key, or
+    /// with the key file as earlier versions read it).
     pub fn verify(&self, seq: u64, head: &str, signature: &str) -> bool {
         let Ok(sig) = hex::decode(signature) else {
             return false;
         };
-        let mut mac = self.mac();
-        mac.update(CHECKPOINT_DOMAIN);
-        mac.update(format!("{seq}:{head}").as_bytes());
-        mac.verify_slice(&sig).is_ok()
+        std::iter::once(&self.key)
+            .chain(self.earlier_reading.as_ref())
+            .any(|key| {
+                let mut mac = Self::mac_with(key);
+                mac.update(CHECKPOINT_DOMAIN);
+                mac.update(format!("{seq}:{head}").as_bytes());
+                mac.verify_slice(&sig).is_ok()
+            })
     }
 }
 
@@ -537,5 +564,37 @@ mod tests {
     fn short_keys_are_refused_and_debug_is_masked() {
         assert!(CheckpointKey::new(vec![1; 8]).is_err());
         assert_eq!(format!("{:?}", key()), "CheckpointKey(***)");
+    }
+
+    #[test]
+    fn audit_key_file_ending_in_a_tab_keeps_all_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.key");
+        let mut bytes = vec![0x9du8; 31];
+        bytes.push(b'\t');
+        std::fs::write(&path, &bytes).unwrap();
+        let from_file = CheckpointKey::from_file(&path).unwrap();
+        let exact = CheckpointKey::new(bytes).unwrap();
+        assert_eq!(from_file.sign(3, "h"), exact.sign(3, "h"));
+    }
+
+    #[test]
+    fn a_text_audit_key_loses_its_line_ending_and_older_checkpoints_still_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.key");
+        let hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        std::fs::write(&path, format!("{hex}\n")).unwrap();
+        let key = CheckpointKey::from_file(&path).unwrap();
+        let text = CheckpointKey::new(hex.as_bytes().to_vec()).unwrap();
+        assert_eq!(key.sign(7, "h"), text.sign(7, "h"), "signs with the text");
+        // Earlier versions signed with every byte of the file.
+        let earlier = CheckpointKey::new(format!("{hex}\n").into_bytes()).unwrap();
+        assert!(key.verify(7, "h", &earlier.sign(7, "h")));
+        assert!(!text.verify(7, "h", &earlier.sign(7, "h")));
+        assert!(!key.verify(
+            7,
+            "h",
+            &CheckpointKey::new(vec![1; 32]).unwrap().sign(7, "h")
+        ));
     }
 }

@@ -116,8 +116,8 @@ pub enum FailureStoreKind {
 pub struct SignedAppConfig {
     /// The app's id (the `App` principal an API key maps to).
     pub app: String,
-    /// A file holding the secret (at least 32 bytes; surrounding
-    /// whitespace ignored).
+    /// A file holding the secret (at least 32 bytes, read by the one
+    /// secret-file rule: `crate::authn::secret`).
     pub secret_file: PathBuf,
     /// Every request from this app must be signed, on every route.
     #[serde(default)]
@@ -308,6 +308,16 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// Accepted `aud` values (the token must name at least one).
     pub audiences: Vec<String>,
+    /// Values that may stand in the token's audience next to one of
+    /// `audiences` without making the token ours on their own (Auth0 adds
+    /// `<tenant>/userinfo`, Keycloak `account`).
+    #[serde(default)]
+    pub tolerated_audiences: Vec<String>,
+    /// The claim holding the audience: `aud`, or another (AWS Cognito access
+    /// tokens carry `client_id` and no `aud`). An `aud` the token carries
+    /// as well is still checked.
+    #[serde(default = "default_audience_claim")]
+    pub audience_claim: String,
     /// A JWKS file with this issuer's public keys (static).
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
@@ -317,10 +327,12 @@ pub struct IssuerConfig {
     /// Cedar entity type of the principal (`User` by default).
     #[serde(default = "default_user_type")]
     pub principal_type: String,
-    /// Claim that names the principal.
+    /// Claim that names the principal: a top-level claim name, or a JSON
+    /// Pointer (RFC 6901, starting with `/`) into nested claims.
     #[serde(default = "default_subject_claim")]
     pub subject_claim: String,
-    /// Claim that names the principal's organisation (its parent `Org`).
+    /// Claim that names the principal's organisation (its parent `Org`; a
+    /// list makes one parent per value). A name or a JSON Pointer.
     #[serde(default)]
     pub org_claim: Option<String>,
     /// Cedar entity type of the organisation.
@@ -333,7 +345,8 @@ pub struct IssuerConfig {
     /// (`<issuer>/.well-known/openid-configuration`).
     #[serde(default)]
     pub discovery: bool,
-    /// A file holding an HMAC secret (at least 32 bytes); only then may the
+    /// A file holding an HMAC secret (at least 32 bytes, read by the one
+    /// secret-file rule: `crate::authn::secret`); only then may the
     /// issuer's algorithms include HS256/HS384/HS512.
     #[serde(default)]
     pub hmac_secret_file: Option<PathBuf>,
@@ -341,10 +354,17 @@ pub struct IssuerConfig {
     /// token policies); such tokens must carry `iat`.
     #[serde(default)]
     pub max_lifetime_seconds: Option<u64>,
-    /// Claim listing the principal's roles or groups (string or array);
-    /// each becomes a parent entity of type `role_type`.
-    #[serde(default)]
-    pub roles_claim: Option<String>,
+    /// Claims listing the principal's roles or groups (each a string or an
+    /// array of strings); every value becomes a parent entity of type
+    /// `role_type`. One claim or a list of them, each a name or a JSON
+    /// Pointer (`/realm_access/roles`).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub roles_claim: Vec<String>,
+    /// Claims holding OAuth scopes, each a space-separated string or an
+    /// array of strings (`scope`, `scp`, Auth0's `permissions`), into
+    /// `context.token.scopes`. Names or JSON Pointers.
+    #[serde(default = "default_scope_claims")]
+    pub scope_claims: Vec<String>,
     /// Cedar entity type of roles.
     #[serde(default = "default_role_type")]
     pub role_type: String,
@@ -360,6 +380,27 @@ pub struct IssuerConfig {
     pub mfa_acr_values: Vec<String>,
 }
 
+/// One string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a claim name or a list of claim names")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(one)) => vec![one],
+        Some(OneOrMany::Many(many)) => many,
+    })
+}
+
+fn default_audience_claim() -> String {
+    "aud".into()
+}
+fn default_scope_claims() -> Vec<String> {
+    vec!["scope".into(), "scp".into()]
+}
 fn default_role_type() -> String {
     "Role".into()
 }

@@ -70,6 +70,28 @@ impl AuthnConfig {
                     ));
                 }
             }
+            let references = std::iter::once(("subject_claim", &issuer.subject_claim))
+                .chain(issuer.org_claim.iter().map(|c| ("org_claim", c)))
+                .chain(issuer.roles_claim.iter().map(|c| ("roles_claim", c)))
+                .chain(issuer.scope_claims.iter().map(|c| ("scope_claims", c)))
+                .chain(std::iter::once(("audience_claim", &issuer.audience_claim)));
+            for (field, reference) in references {
+                if let Some(problem) = crate::authn::jwt::claim_reference_problem(reference) {
+                    problems.push(format!("{at}.{field}: {problem}"));
+                }
+            }
+            if issuer.audience_claim.starts_with('/') {
+                problems.push(format!(
+                    "{at}.audience_claim: a top-level claim name (aud, client_id), not a JSON Pointer"
+                ));
+            }
+            for value in &issuer.tolerated_audiences {
+                if value.is_empty() || issuer.audiences.contains(value) {
+                    problems.push(format!(
+                        "{at}.tolerated_audiences: '{value}' must be a non-empty value that is not one of audiences"
+                    ));
+                }
+            }
             if issuer.max_lifetime_seconds == Some(0) {
                 problems.push(format!("{at}.max_lifetime_seconds: must be at least 1"));
             }
@@ -264,5 +286,69 @@ impl AuthnConfig {
             }
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(issuer_yaml: &str) -> Vec<String> {
+        let issuer = serde_yaml_ng::from_str(issuer_yaml).unwrap();
+        AuthnConfig {
+            jwt: vec![issuer],
+            ..AuthnConfig::default()
+        }
+        .problems(Path::new("/policies"), false)
+    }
+
+    #[test]
+    fn claim_references_and_audience_settings_are_checked() {
+        let base =
+            "issuer: https://i.example/\naudiences: [api]\njwks_url: https://i.example/jwks\n";
+        assert_eq!(
+            problems(&format!(
+                "{base}roles_claim: [/realm_access/roles, cognito:groups]\nscope_claims: [scope, /ext/scp]\nsubject_claim: /ext/oid\ntolerated_audiences: [account]\naudience_claim: client_id\n"
+            )),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            problems(&format!(
+                "{base}roles_claim: /a~2b\nsubject_claim: \"\"\norg_claim: /\nscope_claims: [\"\"]\naudience_claim: /aud\ntolerated_audiences: [api, \"\"]\n"
+            )),
+            [
+                "authentication.jwt[0].subject_claim: a claim name must not be empty",
+                "authentication.jwt[0].org_claim: '/' names no claim; write /<claim>/<member>",
+                "authentication.jwt[0].roles_claim: '/a~2b' is not a JSON Pointer: '~' must be followed by 0 or 1 (~0 is '~', ~1 is '/')",
+                "authentication.jwt[0].scope_claims: a claim name must not be empty",
+                "authentication.jwt[0].audience_claim: a top-level claim name (aud, client_id), not a JSON Pointer",
+                "authentication.jwt[0].tolerated_audiences: 'api' must be a non-empty value that is not one of audiences",
+                "authentication.jwt[0].tolerated_audiences: '' must be a non-empty value that is not one of audiences",
+            ]
+        );
+    }
+
+    #[test]
+    fn roles_claim_is_one_name_or_a_list() {
+        let base = "issuer: i\naudiences: [a]\njwks_file: j\n";
+        let one: crate::authn::config::IssuerConfig =
+            serde_yaml_ng::from_str(&format!("{base}roles_claim: roles\n")).unwrap();
+        assert_eq!(one.roles_claim, ["roles"]);
+        let many: crate::authn::config::IssuerConfig =
+            serde_yaml_ng::from_str(&format!("{base}roles_claim: [roles, groups]\n")).unwrap();
+        assert_eq!(many.roles_claim, ["roles", "groups"]);
+        let none: crate::authn::config::IssuerConfig = serde_yaml_ng::from_str(base).unwrap();
+        assert!(none.roles_claim.is_empty());
+        assert_eq!(none.scope_claims, ["scope", "scp"]);
+        assert_eq!(none.audience_claim, "aud");
+        let err = serde_yaml_ng::from_str::<crate::authn::config::IssuerConfig>(&format!(
+            "{base}roles_claim: {{a: b}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("a claim name or a list of claim names"),
+            "{err}"
+        );
     }
 }

@@ -64,13 +64,19 @@ impl Introspector {
     pub fn new(config: &IntrospectionConfig) -> Result<Self, SecretUnreadable> {
         let client_secret = match &config.client_secret_file {
             None => String::new(),
-            Some(path) => std::fs::read_to_string(path)
+            Some(path) => super::secret::read(path)
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "a client secret is text (UTF-8); this one is not",
+                        )
+                    })
+                })
                 .map_err(|source| SecretUnreadable {
                     path: path.clone(),
                     source,
-                })?
-                .trim_end()
-                .to_string(),
+                })?,
         };
         let budget = Duration::from_millis(config.timeout_ms);
         let client = reqwest::Client::builder()

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use tokio_util::sync::CancellationToken;
 
-use super::jwt::{parse_key_set, Key};
+use jsonwebtoken::Algorithm;
+
+use super::jwt::{parse_key_set, report_skipped, Key};
 use crate::authn::config::JwksConfig;
 
 /// Largest JWKS or discovery document we read; a provider sending more is
@@ -88,12 +90,23 @@ pub struct RemoteJwks {
     /// background refresh wait for each other instead of piling up.
     fetching: tokio::sync::Mutex<()>,
     fetches: std::sync::atomic::AtomicU64,
+    /// The issuer's algorithms: keys for none of them are not used.
+    algorithms: Vec<Algorithm>,
+    /// Fingerprints of the skipped keys of the last document taken, so that
+    /// each is logged and counted once, not at every refresh.
+    reported: Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 impl RemoteJwks {
     /// A key set read from `url`, or from the issuer's OIDC discovery
-    /// document when `url` is None. Nothing is fetched yet.
-    pub fn new(issuer: &str, url: Option<&str>, config: &JwksConfig) -> Self {
+    /// document when `url` is None, for an issuer accepting `algorithms`.
+    /// Nothing is fetched yet.
+    pub fn new(
+        issuer: &str,
+        url: Option<&str>,
+        config: &JwksConfig,
+        algorithms: Vec<Algorithm>,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.fetch_timeout_ms))
             .connect_timeout(Duration::from_millis(config.fetch_timeout_ms))
@@ -115,6 +128,8 @@ impl RemoteJwks {
             last_unknown_kid_refetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             fetches: std::sync::atomic::AtomicU64::new(0),
+            algorithms,
+            reported: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -206,17 +221,34 @@ impl RemoteJwks {
             Source::Discovery => self.discover().await?,
         };
         let (body, max_age) = self.get(&url).await?;
-        let keys = parse_key_set(&body).map_err(|problem| JwksUnreachable::Document {
-            issuer: self.issuer.clone(),
-            url: url.clone(),
-            message: problem.to_string(),
+        // A key this issuer cannot use is skipped, not a reason to refuse
+        // the document: its other keys (a newly published signing key, say)
+        // are taken. Only a document without one usable key is refused, and
+        // the cached keys stay.
+        let set = parse_key_set(&body, &self.algorithms).map_err(|problem| {
+            JwksUnreachable::Document {
+                issuer: self.issuer.clone(),
+                url: url.clone(),
+                message: problem.to_string(),
+            }
         })?;
-        let count = keys.len();
+        {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            let new: Vec<_> = set
+                .skipped
+                .iter()
+                .filter(|s| !reported.contains(&s.fingerprint))
+                .cloned()
+                .collect();
+            report_skipped(&self.issuer, &url, &new);
+            *reported = set.skipped.iter().map(|s| s.fingerprint).collect();
+        }
+        let count = set.keys.len();
         self.loaded.store(Some(Arc::new(Loaded {
-            keys,
+            keys: set.keys,
             fetched_at: Instant::now(),
         })));
-        tracing::info!(issuer = %self.issuer, keys = count, "JWKS fetched");
+        tracing::info!(issuer = %self.issuer, keys = count, skipped = set.skipped.len(), "JWKS fetched");
         Ok(refresh_interval(max_age, &self.config))
     }
 
@@ -350,7 +382,12 @@ mod tests {
 
     #[test]
     fn keys_expire_after_max_staleness() {
-        let jwks = RemoteJwks::new("i", Some("http://127.0.0.1:1/jwks"), &config());
+        let jwks = RemoteJwks::new(
+            "i",
+            Some("http://127.0.0.1:1/jwks"),
+            &config(),
+            vec![Algorithm::ES256],
+        );
         let t0 = Instant::now();
         assert_eq!(jwks.current(t0).unwrap_err(), KeysUnavailable::NotLoaded);
         jwks.loaded.store(Some(Arc::new(Loaded {
@@ -368,7 +405,12 @@ mod tests {
     async fn unknown_kid_triggers_at_most_one_refetch_per_interval() {
         // Port 1 refuses connections: every attempted fetch fails fast, and
         // the counter shows how many were attempted.
-        let jwks = RemoteJwks::new("i", Some("http://127.0.0.1:1/jwks"), &config());
+        let jwks = RemoteJwks::new(
+            "i",
+            Some("http://127.0.0.1:1/jwks"),
+            &config(),
+            vec![Algorithm::ES256],
+        );
         let t0 = Instant::now();
         for i in 0..100 {
             jwks.refetch_for_unknown_kid(t0 + Duration::from_millis(i))
@@ -393,6 +435,7 @@ mod tests {
                 fetch_timeout_ms: 200,
                 ..config()
             },
+            vec![Algorithm::ES256],
         );
         let result = tokio::time::timeout(Duration::from_secs(10), jwks.refresh())
             .await

@@ -11,6 +11,7 @@ mod identity;
 pub mod introspect;
 pub mod jwks;
 pub mod jwt;
+pub mod secret;
 pub mod signature;
 
 use std::sync::Arc;

@@ -80,13 +80,13 @@ impl Signatures {
                 path: a.secret_file.clone(),
                 problem,
             };
-            match std::fs::read(&a.secret_file) {
-                Ok(bytes) => {
-                    let secret = bytes.trim_ascii().to_vec();
+            match super::secret::read(&a.secret_file) {
+                Ok(secret) => {
                     if secret.len() < MIN_SECRET_BYTES {
                         errors.push(unusable(format!(
-                            "the secret has {} bytes; use at least {MIN_SECRET_BYTES} (e.g. openssl rand -hex 32)",
-                            secret.len()
+                            "the secret has {} bytes ({}); use at least {MIN_SECRET_BYTES} (e.g. openssl rand -hex 32)",
+                            secret.len(),
+                            super::secret::RULE,
                         )));
                     } else {
                         apps.push(SignedApp {
@@ -364,6 +364,30 @@ mod tests {
                 .unwrap_err()
                 .reason,
             "signature_missing"
+        );
+    }
+
+    #[test]
+    fn signing_secret_file_ending_in_a_tab_keeps_all_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        let mut secret = [0xe1u8; 32];
+        secret[31] = b'\t';
+        std::fs::write(&file, secret).unwrap();
+        let s = Signatures::new(&SignatureConfig {
+            apps: vec![SignedAppConfig {
+                app: "reports".into(),
+                secret_file: file,
+                required: false,
+            }],
+            ..SignatureConfig::default()
+        })
+        .unwrap();
+        let path = "/v1/models/m/versions/v1:predict";
+        let sig = sign(&secret, NOW, "POST", path, b"{}");
+        assert_eq!(
+            s.verify(&request(Some(&sig), b"{}"), &app("reports"), true, NOW),
+            Ok(())
         );
     }
 

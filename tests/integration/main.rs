@@ -16,6 +16,7 @@ mod anomaly;
 mod authn_apikeys;
 mod authn_attacks;
 mod authn_failures;
+mod authn_interop;
 mod authn_introspection;
 mod authn_jwks;
 mod authn_redis;

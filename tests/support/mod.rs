@@ -52,7 +52,7 @@ pub use in_process::{
 #[allow(unused_imports)]
 pub use jwks::{IdentityProvider, INTROSPECTION_CLIENT};
 #[allow(unused_imports)]
-pub use jwt::{as_user, claims, mint, now, sign_raw_es256, token, Key};
+pub use jwt::{as_user, claims, mint, now, sign_raw_es256, token, Key, ISSUER};
 #[allow(unused_imports)]
 pub use metrics::{metric, parse_metrics};
 #[allow(unused_imports)]

@@ -33,7 +33,10 @@ pub(super) fn issuer_config(jwks_file: PathBuf) -> IssuerConfig {
         discovery: false,
         hmac_secret_file: None,
         max_lifetime_seconds: None,
-        roles_claim: Some("roles".into()),
+        roles_claim: vec!["roles".into()],
+        scope_claims: vec!["scope".into(), "scp".into()],
+        tolerated_audiences: Vec::new(),
+        audience_claim: "aud".into(),
         role_type: "Role".into(),
         context_claims: vec!["tier".into()],
         mfa_amr_values: vec!["mfa".into()],
@@ -90,4 +93,37 @@ pub(super) fn claims() -> Value {
 
 pub(super) fn reason(token: &str) -> &'static str {
     verify(&verifier(), token).unwrap_err().reason
+}
+
+/// Key `index` of the fixture issuer's JWKS (0: `test-es256`, 1:
+/// `test-rs256`).
+pub(super) fn fixture_jwk(index: usize) -> Value {
+    let text = std::fs::read_to_string(fixture("test-issuer.jwks.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    doc["keys"][index].clone()
+}
+
+/// The public JWK (`kty`, `crv`, `x`, `y`) of the P-256 private key in the
+/// fixture file `pem`.
+pub(super) fn ec_public_jwk(pem: &str) -> Value {
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use base64::Engine;
+    let text = std::fs::read_to_string(fixture(pem)).unwrap();
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).unwrap();
+    let point = pair.public_key().as_ref();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])})
+}
+
+/// A verifier for the fixture issuer whose JWKS file holds `keys`, and the
+/// directory holding that file.
+pub(super) fn verifier_with_keys(keys: Vec<Value>) -> (JwtVerifier, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, json!({ "keys": keys }).to_string()).unwrap();
+    (verifier_with(issuer_config(path)), dir)
 }

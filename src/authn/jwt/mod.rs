@@ -22,13 +22,14 @@ use jsonwebtoken::Algorithm;
 use serde_json::Value;
 use sha2::Digest;
 
+pub use self::claims::claim_reference_problem;
 use self::compact::{check_header, malformed, split_compact};
-pub(crate) use self::keys::parse_key_set;
 use self::keys::{load_keys, load_secret};
 pub use self::keys::{
-    parse_algorithm, BadKeySet, JwksError, Key, UnusableAlgorithm, UnusableKey,
+    parse_algorithm, BadKeySet, JwksError, Key, KeySet, SkippedKey, UnusableAlgorithm, UnusableKey,
     MIN_HMAC_SECRET_BYTES,
 };
+pub(crate) use self::keys::{parse_key_set, report_skipped};
 use super::jwks::{KeysUnavailable, RemoteJwks};
 use super::{AuthnFailure, Identity};
 use crate::authn::config::{AuthnConfig, IssuerConfig};
@@ -90,8 +91,13 @@ impl JwtVerifier {
         let mut errors = Vec::new();
         for ic in &config.jwt {
             let symmetric = ic.hmac_secret_file.is_some();
+            let algorithms: Vec<Algorithm> = ic
+                .algorithms
+                .iter()
+                .filter_map(|a| parse_algorithm(a, symmetric).ok())
+                .collect();
             let keys = if let Some(path) = &ic.jwks_file {
-                load_keys(ic, path).map(Keys::Static)
+                load_keys(ic, path, &algorithms).map(Keys::Static)
             } else if let Some(path) = &ic.hmac_secret_file {
                 load_secret(ic, path).map(Keys::Static)
             } else {
@@ -99,15 +105,11 @@ impl JwtVerifier {
                     &ic.issuer,
                     ic.jwks_url.as_deref(),
                     &config.jwks,
+                    algorithms.clone(),
                 ))))
             };
             match keys {
                 Ok(keys) => {
-                    let algorithms = ic
-                        .algorithms
-                        .iter()
-                        .filter_map(|a| parse_algorithm(a, symmetric).ok())
-                        .collect();
                     issuers.insert(
                         ic.issuer.clone(),
                         Issuer {
@@ -227,21 +229,44 @@ impl JwtVerifier {
         let kid = header.kid.as_deref();
         let claims = match &issuer.keys {
             Keys::Static(keys) => {
-                let key = key_for(keys, kid, header.alg)?;
-                issuer.decode(token, key, header.alg, self.leeway)?
+                let candidates = keys_for(keys, kid, header.alg)?;
+                issuer.decode_with_any(token, &candidates, header.alg, self.leeway)?
             }
             Keys::Remote(remote) => {
                 let mut loaded = remote.current(now).map_err(keys_unavailable)?;
-                if matches!(key_for(&loaded.keys, kid, header.alg), Err(ref f) if f.reason == "unknown_key")
+                if matches!(keys_for(&loaded.keys, kid, header.alg), Err(ref f) if f.reason == "unknown_key")
                     && remote.refetch_for_unknown_kid(now).await
                 {
                     loaded = remote.current(now).map_err(keys_unavailable)?;
                 }
-                let key = key_for(&loaded.keys, kid, header.alg)?;
-                issuer.decode(token, key, header.alg, self.leeway)?
+                let candidates = keys_for(&loaded.keys, kid, header.alg)?;
+                issuer.decode_with_any(token, &candidates, header.alg, self.leeway)?
             }
         };
         issuer.identity(claims, now_epoch, self.leeway)
+    }
+}
+
+impl Issuer {
+    /// Checks the token against each candidate key in turn (several signing
+    /// keys may share a `kid`); the first whose signature verifies decides.
+    fn decode_with_any(
+        &self,
+        token: &str,
+        candidates: &[&Key],
+        alg: Algorithm,
+        leeway: u64,
+    ) -> Result<serde_json::Map<String, Value>, AuthnFailure> {
+        let mut last = None;
+        for key in candidates {
+            match self.decode(token, key, alg, leeway) {
+                Err(f) if f.reason == "bad_signature" => last = Some(f),
+                decided => return decided,
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            AuthnFailure::new("bad_signature", "the token's signature does not verify")
+        }))
     }
 }
 
@@ -254,38 +279,53 @@ fn keys_unavailable(why: KeysUnavailable) -> AuthnFailure {
     }
 }
 
-fn key_for<'k>(
+/// The keys that may verify a token naming `kid` and signed with `alg`:
+/// signing keys only (encryption keys were never loaded, RFC 7517 sections
+/// 4.2-4.3), of that `kid`, for that algorithm (which the issuer allows: the
+/// keys hold only allowed algorithms). Never "the first key with this kid":
+/// every key the issuer publishes under it for `alg` is a candidate, and a
+/// key of another use or algorithm under the same `kid` is none.
+fn keys_for<'k>(
     keys: &'k [Key],
     kid: Option<&str>,
     alg: Algorithm,
-) -> Result<&'k Key, AuthnFailure> {
+) -> Result<Vec<&'k Key>, AuthnFailure> {
     let unknown = || {
         AuthnFailure::new(
             "unknown_key",
             "the token's signing key (kid) is not one of the issuer's keys",
         )
     };
-    let key = match kid {
-        Some(kid) => keys
-            .iter()
-            .find(|k| k.kid.as_deref() == Some(kid))
-            .ok_or_else(unknown)?,
+    match kid {
+        Some(kid) => {
+            let named: Vec<&Key> = keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect();
+            if named.is_empty() {
+                return Err(unknown());
+            }
+            let usable: Vec<&Key> = named
+                .into_iter()
+                .filter(|k| k.algorithms.contains(&alg))
+                .collect();
+            if usable.is_empty() {
+                return Err(AuthnFailure::new(
+                    "algorithm_key_mismatch",
+                    "the token's algorithm does not match its signing key",
+                ));
+            }
+            Ok(usable)
+        }
         None => {
             // Without a kid, only an unambiguous key is acceptable.
             let mut candidates = keys.iter().filter(|k| k.algorithms.contains(&alg));
             match (candidates.next(), candidates.next()) {
-                (Some(k), None) => k,
-                _ => return Err(unknown()),
+                (Some(k), None) => Ok(vec![k]),
+                _ => Err(unknown()),
             }
         }
-    };
-    if !key.algorithms.contains(&alg) {
-        return Err(AuthnFailure::new(
-            "algorithm_key_mismatch",
-            "the token's algorithm does not match its signing key",
-        ));
     }
-    Ok(key)
 }
 
 #[cfg(test)]
@@ -368,6 +408,159 @@ mod tests {
     fn oversized_token_is_rejected_before_parsing() {
         let t = "a".repeat(9000);
         assert_eq!(reason(&t), "token_too_large");
+    }
+
+    /// An RSA key as Keycloak publishes next to its signing keys by
+    /// default: for encrypting to the provider.
+    fn rsa_oaep_encryption_key() -> serde_json::Value {
+        let mut key = fixture_jwk(1);
+        key["kid"] = json!("kc-enc-5n0Q8GxXzVWb0bLg1b4zY0RM0Xk9w2sJ6nY");
+        key["alg"] = json!("RSA-OAEP");
+        key["use"] = json!("enc");
+        key
+    }
+
+    #[test]
+    fn jwks_with_an_rsa_oaep_encryption_key_still_verifies_es256_tokens() {
+        let (v, _dir) = verifier_with_keys(vec![rsa_oaep_encryption_key(), fixture_jwk(0)]);
+        let t = sign(
+            Algorithm::ES256,
+            Some("test-es256"),
+            "test-es256.pem",
+            claims(),
+        );
+        verify(&v, &t).unwrap();
+    }
+
+    #[test]
+    fn jwks_whose_only_keys_are_unusable_is_refused_naming_each_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(
+            &path,
+            json!({"keys": [rsa_oaep_encryption_key()]}).to_string(),
+        )
+        .unwrap();
+        let config = AuthnConfig {
+            jwt: vec![issuer_config(path)],
+            ..AuthnConfig::default()
+        };
+        let err = JwtVerifier::new(&config).unwrap_err()[0].to_string();
+        assert!(
+            err.ends_with("none of its keys can verify this issuer's tokens: key 0 (kid \"kc-enc-5n0Q8GxXzVWb0bLg1b4zY0RM0Xk9w2sJ6nY\"): an encryption key (use: enc) never verifies signatures"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn skipped_keys_are_counted_by_issuer_and_reason() {
+        let mut ic = issuer_config(std::path::PathBuf::new());
+        ic.issuer = "https://skipped-keys.test/".into();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let keys = json!({"keys": [rsa_oaep_encryption_key(), fixture_jwk(0), {"kty": "oct", "k": "c2VjcmV0"}]});
+        std::fs::write(&path, keys.to_string()).unwrap();
+        ic.jwks_file = Some(path);
+        let _v = verifier_with(ic);
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::metrics::global().register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        for reason in ["encryption_key", "symmetric_key"] {
+            let line = format!("portcullis_jwks_keys_skipped_total{{issuer=\"https://skipped-keys.test/\",reason=\"{reason}\"}} 1\n");
+            assert!(out.contains(&line), "{line} in\n{out}");
+        }
+    }
+
+    #[test]
+    fn enc_key_with_the_signing_kid_never_verifies() {
+        // An EC P-256 encryption key (no alg) listed first under the
+        // signing key's kid. A token signed with its private key must not
+        // pass as the issuer's.
+        for marking in [
+            json!({"use": "enc"}),
+            json!({"key_ops": ["deriveKey", "deriveBits"]}),
+            json!({"key_ops": ["encrypt"], "alg": "ES256"}),
+            json!({"use": "enc", "alg": "ECDH-ES+A256KW"}),
+        ] {
+            let mut enc = ec_public_jwk("untrusted-es256.pem");
+            enc["kid"] = json!("test-es256");
+            for (k, v) in marking.as_object().unwrap() {
+                enc[k] = v.clone();
+            }
+            let (v, _dir) = verifier_with_keys(vec![enc, fixture_jwk(0)]);
+            let forged = sign(
+                Algorithm::ES256,
+                Some("test-es256"),
+                "untrusted-es256.pem",
+                claims(),
+            );
+            assert_eq!(
+                verify(&v, &forged).unwrap_err().reason,
+                "bad_signature",
+                "{marking}"
+            );
+            let genuine = sign(
+                Algorithm::ES256,
+                Some("test-es256"),
+                "test-es256.pem",
+                claims(),
+            );
+            verify(&v, &genuine).unwrap();
+            // Without a kid the only signing key decides, not the enc key.
+            let forged = sign(Algorithm::ES256, None, "untrusted-es256.pem", claims());
+            assert_eq!(verify(&v, &forged).unwrap_err().reason, "bad_signature");
+        }
+    }
+
+    #[test]
+    fn a_key_of_an_algorithm_the_issuer_does_not_allow_never_verifies() {
+        // The same kid for an ES256 key the issuer allows and an RS256 one
+        // it does not: an RS256 token is refused before any key is tried.
+        let mut ic = issuer_config(std::path::PathBuf::new());
+        ic.algorithms = vec!["ES256".into()];
+        let mut rsa = fixture_jwk(1);
+        rsa["kid"] = json!("test-es256");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, json!({"keys": [rsa, fixture_jwk(0)]}).to_string()).unwrap();
+        ic.jwks_file = Some(path);
+        let v = verifier_with(ic);
+        let t = sign(
+            Algorithm::RS256,
+            Some("test-es256"),
+            "test-rs256.pem",
+            claims(),
+        );
+        assert_eq!(verify(&v, &t).unwrap_err().reason, "algorithm_not_allowed");
+        let t = sign(
+            Algorithm::ES256,
+            Some("test-es256"),
+            "test-es256.pem",
+            claims(),
+        );
+        verify(&v, &t).unwrap();
+    }
+
+    #[test]
+    fn every_signing_key_under_a_shared_kid_is_tried_not_only_the_first() {
+        // Two signing keys under one kid (a provider rotating carelessly):
+        // a token of the second verifies, a key of neither does not.
+        let mut rotated = ec_public_jwk("rotated-es256.pem");
+        rotated["kid"] = json!("test-es256");
+        rotated["use"] = json!("sig");
+        let (v, _dir) = verifier_with_keys(vec![fixture_jwk(0), rotated]);
+        for pem in ["test-es256.pem", "rotated-es256.pem"] {
+            let t = sign(Algorithm::ES256, Some("test-es256"), pem, claims());
+            verify(&v, &t).unwrap();
+        }
+        let t = sign(
+            Algorithm::ES256,
+            Some("test-es256"),
+            "untrusted-es256.pem",
+            claims(),
+        );
+        assert_eq!(verify(&v, &t).unwrap_err().reason, "bad_signature");
     }
 
     #[test]
