@@ -20,6 +20,7 @@ mod authn_introspection;
 mod authn_jwks;
 mod authn_redis;
 mod docs;
+mod http_semantics;
 mod pipeline;
 mod quota_server;
 mod quota_stores;
