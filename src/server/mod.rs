@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::adapters::admin::{AuditAdmin, PolicyAdmin};
+use crate::adapters::check_wire::CheckServer;
 use crate::adapters::extauthz::AuthzService;
 use crate::adapters::rls::RateLimiter;
 use crate::app::{App, AssembleError, State};
@@ -136,17 +136,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     // unaffected.
     let readiness = crate::app::health::Readiness::new();
     if readiness.refresh(&state).await.ready {
-        health
-            .set_serving::<AuthorizationServer<AuthzService>>()
-            .await;
+        health.set_serving::<CheckServer>().await;
     } else {
-        health
-            .set_not_serving::<AuthorizationServer<AuthzService>>()
-            .await;
+        health.set_not_serving::<CheckServer>().await;
     }
-    tasks.spawn(crate::app::health::report::<
-        AuthorizationServer<AuthzService>,
-    >(
+    tasks.spawn(crate::app::health::report::<CheckServer>(
         Arc::clone(&state),
         readiness.clone(),
         health.clone(),
@@ -171,8 +165,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             "envoy.service.ratelimit.v3.RateLimitService",
             "grpc.health.v1.Health",
         ]);
-        let authz = AuthorizationServer::new(AuthzService::new(Arc::clone(&state)))
-            .max_decoding_message_size(max_message);
+        let authz = CheckServer::new(AuthzService::new(Arc::clone(&state)), max_message);
         let rls = RateLimitServiceServer::new(RateLimiter::new(Arc::clone(&state)))
             .max_decoding_message_size(max_message);
         let router = builder()

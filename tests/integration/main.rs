@@ -19,6 +19,7 @@ mod authn_failures;
 mod authn_introspection;
 mod authn_jwks;
 mod authn_redis;
+mod check_wire;
 mod docs;
 mod http_semantics;
 mod pipeline;
