@@ -200,6 +200,7 @@ pub struct Metrics {
     shadow_disagreements: Family<Labels2, Counter>,
     anomalies: Family<Labels2, Counter>,
     anomaly_blocks: Counter,
+    requests_over_budget: Counter,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -234,6 +235,7 @@ impl Metrics {
             shadow_disagreements: Family::default(),
             anomalies: Family::default(),
             anomaly_blocks: Counter::default(),
+            requests_over_budget: Counter::default(),
         }
     }
 
@@ -308,6 +310,12 @@ impl Metrics {
         self.anomaly_blocks.inc();
     }
 
+    /// Records a gRPC request refused because its listener had
+    /// `server.max_pending_requests` in progress.
+    pub fn request_over_budget(&self) {
+        self.requests_over_budget.inc();
+    }
+
     /// Observations of a stage so far (for tests).
     pub fn stage_count(&self, stage: Stage) -> u64 {
         self.stage_duration.histograms[stage.index()].count()
@@ -358,6 +366,11 @@ impl Metrics {
             "portcullis_anomaly_blocks",
             "Temporary blocks imposed by the anomaly detector",
             self.anomaly_blocks.clone(),
+        );
+        registry.register(
+            "portcullis_requests_over_budget",
+            "gRPC requests refused (RESOURCE_EXHAUSTED) because their listener had server.max_pending_requests in progress",
+            self.requests_over_budget.clone(),
         );
     }
 }

@@ -20,6 +20,9 @@ use tonic_prost::{ProstCodec, ProstEncoder};
 
 use super::extauthz::AuthzService;
 
+/// The first decode buffer of a `Check` stream, bytes.
+const CHECK_BUFFER_BYTES: usize = 1024;
+
 /// The gRPC path of `Check`.
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
@@ -122,8 +125,11 @@ impl Decoder for CheckDecoder {
         }
     }
 
+    /// A 1 KiB first buffer (tonic's default is 8 KiB): every open stream
+    /// holds one from its headers on, also one that never sends its body;
+    /// a larger message grows it as it arrives.
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
+        BufferSettings::new(CHECK_BUFFER_BYTES, 32 * 1024)
     }
 }
 

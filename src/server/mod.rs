@@ -2,7 +2,10 @@
 //! and the admin listener (admin API, health, reflection), their limits,
 //! background tasks, and graceful shutdown. No decision logic lives here.
 
+mod budget;
 pub mod tls;
+
+pub use budget::{RequestBudget, RequestBudgetLayer};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -270,8 +273,11 @@ pub fn nodelay(
 }
 
 /// The tonic server with the configured limits: every listener (and the
-/// benchmark's empty baseline server) uses the same stack.
-pub fn grpc_server(config: &Config) -> Server {
+/// benchmark's empty baseline server) uses the same stack. Each call has
+/// its own request budget (`server.max_pending_requests`).
+pub fn grpc_server(
+    config: &Config,
+) -> Server<tower_layer::Stack<RequestBudgetLayer, tower_layer::Identity>> {
     let limits = &config.server;
     let keepalive = (limits.keepalive_interval_seconds > 0)
         .then(|| Duration::from_secs(limits.keepalive_interval_seconds));
@@ -283,6 +289,7 @@ pub fn grpc_server(config: &Config) -> Server {
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_seconds)))
         .tcp_nodelay(true)
+        .layer(RequestBudgetLayer::new(limits.max_pending_requests))
 }
 
 /// Reflection services (v1 and v1alpha, which grpcurl 1.8.6 speaks) that

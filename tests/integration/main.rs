@@ -26,4 +26,5 @@ mod pipeline;
 mod quota_server;
 mod quota_stores;
 mod server;
+mod server_limits;
 mod tidy;
