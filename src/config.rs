@@ -110,12 +110,21 @@ impl Default for TlsConfig {
 }
 
 /// Limits of the gRPC listeners, so one misbehaving client cannot exhaust
-/// the server.
+/// the server. What clients can hold open is bounded twice: per connection
+/// (`max_concurrent_streams`, HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`,
+/// RFC 9113 section 6.5.2) and per listener (`max_pending_requests`); a
+/// stream that sends its headers but not its body is ended after
+/// `request_timeout_ms`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// HTTP/2 concurrent streams per connection.
+    /// HTTP/2 concurrent streams per connection (RFC 9113 recommends no
+    /// less than 100); a client over it waits for one of its streams to end.
     pub max_concurrent_streams: u32,
+    /// Requests in progress at once on one listener, over all its
+    /// connections; one more is refused at once with `RESOURCE_EXHAUSTED`
+    /// (metric `portcullis_requests_over_budget_total`).
+    pub max_pending_requests: usize,
     /// Maximum size of a request's header list, bytes.
     pub max_header_list_size: u32,
     /// Maximum size of a decoded gRPC message, bytes (Check carries bodies).
@@ -124,7 +133,9 @@ pub struct ServerConfig {
     pub keepalive_interval_seconds: u64,
     /// Close a connection whose keepalive ping is not answered in this time.
     pub keepalive_timeout_seconds: u64,
-    /// Per-request deadline inside the server, milliseconds.
+    /// Per-request deadline inside the server, milliseconds, from the
+    /// request's headers to its answer (so also the longest a request may
+    /// take to send its body).
     pub request_timeout_ms: u64,
     /// Concurrent requests per connection.
     pub concurrency_limit_per_connection: usize,
@@ -135,7 +146,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            max_concurrent_streams: 1024,
+            max_concurrent_streams: 100,
+            max_pending_requests: 8_192,
             max_header_list_size: 64 * 1024,
             max_message_bytes: 4 * 1024 * 1024,
             keepalive_interval_seconds: 30,
@@ -290,6 +302,9 @@ impl Config {
         if s.request_timeout_ms == 0 {
             problems.push("server.request_timeout_ms: must be at least 1".into());
         }
+        if s.max_pending_requests == 0 {
+            problems.push("server.max_pending_requests: must be at least 1".into());
+        }
         if s.concurrency_limit_per_connection == 0 {
             problems.push("server.concurrency_limit_per_connection: must be at least 1".into());
         }
@@ -411,6 +426,7 @@ mod tests {
         let text = r#"
 server:
   max_concurrent_streams: 0
+  max_pending_requests: 0
 authentication:
   jwt:
     - issuer: ""
@@ -424,6 +440,7 @@ log:
         let err = c.check(Path::new("c.yaml")).unwrap_err().to_string();
         for needle in [
             "server.max_concurrent_streams",
+            "server.max_pending_requests",
             "authentication.jwt[0].issuer",
             "authentication.jwt[0].audiences",
             "HS256",

@@ -201,6 +201,7 @@ pub struct Metrics {
     anomalies: Family<Labels2, Counter>,
     anomaly_blocks: Counter,
     jwks_keys_skipped: Family<[(&'static str, String); 2], Counter>,
+    requests_over_budget: Counter,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -236,6 +237,7 @@ impl Metrics {
             anomalies: Family::default(),
             anomaly_blocks: Counter::default(),
             jwks_keys_skipped: Family::default(),
+            requests_over_budget: Counter::default(),
         }
     }
 
@@ -322,6 +324,12 @@ impl Metrics {
         self.anomaly_blocks.inc();
     }
 
+    /// Records a gRPC request refused because its listener had
+    /// `server.max_pending_requests` in progress.
+    pub fn request_over_budget(&self) {
+        self.requests_over_budget.inc();
+    }
+
     /// Observations of a stage so far (for tests).
     pub fn stage_count(&self, stage: Stage) -> u64 {
         self.stage_duration.histograms[stage.index()].count()
@@ -377,6 +385,11 @@ impl Metrics {
             "portcullis_anomaly_blocks",
             "Temporary blocks imposed by the anomaly detector",
             self.anomaly_blocks.clone(),
+        );
+        registry.register(
+            "portcullis_requests_over_budget",
+            "gRPC requests refused (RESOURCE_EXHAUSTED) because their listener had server.max_pending_requests in progress",
+            self.requests_over_budget.clone(),
         );
     }
 }

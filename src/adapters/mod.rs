@@ -4,6 +4,7 @@
 //! (`decision::outcome`). No policy logic lives here.
 
 pub mod admin;
+pub mod check_wire;
 pub mod extauthz;
 pub mod http;
 pub mod offline;

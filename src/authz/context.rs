@@ -49,9 +49,9 @@ pub enum ContextError {
 pub struct RequestContext;
 
 impl RequestContext {
-    /// The context for a real request.
-    pub fn build(req: &AccessRequest, route: &Route, identity: &Identity) -> Value {
-        let path = req.path.split(['?', '#']).next().unwrap_or("");
+    /// The context for a real request; `path` is the request path in
+    /// normal form, as the route matched it (`routes::normalize_path`).
+    pub fn build(req: &AccessRequest, path: &str, route: &Route, identity: &Identity) -> Value {
         let mut headers = Map::new();
         for name in &route.context_headers {
             if let Some(v) = req.header(name) {
@@ -104,7 +104,7 @@ impl RequestContext {
             .iter()
             .map(|c| (c.to_string(), "sample".to_string()))
             .collect();
-        Self::build(&req, route, &identity)
+        Self::build(&req, "/", route, &identity)
     }
 }
 

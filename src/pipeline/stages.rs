@@ -71,6 +71,8 @@ pub(super) struct Routed<'s> {
     route: &'s routes::Route,
     resource_id: String,
     captures: Vec<(&'s str, String)>,
+    /// The request path in normal form (`routes::normalize_path`).
+    path: String,
 }
 
 /// Where a request stands after routing.
@@ -97,6 +99,7 @@ fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
             route,
             resource_id,
             captures,
+            path,
         } => {
             let mut d = d;
             d.route = Some(route.name.clone());
@@ -106,6 +109,7 @@ fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
                 route,
                 resource_id,
                 captures,
+                path,
             })
         }
         RouteMatch::MethodNotAllowed { allowed } => {
@@ -361,7 +365,7 @@ pub(super) fn authorize(
 ) -> Result<(), Refusal> {
     let started = Instant::now();
     let route = at.route;
-    let mut context = RequestContext::build(req, route, identity);
+    let mut context = RequestContext::build(req, &at.path, route, identity);
     if snapshot.risk_actions.contains(&route.action) {
         context["risk"] = serde_json::json!(risk);
     }

@@ -512,6 +512,11 @@ routes:
             (("GET", "/v1/{any}"), ("GET", "/v1/v{n}")),
             (("GET", "/v1/{any}:predict"), ("GET", "/v1/m-{id}:predict")),
             (("ANY", "/{a}/{b}"), ("DELETE", "/v1/{b}")),
+            // GET takes HEAD; one trailing slash and escaped unreserved
+            // characters do not change what a path matches.
+            (("GET", "/v1/status"), ("HEAD", "/v1/status")),
+            (("GET", "/v1/{a}"), ("GET", "/v1/{a}/")),
+            (("GET", "/v1/models"), ("GET", "/v1/%6dodels")),
         ] {
             let text = two_routes(first, second);
             assert_one_error(
@@ -530,7 +535,7 @@ routes:
             (("GET", "/v1/status"), ("ANY", "/v1/status")),
             (("GET", "/v1/v{n}"), ("GET", "/v1/{any}")),
             (("GET", "/v1/{any}:predict"), ("GET", "/v1/{any}:explain")),
-            (("GET", "/v1/{a}"), ("GET", "/v1/{a}/")),
+            (("HEAD", "/v1/{a}"), ("GET", "/v1/{a}")),
             (("GET", "/v1/{a}x"), ("GET", "/v1/x")),
         ] {
             load(&two_routes(first, second));

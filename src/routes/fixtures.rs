@@ -109,6 +109,7 @@ pub(super) fn matched<'a>(
             route,
             resource_id,
             captures,
+            ..
         } => (route.name.as_str(), resource_id, captures),
         other => panic!("{method} {path}: expected a match, got {other:?}"),
     }

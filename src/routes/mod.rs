@@ -21,7 +21,8 @@ use cedar_policy::EntityTypeName;
 use serde::Deserialize;
 
 pub use self::locate::route_line;
-use self::path::{decode_capture, is_dot_segment, PathTemplate, Segment};
+pub use self::path::normalize_path;
+use self::path::{decode_capture, PathTemplate, Segment};
 use self::resource_id::{render_id, IdPart};
 pub use crate::validate::rules::SignatureMode;
 use crate::validate::rules::{BodySpec, ModelRef};
@@ -101,12 +102,17 @@ impl Method {
     }
 
     /// Whether a request's method (case-sensitive, e.g. `GET`) is accepted.
+    /// `GET` accepts `HEAD` too: a server answering GET answers HEAD the
+    /// same way, without the body (RFC 9110 section 9.3.2).
     pub fn accepts(self, method: &str) -> bool {
-        self == Method::Any || self.as_str() == method
+        self == Method::Any
+            || self.as_str() == method
+            || (self == Method::Get && method == Method::Head.as_str())
     }
 
+    /// Whether every request this method accepts, `self` accepts too.
     fn covers(self, other: Method) -> bool {
-        self == Method::Any || self == other
+        self == Method::Any || self == other || (self == Method::Get && other == Method::Head)
     }
 }
 
@@ -177,7 +183,9 @@ impl Route {
         render_id(&self.resource_id, captures)
     }
 
-    fn bind(&self, rest: &str) -> RouteMatch<'_> {
+    /// `path` is the request path in normal form, which matched.
+    fn bind(&self, path: &str) -> RouteMatch<'_> {
+        let rest = &path[1..];
         let mut captures = Vec::with_capacity(self.template.capture_count);
         for (position, (segment, raw)) in self
             .template
@@ -207,6 +215,7 @@ impl Route {
             route: self,
             resource_id,
             captures,
+            path: path.to_owned(),
         }
     }
 }
@@ -220,6 +229,9 @@ pub enum RouteMatch<'a> {
         resource_id: String,
         /// Decoded capture values by name, in path order.
         captures: Vec<(&'a str, String)>,
+        /// The request path in normal form ([`normalize_path`]), as
+        /// policies see it (`context.path`).
+        path: String,
     },
     /// Some route has this path, none this method (405 with `Allow`).
     MethodNotAllowed { allowed: Vec<&'a str> },
@@ -254,40 +266,26 @@ impl RouteTable {
         self.unmatched
     }
 
-    /// Matches a request; `path` is the raw :path header (may include a query string).
+    /// Matches a request; `path` is the raw :path header (may include a
+    /// query string). The path is matched in its normal form (see
+    /// [`normalize_path`]: equivalent spellings match the same route, and
+    /// spellings an upstream could resolve elsewhere are a `BadPath`).
     ///
-    /// The first route in file order matching both method and path wins.
+    /// The first route in file order matching both method and path wins; a
+    /// `GET` route also takes `HEAD` (RFC 9110 section 9.3.2).
     pub fn match_request<'a>(&'a self, method: &str, path: &str) -> RouteMatch<'a> {
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        let Some(rest) = path.strip_prefix('/') else {
-            return RouteMatch::BadPath {
-                reason: "the path must start with '/'".to_owned(),
-            };
+        let path = match normalize_path(path) {
+            Ok(path) => path,
+            Err(reason) => return RouteMatch::BadPath { reason },
         };
-        // The upstream may resolve dot segments or merge slashes after we
-        // matched, and so serve a path other than the one we authorized.
-        let mut segment_count = 0;
-        let mut previous_is_empty = false;
-        for segment in rest.split('/') {
-            segment_count += 1;
-            if previous_is_empty {
-                return RouteMatch::BadPath {
-                    reason: "the path has an empty segment ('//')".to_owned(),
-                };
-            }
-            if is_dot_segment(segment) {
-                return RouteMatch::BadPath {
-                    reason: format!("path segment {segment_count} is '.' or '..'"),
-                };
-            }
-            previous_is_empty = segment.is_empty();
-        }
+        let rest = &path[1..];
+        let segment_count = rest.split('/').count();
 
         let mut path_matched = false;
         for route in &self.routes {
             if route.template.matches(rest, segment_count) {
                 if route.method.accepts(method) {
-                    return route.bind(rest);
+                    return route.bind(&path);
                 }
                 path_matched = true;
             }
@@ -298,8 +296,8 @@ impl RouteTable {
         let mut allowed = [false; Method::NAMED.len()];
         for route in &self.routes {
             if route.template.matches(rest, segment_count) {
-                if let Some(i) = Method::NAMED.iter().position(|m| *m == route.method) {
-                    allowed[i] = true;
+                for (i, named) in Method::NAMED.iter().enumerate() {
+                    allowed[i] |= route.method != Method::Any && route.method.covers(*named);
                 }
             }
         }
@@ -430,10 +428,7 @@ mod tests {
             );
         }
         // Only the trailing empty segment of a trailing slash is allowed.
-        assert_eq!(
-            table.match_request("GET", "/v1/status/"),
-            RouteMatch::NotFound
-        );
+        assert_eq!(matched(&table, "GET", "/v1/status/").0, "status");
     }
 
     #[test]
@@ -448,22 +443,46 @@ mod tests {
     }
 
     #[test]
-    fn trailing_slash_is_significant() {
+    fn trailing_slash_spelling_matches_the_same_route() {
         let table = load(&two_routes(("GET", "/v1/status"), ("GET", "/v1/models/")));
-        assert_eq!(matched(&table, "GET", "/v1/status").0, "first");
-        assert_eq!(
-            table.match_request("GET", "/v1/status/"),
-            RouteMatch::NotFound
-        );
-        assert_eq!(matched(&table, "GET", "/v1/models/").0, "second");
-        assert_eq!(
-            table.match_request("GET", "/v1/models"),
-            RouteMatch::NotFound
-        );
+        for (path, route) in [
+            ("/v1/status", "first"),
+            ("/v1/status/", "first"),
+            ("/v1/status/?x=1", "first"),
+            ("/v1/models/", "second"),
+            ("/v1/models", "second"),
+        ] {
+            assert_eq!(matched(&table, "GET", path).0, route, "{path}");
+        }
         assert_eq!(
             bad_path(&table, "/v1/models//"),
             "the path has an empty segment ('//')"
         );
+    }
+
+    #[test]
+    fn head_is_answered_like_get() {
+        let table = load(PREDICT);
+        assert_eq!(matched(&table, "HEAD", "/v1/status").0, "status");
+        assert_eq!(matched(&table, "HEAD", "/v1/models/m").0, "model");
+        // HEAD does not open the other methods: a POST-only route refuses it.
+        assert_eq!(
+            table.match_request("HEAD", "/v1/models/m/versions/1:predict"),
+            RouteMatch::MethodNotAllowed {
+                allowed: vec!["POST"]
+            }
+        );
+        // Nor does GET open anything but HEAD.
+        assert_eq!(
+            table.match_request("DELETE", "/v1/status"),
+            RouteMatch::MethodNotAllowed {
+                allowed: vec!["GET", "HEAD"]
+            }
+        );
+        // An explicit HEAD route before the GET one takes HEAD itself.
+        let table = load(&two_routes(("HEAD", "/v1/x"), ("GET", "/v1/x")));
+        assert_eq!(matched(&table, "HEAD", "/v1/x").0, "first");
+        assert_eq!(matched(&table, "GET", "/v1/x").0, "second");
     }
 
     #[test]
@@ -506,17 +525,18 @@ routes:
   - {name: e, method: PUT, path: /v2, action: d, resource: {type: A, id: a}}
 ";
         let table = load(text);
+        // Where GET is allowed, HEAD is too (RFC 9110 section 9.3.2).
         assert_eq!(
             table.match_request("PATCH", "/v1/x"),
             RouteMatch::MethodNotAllowed {
-                allowed: vec!["GET", "POST", "DELETE"]
+                allowed: vec!["GET", "HEAD", "POST", "DELETE"]
             }
         );
         // Method names are case-sensitive.
         assert_eq!(
             table.match_request("get", "/v1/status"),
             RouteMatch::MethodNotAllowed {
-                allowed: vec!["GET", "POST", "DELETE"]
+                allowed: vec!["GET", "HEAD", "POST", "DELETE"]
             }
         );
         assert_eq!(

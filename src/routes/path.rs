@@ -2,6 +2,8 @@
 //! paths against them segment by segment, and decoding captured values. It
 //! does not choose between routes (that is the table's job).
 
+use std::borrow::Cow;
+
 /// Why a path template in routes.yaml cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidPathTemplate {
@@ -25,6 +27,8 @@ pub enum InvalidPathTemplate {
     QueryOrFragment(char),
     #[error("{0:?} is not allowed; percent-encode it")]
     UnencodedChar(char),
+    #[error("'{0}' can never match: requests with an encoded '/', '\\' or control character are rejected")]
+    NeverMatches(String),
 }
 
 /// Why a captured path segment is refused; the text is shown to the client.
@@ -49,7 +53,7 @@ pub(super) struct PathTemplate {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Segment {
-    /// Compared with the raw (still percent-encoded) request segment.
+    /// Compared with the request segment in normal form (`normalize_path`).
     Literal(Box<str>),
     /// `prefix{name}suffix`: a non-empty value between literal affixes.
     Capture {
@@ -67,7 +71,11 @@ impl PathTemplate {
         };
         let mut problems = Vec::new();
         let mut segments = Vec::new();
-        let raw: Vec<&str> = rest.split('/').collect();
+        let mut raw: Vec<&str> = rest.split('/').collect();
+        // One trailing slash is not significant (see `normalize_path`).
+        if raw.len() > 1 && raw.last() == Some(&"") {
+            raw.pop();
+        }
         for (i, raw_segment) in raw.iter().enumerate() {
             if raw_segment.is_empty() && i + 1 < raw.len() {
                 problems.push(InvalidPathTemplate::EmptySegment);
@@ -134,8 +142,7 @@ impl Segment {
         let opens = raw.matches('{').count();
         let closes = raw.matches('}').count();
         if opens == 0 && closes == 0 {
-            check_path_chars(raw)?;
-            return Ok(Segment::Literal(raw.into()));
+            return Ok(Segment::Literal(normal_literal(raw)?.into()));
         }
         if opens > 1 || closes > 1 {
             return Err(InvalidPathTemplate::SeveralCaptures(raw.to_owned()));
@@ -148,12 +155,10 @@ impl Segment {
         }
         let (prefix, name, suffix) = (&raw[..open], &raw[open + 1..close], &raw[close + 1..]);
         check_capture_name(name)?;
-        check_path_chars(prefix)?;
-        check_path_chars(suffix)?;
         Ok(Segment::Capture {
             name: name.into(),
-            prefix: prefix.into(),
-            suffix: suffix.into(),
+            prefix: normal_literal(prefix)?.into(),
+            suffix: normal_literal(suffix)?.into(),
         })
     }
 
@@ -216,16 +221,111 @@ fn check_path_chars(literal: &str) -> Result<(), InvalidPathTemplate> {
     Ok(())
 }
 
-/// Whether a raw request segment is `.` or `..`, percent-encoded or not.
-pub(super) fn is_dot_segment(raw: &str) -> bool {
-    let dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
-    match raw.len() {
-        1 | 3 => dot(raw),
-        2 => raw == "..",
-        4 => dot(&raw[..1]) && dot(&raw[1..]) || dot(&raw[..3]) && dot(&raw[3..]),
-        6 => dot(&raw[..3]) && dot(&raw[3..]),
-        _ => false,
+/// A template literal in normalized form, as request segments are compared.
+fn normal_literal(literal: &str) -> Result<String, InvalidPathTemplate> {
+    check_path_chars(literal)?;
+    match normalize_segment(literal) {
+        Ok(normal) => Ok(normal.into_owned()),
+        Err(BadCapture::ForbiddenCharacter) => {
+            Err(InvalidPathTemplate::NeverMatches(literal.to_owned()))
+        }
+        Err(_) => Err(InvalidPathTemplate::BadPercentEscape),
     }
+}
+
+/// The path routes are matched against, and policies see as
+/// `context.path`: the request path without its query string and fragment,
+/// in the normal form of RFC 3986 section 6.2.2 so that equivalent
+/// spellings of one path match the same route:
+///
+/// - percent-encoded unreserved characters (`ALPHA / DIGIT / "-" / "." /
+///   "_" / "~"`, either hex case) are decoded (section 6.2.2.2), other
+///   escapes get upper-case hex digits (section 6.2.2.1): `/v1/%6Dodels`
+///   is `/v1/models`, `caf%c3%a9` is `caf%C3%A9`;
+/// - one trailing slash is dropped (`/v1/status/` is `/v1/status`; `/`
+///   stays `/`): upstream frameworks commonly serve both spellings alike,
+///   so neither may escape the route of the other.
+///
+/// Refused, because an upstream could resolve them into another path than
+/// the one authorized (the reason is safe to show the client): a path not
+/// starting with `/`; an empty segment (`//`); a `.` or `..` segment,
+/// also once decoded (`%2E%2E`); an invalid escape; an encoded `/` or `\`
+/// (`%2F`, `%5C`), a raw `\`, or an encoded control character.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("the path must start with '/'".to_owned());
+    };
+    let mut normal: Cow<'_, str> = Cow::Borrowed(path);
+    if rest.contains(['%', '\\']) {
+        let mut owned = String::with_capacity(path.len());
+        for (i, segment) in rest.split('/').enumerate() {
+            owned.push('/');
+            match normalize_segment(segment) {
+                Ok(segment) => owned.push_str(&segment),
+                Err(problem) => return Err(format!("path segment {}: {problem}", i + 1)),
+            }
+        }
+        normal = Cow::Owned(owned);
+    }
+    let segments: Vec<&str> = normal[1..].split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.is_empty() && i + 1 < segments.len() {
+            return Err("the path has an empty segment ('//')".to_owned());
+        }
+        if *segment == "." || *segment == ".." {
+            return Err(format!("path segment {} is '.' or '..'", i + 1));
+        }
+    }
+    if normal.len() > 1 && normal.ends_with('/') {
+        match &mut normal {
+            Cow::Borrowed(path) => *path = &path[..path.len() - 1],
+            Cow::Owned(path) => {
+                path.pop();
+            }
+        }
+    }
+    Ok(normal)
+}
+
+/// One segment in normal form (see [`normalize_path`]); borrowed when it
+/// has no escape.
+fn normalize_segment(raw: &str) -> Result<Cow<'_, str>, BadCapture> {
+    if raw.contains('\\') {
+        return Err(BadCapture::ForbiddenCharacter);
+    }
+    if !raw.contains('%') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let bytes = raw.as_bytes();
+    let mut normal = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            // Not '%': a whole UTF-8 character up to the next '%'.
+            let end = raw[i..].find('%').map_or(raw.len(), |at| i + at);
+            normal.push_str(&raw[i..end]);
+            i = end;
+            continue;
+        }
+        let hex = |j: usize| bytes.get(j).and_then(|b| (*b as char).to_digit(16));
+        let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2)) else {
+            return Err(BadCapture::InvalidPercentEncoding);
+        };
+        let byte = (high * 16 + low) as u8;
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                normal.push(byte as char)
+            }
+            b'/' | b'\\' | 0..=0x1F | 0x7F => return Err(BadCapture::ForbiddenCharacter),
+            _ => {
+                normal.push('%');
+                normal.push_str(&format!("{byte:02X}"));
+            }
+        }
+        i += 3;
+    }
+    Ok(Cow::Owned(normal))
 }
 
 /// Percent-decodes a captured value, rejecting what could alter the path's
@@ -263,7 +363,6 @@ pub(super) fn decode_capture(raw: &str) -> Result<String, BadCapture> {
 #[cfg(test)]
 mod tests {
     use crate::routes::fixtures::*;
-    use crate::routes::RouteMatch;
 
     #[test]
     fn problems_read_exactly_as_operators_and_clients_see_them() {
@@ -302,6 +401,10 @@ mod tests {
             (
                 T::UnencodedChar(' '),
                 "' ' is not allowed; percent-encode it",
+            ),
+            (
+                T::NeverMatches("a%2F".into()),
+                "'a%2F' can never match: requests with an encoded '/', '\\' or control character are rejected",
             ),
         ];
         for (problem, text) in template {
@@ -386,15 +489,75 @@ mod tests {
     }
 
     #[test]
-    fn literal_segments_compare_raw() {
+    fn percent_encoded_unreserved_path_matches_the_protected_route() {
         let table = load(PREDICT);
+        for path in [
+            "/v1/st%61tus",
+            "/v1/%73%74%61%74%75%73",
+            "/%76%31/status",
+            "/v1/sta%74us?x=1",
+        ] {
+            assert_eq!(matched(&table, "GET", path).0, "status", "{path}");
+        }
+        let (name, id, _) = matched(&table, "GET", "/v1/%6Dodels/fraud%2ddetector");
+        assert_eq!((name, id.as_str()), ("model", "fraud-detector"));
+        assert_eq!(matched(&table, "GET", "/v1/%6dodels/x%7e").1, "x~");
+        // Other escapes keep their meaning: %C3%A9 is not 'C3A9'.
+        assert_eq!(matched(&table, "GET", "/v1/models/caf%c3%a9").1, "café");
+    }
+
+    #[test]
+    fn encoded_separators_anywhere_in_the_path_are_bad_paths() {
+        let table = load(PREDICT);
+        for (path, segment) in [
+            ("/v1%2Fstatus", 1),
+            ("/v1%2fmodels%2fm", 1),
+            ("/v1/st%5Catus", 2),
+            ("/v1\\status", 1),
+            ("/nowhere/a%00", 2),
+        ] {
+            assert_eq!(
+                bad_path(&table, path),
+                format!(
+                    "path segment {segment}: an encoded '/', '\\' or control character is not allowed"
+                ),
+                "{path}"
+            );
+        }
         assert_eq!(
-            table.match_request("GET", "/v1/st%61tus"),
-            RouteMatch::NotFound
+            bad_path(&table, "/nowhere/%G1"),
+            "path segment 2: invalid percent-encoding"
         );
-        assert_eq!(
-            table.match_request("GET", "/v1%2Fstatus"),
-            RouteMatch::NotFound
+    }
+
+    #[test]
+    fn normal_form_of_a_path_is_what_policies_see() {
+        use super::normalize_path;
+        for (raw, normal) in [
+            ("/v1/%6Dodels/m?q=%41", "/v1/models/m"),
+            ("/v1/models/caf%c3%a9", "/v1/models/caf%C3%A9"),
+            ("/v1/status/", "/v1/status"),
+            ("/", "/"),
+            ("/?x", "/"),
+            ("/a%2e", "/a."),
+        ] {
+            assert_eq!(normalize_path(raw).unwrap(), normal, "{raw}");
+        }
+    }
+
+    #[test]
+    fn templates_are_compared_in_normal_form() {
+        let table = load(&two_routes(
+            ("GET", "/v1/%6dodels/{m}"),
+            ("GET", "/a/caf%c3%a9"),
+        ));
+        assert_eq!(matched(&table, "GET", "/v1/models/x").0, "first");
+        assert_eq!(matched(&table, "GET", "/a/caf%C3%A9").0, "second");
+        let text = two_routes(("GET", "/v1/a%2Fb"), ("GET", "/v2"));
+        assert_one_error(
+            &text,
+            4,
+            "'a%2Fb' can never match: requests with an encoded '/', '\\' or control character are rejected",
         );
     }
 
@@ -439,6 +602,9 @@ mod tests {
             "/v1/models/%2E",
             "/v1/../v1/status",
             "/../x",
+            "/v1/%2E%2e/v1/status",
+            "/v1/models/%2e%2e/",
+            "/v1/models/..?x",
         ] {
             assert!(bad_path(&table, path).contains("is '.' or '..'"), "{path}");
         }

@@ -2,19 +2,22 @@
 //! and the admin listener (admin API, health, reflection), their limits,
 //! background tasks, and graceful shutdown. No decision logic lives here.
 
+mod budget;
 pub mod tls;
+
+pub use budget::{RequestBudget, RequestBudgetLayer};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::adapters::admin::{AuditAdmin, PolicyAdmin};
+use crate::adapters::check_wire::CheckServer;
 use crate::adapters::extauthz::AuthzService;
 use crate::adapters::rls::RateLimiter;
 use crate::app::{App, AssembleError, State};
@@ -136,17 +139,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     // unaffected.
     let readiness = crate::app::health::Readiness::new();
     if readiness.refresh(&state).await.ready {
-        health
-            .set_serving::<AuthorizationServer<AuthzService>>()
-            .await;
+        health.set_serving::<CheckServer>().await;
     } else {
-        health
-            .set_not_serving::<AuthorizationServer<AuthzService>>()
-            .await;
+        health.set_not_serving::<CheckServer>().await;
     }
-    tasks.spawn(crate::app::health::report::<
-        AuthorizationServer<AuthzService>,
-    >(
+    tasks.spawn(crate::app::health::report::<CheckServer>(
         Arc::clone(&state),
         readiness.clone(),
         health.clone(),
@@ -171,8 +168,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             "envoy.service.ratelimit.v3.RateLimitService",
             "grpc.health.v1.Health",
         ]);
-        let authz = AuthorizationServer::new(AuthzService::new(Arc::clone(&state)))
-            .max_decoding_message_size(max_message);
+        let authz = CheckServer::new(AuthzService::new(Arc::clone(&state)), max_message);
         let rls = RateLimitServiceServer::new(RateLimiter::new(Arc::clone(&state)))
             .max_decoding_message_size(max_message);
         let router = builder()
@@ -277,8 +273,11 @@ pub fn nodelay(
 }
 
 /// The tonic server with the configured limits: every listener (and the
-/// benchmark's empty baseline server) uses the same stack.
-pub fn grpc_server(config: &Config) -> Server {
+/// benchmark's empty baseline server) uses the same stack. Each call has
+/// its own request budget (`server.max_pending_requests`).
+pub fn grpc_server(
+    config: &Config,
+) -> Server<tower_layer::Stack<RequestBudgetLayer, tower_layer::Identity>> {
     let limits = &config.server;
     let keepalive = (limits.keepalive_interval_seconds > 0)
         .then(|| Duration::from_secs(limits.keepalive_interval_seconds));
@@ -290,6 +289,7 @@ pub fn grpc_server(config: &Config) -> Server {
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_seconds)))
         .tcp_nodelay(true)
+        .layer(RequestBudgetLayer::new(limits.max_pending_requests))
 }
 
 /// Reflection services (v1 and v1alpha, which grpcurl 1.8.6 speaks) that

@@ -489,3 +489,42 @@ fn the_cluster_trusts_an_identity_provider_and_not_the_test_one() {
         );
     }
 }
+
+/// docs/envoy.md, "Path normalization contract": every bundled Envoy
+/// normalizes paths before ext_authz sees them, as the page says.
+#[test]
+fn every_bundled_envoy_normalizes_paths_as_the_contract_says() {
+    for file in ["envoy.yaml", "envoy-mtls.yaml", "compose/envoy.yaml"] {
+        let envoy = yaml(file);
+        let managers: Vec<&Value> = seq(&envoy, "static_resources.listeners")
+            .iter()
+            .flat_map(|l| seq(l, "filter_chains"))
+            .flat_map(|c| seq(c, "filters"))
+            .filter(|f| f["name"] == "envoy.filters.network.http_connection_manager")
+            .map(|f| &f["typed_config"])
+            .collect();
+        assert!(!managers.is_empty(), "{file}: no http_connection_manager");
+        for hcm in managers {
+            assert_eq!(hcm["normalize_path"], Value::Bool(true), "{file}");
+            assert_eq!(hcm["merge_slashes"], Value::Bool(true), "{file}");
+            assert_eq!(
+                hcm["path_with_escaped_slashes_action"],
+                Value::String("REJECT_REQUEST".into()),
+                "{file}"
+            );
+        }
+    }
+    let doc =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/envoy.md"))
+            .unwrap();
+    for setting in [
+        "| `normalize_path` | `true` |",
+        "| `merge_slashes` | `true` |",
+        "| `path_with_escaped_slashes_action` | `REJECT_REQUEST` |",
+    ] {
+        assert!(
+            doc.contains(setting),
+            "docs/envoy.md does not state {setting}"
+        );
+    }
+}

@@ -99,6 +99,10 @@ const NOT_RUNNABLE: &[(&str, &str)] = &[
         "a benchmark: a release build and a million RLS calls",
     ),
     (
+        "scripts/bench-header-streams.sh",
+        "a benchmark: a release build and 50,000 held HTTP/2 streams, twice",
+    ),
+    (
         "cargo bench --bench decision",
         "criterion benchmarks: a release build of the benches and minutes of measurement",
     ),

@@ -189,7 +189,7 @@ fn unmatched_path_is_404_and_wrong_method_is_405() {
     assert_eq!(d.reason, Some(DenyReason::NoRoute));
     let d = decide_as(&s, None, &AccessRequest::for_test("DELETE", "/v1/status"));
     assert_eq!(d.status, 405);
-    assert_eq!(d.allow_methods.as_deref(), Some("GET"));
+    assert_eq!(d.allow_methods.as_deref(), Some("GET, HEAD"));
 }
 
 #[test]

@@ -6,10 +6,12 @@
 //! that matter are ratios taken in one run on the same machine.
 //!
 //! `report` holds the figures, `load` drives a server, `requests` builds the
-//! calls, `token` signs them, `setup` prepares the in-process server and
-//! `empty` is the baseline server.
+//! calls, `token` signs them, `setup` prepares the in-process server,
+//! `empty` is the baseline server and `hold` holds header-only HTTP/2
+//! streams against the `portcullis` binary (`--hold-streams`).
 
 mod empty;
+mod hold;
 mod load;
 mod report;
 mod requests;
@@ -105,6 +107,21 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// CONNSxSTREAMS, e.g. 50x1000: start the `portcullis` binary in its
+    /// own process, measure a normal client's Check latency alone, then
+    /// while CONNS connections each hold up to STREAMS HTTP/2 streams that
+    /// send a Check's headers and never its body; report the server's
+    /// resident memory before, at the peak and after.
+    #[arg(long)]
+    hold_streams: Option<String>,
+    /// With --hold-streams: the binary to start (default: `portcullis`
+    /// next to this one).
+    #[arg(long)]
+    portcullis: Option<PathBuf>,
+    /// With --hold-streams: the server's `server:` config section, as a
+    /// YAML mapping, e.g. '{max_concurrent_streams: 1024}'.
+    #[arg(long)]
+    server_section: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
@@ -178,6 +195,20 @@ fn main() -> anyhow::Result<()> {
         Rpc::Check => Calls::Check(request_mix(args.mix, &keys, args.bearer.as_deref())?),
         Rpc::Rls => Calls::Rls(rls_mix()),
     });
+    if let Some(shape) = &args.hold_streams {
+        let shape = hold::parse_shape(shape)?;
+        let report = clients.block_on(hold::run(&args, shape, &keys, Arc::clone(&requests)))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            hold::print(&report);
+        }
+        anyhow::ensure!(
+            report.phases.iter().all(|p| p.errors == 0),
+            "some of the normal client's calls failed"
+        );
+        return Ok(());
+    }
     let mut phases = Vec::new();
     let mut reloads = Vec::new();
 

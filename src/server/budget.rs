@@ -1,0 +1,84 @@
+//! The request budget of one listener: at most `server.max_pending_requests`
+//! requests in progress at once, over all its connections. A request over
+//! the budget is refused at once with `RESOURCE_EXHAUSTED` instead of
+//! waiting, so what clients hold open (for example HTTP/2 streams that
+//! send headers and never a body) cannot grow the process's memory without
+//! bound. It does not choose between clients (the per-connection stream
+//! limit does that).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::Status;
+
+/// A tower layer sharing one budget between the connections of a listener
+/// (tonic applies server layers per connection; the budget is shared).
+#[derive(Debug, Clone)]
+pub struct RequestBudgetLayer {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl RequestBudgetLayer {
+    /// A budget of `max` requests in progress at once (at least 1).
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        RequestBudgetLayer {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RequestBudgetLayer {
+    type Service = RequestBudget<S>;
+
+    fn layer(&self, inner: S) -> RequestBudget<S> {
+        RequestBudget {
+            inner,
+            budget: self.clone(),
+        }
+    }
+}
+
+/// The service under a [`RequestBudgetLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestBudget<S> {
+    inner: S,
+    budget: RequestBudgetLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for RequestBudget<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<http::Response<Body>, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Ok(permit) = Arc::clone(&self.budget.permits).try_acquire_owned() else {
+            crate::metrics::global().request_over_budget();
+            let status = Status::resource_exhausted(format!(
+                "the server has {} requests in progress (server.max_pending_requests): retry later",
+                self.budget.max
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(permit);
+            response
+        })
+    }
+}
