@@ -367,9 +367,10 @@ fn unknown_model_is_not_found() {
 #[test]
 fn unreachable_pdp_fails_closed_with_503() {
     let upstream = Upstream::start();
-    // A port nothing listens on: Envoy cannot reach the PDP at all.
-    let nobody = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let envoy = Envoy::start(nobody, upstream.addr());
+    // A port that refuses connections (and that no other test's server can
+    // take meanwhile): Envoy cannot reach the PDP at all.
+    let nobody = support::ClosedPort::new();
+    let envoy = Envoy::start(nobody.addr, upstream.addr());
     let response = HttpRequest::get("/v1/status").send(envoy.addr());
     assert_eq!(
         response.status,

@@ -301,7 +301,8 @@ fn readyz_is_503_while_an_issuers_keys_were_never_fetched() {
 
 #[test]
 fn a_dead_redis_makes_us_unready_only_when_its_failure_mode_denies() {
-    let dead = format!("redis://127.0.0.1:{}", support::free_port());
+    let closed = support::ClosedPort::new();
+    let dead = format!("redis://{}", closed.addr);
     for (mode, ready) in [("deny", false), ("local", true)] {
         let dir = tempfile::tempdir().unwrap();
         let config = support::write_config_with(

@@ -62,7 +62,7 @@ pub use pki::TestPki;
 #[allow(unused_imports)]
 pub use policies::{copy_bundled_policies, copy_bundled_policy_tests, PolicyDir};
 #[allow(unused_imports)]
-pub use ports::free_port;
+pub use ports::{free_port, ClosedPort};
 #[allow(unused_imports)]
 pub use process::{read_lossy, tool};
 #[allow(unused_imports)]
