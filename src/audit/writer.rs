@@ -1,8 +1,11 @@
 //! The audit writer: one thread that owns the audit files. It takes records
 //! from the bounded queue in batches, chains them (seq, prev, hash), appends
-//! each batch with one write, signs a checkpoint every N records, at
-//! rotation and at stop, and publishes written records for `Tail`. At start
-//! it resumes the chain from the last record on disk.
+//! each batch with one write (group commit: whatever is queued when the
+//! writer wakes goes in one `write(2)`, then one `fdatasync(2)` in `synced`
+//! mode), wakes every answer waiting for a record of the batch with the
+//! outcome, signs a checkpoint every N records, at rotation and at stop,
+//! and publishes written records for `Tail`. At start it resumes the chain
+//! from the last record on disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -16,7 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::chain::{leaf_hash, CheckpointKey, GENESIS};
 use super::{AuditRecord, AuditSink, Counters, Head, Kind, Message};
-use crate::audit::config::AuditConfig;
+use crate::audit::config::{AuditConfig, Durability};
 
 /// Prefix and suffix of audit file names: `audit-<first seq, 20 digits>.jsonl`.
 pub const FILE_PREFIX: &str = "audit-";
@@ -141,6 +144,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
     let sink = AuditSink {
         tx: tx.clone(),
         mode: config.on_full,
+        durability: config.durability,
         capacity: config.queue_size,
         healthy: Arc::clone(&healthy),
         counters: Arc::clone(&counters),
@@ -162,6 +166,9 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         since_checkpoint: 0,
         pending: Vec::new(),
         published: Vec::new(),
+        waiting: Vec::new(),
+        failed_writes: 0,
+        sync: config.durability == Durability::Synced,
         key,
         rotate_bytes: config.rotate_bytes,
         checkpoint_every: config.checkpoint_every,
@@ -284,6 +291,14 @@ struct Chain {
     since_checkpoint: u64,
     pending: Vec<u8>,
     published: Vec<Arc<AuditRecord>>,
+    /// Answers waiting for records in `pending`: told the outcome of the
+    /// write that takes them.
+    waiting: Vec<oneshot::Sender<bool>>,
+    /// Failed writes so far, to tell a waiter whose records straddled a
+    /// failed write (at rotation) that they were not all written.
+    failed_writes: u64,
+    /// `fdatasync(2)` after each write, before waking the waiters.
+    sync: bool,
     key: Option<CheckpointKey>,
     rotate_bytes: u64,
     checkpoint_every: u64,
@@ -308,6 +323,7 @@ impl Chain {
             for message in batch {
                 match message {
                     Message::Record(r) => self.append(*r),
+                    Message::Awaited(records, ack) => self.append_awaited(records, ack),
                     Message::Stop(ack) => stop = Some(ack),
                 }
             }
@@ -322,6 +338,7 @@ impl Chain {
         while let Ok(message) = rx.try_recv() {
             match message {
                 Message::Record(r) => self.append(*r),
+                Message::Awaited(records, ack) => self.append_awaited(records, ack),
                 Message::Stop(ack) => {
                     let _ = ack.send(());
                 }
@@ -337,6 +354,21 @@ impl Chain {
         tracing::info!(next_seq = self.next_seq, "audit trail flushed and closed");
         if let Some(ack) = stop {
             let _ = ack.send(());
+        }
+    }
+
+    /// Appends one decision's records; `ack` learns whether they were all
+    /// written.
+    fn append_awaited(&mut self, records: Vec<AuditRecord>, ack: oneshot::Sender<bool>) {
+        let failed_before = self.failed_writes;
+        for record in records {
+            self.append(record);
+        }
+        if self.failed_writes == failed_before {
+            self.waiting.push(ack);
+        } else {
+            // A write at rotation took part of them and failed.
+            let _ = ack.send(false);
         }
     }
 
@@ -438,15 +470,26 @@ impl Chain {
         }
     }
 
-    /// Appends the pending batch with one write; false when it failed. On
-    /// failure the batch's records are counted as dropped and the chain
+    /// Appends the pending batch with one write (and syncs it in `synced`
+    /// mode), then tells every waiter the outcome; false when it failed.
+    /// On failure the batch's records are counted as dropped and the chain
     /// rolls back, so that the records on disk stay a gapless chain.
     fn flush(&mut self) -> bool {
         if self.pending.is_empty() {
+            self.wake(true);
             return true;
         }
         let n = self.published.len() as u64;
-        match self.file.write_all(&self.pending) {
+        let written = self.file.write_all(&self.pending).and_then(|()| {
+            if self.sync {
+                self.file
+                    .sync_data()
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("fdatasync: {e}")))
+            } else {
+                Ok(())
+            }
+        });
+        match written {
             Ok(()) => {
                 self.file_bytes += self.pending.len() as u64;
                 self.committed_bytes = self.file_bytes;
@@ -464,18 +507,19 @@ impl Chain {
                     // No subscriber is fine.
                     let _ = self.tail.send(record);
                 }
+                self.wake(true);
                 true
             }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                self.failed_writes += 1;
                 self.healthy.store(false, Ordering::Relaxed);
-                tracing::error!(
-                    file = %self.path.display(),
-                    error = %e,
-                    records = n,
-                    "AUDIT WRITE FAILED: records lost"
+                // One rate-limited line, however many writes fail.
+                self.counters.lost(
+                    n,
+                    &format_args!("cannot write {}: {e}", self.path.display()),
                 );
+                self.wake(false);
                 // Cut a partial write off and roll the chain back.
                 let _ = self.file.set_len(self.committed_bytes);
                 self.file_bytes = self.committed_bytes;
@@ -487,6 +531,14 @@ impl Chain {
                 self.published.clear();
                 false
             }
+        }
+    }
+
+    /// Tells every waiting answer whether its records were written.
+    fn wake(&mut self, written: bool) {
+        for ack in self.waiting.drain(..) {
+            // The request may have gone (client cancelled): fine.
+            let _ = ack.send(written);
         }
     }
 }
@@ -504,6 +556,7 @@ mod tests {
             hmac_key_file: key,
             queue_size: 1024,
             on_full: crate::audit::OnFull::Drop,
+            durability: Durability::Written,
         }
     }
 
@@ -633,7 +686,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_rolls_the_chain_back_so_the_files_have_no_gap() {
+    fn a_failed_write_rolls_the_chain_back_and_tells_its_waiters() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let path = dir.join(file_name(0));
@@ -655,6 +708,9 @@ mod tests {
             since_checkpoint: 0,
             pending: Vec::new(),
             published: Vec::new(),
+            waiting: Vec::new(),
+            failed_writes: 0,
+            sync: false,
             key: None,
             rotate_bytes: 1 << 20,
             checkpoint_every: 1000,
@@ -664,17 +720,26 @@ mod tests {
             tail: broadcast::channel(8).0,
             _lock: File::open(&path).unwrap(),
         };
+        let (ack, mut failed) = oneshot::channel();
         chain.append(record(0));
-        chain.append(record(1));
+        chain.append_awaited(vec![record(1)], ack);
         chain.flush();
+        assert_eq!(
+            failed.try_recv(),
+            Ok(false),
+            "the waiter learns of the failure"
+        );
         assert!(!healthy.load(Ordering::Relaxed));
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 2);
         assert_eq!(counters.write_errors.load(Ordering::Relaxed), 1);
         assert_eq!(chain.next_seq, 0, "rolled back");
 
         chain.file = open_append(&path).unwrap();
-        chain.append(record(2));
+        let (ack, mut written) = oneshot::channel();
+        chain.append_awaited(vec![record(2)], ack);
+        assert!(written.try_recv().is_err(), "no answer before the write");
         chain.flush();
+        assert_eq!(written.try_recv(), Ok(true));
         assert!(
             healthy.load(Ordering::Relaxed),
             "recovers with the next write"
