@@ -20,6 +20,10 @@ pub struct AuditConfig {
     /// Without it checkpoints are not written. The key itself is never
     /// logged.
     pub hmac_key_file: Option<PathBuf>,
+    /// File holding the Ed25519 private key (PKCS#8 PEM) that signs
+    /// checkpoints, so that they verify with the public key alone. With
+    /// `hmac_key_file` too, checkpoints carry both signatures.
+    pub signing_key_file: Option<PathBuf>,
     /// Records that may wait for the writer.
     pub queue_size: usize,
     /// When a record cannot be queued: `drop` (serve, count, log) or
@@ -69,6 +73,7 @@ impl Default for AuditConfig {
             rotate_bytes: 64 * 1024 * 1024,
             checkpoint_every: 1000,
             hmac_key_file: None,
+            signing_key_file: None,
             queue_size: 16_384,
             on_full: super::OnFull::Drop,
             durability: Durability::Written,

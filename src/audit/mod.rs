@@ -9,6 +9,7 @@ pub mod chain;
 pub mod config;
 pub mod loss;
 pub mod query;
+pub mod signing;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -41,8 +42,11 @@ pub enum Kind {
     PolicyRejected,
     /// A call to the admin API (allowed or refused).
     AdminCall,
-    /// An HMAC-signed statement of the chain's head.
+    /// A signed statement of the chain's head (HMAC, Ed25519 or both).
     Checkpoint,
+    /// The Ed25519 key that signs the checkpoints from here on (written at
+    /// every start with a signing key, so a rotation is in the chain).
+    SigningKey,
     /// The anomaly detector saw a surge or repeated failures.
     Anomaly,
 }
@@ -57,6 +61,7 @@ impl Kind {
             Kind::PolicyRejected => "policy_rejected",
             Kind::AdminCall => "admin_call",
             Kind::Checkpoint => "checkpoint",
+            Kind::SigningKey => "signing_key",
             Kind::Anomaly => "anomaly",
         }
     }
@@ -155,6 +160,18 @@ pub struct AuditRecord {
     /// Checkpoints: HMAC-SHA256 of `checkpoint_seq:checkpoint_head`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub checkpoint_mac: String,
+    /// Checkpoints and signing-key records: the Ed25519 key's id (see
+    /// `signing::key_id`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checkpoint_key: String,
+    /// Checkpoints: Ed25519 signature of `checkpoint_seq:checkpoint_head`,
+    /// hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checkpoint_sig: String,
+    /// Signing-key records: the 32 raw bytes of the Ed25519 public key,
+    /// hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
     /// The previous record's hash (the genesis hash for seq 0).
     pub prev: String,
     /// SHA-256 over this record's canonical JSON without `hash`.

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::chain::{leaf_hash, CheckpointKey, GENESIS};
+use super::signing::SigningKey;
 use super::{AuditRecord, AuditSink, Counters, Head, Kind, Message};
 use crate::audit::config::{AuditConfig, Durability};
 
@@ -41,6 +42,9 @@ pub enum StartError {
     /// The HMAC key is unusable.
     #[error("audit.hmac_key_file: {0}")]
     Key(String),
+    /// The Ed25519 signing key is unusable.
+    #[error("audit.signing_key_file: {0}")]
+    SigningKey(String),
     /// The last record on disk is damaged: the chain cannot continue from it.
     #[error("audit file {file}: the last record is damaged ({reason}); run `portcullis audit verify` on the directory's files, and move them aside to start a new chain")]
     DamagedTail { file: PathBuf, reason: String },
@@ -114,10 +118,16 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         .map(CheckpointKey::from_file)
         .transpose()
         .map_err(StartError::Key)?;
-    if key.is_none() {
+    let signer = config
+        .signing_key_file
+        .as_deref()
+        .map(SigningKey::from_file)
+        .transpose()
+        .map_err(StartError::SigningKey)?;
+    if key.is_none() && signer.is_none() {
         tracing::warn!(
             directory = %dir.display(),
-            "audit checkpoints are not signed: set audit.hmac_key_file so that a rewritten chain is detectable"
+            "audit checkpoints are not signed: set audit.signing_key_file (or audit.hmac_key_file) so that a rewritten chain is detectable"
         );
     }
 
@@ -170,6 +180,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         failed_writes: 0,
         sync: config.durability == Durability::Synced,
         key,
+        signer,
         rotate_bytes: config.rotate_bytes,
         checkpoint_every: config.checkpoint_every,
         counters,
@@ -300,6 +311,7 @@ struct Chain {
     /// `fdatasync(2)` after each write, before waking the waiters.
     sync: bool,
     key: Option<CheckpointKey>,
+    signer: Option<SigningKey>,
     rotate_bytes: u64,
     checkpoint_every: u64,
     counters: Arc<Counters>,
@@ -312,6 +324,7 @@ struct Chain {
 impl Chain {
     fn run(&mut self, mut rx: mpsc::Receiver<Message>) {
         let mut stop: Option<oneshot::Sender<()>> = None;
+        self.announce_signing_key();
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
             while batch.len() < BATCH {
@@ -344,7 +357,7 @@ impl Chain {
                 }
             }
         }
-        if self.key.is_some() && self.since_checkpoint > 0 {
+        if self.signs() && self.since_checkpoint > 0 {
             self.checkpoint();
         }
         self.flush();
@@ -394,14 +407,52 @@ impl Chain {
             self.since_checkpoint = 0;
         } else {
             self.since_checkpoint += 1;
-            if self.key.is_some() && self.since_checkpoint >= self.checkpoint_every {
+            if self.signs() && self.since_checkpoint >= self.checkpoint_every {
                 self.checkpoint();
             }
         }
     }
 
+    /// True when checkpoints are written (a key of either kind).
+    fn signs(&self) -> bool {
+        self.key.is_some() || self.signer.is_some()
+    }
+
+    /// A checkpoint of the chain's head: the last record appended, signed
+    /// with each configured key.
+    fn checkpoint_record(&self) -> AuditRecord {
+        let covered = self.next_seq - 1;
+        let signer = self.signer.as_ref();
+        AuditRecord {
+            checkpoint_seq: Some(covered),
+            checkpoint_head: self.prev.clone(),
+            checkpoint_mac: (self.key.as_ref())
+                .map(|k| k.sign(covered, &self.prev))
+                .unwrap_or_default(),
+            checkpoint_key: signer.map(|k| k.id().to_string()).unwrap_or_default(),
+            checkpoint_sig: signer
+                .map(|k| k.sign(covered, &self.prev))
+                .unwrap_or_default(),
+            ..AuditRecord::new(Kind::Checkpoint)
+        }
+    }
+
+    /// Records which Ed25519 key signs from here on, so that a rotation
+    /// (a new key at a start) is in the chain, covered by the next
+    /// checkpoint.
+    fn announce_signing_key(&mut self) {
+        let Some(signer) = &self.signer else { return };
+        let record = AuditRecord {
+            checkpoint_key: signer.id().to_string(),
+            public_key: signer.public_hex(),
+            ..AuditRecord::new(Kind::SigningKey)
+        };
+        self.append(record);
+        self.flush();
+    }
+
     fn checkpoint(&mut self) {
-        if self.key.is_none() {
+        if !self.signs() {
             return;
         }
         if self.rotation_due() {
@@ -409,15 +460,7 @@ impl Chain {
             self.rotate();
             return;
         }
-        let Some(key) = &self.key else { return };
-        let covered = self.next_seq - 1;
-        let mac = key.sign(covered, &self.prev);
-        let record = AuditRecord {
-            checkpoint_seq: Some(covered),
-            checkpoint_head: self.prev.clone(),
-            checkpoint_mac: mac,
-            ..AuditRecord::new(Kind::Checkpoint)
-        };
+        let record = self.checkpoint_record();
         self.append(record);
     }
 
@@ -427,22 +470,12 @@ impl Chain {
 
     /// Seals the current file with a checkpoint and starts the next one.
     fn rotate(&mut self) {
-        if self.key.is_some() {
-            // Not through `append`, which would rotate again.
-            let covered = self.next_seq - 1;
-            let mac = self
-                .key
-                .as_ref()
-                .expect("checked")
-                .sign(covered, &self.prev);
+        if self.signs() {
+            // Not through `checkpoint`, which would rotate again.
+            let record = self.checkpoint_record();
             let records_before = self.records_in_file;
             self.records_in_file = 0; // keep `append` from rotating
-            self.append(AuditRecord {
-                checkpoint_seq: Some(covered),
-                checkpoint_head: self.prev.clone(),
-                checkpoint_mac: mac,
-                ..AuditRecord::new(Kind::Checkpoint)
-            });
+            self.append(record);
             self.records_in_file += records_before;
         }
         if !self.flush() {
@@ -554,6 +587,7 @@ mod tests {
             rotate_bytes: 4096,
             checkpoint_every: 10,
             hmac_key_file: key,
+            signing_key_file: None,
             queue_size: 1024,
             on_full: crate::audit::OnFull::Drop,
             durability: Durability::Written,
@@ -608,6 +642,95 @@ mod tests {
         assert_eq!(v.broken, None);
         assert!(v.checkpoints_verified >= 10 + 2, "{v:?}");
         assert_eq!(decisions(&dir), 100);
+    }
+
+    /// Writes an Ed25519 private key file; returns its path and public key.
+    fn signing_key_file(dir: &Path, name: &str) -> (PathBuf, crate::audit::signing::PublicKey) {
+        use crate::audit::signing::{generate_pkcs8, pkcs8_pem, SigningKey};
+        let der = generate_pkcs8();
+        let path = dir.join(name);
+        std::fs::write(&path, pkcs8_pem(&der)).unwrap();
+        (path, SigningKey::from_pkcs8(&der).unwrap().public_key())
+    }
+
+    /// Rewrites every record from `from` on (a principal changed, every
+    /// hash, prev and checkpoint head recomputed): all an attacker without
+    /// the signing key can do.
+    fn forge(lines: &[String], from: u64) -> Vec<String> {
+        let mut prev = GENESIS.to_string();
+        let mut out = Vec::new();
+        for line in lines {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            if v["seq"].as_u64().unwrap() >= from {
+                v["prev"] = Value::String(prev.clone());
+                if v["kind"] == "checkpoint" {
+                    v["checkpoint_head"] = Value::String(prev.clone());
+                } else if v["kind"] == "decision" {
+                    v["principal"] = Value::String("User::\"mallory\"".into());
+                }
+                v["hash"] = Value::String(leaf_hash(&v));
+            }
+            prev = v["hash"].as_str().unwrap().to_string();
+            out.push(v.to_string());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn ed25519_checkpoints_verify_with_public_keys_alone_across_a_rotation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (first, first_public) = signing_key_file(tmp.path(), "a.pem");
+        let (second, second_public) = signing_key_file(tmp.path(), "b.pem");
+        let base = AuditConfig {
+            rotate_bytes: 1 << 20,
+            ..config(&dir, None)
+        };
+        for key in [first, second] {
+            let config = AuditConfig {
+                signing_key_file: Some(key),
+                ..base.clone()
+            };
+            write(&config, 25).await;
+        }
+        let files: Vec<PathBuf> = list_files(&dir).unwrap().into_iter().map(|f| f.1).collect();
+        let both = [first_public.clone(), second_public.clone()];
+        let v = query::verify_files(&files, None, &both).unwrap();
+        assert_eq!(v.broken, None, "{v:?}");
+        assert!(v.checkpoints_verified >= 6, "{v:?}");
+        assert_eq!(v.checkpoints_unchecked, 0, "{v:?}");
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        let announced: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("\"signing_key\""))
+            .collect();
+        assert_eq!(
+            announced.len(),
+            2,
+            "each start records its key: the rotation is in the chain"
+        );
+
+        // Only the new key: the checkpoints before the rotation name theirs.
+        let v = query::verify_files(&files, None, &[second_public]).unwrap();
+        let broken = v
+            .broken
+            .expect("the old key's checkpoints cannot be checked");
+        assert!(broken.reason.contains(first_public.id()), "{broken}");
+        assert!(
+            broken.reason.contains("not among the given public keys"),
+            "{broken}"
+        );
+
+        // A rewritten chain: hashes fine, signatures not.
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        std::fs::write(&files[0], forge(&lines, 30).join("\n") + "\n").unwrap();
+        let v = query::verify_files(&files, None, &both).unwrap();
+        let broken = v.broken.expect("the forged chain fails a signature");
+        assert!(
+            broken.reason.contains("does not verify with public key"),
+            "{broken}"
+        );
+        assert!(broken.seq.unwrap() > 30, "{broken}");
     }
 
     #[tokio::test]
@@ -712,6 +835,7 @@ mod tests {
             failed_writes: 0,
             sync: false,
             key: None,
+            signer: None,
             rotate_bytes: 1 << 20,
             checkpoint_every: 1000,
             counters: Arc::clone(&counters),

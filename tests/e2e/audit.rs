@@ -192,11 +192,18 @@ pub(crate) fn decision_ids_on_disk(dir: &Path) -> Vec<String> {
 
 /// `portcullis audit verify DIR --key-file KEY`: (exit ok, stdout).
 pub(crate) fn verify_offline(setup: &Setup) -> (bool, String) {
+    audit_verify(
+        &setup.audit_dir(),
+        &["--key-file".as_ref(), setup.key().as_os_str()],
+    )
+}
+
+/// `portcullis audit verify DIR FLAGS...`: (exit ok, stdout and stderr).
+pub(crate) fn audit_verify(dir: &Path, flags: &[&std::ffi::OsStr]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["audit", "verify"])
-        .arg(setup.audit_dir())
-        .arg("--key-file")
-        .arg(setup.key())
+        .arg(dir)
+        .args(flags)
         .output()
         .expect("run portcullis audit verify");
     (

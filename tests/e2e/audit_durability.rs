@@ -13,7 +13,8 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use serde_json::Value;
 
 use crate::audit::{
-    check_request, decision_id, decision_ids_on_disk, decisions, verify_offline, Setup,
+    audit_verify, check_request, decision_id, decision_ids_on_disk, decisions, verify_offline,
+    Setup,
 };
 use crate::support::{http_status, kill_9};
 
@@ -225,4 +226,89 @@ async fn drop_mode_on_a_full_disk_logs_the_documented_line_at_most_once_a_second
     let recorded = decision_ids_on_disk(&setup.audit_dir()).len();
     assert!(recorded < 1200, "the disk filled up ({recorded} recorded)");
     assert!(counted > 0, "{lines:?}");
+}
+
+/// Runs `openssl` with `args` in `dir`; panics with its stderr on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let output = std::process::Command::new(crate::support::tool("openssl"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `portcullis audit verify DIR --public-key KEY`: (exit ok, stdout).
+fn verify_with_public_key(dir: &std::path::Path, public_key: &std::path::Path) -> (bool, String) {
+    audit_verify(dir, &["--public-key".as_ref(), public_key.as_os_str()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_verifies_with_the_public_key_alone_and_an_edit_fails() {
+    let setup = Setup::with_extra(10, "  signing_key_file: signing.pem\n");
+    let home = setup.audit_dir().parent().unwrap().to_path_buf();
+    // The commands docs/configuration.md gives.
+    openssl(
+        &home,
+        &["genpkey", "-algorithm", "ed25519", "-out", "signing.pem"],
+    );
+    openssl(
+        &home,
+        &[
+            "pkey",
+            "-in",
+            "signing.pem",
+            "-pubout",
+            "-out",
+            "signing.pub.pem",
+        ],
+    );
+    let public = home.join("signing.pub.pem");
+    let mut pdp = setup.start();
+    decisions(pdp.addr(), 40, 4).await;
+    assert!(pdp.terminate(Duration::from_secs(10)).success());
+
+    let (ok, out) = verify_with_public_key(&setup.audit_dir(), &public);
+    assert!(ok, "{out}");
+    assert!(out.contains("checkpoint signature(s) verified"), "{out}");
+    assert!(!out.contains(" 0 checkpoint signature(s)"), "{out}");
+
+    // Another key does not verify the trail.
+    openssl(
+        &home,
+        &["genpkey", "-algorithm", "ed25519", "-out", "other.pem"],
+    );
+    openssl(
+        &home,
+        &[
+            "pkey",
+            "-in",
+            "other.pem",
+            "-pubout",
+            "-out",
+            "other.pub.pem",
+        ],
+    );
+    let (ok, out) = verify_with_public_key(&setup.audit_dir(), &home.join("other.pub.pem"));
+    assert!(
+        !ok && out.contains("not among the given public keys"),
+        "{out}"
+    );
+
+    // An edited record breaks the chain.
+    let file = std::fs::read_dir(setup.audit_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let edited = text.replacen("\"decision\":\"deny\"", "\"decision\":\"allow\"", 1);
+    assert_ne!(text, edited);
+    std::fs::write(&file, edited).unwrap();
+    let (ok, out) = verify_with_public_key(&setup.audit_dir(), &public);
+    assert!(!ok && out.contains("BROKEN"), "{out}");
 }
