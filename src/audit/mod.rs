@@ -499,7 +499,8 @@ impl AuditSink {
         self.capacity.saturating_sub(self.tx.capacity())
     }
 
-    /// True when checkpoints are signed (a key is configured).
+    /// True when checkpoints are HMAC-signed (`audit.hmac_key_file`), so
+    /// the server itself can check them.
     pub fn checkpoints_enabled(&self) -> bool {
         self.key.is_some()
     }

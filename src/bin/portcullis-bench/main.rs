@@ -233,7 +233,6 @@ fn main() -> anyhow::Result<()> {
     } else {
         args.audit_durability.iter().copied().map(Some).collect()
     };
-    let mut kept = Vec::new();
     match args.target {
         Some(addr) => {
             phases.push(clients.block_on(drive(
@@ -271,7 +270,8 @@ fn main() -> anyhow::Result<()> {
                     reloads.extend(servers.block_on(task)??);
                 }
                 servers.block_on(running.shutdown())?;
-                kept.push(dir);
+                // Each phase's audit files go with it (the disk is shared).
+                drop(dir);
             }
         }
     }
