@@ -1,9 +1,12 @@
 //! The audit trail: one record per decision, authentication failure,
 //! policy reload or rejection, and admin call, appended to hash-chained JSON
-//! lines by a writer thread fed through a bounded queue, so that writing
-//! never blocks the request path. This module holds the record and the
-//! sending side; `chain` the tamper evidence, `writer` the files, `query`
-//! the reading. Records never carry tokens, secrets or request bodies.
+//! lines by a writer thread fed through a bounded queue. A decision's answer
+//! waits for its record as `audit.durability` says (queued, written, synced;
+//! in `fail_closed` mode at least written); no request thread ever writes a
+//! file itself. This module holds the record and the sending side; `chain`
+//! the tamper evidence, `signing` the Ed25519 checkpoints, `writer` the
+//! files, `loss` the counters and the loss line, `query` the reading.
+//! Records never carry tokens, secrets or request bodies.
 
 pub mod chain;
 pub mod config;

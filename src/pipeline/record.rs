@@ -51,9 +51,9 @@ pub(super) async fn record(
 }
 
 /// Logs a decision. Credentials and bodies never reach the log. Debug
-/// level: the audit trail records every decision without blocking the
-/// request path, while a log line per request is a blocking write; shadow
-/// disagreements stay warnings.
+/// level: the audit trail records every decision with one write per group
+/// of decisions, on its own thread, while a log line per request is a
+/// blocking write on the request's; shadow disagreements stay warnings.
 fn log(d: &Decision, req: &AccessRequest, kind: &'static str, started: Instant) {
     tracing::debug!(
         target: "portcullis::decision",
