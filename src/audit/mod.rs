@@ -337,6 +337,8 @@ pub struct AuditSink {
     tail: broadcast::Sender<Arc<AuditRecord>>,
     directory: std::path::PathBuf,
     key: Option<chain::CheckpointKey>,
+    /// True when checkpoints carry an Ed25519 signature too.
+    ed25519: bool,
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -502,10 +504,10 @@ impl AuditSink {
         self.capacity.saturating_sub(self.tx.capacity())
     }
 
-    /// True when checkpoints are HMAC-signed (`audit.hmac_key_file`), so
-    /// the server itself can check them.
+    /// True when checkpoints are written and signed (an HMAC key, an
+    /// Ed25519 signing key or both).
     pub fn checkpoints_enabled(&self) -> bool {
-        self.key.is_some()
+        self.key.is_some() || self.ed25519
     }
 
     /// The key that signs checkpoints, to verify them.
@@ -577,6 +579,7 @@ mod tests {
             tail: broadcast::channel(1).0,
             directory: "unused".into(),
             key: None,
+            ed25519: false,
         };
         (sink, rx)
     }

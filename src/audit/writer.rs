@@ -162,6 +162,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         tail: tail.clone(),
         directory: dir.clone(),
         key: key.clone(),
+        ed25519: signer.is_some(),
     };
     let mut state = Chain {
         dir,
