@@ -242,7 +242,11 @@ impl Config {
         if self.audit.directory.is_relative() {
             self.audit.directory = base.join(&self.audit.directory);
         }
-        if let Some(key) = &mut self.audit.hmac_key_file {
+        let audit_keys = [
+            &mut self.audit.hmac_key_file,
+            &mut self.audit.signing_key_file,
+        ];
+        for key in audit_keys.into_iter().flatten() {
             if key.is_relative() {
                 *key = base.join(&*key);
             }

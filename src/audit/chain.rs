@@ -1,10 +1,12 @@
 //! The tamper evidence of the audit trail: canonical JSON, the hash chain
 //! (each record's hash covers its canonical form, which includes the previous
-//! record's hash) and HMAC-signed checkpoints. Verification of a sequence of
+//! record's hash) and signed checkpoints (HMAC here, Ed25519 in `signing`). Verification of a sequence of
 //! lines lives here too, so that the server and the offline CLI agree.
 //! It does not read or write files.
 
 use hmac::{Hmac, Mac};
+
+use super::signing::PublicKey;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -211,6 +213,10 @@ pub struct Verification {
 #[derive(Debug)]
 pub struct Verifier<'k> {
     key: Option<&'k CheckpointKey>,
+    /// Ed25519 keys the auditor trusts (never keys read from the chain).
+    public_keys: &'k [PublicKey],
+    /// The key id the last `signing_key` record announced.
+    announced: Option<String>,
     expected_seq: Option<u64>,
     prev: Option<String>,
     /// Only records with seq in this range count (the chain is still
@@ -229,11 +235,20 @@ impl<'k> Verifier<'k> {
     pub fn with_range(key: Option<&'k CheckpointKey>, from: u64, to: u64) -> Self {
         Verifier {
             key,
+            public_keys: &[],
+            announced: None,
             expected_seq: None,
             prev: None,
             range: (from, to),
             result: Verification::default(),
         }
+    }
+
+    /// Checks Ed25519 checkpoint signatures with `keys` (every key in force
+    /// over the records checked: a chain whose key was rotated needs each).
+    pub fn with_public_keys(mut self, keys: &'k [PublicKey]) -> Self {
+        self.public_keys = keys;
+        self
     }
 
     /// True once a break was found (later lines are ignored).
@@ -301,42 +316,23 @@ impl<'k> Verifier<'k> {
                 "its content does not match its hash (the record was edited)".into(),
             );
         }
-        if value.get("kind").and_then(Value::as_str) == Some("checkpoint") {
-            let head = value.get("checkpoint_head").and_then(Value::as_str);
-            let covered = value.get("checkpoint_seq").and_then(Value::as_u64);
-            let sig = value.get("checkpoint_mac").and_then(Value::as_str);
-            match (self.key, head, covered, sig) {
-                (_, Some(head), Some(covered), _)
-                    if covered.checked_add(1) != Some(seq) || head != prev =>
-                {
-                    return self.fail(
-                        at,
-                        Some(seq),
-                        id,
-                        "checkpoint does not cover the record before it".into(),
-                    );
-                }
-                (Some(key), Some(head), Some(covered), Some(sig)) => {
-                    if !key.verify(covered, head, sig) {
-                        return self.fail(at, Some(seq), id, "checkpoint signature does not verify with the key (the chain was rewritten, or the key is wrong)".into());
-                    }
-                    if self.in_range(seq) {
+        let kind = value.get("kind").and_then(Value::as_str);
+        if kind == Some("signing_key") {
+            if let Err(reason) = self.signing_key(&value) {
+                return self.fail(at, Some(seq), id, reason);
+            }
+        }
+        if kind == Some("checkpoint") {
+            match self.checkpoint(&value, prev) {
+                Err(reason) => return self.fail(at, Some(seq), id, reason),
+                Ok(checked) if self.in_range(seq) => {
+                    if checked {
                         self.result.checkpoints_verified += 1;
-                    }
-                }
-                (None, Some(_), Some(_), Some(_)) => {
-                    if self.in_range(seq) {
+                    } else {
                         self.result.checkpoints_unchecked += 1;
                     }
                 }
-                _ => {
-                    return self.fail(
-                        at,
-                        Some(seq),
-                        id,
-                        "checkpoint lacks checkpoint_seq, checkpoint_head or checkpoint_mac".into(),
-                    )
-                }
+                Ok(_) => {}
             }
         }
         if self.in_range(seq) {
@@ -347,6 +343,75 @@ impl<'k> Verifier<'k> {
         self.result.head = stored.to_string();
         self.prev = Some(stored.to_string());
         self.expected_seq = Some(seq.saturating_add(1));
+    }
+
+    /// A `signing_key` record: its id must be its key's, and it is the key
+    /// in force for the checkpoints after it.
+    fn signing_key(&mut self, value: &Value) -> Result<(), String> {
+        let id = value.get("checkpoint_key").and_then(Value::as_str);
+        let public = value
+            .get("public_key")
+            .and_then(Value::as_str)
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|raw| PublicKey::from_raw(&raw));
+        match (id, public) {
+            (Some(id), Some(public)) if public.id() == id => {
+                self.announced = Some(id.to_string());
+                Ok(())
+            }
+            _ => Err(
+                "signing_key record lacks a 32-byte public_key matching its checkpoint_key".into(),
+            ),
+        }
+    }
+
+    /// A checkpoint: it must cover the record before it and carry an HMAC,
+    /// an Ed25519 signature or both; each signature a key was given for
+    /// must verify. `Ok(true)` when a signature was checked.
+    fn checkpoint(&self, value: &Value, prev: &str) -> Result<bool, String> {
+        let text = |field: &str| value.get(field).and_then(Value::as_str);
+        let (Some(head), Some(covered)) = (
+            text("checkpoint_head"),
+            value.get("checkpoint_seq").and_then(Value::as_u64),
+        ) else {
+            return Err("checkpoint lacks checkpoint_seq or checkpoint_head".into());
+        };
+        let seq = value.get("seq").and_then(Value::as_u64);
+        if covered.checked_add(1) != seq || head != prev {
+            return Err("checkpoint does not cover the record before it".into());
+        }
+        let (mac, sig) = (text("checkpoint_mac"), text("checkpoint_sig"));
+        if mac.is_none() && sig.is_none() {
+            return Err("checkpoint lacks a signature (checkpoint_mac or checkpoint_sig)".into());
+        }
+        let mut checked = false;
+        if let (Some(key), Some(mac)) = (self.key, mac) {
+            if !key.verify(covered, head, mac) {
+                return Err("checkpoint signature does not verify with the key (the chain was rewritten, or the key is wrong)".into());
+            }
+            checked = true;
+        }
+        if let Some(sig) = sig {
+            let key_id = text("checkpoint_key").unwrap_or_default();
+            if self.announced.as_deref().is_some_and(|a| a != key_id) {
+                return Err(format!(
+                    "checkpoint signed by key {key_id}, but the chain announced key {} (a signing_key record)",
+                    self.announced.as_deref().unwrap_or_default()
+                ));
+            }
+            if !self.public_keys.is_empty() {
+                let Some(public) = self.public_keys.iter().find(|k| k.id() == key_id) else {
+                    return Err(format!(
+                        "checkpoint signed by key {key_id}, which is not among the given public keys (across a key rotation, give each key in force)"
+                    ));
+                };
+                if !public.verify(covered, head, sig) {
+                    return Err(format!("checkpoint signature does not verify with public key {key_id} (the chain was rewritten)"));
+                }
+                checked = true;
+            }
+        }
+        Ok(checked)
     }
 
     fn in_range(&self, seq: u64) -> bool {

@@ -20,11 +20,50 @@ pub struct AuditConfig {
     /// Without it checkpoints are not written. The key itself is never
     /// logged.
     pub hmac_key_file: Option<PathBuf>,
+    /// File holding the Ed25519 private key (PKCS#8 PEM) that signs
+    /// checkpoints, so that they verify with the public key alone. With
+    /// `hmac_key_file` too, checkpoints carry both signatures.
+    pub signing_key_file: Option<PathBuf>,
     /// Records that may wait for the writer.
     pub queue_size: usize,
     /// When a record cannot be queued: `drop` (serve, count, log) or
     /// `fail_closed` (deny the request with 503).
     pub on_full: super::OnFull,
+    /// When a decision's answer may leave: `queued`, `written` (default)
+    /// or `synced`; see [`Durability`].
+    pub durability: Durability,
+}
+
+/// How far a decision's record must get before the answer leaves.
+///
+/// In `fail_closed` mode every answer waits at least until its record is
+/// written, whatever this says: no allowed answer leaves unrecorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// The record is queued for the writer; the answer does not wait. The
+    /// fastest; a crash (`kill -9`) loses what was still queued.
+    Queued,
+    /// The record has been handed to the operating system (`write(2)`
+    /// returned) before the answer leaves: it survives `kill -9` of the
+    /// process, not a power loss. Group commit: the writer appends
+    /// whatever is queued with one write and then wakes every waiter.
+    #[default]
+    Written,
+    /// As `written`, followed by `fdatasync(2)` of the file before the
+    /// answers leave (one sync per group): survives power loss.
+    Synced,
+}
+
+impl Durability {
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Queued => "queued",
+            Durability::Written => "written",
+            Durability::Synced => "synced",
+        }
+    }
 }
 
 impl Default for AuditConfig {
@@ -34,8 +73,10 @@ impl Default for AuditConfig {
             rotate_bytes: 64 * 1024 * 1024,
             checkpoint_every: 1000,
             hmac_key_file: None,
+            signing_key_file: None,
             queue_size: 16_384,
             on_full: super::OnFull::Drop,
+            durability: Durability::Written,
         }
     }
 }

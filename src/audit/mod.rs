@@ -1,26 +1,32 @@
 //! The audit trail: one record per decision, authentication failure,
 //! policy reload or rejection, and admin call, appended to hash-chained JSON
-//! lines by a writer thread fed through a bounded queue, so that writing
-//! never blocks the request path. This module holds the record and the
-//! sending side; `chain` the tamper evidence, `writer` the files, `query`
-//! the reading. Records never carry tokens, secrets or request bodies.
+//! lines by a writer thread fed through a bounded queue. A decision's answer
+//! waits for its record as `audit.durability` says (queued, written, synced;
+//! in `fail_closed` mode at least written); no request thread ever writes a
+//! file itself. This module holds the record and the sending side; `chain`
+//! the tamper evidence, `signing` the Ed25519 checkpoints, `writer` the
+//! files, `loss` the counters and the loss line, `query` the reading.
+//! Records never carry tokens, secrets or request bodies.
 
 pub mod chain;
 pub mod config;
+pub mod loss;
 pub mod query;
+pub mod signing;
 pub mod writer;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::decision::{Decision, DenyReason, Outcome};
 use crate::request::AccessRequest;
-pub use config::AuditConfig;
+pub use config::{AuditConfig, Durability};
+pub use loss::Counters;
 
 pub use writer::{start, AuditWriter, StartError};
 
@@ -39,8 +45,11 @@ pub enum Kind {
     PolicyRejected,
     /// A call to the admin API (allowed or refused).
     AdminCall,
-    /// An HMAC-signed statement of the chain's head.
+    /// A signed statement of the chain's head (HMAC, Ed25519 or both).
     Checkpoint,
+    /// The Ed25519 key that signs the checkpoints from here on (written at
+    /// every start with a signing key, so a rotation is in the chain).
+    SigningKey,
     /// The anomaly detector saw a surge or repeated failures.
     Anomaly,
 }
@@ -55,6 +64,7 @@ impl Kind {
             Kind::PolicyRejected => "policy_rejected",
             Kind::AdminCall => "admin_call",
             Kind::Checkpoint => "checkpoint",
+            Kind::SigningKey => "signing_key",
             Kind::Anomaly => "anomaly",
         }
     }
@@ -153,6 +163,18 @@ pub struct AuditRecord {
     /// Checkpoints: HMAC-SHA256 of `checkpoint_seq:checkpoint_head`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub checkpoint_mac: String,
+    /// Checkpoints and signing-key records: the Ed25519 key's id (see
+    /// `signing::key_id`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checkpoint_key: String,
+    /// Checkpoints: Ed25519 signature of `checkpoint_seq:checkpoint_head`,
+    /// hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checkpoint_sig: String,
+    /// Signing-key records: the 32 raw bytes of the Ed25519 public key,
+    /// hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
     /// The previous record's hash (the genesis hash for seq 0).
     pub prev: String,
     /// SHA-256 over this record's canonical JSON without `hash`.
@@ -280,23 +302,6 @@ pub enum OnFull {
     FailClosed,
 }
 
-/// Counters of the audit trail (exposed by `AuditService/Status`).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Records queued.
-    pub queued: AtomicU64,
-    /// Records written to disk (checkpoints included).
-    pub written: AtomicU64,
-    /// Records that could not be queued (queue full or writer stopped).
-    pub dropped: AtomicU64,
-    /// Requests denied because their decision could not be recorded.
-    pub refused: AtomicU64,
-    /// Failed writes.
-    pub write_errors: AtomicU64,
-    /// The epoch second of the last "dropped" log line (rate limit).
-    last_drop_log: AtomicU64,
-}
-
 /// The chain's head as the writer last left it.
 #[derive(Debug, Default, Clone)]
 pub struct Head {
@@ -309,8 +314,13 @@ pub struct Head {
 }
 
 pub(crate) enum Message {
+    /// A record nobody waits for.
     Record(Box<AuditRecord>),
-    Stop(tokio::sync::oneshot::Sender<()>),
+    /// The records of one decision (its own first) and who waits for them:
+    /// `true` once written (and synced, in `synced` mode), `false` when
+    /// they could not be.
+    Awaited(Vec<AuditRecord>, oneshot::Sender<bool>),
+    Stop(oneshot::Sender<()>),
 }
 
 /// The sending side of the audit trail, shared by every request handler.
@@ -318,6 +328,7 @@ pub(crate) enum Message {
 pub struct AuditSink {
     tx: mpsc::Sender<Message>,
     mode: OnFull,
+    durability: Durability,
     capacity: usize,
     /// False after a write failed, until a write succeeds again.
     healthy: Arc<AtomicBool>,
@@ -326,12 +337,15 @@ pub struct AuditSink {
     tail: broadcast::Sender<Arc<AuditRecord>>,
     directory: std::path::PathBuf,
     key: Option<chain::CheckpointKey>,
+    /// True when checkpoints carry an Ed25519 signature too.
+    ed25519: bool,
 }
 
 impl std::fmt::Debug for AuditSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditSink")
             .field("mode", &self.mode)
+            .field("durability", &self.durability)
             .field("capacity", &self.capacity)
             .field("directory", &self.directory)
             .finish_non_exhaustive()
@@ -348,90 +362,100 @@ impl AuditSink {
                 true
             }
             Err(e) => {
-                let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "the audit queue is full",
-                    mpsc::error::TrySendError::Closed(_) => "the audit writer has stopped",
-                };
-                self.dropped(why);
+                self.counters.lost(1, &queue_error(&e));
                 false
             }
         }
     }
 
-    fn dropped(&self, why: &str) {
-        let total = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        // Loud, but at most one line a second so a flood cannot drown the log.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let last = self.counters.last_drop_log.load(Ordering::Relaxed);
-        if now != last
-            && self
-                .counters
-                .last_drop_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::error!(
-                dropped_total = total,
-                mode = ?self.mode,
-                capacity = self.capacity,
-                "AUDIT RECORD NOT WRITTEN: {why}"
-            );
-        }
-    }
-
-    /// Records a decision (and, for refused credentials, the failure). In
-    /// `fail_closed` mode a decision that cannot be recorded (queue full,
-    /// or the writer failing to write) becomes a 503 denial: no request
-    /// passes unaudited.
-    pub fn record_decision(&self, d: Decision, req: &AccessRequest, latency: Duration) -> Decision {
+    /// Records a decision (and, for refused credentials, the failure). The
+    /// answer waits as [`AuditConfig::durability`] says. In `fail_closed`
+    /// mode it waits at least until the record is written, and a decision
+    /// that cannot be recorded (queue full, or the write failing) becomes
+    /// a 503 denial: no request passes unaudited.
+    pub async fn record_decision(
+        &self,
+        d: Decision,
+        req: &AccessRequest,
+        latency: Duration,
+    ) -> Decision {
         self.record_or_refuse(d, |d| {
             let mut records = vec![AuditRecord::decision(d, req, latency)];
             records.extend(AuditRecord::authn_failure(d, req));
             records
         })
+        .await
     }
 
-    /// Records an admin call's decision, with the same fail-closed rule as
-    /// [`AuditSink::record_decision`]: a call that cannot be recorded is
-    /// refused.
-    pub fn record_admin_call(&self, d: Decision, req: &AccessRequest, rpc: &str) -> Decision {
+    /// Records an admin call's decision, with the same rules as
+    /// [`AuditSink::record_decision`]: a call that cannot be recorded in
+    /// `fail_closed` mode is refused.
+    pub async fn record_admin_call(&self, d: Decision, req: &AccessRequest, rpc: &str) -> Decision {
         self.record_or_refuse(d, |d| vec![AuditRecord::admin_call(d, req, rpc)])
+            .await
     }
 
-    /// Queues the records `of` the decision gives (the first is the
-    /// decision's own); in `fail_closed` mode a decision whose record
-    /// cannot be queued, or that arrives while writes fail, becomes a 503
-    /// denial, and that denial is what is recorded.
-    fn record_or_refuse(
+    /// Hands the records `of` the decision gives to the writer and, unless
+    /// the mode is `queued` with `drop`, waits for the write's outcome. In
+    /// `fail_closed` mode a decision that arrives while writes fail, whose
+    /// records cannot be queued or whose write fails becomes a 503 denial,
+    /// and that denial is queued (without waiting: it is the writer's next
+    /// attempt, and service resumes with the first write that succeeds).
+    async fn record_or_refuse(
         &self,
         d: Decision,
         of: impl Fn(&Decision) -> Vec<AuditRecord>,
     ) -> Decision {
         let fail_closed = self.mode == OnFull::FailClosed;
-        let mut d = d;
-        let mut refused = false;
         if fail_closed && !self.healthy.load(Ordering::Relaxed) {
-            // Deny, but still queue the (denied) record: the writer retries
-            // with it, and the service recovers once a write succeeds.
-            d = unavailable(d);
-            refused = true;
+            return self.refuse(d, &of);
         }
-        let mut records = of(&d).into_iter();
-        let recorded = records.next().is_some_and(|own| self.record(own));
-        for other in records {
-            self.record(other);
+        let records = of(&d);
+        if self.durability == Durability::Queued && !fail_closed {
+            for record in records {
+                self.record(record);
+            }
+            return d;
         }
-        if !recorded && fail_closed && !refused {
-            d = unavailable(d);
-            refused = true;
+        let n = records.len() as u64;
+        let (ack, written) = oneshot::channel();
+        match self.tx.try_send(Message::Awaited(records, ack)) {
+            Ok(()) => {
+                self.counters.queued.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.counters.lost(n, &queue_error(&e));
+                // No room for the denial's record either.
+                return if fail_closed {
+                    self.deny_unrecorded(d)
+                } else {
+                    d
+                };
+            }
         }
-        if refused {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        // The writer answers every waiter after each write; a writer gone
+        // mid-way (stopping) drops the sender: not written.
+        let written = written.await.unwrap_or(false);
+        if written || !fail_closed {
+            // In `drop` mode the writer has counted and logged the loss.
+            return d;
+        }
+        self.refuse(d, &of)
+    }
+
+    /// The 503 of `fail_closed` mode, counted, its record queued.
+    fn refuse(&self, d: Decision, of: &impl Fn(&Decision) -> Vec<AuditRecord>) -> Decision {
+        let d = self.deny_unrecorded(d);
+        for record in of(&d) {
+            self.record(record);
         }
         d
+    }
+
+    /// The 503 of `fail_closed` mode, counted.
+    fn deny_unrecorded(&self, d: Decision) -> Decision {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        unavailable(d)
     }
 
     /// True when a call that must be audited may go ahead (always in
@@ -465,6 +489,11 @@ impl AuditSink {
         self.mode
     }
 
+    /// The configured durability.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
     /// The queue's capacity.
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -475,9 +504,10 @@ impl AuditSink {
         self.capacity.saturating_sub(self.tx.capacity())
     }
 
-    /// True when checkpoints are signed (a key is configured).
+    /// True when checkpoints are written and signed (an HMAC key, an
+    /// Ed25519 signing key or both).
     pub fn checkpoints_enabled(&self) -> bool {
-        self.key.is_some()
+        self.key.is_some() || self.ed25519
     }
 
     /// The key that signs checkpoints, to verify them.
@@ -497,6 +527,14 @@ fn unavailable(mut d: Decision) -> Decision {
     );
     d.determining_policies.clear();
     d
+}
+
+/// Why a record could not be queued, for the loss line.
+fn queue_error<T>(e: &mpsc::error::TrySendError<T>) -> &'static str {
+    match e {
+        mpsc::error::TrySendError::Full(_) => "the audit queue is full",
+        mpsc::error::TrySendError::Closed(_) => "the audit writer has stopped",
+    }
 }
 
 /// Where a remote admin client connects from, for admin-call records.
@@ -524,11 +562,16 @@ fn quota_summary(q: &crate::quota::apply::QuotaOutcome) -> String {
 mod tests {
     use super::*;
 
-    fn sink(mode: OnFull, capacity: usize) -> (AuditSink, mpsc::Receiver<Message>) {
+    fn sink(
+        mode: OnFull,
+        durability: Durability,
+        capacity: usize,
+    ) -> (AuditSink, mpsc::Receiver<Message>) {
         let (tx, rx) = mpsc::channel(capacity);
         let sink = AuditSink {
             tx,
             mode,
+            durability,
             capacity,
             healthy: Arc::new(AtomicBool::new(true)),
             counters: Arc::new(Counters::default()),
@@ -536,49 +579,134 @@ mod tests {
             tail: broadcast::channel(1).0,
             directory: "unused".into(),
             key: None,
+            ed25519: false,
         };
         (sink, rx)
+    }
+
+    /// A stand-in writer that answers every waiter with `written` and
+    /// hands back the statuses of what it saw.
+    fn writer(
+        mut rx: mpsc::Receiver<Message>,
+        written: bool,
+    ) -> tokio::task::JoinHandle<Vec<(u64, bool)>> {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(message) = rx.recv().await {
+                match message {
+                    Message::Record(r) => seen.push((r.status, false)),
+                    Message::Awaited(records, ack) => {
+                        seen.push((records[0].status, true));
+                        let _ = ack.send(written);
+                    }
+                    Message::Stop(_) => break,
+                }
+            }
+            seen
+        })
     }
 
     fn allowed() -> Decision {
         Decision::new("v1").allow()
     }
 
-    #[test]
-    fn full_queue_in_fail_closed_mode_denies_with_503() {
-        // A queue nobody drains: the second decision finds it full.
-        let (sink, _rx) = sink(OnFull::FailClosed, 1);
-        let req = AccessRequest::for_test("GET", "/");
-        let first = sink.record_decision(allowed(), &req, Duration::from_micros(1));
-        assert!(first.is_allowed());
-        let second = sink.record_decision(allowed(), &req, Duration::from_micros(1));
-        assert!(!second.is_allowed());
-        assert_eq!(second.status, 503);
-        assert_eq!(second.reason, Some(DenyReason::AuditUnavailable));
+    fn req() -> AccessRequest {
+        AccessRequest::for_test("GET", "/")
+    }
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[tokio::test]
+    async fn full_queue_in_fail_closed_mode_denies_with_503() {
+        // A queue nobody drains, already full.
+        let (sink, _rx) = sink(OnFull::FailClosed, Durability::Written, 1);
+        assert!(sink.record(AuditRecord::new(Kind::PolicyReload)));
+        let d = sink.record_decision(allowed(), &req(), US).await;
+        assert_eq!(
+            (d.status, d.reason),
+            (503, Some(DenyReason::AuditUnavailable))
+        );
         assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
         assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 1);
     }
 
-    #[test]
-    fn full_queue_in_drop_mode_serves_and_counts_every_loss() {
-        let (sink, _rx) = sink(OnFull::Drop, 1);
-        let req = AccessRequest::for_test("GET", "/");
-        for _ in 0..5 {
-            assert!(sink
-                .record_decision(allowed(), &req, Duration::from_micros(1))
-                .is_allowed());
+    #[tokio::test]
+    async fn full_queue_in_drop_mode_serves_and_counts_every_loss() {
+        for durability in [Durability::Queued, Durability::Written] {
+            let (sink, _rx) = sink(OnFull::Drop, durability, 1);
+            assert!(sink.record(AuditRecord::new(Kind::PolicyReload)));
+            for _ in 0..5 {
+                let d = sink.record_decision(allowed(), &req(), US).await;
+                assert!(d.is_allowed(), "{durability:?}");
+            }
+            assert_eq!(sink.counters().queued.load(Ordering::Relaxed), 1);
+            assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 5);
+            assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 0);
         }
-        assert_eq!(sink.counters().queued.load(Ordering::Relaxed), 1);
-        assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 4);
-        assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 0);
     }
 
-    #[test]
-    fn failed_writes_in_fail_closed_mode_deny() {
-        let (sink, mut rx) = sink(OnFull::FailClosed, 16);
+    #[tokio::test]
+    async fn written_mode_answers_only_once_the_writer_has_written() {
+        let (sink, mut rx) = sink(OnFull::Drop, Durability::Written, 16);
+        let pending = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.record_decision(allowed(), &req(), US).await }
+        });
+        let Some(Message::Awaited(records, ack)) = rx.recv().await else {
+            panic!("the decision's records are handed over with a waiter")
+        };
+        assert_eq!(records.len(), 1);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!pending.is_finished(), "the answer waits for the write");
+        ack.send(true).unwrap();
+        assert!(pending.await.unwrap().is_allowed());
+    }
+
+    #[tokio::test]
+    async fn queued_mode_in_drop_mode_does_not_wait() {
+        let (sink, mut rx) = sink(OnFull::Drop, Durability::Queued, 16);
+        // Nobody writes; the answer comes anyway.
+        assert!(sink
+            .record_decision(allowed(), &req(), US)
+            .await
+            .is_allowed());
+        assert!(matches!(rx.try_recv(), Ok(Message::Record(_))));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_in_fail_closed_mode_turns_the_allow_into_a_recorded_503() {
+        // Whatever the durability, fail_closed waits for the write.
+        for durability in [Durability::Queued, Durability::Written, Durability::Synced] {
+            let (sink, rx) = sink(OnFull::FailClosed, durability, 16);
+            let writer = writer(rx, false);
+            let d = sink.record_decision(allowed(), &req(), US).await;
+            assert_eq!(d.status, 503, "{durability:?}");
+            assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
+            drop(sink);
+            // The allow was awaited and failed; the 503 is queued.
+            assert_eq!(writer.await.unwrap(), vec![(200, true), (503, false)]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_in_drop_mode_still_serves() {
+        let (sink, rx) = sink(OnFull::Drop, Durability::Synced, 16);
+        let writer = writer(rx, false);
+        assert!(sink
+            .record_decision(allowed(), &req(), US)
+            .await
+            .is_allowed());
+        drop(sink);
+        assert_eq!(writer.await.unwrap(), vec![(200, true)]);
+    }
+
+    #[tokio::test]
+    async fn failed_writes_in_fail_closed_mode_deny() {
+        let (sink, mut rx) = sink(OnFull::FailClosed, Durability::Written, 16);
         sink.healthy.store(false, Ordering::Relaxed);
-        let req = AccessRequest::for_test("GET", "/");
-        let d = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        let d = sink.record_decision(allowed(), &req(), US).await;
         assert_eq!(d.status, 503);
         assert!(!sink.accepts());
         // The denial is still queued, so the writer retries and can recover.
@@ -591,8 +719,11 @@ mod tests {
         );
         assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
         sink.healthy.store(true, Ordering::Relaxed);
-        let d = sink.record_decision(allowed(), &req, Duration::from_micros(1));
+        let writer = writer(rx, true);
+        let d = sink.record_decision(allowed(), &req(), US).await;
         assert!(d.is_allowed(), "serves again once writes succeed");
+        drop(sink);
+        writer.await.unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use super::chain::{CheckpointKey, Location, Verification, Verifier};
+use super::signing::PublicKey;
 use super::writer::list_files;
 use super::AuditRecord;
 use crate::time::parse_rfc3339_ms;
@@ -175,15 +176,18 @@ pub fn verify_dir(
     Ok((verifier.finish(), files))
 }
 
-/// Verifies files given by the operator, in the order of their names. An
-/// incomplete last line is reported (offline, nothing is being written).
+/// Verifies files given by the operator, in the order of their names,
+/// checking HMAC checkpoints with `key` and Ed25519 ones with
+/// `public_keys` when given. An incomplete last line is reported (offline,
+/// nothing is being written).
 pub fn verify_files(
     paths: &[PathBuf],
     key: Option<&CheckpointKey>,
+    public_keys: &[PublicKey],
 ) -> Result<Verification, String> {
     let mut paths = paths.to_vec();
     paths.sort_by_key(|p| p.file_name().map(|n| n.to_os_string()));
-    let mut verifier = Verifier::new(key);
+    let mut verifier = Verifier::new(key).with_public_keys(public_keys);
     for path in &paths {
         let file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut reader = BufReader::new(file);

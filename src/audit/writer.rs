@@ -1,8 +1,11 @@
 //! The audit writer: one thread that owns the audit files. It takes records
 //! from the bounded queue in batches, chains them (seq, prev, hash), appends
-//! each batch with one write, signs a checkpoint every N records, at
-//! rotation and at stop, and publishes written records for `Tail`. At start
-//! it resumes the chain from the last record on disk.
+//! each batch with one write (group commit: whatever is queued when the
+//! writer wakes goes in one `write(2)`, then one `fdatasync(2)` in `synced`
+//! mode), wakes every answer waiting for a record of the batch with the
+//! outcome, signs a checkpoint every N records, at rotation and at stop,
+//! and publishes written records for `Tail`. At start it resumes the chain
+//! from the last record on disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -15,8 +18,9 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::chain::{leaf_hash, CheckpointKey, GENESIS};
+use super::signing::SigningKey;
 use super::{AuditRecord, AuditSink, Counters, Head, Kind, Message};
-use crate::audit::config::AuditConfig;
+use crate::audit::config::{AuditConfig, Durability};
 
 /// Prefix and suffix of audit file names: `audit-<first seq, 20 digits>.jsonl`.
 pub const FILE_PREFIX: &str = "audit-";
@@ -38,6 +42,9 @@ pub enum StartError {
     /// The HMAC key is unusable.
     #[error("audit.hmac_key_file: {0}")]
     Key(String),
+    /// The Ed25519 signing key is unusable.
+    #[error("audit.signing_key_file: {0}")]
+    SigningKey(String),
     /// The last record on disk is damaged: the chain cannot continue from it.
     #[error("audit file {file}: the last record is damaged ({reason}); run `portcullis audit verify` on the directory's files, and move them aside to start a new chain")]
     DamagedTail { file: PathBuf, reason: String },
@@ -111,10 +118,16 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         .map(CheckpointKey::from_file)
         .transpose()
         .map_err(StartError::Key)?;
-    if key.is_none() {
+    let signer = config
+        .signing_key_file
+        .as_deref()
+        .map(SigningKey::from_file)
+        .transpose()
+        .map_err(StartError::SigningKey)?;
+    if key.is_none() && signer.is_none() {
         tracing::warn!(
             directory = %dir.display(),
-            "audit checkpoints are not signed: set audit.hmac_key_file so that a rewritten chain is detectable"
+            "audit checkpoints are not signed: set audit.signing_key_file (or audit.hmac_key_file) so that a rewritten chain is detectable"
         );
     }
 
@@ -141,6 +154,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
     let sink = AuditSink {
         tx: tx.clone(),
         mode: config.on_full,
+        durability: config.durability,
         capacity: config.queue_size,
         healthy: Arc::clone(&healthy),
         counters: Arc::clone(&counters),
@@ -148,6 +162,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         tail: tail.clone(),
         directory: dir.clone(),
         key: key.clone(),
+        ed25519: signer.is_some(),
     };
     let mut state = Chain {
         dir,
@@ -162,7 +177,11 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         since_checkpoint: 0,
         pending: Vec::new(),
         published: Vec::new(),
+        waiting: Vec::new(),
+        failed_writes: 0,
+        sync: config.durability == Durability::Synced,
         key,
+        signer,
         rotate_bytes: config.rotate_bytes,
         checkpoint_every: config.checkpoint_every,
         counters,
@@ -284,7 +303,16 @@ struct Chain {
     since_checkpoint: u64,
     pending: Vec<u8>,
     published: Vec<Arc<AuditRecord>>,
+    /// Answers waiting for records in `pending`: told the outcome of the
+    /// write that takes them.
+    waiting: Vec<oneshot::Sender<bool>>,
+    /// Failed writes so far, to tell a waiter whose records straddled a
+    /// failed write (at rotation) that they were not all written.
+    failed_writes: u64,
+    /// `fdatasync(2)` after each write, before waking the waiters.
+    sync: bool,
     key: Option<CheckpointKey>,
+    signer: Option<SigningKey>,
     rotate_bytes: u64,
     checkpoint_every: u64,
     counters: Arc<Counters>,
@@ -297,6 +325,7 @@ struct Chain {
 impl Chain {
     fn run(&mut self, mut rx: mpsc::Receiver<Message>) {
         let mut stop: Option<oneshot::Sender<()>> = None;
+        self.announce_signing_key();
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
             while batch.len() < BATCH {
@@ -308,6 +337,7 @@ impl Chain {
             for message in batch {
                 match message {
                     Message::Record(r) => self.append(*r),
+                    Message::Awaited(records, ack) => self.append_awaited(records, ack),
                     Message::Stop(ack) => stop = Some(ack),
                 }
             }
@@ -322,12 +352,13 @@ impl Chain {
         while let Ok(message) = rx.try_recv() {
             match message {
                 Message::Record(r) => self.append(*r),
+                Message::Awaited(records, ack) => self.append_awaited(records, ack),
                 Message::Stop(ack) => {
                     let _ = ack.send(());
                 }
             }
         }
-        if self.key.is_some() && self.since_checkpoint > 0 {
+        if self.signs() && self.since_checkpoint > 0 {
             self.checkpoint();
         }
         self.flush();
@@ -337,6 +368,21 @@ impl Chain {
         tracing::info!(next_seq = self.next_seq, "audit trail flushed and closed");
         if let Some(ack) = stop {
             let _ = ack.send(());
+        }
+    }
+
+    /// Appends one decision's records; `ack` learns whether they were all
+    /// written.
+    fn append_awaited(&mut self, records: Vec<AuditRecord>, ack: oneshot::Sender<bool>) {
+        let failed_before = self.failed_writes;
+        for record in records {
+            self.append(record);
+        }
+        if self.failed_writes == failed_before {
+            self.waiting.push(ack);
+        } else {
+            // A write at rotation took part of them and failed.
+            let _ = ack.send(false);
         }
     }
 
@@ -362,14 +408,52 @@ impl Chain {
             self.since_checkpoint = 0;
         } else {
             self.since_checkpoint += 1;
-            if self.key.is_some() && self.since_checkpoint >= self.checkpoint_every {
+            if self.signs() && self.since_checkpoint >= self.checkpoint_every {
                 self.checkpoint();
             }
         }
     }
 
+    /// True when checkpoints are written (a key of either kind).
+    fn signs(&self) -> bool {
+        self.key.is_some() || self.signer.is_some()
+    }
+
+    /// A checkpoint of the chain's head: the last record appended, signed
+    /// with each configured key.
+    fn checkpoint_record(&self) -> AuditRecord {
+        let covered = self.next_seq - 1;
+        let signer = self.signer.as_ref();
+        AuditRecord {
+            checkpoint_seq: Some(covered),
+            checkpoint_head: self.prev.clone(),
+            checkpoint_mac: (self.key.as_ref())
+                .map(|k| k.sign(covered, &self.prev))
+                .unwrap_or_default(),
+            checkpoint_key: signer.map(|k| k.id().to_string()).unwrap_or_default(),
+            checkpoint_sig: signer
+                .map(|k| k.sign(covered, &self.prev))
+                .unwrap_or_default(),
+            ..AuditRecord::new(Kind::Checkpoint)
+        }
+    }
+
+    /// Records which Ed25519 key signs from here on, so that a rotation
+    /// (a new key at a start) is in the chain, covered by the next
+    /// checkpoint.
+    fn announce_signing_key(&mut self) {
+        let Some(signer) = &self.signer else { return };
+        let record = AuditRecord {
+            checkpoint_key: signer.id().to_string(),
+            public_key: signer.public_hex(),
+            ..AuditRecord::new(Kind::SigningKey)
+        };
+        self.append(record);
+        self.flush();
+    }
+
     fn checkpoint(&mut self) {
-        if self.key.is_none() {
+        if !self.signs() {
             return;
         }
         if self.rotation_due() {
@@ -377,15 +461,7 @@ impl Chain {
             self.rotate();
             return;
         }
-        let Some(key) = &self.key else { return };
-        let covered = self.next_seq - 1;
-        let mac = key.sign(covered, &self.prev);
-        let record = AuditRecord {
-            checkpoint_seq: Some(covered),
-            checkpoint_head: self.prev.clone(),
-            checkpoint_mac: mac,
-            ..AuditRecord::new(Kind::Checkpoint)
-        };
+        let record = self.checkpoint_record();
         self.append(record);
     }
 
@@ -395,22 +471,12 @@ impl Chain {
 
     /// Seals the current file with a checkpoint and starts the next one.
     fn rotate(&mut self) {
-        if self.key.is_some() {
-            // Not through `append`, which would rotate again.
-            let covered = self.next_seq - 1;
-            let mac = self
-                .key
-                .as_ref()
-                .expect("checked")
-                .sign(covered, &self.prev);
+        if self.signs() {
+            // Not through `checkpoint`, which would rotate again.
+            let record = self.checkpoint_record();
             let records_before = self.records_in_file;
             self.records_in_file = 0; // keep `append` from rotating
-            self.append(AuditRecord {
-                checkpoint_seq: Some(covered),
-                checkpoint_head: self.prev.clone(),
-                checkpoint_mac: mac,
-                ..AuditRecord::new(Kind::Checkpoint)
-            });
+            self.append(record);
             self.records_in_file += records_before;
         }
         if !self.flush() {
@@ -438,15 +504,26 @@ impl Chain {
         }
     }
 
-    /// Appends the pending batch with one write; false when it failed. On
-    /// failure the batch's records are counted as dropped and the chain
+    /// Appends the pending batch with one write (and syncs it in `synced`
+    /// mode), then tells every waiter the outcome; false when it failed.
+    /// On failure the batch's records are counted as dropped and the chain
     /// rolls back, so that the records on disk stay a gapless chain.
     fn flush(&mut self) -> bool {
         if self.pending.is_empty() {
+            self.wake(true);
             return true;
         }
         let n = self.published.len() as u64;
-        match self.file.write_all(&self.pending) {
+        let written = self.file.write_all(&self.pending).and_then(|()| {
+            if self.sync {
+                self.file
+                    .sync_data()
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("fdatasync: {e}")))
+            } else {
+                Ok(())
+            }
+        });
+        match written {
             Ok(()) => {
                 self.file_bytes += self.pending.len() as u64;
                 self.committed_bytes = self.file_bytes;
@@ -464,18 +541,19 @@ impl Chain {
                     // No subscriber is fine.
                     let _ = self.tail.send(record);
                 }
+                self.wake(true);
                 true
             }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                self.failed_writes += 1;
                 self.healthy.store(false, Ordering::Relaxed);
-                tracing::error!(
-                    file = %self.path.display(),
-                    error = %e,
-                    records = n,
-                    "AUDIT WRITE FAILED: records lost"
+                // One rate-limited line, however many writes fail.
+                self.counters.lost(
+                    n,
+                    &format_args!("cannot write {}: {e}", self.path.display()),
                 );
+                self.wake(false);
                 // Cut a partial write off and roll the chain back.
                 let _ = self.file.set_len(self.committed_bytes);
                 self.file_bytes = self.committed_bytes;
@@ -487,6 +565,14 @@ impl Chain {
                 self.published.clear();
                 false
             }
+        }
+    }
+
+    /// Tells every waiting answer whether its records were written.
+    fn wake(&mut self, written: bool) {
+        for ack in self.waiting.drain(..) {
+            // The request may have gone (client cancelled): fine.
+            let _ = ack.send(written);
         }
     }
 }
@@ -502,8 +588,10 @@ mod tests {
             rotate_bytes: 4096,
             checkpoint_every: 10,
             hmac_key_file: key,
+            signing_key_file: None,
             queue_size: 1024,
             on_full: crate::audit::OnFull::Drop,
+            durability: Durability::Written,
         }
     }
 
@@ -555,6 +643,95 @@ mod tests {
         assert_eq!(v.broken, None);
         assert!(v.checkpoints_verified >= 10 + 2, "{v:?}");
         assert_eq!(decisions(&dir), 100);
+    }
+
+    /// Writes an Ed25519 private key file; returns its path and public key.
+    fn signing_key_file(dir: &Path, name: &str) -> (PathBuf, crate::audit::signing::PublicKey) {
+        use crate::audit::signing::{generate_pkcs8, pkcs8_pem, SigningKey};
+        let der = generate_pkcs8();
+        let path = dir.join(name);
+        std::fs::write(&path, pkcs8_pem(&der)).unwrap();
+        (path, SigningKey::from_pkcs8(&der).unwrap().public_key())
+    }
+
+    /// Rewrites every record from `from` on (a principal changed, every
+    /// hash, prev and checkpoint head recomputed): all an attacker without
+    /// the signing key can do.
+    fn forge(lines: &[String], from: u64) -> Vec<String> {
+        let mut prev = GENESIS.to_string();
+        let mut out = Vec::new();
+        for line in lines {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            if v["seq"].as_u64().unwrap() >= from {
+                v["prev"] = Value::String(prev.clone());
+                if v["kind"] == "checkpoint" {
+                    v["checkpoint_head"] = Value::String(prev.clone());
+                } else if v["kind"] == "decision" {
+                    v["principal"] = Value::String("User::\"mallory\"".into());
+                }
+                v["hash"] = Value::String(leaf_hash(&v));
+            }
+            prev = v["hash"].as_str().unwrap().to_string();
+            out.push(v.to_string());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn ed25519_checkpoints_verify_with_public_keys_alone_across_a_rotation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (first, first_public) = signing_key_file(tmp.path(), "a.pem");
+        let (second, second_public) = signing_key_file(tmp.path(), "b.pem");
+        let base = AuditConfig {
+            rotate_bytes: 1 << 20,
+            ..config(&dir, None)
+        };
+        for key in [first, second] {
+            let config = AuditConfig {
+                signing_key_file: Some(key),
+                ..base.clone()
+            };
+            write(&config, 25).await;
+        }
+        let files: Vec<PathBuf> = list_files(&dir).unwrap().into_iter().map(|f| f.1).collect();
+        let both = [first_public.clone(), second_public.clone()];
+        let v = query::verify_files(&files, None, &both).unwrap();
+        assert_eq!(v.broken, None, "{v:?}");
+        assert!(v.checkpoints_verified >= 6, "{v:?}");
+        assert_eq!(v.checkpoints_unchecked, 0, "{v:?}");
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        let announced: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("\"signing_key\""))
+            .collect();
+        assert_eq!(
+            announced.len(),
+            2,
+            "each start records its key: the rotation is in the chain"
+        );
+
+        // Only the new key: the checkpoints before the rotation name theirs.
+        let v = query::verify_files(&files, None, &[second_public]).unwrap();
+        let broken = v
+            .broken
+            .expect("the old key's checkpoints cannot be checked");
+        assert!(broken.reason.contains(first_public.id()), "{broken}");
+        assert!(
+            broken.reason.contains("not among the given public keys"),
+            "{broken}"
+        );
+
+        // A rewritten chain: hashes fine, signatures not.
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        std::fs::write(&files[0], forge(&lines, 30).join("\n") + "\n").unwrap();
+        let v = query::verify_files(&files, None, &both).unwrap();
+        let broken = v.broken.expect("the forged chain fails a signature");
+        assert!(
+            broken.reason.contains("does not verify with public key"),
+            "{broken}"
+        );
+        assert!(broken.seq.unwrap() > 30, "{broken}");
     }
 
     #[tokio::test]
@@ -633,7 +810,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_rolls_the_chain_back_so_the_files_have_no_gap() {
+    fn a_failed_write_rolls_the_chain_back_and_tells_its_waiters() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let path = dir.join(file_name(0));
@@ -655,7 +832,11 @@ mod tests {
             since_checkpoint: 0,
             pending: Vec::new(),
             published: Vec::new(),
+            waiting: Vec::new(),
+            failed_writes: 0,
+            sync: false,
             key: None,
+            signer: None,
             rotate_bytes: 1 << 20,
             checkpoint_every: 1000,
             counters: Arc::clone(&counters),
@@ -664,17 +845,26 @@ mod tests {
             tail: broadcast::channel(8).0,
             _lock: File::open(&path).unwrap(),
         };
+        let (ack, mut failed) = oneshot::channel();
         chain.append(record(0));
-        chain.append(record(1));
+        chain.append_awaited(vec![record(1)], ack);
         chain.flush();
+        assert_eq!(
+            failed.try_recv(),
+            Ok(false),
+            "the waiter learns of the failure"
+        );
         assert!(!healthy.load(Ordering::Relaxed));
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 2);
         assert_eq!(counters.write_errors.load(Ordering::Relaxed), 1);
         assert_eq!(chain.next_seq, 0, "rolled back");
 
         chain.file = open_append(&path).unwrap();
-        chain.append(record(2));
+        let (ack, mut written) = oneshot::channel();
+        chain.append_awaited(vec![record(2)], ack);
+        assert!(written.try_recv().is_err(), "no answer before the write");
         chain.flush();
+        assert_eq!(written.try_recv(), Ok(true));
         assert!(
             healthy.load(Ordering::Relaxed),
             "recovers with the next write"

@@ -12,7 +12,8 @@ use clap::Subcommand;
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Verify audit files offline: the hash chain, and checkpoint
-    /// signatures with --key-file. Names the first broken record.
+    /// signatures with --key-file (HMAC) or --public-key (Ed25519). Names
+    /// the first broken record.
     Verify {
         /// Audit files (audit-*.jsonl) or directories holding them.
         #[arg(required = true)]
@@ -20,6 +21,11 @@ pub enum AuditCommand {
         /// The HMAC key file the server signs checkpoints with.
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// An Ed25519 public key (PEM, `openssl pkey -pubout`) of the
+        /// server's audit.signing_key_file; repeat it for each key in force
+        /// across a key rotation. Verifies without any secret.
+        #[arg(long)]
+        public_key: Vec<PathBuf>,
     },
     /// Query a running server's audit trail (AuditService/Query) and print
     /// the records as JSON lines. The bearer token comes from the
@@ -68,7 +74,11 @@ impl AuditCommand {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            AuditCommand::Verify { files, key_file } => audit_verify(&files, key_file.as_deref()),
+            AuditCommand::Verify {
+                files,
+                key_file,
+                public_key,
+            } => audit_verify(&files, key_file.as_deref(), &public_key),
             AuditCommand::Query {
                 admin,
                 principal,
@@ -107,12 +117,19 @@ impl AuditCommand {
 fn audit_verify(
     inputs: &[PathBuf],
     key_file: Option<&std::path::Path>,
+    public_key_files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     use crate::audit::chain::CheckpointKey;
+    use crate::audit::signing::PublicKey;
     let key = key_file
         .map(CheckpointKey::from_file)
         .transpose()
         .map_err(|e| anyhow::anyhow!(e))?;
+    let public_keys = public_key_files
+        .iter()
+        .map(|p| PublicKey::from_file(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--public-key {e}"))?;
     let mut files = Vec::new();
     for input in inputs {
         if input.is_dir() {
@@ -126,24 +143,38 @@ fn audit_verify(
             files.push(input.clone());
         }
     }
-    let v =
-        crate::audit::query::verify_files(&files, key.as_ref()).map_err(|e| anyhow::anyhow!(e))?;
+    let v = crate::audit::query::verify_files(&files, key.as_ref(), &public_keys)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let range = match (v.first_seq, v.last_seq) {
         (Some(a), Some(b)) => format!(" (seq {a}..={b})"),
         _ => String::new(),
     };
-    let checkpoints = if key.is_some() {
-        format!(
+    let checkpoints = if key.is_some() || !public_keys.is_empty() {
+        let mut s = format!(
             "{} checkpoint signature(s) verified",
             v.checkpoints_verified
-        )
+        );
+        if v.checkpoints_unchecked > 0 {
+            s.push_str(&format!(
+                ", {} checkpoint(s) without a signature the given keys check",
+                v.checkpoints_unchecked
+            ));
+        }
+        s
     } else {
         format!(
-            "{} checkpoint(s) not checked (give --key-file to check their signatures)",
+            "{} checkpoint(s) not checked (give --public-key or --key-file to check their signatures)",
             v.checkpoints_unchecked
         )
     };
     match &v.broken {
+        None if !public_keys.is_empty() && v.checkpoints_verified == 0 => {
+            println!(
+                "NOT VERIFIED: {} record(s){range} chain intact, but no checkpoint is signed by the given public key(s); {checkpoints}",
+                v.records
+            );
+            Ok(ExitCode::FAILURE)
+        }
         None => {
             println!(
                 "ok: {} record(s){range} chain intact; {checkpoints}; head {}",

@@ -115,7 +115,7 @@ pub async fn decide(snapshot: &Snapshot, ask: Ask<'_>, mode: Mode<'_>) -> Decisi
         Ask::Admin(call) => calls::admin(snapshot, call, &mode).await,
     };
     match mode {
-        Mode::Enforce(live) => record::record(&live, ask, decision, started),
+        Mode::Enforce(live) => record::record(&live, ask, decision, started).await,
         _ => decision,
     }
 }

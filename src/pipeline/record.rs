@@ -1,7 +1,9 @@
 //! The last step of an enforced decision: one log line, the anomaly
-//! detector's feed, the audit record (in `fail_closed` mode a decision that
-//! cannot be recorded comes back as a 503 denial) and the decision metrics.
-//! The single place where real decisions reach the audit trail.
+//! detector's feed, the audit record (the answer waits as
+//! `audit.durability` says; in `fail_closed` mode until the record is
+//! written, and a decision that cannot be recorded comes back as a 503
+//! denial) and the decision metrics. The single place where real decisions
+//! reach the audit trail, so every adapter's answer waits here.
 
 use std::time::Instant;
 
@@ -13,7 +15,12 @@ use crate::metrics;
 use crate::request::AccessRequest;
 
 /// Logs, feeds the detector, records and counts one enforced decision.
-pub(super) fn record(live: &Live<'_>, ask: Ask<'_>, d: Decision, started: Instant) -> Decision {
+pub(super) async fn record(
+    live: &Live<'_>,
+    ask: Ask<'_>,
+    d: Decision,
+    started: Instant,
+) -> Decision {
     let (req, kind) = match ask {
         Ask::Access(req) => (req, "access"),
         Ask::RateLimit(call) => (call.request, "ratelimit"),
@@ -28,23 +35,25 @@ pub(super) fn record(live: &Live<'_>, ask: Ask<'_>, d: Decision, started: Instan
     };
     match ask {
         Ask::Access(req) => {
-            let d = audit.record_decision(d, req, started.elapsed());
+            let d = audit.record_decision(d, req, started.elapsed()).await;
             metrics::global().decision(metrics::Service::ExtAuthz, &d, started.elapsed());
             d
         }
         Ask::RateLimit(call) => {
-            let d = audit.record_decision(d, call.request, started.elapsed());
+            let d = audit
+                .record_decision(d, call.request, started.elapsed())
+                .await;
             metrics::global().decision(metrics::Service::RateLimit, &d, started.elapsed());
             d
         }
-        Ask::Admin(call) => audit.record_admin_call(d, call.request, call.rpc),
+        Ask::Admin(call) => audit.record_admin_call(d, call.request, call.rpc).await,
     }
 }
 
 /// Logs a decision. Credentials and bodies never reach the log. Debug
-/// level: the audit trail records every decision without blocking the
-/// request path, while a log line per request is a blocking write; shadow
-/// disagreements stay warnings.
+/// level: the audit trail records every decision with one write per group
+/// of decisions, on its own thread, while a log line per request is a
+/// blocking write on the request's; shadow disagreements stay warnings.
 fn log(d: &Decision, req: &AccessRequest, kind: &'static str, started: Instant) {
     tracing::debug!(
         target: "portcullis::decision",

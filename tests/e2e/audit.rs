@@ -23,18 +23,18 @@ const ADMIN: &str = "portcullis.admin.v1";
 
 /// A config dir with an audit section: directory `<dir>/audit`, a key,
 /// checkpoints every `checkpoint_every` records.
-struct Setup {
+pub(crate) struct Setup {
     dir: TempDir,
     config: PathBuf,
 }
 
 impl Setup {
-    fn new(checkpoint_every: u64) -> Setup {
+    pub(crate) fn new(checkpoint_every: u64) -> Setup {
         Self::with_extra(checkpoint_every, "")
     }
 
     /// As `new`, with more top-level config YAML.
-    fn with_extra(checkpoint_every: u64, extra: &str) -> Setup {
+    pub(crate) fn with_extra(checkpoint_every: u64, extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("audit.key"), [0x5au8; 32]).unwrap();
         let config = write_config_with(
@@ -46,7 +46,7 @@ impl Setup {
         Setup { dir, config }
     }
 
-    fn audit_dir(&self) -> PathBuf {
+    pub(crate) fn audit_dir(&self) -> PathBuf {
         self.dir.path().join("audit")
     }
 
@@ -54,8 +54,15 @@ impl Setup {
         self.dir.path().join("audit.key")
     }
 
-    fn start(&self) -> Portcullis {
+    pub(crate) fn start(&self) -> Portcullis {
         self.start_with(&[])
+    }
+
+    /// Starts on this config with every file the process writes limited
+    /// to `bytes` (see `Portcullis::start_with_file_size_limit`).
+    pub(crate) fn start_with_file_size_limit(&self, bytes: u64) -> Portcullis {
+        let args = ["--config", self.config.to_str().unwrap()];
+        Portcullis::start_with_file_size_limit(&args, bytes)
     }
 
     fn start_with(&self, args: &[&str]) -> Portcullis {
@@ -101,13 +108,17 @@ fn admin_refused(pdp: &mut Portcullis, header: Option<String>, method: &str) -> 
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn check_request(path: &str, request_id: &str) -> CheckRequest {
+pub(crate) fn check_request(path: &str, request_id: &str) -> CheckRequest {
     Check::get(path).id(request_id).build()
 }
 
 /// Sends `n` Check calls, at most `concurrency` at a time; returns the
 /// decision ids the responses carry.
-async fn decisions(addr: std::net::SocketAddr, n: usize, concurrency: usize) -> Vec<String> {
+pub(crate) async fn decisions(
+    addr: std::net::SocketAddr,
+    n: usize,
+    concurrency: usize,
+) -> Vec<String> {
     let client = AuthorizationClient::connect(format!("http://{addr}"))
         .await
         .expect("connect to the decision listener");
@@ -135,7 +146,7 @@ async fn decisions(addr: std::net::SocketAddr, n: usize, concurrency: usize) -> 
     ids
 }
 
-fn decision_id(response: &HttpResponse) -> String {
+pub(crate) fn decision_id(response: &HttpResponse) -> String {
     let headers = match response {
         HttpResponse::OkResponse(ok) => &ok.headers,
         HttpResponse::DeniedResponse(denied) => &denied.headers,
@@ -150,7 +161,7 @@ fn decision_id(response: &HttpResponse) -> String {
 }
 
 /// Every complete record in the directory's files, parsed, in file order.
-fn records_on_disk(dir: &Path) -> Vec<Value> {
+pub(crate) fn records_on_disk(dir: &Path) -> Vec<Value> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -171,7 +182,7 @@ fn records_on_disk(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn decision_ids_on_disk(dir: &Path) -> Vec<String> {
+pub(crate) fn decision_ids_on_disk(dir: &Path) -> Vec<String> {
     records_on_disk(dir)
         .iter()
         .filter(|r| r["kind"] == "decision")
@@ -180,12 +191,19 @@ fn decision_ids_on_disk(dir: &Path) -> Vec<String> {
 }
 
 /// `portcullis audit verify DIR --key-file KEY`: (exit ok, stdout).
-fn verify_offline(setup: &Setup) -> (bool, String) {
+pub(crate) fn verify_offline(setup: &Setup) -> (bool, String) {
+    audit_verify(
+        &setup.audit_dir(),
+        &["--key-file".as_ref(), setup.key().as_os_str()],
+    )
+}
+
+/// `portcullis audit verify DIR FLAGS...`: (exit ok, stdout and stderr).
+pub(crate) fn audit_verify(dir: &Path, flags: &[&std::ffi::OsStr]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["audit", "verify"])
-        .arg(setup.audit_dir())
-        .arg("--key-file")
-        .arg(setup.key())
+        .arg(dir)
+        .args(flags)
         .output()
         .expect("run portcullis audit verify");
     (

@@ -11,6 +11,7 @@
 mod support;
 
 mod audit;
+mod audit_durability;
 mod cli;
 mod container_build;
 mod deploy;

@@ -39,6 +39,19 @@ impl Portcullis {
     /// [`write_config`]), `--policies <repo>/policies` and
     /// `--listen 127.0.0.1:0`.
     pub fn start(args: &[&str]) -> Portcullis {
+        Self::spawn(args, None)
+    }
+
+    /// As [`Portcullis::start`], with the process's file size limit
+    /// (`RLIMIT_FSIZE`, as `ulimit -f` sets it) at `bytes` and `SIGXFSZ`
+    /// ignored: a write past `bytes` in any file fails with `EFBIG`, as a
+    /// write to a full disk fails with `ENOSPC`, without root or a small
+    /// filesystem. Its stderr file has the same limit.
+    pub fn start_with_file_size_limit(args: &[&str], bytes: u64) -> Portcullis {
+        Self::spawn(args, Some(bytes))
+    }
+
+    fn spawn(args: &[&str], file_size_limit: Option<u64>) -> Portcullis {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut full: Vec<String> = vec!["serve".into()];
         let has = |flag: &str| {
@@ -73,6 +86,9 @@ impl Portcullis {
             .stdout(Stdio::piped())
             .stderr(File::create(&stderr).expect("create stderr file"));
         die_with_parent(&mut command);
+        if let Some(bytes) = file_size_limit {
+            limit_file_size(&mut command, bytes);
+        }
         let mut child = command.spawn().expect("spawn portcullis");
 
         // A thread drains stdout for the life of the process, so that the
@@ -186,6 +202,29 @@ impl Drop for Portcullis {
     fn drop(&mut self) {
         let stderr = self.stderr();
         kill_on_drop(&mut self.child, "portcullis stderr", &stderr, 60);
+    }
+}
+
+/// Sets `RLIMIT_FSIZE` of the child to `bytes` and ignores `SIGXFSZ` (an
+/// ignored signal stays ignored across exec), so that writes past the limit
+/// fail with `EFBIG` instead of killing the process.
+fn limit_file_size(command: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit and signal are async-signal-safe and touch no
+    // memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                || libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -145,7 +145,9 @@ impl AuditService for AuditAdmin {
             last_seq: v.last_seq.unwrap_or_default(),
             head_hash: v.head,
             checkpoints_verified: v.checkpoints_verified,
-            checkpoint_key_configured: self.state.audit.checkpoints_enabled(),
+            // The server checks HMAC checkpoints; Ed25519 ones are for
+            // auditors (`portcullis audit verify --public-key`).
+            checkpoint_key_configured: self.state.audit.checkpoint_key().is_some(),
             broken,
             files,
         }))

@@ -107,6 +107,9 @@ macro_rules! audit_record {
             checkpoint_seq: $record.checkpoint_seq,
             checkpoint_head: $record.checkpoint_head,
             checkpoint_mac: $record.checkpoint_mac,
+            checkpoint_key: $record.checkpoint_key,
+            checkpoint_sig: $record.checkpoint_sig,
+            public_key: $record.public_key,
             prev: $record.prev,
             hash: $record.hash,
         }

@@ -122,6 +122,43 @@ struct Args {
     /// YAML mapping, e.g. '{max_concurrent_streams: 1024}'.
     #[arg(long)]
     server_section: Option<String>,
+    /// The in-process server's `audit.durability`; several, comma
+    /// separated (e.g. `queued,written,synced`), measure one server per
+    /// mode in turn, and the report gives each mode's throughput ratio and
+    /// p99 against the first. Default: the configuration's default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    audit_durability: Vec<AuditDurability>,
+}
+
+/// `audit.durability` (see `portcullis::audit::Durability`).
+#[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum AuditDurability {
+    /// The answer does not wait for the record.
+    Queued,
+    /// The answer waits until the record is handed to the OS.
+    Written,
+    /// The answer waits until the record is written and fdatasync'ed.
+    Synced,
+}
+
+impl AuditDurability {
+    fn config(self) -> portcullis::audit::Durability {
+        match self {
+            AuditDurability::Queued => portcullis::audit::Durability::Queued,
+            AuditDurability::Written => portcullis::audit::Durability::Written,
+            AuditDurability::Synced => portcullis::audit::Durability::Synced,
+        }
+    }
+
+    /// The phase's name when several modes are measured.
+    fn phase(self) -> &'static str {
+        match self {
+            AuditDurability::Queued => "queued",
+            AuditDurability::Written => "written",
+            AuditDurability::Synced => "synced",
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
@@ -218,7 +255,16 @@ fn main() -> anyhow::Result<()> {
         phases.push(clients.block_on(drive("empty", addr, &args, Arc::clone(&requests)))?);
         cancel.cancel();
     }
-    let _keep = match args.target {
+    anyhow::ensure!(
+        args.target.is_none() || args.audit_durability.is_empty(),
+        "--audit-durability configures the in-process server: drop it with --target"
+    );
+    let modes: Vec<Option<AuditDurability>> = if args.audit_durability.is_empty() {
+        vec![None]
+    } else {
+        args.audit_durability.iter().copied().map(Some).collect()
+    };
+    match args.target {
         Some(addr) => {
             phases.push(clients.block_on(drive(
                 "portcullis",
@@ -226,32 +272,40 @@ fn main() -> anyhow::Result<()> {
                 &args,
                 Arc::clone(&requests),
             ))?);
-            None
         }
         None => {
-            let dir = tempfile::tempdir()?;
-            let config = portcullis_config(&args, &keys, dir.path())?;
-            let running = servers.block_on(portcullis::server::start(&config))?;
-            let addr = running.decision_addr;
-            let reloader = args.reload_policies.map(|n| {
-                let store = Arc::clone(&running.state.policies);
-                let file = config.policies.join("scaled.cedar");
-                let budget = args.warmup + args.duration;
-                servers.spawn(reload_under_load(store, file, n, budget))
-            });
-            phases.push(clients.block_on(drive(
-                "portcullis",
-                addr,
-                &args,
-                Arc::clone(&requests),
-            ))?);
-            if let Some(task) = reloader {
-                reloads = servers.block_on(task)??;
+            for &mode in &modes {
+                let dir = tempfile::tempdir()?;
+                let mut config = portcullis_config(&args, &keys, dir.path())?;
+                let name = match mode {
+                    Some(m) => {
+                        config.audit.durability = m.config();
+                        if modes.len() > 1 {
+                            m.phase()
+                        } else {
+                            "portcullis"
+                        }
+                    }
+                    None => "portcullis",
+                };
+                let running = servers.block_on(portcullis::server::start(&config))?;
+                let addr = running.decision_addr;
+                let reloader = args.reload_policies.map(|n| {
+                    let store = Arc::clone(&running.state.policies);
+                    let file = config.policies.join("scaled.cedar");
+                    let budget = args.warmup + args.duration;
+                    servers.spawn(reload_under_load(store, file, n, budget))
+                });
+                phases.push(clients.block_on(drive(name, addr, &args, Arc::clone(&requests)))?);
+                if let Some(task) = reloader {
+                    reloads.extend(servers.block_on(task)??);
+                }
+                servers.block_on(running.shutdown())?;
+                // Each phase's audit files go with it (the disk is shared).
+                drop(dir);
             }
-            servers.block_on(running.shutdown())?;
-            Some(dir)
         }
-    };
+    }
 
     let (ratio, added) = match (phases.first(), phases.get(1)) {
         (Some(empty), Some(real)) if args.baseline => (
@@ -266,6 +320,7 @@ fn main() -> anyhow::Result<()> {
         ),
         _ => (None, None),
     };
+    let durability = durability_report(&modes, &phases[usize::from(args.baseline)..]);
     let report = Report {
         rpc: args.rpc,
         reloads,
@@ -280,6 +335,7 @@ fn main() -> anyhow::Result<()> {
         phases,
         ratio_vs_empty: ratio,
         latency_added_us: added,
+        durability,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -293,4 +349,28 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("some requests failed (see the errors column)");
     }
     Ok(())
+}
+
+/// With several `--audit-durability` modes: each mode's phase against the
+/// first mode's (`phases` holds one phase per mode, in order).
+fn durability_report(
+    modes: &[Option<AuditDurability>],
+    phases: &[report::Phase],
+) -> Vec<report::DurabilityPhase> {
+    if modes.len() < 2 || phases.len() != modes.len() {
+        return Vec::new();
+    }
+    let first = &phases[0];
+    modes
+        .iter()
+        .zip(phases)
+        .filter_map(|(mode, phase)| {
+            Some(report::DurabilityPhase {
+                durability: (*mode)?,
+                throughput_ratio: phase.throughput_rps / first.throughput_rps,
+                p50_us: phase.latency_us.p50,
+                p99_us: phase.latency_us.p99,
+            })
+        })
+        .collect()
 }

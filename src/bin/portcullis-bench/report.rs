@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::{Mix, Rpc};
+use crate::{AuditDurability, Mix, Rpc};
 
 /// One policy reload under load.
 #[derive(Debug, Serialize)]
@@ -53,6 +53,19 @@ pub struct Report {
     /// Portcullis's latency minus the empty server's, microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_added_us: Option<Percentiles>,
+    /// With several `--audit-durability` modes: each against the first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub durability: Vec<DurabilityPhase>,
+}
+
+/// One audit durability mode's figures against the first mode measured.
+#[derive(Debug, Serialize)]
+pub struct DurabilityPhase {
+    pub durability: AuditDurability,
+    /// This mode's throughput divided by the first mode's.
+    pub throughput_ratio: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
 }
 
 pub fn print_table(r: &Report) {
@@ -93,6 +106,14 @@ pub fn print_table(r: &Report) {
             reload.milliseconds,
             if reload.ok { "" } else { " (FAILED)" }
         );
+    }
+    if let Some(first) = r.durability.first() {
+        for d in &r.durability {
+            println!(
+                "audit durability {:?}: throughput {:.3} x {:?}'s, p50 {} us, p99 {} us",
+                d.durability, d.throughput_ratio, first.durability, d.p50_us, d.p99_us
+            );
+        }
     }
     if let (Some(ratio), Some(added)) = (r.ratio_vs_empty, &r.latency_added_us) {
         println!(
