@@ -121,51 +121,39 @@ fn limit(rl: &RateLimitYaml, d: &DescriptorYaml, path: &str) -> Result<QuotaLimi
         }
     }
     let replaces = rl.replaces.iter().map(|r| r.name.clone()).collect();
-    if rl.unlimited {
+    // (requests, window, burst): an unlimited limit counts nothing.
+    let (requests, window_us, burst) = if rl.unlimited {
         if rl.unit.is_some() || rl.window.is_some() || rl.requests_per_unit.is_some() {
             return Err(BadRateLimit::UnlimitedWithRate { at: at() });
         }
-        return Ok(QuotaLimit {
-            name: rl.name.clone(),
-            requests: 0,
-            window_us: 1_000_000,
-            burst: 0,
-            unlimited: true,
-            replaces,
-            shadow,
-            quota_mode: d.quota_mode,
-            post_hoc: rl.post_hoc,
-            detailed_metric: d.detailed_metric,
-            metadata: d.metadata.clone().map(Arc::new),
-            path: Arc::from(path),
-            stats_from_request: false,
-        });
-    }
-    let window_us = match (&rl.unit, &rl.window) {
-        (Some(_), Some(_)) => return Err(BadRateLimit::UnitAndWindow { at: at() }),
-        (Some(unit), None) => unit_us(unit).ok_or_else(|| BadRateLimit::UnknownUnit {
-            at: at(),
-            unit: unit.clone(),
-        })?,
-        (None, Some(w)) => parse_window(w).ok_or_else(|| BadRateLimit::BadWindow {
-            at: at(),
-            window: w.clone(),
-        })?,
-        (None, None) => return Err(BadRateLimit::NoUnit { at: at() }),
+        (0, 1_000_000, 0)
+    } else {
+        let window_us = match (&rl.unit, &rl.window) {
+            (Some(_), Some(_)) => return Err(BadRateLimit::UnitAndWindow { at: at() }),
+            (Some(unit), None) => unit_us(unit).ok_or_else(|| BadRateLimit::UnknownUnit {
+                at: at(),
+                unit: unit.clone(),
+            })?,
+            (None, Some(w)) => parse_window(w).ok_or_else(|| BadRateLimit::BadWindow {
+                at: at(),
+                window: w.clone(),
+            })?,
+            (None, None) => return Err(BadRateLimit::NoUnit { at: at() }),
+        };
+        let requests = rl
+            .requests_per_unit
+            .ok_or_else(|| BadRateLimit::NoRequestsPerUnit { at: at() })?;
+        if rl.burst == Some(0) {
+            return Err(BadRateLimit::ZeroBurst { at: at() });
+        }
+        (requests, window_us, rl.burst.unwrap_or(requests))
     };
-    let requests = rl
-        .requests_per_unit
-        .ok_or_else(|| BadRateLimit::NoRequestsPerUnit { at: at() })?;
-    let burst = rl.burst.unwrap_or(requests);
-    if rl.burst == Some(0) {
-        return Err(BadRateLimit::ZeroBurst { at: at() });
-    }
     Ok(QuotaLimit {
         name: rl.name.clone(),
         requests,
         window_us,
         burst,
-        unlimited: false,
+        unlimited: rl.unlimited,
         replaces,
         shadow,
         quota_mode: d.quota_mode,
