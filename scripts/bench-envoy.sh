@@ -46,22 +46,7 @@ say "building release binaries"
 cargo build --release --locked --bin portcullis --bin portcullis-bench >&2
 bin=$root/target/release
 
-work=$(mktemp -d -t portcullis-bench-envoy.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_tcp() { # port, what
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    die "$2 did not listen on 127.0.0.1:$1 within 10 s"
-}
+bench_workdir portcullis-bench-envoy
 
 wait_envoy_ready() { # admin port
     for _ in $(seq 1 200); do

@@ -1,5 +1,7 @@
-# Shared by scripts/bench-envoy.sh and scripts/bench-memory.sh (sourced, not
-# run): a free loopback port, and a Portcullis configuration for benchmarks.
+# Shared by the scripts/bench-*.sh scripts (sourced, not run): a free
+# loopback port, a work directory whose background servers go with it,
+# waiting for a port, and a Portcullis configuration for benchmarks. The
+# sourcing script defines `die MESSAGE`.
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -9,6 +11,29 @@ free_port() {
 # a copy of the bundled policies with roomy quotas (WORK/policies) and
 # trusting the test issuer, on free loopback ports; sets pp (decision
 # port), pa (admin port) and ph (HTTP port).
+# bench_workdir PREFIX: makes $work (a temporary directory) and $pids (the
+# background servers), both cleaned up when the script exits.
+bench_workdir() {
+    work=$(mktemp -d -t "$1.XXXXXX")
+    pids=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+
+# wait_tcp PORT WHAT: until 127.0.0.1:PORT accepts a connection (10 s).
+wait_tcp() {
+    for _ in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    die "$2 did not listen on 127.0.0.1:$1 within 10 s (logs in $work)"
+}
+
 bench_portcullis_config() {
     local work=$1 bin=$2 root=$3
     pp=$(free_port)

@@ -554,6 +554,83 @@ fn bench_baseline_runs_and_reports_a_ratio() {
     assert!(report["ratio_vs_empty"].as_f64().is_some_and(|r| r > 0.0));
 }
 
+#[test]
+fn bench_open_loop_sends_at_the_intended_rate_and_reports_late_sends() {
+    // Functional, not a timing test: 200 calls a second for one second on
+    // one RLS descriptor; the report carries the intended rate and the
+    // count of late sends, and the achieved rate is near the intended one
+    // (the schedule, not the server, sets it).
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+        .args([
+            "--json",
+            "--rpc",
+            "rls",
+            "--rls-shape",
+            "one",
+            "--rate",
+            "200",
+        ])
+        .args(["--duration", "1", "--warmup", "0.1", "--concurrency", "4"])
+        .args(["--policies", policies_dir().to_str().unwrap()])
+        .output()
+        .expect("run portcullis-bench");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let phase = &report["phases"][0];
+    assert_eq!(phase["target_rps"], 200.0, "{report}");
+    assert!(phase["late"].as_u64().is_some(), "{report}");
+    let requests = phase["requests"].as_u64().unwrap();
+    assert!((150..=201).contains(&requests), "{report}");
+    assert_eq!(phase["errors"], 0, "{report}");
+}
+
+#[test]
+fn bench_token_key_file_round_trips_so_a_separate_server_can_trust_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("bench.p8");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+        .arg("--write-token-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let jwks: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(text(&out.stdout).trim()).unwrap()).unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], "bench", "{jwks}");
+    // The in-process server trusts the key read back: allowed calls pass.
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+        .args([
+            "--json",
+            "--mix",
+            "allowed",
+            "--requests",
+            "50",
+            "--warmup",
+            "0",
+        ])
+        .arg("--token-key-file")
+        .arg(&key)
+        .args(["--policies", policies_dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["phases"][0]["allowed"], 50, "{report}");
+    // A file that is not a key is refused with its name.
+    std::fs::write(&key, b"not a key").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+        .arg("--token-key-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("bench.p8"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// A request file for `check`: `GET path` without credentials.
 fn request_file(dir: &Path, path: &str) -> String {
     let file = dir.join("req.json");

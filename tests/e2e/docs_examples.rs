@@ -95,6 +95,10 @@ const NOT_RUNNABLE: &[(&str, &str)] = &[
         "a benchmark: a release build, Envoy and wrk under load",
     ),
     (
+        "scripts/bench-side-by-side.sh",
+        "a benchmark: a release build and a dozen pinned load runs of 5 s",
+    ),
+    (
         "scripts/bench-memory.sh",
         "a benchmark: a release build and a million RLS calls",
     ),

@@ -1,5 +1,9 @@
-//! Drives a server with the request mix at a fixed concurrency over a few
-//! HTTP/2 connections, and measures throughput and latency.
+//! Drives a server with the request mix over a few HTTP/2 connections, and
+//! measures throughput and latency: closed loop (a fixed number of requests
+//! in flight, each worker sending its next as soon as its last is answered)
+//! or open loop (`--rate`: a fixed arrival rate, latency counted from each
+//! request's intended send time, as wrk2 does, so queueing in the server is
+//! not hidden by a load generator that waits for it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,33 +40,30 @@ pub async fn drive(
         channels.push(channel);
     }
     // Warm-up: same load, not measured.
-    run_load(
-        &channels,
-        args.concurrency,
-        Duration::from_secs_f64(args.warmup),
-        None,
-        &requests,
-        &args.keys,
-    )
-    .await;
+    let warmup = Load {
+        concurrency: args.concurrency,
+        duration: Duration::from_secs_f64(args.warmup),
+        limit: None,
+        rate: args.rate,
+        keys: args.keys,
+    };
+    run_load(&channels, &warmup, &requests).await;
     let started = Instant::now();
-    let results = run_load(
-        &channels,
-        args.concurrency,
-        Duration::from_secs_f64(args.duration),
-        args.requests,
-        &requests,
-        &args.keys,
-    )
-    .await;
+    let measured = Load {
+        duration: Duration::from_secs_f64(args.duration),
+        limit: args.requests,
+        ..warmup
+    };
+    let results = run_load(&channels, &measured, &requests).await;
     let seconds = started.elapsed().as_secs_f64();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut errors, mut allowed, mut denied) = (0, 0, 0);
+    let (mut errors, mut allowed, mut denied, mut late) = (0, 0, 0, 0);
     for w in results {
         hist.add(&w.hist)?;
         errors += w.errors;
         allowed += w.allowed;
         denied += w.denied;
+        late += w.late;
     }
     let requests = hist.len();
     Ok(Phase {
@@ -73,6 +74,8 @@ pub async fn drive(
         denied,
         seconds,
         throughput_rps: requests as f64 / seconds,
+        target_rps: args.rate,
+        late: args.rate.map(|_| late),
         latency_us: Percentiles {
             p50: hist.value_at_quantile(0.50),
             p90: hist.value_at_quantile(0.90),
@@ -88,19 +91,47 @@ struct WorkerResult {
     errors: u64,
     allowed: u64,
     denied: u64,
+    /// Open loop: requests sent after their intended time because this
+    /// worker's previous request was still unanswered.
+    late: u64,
 }
 
-/// `concurrency` workers, each with one request in flight, until `duration`
-/// has passed or `limit` requests were sent in total.
-async fn run_load(
-    channels: &[Channel],
+/// One load phase.
+#[derive(Clone, Copy)]
+struct Load {
+    /// Workers, each with at most one request in flight.
     concurrency: usize,
+    /// How long the phase sends.
     duration: Duration,
+    /// Stop after this many requests in total.
     limit: Option<u64>,
-    requests: &Arc<Calls>,
-    keys: &Option<u64>,
-) -> Vec<WorkerResult> {
-    let deadline = Instant::now() + duration;
+    /// Open loop: requests per second over all workers; worker `w` sends
+    /// request `k` at `start + (k * concurrency + w) / rate`.
+    rate: Option<f64>,
+    /// `--keys`: RLS calls numbered by the call.
+    keys: Option<u64>,
+}
+
+/// `concurrency` workers until `duration` has passed or `limit` requests
+/// were sent in total: closed loop (each worker sends as soon as its last
+/// request is answered), or open loop at `rate`.
+///
+/// Open-loop latency is counted from the intended send time when the worker
+/// was still waiting for its previous answer at that time (the delay is the
+/// server's queue, wrk2's coordinated-omission correction); a worker that
+/// was idle sleeps until the intended time and counts from the moment it
+/// sends, so the timer's millisecond granularity is not charged to the
+/// server.
+async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> Vec<WorkerResult> {
+    let Load {
+        concurrency,
+        duration,
+        limit,
+        rate,
+        keys,
+    } = *load;
+    let start = Instant::now();
+    let deadline = start + duration;
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..concurrency {
@@ -109,21 +140,44 @@ async fn run_load(
         let mut rls = RateLimitServiceClient::new(channel);
         let requests = Arc::clone(requests);
         let sent = Arc::clone(&sent);
-        let keys = *keys;
+        // Open loop: this worker's first send time and its interval.
+        let schedule = rate.map(|rate| {
+            (
+                start + Duration::from_secs_f64(w as f64 / rate),
+                Duration::from_secs_f64(concurrency as f64 / rate),
+            )
+        });
         workers.spawn(async move {
             let mut r = WorkerResult {
                 hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
                 errors: 0,
                 allowed: 0,
                 denied: 0,
+                late: 0,
             };
             let mut i = w;
+            let mut next = schedule.map(|(first, _)| first);
             while Instant::now() < deadline {
+                let t = match (next, schedule) {
+                    (Some(intended), Some((_, every))) => {
+                        if intended >= deadline {
+                            break;
+                        }
+                        next = Some(intended + every);
+                        if Instant::now() < intended {
+                            tokio::time::sleep_until(intended.into()).await;
+                            Instant::now()
+                        } else {
+                            r.late += 1;
+                            intended
+                        }
+                    }
+                    _ => Instant::now(),
+                };
                 let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if limit.is_some_and(|l| n >= l) {
                     break;
                 }
-                let t = Instant::now();
                 let allowed = match &*requests {
                     Calls::Check(calls) => {
                         let req = calls[i % calls.len()].clone();

@@ -71,16 +71,31 @@ struct Args {
     #[arg(long)]
     prepare_policies: Option<PathBuf>,
     /// Benchmark a running server at this address instead of starting one
-    /// (its issuers will not know this run's token key: use --mix anonymous).
+    /// (its issuers do not know this run's token key unless it trusts
+    /// `--token-key-file`'s JWKS: otherwise use --mix anonymous or --bearer).
     #[arg(long)]
     target: Option<SocketAddr>,
     /// First measure an empty ext_authz server with the same load and
     /// report the ratio of Portcullis's throughput to it.
     #[arg(long)]
     baseline: bool,
-    /// Requests in flight at once.
+    /// Requests in flight at once (closed loop); with `--rate`, the workers
+    /// the arrivals are spread over, each with at most one request in flight.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Open loop: send at this fixed rate (requests per second over all
+    /// workers) instead of as fast as answers come back, and count latency
+    /// from each request's intended send time (wrk2's correction for
+    /// coordinated omission). The report gives the intended and achieved
+    /// rates and how many requests went out late because the server had
+    /// not answered the worker's previous one.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// With `--rpc rls`: the bundled mix (address, principal and org
+    /// descriptors over many keys) or one descriptor (`org` = `org0`, an
+    /// effectively unlimited quota), the shape peers are compared on.
+    #[arg(long, value_enum, default_value_t = RlsShape::Bundled)]
+    rls_shape: RlsShape,
     /// HTTP/2 connections the requests are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -104,6 +119,15 @@ struct Args {
     /// charged (the quota stage runs) but a benchmark never runs out.
     #[arg(long)]
     keep_quotas: bool,
+    /// Mint tokens with the ES256 key in this file (PKCS#8 DER) instead of
+    /// a key generated for the run; the issuer is
+    /// `https://bench.portcullis.invalid/`, the audience `portcullis-bench`.
+    #[arg(long)]
+    token_key_file: Option<PathBuf>,
+    /// Generate a token key, write it to this file (PKCS#8 DER) and its JWKS
+    /// to `<file>.jwks.json` (for a server started separately), and exit.
+    #[arg(long)]
+    write_token_key: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -170,6 +194,17 @@ enum Rpc {
     Rls,
 }
 
+/// The RLS calls of `--rpc rls`.
+#[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RlsShape {
+    /// Address, principal and org descriptors, a new address and principal
+    /// per call over 256 keys.
+    Bundled,
+    /// One descriptor, one key.
+    One,
+}
+
 #[derive(Copy, Clone, Debug, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Mix {
@@ -192,6 +227,12 @@ fn main() -> anyhow::Result<()> {
         args.duration > 0.0 && args.duration <= 600.0,
         "--duration must be in (0, 600] seconds"
     );
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0,
+            "--rate must be a request rate in (0, 10000000] per second"
+        );
+    }
     // Servers get their own runtime so that the load generator's tasks do
     // not queue behind them on one scheduler.
     let servers = tokio::runtime::Builder::new_multi_thread()
@@ -227,10 +268,18 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let keys = TokenKey::generate()?;
+    if let Some(path) = &args.write_token_key {
+        let jwks = TokenKey::generate()?.write(path)?;
+        println!("{}", jwks.display());
+        return Ok(());
+    }
+    let keys = match &args.token_key_file {
+        Some(path) => TokenKey::read(path)?,
+        None => TokenKey::generate()?,
+    };
     let requests = Arc::new(match args.rpc {
         Rpc::Check => Calls::Check(request_mix(args.mix, &keys, args.bearer.as_deref())?),
-        Rpc::Rls => Calls::Rls(rls_mix()),
+        Rpc::Rls => Calls::Rls(rls_mix(args.rls_shape)),
     });
     if let Some(shape) = &args.hold_streams {
         let shape = hold::parse_shape(shape)?;

@@ -22,6 +22,13 @@ pub struct Phase {
     pub denied: u64,
     pub seconds: f64,
     pub throughput_rps: f64,
+    /// Open loop (`--rate`): the intended arrival rate, requests/second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_rps: Option<f64>,
+    /// Open loop: requests sent after their intended time because the
+    /// worker's previous request was still unanswered (the server queued).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late: Option<u64>,
     pub latency_us: Percentiles,
 }
 
@@ -86,6 +93,12 @@ pub fn print_table(r: &Report) {
         "server", "requests", "errors", "req/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
     );
     for p in &r.phases {
+        if let (Some(target), Some(late)) = (p.target_rps, p.late) {
+            println!(
+                "{}: open loop at {target:.0} req/s intended, {:.0} achieved, {late} sent late",
+                p.server, p.throughput_rps
+            );
+        }
         println!(
             "{:<11} {:>9} {:>7} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>8}",
             p.server,

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 
 use crate::token::TokenKey;
-use crate::Mix;
+use crate::{Mix, RlsShape};
 
 fn check(method: &str, path: &str, headers: &[(&str, String)], principal: &str) -> CheckRequest {
     // Inference calls carry a body the predict route validates (schema,
@@ -105,9 +105,23 @@ pub fn request_mix(
 }
 
 /// RLS calls as Envoy's ratelimit filter sends them for the bundled
-/// `quotas.yaml`: per address, per principal and per org, over many keys.
-pub fn rls_mix() -> Vec<RateLimitRequest> {
-    (0..256u64).map(rls_call).collect()
+/// `quotas.yaml`: per address, per principal and per org, over many keys;
+/// or one call with the `org` descriptor alone.
+pub fn rls_mix(shape: RlsShape) -> Vec<RateLimitRequest> {
+    match shape {
+        RlsShape::Bundled => (0..256u64).map(rls_call).collect(),
+        RlsShape::One => vec![RateLimitRequest {
+            domain: "ml_api".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "org".into(),
+                    value: "org0".into(),
+                }],
+                ..Default::default()
+            }],
+            hits_addend: 1,
+        }],
+    }
 }
 
 /// The `i`th RLS call: its own address and principal, one of eight orgs.

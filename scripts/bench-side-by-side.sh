@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark on a multi-core machine: the system under test is
+# pinned to one core (SERVER_CPU, default 0) and the load generator to
+# another (LOAD_CPU, default 1), and every server gets the same tonic load
+# from `portcullis-bench --target` in turn:
+#
+#   empty        the empty ext_authz + RLS handler (the ceiling; answers OK)
+#   portcullis   `portcullis serve`, bundled policies with roomy quotas,
+#                in-process quota store
+#   portcullis-redis   the same with `quotas.store: redis` and a
+#                redis-server pinned to the server core as well
+#   limitador    with LIMITADOR=/path/to/limitador-server: Limitador's
+#                in-memory mode (and LIMITADOR_REDIS=1: its Redis mode) on the
+#                same descriptor
+#
+# It prints one table: each load (ShouldRateLimit with one descriptor and an
+# effectively unlimited quota, and with the bundled three-descriptor mix;
+# Check with allowed calls, the mixed calls, and a new token per call, that
+# is a signature check each) with each server's throughput and p99, and the
+# ratio to the empty handler measured in the same run. Then an open-loop
+# phase (`--rate`): Check allowed calls at half of Portcullis's saturation
+# throughput, on both the empty handler and Portcullis, with latency from the
+# intended send time.
+#
+#   scripts/bench-side-by-side.sh                # 5 s per measurement
+#   DURATION=10 CONCURRENCY=64 scripts/bench-side-by-side.sh
+#   LIMITADOR=~/limitador/target/release/limitador-server scripts/bench-side-by-side.sh
+#
+# Settings (environment): DURATION (s, 5), WARMUP (s, 1), CONCURRENCY (64),
+# CONNECTIONS (4), SERVER_CPU (0), LOAD_CPU (1), REDIS (1: include the Redis
+# store; needs redis-server), LIMITADOR, LIMITADOR_REDIS.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+CONCURRENCY=${CONCURRENCY:-64}
+CONNECTIONS=${CONNECTIONS:-4}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+REDIS=${REDIS:-1}
+LIMITADOR=${LIMITADOR:-}
+LIMITADOR_REDIS=${LIMITADOR_REDIS:-0}
+
+say() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench-side-by-side: %s\n' "$*" >&2; exit 1; }
+
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || die "DURATION must be 1..600 seconds"
+command -v taskset >/dev/null || die "needs taskset (Debian util-linux)"
+cpus=$(nproc)
+[ "$SERVER_CPU" != "$LOAD_CPU" ] || die "SERVER_CPU and LOAD_CPU must differ"
+[ "$SERVER_CPU" -lt "$cpus" ] && [ "$LOAD_CPU" -lt "$cpus" ] || die "this machine has $cpus CPUs (0..$((cpus - 1)))"
+[ -z "$LIMITADOR" ] || [ -x "$LIMITADOR" ] || die "LIMITADOR=$LIMITADOR is not an executable"
+if [ "$REDIS" = 1 ] || [ "$LIMITADOR_REDIS" = 1 ]; then
+    command -v redis-server >/dev/null || die "needs redis-server (scripts/install-test-tools.sh installs it; REDIS=0 skips the Redis store)"
+fi
+
+say "building release binaries"
+cargo build --release --locked --bin portcullis --bin portcullis-bench >&2
+bin=$root/target/release
+
+bench_workdir portcullis-side-by-side
+
+stop() { # pid port: stop the server and wait until its port is closed
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null || return 0
+        sleep 0.05
+    done
+    die "port $2 still accepts connections after its server was stopped"
+}
+
+# taskset execs the program, so `$!` after `"${on_server_cpu[@]}" prog &` is
+# the program's own pid (a shell function here would leave a subshell in
+# between, and killing it would leave the server running).
+on_server_cpu=(taskset -c "$SERVER_CPU")
+
+# load NAME PORT ARGS...: one measurement of the server at PORT, as a
+# results line "name load rps p99 errors".
+results=$work/results.txt
+# The load generator's token key, trusted by the Portcullis servers below.
+key=$work/bench-token.p8
+jwks=$("$bin/portcullis-bench" --write-token-key "$key")
+load() {
+    local name=$1 label=$2 port=$3
+    shift 3
+    local out=$work/load-$name-$label.json
+    taskset -c "$LOAD_CPU" "$bin/portcullis-bench" --target "127.0.0.1:$port" --json \
+        --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" \
+        --connections "$CONNECTIONS" "$@" >"$out" 2>"$work/load-$name-$label.err" || true
+    python3 - "$out" "$name" "$label" >>"$results" <<'PY'
+import json, sys
+path, name, label = sys.argv[1:]
+try:
+    p = json.load(open(path))["phases"][-1]
+except Exception as e:
+    print(f"{name} {label} 0 0 failed")
+    sys.exit(0)
+print(f"{name} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']}")
+PY
+}
+
+loads() { # name port
+    load "$1" rls-one "$2" --rpc rls --rls-shape one
+    load "$1" rls-bundled "$2" --rpc rls
+    load "$1" check-allowed "$2" --rpc check --mix allowed --token-key-file "$key"
+    load "$1" check-mixed "$2" --rpc check --mix mixed --token-key-file "$key"
+    load "$1" check-uncached "$2" --rpc check --mix uncached --token-key-file "$key"
+}
+
+# --- the empty handler -------------------------------------------------------
+ep=$(free_port)
+"${on_server_cpu[@]}" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" 2>"$work/empty.log" &
+empty_pid=$!
+pids+=("$empty_pid")
+wait_tcp "$ep" "the empty server"
+say "empty handler on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
+loads empty "$ep"
+
+# --- Portcullis, in-process store ---------------------------------------------
+bench_portcullis_config "$work" "$bin" "$root"
+# Trust the load generator's issuer too (mixed, allowed and uncached calls).
+python3 - "$work/portcullis.yaml" "$jwks" <<'PY'
+import sys
+path, jwks = sys.argv[1:]
+text = open(path).read()
+issuer = (f'    - issuer: "https://bench.portcullis.invalid/"\n'
+          f'      audiences: ["portcullis-bench"]\n'
+          f'      jwks_file: "{jwks}"\n'
+          f'      algorithms: ["ES256"]\n'
+          f'      org_claim: org\n')
+marker = "      org_claim: org\n"
+assert marker in text, "bench_portcullis_config's issuer block changed"
+open(path, "w").write(text.replace(marker, marker + issuer, 1))
+PY
+"${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>"$work/portcullis.log" &
+p_pid=$!
+pids+=("$p_pid")
+wait_tcp "$pp" "Portcullis"
+say "portcullis (in-process store)"
+loads portcullis "$pp"
+stop "$p_pid" "$pp"
+
+# --- Portcullis, Redis store ----------------------------------------------------
+redis_pid=""
+if [ "$REDIS" = 1 ] || [ "$LIMITADOR_REDIS" = 1 ]; then
+    rp=$(free_port)
+    "${on_server_cpu[@]}" redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$work" >"$work/redis.log" 2>&1 &
+    redis_pid=$!
+    pids+=("$redis_pid")
+    wait_tcp "$rp" "redis-server"
+fi
+if [ "$REDIS" = 1 ]; then
+    sed -e "/^audit:/i quotas: { store: redis, redis_url: \"redis://127.0.0.1:$rp/0\" }" \
+        "$work/portcullis.yaml" >"$work/portcullis-redis.yaml"
+    "${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis-redis.yaml" \
+        >"$work/portcullis-redis.out" 2>"$work/portcullis-redis.log" &
+    p_pid=$!
+    pids+=("$p_pid")
+    wait_tcp "$pp" "Portcullis (Redis store)"
+    say "portcullis (Redis store)"
+    load portcullis-redis rls-one "$pp" --rpc rls --rls-shape one
+    load portcullis-redis rls-bundled "$pp" --rpc rls
+    # Keys of roomy quotas expire at once (a GCRA key lives until its bucket
+    # is full again), so ask Redis how many scripts it ran instead.
+    scripts_run=$(redis-cli -p "$rp" info commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\).*/\1/p')
+    [ "${scripts_run:-0}" -gt 0 ] || die "Redis ran no quota script during the Redis-store run: it did not use the store"
+    stop "$p_pid" "$pp"
+fi
+
+# --- Limitador (optional) ---------------------------------------------------------
+if [ -n "$LIMITADOR" ]; then
+    # The same descriptor, an effectively unlimited limit.
+    cat >"$work/limits.yaml" <<'EOF'
+- namespace: ml_api
+  max_value: 1000000000000
+  seconds: 60
+  conditions: []
+  variables: ["descriptors[0].org"]
+EOF
+    modes=(memory)
+    [ "$LIMITADOR_REDIS" = 1 ] && modes+=("redis redis://127.0.0.1:$rp/1")
+    for mode in "${modes[@]}"; do
+        lp=$(free_port)
+        lh=$(free_port)
+        # shellcheck disable=SC2086 # the mode is words on purpose
+        "${on_server_cpu[@]}" "$LIMITADOR" --rls-ip 127.0.0.1 --rls-port "$lp" --http-ip 127.0.0.1 \
+            --http-port "$lh" "$work/limits.yaml" $mode >"$work/limitador.log" 2>&1 &
+        l_pid=$!
+        pids+=("$l_pid")
+        wait_tcp "$lp" "Limitador ($mode)"
+        say "limitador ($mode)"
+        load "limitador-${mode%% *}" rls-one "$lp" --rpc rls --rls-shape one
+        stop "$l_pid" "$lp"
+    done
+fi
+
+# --- open loop: Check at half of Portcullis's saturation -----------------------------
+sat=$(awk '$1 == "portcullis" && $2 == "check-allowed" { print $3 }' "$results")
+[ -n "$sat" ] && [ "$sat" != 0 ] || die "no saturation figure for Portcullis's Check (see $work)"
+half=$((sat / 2))
+say "open loop: Check allowed at $half req/s (half of Portcullis's $sat)"
+load empty check-open-loop "$ep" --rpc check --mix allowed --token-key-file "$key" --rate "$half"
+"${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>"$work/portcullis.log" &
+p_pid=$!
+pids+=("$p_pid")
+wait_tcp "$pp" "Portcullis"
+load portcullis check-open-loop "$pp" --rpc check --mix allowed --token-key-file "$key" --rate "$half"
+stop "$p_pid" "$pp"
+
+# --- the table -------------------------------------------------------------------------
+echo "server pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU; concurrency $CONCURRENCY, $CONNECTIONS connections, ${DURATION}s each"
+python3 - "$results" "$half" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+empty = {r[1]: float(r[2]) for r in rows if r[0] == "empty"}
+print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7}")
+failed = False
+for name, label, rps, p99, errors in rows:
+    base = empty.get(label)
+    if label == "check-open-loop":
+        ratio = "-"
+        label = f"check@{sys.argv[2]}/s"
+    else:
+        ratio = f"{float(rps) / base:.3f}" if base and errors != "failed" else "-"
+    failed |= errors != "0"
+    print(f"{label:<18} {name:<20} {float(rps):>9.0f} {ratio:>7} {p99:>8} {errors:>7}")
+sys.exit(1 if failed else 0)
+PY
