@@ -104,6 +104,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "portcullis_audit_ratelimit_ok_unrecorded",
+            "Plain OK ShouldRateLimit answers left out of the audit trail by audit.ratelimit.ok_sample_every",
+            &[(&[], load(&c.ratelimit_ok_unrecorded))],
+        )?;
+        counter(
+            &mut e,
             "portcullis_audit_refused",
             "Requests denied because their decision could not be recorded (fail_closed)",
             &[(&[], load(&c.refused))],

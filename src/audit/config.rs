@@ -32,6 +32,9 @@ pub struct AuditConfig {
     /// When a decision's answer may leave: `queued`, `written` (default)
     /// or `synced`; see [`Durability`].
     pub durability: Durability,
+    /// Which ShouldRateLimit answers are recorded (`ok_sample_every`); see
+    /// [`super::sampling`].
+    pub ratelimit: super::sampling::RateLimitAudit,
 }
 
 /// How far a decision's record must get before the answer leaves.
@@ -77,6 +80,7 @@ impl Default for AuditConfig {
             queue_size: 16_384,
             on_full: super::OnFull::Drop,
             durability: Durability::Written,
+            ratelimit: super::sampling::RateLimitAudit::default(),
         }
     }
 }
@@ -97,6 +101,7 @@ impl AuditConfig {
         if self.directory.as_os_str().is_empty() {
             problems.push("audit.directory: must not be empty".to_string());
         }
+        problems.extend(self.ratelimit.problems());
         problems
     }
 }

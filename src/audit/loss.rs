@@ -26,6 +26,9 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Failed writes.
     pub write_errors: AtomicU64,
+    /// Plain `OK` ShouldRateLimit answers left out by
+    /// `audit.ratelimit.ok_sample_every` (not a loss: the rule says so).
+    pub ratelimit_ok_unrecorded: AtomicU64,
     loss_line: LossLine,
 }
 

@@ -12,6 +12,7 @@ pub mod chain;
 pub mod config;
 pub mod loss;
 pub mod query;
+pub mod sampling;
 pub mod signing;
 pub mod writer;
 
@@ -157,6 +158,11 @@ pub struct AuditRecord {
     /// Checkpoints: the last record covered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_seq: Option<u64>,
+    /// A sampled ShouldRateLimit `OK` (`audit.ratelimit.ok_sample_every`):
+    /// plain `OK` answers left unrecorded between the previous sampled one
+    /// and this one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unrecorded_before: u64,
     /// Checkpoints: the hash of that record.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub checkpoint_head: String,
@@ -339,6 +345,8 @@ pub struct AuditSink {
     key: Option<chain::CheckpointKey>,
     /// True when checkpoints carry an Ed25519 signature too.
     ed25519: bool,
+    /// `audit.ratelimit`: which ShouldRateLimit answers are recorded.
+    ratelimit: Arc<sampling::RateLimitSampler>,
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -383,6 +391,32 @@ impl AuditSink {
             let mut records = vec![AuditRecord::decision(d, req, latency)];
             records.extend(AuditRecord::authn_failure(d, req));
             records
+        })
+        .await
+    }
+
+    /// Records a ShouldRateLimit answer as `audit.ratelimit` says (see
+    /// [`sampling`]): like [`AuditSink::record_decision`] when it is
+    /// recorded; a plain `OK` left out is counted and answered at once.
+    pub async fn record_ratelimit_decision(
+        &self,
+        d: Decision,
+        req: &AccessRequest,
+        latency: Duration,
+    ) -> Decision {
+        let unrecorded_before = match self.ratelimit.sample(&d) {
+            sampling::Sample::Record { unrecorded_before } => unrecorded_before,
+            sampling::Sample::Skip => {
+                self.counters
+                    .ratelimit_ok_unrecorded
+                    .fetch_add(1, Ordering::Relaxed);
+                return d;
+            }
+        };
+        self.record_or_refuse(d, |d| {
+            let mut record = AuditRecord::decision(d, req, latency);
+            record.unrecorded_before = unrecorded_before;
+            vec![record]
         })
         .await
     }
@@ -580,6 +614,7 @@ mod tests {
             directory: "unused".into(),
             key: None,
             ed25519: false,
+            ratelimit: Arc::new(sampling::RateLimitSampler::new(Default::default())),
         };
         (sink, rx)
     }

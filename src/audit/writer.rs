@@ -163,6 +163,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         directory: dir.clone(),
         key: key.clone(),
         ed25519: signer.is_some(),
+        ratelimit: Arc::new(super::sampling::RateLimitSampler::new(config.ratelimit)),
     };
     let mut state = Chain {
         dir,
@@ -592,6 +593,7 @@ mod tests {
             queue_size: 1024,
             on_full: crate::audit::OnFull::Drop,
             durability: Durability::Written,
+            ratelimit: Default::default(),
         }
     }
 

@@ -41,7 +41,7 @@ pub(super) async fn record(
         }
         Ask::RateLimit(call) => {
             let d = audit
-                .record_decision(d, call.request, started.elapsed())
+                .record_ratelimit_decision(d, call.request, started.elapsed())
                 .await;
             metrics::global().decision(metrics::Service::RateLimit, &d, started.elapsed());
             d

@@ -221,19 +221,9 @@ async fn rls_in_process() {
     rls_suite(&running).await;
     let audit = running.shutdown().await.unwrap();
 
-    // Every RLS decision is in the audit trail (flushed at shutdown).
-    let mut records = Vec::new();
-    for entry in std::fs::read_dir(audit.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            for line in std::fs::read_to_string(&path).unwrap().lines() {
-                let r: serde_json::Value = serde_json::from_str(line).unwrap();
-                if r["action"] == "ratelimit" {
-                    records.push(r);
-                }
-            }
-        }
-    }
+    // RLS decisions are in the audit trail (flushed at shutdown): every
+    // refusal, and a sample of plain OKs starting with the first.
+    let records = ratelimit_records(audit.path());
     assert!(!records.is_empty(), "no RLS decision records");
     assert!(records.iter().all(|r| r["kind"] == "decision"
         && r["resource"]
@@ -246,6 +236,64 @@ async fn rls_in_process() {
         "an over-limit RLS call is recorded as a 429 denial"
     );
     assert!(records.iter().any(|r| r["decision"] == "allow"));
+}
+
+/// The ShouldRateLimit decision records of the audit files in `dir`.
+fn ratelimit_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let r: serde_json::Value = serde_json::from_str(line).unwrap();
+                if r["action"] == "ratelimit" {
+                    records.push(r);
+                }
+            }
+        }
+    }
+    records
+}
+
+#[tokio::test]
+async fn rls_ok_answers_are_sampled_and_the_trail_counts_what_it_left_out() {
+    let policies = quota_policies();
+    let mut config = support::in_process_config(policies.path());
+    config.audit.ratelimit.ok_sample_every = 10;
+    let running = TestServer::start(config).await;
+    let unlimited = || rls_request("ml_api", &[&[("nothing", "here")]], 0);
+    let per_address = || rls_request("ml_api", &[&[("remote_address", "10.9.9.9")]], 0);
+    for _ in 0..25 {
+        assert_eq!(
+            rls(&running, unlimited()).await.overall_code,
+            Code::Ok as i32
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            rls(&running, per_address()).await.overall_code,
+            Code::Ok as i32
+        );
+    }
+    let over = rls(&running, per_address()).await;
+    assert_eq!(over.overall_code, Code::OverLimit as i32);
+    let unrecorded = &running.state.audit.counters().ratelimit_ok_unrecorded;
+    assert_eq!(unrecorded.load(std::sync::atomic::Ordering::Relaxed), 24);
+    let audit = running.shutdown().await.unwrap();
+
+    let records = ratelimit_records(audit.path());
+    let oks: Vec<u64> = records
+        .iter()
+        .filter(|r| r["decision"] == "allow")
+        .map(|r| r["unrecorded_before"].as_u64().unwrap_or(0))
+        .collect();
+    // OK calls 1, 11 and 21 of 27 are recorded, each with the count of
+    // plain OKs left out since the previous one; 6 are left out after the
+    // last sample. The refusal is recorded whatever the rule.
+    assert_eq!(oks, [0, 9, 9], "{records:?}");
+    let refusals: Vec<_> = records.iter().filter(|r| r["status"] == 429).collect();
+    assert_eq!(refusals.len(), 1, "{records:?}");
+    assert!(refusals[0].get("unrecorded_before").is_none());
 }
 
 #[tokio::test]

@@ -110,6 +110,7 @@ macro_rules! audit_record {
             checkpoint_key: $record.checkpoint_key,
             checkpoint_sig: $record.checkpoint_sig,
             public_key: $record.public_key,
+            unrecorded_before: $record.unrecorded_before,
             prev: $record.prev,
             hash: $record.hash,
         }
