@@ -108,6 +108,31 @@ impl Collector for StateCollector {
             "Requests denied because their decision could not be recorded (fail_closed)",
             &[(&[], load(&c.refused))],
         )?;
+        if let Some(export) = audit.export() {
+            let x = &export.counters;
+            counter(
+                &mut e,
+                "portcullis_audit_export_records",
+                "Audit records shipped to the collector (exported), dropped from a full export queue, or given up on (failed)",
+                &[
+                    (&[("result", "exported")], load(&x.exported)),
+                    (&[("result", "dropped")], load(&x.dropped)),
+                    (&[("result", "failed")], load(&x.failed)),
+                ],
+            )?;
+            counter(
+                &mut e,
+                "portcullis_audit_export_errors",
+                "Failed export calls to the collector (each retry counts)",
+                &[(&[], load(&x.errors))],
+            )?;
+            gauge(
+                &mut e,
+                "portcullis_audit_export_queue_depth",
+                "Audit records queued for export or being sent",
+                &[(&[], x.pending() as i64)],
+            )?;
+        }
         let quotas = &state.quotas;
         counter(
             &mut e,

@@ -32,6 +32,9 @@ pub struct AuditConfig {
     /// When a decision's answer may leave: `queued`, `written` (default)
     /// or `synced`; see [`Durability`].
     pub durability: Durability,
+    /// Ship every written record to an OpenTelemetry collector as an OTLP
+    /// log (see [`super::export`]); none by default.
+    pub export: Option<super::export::ExportConfig>,
 }
 
 /// How far a decision's record must get before the answer leaves.
@@ -77,6 +80,7 @@ impl Default for AuditConfig {
             queue_size: 16_384,
             on_full: super::OnFull::Drop,
             durability: Durability::Written,
+            export: None,
         }
     }
 }
@@ -96,6 +100,9 @@ impl AuditConfig {
         }
         if self.directory.as_os_str().is_empty() {
             problems.push("audit.directory: must not be empty".to_string());
+        }
+        if let Some(export) = &self.export {
+            problems.extend(export.problems());
         }
         problems
     }

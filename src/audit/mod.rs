@@ -10,6 +10,8 @@
 
 pub mod chain;
 pub mod config;
+pub mod export;
+pub mod files;
 pub mod loss;
 pub mod query;
 pub mod signing;
@@ -339,6 +341,8 @@ pub struct AuditSink {
     key: Option<chain::CheckpointKey>,
     /// True when checkpoints carry an Ed25519 signature too.
     ed25519: bool,
+    /// The export to a collector, when `audit.export` is set.
+    export: Option<export::ExportStatus>,
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -510,6 +514,11 @@ impl AuditSink {
         self.key.is_some() || self.ed25519
     }
 
+    /// The export to a collector and its counters, when configured.
+    pub fn export(&self) -> Option<&export::ExportStatus> {
+        self.export.as_ref()
+    }
+
     /// The key that signs checkpoints, to verify them.
     pub fn checkpoint_key(&self) -> Option<&chain::CheckpointKey> {
         self.key.as_ref()
@@ -580,6 +589,7 @@ mod tests {
             directory: "unused".into(),
             key: None,
             ed25519: false,
+            export: None,
         };
         (sink, rx)
     }

@@ -13,9 +13,12 @@ use clap::Subcommand;
 pub enum AuditCommand {
     /// Verify audit files offline: the hash chain, and checkpoint
     /// signatures with --key-file (HMAC) or --public-key (Ed25519). Names
-    /// the first broken record.
+    /// the first broken record. Also reads the OTLP/JSON files an
+    /// OpenTelemetry collector's `file` exporter writes from `audit.export`,
+    /// and verifies each chain (`service.instance.id`) in them.
     Verify {
-        /// Audit files (audit-*.jsonl) or directories holding them.
+        /// Audit files (audit-*.jsonl), directories holding them, or
+        /// OTLP/JSON export files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// The HMAC key file the server signs checkpoints with.
@@ -131,6 +134,7 @@ fn audit_verify(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--public-key {e}"))?;
     let mut files = Vec::new();
+    let mut dumps = Vec::new();
     for input in inputs {
         if input.is_dir() {
             let found = crate::audit::writer::list_files(input)
@@ -139,17 +143,56 @@ fn audit_verify(
                 anyhow::bail!("{}: no audit files (audit-*.jsonl) in it", input.display());
             }
             files.extend(found.into_iter().map(|(_, p)| p));
+        } else if crate::audit::export::dump::is_dump(input) {
+            dumps.push(input.clone());
         } else {
             files.push(input.clone());
         }
     }
-    let v = crate::audit::query::verify_files(&files, key.as_ref(), &public_keys)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut ok = true;
+    if !files.is_empty() {
+        let v = crate::audit::query::verify_files(&files, key.as_ref(), &public_keys)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        ok &= report("", &v, key.is_some(), !public_keys.is_empty());
+    }
+    if !dumps.is_empty() {
+        let chains = crate::audit::export::dump::verify_dumps(&dumps, key.as_ref(), &public_keys)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if chains.is_empty() {
+            anyhow::bail!(
+                "no exported audit records (scope portcullis.audit) in the OTLP/JSON files given"
+            );
+        }
+        for chain in chains {
+            let label = format!("chain {}: ", chain.instance);
+            ok &= report(
+                &label,
+                &chain.verification,
+                key.is_some(),
+                !public_keys.is_empty(),
+            );
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints one chain's verification, each line after `label`; true when it
+/// verified.
+fn report(
+    label: &str,
+    v: &crate::audit::chain::Verification,
+    hmac_key: bool,
+    public_keys: bool,
+) -> bool {
     let range = match (v.first_seq, v.last_seq) {
         (Some(a), Some(b)) => format!(" (seq {a}..={b})"),
         _ => String::new(),
     };
-    let checkpoints = if key.is_some() || !public_keys.is_empty() {
+    let checkpoints = if hmac_key || public_keys {
         let mut s = format!(
             "{} checkpoint signature(s) verified",
             v.checkpoints_verified
@@ -168,27 +211,27 @@ fn audit_verify(
         )
     };
     match &v.broken {
-        None if !public_keys.is_empty() && v.checkpoints_verified == 0 => {
+        None if public_keys && v.checkpoints_verified == 0 => {
             println!(
-                "NOT VERIFIED: {} record(s){range} chain intact, but no checkpoint is signed by the given public key(s); {checkpoints}",
+                "{label}NOT VERIFIED: {} record(s){range} chain intact, but no checkpoint is signed by the given public key(s); {checkpoints}",
                 v.records
             );
-            Ok(ExitCode::FAILURE)
+            false
         }
         None => {
             println!(
-                "ok: {} record(s){range} chain intact; {checkpoints}; head {}",
+                "{label}ok: {} record(s){range} chain intact; {checkpoints}; head {}",
                 v.records, v.head
             );
-            Ok(ExitCode::SUCCESS)
+            true
         }
         Some(b) => {
-            println!("BROKEN: {b}");
+            println!("{label}BROKEN: {b}");
             println!(
-                "{} record(s){range} verified before the break; {checkpoints}",
+                "{label}{} record(s){range} verified before the break; {checkpoints}",
                 v.records
             );
-            Ok(ExitCode::FAILURE)
+            false
         }
     }
 }

@@ -12,6 +12,7 @@ mod support;
 
 mod audit;
 mod audit_durability;
+mod audit_export;
 mod cli;
 mod container_build;
 mod deploy;
