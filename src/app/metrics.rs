@@ -108,6 +108,12 @@ impl Collector for StateCollector {
             "Requests denied because their decision could not be recorded (fail_closed)",
             &[(&[], load(&c.refused))],
         )?;
+        counter(
+            &mut e,
+            "portcullis_audit_checkpoint_sign_errors",
+            "Checkpoints not written because the signing key could not sign (a PKCS#11 token unavailable)",
+            &[(&[], load(&c.sign_errors))],
+        )?;
         if let Some(export) = audit.export() {
             let x = &export.counters;
             counter(

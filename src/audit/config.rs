@@ -24,6 +24,9 @@ pub struct AuditConfig {
     /// checkpoints, so that they verify with the public key alone. With
     /// `hmac_key_file` too, checkpoints carry both signatures.
     pub signing_key_file: Option<PathBuf>,
+    /// An Ed25519 key in a PKCS#11 token that signs checkpoints instead of
+    /// `signing_key_file` (see [`super::pkcs11`]).
+    pub signing_key_pkcs11: Option<super::pkcs11::Pkcs11Config>,
     /// Records that may wait for the writer.
     pub queue_size: usize,
     /// When a record cannot be queued: `drop` (serve, count, log) or
@@ -77,6 +80,7 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             hmac_key_file: None,
             signing_key_file: None,
+            signing_key_pkcs11: None,
             queue_size: 16_384,
             on_full: super::OnFull::Drop,
             durability: Durability::Written,
@@ -100,6 +104,12 @@ impl AuditConfig {
         }
         if self.directory.as_os_str().is_empty() {
             problems.push("audit.directory: must not be empty".to_string());
+        }
+        if let Some(pkcs11) = &self.signing_key_pkcs11 {
+            if self.signing_key_file.is_some() {
+                problems.push("audit: give signing_key_file or signing_key_pkcs11, not both (one key signs the checkpoints)".into());
+            }
+            problems.extend(pkcs11.problems());
         }
         if let Some(export) = &self.export {
             problems.extend(export.problems());

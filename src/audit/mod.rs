@@ -13,6 +13,7 @@ pub mod config;
 pub mod export;
 pub mod files;
 pub mod loss;
+pub mod pkcs11;
 pub mod query;
 pub mod signing;
 pub mod writer;

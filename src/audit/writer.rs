@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::chain::{leaf_hash, CheckpointKey};
 use super::files::{file_name, open_append, resume};
 pub use super::files::{list_files, FILE_PREFIX, FILE_SUFFIX};
-use super::signing::SigningKey;
+use super::signing::{Signer, SigningKey};
 use super::{AuditRecord, AuditSink, Counters, Head, Kind, Message};
 use crate::audit::config::{AuditConfig, Durability};
 
@@ -43,6 +43,9 @@ pub enum StartError {
     /// The Ed25519 signing key is unusable.
     #[error("audit.signing_key_file: {0}")]
     SigningKey(String),
+    /// The PKCS#11 token or its key is unusable.
+    #[error("{0}")]
+    Pkcs11(String),
     /// The export to a collector cannot start.
     #[error("{0}")]
     Export(String),
@@ -101,12 +104,15 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         .map(CheckpointKey::from_file)
         .transpose()
         .map_err(StartError::Key)?;
-    let signer = config
-        .signing_key_file
-        .as_deref()
-        .map(SigningKey::from_file)
-        .transpose()
-        .map_err(StartError::SigningKey)?;
+    let signer = match (&config.signing_key_file, &config.signing_key_pkcs11) {
+        (Some(file), _) => Some(Signer::File(
+            SigningKey::from_file(file).map_err(StartError::SigningKey)?,
+        )),
+        (None, Some(token)) => Some(Signer::Token(
+            super::pkcs11::TokenKey::open(token).map_err(StartError::Pkcs11)?,
+        )),
+        (None, None) => None,
+    };
     if key.is_none() && signer.is_none() {
         tracing::warn!(
             directory = %dir.display(),
@@ -223,7 +229,7 @@ struct Chain {
     /// `fdatasync(2)` after each write, before waking the waiters.
     sync: bool,
     key: Option<CheckpointKey>,
-    signer: Option<SigningKey>,
+    signer: Option<Signer>,
     rotate_bytes: u64,
     checkpoint_every: u64,
     counters: Arc<Counters>,
@@ -334,21 +340,39 @@ impl Chain {
 
     /// A checkpoint of the chain's head: the last record appended, signed
     /// with each configured key.
-    fn checkpoint_record(&self) -> AuditRecord {
+    /// `None` when the Ed25519 key cannot sign (a PKCS#11 token
+    /// unavailable): then no checkpoint is written, never one without the
+    /// signature it should carry; the failure is counted and logged, and
+    /// the next checkpoint, `checkpoint_every` records on, tries again
+    /// (it covers the whole chain before it).
+    fn checkpoint_record(&mut self) -> Option<AuditRecord> {
         let covered = self.next_seq - 1;
-        let signer = self.signer.as_ref();
-        AuditRecord {
+        let (key, sig) = match &self.signer {
+            None => (String::new(), String::new()),
+            Some(signer) => match signer.sign(covered, &self.prev) {
+                Ok(sig) => (signer.public_key().id().to_string(), sig),
+                Err(e) => {
+                    self.counters.sign_errors.fetch_add(1, Ordering::Relaxed);
+                    self.since_checkpoint = 0;
+                    tracing::error!(
+                        covered_seq = covered,
+                        error = %e,
+                        "AUDIT CHECKPOINT NOT WRITTEN: the signing key cannot sign; records are still written and chained, and the next checkpoint covers them"
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(AuditRecord {
             checkpoint_seq: Some(covered),
             checkpoint_head: self.prev.clone(),
             checkpoint_mac: (self.key.as_ref())
                 .map(|k| k.sign(covered, &self.prev))
                 .unwrap_or_default(),
-            checkpoint_key: signer.map(|k| k.id().to_string()).unwrap_or_default(),
-            checkpoint_sig: signer
-                .map(|k| k.sign(covered, &self.prev))
-                .unwrap_or_default(),
+            checkpoint_key: key,
+            checkpoint_sig: sig,
             ..AuditRecord::new(Kind::Checkpoint)
-        }
+        })
     }
 
     /// Records which Ed25519 key signs from here on, so that a rotation
@@ -356,9 +380,10 @@ impl Chain {
     /// checkpoint.
     fn announce_signing_key(&mut self) {
         let Some(signer) = &self.signer else { return };
+        let public = signer.public_key();
         let record = AuditRecord {
-            checkpoint_key: signer.id().to_string(),
-            public_key: signer.public_hex(),
+            checkpoint_key: public.id().to_string(),
+            public_key: public.hex(),
             ..AuditRecord::new(Kind::SigningKey)
         };
         self.append(record);
@@ -374,8 +399,9 @@ impl Chain {
             self.rotate();
             return;
         }
-        let record = self.checkpoint_record();
-        self.append(record);
+        if let Some(record) = self.checkpoint_record() {
+            self.append(record);
+        }
     }
 
     fn rotation_due(&self) -> bool {
@@ -384,9 +410,8 @@ impl Chain {
 
     /// Seals the current file with a checkpoint and starts the next one.
     fn rotate(&mut self) {
-        if self.signs() {
-            // Not through `checkpoint`, which would rotate again.
-            let record = self.checkpoint_record();
+        // Not through `checkpoint`, which would rotate again.
+        if let Some(record) = self.signs().then(|| self.checkpoint_record()).flatten() {
             let records_before = self.records_in_file;
             self.records_in_file = 0; // keep `append` from rotating
             self.append(record);
@@ -507,6 +532,7 @@ mod tests {
             checkpoint_every: 10,
             hmac_key_file: key,
             signing_key_file: None,
+            signing_key_pkcs11: None,
             queue_size: 1024,
             on_full: crate::audit::OnFull::Drop,
             durability: Durability::Written,

@@ -30,6 +30,16 @@ pub enum AuditCommand {
         #[arg(long)]
         public_key: Vec<PathBuf>,
     },
+    /// Print the public key (SubjectPublicKeyInfo PEM) of the key that
+    /// signs the checkpoints: audit.signing_key_file's, or the key in the
+    /// PKCS#11 token of audit.signing_key_pkcs11 (read from the token, with
+    /// the same start-up checks as `serve`). Give it to auditors for
+    /// `portcullis audit verify --public-key`.
+    PublicKey {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Query a running server's audit trail (AuditService/Query) and print
     /// the records as JSON lines. The bearer token comes from the
     /// PORTCULLIS_ADMIN_TOKEN environment variable, never the command line.
@@ -82,6 +92,7 @@ impl AuditCommand {
                 key_file,
                 public_key,
             } => audit_verify(&files, key_file.as_deref(), &public_key),
+            AuditCommand::PublicKey { config } => audit_public_key(&config),
             AuditCommand::Query {
                 admin,
                 principal,
@@ -115,6 +126,26 @@ impl AuditCommand {
             ),
         }
     }
+}
+
+fn audit_public_key(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use crate::audit::signing::{Signer, SigningKey};
+    let config = crate::config::Config::load(path)?;
+    let audit = &config.audit;
+    let signer = match (&audit.signing_key_file, &audit.signing_key_pkcs11) {
+        (Some(file), _) => Signer::File(
+            SigningKey::from_file(file).map_err(|e| anyhow::anyhow!("audit.signing_key_file: {e}"))?,
+        ),
+        (None, Some(token)) => Signer::Token(
+            crate::audit::pkcs11::TokenKey::open(token).map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        (None, None) => anyhow::bail!(
+            "{}: no audit.signing_key_file or audit.signing_key_pkcs11: checkpoints are not signed with a public key",
+            path.display()
+        ),
+    };
+    print!("{}", signer.public_key().to_pem());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn audit_verify(

@@ -244,6 +244,7 @@ impl AuditService for AuditAdmin {
             current_file: head.file,
             checkpoints_signed: sink.checkpoints_enabled(),
             durability: sink.durability().as_str().into(),
+            checkpoint_sign_errors: c.sign_errors.load(Relaxed),
             export: sink.export().map(|e| {
                 let c = &e.counters;
                 proto::AuditExportStatus {
