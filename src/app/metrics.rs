@@ -110,6 +110,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "portcullis_audit_write_timeouts",
+            "Answers that stopped waiting for their audit record's write at audit.write_timeout_ms",
+            &[(&[], load(&c.write_timeouts))],
+        )?;
+        counter(
+            &mut e,
             "portcullis_audit_checkpoint_sign_errors",
             "Checkpoints not written because the signing key could not sign (a PKCS#11 token unavailable)",
             &[(&[], load(&c.sign_errors))],

@@ -35,6 +35,11 @@ pub struct AuditConfig {
     /// When a decision's answer may leave: `queued`, `written` (default)
     /// or `synced`; see [`Durability`].
     pub durability: Durability,
+    /// How long an answer waits for its record's write at most,
+    /// milliseconds; 0 (the default): as long as the write takes (the
+    /// request deadline still bounds it). On expiry the answer leaves in
+    /// `drop` mode and is a 503 in `fail_closed` mode; counted either way.
+    pub write_timeout_ms: u64,
     /// Ship every written record to an OpenTelemetry collector as an OTLP
     /// log (see [`super::export`]); none by default.
     pub export: Option<super::export::ExportConfig>,
@@ -84,6 +89,7 @@ impl Default for AuditConfig {
             queue_size: 16_384,
             on_full: super::OnFull::Drop,
             durability: Durability::Written,
+            write_timeout_ms: 0,
             export: None,
         }
     }

@@ -26,6 +26,9 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Failed writes.
     pub write_errors: AtomicU64,
+    /// Answers that stopped waiting for their record's write at
+    /// `audit.write_timeout_ms`.
+    pub write_timeouts: AtomicU64,
     /// Checkpoints not written because the signing key could not sign
     /// (a PKCS#11 token unavailable).
     pub sign_errors: AtomicU64,

@@ -151,6 +151,8 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         tx: tx.clone(),
         mode: config.on_full,
         durability: config.durability,
+        write_timeout: (config.write_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(config.write_timeout_ms)),
         capacity: config.queue_size,
         healthy: Arc::clone(&healthy),
         counters: Arc::clone(&counters),
@@ -536,6 +538,7 @@ mod tests {
             queue_size: 1024,
             on_full: crate::audit::OnFull::Drop,
             durability: Durability::Written,
+            write_timeout_ms: 0,
             export: None,
         }
     }
@@ -730,6 +733,20 @@ mod tests {
         let broken = v.broken.expect("the cut line is reported");
         assert_eq!(broken.at.file, first.display().to_string());
         assert_eq!(broken.at.line, lines, "{broken}");
+    }
+
+    #[tokio::test]
+    async fn the_write_timeout_reaches_the_sink_and_zero_means_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (ms, want) in [(0, None), (75, Some(std::time::Duration::from_millis(75)))] {
+            let config = AuditConfig {
+                write_timeout_ms: ms,
+                ..config(&tmp.path().join("audit"), None)
+            };
+            let (sink, writer) = start(&config).unwrap();
+            assert_eq!(sink.write_timeout, want);
+            writer.stop().await;
+        }
     }
 
     #[tokio::test]

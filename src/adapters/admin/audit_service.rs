@@ -245,6 +245,7 @@ impl AuditService for AuditAdmin {
             checkpoints_signed: sink.checkpoints_enabled(),
             durability: sink.durability().as_str().into(),
             checkpoint_sign_errors: c.sign_errors.load(Relaxed),
+            write_timeouts: c.write_timeouts.load(Relaxed),
             export: sink.export().map(|e| {
                 let c = &e.counters;
                 proto::AuditExportStatus {
