@@ -251,7 +251,16 @@ impl Config {
                 None => &mut no_pin_file,
             },
         ];
-        for key in audit_keys.into_iter().flatten() {
+        let export_files = self
+            .audit
+            .export
+            .as_mut()
+            .map(|e| [&mut e.ca_file, &mut e.cert_file, &mut e.key_file]);
+        for key in audit_keys
+            .into_iter()
+            .chain(export_files.into_iter().flatten())
+            .flatten()
+        {
             if key.is_relative() {
                 *key = base.join(&*key);
             }

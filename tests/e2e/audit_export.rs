@@ -42,9 +42,17 @@ impl LogsService for Collector {
 impl Collector {
     /// Serves the logs service on 127.0.0.1:0; the address to export to.
     async fn start(&self) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        self.start_with(tonic::transport::Server::builder()).await
+    }
+
+    /// As `start`, on a server built as the caller says (e.g. with TLS).
+    async fn start_with(
+        &self,
+        mut builder: tonic::transport::Server,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tonic::transport::Server::builder()
+        let server = builder
             .add_service(LogsServiceServer::new(self.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         (addr, tokio::spawn(async move { server.await.unwrap() }))
@@ -263,6 +271,51 @@ async fn exported_records_carry_their_chain_and_reverify_from_a_collector_dump()
     assert!(!ok, "{out}");
     assert!(out.contains("chain replica-a: BROKEN"), "{out}");
     assert!(out.contains("does not match its hash"), "{out}");
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_exported_over_tls_to_a_collector_that_requires_a_client_certificate() {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let pki = crate::support::TestPki::generate();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(&pki.server_cert),
+            read(&pki.server_key),
+        ))
+        .client_ca_root(Certificate::from_pem(read(&pki.ca)));
+    let collector = Collector::default();
+    let (addr, server) = collector
+        .start_with(tonic::transport::Server::builder().tls_config(tls).unwrap())
+        .await;
+    let setup = Setup::with_extra(
+        1000,
+        &format!(
+            "  export:\n    endpoint: https://localhost:{}\n    ca_file: {}\n    cert_file: {}\n    key_file: {}\n    interval_ms: 20\n",
+            addr.port(),
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display()
+        ),
+    );
+    let mut pdp = setup.start();
+    decisions(pdp.addr(), 6, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let on_disk = loop {
+        let on_disk = records_on_disk(&setup.audit_dir());
+        if received(&collector).0.len() >= on_disk.len() {
+            break on_disk;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the records reach the TLS collector within 15 s\nstderr:\n{}",
+            pdp.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(on_disk.len() >= 6, "{on_disk:?}");
+    assert!(pdp.terminate(Duration::from_secs(20)).success());
     server.abort();
 }
 

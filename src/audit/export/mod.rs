@@ -11,6 +11,7 @@
 pub mod dump;
 pub mod otlp;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +28,23 @@ use super::AuditRecord;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportConfig {
-    /// The collector's OTLP/gRPC endpoint, `http://host:port` (the `otlp`
-    /// receiver's gRPC port, 4317 by convention).
+    /// The collector's OTLP/gRPC endpoint, `http://host:port` or
+    /// `https://host:port` (the `otlp` receiver's gRPC port, 4317 by
+    /// convention).
     pub endpoint: String,
+    /// With `https`: the CA certificates (PEM) that may sign the
+    /// collector's certificate. Default: the Mozilla root programme's
+    /// (webpki-roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// With `https`: this client's certificate chain (PEM), for a collector
+    /// that requires client certificates (`client_ca_file`); with
+    /// `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `cert_file`. Never logged.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// `service.name` of the exported logs' resource.
     #[serde(default = "default_service_name")]
     pub service_name: String,
@@ -75,9 +90,10 @@ impl ExportConfig {
     /// Every problem with the section, one line each.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if !self.endpoint.starts_with("http://") {
+        let tls = self.endpoint.starts_with("https://");
+        if !tls && !self.endpoint.starts_with("http://") {
             p.push(format!(
-                "audit.export.endpoint: '{}' is not an http:// URL of an OTLP/gRPC receiver (e.g. http://127.0.0.1:4317); TLS to the collector is not supported: run the collector next to Portcullis (sidecar or node agent) and let it ship over TLS",
+                "audit.export.endpoint: '{}' is not an http(s) URL of an OTLP/gRPC receiver (e.g. http://127.0.0.1:4317)",
                 self.endpoint
             ));
         } else if tonic::transport::Endpoint::from_shared(self.endpoint.clone()).is_err() {
@@ -85,6 +101,15 @@ impl ExportConfig {
                 "audit.export.endpoint: '{}' is not a valid URL",
                 self.endpoint
             ));
+        }
+        if !tls && (self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()) {
+            p.push(
+                "audit.export.ca_file, cert_file and key_file: only with an https:// endpoint"
+                    .into(),
+            );
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            p.push("audit.export: give both cert_file and key_file (or neither)".into());
         }
         if self.queue_size == 0 || self.queue_size > 1 << 24 {
             p.push("audit.export.queue_size: between 1 and 16777216".into());
@@ -101,6 +126,27 @@ impl ExportConfig {
             );
         }
         p
+    }
+
+    /// The TLS settings of an `https` endpoint, from the files named.
+    fn tls(&self) -> Result<tonic::transport::ClientTlsConfig, String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |field: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| format!("audit.export.{field}: cannot read {}: {e}", path.display()))
+        };
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_file {
+            Some(path) => tls.ca_certificate(Certificate::from_pem(read("ca_file", path)?)),
+            None => tls.with_webpki_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            tls = tls.identity(Identity::from_pem(
+                read("cert_file", cert)?,
+                read("key_file", key)?,
+            ));
+        }
+        Ok(tls)
     }
 
     /// The `service.instance.id` of the export: `instance`, or the host
@@ -204,13 +250,18 @@ pub fn start(config: &ExportConfig) -> Result<(Feed, Exporter, ExportStatus), St
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| "audit.export: needs the async runtime".to_string())?;
     let timeout = Duration::from_millis(config.timeout_ms);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+        .map_err(|e| format!("audit.export.endpoint: {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    if config.endpoint.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(config.tls()?)
+            .map_err(|e| format!("audit.export: cannot set up TLS: {e}"))?;
+    }
     let channel = {
         let _entered = runtime.enter();
-        tonic::transport::Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|e| format!("audit.export.endpoint: {e}"))?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy()
+        endpoint.connect_lazy()
     };
     let (tx, rx) = mpsc::channel(config.queue_size);
     let counters = Arc::new(ExportCounters::default());
@@ -439,11 +490,13 @@ mod tests {
         assert_eq!((export.queue_size, export.batch_size), (65_536, 512));
         assert!(!export.instance_id().is_empty(), "the host name");
         let p = problems(
-            "    endpoint: https://collector:4317\n    queue_size: 0\n    batch_size: 0\n    timeout_ms: 0\n    instance: ''\n",
+            "    endpoint: grpc://collector:4317\n    queue_size: 0\n    batch_size: 0\n    timeout_ms: 0\n    instance: ''\n    key_file: k.pem\n",
         );
         for want in [
             "audit.export.endpoint",
-            "TLS to the collector is not supported",
+            "is not an http(s) URL",
+            "only with an https:// endpoint",
+            "give both cert_file and key_file",
             "audit.export.queue_size",
             "audit.export.batch_size",
             "audit.export.timeout_ms",
