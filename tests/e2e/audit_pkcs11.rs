@@ -106,6 +106,13 @@ impl SoftHsm {
         );
     }
 
+    /// `portcullis serve --config CONFIG` with the token's environment.
+    fn serve(&self, config: &Path) -> Portcullis {
+        let conf = self.conf();
+        let env: [(&str, &OsStr); 1] = [("SOFTHSM2_CONF", conf.as_os_str())];
+        Portcullis::start_with_env(&["--config", config.to_str().unwrap()], &env)
+    }
+
     /// The `audit.signing_key_pkcs11` section for `token` and `key`.
     fn section(&self, token: &str, key: &str) -> String {
         format!(
@@ -146,9 +153,7 @@ async fn checkpoints_signed_in_softhsm2_verify_with_the_exported_public_key_and_
     let hsm = SoftHsm::new();
     hsm.keygen("checkpoints", "EC:edwards25519");
     let (dir, config) = config(&hsm.section(TOKEN, "checkpoints"));
-    let env = hsm.env();
-    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-    let mut pdp = Portcullis::start_with_env(&["--config", config.to_str().unwrap()], &env);
+    let mut pdp = hsm.serve(&config);
     decisions(pdp.addr(), 30, 4).await;
     assert!(pdp.terminate(Duration::from_secs(20)).success());
 
@@ -292,9 +297,7 @@ async fn a_token_lost_at_run_time_writes_no_unsigned_checkpoint_and_is_counted()
     assert!(ok, "{stderr}");
     let public = dir.path().join("audit-signing.pub.pem");
     std::fs::write(&public, &pem).unwrap();
-    let env = hsm.env();
-    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-    let mut pdp = Portcullis::start_with_env(&["--config", config.to_str().unwrap()], &env);
+    let mut pdp = hsm.serve(&config);
     decisions(pdp.addr(), 10, 2).await;
     // The token goes away under the running server.
     hsm.run("softhsm2-util", &["--delete-token", "--token", TOKEN]);
