@@ -119,6 +119,9 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
+/// What the start-up check signs (not a checkpoint statement).
+const START_UP_CHECK: &[u8] = b"portcullis-pkcs11-start-up-check-v1";
+
 /// DER of the edwards25519 curve as `CKA_EC_PARAMS` holds it: the OID
 /// 1.3.101.112 (RFC 8410), or the printable string `edwards25519` (PKCS#11
 /// 3.0 allows both; SoftHSM2 writes the string).
@@ -164,12 +167,11 @@ impl TokenKey {
             session: Mutex::new(Some((session, private))),
             public,
         };
-        // The key pair matches and the token signs Ed25519.
-        let signature = key.sign(0, "portcullis-start-up-check")?;
-        if !key
-            .public
-            .verify(0, "portcullis-start-up-check", &signature)
-        {
+        // The key pair matches and the token signs Ed25519: a message
+        // outside the checkpoint statements' domain, so this signature can
+        // never pass for a checkpoint's.
+        let signature = key.sign_message(START_UP_CHECK)?;
+        if !key.public.verify_message(START_UP_CHECK, &signature) {
             return Err(format!(
                 "{at}: the token's signature with key {:?} does not verify with its public key (a private and a public key of different pairs share the label?)",
                 config.key_label
@@ -187,6 +189,11 @@ impl TokenKey {
     /// 64 bytes, hex. An error (the token gone, the session closed) drops
     /// the session, so the next call opens a new one.
     pub fn sign(&self, seq: u64, head: &str) -> Result<String, String> {
+        self.sign_message(&statement(seq, head))
+    }
+
+    /// Signs `message` in the token (pure Ed25519), hex.
+    fn sign_message(&self, message: &[u8]) -> Result<String, String> {
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         if session.is_none() {
             let (s, private, _) = login(&self.context, self.slot, &self.pin, &self.config)?;
@@ -194,7 +201,7 @@ impl TokenKey {
         }
         let (s, private) = session.as_ref().expect("opened above");
         let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-        match s.sign(&mechanism, *private, &statement(seq, head)) {
+        match s.sign(&mechanism, *private, message) {
             Ok(signature) => Ok(hex::encode(signature)),
             Err(e) => {
                 *session = None;

@@ -162,11 +162,17 @@ impl PublicKey {
     /// True when `signature` (hex) signs "the chain up to `seq` ends in
     /// `head`" under this key.
     pub fn verify(&self, seq: u64, head: &str, signature: &str) -> bool {
+        self.verify_message(&statement(seq, head), signature)
+    }
+
+    /// True when `signature` (hex) is this key's Ed25519 signature of
+    /// `message`.
+    pub fn verify_message(&self, message: &[u8], signature: &str) -> bool {
         let Ok(sig) = hex::decode(signature) else {
             return false;
         };
         UnparsedPublicKey::new(&ED25519, &self.raw)
-            .verify(&statement(seq, head), &sig)
+            .verify(message, &sig)
             .is_ok()
     }
 }
