@@ -39,6 +39,34 @@ impl LogsService for Collector {
     }
 }
 
+/// A collector that takes every request and rejects every record in it
+/// (an OTLP partial success), saying why.
+#[derive(Clone, Default)]
+struct Rejecting;
+
+#[tonic::async_trait]
+impl LogsService for Rejecting {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
+        let records: usize = request
+            .get_ref()
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum();
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: records as i64,
+                error_message: "the backend refuses these records".into(),
+            }),
+        }))
+    }
+}
+
 impl Collector {
     /// Serves the logs service on 127.0.0.1:0; the address to export to.
     async fn start(&self) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
@@ -315,6 +343,43 @@ async fn records_are_exported_over_tls_to_a_collector_that_requires_a_client_cer
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(on_disk.len() >= 6, "{on_disk:?}");
+    assert!(pdp.terminate(Duration::from_secs(20)).success());
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_collector_rejects_are_counted_as_failed_not_exported() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LogsServiceServer::new(Rejecting))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let setup = Setup::with_extra(
+        1000,
+        &format!("  export:\n    endpoint: http://{addr}\n    interval_ms: 10\n"),
+    );
+    let mut pdp = setup.start();
+    decisions(pdp.addr(), 10, 2).await;
+    wait_for_metrics(&mut pdp, "every written record counted as failed", |text| {
+        let m = &parse_metrics(text);
+        let records = |result: &str| {
+            metric(
+                m,
+                "portcullis_audit_export_records_total",
+                &[("result", result)],
+            )
+        };
+        let written = metric(m, "portcullis_audit_records_written_total", &[]);
+        written >= 10.0 && records("failed") == written && records("exported") == 0.0
+    });
+    assert!(
+        pdp.stderr().contains("the collector rejected")
+            && pdp.stderr().contains("the backend refuses these records"),
+        "{}",
+        pdp.stderr()
+    );
     assert!(pdp.terminate(Duration::from_secs(20)).success());
     server.abort();
 }
