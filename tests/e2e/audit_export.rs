@@ -39,6 +39,20 @@ impl LogsService for Collector {
     }
 }
 
+/// Serves `service` on 127.0.0.1:0 with a server built as the caller says
+/// (e.g. with TLS); the address to export to.
+async fn serve(
+    service: impl LogsService,
+    mut builder: tonic::transport::Server,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = builder
+        .add_service(LogsServiceServer::new(service))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    (addr, tokio::spawn(async move { server.await.unwrap() }))
+}
+
 /// A collector that takes every request and rejects every record in it
 /// (an OTLP partial success), saying why.
 #[derive(Clone, Default)]
@@ -70,20 +84,7 @@ impl LogsService for Rejecting {
 impl Collector {
     /// Serves the logs service on 127.0.0.1:0; the address to export to.
     async fn start(&self) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-        self.start_with(tonic::transport::Server::builder()).await
-    }
-
-    /// As `start`, on a server built as the caller says (e.g. with TLS).
-    async fn start_with(
-        &self,
-        mut builder: tonic::transport::Server,
-    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = builder
-            .add_service(LogsServiceServer::new(self.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-        (addr, tokio::spawn(async move { server.await.unwrap() }))
+        serve(self.clone(), tonic::transport::Server::builder()).await
     }
 
     /// The requests received so far, as the OpenTelemetry collector's
@@ -314,9 +315,11 @@ async fn records_are_exported_over_tls_to_a_collector_that_requires_a_client_cer
         ))
         .client_ca_root(Certificate::from_pem(read(&pki.ca)));
     let collector = Collector::default();
-    let (addr, server) = collector
-        .start_with(tonic::transport::Server::builder().tls_config(tls).unwrap())
-        .await;
+    let (addr, server) = serve(
+        collector.clone(),
+        tonic::transport::Server::builder().tls_config(tls).unwrap(),
+    )
+    .await;
     let setup = Setup::with_extra(
         1000,
         &format!(
@@ -349,13 +352,7 @@ async fn records_are_exported_over_tls_to_a_collector_that_requires_a_client_cer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_the_collector_rejects_are_counted_as_failed_not_exported() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(LogsServiceServer::new(Rejecting))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (addr, server) = serve(Rejecting, tonic::transport::Server::builder()).await;
     let setup = Setup::with_extra(
         1000,
         &format!("  export:\n    endpoint: http://{addr}\n    interval_ms: 10\n"),
