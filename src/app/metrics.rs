@@ -114,6 +114,46 @@ impl Collector for StateCollector {
             "Requests denied because their decision could not be recorded (fail_closed)",
             &[(&[], load(&c.refused))],
         )?;
+        counter(
+            &mut e,
+            "portcullis_audit_write_timeouts",
+            "Answers that stopped waiting for their audit record's write at audit.write_timeout_ms",
+            &[(&[], load(&c.write_timeouts))],
+        )?;
+        counter(
+            &mut e,
+            "portcullis_audit_checkpoint_sign_errors",
+            "Checkpoints not written because the signing key could not sign (a PKCS#11 token unavailable)",
+            &[(&[], load(&c.sign_errors))],
+        )?;
+        {
+            // Zeros without `audit.export`, so dashboards and alerts read
+            // one set of series whatever the configuration.
+            let none = crate::audit::export::ExportCounters::default();
+            let x = audit.export().map_or(&none, |e| &*e.counters);
+            counter(
+                &mut e,
+                "portcullis_audit_export_records",
+                "Audit records shipped to the collector (exported), dropped from a full export queue, or given up on (failed)",
+                &[
+                    (&[("result", "exported")], load(&x.exported)),
+                    (&[("result", "dropped")], load(&x.dropped)),
+                    (&[("result", "failed")], load(&x.failed)),
+                ],
+            )?;
+            counter(
+                &mut e,
+                "portcullis_audit_export_errors",
+                "Failed export calls to the collector (each retry counts)",
+                &[(&[], load(&x.errors))],
+            )?;
+            gauge(
+                &mut e,
+                "portcullis_audit_export_queue_depth",
+                "Audit records queued for export or being sent",
+                &[(&[], x.pending() as i64)],
+            )?;
+        }
         let quotas = &state.quotas;
         counter(
             &mut e,

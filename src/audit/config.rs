@@ -24,6 +24,9 @@ pub struct AuditConfig {
     /// checkpoints, so that they verify with the public key alone. With
     /// `hmac_key_file` too, checkpoints carry both signatures.
     pub signing_key_file: Option<PathBuf>,
+    /// An Ed25519 key in a PKCS#11 token that signs checkpoints instead of
+    /// `signing_key_file` (see [`super::pkcs11`]).
+    pub signing_key_pkcs11: Option<super::pkcs11::Pkcs11Config>,
     /// Records that may wait for the writer.
     pub queue_size: usize,
     /// When a record cannot be queued: `drop` (serve, count, log) or
@@ -35,6 +38,14 @@ pub struct AuditConfig {
     /// Which ShouldRateLimit answers are recorded (`ok_sample_every`); see
     /// [`super::sampling`].
     pub ratelimit: super::sampling::RateLimitAudit,
+    /// How long an answer waits for its record's write at most,
+    /// milliseconds; 0 (the default): as long as the write takes (the
+    /// request deadline still bounds it). On expiry the answer leaves in
+    /// `drop` mode and is a 503 in `fail_closed` mode; counted either way.
+    pub write_timeout_ms: u64,
+    /// Ship every written record to an OpenTelemetry collector as an OTLP
+    /// log (see [`super::export`]); none by default.
+    pub export: Option<super::export::ExportConfig>,
 }
 
 /// How far a decision's record must get before the answer leaves.
@@ -77,10 +88,13 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             hmac_key_file: None,
             signing_key_file: None,
+            signing_key_pkcs11: None,
             queue_size: 16_384,
             on_full: super::OnFull::Drop,
             durability: Durability::Written,
             ratelimit: super::sampling::RateLimitAudit::default(),
+            write_timeout_ms: 0,
+            export: None,
         }
     }
 }
@@ -102,6 +116,15 @@ impl AuditConfig {
             problems.push("audit.directory: must not be empty".to_string());
         }
         problems.extend(self.ratelimit.problems());
+        if let Some(pkcs11) = &self.signing_key_pkcs11 {
+            if self.signing_key_file.is_some() {
+                problems.push("audit: give signing_key_file or signing_key_pkcs11, not both (one key signs the checkpoints)".into());
+            }
+            problems.extend(pkcs11.problems());
+        }
+        if let Some(export) = &self.export {
+            problems.extend(export.problems());
+        }
         problems
     }
 }

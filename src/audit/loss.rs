@@ -29,6 +29,12 @@ pub struct Counters {
     /// Plain `OK` ShouldRateLimit answers left out by
     /// `audit.ratelimit.ok_sample_every` (not a loss: the rule says so).
     pub ratelimit_ok_unrecorded: AtomicU64,
+    /// Answers that stopped waiting for their record's write at
+    /// `audit.write_timeout_ms`.
+    pub write_timeouts: AtomicU64,
+    /// Checkpoints not written because the signing key could not sign
+    /// (a PKCS#11 token unavailable).
+    pub sign_errors: AtomicU64,
     loss_line: LossLine,
 }
 

@@ -10,7 +10,10 @@
 
 pub mod chain;
 pub mod config;
+pub mod export;
+pub mod files;
 pub mod loss;
+pub mod pkcs11;
 pub mod query;
 pub mod sampling;
 pub mod signing;
@@ -335,6 +338,8 @@ pub struct AuditSink {
     tx: mpsc::Sender<Message>,
     mode: OnFull,
     durability: Durability,
+    /// `audit.write_timeout_ms`, when set.
+    write_timeout: Option<Duration>,
     capacity: usize,
     /// False after a write failed, until a write succeeds again.
     healthy: Arc<AtomicBool>,
@@ -347,6 +352,8 @@ pub struct AuditSink {
     ed25519: bool,
     /// `audit.ratelimit`: which ShouldRateLimit answers are recorded.
     ratelimit: Arc<sampling::RateLimitSampler>,
+    /// The export to a collector, when `audit.export` is set.
+    export: Option<export::ExportStatus>,
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -469,7 +476,19 @@ impl AuditSink {
         }
         // The writer answers every waiter after each write; a writer gone
         // mid-way (stopping) drops the sender: not written.
-        let written = written.await.unwrap_or(false);
+        let written = match self.write_timeout {
+            None => written.await.unwrap_or(false),
+            Some(limit) => match tokio::time::timeout(limit, written).await {
+                Ok(outcome) => outcome.unwrap_or(false),
+                Err(_) => {
+                    // Still queued: the writer writes it when it can. In
+                    // `fail_closed` mode the 503's record follows it, with
+                    // the same decision id.
+                    self.counters.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+            },
+        };
         if written || !fail_closed {
             // In `drop` mode the writer has counted and logged the loss.
             return d;
@@ -544,6 +563,11 @@ impl AuditSink {
         self.key.is_some() || self.ed25519
     }
 
+    /// The export to a collector and its counters, when configured.
+    pub fn export(&self) -> Option<&export::ExportStatus> {
+        self.export.as_ref()
+    }
+
     /// The key that signs checkpoints, to verify them.
     pub fn checkpoint_key(&self) -> Option<&chain::CheckpointKey> {
         self.key.as_ref()
@@ -606,6 +630,7 @@ mod tests {
             tx,
             mode,
             durability,
+            write_timeout: None,
             capacity,
             healthy: Arc::new(AtomicBool::new(true)),
             counters: Arc::new(Counters::default()),
@@ -615,6 +640,7 @@ mod tests {
             key: None,
             ed25519: false,
             ratelimit: Arc::new(sampling::RateLimitSampler::new(Default::default())),
+            export: None,
         };
         (sink, rx)
     }
@@ -759,6 +785,26 @@ mod tests {
         assert!(d.is_allowed(), "serves again once writes succeed");
         drop(sink);
         writer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_slower_than_the_write_timeout_answers_in_drop_mode_and_refuses_in_fail_closed_mode(
+    ) {
+        for (mode, status) in [(OnFull::Drop, 200), (OnFull::FailClosed, 503)] {
+            let (mut sink, mut rx) = sink(mode, Durability::Written, 16);
+            sink.write_timeout = Some(Duration::from_millis(50));
+            let started = tokio::time::Instant::now();
+            let d = sink.record_decision(allowed(), &req(), US).await;
+            assert_eq!(d.status, status, "{mode:?}");
+            assert_eq!(started.elapsed(), Duration::from_millis(50), "{mode:?}");
+            assert_eq!(sink.counters().write_timeouts.load(Ordering::Relaxed), 1);
+            // The allow's record is still with the writer, not lost.
+            assert!(
+                matches!(rx.try_recv(), Ok(Message::Awaited(..))),
+                "{mode:?}"
+            );
+            assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 0);
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ const SPKI_PREFIX: [u8; 12] = [
 
 /// The statement a checkpoint signs: "the chain up to record `seq` ends in
 /// `head`", with the domain prefix.
-fn statement(seq: u64, head: &str) -> Vec<u8> {
+pub(crate) fn statement(seq: u64, head: &str) -> Vec<u8> {
     let mut m = DOMAIN.to_vec();
     m.extend_from_slice(format!("{seq}:{head}").as_bytes());
     m
@@ -162,12 +162,49 @@ impl PublicKey {
     /// True when `signature` (hex) signs "the chain up to `seq` ends in
     /// `head`" under this key.
     pub fn verify(&self, seq: u64, head: &str, signature: &str) -> bool {
+        self.verify_message(&statement(seq, head), signature)
+    }
+
+    /// True when `signature` (hex) is this key's Ed25519 signature of
+    /// `message`.
+    pub fn verify_message(&self, message: &[u8], signature: &str) -> bool {
         let Ok(sig) = hex::decode(signature) else {
             return false;
         };
         UnparsedPublicKey::new(&ED25519, &self.raw)
-            .verify(&statement(seq, head), &sig)
+            .verify(message, &sig)
             .is_ok()
+    }
+}
+
+/// The key that signs checkpoints: from a PKCS#8 file
+/// (`audit.signing_key_file`), or in a PKCS#11 token
+/// (`audit.signing_key_pkcs11`). Both sign the same Ed25519 statement.
+#[derive(Debug)]
+pub enum Signer {
+    /// A private key this process holds.
+    File(SigningKey),
+    /// A key in a token: the process holds a session, never the key.
+    Token(super::pkcs11::TokenKey),
+}
+
+impl Signer {
+    /// The public key.
+    pub fn public_key(&self) -> PublicKey {
+        match self {
+            Signer::File(k) => k.public_key(),
+            Signer::Token(k) => k.public_key().clone(),
+        }
+    }
+
+    /// Signs "the chain up to record `seq` ends in `head`": 64 bytes,
+    /// hex. A file's key never fails; a token's fails when the token is
+    /// unavailable (the error says why).
+    pub fn sign(&self, seq: u64, head: &str) -> Result<String, String> {
+        match self {
+            Signer::File(k) => Ok(k.sign(seq, head)),
+            Signer::Token(k) => k.sign(seq, head),
+        }
     }
 }
 

@@ -8,24 +8,22 @@
 //! from the last record on disk.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::chain::{leaf_hash, CheckpointKey, GENESIS};
-use super::signing::SigningKey;
+use super::chain::{leaf_hash, CheckpointKey};
+use super::files::{file_name, open_append, resume};
+pub use super::files::{list_files, FILE_PREFIX, FILE_SUFFIX};
+use super::signing::{Signer, SigningKey};
 use super::{AuditRecord, AuditSink, Counters, Head, Kind, Message};
 use crate::audit::config::{AuditConfig, Durability};
 
-/// Prefix and suffix of audit file names: `audit-<first seq, 20 digits>.jsonl`.
-pub const FILE_PREFIX: &str = "audit-";
-/// See [`FILE_PREFIX`].
-pub const FILE_SUFFIX: &str = ".jsonl";
 const LOCK_FILE: &str = ".lock";
 /// Records taken from the queue per write.
 const BATCH: usize = 4096;
@@ -45,6 +43,12 @@ pub enum StartError {
     /// The Ed25519 signing key is unusable.
     #[error("audit.signing_key_file: {0}")]
     SigningKey(String),
+    /// The PKCS#11 token or its key is unusable.
+    #[error("{0}")]
+    Pkcs11(String),
+    /// The export to a collector cannot start.
+    #[error("{0}")]
+    Export(String),
     /// The last record on disk is damaged: the chain cannot continue from it.
     #[error("audit file {file}: the last record is damaged ({reason}); run `portcullis audit verify` on the directory's files, and move them aside to start a new chain")]
     DamagedTail { file: PathBuf, reason: String },
@@ -55,11 +59,13 @@ pub enum StartError {
 pub struct AuditWriter {
     tx: mpsc::Sender<Message>,
     thread: Option<std::thread::JoinHandle<()>>,
+    export: Option<super::export::Exporter>,
 }
 
 impl AuditWriter {
     /// Writes everything queued so far, signs a final checkpoint, syncs
-    /// the file and ends the thread.
+    /// the file and ends the thread; then gives the export its
+    /// `timeout_ms` to send what it holds.
     pub async fn stop(mut self) {
         let (ack, done) = oneshot::channel();
         if self.tx.send(Message::Stop(ack)).await.is_ok() {
@@ -68,30 +74,10 @@ impl AuditWriter {
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        if let Some(export) = self.export.take() {
+            export.stop().await;
+        }
     }
-}
-
-/// The sorted audit files of a directory with the first seq each holds.
-pub fn list_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(seq) = name
-            .strip_prefix(FILE_PREFIX)
-            .and_then(|r| r.strip_suffix(FILE_SUFFIX))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        files.push((seq, entry.path()));
-    }
-    files.sort();
-    Ok(files)
-}
-
-fn file_name(first_seq: u64) -> String {
-    format!("{FILE_PREFIX}{first_seq:020}{FILE_SUFFIX}")
 }
 
 /// Opens the audit directory, resumes the chain and starts the writer.
@@ -118,12 +104,15 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         .map(CheckpointKey::from_file)
         .transpose()
         .map_err(StartError::Key)?;
-    let signer = config
-        .signing_key_file
-        .as_deref()
-        .map(SigningKey::from_file)
-        .transpose()
-        .map_err(StartError::SigningKey)?;
+    let signer = match (&config.signing_key_file, &config.signing_key_pkcs11) {
+        (Some(file), _) => Some(Signer::File(
+            SigningKey::from_file(file).map_err(StartError::SigningKey)?,
+        )),
+        (None, Some(token)) => Some(Signer::Token(
+            super::pkcs11::TokenKey::open(token).map_err(StartError::Pkcs11)?,
+        )),
+        (None, None) => None,
+    };
     if key.is_none() && signer.is_none() {
         tracing::warn!(
             directory = %dir.display(),
@@ -131,6 +120,13 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         );
     }
 
+    let (feed, exporter, export) = match &config.export {
+        Some(c) => {
+            let (feed, exporter, status) = super::export::start(c).map_err(StartError::Export)?;
+            (Some(feed), Some(exporter), Some(status))
+        }
+        None => (None, None, None),
+    };
     let (next_seq, prev, path) = resume(&dir, &dir_err)?;
     let file =
         open_append(&path).map_err(|e| dir_err(format!("cannot open {}: {e}", path.display())))?;
@@ -155,6 +151,8 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         tx: tx.clone(),
         mode: config.on_full,
         durability: config.durability,
+        write_timeout: (config.write_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(config.write_timeout_ms)),
         capacity: config.queue_size,
         healthy: Arc::clone(&healthy),
         counters: Arc::clone(&counters),
@@ -164,6 +162,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         key: key.clone(),
         ed25519: signer.is_some(),
         ratelimit: Arc::new(super::sampling::RateLimitSampler::new(config.ratelimit)),
+        export,
     };
     let mut state = Chain {
         dir,
@@ -189,6 +188,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         healthy,
         head,
         tail,
+        export: feed,
         _lock: lock,
     };
     let thread = std::thread::Builder::new()
@@ -203,90 +203,9 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         AuditWriter {
             tx,
             thread: Some(thread),
+            export: exporter,
         },
     ))
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .mode(0o600)
-        .open(path)
-}
-
-/// Finds the last record on disk: `(next seq, its hash, file to append to)`.
-/// An incomplete last line (a write torn by a crash) is cut off: it was
-/// never a whole record.
-fn resume(
-    dir: &Path,
-    dir_err: &dyn Fn(String) -> StartError,
-) -> Result<(u64, String, PathBuf), StartError> {
-    let mut files = list_files(dir).map_err(|e| dir_err(format!("cannot list: {e}")))?;
-    while let Some((_, path)) = files.last().cloned() {
-        let last = last_line(&path).map_err(|e| dir_err(format!("{}: {e}", path.display())))?;
-        let Some(line) = last else {
-            // A file created at rotation right before a crash: no records.
-            std::fs::remove_file(&path)
-                .map_err(|e| dir_err(format!("cannot remove empty {}: {e}", path.display())))?;
-            files.pop();
-            continue;
-        };
-        let damaged = |reason: &str| StartError::DamagedTail {
-            file: path.clone(),
-            reason: reason.to_string(),
-        };
-        let value: Value = serde_json::from_str(&line).map_err(|_| damaged("not JSON"))?;
-        let seq = value
-            .get("seq")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| damaged("no seq"))?;
-        let hash = value
-            .get("hash")
-            .and_then(Value::as_str)
-            .ok_or_else(|| damaged("no hash"))?;
-        if leaf_hash(&value) != hash {
-            return Err(damaged("its content does not match its hash"));
-        }
-        let next = seq
-            .checked_add(1)
-            .ok_or_else(|| damaged("its seq is the largest possible"))?;
-        return Ok((next, hash.to_string(), path));
-    }
-    Ok((0, GENESIS.to_string(), dir.join(file_name(0))))
-}
-
-/// The last complete line of a file, truncating an incomplete one.
-fn last_line(path: &Path) -> std::io::Result<Option<String>> {
-    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
-    let len = file.metadata()?.len();
-    // Records are small; the last one is within the last 1 MiB.
-    let start = len.saturating_sub(1 << 20);
-    file.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    let complete = match buf.iter().rposition(|&b| b == b'\n') {
-        Some(i) => i + 1,
-        None => 0,
-    };
-    if complete < buf.len() {
-        tracing::warn!(
-            file = %path.display(),
-            bytes = buf.len() - complete,
-            "audit file ends in an incomplete line (a write torn by a crash); cutting it off"
-        );
-        file.set_len(start + complete as u64)?;
-        file.sync_all()?;
-        buf.truncate(complete);
-    }
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .trim_end_matches('\n')
-        .rsplit('\n')
-        .next()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string))
 }
 
 struct Chain {
@@ -313,13 +232,15 @@ struct Chain {
     /// `fdatasync(2)` after each write, before waking the waiters.
     sync: bool,
     key: Option<CheckpointKey>,
-    signer: Option<SigningKey>,
+    signer: Option<Signer>,
     rotate_bytes: u64,
     checkpoint_every: u64,
     counters: Arc<Counters>,
     healthy: Arc<AtomicBool>,
     head: Arc<Mutex<Head>>,
     tail: broadcast::Sender<Arc<AuditRecord>>,
+    /// Written records go to the export too, when configured.
+    export: Option<super::export::Feed>,
     _lock: File,
 }
 
@@ -422,21 +343,39 @@ impl Chain {
 
     /// A checkpoint of the chain's head: the last record appended, signed
     /// with each configured key.
-    fn checkpoint_record(&self) -> AuditRecord {
+    /// `None` when the Ed25519 key cannot sign (a PKCS#11 token
+    /// unavailable): then no checkpoint is written, never one without the
+    /// signature it should carry; the failure is counted and logged, and
+    /// the next checkpoint, `checkpoint_every` records on, tries again
+    /// (it covers the whole chain before it).
+    fn checkpoint_record(&mut self) -> Option<AuditRecord> {
         let covered = self.next_seq - 1;
-        let signer = self.signer.as_ref();
-        AuditRecord {
+        let (key, sig) = match &self.signer {
+            None => (String::new(), String::new()),
+            Some(signer) => match signer.sign(covered, &self.prev) {
+                Ok(sig) => (signer.public_key().id().to_string(), sig),
+                Err(e) => {
+                    self.counters.sign_errors.fetch_add(1, Ordering::Relaxed);
+                    self.since_checkpoint = 0;
+                    tracing::error!(
+                        covered_seq = covered,
+                        error = %e,
+                        "AUDIT CHECKPOINT NOT WRITTEN: the signing key cannot sign; records are still written and chained, and the next checkpoint covers them"
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(AuditRecord {
             checkpoint_seq: Some(covered),
             checkpoint_head: self.prev.clone(),
             checkpoint_mac: (self.key.as_ref())
                 .map(|k| k.sign(covered, &self.prev))
                 .unwrap_or_default(),
-            checkpoint_key: signer.map(|k| k.id().to_string()).unwrap_or_default(),
-            checkpoint_sig: signer
-                .map(|k| k.sign(covered, &self.prev))
-                .unwrap_or_default(),
+            checkpoint_key: key,
+            checkpoint_sig: sig,
             ..AuditRecord::new(Kind::Checkpoint)
-        }
+        })
     }
 
     /// Records which Ed25519 key signs from here on, so that a rotation
@@ -444,9 +383,10 @@ impl Chain {
     /// checkpoint.
     fn announce_signing_key(&mut self) {
         let Some(signer) = &self.signer else { return };
+        let public = signer.public_key();
         let record = AuditRecord {
-            checkpoint_key: signer.id().to_string(),
-            public_key: signer.public_hex(),
+            checkpoint_key: public.id().to_string(),
+            public_key: public.hex(),
             ..AuditRecord::new(Kind::SigningKey)
         };
         self.append(record);
@@ -462,8 +402,9 @@ impl Chain {
             self.rotate();
             return;
         }
-        let record = self.checkpoint_record();
-        self.append(record);
+        if let Some(record) = self.checkpoint_record() {
+            self.append(record);
+        }
     }
 
     fn rotation_due(&self) -> bool {
@@ -472,9 +413,8 @@ impl Chain {
 
     /// Seals the current file with a checkpoint and starts the next one.
     fn rotate(&mut self) {
-        if self.signs() {
-            // Not through `checkpoint`, which would rotate again.
-            let record = self.checkpoint_record();
+        // Not through `checkpoint`, which would rotate again.
+        if let Some(record) = self.signs().then(|| self.checkpoint_record()).flatten() {
             let records_before = self.records_in_file;
             self.records_in_file = 0; // keep `append` from rotating
             self.append(record);
@@ -539,6 +479,9 @@ impl Chain {
                     head.file = self.path.display().to_string();
                 }
                 for record in self.published.drain(..) {
+                    if let Some(export) = &self.export {
+                        export.offer(&record);
+                    }
                     // No subscriber is fine.
                     let _ = self.tail.send(record);
                 }
@@ -581,7 +524,9 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::chain::GENESIS;
     use crate::audit::query::{self, Filter};
+    use std::path::Path;
 
     fn config(dir: &Path, key: Option<PathBuf>) -> AuditConfig {
         AuditConfig {
@@ -590,10 +535,13 @@ mod tests {
             checkpoint_every: 10,
             hmac_key_file: key,
             signing_key_file: None,
+            signing_key_pkcs11: None,
             queue_size: 1024,
             on_full: crate::audit::OnFull::Drop,
             durability: Durability::Written,
             ratelimit: Default::default(),
+            write_timeout_ms: 0,
+            export: None,
         }
     }
 
@@ -790,6 +738,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_write_timeout_reaches_the_sink_and_zero_means_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (ms, want) in [(0, None), (75, Some(std::time::Duration::from_millis(75)))] {
+            let config = AuditConfig {
+                write_timeout_ms: ms,
+                ..config(&tmp.path().join("audit"), None)
+            };
+            let (sink, writer) = start(&config).unwrap();
+            assert_eq!(sink.write_timeout, want);
+            writer.stop().await;
+        }
+    }
+
+    #[tokio::test]
     async fn a_directory_takes_one_writer() {
         let tmp = tempfile::tempdir().unwrap();
         let config = config(&tmp.path().join("audit"), None);
@@ -845,6 +807,7 @@ mod tests {
             healthy: Arc::clone(&healthy),
             head: Arc::default(),
             tail: broadcast::channel(8).0,
+            export: None,
             _lock: File::open(&path).unwrap(),
         };
         let (ack, mut failed) = oneshot::channel();

@@ -13,9 +13,12 @@ use clap::Subcommand;
 pub enum AuditCommand {
     /// Verify audit files offline: the hash chain, and checkpoint
     /// signatures with --key-file (HMAC) or --public-key (Ed25519). Names
-    /// the first broken record.
+    /// the first broken record. Also reads the OTLP/JSON files an
+    /// OpenTelemetry collector's `file` exporter writes from `audit.export`,
+    /// and verifies each chain (`service.instance.id`) in them.
     Verify {
-        /// Audit files (audit-*.jsonl) or directories holding them.
+        /// Audit files (audit-*.jsonl), directories holding them, or
+        /// OTLP/JSON export files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// The HMAC key file the server signs checkpoints with.
@@ -26,6 +29,16 @@ pub enum AuditCommand {
         /// across a key rotation. Verifies without any secret.
         #[arg(long)]
         public_key: Vec<PathBuf>,
+    },
+    /// Print the public key (SubjectPublicKeyInfo PEM) of the key that
+    /// signs the checkpoints: audit.signing_key_file's, or the key in the
+    /// PKCS#11 token of audit.signing_key_pkcs11 (read from the token, with
+    /// the same start-up checks as `serve`). Give it to auditors for
+    /// `portcullis audit verify --public-key`.
+    PublicKey {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Query a running server's audit trail (AuditService/Query) and print
     /// the records as JSON lines. The bearer token comes from the
@@ -79,6 +92,7 @@ impl AuditCommand {
                 key_file,
                 public_key,
             } => audit_verify(&files, key_file.as_deref(), &public_key),
+            AuditCommand::PublicKey { config } => audit_public_key(&config),
             AuditCommand::Query {
                 admin,
                 principal,
@@ -114,6 +128,26 @@ impl AuditCommand {
     }
 }
 
+fn audit_public_key(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use crate::audit::signing::{Signer, SigningKey};
+    let config = crate::config::Config::load(path)?;
+    let audit = &config.audit;
+    let signer = match (&audit.signing_key_file, &audit.signing_key_pkcs11) {
+        (Some(file), _) => Signer::File(
+            SigningKey::from_file(file).map_err(|e| anyhow::anyhow!("audit.signing_key_file: {e}"))?,
+        ),
+        (None, Some(token)) => Signer::Token(
+            crate::audit::pkcs11::TokenKey::open(token).map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        (None, None) => anyhow::bail!(
+            "{}: no audit.signing_key_file or audit.signing_key_pkcs11: checkpoints are not signed with a public key",
+            path.display()
+        ),
+    };
+    print!("{}", signer.public_key().to_pem());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn audit_verify(
     inputs: &[PathBuf],
     key_file: Option<&std::path::Path>,
@@ -131,6 +165,7 @@ fn audit_verify(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--public-key {e}"))?;
     let mut files = Vec::new();
+    let mut dumps = Vec::new();
     for input in inputs {
         if input.is_dir() {
             let found = crate::audit::writer::list_files(input)
@@ -139,17 +174,56 @@ fn audit_verify(
                 anyhow::bail!("{}: no audit files (audit-*.jsonl) in it", input.display());
             }
             files.extend(found.into_iter().map(|(_, p)| p));
+        } else if crate::audit::export::dump::is_dump(input) {
+            dumps.push(input.clone());
         } else {
             files.push(input.clone());
         }
     }
-    let v = crate::audit::query::verify_files(&files, key.as_ref(), &public_keys)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut ok = true;
+    if !files.is_empty() {
+        let v = crate::audit::query::verify_files(&files, key.as_ref(), &public_keys)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        ok &= report("", &v, key.is_some(), !public_keys.is_empty());
+    }
+    if !dumps.is_empty() {
+        let chains = crate::audit::export::dump::verify_dumps(&dumps, key.as_ref(), &public_keys)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if chains.is_empty() {
+            anyhow::bail!(
+                "no exported audit records (scope portcullis.audit) in the OTLP/JSON files given"
+            );
+        }
+        for chain in chains {
+            let label = format!("chain {}: ", chain.instance);
+            ok &= report(
+                &label,
+                &chain.verification,
+                key.is_some(),
+                !public_keys.is_empty(),
+            );
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints one chain's verification, each line after `label`; true when it
+/// verified.
+fn report(
+    label: &str,
+    v: &crate::audit::chain::Verification,
+    hmac_key: bool,
+    public_keys: bool,
+) -> bool {
     let range = match (v.first_seq, v.last_seq) {
         (Some(a), Some(b)) => format!(" (seq {a}..={b})"),
         _ => String::new(),
     };
-    let checkpoints = if key.is_some() || !public_keys.is_empty() {
+    let checkpoints = if hmac_key || public_keys {
         let mut s = format!(
             "{} checkpoint signature(s) verified",
             v.checkpoints_verified
@@ -168,27 +242,27 @@ fn audit_verify(
         )
     };
     match &v.broken {
-        None if !public_keys.is_empty() && v.checkpoints_verified == 0 => {
+        None if public_keys && v.checkpoints_verified == 0 => {
             println!(
-                "NOT VERIFIED: {} record(s){range} chain intact, but no checkpoint is signed by the given public key(s); {checkpoints}",
+                "{label}NOT VERIFIED: {} record(s){range} chain intact, but no checkpoint is signed by the given public key(s); {checkpoints}",
                 v.records
             );
-            Ok(ExitCode::FAILURE)
+            false
         }
         None => {
             println!(
-                "ok: {} record(s){range} chain intact; {checkpoints}; head {}",
+                "{label}ok: {} record(s){range} chain intact; {checkpoints}; head {}",
                 v.records, v.head
             );
-            Ok(ExitCode::SUCCESS)
+            true
         }
         Some(b) => {
-            println!("BROKEN: {b}");
+            println!("{label}BROKEN: {b}");
             println!(
-                "{} record(s){range} verified before the break; {checkpoints}",
+                "{label}{} record(s){range} verified before the break; {checkpoints}",
                 v.records
             );
-            Ok(ExitCode::FAILURE)
+            false
         }
     }
 }

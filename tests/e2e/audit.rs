@@ -76,7 +76,7 @@ impl Setup {
 
 /// Calls an admin method as `who` (None: no credentials) and parses the
 /// JSON reply.
-fn admin(pdp: &mut Portcullis, who: Option<&str>, method: &str, body: &Value) -> Value {
+pub(crate) fn admin(pdp: &mut Portcullis, who: Option<&str>, method: &str, body: &Value) -> Value {
     let addr = pdp.listener("admin").to_string();
     let header = who.map(|w| format!("authorization: Bearer {}", token(w)));
     let mut args: Vec<&str> = Vec::new();

@@ -528,3 +528,71 @@ fn every_bundled_envoy_normalizes_paths_as_the_contract_says() {
         );
     }
 }
+
+/// The Portcullis config snippet in a file's leading comment (the lines
+/// indented under `# Portcullis side`), without the comment marks.
+fn commented_config(file: &str) -> String {
+    let text = std::fs::read_to_string(deploy(file)).unwrap();
+    text.lines()
+        .skip_while(|l| !l.starts_with("# Portcullis side"))
+        .skip(1)
+        .skip_while(|l| l.trim() == "#")
+        .take_while(|l| l.starts_with("#  "))
+        .map(|l| &l[4..])
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_audit_collector_receives_otlp_grpc_batches_and_keeps_a_verifiable_file() {
+    let file = "otel-collector/audit-logs.yaml";
+    let collector = yaml(file);
+    let snippet = commented_config(file);
+    let config =
+        Config::parse(&snippet, &deploy(file)).unwrap_or_else(|e| panic!("{e}\n{snippet}"));
+    config.check(&deploy(file)).unwrap();
+    let export = config.audit.export.expect("the snippet sets audit.export");
+    let receiver = get(&collector, "receivers.otlp.protocols.grpc.endpoint")
+        .as_str()
+        .unwrap();
+    let port = |s: &str| s.rsplit(':').next().unwrap().to_string();
+    assert_eq!(
+        port(&export.endpoint),
+        port(receiver),
+        "Portcullis exports to the port the otlp receiver's gRPC protocol listens on"
+    );
+
+    let pipeline = get(&collector, "service.pipelines.logs/audit");
+    let names = |key: &str| -> Vec<String> {
+        seq(pipeline, key)
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("receivers"), ["otlp"]);
+    assert!(names("processors").contains(&"batch".to_string()));
+    for section in ["receivers", "processors", "exporters"] {
+        for name in names(section) {
+            assert!(
+                !get(&collector, &format!("{section}.{name}")).is_null(),
+                "{section}.{name} is used by the pipeline but not defined"
+            );
+        }
+    }
+    for name in seq(&collector, "service.extensions") {
+        let name = name.as_str().unwrap();
+        assert!(
+            !get(&collector, &format!("extensions.{name}")).is_null(),
+            "{name}"
+        );
+    }
+    // The pipeline keeps what `portcullis audit verify` reads: OTLP/JSON.
+    let file_exporter = names("exporters")
+        .into_iter()
+        .find(|e| e == "file" || e.starts_with("file/"))
+        .expect("a file exporter in the pipeline");
+    assert_eq!(
+        get(&collector, &format!("exporters.{file_exporter}.format")).as_str(),
+        Some("json")
+    );
+}

@@ -12,6 +12,8 @@ mod support;
 
 mod audit;
 mod audit_durability;
+mod audit_export;
+mod audit_pkcs11;
 mod cli;
 mod container_build;
 mod deploy;

@@ -39,7 +39,13 @@ impl Portcullis {
     /// [`write_config`]), `--policies <repo>/policies` and
     /// `--listen 127.0.0.1:0`.
     pub fn start(args: &[&str]) -> Portcullis {
-        Self::spawn(args, None)
+        Self::spawn(args, None, &[])
+    }
+
+    /// As [`Portcullis::start`], with these environment variables set for
+    /// the process (e.g. `SOFTHSM2_CONF` for a test token).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Portcullis {
+        Self::spawn(args, None, env)
     }
 
     /// As [`Portcullis::start`], with the process's file size limit
@@ -48,10 +54,14 @@ impl Portcullis {
     /// write to a full disk fails with `ENOSPC`, without root or a small
     /// filesystem. Its stderr file has the same limit.
     pub fn start_with_file_size_limit(args: &[&str], bytes: u64) -> Portcullis {
-        Self::spawn(args, Some(bytes))
+        Self::spawn(args, Some(bytes), &[])
     }
 
-    fn spawn(args: &[&str], file_size_limit: Option<u64>) -> Portcullis {
+    fn spawn(
+        args: &[&str],
+        file_size_limit: Option<u64>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Portcullis {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut full: Vec<String> = vec!["serve".into()];
         let has = |flag: &str| {
@@ -82,6 +92,7 @@ impl Portcullis {
             .args(&full)
             .current_dir(dir.path())
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(&stderr).expect("create stderr file"));

@@ -243,6 +243,20 @@ impl AuditService for AuditAdmin {
             head_hash: head.hash,
             current_file: head.file,
             checkpoints_signed: sink.checkpoints_enabled(),
+            durability: sink.durability().as_str().into(),
+            checkpoint_sign_errors: c.sign_errors.load(Relaxed),
+            write_timeouts: c.write_timeouts.load(Relaxed),
+            export: sink.export().map(|e| {
+                let c = &e.counters;
+                proto::AuditExportStatus {
+                    endpoint: e.endpoint.clone(),
+                    exported: c.exported.load(Relaxed),
+                    dropped: c.dropped.load(Relaxed),
+                    failed: c.failed.load(Relaxed),
+                    pending: c.pending(),
+                    errors: c.errors.load(Relaxed),
+                }
+            }),
         }))
     }
 }
