@@ -402,32 +402,6 @@ impl AuditSink {
         .await
     }
 
-    /// Records a ShouldRateLimit answer as `audit.ratelimit` says (see
-    /// [`sampling`]): like [`AuditSink::record_decision`] when it is
-    /// recorded; a plain `OK` left out is counted and answered at once.
-    pub async fn record_ratelimit_decision(
-        &self,
-        d: Decision,
-        req: &AccessRequest,
-        latency: Duration,
-    ) -> Decision {
-        let unrecorded_before = match self.ratelimit.sample(&d) {
-            sampling::Sample::Record { unrecorded_before } => unrecorded_before,
-            sampling::Sample::Skip => {
-                self.counters
-                    .ratelimit_ok_unrecorded
-                    .fetch_add(1, Ordering::Relaxed);
-                return d;
-            }
-        };
-        self.record_or_refuse(d, |d| {
-            let mut record = AuditRecord::decision(d, req, latency);
-            record.unrecorded_before = unrecorded_before;
-            vec![record]
-        })
-        .await
-    }
-
     /// Records an admin call's decision, with the same rules as
     /// [`AuditSink::record_decision`]: a call that cannot be recorded in
     /// `fail_closed` mode is refused.

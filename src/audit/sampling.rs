@@ -12,7 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 
+use std::time::Duration;
+
+use super::{AuditRecord, AuditSink};
 use crate::decision::{Decision, Outcome};
+use crate::request::AccessRequest;
 
 /// The `audit.ratelimit` section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -95,6 +99,34 @@ impl RateLimitSampler {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             Sample::Skip
         }
+    }
+}
+
+impl AuditSink {
+    /// Records a ShouldRateLimit answer as `audit.ratelimit` says (see
+    /// the module docs): like [`AuditSink::record_decision`] when it is
+    /// recorded; a plain `OK` left out is counted and answered at once.
+    pub async fn record_ratelimit_decision(
+        &self,
+        d: Decision,
+        req: &AccessRequest,
+        latency: Duration,
+    ) -> Decision {
+        let unrecorded_before = match self.ratelimit.sample(&d) {
+            Sample::Record { unrecorded_before } => unrecorded_before,
+            Sample::Skip => {
+                self.counters
+                    .ratelimit_ok_unrecorded
+                    .fetch_add(1, Ordering::Relaxed);
+                return d;
+            }
+        };
+        self.record_or_refuse(d, |d| {
+            let mut record = AuditRecord::decision(d, req, latency);
+            record.unrecorded_before = unrecorded_before;
+            vec![record]
+        })
+        .await
     }
 }
 
