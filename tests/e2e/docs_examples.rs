@@ -99,6 +99,10 @@ const NOT_RUNNABLE: &[(&str, &str)] = &[
         "a benchmark: a release build and a dozen pinned load runs of 5 s",
     ),
     (
+        "scripts/profile.sh rls",
+        "a profile: a release build, perf sampling the server under 6 s of load",
+    ),
+    (
         "scripts/bench-memory.sh",
         "a benchmark: a release build and a million RLS calls",
     ),

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# CPU profile of the `portcullis` server under load: perf samples the
+# server process (call graphs by DWARF unwinding) while `portcullis-bench
+# --target` loads it with one RPC, and the script writes
+#
+#   target/profile/<rpc>.folded    collapsed stacks (one line per stack)
+#   target/profile/<rpc>.svg       a flame graph of them (inferno)
+#   target/profile/<rpc>.top.txt   the functions with the most samples,
+#                                  inclusive (children counted), ours first
+#
+#   scripts/profile.sh rls          # ShouldRateLimit, one descriptor
+#   scripts/profile.sh check        # Check, allowed calls
+#   DURATION=10 scripts/profile.sh rls
+#
+# The server is pinned to SERVER_CPU (0) and the load generator to LOAD_CPU
+# (1) as in scripts/bench-side-by-side.sh. Needs perf (Debian
+# linux-perf) and installs inferno (crates.io) into .tools with cargo.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+
+rpc=${1:-rls}
+DURATION=${DURATION:-6}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+say() { printf '== %s\n' "$*" >&2; }
+die() { printf 'profile: %s\n' "$*" >&2; exit 1; }
+case $rpc in
+    rls) load_args=(--rpc rls --rls-shape one) ;;
+    check) load_args=(--rpc check --mix allowed) ;;
+    *) die "usage: scripts/profile.sh rls|check" ;;
+esac
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 120 ]] || die "DURATION must be 1..120 seconds"
+command -v perf >/dev/null || die "needs perf (Debian package linux-perf)"
+command -v taskset >/dev/null || die "needs taskset (Debian util-linux)"
+
+inferno=$root/.tools/bin/inferno-flamegraph
+if [ ! -x "$inferno" ]; then
+    say "installing inferno into .tools (cargo install)"
+    cargo install --locked --root "$root/.tools" inferno >&2 || die "cargo install inferno failed"
+fi
+
+say "building release binaries"
+cargo build --release --locked --bin portcullis --bin portcullis-bench >&2
+bin=$root/target/release
+out=$root/target/profile
+mkdir -p "$out"
+
+bench_workdir portcullis-profile
+bench_portcullis_config "$work" "$bin" "$root"
+key=$work/bench-token.p8
+jwks=$("$bin/portcullis-bench" --write-token-key "$key")
+python3 - "$work/portcullis.yaml" "$jwks" <<'PY'
+import sys
+path, jwks = sys.argv[1:]
+text = open(path).read()
+marker = "      org_claim: org\n"
+assert marker in text, "bench_portcullis_config's issuer block changed"
+issuer = ('    - issuer: "https://bench.portcullis.invalid/"\n'
+          '      audiences: ["portcullis-bench"]\n'
+          f'      jwks_file: "{jwks}"\n'
+          '      algorithms: ["ES256"]\n'
+          '      org_claim: org\n')
+open(path, "w").write(text.replace(marker, marker + issuer, 1))
+PY
+
+taskset -c "$SERVER_CPU" "$bin/portcullis" serve --config "$work/portcullis.yaml" \
+    >"$work/portcullis.out" 2>"$work/portcullis.log" &
+server=$!
+pids+=("$server")
+wait_tcp "$pp" "Portcullis"
+
+# Warm up, then sample the server for DURATION seconds under the same load.
+taskset -c "$LOAD_CPU" "$bin/portcullis-bench" --target "127.0.0.1:$pp" "${load_args[@]}" \
+    --token-key-file "$key" --duration 1 --warmup 0 >/dev/null
+perf record -F 499 -g --call-graph dwarf,16384 -p "$server" -o "$work/perf.data" \
+    -- sleep "$((DURATION + 1))" >"$work/perf.log" 2>&1 &
+perf_pid=$!
+sleep 0.5
+taskset -c "$LOAD_CPU" "$bin/portcullis-bench" --target "127.0.0.1:$pp" "${load_args[@]}" \
+    --token-key-file "$key" --duration "$DURATION" --warmup 0 | tee "$out/$rpc.load.txt" >&2
+wait "$perf_pid" || die "perf record failed: $(tail -3 "$work/perf.log")"
+
+say "folding stacks"
+perf script -i "$work/perf.data" 2>/dev/null | "$root/.tools/bin/inferno-collapse-perf" >"$out/$rpc.folded"
+"$inferno" --title "portcullis $rpc (${DURATION}s, $(git rev-parse --short HEAD))" \
+    <"$out/$rpc.folded" >"$out/$rpc.svg"
+perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
+    grep '%' | sed 's/  */ /g' | grep -E 'portcullis::|serde|uuid|sha2|malloc|free' | awk 'NR <= 40' >"$out/$rpc.top.txt"
+say "wrote $out/$rpc.svg, $out/$rpc.folded and $out/$rpc.top.txt"
