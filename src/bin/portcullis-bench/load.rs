@@ -55,7 +55,15 @@ pub async fn drive(
         &args.keys,
     )
     .await;
-    let seconds = started.elapsed().as_secs_f64();
+    phase(server, results, started.elapsed().as_secs_f64())
+}
+
+/// The figures of one measured run from its workers' results.
+pub fn phase(
+    server: &'static str,
+    results: Vec<WorkerResult>,
+    seconds: f64,
+) -> anyhow::Result<Phase> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut errors, mut allowed, mut denied) = (0, 0, 0);
     for w in results {
@@ -83,11 +91,38 @@ pub async fn drive(
     })
 }
 
-struct WorkerResult {
-    hist: Histogram<u64>,
-    errors: u64,
-    allowed: u64,
-    denied: u64,
+/// What one worker measured.
+pub struct WorkerResult {
+    pub hist: Histogram<u64>,
+    pub errors: u64,
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+impl WorkerResult {
+    pub fn new() -> Self {
+        WorkerResult {
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            errors: 0,
+            allowed: 0,
+            denied: 0,
+        }
+    }
+
+    /// One call that took `us` microseconds: allowed, denied or failed.
+    pub fn record(&mut self, us: u64, outcome: Result<bool, ()>) {
+        match outcome {
+            Ok(allowed) => {
+                let _ = self.hist.record(us.clamp(1, 60_000_000));
+                if allowed {
+                    self.allowed += 1;
+                } else {
+                    self.denied += 1;
+                }
+            }
+            Err(()) => self.errors += 1,
+        }
+    }
 }
 
 /// `concurrency` workers, each with one request in flight, until `duration`
@@ -111,12 +146,7 @@ async fn run_load(
         let sent = Arc::clone(&sent);
         let keys = *keys;
         workers.spawn(async move {
-            let mut r = WorkerResult {
-                hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-                errors: 0,
-                allowed: 0,
-                denied: 0,
-            };
+            let mut r = WorkerResult::new();
             let mut i = w;
             while Instant::now() < deadline {
                 let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -125,6 +155,7 @@ async fn run_load(
                 }
                 let t = Instant::now();
                 let allowed = match &*requests {
+                    Calls::Http(_) => unreachable!("HTTP calls are driven by http_load"),
                     Calls::Check(calls) => {
                         let req = calls[i % calls.len()].clone();
                         authz.check(req).await.map(|resp| {
@@ -145,18 +176,7 @@ async fn run_load(
                     }
                 };
                 i += concurrency;
-                let us = t.elapsed().as_micros().max(1) as u64;
-                match allowed {
-                    Ok(allowed) => {
-                        let _ = r.hist.record(us.min(60_000_000));
-                        if allowed {
-                            r.allowed += 1;
-                        } else {
-                            r.denied += 1;
-                        }
-                    }
-                    Err(_) => r.errors += 1,
-                }
+                r.record(t.elapsed().as_micros() as u64, allowed.map_err(|_| ()));
             }
             r
         });
@@ -168,4 +188,6 @@ async fn run_load(
 pub enum Calls {
     Check(Vec<CheckRequest>),
     Rls(Vec<RateLimitRequest>),
+    /// Forward-auth requests (`--rpc forward-auth`, `http_load`).
+    Http(Vec<crate::http_load::HttpCall>),
 }
