@@ -47,9 +47,9 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let mut access = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
-        let decision = access::decide(&self.state, &mut access, Door::ExtAuthz).await;
-        Ok(Response::new(to_check_response(&decision, &access)))
+        let mut asked = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
+        let decision = access::decide(&self.state, &mut asked, Door::ExtAuthz).await;
+        Ok(Response::new(to_check_response(&decision, &asked)))
     }
 }
 
