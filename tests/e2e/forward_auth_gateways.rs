@@ -523,5 +523,47 @@ fn forged_forwarding_headers_through_the_gateways_change_no_decision() {
             record["source_ip"], "127.0.0.2",
             "{door}: the client's address is the one its gateway saw: {record}"
         );
+
+        // Identity headers only ever come from Portcullis. nginx sets the
+        // four it copies (so a client's never pass) but cannot remove other
+        // x-portcullis-* headers (docs/forward-auth.md).
+        let before = stack.upstream.hits();
+        let r = HttpRequest::get("/v1/status")
+            .header("x-portcullis-principal", "User::\"admin\"")
+            .header("x-portcullis-pii", "none")
+            .header("x-portcullis-role", "admin")
+            .send(addr);
+        let s = seen(&r, before, &stack.upstream);
+        assert_eq!(
+            s.principal.as_deref(),
+            Some("Anonymous::\"anonymous\""),
+            "{door}"
+        );
+        assert_eq!(s.pii, None, "{door}");
+        let echo = r.json();
+        let role = echo["headers"]["x-portcullis-role"].as_str();
+        assert_eq!(
+            role.is_some(),
+            door == "nginx",
+            "{door}: x-portcullis-role {role:?}"
+        );
+    }
+
+    // The route's headers_to_remove (predict: cookie, x-client-id) are
+    // removed from the upstream request by Envoy in both modes.
+    let alice = mint(claims("alice", "acme"), Key::Es256);
+    for (door, addr) in [stack.doors()[0], stack.doors()[3]] {
+        let before = stack.upstream.hits();
+        let r = HttpRequest::post("/v1/models/sentiment/versions/v2:predict")
+            .bearer(&alice)
+            .header("cookie", "session=secret")
+            .header("x-client-id", "laptop-7")
+            .json(&json!({"features": ["the parcel arrived early"]}))
+            .send(addr);
+        let s = seen(&r, before, &stack.upstream);
+        assert_eq!(s.status, 200, "{door}");
+        let headers = &r.json()["headers"];
+        assert!(headers.get("cookie").is_none(), "{door}: {headers}");
+        assert!(headers.get("x-client-id").is_none(), "{door}: {headers}");
     }
 }
