@@ -399,10 +399,16 @@ impl AuditSink {
     /// Records an admin call's decision, with the same rules as
     /// [`AuditSink::record_decision`]: a call that cannot be recorded in
     /// `fail_closed` mode is refused.
-    pub async fn record_admin_call(&self, d: Decision, req: &AccessRequest, rpc: &str) -> Decision {
+    pub async fn record_admin_call(
+        &self,
+        d: Decision,
+        req: &AccessRequest,
+        rpc: &str,
+        adapter: &str,
+    ) -> Decision {
         self.record_or_refuse(d, |d| {
             vec![AuditRecord {
-                adapter: crate::pipeline::Door::Admin.as_str().to_string(),
+                adapter: adapter.to_string(),
                 ..AuditRecord::admin_call(d, req, rpc)
             }]
         })

@@ -52,7 +52,11 @@ pub(super) async fn record(
             metrics::global().decision(metrics::Service::RateLimit, &d, started.elapsed());
             d
         }
-        Ask::Admin(call) => audit.record_admin_call(d, call.request, call.rpc).await,
+        Ask::Admin(call) => {
+            audit
+                .record_admin_call(d, call.request, call.rpc, live.door.as_str())
+                .await
+        }
     }
 }
 
