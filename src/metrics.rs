@@ -163,9 +163,11 @@ pub enum Service {
     ExtAuthz,
     /// Envoy RLS `ShouldRateLimit`.
     RateLimit,
+    /// The forward-auth HTTP listener.
+    ForwardAuth,
 }
 
-const SERVICES: &[&str] = &["ext_authz", "ratelimit"];
+const SERVICES: &[&str] = &["ext_authz", "ratelimit", "forward_auth"];
 
 impl Service {
     fn as_str(self) -> &'static str {

@@ -31,6 +31,12 @@ pub struct AccessRequest {
     /// header only the gateway sets), for data residency. Never taken from
     /// anything the client controls.
     pub gateway_region: Option<String>,
+    /// True when no body came and the front door cannot tell an empty body
+    /// from one the gateway did not forward (forward-auth, where nginx never
+    /// forwards bodies and Caddy or Traefik may not): a route with a body
+    /// rule is then refused (`body_not_forwarded`), never allowed
+    /// unvalidated.
+    pub body_not_forwarded: bool,
 }
 
 impl AccessRequest {
@@ -68,6 +74,7 @@ impl AccessRequest {
             time: SystemTime::now(),
             body: None,
             gateway_region: None,
+            body_not_forwarded: false,
         }
     }
 }

@@ -22,16 +22,11 @@ use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
+use super::access;
 use crate::app::State;
-use crate::decision::outcome::DECISION_HEADER;
 use crate::decision::{Decision, GrpcCode};
-use crate::pipeline;
+use crate::pipeline::Door;
 use crate::request::AccessRequest;
-
-/// Headers Portcullis sets for the upstream; clients may never send them.
-pub const HEADER_PREFIX: &str = "x-portcullis-";
-const PRINCIPAL_HEADER: &str = "x-portcullis-principal";
-const VERSION_HEADER: &str = "x-portcullis-policy-version";
 
 /// The ext_authz `Authorization` service.
 #[derive(Debug, Clone)]
@@ -52,30 +47,9 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let mut access = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
-        access.gateway_region = self.state.residency.region_of(&access.headers);
-        let snapshot = self.state.policies.current();
-        // One span per decision, carrying the gateway's request id and
-        // trace context: every log line inside it (authentication, quota,
-        // anomalies) names them.
-        let trace = crate::tracecontext::TraceContext::of(&access);
-        let span = tracing::info_span!(
-            "check",
-            request_id = %access.request_id,
-            trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
-            parent_span_id = trace.as_ref().map(|t| t.parent_id.as_str()),
-        );
-        crate::otlp::set_parent(&span, &access.headers);
-        let decision = tracing::Instrument::instrument(
-            pipeline::decide(
-                &snapshot,
-                pipeline::Ask::Access(&access),
-                pipeline::Mode::Enforce(self.state.live()),
-            ),
-            span,
-        )
-        .await;
-        Ok(Response::new(to_check_response(&decision, &access)))
+        let mut asked = to_access_request(request.get_ref()).map_err(Status::invalid_argument)?;
+        let decision = access::decide(&self.state, &mut asked, Door::ExtAuthz).await;
+        Ok(Response::new(to_check_response(&decision, &asked)))
     }
 }
 
@@ -138,6 +112,7 @@ pub fn to_access_request(check: &CheckRequest) -> Result<AccessRequest, &'static
         time,
         body: body_of(http),
         gateway_region: None,
+        body_not_forwarded: false,
     })
 }
 
@@ -172,33 +147,16 @@ fn headers_of(http: &HttpRequest) -> HashMap<String, String> {
 pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckResponse {
     let metadata = decision_metadata(decision);
     if decision.is_allowed() {
-        let mut headers = vec![
-            set_header(DECISION_HEADER, &decision.id),
-            set_header(VERSION_HEADER, &decision.policy_version),
-        ];
-        if let Some(p) = &decision.principal {
-            headers.push(set_header(PRINCIPAL_HEADER, p));
-        }
-        for (k, v) in &decision.upstream_headers {
-            headers.push(set_header(k, v));
-        }
+        let upstream = access::upstream(decision, req);
+        let headers: Vec<HeaderValueOption> =
+            upstream.set.iter().map(|(k, v)| set_header(k, v)).collect();
         // Clients must never spoof our headers: the ones we set overwrite,
-        // every other x-portcullis-* header the client sent is removed.
-        let mut headers_to_remove: Vec<String> = req
-            .headers
-            .keys()
-            .filter(|k| k.starts_with(HEADER_PREFIX))
-            .filter(|k| {
-                !headers
-                    .iter()
-                    .any(|h| h.header.as_ref().is_some_and(|h| &h.key == *k))
-            })
-            .cloned()
-            .collect();
-        // Minimisation: what the route says the model does not need.
-        for h in &decision.strip_headers {
-            if req.headers.contains_key(h) && !headers_to_remove.contains(h) {
-                headers_to_remove.push(h.clone());
+        // every other x-portcullis-* header the client sent is removed;
+        // and what the route says the model does not need (minimisation).
+        let mut headers_to_remove = upstream.spoofed;
+        for h in upstream.minimised {
+            if req.headers.contains_key(&h) && !headers_to_remove.contains(&h) {
+                headers_to_remove.push(h);
             }
         }
         headers_to_remove.sort();
@@ -222,8 +180,9 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
             dynamic_metadata: Some(metadata),
         };
     }
-    let headers = decision
-        .client_headers()
+    let denial = access::denial(decision);
+    let headers = denial
+        .headers
         .iter()
         .map(|(k, v)| set_header(k, v))
         .collect();
@@ -236,10 +195,10 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             // Envoy's StatusCode enum values are the HTTP status numbers.
             status: Some(HttpStatus {
-                code: i32::from(decision.status),
+                code: i32::from(denial.status),
             }),
             headers,
-            body: decision.problem_json(),
+            body: denial.body,
         })),
         dynamic_metadata: Some(metadata),
     }
@@ -360,7 +319,7 @@ mod tests {
             .collect();
         assert!(set
             .iter()
-            .any(|h| h.key == PRINCIPAL_HEADER && h.value == "User::\"alice\""));
+            .any(|h| h.key == access::PRINCIPAL_HEADER && h.value == "User::\"alice\""));
         assert!(ok
             .headers
             .iter()

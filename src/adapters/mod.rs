@@ -3,9 +3,11 @@
 //! renders the `Decision` through the outcome table
 //! (`decision::outcome`). No policy logic lives here.
 
+pub mod access;
 pub mod admin;
 pub mod check_wire;
 pub mod extauthz;
+pub mod forward_auth;
 pub mod http;
 pub mod offline;
 pub mod rls;

@@ -61,7 +61,7 @@ impl RateLimitService for RateLimiter {
                 domain: &call.domain,
                 descriptors: &descriptors,
             }),
-            pipeline::Mode::Enforce(self.state.live()),
+            pipeline::Mode::Enforce(self.state.live(pipeline::Door::RateLimit)),
         )
         .await;
         if decision.is_failure() {

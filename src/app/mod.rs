@@ -44,8 +44,9 @@ pub struct State {
 
 impl State {
     /// The running parts an enforced decision uses (`pipeline::Mode::Enforce`).
-    pub fn live(&self) -> crate::pipeline::Live<'_> {
+    pub fn live(&self, door: crate::pipeline::Door) -> crate::pipeline::Live<'_> {
         crate::pipeline::Live {
+            door,
             authenticator: &self.authenticator,
             quotas: &self.quotas,
             audit: Some(&self.audit),

@@ -90,6 +90,11 @@ pub struct AuditRecord {
     pub time: String,
     /// What the record is about.
     pub kind: Kind,
+    /// The front door the decision was asked through: `ext_authz`,
+    /// `forward_auth`, `ratelimit` or `admin`. Left out when empty, so
+    /// records written before the field existed hash as they did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub adapter: String,
     /// The gateway's request id.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
@@ -392,10 +397,14 @@ impl AuditSink {
         &self,
         d: Decision,
         req: &AccessRequest,
+        adapter: &str,
         latency: Duration,
     ) -> Decision {
         self.record_or_refuse(d, |d| {
-            let mut records = vec![AuditRecord::decision(d, req, latency)];
+            let mut records = vec![AuditRecord {
+                adapter: adapter.to_string(),
+                ..AuditRecord::decision(d, req, latency)
+            }];
             records.extend(AuditRecord::authn_failure(d, req));
             records
         })
@@ -405,9 +414,20 @@ impl AuditSink {
     /// Records an admin call's decision, with the same rules as
     /// [`AuditSink::record_decision`]: a call that cannot be recorded in
     /// `fail_closed` mode is refused.
-    pub async fn record_admin_call(&self, d: Decision, req: &AccessRequest, rpc: &str) -> Decision {
-        self.record_or_refuse(d, |d| vec![AuditRecord::admin_call(d, req, rpc)])
-            .await
+    pub async fn record_admin_call(
+        &self,
+        d: Decision,
+        req: &AccessRequest,
+        rpc: &str,
+        adapter: &str,
+    ) -> Decision {
+        self.record_or_refuse(d, |d| {
+            vec![AuditRecord {
+                adapter: adapter.to_string(),
+                ..AuditRecord::admin_call(d, req, rpc)
+            }]
+        })
+        .await
     }
 
     /// Hands the records `of` the decision gives to the writer and, unless
@@ -656,7 +676,9 @@ mod tests {
         // A queue nobody drains, already full.
         let (sink, _rx) = sink(OnFull::FailClosed, Durability::Written, 1);
         assert!(sink.record(AuditRecord::new(Kind::PolicyReload)));
-        let d = sink.record_decision(allowed(), &req(), US).await;
+        let d = sink
+            .record_decision(allowed(), &req(), "ext_authz", US)
+            .await;
         assert_eq!(
             (d.status, d.reason),
             (503, Some(DenyReason::AuditUnavailable))
@@ -671,7 +693,9 @@ mod tests {
             let (sink, _rx) = sink(OnFull::Drop, durability, 1);
             assert!(sink.record(AuditRecord::new(Kind::PolicyReload)));
             for _ in 0..5 {
-                let d = sink.record_decision(allowed(), &req(), US).await;
+                let d = sink
+                    .record_decision(allowed(), &req(), "ext_authz", US)
+                    .await;
                 assert!(d.is_allowed(), "{durability:?}");
             }
             assert_eq!(sink.counters().queued.load(Ordering::Relaxed), 1);
@@ -685,7 +709,10 @@ mod tests {
         let (sink, mut rx) = sink(OnFull::Drop, Durability::Written, 16);
         let pending = tokio::spawn({
             let sink = sink.clone();
-            async move { sink.record_decision(allowed(), &req(), US).await }
+            async move {
+                sink.record_decision(allowed(), &req(), "ext_authz", US)
+                    .await
+            }
         });
         let Some(Message::Awaited(records, ack)) = rx.recv().await else {
             panic!("the decision's records are handed over with a waiter")
@@ -704,7 +731,7 @@ mod tests {
         let (sink, mut rx) = sink(OnFull::Drop, Durability::Queued, 16);
         // Nobody writes; the answer comes anyway.
         assert!(sink
-            .record_decision(allowed(), &req(), US)
+            .record_decision(allowed(), &req(), "ext_authz", US)
             .await
             .is_allowed());
         assert!(matches!(rx.try_recv(), Ok(Message::Record(_))));
@@ -716,7 +743,9 @@ mod tests {
         for durability in [Durability::Queued, Durability::Written, Durability::Synced] {
             let (sink, rx) = sink(OnFull::FailClosed, durability, 16);
             let writer = writer(rx, false);
-            let d = sink.record_decision(allowed(), &req(), US).await;
+            let d = sink
+                .record_decision(allowed(), &req(), "ext_authz", US)
+                .await;
             assert_eq!(d.status, 503, "{durability:?}");
             assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
             drop(sink);
@@ -730,7 +759,7 @@ mod tests {
         let (sink, rx) = sink(OnFull::Drop, Durability::Synced, 16);
         let writer = writer(rx, false);
         assert!(sink
-            .record_decision(allowed(), &req(), US)
+            .record_decision(allowed(), &req(), "ext_authz", US)
             .await
             .is_allowed());
         drop(sink);
@@ -741,7 +770,9 @@ mod tests {
     async fn failed_writes_in_fail_closed_mode_deny() {
         let (sink, mut rx) = sink(OnFull::FailClosed, Durability::Written, 16);
         sink.healthy.store(false, Ordering::Relaxed);
-        let d = sink.record_decision(allowed(), &req(), US).await;
+        let d = sink
+            .record_decision(allowed(), &req(), "ext_authz", US)
+            .await;
         assert_eq!(d.status, 503);
         assert!(!sink.accepts());
         // The denial is still queued, so the writer retries and can recover.
@@ -755,7 +786,9 @@ mod tests {
         assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
         sink.healthy.store(true, Ordering::Relaxed);
         let writer = writer(rx, true);
-        let d = sink.record_decision(allowed(), &req(), US).await;
+        let d = sink
+            .record_decision(allowed(), &req(), "ext_authz", US)
+            .await;
         assert!(d.is_allowed(), "serves again once writes succeed");
         drop(sink);
         writer.await.unwrap();
@@ -768,7 +801,9 @@ mod tests {
             let (mut sink, mut rx) = sink(mode, Durability::Written, 16);
             sink.write_timeout = Some(Duration::from_millis(50));
             let started = tokio::time::Instant::now();
-            let d = sink.record_decision(allowed(), &req(), US).await;
+            let d = sink
+                .record_decision(allowed(), &req(), "ext_authz", US)
+                .await;
             assert_eq!(d.status, status, "{mode:?}");
             assert_eq!(started.elapsed(), Duration::from_millis(50), "{mode:?}");
             assert_eq!(sink.counters().write_timeouts.load(Ordering::Relaxed), 1);

@@ -110,6 +110,7 @@ impl AuditSink {
         &self,
         d: Decision,
         req: &AccessRequest,
+        adapter: &str,
         latency: Duration,
     ) -> Decision {
         let unrecorded_before = match self.ratelimit.sample(&d) {
@@ -122,9 +123,11 @@ impl AuditSink {
             }
         };
         self.record_or_refuse(d, |d| {
-            let mut record = AuditRecord::decision(d, req, latency);
-            record.unrecorded_before = unrecorded_before;
-            vec![record]
+            vec![AuditRecord {
+                adapter: adapter.to_string(),
+                unrecorded_before,
+                ..AuditRecord::decision(d, req, latency)
+            }]
         })
         .await
     }

@@ -90,6 +90,7 @@ fn check(
                 .block_on(async {
                     authenticator.prefetch().await;
                     let live = crate::pipeline::Live {
+                        door: crate::pipeline::Door::ExtAuthz,
                         authenticator: &authenticator,
                         quotas: &quotas,
                         audit: None,

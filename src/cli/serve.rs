@@ -32,6 +32,11 @@ pub struct ServeArgs {
     /// (overrides `http_listen`) [default: 127.0.0.1:9090]
     #[arg(long)]
     http_listen: Option<std::net::SocketAddr>,
+    /// Forward-auth HTTP decision listener for nginx, Caddy, Traefik,
+    /// Envoy's HTTP mode and Gateway API (overrides `forward_auth.listen`)
+    /// [default: off]
+    #[arg(long)]
+    forward_auth_listen: Option<std::net::SocketAddr>,
     /// Serve the policy directory as it was at this git revision
     /// (overrides `policy_revision`); rolling back is pinning the
     /// previous one.
@@ -57,6 +62,9 @@ impl ServeArgs {
         }
         if let Some(h) = self.http_listen {
             c.http_listen = h;
+        }
+        if let Some(f) = self.forward_auth_listen {
+            c.forward_auth.listen = Some(f);
         }
         if c.policy_revision.is_none() {
             c.policies =
@@ -109,10 +117,14 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         println!("listening decision {}", running.decision_addr);
         println!("listening admin {}", running.admin_addr);
         println!("listening http {}", running.http_addr);
+        if let Some(addr) = running.forward_auth_addr {
+            println!("listening forward_auth {addr}");
+        }
         tracing::info!(
             decision = %running.decision_addr,
             admin = %running.admin_addr,
             http = %running.http_addr,
+            forward_auth = running.forward_auth_addr.map(|a| a.to_string()),
             "serving"
         );
         running.serve_until(shutdown).await?;

@@ -69,6 +69,12 @@ pub enum DenyReason {
     /// A payload signature is required and missing, wrong, expired or
     /// replayed.
     InvalidSignature,
+    /// The route validates request bodies and the gateway did not forward
+    /// the body (forward-auth: nginx's `auth_request` never does; Caddy,
+    /// Traefik and Envoy's HTTP mode only when configured to). Not the
+    /// client's fault and not a passing condition: the deployment cannot
+    /// check this route, so it refuses it rather than allow it unvalidated.
+    BodyNotForwarded,
 }
 
 /// gRPC status codes (grpc/grpc `doc/statuscodes.md`), by their numbers.
@@ -85,6 +91,8 @@ pub enum GrpcCode {
     PermissionDenied = 7,
     /// 8: a quota or rate limit is spent.
     ResourceExhausted = 8,
+    /// 13: the deployment cannot do what the request needs.
+    Internal = 13,
     /// 12: the operation is not supported here.
     Unimplemented = 12,
     /// 14: try again later.
@@ -249,6 +257,14 @@ impl DenyReason {
             DenyReason::QuotaUnavailable => {
                 row(503, Unavailable, "quota_unavailable", "Service unavailable")
             }
+            // A deployment that cannot check the route: a server error, the
+            // same however often the client retries.
+            DenyReason::BodyNotForwarded => row(
+                500,
+                Internal,
+                "body_not_forwarded",
+                "Request body not forwarded for checking",
+            ),
             DenyReason::AuditUnavailable => failure("audit_unavailable", "Service unavailable"),
             DenyReason::AuthnUnavailable => {
                 failure("authentication_unavailable", "Authentication unavailable")
@@ -433,6 +449,7 @@ mod tests {
                 404 | 410 => GrpcCode::NotFound,
                 405 => GrpcCode::Unimplemented,
                 429 => GrpcCode::ResourceExhausted,
+                500 => GrpcCode::Internal,
                 503 => GrpcCode::Unavailable,
                 _ => GrpcCode::InvalidArgument,
             };
@@ -471,7 +488,7 @@ mod tests {
             .any(|(k, v)| k == "content-type" && v == PROBLEM_JSON));
     }
 
-    const ALL: [DenyReason; 25] = [
+    const ALL: [DenyReason; 26] = [
         DenyReason::Unauthenticated,
         DenyReason::InvalidCredentials,
         DenyReason::InvalidSignature,
@@ -497,5 +514,6 @@ mod tests {
         DenyReason::QuotaUnavailable,
         DenyReason::AuditUnavailable,
         DenyReason::AuthnUnavailable,
+        DenyReason::BodyNotForwarded,
     ];
 }

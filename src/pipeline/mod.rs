@@ -90,9 +90,39 @@ pub enum Mode<'a> {
     },
 }
 
+/// The front door a call came through: named in its audit record
+/// (`adapter`) and its metrics (`service`). The decision itself never
+/// depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// Envoy ext_authz `Check` (gRPC).
+    ExtAuthz,
+    /// The forward-auth HTTP listener (nginx, Caddy, Traefik, Envoy's HTTP
+    /// mode, Gateway API).
+    ForwardAuth,
+    /// Envoy RLS `ShouldRateLimit`.
+    RateLimit,
+    /// The admin API.
+    Admin,
+}
+
+impl Door {
+    /// The name in audit records and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Door::ExtAuthz => "ext_authz",
+            Door::ForwardAuth => "forward_auth",
+            Door::RateLimit => "ratelimit",
+            Door::Admin => "admin",
+        }
+    }
+}
+
 /// The running parts an enforced decision uses.
 #[derive(Debug, Clone, Copy)]
 pub struct Live<'a> {
+    /// Which front door asks.
+    pub door: Door,
     /// Credential verification.
     pub authenticator: &'a Authenticator,
     /// Quota enforcement.

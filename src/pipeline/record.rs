@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use super::{Ask, Live};
+use super::{Ask, Door, Live};
 use crate::anomaly::{Detector, Observed, Subject};
 use crate::audit::{AuditRecord, AuditSink, Kind};
 use crate::decision::{Decision, DenyReason};
@@ -35,18 +35,28 @@ pub(super) async fn record(
     };
     match ask {
         Ask::Access(req) => {
-            let d = audit.record_decision(d, req, started.elapsed()).await;
-            metrics::global().decision(metrics::Service::ExtAuthz, &d, started.elapsed());
+            let d = audit
+                .record_decision(d, req, live.door.as_str(), started.elapsed())
+                .await;
+            let service = match live.door {
+                Door::ForwardAuth => metrics::Service::ForwardAuth,
+                _ => metrics::Service::ExtAuthz,
+            };
+            metrics::global().decision(service, &d, started.elapsed());
             d
         }
         Ask::RateLimit(call) => {
             let d = audit
-                .record_ratelimit_decision(d, call.request, started.elapsed())
+                .record_ratelimit_decision(d, call.request, live.door.as_str(), started.elapsed())
                 .await;
             metrics::global().decision(metrics::Service::RateLimit, &d, started.elapsed());
             d
         }
-        Ask::Admin(call) => audit.record_admin_call(d, call.request, call.rpc).await,
+        Ask::Admin(call) => {
+            audit
+                .record_admin_call(d, call.request, call.rpc, live.door.as_str())
+                .await
+        }
     }
 }
 

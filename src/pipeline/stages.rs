@@ -425,6 +425,16 @@ pub(super) fn validate(
 ) -> Result<(), Refusal> {
     let route = at.route;
     if let Some(spec) = &route.body {
+        // Never allowed unvalidated: a body this front door did not get
+        // cannot be checked (and might have been there).
+        if req.body.is_none() && req.body_not_forwarded {
+            return Err(Refusal::new(
+                DenyReason::BodyNotForwarded,
+                "this endpoint checks request bodies, and the gateway did not forward the \
+                 body to Portcullis: the gateway must send it (Envoy with_request_body, \
+                 Traefik forwardBody), or this route be served through one that does",
+            ));
+        }
         let schema = spec
             .schema
             .as_ref()

@@ -4,31 +4,62 @@
 //! waiting, so what clients hold open (for example HTTP/2 streams that
 //! send headers and never a body) cannot grow the process's memory without
 //! bound. It does not choose between clients (the per-connection stream
-//! limit does that).
+//! limit does that). The forward-auth HTTP listener has a budget of its own
+//! ([`Budget`]) and answers 503 over it.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::Status;
+
+/// One listener's budget: at most `max` requests in progress at once, over
+/// all its connections. The gRPC listeners hold it through
+/// [`RequestBudgetLayer`], the forward-auth HTTP listener directly.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Budget {
+    /// A budget of `max` requests in progress at once (at least 1).
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Budget {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A place for one more request (held until it is dropped), or, over
+    /// the budget, what to tell the client (counted in
+    /// `portcullis_requests_over_budget_total`).
+    pub fn enter(&self) -> Result<OwnedSemaphorePermit, String> {
+        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            crate::metrics::global().request_over_budget();
+            format!(
+                "the server has {} requests in progress (server.max_pending_requests): retry later",
+                self.max
+            )
+        })
+    }
+}
 
 /// A tower layer sharing one budget between the connections of a listener
 /// (tonic applies server layers per connection; the budget is shared).
 #[derive(Debug, Clone)]
 pub struct RequestBudgetLayer {
-    permits: Arc<Semaphore>,
-    max: usize,
+    budget: Budget,
 }
 
 impl RequestBudgetLayer {
     /// A budget of `max` requests in progress at once (at least 1).
     pub fn new(max: usize) -> Self {
-        let max = max.max(1);
         RequestBudgetLayer {
-            permits: Arc::new(Semaphore::new(max)),
-            max,
+            budget: Budget::new(max),
         }
     }
 }
@@ -66,13 +97,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Ok(permit) = Arc::clone(&self.budget.permits).try_acquire_owned() else {
-            crate::metrics::global().request_over_budget();
-            let status = Status::resource_exhausted(format!(
-                "the server has {} requests in progress (server.max_pending_requests): retry later",
-                self.budget.max
-            ));
-            return Box::pin(async move { Ok(status.into_http()) });
+        let permit = match self.budget.budget.enter() {
+            Ok(permit) => permit,
+            Err(message) => {
+                let status = Status::resource_exhausted(message);
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
         };
         let response = self.inner.call(request);
         Box::pin(async move {

@@ -1,11 +1,14 @@
-//! The gRPC servers: the decision listener (ext_authz, health, reflection)
-//! and the admin listener (admin API, health, reflection), their limits,
-//! background tasks, and graceful shutdown. No decision logic lives here.
+//! The servers: the decision listener (ext_authz, health, reflection), the
+//! admin listener (admin API, health, reflection), the operations HTTP
+//! listener and, when configured, the forward-auth HTTP listener
+//! (`http.rs`); their limits, background tasks, and graceful shutdown. No
+//! decision logic lives here.
 
 mod budget;
+pub mod http;
 pub mod tls;
 
-pub use budget::{RequestBudget, RequestBudgetLayer};
+pub use budget::{Budget, RequestBudget, RequestBudgetLayer};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use tonic::transport::Server;
 use crate::adapters::admin::{AuditAdmin, PolicyAdmin};
 use crate::adapters::check_wire::CheckServer;
 use crate::adapters::extauthz::AuthzService;
+use crate::adapters::forward_auth::ForwardAuth;
 use crate::adapters::rls::RateLimiter;
 use crate::app::{App, AssembleError, State};
 use crate::audit::AuditWriter;
@@ -61,6 +65,8 @@ pub struct Running {
     /// The operations HTTP listener's address (`/metrics`, `/healthz`,
     /// `/readyz`).
     pub http_addr: SocketAddr,
+    /// The forward-auth HTTP listener's address, when configured.
+    pub forward_auth_addr: Option<SocketAddr>,
     /// The shared readiness answer.
     pub readiness: crate::app::health::Readiness,
     /// Shared state (for tests and the binary).
@@ -106,6 +112,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let http_addr = http_listener
         .local_addr()
         .expect("bound socket has an address");
+    let forward_auth_listener = match config.forward_auth.listen {
+        Some(addr) => Some(bind("forward_auth.listen", addr).await?),
+        None => None,
+    };
+    let forward_auth_addr = forward_auth_listener
+        .as_ref()
+        .map(|l| l.local_addr().expect("bound socket has an address"));
 
     let (tasks, cancel) = (&state.tasks, &state.stop);
     // A pinned revision never changes on disk: nothing to watch.
@@ -241,10 +254,23 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
     }
 
+    if let Some(listener) = forward_auth_listener {
+        // Its in-flight requests finish within the grace period on stop:
+        // the task ends when its last connection has answered.
+        let handler = ForwardAuth::new(Arc::clone(&state), config.forward_auth.clone());
+        tasks.spawn(http::serve(
+            listener,
+            http::HttpLimits::of(config),
+            handler,
+            cancel.clone(),
+        ));
+    }
+
     Ok(Running {
         decision_addr,
         admin_addr,
         http_addr,
+        forward_auth_addr,
         readiness,
         state,
         listeners,

@@ -695,3 +695,26 @@ fn playbook_grpcurl_commands_work_against_a_running_server() {
             .unwrap_or_else(|e| panic!("{command}: not JSON ({e}): {stdout}"));
     }
 }
+
+// The forward-auth gateway configs (deploy/forward-auth/): each gateway's
+// own check where Debian packages it (Traefik is not: its files are checked
+// for structure in deploy_rules.rs).
+
+#[test]
+fn envoy_accepts_the_forward_auth_http_mode_config() {
+    assert_envoy_accepts("forward-auth/envoy-http.yaml");
+}
+
+#[test]
+fn nginx_accepts_the_forward_auth_config() {
+    if let Err(said) = support::nginx_accepts("forward-auth/nginx.conf") {
+        panic!("nginx -t refused deploy/forward-auth/nginx.conf:\n{said}");
+    }
+}
+
+#[test]
+fn caddy_accepts_the_forward_auth_caddyfile() {
+    if let Err(said) = support::caddy_accepts("forward-auth/Caddyfile") {
+        panic!("caddy validate refused deploy/forward-auth/Caddyfile:\n{said}");
+    }
+}

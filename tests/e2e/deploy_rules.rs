@@ -3,7 +3,9 @@
 //! several replicas share their counters; the admin listener is never on a
 //! public address (it has no TLS); probes and scrapes reach the HTTP
 //! listener; policies are cloned before Portcullis starts; images are
-//! pinned; the cluster trusts an identity provider.
+//! pinned; the cluster trusts an identity provider; every forward-auth
+//! gateway config calls the path of its convention and copies exactly the
+//! headers Portcullis sets.
 
 use std::path::{Path, PathBuf};
 
@@ -494,7 +496,12 @@ fn the_cluster_trusts_an_identity_provider_and_not_the_test_one() {
 /// normalizes paths before ext_authz sees them, as the page says.
 #[test]
 fn every_bundled_envoy_normalizes_paths_as_the_contract_says() {
-    for file in ["envoy.yaml", "envoy-mtls.yaml", "compose/envoy.yaml"] {
+    for file in [
+        "envoy.yaml",
+        "envoy-mtls.yaml",
+        "compose/envoy.yaml",
+        "forward-auth/envoy-http.yaml",
+    ] {
         let envoy = yaml(file);
         let managers: Vec<&Value> = seq(&envoy, "static_resources.listeners")
             .iter()
@@ -527,6 +534,155 @@ fn every_bundled_envoy_normalizes_paths_as_the_contract_says() {
             "docs/envoy.md does not state {setting}"
         );
     }
+}
+
+/// The headers Portcullis sets on an allowed request for the upstream.
+const IDENTITY_HEADERS: [&str; 4] = [
+    "x-portcullis-principal",
+    "x-portcullis-decision-id",
+    "x-portcullis-policy-version",
+    "x-portcullis-pii",
+];
+
+fn text(file: &str) -> String {
+    std::fs::read_to_string(deploy(file)).unwrap()
+}
+
+/// The file's lines that are not comments.
+fn code(file: &str) -> String {
+    text(file)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn forward_auth_gateways_call_their_conventions_path_and_copy_the_identity_headers() {
+    use portcullis::adapters::forward_auth::{FORWARDED_PATH, ORIGINAL_PATH};
+    let prefix = defaults().forward_auth.path_prefix;
+
+    // nginx: auth_request to /auth-request, every identity header set from
+    // the answer (and so never from the client), the status kept.
+    let nginx = code("forward-auth/nginx.conf");
+    assert!(nginx.contains(&format!(
+        "proxy_pass http://portcullis_forward_auth{ORIGINAL_PATH};"
+    )));
+    for h in IDENTITY_HEADERS {
+        let var = h.replace('-', "_");
+        assert!(
+            nginx.contains(&format!("$upstream_http_{var}")),
+            "nginx reads {h}"
+        );
+        assert!(
+            nginx
+                .to_ascii_lowercase()
+                .contains(&format!("proxy_set_header {h} ")),
+            "nginx sets {h} on the upstream request"
+        );
+    }
+    for status in [400, 401, 403, 404, 405, 410, 413, 415, 422, 429, 500, 503] {
+        assert!(
+            nginx.contains(&format!(
+                "if ($portcullis_status = {status}) {{ return {status} $portcullis_problem; }}"
+            )),
+            "nginx keeps {status}"
+        );
+    }
+
+    // Caddy: /forward-auth with the original method and URI; the client's
+    // X-Portcullis-* removed, each identity header copied.
+    let caddy = code("forward-auth/Caddyfile").to_ascii_lowercase();
+    assert!(caddy.contains(&format!("rewrite {FORWARDED_PATH}")));
+    assert!(caddy.contains("header_up x-forwarded-method {method}"));
+    assert!(caddy.contains("header_up x-forwarded-uri {uri}"));
+    assert!(caddy.contains("request_header -x-portcullis-*"));
+    for h in IDENTITY_HEADERS {
+        assert!(
+            caddy.contains(&format!(" {h} {{rp.header.{h}}}")),
+            "Caddy copies {h}"
+        );
+    }
+
+    // Traefik (structure only): the X-Forwarded-* convention, a client's
+    // X-Forwarded-* never trusted, the regex taking every identity header.
+    let traefik = yaml("forward-auth/traefik-dynamic.yaml");
+    let fa = get(&traefik, "http.middlewares.portcullis.forwardAuth");
+    assert!(fa["address"].as_str().unwrap().ends_with(FORWARDED_PATH));
+    assert_eq!(fa["trustForwardHeader"], Value::Bool(false));
+    let regex = regex::Regex::new(fa["authResponseHeadersRegex"].as_str().unwrap()).unwrap();
+    for h in IDENTITY_HEADERS {
+        // Traefik matches Go's canonical header names.
+        let canonical = h
+            .split('-')
+            .map(|w| format!("{}{}", w[..1].to_ascii_uppercase(), &w[1..]))
+            .collect::<Vec<_>>()
+            .join("-");
+        assert!(regex.is_match(&canonical), "Traefik copies {canonical}");
+    }
+    assert!(!regex.is_match("Authorization") && !regex.is_match("Ratelimit-Limit"));
+    let static_config = yaml("forward-auth/traefik.yml");
+    assert_eq!(
+        get(&static_config, "providers.file.filename").as_str(),
+        Some("deploy/forward-auth/traefik-dynamic.yaml")
+    );
+    assert_eq!(
+        seq(&traefik, "http.routers.models.middlewares"),
+        [Value::String("portcullis".into())]
+    );
+
+    // Envoy's HTTP mode: the request line after Portcullis's prefix, every
+    // identity header to the upstream, bodies sent.
+    let envoy = yaml("forward-auth/envoy-http.yaml");
+    let filters = get(
+        &envoy,
+        "static_resources.listeners.0.filter_chains.0.filters.0.typed_config.http_filters",
+    );
+    let ext_authz = named(
+        filters.as_sequence().unwrap(),
+        "envoy.filters.http.ext_authz",
+    );
+    let service = get(ext_authz, "typed_config.http_service");
+    assert_eq!(service["path_prefix"].as_str(), Some(prefix.as_str()));
+    assert_eq!(
+        seq(
+            service,
+            "authorization_response.allowed_upstream_headers.patterns"
+        ),
+        [serde_yaml_ng::from_str::<Value>("{prefix: x-portcullis-}").unwrap()]
+    );
+    assert_eq!(
+        get(ext_authz, "typed_config.failure_mode_allow"),
+        &Value::Bool(false)
+    );
+    assert!(get(
+        ext_authz,
+        "typed_config.with_request_body.max_request_bytes"
+    )
+    .is_u64());
+
+    // Gateway API: the same convention, the same prefix and headers.
+    let docs: Vec<Value> =
+        serde_yaml_ng::Deserializer::from_str(&text("forward-auth/gateway-api.yaml"))
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+    let route = docs
+        .iter()
+        .find(|d| d["kind"] == "HTTPRoute")
+        .expect("an HTTPRoute");
+    assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+    let filter = &route["spec"]["rules"][0]["filters"][0];
+    assert_eq!(filter["type"], "ExternalAuth");
+    let auth = &filter["externalAuth"];
+    assert_eq!(auth["protocol"], "HTTP");
+    assert_eq!(auth["http"]["path"].as_str(), Some(prefix.as_str()));
+    let allowed: Vec<&str> = seq(auth, "http.allowedResponseHeaders")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(allowed, IDENTITY_HEADERS);
+    assert!(auth["forwardBody"]["maxSize"].is_u64());
+    assert!(docs.iter().any(|d| d["kind"] == "ReferenceGrant"));
 }
 
 /// The Portcullis config snippet in a file's leading comment (the lines

@@ -1,7 +1,8 @@
 //! Every shell example in README.md and docs/*.md runs, so that the docs
 //! cannot go stale: each command of a ```sh, ```bash or ```console fence
 //! runs in the repository root against a Portcullis this test starts (one
-//! per document, on free loopback ports), and where the doc shows output
+//! per document, on free loopback ports, its forward-auth listener on), and
+//! where the doc shows output
 //! the output must match it.
 //!
 //! The convention for documented output (see [`Example::expected`]):
@@ -73,6 +74,10 @@ const NOT_RUNNABLE: &[(&str, &str)] = &[
     (
         "cargo run --release --bin portcullis-bench -- --baseline --rpc rls --redis redis://127.0.0.1:6379/0",
         "a benchmark against a redis-server on its default port",
+    ),
+    (
+        "cargo run --release --bin portcullis-bench -- --baseline --rpc forward-auth",
+        "a benchmark: a release build and about 12 s of load on shared cores",
     ),
     (
         "cargo run --release --bin portcullis-bench -- --reload-policies 10000 --duration 8",
@@ -482,15 +487,18 @@ fn matches(actual: &str, expected: &str) -> bool {
     true
 }
 
-/// The documented ports (`50051`, `50052`, `9090` on loopback) replaced by
-/// the test server's, and `cargo run --release --` by the built binary.
+/// The documented ports (`50051`, `50052`, `9090` and the forward-auth
+/// listener's `9191` on loopback) replaced by the test server's, and
+/// `cargo run --release --` by the built binary.
 fn rewrite(text: &str, pdp: &mut support::Portcullis) -> String {
     let decision = pdp.addr().to_string();
     let admin = pdp.listener("admin").to_string();
     let http = pdp.listener("http").to_string();
+    let forward_auth = pdp.listener("forward_auth").to_string();
     text.replace("127.0.0.1:50051", &decision)
         .replace("127.0.0.1:50052", &admin)
         .replace("127.0.0.1:9090", &http)
+        .replace("127.0.0.1:9191", &forward_auth)
         .replace("cargo run --release -- ", "portcullis ")
 }
 
@@ -559,7 +567,9 @@ fn every_shell_example_in_the_docs_runs_and_shows_its_output() {
                 listed_seen.insert(*listed);
                 continue;
             }
-            let pdp = pdp.get_or_insert_with(|| support::Portcullis::start(&[]));
+            let pdp = pdp.get_or_insert_with(|| {
+                support::Portcullis::start(&["--forward-auth-listen", "127.0.0.1:0"])
+            });
             let text = rewrite(&example.text, pdp);
             if let Some((name, value)) = assignment(&text) {
                 let value = match scan(value).1 {

@@ -1,7 +1,8 @@
 //! End-to-end tests through real processes: the `portcullis` binary Cargo
 //! built (its commands, its listeners, its logs, its exit codes), a real
-//! Envoy with the configuration from `deploy/`, and grpcurl through server
-//! reflection, as an operator or a gateway meets them.
+//! Envoy, nginx and Caddy with the configurations from `deploy/`, and
+//! grpcurl through server reflection, as an operator or a gateway meets
+//! them.
 //!
 //! One binary for all of them, so that the dependency tree is linked once.
 //! Every Portcullis here runs in a process of its own, so process-wide
@@ -21,6 +22,7 @@ mod deploy_rules;
 mod docs_examples;
 mod envoy;
 mod envoy_quotas;
+mod forward_auth_gateways;
 mod grpcurl;
 mod observability;
 mod otlp;

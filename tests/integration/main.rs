@@ -22,6 +22,7 @@ mod authn_jwks;
 mod authn_redis;
 mod check_wire;
 mod docs;
+mod forward_auth;
 mod http_semantics;
 mod pipeline;
 mod quota_server;

@@ -34,7 +34,7 @@ fn rewrite_address(config: &str, from: &str, to: SocketAddr) -> String {
     let count = config.matches(&needle).count();
     assert_eq!(
         count, 1,
-        "deploy/envoy.yaml must contain `{needle}` exactly once (found {count}): \
+        "the Envoy config must contain `{needle}` exactly once (found {count}): \
          the tests rewrite it to a free port"
     );
     config.replace(
@@ -65,9 +65,33 @@ impl Envoy {
         Envoy::start_with(&template, portcullis, upstream)
     }
 
+    /// Envoy with `deploy/<file>`, whose Portcullis address is
+    /// `portcullis_literal` (e.g. `127.0.0.1:9191`, the forward-auth
+    /// listener of `deploy/forward-auth/envoy-http.yaml`) instead of
+    /// `127.0.0.1:50051`.
+    pub fn start_file(
+        file: &str,
+        portcullis_literal: &str,
+        portcullis: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Envoy {
+        let template = std::fs::read_to_string(repo().join("deploy").join(file))
+            .unwrap_or_else(|e| panic!("read deploy/{file}: {e}"));
+        Envoy::start_rewritten(&template, portcullis_literal, portcullis, upstream)
+    }
+
     /// Like [`Envoy::start`], with the configuration text `template` (which
     /// must hold the same four addresses as `deploy/envoy.yaml`).
     pub fn start_with(template: &str, portcullis: SocketAddr, upstream: SocketAddr) -> Envoy {
+        Envoy::start_rewritten(template, "127.0.0.1:50051", portcullis, upstream)
+    }
+
+    fn start_rewritten(
+        template: &str,
+        portcullis_literal: &str,
+        portcullis: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Envoy {
         let envoy = tool("envoy");
         // free_port() can race with another process: a start whose bind
         // failed is retried on new ports, a bounded number of times.
@@ -80,7 +104,7 @@ impl Envoy {
             for (from, to) in [
                 ("127.0.0.1:10000", addr),
                 ("127.0.0.1:8081", upstream),
-                ("127.0.0.1:50051", portcullis),
+                (portcullis_literal, portcullis),
                 ("127.0.0.1:9901", admin),
             ] {
                 config = rewrite_address(&config, from, to);

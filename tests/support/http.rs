@@ -22,6 +22,7 @@ pub struct HttpRequest {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     timeout: Duration,
+    from: Option<std::net::IpAddr>,
 }
 
 /// What came back: status, headers (names lower-cased, in order) and body.
@@ -41,6 +42,7 @@ impl HttpRequest {
             headers: Vec::new(),
             body: Vec::new(),
             timeout: HTTP_TIMEOUT,
+            from: None,
         }
     }
 
@@ -76,6 +78,19 @@ impl HttpRequest {
         self.header("content-type", content_type)
     }
 
+    /// Sets the body to these bytes, without a Content-Type.
+    pub fn body(mut self, body: &[u8]) -> HttpRequest {
+        self.body = body.to_vec();
+        self
+    }
+
+    /// Connects from this local address (another loopback address such as
+    /// 127.0.0.2: a client the servers tell apart from 127.0.0.1).
+    pub fn from(mut self, ip: std::net::IpAddr) -> HttpRequest {
+        self.from = Some(ip);
+        self
+    }
+
     /// Bounds connecting, writing and reading (each).
     pub fn timeout(mut self, timeout: Duration) -> HttpRequest {
         self.timeout = timeout;
@@ -90,8 +105,11 @@ impl HttpRequest {
 
     /// Sends the request.
     pub fn try_send(&self, addr: SocketAddr) -> Result<HttpResponse, String> {
-        let mut stream =
-            TcpStream::connect_timeout(&addr, self.timeout).map_err(|e| format!("connect: {e}"))?;
+        let mut stream = match self.from {
+            None => TcpStream::connect_timeout(&addr, self.timeout)
+                .map_err(|e| format!("connect: {e}"))?,
+            Some(ip) => connect_from(ip, addr, self.timeout)?,
+        };
         stream.set_read_timeout(Some(self.timeout)).unwrap();
         stream.set_write_timeout(Some(self.timeout)).unwrap();
         let mut head = format!("{} {} HTTP/1.1\r\n", self.method, self.path);
@@ -124,6 +142,24 @@ impl HttpRequest {
             .map_err(|e| format!("read: {e} (got {} bytes)", raw.len()))?;
         parse_response(&raw)
     }
+}
+
+/// A connection to `addr` from the local address `ip` (any port).
+fn connect_from(
+    ip: std::net::IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(&SocketAddr::new(ip, 0).into())
+        .map_err(|e| format!("bind {ip}: {e}"))?;
+    socket
+        .connect_timeout(&addr.into(), timeout)
+        .map_err(|e| format!("connect from {ip}: {e}"))?;
+    Ok(socket.into())
 }
 
 fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {

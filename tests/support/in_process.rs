@@ -119,6 +119,7 @@ pub async fn decide_with(
     req: &AccessRequest,
 ) -> portcullis::decision::Decision {
     let live = portcullis::pipeline::Live {
+        door: portcullis::pipeline::Door::ExtAuthz,
         authenticator: authn,
         quotas,
         audit: None,

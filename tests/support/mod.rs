@@ -1,5 +1,5 @@
 //! Shared support for the integration tests: real processes (Portcullis,
-//! Envoy, redis-server) on free loopback ports, in-process servers (an echo
+//! Envoy, nginx, Caddy, redis-server) on free loopback ports, in-process servers (an echo
 //! upstream, an identity provider), a small HTTP/1.1 client, JWTs signed
 //! with the fixture keys, and builders for what the tests send.
 //!
@@ -16,6 +16,7 @@ use std::time::Duration;
 mod check;
 mod config;
 mod envoy;
+mod gateways;
 mod grpcurl;
 mod http;
 mod in_process;
@@ -41,6 +42,8 @@ pub use config::{
 };
 #[allow(unused_imports)]
 pub use envoy::Envoy;
+#[allow(unused_imports)]
+pub use gateways::{caddy_accepts, nginx_accepts, start_caddy, start_nginx, Gateway};
 #[allow(unused_imports)]
 pub use grpcurl::{grpcurl, grpcurl_output};
 #[allow(unused_imports)]

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::paths::repo;
 
-/// Finds a tool the tests run for real: `envoy`, `grpcurl` or `redis-server`.
+/// Finds a tool the tests run for real: `envoy`, `grpcurl`, `redis-server`,
+/// `nginx` or `caddy`.
 ///
 /// Looks at `PORTCULLIS_<NAME>` (upper case, `-` as `_`), then
 /// `<repo>/.tools/bin/<name>`, then `PATH`. Panics when it finds none.

@@ -55,6 +55,7 @@ pub(super) async fn admit<T: Sync>(
         time: SystemTime::now(),
         body: None,
         gateway_region: None,
+        body_not_forwarded: false,
     };
     let call = AdminCall {
         request: &access,
@@ -63,7 +64,12 @@ pub(super) async fn admit<T: Sync>(
         resource: entity_uid(resource.0, resource.1).expect("admin resource types are valid names"),
     };
     let snapshot = state.policies.current();
-    let d = pipeline::decide(&snapshot, Ask::Admin(&call), Mode::Enforce(state.live())).await;
+    let d = pipeline::decide(
+        &snapshot,
+        Ask::Admin(&call),
+        Mode::Enforce(state.live(pipeline::Door::Admin)),
+    )
+    .await;
     if d.is_allowed() {
         return Ok(());
     }
@@ -85,6 +91,7 @@ macro_rules! audit_record {
             id: $record.id,
             time: $record.time,
             request_id: $record.request_id,
+            adapter: $record.adapter,
             trace_id: $record.trace_id,
             detail: $record.detail,
             principal: $record.principal,

@@ -110,6 +110,7 @@ impl CheckInput {
                 .unwrap_or_else(SystemTime::now),
             body,
             gateway_region: self.region.clone(),
+            body_not_forwarded: false,
         }
     }
 

@@ -1,5 +1,7 @@
 //! An ext_authz and RLS server that answers OK at once, on the same tonic
-//! stack and settings as Portcullis: the ceiling the figures are compared to.
+//! stack and settings as Portcullis, and an HTTP server that answers 200 at
+//! once on the forward-auth listener's stack: the ceilings the figures are
+//! compared to.
 
 use std::net::SocketAddr;
 
@@ -66,5 +68,39 @@ pub async fn start_empty(at: SocketAddr, cancel: CancellationToken) -> anyhow::R
             )
             .await;
     });
+    Ok(addr)
+}
+
+/// An HTTP handler that answers 200 at once (after the server has read
+/// the whole request, as for Portcullis).
+#[derive(Clone)]
+struct EmptyHttp;
+
+impl portcullis::server::http::Handler for EmptyHttp {
+    fn handle(
+        &self,
+        _parts: hyper::http::request::Parts,
+        _body: hyper::body::Bytes,
+        _peer: std::net::IpAddr,
+    ) -> impl std::future::Future<
+        Output = hyper::http::Response<portcullis::adapters::forward_auth::Body>,
+    > + Send {
+        std::future::ready(hyper::http::Response::new(http_body_util::Full::new(
+            hyper::body::Bytes::new(),
+        )))
+    }
+}
+
+/// The empty HTTP server on the forward-auth listener's stack and limits.
+pub async fn start_empty_http(
+    at: SocketAddr,
+    cancel: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(at).await?;
+    let addr = listener.local_addr()?;
+    let limits = portcullis::server::http::HttpLimits::of(&Config::default());
+    tokio::spawn(portcullis::server::http::serve(
+        listener, limits, EmptyHttp, cancel,
+    ));
     Ok(addr)
 }

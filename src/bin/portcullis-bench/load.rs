@@ -55,7 +55,17 @@ pub async fn drive(
         ..warmup
     };
     let results = run_load(&channels, &measured, &requests).await;
-    let seconds = started.elapsed().as_secs_f64();
+    phase(server, results, started.elapsed().as_secs_f64(), args.rate)
+}
+
+/// The figures of one measured run from its workers' results; `rate` is
+/// the open-loop arrival rate, if the run had one.
+pub fn phase(
+    server: &'static str,
+    results: Vec<WorkerResult>,
+    seconds: f64,
+    rate: Option<f64>,
+) -> anyhow::Result<Phase> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut errors, mut allowed, mut denied, mut late) = (0, 0, 0, 0);
     for w in results {
@@ -74,8 +84,8 @@ pub async fn drive(
         denied,
         seconds,
         throughput_rps: requests as f64 / seconds,
-        target_rps: args.rate,
-        late: args.rate.map(|_| late),
+        target_rps: rate,
+        late: rate.map(|_| late),
         latency_us: Percentiles {
             p50: hist.value_at_quantile(0.50),
             p90: hist.value_at_quantile(0.90),
@@ -86,14 +96,42 @@ pub async fn drive(
     })
 }
 
-struct WorkerResult {
-    hist: Histogram<u64>,
-    errors: u64,
-    allowed: u64,
-    denied: u64,
+/// What one worker measured.
+pub struct WorkerResult {
+    pub hist: Histogram<u64>,
+    pub errors: u64,
+    pub allowed: u64,
+    pub denied: u64,
     /// Open loop: requests sent after their intended time because this
     /// worker's previous request was still unanswered.
-    late: u64,
+    pub late: u64,
+}
+
+impl WorkerResult {
+    pub fn new() -> Self {
+        WorkerResult {
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            errors: 0,
+            allowed: 0,
+            denied: 0,
+            late: 0,
+        }
+    }
+
+    /// One call that took `us` microseconds: allowed, denied or failed.
+    pub fn record(&mut self, us: u64, outcome: Result<bool, ()>) {
+        match outcome {
+            Ok(allowed) => {
+                let _ = self.hist.record(us.clamp(1, 60_000_000));
+                if allowed {
+                    self.allowed += 1;
+                } else {
+                    self.denied += 1;
+                }
+            }
+            Err(()) => self.errors += 1,
+        }
+    }
 }
 
 /// One load phase.
@@ -148,13 +186,7 @@ async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> V
             )
         });
         workers.spawn(async move {
-            let mut r = WorkerResult {
-                hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-                errors: 0,
-                allowed: 0,
-                denied: 0,
-                late: 0,
-            };
+            let mut r = WorkerResult::new();
             let mut i = w;
             let mut next = schedule.map(|(first, _)| first);
             while Instant::now() < deadline {
@@ -179,6 +211,7 @@ async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> V
                     break;
                 }
                 let allowed = match &*requests {
+                    Calls::Http(_) => unreachable!("HTTP calls are driven by http_load"),
                     Calls::Check(calls) => {
                         let req = calls[i % calls.len()].clone();
                         authz.check(req).await.map(|resp| {
@@ -199,18 +232,7 @@ async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> V
                     }
                 };
                 i += concurrency;
-                let us = t.elapsed().as_micros().max(1) as u64;
-                match allowed {
-                    Ok(allowed) => {
-                        let _ = r.hist.record(us.min(60_000_000));
-                        if allowed {
-                            r.allowed += 1;
-                        } else {
-                            r.denied += 1;
-                        }
-                    }
-                    Err(_) => r.errors += 1,
-                }
+                r.record(t.elapsed().as_micros() as u64, allowed.map_err(|_| ()));
             }
             r
         });
@@ -222,4 +244,6 @@ async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> V
 pub enum Calls {
     Check(Vec<CheckRequest>),
     Rls(Vec<RateLimitRequest>),
+    /// Forward-auth requests (`--rpc forward-auth`, `http_load`).
+    Http(Vec<crate::http_load::HttpCall>),
 }

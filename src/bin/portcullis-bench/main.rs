@@ -1,17 +1,20 @@
-//! `portcullis-bench`: a gRPC load generator for ext_authz `Check`. It
-//! starts Portcullis in process (or targets a running one), drives it with a
+//! `portcullis-bench`: a load generator for ext_authz `Check`, RLS
+//! `ShouldRateLimit` and the forward-auth HTTP listener. It starts
+//! Portcullis in process (or targets a running one), drives it with a
 //! bounded request mix at a fixed concurrency, and reports throughput and
 //! latency percentiles. With `--baseline` it first measures an empty
-//! ext_authz server on the same tonic stack and settings, so the figures
-//! that matter are ratios taken in one run on the same machine.
+//! server on the same stack and settings (tonic for the gRPC calls,
+//! `server::http` for forward-auth), so the figures that matter are ratios
+//! taken in one run on the same machine.
 //!
-//! `report` holds the figures, `load` drives a server, `requests` builds the
-//! calls, `token` signs them, `setup` prepares the in-process server,
+//! `report` holds the figures, `load` drives a gRPC server, `http_load`
+//! the forward-auth listener, `requests` builds the calls, `token` signs them, `setup` prepares the in-process server,
 //! `empty` is the baseline server and `hold` holds header-only HTTP/2
 //! streams against the `portcullis` binary (`--hold-streams`).
 
 mod empty;
 mod hold;
+mod http_load;
 mod load;
 mod report;
 mod requests;
@@ -26,7 +29,8 @@ use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::empty::start_empty;
+use crate::empty::{start_empty, start_empty_http};
+use crate::http_load::{drive_http, http_mix};
 use crate::load::{drive, Calls};
 use crate::report::{print_table, Percentiles, Report};
 use crate::requests::{request_mix, rls_mix};
@@ -36,10 +40,11 @@ use crate::token::TokenKey;
 #[derive(Parser, Debug)]
 #[command(
     name = "portcullis-bench",
-    about = "Load generator for Portcullis ext_authz Check and RLS ShouldRateLimit"
+    about = "Load generator for Portcullis ext_authz Check, RLS ShouldRateLimit and forward-auth"
 )]
 struct Args {
-    /// The call to load: ext_authz `Check` or RLS `ShouldRateLimit`.
+    /// The call to load: ext_authz `Check`, RLS `ShouldRateLimit`, or the
+    /// forward-auth HTTP listener (Envoy's HTTP mode over h2c).
     #[arg(long, value_enum, default_value_t = Rpc::Check)]
     rpc: Rpc,
     /// Quota store of the in-process server for `--rpc rls`: in process,
@@ -192,6 +197,10 @@ enum Rpc {
     Check,
     /// Rate limit service v3 `ShouldRateLimit`.
     Rls,
+    /// The forward-auth HTTP listener: the mix's requests after
+    /// `/ext-authz`, over h2c.
+    #[serde(rename = "forward-auth")]
+    ForwardAuth,
 }
 
 /// The RLS calls of `--rpc rls`.
@@ -228,6 +237,10 @@ fn main() -> anyhow::Result<()> {
         "--duration must be in (0, 600] seconds"
     );
     if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            args.rpc != Rpc::ForwardAuth,
+            "--rate (open loop) drives gRPC calls: use it with --rpc check or rls"
+        );
         anyhow::ensure!(
             rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0,
             "--rate must be a request rate in (0, 10000000] per second"
@@ -280,7 +293,17 @@ fn main() -> anyhow::Result<()> {
     let requests = Arc::new(match args.rpc {
         Rpc::Check => Calls::Check(request_mix(args.mix, &keys, args.bearer.as_deref())?),
         Rpc::Rls => Calls::Rls(rls_mix(args.rls_shape)),
+        Rpc::ForwardAuth => Calls::Http(http_mix(&request_mix(
+            args.mix,
+            &keys,
+            args.bearer.as_deref(),
+        )?)?),
     });
+    let http = args.rpc == Rpc::ForwardAuth;
+    anyhow::ensure!(
+        !(http && args.hold_streams.is_some()),
+        "--hold-streams holds gRPC streams: drop --rpc forward-auth"
+    );
     if let Some(shape) = &args.hold_streams {
         let shape = hold::parse_shape(shape)?;
         let report = clients.block_on(hold::run(&args, shape, &keys, Arc::clone(&requests)))?;
@@ -298,10 +321,23 @@ fn main() -> anyhow::Result<()> {
     let mut phases = Vec::new();
     let mut reloads = Vec::new();
 
+    // One phase: the calls against the server at `addr`.
+    let measure = |name: &'static str, addr: SocketAddr| {
+        if http {
+            clients.block_on(drive_http(name, addr, &args, Arc::clone(&requests)))
+        } else {
+            clients.block_on(drive(name, addr, &args, Arc::clone(&requests)))
+        }
+    };
     if args.baseline {
         let cancel = CancellationToken::new();
-        let addr = servers.block_on(start_empty("127.0.0.1:0".parse()?, cancel.clone()))?;
-        phases.push(clients.block_on(drive("empty", addr, &args, Arc::clone(&requests)))?);
+        let at = "127.0.0.1:0".parse()?;
+        let addr = if http {
+            servers.block_on(start_empty_http(at, cancel.clone()))?
+        } else {
+            servers.block_on(start_empty(at, cancel.clone()))?
+        };
+        phases.push(measure("empty", addr)?);
         cancel.cancel();
     }
     anyhow::ensure!(
@@ -315,12 +351,7 @@ fn main() -> anyhow::Result<()> {
     };
     match args.target {
         Some(addr) => {
-            phases.push(clients.block_on(drive(
-                "portcullis",
-                addr,
-                &args,
-                Arc::clone(&requests),
-            ))?);
+            phases.push(measure("portcullis", addr)?);
         }
         None => {
             for &mode in &modes {
@@ -337,15 +368,25 @@ fn main() -> anyhow::Result<()> {
                     }
                     None => "portcullis",
                 };
+                if http {
+                    // Envoy's HTTP mode sends bodies (deploy/forward-auth).
+                    config.forward_auth.listen = Some("127.0.0.1:0".parse()?);
+                    config.forward_auth.bodies_forwarded.request_line = true;
+                    config.forward_auth.trusted_proxies =
+                        vec!["127.0.0.1".parse().map_err(anyhow::Error::msg)?];
+                }
                 let running = servers.block_on(portcullis::server::start(&config))?;
-                let addr = running.decision_addr;
+                let addr = match running.forward_auth_addr {
+                    Some(addr) if http => addr,
+                    _ => running.decision_addr,
+                };
                 let reloader = args.reload_policies.map(|n| {
                     let store = Arc::clone(&running.state.policies);
                     let file = config.policies.join("scaled.cedar");
                     let budget = args.warmup + args.duration;
                     servers.spawn(reload_under_load(store, file, n, budget))
                 });
-                phases.push(clients.block_on(drive(name, addr, &args, Arc::clone(&requests)))?);
+                phases.push(measure(name, addr)?);
                 if let Some(task) = reloader {
                     reloads.extend(servers.block_on(task)??);
                 }

@@ -87,6 +87,10 @@ pub fn print_table(r: &Report) {
             r.concurrency,
             r.connections
         ),
+        Rpc::ForwardAuth => println!(
+            "forward-auth (HTTP, h2c, /ext-authz), mix {:?}, concurrency {}, connections {}",
+            r.mix, r.concurrency, r.connections
+        ),
     }
     println!(
         "{:<11} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",

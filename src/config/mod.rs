@@ -21,6 +21,10 @@ use crate::quota::{QuotaSettings, QuotaStoreKind};
 use crate::residency::ResidencyConfig;
 use crate::shared_redis::SharedRedis;
 
+pub mod forward_auth;
+
+pub use forward_auth::ForwardAuthConfig;
+
 /// The whole configuration of one Portcullis process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,6 +62,10 @@ pub struct Config {
     pub otlp: Option<crate::otlp::OtlpConfig>,
     /// The region this gateway serves, for data residency.
     pub residency: ResidencyConfig,
+    /// The forward-auth HTTP decision listener (nginx, Caddy, Traefik,
+    /// Envoy's HTTP mode, Gateway API); off unless `forward_auth.listen`
+    /// is set.
+    pub forward_auth: ForwardAuthConfig,
 }
 
 impl Default for Config {
@@ -78,6 +86,7 @@ impl Default for Config {
             anomaly: crate::anomaly::AnomalyConfig::default(),
             otlp: None,
             residency: ResidencyConfig::default(),
+            forward_auth: ForwardAuthConfig::default(),
         }
     }
 }
@@ -340,6 +349,20 @@ impl Config {
                 ));
             }
         }
+        if let Some(fa) = self.forward_auth.listen.filter(|a| a.port() != 0) {
+            for (name, addr) in [
+                ("listen", self.listen),
+                ("admin_listen", self.admin_listen),
+                ("http_listen", self.http_listen),
+            ] {
+                if fa == addr {
+                    problems.push(format!(
+                        "forward_auth.listen: {fa} is also the {name} listener; give the forward-auth listener its own port"
+                    ));
+                }
+            }
+        }
+        problems.extend(self.forward_auth.problems());
         let tls = &self.tls;
         if tls.cert_file.is_some() != tls.key_file.is_some() {
             problems.push("tls: set both cert_file and key_file (or neither)".into());
@@ -423,6 +446,32 @@ mod tests {
         assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 50051)));
         assert!(c.authentication.jwt.is_empty());
         c.check(Path::new("c.yaml")).unwrap();
+    }
+
+    #[test]
+    fn forward_auth_is_off_by_default_and_checked_when_set() {
+        let c = Config::parse("", Path::new("c.yaml")).unwrap();
+        assert!(c.forward_auth.listen.is_none());
+        let c = Config::parse(
+            "forward_auth:\n  listen: 127.0.0.1:9090\n  trusted_proxies: [10.0.0.0/8, '::1']\n  path_prefix: /\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.forward_auth.trusted_proxies.len(), 2);
+        let err = c.check(Path::new("c.yaml")).unwrap_err().to_string();
+        for needle in [
+            "forward_auth.listen: 127.0.0.1:9090 is also the http_listen listener",
+            "forward_auth.path_prefix: '/'",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        let err = Config::parse(
+            "forward_auth:\n  trusted_proxies: [10.0.0.0/40]\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("prefix length must be 0 to 32"), "{err}");
     }
 
     #[test]
