@@ -24,6 +24,7 @@ mod check_wire;
 mod docs;
 mod http_semantics;
 mod pipeline;
+mod quota_burst;
 mod quota_server;
 mod quota_stores;
 mod ratelimit_conformance;
