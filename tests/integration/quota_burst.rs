@@ -53,6 +53,24 @@ async fn replicas(settings: QuotaSettings) -> (PolicyDir, Vec<TestServer>, Vec<C
     (policies, servers, channels)
 }
 
+/// Each replica's store errors, degraded decisions and refunds, for a
+/// failure message.
+fn stats(servers: &[TestServer]) -> String {
+    servers
+        .iter()
+        .map(|s| {
+            let q = &s.state.quotas;
+            format!(
+                "errors {} degraded {} refunds {}",
+                q.store_errors(),
+                q.degraded_decisions(),
+                q.refunds()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn single(redis: &RedisServer) -> QuotaSettings {
     QuotaSettings {
         store: QuotaStoreKind::Redis,
@@ -73,32 +91,49 @@ fn cluster(cluster: &RedisCluster) -> QuotaSettings {
 
 /// `calls` concurrent `ShouldRateLimit` calls spread over the replicas,
 /// each with `descriptors`; the number answered OK. Every call must be
-/// answered OK or OVER_LIMIT (never UNKNOWN or an error).
-async fn burst(channels: &[Channel], descriptors: &[&[(&str, &str)]], calls: usize) -> usize {
+/// answered OK or OVER_LIMIT (never UNKNOWN or an error). Also the 99th
+/// percentile of the calls' latency, for failure messages.
+async fn burst(
+    channels: &[Channel],
+    descriptors: &[&[(&str, &str)]],
+    calls: usize,
+) -> (usize, std::time::Duration) {
     let request = Arc::new(rls_request("burst", descriptors, 1));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..calls {
         let mut client = RateLimitServiceClient::new(channels[i % channels.len()].clone());
         let request = Arc::clone(&request);
         tasks.spawn(async move {
-            client
+            let t = std::time::Instant::now();
+            let r = client
                 .should_rate_limit((*request).clone())
                 .await
                 .expect("ShouldRateLimit answers")
                 .into_inner()
-                .overall_code
+                .overall_code;
+            (r, t.elapsed())
         });
     }
     let (mut ok, mut over) = (0, 0);
-    while let Some(code) = tasks.join_next().await {
-        match code.unwrap() {
+    let mut took = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (code, t) = r.unwrap();
+        took.push(t);
+        match code {
             c if c == Code::Ok as i32 => ok += 1,
             c if c == Code::OverLimit as i32 => over += 1,
             other => panic!("an answer neither OK nor OVER_LIMIT: {other}"),
         }
     }
     assert_eq!(ok + over, calls);
-    ok
+    took.sort();
+    eprintln!(
+        "DEBUG p50 {:?} p99 {:?} max {:?}",
+        took[calls / 2],
+        took[calls * 99 / 100],
+        took[calls - 1]
+    );
+    (ok, took[calls * 99 / 100])
 }
 
 /// Failing input 1 of issue 17, single Redis: 1,000 concurrent calls over 3
@@ -110,8 +145,8 @@ async fn burst_of_1000_over_3_replicas_on_one_redis_admits_exactly_100() {
     let (_policies, servers, channels) = replicas(single(&redis)).await;
     for round in 0..2 {
         let value = format!("single-{round}");
-        let ok = burst(&channels, &[&[("k", &value)]], 1000).await;
-        assert_eq!(ok, 100, "round {round}");
+        let (ok, p99) = burst(&channels, &[&[("k", &value)]], 1000).await;
+        assert_eq!(ok, 100, "round {round}; p99 {p99:?}; {}", stats(&servers));
     }
     for s in servers {
         s.shutdown().await.unwrap();
@@ -125,8 +160,8 @@ async fn burst_of_1000_over_3_replicas_on_a_redis_cluster_admits_exactly_100() {
     let (_policies, servers, channels) = replicas(cluster(&nodes)).await;
     for round in 0..2 {
         let value = format!("cluster-{round}");
-        let ok = burst(&channels, &[&[("k", &value)]], 1000).await;
-        assert_eq!(ok, 100, "round {round}");
+        let (ok, p99) = burst(&channels, &[&[("k", &value)]], 1000).await;
+        assert_eq!(ok, 100, "round {round}; p99 {p99:?}; {}", stats(&servers));
     }
     for s in servers {
         s.shutdown().await.unwrap();
@@ -175,7 +210,7 @@ async fn cluster_multi_descriptor_burst_leaves_every_counter_at_the_admitted_cou
         s * 1_000_000 + us
     };
     let since = now(&mut con);
-    let ok = burst(&channels, &[&[keys[0]], &[keys[1]], &[keys[2]]], 200).await;
+    let (ok, p99) = burst(&channels, &[&[keys[0]], &[keys[1]], &[keys[2]]], 200).await;
     let tat = |con: &mut redis::cluster::ClusterConnection, key: String| -> Option<u64> {
         redis::cmd("GET").arg(key).query(con).unwrap()
     };
@@ -196,9 +231,112 @@ async fn cluster_multi_descriptor_burst_leaves_every_counter_at_the_admitted_cou
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(ok, 50, "admitted; counters {counted:?}");
+    assert_eq!(
+        ok,
+        50,
+        "admitted; counters {counted:?}; p99 {p99:?}; {}",
+        stats(&servers)
+    );
     assert_eq!(counted, [50, 50, 50], "user, org, model counters");
     for s in servers {
         s.shutdown().await.unwrap();
     }
+}
+
+/// At default settings a dead Redis is still answered within Envoy's
+/// default RLS deadline (20 ms): the lost connection opens the circuit
+/// breaker on the first failure, and every later call is decided in the
+/// degraded mode at once. A paused one (connection open, no answer) holds
+/// the first call for at most `timeout_ms`, then the same.
+#[tokio::test]
+async fn at_default_settings_a_dead_redis_is_answered_within_envoys_deadline() {
+    use portcullis::quota::gcra::Rate;
+    use portcullis::quota::{Charge, Enforced};
+    use std::time::{Duration, Instant};
+    /// Envoy's default RLS deadline, plus scheduling slack on a shared
+    /// 2-core machine.
+    const ENVOY: Duration = Duration::from_millis(20);
+    const SLACK: Duration = Duration::from_millis(30);
+    let mut redis = RedisServer::start();
+    let quotas = single(&redis).build().unwrap();
+    let c = Charge::gcra(
+        "default-dead|user=a",
+        Rate::new(1000, 3_600_000_000, 1000),
+        1,
+    );
+    let call = || async {
+        let started = Instant::now();
+        let r = quotas.enforce(std::slice::from_ref(&c)).await;
+        (r, started.elapsed())
+    };
+    let healthy = |r: &Enforced| matches!(r, Enforced::Charged { degraded: None, .. });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !healthy(&call().await.0) {
+        assert!(Instant::now() < deadline, "Redis never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    redis.kill();
+    let mut slowest = Duration::ZERO;
+    for i in 0..50 {
+        let (r, took) = call().await;
+        assert!(
+            matches!(
+                r,
+                Enforced::Charged {
+                    degraded: Some(_),
+                    ..
+                }
+            ),
+            "call {i} after the kill: {r:?}"
+        );
+        slowest = slowest.max(took);
+    }
+    assert!(quotas.store_down());
+    assert!(
+        slowest <= ENVOY + SLACK,
+        "a call took {slowest:?} with Redis killed"
+    );
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !healthy(&call().await.0) {
+        assert!(Instant::now() < deadline, "no recovery within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    redis.pause();
+    let timeout = Duration::from_millis(QuotaSettings::default().timeout_ms);
+    let (first, took) = call().await;
+    assert!(
+        matches!(
+            first,
+            Enforced::Charged {
+                degraded: Some(_),
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    assert!(took <= timeout + SLACK, "the first call took {took:?}");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..50 {
+        let (r, took) = call().await;
+        assert!(
+            matches!(
+                r,
+                Enforced::Charged {
+                    degraded: Some(_),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest <= ENVOY + SLACK,
+        "a call took {slowest:?} with Redis paused"
+    );
+    redis.resume();
 }
