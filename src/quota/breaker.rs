@@ -44,12 +44,22 @@ enum Mode {
     HalfOpen,
 }
 
+/// Calls and failures of the calls that started in one window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    start_us: u64,
+    calls: u32,
+    failures: u32,
+}
+
 #[derive(Debug)]
 struct State {
     mode: Mode,
-    window_start_us: u64,
-    calls: u32,
-    failures: u32,
+    /// The window calls start in now, and the one before it: a call's
+    /// failure counts in the window its call started in (a failure seen
+    /// after its deadline belongs to the calls of its time).
+    current: Window,
+    previous: Window,
 }
 
 /// The breaker; times are microseconds on the caller's monotonic clock.
@@ -63,13 +73,14 @@ impl Default for Breaker {
         Breaker {
             state: Mutex::new(State {
                 mode: Mode::Closed,
-                window_start_us: 0,
-                calls: 0,
-                failures: 0,
+                current: Window::default(),
+                previous: Window::default(),
             }),
         }
     }
 }
+
+const WINDOW_US: u64 = WINDOW.as_micros() as u64;
 
 impl Breaker {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -81,12 +92,18 @@ impl Breaker {
         let mut s = self.lock();
         match s.mode {
             Mode::Closed => {
-                if now_us.saturating_sub(s.window_start_us) >= WINDOW.as_micros() as u64 {
-                    s.window_start_us = now_us;
-                    s.calls = 0;
-                    s.failures = 0;
+                if now_us.saturating_sub(s.current.start_us) >= WINDOW_US {
+                    s.previous = if now_us - s.current.start_us < 2 * WINDOW_US {
+                        s.current
+                    } else {
+                        Window::default()
+                    };
+                    s.current = Window {
+                        start_us: now_us,
+                        ..Window::default()
+                    };
                 }
-                s.calls = s.calls.saturating_add(1);
+                s.current.calls = s.current.calls.saturating_add(1);
                 Permit::Call
             }
             Mode::Open { until_us } if now_us >= until_us => {
@@ -102,20 +119,31 @@ impl Breaker {
         let mut s = self.lock();
         if probe && s.mode == Mode::HalfOpen {
             s.mode = Mode::Closed;
-            s.calls = 0;
-            s.failures = 0;
+            s.current = Window::default();
+            s.previous = Window::default();
         }
     }
 
-    /// A call (the probe if `probe`) failed; `gone`: the failure says the
-    /// connection itself is gone. True when this opened the breaker.
-    pub fn failure(&self, now_us: u64, probe: bool, gone: bool) -> bool {
+    /// A call that started at `started_us` (the probe if `probe`) failed;
+    /// `gone`: the failure says the connection itself is gone. True when
+    /// this opened the breaker.
+    pub fn failure(&self, now_us: u64, started_us: u64, probe: bool, gone: bool) -> bool {
         let mut s = self.lock();
         let open = match s.mode {
             Mode::HalfOpen => probe,
             Mode::Closed => {
-                s.failures = s.failures.saturating_add(1);
-                gone || (s.failures >= MIN_FAILURES && s.failures * 2 >= s.calls)
+                let window = if started_us >= s.current.start_us {
+                    Some(&mut s.current)
+                } else if s.previous.calls > 0 && started_us >= s.previous.start_us {
+                    Some(&mut s.previous)
+                } else {
+                    None
+                };
+                let rate = window.is_some_and(|w| {
+                    w.failures = w.failures.saturating_add(1);
+                    w.failures >= MIN_FAILURES && w.failures * 2 >= w.calls
+                });
+                gone || rate
             }
             Mode::Open { .. } => false,
         };
@@ -145,8 +173,8 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(b.permit(0), Permit::Call);
         }
-        assert!(!b.failure(MS, false, false));
-        assert!(!b.failure(MS, false, false));
+        assert!(!b.failure(MS, 0, false, false));
+        assert!(!b.failure(MS, 0, false, false));
         assert!(!b.is_open());
     }
 
@@ -156,9 +184,9 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(b.permit(0), Permit::Call);
         }
-        assert!(!b.failure(MS, false, false));
-        assert!(!b.failure(MS, false, false));
-        assert!(b.failure(MS, false, false));
+        assert!(!b.failure(MS, 0, false, false));
+        assert!(!b.failure(MS, 0, false, false));
+        assert!(b.failure(MS, 0, false, false));
         assert_eq!(b.permit(2 * MS), Permit::Refuse);
         let after = MS + OPEN_FOR.as_micros() as u64;
         assert_eq!(b.permit(after), Permit::Probe);
@@ -172,12 +200,28 @@ mod tests {
     fn a_lost_connection_opens_it_at_once_and_a_failed_probe_reopens_it() {
         let b = Breaker::default();
         assert_eq!(b.permit(0), Permit::Call);
-        assert!(b.failure(0, false, true));
+        assert!(b.failure(0, 0, false, true));
         let after = OPEN_FOR.as_micros() as u64;
         assert_eq!(b.permit(after), Permit::Probe);
-        assert!(b.failure(after, true, false));
+        assert!(b.failure(after, after, true, false));
         assert_eq!(b.permit(after + 1), Permit::Refuse);
         assert_eq!(b.permit(2 * after), Permit::Probe);
+    }
+
+    #[test]
+    fn a_late_failure_counts_among_the_calls_of_its_time() {
+        let b = Breaker::default();
+        for _ in 0..1000 {
+            b.permit(0);
+        }
+        // A second later one new call starts a window of its own; the
+        // burst's stragglers failing now do not make it a failure rate.
+        let later = WINDOW.as_micros() as u64 + MS;
+        b.permit(later);
+        for _ in 0..10 {
+            assert!(!b.failure(later, MS, false, false));
+        }
+        assert!(!b.is_open());
     }
 
     #[test]
@@ -185,10 +229,10 @@ mod tests {
         let b = Breaker::default();
         for _ in 0..2 {
             b.permit(0);
-            b.failure(0, false, false);
+            b.failure(0, 0, false, false);
         }
         let later = WINDOW.as_micros() as u64;
         b.permit(later);
-        assert!(!b.failure(later, false, false));
+        assert!(!b.failure(later, later, false, false));
     }
 }

@@ -330,7 +330,8 @@ impl Quotas {
             };
         }
         let h = &self.health;
-        let probe = match h.breaker.permit(h.now_us()) {
+        let started_us = h.now_us();
+        let probe = match h.breaker.permit(started_us) {
             breaker::Permit::Refuse => return self.degrade(charges),
             breaker::Permit::Call => false,
             breaker::Permit::Probe => true,
@@ -356,7 +357,10 @@ impl Quotas {
                         health.breaker.success(probe);
                     }
                     Err(e) => {
-                        if health.breaker.failure(health.now_us(), probe, e.gone) {
+                        if health
+                            .breaker
+                            .failure(health.now_us(), started_us, probe, e.gone)
+                        {
                             health.opened.notify_waiters();
                         }
                     }
@@ -384,7 +388,6 @@ impl Quotas {
             store: &self.store,
             health: &self.health,
         };
-        let started_us = h.now_us();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let why = loop {
             let notified = call.done.notified();
@@ -427,8 +430,15 @@ impl Quotas {
                             // A store that answered no call at all while this
                             // one waited has stalled: down. One that answered
                             // others is slow: one failure among its calls.
-                            let silent = h.answered_at_us.load(Ordering::Relaxed) < started_us;
-                            if h.breaker.failure(h.now_us(), probe, silent) {
+                            // (Unless this process woke up too late to tell:
+                            // then its own backlog may hold the answers.)
+                            let now = h.now_us();
+                            let late_by =
+                                now.saturating_sub(started_us + self.timeout.as_micros() as u64);
+                            let excuse = (self.timeout.as_micros() as u64 / 2).max(50_000);
+                            let silent = h.answered_at_us.load(Ordering::Relaxed) < started_us
+                                && late_by <= excuse;
+                            if h.breaker.failure(h.now_us(), started_us, probe, silent) {
                                 h.opened.notify_waiters();
                             }
                             down = h.breaker.is_open();
