@@ -37,11 +37,15 @@ async fn replicas(settings: QuotaSettings) -> (PolicyDir, Vec<TestServer>, Vec<C
     let mut servers = Vec::new();
     let mut channels = Vec::new();
     for _ in 0..3 {
-        let server = TestServer::start(Config {
+        let mut config = Config {
             quotas: settings.clone(),
             ..support::in_process_config(policies.path())
-        })
-        .await;
+        };
+        // Not a quota setting: the server's own request deadline (2 s)
+        // would cut calls of a burst on a 2-core machine shared with other
+        // builds, which says nothing about the quotas' exactness.
+        config.server.request_timeout_ms = 30_000;
+        let server = TestServer::start(config).await;
         let channel = Channel::from_shared(format!("http://{}", server.decision_addr))
             .unwrap()
             .connect()
@@ -108,7 +112,7 @@ async fn burst(
             let r = client
                 .should_rate_limit((*request).clone())
                 .await
-                .expect("ShouldRateLimit answers")
+                .unwrap_or_else(|s| panic!("ShouldRateLimit answers: {s:?}"))
                 .into_inner()
                 .overall_code;
             (r, t.elapsed())
@@ -127,12 +131,6 @@ async fn burst(
     }
     assert_eq!(ok + over, calls);
     took.sort();
-    eprintln!(
-        "DEBUG p50 {:?} p99 {:?} max {:?}",
-        took[calls / 2],
-        took[calls * 99 / 100],
-        took[calls - 1]
-    );
     (ok, took[calls * 99 / 100])
 }
 
