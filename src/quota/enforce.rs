@@ -583,3 +583,141 @@ fn scale(rate: Rate, replicas: u64) -> Rate {
         tolerance_us: emission_us.saturating_mul(burst),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::LimitState;
+    use std::sync::atomic::AtomicU32;
+
+    /// A remote store that answers "allowed" after a delay per key
+    /// (`slow`: `delay`, else at once; `hang`: never), counting refunds.
+    #[derive(Debug, Default)]
+    struct Fake {
+        delay: Duration,
+        refunds: AtomicU32,
+    }
+
+    #[tonic::async_trait]
+    impl QuotaStore for Fake {
+        async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
+            match charges[0].key.as_str() {
+                "slow" => tokio::time::sleep(self.delay).await,
+                "hang" => std::future::pending::<()>().await,
+                _ => {}
+            }
+            Ok(Charged {
+                allowed: true,
+                states: vec![
+                    LimitState {
+                        over: false,
+                        remaining: 1,
+                        reset_us: 0,
+                        retry_us: 0,
+                    };
+                    charges.len()
+                ],
+            })
+        }
+        async fn refund(&self, _: &[Charge], _: &[LimitState]) -> Result<(), StoreError> {
+            self.refunds.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn remote(&self) -> bool {
+            true
+        }
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+    }
+
+    fn charge(key: &str) -> Charge {
+        Charge::gcra(key, Rate::new(100, 3_600_000_000, 100), 1)
+    }
+
+    fn quotas(store: &Arc<Fake>, timeout_ms: u64) -> Quotas {
+        Quotas::new(
+            Arc::clone(store) as Arc<dyn QuotaStore>,
+            Duration::from_millis(timeout_ms),
+            OnStoreError::Local,
+            3,
+            1024,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_late_call_on_a_store_that_answers_others_is_refused_and_refunded() {
+        let store = Arc::new(Fake {
+            delay: Duration::from_millis(300),
+            ..Fake::default()
+        });
+        let q = Arc::new(quotas(&store, 50));
+        // Other calls keep being answered while the slow one waits.
+        let busy = {
+            let q = Arc::clone(&q);
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    q.enforce(&[charge("fast")]).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let r = q.enforce(&[charge("slow")]).await;
+        // Not the local fallback (which would admit): refused, store up.
+        assert_eq!(r, Enforced::Unavailable);
+        assert!(!q.store_down());
+        busy.await.unwrap();
+        q.settled().await;
+        assert_eq!(store.refunds.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_has_its_charge_refunded() {
+        let store = Arc::new(Fake {
+            delay: Duration::from_millis(50),
+            ..Fake::default()
+        });
+        let q = quotas(&store, 1000);
+        let slow = [charge("slow")];
+        let gone = tokio::time::timeout(Duration::from_millis(5), q.enforce(&slow));
+        assert!(gone.await.is_err());
+        q.settled().await;
+        assert_eq!(store.refunds.load(Ordering::Relaxed), 1);
+        // An answered caller keeps its charge.
+        assert!(matches!(
+            q.enforce(&[charge("slow")]).await,
+            Enforced::Charged { degraded: None, .. }
+        ));
+        q.settled().await;
+        assert_eq!(store.refunds.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_answers_nothing_for_a_whole_deadline_is_down() {
+        let store = Arc::new(Fake::default());
+        let q = quotas(&store, 20);
+        let r = q.enforce(&[charge("hang")]).await;
+        assert!(
+            matches!(
+                r,
+                Enforced::Charged {
+                    degraded: Some(OnStoreError::Local),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert!(q.store_down());
+        // While down: decided at once, the store not asked.
+        let started = std::time::Instant::now();
+        let r = q.enforce(&[charge("hang")]).await;
+        assert!(matches!(
+            r,
+            Enforced::Charged {
+                degraded: Some(_),
+                ..
+            }
+        ));
+        assert!(started.elapsed() < Duration::from_millis(20));
+    }
+}
