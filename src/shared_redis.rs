@@ -25,6 +25,12 @@ use redis::cluster_async::ClusterConnection;
 /// and serves the requests after it.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The client's own bound on one command's answer: long, on purpose. The
+/// stores bound their callers' waits themselves; a command that Redis
+/// answers late (after a pause, under a burst) should still deliver its
+/// answer, so that what it charged is known and can be refunded.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Redis could not be reached (or connecting failed); for operators only.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot connect: {0}")]
@@ -186,14 +192,15 @@ impl SharedRedis {
     }
 
     /// A single primary at `url` (`redis://host:port/db`); connects on first
-    /// use. `timeout` bounds each command's answer. `field` names the config
+    /// use. The client gives up on a command after `timeout` or
+    /// [`RESPONSE_TIMEOUT`], whichever is longer. `field` names the config
     /// field in errors.
     pub fn single(url: &str, timeout: Duration, field: &str) -> Result<SharedRedis, String> {
         let client = redis::Client::open(url)
             .map_err(|e| format!("{field} is not a Redis URL (redis://host:port/db): {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout.max(RESPONSE_TIMEOUT)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
         Ok(SharedRedis {
@@ -213,7 +220,7 @@ impl SharedRedis {
     ) -> Result<SharedRedis, String> {
         let client = ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(timeout)
+            .response_timeout(timeout.max(RESPONSE_TIMEOUT))
             .retries(1)
             .build()
             .map_err(|e| format!("{field}: not Redis URLs (redis://host:port): {e}"))?;
@@ -252,6 +259,18 @@ impl SharedRedis {
                     .await
                     .map(Connection::Cluster)
             }
+        }
+    }
+
+    /// Starts connecting in the background (if no connection is made or
+    /// under way), so that the first requests find it ready. Needs a Tokio
+    /// runtime; does nothing without one.
+    pub fn connect_soon(self: &Arc<Self>) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let redis = Arc::clone(self);
+            rt.spawn(async move {
+                let _ = redis.connection().await;
+            });
         }
     }
 

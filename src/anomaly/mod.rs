@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::time::Clock;
 
 mod config;
+pub mod shared;
 
 pub use config::AnomalyConfig;
 
@@ -283,6 +284,8 @@ pub struct Detector {
     /// Subjects blocked and until when (µs), for the gauge: touched only
     /// when a block is imposed and at scrape time, never per request.
     blocks: Mutex<std::collections::HashMap<String, u64>>,
+    /// Blocks shared with the other replicas through Redis, if any.
+    shared: Option<Arc<shared::SharedBlocks>>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -312,7 +315,57 @@ impl Detector {
                 .time_to_idle(idle)
                 .build(),
             blocks: Mutex::default(),
+            shared: None,
         }
+    }
+
+    /// The same detector sharing its blocks with the other replicas
+    /// through `shared` (see `shared.rs`; read them with
+    /// [`Detector::sync_shared`]).
+    pub fn with_shared(mut self, shared: shared::SharedBlocks) -> Self {
+        self.shared = Some(Arc::new(shared));
+        self
+    }
+
+    /// True when blocks are shared with the other replicas.
+    pub fn shares_blocks(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Imposes the blocks the other replicas shared (a no-op without a
+    /// shared store, or while it does not answer).
+    pub async fn sync_shared(&self) {
+        let Some(shared) = &self.shared else { return };
+        let now = self.clock.now_us();
+        if let Ok(blocks) = shared.read(now).await {
+            for (subject, until_us) in blocks {
+                self.impose(&subject, until_us, now);
+            }
+        }
+    }
+
+    /// Blocks `subject` until `until_us` (kept if already blocked longer).
+    fn impose(&self, subject: &Subject, until_us: u64, now: u64) {
+        if until_us <= now {
+            return;
+        }
+        let new = || Arc::new(Mutex::new(Track::new(now / self.interval_us)));
+        let (track, key) = match subject {
+            Subject::Principal(p) => (
+                self.principals.get_with(Arc::from(p.as_str()), new),
+                p.clone(),
+            ),
+            Subject::Source(ip) => (self.sources.get_with(*ip, new), ip.to_string()),
+        };
+        let mut t = track.lock().unwrap_or_else(|e| e.into_inner());
+        if t.blocked_until_us >= until_us {
+            return;
+        }
+        t.blocked_until_us = until_us;
+        drop(t);
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = blocks.entry(key).or_insert(0);
+        *slot = (*slot).max(until_us);
     }
 
     /// The settings.
@@ -384,6 +437,17 @@ impl Detector {
                 };
                 let slot = blocks.entry(key).or_insert(0);
                 *slot = (*slot).max(until);
+            }
+            if let Some(shared) = &self.shared {
+                shared.publish(
+                    events
+                        .iter()
+                        .filter_map(|e| {
+                            e.blocked_for
+                                .map(|b| (e.subject.clone(), now + b.as_micros() as u64))
+                        })
+                        .collect(),
+                );
             }
         }
         events

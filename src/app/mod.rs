@@ -124,6 +124,9 @@ impl App {
         let (quota_redis, authn_redis) = config
             .redis_connections(&tasks)
             .map_err(AssembleError::Redis)?;
+        let shared_blocks = authn_redis
+            .as_ref()
+            .map(|r| crate::anomaly::shared::SharedBlocks::new(Arc::clone(&r.redis), r.timeout));
         let authenticator = Authenticator::with_redis(&config.authentication, authn_redis)
             .map_err(AssembleError::Authn)?;
         let quotas = config.quotas.build_on(quota_redis);
@@ -153,10 +156,12 @@ impl App {
             audit,
             quotas,
             anomalies: config.anomaly.enabled.then(|| {
-                Arc::new(Detector::new(
-                    &config.anomaly,
-                    Arc::new(crate::time::SystemClock),
-                ))
+                let detector = Detector::new(&config.anomaly, Arc::new(crate::time::SystemClock));
+                // With a Redis, blocks are shared by every replica.
+                Arc::new(match shared_blocks {
+                    Some(shared) => detector.with_shared(shared),
+                    None => detector,
+                })
             }),
             residency: config.residency.clone(),
             tasks,

@@ -150,6 +150,11 @@ impl Authenticator {
                 }
             };
         let signatures = signature::Signatures::new(&config.signatures)
+            .map(|s| match &redis {
+                // Seen signatures shared by every replica.
+                Some(r) => s.shared_through(Arc::clone(&r.redis), r.timeout),
+                None => s,
+            })
             .map_err(|errs| errors.extend(errs.into_iter().map(AuthnSetupError::from)));
         match (jwt, api_keys, introspection, failures, signatures) {
             (Ok(jwt), Ok(api_keys), Ok(introspection), Ok(failures), Ok(signatures)) => {
@@ -219,15 +224,18 @@ impl Authenticator {
 
     /// Checks the payload signature of an authenticated request (when the
     /// route or the app requires one, or one is sent); `now` in seconds
-    /// since the epoch.
-    pub fn verify_signature(
+    /// since the epoch. With a Redis, a replay through another replica is
+    /// refused too.
+    pub async fn verify_signature(
         &self,
         req: &AccessRequest,
         identity: &Identity,
         route_requires: bool,
         now: u64,
     ) -> Result<(), signature::Refused> {
-        self.signatures.verify(req, identity, route_requires, now)
+        self.signatures
+            .verify_shared(req, identity, route_requires, now)
+            .await
     }
 
     /// Establishes who is calling, unless the source is blocked for failing

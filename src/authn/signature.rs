@@ -4,8 +4,18 @@
 //! seen signatures are kept in a bounded cache (moka) for twice the
 //! window. It does not decide who the caller is: the app comes from its
 //! API key (or other credential) first.
+//!
+//! With a Redis (the quota store's, or `authentication.redis`), a signature
+//! is also recorded there (`SET portcullis:sig:{<hex>} NX`, expiring after
+//! twice the window), so a replay to another replica is refused too. When
+//! Redis does not answer within its timeout, the local cache alone decides
+//! (as failure counts do): a replay to the same replica is still refused,
+//! one to another replica is not, and the degraded check is counted and
+//! logged (at most once a second).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -39,6 +49,50 @@ pub struct Signatures {
     window: u64,
     apps: Vec<SignedApp>,
     seen: moka::sync::Cache<[u8; 32], ()>,
+    shared: Option<SharedSeen>,
+}
+
+/// Seen signatures in Redis, shared by every replica.
+#[derive(Debug)]
+struct SharedSeen {
+    redis: Arc<crate::shared_redis::SharedRedis>,
+    timeout: Duration,
+    ttl: Duration,
+    /// Checks Redis did not answer (decided by the local cache alone).
+    degraded: AtomicU64,
+    /// When the last warning was logged (seconds since the epoch).
+    warned_at: AtomicU64,
+}
+
+/// Prefix of the seen-signature keys in Redis.
+pub const KEY_PREFIX: &str = "portcullis:sig:";
+
+impl SharedSeen {
+    /// True when this is the signature's first use anywhere.
+    async fn first_use(&self, mac: &[u8; 32]) -> Result<bool, String> {
+        let key = format!("{KEY_PREFIX}{{{}}}", hex::encode(mac));
+        let ttl_ms = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let answer = tokio::time::timeout(self.timeout, async {
+            let mut con = self.redis.connection().await.map_err(|e| e.to_string())?;
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async::<Option<String>>(&mut con)
+                .await
+                .map_err(|e| {
+                    self.redis.note_error(&e);
+                    e.to_string()
+                })
+        })
+        .await
+        .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))??;
+        Ok(answer.is_some())
+    }
 }
 
 /// A secret file that cannot be used.
@@ -110,11 +164,80 @@ impl Signatures {
                 .max_capacity(config.replay_cache_capacity)
                 .time_to_live(Duration::from_secs(config.window_seconds.saturating_mul(2)))
                 .build(),
+            shared: None,
         })
     }
 
+    /// The same verifier recording seen signatures in `redis` too (each
+    /// call bounded by `timeout`), so every replica refuses a replay.
+    pub fn shared_through(
+        mut self,
+        redis: Arc<crate::shared_redis::SharedRedis>,
+        timeout: Duration,
+    ) -> Self {
+        self.shared = Some(SharedSeen {
+            redis,
+            timeout,
+            ttl: Duration::from_secs(self.window.saturating_mul(2)),
+            degraded: AtomicU64::new(0),
+            warned_at: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// True when seen signatures are shared through Redis.
+    pub fn shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Replay checks Redis did not answer (decided locally) since start.
+    pub fn degraded_checks(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.degraded.load(Ordering::Relaxed))
+    }
+
+    /// As [`Signatures::verify`], and a signature already used through
+    /// another replica (recorded in the shared Redis) is refused too.
+    pub async fn verify_shared(
+        &self,
+        req: &AccessRequest,
+        identity: &Identity,
+        route_requires: bool,
+        now: u64,
+    ) -> Result<(), Refused> {
+        let Some(mac) = self.verify_key(req, identity, route_requires, now)? else {
+            return Ok(());
+        };
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        match shared.first_use(&mac).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(replayed()),
+            Err(error) => {
+                shared.degraded.fetch_add(1, Ordering::Relaxed);
+                let last = shared.warned_at.load(Ordering::Relaxed);
+                if now > last
+                    && shared
+                        .warned_at
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        target: "portcullis::authn",
+                        error,
+                        "Redis does not answer: signature replays are checked in this process only (logged at most once a second)"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Checks the request's signature when the route or the app requires
-    /// one, or when one is sent by an app that has a secret.
+    /// one, or when one is sent by an app that has a secret (replays
+    /// checked in this process only; see [`Signatures::verify_shared`]).
     pub fn verify(
         &self,
         req: &AccessRequest,
@@ -122,6 +245,19 @@ impl Signatures {
         route_requires: bool,
         now: u64,
     ) -> Result<(), Refused> {
+        self.verify_key(req, identity, route_requires, now)
+            .map(|_| ())
+    }
+
+    /// [`Signatures::verify`]; the signature when one was checked and is
+    /// fresh here.
+    fn verify_key(
+        &self,
+        req: &AccessRequest,
+        identity: &Identity,
+        route_requires: bool,
+        now: u64,
+    ) -> Result<Option<[u8; 32]>, Refused> {
         let is_app = identity.principal.type_name().basename() == "App";
         let app = self
             .apps
@@ -131,8 +267,8 @@ impl Signatures {
         let header = req.header(&self.header);
         let (app, header) = match (app, header) {
             (Some(app), Some(header)) => (app, header),
-            (_, None) if !required => return Ok(()),
-            (None, _) if !required => return Ok(()),
+            (_, None) if !required => return Ok(None),
+            (None, _) if !required => return Ok(None),
             (None, _) => {
                 return Err(refused(
                     "no_signing_secret",
@@ -185,13 +321,17 @@ impl Signatures {
         let key: [u8; 32] = mac.try_into().expect("parse_header returns 32 bytes");
         let entry = self.seen.entry(key).or_insert(());
         if !entry.is_fresh() {
-            return Err(refused(
-                "signature_replayed",
-                "this signature was already used: sign each request anew",
-            ));
+            return Err(replayed());
         }
-        Ok(())
+        Ok(Some(key))
     }
+}
+
+fn replayed() -> Refused {
+    refused(
+        "signature_replayed",
+        "this signature was already used: sign each request anew",
+    )
 }
 
 /// What is signed: `t`, method and path each followed by a newline, then

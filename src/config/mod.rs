@@ -422,9 +422,17 @@ impl Config {
                     timeout,
                 })
             }
+            // Sharing the quota store's connection: authentication keeps
+            // its own, shorter bound (its default), since a quota call may
+            // wait longer for a busy store (slow is not down) than a
+            // credential check should.
             None => quotas.clone().map(|redis| crate::authn::AuthnRedis {
                 redis,
-                timeout: Duration::from_millis(self.quotas.timeout_ms),
+                timeout: Duration::from_millis(
+                    self.quotas
+                        .timeout_ms
+                        .min(crate::authn::config::AuthnRedisConfig::default().timeout_ms),
+                ),
             }),
         };
         Ok((quotas, authn))

@@ -179,7 +179,10 @@ pub(super) async fn authenticate(
     // checked with the credentials, before any policy runs.
     if let Authentication::Authenticated(identity) = &authentication {
         let required = at.route.signature == routes::SignatureMode::Required;
-        if let Err(refused) = authenticator.verify_signature(req, identity, required, now) {
+        if let Err(refused) = authenticator
+            .verify_signature(req, identity, required, now)
+            .await
+        {
             note_principal(&mut at.d, identity);
             at.d.errors.push(format!("signature: {}", refused.reason));
             return Err(Refusal::new(DenyReason::InvalidSignature, refused.detail));

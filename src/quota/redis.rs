@@ -1,7 +1,9 @@
 //! The Redis quota store: one Lua script, the same GCRA as `gcra.rs`, run
-//! atomically by Redis over every key of a request in one round trip, with
-//! time from the Redis server (`TIME`), so replicas with skewed clocks
-//! cannot split or double count.
+//! atomically by Redis over every key of a request, with time from the
+//! Redis server (`TIME`), so replicas with skewed clocks cannot split or
+//! double count. Concurrent requests to one target (the primary, or one
+//! Cluster slot) are batched into one script call (`batch.rs`), each
+//! judged in turn, so a burst costs a handful of round trips.
 //!
 //! The script is sent once and then called by hash (`EVALSHA`); the `redis`
 //! crate's `Script` resends it on `NOSCRIPT` (after a restart or
@@ -21,128 +23,27 @@
 //! consumes nothing once the call returns. Between a charge and its refund a
 //! concurrent request may see the temporary charge and be refused (never
 //! over-admitted); if the refund itself fails, the earlier slots stay
-//! charged (errs towards refusing). `quota_mode` limits are judged over all
+//! charged (errs towards refusing). The charge runs on a task of its own
+//! (see `enforce.rs`), so a caller that gives up or goes away cannot cut
+//! it between a charge and its refund. `quota_mode` limits are judged over all
 //! slots (refunded the same way when all of them are over). Fixed windows
 //! and post-hoc charges are never refunded: they count whatever the verdict.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+
 use redis::aio::ConnectionLike;
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 
 use crate::shared_redis::{Connection, SharedRedis};
 
-use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
+mod batch;
+use batch::{Batches, Job, SCRIPT};
 
-/// The GCRA of `gcra::assess` over all KEYS, all or nothing; or, per key,
-/// envoyproxy/ratelimit's fixed window (every hit counted).
-///
-/// ARGV: per key, 4 values: a, b, cost, flags. Flags: 1 shadow, 2 quota
-/// mode, 4 post-hoc, 8 fixed window. GCRA: a = emission_us, b =
-/// tolerance_us. Fixed window: a = window_us, b = limit; the counter is
-/// `KEYS[i]:<window start>` (same hash tag, same slot).
-/// Returns: allowed (0|1), then per key: over, remaining, reset_us, retry_us.
-/// `allowed` follows `quota::passes`: every enforced key fits, and some
-/// quota-mode key fits if there are any.
-const SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS
-local tats, news, always, counts, over = {}, {}, {}, {}, {}
-local out = {0}
-local enforced_ok, quotas, quota_ok = true, false, false
-local function bit(flags, b) return math.floor(flags / b) % 2 == 1 end
-for i = 1, n do
-  local a = tonumber(ARGV[(i - 1) * 4 + 1])
-  local b = tonumber(ARGV[(i - 1) * 4 + 2])
-  local cost = tonumber(ARGV[(i - 1) * 4 + 3])
-  local flags = tonumber(ARGV[(i - 1) * 4 + 4])
-  local remaining, reset, retry
-  if bit(flags, 8) then
-    local start = now - now % a
-    local key = KEYS[i] .. ':' .. string.format('%d', start)
-    local count = (counts[key] and counts[key][1]) or tonumber(redis.call('GET', key) or '0')
-    count = count + cost
-    if cost > 0 then counts[key] = {count, start + a} end
-    reset = start + a - now
-    if count > b then
-      over[i] = 1
-      remaining = 0
-      retry = reset
-    else
-      over[i] = 0
-      remaining = b - count
-      retry = 0
-    end
-  else
-    local tat = news[KEYS[i]] or tonumber(redis.call('GET', KEYS[i]) or '0')
-    local base = math.max(tat, now)
-    local new_tat = base + cost * a
-    local ahead = new_tat - now
-    if ahead > b then
-      over[i] = 1
-      remaining = math.floor(math.max(b - (base - now), 0) / a)
-      reset = base - now
-      retry = ahead - b
-      if bit(flags, 4) and cost > 0 then
-        -- Work already done: recorded past the burst, whatever the verdict.
-        news[KEYS[i]] = new_tat
-        always[KEYS[i]] = true
-      end
-    else
-      over[i] = 0
-      remaining = math.floor((b - ahead) / a)
-      reset = ahead
-      retry = 0
-      if cost > 0 then
-        news[KEYS[i]] = new_tat
-        if bit(flags, 4) then always[KEYS[i]] = true end
-      end
-    end
-    tats[i] = base
-  end
-  if not bit(flags, 1) then
-    if bit(flags, 2) then
-      quotas = true
-      if over[i] == 0 then quota_ok = true end
-    elseif over[i] == 1 then
-      enforced_ok = false
-    end
-  end
-  out[#out + 1] = over[i]
-  out[#out + 1] = remaining
-  out[#out + 1] = reset
-  out[#out + 1] = retry
-end
-local allowed = enforced_ok and (quota_ok or not quotas)
-if allowed then out[1] = 1 end
-for key, new_tat in pairs(news) do
-  if allowed or always[key] then
-    local ttl = math.max(math.ceil((new_tat - now) / 1000), 1)
-    redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl)
-  end
-end
-for key, c in pairs(counts) do
-  local ttl = math.max(math.ceil((c[2] - now) / 1000), 1)
-  redis.call('SET', key, string.format('%d', c[1]), 'PX', ttl)
-end
-if not allowed then
-  -- Nothing else was charged: report each state as it stays.
-  for i = 1, n do
-    local flags = tonumber(ARGV[(i - 1) * 4 + 4])
-    local cost = tonumber(ARGV[(i - 1) * 4 + 3])
-    if over[i] == 0 and not bit(flags, 8) and not bit(flags, 4) and cost > 0 then
-      local emission = tonumber(ARGV[(i - 1) * 4 + 1])
-      local tolerance = tonumber(ARGV[(i - 1) * 4 + 2])
-      out[(i - 1) * 4 + 3] = math.floor((tolerance - (tats[i] - now)) / emission)
-      out[(i - 1) * 4 + 4] = tats[i] - now
-    end
-  end
-end
-return out
-"#;
+use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
 
 /// Gives back what a charge took: ARGV per key: emission_us * cost.
 const REFUND: &str = r#"
@@ -165,9 +66,16 @@ return 1
 pub const KEY_PREFIX: &str = "portcullis:q:";
 
 /// Quota counters in Redis (one primary, or a Redis Cluster).
+///
+/// Concurrent requests to the same target (the primary, or one Cluster
+/// slot) are batched: many requests in one script call, judged one after
+/// the other inside it, so a burst costs a handful of round trips and
+/// scripts instead of one each.
 pub struct RedisStore {
     redis: Arc<SharedRedis>,
-    script: redis::Script,
+    batches: Batches,
+    /// One queue per target: `None` for a single primary, else the slot.
+    queues: Mutex<HashMap<Option<Slot>, mpsc::UnboundedSender<Job>>>,
     refund: redis::Script,
 }
 
@@ -201,80 +109,66 @@ impl RedisStore {
     /// A store on a Redis shared with other stores.
     pub fn on(redis: Arc<SharedRedis>) -> RedisStore {
         RedisStore {
+            batches: Batches {
+                redis: Arc::clone(&redis),
+                script: redis::Script::new(SCRIPT),
+            },
             redis,
-            script: redis::Script::new(SCRIPT),
+            queues: Mutex::new(HashMap::new()),
             refund: redis::Script::new(REFUND),
         }
     }
 
-    async fn run<C: ConnectionLike + Send>(
+    /// One request's charges (all on one target), in the target's next
+    /// batch.
+    async fn batched(
         &self,
-        con: &mut C,
-        charges: &[&Charge],
+        slot: Option<Slot>,
+        charges: Vec<Charge>,
     ) -> Result<Charged, StoreError> {
-        let mut invocation = self.script.prepare_invoke();
-        for c in charges {
-            let (a, b) = match c.window {
-                Some(w) => (w.window_us, w.limit),
-                None => (c.rate.emission_us, c.rate.tolerance_us),
+        let (reply, answer) = oneshot::channel();
+        let mut job = Job { charges, reply };
+        for _ in 0..2 {
+            let queue = {
+                let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+                queues
+                    .entry(slot)
+                    .or_insert_with(|| self.batches.start())
+                    .clone()
             };
-            let flags = u8::from(c.shadow)
-                | u8::from(c.quota) << 1
-                | u8::from(c.post_hoc) << 2
-                | u8::from(c.window.is_some()) << 3;
-            invocation
-                .key(redis_key(&c.key))
-                .arg(a)
-                .arg(b)
-                .arg(c.cost)
-                .arg(flags);
-        }
-        let reply: Vec<i64> = match invocation.invoke_async(con).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.redis.note_error(&e);
-                return Err(error(e));
+            match queue.send(job) {
+                Ok(()) => {
+                    return answer.await.unwrap_or_else(|_| {
+                        Err(StoreError {
+                            store: "redis",
+                            message: "the batch ended without an answer".into(),
+                            gone: false,
+                        })
+                    })
+                }
+                Err(mpsc::error::SendError(back)) => {
+                    // Its worker ended (its runtime went away): start anew.
+                    job = back;
+                    self.queues
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&slot);
+                }
             }
-        };
-        if reply.len() != 1 + 4 * charges.len() {
-            return Err(StoreError {
-                store: "redis",
-                message: format!("the quota script answered {} values", reply.len()),
-            });
         }
-        let u = |v: i64| u64::try_from(v).unwrap_or(0);
-        let states = reply[1..]
-            .chunks(4)
-            .map(|s| LimitState {
-                over: s[0] == 1,
-                remaining: u(s[1]),
-                reset_us: u(s[2]),
-                retry_us: u(s[3]),
-            })
-            .collect();
-        Ok(Charged {
-            allowed: reply[0] == 1,
-            states,
+        Err(StoreError {
+            store: "redis",
+            message: "no batch worker could be started".into(),
+            gone: false,
         })
     }
 
-    async fn charge_cluster(
-        &self,
-        con: &mut ClusterConnection,
-        charges: &[Charge],
-    ) -> Result<Charged, StoreError> {
-        let mut slots: Vec<(Slot, Vec<usize>)> = Vec::new();
-        for (i, c) in charges.iter().enumerate() {
-            let slot = Slot::for_key(redis_key(&c.key));
-            match slots.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, members)) => members.push(i),
-                None => slots.push((slot, vec![i])),
-            }
-        }
+    async fn charge_cluster(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
+        let slots = by_slot(charges);
         let mut states: Vec<Option<LimitState>> = vec![None; charges.len()];
         let mut charged_groups: Vec<&Vec<usize>> = Vec::new();
         let mut refused = false;
-        for (_, members) in &slots {
+        for (slot, members) in &slots {
             let group: Vec<Charge> = members
                 .iter()
                 .map(|&i| Charge {
@@ -292,13 +186,10 @@ impl RedisStore {
                     ..charges[i].clone()
                 })
                 .collect();
-            let refs: Vec<&Charge> = group.iter().collect();
-            let result = self.run(con, &refs).await;
-            let result = match result {
+            let result = match self.batched(Some(*slot), group).await {
                 Ok(r) => r,
                 Err(e) => {
-                    self.refund_groups(con, charges, &states, &charged_groups)
-                        .await;
+                    self.refund_groups(charges, &states, &charged_groups).await;
                     return Err(e);
                 }
             };
@@ -325,8 +216,7 @@ impl RedisStore {
             refused = !super::passes(charges.iter().zip(over));
         }
         if refused {
-            self.refund_groups(con, charges, &states, &charged_groups)
-                .await;
+            self.refund_groups(charges, &states, &charged_groups).await;
             for members in &charged_groups {
                 for &i in *members {
                     let c = &charges[i];
@@ -349,32 +239,65 @@ impl RedisStore {
 
     async fn refund_groups(
         &self,
-        con: &mut ClusterConnection,
         charges: &[Charge],
         states: &[Option<LimitState>],
         groups: &[&Vec<usize>],
     ) {
-        for members in groups {
-            let mut invocation = self.refund.prepare_invoke();
-            let mut any = false;
-            for &i in *members {
-                let c = &charges[i];
-                let charged =
-                    states[i].is_some_and(|s| !s.over) && c.cost > 0 && !c.always_recorded();
-                if charged {
-                    invocation
-                        .key(redis_key(&c.key))
-                        .arg(c.cost * c.rate.emission_us);
-                    any = true;
-                }
+        let mut con = match self.redis.connection().await {
+            Ok(con) => con,
+            Err(e) => {
+                tracing::warn!(target: "portcullis::quota", error = %e, "quota refund failed; the charge stays");
+                return;
             }
-            if any {
-                if let Err(e) = invocation.invoke_async::<i64>(con).await {
-                    tracing::warn!(target: "portcullis::quota", error = %e, "quota refund failed; the charge stays");
-                }
+        };
+        for members in groups {
+            if let Err(e) = self.refund_keys(&mut con, charges, states, members).await {
+                tracing::warn!(target: "portcullis::quota", error = %e, "quota refund failed; the charge stays");
             }
         }
     }
+
+    /// Gives back what an allowed answer charged `members` (keys that can
+    /// share one script call: one slot in a Cluster).
+    async fn refund_keys<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        charges: &[Charge],
+        states: &[Option<LimitState>],
+        members: &[usize],
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.refund.prepare_invoke();
+        let mut any = false;
+        for &i in members {
+            let c = &charges[i];
+            if states[i].is_some_and(|s| super::was_charged(c, &s)) {
+                invocation
+                    .key(redis_key(&c.key))
+                    .arg(c.cost * c.rate.emission_us);
+                any = true;
+            }
+        }
+        if any {
+            if let Err(e) = invocation.invoke_async::<i64>(con).await {
+                self.redis.note_error(&e);
+                return Err(error(e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The charges' indices grouped by Cluster slot, in the request's order.
+fn by_slot(charges: &[Charge]) -> Vec<(Slot, Vec<usize>)> {
+    let mut slots: Vec<(Slot, Vec<usize>)> = Vec::new();
+    for (i, c) in charges.iter().enumerate() {
+        let slot = Slot::for_key(redis_key(&c.key));
+        match slots.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, members)) => members.push(i),
+            None => slots.push((slot, vec![i])),
+        }
+    }
+    slots
 }
 
 fn redis_key(key: &str) -> String {
@@ -382,33 +305,68 @@ fn redis_key(key: &str) -> String {
 }
 
 fn error(e: redis::RedisError) -> StoreError {
+    let gone = e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
     StoreError {
         store: "redis",
         message: e.to_string(),
+        gone,
+    }
+}
+
+fn unreachable(store: &'static str, e: crate::shared_redis::Unreachable) -> StoreError {
+    StoreError {
+        store,
+        message: e.to_string(),
+        gone: true,
     }
 }
 
 #[tonic::async_trait]
 impl QuotaStore for RedisStore {
     async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
-        let connection = self.redis.connection().await.map_err(|e| StoreError {
-            store: "redis",
-            message: e.to_string(),
-        })?;
-        match connection {
-            Connection::Single(mut con) => {
-                let refs: Vec<&Charge> = charges.iter().collect();
-                self.run(&mut con, &refs).await
-            }
-            Connection::Cluster(mut con) => self.charge_cluster(&mut con, charges).await,
+        if self.redis.is_cluster() {
+            self.charge_cluster(charges).await
+        } else {
+            self.batched(None, charges.to_vec()).await
         }
     }
 
+    async fn refund(&self, charges: &[Charge], states: &[LimitState]) -> Result<(), StoreError> {
+        let connection = self
+            .redis
+            .connection()
+            .await
+            .map_err(|e| unreachable("redis", e))?;
+        let states: Vec<Option<LimitState>> = states.iter().copied().map(Some).collect();
+        match connection {
+            Connection::Single(mut con) => {
+                let all: Vec<usize> = (0..charges.len()).collect();
+                self.refund_keys(&mut con, charges, &states, &all).await
+            }
+            Connection::Cluster(mut con) => {
+                for (_, members) in by_slot(charges) {
+                    self.refund_keys(&mut con, charges, &states, &members)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn remote(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.redis.connection().await.map_err(|e| StoreError {
-            store: self.name(),
-            message: e.to_string(),
-        })?;
+        let mut connection = self
+            .redis
+            .connection()
+            .await
+            .map_err(|e| unreachable(self.name(), e))?;
         if let Err(e) = redis::cmd("PING")
             .query_async::<String>(&mut connection)
             .await

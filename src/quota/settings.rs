@@ -22,8 +22,13 @@ pub struct QuotaSettings {
     pub redis_url: Option<String>,
     /// For `store: redis_cluster`: seed nodes, `redis://host:port` each.
     pub redis_urls: Vec<String>,
-    /// Bound on one store round trip (connect included), in milliseconds.
-    /// Well under Envoy's 20 ms ratelimit timeout.
+    /// The per-call deadline, in milliseconds: the most one call waits for
+    /// the store. A call that reaches it is decided in the degraded mode
+    /// (what the store charged for it is refunded) and counts as one
+    /// failure; the store counts as down only by the circuit breaker
+    /// (connection lost, or half the calls of a window failing). Slow is
+    /// not down: a queue on a busy, healthy store must fit in it, or the
+    /// burst spills into the degraded mode. See docs/rate-limits.md.
     pub timeout_ms: u64,
     /// `deny` (503), `allow` (uncounted) or `local` (in-process limits
     /// divided by `replicas`) while the store fails.
@@ -146,7 +151,7 @@ impl Default for QuotaSettings {
             store: QuotaStoreKind::Local,
             redis_url: None,
             redis_urls: Vec::new(),
-            timeout_ms: 10,
+            timeout_ms: crate::quota::DEFAULT_TIMEOUT.as_millis() as u64,
             on_store_error: crate::quota::OnStoreError::Local,
             replicas: 1,
             max_local_keys: 1_000_000,
@@ -180,8 +185,8 @@ impl QuotaSettings {
                 p.push("quotas.redis_urls: not Redis URLs (redis://host:port)".into());
             }
         }
-        if self.timeout_ms == 0 || self.timeout_ms > 1000 {
-            p.push("quotas.timeout_ms: between 1 and 1000".into());
+        if self.timeout_ms == 0 || self.timeout_ms > 10_000 {
+            p.push("quotas.timeout_ms: between 1 and 10000".into());
         }
         if self.replicas == 0 {
             p.push("quotas.replicas: at least 1".into());
@@ -216,7 +221,7 @@ impl QuotaSettings {
         tasks: &tokio_util::task::TaskTracker,
     ) -> Result<Option<Arc<SharedRedis>>, String> {
         let timeout = Duration::from_millis(self.timeout_ms);
-        Ok(match self.store {
+        let redis = match self.store {
             QuotaStoreKind::Local => None,
             QuotaStoreKind::Redis => Some(Arc::new(
                 SharedRedis::single(
@@ -230,7 +235,12 @@ impl QuotaSettings {
                 SharedRedis::cluster(&self.redis_urls, timeout, "quotas.redis_urls")?
                     .owned_by(tasks),
             )),
-        })
+        };
+        if let Some(redis) = &redis {
+            // The first burst should find the connection made.
+            redis.connect_soon();
+        }
+        Ok(redis)
     }
 
     /// The enforcement these settings describe, on a Redis of its own.

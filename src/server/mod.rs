@@ -144,6 +144,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         tracing::warn!(error = %e, "cannot install the SIGHUP handler; reload with the admin API");
     }
 
+    if let Some(detector) = state.anomalies.as_ref().filter(|d| d.shares_blocks()) {
+        // The blocks the other replicas imposed, a few times a second.
+        let (detector, cancel) = (Arc::clone(detector), cancel.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(crate::anomaly::shared::POLL) => {
+                        detector.sync_shared().await;
+                    }
+                }
+            }
+        });
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     state.authenticator.spawn_refresh(tasks, cancel);
     // The Authorization service is SERVING only while the service is ready

@@ -329,3 +329,65 @@ fn the_detector_forgets_nothing_it_needs_for_a_source() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, AnomalyKind::RateSurge);
 }
+
+/// Issue 17: with a Redis, anomaly blocks are shared. Two replicas (servers
+/// in process) share one `redis-server`: repeated failures on the first
+/// block the caller and its address on the second too, within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_imposed_on_one_replica_holds_on_another() {
+    let redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = portcullis::config::Config::load(&support::write_config(dir.path())).unwrap();
+    config.anomaly = AnomalyConfig {
+        enabled: true,
+        failure_threshold: 3,
+        failure_window_seconds: 60,
+        block_seconds: 60,
+        block_on: vec![AnomalyKind::RepeatedFailures],
+        ..AnomalyConfig::default()
+    };
+    config.quotas.store = portcullis::quota::QuotaStoreKind::Redis;
+    config.quotas.redis_url = Some(redis.url());
+    let first = support::TestServer::start(config.clone()).await;
+    let second = support::TestServer::start(config).await;
+    let status =
+        |r: envoy_types::pb::envoy::service::auth::v3::CheckResponse| u32::from(http_status(&r));
+    let bob = support::token("bob");
+    let alice = support::token("alice");
+    assert_eq!(
+        status(support::check_at(second.decision_addr, predict(&alice, "192.0.2.60")).await),
+        200
+    );
+    for _ in 0..3 {
+        let r = support::check_at(first.decision_addr, predict(&bob, "192.0.2.60")).await;
+        assert_eq!(status(r), 403);
+    }
+    // Blocked on the first at once; on the second once it has read the
+    // shared blocks (four times a second).
+    let r = support::check_at(first.decision_addr, predict(&bob, "192.0.2.60")).await;
+    assert_eq!(status(r), 429);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = support::check_at(second.decision_addr, predict(&alice, "192.0.2.60")).await;
+        if status(r) == 429 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second replica never saw the address's block"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = support::check_at(second.decision_addr, predict(&bob, "192.0.2.61")).await;
+    assert_eq!(
+        status(r),
+        429,
+        "bob is blocked everywhere, from any address"
+    );
+    // The set of blocks expires with its longest block.
+    for (k, ttl) in redis.ttls() {
+        assert!(ttl > 0, "{k} has no TTL");
+    }
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}

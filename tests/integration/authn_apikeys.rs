@@ -216,3 +216,90 @@ async fn an_app_that_must_sign_is_refused_without_a_valid_fresh_signature() {
     assert_eq!(d.errors, vec!["signature: signature_expired"], "{d:?}");
     assert_eq!(d.status, 401);
 }
+
+/// Issue 17: the replay cache of signed payloads is shared through Redis.
+/// Two replicas (each its own authenticator and Redis connection) share
+/// one `redis-server`: a signed request accepted by the first is refused
+/// as a replay by the second (it was accepted by both before).
+#[tokio::test]
+async fn a_signed_payload_replayed_to_a_second_replica_is_refused() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use portcullis::authn::config::{SignatureConfig, SignedAppConfig};
+    use portcullis::authn::signature::sign;
+    use portcullis::authn::AuthnRedis;
+    use portcullis::shared_redis::SharedRedis;
+
+    let redis = support::RedisServer::start();
+    let (key, entry) = new_key(&[
+        "--app",
+        "batch-scorer",
+        "--org",
+        "acme",
+        "--scopes",
+        "models:invoke",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("api-keys.yaml");
+    std::fs::write(&keys, format!("keys:\n{entry}\n")).unwrap();
+    let secret = b"7f3c0a9e1b2d4c6e8f0a1b3c5d7e9f11";
+    let secret_file = dir.path().join("batch-scorer.secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let config = AuthnConfig {
+        api_keys: ApiKeyConfig {
+            file: Some(keys),
+            ..ApiKeyConfig::default()
+        },
+        signatures: SignatureConfig {
+            apps: vec![SignedAppConfig {
+                app: "batch-scorer".into(),
+                secret_file,
+                required: true,
+            }],
+            ..SignatureConfig::default()
+        },
+        ..AuthnConfig::default()
+    };
+    let replica = || {
+        let timeout = Duration::from_millis(500);
+        let shared = SharedRedis::single(&redis.url(), timeout, "test").unwrap();
+        Authenticator::with_redis(
+            &config,
+            Some(AuthnRedis {
+                redis: Arc::new(shared),
+                timeout,
+            }),
+        )
+        .unwrap()
+    };
+    let (first, second) = (replica(), replica());
+    let s = Snapshot::load(&policies_dir()).unwrap();
+    let now = support::now() as u64;
+    let path = "/v1/models/sentiment/versions/v2:predict";
+    let body = br#"{"features":["great service"]}"#;
+    let signed = |t: u64| {
+        let mut r = predict(&key);
+        r.body = Some(body.to_vec());
+        r.headers
+            .insert("x-signature".into(), sign(secret, t, "POST", path, body));
+        r
+    };
+
+    let valid = signed(now);
+    let d = decide(&s, &first, &valid).await;
+    assert_eq!(d.status, 200, "{d:?}");
+    let d = decide(&s, &second, &valid).await;
+    assert_eq!(d.status, 401, "{d:?}");
+    assert_eq!(d.errors, vec!["signature: signature_replayed"], "{d:?}");
+    // And the other way round, with a fresh signature.
+    let fresh = signed(now - 1);
+    assert_eq!(decide(&s, &second, &fresh).await.status, 200);
+    let d = decide(&s, &first, &fresh).await;
+    assert_eq!(d.errors, vec!["signature: signature_replayed"], "{d:?}");
+    // Every seen signature expires (twice the window).
+    for (k, ttl) in redis.ttls() {
+        assert!(k.starts_with("portcullis:sig:{"), "{k}");
+        assert!(ttl > 0 && ttl <= 600_000, "{k}: {ttl}");
+    }
+}

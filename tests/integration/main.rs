@@ -25,6 +25,7 @@ mod docs;
 mod forward_auth;
 mod http_semantics;
 mod pipeline;
+mod quota_burst;
 mod quota_server;
 mod quota_stores;
 mod ratelimit_conformance;

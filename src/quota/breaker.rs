@@ -1,0 +1,238 @@
+//! When a shared quota store counts as down: a circuit breaker driven by
+//! the connection's state and by the failure rate over a window, never by
+//! one slow call.
+//!
+//! - **Closed** (the store is up): every call goes to the store. A call
+//!   that fails counts as a failure; so does one that got no answer while
+//!   the store answered nothing else either (a stall, see `Quotas`). The
+//!   breaker opens when, within one window, at least [`MIN_FAILURES`]
+//!   calls failed and they were at least half of the calls; or at once on
+//!   a failure that says the connection itself is gone (refused, reset,
+//!   closed, a read-only replica).
+//! - **Open**: no call goes to the store for [`OPEN_FOR`]; every decision
+//!   is taken in the configured degraded mode at once.
+//! - **Half-open**: after that, one call (the probe) goes to the store while
+//!   the others are still decided in the degraded mode; its success closes
+//!   the breaker, its failure opens it again.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The window over which the failure rate is judged.
+pub const WINDOW: Duration = Duration::from_secs(1);
+/// Fewer failures than this in a window never open the breaker (unless the
+/// connection is gone).
+pub const MIN_FAILURES: u32 = 3;
+/// How long an open breaker keeps calls off the store before a probe.
+pub const OPEN_FOR: Duration = Duration::from_millis(250);
+
+/// What a call may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Ask the store.
+    Call,
+    /// Ask the store as the half-open probe: its outcome opens or closes.
+    Probe,
+    /// Do not ask: decide in the degraded mode.
+    Refuse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Closed,
+    Open { until_us: u64 },
+    HalfOpen,
+}
+
+/// Calls and failures of the calls that started in one window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    start_us: u64,
+    calls: u32,
+    failures: u32,
+}
+
+#[derive(Debug)]
+struct State {
+    mode: Mode,
+    /// The window calls start in now, and the one before it: a call's
+    /// failure counts in the window its call started in (a failure seen
+    /// after its deadline belongs to the calls of its time).
+    current: Window,
+    previous: Window,
+}
+
+/// The breaker; times are microseconds on the caller's monotonic clock.
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<State>,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            state: Mutex::new(State {
+                mode: Mode::Closed,
+                current: Window::default(),
+                previous: Window::default(),
+            }),
+        }
+    }
+}
+
+const WINDOW_US: u64 = WINDOW.as_micros() as u64;
+
+impl Breaker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a call may go to the store now.
+    pub fn permit(&self, now_us: u64) -> Permit {
+        let mut s = self.lock();
+        match s.mode {
+            Mode::Closed => {
+                if now_us.saturating_sub(s.current.start_us) >= WINDOW_US {
+                    s.previous = if now_us - s.current.start_us < 2 * WINDOW_US {
+                        s.current
+                    } else {
+                        Window::default()
+                    };
+                    s.current = Window {
+                        start_us: now_us,
+                        ..Window::default()
+                    };
+                }
+                s.current.calls = s.current.calls.saturating_add(1);
+                Permit::Call
+            }
+            Mode::Open { until_us } if now_us >= until_us => {
+                s.mode = Mode::HalfOpen;
+                Permit::Probe
+            }
+            Mode::Open { .. } | Mode::HalfOpen => Permit::Refuse,
+        }
+    }
+
+    /// A call (the probe if `probe`) was answered.
+    pub fn success(&self, probe: bool) {
+        let mut s = self.lock();
+        if probe && s.mode == Mode::HalfOpen {
+            s.mode = Mode::Closed;
+            s.current = Window::default();
+            s.previous = Window::default();
+        }
+    }
+
+    /// A call that started at `started_us` (the probe if `probe`) failed;
+    /// `gone`: the failure says the connection itself is gone. True when
+    /// this opened the breaker.
+    pub fn failure(&self, now_us: u64, started_us: u64, probe: bool, gone: bool) -> bool {
+        let mut s = self.lock();
+        let open = match s.mode {
+            Mode::HalfOpen => probe,
+            Mode::Closed => {
+                let window = if started_us >= s.current.start_us {
+                    Some(&mut s.current)
+                } else if s.previous.calls > 0 && started_us >= s.previous.start_us {
+                    Some(&mut s.previous)
+                } else {
+                    None
+                };
+                let rate = window.is_some_and(|w| {
+                    w.failures = w.failures.saturating_add(1);
+                    w.failures >= MIN_FAILURES && w.failures * 2 >= w.calls
+                });
+                gone || rate
+            }
+            Mode::Open { .. } => false,
+        };
+        if open {
+            s.mode = Mode::Open {
+                until_us: now_us + OPEN_FOR.as_micros() as u64,
+            };
+        }
+        open
+    }
+
+    /// True while calls are kept off the store (open, or half-open).
+    pub fn is_open(&self) -> bool {
+        self.lock().mode != Mode::Closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1000;
+
+    #[test]
+    fn one_slow_call_does_not_open_it() {
+        let b = Breaker::default();
+        for _ in 0..10 {
+            assert_eq!(b.permit(0), Permit::Call);
+        }
+        assert!(!b.failure(MS, 0, false, false));
+        assert!(!b.failure(MS, 0, false, false));
+        assert!(!b.is_open());
+    }
+
+    #[test]
+    fn a_failure_rate_opens_it_and_a_probe_closes_it() {
+        let b = Breaker::default();
+        for _ in 0..4 {
+            assert_eq!(b.permit(0), Permit::Call);
+        }
+        assert!(!b.failure(MS, 0, false, false));
+        assert!(!b.failure(MS, 0, false, false));
+        assert!(b.failure(MS, 0, false, false));
+        assert_eq!(b.permit(2 * MS), Permit::Refuse);
+        let after = MS + OPEN_FOR.as_micros() as u64;
+        assert_eq!(b.permit(after), Permit::Probe);
+        // One probe at a time.
+        assert_eq!(b.permit(after), Permit::Refuse);
+        b.success(true);
+        assert_eq!(b.permit(after + MS), Permit::Call);
+    }
+
+    #[test]
+    fn a_lost_connection_opens_it_at_once_and_a_failed_probe_reopens_it() {
+        let b = Breaker::default();
+        assert_eq!(b.permit(0), Permit::Call);
+        assert!(b.failure(0, 0, false, true));
+        let after = OPEN_FOR.as_micros() as u64;
+        assert_eq!(b.permit(after), Permit::Probe);
+        assert!(b.failure(after, after, true, false));
+        assert_eq!(b.permit(after + 1), Permit::Refuse);
+        assert_eq!(b.permit(2 * after), Permit::Probe);
+    }
+
+    #[test]
+    fn a_late_failure_counts_among_the_calls_of_its_time() {
+        let b = Breaker::default();
+        for _ in 0..1000 {
+            b.permit(0);
+        }
+        // A second later one new call starts a window of its own; the
+        // burst's stragglers failing now do not make it a failure rate.
+        let later = WINDOW.as_micros() as u64 + MS;
+        b.permit(later);
+        for _ in 0..10 {
+            assert!(!b.failure(later, MS, false, false));
+        }
+        assert!(!b.is_open());
+    }
+
+    #[test]
+    fn failures_in_an_old_window_are_forgotten() {
+        let b = Breaker::default();
+        for _ in 0..2 {
+            b.permit(0);
+            b.failure(0, 0, false, false);
+        }
+        let later = WINDOW.as_micros() as u64;
+        b.permit(later);
+        assert!(!b.failure(later, later, false, false));
+    }
+}

@@ -1,0 +1,723 @@
+//! Enforcing quotas through a store: the deadline a caller waits, the
+//! circuit breaker that says when the store is down, the degraded modes,
+//! and the hand-off that lets a remote charge complete (or be refunded)
+//! when its caller has given up or gone away.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::gcra::Rate;
+use super::{breaker, local, was_charged};
+use super::{
+    Charge, Charged, Counting, FixedWindow, OnStoreError, QuotaStore, RlsHeaders, StoreError,
+};
+use crate::time::SystemClock;
+
+/// The result of charging through [`Quotas`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enforced {
+    /// The store (or the local fallback) answered.
+    Charged {
+        /// The answer.
+        charged: Charged,
+        /// Set when the answer came from the degraded mode (`local`).
+        degraded: Option<OnStoreError>,
+    },
+    /// The store failed and the mode is `allow`: let through, uncounted.
+    AllowedUnchecked,
+    /// The store failed and the mode is `deny`.
+    Unavailable,
+}
+
+impl Enforced {
+    /// True when the request was let through.
+    fn admitted(&self) -> bool {
+        match self {
+            Enforced::Charged { charged, .. } => charged.allowed,
+            Enforced::AllowedUnchecked => true,
+            Enforced::Unavailable => false,
+        }
+    }
+}
+
+/// The configured quota enforcement: a store, its deadline, and what to do
+/// when it is down.
+///
+/// Slow is not down. The deadline (`timeout`) only bounds how long one
+/// caller waits. Whether the store is down is the [`breaker`]'s call: from
+/// the connection's state (lost, refused, read-only; or no answer to any
+/// call during a whole deadline) and from the failure rate over a window.
+/// While it is open, decisions are taken in the degraded mode at once, and
+/// callers still waiting when it opens are answered at once. A call that
+/// reaches its deadline while the store is up (it answers others) is not
+/// answered by the degraded mode but refused (see [`Quotas::busy`]), so a
+/// queue on a busy store never over-admits; what the store charged for it
+/// is refunded.
+///
+/// A remote store's call runs on a task of its own, so that a charge once
+/// sent completes (and, in a Cluster, is refunded slot by slot when
+/// refused) even when its caller gave up or went away; a charge whose
+/// caller was answered otherwise than admitted is then refunded.
+#[derive(Debug)]
+pub struct Quotas {
+    store: Arc<dyn QuotaStore>,
+    timeout: Duration,
+    on_error: OnStoreError,
+    fallback: Arc<local::LocalStore>,
+    replicas: u64,
+    health: Arc<Health>,
+    counting: Counting,
+    rls_headers: RlsHeaders,
+}
+
+/// What the callers and the store's tasks share.
+#[derive(Debug)]
+struct Health {
+    started: std::time::Instant,
+    breaker: breaker::Breaker,
+    /// Woken when the breaker opens: waiting callers stop waiting.
+    opened: tokio::sync::Notify,
+    /// When the store last answered a call (microseconds after `started`).
+    answered_at_us: AtomicU64,
+    degraded: AtomicU64,
+    /// Store calls that failed or reached the deadline.
+    store_errors: AtomicU64,
+    /// Charges refunded because their caller was answered otherwise.
+    refunds: AtomicU64,
+    /// When the last failure warning was logged (microseconds after
+    /// `started`): at most one a second, whatever the request rate.
+    warned_at_us: AtomicU64,
+    /// Store calls under way (their tasks).
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Health {
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+}
+
+/// The default per-call deadline (`quotas.timeout_ms`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// While the store is down, decide in the degraded mode without asking it
+/// for this long; then one call probes it (the breaker's open period).
+pub const STORE_BACKOFF: Duration = breaker::OPEN_FOR;
+
+/// Where one store call stands, between its caller and its task.
+#[derive(Debug)]
+enum Handoff {
+    /// The caller waits.
+    Waiting,
+    /// The store answered; the caller has not taken it yet.
+    Answered(Result<Charged, StoreError>),
+    /// The caller took the answer.
+    Taken,
+    /// The caller was answered otherwise (admitted or not) or went away.
+    GaveUp { admitted: bool },
+}
+
+#[derive(Debug)]
+struct Call {
+    state: Mutex<Handoff>,
+    done: tokio::sync::Notify,
+}
+
+impl Call {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Handoff> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Refunds a late answer when the caller's future is dropped before it
+/// took one (a client that went away): what it charged is given back.
+struct CallerGone<'a> {
+    call: Arc<Call>,
+    charges: &'a [Charge],
+    store: &'a Arc<dyn QuotaStore>,
+    health: &'a Arc<Health>,
+}
+
+impl Drop for CallerGone<'_> {
+    fn drop(&mut self) {
+        let mut state = self.call.lock();
+        match std::mem::replace(&mut *state, Handoff::Taken) {
+            Handoff::Waiting => *state = Handoff::GaveUp { admitted: false },
+            Handoff::Answered(Ok(charged)) if charged.allowed => {
+                drop(state);
+                refund_later(self.store, self.health, self.charges.to_vec(), charged);
+            }
+            other => *state = other,
+        }
+    }
+}
+
+/// Gives back an allowed charge on a task of its own.
+fn refund_later(
+    store: &Arc<dyn QuotaStore>,
+    health: &Arc<Health>,
+    charges: Vec<Charge>,
+    charged: Charged,
+) {
+    let (store, h) = (Arc::clone(store), Arc::clone(health));
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        health.tasks.spawn_on(
+            async move {
+                refund(&*store, &h, &charges, &charged).await;
+            },
+            &rt,
+        );
+    }
+}
+
+async fn refund(store: &dyn QuotaStore, health: &Health, charges: &[Charge], charged: &Charged) {
+    let any = charges
+        .iter()
+        .zip(&charged.states)
+        .any(|(c, s)| was_charged(c, s));
+    if !any {
+        return;
+    }
+    health.refunds.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = store.refund(charges, &charged.states).await {
+        tracing::warn!(target: "portcullis::quota", error = %e, "quota refund failed; the charge stays");
+    }
+}
+
+impl Quotas {
+    /// Enforcement through `store`; failures handled per `on_error`.
+    /// `timeout` bounds one caller's wait for the store.
+    pub fn new(
+        store: Arc<dyn QuotaStore>,
+        timeout: Duration,
+        on_error: OnStoreError,
+        replicas: u64,
+        max_local_keys: usize,
+    ) -> Quotas {
+        Quotas {
+            store,
+            timeout,
+            on_error,
+            fallback: Arc::new(local::LocalStore::new(
+                max_local_keys,
+                Arc::new(SystemClock),
+            )),
+            replicas: replicas.max(1),
+            health: Arc::new(Health {
+                started: std::time::Instant::now(),
+                breaker: breaker::Breaker::default(),
+                opened: tokio::sync::Notify::new(),
+                answered_at_us: AtomicU64::new(0),
+                degraded: AtomicU64::new(0),
+                store_errors: AtomicU64::new(0),
+                refunds: AtomicU64::new(0),
+                warned_at_us: AtomicU64::new(0),
+                tasks: tokio_util::task::TaskTracker::new(),
+            }),
+            counting: Counting::Gcra,
+            rls_headers: RlsHeaders::default(),
+        }
+    }
+
+    /// The same enforcement counting `counting`'s way.
+    pub fn with_counting(mut self, counting: Counting) -> Quotas {
+        self.counting = counting;
+        self
+    }
+
+    /// The same enforcement with these RLS response headers.
+    pub fn with_rls_headers(mut self, headers: RlsHeaders) -> Quotas {
+        self.rls_headers = headers;
+        self
+    }
+
+    /// How limits count (`quotas.counting`).
+    pub fn counting(&self) -> Counting {
+        self.counting
+    }
+
+    /// Which rate-limit headers RLS answers carry (`quotas.rls_headers`).
+    pub fn rls_headers(&self) -> &RlsHeaders {
+        &self.rls_headers
+    }
+
+    /// In-process quotas only (the default, and offline `check`).
+    pub fn in_process(max_keys: usize) -> Quotas {
+        let store = Arc::new(local::LocalStore::new(max_keys, Arc::new(SystemClock)));
+        Quotas::new(
+            store,
+            Duration::from_millis(10),
+            OnStoreError::Deny,
+            1,
+            max_keys,
+        )
+    }
+
+    /// The store's name.
+    pub fn store_name(&self) -> &'static str {
+        self.store.name()
+    }
+
+    /// The configured failure mode.
+    pub fn on_error(&self) -> OnStoreError {
+        self.on_error
+    }
+
+    /// Asks the store whether it answers, bounded (for readiness; at least
+    /// half a second, so a busy machine is not mistaken for a dead store).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let budget = self.timeout.max(Duration::from_millis(500));
+        match tokio::time::timeout(budget, self.store.ping()).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError {
+                store: self.store.name(),
+                message: format!("no answer to PING within {} ms", budget.as_millis()),
+                gone: false,
+            }),
+        }
+    }
+
+    /// Store calls that failed or timed out since start.
+    pub fn store_errors(&self) -> u64 {
+        self.health.store_errors.load(Ordering::Relaxed)
+    }
+
+    /// Decisions taken in a degraded mode since start.
+    pub fn degraded_decisions(&self) -> u64 {
+        self.health.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Charges given back because their caller was answered otherwise
+    /// (gave up waiting, or went away) since start.
+    pub fn refunds(&self) -> u64 {
+        self.health.refunds.load(Ordering::Relaxed)
+    }
+
+    /// True while the store counts as down (the breaker is open or
+    /// half-open).
+    pub fn store_down(&self) -> bool {
+        self.health.breaker.is_open()
+    }
+
+    /// Waits until every store call under way (and every refund) has
+    /// ended.
+    pub async fn settled(&self) {
+        self.health.tasks.close();
+        self.health.tasks.wait().await;
+        self.health.tasks.reopen();
+    }
+
+    /// Checks and charges; a store failure maps here, in exactly one place,
+    /// to the configured behaviour.
+    pub async fn enforce(&self, charges: &[Charge]) -> Enforced {
+        if charges.is_empty() {
+            return Enforced::Charged {
+                charged: Charged {
+                    allowed: true,
+                    states: Vec::new(),
+                },
+                degraded: None,
+            };
+        }
+        if !self.store.remote() {
+            return match self.store.charge(charges).await {
+                Ok(charged) => Enforced::Charged {
+                    charged,
+                    degraded: None,
+                },
+                Err(e) => self.failed(charges, &e),
+            };
+        }
+        let h = &self.health;
+        let started_us = h.now_us();
+        let probe = match h.breaker.permit(started_us) {
+            breaker::Permit::Refuse => return self.degrade(charges),
+            breaker::Permit::Call => false,
+            breaker::Permit::Probe => true,
+        };
+        let call = Arc::new(Call {
+            state: Mutex::new(Handoff::Waiting),
+            done: tokio::sync::Notify::new(),
+        });
+        {
+            let (store, health, call) = (
+                Arc::clone(&self.store),
+                Arc::clone(&self.health),
+                Arc::clone(&call),
+            );
+            let charges = charges.to_vec();
+            h.tasks.spawn(async move {
+                let result = store.charge(&charges).await;
+                match &result {
+                    Ok(_) => {
+                        health
+                            .answered_at_us
+                            .fetch_max(health.now_us(), Ordering::Relaxed);
+                        health.breaker.success(probe);
+                    }
+                    Err(e) => {
+                        if health
+                            .breaker
+                            .failure(health.now_us(), started_us, probe, e.gone)
+                        {
+                            health.opened.notify_waiters();
+                        }
+                    }
+                }
+                let late = {
+                    let mut state = call.lock();
+                    match &*state {
+                        Handoff::Waiting => {
+                            *state = Handoff::Answered(result);
+                            None
+                        }
+                        Handoff::GaveUp { admitted: false } => result.ok().filter(|c| c.allowed),
+                        _ => None,
+                    }
+                };
+                call.done.notify_one();
+                if let Some(charged) = late {
+                    refund(&*store, &health, &charges, &charged).await;
+                }
+            });
+        }
+        let guard = CallerGone {
+            call: Arc::clone(&call),
+            charges,
+            store: &self.store,
+            health: &self.health,
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let why = loop {
+            let notified = call.done.notified();
+            let opened = h.opened.notified();
+            tokio::pin!(notified, opened);
+            notified.as_mut().enable();
+            opened.as_mut().enable();
+            if let Some(answer) = take(&call) {
+                break Ok(answer);
+            }
+            if !probe && h.breaker.is_open() {
+                // Judged down meanwhile (by other calls): stop waiting.
+                break Err(GaveUp::Down);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break Err(GaveUp::Deadline);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = opened => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    // Let the connection hand over what has arrived before
+                    // judging.
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        let answer = match why {
+            Ok(answer) => answer,
+            Err(why) => {
+                // Gave up: answered in the degraded mode, unless the answer
+                // arrived meanwhile. The decision and the hand-off are one
+                // step, so the late answer's task knows whether to refund.
+                let mut state = call.lock();
+                match std::mem::replace(&mut *state, Handoff::Taken) {
+                    Handoff::Answered(answer) => answer,
+                    _ => {
+                        let mut down = why == GaveUp::Down;
+                        if why == GaveUp::Deadline {
+                            // A store that answered no call at all while this
+                            // one waited has stalled: down. One that answered
+                            // others is slow: one failure among its calls.
+                            // (Unless this process woke up too late to tell:
+                            // then its own backlog may hold the answers.)
+                            let now = h.now_us();
+                            let late_by =
+                                now.saturating_sub(started_us + self.timeout.as_micros() as u64);
+                            let excuse = (self.timeout.as_micros() as u64 / 2).max(50_000);
+                            let silent = h.answered_at_us.load(Ordering::Relaxed) < started_us
+                                && late_by <= excuse;
+                            if h.breaker.failure(h.now_us(), started_us, probe, silent) {
+                                h.opened.notify_waiters();
+                            }
+                            down = h.breaker.is_open();
+                        }
+                        let e = StoreError {
+                            store: self.store.name(),
+                            message: match why {
+                                GaveUp::Deadline => {
+                                    format!("no answer within {} ms", self.timeout.as_millis())
+                                }
+                                GaveUp::Down => "the store is down (circuit breaker open)".into(),
+                            },
+                            gone: false,
+                        };
+                        let decided = if down {
+                            self.failed(charges, &e)
+                        } else {
+                            self.busy(&e)
+                        };
+                        *state = Handoff::GaveUp {
+                            admitted: decided.admitted(),
+                        };
+                        drop(state);
+                        drop(guard);
+                        return decided;
+                    }
+                }
+            }
+        };
+        drop(guard);
+        match answer {
+            Ok(charged) => Enforced::Charged {
+                charged,
+                degraded: None,
+            },
+            Err(e) => self.failed(charges, &e),
+        }
+    }
+
+    /// A store call failed: counted, logged (at most once a second), and
+    /// decided in the degraded mode.
+    fn failed(&self, charges: &[Charge], error: &StoreError) -> Enforced {
+        let h = &self.health;
+        h.store_errors.fetch_add(1, Ordering::Relaxed);
+        let now = h.now_us();
+        let last = h.warned_at_us.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1_000_000)
+            && h.warned_at_us
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                target: "portcullis::quota",
+                error = %error,
+                mode = self.on_error.as_str(),
+                store_down = h.breaker.is_open(),
+                degraded_decisions = h.degraded.load(Ordering::Relaxed) + 1,
+                "quota store failed; deciding in degraded mode (logged at most once a second)"
+            );
+        }
+        self.degrade(charges)
+    }
+
+    /// A call that reached its deadline while the store is up (slow, not
+    /// down): the degraded mode is not for it, since in-process counts
+    /// cannot see what the shared store has admitted. It is refused as
+    /// `deny` refuses (retry after a second), unless the mode is `allow`,
+    /// which lets it through unchecked as it would any call. What the
+    /// store charged for it is refunded when its answer comes.
+    fn busy(&self, error: &StoreError) -> Enforced {
+        let h = &self.health;
+        h.store_errors.fetch_add(1, Ordering::Relaxed);
+        h.degraded.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target: "portcullis::quota", error = %error, "quota store slow; call refused without the degraded mode");
+        match self.on_error {
+            OnStoreError::Allow => Enforced::AllowedUnchecked,
+            OnStoreError::Deny | OnStoreError::Local => Enforced::Unavailable,
+        }
+    }
+
+    /// The decision of the degraded mode.
+    fn degrade(&self, charges: &[Charge]) -> Enforced {
+        self.health.degraded.fetch_add(1, Ordering::Relaxed);
+        match self.on_error {
+            OnStoreError::Deny => Enforced::Unavailable,
+            OnStoreError::Allow => Enforced::AllowedUnchecked,
+            OnStoreError::Local => {
+                let scaled: Vec<Charge> = charges
+                    .iter()
+                    .map(|c| Charge {
+                        rate: scale(c.rate, self.replicas),
+                        window: c.window.map(|w| FixedWindow {
+                            limit: (w.limit / self.replicas).max(1),
+                            ..w
+                        }),
+                        ..c.clone()
+                    })
+                    .collect();
+                let charged = self
+                    .fallback
+                    .charge_now(&scaled)
+                    .expect("the in-process store does not fail");
+                Enforced::Charged {
+                    charged,
+                    degraded: Some(OnStoreError::Local),
+                }
+            }
+        }
+    }
+}
+
+/// Why a caller stopped waiting for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GaveUp {
+    /// The per-call deadline (`timeout`).
+    Deadline,
+    /// The breaker opened meanwhile.
+    Down,
+}
+
+/// The store's answer, if it has come (the caller takes it).
+fn take(call: &Call) -> Option<Result<Charged, StoreError>> {
+    let mut state = call.lock();
+    match std::mem::replace(&mut *state, Handoff::Taken) {
+        Handoff::Answered(answer) => Some(answer),
+        other => {
+            *state = other;
+            None
+        }
+    }
+}
+
+/// A rate divided among `replicas` processes that each enforce it alone.
+fn scale(rate: Rate, replicas: u64) -> Rate {
+    if replicas <= 1 {
+        return rate;
+    }
+    let emission_us = rate.emission_us.saturating_mul(replicas);
+    let burst = (rate.burst() / replicas).max(1);
+    Rate {
+        emission_us,
+        tolerance_us: emission_us.saturating_mul(burst),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::LimitState;
+    use std::sync::atomic::AtomicU32;
+
+    /// A remote store that answers "allowed" after a delay per key
+    /// (`slow`: `delay`, else at once; `hang`: never), counting refunds.
+    #[derive(Debug, Default)]
+    struct Fake {
+        delay: Duration,
+        refunds: AtomicU32,
+    }
+
+    #[tonic::async_trait]
+    impl QuotaStore for Fake {
+        async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
+            match charges[0].key.as_str() {
+                "slow" => tokio::time::sleep(self.delay).await,
+                "hang" => std::future::pending::<()>().await,
+                _ => {}
+            }
+            Ok(Charged {
+                allowed: true,
+                states: vec![
+                    LimitState {
+                        over: false,
+                        remaining: 1,
+                        reset_us: 0,
+                        retry_us: 0,
+                    };
+                    charges.len()
+                ],
+            })
+        }
+        async fn refund(&self, _: &[Charge], _: &[LimitState]) -> Result<(), StoreError> {
+            self.refunds.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn remote(&self) -> bool {
+            true
+        }
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+    }
+
+    fn charge(key: &str) -> Charge {
+        Charge::gcra(key, Rate::new(100, 3_600_000_000, 100), 1)
+    }
+
+    fn quotas(store: &Arc<Fake>, timeout_ms: u64) -> Quotas {
+        Quotas::new(
+            Arc::clone(store) as Arc<dyn QuotaStore>,
+            Duration::from_millis(timeout_ms),
+            OnStoreError::Local,
+            3,
+            1024,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_late_call_on_a_store_that_answers_others_is_refused_and_refunded() {
+        let store = Arc::new(Fake {
+            delay: Duration::from_millis(300),
+            ..Fake::default()
+        });
+        let q = Arc::new(quotas(&store, 50));
+        // Other calls keep being answered while the slow one waits.
+        let busy = {
+            let q = Arc::clone(&q);
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    q.enforce(&[charge("fast")]).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        let r = q.enforce(&[charge("slow")]).await;
+        // Not the local fallback (which would admit): refused, store up.
+        assert_eq!(r, Enforced::Unavailable);
+        assert!(!q.store_down());
+        busy.await.unwrap();
+        q.settled().await;
+        assert_eq!(store.refunds.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_has_its_charge_refunded() {
+        let store = Arc::new(Fake {
+            delay: Duration::from_millis(50),
+            ..Fake::default()
+        });
+        let q = quotas(&store, 1000);
+        let slow = [charge("slow")];
+        let gone = tokio::time::timeout(Duration::from_millis(5), q.enforce(&slow));
+        assert!(gone.await.is_err());
+        q.settled().await;
+        assert_eq!(store.refunds.load(Ordering::Relaxed), 1);
+        // An answered caller keeps its charge.
+        assert!(matches!(
+            q.enforce(&[charge("slow")]).await,
+            Enforced::Charged { degraded: None, .. }
+        ));
+        q.settled().await;
+        assert_eq!(store.refunds.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_answers_nothing_for_a_whole_deadline_is_down() {
+        let store = Arc::new(Fake::default());
+        let q = quotas(&store, 20);
+        let r = q.enforce(&[charge("hang")]).await;
+        assert!(
+            matches!(
+                r,
+                Enforced::Charged {
+                    degraded: Some(OnStoreError::Local),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert!(q.store_down());
+        // While down: decided at once, the store not asked.
+        let started = std::time::Instant::now();
+        let r = q.enforce(&[charge("hang")]).await;
+        assert!(matches!(
+            r,
+            Enforced::Charged {
+                degraded: Some(_),
+                ..
+            }
+        ));
+        assert!(started.elapsed() < Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,278 @@
+//! Batching for the Redis quota store: the quota script (which judges a
+//! batch of requests one after the other, atomically) and the queue per
+//! target that coalesces concurrent requests into one script call.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionLike;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{error, redis_key, unreachable};
+use crate::quota::{Charge, Charged, LimitState, StoreError};
+use crate::shared_redis::SharedRedis;
+
+/// The GCRA of `gcra::assess` over all keys of one request, all or
+/// nothing; or, per key, envoyproxy/ratelimit's fixed window (every hit
+/// counted). One call carries a batch of requests, judged one after the
+/// other (each sees what the ones before it charged), at one Redis time.
+///
+/// ARGV[1]: the number of requests R; ARGV[2..R+1]: each request's number
+/// of keys; then, per key of each request in order, 4 values: a, b, cost,
+/// flags. KEYS: every request's keys, in order. Flags: 1 shadow, 2 quota
+/// mode, 4 post-hoc, 8 fixed window. GCRA: a = emission_us, b =
+/// tolerance_us. Fixed window: a = window_us, b = limit; the counter is
+/// `KEYS[i]:<window start>` (same hash tag, same slot).
+/// Returns, per request: allowed (0|1), then per key: over, remaining,
+/// reset_us, retry_us. `allowed` follows `quota::passes`: every enforced
+/// key fits, and some quota-mode key fits if there are any.
+pub(super) const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function bit(flags, b) return math.floor(flags / b) % 2 == 1 end
+local all = {}
+local function request(k0, a0, n)
+  local tats, news, always, counts, over = {}, {}, {}, {}, {}
+  local out = {0}
+  local enforced_ok, quotas, quota_ok = true, false, false
+  for i = 1, n do
+    local a = tonumber(ARGV[a0 + (i - 1) * 4 + 1])
+    local b = tonumber(ARGV[a0 + (i - 1) * 4 + 2])
+    local cost = tonumber(ARGV[a0 + (i - 1) * 4 + 3])
+    local flags = tonumber(ARGV[a0 + (i - 1) * 4 + 4])
+    local remaining, reset, retry
+    if bit(flags, 8) then
+      local start = now - now % a
+      local key = KEYS[k0 + i] .. ':' .. string.format('%d', start)
+      local count = (counts[key] and counts[key][1]) or tonumber(redis.call('GET', key) or '0')
+      count = count + cost
+      if cost > 0 then counts[key] = {count, start + a} end
+      reset = start + a - now
+      if count > b then
+        over[i] = 1
+        remaining = 0
+        retry = reset
+      else
+        over[i] = 0
+        remaining = b - count
+        retry = 0
+      end
+    else
+      local tat = news[KEYS[k0 + i]] or tonumber(redis.call('GET', KEYS[k0 + i]) or '0')
+      local base = math.max(tat, now)
+      local new_tat = base + cost * a
+      local ahead = new_tat - now
+      if ahead > b then
+        over[i] = 1
+        remaining = math.floor(math.max(b - (base - now), 0) / a)
+        reset = base - now
+        retry = ahead - b
+        if bit(flags, 4) and cost > 0 then
+          -- Work already done: recorded past the burst, whatever the verdict.
+          news[KEYS[k0 + i]] = new_tat
+          always[KEYS[k0 + i]] = true
+        end
+      else
+        over[i] = 0
+        remaining = math.floor((b - ahead) / a)
+        reset = ahead
+        retry = 0
+        if cost > 0 then
+          news[KEYS[k0 + i]] = new_tat
+          if bit(flags, 4) then always[KEYS[k0 + i]] = true end
+        end
+      end
+      tats[i] = base
+    end
+    if not bit(flags, 1) then
+      if bit(flags, 2) then
+        quotas = true
+        if over[i] == 0 then quota_ok = true end
+      elseif over[i] == 1 then
+        enforced_ok = false
+      end
+    end
+    out[#out + 1] = over[i]
+    out[#out + 1] = remaining
+    out[#out + 1] = reset
+    out[#out + 1] = retry
+  end
+  local allowed = enforced_ok and (quota_ok or not quotas)
+  if allowed then out[1] = 1 end
+  for key, new_tat in pairs(news) do
+    if allowed or always[key] then
+      local ttl = math.max(math.ceil((new_tat - now) / 1000), 1)
+      redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl)
+    end
+  end
+  for key, c in pairs(counts) do
+    local ttl = math.max(math.ceil((c[2] - now) / 1000), 1)
+    redis.call('SET', key, string.format('%d', c[1]), 'PX', ttl)
+  end
+  if not allowed then
+    -- Nothing else was charged: report each state as it stays.
+    for i = 1, n do
+      local flags = tonumber(ARGV[a0 + (i - 1) * 4 + 4])
+      local cost = tonumber(ARGV[a0 + (i - 1) * 4 + 3])
+      if over[i] == 0 and not bit(flags, 8) and not bit(flags, 4) and cost > 0 then
+        local emission = tonumber(ARGV[a0 + (i - 1) * 4 + 1])
+        local tolerance = tonumber(ARGV[a0 + (i - 1) * 4 + 2])
+        out[(i - 1) * 4 + 3] = math.floor((tolerance - (tats[i] - now)) / emission)
+        out[(i - 1) * 4 + 4] = tats[i] - now
+      end
+    end
+  end
+  for j = 1, #out do all[#all + 1] = out[j] end
+end
+local r = tonumber(ARGV[1])
+local k0, a0 = 0, 1 + r
+for j = 1, r do
+  local n = tonumber(ARGV[1 + j])
+  request(k0, a0, n)
+  k0 = k0 + n
+  a0 = a0 + 4 * n
+end
+return all
+"#;
+
+/// Most keys one batched script call carries.
+const MAX_BATCH_KEYS: usize = 1024;
+/// Batched script calls under way at once to one target (the primary, or
+/// one Cluster slot); requests arriving meanwhile wait and go together in
+/// the next call.
+const IN_FLIGHT: usize = 4;
+
+/// One request's charges waiting for a batch, and where its answer goes.
+pub(super) struct Job {
+    pub(super) charges: Vec<Charge>,
+    pub(super) reply: oneshot::Sender<Result<Charged, StoreError>>,
+}
+
+/// What a batch needs to reach Redis.
+#[derive(Clone)]
+pub(super) struct Batches {
+    pub(super) redis: Arc<SharedRedis>,
+    pub(super) script: redis::Script,
+}
+
+impl Batches {
+    /// Coalesces the requests sent on the returned queue: while
+    /// [`IN_FLIGHT`] calls are under way, requests wait, and then go
+    /// together in one script call. Ends when the queue's senders are gone.
+    pub(super) fn start(&self) -> mpsc::UnboundedSender<Job> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let batches = self.clone();
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+            loop {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
+                };
+                let Some(first) = rx.recv().await else { break };
+                let mut keys = first.charges.len();
+                let mut jobs = vec![first];
+                while keys < MAX_BATCH_KEYS {
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            keys += job.charges.len();
+                            jobs.push(job);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let batches = batches.clone();
+                tokio::spawn(async move {
+                    batches.send(jobs).await;
+                    drop(permit);
+                });
+            }
+        });
+        tx
+    }
+
+    /// One script call for `jobs`; each job gets its own answer.
+    async fn send(&self, jobs: Vec<Job>) {
+        let answers = match self.redis.connection().await {
+            Ok(mut con) => self.run(&mut con, &jobs).await,
+            Err(e) => Err(unreachable("redis", e)),
+        };
+        match answers {
+            Ok(answers) => {
+                for (job, answer) in jobs.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    async fn run<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        jobs: &[Job],
+    ) -> Result<Vec<Charged>, StoreError> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(jobs.len());
+        for job in jobs {
+            invocation.arg(job.charges.len());
+        }
+        for c in jobs.iter().flat_map(|j| &j.charges) {
+            let (a, b) = match c.window {
+                Some(w) => (w.window_us, w.limit),
+                None => (c.rate.emission_us, c.rate.tolerance_us),
+            };
+            let flags = u8::from(c.shadow)
+                | u8::from(c.quota) << 1
+                | u8::from(c.post_hoc) << 2
+                | u8::from(c.window.is_some()) << 3;
+            invocation
+                .key(redis_key(&c.key))
+                .arg(a)
+                .arg(b)
+                .arg(c.cost)
+                .arg(flags);
+        }
+        let reply: Vec<i64> = match invocation.invoke_async(con).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.redis.note_error(&e);
+                return Err(error(e));
+            }
+        };
+        let expected: usize = jobs.iter().map(|j| 1 + 4 * j.charges.len()).sum();
+        if reply.len() != expected {
+            return Err(StoreError {
+                store: "redis",
+                message: format!(
+                    "the quota script answered {} values, not {expected}",
+                    reply.len()
+                ),
+                gone: false,
+            });
+        }
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        let mut rest = &reply[..];
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let (this, next) = rest.split_at(1 + 4 * job.charges.len());
+            rest = next;
+            let states = this[1..]
+                .chunks(4)
+                .map(|s| LimitState {
+                    over: s[0] == 1,
+                    remaining: u(s[1]),
+                    reset_us: u(s[2]),
+                    retry_us: u(s[3]),
+                })
+                .collect();
+            answers.push(Charged {
+                allowed: this[0] == 1,
+                states,
+            });
+        }
+        Ok(answers)
+    }
+}
