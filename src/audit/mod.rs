@@ -15,6 +15,7 @@ pub mod files;
 pub mod loss;
 pub mod pkcs11;
 pub mod query;
+mod record;
 pub mod sampling;
 pub mod signing;
 pub mod writer;
@@ -22,12 +23,12 @@ pub mod writer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::decision::{Decision, DenyReason, Outcome};
+use crate::decision::{Decision, DenyReason};
 use crate::request::AccessRequest;
 pub use config::{AuditConfig, Durability};
 pub use loss::Counters;
@@ -193,116 +194,6 @@ pub struct AuditRecord {
     pub prev: String,
     /// SHA-256 over this record's canonical JSON without `hash`.
     pub hash: String,
-}
-
-impl AuditRecord {
-    /// A record of `kind`, stamped now, with a fresh id.
-    pub fn new(kind: Kind) -> Self {
-        AuditRecord {
-            id: uuid::Uuid::now_v7().to_string(),
-            time: crate::time::rfc3339_millis(SystemTime::now()),
-            kind,
-            ..AuditRecord::default()
-        }
-    }
-
-    /// The record of a decision on a request.
-    pub fn decision(d: &Decision, req: &AccessRequest, latency: Duration) -> Self {
-        AuditRecord {
-            id: d.id.clone(),
-            request_id: req.request_id.clone(),
-            trace_id: crate::tracecontext::trace_id(req),
-            principal: d.principal.clone().unwrap_or_default(),
-            auth_method: d.auth_method.unwrap_or_default().to_string(),
-            action: d.action.clone().unwrap_or_default(),
-            resource: d.resource.clone().unwrap_or_default(),
-            route: d.route.clone().unwrap_or_default(),
-            decision: outcome_str(d.decision).to_string(),
-            status: u64::from(d.status),
-            reason: d.reason.map(|r| r.code().to_string()).unwrap_or_default(),
-            determining_policies: d.determining_policies.clone(),
-            errors: d.errors.clone(),
-            policy_version: d.policy_version.clone(),
-            latency_us: (latency.as_micros() as u64).max(1),
-            source_ip: req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            quota: d.quota.as_ref().map(quota_summary).unwrap_or_default(),
-            shadow: d
-                .shadow
-                .as_ref()
-                .map(|s| {
-                    format!(
-                        "{}{} [{}]",
-                        outcome_str(s.decision),
-                        if s.disagrees { " (disagrees)" } else { "" },
-                        s.determining_policies.join(", ")
-                    )
-                })
-                .unwrap_or_default(),
-            ..AuditRecord::new(Kind::Decision)
-        }
-    }
-
-    /// The record of an admin call: who called which RPC, and the
-    /// decision on it. A refused credential's code (`expired`, ...) is the
-    /// reason, as operators search for it.
-    pub fn admin_call(d: &Decision, req: &AccessRequest, rpc: &str) -> Self {
-        let reason = d
-            .errors
-            .iter()
-            .find_map(|e| e.strip_prefix("authentication: "))
-            .map(str::to_string)
-            .or_else(|| d.reason.map(|r| r.code().to_string()))
-            .unwrap_or_default();
-        AuditRecord {
-            rpc: rpc.to_string(),
-            principal: d.principal.clone().unwrap_or_default(),
-            auth_method: d.auth_method.unwrap_or_default().to_string(),
-            action: d.action.clone().unwrap_or_default(),
-            resource: d.resource.clone().unwrap_or_default(),
-            decision: outcome_str(d.decision).to_string(),
-            status: u64::from(d.status),
-            reason,
-            determining_policies: d.determining_policies.clone(),
-            errors: d.errors.clone(),
-            policy_version: d.policy_version.clone(),
-            source_ip: req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            ..AuditRecord::new(Kind::AdminCall)
-        }
-    }
-
-    /// The record of refused credentials (next to the decision's record),
-    /// or `None` when the decision was not about invalid credentials.
-    pub fn authn_failure(d: &Decision, req: &AccessRequest) -> Option<Self> {
-        if d.reason != Some(DenyReason::InvalidCredentials) {
-            return None;
-        }
-        // The pipeline notes the failure's stable code as
-        // "authentication: <code>"; the client-facing detail is not kept.
-        let code = d
-            .errors
-            .iter()
-            .find_map(|e| e.strip_prefix("authentication: "))
-            .unwrap_or("invalid_credentials");
-        Some(AuditRecord {
-            request_id: req.request_id.clone(),
-            trace_id: crate::tracecontext::trace_id(req),
-            reason: code.to_string(),
-            action: d.action.clone().unwrap_or_default(),
-            route: d.route.clone().unwrap_or_default(),
-            policy_version: d.policy_version.clone(),
-            source_ip: req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            // The decision this failure belongs to.
-            errors: vec![format!("decision {}", d.id)],
-            ..AuditRecord::new(Kind::AuthnFailure)
-        })
-    }
-}
-
-fn outcome_str(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Allow => "allow",
-        Outcome::Deny => "deny",
-    }
 }
 
 /// What to do when the queue is full (or the writer cannot write).
@@ -592,22 +483,6 @@ fn queue_error<T>(e: &mpsc::error::TrySendError<T>) -> &'static str {
 /// Where a remote admin client connects from, for admin-call records.
 pub fn source_of(addr: Option<SocketAddr>) -> String {
     addr.map(|a| a.ip().to_string()).unwrap_or_default()
-}
-
-/// `name: remaining/limit per Ns`, with the degraded mode when a store
-/// failure decided, e.g. `principal-requests: 41/600 per 60s (degraded: local)`.
-fn quota_summary(q: &crate::quota::apply::QuotaOutcome) -> String {
-    let mut s = format!(
-        "{}: {}/{} per {}s",
-        q.name.as_deref().unwrap_or(&q.descriptor),
-        q.remaining,
-        q.limit,
-        q.window_seconds
-    );
-    if let Some(mode) = q.degraded {
-        s.push_str(&format!(" (degraded: {})", mode.as_str()));
-    }
-    s
 }
 
 #[cfg(test)]
