@@ -69,6 +69,29 @@ pub fn leaf_hash(record: &Value) -> String {
     hex::encode(Sha256::digest(&form))
 }
 
+/// Seals a record for the audit file with one canonical serialisation: the
+/// canonical form of `record` without its `hash` member (built in
+/// `scratch`, which is cleared first) is hashed as [`leaf_hash`] does, and
+/// the same bytes become the record's line, appended to `line` with the
+/// `hash` member first (`{"hash":"<hex>",...}`, no line ending). Returns
+/// the hash. Verification re-canonicalises what it reads, so the member
+/// order of the line does not matter to it.
+pub fn seal(record: &Value, scratch: &mut Vec<u8>, line: &mut Vec<u8>) -> String {
+    scratch.clear();
+    scratch.extend_from_slice(LEAF_DOMAIN);
+    write_canonical(record, Some("hash"), scratch);
+    let hash = hex::encode(Sha256::digest(&scratch[..]));
+    let form = &scratch[LEAF_DOMAIN.len()..];
+    line.extend_from_slice(b"{\"hash\":\"");
+    line.extend_from_slice(hash.as_bytes());
+    line.push(b'"');
+    if form.len() > 2 {
+        line.push(b',');
+    }
+    line.extend_from_slice(&form[1..]);
+    hash
+}
+
 /// The secret that signs checkpoints. `Debug` never shows it.
 #[derive(Clone)]
 pub struct CheckpointKey {
@@ -478,6 +501,27 @@ mod tests {
             other => {
                 let _ = write!(out, "{other}");
             }
+        }
+    }
+
+    #[test]
+    fn a_sealed_line_carries_the_leaf_hash_and_reads_back_as_the_same_record() {
+        let values = [
+            serde_json::json!({"z": 1, "a": [true, "x\"y\n\u{1}"], "hash": "", "m": {"b": -2, "a": "é😀"}}),
+            serde_json::json!({"seq": 3, "prev": "00", "kind": "decision"}),
+            serde_json::json!({}),
+        ];
+        let (mut scratch, mut line) = (Vec::new(), b"earlier\n".to_vec());
+        for v in values {
+            line.truncate(8);
+            let hash = seal(&v, &mut scratch, &mut line);
+            assert_eq!(hash, leaf_hash(&v));
+            let read: Value = serde_json::from_slice(&line[8..]).expect("the line is JSON");
+            assert_eq!(read["hash"], Value::String(hash.clone()), "{read}");
+            assert_eq!(leaf_hash(&read), hash, "the line re-verifies");
+            let mut expected = v.clone();
+            expected["hash"] = Value::String(hash);
+            assert_eq!(read, expected);
         }
     }
 

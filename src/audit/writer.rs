@@ -14,10 +14,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::chain::{leaf_hash, CheckpointKey};
+use super::chain::{seal, CheckpointKey};
 use super::files::{file_name, open_append, resume};
 pub use super::files::{list_files, FILE_PREFIX, FILE_SUFFIX};
 use super::signing::{Signer, SigningKey};
@@ -176,6 +175,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         committed: (next_seq, prev, 0),
         since_checkpoint: 0,
         pending: Vec::new(),
+        scratch: Vec::with_capacity(1024),
         published: Vec::new(),
         waiting: Vec::new(),
         failed_writes: 0,
@@ -222,6 +222,8 @@ struct Chain {
     committed: (u64, String, u64),
     since_checkpoint: u64,
     pending: Vec<u8>,
+    /// Reused for each record's canonical form (`chain::seal`).
+    scratch: Vec<u8>,
     published: Vec<Arc<AuditRecord>>,
     /// Answers waiting for records in `pending`: told the outcome of the
     /// write that takes them.
@@ -315,10 +317,8 @@ impl Chain {
         record.seq = self.next_seq;
         record.prev = std::mem::take(&mut self.prev);
         record.hash.clear();
-        let mut value = serde_json::to_value(&record).expect("audit records serialise");
-        let hash = leaf_hash(&value);
-        value["hash"] = Value::String(hash.clone());
-        self.pending.extend_from_slice(value.to_string().as_bytes());
+        let value = serde_json::to_value(&record).expect("audit records serialise");
+        let hash = seal(&value, &mut self.scratch, &mut self.pending);
         self.pending.push(b'\n');
         record.hash = hash.clone();
         self.prev = hash;
@@ -524,8 +524,9 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain::GENESIS;
+    use crate::audit::chain::{leaf_hash, GENESIS};
     use crate::audit::query::{self, Filter};
+    use serde_json::Value;
     use std::path::Path;
 
     fn config(dir: &Path, key: Option<PathBuf>) -> AuditConfig {
@@ -795,6 +796,7 @@ mod tests {
             committed: (0, GENESIS.to_string(), 0),
             since_checkpoint: 0,
             pending: Vec::new(),
+            scratch: Vec::new(),
             published: Vec::new(),
             waiting: Vec::new(),
             failed_writes: 0,

@@ -1,7 +1,7 @@
-//! The Cedar context of a request: built from the request, its route and
-//! the caller's identity as JSON (`RequestContext`), then turned into
-//! Cedar's `Context` without serde's untagged guessing
-//! ([`context_from_json`]).
+//! The Cedar context of a request: its inputs, typed (`RequestContext`,
+//! which also writes the decision-cache key), turned into JSON only when
+//! Cedar evaluates, then into Cedar's `Context` without serde's untagged
+//! guessing ([`context_from_json`]).
 
 use std::time::SystemTime;
 
@@ -45,15 +45,66 @@ pub enum ContextError {
     Cedar(String),
 }
 
-/// The Cedar context a route produces.
-pub struct RequestContext;
+/// The Cedar context of one request, typed: what the route, the request
+/// and the caller's identity put in it. The JSON form
+/// ([`RequestContext::to_json`], then [`context_from_json`]) is built only
+/// when Cedar evaluates, that is on a decision-cache miss; a hit needs only
+/// [`RequestContext::write_key`].
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    req: &'a AccessRequest,
+    path: &'a str,
+    route: &'a Route,
+    identity: &'a Identity,
+    risk: Option<u8>,
+    region: Option<&'a str>,
+}
 
-impl RequestContext {
+impl<'a> RequestContext<'a> {
     /// The context for a real request; `path` is the request path in
     /// normal form, as the route matched it (`routes::normalize_path`).
-    pub fn build(req: &AccessRequest, path: &str, route: &Route, identity: &Identity) -> Value {
+    pub fn new(
+        req: &'a AccessRequest,
+        path: &'a str,
+        route: &'a Route,
+        identity: &'a Identity,
+    ) -> Self {
+        RequestContext {
+            req,
+            path,
+            route,
+            identity,
+            risk: None,
+            region: None,
+        }
+    }
+
+    /// With `context.risk` (0-100), for actions whose schema declares it.
+    pub fn with_risk(self, risk: u8) -> Self {
+        RequestContext {
+            risk: Some(risk),
+            ..self
+        }
+    }
+
+    /// With `context.region`, the gateway's region, for routes whose
+    /// residency rules read it.
+    pub fn with_region(self, region: &'a str) -> Self {
+        RequestContext {
+            region: Some(region),
+            ..self
+        }
+    }
+
+    /// The context as the JSON value [`context_from_json`] turns into
+    /// Cedar's: `method`, `path`, `host`, `route`, `time` (`{epoch, hour,
+    /// weekday}`), `auth` (`{method, mfa}`), `token` (`{scopes, claims}`),
+    /// `headers` (the route's `context_headers` present), and when known
+    /// `source_ip` (an `ip` extension value), `risk` and `region`.
+    pub fn to_json(&self) -> Value {
+        let (req, identity) = (self.req, self.identity);
         let mut headers = Map::new();
-        for name in &route.context_headers {
+        for name in &self.route.context_headers {
             if let Some(v) = req.header(name) {
                 headers.insert(name.clone(), Value::String(v.to_string()));
             }
@@ -61,9 +112,9 @@ impl RequestContext {
         let epoch = crate::time::epoch_seconds(req.time);
         let mut ctx = json!({
             "method": req.method,
-            "path": path,
+            "path": self.path,
             "host": req.host,
-            "route": route.name,
+            "route": self.route.name,
             "time": time_record(epoch),
             "auth": { "method": identity.method.as_str(), "mfa": identity.token.mfa },
             "token": {
@@ -77,7 +128,72 @@ impl RequestContext {
             // schema (fast); `Request::new` still checks it against it.
             ctx["source_ip"] = json!({ "__extn": { "fn": "ip", "arg": ip.to_string() } });
         }
+        if let Some(risk) = self.risk {
+            ctx["risk"] = json!(risk);
+        }
+        if let Some(region) = self.region {
+            ctx["region"] = Value::String(region.to_string());
+        }
         ctx
+    }
+
+    /// Appends an encoding of every input of [`RequestContext::to_json`]
+    /// to `key`: two contexts write the same key exactly when their JSON
+    /// forms are equal (strings are length-prefixed, so no value can forge
+    /// a separator). The principal and its parents are not here: the
+    /// decision cache adds them.
+    pub fn write_key(&self, key: &mut String) {
+        use std::fmt::Write as _;
+        fn text(key: &mut String, s: &str) {
+            let _ = write!(key, "{}:{s}", s.len());
+        }
+        let (req, identity) = (self.req, self.identity);
+        for s in [
+            req.method.as_str(),
+            self.path,
+            req.host.as_str(),
+            &self.route.name,
+        ] {
+            text(key, s);
+        }
+        let _ = write!(
+            key,
+            "{}|{}|{}|",
+            crate::time::epoch_seconds(req.time),
+            identity.method.as_str(),
+            u8::from(identity.token.mfa)
+        );
+        let _ = write!(key, "{}|", identity.token.scopes.len());
+        for s in &identity.token.scopes {
+            text(key, s);
+        }
+        let _ = write!(key, "{}|", identity.token.claims.len());
+        for (k, v) in &identity.token.claims {
+            text(key, k);
+            text(key, v);
+        }
+        for name in &self.route.context_headers {
+            match req.header(name) {
+                Some(v) => text(key, v),
+                None => key.push('-'),
+            }
+        }
+        match req.source_ip {
+            Some(ip) => {
+                let _ = write!(key, "|{ip}|");
+            }
+            None => key.push_str("|-|"),
+        }
+        match self.risk {
+            Some(r) => {
+                let _ = write!(key, "{r}|");
+            }
+            None => key.push_str("-|"),
+        }
+        match self.region {
+            Some(r) => text(key, r),
+            None => key.push('-'),
+        }
     }
 
     /// A context with every field a route can produce set, to check the
@@ -104,7 +220,42 @@ impl RequestContext {
             .iter()
             .map(|c| (c.to_string(), "sample".to_string()))
             .collect();
-        Self::build(&req, "/", route, &identity)
+        RequestContext::new(&req, "/", route, &identity).to_json()
+    }
+}
+
+/// The context an authorization is asked with: a request's, typed, or a
+/// JSON record given whole (an admin call, a policy test case).
+#[derive(Debug, Clone)]
+pub enum ContextInput<'a> {
+    /// A request's context ([`RequestContext`]).
+    Request(RequestContext<'a>),
+    /// A JSON record in the form [`context_from_json`] reads.
+    Json(Value),
+}
+
+impl ContextInput<'_> {
+    /// Appends the context's decision-cache key to `key` (the two kinds
+    /// never share a key).
+    pub fn write_key(&self, key: &mut String) {
+        use std::fmt::Write as _;
+        match self {
+            ContextInput::Request(c) => {
+                key.push('R');
+                c.write_key(key);
+            }
+            ContextInput::Json(v) => {
+                let _ = write!(key, "J{v}");
+            }
+        }
+    }
+
+    /// The context as JSON, for Cedar.
+    pub fn into_json(self) -> Value {
+        match self {
+            ContextInput::Request(c) => c.to_json(),
+            ContextInput::Json(v) => v,
+        }
     }
 }
 
@@ -175,4 +326,118 @@ fn restricted(value: Value, at: &str) -> Result<RestrictedExpression, ContextErr
         }
         Value::Null => return Err(ContextError::Null { at: at.to_string() }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::{entity_uid, AuthMethod};
+    use crate::routes::RouteTable;
+
+    fn route() -> Route {
+        let table = RouteTable::parse(
+            "routes:\n  - name: r\n    method: POST\n    path: /v1/{m}\n    action: invoke\n    resource: {type: Model, id: \"{m}\"}\n    context_headers: [x-a, x-b]\n",
+            std::path::Path::new("routes.yaml"),
+        )
+        .expect("the test route parses");
+        table.routes()[0].clone()
+    }
+
+    /// Contexts that differ in one input each, including values that carry
+    /// the key's own separators and an empty header against a missing one.
+    fn variants(route: &Route) -> Vec<(String, Value)> {
+        let base_req = {
+            let mut r = AccessRequest::for_test("POST", "/v1/m");
+            r.time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+            r
+        };
+        let base_id = Identity::new(
+            entity_uid("User", "a").unwrap(),
+            Vec::new(),
+            AuthMethod::Jwt,
+        );
+        type Edit = fn(&mut AccessRequest, &mut Identity);
+        let edits: Vec<Edit> = vec![
+            |_, _| {},
+            |r, _| r.method = "GET".into(),
+            |r, _| r.host = "4:x|y".into(),
+            |r, _| r.time += std::time::Duration::from_secs(1),
+            |r, _| r.source_ip = Some([10, 0, 0, 1].into()),
+            |r, _| r.source_ip = Some([10, 0, 0, 2].into()),
+            |r, _| {
+                r.headers.insert("x-a".into(), String::new());
+            },
+            |r, _| {
+                r.headers.insert("x-a".into(), "-".into());
+            },
+            |r, _| {
+                r.headers.insert("x-b".into(), "v".into());
+            },
+            |r, _| {
+                r.headers
+                    .insert("x-other".into(), "not in the context".into());
+            },
+            |_, i| i.token.mfa = true,
+            |_, i| i.method = AuthMethod::ApiKey,
+            |_, i| {
+                i.token.scopes.insert("read".into());
+            },
+            |_, i| {
+                i.token.scopes.insert("read write".into());
+            },
+            |_, i| {
+                i.token.claims.insert("tier".into(), "1:a".into());
+            },
+            |_, i| {
+                i.token.claims.insert("tier:1".into(), "a".into());
+            },
+        ];
+        let mut out = Vec::new();
+        for edit in edits {
+            let (mut req, mut id) = (base_req.clone(), base_id.clone());
+            edit(&mut req, &mut id);
+            for (risk, region) in [
+                (None, None),
+                (Some(0), None),
+                (Some(7), None),
+                (None, Some("eu")),
+            ] {
+                let mut c = RequestContext::new(&req, "/v1/m", route, &id);
+                if let Some(r) = risk {
+                    c = c.with_risk(r);
+                }
+                if let Some(r) = region {
+                    c = c.with_region(r);
+                }
+                let mut key = String::new();
+                c.write_key(&mut key);
+                out.push((key, c.to_json()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_decision_key_differs_exactly_when_the_json_context_differs() {
+        let route = route();
+        let all = variants(&route);
+        for (i, (ka, ja)) in all.iter().enumerate() {
+            for (kb, jb) in &all[i + 1..] {
+                assert_eq!(ka == kb, ja == jb, "keys {ka:?} / {kb:?} for {ja} / {jb}");
+            }
+        }
+        // The edit outside the route's context headers changes neither.
+        let distinct: std::collections::HashSet<&String> = all.iter().map(|(k, _)| k).collect();
+        assert_eq!(distinct.len(), all.len() - 4);
+    }
+
+    #[test]
+    fn a_request_context_and_a_json_record_never_share_a_key() {
+        let route = route();
+        let (key, json) = variants(&route).remove(0);
+        let mut from_json = String::new();
+        ContextInput::Json(json).write_key(&mut from_json);
+        assert_ne!(format!("R{key}"), from_json);
+        assert!(from_json.starts_with('J'));
+    }
 }

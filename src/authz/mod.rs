@@ -17,7 +17,7 @@ use crate::authn::Identity;
 mod context;
 mod slice;
 
-pub use context::{context_from_json, ContextError, RequestContext};
+pub use context::{context_from_json, ContextError, ContextInput, RequestContext};
 use slice::{PolicyIndex, Scope};
 
 /// The result of evaluating the policies for one request.
@@ -72,14 +72,14 @@ pub fn authorize(
     identity: &Identity,
     action: &str,
     resource: EntityUid,
-    context: Value,
+    context: ContextInput<'_>,
 ) -> Decided {
     let action = action_uid(action);
     // Every input the policies can read is in the key (the entity store is
     // the snapshot's, which owns the cache, plus the identity's parents),
     // so a hit is the decision Cedar would make again.
     if !snapshot.prepared.cache_decisions.load(Ordering::Relaxed) {
-        return decide_uncached(snapshot, identity, action, resource, context);
+        return decide_uncached(snapshot, identity, action, resource, context.into_json());
     }
     let key = DecisionKey::new(identity, &action, &resource, &context);
     if let Some(hit) = snapshot.prepared.decisions.get(&key) {
@@ -89,7 +89,7 @@ pub fn authorize(
     }
     snapshot.prepared.misses.fetch_add(1, Ordering::Relaxed);
     crate::metrics::global().cache(crate::metrics::Cache::Decision, false);
-    let decided = decide_uncached(snapshot, identity, action, resource, context);
+    let decided = decide_uncached(snapshot, identity, action, resource, context.into_json());
     snapshot
         .prepared
         .decisions
@@ -98,12 +98,18 @@ pub fn authorize(
 }
 
 /// The decision cache's key: principal, the parents its credentials assert,
-/// action, resource and the whole context, as one string.
+/// action, resource and every input of the context, as one string; built
+/// without the context's JSON form ([`ContextInput::write_key`]).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct DecisionKey(Box<str>);
 
 impl DecisionKey {
-    fn new(identity: &Identity, action: &EntityUid, resource: &EntityUid, context: &Value) -> Self {
+    fn new(
+        identity: &Identity,
+        action: &EntityUid,
+        resource: &EntityUid,
+        context: &ContextInput<'_>,
+    ) -> Self {
         use std::fmt::Write as _;
         let mut key = String::with_capacity(256);
         let _ = write!(key, "{}\u{1f}", identity.principal);
@@ -112,7 +118,8 @@ impl DecisionKey {
         for p in parents {
             let _ = write!(key, "{p}\u{1e}");
         }
-        let _ = write!(key, "\u{1f}{action}\u{1f}{resource}\u{1f}{context}");
+        let _ = write!(key, "\u{1f}{action}\u{1f}{resource}\u{1f}");
+        context.write_key(&mut key);
         DecisionKey(key.into_boxed_str())
     }
 }

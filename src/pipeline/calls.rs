@@ -68,7 +68,7 @@ pub(super) async fn admin(snapshot: &Snapshot, call: &AdminCall<'_>, mode: &Mode
         &identity,
         call.action,
         call.resource.clone(),
-        context,
+        crate::authz::ContextInput::Json(context),
     );
     d.determining_policies = outcome.determining;
     d.errors = outcome.errors;

@@ -8,7 +8,7 @@ use cedar_policy::EntityUid;
 
 use super::Mode;
 use crate::authn::{entity_uid, AuthMethod, Authentication, Identity};
-use crate::authz::RequestContext;
+use crate::authz::{ContextInput, RequestContext};
 use crate::decision::quota::LimitStatus;
 use crate::decision::{Decision, DenyReason, Outcome, Problem, ShadowOutcome};
 use crate::metrics;
@@ -368,13 +368,13 @@ pub(super) fn authorize(
 ) -> Result<(), Refusal> {
     let started = Instant::now();
     let route = at.route;
-    let mut context = RequestContext::build(req, &at.path, route, identity);
+    let mut context = RequestContext::new(req, &at.path, route, identity);
     if snapshot.risk_actions.contains(&route.action) {
-        context["risk"] = serde_json::json!(risk);
+        context = context.with_risk(risk);
     }
     if let Some(region) = &req.gateway_region {
         if snapshot.region_routes.contains(&route.name) {
-            context["region"] = serde_json::Value::String(region.clone());
+            context = context.with_region(region);
         }
     }
     let (outcome, shadow) = crate::authz::authorize(
@@ -382,7 +382,7 @@ pub(super) fn authorize(
         identity,
         &route.action,
         resource.clone(),
-        context,
+        ContextInput::Request(context),
     );
     metrics::global().stage(metrics::Stage::Authz, started.elapsed());
     let d = &mut at.d;

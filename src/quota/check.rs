@@ -61,25 +61,28 @@ fn entries(
     subject: &QuotaSubject,
     req: &AccessRequest,
 ) -> Option<Vec<(String, String)>> {
-    let var = |name: &str| -> Option<String> {
+    use std::borrow::Cow;
+    // Borrowed where the value already exists: a rule's values are built
+    // for every request, so only the final strings are allocated.
+    let var = |name: &str| -> Option<Cow<'_, str>> {
         match name {
-            "principal" => Some(subject.principal.clone()),
-            "principal_type" => Some(subject.principal_type.clone()),
-            "org" => subject.org.clone(),
-            "route" => Some(subject.route.clone()),
-            "method" => Some(req.method.clone()),
-            "source_ip" => req.source_ip.map(|ip| ip.to_string()),
+            "principal" => Some(Cow::Borrowed(&subject.principal)),
+            "principal_type" => Some(Cow::Borrowed(&subject.principal_type)),
+            "org" => subject.org.as_deref().map(Cow::Borrowed),
+            "route" => Some(Cow::Borrowed(&subject.route)),
+            "method" => Some(Cow::Borrowed(&req.method)),
+            "source_ip" => req.source_ip.map(|ip| Cow::Owned(ip.to_string())),
             other => subject
                 .captures
                 .iter()
                 .find(|(k, _)| k == other)
-                .map(|(_, v)| v.clone()),
+                .map(|(_, v)| Cow::Borrowed(v.as_str())),
         }
     };
     rule.entries
         .iter()
         .map(|(key, parts)| {
-            let mut value = String::new();
+            let mut value = String::with_capacity(32);
             for p in parts {
                 match p {
                     Part::Text(t) => value.push_str(t),

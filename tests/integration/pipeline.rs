@@ -462,17 +462,17 @@ async fn a_cost_larger_than_the_limit_ever_allows_is_a_400_without_retry_after()
 /// change never serves a stale decision.
 #[test]
 fn decision_cache_hits_only_on_identical_inputs_and_dies_with_its_snapshot() {
-    use portcullis::authz::authorize;
+    use portcullis::authz::{authorize, ContextInput};
     let snapshot = bundled();
     let resource: cedar_policy::EntityUid = r#"ModelVersion::"sentiment/v2""#.parse().unwrap();
     let context = |hour: u64| {
-        json!({
+        ContextInput::Json(json!({
             "method": "POST", "path": "/v1/models/sentiment/versions/v2:predict",
             "host": "api", "route": "predict",
             "time": {"epoch": 1_700_000_000 + hour * 3600, "hour": hour, "weekday": 3},
             "auth": {"method": "jwt", "mfa": false},
             "token": {"scopes": [], "claims": {}}, "headers": {}, "risk": 0,
-        })
+        }))
     };
     let alice = user("alice", Some("acme"));
     let first = authorize(

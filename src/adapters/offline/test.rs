@@ -269,8 +269,13 @@ fn decide_cedar(snapshot: &Snapshot, case: &CedarCase) -> Result<Decision, Strin
     } else {
         case.context.clone()
     };
-    let (outcome, _shadow) =
-        authz::authorize(snapshot.authz(), &identity, &case.action, resource, context);
+    let (outcome, _shadow) = authz::authorize(
+        snapshot.authz(),
+        &identity,
+        &case.action,
+        resource,
+        authz::ContextInput::Json(context),
+    );
     let mut d = Decision::new(&snapshot.version);
     d.determining_policies = outcome.determining;
     d.errors = outcome.errors;
