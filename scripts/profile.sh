@@ -11,6 +11,8 @@
 #   scripts/profile.sh rls          # ShouldRateLimit, one descriptor
 #   scripts/profile.sh check        # Check, allowed calls
 #   DURATION=10 scripts/profile.sh rls
+#   SERVER=empty scripts/profile.sh rls   # the empty handler, same load:
+#                   target/profile/empty-<rpc>.*, to compare CPU per request
 #
 # The server is pinned to SERVER_CPU (0) and the load generator to LOAD_CPU
 # (1) as in scripts/bench-side-by-side.sh. Needs perf (Debian
@@ -24,6 +26,7 @@ root=$PWD
 rpc=${1:-rls}
 DURATION=${DURATION:-6}
 SERVER_CPU=${SERVER_CPU:-0}
+SERVER=${SERVER:-portcullis}
 LOAD_CPU=${LOAD_CPU:-1}
 say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'profile: %s\n' "$*" >&2; exit 1; }
@@ -31,6 +34,11 @@ case $rpc in
     rls) load_args=(--rpc rls --rls-shape one) ;;
     check) load_args=(--rpc check --mix allowed) ;;
     *) die "usage: scripts/profile.sh rls|check" ;;
+esac
+case $SERVER in
+    portcullis) name=$rpc ;;
+    empty) name=empty-$rpc ;;
+    *) die "SERVER must be portcullis or empty" ;;
 esac
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 120 ]] || die "DURATION must be 1..120 seconds"
 command -v perf >/dev/null || die "needs perf (Debian package linux-perf)"
@@ -66,8 +74,13 @@ issuer = ('    - issuer: "https://bench.portcullis.invalid/"\n'
 open(path, "w").write(text.replace(marker, marker + issuer, 1))
 PY
 
-taskset -c "$SERVER_CPU" "$bin/portcullis" serve --config "$work/portcullis.yaml" \
-    >"$work/portcullis.out" 2>"$work/portcullis.log" &
+if [ "$SERVER" = empty ]; then
+    taskset -c "$SERVER_CPU" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$pp" \
+        >"$work/portcullis.out" 2>"$work/portcullis.log" &
+else
+    taskset -c "$SERVER_CPU" "$bin/portcullis" serve --config "$work/portcullis.yaml" \
+        >"$work/portcullis.out" 2>"$work/portcullis.log" &
+fi
 server=$!
 pids+=("$server")
 wait_tcp "$pp" "Portcullis"
@@ -80,13 +93,13 @@ perf record -F 499 -g --call-graph dwarf,16384 -p "$server" -o "$work/perf.data"
 perf_pid=$!
 sleep 0.5
 taskset -c "$LOAD_CPU" "$bin/portcullis-bench" --target "127.0.0.1:$pp" "${load_args[@]}" \
-    --token-key-file "$key" --duration "$DURATION" --warmup 0 | tee "$out/$rpc.load.txt" >&2
+    --token-key-file "$key" --duration "$DURATION" --warmup 0 | tee "$out/$name.load.txt" >&2
 wait "$perf_pid" || die "perf record failed: $(tail -3 "$work/perf.log")"
 
 say "folding stacks"
-perf script -i "$work/perf.data" 2>/dev/null | "$root/.tools/bin/inferno-collapse-perf" >"$out/$rpc.folded"
-"$inferno" --title "portcullis $rpc (${DURATION}s, $(git rev-parse --short HEAD))" \
-    <"$out/$rpc.folded" >"$out/$rpc.svg"
+perf script -i "$work/perf.data" 2>/dev/null | "$root/.tools/bin/inferno-collapse-perf" >"$out/$name.folded"
+"$inferno" --title "$SERVER $rpc (${DURATION}s, $(git rev-parse --short HEAD))" \
+    <"$out/$name.folded" >"$out/$name.svg"
 perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
-    grep '%' | sed 's/  */ /g' | grep -E 'portcullis::|serde|uuid|sha2|malloc|free' | awk 'NR <= 40' >"$out/$rpc.top.txt"
-say "wrote $out/$rpc.svg, $out/$rpc.folded and $out/$rpc.top.txt"
+    grep '%' | sed 's/  */ /g' | grep -E 'portcullis::|serde|uuid|sha2|malloc|free' | awk 'NR <= 40' >"$out/$name.top.txt"
+say "wrote $out/$name.svg, $out/$name.folded and $out/$name.top.txt"
