@@ -25,7 +25,10 @@
 # burst, `n/a` when the key's Redis is killed); keys without a TTL; p99
 # latency; UNKNOWN answers and gRPC errors; `quota_unavailable` refusals;
 # degraded decisions (from the replicas' metrics: the `local` fallback,
-# plus refused late calls). Prints one Markdown table.
+# plus refused late calls); store errors; and, on the Cluster, how 30
+# calls on a key served by another primary were answered while the fault
+# lasted (a healthy primary's keys should stay with the store). Prints one
+# Markdown table.
 #
 # Usage: scripts/quota-fault-matrix.sh [--calls N] [--only single|cluster]
 #            [--bin-dir DIR]
