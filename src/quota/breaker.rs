@@ -272,6 +272,33 @@ impl Route {
         opened
     }
 
+    /// Awaits the call's store answer `answer`. A probe that has no answer
+    /// within `deadline` fails then (its shards open again, `opened` is
+    /// notified) while the call goes on, so that a store that never
+    /// answers cannot keep a breaker half-open, and a late answer is still
+    /// had (and refunded). `now_us` is the breaker's clock.
+    pub async fn bounded<T>(
+        &self,
+        answer: impl std::future::Future<Output = T>,
+        deadline: Duration,
+        now_us: impl Fn() -> u64,
+        opened: &tokio::sync::Notify,
+    ) -> T {
+        if !self.probes() {
+            return answer.await;
+        }
+        let started_us = now_us();
+        tokio::pin!(answer);
+        tokio::select! {
+            r = &mut answer => return r,
+            _ = tokio::time::sleep(deadline) => {}
+        }
+        if self.failure(now_us(), started_us, false) {
+            opened.notify_waiters();
+        }
+        answer.await
+    }
+
     /// True when a shard this call does not probe keeps calls off (judged
     /// down meanwhile, by other calls): its caller stops waiting.
     pub fn judged_down(&self) -> bool {
@@ -381,6 +408,40 @@ mod tests {
         // released, and the next call to 1 alone probes.
         assert!(shards.route([1, 2].into_iter(), after).is_none());
         assert!(shards.route([1].into_iter(), after).unwrap().probes());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_without_an_answer_fails_at_its_deadline() {
+        let shards = Shards::default();
+        assert!(shards
+            .route([1].into_iter(), 0)
+            .unwrap()
+            .failure(0, 0, true));
+        let after = OPEN_FOR.as_micros() as u64;
+        let probe = shards.route([1].into_iter(), after).unwrap();
+        assert!(probe.probes());
+        let opened = tokio::sync::Notify::new();
+        let started = tokio::time::Instant::now();
+        let clock = || after + started.elapsed().as_micros() as u64;
+        let deadline = Duration::from_millis(100);
+        // Answers only after three deadlines: the breaker opens again at
+        // the first, and the answer is still returned.
+        let late = tokio::time::sleep(3 * deadline);
+        let answer = probe.bounded(
+            async {
+                late.await;
+                7
+            },
+            deadline,
+            clock,
+            &opened,
+        );
+        assert_eq!(answer.await, 7);
+        let at = clock();
+        assert!(shards.route([1].into_iter(), at).is_none(), "open again");
+        let reopened_at = after + deadline.as_micros() as u64;
+        let next = reopened_at + OPEN_FOR.as_micros() as u64;
+        assert!(shards.route([1].into_iter(), next).unwrap().probes());
     }
 
     #[test]

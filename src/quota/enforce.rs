@@ -350,9 +350,11 @@ impl Quotas {
                 Arc::clone(&call),
                 Arc::clone(&route),
             );
-            let charges = charges.to_vec();
+            let (charges, timeout) = (charges.to_vec(), self.timeout);
             h.tasks.spawn(async move {
-                let result = store.charge(&charges).await;
+                let charge = store.charge(&charges);
+                let now = || health.now_us();
+                let result = route.bounded(charge, timeout, now, &health.opened).await;
                 match &result {
                     Ok(_) => route.success(health.now_us()),
                     Err(e) => {
