@@ -14,8 +14,15 @@
 //! - **Half-open**: after that, one call (the probe) goes to the store while
 //!   the others are still decided in the degraded mode; its success closes
 //!   the breaker, its failure opens it again.
+//!
+//! A store has one breaker per failure domain ([`Shards`]): one for a
+//! single Redis primary, one per slot in a Redis Cluster, so that one
+//! paused or dead primary sends only the keys it serves to the degraded
+//! mode while the other primaries keep answering theirs.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// The window over which the failure rate is judged.
@@ -159,6 +166,159 @@ impl Breaker {
     pub fn is_open(&self) -> bool {
         self.lock().mode != Mode::Closed
     }
+
+    /// A probe permitted at `now_us` will not be sent (another breaker of
+    /// the same call refused it): the next call probes instead.
+    fn release(&self, now_us: u64) {
+        let mut s = self.lock();
+        if s.mode == Mode::HalfOpen {
+            s.mode = Mode::Open { until_us: now_us };
+        }
+    }
+}
+
+/// One failure domain of a store (a Redis primary, or one Cluster slot):
+/// its breaker, and when it last answered a call.
+#[derive(Debug, Default)]
+pub struct Shard {
+    breaker: Breaker,
+    /// Microseconds on the caller's clock.
+    answered_at_us: AtomicU64,
+}
+
+/// The failure domains of one store, each made on its first call (at
+/// most one per Cluster slot: 16,384), keyed by the store's opaque
+/// shard id (`QuotaStore::shard`).
+#[derive(Debug, Default)]
+pub struct Shards {
+    map: RwLock<HashMap<u64, Arc<Shard>>>,
+}
+
+impl Shards {
+    fn get(&self, id: u64) -> Arc<Shard> {
+        if let Some(s) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Arc::clone(s);
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(id).or_default())
+    }
+
+    /// A call to the shards `ids` (repeats allowed) at `now_us`: `None`
+    /// when one of their breakers keeps calls off (decide in the degraded
+    /// mode), else the call's route, probing every shard whose breaker
+    /// asked for a probe.
+    pub fn route(&self, ids: impl Iterator<Item = u64>, now_us: u64) -> Option<Route> {
+        let mut seen: Vec<u64> = Vec::with_capacity(1);
+        let mut route = Route {
+            shards: Vec::with_capacity(1),
+        };
+        for id in ids {
+            if seen.contains(&id) {
+                continue;
+            }
+            seen.push(id);
+            let shard = self.get(id);
+            let probe = match shard.breaker.permit(now_us) {
+                Permit::Call => false,
+                Permit::Probe => true,
+                Permit::Refuse => {
+                    for (s, _) in route.shards.iter().filter(|(_, probe)| *probe) {
+                        s.breaker.release(now_us);
+                    }
+                    return None;
+                }
+            };
+            route.shards.push((shard, probe));
+        }
+        Some(route)
+    }
+
+    /// True while any shard keeps calls off its part of the store.
+    pub fn any_open(&self) -> bool {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.values().any(|s| s.breaker.is_open())
+    }
+}
+
+/// The shards one store call goes to, and whether it probes each.
+#[derive(Debug)]
+pub struct Route {
+    shards: Vec<(Arc<Shard>, bool)>,
+}
+
+impl Route {
+    /// True when the call probes one of its shards.
+    pub fn probes(&self) -> bool {
+        self.shards.iter().any(|(_, probe)| *probe)
+    }
+
+    /// The store answered the call at `now_us`.
+    pub fn success(&self, now_us: u64) {
+        for (s, probe) in &self.shards {
+            s.answered_at_us.fetch_max(now_us, Ordering::Relaxed);
+            s.breaker.success(*probe);
+        }
+    }
+
+    /// The call, started at `started_us`, failed (`gone`: the connection
+    /// is gone). The failure counts on every shard of the call: a store
+    /// error does not say which of a multi-slot call's slots failed. True
+    /// when this opened a breaker.
+    pub fn failure(&self, now_us: u64, started_us: u64, gone: bool) -> bool {
+        let mut opened = false;
+        for (s, probe) in &self.shards {
+            opened |= s.breaker.failure(now_us, started_us, *probe, gone);
+        }
+        opened
+    }
+
+    /// Awaits the call's store answer `answer`. A probe that has no answer
+    /// within `deadline` fails then (its shards open again, `opened` is
+    /// notified) while the call goes on, so that a store that never
+    /// answers cannot keep a breaker half-open, and a late answer is still
+    /// had (and refunded). `now_us` is the breaker's clock.
+    pub async fn bounded<T>(
+        &self,
+        answer: impl std::future::Future<Output = T>,
+        deadline: Duration,
+        now_us: impl Fn() -> u64,
+        opened: &tokio::sync::Notify,
+    ) -> T {
+        if !self.probes() {
+            return answer.await;
+        }
+        let started_us = now_us();
+        tokio::pin!(answer);
+        tokio::select! {
+            r = &mut answer => return r,
+            _ = tokio::time::sleep(deadline) => {}
+        }
+        if self.failure(now_us(), started_us, false) {
+            opened.notify_waiters();
+        }
+        answer.await
+    }
+
+    /// True when a shard this call does not probe keeps calls off (judged
+    /// down meanwhile, by other calls): its caller stops waiting.
+    pub fn judged_down(&self) -> bool {
+        self.shards
+            .iter()
+            .any(|(s, probe)| !*probe && s.breaker.is_open())
+    }
+
+    /// True when a shard of the call keeps calls off.
+    pub fn any_open(&self) -> bool {
+        self.shards.iter().any(|(s, _)| s.breaker.is_open())
+    }
+
+    /// True when none of the call's shards answered any call since
+    /// `started_us` (a stall, not a queue).
+    pub fn silent_since(&self, started_us: u64) -> bool {
+        self.shards
+            .iter()
+            .all(|(s, _)| s.answered_at_us.load(Ordering::Relaxed) < started_us)
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +382,66 @@ mod tests {
             assert!(!b.failure(later, MS, false, false));
         }
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn one_shard_down_leaves_the_others_called() {
+        let shards = Shards::default();
+        let down = shards.route([1].into_iter(), 0).unwrap();
+        assert!(down.failure(0, 0, true));
+        assert!(shards.route([1].into_iter(), MS).is_none());
+        assert!(shards.route([2, 1].into_iter(), MS).is_none());
+        let up = shards.route([2].into_iter(), MS).unwrap();
+        assert!(!up.probes());
+        assert!(shards.any_open());
+    }
+
+    #[test]
+    fn a_probe_not_sent_is_left_to_the_next_call() {
+        let after = OPEN_FOR.as_micros() as u64;
+        let shards = Shards::default();
+        let one = shards.route([1].into_iter(), 0).unwrap();
+        assert!(one.failure(0, 0, true));
+        let two = shards.route([2].into_iter(), after - 1).unwrap();
+        assert!(two.failure(after - 1, after - 1, true));
+        // 1 grants its probe, 2 (opened later) refuses: 1's probe is
+        // released, and the next call to 1 alone probes.
+        assert!(shards.route([1, 2].into_iter(), after).is_none());
+        assert!(shards.route([1].into_iter(), after).unwrap().probes());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_without_an_answer_fails_at_its_deadline() {
+        let shards = Shards::default();
+        assert!(shards
+            .route([1].into_iter(), 0)
+            .unwrap()
+            .failure(0, 0, true));
+        let after = OPEN_FOR.as_micros() as u64;
+        let probe = shards.route([1].into_iter(), after).unwrap();
+        assert!(probe.probes());
+        let opened = tokio::sync::Notify::new();
+        let started = tokio::time::Instant::now();
+        let clock = || after + started.elapsed().as_micros() as u64;
+        let deadline = Duration::from_millis(100);
+        // Answers only after three deadlines: the breaker opens again at
+        // the first, and the answer is still returned.
+        let late = tokio::time::sleep(3 * deadline);
+        let answer = probe.bounded(
+            async {
+                late.await;
+                7
+            },
+            deadline,
+            clock,
+            &opened,
+        );
+        assert_eq!(answer.await, 7);
+        let at = clock();
+        assert!(shards.route([1].into_iter(), at).is_none(), "open again");
+        let reopened_at = after + deadline.as_micros() as u64;
+        let next = reopened_at + OPEN_FOR.as_micros() as u64;
+        assert!(shards.route([1].into_iter(), next).unwrap().probes());
     }
 
     #[test]

@@ -45,11 +45,15 @@ impl Enforced {
 /// when it is down.
 ///
 /// Slow is not down. The deadline (`timeout`) only bounds how long one
-/// caller waits. Whether the store is down is the [`breaker`]'s call: from
-/// the connection's state (lost, refused, read-only; or no answer to any
-/// call during a whole deadline) and from the failure rate over a window.
-/// While it is open, decisions are taken in the degraded mode at once, and
-/// callers still waiting when it opens are answered at once. A call that
+/// caller waits. Whether the store is down is the [`breaker`]'s call, one
+/// breaker per failure domain (the primary, or each Cluster slot, so one
+/// dead primary degrades only its own keys): from the connection's state
+/// (lost, refused, read-only; or no answer to any call during a whole
+/// deadline) and from the failure rate over a window. While it is open,
+/// decisions are taken in the degraded mode at once, and callers still
+/// waiting when it opens are answered at once; the half-open probe's
+/// caller is answered in the degraded mode too, without waiting for the
+/// probe. A call that
 /// reaches its deadline while the store is up (it answers others) is not
 /// answered by the degraded mode but refused (see [`Quotas::busy`]), so a
 /// queue on a busy store never over-admits; what the store charged for it
@@ -75,11 +79,11 @@ pub struct Quotas {
 #[derive(Debug)]
 struct Health {
     started: std::time::Instant,
-    breaker: breaker::Breaker,
-    /// Woken when the breaker opens: waiting callers stop waiting.
+    /// One breaker per failure domain of the store (one primary, or one
+    /// Cluster slot), with when it last answered.
+    shards: breaker::Shards,
+    /// Woken when a breaker opens: waiting callers stop waiting.
     opened: tokio::sync::Notify,
-    /// When the store last answered a call (microseconds after `started`).
-    answered_at_us: AtomicU64,
     degraded: AtomicU64,
     /// Store calls that failed or reached the deadline.
     store_errors: AtomicU64,
@@ -206,9 +210,8 @@ impl Quotas {
             replicas: replicas.max(1),
             health: Arc::new(Health {
                 started: std::time::Instant::now(),
-                breaker: breaker::Breaker::default(),
+                shards: breaker::Shards::default(),
                 opened: tokio::sync::Notify::new(),
-                answered_at_us: AtomicU64::new(0),
                 degraded: AtomicU64::new(0),
                 store_errors: AtomicU64::new(0),
                 refunds: AtomicU64::new(0),
@@ -294,10 +297,10 @@ impl Quotas {
         self.health.refunds.load(Ordering::Relaxed)
     }
 
-    /// True while the store counts as down (the breaker is open or
-    /// half-open).
+    /// True while the store, or a part of it (a Cluster slot), counts as
+    /// down (its breaker is open or half-open).
     pub fn store_down(&self) -> bool {
-        self.health.breaker.is_open()
+        self.health.shards.any_open()
     }
 
     /// Waits until every store call under way (and every refund) has
@@ -331,36 +334,31 @@ impl Quotas {
         }
         let h = &self.health;
         let started_us = h.now_us();
-        let probe = match h.breaker.permit(started_us) {
-            breaker::Permit::Refuse => return self.degrade(charges),
-            breaker::Permit::Call => false,
-            breaker::Permit::Probe => true,
+        let shards = charges.iter().map(|c| self.store.shard(&c.key));
+        let Some(route) = h.shards.route(shards, started_us) else {
+            return self.degrade(charges);
         };
+        let route = Arc::new(route);
         let call = Arc::new(Call {
             state: Mutex::new(Handoff::Waiting),
             done: tokio::sync::Notify::new(),
         });
         {
-            let (store, health, call) = (
+            let (store, health, call, route) = (
                 Arc::clone(&self.store),
                 Arc::clone(&self.health),
                 Arc::clone(&call),
+                Arc::clone(&route),
             );
-            let charges = charges.to_vec();
+            let (charges, timeout) = (charges.to_vec(), self.timeout);
             h.tasks.spawn(async move {
-                let result = store.charge(&charges).await;
+                let charge = store.charge(&charges);
+                let now = || health.now_us();
+                let result = route.bounded(charge, timeout, now, &health.opened).await;
                 match &result {
-                    Ok(_) => {
-                        health
-                            .answered_at_us
-                            .fetch_max(health.now_us(), Ordering::Relaxed);
-                        health.breaker.success(probe);
-                    }
+                    Ok(_) => route.success(health.now_us()),
                     Err(e) => {
-                        if health
-                            .breaker
-                            .failure(health.now_us(), started_us, probe, e.gone)
-                        {
+                        if route.failure(health.now_us(), started_us, e.gone) {
                             health.opened.notify_waiters();
                         }
                     }
@@ -398,7 +396,13 @@ impl Quotas {
             if let Some(answer) = take(&call) {
                 break Ok(answer);
             }
-            if !probe && h.breaker.is_open() {
+            if route.probes() {
+                // The probe goes on without its caller, who is answered in
+                // the degraded mode at once: a store that is still down
+                // must not hold a caller past Envoy's deadline.
+                break Err(GaveUp::Probing);
+            }
+            if route.judged_down() {
                 // Judged down meanwhile (by other calls): stop waiting.
                 break Err(GaveUp::Down);
             }
@@ -436,12 +440,11 @@ impl Quotas {
                             let late_by =
                                 now.saturating_sub(started_us + self.timeout.as_micros() as u64);
                             let excuse = (self.timeout.as_micros() as u64 / 2).max(50_000);
-                            let silent = h.answered_at_us.load(Ordering::Relaxed) < started_us
-                                && late_by <= excuse;
-                            if h.breaker.failure(h.now_us(), started_us, probe, silent) {
+                            let silent = route.silent_since(started_us) && late_by <= excuse;
+                            if route.failure(h.now_us(), started_us, silent) {
                                 h.opened.notify_waiters();
                             }
-                            down = h.breaker.is_open();
+                            down = route.any_open();
                         }
                         let e = StoreError {
                             store: self.store.name(),
@@ -449,11 +452,15 @@ impl Quotas {
                                 GaveUp::Deadline => {
                                     format!("no answer within {} ms", self.timeout.as_millis())
                                 }
-                                GaveUp::Down => "the store is down (circuit breaker open)".into(),
+                                GaveUp::Down | GaveUp::Probing => {
+                                    "the store is down (circuit breaker open)".into()
+                                }
                             },
                             gone: false,
                         };
-                        let decided = if down {
+                        let decided = if why == GaveUp::Probing {
+                            self.degrade(charges)
+                        } else if down {
                             self.failed(charges, &e)
                         } else {
                             self.busy(&e)
@@ -494,7 +501,7 @@ impl Quotas {
                 target: "portcullis::quota",
                 error = %error,
                 mode = self.on_error.as_str(),
-                store_down = h.breaker.is_open(),
+                store_down = h.shards.any_open(),
                 degraded_decisions = h.degraded.load(Ordering::Relaxed) + 1,
                 "quota store failed; deciding in degraded mode (logged at most once a second)"
             );
@@ -557,6 +564,8 @@ enum GaveUp {
     Deadline,
     /// The breaker opened meanwhile.
     Down,
+    /// The call is the half-open probe: its caller does not wait for it.
+    Probing,
 }
 
 /// The store's answer, if it has come (the caller takes it).

@@ -165,6 +165,13 @@ pub trait QuotaStore: Send + Sync + std::fmt::Debug {
     fn remote(&self) -> bool {
         false
     }
+    /// The failure domain that holds `key`, as an opaque id: the keys of
+    /// one id share a circuit breaker (`breaker.rs`). One for the whole
+    /// store by default; a Redis Cluster has one per slot, so a paused or
+    /// dead primary sends only the keys it serves to the degraded mode.
+    fn shard(&self, _key: &str) -> u64 {
+        0
+    }
     /// The store's name for logs (`local`, `redis`).
     fn name(&self) -> &'static str;
     /// Checks that the store answers (readiness). In-process stores always do.

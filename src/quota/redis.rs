@@ -62,6 +62,10 @@ end
 return 1
 "#;
 
+/// The hasher that turns a Cluster slot into a shard id.
+const SLOT_IDS: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> =
+    std::hash::BuildHasherDefault::new();
+
 /// Prefix of every key Portcullis writes.
 pub const KEY_PREFIX: &str = "portcullis:q:";
 
@@ -361,6 +365,19 @@ impl QuotaStore for RedisStore {
         true
     }
 
+    /// One shard per Cluster slot (an id derived from the slot); one for a
+    /// single primary.
+    fn shard(&self, key: &str) -> u64 {
+        if self.redis.is_cluster() {
+            use std::hash::BuildHasher;
+            // `Slot` does not expose its number; its hash (a fixed,
+            // unkeyed hasher) tells the 16,384 slots apart (tested).
+            SLOT_IDS.hash_one(Slot::for_key(redis_key(key)))
+        } else {
+            0
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self
             .redis
@@ -383,5 +400,19 @@ impl QuotaStore for RedisStore {
         } else {
             "redis"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cluster_slot_has_a_shard_of_its_own() {
+        use std::hash::BuildHasher;
+        let ids: std::collections::HashSet<u64> = (0..16384)
+            .map(|n| SLOT_IDS.hash_one(Slot::new(n).expect("a slot number")))
+            .collect();
+        assert_eq!(ids.len(), 16384);
     }
 }

@@ -124,6 +124,10 @@ const NOT_RUNNABLE: &[(&str, &str)] = &[
         "runs tests of this suite (tests/integration/quota_burst.rs), which the suite runs itself; a nested cargo rebuilds everything under CI's settings",
     ),
     (
+        "scripts/quota-fault-matrix.sh # the fault matrix (3 replicas x 2 topologies x 5 faults; about 2 minutes)",
+        "a release build, then 34 Redis servers and 27 Portcullis processes over about 2 minutes on shared cores; its table is in docs/rate-limits.md",
+    ),
+    (
         "cargo bench --bench quota # one charge of three limits, each store",
         "criterion benchmarks: a release build of the benches and minutes of measurement",
     ),

@@ -338,3 +338,91 @@ async fn at_default_settings_a_dead_redis_is_answered_within_envoys_deadline() {
     );
     redis.resume();
 }
+
+/// Found by the fault matrix (`scripts/quota-fault-matrix.sh`): in a Redis
+/// Cluster, one paused primary opened the one circuit breaker of the whole
+/// store, so the keys of the primaries that still answered were decided by
+/// the `local` fallback too (and, under steady traffic to those primaries,
+/// the paused one's keys were never judged down: each call waited a whole
+/// deadline and was refused). The breaker is per slot: only the paused
+/// primary's keys go to the fallback, the others stay exact. And the
+/// half-open probe sent every 250 ms held its caller for a whole deadline
+/// (1 s, past Envoy's 20 ms): the probe's caller is now answered by the
+/// degraded mode at once while the probe goes on.
+#[tokio::test]
+async fn a_paused_cluster_primary_sends_only_its_own_keys_to_the_fallback() {
+    use portcullis::quota::gcra::Rate;
+    use portcullis::quota::{Charge, Enforced};
+    use std::time::{Duration, Instant};
+    /// Envoy's default RLS deadline, plus scheduling slack on a shared
+    /// 2-core machine; and the slack over `timeout_ms` of the first call.
+    const ENVOY: Duration = Duration::from_millis(20);
+    const SLACK: Duration = Duration::from_millis(30);
+    const FIRST_SLACK: Duration = Duration::from_millis(300);
+    let mut nodes = RedisCluster::start();
+    let quotas = cluster(&nodes).build().unwrap();
+    let node_of =
+        |nodes: &RedisCluster, key: &str| nodes.node_of(&format!("portcullis:q:{{{key}}}"));
+    let paused_key = "paused-primary|k=a".to_string();
+    let paused = node_of(&nodes, &paused_key);
+    let other_key = (0..64)
+        .map(|i| format!("paused-primary|k=b{i}"))
+        .find(|k| node_of(&nodes, k) != paused)
+        .expect("a key on another primary among 64");
+    let rate = Rate::new(1000, 3_600_000_000, 1000);
+    let call = |key: &str| {
+        let c = Charge::gcra(key, rate, 1);
+        let quotas = &quotas;
+        async move {
+            let started = Instant::now();
+            let r = quotas.enforce(std::slice::from_ref(&c)).await;
+            (r, started.elapsed())
+        }
+    };
+    let by_store = |r: &Enforced| matches!(r, Enforced::Charged { degraded: None, .. });
+    let by_fallback = |r: &Enforced| {
+        matches!(
+            r,
+            Enforced::Charged {
+                degraded: Some(_),
+                ..
+            }
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(by_store(&call(&paused_key).await.0) && by_store(&call(&other_key).await.0)) {
+        assert!(Instant::now() < deadline, "the cluster never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    nodes.node(paused).pause();
+    let timeout = Duration::from_millis(QuotaSettings::default().timeout_ms);
+    let (first, took) = call(&paused_key).await;
+    assert!(by_fallback(&first), "{first:?}");
+    assert!(
+        took <= timeout + FIRST_SLACK,
+        "the first call took {took:?}"
+    );
+    // Long enough for several half-open probes (every 250 ms).
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut i = 0;
+    while Instant::now() < until && i < 500 {
+        i += 1;
+        let (r, _) = call(&other_key).await;
+        assert!(
+            by_store(&r),
+            "call {i} on a key of a primary that answers: {r:?}"
+        );
+        let (r, took) = call(&paused_key).await;
+        assert!(
+            by_fallback(&r),
+            "call {i} on the paused primary's key: {r:?}"
+        );
+        assert!(
+            took <= ENVOY + SLACK,
+            "call {i} on the paused primary's key took {took:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nodes.node(paused).resume();
+}

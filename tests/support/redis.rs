@@ -260,4 +260,43 @@ impl RedisCluster {
     pub fn ttls(&self) -> Vec<(String, i64)> {
         self.nodes.iter().flat_map(RedisServer::ttls).collect()
     }
+
+    /// The node (an index for [`RedisCluster::node`]) that serves the slot
+    /// of `key` (a key as sent to Redis, hash tag included, no spaces).
+    pub fn node_of(&self, key: &str) -> usize {
+        let slot: u16 = self.nodes[0]
+            .command(&format!("CLUSTER KEYSLOT {key}\r\n"))
+            .and_then(|r| r.trim().strip_prefix(':')?.parse().ok())
+            .expect("CLUSTER KEYSLOT answers");
+        let nodes = self.nodes[0]
+            .bulk("CLUSTER NODES\r\n")
+            .expect("CLUSTER NODES answers");
+        // `<id> <ip:port@cport> <flags> <primary> <ping> <pong> <epoch>
+        // <link> <slot or range>...`
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let serves = fields.iter().skip(8).any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+            });
+            if serves {
+                let port: u16 = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("a node address");
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("the node is one of ours");
+            }
+        }
+        panic!("no node serves slot {slot} of {key}");
+    }
+
+    /// One node, to inject a fault (pause, kill).
+    pub fn node(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
 }

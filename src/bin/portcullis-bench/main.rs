@@ -7,11 +7,13 @@
 //! `server::http` for forward-auth), so the figures that matter are ratios
 //! taken in one run on the same machine.
 //!
-//! `report` holds the figures, `load` drives a gRPC server, `http_load`
+//! `report` holds the figures, `load` drives a gRPC server, `burst` sends
+//! one burst of concurrent RLS calls over several servers (`--burst`), `http_load`
 //! the forward-auth listener, `requests` builds the calls, `token` signs them, `setup` prepares the in-process server,
 //! `empty` is the baseline server and `hold` holds header-only HTTP/2
 //! streams against the `portcullis` binary (`--hold-streams`).
 
+mod burst;
 mod empty;
 mod hold;
 mod http_load;
@@ -78,8 +80,21 @@ struct Args {
     /// Benchmark a running server at this address instead of starting one
     /// (its issuers do not know this run's token key unless it trusts
     /// `--token-key-file`'s JWKS: otherwise use --mix anonymous or --bearer).
+    /// Repeated only with `--burst` (the calls are spread over them).
     #[arg(long)]
-    target: Option<SocketAddr>,
+    target: Vec<SocketAddr>,
+    /// Send this many RLS `ShouldRateLimit` calls at once, all on one
+    /// descriptor (`--burst-entry` in `--burst-domain`), round-robin over
+    /// the `--target` servers; report admitted, over-limit, unavailable,
+    /// UNKNOWN and failed calls and the latency percentiles, and exit.
+    #[arg(long)]
+    burst: Option<usize>,
+    /// With `--burst`: the RLS domain of the calls.
+    #[arg(long, default_value = "burst")]
+    burst_domain: String,
+    /// With `--burst`: the descriptor's one entry, `KEY=VALUE`.
+    #[arg(long, default_value = "k=v", value_parser = burst::parse_entry)]
+    burst_entry: (String, String),
     /// First measure an empty ext_authz server with the same load and
     /// report the ratio of Portcullis's throughput to it.
     #[arg(long)]
@@ -259,6 +274,28 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
 
+    if let Some(calls) = args.burst {
+        anyhow::ensure!(
+            args.rpc == Rpc::Rls,
+            "--burst sends RLS calls: add --rpc rls"
+        );
+        let report = clients.block_on(burst::run(&burst::Burst {
+            calls,
+            targets: args.target.clone(),
+            domain: args.burst_domain.clone(),
+            entry: args.burst_entry.clone(),
+        }))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            burst::print(&report);
+        }
+        return Ok(());
+    }
+    anyhow::ensure!(
+        args.target.len() <= 1,
+        "--target is repeated only with --burst"
+    );
     if let Some(dir) = &args.prepare_policies {
         roomy_copy(&args.policies, dir)?;
         println!("{}", dir.display());
@@ -341,7 +378,7 @@ fn main() -> anyhow::Result<()> {
         cancel.cancel();
     }
     anyhow::ensure!(
-        args.target.is_none() || args.audit_durability.is_empty(),
+        args.target.is_empty() || args.audit_durability.is_empty(),
         "--audit-durability configures the in-process server: drop it with --target"
     );
     let modes: Vec<Option<AuditDurability>> = if args.audit_durability.is_empty() {
@@ -349,7 +386,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         args.audit_durability.iter().copied().map(Some).collect()
     };
-    match args.target {
+    match args.target.first().copied() {
         Some(addr) => {
             phases.push(measure("portcullis", addr)?);
         }
