@@ -204,7 +204,12 @@ pub struct Metrics {
     anomaly_blocks: Counter,
     jwks_keys_skipped: Family<[(&'static str, String); 2], Counter>,
     requests_over_budget: Counter,
+    reservations: Family<Labels1, Counter>,
+    tokens: Family<Labels1, Counter>,
+    ext_proc_streams: Family<Labels1, Counter>,
 }
+
+type Labels1 = [(&'static str, &'static str); 1];
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
@@ -240,6 +245,9 @@ impl Metrics {
             anomaly_blocks: Counter::default(),
             jwks_keys_skipped: Family::default(),
             requests_over_budget: Counter::default(),
+            reservations: Family::default(),
+            tokens: Family::default(),
+            ext_proc_streams: Family::default(),
         }
     }
 
@@ -332,6 +340,29 @@ impl Metrics {
         self.requests_over_budget.inc();
     }
 
+    /// Records a token reservation event: `reserved`, `settled`,
+    /// `settled_without_usage`, `expired`, `already_settled`,
+    /// `not_recorded_*`.
+    pub fn reservation(&self, event: &'static str) {
+        self.reservations.get_or_create(&[("event", event)]).inc();
+    }
+
+    /// Adds `n` tokens of a `kind`: `reserved` at Check, `used` (what a
+    /// settlement charged), `returned` and `excess` (charged past the
+    /// estimate).
+    pub fn tokens(&self, kind: &'static str, n: u64) {
+        self.tokens.get_or_create(&[("kind", kind)]).inc_by(n);
+    }
+
+    /// Records an ext_proc stream's end: `settled`, `uncorrelated` (no
+    /// reservation for its request id; the response passed untouched),
+    /// `broken` (the stream ended mid-response), `passed` (nothing to do).
+    pub fn ext_proc_stream(&self, outcome: &'static str) {
+        self.ext_proc_streams
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
     /// Observations of a stage so far (for tests).
     pub fn stage_count(&self, stage: Stage) -> u64 {
         self.stage_duration.histograms[stage.index()].count()
@@ -387,6 +418,21 @@ impl Metrics {
             "portcullis_anomaly_blocks",
             "Temporary blocks imposed by the anomaly detector",
             self.anomaly_blocks.clone(),
+        );
+        registry.register(
+            "portcullis_token_reservations",
+            "Token reservation events (reserved at Check, settled from the response, expired, not recorded)",
+            Described(self.reservations.clone()),
+        );
+        registry.register(
+            "portcullis_tokens",
+            "Tokens reserved at Check, used (charged at settlement), returned, and charged past the estimate",
+            Described(self.tokens.clone()),
+        );
+        registry.register(
+            "portcullis_ext_proc_streams",
+            "ext_proc streams by how they ended (settled, uncorrelated, broken, passed)",
+            Described(self.ext_proc_streams.clone()),
         );
         registry.register(
             "portcullis_requests_over_budget",

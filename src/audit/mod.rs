@@ -32,6 +32,7 @@ use crate::decision::{Decision, DenyReason};
 use crate::request::AccessRequest;
 pub use config::{AuditConfig, Durability};
 pub use loss::Counters;
+pub use record::ResponseRecord;
 
 pub use writer::{start, AuditWriter, StartError};
 
@@ -57,6 +58,9 @@ pub enum Kind {
     SigningKey,
     /// The anomaly detector saw a surge or repeated failures.
     Anomaly,
+    /// A response to an allowed request (ext_proc): its token reservation
+    /// settled, linked to its decision by `decision_id` and `request_id`.
+    Response,
 }
 
 impl Kind {
@@ -71,6 +75,7 @@ impl Kind {
             Kind::Checkpoint => "checkpoint",
             Kind::SigningKey => "signing_key",
             Kind::Anomaly => "anomaly",
+            Kind::Response => "response",
         }
     }
 }
@@ -137,6 +142,18 @@ pub struct AuditRecord {
     /// The quota outcome: the limit that decided and what is left.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub quota: String,
+    /// Decisions: the token reservation made (`1008 tokens on 2 limits,
+    /// ttl 600s`); responses: the one settled. Left out when empty, so
+    /// records written before the field existed hash as they did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reservation: String,
+    /// Responses: the decision (its record's `id`) this response answers.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub decision_id: String,
+    /// Responses: how the reservation settled (`used 300 of 1008 reserved
+    /// (708 returned)`, or without usage and why).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub settlement: String,
     /// With shadow policies: the candidate set's outcome, e.g.
     /// `deny (disagrees) [shadow-no-cn-north-1]`.
     #[serde(default, skip_serializing_if = "String::is_empty")]

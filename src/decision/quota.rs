@@ -30,6 +30,38 @@ impl OnStoreError {
     }
 }
 
+/// A token reservation made by a decision, as its audit record shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    /// Tokens reserved over all token limits.
+    pub tokens: u64,
+    /// Token limits holding a share.
+    pub limits: usize,
+    /// How long it may stay open, milliseconds.
+    pub ttl_ms: u64,
+    /// False when it could not be recorded (no request id, or the store
+    /// failed): the estimate then stays charged.
+    pub recorded: bool,
+}
+
+impl Reserved {
+    /// `1008 tokens on 2 limits, ttl 600s` (and `, not recorded: kept`).
+    pub fn summary(&self) -> String {
+        format!(
+            "{} tokens on {} limit{}, ttl {}s{}",
+            self.tokens,
+            self.limits,
+            if self.limits == 1 { "" } else { "s" },
+            self.ttl_ms.div_ceil(1000),
+            if self.recorded {
+                ""
+            } else {
+                ", not recorded: the estimate is kept"
+            }
+        )
+    }
+}
+
 /// What a decision records about quotas, and what the client is told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QuotaOutcome {

@@ -69,6 +69,7 @@ pub struct Quotas {
     health: Arc<Health>,
     counting: Counting,
     rls_headers: RlsHeaders,
+    reservations: Option<Arc<dyn super::reserve::ReservationStore>>,
 }
 
 /// What the callers and the store's tasks share.
@@ -217,7 +218,25 @@ impl Quotas {
             }),
             counting: Counting::Gcra,
             rls_headers: RlsHeaders::default(),
+            reservations: None,
         }
+    }
+
+    /// The same enforcement keeping token reservations in `store` (without
+    /// one, a token rule's estimate is charged and kept).
+    pub fn with_reservations(mut self, store: Arc<dyn super::reserve::ReservationStore>) -> Quotas {
+        self.reservations = Some(store);
+        self
+    }
+
+    /// Where token reservations live, when they are kept.
+    pub fn reservations(&self) -> Option<&Arc<dyn super::reserve::ReservationStore>> {
+        self.reservations.as_ref()
+    }
+
+    /// The per-call deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The same enforcement counting `counting`'s way.
@@ -245,6 +264,10 @@ impl Quotas {
     /// In-process quotas only (the default, and offline `check`).
     pub fn in_process(max_keys: usize) -> Quotas {
         let store = Arc::new(local::LocalStore::new(max_keys, Arc::new(SystemClock)));
+        let reservations = Arc::new(super::reserve::LocalReservations::new(
+            Arc::clone(&store),
+            Arc::new(SystemClock),
+        ));
         Quotas::new(
             store,
             Duration::from_millis(10),
@@ -252,6 +275,7 @@ impl Quotas {
             1,
             max_keys,
         )
+        .with_reservations(reservations)
     }
 
     /// The store's name.

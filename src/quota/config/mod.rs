@@ -9,7 +9,8 @@
 //!
 //! This file holds the loaded form and its lookup; `format` is the file as
 //! written, `descriptors` and `check_rules` check and build its two parts,
-//! `files` reads and locates quota files as text.
+//! `files` reads and locates quota files as text, `tokens` checks a rule's
+//! token reservation settings.
 
 mod check_rules;
 mod descriptors;
@@ -17,6 +18,7 @@ mod files;
 #[cfg(test)]
 mod fixtures;
 mod format;
+pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -214,6 +216,9 @@ pub struct CheckRule {
     pub entries: Vec<(String, Vec<Part>)>,
     /// The cost charged.
     pub cost: CostSource,
+    /// Set when the cost is a token reservation, settled from the response
+    /// (ext_proc): the cost plus the prompt estimate is reserved.
+    pub tokens: Option<Arc<tokens::TokenRule>>,
 }
 
 /// Every quota domain in a policy directory.
