@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::gcra::Rate;
 use super::{breaker, local, was_charged};
 use super::{
     Charge, Charged, Counting, FixedWindow, OnStoreError, QuotaStore, RlsHeaders, StoreError,
@@ -553,7 +552,7 @@ impl Quotas {
                 let scaled: Vec<Charge> = charges
                     .iter()
                     .map(|c| Charge {
-                        rate: scale(c.rate, self.replicas),
+                        rate: c.rate.divided(self.replicas),
                         window: c.window.map(|w| FixedWindow {
                             limit: (w.limit / self.replicas).max(1),
                             ..w
@@ -595,22 +594,10 @@ fn take(call: &Call) -> Option<Result<Charged, StoreError>> {
     }
 }
 
-/// A rate divided among `replicas` processes that each enforce it alone.
-fn scale(rate: Rate, replicas: u64) -> Rate {
-    if replicas <= 1 {
-        return rate;
-    }
-    let emission_us = rate.emission_us.saturating_mul(replicas);
-    let burst = (rate.burst() / replicas).max(1);
-    Rate {
-        emission_us,
-        tolerance_us: emission_us.saturating_mul(burst),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quota::gcra::Rate;
     use crate::quota::LimitState;
     use std::sync::atomic::AtomicU32;
 

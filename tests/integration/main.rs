@@ -32,3 +32,4 @@ mod ratelimit_conformance;
 mod server;
 mod server_limits;
 mod tidy;
+mod token_budgets;

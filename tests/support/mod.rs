@@ -16,6 +16,7 @@ use std::time::Duration;
 mod check;
 mod config;
 mod envoy;
+mod ext_proc;
 mod gateways;
 mod grpcurl;
 mod http;
@@ -42,6 +43,11 @@ pub use config::{
 };
 #[allow(unused_imports)]
 pub use envoy::Envoy;
+#[allow(unused_imports)]
+pub use ext_proc::{
+    chat_body, json_completion, portcullis_metadata, respond, sse_completion, ExtProcStream,
+    BUFFERED, CHAT_ROUTE, FULL_DUPLEX_STREAMED, STREAMED,
+};
 #[allow(unused_imports)]
 pub use gateways::{caddy_accepts, nginx_accepts, start_caddy, start_nginx, Gateway};
 #[allow(unused_imports)]

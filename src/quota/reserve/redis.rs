@@ -44,11 +44,16 @@ end
 return 1
 "#;
 
-/// Adds a request id to the expiry set at Redis time + ARGV[1] ms.
+/// Adds a request id to the expiry set at Redis time + ARGV[1] ms; the set
+/// lives at least ARGV[3] ms more (it carries nothing once its members'
+/// records are gone).
 const EXPIRE_AT: &str = r#"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[1]), ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
 return 1
 "#;
 
@@ -194,6 +199,7 @@ impl ReservationStore for RedisReservations {
             .key(EXPIRING)
             .arg(r.ttl_ms)
             .arg(&r.request_id)
+            .arg(keep_ms)
             .invoke_async::<i64>(&mut con)
             .await
             .map_err(|e| self.failed(e))?;

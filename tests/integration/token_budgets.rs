@@ -1,0 +1,489 @@
+//! Token budgets (issue 16): a `check:` rule with `tokens:` reserves its
+//! estimate at `Check`, atomically with the request's other limits, and
+//! ext_proc settles it from the response (replicas in process, as Envoy
+//! would drive them: `Check`, then the ext_proc stream of the same request
+//! id, possibly on another replica).
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::google::protobuf::UInt64Value;
+use portcullis::config::Config;
+use portcullis::quota::{QuotaSettings, QuotaStoreKind};
+use tonic::transport::Channel;
+
+use crate::support::{
+    self, chat_body, json_completion, portcullis_metadata, respond, sse_completion, Check,
+    ExtProcStream, PolicyDir, RedisCluster, RedisServer, TestServer, BUFFERED, CHAT_ROUTE,
+    FULL_DUPLEX_STREAMED, STREAMED,
+};
+
+/// 20,000 tokens per caller over 30 days (one token refills every 130 s:
+/// nothing refills during a test), reserved on the chat route.
+fn token_quotas(tokens: &str) -> String {
+    format!(
+        "domain: llm
+descriptors:
+  - key: tokens
+    rate_limit: {{name: tokens, window: 30d, requests_per_unit: 20000}}
+check:
+  - name: tokens per caller
+    routes: [chat]
+    descriptor: [{{key: tokens, value: \"{{principal}}\"}}]
+    cost: {{body_field: max_tokens, default: 256}}
+    tokens: {tokens}
+"
+    )
+}
+
+/// The same budget charged after the fact only: `Check` checks with cost
+/// 0, and the usage is charged post hoc when the response ends (as Envoy's
+/// ratelimit filter does with `apply_on_stream_done`).
+const POST_HOC_QUOTAS: &str = "domain: llm
+descriptors:
+  - key: tokens
+    rate_limit: {name: tokens, window: 30d, requests_per_unit: 20000, post_hoc: true}
+check:
+  - name: tokens per caller
+    routes: [chat]
+    descriptor: [{key: tokens, value: \"{principal}\"}]
+    cost: {default: 0}
+";
+
+/// The estimate of [`chat_body`]: its max_tokens plus its messages' JSON
+/// text (`[{"role":"user","content":"hi"}]`, 32 bytes) / 4.
+const PROMPT_ESTIMATE: u64 = 8;
+
+pub(crate) struct Replicas {
+    pub servers: Vec<TestServer>,
+    pub channels: Vec<Channel>,
+    _policies: PolicyDir,
+}
+
+/// `n` replicas on the bundled policies with [`CHAT_ROUTE`] and `quotas`
+/// as the only quota file, sharing `settings`' store.
+pub(crate) async fn replicas(n: usize, settings: QuotaSettings, quotas: &str) -> Replicas {
+    let policies = PolicyDir::bundled();
+    let routes = policies.read("routes.yaml");
+    policies.write("routes.yaml", &format!("{routes}{CHAT_ROUTE}"));
+    policies.write("quotas.yaml", quotas);
+    let mut servers = Vec::new();
+    let mut channels = Vec::new();
+    for _ in 0..n {
+        let mut config = Config {
+            quotas: settings.clone(),
+            ..support::in_process_config(policies.path())
+        };
+        // A burst on a 2-core machine shared with builds: not the server's
+        // deadline under test.
+        config.server.request_timeout_ms = 30_000;
+        let server = TestServer::start(config).await;
+        let channel = Channel::from_shared(format!("http://{}", server.decision_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        servers.push(server);
+        channels.push(channel);
+    }
+    Replicas {
+        servers,
+        channels,
+        _policies: policies,
+    }
+}
+
+/// `Check` of one chat completion: its decision id when allowed.
+pub(crate) async fn check(channel: &Channel, request_id: &str, max_tokens: u64) -> Option<String> {
+    let request = Check::post("/v1/chat/completions")
+        .id(request_id)
+        .json(&chat_body(max_tokens, true))
+        .build();
+    let response = AuthorizationClient::new(channel.clone())
+        .check(request)
+        .await
+        .expect("Check answers")
+        .into_inner();
+    match response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "x-portcullis-decision-id")
+            .map(|h| h.value.clone()),
+        _ => None,
+    }
+}
+
+/// Tokens left of the anonymous caller's budget (an RLS check with a
+/// descriptor hits_addend of 0: nothing charged).
+pub(crate) async fn remaining(channel: &Channel) -> u64 {
+    let request = RateLimitRequest {
+        domain: "llm".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "tokens".into(),
+                value: "anonymous".into(),
+            }],
+            hits_addend: Some(UInt64Value { value: 0 }),
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    };
+    let answer = RateLimitServiceClient::new(channel.clone())
+        .should_rate_limit(request)
+        .await
+        .expect("ShouldRateLimit answers")
+        .into_inner();
+    u64::from(answer.statuses[0].limit_remaining)
+}
+
+/// `calls` concurrent Checks spread over the replicas, each asking for
+/// `max_tokens`: the admitted ones' (request id, decision id, replica).
+pub(crate) async fn burst(
+    channels: &[Channel],
+    prefix: &str,
+    calls: usize,
+    max_tokens: u64,
+) -> Vec<(String, String, usize)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..calls {
+        let replica = i % channels.len();
+        let channel = channels[replica].clone();
+        let id = format!("{prefix}-{i}");
+        tasks.spawn(async move {
+            let decision = check(&channel, &id, max_tokens).await;
+            decision.map(|d| (id, d, replica))
+        });
+    }
+    let mut admitted = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        admitted.extend(r.unwrap());
+    }
+    admitted
+}
+
+/// Streams each admitted request's completion (usage `used`) through
+/// ext_proc on the replica after the one that decided.
+async fn settle_all(channels: &[Channel], admitted: &[(String, String, usize)], used: u64) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, decision, replica) in admitted {
+        let channel = channels[(replica + 1) % channels.len()].clone();
+        let (id, decision) = (id.clone(), decision.clone());
+        tasks.spawn(async move {
+            let mut s = ExtProcStream::on(channel, STREAMED).await;
+            s.request_headers(&id, &decision).await;
+            s.response_headers(200, "text/event-stream").await;
+            let chunks = sse_completion(&["Hel", "lo"], used);
+            let mut last = None;
+            for (i, c) in chunks.iter().enumerate() {
+                last = Some(s.body(c, i + 1 == chunks.len()).await);
+            }
+            s.close();
+            let md = portcullis_metadata(&last.unwrap()).expect("usage metadata at the end");
+            assert_eq!(md["usage_tokens"], used, "{md}");
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// The no-overrun property on `replicas`: 100 concurrent streamed
+/// completions of max_tokens 1,000 against 20,000 tokens admit at most 20
+/// while their reservations are open (19 with the prompt estimate); settled
+/// at 300 each, the budget shows exactly the tokens used, and new requests
+/// are admitted again (those are answered, still open).
+async fn no_overrun(r: &Replicas) -> Vec<(String, String, usize)> {
+    let per = 1000 + PROMPT_ESTIMATE;
+    let admitted = burst(&r.channels, "a", 100, 1000).await;
+    assert!(admitted.len() <= 20, "{} admitted", admitted.len());
+    assert_eq!(admitted.len() as u64, 20_000 / per, "exactly what fits");
+    assert_eq!(
+        remaining(&r.channels[0]).await,
+        20_000 - per * admitted.len() as u64
+    );
+    // While they are open, nothing more fits.
+    assert!(burst(&r.channels, "b", 10, 1000).await.is_empty());
+
+    settle_all(&r.channels, &admitted, 300).await;
+    let used = 300 * admitted.len() as u64;
+    for channel in &r.channels {
+        assert_eq!(
+            remaining(channel).await,
+            20_000 - used,
+            "the budget shows exactly the tokens used"
+        );
+    }
+    // Admitted again: what is left, in reservations of 1,008.
+    let again = burst(&r.channels, "c", 20, 1000).await;
+    assert_eq!(again.len() as u64, (20_000 - used) / per);
+    again
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_overrun_in_process_100_streamed_completions_against_20000_tokens() {
+    let r = replicas(1, QuotaSettings::default(), &token_quotas("{}")).await;
+    no_overrun(&r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_overrun_with_3_replicas_on_redis() {
+    let redis = RedisServer::start();
+    let settings = QuotaSettings {
+        store: QuotaStoreKind::Redis,
+        redis_url: Some(redis.url()),
+        replicas: 3,
+        ..QuotaSettings::default()
+    };
+    let r = replicas(3, settings, &token_quotas("{}")).await;
+    let open = no_overrun(&r).await;
+    settle_all(&r.channels, &open, 300).await;
+    // Nothing left open: the per-limit entries, the records and the
+    // expiry set are gone with the settling; every key left has a TTL.
+    let keys = redis.ttls();
+    assert!(
+        keys.iter().all(|(k, ttl)| !k.ends_with(":reserved")
+            && !k.starts_with("portcullis:r:")
+            && *ttl > 0),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_overrun_with_3_replicas_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let settings = QuotaSettings {
+        store: QuotaStoreKind::RedisCluster,
+        redis_urls: cluster.urls(),
+        replicas: 3,
+        ..QuotaSettings::default()
+    };
+    let r = replicas(3, settings, &token_quotas("{}")).await;
+    no_overrun(&r).await;
+}
+
+/// The comparison of the note: charging after the fact only (check with
+/// cost 0, charge the usage post hoc) admits every one of the 100, and
+/// the budget ends far past its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn charging_after_the_fact_only_admits_all_100_and_overruns_the_budget() {
+    let r = replicas(1, QuotaSettings::default(), POST_HOC_QUOTAS).await;
+    let admitted = burst(&r.channels, "p", 100, 1000).await;
+    assert_eq!(admitted.len(), 100, "every check passes before any charge");
+    // Each charges its usage when it ends (ShouldRateLimit with the usage
+    // as hits_addend, as Envoy's apply_on_stream_done does).
+    for _ in &admitted {
+        let request = RateLimitRequest {
+            domain: "llm".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "tokens".into(),
+                    value: "anonymous".into(),
+                }],
+                ..Default::default()
+            }],
+            hits_addend: 300,
+        };
+        RateLimitServiceClient::new(r.channels[0].clone())
+            .should_rate_limit(request)
+            .await
+            .unwrap();
+    }
+    let charged = 300 * admitted.len() as u64;
+    let overrun = charged - 20_000;
+    eprintln!(
+        "post hoc only: {} admitted, {charged} tokens charged against 20000: overrun {overrun} ({}%)",
+        admitted.len(),
+        overrun * 100 / 20_000
+    );
+    assert_eq!(overrun, 10_000);
+    assert_eq!(remaining(&r.channels[0]).await, 0);
+    assert!(check(&r.channels[0], "after", 1000).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buffered_streamed_and_full_duplex_responses_settle_alike_and_are_recorded() {
+    let r = replicas(1, QuotaSettings::default(), &token_quotas("{}")).await;
+    let addr = r.servers[0].decision_addr;
+    let mut decisions = Vec::new();
+    for (i, (mode, content_type, chunks)) in [
+        (
+            BUFFERED,
+            "application/json",
+            vec![json_completion("hello", 300)],
+        ),
+        (
+            STREAMED,
+            "text/event-stream",
+            sse_completion(&["a", "b", "c"], 300),
+        ),
+        (
+            FULL_DUPLEX_STREAMED,
+            "text/event-stream",
+            sse_completion(&["a"], 300),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("m-{i}");
+        let decision = check(&r.channels[0], &id, 1000).await.unwrap();
+        let answers = respond(addr, mode, &id, &decision, 200, content_type, &chunks).await;
+        let md = portcullis_metadata(answers.last().unwrap()).unwrap();
+        assert_eq!(md["usage_tokens"], 300, "{mode}: {md}");
+        assert_eq!(
+            md["reserved_tokens"],
+            1000 + PROMPT_ESTIMATE,
+            "{mode}: {md}"
+        );
+        assert_eq!(md["decision_id"], decision.as_str());
+        if mode == FULL_DUPLEX_STREAMED {
+            // Every body answer is a streamed response carrying the chunk.
+            use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
+            use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+            let Some(Response::ResponseBody(b)) = &answers[2].response else {
+                panic!("a body answer")
+            };
+            let Some(Mutation::StreamedResponse(s)) = b
+                .response
+                .as_ref()
+                .and_then(|c| c.body_mutation.as_ref())
+                .and_then(|m| m.mutation.as_ref())
+            else {
+                panic!("a streamed response")
+            };
+            assert_eq!(s.body, chunks[0]);
+        }
+        decisions.push(decision);
+    }
+    assert_eq!(remaining(&r.channels[0]).await, 20_000 - 3 * 300);
+    // Each response has a record linked to its decision.
+    let servers = r.servers;
+    let audit = servers
+        .into_iter()
+        .next()
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    let records = audit_records(audit.path());
+    for decision in &decisions {
+        let response = records
+            .iter()
+            .find(|r| r["kind"] == "response" && r["decision_id"] == decision.as_str())
+            .unwrap_or_else(|| panic!("a response record for {decision}"));
+        assert_eq!(response["adapter"], "ext_proc");
+        assert_eq!(
+            response["settlement"],
+            "used 300 of 1008 reserved (708 returned)"
+        );
+        let made = records
+            .iter()
+            .find(|r| r["kind"] == "decision" && r["id"] == decision.as_str())
+            .unwrap();
+        assert_eq!(made["reservation"], "1008 tokens on 1 limit, ttl 600s");
+        assert_eq!(made["request_id"], response["request_id"]);
+    }
+}
+
+/// Every record of an audit directory.
+pub(crate) fn audit_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                out.push(serde_json::from_str(line).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_broken_mid_response_leaves_no_reservation_open() {
+    let r = replicas(
+        1,
+        QuotaSettings::default(),
+        &token_quotas("{on_missing_usage: release, reservation_ttl: 2s}"),
+    )
+    .await;
+    let quotas = &r.servers[0].state.quotas;
+    let decision = check(&r.channels[0], "cut", 1000).await.unwrap();
+    assert!(quotas.reservation("cut").await.unwrap().is_some());
+    let mut s = ExtProcStream::open(r.servers[0].decision_addr, STREAMED).await;
+    s.request_headers("cut", &decision).await;
+    s.response_headers(200, "text/event-stream").await;
+    s.body(&sse_completion(&["Hel"], 300)[0], false).await;
+    // Envoy (or the client) goes away mid-response.
+    drop(s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while quotas.reservation("cut").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still open after its expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Settled by its rule (release): the whole budget is back.
+    assert_eq!(remaining(&r.channels[0]).await, 20_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reservation_nobody_settles_expires_and_settles_by_its_rule() {
+    let r = replicas(
+        1,
+        QuotaSettings::default(),
+        &token_quotas("{on_missing_usage: {charge: 500}, reservation_ttl: 1s}"),
+    )
+    .await;
+    let quotas = &r.servers[0].state.quotas;
+    check(&r.channels[0], "lost", 1000).await.unwrap();
+    assert_eq!(remaining(&r.channels[0]).await, 20_000 - 1008);
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(quotas.reservation("lost").await.unwrap().is_none());
+    assert_eq!(remaining(&r.channels[0]).await, 20_000 - 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_response_without_a_reservation_passes_untouched() {
+    let r = replicas(1, QuotaSettings::default(), &token_quotas("{}")).await;
+    let addr = r.servers[0].decision_addr;
+    // An id no Check reserved under, and no id at all.
+    for id in ["never-checked", ""] {
+        let answers = respond(
+            addr,
+            STREAMED,
+            id,
+            "",
+            200,
+            "text/event-stream",
+            &sse_completion(&["x"], 300),
+        )
+        .await;
+        for a in &answers[..answers.len() - 1] {
+            assert!(a.dynamic_metadata.is_none(), "{a:?}");
+        }
+        for a in &answers[2..] {
+            use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+            let Some(Response::ResponseBody(b)) = &a.response else {
+                panic!("a body answer")
+            };
+            assert!(
+                b.response.as_ref().unwrap().body_mutation.is_none(),
+                "untouched"
+            );
+        }
+        // The usage is still told to Envoy (for its own ratelimit filter).
+        let md = portcullis_metadata(answers.last().unwrap()).unwrap();
+        assert_eq!(md["usage_tokens"], 300);
+        assert!(md.get("reserved_tokens").is_none());
+    }
+    assert_eq!(remaining(&r.channels[0]).await, 20_000);
+}
