@@ -252,6 +252,43 @@ pub(super) fn check_route_references(
     }
 }
 
+/// Every route a `check:` rule with `tokens:` names exists and reads its
+/// body (a `body:` section): the reservation's estimate comes from the
+/// request body (`max_tokens`, the prompt), and a route whose body is not
+/// looked at would reserve only the default, whatever it asks for.
+pub(super) fn check_token_rules(
+    quotas: &crate::quota::QuotaConfig,
+    routes: &RouteTable,
+    errors: &mut Vec<LoadError>,
+) {
+    for rule in quotas.check_rules.iter().filter(|r| r.tokens.is_some()) {
+        for name in rule.routes.iter().flatten() {
+            let problem = match routes.routes().iter().find(|r| &r.name == name) {
+                None => format!(
+                    "check rule '{}': tokens on route '{name}', which {ROUTES_FILE} does not have (routes: {})",
+                    rule.name,
+                    routes
+                        .routes()
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some(route) if route.body.is_none() => format!(
+                    "check rule '{}': tokens on route '{name}', which has no body: section in {ROUTES_FILE}, so its max_tokens and prompt cannot be read; give it one (e.g. body: {{content_types: [application/json]}}) or leave it out of the rule's routes",
+                    rule.name
+                ),
+                Some(_) => continue,
+            };
+            errors.push(LoadError {
+                file: rule.at.0.clone(),
+                line: rule.at.1,
+                message: problem,
+            });
+        }
+    }
+}
+
 /// A claim the configuration copies into `context.token.claims`, which the
 /// schema must declare (as a String) for every route's action.
 #[derive(Debug, Clone, PartialEq, Eq)]

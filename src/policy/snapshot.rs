@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 
 pub use super::checks::ContextClaim;
 use super::checks::{
-    check_route_references, check_routes_against_schema, compile_schemas, with_registry,
+    check_route_references, check_routes_against_schema, check_token_rules, compile_schemas,
+    with_registry,
 };
 use super::files::{
     diagnostic_errors, entity_line, error_chain, json_error_line, miette_help, parse_policies,
@@ -304,6 +305,9 @@ impl Snapshot {
             }
         };
 
+        if let Some(routes) = &routes {
+            check_token_rules(&quotas, routes, &mut errors);
+        }
         if !errors.is_empty() {
             return Err(fail(errors));
         }

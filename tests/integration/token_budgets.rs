@@ -68,10 +68,7 @@ pub(crate) struct Replicas {
 /// `n` replicas on the bundled policies with [`CHAT_ROUTE`] and `quotas`
 /// as the only quota file, sharing `settings`' store.
 pub(crate) async fn replicas(n: usize, settings: QuotaSettings, quotas: &str) -> Replicas {
-    let policies = PolicyDir::bundled();
-    let routes = policies.read("routes.yaml");
-    policies.write("routes.yaml", &format!("{routes}{CHAT_ROUTE}"));
-    policies.write("quotas.yaml", quotas);
+    let policies = policy_dir(quotas);
     let mut servers = Vec::new();
     let mut channels = Vec::new();
     for _ in 0..n {
@@ -486,4 +483,87 @@ async fn a_response_without_a_reservation_passes_untouched() {
         assert!(md.get("reserved_tokens").is_none());
     }
     assert_eq!(remaining(&r.channels[0]).await, 20_000);
+}
+
+/// The bundled policies with the chat route and `quotas` as quota file.
+fn policy_dir(quotas: &str) -> PolicyDir {
+    let policies = PolicyDir::bundled();
+    let routes = policies.read("routes.yaml");
+    policies.write("routes.yaml", &format!("{routes}{CHAT_ROUTE}"));
+    policies.write("quotas.yaml", quotas);
+    policies
+}
+
+fn load_errors(policies: &PolicyDir) -> Vec<String> {
+    match portcullis::policy::reload::PolicyStore::load(policies.path()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .errors
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.file, e.line.unwrap_or(0), e.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn token_rules_are_checked_against_the_routes_at_load() {
+    // A route without a body section: its max_tokens cannot be read.
+    let policies = policy_dir(&token_quotas("{}").replace("routes: [chat]", "routes: [status]"));
+    assert_eq!(
+        load_errors(&policies),
+        ["quotas.yaml:8: check rule 'tokens per caller': tokens on route 'status', which has no body: section in routes.yaml, so its max_tokens and prompt cannot be read; give it one (e.g. body: {content_types: [application/json]}) or leave it out of the rule's routes"]
+    );
+    let policies = policy_dir(&token_quotas("{}").replace("routes: [chat]", "routes: [chta]"));
+    let errors = load_errors(&policies);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with("quotas.yaml:8: check rule 'tokens per caller': tokens on route 'chta', which routes.yaml does not have (routes: status, "),
+        "{errors:?}"
+    );
+    // A pointer that is not RFC 6901, with the file and line.
+    let policies = policy_dir(&token_quotas("{usage: [usage.output_tokens]}"));
+    assert_eq!(
+        load_errors(&policies),
+        ["quotas.yaml:8: check rule 'tokens per caller': tokens.usage: 'usage.output_tokens' is not a JSON pointer (RFC 6901: empty, or '/' then segments, '~' only as '~0' or '~1'); did you mean '/usage/output_tokens'?"]
+    );
+    assert!(load_errors(&policy_dir(&token_quotas("{}"))).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_settings_are_hot_reloaded() {
+    let r = replicas(1, QuotaSettings::default(), &token_quotas("{}")).await;
+    let store = &r.servers[0].state.policies;
+    let quotas = &r.servers[0].state.quotas;
+    check(&r.channels[0], "before", 1000).await.unwrap();
+    let before = quotas.reservation("before").await.unwrap().unwrap();
+    assert_eq!(before.ttl_ms, 600_000);
+    // The policy directory changes: a shorter TTL, a release rule, and
+    // the output tokens only (no prompt estimate).
+    std::fs::write(
+        store.directory().join("quotas.yaml"),
+        token_quotas(
+            "{reservation_ttl: 30s, on_missing_usage: release, bytes_per_token: 0, usage: [/usage/completion_tokens]}",
+        ),
+    )
+    .unwrap();
+    store.reload().expect("the new quotas load");
+    check(&r.channels[0], "after", 1000).await.unwrap();
+    let after = quotas.reservation("after").await.unwrap().unwrap();
+    assert_eq!(after.ttl_ms, 30_000);
+    assert_eq!(after.limits[0].reserved, 1000, "no prompt estimate");
+    assert_eq!(after.limits[0].usage, ["/usage/completion_tokens"]);
+    // Each settles by the rule it was reserved under.
+    let answers = respond(
+        r.servers[0].decision_addr,
+        BUFFERED,
+        "after",
+        "",
+        200,
+        "application/json",
+        &[json_completion("hi", 300)],
+    )
+    .await;
+    let md = portcullis_metadata(answers.last().unwrap()).unwrap();
+    assert_eq!(md["usage_tokens"], 292, "completion tokens only: {md}");
+    assert_eq!(remaining(&r.channels[0]).await, 20_000 - 1008 - 292);
 }

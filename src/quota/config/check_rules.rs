@@ -82,6 +82,7 @@ pub(super) fn check_rule(
         entries,
         cost,
         tokens,
+        at: (String::new(), None),
     })
 }
 

@@ -219,6 +219,9 @@ pub struct CheckRule {
     /// Set when the cost is a token reservation, settled from the response
     /// (ext_proc): the cost plus the prompt estimate is reserved.
     pub tokens: Option<Arc<tokens::TokenRule>>,
+    /// Where it is written: the quota file and the line of its
+    /// `descriptor:` (for cross-file checks).
+    pub at: (String, Option<usize>),
 }
 
 /// Every quota domain in a policy directory.
@@ -296,7 +299,10 @@ impl QuotaConfig {
             for (i, rule) in parsed.check.iter().enumerate() {
                 let line = line_of(text, "descriptor:", i);
                 match check_rule(rule, &domain, i) {
-                    Ok(r) => config.check_rules.push(r),
+                    Ok(r) => config.check_rules.push(CheckRule {
+                        at: (file.to_string(), line),
+                        ..r
+                    }),
                     Err(problem) => errors.push(err(line, problem.to_string())),
                 }
             }
