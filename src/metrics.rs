@@ -204,6 +204,7 @@ pub struct Metrics {
     anomaly_blocks: Counter,
     jwks_keys_skipped: Family<[(&'static str, String); 2], Counter>,
     requests_over_budget: Counter,
+    response_checks: Family<[(&'static str, String); 2], Counter>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -240,6 +241,7 @@ impl Metrics {
             anomaly_blocks: Counter::default(),
             jwks_keys_skipped: Family::default(),
             requests_over_budget: Counter::default(),
+            response_checks: Family::default(),
         }
     }
 
@@ -332,6 +334,14 @@ impl Metrics {
         self.requests_over_budget.inc();
     }
 
+    /// Records one match of a response check (`responses.yaml`): the
+    /// check's name and its action (`tag`, `redact`, `block`).
+    pub fn response_check(&self, check: &str, action: &'static str) {
+        self.response_checks
+            .get_or_create(&[("check", check.to_string()), ("action", action.to_string())])
+            .inc();
+    }
+
     /// Observations of a stage so far (for tests).
     pub fn stage_count(&self, stage: Stage) -> u64 {
         self.stage_duration.histograms[stage.index()].count()
@@ -392,6 +402,11 @@ impl Metrics {
             "portcullis_requests_over_budget",
             "gRPC requests refused (RESOURCE_EXHAUSTED) because their listener had server.max_pending_requests in progress",
             self.requests_over_budget.clone(),
+        );
+        registry.register(
+            "portcullis_response_checks",
+            "Matches of response checks (responses.yaml) by check name and action",
+            Described(self.response_checks.clone()),
         );
     }
 }
