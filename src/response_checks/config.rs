@@ -77,8 +77,11 @@ impl ResponsePolicy {
         })?;
         let mut errors = Vec::new();
         let mut compiled: HashMap<&str, Compiled> = HashMap::new();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
         for check in &raw.checks {
-            let line = line_of(text, &format!("name: {}", check.name));
+            let nth = seen.entry(&check.name).or_default();
+            let line = line_of(text, &format!("name: {}", check.name), *nth);
+            *nth += 1;
             let mut fail = |message: String| errors.push(ResponseError { line, message });
             if !valid_name(&check.name) {
                 fail(format!(
@@ -87,7 +90,7 @@ impl ResponsePolicy {
                 ));
                 continue;
             }
-            if compiled.contains_key(check.name.as_str()) {
+            if *nth > 1 {
                 fail(format!("duplicate check name '{}'", check.name));
                 continue;
             }
@@ -101,7 +104,7 @@ impl ResponsePolicy {
         let mut used = HashSet::new();
         let mut policy = ResponsePolicy::default();
         for (route_name, names) in &raw.routes {
-            let line = line_of(text, &format!("{route_name}:"));
+            let line = line_of(text, &format!("{route_name}:"), 0);
             let mut fail = |message: String| errors.push(ResponseError { line, message });
             let Some(route) = routes.routes().iter().find(|r| &r.name == route_name) else {
                 fail(format!("routes: no route '{route_name}' in routes.yaml"));
@@ -152,7 +155,7 @@ impl ResponsePolicy {
             .filter(|c| !used.contains(c.name.as_str()))
         {
             errors.push(ResponseError {
-                line: line_of(text, &format!("name: {}", check.name)),
+                line: line_of(text, &format!("name: {}", check.name), 0),
                 message: format!(
                     "check '{}' applies to no route; list it under routes or remove it",
                     check.name
@@ -276,15 +279,18 @@ fn one_line(message: &str) -> String {
         .join(" ")
 }
 
-/// The first line that holds `needle` after optional `- `.
-fn line_of(text: &str, needle: &str) -> Option<usize> {
+/// The `nth` (0-based) line that starts with `needle`, after
+/// indentation and an optional `- `.
+fn line_of(text: &str, needle: &str, nth: usize) -> Option<usize> {
     text.lines()
-        .position(|l| {
+        .enumerate()
+        .filter(|(_, l)| {
             let l = l.trim_start();
             l.strip_prefix("- ")
                 .unwrap_or(l)
                 .trim_start()
                 .starts_with(needle)
         })
-        .map(|i| i + 1)
+        .nth(nth)
+        .map(|(i, _)| i + 1)
 }

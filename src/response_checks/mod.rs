@@ -273,6 +273,31 @@ impl ResponseScan {
         self.step(&[], true)
     }
 
+    /// Feeds every chunk, then the end: the bytes released before a
+    /// block (all of them when none), and the block. For whole bodies at
+    /// hand: policy tests, tools.
+    pub fn run<'a>(
+        &mut self,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (Vec<u8>, Option<Blocked>) {
+        let mut sent = Vec::new();
+        let mut chunks = chunks.into_iter();
+        loop {
+            let step = match chunks.next() {
+                Some(chunk) => self.push(chunk),
+                None => self.finish(),
+            };
+            match step {
+                Step::Emit(bytes) if self.done => {
+                    sent.extend(bytes);
+                    return (sent, None);
+                }
+                Step::Emit(bytes) => sent.extend(bytes),
+                Step::Block(blocked) => return (sent, Some(blocked)),
+            }
+        }
+    }
+
     /// What was found so far, one entry per check and kind.
     pub fn findings(&self) -> &[Finding] {
         &self.report.findings
@@ -475,20 +500,8 @@ mod tests {
         ))
     }
 
-    /// Feeds `chunks`, then finishes; the bytes sent and the block, if any.
     fn run(scan: &mut ResponseScan, chunks: &[&[u8]]) -> (Vec<u8>, Option<Blocked>) {
-        let mut sent = Vec::new();
-        for i in 0..=chunks.len() {
-            let step = match chunks.get(i) {
-                Some(chunk) => scan.push(chunk),
-                None => scan.finish(),
-            };
-            match step {
-                Step::Emit(bytes) => sent.extend(bytes),
-                Step::Block(b) => return (sent, Some(b)),
-            }
-        }
-        (sent, None)
+        scan.run(chunks.iter().copied())
     }
 
     fn event(content: &str) -> String {

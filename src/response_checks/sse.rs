@@ -17,6 +17,9 @@ use super::{Action, Kind};
 pub(super) struct Events {
     /// Bytes of an event not yet ended.
     pending: Vec<u8>,
+    /// How far `pending` was read, and where its current line starts.
+    read: usize,
+    line_start: usize,
     /// Windows by choice index.
     windows: Vec<(u64, Window)>,
     /// The last completion chunk, as the frame for held text flushed at
@@ -52,8 +55,8 @@ impl Events {
         self.pending.extend_from_slice(chunk);
         let mut out = Vec::new();
         let mut start = 0;
-        let mut i = 0;
-        let mut line_start = 0;
+        // Resume where the last chunk's bytes were read to.
+        let (mut i, mut line_start) = (self.read, self.line_start);
         while i < self.pending.len() {
             let b = self.pending[i];
             if b != b'\n' && b != b'\r' {
@@ -82,6 +85,7 @@ impl Events {
             }
         }
         self.pending.drain(..start);
+        (self.read, self.line_start) = (i - start, line_start - start);
         if last {
             // An event the upstream never ended with a blank line.
             if !self.pending.is_empty() {
@@ -104,12 +108,10 @@ impl Events {
     fn event(&mut self, rules: &Rules, raw: &[u8], report: &mut Report) -> Outcome {
         let n = self.events;
         self.events += 1;
-        let Ok(text) = std::str::from_utf8(raw) else {
-            // Not UTF-8, so not an event stream's text (section 9.2.5):
-            // scanned with the invalid bytes replaced.
-            let lossy = String::from_utf8_lossy(raw).into_owned();
-            return self.event(rules, lossy.as_bytes(), report);
-        };
+        // An event stream is UTF-8 (section 9.2.5): invalid bytes are
+        // scanned, and passed on, as U+FFFD.
+        let lossy = String::from_utf8_lossy(raw);
+        let (text, raw): (&str, &[u8]) = (&lossy, lossy.as_bytes());
         let mut data: Option<String> = None;
         for line in lines(text) {
             if let Some(value) = field(line, "data") {
@@ -192,7 +194,7 @@ impl Events {
                 changed = true;
             }
         }
-        if self.template.is_none() || changed {
+        if self.template.is_none() {
             self.template = Some(chunk.clone());
         }
         Ok(changed)
