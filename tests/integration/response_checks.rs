@@ -324,3 +324,26 @@ fn a_bad_responses_file_on_reload_keeps_the_last_good_snapshot() {
     assert!(current.responses.for_route("predict").is_none());
     assert!(current.responses.for_route("feedback").is_some());
 }
+
+#[test]
+fn policy_tests_check_responses_and_report_a_wrong_expectation() {
+    let dir = PolicyDir::bundled().with_policy_tests();
+    let snapshot = Snapshot::load(dir.path()).expect("loads");
+    let report = portcullis::adapters::offline::test::run(dir.path(), &snapshot);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    // The bundled response cases ran (and a wrong expectation fails).
+    dir.write(
+        "tests/responses.yaml",
+        &dir.read("tests/responses.yaml").replacen(
+            "blocked: planted-canary",
+            "blocked: provider-key",
+            1,
+        ),
+    );
+    let report = portcullis::adapters::offline::test::run(dir.path(), &snapshot);
+    let failures: Vec<String> = report.failures.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        failures,
+        ["tests/responses.yaml:4: case 'a planted canary in a prediction withholds the response': expected the response blocked by 'provider-key', got it blocked by 'planted-canary'"]
+    );
+}
