@@ -347,3 +347,19 @@ fn policy_tests_check_responses_and_report_a_wrong_expectation() {
         ["tests/responses.yaml:4: case 'a planted canary in a prediction withholds the response': expected the response blocked by 'provider-key', got it blocked by 'planted-canary'"]
     );
 }
+
+#[test]
+fn a_match_longer_than_max_match_len_is_still_redacted_whole_in_small_chunks() {
+    let dir = dir_with(
+        "checks:\n  - name: tok\n    pattern: 'tok_[a-z0-9]+'\n    max_match_len: 8\n    action: redact\nroutes:\n  predict: [tok]\n",
+    );
+    let snapshot = Snapshot::load(dir.path()).expect("loads");
+    let checks = snapshot.responses.for_route("predict").unwrap();
+    let body = b"a tok_abcdefghijklmnopqrstuvwxyz0123456789 b";
+    for size in 1..=7 {
+        let mut scan = checks.scanner(Some("text/plain"));
+        let (sent, blocked) = run(&mut scan, &body.chunks(size).collect::<Vec<_>>());
+        assert!(!blocked);
+        assert_eq!(sent, b"a [REDACTED:tok] b", "chunks of {size}");
+    }
+}
