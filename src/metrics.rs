@@ -207,6 +207,7 @@ pub struct Metrics {
     reservations: Family<Labels1, Counter>,
     tokens: Family<Labels1, Counter>,
     ext_proc_streams: Family<Labels1, Counter>,
+    response_checks: Family<[(&'static str, String); 2], Counter>,
 }
 
 type Labels1 = [(&'static str, &'static str); 1];
@@ -248,6 +249,7 @@ impl Metrics {
             reservations: Family::default(),
             tokens: Family::default(),
             ext_proc_streams: Family::default(),
+            response_checks: Family::default(),
         }
     }
 
@@ -363,6 +365,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Records one match of a response check (`responses.yaml`): the
+    /// check's name and its action (`tag`, `redact`, `block`).
+    pub fn response_check(&self, check: &str, action: &'static str) {
+        self.response_checks
+            .get_or_create(&[("check", check.to_string()), ("action", action.to_string())])
+            .inc();
+    }
+
     /// Observations of a stage so far (for tests).
     pub fn stage_count(&self, stage: Stage) -> u64 {
         self.stage_duration.histograms[stage.index()].count()
@@ -438,6 +448,11 @@ impl Metrics {
             "portcullis_requests_over_budget",
             "gRPC requests refused (RESOURCE_EXHAUSTED) because their listener had server.max_pending_requests in progress",
             self.requests_over_budget.clone(),
+        );
+        registry.register(
+            "portcullis_response_checks",
+            "Matches of response checks (responses.yaml) by check name and action",
+            Described(self.response_checks.clone()),
         );
     }
 }

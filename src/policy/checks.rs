@@ -1,7 +1,8 @@
 //! Checks across the files of a policy directory, after each parsed: every
 //! route's request fits the Cedar schema, routes name schemas and models
 //! that exist, the model registry's entities join `entities.json`, and the
-//! claims the configuration copies into the context fit the schema.
+//! claims the configuration copies into the context fit the schema, and
+//! `responses.yaml` names routes that exist.
 
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
@@ -12,6 +13,7 @@ use super::files::{entity_line, error_chain};
 use super::snapshot::{
     LoadError, Snapshot, ANONYMOUS_TYPE, ENTITIES_FILE, ROUTES_FILE, SCHEMA_FILE,
 };
+use crate::response_checks::{ResponsePolicy, RESPONSES_FILE};
 use crate::routes::{Authentication, RouteTable};
 use crate::validate::models::{Registry, MODELS_FILE, MODEL_TYPE, MODEL_VERSION_TYPE};
 use crate::validate::schema::{self, Schemas, SCHEMAS_DIR};
@@ -381,3 +383,23 @@ pub(super) fn join(types: &[EntityTypeName]) -> String {
 }
 
 pub use crate::authz::action_uid;
+
+/// `responses.yaml`, checked against the route table (not checked while
+/// the route table itself does not load); none without the file.
+pub(super) fn response_checks(
+    files: &BTreeMap<String, String>,
+    routes: Option<&RouteTable>,
+    errors: &mut Vec<LoadError>,
+) -> ResponsePolicy {
+    let (Some(text), Some(routes)) = (files.get(RESPONSES_FILE), routes) else {
+        return ResponsePolicy::default();
+    };
+    ResponsePolicy::parse(text, routes).unwrap_or_else(|errs| {
+        errors.extend(errs.into_iter().map(|e| LoadError {
+            file: RESPONSES_FILE.into(),
+            line: e.line,
+            message: e.message,
+        }));
+        ResponsePolicy::default()
+    })
+}

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 pub use super::checks::ContextClaim;
 use super::checks::{
     check_route_references, check_routes_against_schema, check_token_rules, compile_schemas,
-    with_registry,
+    response_checks, with_registry,
 };
 use super::files::{
     diagnostic_errors, entity_line, error_chain, json_error_line, miette_help, parse_policies,
@@ -83,6 +83,8 @@ pub struct Snapshot {
     pub region_routes: HashSet<String>,
     /// Orgs that restrict the regions their data is processed in.
     pub org_regions: crate::residency::OrgRegions,
+    /// Response checks per route (`responses.yaml`); none without one.
+    pub responses: crate::response_checks::ResponsePolicy,
 }
 
 /// One problem in a policy directory.
@@ -308,6 +310,8 @@ impl Snapshot {
         if let Some(routes) = &routes {
             check_token_rules(&quotas, routes, &mut errors);
         }
+        let responses = response_checks(&files, routes.as_ref(), &mut errors);
+
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -337,6 +341,7 @@ impl Snapshot {
             region_routes,
             org_regions: crate::residency::org_regions(&entities),
             entities,
+            responses,
         })
     }
 

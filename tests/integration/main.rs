@@ -29,6 +29,7 @@ mod quota_burst;
 mod quota_server;
 mod quota_stores;
 mod ratelimit_conformance;
+mod response_checks;
 mod server;
 mod server_limits;
 mod tidy;
