@@ -59,7 +59,8 @@ pub enum Kind {
     /// The anomaly detector saw a surge or repeated failures.
     Anomaly,
     /// A response to an allowed request (ext_proc): its token reservation
-    /// settled, linked to its decision by `decision_id` and `request_id`.
+    /// settled and what its response checks found, linked to its decision
+    /// by `decision_id` and `request_id`.
     Response,
 }
 
@@ -154,6 +155,11 @@ pub struct AuditRecord {
     /// (708 returned)`, or without usage and why).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub settlement: String,
+    /// Responses: what the route's response checks found, one per check
+    /// and kind: `<check>;kind=<kind>;action=<action>;count=<n>` (never
+    /// the matched text).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
     /// With shadow policies: the candidate set's outcome, e.g.
     /// `deny (disagrees) [shadow-no-cn-north-1]`.
     #[serde(default, skip_serializing_if = "String::is_empty")]

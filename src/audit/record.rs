@@ -62,7 +62,7 @@ impl AuditRecord {
 
     /// The record of a response (ext_proc): which decision and request it
     /// answers, on which route, its status, the reservation it settled
-    /// and how. `adapter` is the door it came through (`ext_proc`), or
+    /// and how, and what its response checks found. `adapter` is the door it came through (`ext_proc`), or
     /// `sweeper` for a reservation settled on expiry.
     pub fn response(response: ResponseRecord<'_>) -> Self {
         AuditRecord {
@@ -75,6 +75,7 @@ impl AuditRecord {
             reservation: response.reservation.to_string(),
             settlement: response.settlement.to_string(),
             reason: response.reason.to_string(),
+            findings: response.findings.to_vec(),
             ..AuditRecord::new(Kind::Response)
         }
     }
@@ -154,6 +155,8 @@ pub struct ResponseRecord<'a> {
     pub settlement: &'a str,
     /// Why it settled without usage (`no_usage`, `broken`, ...), if so.
     pub reason: &'a str,
+    /// What its response checks found.
+    pub findings: &'a [String],
 }
 
 fn outcome_str(o: Outcome) -> &'static str {

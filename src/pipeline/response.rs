@@ -23,6 +23,7 @@ pub async fn settle(
     r: &Reservation,
     status: u16,
     outcome: &Outcome<'_>,
+    findings: &[String],
 ) -> Vec<LimitSettled> {
     let limits = match quotas.settle(r, outcome).await {
         Ok(limits) => limits,
@@ -61,9 +62,42 @@ pub async fn settle(
             reservation: &r.summary(),
             settlement: &settlement,
             reason,
+            findings,
         }));
     }
     limits
+}
+
+/// A response, as its record names it.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered<'a> {
+    /// The door (`ext_proc`).
+    pub adapter: &'a str,
+    /// The gateway's request id.
+    pub request_id: &'a str,
+    /// The decision it answers (the `x-portcullis-decision-id` ext_authz
+    /// set), when known.
+    pub decision_id: &'a str,
+    /// The route.
+    pub route: &'a str,
+    /// The upstream's status.
+    pub status: u16,
+}
+
+/// Records what a response's checks found, for a response without a
+/// reservation (with one, [`settle`] records both).
+pub fn record_findings(audit: Option<&AuditSink>, response: &Answered<'_>, findings: &[String]) {
+    if let Some(audit) = audit {
+        audit.record(AuditRecord::response(ResponseRecord {
+            adapter: response.adapter,
+            request_id: response.request_id,
+            decision_id: response.decision_id,
+            route: response.route,
+            status: response.status,
+            findings,
+            ..ResponseRecord::default()
+        }));
+    }
 }
 
 fn count(limits: &[LimitSettled], outcome: &Outcome<'_>) {
@@ -108,6 +142,7 @@ pub async fn sweep(quotas: &Quotas, audit: Option<&AuditSink>) -> usize {
             r,
             0,
             &Outcome::Missing(Missing::Expired),
+            &[],
         )
         .await;
         settled += usize::from(!limits.is_empty());

@@ -567,3 +567,197 @@ async fn token_settings_are_hot_reloaded() {
     assert_eq!(md["usage_tokens"], 292, "completion tokens only: {md}");
     assert_eq!(remaining(&r.channels[0]).await, 20_000 - 1008 - 292);
 }
+
+/// Response checks on the chat route (`responses.yaml`): a canary per
+/// action, and personal data tagged.
+const CHAT_CHECKS: &str = "checks:
+  - name: canary-block
+    canaries: [PCX-CANARY-5f1e9c]
+    action: block
+  - name: canary-redact
+    canaries: [PCX-CANARY-a7d204]
+    action: redact
+  - name: personal-data
+    pii: [email]
+    action: tag
+routes:
+  chat: [canary-block, canary-redact, personal-data]
+";
+
+/// The body an answer sends on (`None`: unchanged), and the ext_proc
+/// answers' other parts the tests read.
+fn body_of(
+    answer: &envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse,
+) -> Option<Vec<u8>> {
+    use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
+    use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+    let Some(Response::ResponseBody(b)) = &answer.response else {
+        panic!("a body answer: {answer:?}")
+    };
+    match b
+        .response
+        .as_ref()?
+        .body_mutation
+        .as_ref()?
+        .mutation
+        .as_ref()?
+    {
+        Mutation::Body(bytes) => Some(bytes.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn sse_text(pieces: &[&str]) -> Vec<Vec<u8>> {
+    sse_completion(pieces, 300)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn response_checks_block_redact_and_tag_through_ext_proc_with_linked_records() {
+    use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+    let policies = policy_dir(&token_quotas("{}"));
+    policies.write("responses.yaml", CHAT_CHECKS);
+    let server = TestServer::start(support::in_process_config(policies.path())).await;
+    let addr = server.decision_addr;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    // Block, buffered: the client gets a 502 problem instead of the body.
+    let blocked = check(&channel, "block", 100).await.unwrap();
+    let answers = respond(
+        addr,
+        BUFFERED,
+        "block",
+        &blocked,
+        200,
+        "application/json",
+        &[json_completion("the secret is PCX-CANARY-5f1e9c", 300)],
+    )
+    .await;
+    let Some(Response::ImmediateResponse(immediate)) = &answers[2].response else {
+        panic!("an immediate response: {:?}", answers[2])
+    };
+    assert_eq!(immediate.status.as_ref().unwrap().code, 502);
+    let text = String::from_utf8_lossy(&immediate.body);
+    assert!(!text.contains("PCX-CANARY-5f1e9c"), "{text}");
+    assert!(text.contains("response_withheld"), "{text}");
+    // The usage was still read and settled.
+    assert_eq!(
+        portcullis_metadata(&answers[2]).unwrap()["usage_tokens"],
+        300
+    );
+
+    // Redact, streamed, the canary split across two events.
+    let redacted = check(&channel, "redact", 100).await.unwrap();
+    let chunks = sse_text(&["the code is PCX-CANA", "RY-a7d204, done"]);
+    let answers = respond(
+        addr,
+        STREAMED,
+        "redact",
+        &redacted,
+        200,
+        "text/event-stream",
+        &chunks,
+    )
+    .await;
+    let sent: Vec<u8> = chunks
+        .iter()
+        .zip(&answers[2..])
+        .flat_map(|(chunk, a)| body_of(a).unwrap_or_else(|| chunk.clone()))
+        .collect();
+    let sent = String::from_utf8(sent).unwrap();
+    assert!(!sent.contains("a7d204"), "{sent}");
+    assert!(sent.contains("[REDACTED:canary-redact]"), "{sent}");
+    assert!(
+        sent.contains("\"total_tokens\":300"),
+        "the usage event passes: {sent}"
+    );
+
+    // Block, streamed: what was released, then an error event; nothing after.
+    let cut = check(&channel, "cut-stream", 100).await.unwrap();
+    let chunks = sse_text(&["hello ", "PCX-CANARY-5f1e9c", " and more"]);
+    let answers = respond(
+        addr,
+        STREAMED,
+        "cut-stream",
+        &cut,
+        200,
+        "text/event-stream",
+        &chunks,
+    )
+    .await;
+    let sent: Vec<u8> = chunks
+        .iter()
+        .zip(&answers[2..])
+        .flat_map(|(chunk, a)| body_of(a).unwrap_or_else(|| chunk.clone()))
+        .collect();
+    let sent = String::from_utf8(sent).unwrap();
+    assert!(!sent.contains("PCX-CANARY-5f1e9c"), "{sent}");
+    assert!(sent.contains("event: error"), "{sent}");
+    assert!(
+        !sent.contains("and more"),
+        "nothing after the error event: {sent}"
+    );
+
+    // Tag, buffered: the body as sent, the findings in a header.
+    let tagged = check(&channel, "tag", 100).await.unwrap();
+    let answers = respond(
+        addr,
+        BUFFERED,
+        "tag",
+        &tagged,
+        200,
+        "application/json",
+        &[json_completion("write to ann@example.com", 300)],
+    )
+    .await;
+    let Some(Response::ResponseBody(b)) = &answers[2].response else {
+        panic!("a body answer")
+    };
+    let common = b.response.as_ref().unwrap();
+    let header = &common.header_mutation.as_ref().unwrap().set_headers[0];
+    let header = header.header.as_ref().unwrap();
+    assert_eq!(header.key, "x-portcullis-response-checks");
+    assert_eq!(
+        String::from_utf8_lossy(&header.raw_value),
+        "personal-data;kind=email;action=tag;count=1"
+    );
+    assert!(common.body_mutation.is_none(), "passed on unchanged");
+    // The response headers answer took the upstream's content-length off
+    // (checks may change the length).
+    let Some(Response::ResponseHeaders(h)) = &answers[1].response else {
+        panic!("a headers answer")
+    };
+    let removed = &h
+        .response
+        .as_ref()
+        .unwrap()
+        .header_mutation
+        .as_ref()
+        .unwrap()
+        .remove_headers;
+    assert_eq!(removed, &["content-length"]);
+
+    // Each case has a response record linked to its decision.
+    let audit = server.shutdown().await.unwrap();
+    let records = audit_records(audit.path());
+    for (decision, finding) in [
+        (&blocked, "canary-block;kind=canary;action=block;count=1"),
+        (&redacted, "canary-redact;kind=canary;action=redact;count=1"),
+        (&cut, "canary-block;kind=canary;action=block;count=1"),
+        (&tagged, "personal-data;kind=email;action=tag;count=1"),
+    ] {
+        let r = records
+            .iter()
+            .find(|r| r["kind"] == "response" && r["decision_id"] == decision.as_str())
+            .unwrap_or_else(|| panic!("a response record for {decision}"));
+        assert_eq!(r["findings"][0], finding, "{r}");
+        let text = r.to_string();
+        assert!(
+            !text.contains("PCX-CANARY") && !text.contains("ann@"),
+            "{text}"
+        );
+    }
+}

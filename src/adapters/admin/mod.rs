@@ -107,6 +107,7 @@ macro_rules! audit_record {
             reservation: $record.reservation,
             decision_id: $record.decision_id,
             settlement: $record.settlement,
+            findings: $record.findings,
             shadow: $record.shadow,
             policy_version: $record.policy_version,
             latency_us: $record.latency_us,

@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 
-use super::hook::{PassThrough, ResponseHook};
+use super::hook::{Checks, PassThrough, ResponseHook};
 use crate::app::State;
 use crate::decision::outcome::DECISION_HEADER;
 use crate::metrics;
@@ -49,6 +49,9 @@ pub(super) struct Exchange {
     request_id: String,
     decision_id: String,
     reservation: Option<Reservation>,
+    /// The route the request took (from its method and path), for its
+    /// response checks and records.
+    route: String,
     hook: Box<dyn ResponseHook>,
     /// The response body is sent `FULL_DUPLEX_STREAMED`: every body
     /// answer is a streamed response.
@@ -76,6 +79,7 @@ impl Exchange {
             request_id: String::new(),
             decision_id: String::new(),
             reservation: None,
+            route: String::new(),
             hook: Box::new(PassThrough),
             full_duplex: false,
             no_body: false,
@@ -136,6 +140,19 @@ impl Exchange {
         }
         if let Some(id) = headers.get(DECISION_HEADER) {
             self.decision_id = id.clone();
+        }
+        // The route, as Check matched it: its response checks apply.
+        let (method, path) = (headers.get(":method"), headers.get(":path"));
+        if let (Some(method), Some(path)) = (method, path) {
+            let snapshot = self.state.policies.current();
+            if let crate::routes::RouteMatch::Matched { route, .. } =
+                snapshot.routes.match_request(method, path)
+            {
+                self.route.clone_from(&route.name);
+                if let Some(checks) = snapshot.responses.for_route(&route.name) {
+                    self.hook = Box::new(Checks::new(checks.clone()));
+                }
+            }
         }
         self.find_reservation().await;
         plain(Answer::RequestHeaders(HeadersResponse::default()))
@@ -202,11 +219,20 @@ impl Exchange {
         if h.end_of_stream || self.no_body {
             metadata = self.finish().await;
         }
+        let mut header_mutation = (!set.is_empty()).then(|| mutation(&set));
+        if self.hook.wants_body() {
+            // The checks may change the body's length (redaction, a
+            // block): the client must not be told the upstream's.
+            header_mutation
+                .get_or_insert_with(HeaderMutation::default)
+                .remove_headers
+                .push("content-length".into());
+        }
         ProcessingResponse {
             dynamic_metadata: metadata,
             ..plain(Answer::ResponseHeaders(HeadersResponse {
                 response: Some(CommonResponse {
-                    header_mutation: (!set.is_empty()).then(|| mutation(&set)),
+                    header_mutation,
                     ..Default::default()
                 }),
             }))
@@ -240,6 +266,10 @@ impl Exchange {
         } else {
             None
         };
+        // A buffered body's headers have not left yet: the tag goes on.
+        let tag = (self.buffered && b.end_of_stream)
+            .then(|| self.hook.tag())
+            .flatten();
         if let Some(block) = immediate {
             return ProcessingResponse {
                 dynamic_metadata: metadata,
@@ -271,6 +301,7 @@ impl Exchange {
             ..plain(Answer::ResponseBody(BodyResponse {
                 response: Some(CommonResponse {
                     body_mutation,
+                    header_mutation: tag.map(|t| mutation(&[t])),
                     ..Default::default()
                 }),
             }))
@@ -316,6 +347,20 @@ impl Exchange {
             );
         } else {
             metrics::global().ext_proc_stream("passed");
+            let findings = self.hook.findings();
+            if !findings.is_empty() {
+                response::record_findings(
+                    Some(&self.state.audit),
+                    &response::Answered {
+                        adapter: Door::ExtProc.as_str(),
+                        request_id: &self.request_id,
+                        decision_id: &self.decision_id,
+                        route: &self.route,
+                        status: self.status,
+                    },
+                    &findings,
+                );
+            }
         }
         if fields.is_empty() {
             return None;
@@ -341,6 +386,7 @@ impl Exchange {
             &r,
             self.status,
             &outcome,
+            &self.hook.findings(),
         )
         .await
     }

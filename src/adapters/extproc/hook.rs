@@ -6,8 +6,11 @@
 //! continue in the next chunk), or block. What it finds goes into the
 //! response's audit record and the metrics.
 //!
-//! Without response checks on the route, [`PassThrough`] passes everything
+//! A route with response checks (`responses.yaml`) gets [`Checks`], over
+//! `response_checks`; without, [`PassThrough`] passes everything
 //! untouched.
+
+use crate::response_checks::{self, ResponseChecks, ResponseScan, Step};
 
 /// What a hook does with one chunk.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -30,6 +33,9 @@ pub struct Block {
     pub body: Vec<u8>,
     /// Its content type.
     pub content_type: String,
+    /// True for a stream's error event (what was released before it goes
+    /// out first), false for a problem document replacing the body.
+    pub stream: bool,
 }
 
 /// Where every response passes (one per ext_proc stream).
@@ -42,9 +48,13 @@ pub trait ResponseHook: Send {
     fn headers(&mut self, status: u16, content_type: Option<&str>) -> Vec<(String, String)>;
     /// One chunk of the body; `end` on the last one.
     fn chunk(&mut self, chunk: &[u8], end: bool) -> Chunk;
-    /// What it found, for the audit record (`kind: description`, never the
-    /// matched text).
+    /// What it found, for the audit record (check, kind, action, count;
+    /// never the matched text).
     fn findings(&self) -> Vec<String>;
+    /// The header telling the client what was found, when anything was
+    /// (set where headers can still change: with the response headers,
+    /// or with a buffered body).
+    fn tag(&self) -> Option<(String, String)>;
 }
 
 /// The hook of a route without response checks.
@@ -66,5 +76,90 @@ impl ResponseHook for PassThrough {
 
     fn findings(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    fn tag(&self) -> Option<(String, String)> {
+        None
+    }
+}
+
+/// A route's response checks over one response.
+#[derive(Debug)]
+pub struct Checks {
+    checks: ResponseChecks,
+    scan: Option<ResponseScan>,
+}
+
+impl Checks {
+    /// The hook of a route with `checks`.
+    pub fn new(checks: ResponseChecks) -> Checks {
+        Checks { checks, scan: None }
+    }
+}
+
+impl ResponseHook for Checks {
+    fn wants_body(&self) -> bool {
+        true
+    }
+
+    fn headers(&mut self, _status: u16, content_type: Option<&str>) -> Vec<(String, String)> {
+        self.scan = Some(self.checks.scanner(content_type));
+        Vec::new()
+    }
+
+    fn chunk(&mut self, chunk: &[u8], end: bool) -> Chunk {
+        let scan = self.scan.get_or_insert_with(|| self.checks.scanner(None));
+        let mut out = Vec::new();
+        let steps = std::iter::once(scan.push(chunk));
+        let mut block = None;
+        for step in steps.chain(end.then(|| scan.finish())) {
+            match step {
+                Step::Emit(bytes) => out.extend(bytes),
+                Step::Block(b) => {
+                    block = Some(Block {
+                        status: b.status,
+                        body: b.body,
+                        content_type: b.content_type.to_string(),
+                        stream: b.stream,
+                    });
+                    break;
+                }
+            }
+        }
+        // A blocked stream sends what was released before the block, then
+        // the block's error event.
+        if let Some(b) = block.as_mut().filter(|b| b.stream) {
+            if !out.is_empty() {
+                out.extend(std::mem::take(&mut b.body));
+                b.body = out;
+                out = Vec::new();
+            }
+        }
+        Chunk {
+            replace: (out != chunk).then_some(out),
+            block,
+        }
+    }
+
+    fn findings(&self) -> Vec<String> {
+        self.scan
+            .iter()
+            .flat_map(|s| s.findings())
+            .map(|f| {
+                format!(
+                    "{};kind={};action={};count={}",
+                    f.check,
+                    f.kind,
+                    f.action.as_str(),
+                    f.count
+                )
+            })
+            .collect()
+    }
+
+    fn tag(&self) -> Option<(String, String)> {
+        let findings = self.scan.as_ref()?.findings();
+        response_checks::header_value(findings)
+            .map(|v| (response_checks::FINDINGS_HEADER.to_string(), v))
     }
 }
