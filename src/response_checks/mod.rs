@@ -172,9 +172,10 @@ pub struct Finding {
 pub struct Blocked {
     /// The finding of the check that blocks.
     pub finding: Finding,
-    /// Whether the response is an event stream: `body` is then an error
-    /// event to send as the stream's last bytes; otherwise an RFC 9457
-    /// problem document to send instead of the body, with `status`.
+    /// Whether the response is an event stream: `body` is then the
+    /// stream's last bytes (the events of this chunk before the one that
+    /// blocks, then an error event); otherwise an RFC 9457 problem
+    /// document to send instead of the body, with `status`.
     pub stream: bool,
     /// [`BLOCKED_STATUS`].
     pub status: u16,
@@ -320,11 +321,19 @@ impl ResponseScan {
                 }
             }
         }
+        // What goes out before a block (events of a stream that came
+        // before the one that stops it).
+        let mut before = Vec::new();
         let result = match &mut self.format {
             Format::Events(events) => match events.push(&rules, chunk, last, &mut self.report) {
-                sse::Outcome::Emit(bytes) => Ok(bytes),
-                sse::Outcome::Blocked(b) => Err(Some(b)),
-                sse::Outcome::TooLong => Err(None),
+                (bytes, None) => Ok(bytes),
+                (bytes, Some(stop)) => {
+                    before = bytes;
+                    match stop {
+                        sse::Outcome::Blocked(b) => Err(Some(b)),
+                        _ => Err(None),
+                    }
+                }
             },
             Format::Json(body) => {
                 body.extend_from_slice(chunk);
@@ -367,16 +376,21 @@ impl ResponseScan {
                     .rev()
                     .find(|f| f.check == check.name)
                     .map_or(Kind::Canary, |f| f.kind);
-                self.block(&check.name, kind)
+                self.block_after(before, &check.name, kind)
             }
             Err(None) => {
                 let name = rules.max_bytes.as_ref().map_or("", |m| m.0.as_str());
-                self.block(name, Kind::MaxBytes)
+                self.block_after(before, name, Kind::MaxBytes)
             }
         }
     }
 
     fn block(&mut self, check: &str, kind: Kind) -> Step {
+        self.block_after(Vec::new(), check, kind)
+    }
+
+    /// Blocks; a stream's error event follows `before`.
+    fn block_after(&mut self, before: Vec<u8>, check: &str, kind: Kind) -> Step {
         self.done = true;
         let finding = self
             .report
@@ -399,10 +413,9 @@ impl ResponseScan {
                 "code": "response_withheld",
                 "message": detail,
             }});
-            (
-                "text/event-stream",
-                format!("event: error\ndata: {event}\n\n").into_bytes(),
-            )
+            let mut body = before;
+            body.extend_from_slice(format!("event: error\ndata: {event}\n\n").as_bytes());
+            ("text/event-stream", body)
         } else {
             ("application/problem+json", problem.to_string().into_bytes())
         };

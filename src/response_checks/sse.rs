@@ -44,14 +44,16 @@ pub(super) enum Outcome {
 }
 
 impl Events {
-    /// Takes a chunk (or, with `last`, the end of the stream).
+    /// Takes a chunk (or, with `last`, the end of the stream): the bytes
+    /// to release, and why the stream stops, if it does (the bytes are
+    /// then the events before the one that stopped it).
     pub fn push(
         &mut self,
         rules: &Rules,
         chunk: &[u8],
         last: bool,
         report: &mut Report,
-    ) -> Outcome {
+    ) -> (Vec<u8>, Option<Outcome>) {
         self.pending.extend_from_slice(chunk);
         let mut out = Vec::new();
         let mut start = 0;
@@ -80,7 +82,7 @@ impl Events {
                 start = i;
                 match self.event(rules, &event, report) {
                     Outcome::Emit(bytes) => out.extend_from_slice(&bytes),
-                    other => return other,
+                    other => return (out, Some(other)),
                 }
             }
         }
@@ -93,15 +95,15 @@ impl Events {
                 event.extend_from_slice(b"\n\n");
                 match self.event(rules, &event, report) {
                     Outcome::Emit(bytes) => out.extend_from_slice(&bytes),
-                    other => return other,
+                    other => return (out, Some(other)),
                 }
             }
             match self.flush(rules, report) {
                 Outcome::Emit(bytes) => out.extend_from_slice(&bytes),
-                other => return other,
+                other => return (out, Some(other)),
             }
         }
-        Outcome::Emit(out)
+        (out, None)
     }
 
     /// One whole event, terminator included.

@@ -363,3 +363,26 @@ fn a_match_longer_than_max_match_len_is_still_redacted_whole_in_small_chunks() {
         assert_eq!(sent, b"a [REDACTED:tok] b", "chunks of {size}");
     }
 }
+
+#[test]
+fn a_block_mid_chunk_sends_the_released_text_of_earlier_events_then_the_error_event() {
+    let checks = predict_checks();
+    let mut scan = checks.scanner(Some("text/event-stream"));
+    // Enough text after the canary that it is seen whole in this chunk.
+    let tail = format!(" PCX-7f3a9b2e {}", "b".repeat(300));
+    let chunk = [sse(&"a".repeat(400)), sse(&tail)].concat();
+    let Step::Block(blocked) = scan.push(chunk.as_bytes()) else {
+        panic!("not blocked");
+    };
+    assert!(blocked.stream);
+    let body = String::from_utf8(blocked.body).unwrap();
+    let (events, error) = body.split_once("event: error\n").expect("an error event");
+    let released = generated(events.as_bytes());
+    // The text no match can start in went out; the rest was held.
+    assert_eq!(released.len(), 400 - checks.hold_bytes(), "{body}");
+    assert!(released.bytes().all(|b| b == b'a'));
+    assert!(
+        error.starts_with("data: {\"error\":") && !error.contains("PCX"),
+        "{error}"
+    );
+}
