@@ -162,8 +162,9 @@ pub struct Finding {
     /// where the string value holding it starts); for a size limit, the
     /// limit.
     pub offset: u64,
-    /// For an event stream, the 0-based index of the event holding the
-    /// first match.
+    /// For an event stream, the 0-based index of the event being read
+    /// when the first match was found (a match split across events is
+    /// found in a later event than the one it starts in).
     pub event: Option<u64>,
 }
 

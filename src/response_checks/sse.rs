@@ -98,7 +98,8 @@ impl Events {
                     other => return (out, Some(other)),
                 }
             }
-            match self.flush(rules, report) {
+            let last_event = self.events.saturating_sub(1);
+            match self.flush(rules, report, last_event) {
                 Outcome::Emit(bytes) => out.extend_from_slice(&bytes),
                 other => return (out, Some(other)),
             }
@@ -128,7 +129,7 @@ impl Events {
             return Outcome::Emit(raw.to_vec());
         };
         if data.trim() == "[DONE]" {
-            let mut out = match self.flush(rules, report) {
+            let mut out = match self.flush(rules, report, n) {
                 Outcome::Emit(bytes) => bytes,
                 other => return other,
             };
@@ -214,9 +215,8 @@ impl Events {
     }
 
     /// Releases the text every window still holds, as one event.
-    fn flush(&mut self, rules: &Rules, report: &mut Report) -> Outcome {
+    fn flush(&mut self, rules: &Rules, report: &mut Report, event: u64) -> Outcome {
         let mut choices = Vec::new();
-        let event = self.events;
         for (index, window) in &mut self.windows {
             if !window.holds() {
                 continue;

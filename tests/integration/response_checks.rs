@@ -123,6 +123,10 @@ fn a_canary_split_across_two_events_at_every_byte_never_reaches_the_client() {
             text.ends_with("\n\n") && text.contains("event: error"),
             "at {split}: {text}"
         );
+        // Where it starts in the generated text; the text is shorter than
+        // the hold, so it is found at `[DONE]` (event 2).
+        let f = &scan.findings()[0];
+        assert_eq!((f.offset, f.event), (3, Some(2)), "at {split}");
     }
 }
 
