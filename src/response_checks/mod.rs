@@ -78,7 +78,7 @@ mod sse;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 pub use self::config::{ResponseError, ResponsePolicy, RESPONSES_FILE};
 use self::detect::{scan_whole, BlockedBy, Report, Rules, Window};
@@ -93,7 +93,7 @@ pub const FINDINGS_HEADER: &str = "x-portcullis-response-checks";
 pub const BLOCKED_STATUS: u16 = 502;
 
 /// What a check does when it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Let it through and report it (a header, an audit field).
@@ -142,14 +142,23 @@ impl Kind {
     }
 }
 
+/// As its name ([`Kind::as_str`]).
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// What one check found in one response, without the matched text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one check found in one response, without the matched text;
+/// serializes as `{"check", "kind", "action", "count", "offset", "event"}`
+/// for an audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// The check's name in responses.yaml.
     pub check: String,
@@ -165,6 +174,7 @@ pub struct Finding {
     /// For an event stream, the 0-based index of the event being read
     /// when the first match was found (a match split across events is
     /// found in a later event than the one it starts in).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<u64>,
 }
 
@@ -682,6 +692,10 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].count, 2);
         assert!(!format!("{f:?}").contains("PCX"));
+        assert_eq!(
+            serde_json::to_value(f).unwrap(),
+            serde_json::json!([{"check": "canary", "kind": "canary", "action": "tag", "count": 2, "offset": 0, "event": 0}])
+        );
         assert!(!header_value(f).unwrap().contains("PCX"));
     }
 }

@@ -390,3 +390,29 @@ fn a_block_mid_chunk_sends_the_released_text_of_earlier_events_then_the_error_ev
         "{error}"
     );
 }
+
+#[test]
+fn a_stream_cut_into_chunks_of_every_size_redacts_the_same() {
+    let checks = predict_checks();
+    let key = "sk-0123456789abcdefghijABCDEFGHIJkl";
+    let stream = [
+        sse("first "),
+        sse(&key[..5]),
+        sse(&key[5..20]),
+        sse(&key[20..]),
+        sse(" last é"),
+        "data: [DONE]\n\n".into(),
+    ]
+    .concat();
+    for size in 1..=17 {
+        let mut scan = checks.scanner(Some("text/event-stream"));
+        let chunks: Vec<&[u8]> = stream.as_bytes().chunks(size).collect();
+        let (sent, blocked) = run(&mut scan, &chunks);
+        assert!(!blocked);
+        assert_eq!(
+            generated(&sent),
+            "first [REDACTED:provider-keys] last é",
+            "chunks of {size}"
+        );
+    }
+}
