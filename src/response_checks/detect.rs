@@ -182,12 +182,13 @@ impl Window {
             hits.retain(|(r, _, _)| r.start < cut);
         }
         hits.sort_by_key(|(r, _, _)| (r.start, usize::MAX - r.end));
-        if let Some((_, kind, i)) = hits
+        if let Some((r, kind, i)) = hits
             .iter()
             .find(|(_, _, i)| rules.checks[*i].action == Action::Block)
         {
             let check = &rules.checks[*i];
-            report.hit(&check.name, *kind, check.action, self.base, event);
+            let offset = self.base + (r.start - self.ctx) as u64;
+            report.hit(&check.name, *kind, check.action, offset, event);
             return Err(BlockedBy(*i));
         }
         let mut out = String::with_capacity(cut - self.ctx);

@@ -78,7 +78,7 @@ mod sse;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 pub use self::config::{ResponseError, ResponsePolicy, RESPONSES_FILE};
 use self::detect::{scan_whole, BlockedBy, Report, Rules, Window};
@@ -93,7 +93,7 @@ pub const FINDINGS_HEADER: &str = "x-portcullis-response-checks";
 pub const BLOCKED_STATUS: u16 = 502;
 
 /// What a check does when it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Let it through and report it (a header, an audit field).
@@ -142,14 +142,23 @@ impl Kind {
     }
 }
 
+/// As its name ([`Kind::as_str`]).
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// What one check found in one response, without the matched text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one check found in one response, without the matched text;
+/// serializes as `{"check", "kind", "action", "count", "offset", "event"}`
+/// for an audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// The check's name in responses.yaml.
     pub check: String,
@@ -162,8 +171,10 @@ pub struct Finding {
     /// where the string value holding it starts); for a size limit, the
     /// limit.
     pub offset: u64,
-    /// For an event stream, the 0-based index of the event holding the
-    /// first match.
+    /// For an event stream, the 0-based index of the event being read
+    /// when the first match was found (a match split across events is
+    /// found in a later event than the one it starts in).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<u64>,
 }
 
@@ -172,9 +183,10 @@ pub struct Finding {
 pub struct Blocked {
     /// The finding of the check that blocks.
     pub finding: Finding,
-    /// Whether the response is an event stream: `body` is then an error
-    /// event to send as the stream's last bytes; otherwise an RFC 9457
-    /// problem document to send instead of the body, with `status`.
+    /// Whether the response is an event stream: `body` is then the
+    /// stream's last bytes (the events of this chunk before the one that
+    /// blocks, then an error event); otherwise an RFC 9457 problem
+    /// document to send instead of the body, with `status`.
     pub stream: bool,
     /// [`BLOCKED_STATUS`].
     pub status: u16,
@@ -320,11 +332,19 @@ impl ResponseScan {
                 }
             }
         }
+        // What goes out before a block (events of a stream that came
+        // before the one that stops it).
+        let mut before = Vec::new();
         let result = match &mut self.format {
             Format::Events(events) => match events.push(&rules, chunk, last, &mut self.report) {
-                sse::Outcome::Emit(bytes) => Ok(bytes),
-                sse::Outcome::Blocked(b) => Err(Some(b)),
-                sse::Outcome::TooLong => Err(None),
+                (bytes, None) => Ok(bytes),
+                (bytes, Some(stop)) => {
+                    before = bytes;
+                    match stop {
+                        sse::Outcome::Blocked(b) => Err(Some(b)),
+                        _ => Err(None),
+                    }
+                }
             },
             Format::Json(body) => {
                 body.extend_from_slice(chunk);
@@ -367,16 +387,21 @@ impl ResponseScan {
                     .rev()
                     .find(|f| f.check == check.name)
                     .map_or(Kind::Canary, |f| f.kind);
-                self.block(&check.name, kind)
+                self.block_after(before, &check.name, kind)
             }
             Err(None) => {
                 let name = rules.max_bytes.as_ref().map_or("", |m| m.0.as_str());
-                self.block(name, Kind::MaxBytes)
+                self.block_after(before, name, Kind::MaxBytes)
             }
         }
     }
 
     fn block(&mut self, check: &str, kind: Kind) -> Step {
+        self.block_after(Vec::new(), check, kind)
+    }
+
+    /// Blocks; a stream's error event follows `before`.
+    fn block_after(&mut self, before: Vec<u8>, check: &str, kind: Kind) -> Step {
         self.done = true;
         let finding = self
             .report
@@ -399,10 +424,9 @@ impl ResponseScan {
                 "code": "response_withheld",
                 "message": detail,
             }});
-            (
-                "text/event-stream",
-                format!("event: error\ndata: {event}\n\n").into_bytes(),
-            )
+            let mut body = before;
+            body.extend_from_slice(format!("event: error\ndata: {event}\n\n").as_bytes());
+            ("text/event-stream", body)
         } else {
             ("application/problem+json", problem.to_string().into_bytes())
         };
@@ -668,6 +692,10 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].count, 2);
         assert!(!format!("{f:?}").contains("PCX"));
+        assert_eq!(
+            serde_json::to_value(f).unwrap(),
+            serde_json::json!([{"check": "canary", "kind": "canary", "action": "tag", "count": 2, "offset": 0, "event": 0}])
+        );
         assert!(!header_value(f).unwrap().contains("PCX"));
     }
 }

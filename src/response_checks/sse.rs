@@ -44,14 +44,16 @@ pub(super) enum Outcome {
 }
 
 impl Events {
-    /// Takes a chunk (or, with `last`, the end of the stream).
+    /// Takes a chunk (or, with `last`, the end of the stream): the bytes
+    /// to release, and why the stream stops, if it does (the bytes are
+    /// then the events before the one that stopped it).
     pub fn push(
         &mut self,
         rules: &Rules,
         chunk: &[u8],
         last: bool,
         report: &mut Report,
-    ) -> Outcome {
+    ) -> (Vec<u8>, Option<Outcome>) {
         self.pending.extend_from_slice(chunk);
         let mut out = Vec::new();
         let mut start = 0;
@@ -80,7 +82,7 @@ impl Events {
                 start = i;
                 match self.event(rules, &event, report) {
                     Outcome::Emit(bytes) => out.extend_from_slice(&bytes),
-                    other => return other,
+                    other => return (out, Some(other)),
                 }
             }
         }
@@ -93,15 +95,16 @@ impl Events {
                 event.extend_from_slice(b"\n\n");
                 match self.event(rules, &event, report) {
                     Outcome::Emit(bytes) => out.extend_from_slice(&bytes),
-                    other => return other,
+                    other => return (out, Some(other)),
                 }
             }
-            match self.flush(rules, report) {
+            let last_event = self.events.saturating_sub(1);
+            match self.flush(rules, report, last_event) {
                 Outcome::Emit(bytes) => out.extend_from_slice(&bytes),
-                other => return other,
+                other => return (out, Some(other)),
             }
         }
-        Outcome::Emit(out)
+        (out, None)
     }
 
     /// One whole event, terminator included.
@@ -126,7 +129,7 @@ impl Events {
             return Outcome::Emit(raw.to_vec());
         };
         if data.trim() == "[DONE]" {
-            let mut out = match self.flush(rules, report) {
+            let mut out = match self.flush(rules, report, n) {
                 Outcome::Emit(bytes) => bytes,
                 other => return other,
             };
@@ -212,9 +215,8 @@ impl Events {
     }
 
     /// Releases the text every window still holds, as one event.
-    fn flush(&mut self, rules: &Rules, report: &mut Report) -> Outcome {
+    fn flush(&mut self, rules: &Rules, report: &mut Report, event: u64) -> Outcome {
         let mut choices = Vec::new();
-        let event = self.events;
         for (index, window) in &mut self.windows {
             if !window.holds() {
                 continue;

@@ -123,6 +123,10 @@ fn a_canary_split_across_two_events_at_every_byte_never_reaches_the_client() {
             text.ends_with("\n\n") && text.contains("event: error"),
             "at {split}: {text}"
         );
+        // Where it starts in the generated text; the text is shorter than
+        // the hold, so it is found at `[DONE]` (event 2).
+        let f = &scan.findings()[0];
+        assert_eq!((f.offset, f.event), (3, Some(2)), "at {split}");
     }
 }
 
@@ -361,5 +365,54 @@ fn a_match_longer_than_max_match_len_is_still_redacted_whole_in_small_chunks() {
         let (sent, blocked) = run(&mut scan, &body.chunks(size).collect::<Vec<_>>());
         assert!(!blocked);
         assert_eq!(sent, b"a [REDACTED:tok] b", "chunks of {size}");
+    }
+}
+
+#[test]
+fn a_block_mid_chunk_sends_the_released_text_of_earlier_events_then_the_error_event() {
+    let checks = predict_checks();
+    let mut scan = checks.scanner(Some("text/event-stream"));
+    // Enough text after the canary that it is seen whole in this chunk.
+    let tail = format!(" PCX-7f3a9b2e {}", "b".repeat(300));
+    let chunk = [sse(&"a".repeat(400)), sse(&tail)].concat();
+    let Step::Block(blocked) = scan.push(chunk.as_bytes()) else {
+        panic!("not blocked");
+    };
+    assert!(blocked.stream);
+    let body = String::from_utf8(blocked.body).unwrap();
+    let (events, error) = body.split_once("event: error\n").expect("an error event");
+    let released = generated(events.as_bytes());
+    // The text no match can start in went out; the rest was held.
+    assert_eq!(released.len(), 400 - checks.hold_bytes(), "{body}");
+    assert!(released.bytes().all(|b| b == b'a'));
+    assert!(
+        error.starts_with("data: {\"error\":") && !error.contains("PCX"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_stream_cut_into_chunks_of_every_size_redacts_the_same() {
+    let checks = predict_checks();
+    let key = "sk-0123456789abcdefghijABCDEFGHIJkl";
+    let stream = [
+        sse("first "),
+        sse(&key[..5]),
+        sse(&key[5..20]),
+        sse(&key[20..]),
+        sse(" last é"),
+        "data: [DONE]\n\n".into(),
+    ]
+    .concat();
+    for size in 1..=17 {
+        let mut scan = checks.scanner(Some("text/event-stream"));
+        let chunks: Vec<&[u8]> = stream.as_bytes().chunks(size).collect();
+        let (sent, blocked) = run(&mut scan, &chunks);
+        assert!(!blocked);
+        assert_eq!(
+            generated(&sent),
+            "first [REDACTED:provider-keys] last é",
+            "chunks of {size}"
+        );
     }
 }
