@@ -12,6 +12,17 @@ use crate::quota::reserve::{Reservation, ReservedLimit};
 use crate::quota::Quotas;
 use crate::request::AccessRequest;
 
+/// The id a reservation is kept under: the request's `x-request-id`,
+/// which ext_proc sees too (as a request header, or the `request.id`
+/// attribute). Not Envoy's `attributes.request.http.id` in `Check`: that
+/// is Envoy's internal stream id, which ext_proc never sees. Without the
+/// header, the request id the front door gave.
+pub(crate) fn correlation_id(req: &AccessRequest) -> &str {
+    req.header("x-request-id")
+        .filter(|id| !id.is_empty())
+        .unwrap_or(&req.request_id)
+}
+
 /// Records the reservation of the token limits `applied` charged for
 /// `descriptors` (an allowed charge), and notes it on `d`. Without a
 /// request id, in a degraded mode, or when the store fails, nothing is
@@ -54,7 +65,8 @@ pub(super) async fn record(
         recorded: false,
     };
     let degraded = d.quota.as_ref().is_some_and(|q| q.degraded.is_some());
-    if req.request_id.is_empty() || degraded {
+    let key = correlation_id(req);
+    if key.is_empty() || degraded {
         metrics::global().reservation(if degraded {
             "not_recorded_degraded"
         } else {
@@ -67,7 +79,7 @@ pub(super) async fn record(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.as_millis() as u64);
     let reservation = Reservation {
-        request_id: req.request_id.clone(),
+        request_id: key.to_string(),
         decision_id: d.id.clone(),
         route: route.to_string(),
         ttl_ms,
@@ -86,7 +98,7 @@ pub(super) async fn record(
             tracing::warn!(
                 target: "portcullis::quota",
                 error = %e,
-                request_id = %req.request_id,
+                request_id = %key,
                 "token reservation not recorded; its estimate stays charged"
             );
         }

@@ -12,34 +12,15 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use envoy_types::pb::google::protobuf::UInt64Value;
 use portcullis::config::Config;
 use portcullis::quota::{QuotaSettings, QuotaStoreKind};
 use tonic::transport::Channel;
 
 use crate::support::{
-    self, chat_body, json_completion, portcullis_metadata, respond, sse_completion, Check,
-    ExtProcStream, PolicyDir, RedisCluster, RedisServer, TestServer, BUFFERED, CHAT_ROUTE,
+    self, chat_body, json_completion, portcullis_metadata, respond, sse_completion, token_quotas,
+    Check, ExtProcStream, PolicyDir, RedisCluster, RedisServer, TestServer, BUFFERED,
     FULL_DUPLEX_STREAMED, STREAMED,
 };
-
-/// 20,000 tokens per caller over 30 days (one token refills every 130 s:
-/// nothing refills during a test), reserved on the chat route.
-fn token_quotas(tokens: &str) -> String {
-    format!(
-        "domain: llm
-descriptors:
-  - key: tokens
-    rate_limit: {{name: tokens, window: 30d, requests_per_unit: 20000}}
-check:
-  - name: tokens per caller
-    routes: [chat]
-    descriptor: [{{key: tokens, value: \"{{principal}}\"}}]
-    cost: {{body_field: max_tokens, default: 256}}
-    tokens: {tokens}
-"
-    )
-}
 
 /// The same budget charged after the fact only: `Check` checks with cost
 /// 0, and the usage is charged post hoc when the response ends (as Envoy's
@@ -97,8 +78,11 @@ pub(crate) async fn replicas(n: usize, settings: QuotaSettings, quotas: &str) ->
 
 /// `Check` of one chat completion: its decision id when allowed.
 pub(crate) async fn check(channel: &Channel, request_id: &str, max_tokens: u64) -> Option<String> {
+    // As Envoy sends it: its stream id in `http.id`, the request id in
+    // the `x-request-id` header (what ext_proc sees too).
     let request = Check::post("/v1/chat/completions")
-        .id(request_id)
+        .id("4242")
+        .header("x-request-id", request_id)
         .json(&chat_body(max_tokens, true))
         .build();
     let response = AuthorizationClient::new(channel.clone())
@@ -117,27 +101,9 @@ pub(crate) async fn check(channel: &Channel, request_id: &str, max_tokens: u64) 
     }
 }
 
-/// Tokens left of the anonymous caller's budget (an RLS check with a
-/// descriptor hits_addend of 0: nothing charged).
+/// Tokens left of the anonymous caller's budget.
 pub(crate) async fn remaining(channel: &Channel) -> u64 {
-    let request = RateLimitRequest {
-        domain: "llm".into(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "tokens".into(),
-                value: "anonymous".into(),
-            }],
-            hits_addend: Some(UInt64Value { value: 0 }),
-            ..Default::default()
-        }],
-        hits_addend: 1,
-    };
-    let answer = RateLimitServiceClient::new(channel.clone())
-        .should_rate_limit(request)
-        .await
-        .expect("ShouldRateLimit answers")
-        .into_inner();
-    u64::from(answer.statuses[0].limit_remaining)
+    support::tokens_left(channel).await
 }
 
 /// `calls` concurrent Checks spread over the replicas, each asking for
@@ -385,7 +351,13 @@ async fn buffered_streamed_and_full_duplex_responses_settle_alike_and_are_record
             .find(|r| r["kind"] == "decision" && r["id"] == decision.as_str())
             .unwrap();
         assert_eq!(made["reservation"], "1008 tokens on 1 limit, ttl 600s");
-        assert_eq!(made["request_id"], response["request_id"]);
+        // The response record carries the x-request-id both sides saw;
+        // the decision's, Envoy's stream id in Check (`http.id`).
+        assert!(
+            response["request_id"].as_str().unwrap().starts_with("m-"),
+            "{response}"
+        );
+        assert_eq!(made["request_id"], "4242");
     }
 }
 
@@ -485,13 +457,8 @@ async fn a_response_without_a_reservation_passes_untouched() {
     assert_eq!(remaining(&r.channels[0]).await, 20_000);
 }
 
-/// The bundled policies with the chat route and `quotas` as quota file.
 fn policy_dir(quotas: &str) -> PolicyDir {
-    let policies = PolicyDir::bundled();
-    let routes = policies.read("routes.yaml");
-    policies.write("routes.yaml", &format!("{routes}{CHAT_ROUTE}"));
-    policies.write("quotas.yaml", quotas);
-    policies
+    support::token_policy_dir(quotas)
 }
 
 fn load_errors(policies: &PolicyDir) -> Vec<String> {

@@ -31,6 +31,79 @@ pub const CHAT_ROUTE: &str = "
       max_bytes: 65536
 ";
 
+/// 20,000 tokens per caller over 30 days (one token refills every 130 s:
+/// nothing refills during a test), reserved on the chat route with the
+/// given `tokens:` settings (YAML flow mapping).
+pub fn token_quotas(tokens: &str) -> String {
+    format!(
+        "domain: llm
+descriptors:
+  - key: tokens
+    rate_limit: {{name: tokens, window: 30d, requests_per_unit: 20000}}
+check:
+  - name: tokens per caller
+    routes: [chat]
+    descriptor: [{{key: tokens, value: \"{{principal}}\"}}]
+    cost: {{body_field: max_tokens, default: 256}}
+    tokens: {tokens}
+"
+    )
+}
+
+/// The bundled policies with [`CHAT_ROUTE`] and `quotas` as the only quota
+/// file.
+pub fn token_policy_dir(quotas: &str) -> super::PolicyDir {
+    let policies = super::PolicyDir::bundled();
+    let routes = policies.read("routes.yaml");
+    policies.write("routes.yaml", &format!("{routes}{CHAT_ROUTE}"));
+    policies.write("quotas.yaml", quotas);
+    policies
+}
+
+/// Tokens left of the anonymous caller's `llm` budget at a decision
+/// listener (an RLS check with a descriptor hits_addend of 0: nothing
+/// charged).
+pub async fn tokens_left(channel: &Channel) -> u64 {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    let request = RateLimitRequest {
+        domain: "llm".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![Entry {
+                key: "tokens".into(),
+                value: "anonymous".into(),
+            }],
+            hits_addend: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 }),
+            ..Default::default()
+        }],
+        hits_addend: 1,
+    };
+    let answer = RateLimitServiceClient::new(channel.clone())
+        .should_rate_limit(request)
+        .await
+        .expect("ShouldRateLimit answers")
+        .into_inner();
+    u64::from(answer.statuses[0].limit_remaining)
+}
+
+/// [`tokens_left`] at `addr`, from a test without a runtime.
+pub fn tokens_left_at(addr: SocketAddr) -> u64 {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let channel = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            tokens_left(&channel).await
+        })
+}
+
 /// Envoy's `BodySendMode`s.
 pub const STREAMED: i32 = 1;
 pub const BUFFERED: i32 = 2;
