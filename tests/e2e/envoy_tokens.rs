@@ -244,3 +244,108 @@ fn a_crashed_replicas_reservation_is_settled_by_another_replicas_sweeper() {
         "{keys:?}"
     );
 }
+
+/// The other path (`deploy/envoy-token-ratelimit.yaml`): Envoy's ratelimit
+/// filter checks the caller's budget on the request and charges the usage
+/// Portcullis's ext_proc put into dynamic metadata when the stream is done.
+#[test]
+fn envoy_ratelimit_filter_charges_the_usage_from_ext_proc_metadata_on_stream_done() {
+    const POST_HOC: &str = "domain: llm
+descriptors:
+  - key: principal_tokens
+    rate_limit: {name: tokens, window: 30d, requests_per_unit: 20000, post_hoc: true}
+";
+    let policies = token_policy_dir(POST_HOC);
+    let model = ModelServer::start();
+    let pdp = Portcullis::start(&["--policies", policies.arg()]);
+    let envoy = Envoy::start_file(
+        "envoy-token-ratelimit.yaml",
+        "127.0.0.1:50051",
+        pdp.addr(),
+        model.addr(),
+    );
+    let alice = support::token("alice");
+    let bearer = format!("Bearer {alice}");
+    let left = || alice_tokens_left(pdp.addr());
+    let mut expected = 20_000;
+    for (stream, usage) in [(false, "300"), (true, "450")] {
+        let r = complete(
+            &envoy,
+            stream,
+            "hello",
+            &[("authorization", &bearer), ("x-test-usage", usage)],
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{:?} {}\n{}",
+            r.headers,
+            r.text(),
+            envoy.log()
+        );
+        expected -= usage.parse::<u64>().unwrap();
+        // Charged when the stream is done (fire and forget): soon after.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while left() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "{} left, not {expected}\n{}",
+                left(),
+                envoy.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // One answer larger than what is left: charged past the limit, so the
+    // next request is refused.
+    let r = complete(
+        &envoy,
+        false,
+        "hello",
+        &[("authorization", &bearer), ("x-test-usage", "25000")],
+    );
+    assert_eq!(r.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = complete(&envoy, false, "hello", &[("authorization", &bearer)]);
+        if r.status == 429 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not refused: {}", r.status);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What is left of alice's post-hoc token budget (RLS, hits_addend 0).
+fn alice_tokens_left(addr: std::net::SocketAddr) -> u64 {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let request = RateLimitRequest {
+                domain: "llm".into(),
+                descriptors: vec![RateLimitDescriptor {
+                    entries: vec![Entry {
+                        key: "principal_tokens".into(),
+                        value: "User::\"alice\"".into(),
+                    }],
+                    hits_addend: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 0 }),
+                    ..Default::default()
+                }],
+                hits_addend: 1,
+            };
+            let answer = RateLimitServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap()
+                .should_rate_limit(request)
+                .await
+                .unwrap()
+                .into_inner();
+            u64::from(answer.statuses[0].limit_remaining)
+        })
+}
