@@ -54,8 +54,11 @@ const CHECKS: &str = "checks:
   - name: canary-redact
     canaries: [PCX-CANARY-a7d204]
     action: redact
+  - name: personal-data
+    pii: [email]
+    action: tag
 routes:
-  chat: [canary-block, canary-redact]
+  chat: [canary-block, canary-redact, personal-data]
 ";
 
 #[test]
@@ -121,6 +124,16 @@ fn envoy_a_planted_canary_never_reaches_the_client_and_one_split_across_events_i
     assert_eq!(r.status, 502, "{:?} {}", r.headers, r.text());
     assert!(!r.text().contains("PCX-CANARY-5f1e9c"), "{}", r.text());
     assert_eq!(r.json()["type"], "urn:portcullis:problem:response_withheld");
+    // Tag, buffered: the answer as sent, the finding in a header.
+    let r = complete(&envoy, false, "mail ann@example.com", &[]);
+    assert_eq!(r.status, 200, "{:?} {}", r.headers, r.text());
+    assert!(r.text().contains("ann@example.com"));
+    assert_eq!(
+        r.header("x-portcullis-response-checks"),
+        Some("personal-data;kind=email;action=tag;count=1"),
+        "{:?}",
+        r.headers
+    );
     drop(envoy);
 
     let envoy = Envoy::start_edited(pdp.addr(), model.addr(), with_body_mode("STREAMED"));
@@ -138,7 +151,7 @@ fn envoy_a_planted_canary_never_reaches_the_client_and_one_split_across_events_i
     assert!(text.contains("[REDACTED:canary-redact]"), "{text}");
     assert!(text.contains("\"total_tokens\":300"), "{text}");
     // Every completion settled at its usage, the blocked ones too.
-    assert_eq!(tokens_left_at(pdp.addr()), 20_000 - 3 * 300);
+    assert_eq!(tokens_left_at(pdp.addr()), 20_000 - 4 * 300);
 }
 
 #[test]

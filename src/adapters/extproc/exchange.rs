@@ -64,8 +64,8 @@ pub(super) struct Exchange {
     buffered: bool,
     status: u16,
     reader: Option<UsageReader>,
-    /// Response headers have arrived.
-    started: bool,
+    /// The reservation was looked up (once per stream).
+    looked_up: bool,
     /// The response has ended (and its reservation settled).
     finished: bool,
     /// A hook blocked a stream under way: later chunks are dropped.
@@ -86,7 +86,7 @@ impl Exchange {
             buffered: false,
             status: 0,
             reader: None,
-            started: false,
+            looked_up: false,
             finished: false,
             blocked: false,
         }
@@ -159,9 +159,10 @@ impl Exchange {
     }
 
     async fn find_reservation(&mut self) {
-        if self.reservation.is_some() || self.request_id.is_empty() {
+        if self.looked_up || self.request_id.is_empty() {
             return;
         }
+        self.looked_up = true;
         match self.state.quotas.reservation(&self.request_id).await {
             Ok(Some(r)) => {
                 if !self.decision_id.is_empty() && r.decision_id != self.decision_id {
@@ -190,7 +191,6 @@ impl Exchange {
     }
 
     async fn response_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
-        self.started = true;
         let headers = header_map(h.headers.as_ref());
         self.status = headers
             .get(":status")

@@ -10,11 +10,6 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
 };
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
-    RateLimitService, RateLimitServiceServer,
-};
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
@@ -23,6 +18,11 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyResponse, HeadersResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::rpc;
 use portcullis::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -60,9 +60,8 @@ impl RateLimitService for Empty {
 
 #[tonic::async_trait]
 impl ExternalProcessor for Empty {
-    type ProcessStream = tokio_stream::wrappers::ReceiverStream<
-        Result<ProcessingResponse, tonic::Status>,
-    >;
+    type ProcessStream =
+        tokio_stream::wrappers::ReceiverStream<Result<ProcessingResponse, tonic::Status>>;
 
     /// Every message answered at once with "go on, unchanged".
     async fn process(
