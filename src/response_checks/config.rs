@@ -141,7 +141,7 @@ impl ResponsePolicy {
                 .iter()
                 .map(|c| c.max_len)
                 .max()
-                .map_or(0, |m| m + 4);
+                .map_or(0, |m| m + super::detect::LOOKAHEAD);
             policy.routes.insert(
                 route_name.clone(),
                 ResponseChecks {

@@ -91,6 +91,8 @@ const CONTEXT: usize = 64;
 /// is shorter than this (a pattern whose `max_match_len` undercounts),
 /// so it is redacted whole rather than in pieces.
 const MAX_HELD_MATCH: usize = 64 * 1024;
+/// One character of look-ahead (a pattern's `\b` needs to see it).
+pub(super) const LOOKAHEAD: usize = 4;
 
 /// The findings of one scan so far, one entry per check and kind.
 #[derive(Debug, Default)]
@@ -169,19 +171,37 @@ impl Window {
         for (i, check) in rules.checks.iter().enumerate() {
             check.find(&self.buf, self.ctx, &mut |r, kind| hits.push((r, kind, i)));
         }
-        if !last {
-            // A match that touches the end may go on in the next chunk.
-            if let Some(open) = hits
+        hits.sort_by_key(|(r, _, _)| (r.start, usize::MAX - r.end));
+        // A match that could still change with more text: it may run
+        // longer than its check's bound allows for, or it reaches the
+        // look-ahead (a pattern whose `max_match_len` undercounts).
+        let open = |(r, _, i): &(Range<usize>, Kind, usize)| {
+            !last
+                && (r.start + rules.checks[*i].max_len + LOOKAHEAD > len || r.end + LOOKAHEAD > len)
+                && len - r.start < MAX_HELD_MATCH
+        };
+        // Released: up to the cut, and on to the end of every match that
+        // starts before the end so far (a match overlapping a released
+        // one is released, and redacted, with it). When such a chain
+        // reaches an open match, hold it back from its first match.
+        let (taken, end) = loop {
+            let (mut taken, mut end) = (0, cut);
+            while taken < hits.len() && hits[taken].0.start < end {
+                end = end.max(hits[taken].0.end);
+                taken += 1;
+            }
+            if !hits[..taken].iter().any(open) {
+                break (taken, end);
+            }
+            cut = hits[..taken]
                 .iter()
-                .filter(|(r, _, _)| r.end == len && r.start < cut && len - r.start < MAX_HELD_MATCH)
+                .filter(|(r, _, _)| r.end > cut)
                 .map(|(r, _, _)| r.start)
                 .min()
-            {
-                cut = open;
-            }
-            hits.retain(|(r, _, _)| r.start < cut);
-        }
-        hits.sort_by_key(|(r, _, _)| (r.start, usize::MAX - r.end));
+                .unwrap_or(self.ctx)
+                .max(self.ctx);
+        };
+        let hits = &hits[..taken];
         if let Some((r, kind, i)) = hits
             .iter()
             .find(|(_, _, i)| rules.checks[*i].action == Action::Block)
@@ -191,13 +211,12 @@ impl Window {
             report.hit(&check.name, *kind, check.action, offset, event);
             return Err(BlockedBy(*i));
         }
-        let mut out = String::with_capacity(cut - self.ctx);
-        let (mut pos, mut end) = (self.ctx, cut);
-        for (r, kind, i) in &hits {
+        let mut out = String::with_capacity(end - self.ctx);
+        let mut pos = self.ctx;
+        for (r, kind, i) in hits {
             let check = &rules.checks[*i];
             let offset = self.base + (r.start - self.ctx) as u64;
             report.hit(&check.name, *kind, check.action, offset, event);
-            end = end.max(r.end);
             if check.action == Action::Redact && r.end > pos {
                 if r.start >= pos {
                     out.push_str(&self.buf[pos..r.start]);

@@ -416,3 +416,107 @@ fn a_stream_cut_into_chunks_of_every_size_redacts_the_same() {
         );
     }
 }
+
+/// A small deterministic generator (xorshift64), for reproducible cases.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// Overlapping checks of every kind, and the pieces random texts are
+/// made of (matches, their prefixes, multi-byte characters).
+fn overlapping_checks() -> (ResponseChecks, [&'static str; 15]) {
+    let dir = dir_with(
+        "checks:\n  - name: canary\n    canaries: [PCX-7f3a, PCX-7f3a9b2e, 'Ω-mark']\n    action: redact\n  - name: keys\n    pattern: 'sk-[a-z0-9]{8,12}'\n    action: redact\n  - name: pd\n    pii: [email, card]\n    action: redact\nroutes:\n  predict: [canary, keys, pd]\n",
+    );
+    let snapshot = Snapshot::load(dir.path()).expect("loads");
+    let checks = snapshot.responses.for_route("predict").unwrap().clone();
+    let pieces = [
+        "PCX-7f3a9b2e",
+        "PCX-7f3a",
+        "PCX-",
+        "Ω-mark",
+        "sk-abcdef123",
+        "sk-ab",
+        "bob@example.org",
+        "4111 1111 1111 1111",
+        " ",
+        "word ",
+        "é",
+        "東京",
+        "\n",
+        "x@y",
+        "-",
+    ];
+    (checks, pieces)
+}
+
+/// `bytes` cut at up to 5 random points.
+fn cut<'a>(rng: &mut Xorshift, bytes: &'a [u8]) -> Vec<&'a [u8]> {
+    let mut cuts: Vec<usize> = (0..rng.below(6))
+        .map(|_| rng.below(bytes.len() + 1))
+        .collect();
+    cuts.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    for cut in cuts.into_iter().chain([bytes.len()]) {
+        chunks.push(&bytes[at..cut]);
+        at = cut;
+    }
+    chunks
+}
+
+#[test]
+fn streamed_text_is_redacted_exactly_as_the_whole_body_whatever_the_cuts() {
+    let (checks, pieces) = overlapping_checks();
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+    for case in 0..300 {
+        let text: String = (0..rng.below(40) + 1)
+            .map(|_| pieces[rng.below(pieces.len())])
+            .collect();
+        let whole = checks.scanner(Some("text/plain")).run([text.as_bytes()]).0;
+        let chunks = cut(&mut rng, text.as_bytes());
+        let streamed = checks
+            .scanner(Some("text/plain"))
+            .run(chunks.iter().copied())
+            .0;
+        assert_eq!(
+            String::from_utf8_lossy(&streamed),
+            String::from_utf8_lossy(&whole),
+            "case {case}: {text:?} cut as {chunks:?}"
+        );
+    }
+}
+
+#[test]
+fn an_event_stream_is_redacted_exactly_as_its_whole_text_whatever_the_cuts() {
+    let (checks, pieces) = overlapping_checks();
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
+    for case in 0..200 {
+        let contents: Vec<String> = (0..rng.below(8) + 1)
+            .map(|_| {
+                (0..rng.below(5) + 1)
+                    .map(|_| pieces[rng.below(pieces.len())])
+                    .collect()
+            })
+            .collect();
+        let text = contents.concat();
+        let whole = checks.scanner(Some("text/plain")).run([text.as_bytes()]).0;
+        let mut stream: String = contents.iter().map(|c| sse(c)).collect();
+        stream.push_str("data: [DONE]\r\n\r\n");
+        let chunks = cut(&mut rng, stream.as_bytes());
+        let (sent, blocked) = run(&mut checks.scanner(Some("text/event-stream")), &chunks);
+        assert!(!blocked);
+        assert_eq!(
+            generated(&sent),
+            String::from_utf8_lossy(&whole),
+            "case {case}: {contents:?}"
+        );
+    }
+}
