@@ -143,8 +143,9 @@ pub struct AuditRecord {
     /// The quota outcome: the limit that decided and what is left.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub quota: String,
-    /// Decisions: the token reservation made (`1008 tokens on 2 limits,
-    /// ttl 600s`); responses: the one settled. Left out when empty, so
+    /// Decisions: the token reservation made (`1008 tokens (tokens
+    /// 1008), ttl 600s, request <x-request-id>`); responses: the one
+    /// settled. Left out when empty, so
     /// records written before the field existed hash as they did.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reservation: String,

@@ -58,14 +58,17 @@ pub(super) async fn record(
         return;
     }
     let tokens: u64 = limits.iter().map(|l| l.reserved).sum();
+    let key = correlation_id(req);
     let mut reserved = Reserved {
-        tokens,
-        limits: limits.len(),
+        request_id: key.to_string(),
+        limits: limits
+            .iter()
+            .map(|l| (l.name.clone().unwrap_or_else(|| l.key.clone()), l.reserved))
+            .collect(),
         ttl_ms,
         recorded: false,
     };
     let degraded = d.quota.as_ref().is_some_and(|q| q.degraded.is_some());
-    let key = correlation_id(req);
     if key.is_empty() || degraded {
         metrics::global().reservation(if degraded {
             "not_recorded_degraded"

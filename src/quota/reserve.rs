@@ -82,13 +82,18 @@ impl Reservation {
         all
     }
 
-    /// Short form for records: `1008 tokens on 2 limits, ttl 600s`.
+    /// Short form for records, as the decision's: `1008 tokens (tokens
+    /// 1008), ttl 600s`.
     pub fn summary(&self) -> String {
+        let each: Vec<String> = self
+            .limits
+            .iter()
+            .map(|l| format!("{} {}", l.name.as_deref().unwrap_or(&l.key), l.reserved))
+            .collect();
         format!(
-            "{} tokens on {} limit{}, ttl {}s",
+            "{} tokens ({}), ttl {}s",
             self.total(),
-            self.limits.len(),
-            if self.limits.len() == 1 { "" } else { "s" },
+            each.join(", "),
             self.ttl_ms.div_ceil(1000)
         )
     }

@@ -350,7 +350,17 @@ async fn buffered_streamed_and_full_duplex_responses_settle_alike_and_are_record
             .iter()
             .find(|r| r["kind"] == "decision" && r["id"] == decision.as_str())
             .unwrap();
-        assert_eq!(made["reservation"], "1008 tokens on 1 limit, ttl 600s");
+        assert_eq!(
+            made["reservation"],
+            format!(
+                "1008 tokens (tokens 1008), ttl 600s, request {}",
+                response["request_id"].as_str().unwrap()
+            )
+        );
+        assert_eq!(
+            response["reservation"],
+            "1008 tokens (tokens 1008), ttl 600s"
+        );
         // The response record carries the x-request-id both sides saw;
         // the decision's, Envoy's stream id in Check (`http.id`).
         assert!(
