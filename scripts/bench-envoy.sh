@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Through-Envoy benchmark. Envoy 1.40 runs deploy/envoy.yaml (ext_authz with
-# the request body, the ratelimit filter, header mutation) in front of an
-# upstream twice: first with both filters pointed at an empty ext_authz + RLS
-# server (same tonic stack as Portcullis, answers OK at once), then at
+# the request body, the ratelimit filter, ext_proc, header mutation) in front
+# of an upstream twice: first with the three filters pointed at an empty
+# ext_authz + RLS + ext_proc server (same tonic stack as Portcullis, answers
+# at once), then at
 # Portcullis on the bundled policies (quotas scaled up so that the load never
 # runs out; every allowed request is still charged). wrk loads both for the
 # same duration with the same allowed inference call; the script prints both
@@ -12,9 +13,17 @@
 #
 #   scripts/bench-envoy.sh                 # 10 s per server
 #   DURATION=30 CONNECTIONS=64 scripts/bench-envoy.sh
+#   MODE=ext_proc scripts/bench-envoy.sh   # the ext_proc overhead alone
+#
+# MODE=ext_proc isolates the response side: both runs send ext_authz and
+# RLS to Portcullis, and ext_proc (response headers and the STREAMED body)
+# first to the empty server, then to Portcullis (on the bundled policies
+# the predict route's response checks scan every response); the ratio is
+# the throughput with Portcullis's ext_proc over that with an empty one.
 #
 # Settings (environment): DURATION (s, 10), WARMUP (s, 2), CONNECTIONS (32),
-# THREADS (wrk threads, 1), ENVOY_CONCURRENCY (Envoy workers, 1).
+# THREADS (wrk threads, 1), ENVOY_CONCURRENCY (Envoy workers, 1), MODE
+# (all: every filter to one server; ext_proc: only ext_proc differs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -26,6 +35,8 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
+MODE=${MODE:-all}
+[[ $MODE == all || $MODE == ext_proc ]] || { echo "MODE must be all or ext_proc" >&2; exit 2; }
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || { echo "DURATION must be 1..600 seconds" >&2; exit 2; }
 
 say() { printf '== %s\n' "$*" >&2; }
@@ -44,7 +55,7 @@ command -v openssl >/dev/null || die "needs openssl (for the dev token)"
 
 say "building release binaries"
 cargo build --release --locked --bin portcullis --bin portcullis-bench >&2
-bin=$root/target/release
+bin=${CARGO_TARGET_DIR:-$root/target}/release
 
 bench_workdir portcullis-bench-envoy
 
@@ -93,7 +104,7 @@ wait_envoy_ready "$up_admin"
 # Portcullis: bundled policies with roomy quotas, the test issuer.
 bench_portcullis_config "$work" "$bin" "$root"
 
-# The empty ext_authz + RLS server.
+# The empty ext_authz + RLS + ext_proc server.
 ep=$(free_port)
 "$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" 2>"$work/empty.log" &
 pids+=($!)
@@ -108,9 +119,10 @@ wrk.headers["content-type"] = "application/json"
 wrk.headers["authorization"] = "Bearer $token"
 EOF
 
-# One Envoy run against the decision server at $2; prints "rps p50 p90 p99 non2xx".
-measure() { # name, decision port
-    local name=$1 port=$2 lp ap
+# One Envoy run against the decision server at $2 (ext_proc at $3, when
+# given); prints "rps p50 p90 p99 non2xx".
+measure() { # name, decision port[, ext_proc port]
+    local name=$1 port=$2 ext_proc=${3:-} lp ap
     lp=$(free_port)
     ap=$(free_port)
     sed -e "s/address: 127.0.0.1, port_value: 10000 /address: 127.0.0.1, port_value: $lp /" \
@@ -121,6 +133,24 @@ measure() { # name, decision port
     for p in "$lp" "$ap" "$up_port" "$port"; do
         grep -q "port_value: $p " "$work/envoy-$name.yaml" || die "deploy/envoy.yaml: could not point an address at port $p"
     done
+    if [ -n "$ext_proc" ]; then
+        # ext_proc to a cluster of its own at $ext_proc.
+        python3 - "$work/envoy-$name.yaml" "$ext_proc" <<'PY' || die "deploy/envoy.yaml: could not give ext_proc a cluster of its own"
+import sys
+path, port = sys.argv[1], sys.argv[2]
+s = open(path).read()
+f = s.index("- name: envoy.filters.http.ext_proc")
+c = s.index("cluster_name: portcullis", f)
+s = s[:c] + "cluster_name: extproc" + s[c + len("cluster_name: portcullis"):]
+start = s.index("    - name: portcullis\n")
+cluster = s[start:]
+cluster = cluster.replace("name: portcullis", "name: extproc").replace("cluster_name: portcullis", "cluster_name: extproc")
+import re
+cluster = re.sub(r"port_value: \d+ ", f"port_value: {port} ", cluster)
+s = s.rstrip("\n") + "\n" + cluster
+open(path, "w").write(s)
+PY
+    fi
     "$envoy" -c "$work/envoy-$name.yaml" --concurrency "$ENVOY_CONCURRENCY" --log-level error \
         --base-id "$((72 + RANDOM % 1000))" >"$work/envoy-$name.log" 2>&1 &
     local envoy_pid=$!
@@ -151,19 +181,30 @@ print(f"{rps:.0f} {lat['50']:.0f} {lat['90']:.0f} {lat['99']:.0f} {int(bad.group
 PY
 }
 
-say "Envoy -> empty ext_authz/RLS server (${DURATION}s, $CONNECTIONS connections)"
-read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <<<"$(measure empty "$ep")"
-
 "$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>"$work/portcullis.log" &
 pids+=($!)
 wait_tcp "$pp" "Portcullis"
-say "Envoy -> Portcullis, bundled policies (${DURATION}s, $CONNECTIONS connections)"
-read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <<<"$(measure portcullis "$pp")"
 
-printf '%-28s %10s %9s %9s %9s %8s\n' "ext_authz + RLS server" "req/s" "p50 us" "p90 us" "p99 us" "non-2xx"
+if [ "$MODE" = ext_proc ]; then
+    say "Envoy -> Portcullis (ext_authz, RLS), empty ext_proc (${DURATION}s, $CONNECTIONS connections)"
+    read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <<<"$(measure empty-ext-proc "$pp" "$ep")"
+    say "Envoy -> Portcullis (ext_authz, RLS, ext_proc) (${DURATION}s, $CONNECTIONS connections)"
+    read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <<<"$(measure portcullis-ext-proc "$pp" "$pp")"
+    label="ext_proc server"
+    ratio=ext_proc_ratio_vs_empty_through_envoy
+else
+    say "Envoy -> empty ext_authz/RLS/ext_proc server (${DURATION}s, $CONNECTIONS connections)"
+    read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <<<"$(measure empty "$ep")"
+    say "Envoy -> Portcullis, bundled policies (${DURATION}s, $CONNECTIONS connections)"
+    read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <<<"$(measure portcullis "$pp")"
+    label="decision server"
+    ratio=ratio_vs_empty_through_envoy
+fi
+
+printf '%-28s %10s %9s %9s %9s %8s\n' "$label" "req/s" "p50 us" "p90 us" "p99 us" "non-2xx"
 printf '%-28s %10s %9s %9s %9s %8s\n' "empty" "$e_rps" "$e_p50" "$e_p90" "$e_p99" "$e_bad"
 printf '%-28s %10s %9s %9s %9s %8s\n' "portcullis" "$p_rps" "$p_p50" "$p_p90" "$p_p99" "$p_bad"
-python3 -c "print(f'ratio_vs_empty_through_envoy {$p_rps / $e_rps:.3f}')"
+python3 -c "print(f'$ratio {$p_rps / $e_rps:.3f}')"
 if [ "$e_bad" != 0 ] || [ "$p_bad" != 0 ]; then
     die "some responses were not 2xx (see the non-2xx column): the figures do not measure allowed requests"
 fi

@@ -33,6 +33,7 @@ pub mod authn;
 pub mod authz;
 pub mod quota;
 pub mod residency;
+pub mod response_checks;
 pub mod routes;
 pub mod validate;
 

@@ -204,7 +204,13 @@ pub struct Metrics {
     anomaly_blocks: Counter,
     jwks_keys_skipped: Family<[(&'static str, String); 2], Counter>,
     requests_over_budget: Counter,
+    reservations: Family<Labels1, Counter>,
+    tokens: Family<Labels1, Counter>,
+    ext_proc_streams: Family<Labels1, Counter>,
+    response_checks: Family<[(&'static str, String); 2], Counter>,
 }
+
+type Labels1 = [(&'static str, &'static str); 1];
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
@@ -240,6 +246,10 @@ impl Metrics {
             anomaly_blocks: Counter::default(),
             jwks_keys_skipped: Family::default(),
             requests_over_budget: Counter::default(),
+            reservations: Family::default(),
+            tokens: Family::default(),
+            ext_proc_streams: Family::default(),
+            response_checks: Family::default(),
         }
     }
 
@@ -332,6 +342,37 @@ impl Metrics {
         self.requests_over_budget.inc();
     }
 
+    /// Records a token reservation event: `reserved`, `settled`,
+    /// `settled_without_usage`, `expired`, `already_settled`,
+    /// `not_recorded_*`.
+    pub fn reservation(&self, event: &'static str) {
+        self.reservations.get_or_create(&[("event", event)]).inc();
+    }
+
+    /// Adds `n` tokens of a `kind`: `reserved` at Check, `used` (what a
+    /// settlement charged), `returned` and `excess` (charged past the
+    /// estimate).
+    pub fn tokens(&self, kind: &'static str, n: u64) {
+        self.tokens.get_or_create(&[("kind", kind)]).inc_by(n);
+    }
+
+    /// Records an ext_proc stream's end: `settled`, `uncorrelated` (no
+    /// reservation for its request id; the response passed untouched),
+    /// `broken` (the stream ended mid-response), `passed` (nothing to do).
+    pub fn ext_proc_stream(&self, outcome: &'static str) {
+        self.ext_proc_streams
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    /// Records one match of a response check (`responses.yaml`): the
+    /// check's name and its action (`tag`, `redact`, `block`).
+    pub fn response_check(&self, check: &str, action: &'static str) {
+        self.response_checks
+            .get_or_create(&[("check", check.to_string()), ("action", action.to_string())])
+            .inc();
+    }
+
     /// Observations of a stage so far (for tests).
     pub fn stage_count(&self, stage: Stage) -> u64 {
         self.stage_duration.histograms[stage.index()].count()
@@ -389,9 +430,29 @@ impl Metrics {
             self.anomaly_blocks.clone(),
         );
         registry.register(
+            "portcullis_token_reservations",
+            "Token reservation events (reserved at Check, settled from the response, expired, not recorded)",
+            Described(self.reservations.clone()),
+        );
+        registry.register(
+            "portcullis_tokens",
+            "Tokens reserved at Check, used (charged at settlement), returned, and charged past the estimate",
+            Described(self.tokens.clone()),
+        );
+        registry.register(
+            "portcullis_ext_proc_streams",
+            "ext_proc streams by how they ended (settled, uncorrelated, broken, passed)",
+            Described(self.ext_proc_streams.clone()),
+        );
+        registry.register(
             "portcullis_requests_over_budget",
             "gRPC requests refused (RESOURCE_EXHAUSTED) because their listener had server.max_pending_requests in progress",
             self.requests_over_budget.clone(),
+        );
+        registry.register(
+            "portcullis_response_checks",
+            "Matches of response checks (responses.yaml) by check name and action",
+            Described(self.response_checks.clone()),
         );
     }
 }

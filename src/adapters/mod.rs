@@ -7,6 +7,7 @@ pub mod access;
 pub mod admin;
 pub mod check_wire;
 pub mod extauthz;
+pub mod extproc;
 pub mod forward_auth;
 pub mod http;
 pub mod offline;

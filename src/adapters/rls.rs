@@ -126,6 +126,7 @@ pub fn to_descriptors(req: &RateLimitRequest) -> Result<Vec<Descriptor>, String>
                     .collect(),
                 cost: d.hits_addend.map(|h| h.value).unwrap_or(request_hits),
                 limit,
+                tokens: None,
             })
         })
         .collect()

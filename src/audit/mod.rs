@@ -32,6 +32,7 @@ use crate::decision::{Decision, DenyReason};
 use crate::request::AccessRequest;
 pub use config::{AuditConfig, Durability};
 pub use loss::Counters;
+pub use record::ResponseRecord;
 
 pub use writer::{start, AuditWriter, StartError};
 
@@ -57,6 +58,10 @@ pub enum Kind {
     SigningKey,
     /// The anomaly detector saw a surge or repeated failures.
     Anomaly,
+    /// A response to an allowed request (ext_proc): its token reservation
+    /// settled and what its response checks found, linked to its decision
+    /// by `decision_id` and `request_id`.
+    Response,
 }
 
 impl Kind {
@@ -71,6 +76,7 @@ impl Kind {
             Kind::Checkpoint => "checkpoint",
             Kind::SigningKey => "signing_key",
             Kind::Anomaly => "anomaly",
+            Kind::Response => "response",
         }
     }
 }
@@ -137,6 +143,24 @@ pub struct AuditRecord {
     /// The quota outcome: the limit that decided and what is left.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub quota: String,
+    /// Decisions: the token reservation made (`1008 tokens (tokens
+    /// 1008), ttl 600s, request <x-request-id>`); responses: the one
+    /// settled. Left out when empty, so
+    /// records written before the field existed hash as they did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reservation: String,
+    /// Responses: the decision (its record's `id`) this response answers.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub decision_id: String,
+    /// Responses: how the reservation settled (`used 300 of 1008 reserved
+    /// (708 returned)`, or without usage and why).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub settlement: String,
+    /// Responses: what the route's response checks found, one per check
+    /// and kind: `<check>;kind=<kind>;action=<action>;count=<n>` (never
+    /// the matched text).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
     /// With shadow policies: the candidate set's outcome, e.g.
     /// `deny (disagrees) [shadow-no-cn-north-1]`.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -39,6 +39,11 @@ impl AuditRecord {
             latency_us: (latency.as_micros() as u64).max(1),
             source_ip: req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             quota: d.quota.as_ref().map(quota_summary).unwrap_or_default(),
+            reservation: d
+                .reserved
+                .as_ref()
+                .map(crate::decision::quota::Reserved::summary)
+                .unwrap_or_default(),
             shadow: d
                 .shadow
                 .as_ref()
@@ -52,6 +57,26 @@ impl AuditRecord {
                 })
                 .unwrap_or_default(),
             ..AuditRecord::new(Kind::Decision)
+        }
+    }
+
+    /// The record of a response (ext_proc): which decision and request it
+    /// answers, on which route, its status, the reservation it settled
+    /// and how, and what its response checks found. `adapter` is the door it came through (`ext_proc`), or
+    /// `sweeper` for a reservation settled on expiry.
+    pub fn response(response: ResponseRecord<'_>) -> Self {
+        AuditRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            adapter: response.adapter.to_string(),
+            request_id: response.request_id.to_string(),
+            decision_id: response.decision_id.to_string(),
+            route: response.route.to_string(),
+            status: u64::from(response.status),
+            reservation: response.reservation.to_string(),
+            settlement: response.settlement.to_string(),
+            reason: response.reason.to_string(),
+            findings: response.findings.to_vec(),
+            ..AuditRecord::new(Kind::Response)
         }
     }
 
@@ -109,6 +134,29 @@ impl AuditRecord {
             ..AuditRecord::new(Kind::AuthnFailure)
         })
     }
+}
+
+/// What a response record says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseRecord<'a> {
+    /// `ext_proc`, or `sweeper` for an expired reservation.
+    pub adapter: &'a str,
+    /// The gateway's request id.
+    pub request_id: &'a str,
+    /// The decision it answers.
+    pub decision_id: &'a str,
+    /// The route.
+    pub route: &'a str,
+    /// The upstream's HTTP status (0 when the response never came).
+    pub status: u16,
+    /// The reservation, short form.
+    pub reservation: &'a str,
+    /// How it settled.
+    pub settlement: &'a str,
+    /// Why it settled without usage (`no_usage`, `broken`, ...), if so.
+    pub reason: &'a str,
+    /// What its response checks found.
+    pub findings: &'a [String],
 }
 
 fn outcome_str(o: Outcome) -> &'static str {

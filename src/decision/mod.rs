@@ -91,6 +91,10 @@ pub struct Decision {
     /// limit that applied (`None` where none did).
     #[serde(skip)]
     pub limits: Vec<Option<quota::LimitStatus>>,
+    /// The token reservation this decision made (settled from the
+    /// response through ext_proc).
+    #[serde(skip)]
+    pub reserved: Option<quota::Reserved>,
     /// Headers set on the request to the upstream on allow (e.g.
     /// `x-portcullis-pii`).
     #[serde(skip)]
@@ -141,6 +145,7 @@ impl Decision {
             retry_after_seconds: None,
             quota: None,
             limits: Vec::new(),
+            reserved: None,
             problems: Vec::new(),
             upstream_headers: Vec::new(),
             response_headers: Vec::new(),

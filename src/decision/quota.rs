@@ -30,6 +30,51 @@ impl OnStoreError {
     }
 }
 
+/// A token reservation made by a decision, as its audit record shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    /// The id it is kept under (the request's `x-request-id`), which the
+    /// response's record carries as its `request_id`.
+    pub request_id: String,
+    /// Per token limit: its name (or counter key) and the tokens it holds.
+    pub limits: Vec<(String, u64)>,
+    /// How long it may stay open, milliseconds.
+    pub ttl_ms: u64,
+    /// False when it could not be recorded (no request id, a degraded
+    /// store, a store failure): the estimate then stays charged.
+    pub recorded: bool,
+}
+
+impl Reserved {
+    /// Tokens reserved over all limits.
+    pub fn tokens(&self) -> u64 {
+        self.limits.iter().map(|(_, n)| n).sum()
+    }
+
+    /// `1008 tokens (tokens 1008), ttl 600s, request r-1`; with `, not
+    /// recorded: the estimate is kept` when it was not recorded.
+    pub fn summary(&self) -> String {
+        let each: Vec<String> = self
+            .limits
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        let mut s = format!(
+            "{} tokens ({}), ttl {}s",
+            self.tokens(),
+            each.join(", "),
+            self.ttl_ms.div_ceil(1000)
+        );
+        if !self.request_id.is_empty() {
+            s.push_str(&format!(", request {}", self.request_id));
+        }
+        if !self.recorded {
+            s.push_str(", not recorded: the estimate is kept");
+        }
+        s
+    }
+}
+
 /// What a decision records about quotas, and what the client is told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QuotaOutcome {

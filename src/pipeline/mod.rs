@@ -13,6 +13,8 @@
 
 mod calls;
 mod record;
+mod reserve;
+pub mod response;
 mod stages;
 
 use std::time::Instant;
@@ -104,6 +106,9 @@ pub enum Door {
     RateLimit,
     /// The admin API.
     Admin,
+    /// Envoy ext_proc `Process`: the response side (no decision; its
+    /// response records name it).
+    ExtProc,
 }
 
 impl Door {
@@ -114,6 +119,7 @@ impl Door {
             Door::ForwardAuth => "forward_auth",
             Door::RateLimit => "ratelimit",
             Door::Admin => "admin",
+            Door::ExtProc => "ext_proc",
         }
     }
 }

@@ -489,8 +489,20 @@ pub(super) async fn charge(
     // The stage histogram times `Check`'s stages; a rate-limit call is
     // timed as a whole (`portcullis_decision_duration_seconds`).
     let started = Instant::now();
-    let (charged, _per_descriptor) =
+    let (charged, per_descriptor) =
         charge_descriptors(snapshot, live.quotas, &descriptors, &mut at.d).await;
+    if charged.is_ok() && descriptors.iter().any(|d| d.tokens.is_some()) {
+        // Token limits hold a reservation until the response settles it.
+        super::reserve::record(
+            live.quotas,
+            req,
+            &at.route.name,
+            &descriptors,
+            &per_descriptor,
+            &mut at.d,
+        )
+        .await;
+    }
     metrics::global().stage(metrics::Stage::Quota, started.elapsed());
     charged
 }

@@ -1,7 +1,8 @@
 //! Checks across the files of a policy directory, after each parsed: every
 //! route's request fits the Cedar schema, routes name schemas and models
 //! that exist, the model registry's entities join `entities.json`, and the
-//! claims the configuration copies into the context fit the schema.
+//! claims the configuration copies into the context fit the schema, and
+//! `responses.yaml` names routes that exist.
 
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
@@ -12,6 +13,7 @@ use super::files::{entity_line, error_chain};
 use super::snapshot::{
     LoadError, Snapshot, ANONYMOUS_TYPE, ENTITIES_FILE, ROUTES_FILE, SCHEMA_FILE,
 };
+use crate::response_checks::{ResponsePolicy, RESPONSES_FILE};
 use crate::routes::{Authentication, RouteTable};
 use crate::validate::models::{Registry, MODELS_FILE, MODEL_TYPE, MODEL_VERSION_TYPE};
 use crate::validate::schema::{self, Schemas, SCHEMAS_DIR};
@@ -252,6 +254,43 @@ pub(super) fn check_route_references(
     }
 }
 
+/// Every route a `check:` rule with `tokens:` names exists and reads its
+/// body (a `body:` section): the reservation's estimate comes from the
+/// request body (`max_tokens`, the prompt), and a route whose body is not
+/// looked at would reserve only the default, whatever it asks for.
+pub(super) fn check_token_rules(
+    quotas: &crate::quota::QuotaConfig,
+    routes: &RouteTable,
+    errors: &mut Vec<LoadError>,
+) {
+    for rule in quotas.check_rules.iter().filter(|r| r.tokens.is_some()) {
+        for name in rule.routes.iter().flatten() {
+            let problem = match routes.routes().iter().find(|r| &r.name == name) {
+                None => format!(
+                    "check rule '{}': tokens on route '{name}', which {ROUTES_FILE} does not have (routes: {})",
+                    rule.name,
+                    routes
+                        .routes()
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some(route) if route.body.is_none() => format!(
+                    "check rule '{}': tokens on route '{name}', which has no body: section in {ROUTES_FILE}, so its max_tokens and prompt cannot be read; give it one (e.g. body: {{content_types: [application/json]}}) or leave it out of the rule's routes",
+                    rule.name
+                ),
+                Some(_) => continue,
+            };
+            errors.push(LoadError {
+                file: rule.at.0.clone(),
+                line: rule.at.1,
+                message: problem,
+            });
+        }
+    }
+}
+
 /// A claim the configuration copies into `context.token.claims`, which the
 /// schema must declare (as a String) for every route's action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,3 +383,23 @@ pub(super) fn join(types: &[EntityTypeName]) -> String {
 }
 
 pub use crate::authz::action_uid;
+
+/// `responses.yaml`, checked against the route table (not checked while
+/// the route table itself does not load); none without the file.
+pub(super) fn response_checks(
+    files: &BTreeMap<String, String>,
+    routes: Option<&RouteTable>,
+    errors: &mut Vec<LoadError>,
+) -> ResponsePolicy {
+    let (Some(text), Some(routes)) = (files.get(RESPONSES_FILE), routes) else {
+        return ResponsePolicy::default();
+    };
+    ResponsePolicy::parse(text, routes).unwrap_or_else(|errs| {
+        errors.extend(errs.into_iter().map(|e| LoadError {
+            file: RESPONSES_FILE.into(),
+            line: e.line,
+            message: e.message,
+        }));
+        ResponsePolicy::default()
+    })
+}

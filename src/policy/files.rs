@@ -29,6 +29,7 @@ pub(super) fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadErr
             || name == ROUTES_FILE
             || name == MODELS_FILE
             || name == crate::quota::config::QUOTAS_FILE
+            || name == crate::response_checks::RESPONSES_FILE
             || name.ends_with(".cedar");
         if !wanted || !entry.path().is_file() {
             continue;

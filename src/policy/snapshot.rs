@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 
 pub use super::checks::ContextClaim;
 use super::checks::{
-    check_route_references, check_routes_against_schema, compile_schemas, with_registry,
+    check_route_references, check_routes_against_schema, check_token_rules, compile_schemas,
+    response_checks, with_registry,
 };
 use super::files::{
     diagnostic_errors, entity_line, error_chain, json_error_line, miette_help, parse_policies,
@@ -82,6 +83,8 @@ pub struct Snapshot {
     pub region_routes: HashSet<String>,
     /// Orgs that restrict the regions their data is processed in.
     pub org_regions: crate::residency::OrgRegions,
+    /// Response checks per route (`responses.yaml`); none without one.
+    pub responses: crate::response_checks::ResponsePolicy,
 }
 
 /// One problem in a policy directory.
@@ -304,6 +307,11 @@ impl Snapshot {
             }
         };
 
+        if let Some(routes) = &routes {
+            check_token_rules(&quotas, routes, &mut errors);
+        }
+        let responses = response_checks(&files, routes.as_ref(), &mut errors);
+
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -333,6 +341,7 @@ impl Snapshot {
             region_routes,
             org_regions: crate::residency::org_regions(&entities),
             entities,
+            responses,
         })
     }
 
@@ -623,6 +632,8 @@ mod tests {
         assert_eq!(Snapshot::load(dir.path()).unwrap().version, v1, "stable");
         std::fs::write(dir.path().join("platform.cedar"), "// emptied\n").unwrap();
         std::fs::write(dir.path().join(ROUTES_FILE), "routes: []\n").unwrap();
+        // Its checks name routes that are gone now.
+        std::fs::remove_file(dir.path().join(crate::response_checks::RESPONSES_FILE)).unwrap();
         assert_ne!(Snapshot::load(dir.path()).unwrap().version, v1);
     }
 

@@ -23,11 +23,18 @@ pub struct Descriptor {
     /// action): `(requests per unit, unit in microseconds)`. Applied instead
     /// of the configured limit when the domain is configured.
     pub limit: Option<(u64, u64)>,
+    /// Set for a `check:` rule with `tokens:`: the cost is a reservation,
+    /// settled from the response. Its limit is then counted by GCRA, as a
+    /// plain charge (neither a fixed window nor post-hoc), so that what is
+    /// reserved can be given back exactly.
+    pub tokens: Option<std::sync::Arc<super::config::tokens::TokenRule>>,
 }
 
 /// Per descriptor: the limit that applied and its state, if any.
 #[derive(Debug, Clone)]
 pub struct Applied {
+    /// The counter's key.
+    pub key: String,
     /// The limit.
     pub limit: QuotaLimit,
     /// Its state after the charge.
@@ -36,7 +43,7 @@ pub struct Applied {
 
 impl From<Applied> for LimitStatus {
     fn from(applied: Applied) -> LimitStatus {
-        let Applied { limit, state } = applied;
+        let Applied { limit, state, .. } = applied;
         LimitStatus {
             name: limit.name,
             requests: limit.requests,
@@ -116,6 +123,7 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
         if l.unlimited {
             // Never counted; reported as the most a status can say is left.
             applied[i] = Some(Applied {
+                key: key_of(d, shared),
                 limit: l.clone().into_owned(),
                 state: LimitState {
                     over: false,
@@ -129,15 +137,18 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
         if l.name.as_deref().is_some_and(|n| replaced.contains(&n)) {
             continue;
         }
-        // Our `burst` has no fixed-window meaning: such a limit stays GCRA.
-        let fixed = quotas.counting() == Counting::FixedWindow && l.burst == l.requests;
+        // Our `burst` has no fixed-window meaning: such a limit stays GCRA,
+        // and so does a token reservation (given back exactly when settled).
+        let reserved = d.tokens.is_some();
+        let fixed =
+            quotas.counting() == Counting::FixedWindow && l.burst == l.requests && !reserved;
         charges.push(Charge {
             key: key_of(d, shared),
             rate: l.rate(),
             cost: d.cost,
             shadow: l.shadow,
             quota: l.quota_mode,
-            post_hoc: l.post_hoc,
+            post_hoc: l.post_hoc && !reserved,
             window: fixed.then_some(FixedWindow {
                 window_us: l.window_us,
                 limit: l.requests,
@@ -178,6 +189,7 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
             cost_too_large: Some(c.cost),
         };
         applied[i] = Some(Applied {
+            key: c.key.clone(),
             limit,
             state: LimitState {
                 over: true,
@@ -216,8 +228,9 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
             }
         }
     };
-    for (i, state) in index.iter().zip(&charged.states) {
+    for ((i, state), c) in index.iter().zip(&charged.states).zip(&charges) {
         applied[*i] = Some(Applied {
+            key: c.key.clone(),
             limit: limit_at(*i),
             state: *state,
         });

@@ -1,6 +1,7 @@
 //! Quotas inside ext_authz `Check`: the descriptors a request's identity
 //! and route yield under the `check:` rules of the quota files, each with
-//! its cost (a header, a JSON body field, or a default).
+//! its cost (a header, a JSON body field, or a default; for a rule with
+//! `tokens:`, that cost plus the prompt estimate, see [`prompt_estimate`]).
 
 use super::apply::Descriptor;
 use super::config::{CheckRule, Part, QuotaConfig};
@@ -43,15 +44,59 @@ pub fn descriptors(
         let Some(entries) = entries(rule, subject, req) else {
             continue;
         };
-        let cost = cost(rule, req, &mut body)?;
+        let mut cost = cost(rule, req, &mut body)?;
+        if let Some(tokens) = &rule.tokens {
+            let json = parsed(req, &mut body);
+            cost = cost.saturating_add(prompt_estimate(tokens, json.as_ref()));
+        }
         out.push(Descriptor {
             domain: rule.domain.clone(),
             entries,
             cost,
             limit: None,
+            tokens: rule.tokens.clone(),
         });
     }
     Ok(out)
+}
+
+/// The request body as JSON (parsed once per request), `None` when there
+/// is none or it is not JSON.
+fn parsed<'b>(
+    req: &AccessRequest,
+    body: &'b mut Option<Option<serde_json::Value>>,
+) -> &'b Option<serde_json::Value> {
+    body.get_or_insert_with(|| {
+        req.body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+    })
+}
+
+/// The prompt's share of a token reservation: the bytes of the JSON text
+/// of each value the rule's `prompt` pointers find in the body (by default
+/// `/messages`, `/prompt`, `/input`), divided by `bytes_per_token` (4 by
+/// default) and rounded up; 0 without a JSON body or with
+/// `bytes_per_token: 0`. A rough upper-leaning estimate for English text
+/// with common tokenizers (about 4 characters a token, and the JSON
+/// quoting and field names count too); the settlement corrects it.
+pub fn prompt_estimate(
+    rule: &super::config::tokens::TokenRule,
+    body: Option<&serde_json::Value>,
+) -> u64 {
+    let (Some(body), per) = (body, rule.bytes_per_token) else {
+        return 0;
+    };
+    if per == 0 {
+        return 0;
+    }
+    let bytes: u64 = rule
+        .prompt
+        .iter()
+        .filter_map(|p| body.pointer(p))
+        .map(|v| serde_json::to_string(v).map_or(0, |t| t.len() as u64))
+        .sum();
+    bytes.div_ceil(per)
 }
 
 /// The rule's entries, or `None` when a variable has no value here (the
@@ -111,11 +156,7 @@ fn cost(
         }
     }
     if let Some(field) = &c.body_field {
-        let json = body.get_or_insert_with(|| {
-            req.body
-                .as_deref()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-        });
+        let json = parsed(req, body);
         let mut node = json.as_ref();
         for part in field.split('.') {
             node = node.and_then(|n| n.get(part));
@@ -197,5 +238,31 @@ mod tests {
         assert!(descriptors(&config(), &s, &req).is_err());
         req.body = Some(b"not json".to_vec());
         assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 7);
+    }
+
+    #[test]
+    fn a_token_rule_reserves_max_tokens_plus_the_prompt_estimate() {
+        let config = QuotaConfig::parse([(
+            "quotas.yaml",
+            "domain: d\ncheck:\n  - routes: [chat]\n    descriptor: [{key: t, value: \"{principal}\"}]\n    cost: {body_field: max_tokens, default: 256}\n    tokens: {}\n",
+        )])
+        .unwrap();
+        let s = subject("chat", None);
+        // 40 bytes of JSON text: [{"role":"user","content":"0123456789"}]
+        let messages = serde_json::json!([{"role": "user", "content": "0123456789"}]);
+        assert_eq!(messages.to_string().len(), 40);
+        let req = AccessRequest::for_test("POST", "/x").with_json(
+            &serde_json::json!({"model": "m", "max_tokens": 1000, "messages": messages}),
+        );
+        let d = descriptors(&config, &s, &req).unwrap();
+        assert_eq!(d[0].cost, 1000 + 10);
+        assert!(d[0].tokens.is_some());
+        // No body: the default cost, no prompt.
+        let d = descriptors(&config, &s, &AccessRequest::for_test("POST", "/x")).unwrap();
+        assert_eq!(d[0].cost, 256);
+        // 39 bytes (the quoted string) round up to 10 tokens.
+        let req = AccessRequest::for_test("POST", "/x")
+            .with_json(&serde_json::json!({"max_tokens": 5, "prompt": "0123456789012345678901234567890123456"}));
+        assert_eq!(descriptors(&config, &s, &req).unwrap()[0].cost, 5 + 10);
     }
 }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::gcra::Rate;
 use super::{breaker, local, was_charged};
 use super::{
     Charge, Charged, Counting, FixedWindow, OnStoreError, QuotaStore, RlsHeaders, StoreError,
@@ -73,6 +72,7 @@ pub struct Quotas {
     health: Arc<Health>,
     counting: Counting,
     rls_headers: RlsHeaders,
+    reservations: Option<Arc<dyn super::reserve::ReservationStore>>,
 }
 
 /// What the callers and the store's tasks share.
@@ -220,7 +220,25 @@ impl Quotas {
             }),
             counting: Counting::Gcra,
             rls_headers: RlsHeaders::default(),
+            reservations: None,
         }
+    }
+
+    /// The same enforcement keeping token reservations in `store` (without
+    /// one, a token rule's estimate is charged and kept).
+    pub fn with_reservations(mut self, store: Arc<dyn super::reserve::ReservationStore>) -> Quotas {
+        self.reservations = Some(store);
+        self
+    }
+
+    /// Where token reservations live, when they are kept.
+    pub fn reservations(&self) -> Option<&Arc<dyn super::reserve::ReservationStore>> {
+        self.reservations.as_ref()
+    }
+
+    /// The per-call deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The same enforcement counting `counting`'s way.
@@ -248,6 +266,10 @@ impl Quotas {
     /// In-process quotas only (the default, and offline `check`).
     pub fn in_process(max_keys: usize) -> Quotas {
         let store = Arc::new(local::LocalStore::new(max_keys, Arc::new(SystemClock)));
+        let reservations = Arc::new(super::reserve::LocalReservations::new(
+            Arc::clone(&store),
+            Arc::new(SystemClock),
+        ));
         Quotas::new(
             store,
             Duration::from_millis(10),
@@ -255,6 +277,7 @@ impl Quotas {
             1,
             max_keys,
         )
+        .with_reservations(reservations)
     }
 
     /// The store's name.
@@ -536,7 +559,7 @@ impl Quotas {
                 let scaled: Vec<Charge> = charges
                     .iter()
                     .map(|c| Charge {
-                        rate: scale(c.rate, self.replicas),
+                        rate: c.rate.divided(self.replicas),
                         window: c.window.map(|w| FixedWindow {
                             limit: (w.limit / self.replicas).max(1),
                             ..w
@@ -580,22 +603,10 @@ fn take(call: &Call) -> Option<Result<Charged, StoreError>> {
     }
 }
 
-/// A rate divided among `replicas` processes that each enforce it alone.
-fn scale(rate: Rate, replicas: u64) -> Rate {
-    if replicas <= 1 {
-        return rate;
-    }
-    let emission_us = rate.emission_us.saturating_mul(replicas);
-    let burst = (rate.burst() / replicas).max(1);
-    Rate {
-        emission_us,
-        tolerance_us: emission_us.saturating_mul(burst),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quota::gcra::Rate;
     use crate::quota::LimitState;
     use std::sync::atomic::AtomicU32;
 

@@ -31,6 +31,20 @@ impl Rate {
     pub fn burst(&self) -> u64 {
         self.tolerance_us / self.emission_us
     }
+
+    /// This rate divided among `replicas` processes that each enforce it
+    /// alone (the `local` degraded mode).
+    pub fn divided(self, replicas: u64) -> Rate {
+        if replicas <= 1 {
+            return self;
+        }
+        let emission_us = self.emission_us.saturating_mul(replicas);
+        let burst = (self.burst() / replicas).max(1);
+        Rate {
+            emission_us,
+            tolerance_us: emission_us.saturating_mul(burst),
+        }
+    }
 }
 
 /// What charging `cost` against a key would do, at `now`.

@@ -75,6 +75,43 @@ impl LocalStore {
         (a << 64) | b
     }
 
+    /// Moves a GCRA key by `delta` units at once: a negative delta gives
+    /// back (the state never goes below a full bucket), a positive one
+    /// charges work already done, past the burst if need be. Settles a
+    /// token reservation (`reserve.rs`).
+    pub fn adjust(&self, key: &str, emission_us: u64, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let now = self.clock.now_us();
+        let hash = self.hash(key);
+        let mut shard = self.shards[(hash as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let tat = shard
+            .get(&hash)
+            .map(|c| c.until)
+            .filter(|t| *t > now)
+            .unwrap_or(0);
+        let moved = delta.unsigned_abs().saturating_mul(emission_us);
+        let new_tat = if delta < 0 {
+            tat.saturating_sub(moved)
+        } else {
+            tat.max(now).saturating_add(moved)
+        };
+        if new_tat <= now {
+            shard.remove(&hash);
+        } else {
+            shard.insert(
+                hash,
+                Cell {
+                    until: new_tat,
+                    count: 0,
+                },
+            );
+        }
+    }
+
     /// The synchronous check-and-charge.
     pub fn charge_now(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
         let now = self.clock.now_us();

@@ -15,7 +15,9 @@ pub mod enforce;
 pub mod gcra;
 pub mod local;
 pub mod redis;
+pub mod reserve;
 pub mod settings;
+pub mod usage;
 
 pub use settings::{Counting, QuotaSettings, QuotaStoreKind, RlsHeaders};
 

@@ -304,11 +304,11 @@ fn by_slot(charges: &[Charge]) -> Vec<(Slot, Vec<usize>)> {
     slots
 }
 
-fn redis_key(key: &str) -> String {
+pub(crate) fn redis_key(key: &str) -> String {
     format!("{KEY_PREFIX}{{{key}}}")
 }
 
-fn error(e: redis::RedisError) -> StoreError {
+pub(crate) fn error(e: redis::RedisError) -> StoreError {
     let gone = e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
@@ -321,7 +321,7 @@ fn error(e: redis::RedisError) -> StoreError {
     }
 }
 
-fn unreachable(store: &'static str, e: crate::shared_redis::Unreachable) -> StoreError {
+pub(crate) fn unreachable(store: &'static str, e: crate::shared_redis::Unreachable) -> StoreError {
     StoreError {
         store,
         message: e.to_string(),

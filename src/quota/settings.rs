@@ -251,14 +251,24 @@ impl QuotaSettings {
     /// The enforcement these settings describe; `redis` is the connection
     /// from [`QuotaSettings::redis`] (possibly shared with authentication).
     pub fn build_on(&self, redis: Option<Arc<SharedRedis>>) -> crate::quota::Quotas {
+        use crate::quota::reserve::{self, ReservationStore};
         let timeout = Duration::from_millis(self.timeout_ms);
-        let store: Arc<dyn crate::quota::QuotaStore> = match redis {
-            None => Arc::new(crate::quota::local::LocalStore::new(
-                self.max_local_keys,
-                Arc::new(crate::time::SystemClock),
-            )),
-            Some(redis) => Arc::new(crate::quota::redis::RedisStore::on(redis)),
-        };
+        let (store, reservations): (Arc<dyn crate::quota::QuotaStore>, Arc<dyn ReservationStore>) =
+            match redis {
+                None => {
+                    let clock = Arc::new(crate::time::SystemClock);
+                    let local = Arc::new(crate::quota::local::LocalStore::new(
+                        self.max_local_keys,
+                        clock.clone(),
+                    ));
+                    let reservations = reserve::LocalReservations::new(Arc::clone(&local), clock);
+                    (local, Arc::new(reservations))
+                }
+                Some(redis) => (
+                    Arc::new(crate::quota::redis::RedisStore::on(Arc::clone(&redis))),
+                    Arc::new(reserve::redis::RedisReservations::on(redis)),
+                ),
+            };
         crate::quota::Quotas::new(
             store,
             timeout,
@@ -268,5 +278,6 @@ impl QuotaSettings {
         )
         .with_counting(self.counting)
         .with_rls_headers(self.rls_headers.clone())
+        .with_reservations(reservations)
     }
 }

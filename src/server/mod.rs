@@ -1,8 +1,9 @@
-//! The servers: the decision listener (ext_authz, health, reflection), the
-//! admin listener (admin API, health, reflection), the operations HTTP
-//! listener and, when configured, the forward-auth HTTP listener
-//! (`http.rs`); their limits, background tasks, and graceful shutdown. No
-//! decision logic lives here.
+//! The servers: the decision listener (ext_authz, RLS, ext_proc, health,
+//! reflection), the admin listener (admin API, health, reflection), the
+//! operations HTTP listener and, when configured, the forward-auth HTTP
+//! listener (`http.rs`); their limits, background tasks (among them the
+//! reservation sweeper), and graceful shutdown. No decision logic lives
+//! here.
 
 mod budget;
 pub mod http;
@@ -22,6 +23,7 @@ use tonic::transport::Server;
 use crate::adapters::admin::{AuditAdmin, PolicyAdmin};
 use crate::adapters::check_wire::CheckServer;
 use crate::adapters::extauthz::AuthzService;
+use crate::adapters::extproc::ExtProcService;
 use crate::adapters::forward_auth::ForwardAuth;
 use crate::adapters::rls::RateLimiter;
 use crate::app::{App, AssembleError, State};
@@ -31,7 +33,12 @@ use crate::policy::gitrev::PolicyRevision;
 use crate::policy::reload;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::policy_service_server::PolicyServiceServer;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+
+/// How often every replica settles the token reservations that expired
+/// unsettled (`pipeline::response::sweep`).
+pub const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +190,26 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     health
         .set_serving::<RateLimitServiceServer<RateLimiter>>()
         .await;
+    health
+        .set_serving::<ExternalProcessorServer<ExtProcService>>()
+        .await;
+    {
+        // Reservations nobody settled (a replica died, a response never
+        // reached ext_proc) settle by their rule once expired.
+        let (state, stop) = (Arc::clone(&state), cancel.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        crate::pipeline::response::sweep(&state.quotas, Some(&state.audit)).await;
+                    }
+                }
+            }
+        });
+    }
 
     let limits = &config.server;
     let max_message = limits.max_message_bytes;
@@ -193,14 +220,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let (v1, v1alpha) = reflection(&[
             "envoy.service.auth.v3.Authorization",
             "envoy.service.ratelimit.v3.RateLimitService",
+            "envoy.service.ext_proc.v3.ExternalProcessor",
             "grpc.health.v1.Health",
         ]);
         let authz = CheckServer::new(AuthzService::new(Arc::clone(&state)), max_message);
+        let ext_proc = ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&state)))
+            .max_decoding_message_size(max_message);
         let rls = RateLimitServiceServer::new(RateLimiter::new(Arc::clone(&state)))
             .max_decoding_message_size(max_message);
         let router = builder()
             .add_service(authz)
             .add_service(rls)
+            .add_service(ext_proc)
             .add_service(health_service.clone())
             .add_service(v1)
             .add_service(v1alpha);

@@ -4,6 +4,7 @@
 //! matched text is never returned, so it cannot reach a response, a log
 //! line or the audit trail.
 
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -41,29 +42,119 @@ static IBAN: LazyLock<Regex> = LazyLock::new(|| {
 
 /// The kinds (among `kinds`) found in one piece of text.
 pub fn scan_text(text: &str, kinds: &[PiiKind]) -> Vec<PiiKind> {
-    // One pass over the bytes for what each kind cannot do without; most
-    // text fails every one of these, and then no regex runs at all.
-    let (mut digits, mut upper, mut at, mut dash) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
-        match b {
-            b'0'..=b'9' => digits += 1,
-            b'A'..=b'Z' => upper += 1,
-            b'@' => at = true,
-            b'-' => dash = true,
-            _ => {}
-        }
-    }
+    let present = Present::of(text);
     kinds
         .iter()
         .copied()
-        .filter(|kind| match kind {
-            PiiKind::Email => at && has_email(text),
-            PiiKind::Phone => digits >= 8 && has_phone(text),
-            PiiKind::Card => digits >= 13 && has_card(text),
-            PiiKind::Ssn => digits >= 9 && dash && has_ssn(text),
-            PiiKind::Iban => digits >= 2 && upper >= 2 && has_iban(text),
-        })
+        .filter(|kind| present.may_hold(*kind) && matches(text, 0, *kind).next().is_some())
         .collect()
+}
+
+/// What each kind cannot do without, counted in one pass over the bytes:
+/// most text fails every test, and then no regex runs at all.
+#[derive(Debug, Clone, Copy)]
+pub struct Present {
+    digits: usize,
+    upper: usize,
+    at: bool,
+    dash: bool,
+}
+
+impl Present {
+    /// Counts the bytes of `text`.
+    pub fn of(text: &str) -> Present {
+        let mut p = Present {
+            digits: 0,
+            upper: 0,
+            at: false,
+            dash: false,
+        };
+        for b in text.bytes() {
+            match b {
+                b'0'..=b'9' => p.digits += 1,
+                b'A'..=b'Z' => p.upper += 1,
+                b'@' => p.at = true,
+                b'-' => p.dash = true,
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// Whether text with these counts can hold `kind` at all.
+    pub fn may_hold(self, kind: PiiKind) -> bool {
+        match kind {
+            PiiKind::Email => self.at,
+            PiiKind::Phone => self.digits >= 8,
+            PiiKind::Card => self.digits >= 13,
+            PiiKind::Ssn => self.digits >= 9 && self.dash,
+            PiiKind::Iban => self.digits >= 2 && self.upper >= 2,
+        }
+    }
+}
+
+/// The longest match of `kind`, in bytes: what a streaming scanner must
+/// hold back to see a match split across chunks. E-mail addresses are
+/// bounded by RFC 5321 (section 4.5.3.1.3: a path of 256 octets with its
+/// angle brackets, so 254); the others by their own patterns (`\d` takes
+/// any Unicode digit, up to 4 bytes each).
+pub fn max_len(kind: PiiKind) -> usize {
+    static BOUNDS: LazyLock<[usize; 5]> = LazyLock::new(|| {
+        PiiKind::ALL.map(|kind| {
+            let bounded = match kind {
+                PiiKind::Email => return EMAIL_MAX_LEN,
+                PiiKind::Phone => &*PHONE,
+                PiiKind::Card => &*CARD,
+                PiiKind::Ssn => &*SSN,
+                PiiKind::Iban => &*IBAN,
+            };
+            regex_syntax::parse(bounded.as_str())
+                .ok()
+                .and_then(|hir| hir.properties().maximum_len())
+                .expect("the pattern has a bounded length")
+        })
+    });
+    BOUNDS[kind as usize]
+}
+
+/// RFC 5321's longest address (see [`max_len`]).
+const EMAIL_MAX_LEN: usize = 254;
+
+/// The byte ranges of `kind` in `text` that start at or after `from`, in
+/// order; `text[..from]` is context only (word boundaries, URLs). The one
+/// detector both the request body stage and the response checks call.
+pub fn matches(text: &str, from: usize, kind: PiiKind) -> impl Iterator<Item = Range<usize>> + '_ {
+    let re: &Regex = match kind {
+        PiiKind::Email => &EMAIL,
+        PiiKind::Phone => &PHONE,
+        PiiKind::Card => &CARD,
+        PiiKind::Ssn => &SSN,
+        PiiKind::Iban => &IBAN,
+    };
+    let mut at = from;
+    std::iter::from_fn(move || {
+        while at <= text.len() {
+            let m = re.find_at(text, at)?;
+            at = if m.end() > m.start() {
+                m.end()
+            } else {
+                m.end() + 1
+            };
+            let found = match kind {
+                PiiKind::Email => (!inside_url(text, m.start())).then(|| m.range()),
+                PiiKind::Phone => is_phone(m.as_str()).then(|| m.range()),
+                // "+4915112345678" is a phone number, whatever its checksum.
+                PiiKind::Card => (!text[..m.start()].ends_with('+') && is_card_number(m.as_str()))
+                    .then(|| m.range()),
+                PiiKind::Ssn => is_ssn(m.as_str()).then(|| m.range()),
+                PiiKind::Iban => iban_prefix(m.as_str()).map(|len| m.start()..m.start() + len),
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    })
 }
 
 /// Findings in every string (and long integer) of a JSON document.
@@ -120,10 +211,6 @@ fn walk(value: &Value, kinds: &[PiiKind], pointer: &mut String, out: &mut Vec<Fi
     }
 }
 
-fn has_email(text: &str) -> bool {
-    EMAIL.find_iter(text).any(|m| !inside_url(text, m.start()))
-}
-
 /// Whether the match starting at `start` lies in a whitespace-delimited
 /// token that is a URL (`https://cdn.example/logo@2x.png`,
 /// `https://user@host/`): those are not e-mail addresses.
@@ -137,23 +224,14 @@ fn inside_url(text: &str, start: usize) -> bool {
     text[token_start..token_end].contains("://")
 }
 
-fn has_phone(text: &str) -> bool {
-    PHONE.find_iter(text).any(|m| {
-        let digits = m.as_str().bytes().filter(u8::is_ascii_digit).count();
-        if m.as_str().starts_with('+') {
-            (8..=15).contains(&digits)
-        } else {
-            digits == 10
-        }
-    })
-}
-
-fn has_card(text: &str) -> bool {
-    CARD.find_iter(text).any(|m| {
-        // "+4915112345678" is a phone number, whatever its checksum.
-        let after_plus = text[..m.start()].ends_with('+');
-        !after_plus && is_card_number(m.as_str())
-    })
+/// 8 to 15 digits after a `+`, or exactly 10 (North American).
+fn is_phone(candidate: &str) -> bool {
+    let digits = candidate.bytes().filter(u8::is_ascii_digit).count();
+    if candidate.starts_with('+') {
+        (8..=15).contains(&digits)
+    } else {
+        digits == 10
+    }
 }
 
 /// 13 to 19 digits (separators ignored), a card network's leading digit
@@ -185,30 +263,29 @@ pub fn luhn(digits: &[u32]) -> bool {
     sum.is_multiple_of(10)
 }
 
-fn has_ssn(text: &str) -> bool {
-    SSN.captures_iter(text).any(|c| {
-        let area: u32 = c[1].parse().unwrap_or(0);
-        let group: u32 = c[2].parse().unwrap_or(0);
-        let serial: u32 = c[3].parse().unwrap_or(0);
-        area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
-    })
+/// `AAA-GG-SSSS` in the ranges the SSA assigns: no 000, 666 or 9xx area,
+/// no 00 group, no 0000 serial.
+fn is_ssn(candidate: &str) -> bool {
+    let mut parts = candidate.split('-').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (area, group, serial) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
 }
 
-fn has_iban(text: &str) -> bool {
-    IBAN.find_iter(text).any(|m| {
-        // The pattern may run into following capitals ("... 00 OK"): try
-        // shorter candidates too, dropping trailing groups.
-        let mut candidate = m.as_str();
-        loop {
-            if is_iban(candidate) {
-                return true;
-            }
-            match candidate.rfind(' ') {
-                Some(p) => candidate = &candidate[..p],
-                None => return false,
-            }
+/// The length of the longest IBAN at the start of a pattern match: the
+/// pattern may run into following capitals ("... 00 OK"), so shorter
+/// candidates are tried too, dropping trailing groups.
+fn iban_prefix(matched: &str) -> Option<usize> {
+    let mut candidate = matched;
+    loop {
+        if is_iban(candidate) {
+            return Some(candidate.len());
         }
-    })
+        candidate = &candidate[..candidate.rfind(' ')?];
+    }
 }
 
 /// 15 to 34 characters (spaces ignored), country letters, check digits,
@@ -314,6 +391,28 @@ mod tests {
         assert!(pairs.contains(&("/n", "card")), "{pairs:?}");
         assert!(pairs.contains(&("/a~1b", "email")), "{pairs:?}");
         assert!(!format!("{found:?}").contains("4111"));
+    }
+
+    #[test]
+    fn max_len_bounds_every_kind() {
+        assert_eq!(max_len(PiiKind::Email), 254);
+        assert_eq!(max_len(PiiKind::Ssn), 4 * 9 + 2);
+        for kind in PiiKind::ALL {
+            assert!((11..=254).contains(&max_len(kind)), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn matches_give_the_span_of_each_valid_match_from_an_offset() {
+        let text = "a 4111 1111 1111 1112 b 4111 1111 1111 1111 c bob@example.org";
+        let cards: Vec<_> = matches(text, 0, PiiKind::Card).collect();
+        assert_eq!(cards, vec![24..43]);
+        assert_eq!(matches(text, 44, PiiKind::Card).count(), 0);
+        let mail: Vec<_> = matches(text, 0, PiiKind::Email).collect();
+        assert_eq!(&text[mail[0].clone()], "bob@example.org");
+        let iban = "pay DE89 3704 0044 0532 0130 00 OK";
+        let found: Vec<_> = matches(iban, 0, PiiKind::Iban).collect();
+        assert_eq!(&iban[found[0].clone()], "DE89 3704 0044 0532 0130 00");
     }
 
     #[test]

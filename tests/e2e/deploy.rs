@@ -37,6 +37,11 @@ fn envoy_accepts_deploy_envoy_yaml() {
 }
 
 #[test]
+fn envoy_accepts_deploy_envoy_token_ratelimit_yaml() {
+    assert_envoy_accepts("envoy-token-ratelimit.yaml");
+}
+
+#[test]
 fn example_config_loads_and_its_policies_validate() {
     let config = Config::load(&deploy("portcullis.yaml")).expect("deploy/portcullis.yaml loads");
     portcullis::policy::snapshot::Snapshot::load(&config.policies)

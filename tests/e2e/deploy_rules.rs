@@ -499,6 +499,7 @@ fn every_bundled_envoy_normalizes_paths_as_the_contract_says() {
     for file in [
         "envoy.yaml",
         "envoy-mtls.yaml",
+        "envoy-token-ratelimit.yaml",
         "compose/envoy.yaml",
         "forward-auth/envoy-http.yaml",
     ] {

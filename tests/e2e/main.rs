@@ -22,6 +22,7 @@ mod deploy_rules;
 mod docs_examples;
 mod envoy;
 mod envoy_quotas;
+mod envoy_tokens;
 mod forward_auth_gateways;
 mod grpcurl;
 mod observability;

@@ -29,6 +29,8 @@ mod quota_burst;
 mod quota_server;
 mod quota_stores;
 mod ratelimit_conformance;
+mod response_checks;
 mod server;
 mod server_limits;
 mod tidy;
+mod token_budgets;

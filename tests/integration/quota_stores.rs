@@ -524,6 +524,7 @@ descriptors:
             .collect(),
         cost: 1,
         limit: None,
+        tokens: None,
     };
     // With both descriptors, limit1 (5) is replaced: the 10 decides.
     for i in 0..10 {

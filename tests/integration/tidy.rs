@@ -34,6 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "validate",
             "quota",
             "residency",
+            "response_checks",
             "anomaly",
             "audit",
         ],

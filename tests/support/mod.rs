@@ -16,6 +16,7 @@ use std::time::Duration;
 mod check;
 mod config;
 mod envoy;
+mod ext_proc;
 mod gateways;
 mod grpcurl;
 mod http;
@@ -23,6 +24,7 @@ mod in_process;
 mod jwks;
 mod jwt;
 mod metrics;
+mod model_server;
 mod paths;
 mod pki;
 mod policies;
@@ -43,6 +45,12 @@ pub use config::{
 #[allow(unused_imports)]
 pub use envoy::Envoy;
 #[allow(unused_imports)]
+pub use ext_proc::{
+    chat_body, json_completion, portcullis_metadata, respond, sse_completion, token_policy_dir,
+    token_quotas, tokens_left, tokens_left_at, ExtProcStream, BUFFERED, CHAT_ROUTE,
+    FULL_DUPLEX_STREAMED, STREAMED,
+};
+#[allow(unused_imports)]
 pub use gateways::{caddy_accepts, nginx_accepts, start_caddy, start_nginx, Gateway};
 #[allow(unused_imports)]
 pub use grpcurl::{grpcurl, grpcurl_output};
@@ -58,6 +66,8 @@ pub use jwks::{IdentityProvider, INTROSPECTION_CLIENT};
 pub use jwt::{as_user, claims, mint, now, sign_raw_es256, token, Key, ISSUER};
 #[allow(unused_imports)]
 pub use metrics::{metric, parse_metrics};
+#[allow(unused_imports)]
+pub use model_server::ModelServer;
 #[allow(unused_imports)]
 pub use paths::{fixture, policies_dir, repo};
 #[allow(unused_imports)]

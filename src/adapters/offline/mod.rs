@@ -6,4 +6,5 @@
 
 pub mod check;
 pub mod diff;
+pub mod response_case;
 pub mod test;

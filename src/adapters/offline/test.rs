@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::adapters::offline::check::{CheckInput, IdentityInput};
+use crate::adapters::offline::response_case::{self, ResponseExpect, ResponseInput};
 use crate::authz;
 use crate::decision::{Decision, DenyReason, Outcome};
 use crate::pipeline;
@@ -33,6 +34,9 @@ struct Case {
     request: Option<CheckInput>,
     #[serde(default)]
     cedar: Option<CedarCase>,
+    /// An upstream response to run through the route's response checks.
+    #[serde(default)]
+    response: Option<ResponseInput>,
     expect: Expect,
 }
 
@@ -68,6 +72,9 @@ struct Expect {
     /// Exactly these determining policy ids (any order), when given.
     #[serde(default)]
     policies: Option<Vec<String>>,
+    /// What the response checks make of `response`.
+    #[serde(default)]
+    response: Option<ResponseExpect>,
 }
 
 /// A case that did not decide as expected, or a file that cannot be read.
@@ -246,6 +253,16 @@ fn check_case(snapshot: &Snapshot, case: &Case) -> Result<Vec<String>, String> {
                 expected.join(", ")
             ));
         }
+    }
+    match (&case.response, &e.response) {
+        (Some(response), expect) => response_case::check(
+            snapshot,
+            &decision,
+            response,
+            expect.as_ref().unwrap_or(&ResponseExpect::default()),
+        )?,
+        (None, Some(_)) => return Err("expect.response needs a 'response' to check".into()),
+        (None, None) => {}
     }
     Ok(decision.determining_policies)
 }

@@ -1,7 +1,7 @@
-//! An ext_authz and RLS server that answers OK at once, on the same tonic
-//! stack and settings as Portcullis, and an HTTP server that answers 200 at
-//! once on the forward-auth listener's stack: the ceilings the figures are
-//! compared to.
+//! An ext_authz, RLS and ext_proc server that answers OK (ext_proc: go
+//! on, unchanged) at once, on the same tonic stack and settings as
+//! Portcullis, and an HTTP server that answers 200 at once on the
+//! forward-auth listener's stack: the ceilings the figures are compared to.
 
 use std::net::SocketAddr;
 
@@ -10,6 +10,14 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
 };
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as ExtProcRequest;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as ExtProcAnswer;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, HeadersResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
+};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as RlsCode;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
@@ -50,6 +58,56 @@ impl RateLimitService for Empty {
     }
 }
 
+#[tonic::async_trait]
+impl ExternalProcessor for Empty {
+    type ProcessStream =
+        tokio_stream::wrappers::ReceiverStream<Result<ProcessingResponse, tonic::Status>>;
+
+    /// Every message answered at once with "go on, unchanged".
+    async fn process(
+        &self,
+        request: tonic::Request<tonic::Streaming<ProcessingRequest>>,
+    ) -> Result<tonic::Response<Self::ProcessStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                let answer = match m.request {
+                    Some(ExtProcRequest::RequestHeaders(_)) => {
+                        ExtProcAnswer::RequestHeaders(HeadersResponse::default())
+                    }
+                    Some(ExtProcRequest::ResponseHeaders(_)) => {
+                        ExtProcAnswer::ResponseHeaders(HeadersResponse::default())
+                    }
+                    Some(ExtProcRequest::RequestBody(_)) => {
+                        ExtProcAnswer::RequestBody(BodyResponse::default())
+                    }
+                    Some(ExtProcRequest::ResponseBody(_)) => {
+                        ExtProcAnswer::ResponseBody(BodyResponse::default())
+                    }
+                    Some(ExtProcRequest::RequestTrailers(_)) => {
+                        ExtProcAnswer::RequestTrailers(TrailersResponse::default())
+                    }
+                    Some(ExtProcRequest::ResponseTrailers(_)) => {
+                        ExtProcAnswer::ResponseTrailers(TrailersResponse::default())
+                    }
+                    None => continue,
+                };
+                let answer = ProcessingResponse {
+                    response: Some(answer),
+                    ..Default::default()
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+}
+
 pub async fn start_empty(at: SocketAddr, cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(at).await?;
     let addr = listener.local_addr()?;
@@ -59,7 +117,11 @@ pub async fn start_empty(at: SocketAddr, cancel: CancellationToken) -> anyhow::R
             AuthorizationServer::new(Empty)
                 .max_decoding_message_size(config.server.max_message_bytes),
         )
-        .add_service(RateLimitServiceServer::new(Empty));
+        .add_service(RateLimitServiceServer::new(Empty))
+        .add_service(
+            ExternalProcessorServer::new(Empty)
+                .max_decoding_message_size(config.server.max_message_bytes),
+        );
     tokio::spawn(async move {
         let _ = router
             .serve_with_incoming_shutdown(

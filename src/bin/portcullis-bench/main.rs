@@ -69,7 +69,7 @@ struct Args {
     /// to measure the store's memory with many keys.
     #[arg(long)]
     keys: Option<u64>,
-    /// Serve the empty ext_authz + RLS server at this address until
+    /// Serve the empty ext_authz + RLS + ext_proc server at this address until
     /// interrupted, and measure nothing (for scripts/bench-envoy.sh).
     #[arg(long)]
     serve_empty: Option<SocketAddr>,
@@ -304,7 +304,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(addr) = args.serve_empty {
         let cancel = CancellationToken::new();
         let bound = servers.block_on(start_empty(addr, cancel.clone()))?;
-        eprintln!("empty ext_authz + RLS server listening on {bound}");
+        eprintln!("empty ext_authz + RLS + ext_proc server listening on {bound}");
         servers.block_on(async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

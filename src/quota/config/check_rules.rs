@@ -14,6 +14,8 @@ pub enum BadCheckRule {
     EmptyKey { name: String },
     #[error("check rule '{name}': {problem}")]
     BadValue { name: String, problem: BadTemplate },
+    #[error(transparent)]
+    Tokens(#[from] super::tokens::BadTokens),
 }
 
 /// Why a descriptor value template cannot be used.
@@ -65,12 +67,22 @@ pub(super) fn check_rule(
             default: c.default,
         },
     };
+    let tokens = match &rule.tokens {
+        None => None,
+        Some(t) => Some(std::sync::Arc::new(super::tokens::token_rule(
+            t,
+            &name,
+            rule.routes.as_ref().is_some_and(|r| !r.is_empty()),
+        )?)),
+    };
     Ok(CheckRule {
         name,
         domain: domain.to_string(),
         routes: rule.routes.clone(),
         entries,
         cost,
+        tokens,
+        at: (String::new(), None),
     })
 }
 

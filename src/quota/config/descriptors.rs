@@ -179,7 +179,7 @@ fn unit_us(unit: &str) -> Option<u64> {
     Some(s * 1_000_000)
 }
 
-fn parse_window(w: &str) -> Option<u64> {
+pub(super) fn parse_window(w: &str) -> Option<u64> {
     let w = w.trim();
     let split = w.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = w.split_at(split);

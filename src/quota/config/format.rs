@@ -97,6 +97,10 @@ pub(super) struct CheckRuleYaml {
     pub(super) descriptor: Vec<EntryTemplateYaml>,
     #[serde(default)]
     pub(super) cost: Option<CostYaml>,
+    /// Our extension: the cost is a token reservation, settled from the
+    /// response (`tokens.rs`).
+    #[serde(default)]
+    pub(super) tokens: Option<super::tokens::TokensYaml>,
 }
 
 #[derive(Debug, Deserialize)]

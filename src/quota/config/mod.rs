@@ -9,7 +9,8 @@
 //!
 //! This file holds the loaded form and its lookup; `format` is the file as
 //! written, `descriptors` and `check_rules` check and build its two parts,
-//! `files` reads and locates quota files as text.
+//! `files` reads and locates quota files as text, `tokens` checks a rule's
+//! token reservation settings.
 
 mod check_rules;
 mod descriptors;
@@ -17,6 +18,7 @@ mod files;
 #[cfg(test)]
 mod fixtures;
 mod format;
+pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -214,6 +216,12 @@ pub struct CheckRule {
     pub entries: Vec<(String, Vec<Part>)>,
     /// The cost charged.
     pub cost: CostSource,
+    /// Set when the cost is a token reservation, settled from the response
+    /// (ext_proc): the cost plus the prompt estimate is reserved.
+    pub tokens: Option<Arc<tokens::TokenRule>>,
+    /// Where it is written: the quota file and the line of its
+    /// `descriptor:` (for cross-file checks).
+    pub at: (String, Option<usize>),
 }
 
 /// Every quota domain in a policy directory.
@@ -291,7 +299,10 @@ impl QuotaConfig {
             for (i, rule) in parsed.check.iter().enumerate() {
                 let line = line_of(text, "descriptor:", i);
                 match check_rule(rule, &domain, i) {
-                    Ok(r) => config.check_rules.push(r),
+                    Ok(r) => config.check_rules.push(CheckRule {
+                        at: (file.to_string(), line),
+                        ..r
+                    }),
                     Err(problem) => errors.push(err(line, problem.to_string())),
                 }
             }

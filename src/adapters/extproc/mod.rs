@@ -1,0 +1,86 @@
+//! The Envoy ext_proc v3 adapter (`ExternalProcessor/Process`): one
+//! bidirectional stream per HTTP request, on the decision listener next to
+//! ext_authz and RLS. It decides nothing: `Check` decided and reserved;
+//! here the response is read as it passes, its reservation settled when it
+//! ends, and every body chunk handed to the response hook (`hook.rs`).
+//!
+//! Correlation with the `Check` decision is by the gateway's request id:
+//! Envoy's `x-request-id`, which `Check` sees as
+//! `attributes.request.http.id` (or the header) and ext_proc as a request
+//! header (or the `request.id` attribute, with `request_attributes`). At
+//! the edge Envoy generates it (`use_remote_address: true`, without
+//! `preserve_external_request_id`), so clients cannot choose it. The
+//! `x-portcullis-decision-id` that ext_authz adds to the request is
+//! checked against the reservation's decision when present. With no
+//! reservation under the id (no token rule on the route, a refused
+//! request, no request id, a store that did not answer) the response
+//! passes untouched, counted (`portcullis_ext_proc_streams_total{outcome=
+//! "uncorrelated"}`) and logged at debug level; a reservation nobody
+//! settles expires and settles by its rule.
+
+mod exchange;
+pub mod hook;
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use exchange::METADATA_NAMESPACE;
+
+use crate::app::State;
+
+/// The ext_proc `ExternalProcessor` service.
+#[derive(Debug, Clone)]
+pub struct ExtProcService {
+    state: Arc<State>,
+}
+
+impl ExtProcService {
+    /// A service settling with the shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        ExtProcService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProcService {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let state = Arc::clone(&self.state);
+        // On the state's tracker: a stream under way at shutdown still
+        // settles (the server waits for its tasks).
+        self.state.tasks.spawn(async move {
+            let mut exchange = exchange::Exchange::new(state);
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => {
+                        if let Some(answer) = exchange.handle(message).await {
+                            if tx.send(Ok(answer)).await.is_err() {
+                                // Envoy stopped listening mid-response.
+                                exchange.broken().await;
+                                return;
+                            }
+                        }
+                    }
+                    // Envoy closed its side: the response is complete (it
+                    // was settled at its end) or was cut short.
+                    Ok(None) | Err(_) => {
+                        exchange.broken().await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
