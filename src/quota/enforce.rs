@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{breaker, local, was_charged};
+use super::{breaker, local};
 use super::{
     Charge, Charged, Counting, FixedWindow, OnStoreError, QuotaStore, RlsHeaders, StoreError,
 };
 use crate::time::SystemClock;
+
+mod handoff;
+use handoff::{refund, take, Call, CallerGone, GaveUp, Handoff};
 
 /// The result of charging through [`Quotas`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,86 +111,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// While the store is down, decide in the degraded mode without asking it
 /// for this long; then one call probes it (the breaker's open period).
 pub const STORE_BACKOFF: Duration = breaker::OPEN_FOR;
-
-/// Where one store call stands, between its caller and its task.
-#[derive(Debug)]
-enum Handoff {
-    /// The caller waits.
-    Waiting,
-    /// The store answered; the caller has not taken it yet.
-    Answered(Result<Charged, StoreError>),
-    /// The caller took the answer.
-    Taken,
-    /// The caller was answered otherwise (admitted or not) or went away.
-    GaveUp { admitted: bool },
-}
-
-#[derive(Debug)]
-struct Call {
-    state: Mutex<Handoff>,
-    done: tokio::sync::Notify,
-}
-
-impl Call {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Handoff> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Refunds a late answer when the caller's future is dropped before it
-/// took one (a client that went away): what it charged is given back.
-struct CallerGone<'a> {
-    call: Arc<Call>,
-    charges: &'a [Charge],
-    store: &'a Arc<dyn QuotaStore>,
-    health: &'a Arc<Health>,
-}
-
-impl Drop for CallerGone<'_> {
-    fn drop(&mut self) {
-        let mut state = self.call.lock();
-        match std::mem::replace(&mut *state, Handoff::Taken) {
-            Handoff::Waiting => *state = Handoff::GaveUp { admitted: false },
-            Handoff::Answered(Ok(charged)) if charged.allowed => {
-                drop(state);
-                refund_later(self.store, self.health, self.charges.to_vec(), charged);
-            }
-            other => *state = other,
-        }
-    }
-}
-
-/// Gives back an allowed charge on a task of its own.
-fn refund_later(
-    store: &Arc<dyn QuotaStore>,
-    health: &Arc<Health>,
-    charges: Vec<Charge>,
-    charged: Charged,
-) {
-    let (store, h) = (Arc::clone(store), Arc::clone(health));
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        health.tasks.spawn_on(
-            async move {
-                refund(&*store, &h, &charges, &charged).await;
-            },
-            &rt,
-        );
-    }
-}
-
-async fn refund(store: &dyn QuotaStore, health: &Health, charges: &[Charge], charged: &Charged) {
-    let any = charges
-        .iter()
-        .zip(&charged.states)
-        .any(|(c, s)| was_charged(c, s));
-    if !any {
-        return;
-    }
-    health.refunds.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = store.refund(charges, &charged.states).await {
-        tracing::warn!(target: "portcullis::quota", error = %e, "quota refund failed; the charge stays");
-    }
-}
 
 impl Quotas {
     /// Enforcement through `store`; failures handled per `on_error`.
@@ -576,29 +499,6 @@ impl Quotas {
                     degraded: Some(OnStoreError::Local),
                 }
             }
-        }
-    }
-}
-
-/// Why a caller stopped waiting for the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GaveUp {
-    /// The per-call deadline (`timeout`).
-    Deadline,
-    /// The breaker opened meanwhile.
-    Down,
-    /// The call is the half-open probe: its caller does not wait for it.
-    Probing,
-}
-
-/// The store's answer, if it has come (the caller takes it).
-fn take(call: &Call) -> Option<Result<Charged, StoreError>> {
-    let mut state = call.lock();
-    match std::mem::replace(&mut *state, Handoff::Taken) {
-        Handoff::Answered(answer) => Some(answer),
-        other => {
-            *state = other;
-            None
         }
     }
 }

@@ -1,0 +1,118 @@
+//! The hand-off between a caller waiting on a remote quota store and the
+//! task running its call: the answer is taken by the caller, or, when the
+//! caller gave up or went away, an allowed charge is refunded on a task of
+//! its own (never cancelled with the caller's future).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::super::{was_charged, Charge, Charged, QuotaStore, StoreError};
+use super::Health;
+
+/// Where one store call stands, between its caller and its task.
+#[derive(Debug)]
+pub(super) enum Handoff {
+    /// The caller waits.
+    Waiting,
+    /// The store answered; the caller has not taken it yet.
+    Answered(Result<Charged, StoreError>),
+    /// The caller took the answer.
+    Taken,
+    /// The caller was answered otherwise (admitted or not) or went away.
+    GaveUp { admitted: bool },
+}
+
+#[derive(Debug)]
+pub(super) struct Call {
+    pub(super) state: Mutex<Handoff>,
+    pub(super) done: tokio::sync::Notify,
+}
+
+impl Call {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Handoff> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Refunds a late answer when the caller's future is dropped before it
+/// took one (a client that went away): what it charged is given back.
+pub(super) struct CallerGone<'a> {
+    pub(super) call: Arc<Call>,
+    pub(super) charges: &'a [Charge],
+    pub(super) store: &'a Arc<dyn QuotaStore>,
+    pub(super) health: &'a Arc<Health>,
+}
+
+impl Drop for CallerGone<'_> {
+    fn drop(&mut self) {
+        let mut state = self.call.lock();
+        match std::mem::replace(&mut *state, Handoff::Taken) {
+            Handoff::Waiting => *state = Handoff::GaveUp { admitted: false },
+            Handoff::Answered(Ok(charged)) if charged.allowed => {
+                drop(state);
+                refund_later(self.store, self.health, self.charges.to_vec(), charged);
+            }
+            other => *state = other,
+        }
+    }
+}
+
+/// Gives back an allowed charge on a task of its own.
+pub(super) fn refund_later(
+    store: &Arc<dyn QuotaStore>,
+    health: &Arc<Health>,
+    charges: Vec<Charge>,
+    charged: Charged,
+) {
+    let (store, h) = (Arc::clone(store), Arc::clone(health));
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        health.tasks.spawn_on(
+            async move {
+                refund(&*store, &h, &charges, &charged).await;
+            },
+            &rt,
+        );
+    }
+}
+
+pub(super) async fn refund(
+    store: &dyn QuotaStore,
+    health: &Health,
+    charges: &[Charge],
+    charged: &Charged,
+) {
+    let any = charges
+        .iter()
+        .zip(&charged.states)
+        .any(|(c, s)| was_charged(c, s));
+    if !any {
+        return;
+    }
+    health.refunds.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = store.refund(charges, &charged.states).await {
+        tracing::warn!(target: "portcullis::quota", error = %e, "quota refund failed; the charge stays");
+    }
+}
+
+/// Why a caller stopped waiting for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GaveUp {
+    /// The per-call deadline (`timeout`).
+    Deadline,
+    /// The breaker opened meanwhile.
+    Down,
+    /// The call is the half-open probe: its caller does not wait for it.
+    Probing,
+}
+
+/// The store's answer, if it has come (the caller takes it).
+pub(super) fn take(call: &Call) -> Option<Result<Charged, StoreError>> {
+    let mut state = call.lock();
+    match std::mem::replace(&mut *state, Handoff::Taken) {
+        Handoff::Answered(answer) => Some(answer),
+        other => {
+            *state = other;
+            None
+        }
+    }
+}
