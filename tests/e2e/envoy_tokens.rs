@@ -226,7 +226,17 @@ fn a_crashed_replicas_reservation_is_settled_by_another_replicas_sweeper() {
     };
     let reserved = 1000 + 4030u64.div_ceil(4);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokens_left_at(b.addr()) == 20_000 {
+    // Killed once the reservation is in the sweepers' expiry set (its last
+    // write): it is written right after the charge, not in the same script,
+    // and a crash between the two keeps the estimate charged (documented in
+    // docs/token-budgets.md); this test is about a crash after it.
+    let recorded = || {
+        redis
+            .ttls()
+            .iter()
+            .any(|(k, _)| k == "portcullis:r:expiring")
+    };
+    while tokens_left_at(b.addr()) == 20_000 || !recorded() {
         assert!(
             Instant::now() < deadline,
             "no reservation seen\n{}",
