@@ -126,8 +126,17 @@ fn headers_of(http: &HttpRequest) -> HashMap<String, String> {
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
     }
+    header_map(http.header_map.as_ref())
+}
+
+/// Headers of an Envoy `HeaderMap` (`config.core.v3`), names lower-cased,
+/// values from `raw_value` when set (else `value`), repeats comma-merged as
+/// Envoy does. ext_authz's raw headers and ext_proc's header messages.
+pub(crate) fn header_map(
+    map: Option<&envoy_types::pb::envoy::config::core::v3::HeaderMap>,
+) -> HashMap<String, String> {
     let mut out: HashMap<String, String> = HashMap::new();
-    for h in http.header_map.iter().flat_map(|m| m.headers.iter()) {
+    for h in map.iter().flat_map(|m| m.headers.iter()) {
         let value = if h.raw_value.is_empty() {
             h.value.clone()
         } else {

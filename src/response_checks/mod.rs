@@ -485,18 +485,24 @@ pub fn header_value(findings: &[Finding]) -> Option<String> {
     (!findings.is_empty()).then(|| {
         findings
             .iter()
-            .map(|f| {
-                format!(
-                    "{};kind={};action={};count={}",
-                    f.check,
-                    f.kind,
-                    f.action.as_str(),
-                    f.count
-                )
-            })
+            .map(Finding::summary)
             .collect::<Vec<_>>()
             .join(", ")
     })
+}
+
+impl Finding {
+    /// `<check>;kind=<kind>;action=<action>;count=<n>`: one finding in the
+    /// findings header and the response's audit record (no matched text).
+    pub fn summary(&self) -> String {
+        format!(
+            "{};kind={};action={};count={}",
+            self.check,
+            self.kind,
+            self.action.as_str(),
+            self.count
+        )
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+
+use crate::adapters::extauthz::header_map;
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
@@ -403,26 +405,6 @@ fn number(n: u64) -> Value {
     Value {
         kind: Some(Kind::NumberValue(n as f64)),
     }
-}
-
-/// Headers with lower-case names (Envoy sends them lower-cased, values in
-/// `raw_value`); repeats comma-joined.
-fn header_map(map: Option<&HeaderMap>) -> HashMap<String, String> {
-    let mut out: HashMap<String, String> = HashMap::new();
-    for h in map.iter().flat_map(|m| m.headers.iter()) {
-        let value = if h.raw_value.is_empty() {
-            h.value.clone()
-        } else {
-            String::from_utf8_lossy(&h.raw_value).into_owned()
-        };
-        out.entry(h.key.to_ascii_lowercase())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert(value);
-    }
-    out
 }
 
 /// A header mutation setting `set` (overwriting).

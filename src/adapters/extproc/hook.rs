@@ -145,15 +145,7 @@ impl ResponseHook for Checks {
         self.scan
             .iter()
             .flat_map(|s| s.findings())
-            .map(|f| {
-                format!(
-                    "{};kind={};action={};count={}",
-                    f.check,
-                    f.kind,
-                    f.action.as_str(),
-                    f.count
-                )
-            })
+            .map(response_checks::Finding::summary)
             .collect()
     }
 
