@@ -81,7 +81,7 @@ pub enum AssembleError {
 pub struct App {
     /// The shared state.
     pub state: Arc<State>,
-    /// The audit trail's writer thread.
+    /// The audit trail's writer.
     pub audit_writer: AuditWriter,
     /// Keeps a pinned revision's files alive while serving.
     pub pinned: Option<PolicyRevision>,

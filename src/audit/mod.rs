@@ -1,8 +1,8 @@
 //! The audit trail: one record per decision, authentication failure,
 //! policy reload or rejection, and admin call, appended to hash-chained JSON
-//! lines by a writer thread fed through a bounded queue. A decision's answer
+//! lines by one writer (`writer`) fed through a bounded queue. A decision's answer
 //! waits for its record as `audit.durability` says (queued, written, synced;
-//! in `fail_closed` mode at least written); no request thread ever writes a
+//! in `fail_closed` mode at least written); no request's task ever writes a
 //! file itself. This module holds the record and the sending side; `chain`
 //! the tamper evidence, `signing` the Ed25519 checkpoints, `writer` the
 //! files, `loss` the counters and the loss line, `query` the reading.

@@ -62,7 +62,7 @@ pub(super) async fn record(
 
 /// Logs a decision. Credentials and bodies never reach the log. Debug
 /// level: the audit trail records every decision with one write per group
-/// of decisions, on its own thread, while a log line per request is a
+/// of decisions, off the request's task, while a log line per request is a
 /// blocking write on the request's; shadow disagreements stay warnings.
 fn log(d: &Decision, req: &AccessRequest, kind: &'static str, started: Instant) {
     tracing::debug!(
