@@ -80,7 +80,27 @@ pub fn seal(record: &Value, scratch: &mut Vec<u8>, line: &mut Vec<u8>) -> String
     scratch.clear();
     scratch.extend_from_slice(LEAF_DOMAIN);
     write_canonical(record, Some("hash"), scratch);
-    let hash = hex::encode(Sha256::digest(&scratch[..]));
+    seal_form(scratch, line)
+}
+
+/// [`seal`] for a flat record straight from its `Serialize` (no `Value`
+/// built): the same bytes, the same hash (`super::sorted`). Errors when the
+/// record is not flat; `line` is then untouched.
+pub fn seal_flat<T: serde::Serialize>(
+    record: &T,
+    scratch: &mut Vec<u8>,
+    line: &mut Vec<u8>,
+) -> Result<String, super::sorted::Error> {
+    scratch.clear();
+    scratch.extend_from_slice(LEAF_DOMAIN);
+    super::sorted::write(record, "hash", scratch)?;
+    Ok(seal_form(scratch, line))
+}
+
+/// Hashes the canonical form in `scratch` (after the leaf domain) and
+/// appends the record's line to `line`, `hash` first.
+fn seal_form(scratch: &[u8], line: &mut Vec<u8>) -> String {
+    let hash = hex::encode(Sha256::digest(scratch));
     let form = &scratch[LEAF_DOMAIN.len()..];
     line.extend_from_slice(b"{\"hash\":\"");
     line.extend_from_slice(hash.as_bytes());

@@ -18,6 +18,7 @@ pub mod query;
 mod record;
 pub mod sampling;
 pub mod signing;
+mod sorted;
 pub mod writer;
 
 use std::net::SocketAddr;

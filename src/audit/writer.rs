@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::chain::{seal, CheckpointKey};
+use super::chain::{seal, seal_flat, CheckpointKey};
 pub use super::files::{list_files, FILE_PREFIX, FILE_SUFFIX};
 use super::files::{open_append, resume};
 use super::signing::{Signer, SigningKey};
@@ -389,8 +389,10 @@ impl Chain {
         record.seq = self.next_seq;
         record.prev = std::mem::take(&mut self.prev);
         record.hash.clear();
-        let value = serde_json::to_value(&record).expect("audit records serialise");
-        let hash = seal(&value, &mut self.scratch, &mut self.pending);
+        let hash = seal_flat(&record, &mut self.scratch, &mut self.pending).unwrap_or_else(|_| {
+            let value = serde_json::to_value(&record).expect("audit records serialise");
+            seal(&value, &mut self.scratch, &mut self.pending)
+        });
         self.pending.push(b'\n');
         record.hash = hash.clone();
         self.prev = hash;
