@@ -51,8 +51,10 @@ impl Enforced {
 /// caller waits. Whether the store is down is the [`breaker`]'s call, one
 /// breaker per failure domain (the primary, or each Cluster slot, so one
 /// dead primary degrades only its own keys): from the connection's state
-/// (lost, refused, read-only; or no answer to any call during a whole
-/// deadline) and from the failure rate over a window. While it is open,
+/// (lost, refused, read-only), from its silence (calls outstanding and no
+/// reply to any of them for `stall`, see [`QuotaStore::silent_for`]; a
+/// caller judges it on checks that woke on time, see `enforce/stall.rs`)
+/// and from the failure rate over a window. While it is open,
 /// decisions are taken in the degraded mode at once, and callers still
 /// waiting when it opens are answered at once; the half-open probe's
 /// caller is answered in the degraded mode too, without waiting for the
