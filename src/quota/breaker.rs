@@ -19,6 +19,15 @@
 //! single Redis primary, one per slot in a Redis Cluster, so that one
 //! paused or dead primary sends only the keys it serves to the degraded
 //! mode while the other primaries keep answering theirs.
+//!
+//! A domain that is silent opens its breaker at once: calls are
+//! outstanding on it (sent, not answered) and it has sent no reply at all,
+//! to any call, for the stall threshold ([`Silence`], measured by the
+//! store from its last reply, or from the oldest send outstanding since).
+//! A healthy store under a burst keeps replying every few milliseconds and
+//! never looks silent, however long its queue; a paused one (connection
+//! open, no answer) is judged down within the threshold, not after a
+//! whole per-call deadline.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -186,6 +195,50 @@ pub struct Shard {
     answered_at_us: AtomicU64,
 }
 
+/// How long a failure domain has been silent: calls outstanding on it and
+/// no reply since the last one (or, when none came since, since the
+/// oldest send outstanding). Times are microseconds on the caller's
+/// monotonic clock. Kept by the store, which sees sends and replies.
+#[derive(Debug, Default)]
+pub struct Silence {
+    /// Calls outstanding, and the last reply (or the send that started
+    /// the silence when nothing was outstanding before it).
+    state: Mutex<(u32, u64)>,
+}
+
+impl Silence {
+    /// A call was sent at `now_us`.
+    pub fn sent(&self, now_us: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0 == 0 {
+            // Idle until now: the silence is counted from this send.
+            s.1 = now_us;
+        }
+        s.0 = s.0.saturating_add(1);
+    }
+
+    /// A call sent earlier ended at `now_us`; `replied`: the store sent a
+    /// reply (an answer or an error of its own), not a lost connection.
+    pub fn ended(&self, now_us: u64, replied: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.0 = s.0.saturating_sub(1);
+        if replied {
+            s.1 = s.1.max(now_us);
+        }
+    }
+
+    /// How long, at `now_us`, calls have been outstanding without a reply
+    /// (microseconds); zero when none is outstanding.
+    pub fn silent_us(&self, now_us: u64) -> u64 {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0 == 0 {
+            0
+        } else {
+            now_us.saturating_sub(s.1)
+        }
+    }
+}
+
 /// The failure domains of one store, each made on its first call (at
 /// most one per Cluster slot: 16,384), keyed by the store's opaque
 /// shard id (`QuotaStore::shard`).
@@ -211,6 +264,7 @@ impl Shards {
         let mut seen: Vec<u64> = Vec::with_capacity(1);
         let mut route = Route {
             shards: Vec::with_capacity(1),
+            ids: Vec::with_capacity(1),
         };
         for id in ids {
             if seen.contains(&id) {
@@ -229,6 +283,7 @@ impl Shards {
                 }
             };
             route.shards.push((shard, probe));
+            route.ids.push(id);
         }
         Some(route)
     }
@@ -244,6 +299,8 @@ impl Shards {
 #[derive(Debug)]
 pub struct Route {
     shards: Vec<(Arc<Shard>, bool)>,
+    /// The shards' ids, in the same order.
+    ids: Vec<u64>,
 }
 
 impl Route {
@@ -305,6 +362,31 @@ impl Route {
         self.shards
             .iter()
             .any(|(s, probe)| !*probe && s.breaker.is_open())
+    }
+
+    /// The longest silence (microseconds, see [`Silence`]) among the
+    /// shards this call does not probe; `silent_us` gives a shard's by id.
+    pub fn silent_us(&self, silent_us: impl Fn(u64) -> u64) -> u64 {
+        self.ids
+            .iter()
+            .zip(&self.shards)
+            .filter(|(_, (_, probe))| !*probe)
+            .map(|(id, _)| silent_us(*id))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Opens, at `now_us`, the breaker of every shard this call does not
+    /// probe that has been silent for `stall_us` or more (a stall: down at
+    /// once, the others untouched). True when one opened.
+    pub fn open_stalled(&self, now_us: u64, stall_us: u64, silent_us: impl Fn(u64) -> u64) -> bool {
+        let mut opened = false;
+        for (id, (s, probe)) in self.ids.iter().zip(&self.shards) {
+            if !*probe && silent_us(*id) >= stall_us {
+                opened |= s.breaker.failure(now_us, now_us, false, true);
+            }
+        }
+        opened
     }
 
     /// True when a shard of the call keeps calls off.
@@ -454,5 +536,69 @@ mod tests {
         let later = WINDOW.as_micros() as u64;
         b.permit(later);
         assert!(!b.failure(later, later, false, false));
+    }
+
+    #[test]
+    fn silence_is_counted_from_the_last_reply_while_calls_are_outstanding() {
+        let s = Silence::default();
+        assert_eq!(s.silent_us(5 * MS), 0, "nothing outstanding: not silent");
+        // An idle connection and one new call: silent since that send.
+        s.sent(10 * MS);
+        assert_eq!(s.silent_us(25 * MS), 15 * MS);
+        // More calls sent meanwhile do not restart the silence.
+        s.sent(20 * MS);
+        assert_eq!(s.silent_us(25 * MS), 15 * MS);
+        // A reply (to any call) does; the other call is still outstanding.
+        s.ended(26 * MS, true);
+        assert_eq!(s.silent_us(30 * MS), 4 * MS);
+        s.ended(31 * MS, true);
+        assert_eq!(s.silent_us(100 * MS), 0);
+    }
+
+    #[test]
+    fn a_queue_that_keeps_replying_is_never_silent() {
+        let s = Silence::default();
+        // A burst: 4 calls always outstanding, one reply every 3 ms for
+        // a whole second.
+        for i in 0..4 {
+            s.sent(i);
+        }
+        let mut longest = 0;
+        for t in (3..1000).step_by(3) {
+            longest = longest.max(s.silent_us(t * MS - 1));
+            s.ended(t * MS, true);
+            s.sent(t * MS);
+        }
+        assert!(longest < 3 * MS, "{longest}");
+    }
+
+    #[test]
+    fn a_lost_connection_is_not_a_reply() {
+        let s = Silence::default();
+        s.sent(0);
+        s.sent(MS);
+        s.ended(2 * MS, false);
+        assert_eq!(s.silent_us(16 * MS), 16 * MS);
+    }
+
+    #[test]
+    fn a_stalled_shard_opens_alone_and_a_replying_one_stays_called() {
+        let shards = Shards::default();
+        let stall = 15 * MS;
+        let route = shards.route([1, 2].into_iter(), 0).unwrap();
+        // Shard 1 silent for 16 ms, shard 2 replied 1 ms ago.
+        let silent = |id: u64| if id == 1 { 16 * MS } else { MS };
+        assert_eq!(route.silent_us(silent), 16 * MS);
+        assert!(!route.open_stalled(16 * MS, 20 * MS, silent), "under it");
+        assert!(route.open_stalled(16 * MS, stall, silent));
+        assert!(shards.route([1].into_iter(), 17 * MS).is_none());
+        assert!(shards.route([2].into_iter(), 17 * MS).is_some());
+        // The open period passes: a probe, which a stall does not fail
+        // (its caller does not wait for it).
+        let after = 16 * MS + OPEN_FOR.as_micros() as u64;
+        let probe = shards.route([1].into_iter(), after).unwrap();
+        assert!(probe.probes());
+        assert_eq!(probe.silent_us(silent), 0);
+        assert!(!probe.open_stalled(after, stall, silent));
     }
 }

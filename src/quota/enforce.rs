@@ -14,6 +14,7 @@ use super::{
 use crate::time::SystemClock;
 
 mod handoff;
+mod stall;
 use handoff::{refund, take, Call, CallerGone, GaveUp, Handoff};
 
 /// The result of charging through [`Quotas`].
@@ -50,8 +51,10 @@ impl Enforced {
 /// caller waits. Whether the store is down is the [`breaker`]'s call, one
 /// breaker per failure domain (the primary, or each Cluster slot, so one
 /// dead primary degrades only its own keys): from the connection's state
-/// (lost, refused, read-only; or no answer to any call during a whole
-/// deadline) and from the failure rate over a window. While it is open,
+/// (lost, refused, read-only), from its silence (calls outstanding and no
+/// reply to any of them for `stall`, see [`QuotaStore::silent_for`]; a
+/// caller judges it on checks that woke on time, see `enforce/stall.rs`)
+/// and from the failure rate over a window. While it is open,
 /// decisions are taken in the degraded mode at once, and callers still
 /// waiting when it opens are answered at once; the half-open probe's
 /// caller is answered in the degraded mode too, without waiting for the
@@ -69,6 +72,7 @@ impl Enforced {
 pub struct Quotas {
     store: Arc<dyn QuotaStore>,
     timeout: Duration,
+    stall: Duration,
     on_error: OnStoreError,
     fallback: Arc<local::LocalStore>,
     replicas: u64,
@@ -108,6 +112,12 @@ impl Health {
 /// The default per-call deadline (`quotas.timeout_ms`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// The default stall threshold (`quotas.stall_ms`): a failure domain with
+/// calls outstanding and no reply for this long is down. Under Envoy's
+/// default RLS deadline (20 ms, `rate_limit_service` `timeout`), so that
+/// a paused Redis is answered by the degraded mode within it.
+pub const DEFAULT_STALL: Duration = Duration::from_millis(15);
+
 /// While the store is down, decide in the degraded mode without asking it
 /// for this long; then one call probes it (the breaker's open period).
 pub const STORE_BACKOFF: Duration = breaker::OPEN_FOR;
@@ -125,6 +135,7 @@ impl Quotas {
         Quotas {
             store,
             timeout,
+            stall: DEFAULT_STALL,
             on_error,
             fallback: Arc::new(local::LocalStore::new(
                 max_local_keys,
@@ -162,6 +173,14 @@ impl Quotas {
     /// The per-call deadline.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The same enforcement judging a failure domain down after `stall`
+    /// of silence (calls outstanding, no reply; see
+    /// [`QuotaStore::silent_for`]).
+    pub fn with_stall(mut self, stall: Duration) -> Quotas {
+        self.stall = stall;
+        self
     }
 
     /// The same enforcement counting `counting`'s way.
@@ -333,6 +352,8 @@ impl Quotas {
             health: &self.health,
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let silent_us = |id| self.store.silent_for(id).as_micros() as u64;
+        let mut watch = stall::StallWatch::new(self.stall);
         let why = loop {
             let notified = call.done.notified();
             let opened = h.opened.notified();
@@ -355,6 +376,16 @@ impl Quotas {
             if tokio::time::Instant::now() >= deadline {
                 break Err(GaveUp::Deadline);
             }
+            if watch.take_stalled() {
+                // Silent past the threshold: a stall, down at once.
+                if route.open_stalled(h.now_us(), watch.stall_us(), silent_us) {
+                    h.opened.notify_waiters();
+                }
+                if route.any_open() {
+                    break Err(GaveUp::Down);
+                }
+            }
+            let check = watch.next_check(route.silent_us(silent_us));
             tokio::select! {
                 _ = notified => {}
                 _ = opened => {}
@@ -362,6 +393,9 @@ impl Quotas {
                     // Let the connection hand over what has arrived before
                     // judging.
                     tokio::task::yield_now().await;
+                }
+                _ = tokio::time::sleep_until(check) => {
+                    watch.check(check, || route.silent_us(silent_us)).await;
                 }
             }
         };
@@ -511,21 +545,43 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     /// A remote store that answers "allowed" after a delay per key
-    /// (`slow`: `delay`, else at once; `hang`: never), counting refunds.
-    #[derive(Debug, Default)]
+    /// (`slow`: `delay`, else at once; `hang`: never), counting refunds,
+    /// and telling how long it has been silent.
+    #[derive(Debug)]
     struct Fake {
         delay: Duration,
         refunds: AtomicU32,
+        silence: breaker::Silence,
+        epoch: std::time::Instant,
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Fake {
+                delay: Duration::ZERO,
+                refunds: AtomicU32::new(0),
+                silence: breaker::Silence::default(),
+                epoch: std::time::Instant::now(),
+            }
+        }
+    }
+
+    impl Fake {
+        fn now_us(&self) -> u64 {
+            self.epoch.elapsed().as_micros() as u64
+        }
     }
 
     #[tonic::async_trait]
     impl QuotaStore for Fake {
         async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
+            self.silence.sent(self.now_us());
             match charges[0].key.as_str() {
                 "slow" => tokio::time::sleep(self.delay).await,
                 "hang" => std::future::pending::<()>().await,
                 _ => {}
             }
+            self.silence.ended(self.now_us(), true);
             Ok(Charged {
                 allowed: true,
                 states: vec![
@@ -545,6 +601,9 @@ mod tests {
         }
         fn remote(&self) -> bool {
             true
+        }
+        fn silent_for(&self, _: u64) -> Duration {
+            Duration::from_micros(self.silence.silent_us(self.now_us()))
         }
         fn name(&self) -> &'static str {
             "fake"
@@ -597,7 +656,9 @@ mod tests {
             delay: Duration::from_millis(50),
             ..Fake::default()
         });
-        let q = quotas(&store, 1000);
+        // Slow, alone, and so silent for 50 ms: not a stall at this
+        // threshold.
+        let q = quotas(&store, 1000).with_stall(Duration::from_secs(1));
         let slow = [charge("slow")];
         let gone = tokio::time::timeout(Duration::from_millis(5), q.enforce(&slow));
         assert!(gone.await.is_err());
@@ -613,9 +674,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_silent_for_the_stall_threshold_is_down_long_before_the_deadline() {
+        let store = Arc::new(Fake::default());
+        let q = Arc::new(quotas(&store, 1000));
+        // Ten callers wait on the silent store: all are answered by the
+        // degraded mode when the first stall check opens the breaker.
+        let callers: Vec<_> = (0..10)
+            .map(|_| {
+                let q = Arc::clone(&q);
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    (q.enforce(&[charge("hang")]).await, started.elapsed())
+                })
+            })
+            .collect();
+        for caller in callers {
+            let (r, took) = caller.await.unwrap();
+            assert!(
+                matches!(
+                    r,
+                    Enforced::Charged {
+                        degraded: Some(OnStoreError::Local),
+                        ..
+                    }
+                ),
+                "{r:?}"
+            );
+            // A functional bound (the deadline is 1 s), not a speed claim.
+            assert!(took < Duration::from_millis(200), "{took:?}");
+        }
+        assert!(q.store_down());
+    }
+
+    #[tokio::test]
     async fn a_store_that_answers_nothing_for_a_whole_deadline_is_down() {
         let store = Arc::new(Fake::default());
-        let q = quotas(&store, 20);
+        // A stall threshold past the deadline: the deadline judges.
+        let q = quotas(&store, 20).with_stall(Duration::from_secs(1));
         let r = q.enforce(&[charge("hang")]).await;
         assert!(
             matches!(

@@ -22,7 +22,7 @@ pub mod usage;
 pub use settings::{Counting, QuotaSettings, QuotaStoreKind, RlsHeaders};
 
 pub use config::{QuotaConfig, QuotaLimit};
-pub use enforce::{Enforced, Quotas, DEFAULT_TIMEOUT, STORE_BACKOFF};
+pub use enforce::{Enforced, Quotas, DEFAULT_STALL, DEFAULT_TIMEOUT, STORE_BACKOFF};
 use gcra::Rate;
 
 /// One limit that applies to a request, and what it charges.
@@ -173,6 +173,15 @@ pub trait QuotaStore: Send + Sync + std::fmt::Debug {
     /// dead primary sends only the keys it serves to the degraded mode.
     fn shard(&self, _key: &str) -> u64 {
         0
+    }
+    /// How long the failure domain `shard` (see [`QuotaStore::shard`]) has
+    /// been silent: calls outstanding on it and no reply to any of them
+    /// since its last reply (or since the oldest send outstanding when none
+    /// came since); zero when nothing is outstanding, or when the store
+    /// cannot tell (the default). A silence past `quotas.stall_ms` opens
+    /// the domain's circuit breaker (`breaker.rs`).
+    fn silent_for(&self, _shard: u64) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
     /// The store's name for logs (`local`, `redis`).
     fn name(&self) -> &'static str;

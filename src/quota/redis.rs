@@ -43,6 +43,7 @@ use crate::shared_redis::{Connection, SharedRedis};
 mod batch;
 use batch::{Batches, Job, SCRIPT};
 
+use super::breaker::Silence;
 use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
 
 /// Gives back what a charge took: ARGV per key: emission_us * cost.
@@ -80,6 +81,9 @@ pub struct RedisStore {
     batches: Batches,
     /// One queue per target: `None` for a single primary, else the slot.
     queues: Mutex<HashMap<Option<Slot>, mpsc::UnboundedSender<Job>>>,
+    /// How long each target has been silent, by shard id
+    /// ([`QuotaStore::shard`]).
+    silences: Mutex<HashMap<u64, Arc<Silence>>>,
     refund: redis::Script,
 }
 
@@ -116,9 +120,11 @@ impl RedisStore {
             batches: Batches {
                 redis: Arc::clone(&redis),
                 script: redis::Script::new(SCRIPT),
+                epoch: tokio::time::Instant::now(),
             },
             redis,
             queues: Mutex::new(HashMap::new()),
+            silences: Mutex::new(HashMap::new()),
             refund: redis::Script::new(REFUND),
         }
     }
@@ -137,7 +143,16 @@ impl RedisStore {
                 let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
                 queues
                     .entry(slot)
-                    .or_insert_with(|| self.batches.start())
+                    .or_insert_with(|| {
+                        // A new worker: a silence of its own (what an
+                        // ended one left outstanding is not outstanding).
+                        let silence = Arc::new(Silence::default());
+                        self.silences
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(shard_id(slot), Arc::clone(&silence));
+                        self.batches.start(silence)
+                    })
                     .clone()
             };
             match queue.send(job) {
@@ -291,6 +306,15 @@ impl RedisStore {
     }
 }
 
+/// The shard id of a target: 0 for a single primary, else derived from
+/// the Cluster slot.
+fn shard_id(slot: Option<Slot>) -> u64 {
+    use std::hash::BuildHasher;
+    // `Slot` does not expose its number; its hash (a fixed, unkeyed
+    // hasher) tells the 16,384 slots apart (tested).
+    slot.map_or(0, |slot| SLOT_IDS.hash_one(slot))
+}
+
 /// The charges' indices grouped by Cluster slot, in the request's order.
 fn by_slot(charges: &[Charge]) -> Vec<(Slot, Vec<usize>)> {
     let mut slots: Vec<(Slot, Vec<usize>)> = Vec::new();
@@ -368,14 +392,25 @@ impl QuotaStore for RedisStore {
     /// One shard per Cluster slot (an id derived from the slot); one for a
     /// single primary.
     fn shard(&self, key: &str) -> u64 {
-        if self.redis.is_cluster() {
-            use std::hash::BuildHasher;
-            // `Slot` does not expose its number; its hash (a fixed,
-            // unkeyed hasher) tells the 16,384 slots apart (tested).
-            SLOT_IDS.hash_one(Slot::for_key(redis_key(key)))
-        } else {
-            0
-        }
+        shard_id(
+            self.redis
+                .is_cluster()
+                .then(|| Slot::for_key(redis_key(key))),
+        )
+    }
+
+    /// Measured per target by its batch worker: from the script calls it
+    /// sent and the replies it had.
+    fn silent_for(&self, shard: u64) -> Duration {
+        let silence = self
+            .silences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+            .cloned();
+        silence.map_or(Duration::ZERO, |s| {
+            Duration::from_micros(s.silent_us(self.batches.now_us()))
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

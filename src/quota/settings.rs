@@ -26,10 +26,19 @@ pub struct QuotaSettings {
     /// the store. A call that reaches it is decided in the degraded mode
     /// (what the store charged for it is refunded) and counts as one
     /// failure; the store counts as down only by the circuit breaker
-    /// (connection lost, or half the calls of a window failing). Slow is
-    /// not down: a queue on a busy, healthy store must fit in it, or the
-    /// burst spills into the degraded mode. See docs/rate-limits.md.
+    /// (connection lost, a stall, or half the calls of a window failing).
+    /// Slow is not down: a queue on a busy, healthy store must fit in it,
+    /// or the burst spills into the degraded mode. See docs/rate-limits.md.
     pub timeout_ms: u64,
+    /// The stall threshold, in milliseconds (1..=1000, default 15): a
+    /// failure domain (the primary, or a Cluster slot) with calls
+    /// outstanding and no reply to any of them for this long is down, and
+    /// the calls waiting on it are answered in the degraded mode at once.
+    /// Under Envoy's default RLS deadline (20 ms) so that a paused Redis
+    /// is answered within it; a healthy Redis under a burst replies every
+    /// few milliseconds. Past `timeout_ms` the per-call deadline comes
+    /// first. See docs/rate-limits.md.
+    pub stall_ms: u64,
     /// `deny` (503), `allow` (uncounted) or `local` (in-process limits
     /// divided by `replicas`) while the store fails.
     pub on_store_error: crate::quota::OnStoreError,
@@ -123,6 +132,7 @@ impl std::fmt::Debug for QuotaSettings {
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("redis_urls", &self.redis_urls.len())
             .field("timeout_ms", &self.timeout_ms)
+            .field("stall_ms", &self.stall_ms)
             .field("on_store_error", &self.on_store_error)
             .field("replicas", &self.replicas)
             .field("max_local_keys", &self.max_local_keys)
@@ -152,6 +162,7 @@ impl Default for QuotaSettings {
             redis_url: None,
             redis_urls: Vec::new(),
             timeout_ms: crate::quota::DEFAULT_TIMEOUT.as_millis() as u64,
+            stall_ms: crate::quota::DEFAULT_STALL.as_millis() as u64,
             on_store_error: crate::quota::OnStoreError::Local,
             replicas: 1,
             max_local_keys: 1_000_000,
@@ -187,6 +198,12 @@ impl QuotaSettings {
         }
         if self.timeout_ms == 0 || self.timeout_ms > 10_000 {
             p.push("quotas.timeout_ms: between 1 and 10000".into());
+        }
+        if self.stall_ms == 0 || self.stall_ms > 1000 {
+            p.push(format!(
+                "quotas.stall_ms: between 1 and 1000 (got {}; the default, 15, is under Envoy's 20 ms RLS deadline)",
+                self.stall_ms
+            ));
         }
         if self.replicas == 0 {
             p.push("quotas.replicas: at least 1".into());
@@ -276,6 +293,7 @@ impl QuotaSettings {
             self.replicas,
             self.max_local_keys,
         )
+        .with_stall(Duration::from_millis(self.stall_ms))
         .with_counting(self.counting)
         .with_rls_headers(self.rls_headers.clone())
         .with_reservations(reservations)

@@ -3,6 +3,13 @@
 //! sharing one `redis-server` or one Redis Cluster, answering concurrent
 //! `ShouldRateLimit` calls. A healthy but busy Redis is slow, not down: the
 //! answers stay exact.
+//!
+//! The tests of this file run one at a time ([`one_at_a_time`]): a Redis
+//! silent for `stall_ms` (15 ms) is down, and two bursts of 1,000 calls at
+//! once in one debug-build process, with their Redis servers, on a 2-core
+//! machine keep threads (Redis's among them) off the CPU for longer than
+//! that: a host that oversubscribed looks like a paused Redis (see the
+//! trade-off in docs/rate-limits.md).
 
 use std::sync::Arc;
 
@@ -14,6 +21,15 @@ use tonic::transport::Channel;
 
 use crate::quota_server::rls_request;
 use crate::support::{self, PolicyDir, RedisCluster, RedisServer, TestServer};
+
+/// Held by each test of this file for its whole run (see the module
+/// documentation).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for the other tests of this file to end.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
 
 /// Limits of the burst tests, in a domain of their own.
 const BURST_QUOTAS: &str = "\
@@ -96,12 +112,13 @@ fn cluster(cluster: &RedisCluster) -> QuotaSettings {
 /// `calls` concurrent `ShouldRateLimit` calls spread over the replicas,
 /// each with `descriptors`; the number answered OK. Every call must be
 /// answered OK or OVER_LIMIT (never UNKNOWN or an error). Also the 99th
-/// percentile of the calls' latency, for failure messages.
+/// percentile of the calls' latency, for failure messages, and the
+/// slowest call's.
 async fn burst(
     channels: &[Channel],
     descriptors: &[&[(&str, &str)]],
     calls: usize,
-) -> (usize, std::time::Duration) {
+) -> (usize, std::time::Duration, std::time::Duration) {
     let request = Arc::new(rls_request("burst", descriptors, 1));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..calls {
@@ -131,7 +148,7 @@ async fn burst(
     }
     assert_eq!(ok + over, calls);
     took.sort();
-    (ok, took[calls * 99 / 100])
+    (ok, took[calls * 99 / 100], took[calls - 1])
 }
 
 /// Failing input 1 of issue 17, single Redis: 1,000 concurrent calls over 3
@@ -139,11 +156,12 @@ async fn burst(
 /// per-call timeout sent queued calls to the `local` fallback).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn burst_of_1000_over_3_replicas_on_one_redis_admits_exactly_100() {
+    let _alone = one_at_a_time().await;
     let redis = RedisServer::start();
     let (_policies, servers, channels) = replicas(single(&redis)).await;
     for round in 0..2 {
         let value = format!("single-{round}");
-        let (ok, p99) = burst(&channels, &[&[("k", &value)]], 1000).await;
+        let (ok, p99, _) = burst(&channels, &[&[("k", &value)]], 1000).await;
         assert_eq!(ok, 100, "round {round}; p99 {p99:?}; {}", stats(&servers));
     }
     for s in servers {
@@ -154,11 +172,12 @@ async fn burst_of_1000_over_3_replicas_on_one_redis_admits_exactly_100() {
 /// Failing input 1 of issue 17, Redis Cluster (were 133 to 199).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn burst_of_1000_over_3_replicas_on_a_redis_cluster_admits_exactly_100() {
+    let _alone = one_at_a_time().await;
     let nodes = RedisCluster::start();
     let (_policies, servers, channels) = replicas(cluster(&nodes)).await;
     for round in 0..2 {
         let value = format!("cluster-{round}");
-        let (ok, p99) = burst(&channels, &[&[("k", &value)]], 1000).await;
+        let (ok, p99, _) = burst(&channels, &[&[("k", &value)]], 1000).await;
         assert_eq!(ok, 100, "round {round}; p99 {p99:?}; {}", stats(&servers));
     }
     for s in servers {
@@ -184,6 +203,7 @@ fn units(tat: Option<u64>, since: u64, emission_us: u64) -> u64 {
 /// than admitted calls: a refund cut off by the caller's timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_multi_descriptor_burst_leaves_every_counter_at_the_admitted_count() {
+    let _alone = one_at_a_time().await;
     let nodes = RedisCluster::start();
     let keys = [("user", "u1"), ("org", "o1"), ("model", "m1")];
     let redis_key = |(k, v): (&str, &str)| {
@@ -208,7 +228,7 @@ async fn cluster_multi_descriptor_burst_leaves_every_counter_at_the_admitted_cou
         s * 1_000_000 + us
     };
     let since = now(&mut con);
-    let (ok, p99) = burst(&channels, &[&[keys[0]], &[keys[1]], &[keys[2]]], 200).await;
+    let (ok, p99, _) = burst(&channels, &[&[keys[0]], &[keys[1]], &[keys[2]]], 200).await;
     let tat = |con: &mut redis::cluster::ClusterConnection, key: String| -> Option<u64> {
         redis::cmd("GET").arg(key).query(con).unwrap()
     };
@@ -245,16 +265,19 @@ async fn cluster_multi_descriptor_burst_leaves_every_counter_at_the_admitted_cou
 /// default RLS deadline (20 ms): the lost connection opens the circuit
 /// breaker on the first failure, and every later call is decided in the
 /// degraded mode at once. A paused one (connection open, no answer) holds
-/// the first call for at most `timeout_ms`, then the same.
+/// the first call until its silence passes `stall_ms` (15 ms), then the
+/// same (it held it for a whole `timeout_ms`, 1 s, before).
 #[tokio::test]
 async fn at_default_settings_a_dead_redis_is_answered_within_envoys_deadline() {
+    let _alone = one_at_a_time().await;
     use portcullis::quota::gcra::Rate;
     use portcullis::quota::{Charge, Enforced};
     use std::time::{Duration, Instant};
     /// Envoy's default RLS deadline, plus scheduling slack on a shared
-    /// 2-core machine.
+    /// 2-core machine; the bound of the first call on a paused Redis.
     const ENVOY: Duration = Duration::from_millis(20);
     const SLACK: Duration = Duration::from_millis(30);
+    const FIRST: Duration = Duration::from_millis(200);
     let mut redis = RedisServer::start();
     let quotas = single(&redis).build().unwrap();
     let c = Charge::gcra(
@@ -304,7 +327,6 @@ async fn at_default_settings_a_dead_redis_is_answered_within_envoys_deadline() {
     }
 
     redis.pause();
-    let timeout = Duration::from_millis(QuotaSettings::default().timeout_ms);
     let (first, took) = call().await;
     assert!(
         matches!(
@@ -316,7 +338,9 @@ async fn at_default_settings_a_dead_redis_is_answered_within_envoys_deadline() {
         ),
         "{first:?}"
     );
-    assert!(took <= timeout + SLACK, "the first call took {took:?}");
+    // Judged down by its silence (`stall_ms`), not after `timeout_ms`
+    // (1 s): a functional bound with a margin for a loaded machine.
+    assert!(took <= FIRST, "the first call took {took:?}");
     let mut slowest = Duration::ZERO;
     for _ in 0..50 {
         let (r, took) = call().await;
@@ -348,9 +372,11 @@ async fn at_default_settings_a_dead_redis_is_answered_within_envoys_deadline() {
 /// primary's keys go to the fallback, the others stay exact. And the
 /// half-open probe sent every 250 ms held its caller for a whole deadline
 /// (1 s, past Envoy's 20 ms): the probe's caller is now answered by the
-/// degraded mode at once while the probe goes on.
+/// degraded mode at once while the probe goes on. The first call on the
+/// paused primary is answered when its slot's silence passes `stall_ms`.
 #[tokio::test]
 async fn a_paused_cluster_primary_sends_only_its_own_keys_to_the_fallback() {
+    let _alone = one_at_a_time().await;
     use portcullis::quota::gcra::Rate;
     use portcullis::quota::{Charge, Enforced};
     use std::time::{Duration, Instant};
@@ -358,7 +384,7 @@ async fn a_paused_cluster_primary_sends_only_its_own_keys_to_the_fallback() {
     /// 2-core machine; and the slack over `timeout_ms` of the first call.
     const ENVOY: Duration = Duration::from_millis(20);
     const SLACK: Duration = Duration::from_millis(30);
-    const FIRST_SLACK: Duration = Duration::from_millis(300);
+    const FIRST: Duration = Duration::from_millis(200);
     let mut nodes = RedisCluster::start();
     let quotas = cluster(&nodes).build().unwrap();
     let node_of =
@@ -396,13 +422,9 @@ async fn a_paused_cluster_primary_sends_only_its_own_keys_to_the_fallback() {
     }
 
     nodes.node(paused).pause();
-    let timeout = Duration::from_millis(QuotaSettings::default().timeout_ms);
     let (first, took) = call(&paused_key).await;
     assert!(by_fallback(&first), "{first:?}");
-    assert!(
-        took <= timeout + FIRST_SLACK,
-        "the first call took {took:?}"
-    );
+    assert!(took <= FIRST, "the first call took {took:?}");
     // Long enough for several half-open probes (every 250 ms).
     let until = Instant::now() + Duration::from_millis(1500);
     let mut i = 0;
@@ -425,4 +447,102 @@ async fn a_paused_cluster_primary_sends_only_its_own_keys_to_the_fallback() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     nodes.node(paused).resume();
+}
+
+/// A paused Redis (SIGSTOP: connection open, no reply) at default
+/// settings: 30 concurrent `ShouldRateLimit` calls over 3 replicas are
+/// all answered by the `local` fallback once the store's silence passes
+/// `stall_ms` (15 ms), every one well before the per-call deadline
+/// (`timeout_ms`, 1 s) that answered them before (p99 1,038 ms in the fault
+/// matrix). 200 ms is a functional bound with a margin for a loaded
+/// 2-core machine, not a speed claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_redis_has_every_should_rate_limit_call_answered_by_the_fallback_within_200_ms() {
+    let _alone = one_at_a_time().await;
+    let mut redis = RedisServer::start();
+    let (_policies, servers, channels) = replicas(single(&redis)).await;
+    let (ok, _, _) = burst(&channels, &[&[("k", "paused-warm")]], 30).await;
+    assert_eq!(ok, 30, "healthy first; {}", stats(&servers));
+    let degraded_before: u64 = servers
+        .iter()
+        .map(|s| s.state.quotas.degraded_decisions())
+        .sum();
+
+    redis.pause();
+    let (ok, p99, slowest) = burst(&channels, &[&[("k", "paused")]], 30).await;
+    // Then, still paused, a second wave: decided at once (breaker open).
+    let (ok_later, _, slowest_later) = burst(&channels, &[&[("k", "paused")]], 30).await;
+    redis.resume();
+    assert!(
+        slowest.max(slowest_later) < std::time::Duration::from_millis(200),
+        "slowest {slowest:?} then {slowest_later:?}, p99 {p99:?}; {}",
+        stats(&servers)
+    );
+    // The fallback answered (each replica enforces 100/3 = 33): not the
+    // store, and not a refusal of every call.
+    let degraded: u64 = servers
+        .iter()
+        .map(|s| s.state.quotas.degraded_decisions())
+        .sum::<u64>()
+        - degraded_before;
+    assert!(degraded >= 60, "degraded {degraded}; {}", stats(&servers));
+    assert_eq!(
+        ok + ok_later,
+        60,
+        "100/3 per replica fits 60; {}",
+        stats(&servers)
+    );
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
+/// One paused Cluster primary at default settings: concurrent
+/// `ShouldRateLimit` calls on its key are answered by the fallback
+/// within 200 ms (a functional bound, see above), and then a burst on a
+/// key of another primary stays exact (100 of 300): its slots answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_cluster_primary_has_its_calls_answered_within_200_ms_and_the_others_stay_exact() {
+    let _alone = one_at_a_time().await;
+    let mut nodes = RedisCluster::start();
+    let node_of = |nodes: &RedisCluster, value: &str| {
+        let key = portcullis::quota::config::counter_key(
+            "burst",
+            &[("k".to_string(), value.to_string())],
+        );
+        nodes.node_of(&format!("portcullis:q:{{{key}}}"))
+    };
+    let paused_value = "paused-primary-0";
+    let paused = node_of(&nodes, paused_value);
+    let other_value = (1..64)
+        .map(|i| format!("paused-primary-{i}"))
+        .find(|v| node_of(&nodes, v) != paused)
+        .expect("a key on another primary among 64");
+    let (_policies, servers, channels) = replicas(cluster(&nodes)).await;
+    let (ok, _, _) = burst(&channels, &[&[("k", "paused-primary-warm")]], 30).await;
+    assert_eq!(ok, 30, "healthy first; {}", stats(&servers));
+
+    let paused_descriptors: &[&[(&str, &str)]] = &[&[("k", paused_value)]];
+    let other_descriptors: &[&[(&str, &str)]] = &[&[("k", &other_value)]];
+    nodes.node(paused).pause();
+    let on_paused = burst(&channels, paused_descriptors, 30).await;
+    let on_other = burst(&channels, other_descriptors, 300).await;
+    nodes.node(paused).resume();
+    let (ok, p99, slowest) = on_paused;
+    assert!(
+        slowest < std::time::Duration::from_millis(200),
+        "paused primary: slowest {slowest:?}, p99 {p99:?}; {}",
+        stats(&servers)
+    );
+    assert_eq!(
+        ok,
+        30,
+        "by the fallback (33 a replica); {}",
+        stats(&servers)
+    );
+    let (ok, p99, _) = on_other;
+    assert_eq!(ok, 100, "another primary; p99 {p99:?}; {}", stats(&servers));
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
 }

@@ -501,12 +501,17 @@ fn quota_settings_are_checked_completely() {
     assert!(!format!("{:?}", config.quotas).contains("6379"));
 
     let bad = Config::parse(
-        "quotas:\n  store: redis\n  timeout_ms: 0\n  replicas: 0\n",
+        "quotas:\n  store: redis\n  timeout_ms: 0\n  stall_ms: 0\n  replicas: 0\n",
         path,
     )
     .unwrap();
     let err = bad.check(path).unwrap_err().to_string();
-    for field in ["quotas.redis_url", "quotas.timeout_ms", "quotas.replicas"] {
+    for field in [
+        "quotas.redis_url",
+        "quotas.timeout_ms",
+        "quotas.stall_ms: between 1 and 1000 (got 0",
+        "quotas.replicas",
+    ] {
         assert!(err.contains(field), "{err}");
     }
     let unknown = Config::parse("quotas:\n  strore: redis\n", path).unwrap_err();

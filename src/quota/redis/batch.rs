@@ -8,6 +8,7 @@ use redis::aio::ConnectionLike;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{error, redis_key, unreachable};
+use crate::quota::breaker::Silence;
 use crate::quota::{Charge, Charged, LimitState, StoreError};
 use crate::shared_redis::SharedRedis;
 
@@ -152,13 +153,21 @@ pub(super) struct Job {
 pub(super) struct Batches {
     pub(super) redis: Arc<SharedRedis>,
     pub(super) script: redis::Script,
+    /// The origin of the silences' clock.
+    pub(super) epoch: tokio::time::Instant,
 }
 
 impl Batches {
+    /// Microseconds since `epoch`: the clock of the targets' silences.
+    pub(super) fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
     /// Coalesces the requests sent on the returned queue: while
     /// [`IN_FLIGHT`] calls are under way, requests wait, and then go
-    /// together in one script call. Ends when the queue's senders are gone.
-    pub(super) fn start(&self) -> mpsc::UnboundedSender<Job> {
+    /// together in one script call, each call's send and reply noted in
+    /// `silence`. Ends when the queue's senders are gone.
+    pub(super) fn start(&self, silence: Arc<Silence>) -> mpsc::UnboundedSender<Job> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let batches = self.clone();
         tokio::spawn(async move {
@@ -180,8 +189,9 @@ impl Batches {
                     }
                 }
                 let batches = batches.clone();
+                let silence = Arc::clone(&silence);
                 tokio::spawn(async move {
-                    batches.send(jobs).await;
+                    batches.send(jobs, &silence).await;
                     drop(permit);
                 });
             }
@@ -190,11 +200,18 @@ impl Batches {
     }
 
     /// One script call for `jobs`; each job gets its own answer.
-    async fn send(&self, jobs: Vec<Job>) {
+    async fn send(&self, jobs: Vec<Job>, silence: &Silence) {
+        // Counted from before the connection is had: a Redis that accepts
+        // connections but answers nothing (paused) is silent there too.
+        silence.sent(self.now_us());
         let answers = match self.redis.connection().await {
             Ok(mut con) => self.run(&mut con, &jobs).await,
             Err(e) => Err(unreachable("redis", e)),
         };
+        // Any reply of Redis's own (an answer, or an error it sent) says
+        // it is alive; a lost connection does not.
+        let replied = answers.as_ref().map_or_else(|e| !e.gone, |_| true);
+        silence.ended(self.now_us(), replied);
         match answers {
             Ok(answers) => {
                 for (job, answer) in jobs.into_iter().zip(answers) {
