@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use portcullis::config::Config;
 use portcullis::quota::{QuotaSettings, QuotaStoreKind};
 use tonic::transport::Channel;
 
@@ -50,26 +49,7 @@ descriptors:
 async fn replicas(settings: QuotaSettings) -> (PolicyDir, Vec<TestServer>, Vec<Channel>) {
     let policies = PolicyDir::bundled().with_test_quotas();
     policies.write("quotas/burst.yaml", BURST_QUOTAS);
-    let mut servers = Vec::new();
-    let mut channels = Vec::new();
-    for _ in 0..3 {
-        let mut config = Config {
-            quotas: settings.clone(),
-            ..support::in_process_config(policies.path())
-        };
-        // Not a quota setting: the server's own request deadline (2 s)
-        // would cut calls of a burst on a 2-core machine shared with other
-        // builds, which says nothing about the quotas' exactness.
-        config.server.request_timeout_ms = 30_000;
-        let server = TestServer::start(config).await;
-        let channel = Channel::from_shared(format!("http://{}", server.decision_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        servers.push(server);
-        channels.push(channel);
-    }
+    let (servers, channels) = support::replicas(3, &settings, policies.path()).await;
     (policies, servers, channels)
 }
 

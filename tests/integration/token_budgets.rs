@@ -12,7 +12,6 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use portcullis::config::Config;
 use portcullis::quota::{QuotaSettings, QuotaStoreKind};
 use tonic::transport::Channel;
 
@@ -50,25 +49,7 @@ pub(crate) struct Replicas {
 /// as the only quota file, sharing `settings`' store.
 pub(crate) async fn replicas(n: usize, settings: QuotaSettings, quotas: &str) -> Replicas {
     let policies = policy_dir(quotas);
-    let mut servers = Vec::new();
-    let mut channels = Vec::new();
-    for _ in 0..n {
-        let mut config = Config {
-            quotas: settings.clone(),
-            ..support::in_process_config(policies.path())
-        };
-        // A burst on a 2-core machine shared with builds: not the server's
-        // deadline under test.
-        config.server.request_timeout_ms = 30_000;
-        let server = TestServer::start(config).await;
-        let channel = Channel::from_shared(format!("http://{}", server.decision_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        servers.push(server);
-        channels.push(channel);
-    }
+    let (servers, channels) = support::replicas(n, &settings, policies.path()).await;
     Replicas {
         servers,
         channels,

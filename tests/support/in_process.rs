@@ -160,3 +160,34 @@ pub fn predict_access() -> AccessRequest {
     AccessRequest::for_test("POST", PREDICT)
         .with_json(&serde_json::from_slice(PREDICT_BODY).expect("PREDICT_BODY is JSON"))
 }
+
+/// `n` replicas serving the policy directory `policies` with the quota
+/// settings `settings` (a shared store makes them one limit), each with a
+/// connected channel to its decision listener. The server's own request
+/// deadline is raised to 30 s: a burst on a 2-core machine shared with
+/// builds must not be cut by it, which would say nothing about quotas.
+pub async fn replicas(
+    n: usize,
+    settings: &portcullis::quota::QuotaSettings,
+    policies: &std::path::Path,
+) -> (Vec<TestServer>, Vec<tonic::transport::Channel>) {
+    let mut servers = Vec::new();
+    let mut channels = Vec::new();
+    for _ in 0..n {
+        let mut config = Config {
+            quotas: settings.clone(),
+            ..super::in_process_config(policies)
+        };
+        config.server.request_timeout_ms = 30_000;
+        let server = TestServer::start(config).await;
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", server.decision_addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        servers.push(server);
+        channels.push(channel);
+    }
+    (servers, channels)
+}

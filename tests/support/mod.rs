@@ -58,7 +58,7 @@ pub use grpcurl::{grpcurl, grpcurl_output};
 pub use http::{http_get, HttpRequest, HttpResponse};
 #[allow(unused_imports)]
 pub use in_process::{
-    authz_service, decide, decide_as, decide_with, predict_access, TestAudit, TestServer,
+    authz_service, decide, decide_as, decide_with, predict_access, replicas, TestAudit, TestServer,
 };
 #[allow(unused_imports)]
 pub use jwks::{IdentityProvider, INTROSPECTION_CLIENT};
