@@ -10,6 +10,10 @@
 #
 #   scripts/profile.sh rls          # ShouldRateLimit, one descriptor
 #   scripts/profile.sh check        # Check, allowed calls
+#   scripts/profile.sh rls-redis    # ShouldRateLimit, one descriptor, with
+#                   `quotas.store: redis` on a redis-server pinned to the
+#                   server's CPU (as in bench-side-by-side.sh); Redis's
+#                   own CPU time is printed, not sampled
 #   DURATION=10 scripts/profile.sh rls
 #   SERVER=empty scripts/profile.sh rls   # the empty handler, same load:
 #                   target/profile/empty-<rpc>.*, to compare CPU per request
@@ -31,9 +35,9 @@ LOAD_CPU=${LOAD_CPU:-1}
 say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'profile: %s\n' "$*" >&2; exit 1; }
 case $rpc in
-    rls) load_args=(--rpc rls --rls-shape one) ;;
+    rls | rls-redis) load_args=(--rpc rls --rls-shape one) ;;
     check) load_args=(--rpc check --mix allowed) ;;
-    *) die "usage: scripts/profile.sh rls|check" ;;
+    *) die "usage: scripts/profile.sh rls|rls-redis|check" ;;
 esac
 case $SERVER in
     portcullis) name=$rpc ;;
@@ -74,6 +78,18 @@ issuer = ('    - issuer: "https://bench.portcullis.invalid/"\n'
 open(path, "w").write(text.replace(marker, marker + issuer, 1))
 PY
 
+redis_pid=""
+if [ "$rpc" = rls-redis ] && [ "$SERVER" = portcullis ]; then
+    command -v redis-server >/dev/null || die "needs redis-server (scripts/install-test-tools.sh installs it)"
+    rp=$(free_port)
+    taskset -c "$SERVER_CPU" redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$work" >"$work/redis.log" 2>&1 &
+    redis_pid=$!
+    pids+=("$redis_pid")
+    wait_tcp "$rp" "redis-server"
+    sed -i -e "/^audit:/i quotas: { store: redis, redis_url: \"redis://127.0.0.1:$rp/0\" }" "$work/portcullis.yaml"
+fi
+
 if [ "$SERVER" = empty ]; then
     taskset -c "$SERVER_CPU" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$pp" \
         >"$work/portcullis.out" 2>"$work/portcullis.log" &
@@ -95,6 +111,11 @@ sleep 0.5
 taskset -c "$LOAD_CPU" "$bin/portcullis-bench" --target "127.0.0.1:$pp" "${load_args[@]}" \
     --token-key-file "$key" --duration "$DURATION" --warmup 0 | tee "$out/$name.load.txt" >&2
 wait "$perf_pid" || die "perf record failed: $(tail -3 "$work/perf.log")"
+if [ -n "$redis_pid" ]; then
+    # CPU seconds (user + system) since start, from /proc/PID/stat.
+    cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+    say "CPU since start: portcullis $(cpu_s "$server") s, redis-server $(cpu_s "$redis_pid") s"
+fi
 
 say "folding stacks"
 perf script -i "$work/perf.data" 2>/dev/null | "$root/.tools/bin/inferno-collapse-perf" >"$out/$name.folded"

@@ -268,7 +268,7 @@ async fn in_process_boundary_straddle_with_a_controlled_clock() {
 // --- Redis: exactness ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_limiters_sharing_redis_allow_exactly_the_limit() {
+async fn three_limiters_sharing_redis_allow_exactly_the_limit_writing_each_key_once_per_batch() {
     let redis = RedisServer::start();
     // Three independent limiters, each with its own connection.
     let limiters: Vec<Arc<Quotas>> = (0..3)
@@ -307,6 +307,17 @@ async fn three_limiters_sharing_redis_allow_exactly_the_limit() {
         }
     }
     assert_eq!((allowed, refused), (100, 900));
+    // Concurrent requests go together in one script call, which reads the
+    // one key once and writes it once, not once per request.
+    let (scripts, writes) = (redis.calls("evalsha"), redis.calls("set"));
+    assert!(
+        scripts < 1000,
+        "{scripts} script calls: the burst was not batched"
+    );
+    assert!(
+        writes <= scripts,
+        "{writes} writes of the one key in {scripts} script calls"
+    );
 }
 
 // --- Redis: fault injection ------------------------------------------------

@@ -114,6 +114,21 @@ impl RedisServer {
         Some(String::from_utf8_lossy(&body[..len]).into_owned())
     }
 
+    /// How many times Redis ran `command` (lower case, as `INFO
+    /// commandstats` names it; commands a script ran count too); 0 when
+    /// it never ran.
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = self
+            .bulk("INFO commandstats\r\n")
+            .expect("INFO commandstats answers");
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Every key and its TTL in milliseconds (-1: no TTL).
     pub fn ttls(&self) -> Vec<(String, i64)> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect redis");

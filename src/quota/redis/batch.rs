@@ -25,104 +25,124 @@ use crate::shared_redis::SharedRedis;
 /// `KEYS[i]:<window start>` (same hash tag, same slot).
 /// Returns, per request: allowed (0|1), then per key: over, remaining,
 /// reset_us, retry_us. `allowed` follows `quota::passes`: every enforced
-/// key fits, and some quota-mode key fits if there are any.
+/// key fits, and some quota-mode key fits if there are any. Each key is
+/// read (`GET`) at most once per call and written (`SET ... PX`) at most
+/// once, at the end, with what the last request left in it: a burst on one
+/// key costs a handful of commands per call, not two per request.
 pub(super) const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local function bit(flags, b) return math.floor(flags / b) % 2 == 1 end
+local band = bit.band
+-- Each key is read at most once per call and written at most once, at the
+-- end: `val` holds its value as the requests so far left it, and
+-- `expires` (microseconds, Redis time) marks the keys to write.
+local val, expires = {}, {}
+local function get(key)
+  local v = val[key]
+  if v == nil then
+    v = tonumber(redis.call('GET', key) or '0')
+    val[key] = v
+  end
+  return v
+end
 local all = {}
+-- One request: keys KEYS[k0 + 1 .. k0 + n], values from ARGV[a0 + 1].
 local function request(k0, a0, n)
-  local tats, news, always, counts, over = {}, {}, {}, {}, {}
-  local out = {0}
+  local news, always, tats
+  local first = #all + 1
+  all[first] = 0
   local enforced_ok, quotas, quota_ok = true, false, false
   for i = 1, n do
-    local a = tonumber(ARGV[a0 + (i - 1) * 4 + 1])
-    local b = tonumber(ARGV[a0 + (i - 1) * 4 + 2])
-    local cost = tonumber(ARGV[a0 + (i - 1) * 4 + 3])
-    local flags = tonumber(ARGV[a0 + (i - 1) * 4 + 4])
-    local remaining, reset, retry
-    if bit(flags, 8) then
+    local j = a0 + (i - 1) * 4
+    local a, b = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+    local cost, flags = tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
+    local key = KEYS[k0 + i]
+    local over, remaining, reset, retry
+    if band(flags, 8) ~= 0 then
+      -- Every hit counts, whatever the verdict: written as it is counted.
       local start = now - now % a
-      local key = KEYS[k0 + i] .. ':' .. string.format('%d', start)
-      local count = (counts[key] and counts[key][1]) or tonumber(redis.call('GET', key) or '0')
-      count = count + cost
-      if cost > 0 then counts[key] = {count, start + a} end
+      local wkey = key .. ':' .. string.format('%d', start)
+      local count = get(wkey) + cost
+      if cost > 0 then
+        val[wkey] = count
+        expires[wkey] = start + a
+      end
       reset = start + a - now
       if count > b then
-        over[i] = 1
-        remaining = 0
-        retry = reset
+        over, remaining, retry = 1, 0, reset
       else
-        over[i] = 0
-        remaining = b - count
-        retry = 0
+        over, remaining, retry = 0, b - count, 0
       end
     else
-      local tat = news[KEYS[k0 + i]] or tonumber(redis.call('GET', KEYS[k0 + i]) or '0')
+      local tat = (news and news[key]) or get(key)
       local base = math.max(tat, now)
       local new_tat = base + cost * a
       local ahead = new_tat - now
+      local post_hoc = band(flags, 4) ~= 0
       if ahead > b then
-        over[i] = 1
+        over = 1
         remaining = math.floor(math.max(b - (base - now), 0) / a)
         reset = base - now
         retry = ahead - b
-        if bit(flags, 4) and cost > 0 then
+        if post_hoc and cost > 0 then
           -- Work already done: recorded past the burst, whatever the verdict.
-          news[KEYS[k0 + i]] = new_tat
-          always[KEYS[k0 + i]] = true
+          news = news or {}
+          always = always or {}
+          news[key] = new_tat
+          always[key] = true
         end
       else
-        over[i] = 0
+        over = 0
         remaining = math.floor((b - ahead) / a)
         reset = ahead
         retry = 0
         if cost > 0 then
-          news[KEYS[k0 + i]] = new_tat
-          if bit(flags, 4) then always[KEYS[k0 + i]] = true end
+          news = news or {}
+          news[key] = new_tat
+          if post_hoc then
+            always = always or {}
+            always[key] = true
+          end
         end
       end
+      tats = tats or {}
       tats[i] = base
     end
-    if not bit(flags, 1) then
-      if bit(flags, 2) then
+    if band(flags, 1) == 0 then
+      if band(flags, 2) ~= 0 then
         quotas = true
-        if over[i] == 0 then quota_ok = true end
-      elseif over[i] == 1 then
+        if over == 0 then quota_ok = true end
+      elseif over == 1 then
         enforced_ok = false
       end
     end
-    out[#out + 1] = over[i]
-    out[#out + 1] = remaining
-    out[#out + 1] = reset
-    out[#out + 1] = retry
+    local o = first + (i - 1) * 4
+    all[o + 1], all[o + 2], all[o + 3], all[o + 4] = over, remaining, reset, retry
   end
   local allowed = enforced_ok and (quota_ok or not quotas)
-  if allowed then out[1] = 1 end
-  for key, new_tat in pairs(news) do
-    if allowed or always[key] then
-      local ttl = math.max(math.ceil((new_tat - now) / 1000), 1)
-      redis.call('SET', key, string.format('%d', new_tat), 'PX', ttl)
+  if allowed then all[first] = 1 end
+  if news then
+    for key, new_tat in pairs(news) do
+      if allowed or (always and always[key]) then
+        val[key] = new_tat
+        expires[key] = new_tat
+      end
     end
-  end
-  for key, c in pairs(counts) do
-    local ttl = math.max(math.ceil((c[2] - now) / 1000), 1)
-    redis.call('SET', key, string.format('%d', c[1]), 'PX', ttl)
   end
   if not allowed then
     -- Nothing else was charged: report each state as it stays.
     for i = 1, n do
-      local flags = tonumber(ARGV[a0 + (i - 1) * 4 + 4])
-      local cost = tonumber(ARGV[a0 + (i - 1) * 4 + 3])
-      if over[i] == 0 and not bit(flags, 8) and not bit(flags, 4) and cost > 0 then
-        local emission = tonumber(ARGV[a0 + (i - 1) * 4 + 1])
-        local tolerance = tonumber(ARGV[a0 + (i - 1) * 4 + 2])
-        out[(i - 1) * 4 + 3] = math.floor((tolerance - (tats[i] - now)) / emission)
-        out[(i - 1) * 4 + 4] = tats[i] - now
+      local j = a0 + (i - 1) * 4
+      local flags = tonumber(ARGV[j + 4])
+      local cost = tonumber(ARGV[j + 3])
+      local o = first + (i - 1) * 4
+      if all[o + 1] == 0 and band(flags, 12) == 0 and cost > 0 then
+        local emission, tolerance = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+        all[o + 2] = math.floor((tolerance - (tats[i] - now)) / emission)
+        all[o + 3] = tats[i] - now
       end
     end
   end
-  for j = 1, #out do all[#all + 1] = out[j] end
 end
 local r = tonumber(ARGV[1])
 local k0, a0 = 0, 1 + r
@@ -131,6 +151,10 @@ for j = 1, r do
   request(k0, a0, n)
   k0 = k0 + n
   a0 = a0 + 4 * n
+end
+for key, at in pairs(expires) do
+  local ttl = math.max(math.ceil((at - now) / 1000), 1)
+  redis.call('SET', key, string.format('%d', val[key]), 'PX', ttl)
 end
 return all
 "#;
