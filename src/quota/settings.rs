@@ -30,7 +30,7 @@ pub struct QuotaSettings {
     /// Slow is not down: a queue on a busy, healthy store must fit in it,
     /// or the burst spills into the degraded mode. See docs/rate-limits.md.
     pub timeout_ms: u64,
-    /// The stall threshold, in milliseconds (1..=1000, default 15): a
+    /// The stall threshold, in milliseconds (1..=1000, default 10): a
     /// failure domain (the primary, or a Cluster slot) with calls
     /// outstanding and no reply to any of them for this long is down, and
     /// the calls waiting on it are answered in the degraded mode at once.
@@ -201,7 +201,7 @@ impl QuotaSettings {
         }
         if self.stall_ms == 0 || self.stall_ms > 1000 {
             p.push(format!(
-                "quotas.stall_ms: between 1 and 1000 (got {}; the default, 15, is under Envoy's 20 ms RLS deadline)",
+                "quotas.stall_ms: between 1 and 1000 (got {}; the default, 10, is under Envoy's 20 ms RLS deadline)",
                 self.stall_ms
             ));
         }
