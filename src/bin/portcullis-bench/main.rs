@@ -243,6 +243,12 @@ enum Mix {
     Anonymous,
 }
 
+/// The same allocator as the `portcullis` binary, so that the empty
+/// handler served from here (`--serve-empty`, `--baseline`) and Portcullis
+/// in process are measured on equal terms.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
