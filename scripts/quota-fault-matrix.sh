@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The quota fault matrix of issue 17: 3 Portcullis replicas (release
-# binary, `quotas: {store: redis | redis_cluster, replicas: 3}`, default
-# timeout and breaker settings, a limit of 100 per hour on descriptor k)
-# x {single Redis, Redis Cluster of 3 primaries + 3 replicas}
+# binary, `quotas: {store: redis | redis_sentinel | redis_cluster,
+# replicas: 3}`, default timeout and breaker settings, a limit of 100 per
+# hour on descriptor k)
+# x {single Redis (failover: a primary, its replica and one Sentinel),
+#    Redis Cluster of 3 primaries + 3 replicas}
 # x {healthy, killed, paused, read-only, failover}
 # x one burst of 1,000 concurrent ShouldRateLimit calls on one value,
 # round-robin over the replicas (`portcullis-bench --burst`).
@@ -17,9 +19,13 @@
 #              errors); Cluster (REPLICAOF is refused there): `CONFIG SET
 #              min-replicas-to-write 2` on the key's primary, which has
 #              one replica (NOREPLICAS errors).
-#   failover   single: not run (Portcullis takes one URL and has no
-#              Sentinel support); Cluster: `CLUSTER FAILOVER TAKEOVER` on
-#              the key's primary's replica, sent just before the burst.
+#   failover   single: the primary has a replica and one Redis Sentinel
+#              watches it (`store: redis_sentinel`; quorum 1,
+#              down-after-milliseconds 1000, failover-timeout 3000);
+#              SIGKILL of the primary just before the burst, then the
+#              Sentinel promotes the replica. Cluster: `CLUSTER FAILOVER
+#              TAKEOVER` on the key's primary's replica, sent just before
+#              the burst.
 #
 # Per cell: admitted calls; charged units (the counter in Redis after the
 # burst, `n/a` when the key's Redis is killed); keys without a TTL; p99
@@ -27,11 +33,15 @@
 # degraded decisions (from the replicas' metrics: the `local` fallback,
 # plus refused late calls); store errors; and, on the Cluster, how 30
 # calls on a key served by another primary were answered while the fault
-# lasted (a healthy primary's keys should stay with the store). Prints one
-# Markdown table.
+# lasted (a healthy primary's keys should stay with the store); on single
+# failover instead, how long after the kill a burst of 30 calls on a fresh
+# key was decided by the store alone again, on the promoted replica (whose
+# counter of the burst key is then *charged*). Prints one Markdown table.
 #
 # Usage: scripts/quota-fault-matrix.sh [--calls N] [--only single|cluster]
-#            [--bin-dir DIR]
+#            [--fault healthy|killed|paused|read-only|failover] [--bin-dir DIR]
+# (--only and --fault select the cells: `--only single --fault failover`
+# runs that one cell.)
 # Needs: redis-server, redis-cli, and release binaries: built here with
 # `cargo build --release --bins` into $CARGO_TARGET_DIR (or ./target), or
 # taken as they are from --bin-dir (e.g. a copy of an earlier build, to
@@ -48,17 +58,22 @@ source "$root/scripts/bench-lib.sh"
 
 calls=1000
 only=""
+only_fault=""
 bin=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --calls) calls=${2:?--calls needs a number}; shift 2 ;;
         --only) only=${2:?--only needs single or cluster}; shift 2 ;;
+        --fault) only_fault=${2:?--fault needs a fault name}; shift 2 ;;
         --bin-dir) bin=${2:?--bin-dir needs a directory}; shift 2 ;;
-        *) die "unknown argument $1 (usage: $0 [--calls N] [--only single|cluster] [--bin-dir DIR])" ;;
+        *) die "unknown argument $1 (usage: $0 [--calls N] [--only single|cluster] [--fault NAME] [--bin-dir DIR])" ;;
     esac
 done
 [[ $calls =~ ^[0-9]+$ && $calls -ge 1 && $calls -le 100000 ]] || die "--calls must be 1..100000"
 [[ -z $only || $only == single || $only == cluster ]] || die "--only takes single or cluster"
+faults=(healthy killed paused read-only failover)
+[[ -z $only_fault || " ${faults[*]} " == *" $only_fault "* ]] ||
+    die "--fault takes one of: ${faults[*]}"
 command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
 command -v redis-cli >/dev/null || die "redis-cli not found (apt-get install redis-tools)"
 
@@ -91,11 +106,14 @@ EOF
 
 rcli() { timeout 5 redis-cli -h 127.0.0.1 -p "$@"; }
 
-# start_redis NAME EXTRA...: a redis-server on a free port (below 55536
-# with --cluster-enabled, whose bus port is the port + 10000); sets port.
+# start_redis NAME [--conf FILE] EXTRA...: a redis-server on a free port
+# (below 55536 with --cluster-enabled, whose bus port is the port +
+# 10000), FILE its config file (a Sentinel needs one); sets port.
 # A port taken meanwhile by someone else: another one (5 tries).
 start_redis() {
     local name=$1; shift
+    local conf=()
+    if [[ ${1:-} == --conf ]]; then conf=("$2"); shift 2; fi
     local i
     for _ in 1 2 3 4 5; do
         for i in $(seq 1 50); do
@@ -103,7 +121,7 @@ start_redis() {
             [[ $* != *cluster-enabled* || $port -lt 55536 ]] && break
         done
         mkdir -p "$work/$name"
-        (cd "$work/$name" && exec redis-server --port "$port" --bind 127.0.0.1 --save "" \
+        (cd "$work/$name" && exec redis-server "${conf[@]}" --port "$port" --bind 127.0.0.1 --save "" \
             --appendonly no "$@" >"$work/$name/log" 2>&1) &
         local pid=$!
         for i in $(seq 1 100); do
@@ -130,6 +148,80 @@ start_single() {
     key_port=$port
     replica_port=""
     quota_section="quotas: {store: redis, redis_url: \"redis://127.0.0.1:$port/0\", replicas: 3}"
+}
+
+# wait_for WHAT CMD...: polls CMD every 0.1 s for at most 30 s.
+wait_for() {
+    local what=$1; shift
+    for _ in $(seq 1 300); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    die "$what: not within 30 s"
+}
+
+in_sync() { rcli "$replica_port" INFO replication | grep -q 'master_link_status:up'; }
+knows_replica() { [[ -n $(rcli "$sentinel_port" SENTINEL REPLICAS mymaster) ]]; }
+
+# sentinel_primary: the port of the primary the Sentinel names to clients
+# (`SENTINEL MASTER`, as `SENTINEL MASTERS` lists it, which the redis crate
+# asks).
+sentinel_primary() {
+    rcli "$sentinel_port" SENTINEL MASTER mymaster | awk 'prev == "port" { print; exit } { prev = $0 }'
+}
+switched() { [[ $(sentinel_primary) == "$replica_port" ]]; }
+
+# start_sentinel: a primary, its replica (in sync) and one Sentinel that
+# knows both.
+start_sentinel() {
+    start_redis "primary-$cell"
+    node_ports=("$port")
+    key_port=$port
+    start_redis "replica-$cell" --replicaof 127.0.0.1 "$key_port"
+    node_ports+=("$port")
+    replica_port=$port
+    wait_for "the replica is in sync" in_sync
+    mkdir -p "$work/sentinel-$cell"
+    printf '%s\n' "sentinel monitor mymaster 127.0.0.1 $key_port 1" \
+        "sentinel down-after-milliseconds mymaster 1000" \
+        "sentinel failover-timeout mymaster 3000" >"$work/sentinel-$cell/sentinel.conf"
+    start_redis "sentinel-$cell" --conf "$work/sentinel-$cell/sentinel.conf" --sentinel
+    sentinel_port=$port
+    wait_for "the Sentinel knows the replica" knows_replica
+    quota_section="quotas: {store: redis_sentinel, redis_sentinels: [\"redis://127.0.0.1:$sentinel_port\"], redis_master_name: mymaster, replicas: 3}"
+}
+
+# after_failover: waits until the Sentinel names the replica, then sends
+# bursts of 30 calls on fresh keys (at most 100, 0.1 s apart) until one
+# is decided by the store alone; describes that burst, with the time since
+# the kill. The burst key's counter is then read on the promoted replica.
+# What these calls add to the degraded decisions and store errors is kept
+# apart (after_degraded, after_errors): the burst's columns leave it out.
+after_failover() {
+    wait_for "the Sentinel promotes the replica" switched
+    local i d0 out elapsed start_degraded start_errors
+    start_degraded=$(metric portcullis_quota_degraded_decisions_total)
+    start_errors=$(metric portcullis_quota_store_errors_total)
+    for i in $(seq 1 100); do
+        d0=$(metric portcullis_quota_degraded_decisions_total)
+        out=$(timeout 60 "$bin/portcullis-bench" --rpc rls --burst 30 "${targets[@]}" \
+            --burst-entry "k=after$cell-$i" --json) || die "the calls after the failover failed: $out"
+        if [[ $(metric portcullis_quota_degraded_decisions_total) == "$d0" ]]; then
+            elapsed=$((($(date +%s%N) - killed_at) / 100000000))
+            after_degraded=$(($(metric portcullis_quota_degraded_decisions_total) - start_degraded))
+            after_errors=$(($(metric portcullis_quota_store_errors_total) - start_errors))
+            bystander="single: 30 calls on a fresh key decided by the store alone again $((elapsed / 10)).$((elapsed % 10)) s after the kill, try $i of bursts 0.1 s apart once the Sentinel switched (the tries before: $after_degraded degraded, $after_errors store errors): $(summary "$out")"
+            key_port=$replica_port
+            return
+        fi
+        sleep 0.1
+    done
+    die "no burst decided by the store alone within 100 tries after the failover"
+}
+
+# summary JSON: admitted, unavailable and p99 of a portcullis-bench burst.
+summary() {
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%d admitted, %d unavailable, p99 %.1f ms" % (r["admitted"], r["unavailable"], r["p99_us"]/1000))' "$1"
 }
 
 start_cluster() {
@@ -284,13 +376,20 @@ inject() {
             else
                 rcli "$key_port" CONFIG SET min-replicas-to-write 2 >/dev/null
             fi ;;
-        failover) rcli "$replica_port" CLUSTER FAILOVER TAKEOVER >/dev/null ;;
+        failover)
+            if [[ $topology == single ]]; then
+                killed_at=$(date +%s%N)
+                kill -KILL "$(redis_pid "$key_port")"
+            else
+                rcli "$replica_port" CLUSTER FAILOVER TAKEOVER >/dev/null
+            fi ;;
     esac
 }
 
 heal() {
     case $fault in
         paused) kill -CONT "$(redis_pid "$key_port")" ;;
+        failover) if [[ $topology == single ]]; then after_failover; fi ;;
         *) ;;
     esac
 }
@@ -303,7 +402,13 @@ run_cell() {
     key_value="v$cell-$$"
     key="portcullis:q:{burst|k=$key_value}"
     replica_pids=()
-    if [[ $topology == single ]]; then start_single; else start_cluster; fi
+    if [[ $topology == cluster ]]; then
+        start_cluster
+    elif [[ $fault == failover ]]; then
+        start_sentinel
+    else
+        start_single
+    fi
     start_replicas
     # Every replica makes its Redis connection before the fault (one
     # call each, on a key of its own).
@@ -313,7 +418,10 @@ run_cell() {
     local degraded0 errors0
     degraded0=$(metric portcullis_quota_degraded_decisions_total)
     errors0=$(metric portcullis_quota_store_errors_total)
-    local bystander="-" other=""
+    bystander="-"
+    after_degraded=0
+    after_errors=0
+    local other=""
     [[ $topology == cluster ]] && other=$(other_value)
     inject
     local out
@@ -325,15 +433,15 @@ run_cell() {
         d0=$(metric portcullis_quota_degraded_decisions_total)
         bout=$(timeout 60 "$bin/portcullis-bench" --rpc rls --burst 30 "${targets[@]}" \
             --burst-entry "k=$other" --json) || die "the bystander calls failed: $bout"
-        bystander="$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%d admitted, %d unavailable, p99 %.1f ms" % (r["admitted"], r["unavailable"], r["p99_us"]/1000))' "$bout"), $(($(metric portcullis_quota_degraded_decisions_total) - d0)) degraded"
+        bystander="$(summary "$bout"), $(($(metric portcullis_quota_degraded_decisions_total) - d0)) degraded"
     fi
     heal
     # Late answers and their refunds settle (bounded: the store's own
     # response bound is 2 s).
     sleep 2.5
     local degraded errors charged_units ttl
-    degraded=$(($(metric portcullis_quota_degraded_decisions_total) - degraded0))
-    errors=$(($(metric portcullis_quota_store_errors_total) - errors0))
+    degraded=$(($(metric portcullis_quota_degraded_decisions_total) - degraded0 - after_degraded))
+    errors=$(($(metric portcullis_quota_store_errors_total) - errors0 - after_errors))
     charged_units=$(charged "$key_port")
     ttl=$(no_ttl)
     local admitted over unavailable unknown grpc p99
@@ -348,14 +456,10 @@ print(r["admitted"], r["over_limit"], r["unavailable"], r["unknown"], r["errors"
     stop_redis
 }
 
-faults=(healthy killed paused read-only failover)
 for topology in single cluster; do
     [[ -n $only && $only != "$topology" ]] && continue
     for fault in "${faults[@]}"; do
-        if [[ $topology == single && $fault == failover ]]; then
-            rows+=("| single | failover | not supported: needs Sentinel (Portcullis takes one \`redis_url\`) | | | | | | | |")
-            continue
-        fi
+        [[ -n $only_fault && $only_fault != "$fault" ]] && continue
         run_cell "$topology" "$fault"
     done
 done

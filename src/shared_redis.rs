@@ -1,7 +1,8 @@
-//! One Redis connection (a single primary or a Redis Cluster), made lazily
-//! in the background and shared by every store that keeps state in Redis:
-//! quota counters, authentication failure counts and blocks, API keys. It
-//! knows no keys or scripts; the stores do.
+//! One Redis connection (a single primary, a primary found through Redis
+//! Sentinel, or a Redis Cluster), made lazily in the background and shared
+//! by every store that keeps state in Redis: quota counters,
+//! authentication failure counts and blocks, API keys. It knows no keys or
+//! scripts; the stores do.
 //!
 //! The connection is a `ConnectionManager` (one multiplexed connection that
 //! reconnects after errors) or a cluster connection, created lazily, in the
@@ -9,7 +10,14 @@
 //! while Redis is down, and a connect slower than one request's timeout
 //! still completes. A `READONLY` reply (a failed-over primary) should make
 //! the caller [`SharedRedis::forget`] the connection so the next call
-//! reconnects.
+//! reconnects; callers hand every error to [`SharedRedis::note_error`],
+//! which does that. Behind Sentinel a lost connection is forgotten too:
+//! the `ConnectionManager` would reconnect to the address it was made
+//! with (a dead primary's), so the next call asks the Sentinels again. And
+//! while calls flow, the Sentinels are asked again at most every
+//! [`SENTINEL_CHECK`]: after `SENTINEL FAILOVER` the old primary stays
+//! writable until the Sentinels demote it (seconds later), and writes it
+//! takes meanwhile are lost when it resyncs from the new one.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +27,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::IntoConnectionInfo;
 
 /// How long a (background) connection attempt may take. Longer than one
 /// request's budget on purpose: a connect slower than that still completes
@@ -30,6 +40,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// answers late (after a pause, under a burst) should still deliver its
 /// answer, so that what it charged is known and can be refunded.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often, at most, a connection behind Sentinel checks with the
+/// Sentinels that its primary is still the one they name (one `SENTINEL
+/// MASTERS` and one `ROLE` on a new connection to the named primary, in
+/// the background, only while calls use the connection). It bounds how
+/// long writes may go to a primary the Sentinels have replaced.
+pub const SENTINEL_CHECK: Duration = Duration::from_millis(500);
 
 /// Redis could not be reached (or connecting failed); for operators only.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,6 +83,25 @@ impl<C: Clone + Send + 'static> Lazy<C> {
 
     fn forget(&self) {
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Another handle on the same slot (for a background check).
+    fn handle(&self) -> Lazy<C> {
+        Lazy {
+            slot: Arc::clone(&self.slot),
+            connecting: Arc::clone(&self.connecting),
+            ready: Arc::clone(&self.ready),
+            last_error: Arc::clone(&self.last_error),
+            tasks: self.tasks.clone(),
+        }
+    }
+
+    /// Forgets the connection if `stale` says so of it.
+    fn forget_if(&self, stale: impl FnOnce(&C) -> bool) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(stale) {
+            *slot = None;
+        }
     }
 
     async fn get<F>(&self, connect: impl FnOnce() -> F) -> Result<C, Unreachable>
@@ -123,9 +159,20 @@ enum Target {
         client: ClusterClient,
         connection: Lazy<ClusterConnection>,
     },
+    /// The primary that the Sentinels name, asked again after every
+    /// forgotten connection.
+    Sentinel {
+        client: Arc<tokio::sync::Mutex<SentinelClient>>,
+        config: ConnectionManagerConfig,
+        /// The connection and the primary's address it was made to.
+        connection: Lazy<(ConnectionManager, redis::ConnectionAddr)>,
+        /// When the Sentinels were last asked (see [`SENTINEL_CHECK`]).
+        checked: Mutex<tokio::time::Instant>,
+    },
 }
 
-/// A Redis (one primary or a Cluster) that several stores share.
+/// A Redis (one primary, a primary behind Sentinel, or a Cluster) that
+/// several stores share.
 pub struct SharedRedis {
     target: Target,
 }
@@ -133,8 +180,13 @@ pub struct SharedRedis {
 impl std::fmt::Debug for SharedRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may hold a password: never print it.
+        let kind = match self.target {
+            Target::Single { .. } => "single",
+            Target::Cluster { .. } => "cluster",
+            Target::Sentinel { .. } => "sentinel",
+        };
         f.debug_struct("SharedRedis")
-            .field("cluster", &self.is_cluster())
+            .field("kind", &kind)
             .finish_non_exhaustive()
     }
 }
@@ -142,7 +194,7 @@ impl std::fmt::Debug for SharedRedis {
 /// A live connection; clone it freely (both kinds multiplex).
 #[derive(Clone)]
 pub enum Connection {
-    /// To a single primary.
+    /// To a single primary (given, or named by the Sentinels).
     Single(ConnectionManager),
     /// To a Redis Cluster (routes each command by its keys' slot).
     Cluster(ClusterConnection),
@@ -187,6 +239,7 @@ impl SharedRedis {
         match &mut self.target {
             Target::Single { connection, .. } => connection.tasks = tasks.clone(),
             Target::Cluster { connection, .. } => connection.tasks = tasks.clone(),
+            Target::Sentinel { connection, .. } => connection.tasks = tasks.clone(),
         }
         self
     }
@@ -198,16 +251,66 @@ impl SharedRedis {
     pub fn single(url: &str, timeout: Duration, field: &str) -> Result<SharedRedis, String> {
         let client = redis::Client::open(url)
             .map_err(|e| format!("{field} is not a Redis URL (redis://host:port/db): {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(timeout.max(RESPONSE_TIMEOUT)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
         Ok(SharedRedis {
             target: Target::Single {
                 client,
-                config,
+                config: manager_config(timeout),
                 connection: Lazy::new(),
+            },
+        })
+    }
+
+    /// The primary that the Redis Sentinels at `sentinels`
+    /// (`redis://[user:password@]host:port` each, asked in order) name
+    /// `master_name`; found on first use and again after a lost
+    /// connection or a `READONLY` reply (see [`SharedRedis::note_error`]).
+    /// The primary is reached with the username and password of the first
+    /// Sentinel URL, database 0. The client gives up on a command after
+    /// `timeout` or [`RESPONSE_TIMEOUT`], whichever is longer. `field`
+    /// names the config field in errors, which never quote a URL (it may
+    /// hold a password).
+    pub fn sentinel(
+        sentinels: &[String],
+        master_name: &str,
+        timeout: Duration,
+        field: &str,
+    ) -> Result<SharedRedis, String> {
+        let infos = sentinels
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|_| format!("{field}[{i}]: not a Redis URL (redis://host:port)"))?;
+                if info.redis_settings().db() != 0 {
+                    return Err(format!(
+                        "{field}[{i}]: a Sentinel has no databases; drop the /<db> from the URL"
+                    ));
+                }
+                Ok(info)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let Some(first) = infos.first() else {
+            return Err(format!(
+                "{field}: at least one Sentinel URL (redis://host:26379)"
+            ));
+        };
+        let primary = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(first.redis_settings().clone());
+        let client = SentinelClient::build(
+            infos,
+            master_name.to_string(),
+            Some(primary),
+            SentinelServerType::Master,
+        )
+        .map_err(|_| format!("{field}: not usable as Sentinel addresses (redis://host:port)"))?;
+        Ok(SharedRedis {
+            target: Target::Sentinel {
+                client: Arc::new(tokio::sync::Mutex::new(client)),
+                config: manager_config(timeout),
+                connection: Lazy::new(),
+                checked: Mutex::new(tokio::time::Instant::now()),
             },
         })
     }
@@ -259,6 +362,44 @@ impl SharedRedis {
                     .await
                     .map(Connection::Cluster)
             }
+            Target::Sentinel {
+                client,
+                config,
+                connection,
+                checked,
+            } => {
+                let sentinels = Arc::clone(client);
+                let config = config.clone();
+                let (manager, _) = connection
+                    .get(|| async move {
+                        let primary = ask_sentinels(&sentinels).await?;
+                        let addr = primary.get_connection_info().addr().clone();
+                        let manager = ConnectionManager::new_with_config(primary, config).await?;
+                        Ok((manager, addr))
+                    })
+                    .await?;
+                let now = tokio::time::Instant::now();
+                let due = {
+                    let mut last = checked.lock().unwrap_or_else(|p| p.into_inner());
+                    let due = now.duration_since(*last) >= SENTINEL_CHECK;
+                    if due {
+                        *last = now;
+                    }
+                    due
+                };
+                if due {
+                    let (sentinels, slot) = (Arc::clone(client), connection.handle());
+                    connection.tasks.spawn(async move {
+                        let asked =
+                            tokio::time::timeout(CONNECT_TIMEOUT, ask_sentinels(&sentinels)).await;
+                        if let Ok(Ok(primary)) = asked {
+                            let named = primary.get_connection_info().addr().clone();
+                            slot.forget_if(|(_, made_to)| *made_to != named);
+                        }
+                    });
+                }
+                Ok(Connection::Single(manager))
+            }
         }
     }
 
@@ -280,13 +421,38 @@ impl SharedRedis {
         match &self.target {
             Target::Single { connection, .. } => connection.forget(),
             Target::Cluster { connection, .. } => connection.forget(),
+            Target::Sentinel { connection, .. } => connection.forget(),
         }
     }
 
-    /// Forgets the connection if `e` says it reached a read-only replica.
+    /// Forgets the connection if `e` says it reached a read-only replica
+    /// (a demoted primary); behind Sentinel also when the connection was
+    /// lost (the primary may be dead and another one promoted), so that
+    /// the next call asks the Sentinels where the primary is now.
     pub fn note_error(&self, e: &redis::RedisError) {
-        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+        let read_only = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        let lost = e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error();
+        let sentinel = matches!(self.target, Target::Sentinel { .. });
+        if read_only || (sentinel && lost) {
             self.forget();
         }
     }
+}
+
+/// A client for the primary that the Sentinels name, asking them in order;
+/// the crate checks that the named primary says it is one (`ROLE`).
+async fn ask_sentinels(
+    sentinels: &tokio::sync::Mutex<SentinelClient>,
+) -> redis::RedisResult<redis::Client> {
+    sentinels.lock().await.async_get_client().await
+}
+
+/// The `ConnectionManager` settings of a single primary: a command is
+/// given up after `timeout` or [`RESPONSE_TIMEOUT`], whichever is longer.
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(timeout.max(RESPONSE_TIMEOUT)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(100))
 }

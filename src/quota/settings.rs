@@ -15,13 +15,23 @@ use crate::shared_redis::SharedRedis;
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotaSettings {
-    /// `local` (in-process, the default) or `redis` (shared by replicas).
+    /// `local` (in-process, the default), `redis` (one primary, shared by
+    /// replicas), `redis_sentinel` (the primary that Redis Sentinel names)
+    /// or `redis_cluster`.
     pub store: QuotaStoreKind,
     /// For `store: redis`: `redis://host:port/db` (a password in it is never
     /// logged).
     pub redis_url: Option<String>,
     /// For `store: redis_cluster`: seed nodes, `redis://host:port` each.
     pub redis_urls: Vec<String>,
+    /// For `store: redis_sentinel`: the Sentinels to ask for the primary,
+    /// `redis://[user:password@]host:port` each (no database), asked in
+    /// order. The primary is reached with the first URL's username and
+    /// password, database 0.
+    pub redis_sentinels: Vec<String>,
+    /// For `store: redis_sentinel`: the master name the Sentinels monitor
+    /// (`sentinel monitor <master name> ...` in sentinel.conf).
+    pub redis_master_name: Option<String>,
     /// The per-call deadline, in milliseconds: the most one call waits for
     /// the store. A call that reaches it is decided in the degraded mode
     /// (what the store charged for it is refunded) and counts as one
@@ -131,6 +141,8 @@ impl std::fmt::Debug for QuotaSettings {
             .field("store", &self.store)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("redis_urls", &self.redis_urls.len())
+            .field("redis_sentinels", &self.redis_sentinels.len())
+            .field("redis_master_name", &self.redis_master_name)
             .field("timeout_ms", &self.timeout_ms)
             .field("stall_ms", &self.stall_ms)
             .field("on_store_error", &self.on_store_error)
@@ -153,6 +165,23 @@ pub enum QuotaStoreKind {
     /// Redis Cluster (seed nodes in `redis_urls`).
     #[serde(rename = "redis_cluster")]
     RedisCluster,
+    /// The primary that Redis Sentinel names (`redis_sentinels`,
+    /// `redis_master_name`), found again after a failover.
+    #[serde(rename = "redis_sentinel")]
+    RedisSentinel,
+}
+
+impl QuotaStoreKind {
+    /// The name as written in the configuration (`local`, `redis`,
+    /// `redis_cluster`, `redis_sentinel`).
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaStoreKind::Local => "local",
+            QuotaStoreKind::Redis => "redis",
+            QuotaStoreKind::RedisCluster => "redis_cluster",
+            QuotaStoreKind::RedisSentinel => "redis_sentinel",
+        }
+    }
 }
 
 impl Default for QuotaSettings {
@@ -161,6 +190,8 @@ impl Default for QuotaSettings {
             store: QuotaStoreKind::Local,
             redis_url: None,
             redis_urls: Vec::new(),
+            redis_sentinels: Vec::new(),
+            redis_master_name: None,
             timeout_ms: crate::quota::DEFAULT_TIMEOUT.as_millis() as u64,
             stall_ms: crate::quota::DEFAULT_STALL.as_millis() as u64,
             on_store_error: crate::quota::OnStoreError::Local,
@@ -196,6 +227,7 @@ impl QuotaSettings {
                 p.push("quotas.redis_urls: not Redis URLs (redis://host:port)".into());
             }
         }
+        p.extend(self.sentinel_problems());
         if self.timeout_ms == 0 || self.timeout_ms > 10_000 {
             p.push("quotas.timeout_ms: between 1 and 10000".into());
         }
@@ -231,6 +263,55 @@ impl QuotaSettings {
         p
     }
 
+    /// The problems of the Sentinel fields: required with `store:
+    /// redis_sentinel`, refused with any other store.
+    fn sentinel_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.store != QuotaStoreKind::RedisSentinel {
+            for (field, given) in [
+                ("redis_sentinels", !self.redis_sentinels.is_empty()),
+                ("redis_master_name", self.redis_master_name.is_some()),
+            ] {
+                if given {
+                    p.push(format!(
+                        "quotas.{field}: only with store: redis_sentinel (the store is {})",
+                        self.store.name()
+                    ));
+                }
+            }
+            return p;
+        }
+        for (field, given) in [
+            ("redis_url", self.redis_url.is_some()),
+            ("redis_urls", !self.redis_urls.is_empty()),
+        ] {
+            if given {
+                p.push(format!(
+                    "quotas.{field}: not with store: redis_sentinel (the Sentinels name the primary; list them in redis_sentinels)"
+                ));
+            }
+        }
+        if self.redis_sentinels.is_empty() {
+            p.push("quotas.redis_sentinels: required with store: redis_sentinel (the Sentinels, e.g. [redis://127.0.0.1:26379])".into());
+        } else if let Err(e) = SharedRedis::sentinel(
+            &self.redis_sentinels,
+            "-",
+            Duration::from_millis(1),
+            "quotas.redis_sentinels",
+        ) {
+            p.push(e);
+        }
+        match self.redis_master_name.as_deref() {
+            None => p.push("quotas.redis_master_name: required with store: redis_sentinel (the name in `sentinel monitor <master name> <host> <port> <quorum>`, e.g. mymaster)".into()),
+            Some(name) if name.trim().is_empty() => p.push("quotas.redis_master_name: empty; give the name in `sentinel monitor <master name> ...` (e.g. mymaster)".into()),
+            Some(name) if name.contains(char::is_whitespace) => p.push(
+                "quotas.redis_master_name: a master name has no spaces (as in `sentinel monitor <master name> ...`)".into(),
+            ),
+            Some(_) => {}
+        }
+        p
+    }
+
     /// The Redis these settings name (not yet connected), if any.
     /// Background connection attempts are spawned on `tasks`.
     pub fn redis(
@@ -251,6 +332,15 @@ impl QuotaSettings {
             QuotaStoreKind::RedisCluster => Some(Arc::new(
                 SharedRedis::cluster(&self.redis_urls, timeout, "quotas.redis_urls")?
                     .owned_by(tasks),
+            )),
+            QuotaStoreKind::RedisSentinel => Some(Arc::new(
+                SharedRedis::sentinel(
+                    &self.redis_sentinels,
+                    self.redis_master_name.as_deref().unwrap_or_default(),
+                    timeout,
+                    "quotas.redis_sentinels",
+                )?
+                .owned_by(tasks),
             )),
         };
         if let Some(redis) = &redis {
@@ -297,5 +387,102 @@ impl QuotaSettings {
         .with_counting(self.counting)
         .with_rls_headers(self.rls_headers.clone())
         .with_reservations(reservations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentinel(urls: &[&str], name: Option<&str>) -> QuotaSettings {
+        QuotaSettings {
+            store: QuotaStoreKind::RedisSentinel,
+            redis_sentinels: urls.iter().map(|u| u.to_string()).collect(),
+            redis_master_name: name.map(str::to_string),
+            ..QuotaSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_sentinel_store_with_sentinels_and_a_master_name_loads() {
+        let s = sentinel(
+            &["redis://127.0.0.1:26379", "redis://:pw@127.0.0.1:26380"],
+            Some("mymaster"),
+        );
+        assert_eq!(s.problems(), Vec::<String>::new());
+        let yaml = "store: redis_sentinel\nredis_sentinels: [redis://127.0.0.1:26379]\nredis_master_name: mymaster\n";
+        let parsed: QuotaSettings = serde_yaml_ng::from_str(yaml).expect("parses");
+        assert_eq!(parsed.store, QuotaStoreKind::RedisSentinel);
+        assert_eq!(parsed.problems(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_sentinel_store_without_sentinels_or_master_name_is_refused_naming_both() {
+        let p = sentinel(&[], None).problems();
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("quotas.redis_sentinels: required")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("quotas.redis_master_name: required")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_spaced_master_name_is_refused() {
+        let url = ["redis://127.0.0.1:26379"];
+        let empty = sentinel(&url, Some(" ")).problems();
+        assert_eq!(empty.len(), 1, "{empty:?}");
+        assert!(empty[0].starts_with("quotas.redis_master_name: empty"));
+        let spaced = sentinel(&url, Some("my master")).problems();
+        assert_eq!(spaced.len(), 1, "{spaced:?}");
+        assert!(spaced[0].contains("no spaces"), "{spaced:?}");
+    }
+
+    #[test]
+    fn a_sentinel_url_that_does_not_parse_is_refused_by_position_without_quoting_it() {
+        let p = sentinel(
+            &["redis://127.0.0.1:26379", "http://user:secret@host:26379"],
+            Some("mymaster"),
+        )
+        .problems();
+        assert_eq!(
+            p,
+            ["quotas.redis_sentinels[1]: not a Redis URL (redis://host:port)"]
+        );
+        assert!(!p[0].contains("secret"));
+    }
+
+    #[test]
+    fn a_sentinel_url_with_a_database_is_refused() {
+        let p = sentinel(&["redis://127.0.0.1:26379/2"], Some("mymaster")).problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("quotas.redis_sentinels[0]: a Sentinel has no databases"));
+    }
+
+    #[test]
+    fn sentinel_fields_with_another_store_and_other_stores_fields_with_sentinel_are_refused() {
+        let redis = QuotaSettings {
+            store: QuotaStoreKind::Redis,
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            redis_sentinels: vec!["redis://127.0.0.1:26379".into()],
+            redis_master_name: Some("mymaster".into()),
+            ..QuotaSettings::default()
+        };
+        assert_eq!(
+            redis.problems(),
+            [
+                "quotas.redis_sentinels: only with store: redis_sentinel (the store is redis)",
+                "quotas.redis_master_name: only with store: redis_sentinel (the store is redis)",
+            ]
+        );
+        let mut with_url = sentinel(&["redis://127.0.0.1:26379"], Some("mymaster"));
+        with_url.redis_url = Some("redis://127.0.0.1:6379".into());
+        let p = with_url.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("quotas.redis_url: not with store: redis_sentinel"));
     }
 }

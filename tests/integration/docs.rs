@@ -113,3 +113,26 @@ fn every_configuration_field_is_documented() {
         "docs/configuration.md does not describe these fields (write each as `path`): {missing:?}"
     );
 }
+
+/// The ```yaml block of docs/configuration.md that holds `needle`.
+fn yaml_example(needle: &str) -> String {
+    let doc = std::fs::read_to_string(root().join("docs/configuration.md"))
+        .expect("docs/configuration.md");
+    doc.split("```yaml\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains(needle))
+        .unwrap_or_else(|| panic!("docs/configuration.md has no ```yaml block with {needle:?}"))
+        .to_string()
+}
+
+#[test]
+fn the_sentinel_example_in_the_configuration_doc_loads() {
+    let text = yaml_example("store: redis_sentinel");
+    let config = Config::parse(&text, Path::new("docs/configuration.md")).expect("parses");
+    assert_eq!(
+        config.quotas.store,
+        portcullis::quota::QuotaStoreKind::RedisSentinel
+    );
+    assert_eq!(config.quotas.problems(), Vec::<String>::new());
+}

@@ -26,6 +26,7 @@ mod forward_auth;
 mod http_semantics;
 mod pipeline;
 mod quota_burst;
+mod quota_sentinel;
 mod quota_server;
 mod quota_stores;
 mod ratelimit_conformance;

@@ -26,7 +26,7 @@ use crate::support::{self, PolicyDir, RedisCluster, RedisServer, TestServer};
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Waits for the other tests of this file to end.
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+pub(crate) async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().await
 }
 
@@ -46,7 +46,9 @@ descriptors:
 
 /// Three replicas sharing `store` (default settings otherwise: the
 /// default `timeout_ms` and `on_store_error`), and a channel to each.
-async fn replicas(settings: QuotaSettings) -> (PolicyDir, Vec<TestServer>, Vec<Channel>) {
+pub(crate) async fn replicas(
+    settings: QuotaSettings,
+) -> (PolicyDir, Vec<TestServer>, Vec<Channel>) {
     let policies = PolicyDir::bundled().with_test_quotas();
     policies.write("quotas/burst.yaml", BURST_QUOTAS);
     let (servers, channels) = support::replicas(3, &settings, policies.path()).await;
@@ -55,7 +57,7 @@ async fn replicas(settings: QuotaSettings) -> (PolicyDir, Vec<TestServer>, Vec<C
 
 /// Each replica's store errors, degraded decisions and refunds, for a
 /// failure message.
-fn stats(servers: &[TestServer]) -> String {
+pub(crate) fn stats(servers: &[TestServer]) -> String {
     servers
         .iter()
         .map(|s| {
@@ -94,7 +96,7 @@ fn cluster(cluster: &RedisCluster) -> QuotaSettings {
 /// answered OK or OVER_LIMIT (never UNKNOWN or an error). Also the 99th
 /// percentile of the calls' latency, for failure messages, and the
 /// slowest call's.
-async fn burst(
+pub(crate) async fn burst(
     channels: &[Channel],
     descriptors: &[&[(&str, &str)]],
     calls: usize,

@@ -1,5 +1,6 @@
 //! The quota suite, run against both stores (in-process and a real
-//! `redis-server`), plus Redis-only exactness and fault injection.
+//! `redis-server`: alone, behind Sentinel, a Cluster), plus Redis-only
+//! exactness and fault injection.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use portcullis::quota::redis::RedisStore;
 use portcullis::quota::{
     Charge, Counting, Enforced, FixedWindow, OnStoreError, QuotaStore, Quotas,
 };
+use portcullis::shared_redis::SharedRedis;
 use portcullis::time::{ManualClock, SystemClock};
 
 use crate::support::{self, RedisServer};
@@ -220,6 +222,30 @@ async fn redis_store_passes_the_suite() {
     for (k, ttl) in ttls {
         assert!(ttl > 0, "key {k} has no TTL ({ttl})");
         assert!(k.starts_with("portcullis:q:{"), "{k}");
+    }
+}
+
+/// The same suite on the primary a Redis Sentinel names
+/// (`store: redis_sentinel`).
+#[tokio::test]
+async fn redis_sentinel_store_passes_the_suite() {
+    let mut nodes = support::RedisSentinel::start();
+    let redis = SharedRedis::sentinel(
+        &nodes.urls(),
+        support::MASTER_NAME,
+        Duration::from_millis(500),
+        "redis_sentinels",
+    )
+    .unwrap();
+    suite(&RedisStore::on(Arc::new(redis))).await;
+    let primary = nodes.primary();
+    let ttls = nodes.node(primary).ttls();
+    assert!(
+        !ttls.is_empty(),
+        "the primary the Sentinel names holds the keys"
+    );
+    for (k, ttl) in ttls {
+        assert!(ttl > 0, "key {k} has no TTL ({ttl})");
     }
 }
 

@@ -79,7 +79,7 @@ pub use ports::{free_port, ClosedPort};
 #[allow(unused_imports)]
 pub use process::{read_lossy, tool};
 #[allow(unused_imports)]
-pub use redis::{RedisCluster, RedisServer};
+pub use redis::{RedisCluster, RedisSentinel, RedisServer, MASTER_NAME};
 #[allow(unused_imports)]
 pub use server::{kill_9, Portcullis};
 #[allow(unused_imports)]

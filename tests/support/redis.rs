@@ -1,6 +1,7 @@
-//! A real `redis-server` (and a three-node Redis Cluster) on free loopback
-//! ports, without persistence, for the quota and authentication stores;
-//! with the faults a test injects (pause, kill, restart).
+//! A real `redis-server` (a three-node Redis Cluster, a primary with a
+//! replica under Redis Sentinel) on free loopback ports, without
+//! persistence, for the quota and authentication stores; with the faults a
+//! test injects (pause, kill, restart, failover).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -22,6 +23,9 @@ pub struct RedisServer {
     port: u16,
     paused: bool,
     extra: Vec<String>,
+    /// A config file (in `_dir`) given before the arguments: Sentinel
+    /// needs one, and rewrites it.
+    config: Option<String>,
     _dir: TempDir,
 }
 
@@ -33,14 +37,25 @@ impl RedisServer {
 
     /// Starts a server with extra arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_configured(None, extra)
+    }
+
+    /// Starts a server whose config file holds `config` (lines of
+    /// redis.conf or sentinel.conf), with extra arguments.
+    fn start_configured(config: Option<&str>, extra: &[&str]) -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
+            let dir = tempfile::tempdir().expect("temp dir");
+            if let Some(config) = config {
+                std::fs::write(dir.path().join("redis.conf"), config).expect("write redis.conf");
+            }
             let mut server = RedisServer {
                 child: None,
                 port,
                 paused: false,
                 extra: extra.iter().map(|a| a.to_string()).collect(),
-                _dir: tempfile::tempdir().expect("temp dir"),
+                config: config.map(|_| "redis.conf".to_string()),
+                _dir: dir,
             };
             if server.spawn() {
                 return server;
@@ -52,6 +67,7 @@ impl RedisServer {
     fn spawn(&mut self) -> bool {
         let mut command = Command::new(tool("redis-server"));
         command
+            .args(&self.config)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(&self.extra)
@@ -101,6 +117,25 @@ impl RedisServer {
         let mut line = String::new();
         self.send(inline)?.read_line(&mut line).ok()?;
         Some(line)
+    }
+
+    /// Sends one inline command and returns an array reply of bulk
+    /// strings (`None` for any other reply).
+    pub fn strings(&self, inline: &str) -> Option<Vec<String>> {
+        let mut reader = self.send(inline)?;
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let n: usize = line.strip_prefix('*')?.trim().parse().ok()?;
+        (0..n)
+            .map(|_| {
+                line.clear();
+                reader.read_line(&mut line).ok()?;
+                let len: usize = line.strip_prefix('$')?.trim().parse().ok()?;
+                let mut body = vec![0u8; len + 2];
+                reader.read_exact(&mut body).ok()?;
+                Some(String::from_utf8_lossy(&body[..len]).into_owned())
+            })
+            .collect()
     }
 
     /// Sends one inline command and returns a bulk-string reply's text.
@@ -313,5 +348,115 @@ impl RedisCluster {
     /// One node, to inject a fault (pause, kill).
     pub fn node(&mut self, i: usize) -> &mut RedisServer {
         &mut self.nodes[i]
+    }
+}
+
+/// The master name the Sentinel of [`RedisSentinel`] monitors.
+pub const MASTER_NAME: &str = "mymaster";
+
+/// A primary, its replica and one Redis Sentinel (`redis-server
+/// sentinel.conf --sentinel`, quorum 1) on free loopback ports, killed on
+/// drop. The Sentinel judges a primary down after 500 ms of silence
+/// (`down-after-milliseconds`) and fails over within a few seconds
+/// (`failover-timeout` 2 s).
+pub struct RedisSentinel {
+    /// `nodes[0]` is the first primary, `nodes[1]` its replica.
+    nodes: Vec<RedisServer>,
+    sentinel: RedisServer,
+}
+
+impl RedisSentinel {
+    /// Starts the primary, the replica (waits until it is in sync) and the
+    /// Sentinel (waits until it knows the replica, which it needs to fail
+    /// over).
+    pub fn start() -> RedisSentinel {
+        let primary = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        wait_until("the replica is in sync with the primary", || {
+            replica
+                .bulk("INFO replication\r\n")
+                .is_some_and(|i| i.contains("master_link_status:up"))
+        });
+        let config = format!(
+            "sentinel monitor {MASTER_NAME} 127.0.0.1 {} 1\n\
+             sentinel down-after-milliseconds {MASTER_NAME} 500\n\
+             sentinel failover-timeout {MASTER_NAME} 2000\n",
+            primary.port
+        );
+        let sentinel = RedisServer::start_configured(Some(&config), &["--sentinel"]);
+        wait_until("the Sentinel knows the replica", || {
+            sentinel
+                .command(&format!("SENTINEL REPLICAS {MASTER_NAME}\r\n"))
+                .is_some_and(|r| r.starts_with("*1"))
+        });
+        RedisSentinel {
+            nodes: vec![primary, replica],
+            sentinel,
+        }
+    }
+
+    /// The Sentinel's URL, as `quotas.redis_sentinels` takes it.
+    pub fn urls(&self) -> Vec<String> {
+        vec![self.sentinel.url()]
+    }
+
+    /// The node (an index for [`RedisSentinel::node`]) the Sentinel names
+    /// the primary now, as clients see it: `SENTINEL MASTER` (what
+    /// `SENTINEL MASTERS` lists, which the redis crate asks), not
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME`, which names the promoted replica
+    /// while the failover is still under way.
+    pub fn primary(&self) -> usize {
+        let fields = self
+            .sentinel
+            .strings(&format!("SENTINEL MASTER {MASTER_NAME}\r\n"))
+            .expect("SENTINEL MASTER answers");
+        let port: u16 = fields
+            .chunks(2)
+            .find(|kv| kv[0] == "port")
+            .and_then(|kv| kv.get(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("SENTINEL MASTER without a port: {fields:?}"));
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .unwrap_or_else(|| panic!("the Sentinel names an unknown primary: {fields:?}"))
+    }
+
+    /// Asks the Sentinel to fail over now (`SENTINEL FAILOVER`): the
+    /// replica is promoted, the primary demoted to its replica.
+    pub fn failover(&self) {
+        let reply = self
+            .sentinel
+            .command(&format!("SENTINEL FAILOVER {MASTER_NAME}\r\n"))
+            .expect("SENTINEL FAILOVER answers");
+        assert!(reply.starts_with("+OK"), "SENTINEL FAILOVER: {reply:?}");
+    }
+
+    /// Waits (at most 30 s) until the Sentinel names another primary than
+    /// `old` and that node says it is a primary; its index.
+    pub fn wait_for_new_primary(&self, old: usize) -> usize {
+        let mut new = old;
+        wait_until("the Sentinel promotes the replica", || {
+            new = self.primary();
+            new != old
+                && self.nodes[new]
+                    .bulk("INFO replication\r\n")
+                    .is_some_and(|i| i.contains("role:master"))
+        });
+        new
+    }
+
+    /// One node, to inject a fault or read its keys.
+    pub fn node(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+}
+
+/// Polls `done` every 50 ms for at most 30 s; panics naming `what`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        thread::sleep(Duration::from_millis(50));
     }
 }
