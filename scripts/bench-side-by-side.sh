@@ -4,7 +4,10 @@
 # another (LOAD_CPU, default 1), and every server gets the same tonic load
 # from `portcullis-bench --target` in turn:
 #
-#   empty        the empty ext_authz + RLS handler (the ceiling; answers OK)
+#   empty        the empty ext_authz + RLS handler (the ceiling; answers OK),
+#                on stock tonic connections; EMPTY_TRANSPORT=coalesced serves
+#                it on Portcullis's write-coalesced connections instead
+#                (src/server/coalesce.rs), to compare on the same transport
 #   portcullis   `portcullis serve`, bundled policies with roomy quotas,
 #                in-process quota store
 #   portcullis-redis   the same with `quotas.store: redis` and a
@@ -33,7 +36,8 @@
 #
 # Settings (environment): DURATION (s, 5), WARMUP (s, 1), CONCURRENCY (64),
 # CONNECTIONS (4), SERVER_CPU (0), LOAD_CPU (1), REDIS (1: include the Redis
-# store; needs redis-server), LIMITADOR, LIMITADOR_REDIS.
+# store; needs redis-server), LIMITADOR, LIMITADOR_REDIS, EMPTY_TRANSPORT
+# (stock or coalesced; stock).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -49,11 +53,13 @@ LOAD_CPU=${LOAD_CPU:-1}
 REDIS=${REDIS:-1}
 LIMITADOR=${LIMITADOR:-}
 LIMITADOR_REDIS=${LIMITADOR_REDIS:-0}
+EMPTY_TRANSPORT=${EMPTY_TRANSPORT:-stock}
 
 say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'bench-side-by-side: %s\n' "$*" >&2; exit 1; }
 
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || die "DURATION must be 1..600 seconds"
+case $EMPTY_TRANSPORT in stock | coalesced) ;; *) die "EMPTY_TRANSPORT must be stock or coalesced" ;; esac
 command -v taskset >/dev/null || die "needs taskset (Debian util-linux)"
 cpus=$(nproc)
 [ "$SERVER_CPU" != "$LOAD_CPU" ] || die "SERVER_CPU and LOAD_CPU must differ"
@@ -128,11 +134,12 @@ loads() { # name port
 
 # --- the empty handler -------------------------------------------------------
 ep=$(free_port)
-"${on_server_cpu[@]}" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" 2>"$work/empty.log" &
+"${on_server_cpu[@]}" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" --empty-transport "$EMPTY_TRANSPORT" \
+    2>"$work/empty.log" &
 empty_pid=$!
 pids+=("$empty_pid")
 wait_tcp "$ep" "the empty server"
-say "empty handler on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
+say "empty handler ($EMPTY_TRANSPORT transport) on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 loads empty "$ep"
 
 # --- Portcullis, in-process store ---------------------------------------------

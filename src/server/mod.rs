@@ -6,10 +6,12 @@
 //! here.
 
 mod budget;
+mod coalesce;
 pub mod http;
 pub mod tls;
 
 pub use budget::{Budget, RequestBudget, RequestBudgetLayer};
+pub use coalesce::Coalesced;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -258,7 +260,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 listeners.spawn(async move {
                     router
                         .serve_with_incoming_shutdown(
-                            nodelay(decision_listener),
+                            coalesced(decision_listener),
                             stop.cancelled_owned(),
                         )
                         .await
@@ -283,7 +285,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let stop = cancel.clone();
         listeners.spawn(async move {
             router
-                .serve_with_incoming_shutdown(nodelay(admin_listener), stop.cancelled_owned())
+                .serve_with_incoming_shutdown(coalesced(admin_listener), stop.cancelled_owned())
                 .await
         });
     }
@@ -341,6 +343,15 @@ pub fn nodelay(
         }
         accepted
     })
+}
+
+/// Accepted connections as [`nodelay`] gives them, with their writes
+/// coalesced across streams ([`Coalesced`]): what the gRPC listeners serve.
+pub fn coalesced(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Coalesced<tokio::net::TcpStream>>> {
+    use tokio_stream::StreamExt as _;
+    nodelay(listener).map(|accepted| accepted.map(Coalesced::new))
 }
 
 /// The tonic server with the configured limits: every listener (and the

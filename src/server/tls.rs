@@ -218,7 +218,8 @@ pub fn incoming(
     tls: Arc<ReloadingTls>,
     tasks: &tokio_util::task::TaskTracker,
     cancel: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConnection, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<super::Coalesced<TlsConnection>, std::io::Error>>
+{
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let handshakes = tasks.clone();
     tasks.spawn(async move {
@@ -240,7 +241,9 @@ pub fn incoming(
             handshakes.spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(conn)) => {
-                        let _ = tx.send(Ok(TlsConnection(conn))).await;
+                        let _ = tx
+                            .send(Ok(super::Coalesced::new(TlsConnection(conn))))
+                            .await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(peer = %peer, error = %e, "TLS handshake refused")

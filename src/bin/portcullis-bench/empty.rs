@@ -108,7 +108,20 @@ impl ExternalProcessor for Empty {
     }
 }
 
-pub async fn start_empty(at: SocketAddr, cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
+/// The connections the empty server answers on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmptyTransport {
+    /// Stock tonic: each accepted TCP stream as it is (with TCP_NODELAY).
+    Stock,
+    /// Portcullis's gRPC transport: writes coalesced across streams.
+    Coalesced,
+}
+
+pub async fn start_empty(
+    at: SocketAddr,
+    transport: EmptyTransport,
+    cancel: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(at).await?;
     let addr = listener.local_addr()?;
     let config = Config::default();
@@ -123,12 +136,24 @@ pub async fn start_empty(at: SocketAddr, cancel: CancellationToken) -> anyhow::R
                 .max_decoding_message_size(config.server.max_message_bytes),
         );
     tokio::spawn(async move {
-        let _ = router
-            .serve_with_incoming_shutdown(
-                portcullis::server::nodelay(listener),
-                cancel.cancelled_owned(),
-            )
-            .await;
+        let _ = match transport {
+            EmptyTransport::Stock => {
+                router
+                    .serve_with_incoming_shutdown(
+                        portcullis::server::nodelay(listener),
+                        cancel.cancelled_owned(),
+                    )
+                    .await
+            }
+            EmptyTransport::Coalesced => {
+                router
+                    .serve_with_incoming_shutdown(
+                        portcullis::server::coalesced(listener),
+                        cancel.cancelled_owned(),
+                    )
+                    .await
+            }
+        };
     });
     Ok(addr)
 }

@@ -31,7 +31,7 @@ use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::empty::{start_empty, start_empty_http};
+use crate::empty::{start_empty, start_empty_http, EmptyTransport};
 use crate::http_load::{drive_http, http_mix};
 use crate::load::{drive, Calls};
 use crate::report::{print_table, Percentiles, Report};
@@ -73,6 +73,12 @@ struct Args {
     /// interrupted, and measure nothing (for scripts/bench-envoy.sh).
     #[arg(long)]
     serve_empty: Option<SocketAddr>,
+    /// The empty server's transport (`--serve-empty`, `--baseline`): stock
+    /// tonic connections (`nodelay`), the baseline the ratios are reported
+    /// against, or the write-coalesced connections Portcullis serves
+    /// (`portcullis::server::Coalesced`), to compare on the same transport.
+    #[arg(long, value_enum, default_value_t = EmptyTransport::Stock)]
+    empty_transport: EmptyTransport,
     /// Write the policy directory with roomy quotas (see --keep-quotas)
     /// to this directory and exit (for scripts/bench-envoy.sh).
     #[arg(long)]
@@ -309,7 +315,7 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(addr) = args.serve_empty {
         let cancel = CancellationToken::new();
-        let bound = servers.block_on(start_empty(addr, cancel.clone()))?;
+        let bound = servers.block_on(start_empty(addr, args.empty_transport, cancel.clone()))?;
         eprintln!("empty ext_authz + RLS + ext_proc server listening on {bound}");
         servers.block_on(async {
             let mut term =
@@ -378,7 +384,7 @@ fn main() -> anyhow::Result<()> {
         let addr = if http {
             servers.block_on(start_empty_http(at, cancel.clone()))?
         } else {
-            servers.block_on(start_empty(at, cancel.clone()))?
+            servers.block_on(start_empty(at, args.empty_transport, cancel.clone()))?
         };
         phases.push(measure("empty", addr)?);
         cancel.cancel();
