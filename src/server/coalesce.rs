@@ -6,10 +6,12 @@
 //! task next (its LIFO slot), so the connection flushes after every single
 //! response: one `writev` per answer, about a quarter of the CPU a loopback
 //! answer costs. [`Coalesced`] makes the connection's first write after a
-//! flush yield once to the scheduler instead (the task goes to the back of
-//! the run queue): the streams whose answers are ready meanwhile add their
-//! frames to h2's send buffer, and one write carries them all. With no other
-//! task ready, the yield costs one task poll (about a microsecond).
+//! flush yield once to the scheduler instead (`tokio::task::yield_now`: the
+//! task runs again after the tasks ready meanwhile, at most 61 task polls
+//! later): the streams whose answers are ready meanwhile add their frames to
+//! h2's send buffer, and one write carries them all. With no other task
+//! ready, the yield costs one task poll and one non-blocking poll of the
+//! I/O driver.
 //!
 //! It also declares itself not vectored, so h2 copies DATA frames under
 //! 1 KiB into its send buffer (`CHAIN_THRESHOLD_WITHOUT_VECTORED_IO` in h2's
@@ -17,8 +19,11 @@
 //! which costs a second write for the trailers of every such response (an
 //! allowed `Check` answer with its headers is one).
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -28,8 +33,45 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug)]
 pub struct Coalesced<T> {
     inner: T,
-    /// The connection's task has yielded once since the last flush.
-    yielded: bool,
+    /// The yield since the last flush is over: writes go through.
+    write_through: bool,
+    /// The yield under way, if any.
+    deferred: Option<Arc<Deferred>>,
+}
+
+/// The waker handed to the scheduler for one yield: it records that the
+/// yield is over and wakes the connection's task.
+#[derive(Debug, Default)]
+struct Deferred {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Deferred {
+    /// Whether the yield is over; if not, `task` is woken when it is.
+    fn fired(&self, task: &Waker) -> bool {
+        if self.fired.load(Ordering::Acquire) {
+            return true;
+        }
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.clone());
+        // Fired between the load and the store: the waker stored may never
+        // be woken, so the caller writes now.
+        self.fired.load(Ordering::Acquire)
+    }
+}
+
+impl Wake for Deferred {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
 }
 
 impl<T> Coalesced<T> {
@@ -37,7 +79,8 @@ impl<T> Coalesced<T> {
     pub fn new(inner: T) -> Self {
         Coalesced {
             inner,
-            yielded: false,
+            write_through: false,
+            deferred: None,
         }
     }
 
@@ -71,18 +114,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if !self.yielded {
-            // Woken while running, the task is scheduled as a yield: after
-            // the tasks already queued, not in the LIFO slot.
-            self.yielded = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        if !self.write_through {
+            let deferred = match &self.deferred {
+                Some(deferred) => Arc::clone(deferred),
+                None => {
+                    // tokio wakes a task that yields once it has run the
+                    // tasks already ready and polled the I/O driver (or at
+                    // its next maintenance tick, every 61 polls), without
+                    // waking another worker thread for it.
+                    let deferred = Arc::new(Deferred::default());
+                    let waker = Waker::from(Arc::clone(&deferred));
+                    let mut yield_now = std::pin::pin!(tokio::task::yield_now());
+                    let _ = yield_now.as_mut().poll(&mut Context::from_waker(&waker));
+                    self.deferred = Some(Arc::clone(&deferred));
+                    deferred
+                }
+            };
+            // A stream's answer wakes the connection's task meanwhile: it
+            // keeps waiting for the yield, so that answer joins the write.
+            if !deferred.fired(cx.waker()) {
+                return Poll::Pending;
+            }
+            self.deferred = None;
+            self.write_through = true;
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.yielded = false;
+        self.write_through = false;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -166,15 +226,28 @@ mod tests {
     }
 
     /// Serves gRPC health on one accepted connection, its writes counted,
-    /// and sends `calls` concurrent health checks over one HTTP/2
-    /// connection: how many writes answered them.
-    async fn writes_for_concurrent_calls(calls: usize) -> usize {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// from a runtime of one worker thread (as a server pinned to one core
+    /// runs), and sends `calls` concurrent health checks over one HTTP/2
+    /// connection from another runtime while the server's worker is busy:
+    /// how many writes answered them.
+    fn writes_for_concurrent_calls(calls: usize) -> usize {
+        let server = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let clients = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let writes = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&writes);
-        let (_reporter, health) = tonic_health::server::health_reporter();
-        tokio::spawn(async move {
+        server.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
             let (inner, _) = listener.accept().await.unwrap();
             inner.set_nodelay(true).unwrap();
             let connection = Coalesced::new(CountingWrites {
@@ -183,39 +256,54 @@ mod tests {
             });
             let incoming = tokio_stream::once(Ok::<_, std::io::Error>(connection))
                 .chain(tokio_stream::pending());
+            let (_reporter, health) = tonic_health::server::health_reporter();
             tonic::transport::Server::builder()
                 .add_service(health)
                 .serve_with_incoming(incoming)
                 .await
         });
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = HealthClient::new(channel.clone());
-        client
-            .check(HealthCheckRequest::default())
-            .await
-            .expect("the warm-up call is answered");
-        let before = writes.load(Ordering::Relaxed);
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..calls {
+        let server_handle = server.handle().clone();
+        let answered = clients.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
             let mut client = HealthClient::new(channel.clone());
-            set.spawn(async move { client.check(HealthCheckRequest::default()).await });
-        }
-        while let Some(answer) = set.join_next().await {
-            answer.unwrap().expect("every concurrent call is answered");
-        }
-        writes.load(Ordering::Relaxed) - before
+            client
+                .check(HealthCheckRequest::default())
+                .await
+                .expect("the warm-up call is answered");
+            let before = writes.load(Ordering::Relaxed);
+            // The server's one worker is busy while the calls are sent, as
+            // a saturated server's is: it then finds them all waiting.
+            let (busy_tx, busy) = tokio::sync::oneshot::channel();
+            server_handle.spawn(async move {
+                let _ = busy_tx.send(());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            });
+            busy.await.unwrap();
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..calls {
+                let mut client = HealthClient::new(channel.clone());
+                set.spawn(async move { client.check(HealthCheckRequest::default()).await });
+            }
+            while let Some(answer) = set.join_next().await {
+                answer.unwrap().expect("every concurrent call is answered");
+            }
+            writes.load(Ordering::Relaxed) - before
+        });
+        server.shutdown_background();
+        clients.shutdown_background();
+        answered
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn concurrent_answers_on_one_connection_share_writes() {
+    #[test]
+    fn concurrent_answers_on_one_connection_share_writes() {
         let calls = 200;
-        let writes = writes_for_concurrent_calls(calls).await;
-        // Without the yield, 114 writes answered them when this test was
-        // written; with it, 6.
+        let writes = writes_for_concurrent_calls(calls);
+        // Without the yield, 200 writes answered them when this test was
+        // written (one per answer); with it, 4.
         assert!(
             writes * 4 <= calls,
             "{calls} concurrent answers took {writes} writes"
