@@ -435,6 +435,10 @@ const API_KEYS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// audit record once the audit trail exists). Never the credential.
 fn log_outcome(req: &AccessRequest, result: &Authentication) {
     let (outcome, method, principal, reason) = match result {
+        // Logged at debug: the principal is formatted only when debug is on.
+        Authentication::Authenticated(_) if !tracing::enabled!(target: "portcullis::authn", tracing::Level::DEBUG) => {
+            return
+        }
         Authentication::Authenticated(id) => (
             "authenticated",
             Some(id.method.as_str()),
