@@ -73,6 +73,9 @@ pub(super) struct Routed<'s> {
     captures: Vec<(&'s str, String)>,
     /// The request path in normal form (`routes::normalize_path`).
     path: String,
+    /// The body as the validate stage parsed it (JSON on a route with a
+    /// body rule), for the quota stage's costs.
+    body: Option<serde_json::Value>,
 }
 
 /// Where a request stands after routing.
@@ -110,6 +113,7 @@ fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
                 resource_id,
                 captures,
                 path,
+                body: None,
             })
         }
         RouteMatch::MethodNotAllowed { allowed } => {
@@ -333,16 +337,11 @@ pub(super) fn model_version<'s>(
 /// Stage 3, resource: which Cedar entity the route names; routes with
 /// `must_exist` refuse one `entities.json` does not have.
 pub(super) fn resource(snapshot: &Snapshot, at: &mut Routed<'_>) -> Result<EntityUid, Refusal> {
-    let Some(resource) = entity_uid(&at.route.resource_type, &at.resource_id) else {
-        at.d.errors.push(format!(
-            "route '{}': resource type is not a Cedar type",
-            at.route.name
-        ));
-        return Err(Refusal::new(
-            DenyReason::PolicyError,
-            "the request could not be evaluated",
-        ));
-    };
+    // The type was parsed when the route table loaded.
+    let resource = EntityUid::from_type_name_and_id(
+        at.route.resource_entity_type().clone(),
+        cedar_policy::EntityId::new(&at.resource_id),
+    );
     at.d.resource = Some(resource.to_string());
     if at.route.must_exist && snapshot.entities.get(&resource).is_none() {
         return Err(Refusal::new(
@@ -449,6 +448,7 @@ pub(super) fn validate(
             .map(|(label, version)| validate::ModelInput { label, version });
         match validate::check_body(req, spec, schema, model) {
             Ok(accepted) => {
+                at.body = accepted.json;
                 if !accepted.pii.is_empty() {
                     let kinds: Vec<&str> = accepted.pii.iter().map(|k| k.as_str()).collect();
                     at.d.upstream_headers
@@ -481,8 +481,9 @@ pub(super) async fn charge(
         return Ok(());
     };
     let subject = quota_subject(identity, &at.route.name, &at.captures);
-    let descriptors = crate::quota::check::descriptors(&snapshot.quotas, &subject, req)
-        .map_err(|bad| Refusal::new(DenyReason::BadQuotaCost, bad.0))?;
+    let descriptors =
+        crate::quota::check::descriptors(&snapshot.quotas, &subject, req, at.body.as_ref())
+            .map_err(|bad| Refusal::new(DenyReason::BadQuotaCost, bad.0))?;
     if descriptors.is_empty() {
         return Ok(());
     }

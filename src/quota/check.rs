@@ -27,13 +27,19 @@ pub struct QuotaSubject {
 #[error("{0}")]
 pub struct BadCost(pub String);
 
-/// The descriptors (with costs) that apply to a request.
+/// The descriptors (with costs) that apply to a request. `json` is the
+/// body already parsed as JSON (by the validate stage), if it was; without
+/// it the body is parsed here, once, when a rule's cost needs it.
 pub fn descriptors(
     config: &QuotaConfig,
     subject: &QuotaSubject,
     req: &AccessRequest,
+    json: Option<&serde_json::Value>,
 ) -> Result<Vec<Descriptor>, BadCost> {
-    let mut body: Option<Option<serde_json::Value>> = None;
+    let mut body = Body {
+        given: json,
+        parsed: None,
+    };
     let mut out = Vec::new();
     for rule in &config.check_rules {
         if let Some(routes) = &rule.routes {
@@ -46,8 +52,8 @@ pub fn descriptors(
         };
         let mut cost = cost(rule, req, &mut body)?;
         if let Some(tokens) = &rule.tokens {
-            let json = parsed(req, &mut body);
-            cost = cost.saturating_add(prompt_estimate(tokens, json.as_ref()));
+            let json = body.json(req);
+            cost = cost.saturating_add(prompt_estimate(tokens, json));
         }
         out.push(Descriptor {
             domain: rule.domain.clone(),
@@ -60,17 +66,26 @@ pub fn descriptors(
     Ok(out)
 }
 
-/// The request body as JSON (parsed once per request), `None` when there
-/// is none or it is not JSON.
-fn parsed<'b>(
-    req: &AccessRequest,
-    body: &'b mut Option<Option<serde_json::Value>>,
-) -> &'b Option<serde_json::Value> {
-    body.get_or_insert_with(|| {
-        req.body
-            .as_deref()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-    })
+/// The request body as JSON: as given, or parsed at most once here.
+struct Body<'a> {
+    given: Option<&'a serde_json::Value>,
+    parsed: Option<Option<serde_json::Value>>,
+}
+
+impl Body<'_> {
+    /// `None` when there is no body or it is not JSON.
+    fn json(&mut self, req: &AccessRequest) -> Option<&serde_json::Value> {
+        if let Some(given) = self.given {
+            return Some(given);
+        }
+        self.parsed
+            .get_or_insert_with(|| {
+                req.body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            })
+            .as_ref()
+    }
 }
 
 /// The prompt's share of a token reservation: the bytes of the JSON text
@@ -139,11 +154,7 @@ fn entries(
         .collect()
 }
 
-fn cost(
-    rule: &CheckRule,
-    req: &AccessRequest,
-    body: &mut Option<Option<serde_json::Value>>,
-) -> Result<u64, BadCost> {
+fn cost(rule: &CheckRule, req: &AccessRequest, body: &mut Body<'_>) -> Result<u64, BadCost> {
     let c = &rule.cost;
     let mut found: Option<u64> = None;
     if let Some(h) = &c.header {
@@ -156,8 +167,7 @@ fn cost(
         }
     }
     if let Some(field) = &c.body_field {
-        let json = parsed(req, body);
-        let mut node = json.as_ref();
+        let mut node = body.json(req);
         for part in field.split('.') {
             node = node.and_then(|n| n.get(part));
         }
@@ -200,10 +210,10 @@ mod tests {
     #[test]
     fn rules_apply_only_where_their_variables_and_routes_do() {
         let mut req = AccessRequest::for_test("POST", "/x");
-        let d = descriptors(&config(), &subject("other", None), &req).unwrap();
+        let d = descriptors(&config(), &subject("other", None), &req, None).unwrap();
         assert!(d.is_empty(), "{d:?}");
         req.source_ip = Some("192.0.2.1".parse().unwrap());
-        let d = descriptors(&config(), &subject("predict", Some("acme")), &req).unwrap();
+        let d = descriptors(&config(), &subject("predict", Some("acme")), &req, None).unwrap();
         let entries: Vec<_> = d.iter().map(|d| d.entries[0].clone()).collect();
         assert_eq!(
             entries,
@@ -221,23 +231,36 @@ mod tests {
         let s = subject("predict", None);
         let mut req = AccessRequest::for_test("POST", "/x");
         req.body = Some(br#"{"params": {"max_tokens": 42}}"#.to_vec());
-        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 42);
+        assert_eq!(descriptors(&config(), &s, &req, None).unwrap()[0].cost, 42);
         // A smaller header does not lower what the body asks for...
         req.headers.insert("x-max-tokens".into(), "9".into());
-        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 42);
+        assert_eq!(descriptors(&config(), &s, &req, None).unwrap()[0].cost, 42);
         // ...a larger one raises it.
         req.headers.insert("x-max-tokens".into(), "100".into());
-        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 100);
+        assert_eq!(descriptors(&config(), &s, &req, None).unwrap()[0].cost, 100);
         req.body = None;
         req.headers.insert("x-max-tokens".into(), "9".into());
-        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 9);
+        assert_eq!(descriptors(&config(), &s, &req, None).unwrap()[0].cost, 9);
         req.headers.insert("x-max-tokens".into(), "nine".into());
-        assert!(descriptors(&config(), &s, &req).is_err());
+        assert!(descriptors(&config(), &s, &req, None).is_err());
         req.headers.clear();
         req.body = Some(br#"{"params": {"max_tokens": -1}}"#.to_vec());
-        assert!(descriptors(&config(), &s, &req).is_err());
+        assert!(descriptors(&config(), &s, &req, None).is_err());
         req.body = Some(b"not json".to_vec());
-        assert_eq!(descriptors(&config(), &s, &req).unwrap()[0].cost, 7);
+        assert_eq!(descriptors(&config(), &s, &req, None).unwrap()[0].cost, 7);
+    }
+
+    #[test]
+    fn a_body_parsed_by_validation_is_read_not_parsed_again() {
+        let s = subject("predict", None);
+        let mut req = AccessRequest::for_test("POST", "/x");
+        // The raw body is not JSON; the given parse is what counts.
+        req.body = Some(b"not json".to_vec());
+        let json = serde_json::json!({"params": {"max_tokens": 42}});
+        assert_eq!(
+            descriptors(&config(), &s, &req, Some(&json)).unwrap()[0].cost,
+            42
+        );
     }
 
     #[test]
@@ -254,15 +277,18 @@ mod tests {
         let req = AccessRequest::for_test("POST", "/x").with_json(
             &serde_json::json!({"model": "m", "max_tokens": 1000, "messages": messages}),
         );
-        let d = descriptors(&config, &s, &req).unwrap();
+        let d = descriptors(&config, &s, &req, None).unwrap();
         assert_eq!(d[0].cost, 1000 + 10);
         assert!(d[0].tokens.is_some());
         // No body: the default cost, no prompt.
-        let d = descriptors(&config, &s, &AccessRequest::for_test("POST", "/x")).unwrap();
+        let d = descriptors(&config, &s, &AccessRequest::for_test("POST", "/x"), None).unwrap();
         assert_eq!(d[0].cost, 256);
         // 39 bytes (the quoted string) round up to 10 tokens.
         let req = AccessRequest::for_test("POST", "/x")
             .with_json(&serde_json::json!({"max_tokens": 5, "prompt": "0123456789012345678901234567890123456"}));
-        assert_eq!(descriptors(&config, &s, &req).unwrap()[0].cost, 5 + 10);
+        assert_eq!(
+            descriptors(&config, &s, &req, None).unwrap()[0].cost,
+            5 + 10
+        );
     }
 }

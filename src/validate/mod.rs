@@ -92,6 +92,10 @@ pub fn safe_pointer(pointer: &str) -> String {
 pub struct Accepted {
     /// Kinds of personal data found on a `pii: tag` route.
     pub pii: Vec<PiiKind>,
+    /// The body as parsed here when it is JSON (`None`: no body, or not
+    /// JSON), so later stages (a quota's `body_field` cost, a token
+    /// rule's prompt estimate) read it without parsing it again.
+    pub json: Option<serde_json::Value>,
 }
 
 /// The model version a body is checked against.
@@ -222,7 +226,10 @@ pub fn check_body(
     }
 
     if spec.pii == PiiMode::Off {
-        return Ok(Accepted::default());
+        return Ok(Accepted {
+            pii: Vec::new(),
+            json: Some(value),
+        });
     }
     let findings = pii::scan_json(&value, &spec.pii_kinds);
     let mut kinds: Vec<PiiKind> = findings.iter().map(|f| f.kind).collect();
@@ -250,7 +257,10 @@ pub fn check_body(
                     .collect(),
             ))
         }
-        _ => Ok(Accepted { pii: kinds }),
+        _ => Ok(Accepted {
+            pii: kinds,
+            json: Some(value),
+        }),
     }
 }
 
@@ -283,7 +293,10 @@ fn scan_text_body(body: &[u8], spec: &BodySpec) -> Result<Accepted, Rejection> {
                     .collect(),
             ))
         }
-        _ => Ok(Accepted { pii: kinds }),
+        _ => Ok(Accepted {
+            pii: kinds,
+            json: None,
+        }),
     }
 }
 
@@ -356,14 +369,19 @@ mod tests {
     fn pii_is_tagged_or_refused_per_route_and_off_by_default() {
         let body = br#"{"note": "write to jo@example.org, card 5500-0000-0000-0004"}"#;
         let r = request(Some("application/json"), body);
+        let parsed: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(
             check_body(&r, &spec("{}"), None, None),
-            Ok(Accepted::default())
+            Ok(Accepted {
+                pii: Vec::new(),
+                json: Some(parsed.clone()),
+            })
         );
         assert_eq!(
             check_body(&r, &spec("{pii: tag}"), None, None),
             Ok(Accepted {
-                pii: vec![PiiKind::Email, PiiKind::Card]
+                pii: vec![PiiKind::Email, PiiKind::Card],
+                json: Some(parsed),
             })
         );
         let e = check_body(&r, &spec("{pii: deny, pii_kinds: [card]}"), None, None).unwrap_err();
