@@ -57,12 +57,15 @@ pub struct Policies<'s> {
 
 /// The Cedar `Action` entity named `name`.
 pub fn action_uid(name: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(
-        "Action"
-            .parse::<cedar_policy::EntityTypeName>()
-            .expect("'Action' is a valid type name"),
-        cedar_policy::EntityId::new(name),
-    )
+    // Parsed once: Cedar's name parser is a real parser, and this runs on
+    // every decision.
+    static ACTION: std::sync::LazyLock<cedar_policy::EntityTypeName> =
+        std::sync::LazyLock::new(|| {
+            "Action"
+                .parse::<cedar_policy::EntityTypeName>()
+                .expect("'Action' is a valid type name")
+        });
+    EntityUid::from_type_name_and_id(ACTION.clone(), cedar_policy::EntityId::new(name))
 }
 
 /// Evaluates the snapshot's enforced policies for one request and, when the
