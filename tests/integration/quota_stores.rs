@@ -296,17 +296,24 @@ async fn in_process_boundary_straddle_with_a_controlled_clock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_limiters_sharing_redis_allow_exactly_the_limit_writing_each_key_once_per_batch() {
     let redis = RedisServer::start();
-    // Three independent limiters, each with its own connection.
+    // Three independent limiters, each with its own connection. Exactness
+    // is what this pins, so the store is never judged down by a silence:
+    // on a loaded 2-core CI machine redis-server can be off the CPU for
+    // more than the default `stall_ms` (10 ms), and a store judged down
+    // decides in the degraded mode (the stall itself: quota_burst).
     let limiters: Vec<Arc<Quotas>> = (0..3)
         .map(|_| {
             let store = RedisStore::new(&redis.url(), Duration::from_secs(5)).unwrap();
-            Arc::new(Quotas::new(
-                Arc::new(store),
-                Duration::from_secs(5),
-                OnStoreError::Deny,
-                1,
-                1024,
-            ))
+            Arc::new(
+                Quotas::new(
+                    Arc::new(store),
+                    Duration::from_secs(5),
+                    OnStoreError::Deny,
+                    1,
+                    1024,
+                )
+                .with_stall(Duration::from_secs(1)),
+            )
         })
         .collect();
     let c = charge("exact|user=a", 100, 1);
