@@ -28,7 +28,10 @@
 # and highest figure too. Then an open-loop
 # phase (`--rate`): Check allowed calls at half of Portcullis's saturation
 # throughput, on both the empty handler and Portcullis, with latency from the
-# intended send time.
+# intended send time and the share of its core each server used meanwhile
+# (CPU column): half the saturation throughput is not half the CPU, since
+# the writes and wake-ups a saturated server shares between answers are
+# paid per answer when they arrive spread out.
 #
 #   scripts/bench-side-by-side.sh                # 5 s per measurement
 #   DURATION=10 CONCURRENCY=64 scripts/bench-side-by-side.sh
@@ -100,19 +103,32 @@ load() {
     local name=$1 label=$2 port=$3
     shift 3
     local out=$work/load-$name-$label.json
+    # CPU_OF=PID: also the share of one core that process used during the
+    # load (warm-up included), from its utime + stime in /proc.
+    local pid=${CPU_OF:-} before=0 after=0 started ended
+    [ -z "$pid" ] || before=$(cpu_ticks "$pid")
+    started=$(date +%s%N)
     taskset -c "$LOAD_CPU" "$bin/portcullis-bench" --target "127.0.0.1:$port" --json \
         --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" \
         --connections "$CONNECTIONS" "$@" >"$out" 2>"$work/load-$name-$label.err" || true
-    python3 - "$out" "$name" "$label" >>"$results" <<'PY'
+    ended=$(date +%s%N)
+    [ -z "$pid" ] || after=$(cpu_ticks "$pid")
+    python3 - "$out" "$name" "$label" "$pid" "$((after - before))" "$((ended - started))" "$(getconf CLK_TCK)" >>"$results" <<'PY'
 import json, sys
-path, name, label = sys.argv[1:]
+path, name, label, pid, ticks, ns, hz = sys.argv[1:]
+cpu = f"{100 * int(ticks) / int(hz) / (int(ns) / 1e9):.0f}%" if pid else "-"
 try:
     p = json.load(open(path))["phases"][-1]
 except Exception as e:
-    print(f"{name} {label} 0 0 failed")
+    print(f"{name} {label} 0 0 failed {cpu}")
     sys.exit(0)
-print(f"{name} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']}")
+print(f"{name} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']} {cpu}")
 PY
+}
+
+# cpu_ticks PID: the process's CPU time so far (utime + stime), in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
 
 # paired NAME LABEL PORT ARGS...: `load` on the server at PORT, then the
@@ -226,12 +242,12 @@ sat=$(awk '$1 == "portcullis" && $2 == "check-allowed" { print $3 }' "$results")
 [ -n "$sat" ] && [ "$sat" != 0 ] || die "no saturation figure for Portcullis's Check (see $work)"
 half=$((sat / 2))
 say "open loop: Check allowed at $half req/s (half of Portcullis's $sat)"
-load empty check-open-loop "$ep" --rpc check --mix allowed --token-key-file "$key" --rate "$half"
+CPU_OF=$empty_pid load empty check-open-loop "$ep" --rpc check --mix allowed --token-key-file "$key" --rate "$half"
 "${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>"$work/portcullis.log" &
 p_pid=$!
 pids+=("$p_pid")
 wait_tcp "$pp" "Portcullis"
-load portcullis check-open-loop "$pp" --rpc check --mix allowed --token-key-file "$key" --rate "$half"
+CPU_OF=$p_pid load portcullis check-open-loop "$pp" --rpc check --mix allowed --token-key-file "$key" --rate "$half"
 stop "$p_pid" "$pp"
 
 # --- the table -------------------------------------------------------------------------
@@ -241,14 +257,14 @@ import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 # The empty handler's figures per load: the baseline is their mean.
 runs = {}
-for name, label, rps, p99, errors in rows:
+for name, label, rps, p99, errors, cpu in rows:
     if name == "empty" and errors != "failed":
         runs.setdefault(label, []).append(float(rps))
 base = {label: sum(v) / len(v) for label, v in runs.items()}
-print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7}  empty handler")
+print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7} {'CPU':>5}  empty handler")
 failed = False
 shown = set()
-for name, label, rps, p99, errors in rows:
+for name, label, rps, p99, errors, cpu in rows:
     failed |= errors != "0"
     note = ""
     if name == "empty":
@@ -265,6 +281,6 @@ for name, label, rps, p99, errors in rows:
     else:
         b = base.get(label)
         ratio = f"{float(rps) / b:.3f}" if b and errors != "failed" else "-"
-    print(f"{label:<18} {name:<20} {float(rps):>9.0f} {ratio:>7} {p99:>8} {errors:>7}{note}")
+    print(f"{label:<18} {name:<20} {float(rps):>9.0f} {ratio:>7} {p99:>8} {errors:>7} {cpu:>5}{note}")
 sys.exit(1 if failed else 0)
 PY
