@@ -25,6 +25,12 @@ bench_cleanup() {
     rm -rf "$work"
 }
 
+# cpu_ticks PID: the process's CPU time so far (utime + stime from
+# /proc/PID/stat), in clock ticks (`getconf CLK_TCK` a second).
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
 # wait_tcp PORT WHAT: until 127.0.0.1:PORT accepts a connection (10 s).
 wait_tcp() {
     for _ in $(seq 1 200); do

@@ -126,11 +126,6 @@ print(f"{name} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['er
 PY
 }
 
-# cpu_ticks PID: the process's CPU time so far (utime + stime), in clock ticks.
-cpu_ticks() {
-    awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
-
 # paired NAME LABEL PORT ARGS...: `load` on the server at PORT, then the
 # same load on the empty handler (at $ep) again, for its baseline.
 paired() {

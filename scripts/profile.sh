@@ -112,8 +112,8 @@ taskset -c "$LOAD_CPU" "$bin/portcullis-bench" --target "127.0.0.1:$pp" "${load_
     --token-key-file "$key" --duration "$DURATION" --warmup 0 | tee "$out/$name.load.txt" >&2
 wait "$perf_pid" || die "perf record failed: $(tail -3 "$work/perf.log")"
 if [ -n "$redis_pid" ]; then
-    # CPU seconds (user + system) since start, from /proc/PID/stat.
-    cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+    # CPU seconds (user + system) since start.
+    cpu_s() { awk -v t="$(cpu_ticks "$1")" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'; }
     say "CPU since start: portcullis $(cpu_s "$server") s, redis-server $(cpu_s "$redis_pid") s"
 fi
 
