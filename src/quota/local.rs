@@ -10,9 +10,11 @@
 //! quota it still had used) and counted.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use smallvec::SmallVec;
 
 use super::gcra::{assess, Assessment};
 use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
@@ -20,10 +22,39 @@ use crate::time::Clock;
 
 const SHARDS: usize = 64;
 
+/// Charges one request usually makes; more spill to the heap.
+const INLINE: usize = 4;
+
+/// A shard's map: keys are already 128-bit keyed hashes of the counter
+/// key (two `RandomState`s), so the map uses their bits as they are
+/// instead of hashing them again.
+type Shard = HashMap<u128, Cell, BuildHasherDefault<PreHashed>>;
+
+/// The `Hasher` of [`Shard`]: folds a key that is itself a keyed hash.
+#[derive(Debug, Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u128 keys reach this hasher; kept total for any input.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = (n as u64) ^ ((n >> 64) as u64);
+    }
+}
+
 /// In-process GCRA counters.
 #[derive(Debug)]
 pub struct LocalStore {
-    shards: Vec<Mutex<HashMap<u128, Cell>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     hashers: (
         std::collections::hash_map::RandomState,
@@ -37,7 +68,7 @@ impl LocalStore {
     /// A store holding at most about `max_keys` keys.
     pub fn new(max_keys: usize, clock: Arc<dyn Clock>) -> LocalStore {
         LocalStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: (max_keys / SHARDS).max(1),
             hashers: Default::default(),
             clock,
@@ -117,18 +148,19 @@ impl LocalStore {
         let now = self.clock.now_us();
         // A fixed window's counter is its own key: the window's start is
         // part of the hash, so a new window starts from zero.
-        let hashes: Vec<u128> = charges
+        let hashes: SmallVec<[u128; INLINE]> = charges
             .iter()
             .map(|c| match c.window {
                 None => self.hash(&c.key),
                 Some(w) => self.hash_window(&c.key, w.start(now)),
             })
             .collect();
-        let mut shard_ids: Vec<usize> = hashes.iter().map(|h| (*h as usize) % SHARDS).collect();
+        let mut shard_ids: SmallVec<[usize; INLINE]> =
+            hashes.iter().map(|h| (*h as usize) % SHARDS).collect();
         shard_ids.sort_unstable();
         shard_ids.dedup();
         // A poisoned shard still holds valid integers: keep using it.
-        let mut guards: Vec<(usize, std::sync::MutexGuard<'_, HashMap<u128, Cell>>)> = shard_ids
+        let mut guards: SmallVec<[(usize, std::sync::MutexGuard<'_, Shard>); INLINE]> = shard_ids
             .iter()
             .map(|&i| (i, self.shards[i].lock().unwrap_or_else(|p| p.into_inner())))
             .collect();
@@ -136,27 +168,41 @@ impl LocalStore {
             let i = (h as usize) % SHARDS;
             guards.iter().position(|(id, _)| *id == i).expect("locked")
         };
-        let positions: Vec<usize> = hashes.iter().map(|h| shard_of(*h)).collect();
+        let positions: SmallVec<[usize; INLINE]> = hashes.iter().map(|h| shard_of(*h)).collect();
 
         // Charges on the same key within one request see each other.
         // Per key: the cell to write, and whether it is written whatever
-        // the verdict (fixed windows, post-hoc charges).
-        let mut pending: HashMap<u128, (Cell, bool)> = HashMap::new();
-        let mut assessments = Vec::with_capacity(charges.len());
+        // the verdict (fixed windows, post-hoc charges). A request has a
+        // handful of charges: a linear search beats a map.
+        let mut pending: SmallVec<[Pending; INLINE]> = SmallVec::new();
+        let mut assessments: SmallVec<[Assessment; INLINE]> = SmallVec::new();
         for ((charge, hash), pos) in charges.iter().zip(&hashes).zip(&positions) {
-            let stored = pending
-                .get(hash)
-                .map(|(c, _)| *c)
+            let earlier = pending.iter().position(|p| p.hash == *hash);
+            let stored = earlier
+                .map(|i| pending[i].cell)
                 .or_else(|| guards[*pos].1.get(hash).copied())
                 .filter(|c| c.until > now)
                 .unwrap_or_default();
+            let earlier_always = earlier.is_some_and(|i| pending[i].always);
+            let mut write = |cell: Cell, always: bool| match earlier {
+                Some(i) => {
+                    pending[i].cell = cell;
+                    pending[i].always = always;
+                }
+                None => pending.push(Pending {
+                    hash: *hash,
+                    position: *pos,
+                    cell,
+                    always,
+                }),
+            };
             let a = match charge.window {
                 Some(w) => {
                     let end = w.start(now) + w.window_us;
                     let count = stored.count + charge.cost;
                     let over = count > w.limit;
                     if charge.cost > 0 {
-                        pending.insert(*hash, (Cell { until: end, count }, true));
+                        write(Cell { until: end, count }, true);
                     }
                     Assessment {
                         over,
@@ -175,16 +221,13 @@ impl LocalStore {
                         } else {
                             a.new_tat
                         };
-                        let always = charge.post_hoc || pending.get(hash).is_some_and(|p| p.1);
-                        pending.insert(
-                            *hash,
-                            (
-                                Cell {
-                                    until: tat,
-                                    count: 0,
-                                },
-                                always,
-                            ),
+                        let always = charge.post_hoc || earlier_always;
+                        write(
+                            Cell {
+                                until: tat,
+                                count: 0,
+                            },
+                            always,
                         );
                     }
                     a
@@ -193,13 +236,12 @@ impl LocalStore {
             assessments.push(a);
         }
         let allowed = super::passes(charges.iter().zip(assessments.iter().map(|a| a.over)));
-        for (hash, (cell, always)) in &pending {
-            if !allowed && !always {
+        for p in &pending {
+            if !allowed && !p.always {
                 continue;
             }
-            let pos = positions[hashes.iter().position(|h| h == hash).expect("hashed")];
-            let shard = &mut guards[pos].1;
-            if !shard.contains_key(hash) && shard.len() >= self.per_shard {
+            let shard = &mut guards[p.position].1;
+            if !shard.contains_key(&p.hash) && shard.len() >= self.per_shard {
                 shard.retain(|_, c| c.until > now);
                 if shard.len() >= self.per_shard {
                     // Drop the eighth closest to full at once, so a shard
@@ -214,7 +256,7 @@ impl LocalStore {
                         .fetch_add((before - shard.len()) as u64, Ordering::Relaxed);
                 }
             }
-            shard.insert(*hash, *cell);
+            shard.insert(p.hash, p.cell);
         }
         let states = charges
             .iter()
@@ -239,6 +281,16 @@ impl LocalStore {
             .collect();
         Ok(Charged { allowed, states })
     }
+}
+
+/// A cell one request will write: its key's hash, the index of its
+/// shard's guard, the cell, and whether it is written whatever the verdict.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    hash: u128,
+    position: usize,
+    cell: Cell,
+    always: bool,
 }
 
 /// One key's state: for GCRA `until` is the theoretical arrival time (the
@@ -303,6 +355,23 @@ mod tests {
                 .unwrap();
         }
         assert!(store.len() <= SHARDS);
+    }
+
+    #[test]
+    fn more_charges_than_fit_inline_count_each_key_once_per_charge() {
+        let clock = ManualClock::at(1_000_000_000);
+        let store = LocalStore::new(1000, clock);
+        // Nine charges over five keys: every third charge repeats a key.
+        let charges: Vec<Charge> = (0..9)
+            .map(|i| charge(&format!("d|k={}", i % 5), 10, 1))
+            .collect();
+        assert!(charges.len() > INLINE);
+        let r = store.charge_now(&charges).unwrap();
+        assert!(r.allowed);
+        let remaining: Vec<u64> = r.states.iter().map(|s| s.remaining).collect();
+        assert_eq!(remaining, [9, 9, 9, 9, 9, 8, 8, 8, 8]);
+        let again = store.charge_now(&charges[..1]).unwrap();
+        assert_eq!(again.states[0].remaining, 7);
     }
 
     #[test]
