@@ -56,8 +56,7 @@ pub(super) fn build(
             Some(v) => format!("{path}.{}_{v}", d.key),
             None => format!("{path}.{}", d.key),
         };
-        let slot = (d.key.clone(), value.clone());
-        if node.children.contains_key(&slot) {
+        if node.has_child(&d.key, value.as_deref()) {
             report(
                 line,
                 format!("duplicate descriptor composite key '{composite}'"),
@@ -105,7 +104,7 @@ pub(super) fn build(
                 parts: v.split('*').map(str::to_string).collect(),
             });
         }
-        node.children.insert(slot, child);
+        node.add_child(&d.key, value.as_deref(), child);
     }
 }
 

@@ -151,7 +151,9 @@ impl Wildcard {
 #[derive(Debug, Default, Clone)]
 struct Node {
     limit: Option<QuotaLimit>,
-    children: HashMap<(String, Option<String>), Node>,
+    /// Children by entry key; looked up with the request's `&str`s, so
+    /// matching a descriptor copies no string.
+    children: HashMap<String, Children>,
     /// Children whose value holds `*`, in file order.
     wildcards: Vec<Wildcard>,
     /// `value_to_metric`: the statistics key carries the request's value.
@@ -159,6 +161,48 @@ struct Node {
     /// `share_threshold`: every value matching this node's wildcard shares
     /// one counter.
     share_threshold: bool,
+}
+
+/// The children of one node under one entry key: by exact value (a
+/// wildcard child under its pattern), and the one without a value.
+#[derive(Debug, Clone, Default)]
+struct Children {
+    by_value: HashMap<String, Node>,
+    keyless: Option<Node>,
+}
+
+impl Children {
+    /// The child for `value` (`None`: the one without a value).
+    fn get(&self, value: Option<&str>) -> Option<&Node> {
+        match value {
+            Some(v) => self.by_value.get(v),
+            None => self.keyless.as_ref(),
+        }
+    }
+}
+
+impl Node {
+    /// The child under `key` and `value` (`None`: `key` without a value).
+    fn child(&self, key: &str, value: Option<&str>) -> Option<&Node> {
+        self.children.get(key)?.get(value)
+    }
+
+    /// Adds a child under `key` and `value`, replacing any there (the
+    /// loader reports a taken slot first, `has_child`).
+    fn add_child(&mut self, key: &str, value: Option<&str>, child: Node) {
+        let slot = self.children.entry(key.to_string()).or_default();
+        match value {
+            Some(v) => {
+                slot.by_value.insert(v.to_string(), child);
+            }
+            None => slot.keyless = Some(child),
+        }
+    }
+
+    /// True when the slot for `key` and `value` is taken.
+    fn has_child(&self, key: &str, value: Option<&str>) -> bool {
+        self.child(key, value).is_some()
+    }
 }
 
 /// How a descriptor entry reached its node.
@@ -408,24 +452,18 @@ impl QuotaConfig {
         };
         for (i, (key, value)) in entries.iter().enumerate() {
             let next = node
-                .children
-                .get(&(key.clone(), Some(value.clone())))
+                .child(key, Some(value))
                 .map(|n| (n, Via::Value))
                 .or_else(|| {
                     node.wildcards
                         .iter()
                         .find(|w| &w.key == key && w.matches(value))
                         .and_then(|w| {
-                            node.children
-                                .get(&(w.key.clone(), Some(w.pattern.clone())))
+                            node.child(&w.key, Some(&w.pattern))
                                 .map(|n| (n, Via::Wildcard(w.pattern.as_str())))
                         })
                 })
-                .or_else(|| {
-                    node.children
-                        .get(&(key.clone(), None))
-                        .map(|n| (n, Via::Key))
-                });
+                .or_else(|| node.child(key, None).map(|n| (n, Via::Key)));
             let Some((next, via)) = next else { break };
             visit(i, next, via);
             if next.children.is_empty() {
