@@ -11,8 +11,14 @@ use crate::request::AccessRequest;
 impl AuditRecord {
     /// A record of `kind`, stamped now, with a fresh id.
     pub fn new(kind: Kind) -> Self {
+        AuditRecord::with_id(kind, uuid::Uuid::now_v7().to_string())
+    }
+
+    /// A record of `kind`, stamped now, with the given `id` (a decision's
+    /// own UUIDv7): no second id is drawn only to be replaced.
+    pub fn with_id(kind: Kind, id: String) -> Self {
         AuditRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             time: crate::time::rfc3339_millis(SystemTime::now()),
             kind,
             ..AuditRecord::default()
@@ -22,7 +28,6 @@ impl AuditRecord {
     /// The record of a decision on a request.
     pub fn decision(d: &Decision, req: &AccessRequest, latency: Duration) -> Self {
         AuditRecord {
-            id: d.id.clone(),
             request_id: req.request_id.clone(),
             trace_id: crate::tracecontext::trace_id(req),
             principal: d.principal.clone().unwrap_or_default(),
@@ -56,7 +61,7 @@ impl AuditRecord {
                     )
                 })
                 .unwrap_or_default(),
-            ..AuditRecord::new(Kind::Decision)
+            ..AuditRecord::with_id(Kind::Decision, d.id.clone())
         }
     }
 
@@ -66,7 +71,6 @@ impl AuditRecord {
     /// `sweeper` for a reservation settled on expiry.
     pub fn response(response: ResponseRecord<'_>) -> Self {
         AuditRecord {
-            id: uuid::Uuid::now_v7().to_string(),
             adapter: response.adapter.to_string(),
             request_id: response.request_id.to_string(),
             decision_id: response.decision_id.to_string(),
