@@ -212,16 +212,16 @@ impl StoredKey {
         let principal = entity_uid(principal_type, &self.app)
             .ok_or_else(|| AuthnFailure::new("bad_api_key_app", "the API key cannot be used"))?;
         let parents = entity_uid(org_type, &self.org).into_iter().collect();
-        Ok(Identity {
+        Ok(Identity::with_token(
             principal,
             parents,
-            method: AuthMethod::ApiKey,
-            token: TokenFacts {
+            AuthMethod::ApiKey,
+            TokenFacts {
                 scopes: self.scopes.iter().cloned().collect(),
                 claims: Default::default(),
                 mfa: false,
             },
-        })
+        ))
     }
 }
 

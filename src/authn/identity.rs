@@ -18,17 +18,38 @@ pub struct Identity {
     pub method: AuthMethod,
     /// What the credential says beyond who: scopes, MFA, chosen claims.
     pub token: TokenFacts,
+    /// `principal` in Cedar's display form (`User::"alice"`), written once
+    /// when the identity is built (a cached credential's identity serves
+    /// many decisions, each of which names its principal). Private, so
+    /// that every identity is built by a constructor that writes it.
+    principal_text: String,
 }
 
 impl Identity {
     /// An identity with no scopes, claims or MFA.
     pub fn new(principal: EntityUid, parents: Vec<EntityUid>, method: AuthMethod) -> Self {
+        Identity::with_token(principal, parents, method, TokenFacts::default())
+    }
+
+    /// An identity with what its credential says beyond who (`token`).
+    pub fn with_token(
+        principal: EntityUid,
+        parents: Vec<EntityUid>,
+        method: AuthMethod,
+        token: TokenFacts,
+    ) -> Self {
         Identity {
+            principal_text: principal.to_string(),
             principal,
             parents,
             method,
-            token: TokenFacts::default(),
+            token,
         }
+    }
+
+    /// The principal in Cedar's display form, `Type::"id"`.
+    pub fn principal_text(&self) -> &str {
+        &self.principal_text
     }
 }
 
@@ -127,4 +148,17 @@ pub fn entity_uid(type_name: &str, id: &str) -> Option<EntityUid> {
         ty,
         cedar_policy::EntityId::new(id),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_text_is_cedars_display_form_escapes_included() {
+        let uid: EntityUid = r#"User::"a\"lice""#.parse().unwrap();
+        let id = Identity::new(uid.clone(), Vec::new(), AuthMethod::Jwt);
+        assert_eq!(id.principal_text(), uid.to_string());
+        assert_eq!(id.principal_text(), r#"User::"a\"lice""#);
+    }
 }

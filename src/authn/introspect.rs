@@ -231,16 +231,16 @@ impl Introspector {
             .map(|s| s.split_ascii_whitespace().map(str::to_string).collect())
             .unwrap_or_default();
         Answer::Active {
-            identity: Box::new(Identity {
+            identity: Box::new(Identity::with_token(
                 principal,
                 parents,
-                method: AuthMethod::Introspection,
-                token: TokenFacts {
+                AuthMethod::Introspection,
+                TokenFacts {
                     scopes,
                     claims: Default::default(),
                     mfa: false,
                 },
-            }),
+            )),
             exp,
         }
     }

@@ -144,8 +144,14 @@ impl<'a> RequestContext<'a> {
     /// decision cache adds them.
     pub fn write_key(&self, key: &mut String) {
         use std::fmt::Write as _;
+        // Numbers through `itoa`, not `fmt`: this runs on every decision.
+        fn number(key: &mut String, n: impl itoa::Integer) {
+            key.push_str(itoa::Buffer::new().format(n));
+        }
         fn text(key: &mut String, s: &str) {
-            let _ = write!(key, "{}:{s}", s.len());
+            number(key, s.len());
+            key.push(':');
+            key.push_str(s);
         }
         let (req, identity) = (self.req, self.identity);
         for s in [
@@ -156,18 +162,17 @@ impl<'a> RequestContext<'a> {
         ] {
             text(key, s);
         }
-        let _ = write!(
-            key,
-            "{}|{}|{}|",
-            crate::time::epoch_seconds(req.time),
-            identity.method.as_str(),
-            u8::from(identity.token.mfa)
-        );
-        let _ = write!(key, "{}|", identity.token.scopes.len());
+        number(key, crate::time::epoch_seconds(req.time));
+        key.push('|');
+        key.push_str(identity.method.as_str());
+        key.push_str(if identity.token.mfa { "|1|" } else { "|0|" });
+        number(key, identity.token.scopes.len());
+        key.push('|');
         for s in &identity.token.scopes {
             text(key, s);
         }
-        let _ = write!(key, "{}|", identity.token.claims.len());
+        number(key, identity.token.claims.len());
+        key.push('|');
         for (k, v) in &identity.token.claims {
             text(key, k);
             text(key, v);
@@ -186,7 +191,8 @@ impl<'a> RequestContext<'a> {
         }
         match self.risk {
             Some(r) => {
-                let _ = write!(key, "{r}|");
+                number(key, r);
+                key.push('|');
             }
             None => key.push_str("-|"),
         }

@@ -136,7 +136,9 @@ impl DecisionKey {
 fn write_uid(key: &mut String, uid: &EntityUid) {
     use std::fmt::Write as _;
     let id = uid.id().unescaped();
-    let _ = write!(key, "{} {}:", uid.type_name(), id.len());
+    let _ = write!(key, "{} ", uid.type_name());
+    key.push_str(itoa::Buffer::new().format(id.len()));
+    key.push(':');
     key.push_str(id);
 }
 

@@ -236,7 +236,7 @@ pub(super) fn identify(
 }
 
 fn note_principal(d: &mut Decision, identity: &Identity) {
-    d.principal = Some(identity.principal.to_string());
+    d.principal = Some(identity.principal_text().to_string());
     d.auth_method = Some(identity.method.as_str());
 }
 

@@ -126,19 +126,19 @@ impl CheckInput {
                 format!("identity: '{s}' is not a Cedar entity uid like User::\"alice\": {e}")
             })
         };
-        Ok(Identity {
-            principal: parse(&input.principal)?,
-            parents: input
+        Ok(Identity::with_token(
+            parse(&input.principal)?,
+            input
                 .parents
                 .iter()
                 .map(|p| parse(p))
                 .collect::<Result<_, _>>()?,
-            method: AuthMethod::Jwt,
-            token: crate::authn::TokenFacts {
+            AuthMethod::Jwt,
+            crate::authn::TokenFacts {
                 scopes: input.scopes.iter().cloned().collect(),
                 claims: Default::default(),
                 mfa: input.mfa,
             },
-        })
+        ))
     }
 }

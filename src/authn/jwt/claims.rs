@@ -154,16 +154,16 @@ impl Issuer {
             }
         }
         Ok(Verified {
-            identity: Identity {
+            identity: Identity::with_token(
                 principal,
                 parents,
-                method: AuthMethod::Jwt,
-                token: TokenFacts {
+                AuthMethod::Jwt,
+                TokenFacts {
                     scopes,
                     claims: context_claims,
                     mfa,
                 },
-            },
+            ),
             issuer: cfg.issuer.clone(),
             // Cached no longer than the whole second before `exp`.
             exp: exp.floor() as u64,
