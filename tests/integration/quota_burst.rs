@@ -73,7 +73,8 @@ pub(crate) fn stats(servers: &[TestServer]) -> String {
         .join("; ")
 }
 
-fn single(redis: &RedisServer) -> QuotaSettings {
+/// Three replicas on one Redis, default timeouts.
+pub(crate) fn single(redis: &RedisServer) -> QuotaSettings {
     QuotaSettings {
         store: QuotaStoreKind::Redis,
         redis_url: Some(redis.url()),
@@ -82,7 +83,8 @@ fn single(redis: &RedisServer) -> QuotaSettings {
     }
 }
 
-fn cluster(cluster: &RedisCluster) -> QuotaSettings {
+/// Three replicas on a Redis Cluster, default timeouts.
+pub(crate) fn cluster(cluster: &RedisCluster) -> QuotaSettings {
     QuotaSettings {
         store: QuotaStoreKind::RedisCluster,
         redis_urls: cluster.urls(),

@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
-use portcullis::quota::{QuotaSettings, QuotaStoreKind};
+use portcullis::quota::QuotaSettings;
 use tonic::transport::Channel;
 
 use crate::support::{
@@ -176,15 +176,25 @@ async fn no_overrun_in_process_100_streamed_completions_against_20000_tokens() {
     no_overrun(&r).await;
 }
 
+/// `settings` with a 1-s stall threshold. These tests pin the reservation
+/// arithmetic across replicas, not stall handling. One full-suite run (2
+/// cores, every test at once) admitted 25 of 100 on the Cluster with the
+/// default 10 ms; most likely a Redis starved of CPU went silent for 10 ms
+/// and the calls waiting on it were decided in the degraded `local` mode
+/// (each replica 1/3 of the budget, not knowing what Redis holds): inferred
+/// from that mode's arithmetic, not traced. The degraded mode has its own
+/// tests (`quota_burst`: a paused Redis, a paused Cluster primary).
+fn exact(settings: QuotaSettings) -> QuotaSettings {
+    QuotaSettings {
+        stall_ms: 1000,
+        ..settings
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_overrun_with_3_replicas_on_redis() {
     let redis = RedisServer::start();
-    let settings = QuotaSettings {
-        store: QuotaStoreKind::Redis,
-        redis_url: Some(redis.url()),
-        replicas: 3,
-        ..QuotaSettings::default()
-    };
+    let settings = exact(crate::quota_burst::single(&redis));
     let r = replicas(3, settings, &token_quotas("{}")).await;
     let open = no_overrun(&r).await;
     settle_all(&r.channels, &open, 300).await;
@@ -202,12 +212,7 @@ async fn no_overrun_with_3_replicas_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_overrun_with_3_replicas_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
-    let settings = QuotaSettings {
-        store: QuotaStoreKind::RedisCluster,
-        redis_urls: cluster.urls(),
-        replicas: 3,
-        ..QuotaSettings::default()
-    };
+    let settings = exact(crate::quota_burst::cluster(&cluster));
     let r = replicas(3, settings, &token_quotas("{}")).await;
     no_overrun(&r).await;
 }
