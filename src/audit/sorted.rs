@@ -2,13 +2,17 @@
 //! written straight from its `Serialize` implementation, without building a
 //! `serde_json::Value` first: each field's value is serialised by
 //! serde_json into one buffer, and the fields are then emitted sorted by
-//! name. This runs for every audited decision.
+//! name. This runs for every audited decision, so the sorted order and the
+//! escaped names are worked out once per struct (per thread, per list of
+//! declared names) and reused.
 //!
 //! "Flat" means a struct whose fields are scalars, strings, options or
 //! sequences of them (what [`super::AuditRecord`] holds): for those,
 //! serde_json's compact output is already the canonical form. A field that
 //! is a map or a struct is refused ([`Error::Nested`]), since its keys would
-//! need sorting too; the caller then falls back to the `Value` path.
+//! need sorting too; the caller then falls back to the `Value` path. The
+//! refusal comes from serde_json's `Formatter::begin_object`, which opens
+//! every map, struct and enum variant with content.
 
 use serde::ser::{self, Impossible, Serialize, SerializeStruct, Serializer};
 
@@ -47,12 +51,16 @@ struct Top<'a> {
     out: &'a mut Vec<u8>,
 }
 
-/// Collects a struct's fields: names, and value bytes in `values`.
+/// Collects a struct's fields: every name in declaration order (skipped
+/// ones too, through `skip_field`), and the value bytes of the present ones
+/// in `values`.
 struct Fields<'a> {
+    name: &'static str,
     skip: &'a str,
     out: &'a mut Vec<u8>,
     values: Vec<u8>,
-    fields: Vec<(&'static str, std::ops::Range<usize>)>,
+    /// Declaration order; `None` for a field not written.
+    fields: Vec<Field>,
 }
 
 impl SerializeStruct for Fields<'_> {
@@ -65,14 +73,15 @@ impl SerializeStruct for Fields<'_> {
         value: &V,
     ) -> Result<(), Error> {
         if key == self.skip {
+            self.fields.push((key, None));
             return Ok(());
         }
         let start = self.values.len();
         value
-            .serialize(&mut serde_json::Serializer::new(FlatOnly {
-                out: &mut self.values,
-                depth: 0,
-            }))
+            .serialize(&mut serde_json::Serializer::with_formatter(
+                &mut self.values,
+                FlatOnly,
+            ))
             .map_err(|e| {
                 if e.to_string() == NESTED {
                     Error::Nested(key)
@@ -80,56 +89,146 @@ impl SerializeStruct for Fields<'_> {
                     Error::Json(e.to_string())
                 }
             })?;
-        self.fields.push((key, start..self.values.len()));
+        self.fields.push((key, Some(start..self.values.len())));
         Ok(())
     }
 
-    fn end(mut self) -> Result<(), Error> {
-        self.fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        self.out.push(b'{');
-        for (i, (key, range)) in self.fields.iter().enumerate() {
-            if i > 0 {
-                self.out.push(b',');
-            }
-            serde_json::to_writer(&mut *self.out, key).map_err(|e| Error::Json(e.to_string()))?;
-            self.out.push(b':');
-            self.out.extend_from_slice(&self.values[range.clone()]);
-        }
-        self.out.push(b'}');
+    fn skip_field(&mut self, key: &'static str) -> Result<(), Error> {
+        self.fields.push((key, None));
         Ok(())
+    }
+
+    fn end(self) -> Result<(), Error> {
+        ORDERS.with(|orders| {
+            let mut orders = orders.borrow_mut();
+            let at = match orders
+                .iter()
+                .position(|o| o.name == self.name && o.fits(&self.fields))
+            {
+                Some(at) => at,
+                None => {
+                    if orders.len() >= MAX_ORDERS {
+                        orders.remove(0);
+                    }
+                    orders.push(Order::new(self.name, &self.fields)?);
+                    orders.len() - 1
+                }
+            };
+            orders[at].emit(&self.fields, &self.values, self.out);
+            Ok(())
+        })
+    }
+}
+
+impl Drop for Fields<'_> {
+    /// Gives the buffers back for the next record (an error included).
+    fn drop(&mut self) {
+        let (mut values, mut fields) = (
+            std::mem::take(&mut self.values),
+            std::mem::take(&mut self.fields),
+        );
+        values.clear();
+        fields.clear();
+        if values.capacity() > KEPT_BYTES {
+            // An unusually large record: not kept for every later one.
+            values = Vec::new();
+        }
+        BUFFERS.with(|b| *b.borrow_mut() = (values, fields));
+    }
+}
+
+/// The most value bytes a thread keeps between records.
+const KEPT_BYTES: usize = 64 * 1024;
+
+/// A field's name and where its value's bytes are (`None`: not written).
+type Field = (&'static str, Option<std::ops::Range<usize>>);
+
+thread_local! {
+    /// The value bytes and the field list of the last record written on
+    /// this thread, emptied, so that the next one does not allocate them.
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<Field>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// How many structs' orders a thread keeps (a record type or two in use).
+const MAX_ORDERS: usize = 8;
+
+thread_local! {
+    /// The sorted order of the structs this thread has written, so that a
+    /// record's fields are not sorted and their names not escaped again on
+    /// every write.
+    static ORDERS: std::cell::RefCell<Vec<Order>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A struct's fields sorted by name, for one declaration-order list of
+/// names (a `Serialize` that emits other names or another order gets an
+/// order of its own).
+struct Order {
+    name: &'static str,
+    /// The names in declaration order, as `serialize_field`/`skip_field`
+    /// gave them.
+    names: Vec<&'static str>,
+    /// Indexes into `names`, sorted by the names' bytes.
+    sorted: Vec<usize>,
+    /// Per declared field, `"name":` as serde_json escapes it.
+    heads: Vec<Vec<u8>>,
+}
+
+impl Order {
+    fn new(name: &'static str, fields: &[Field]) -> Result<Order, Error> {
+        let names: Vec<&'static str> = fields.iter().map(|(n, _)| *n).collect();
+        let mut sorted: Vec<usize> = (0..names.len()).collect();
+        sorted.sort_by(|a, b| names[*a].cmp(names[*b]));
+        let heads = names
+            .iter()
+            .map(|n| {
+                let mut head = serde_json::to_vec(n).map_err(|e| Error::Json(e.to_string()))?;
+                head.push(b':');
+                Ok(head)
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Order {
+            name,
+            names,
+            sorted,
+            heads,
+        })
+    }
+
+    /// True when `fields` declares the same names in the same order.
+    fn fits(&self, fields: &[Field]) -> bool {
+        self.names.len() == fields.len()
+            && self.names.iter().zip(fields).all(|(a, (b, _))| {
+                (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+            })
+    }
+
+    /// `{"a":..,"b":..}`: the present fields in sorted order.
+    fn emit(&self, fields: &[Field], values: &[u8], out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut first = true;
+        for &i in &self.sorted {
+            let Some(range) = &fields[i].1 else { continue };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&self.heads[i]);
+            out.extend_from_slice(&values[range.clone()]);
+        }
+        out.push(b'}');
     }
 }
 
 const NESTED: &str = "a map or a struct inside a flat record";
 
-/// A writer that lets serde_json write scalars and sequences, and fails on
-/// a `{` outside a string (a map or a struct: its keys would need sorting).
-/// It tracks whether it is inside a string (quotes, backslash escapes) so
-/// that a brace in a string's text passes.
-struct FlatOnly<'a> {
-    out: &'a mut Vec<u8>,
-    /// 0 outside a string, 1 inside, 2 just after a backslash inside.
-    depth: u8,
-}
+/// serde_json's compact output, refusing a map or a struct (its keys would
+/// need sorting): serde_json opens every map, struct and enum variant with
+/// content through `begin_object`, and nothing else.
+struct FlatOnly;
 
-impl std::io::Write for FlatOnly<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for &b in buf {
-            self.depth = match (self.depth, b) {
-                (0, b'"') => 1,
-                (0, b'{') => return Err(std::io::Error::other(NESTED)),
-                (1, b'\\') => 2,
-                (1, b'"') => 0,
-                (2, _) => 1,
-                (d, _) => d,
-            };
-        }
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+impl serde_json::ser::Formatter for FlatOnly {
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, _: &mut W) -> std::io::Result<()> {
+        Err(std::io::Error::other(NESTED))
     }
 }
 
@@ -152,12 +251,14 @@ impl<'a> Serializer for Top<'a> {
     type SerializeStruct = Fields<'a>;
     type SerializeStructVariant = Impossible<(), Error>;
 
-    fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Fields<'a>, Error> {
+    fn serialize_struct(self, name: &'static str, _len: usize) -> Result<Fields<'a>, Error> {
+        let (values, fields) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
         Ok(Fields {
+            name,
             skip: self.skip,
             out: self.out,
-            values: Vec::with_capacity(512),
-            fields: Vec::with_capacity(len),
+            values,
+            fields,
         })
     }
 
@@ -366,5 +467,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, br#"{"a":"\\\"{","b":"{\"x\":1}"}"#);
+    }
+
+    /// A hand-written `Serialize` may declare other fields under the same
+    /// struct name from one call to the next: each call is still sorted by
+    /// its own names, not by an order kept from an earlier call.
+    #[test]
+    fn a_struct_name_with_varying_fields_is_sorted_by_each_call_s_own_names() {
+        struct Varying(u8);
+        impl Serialize for Varying {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut st = s.serialize_struct("Varying", 3)?;
+                match self.0 {
+                    0 => {
+                        st.serialize_field("b", &1)?;
+                        st.serialize_field("a", &2)?;
+                        st.skip_field("c")?;
+                    }
+                    1 => {
+                        st.serialize_field("c", &3)?;
+                        st.serialize_field("a", "x")?;
+                    }
+                    _ => {
+                        st.serialize_field("a", &[1, 2])?;
+                        st.serialize_field("b", &4)?;
+                        st.serialize_field("c", &5)?;
+                    }
+                }
+                st.end()
+            }
+        }
+        for round in [0, 1, 2, 0, 2, 1] {
+            let mut out = Vec::new();
+            write(&Varying(round), "", &mut out).unwrap();
+            assert_eq!(out, reference(&Varying(round), ""), "round {round}");
+        }
     }
 }
