@@ -342,7 +342,7 @@ pub(super) fn resource(snapshot: &Snapshot, at: &mut Routed<'_>) -> Result<Entit
         at.route.resource_entity_type().clone(),
         cedar_policy::EntityId::new(&at.resource_id),
     );
-    at.d.resource = Some(resource.to_string());
+    at.d.resource = Some(at.route.resource_uid_text(&at.resource_id));
     if at.route.must_exist && snapshot.entities.get(&resource).is_none() {
         return Err(Refusal::new(
             DenyReason::UnknownResource,

@@ -193,6 +193,7 @@ impl Checker<'_> {
                 body: raw.body.clone(),
                 headers_to_remove: raw.headers_to_remove.clone(),
                 signature: raw.signature,
+                entity_type_text: compiled.entity_type.to_string(),
                 entity_type: compiled.entity_type,
                 template: compiled.template,
                 resource_id: compiled.resource_id,

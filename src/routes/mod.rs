@@ -162,6 +162,8 @@ pub struct Route {
     /// Whether requests must carry a payload signature.
     pub signature: SignatureMode,
     entity_type: EntityTypeName,
+    /// `entity_type` in Cedar's display form (`Ns::Type`).
+    entity_type_text: String,
     template: PathTemplate,
     resource_id: Vec<IdPart>,
 }
@@ -170,6 +172,19 @@ impl Route {
     /// `resource_type`, parsed.
     pub fn resource_entity_type(&self) -> &EntityTypeName {
         &self.entity_type
+    }
+
+    /// The resource's entity UID with id `id` in Cedar's display form,
+    /// `Type::"id"` with the id escaped as `str::escape_debug` does (what
+    /// `EntityUid`'s `Display` writes), without formatting the type again
+    /// per request.
+    pub fn resource_uid_text(&self, id: &str) -> String {
+        let mut text = String::with_capacity(self.entity_type_text.len() + id.len() + 4);
+        text.push_str(&self.entity_type_text);
+        text.push_str("::\"");
+        text.extend(id.escape_debug());
+        text.push('"');
+        text
     }
 
     /// The names of the path's captures, in path order.
@@ -316,6 +331,27 @@ impl RouteTable {
 mod tests {
     use super::*;
     use crate::routes::fixtures::*;
+
+    #[test]
+    fn resource_uid_text_is_the_entity_uid_s_display_escapes_included() {
+        let table = load(PREDICT);
+        let predict = &table.routes()[0];
+        for id in [
+            "gpt/1",
+            "a\"b",
+            "back\\slash",
+            "new\nline\t",
+            "é/✓",
+            "\u{7f}\u{301}x",
+            "",
+        ] {
+            let uid = cedar_policy::EntityUid::from_type_name_and_id(
+                predict.resource_entity_type().clone(),
+                cedar_policy::EntityId::new(id),
+            );
+            assert_eq!(predict.resource_uid_text(id), uid.to_string(), "id {id:?}");
+        }
+    }
 
     #[test]
     fn loads_every_field() {
