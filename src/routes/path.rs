@@ -268,12 +268,12 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
         }
         normal = Cow::Owned(owned);
     }
-    let segments: Vec<&str> = normal[1..].split('/').collect();
-    for (i, segment) in segments.iter().enumerate() {
-        if segment.is_empty() && i + 1 < segments.len() {
+    let mut segments = normal[1..].split('/').enumerate().peekable();
+    while let Some((i, segment)) = segments.next() {
+        if segment.is_empty() && segments.peek().is_some() {
             return Err("the path has an empty segment ('//')".to_owned());
         }
-        if *segment == "." || *segment == ".." {
+        if segment == "." || segment == ".." {
             return Err(format!("path segment {} is '.' or '..'", i + 1));
         }
     }

@@ -181,7 +181,7 @@ fn walk(value: &Value, kinds: &[PiiKind], pointer: &mut String, out: &mut Vec<Fi
         // A card number sent as a JSON number.
         Value::Number(n) if kinds.contains(&PiiKind::Card) => {
             if let Some(u) = n.as_u64() {
-                if is_card_number(&u.to_string()) {
+                if is_card_number(itoa::Buffer::new().format(u)) {
                     out.push(Finding {
                         pointer: pointer.clone(),
                         kind: PiiKind::Card,
@@ -193,7 +193,7 @@ fn walk(value: &Value, kinds: &[PiiKind], pointer: &mut String, out: &mut Vec<Fi
             for (i, item) in items.iter().enumerate() {
                 let len = pointer.len();
                 pointer.push('/');
-                pointer.push_str(&i.to_string());
+                pointer.push_str(itoa::Buffer::new().format(i));
                 walk(item, kinds, pointer, out);
                 pointer.truncate(len);
             }
@@ -202,12 +202,24 @@ fn walk(value: &Value, kinds: &[PiiKind], pointer: &mut String, out: &mut Vec<Fi
             for (k, v) in map {
                 let len = pointer.len();
                 pointer.push('/');
-                pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                push_pointer_token(pointer, k);
                 walk(v, kinds, pointer, out);
                 pointer.truncate(len);
             }
         }
         _ => {}
+    }
+}
+
+/// Appends `key` as a JSON Pointer reference token (RFC 6901 section 3:
+/// `~` as `~0`, `/` as `~1`), without building the escaped copy first.
+fn push_pointer_token(pointer: &mut String, key: &str) {
+    for c in key.chars() {
+        match c {
+            '~' => pointer.push_str("~0"),
+            '/' => pointer.push_str("~1"),
+            c => pointer.push(c),
+        }
     }
 }
 
@@ -380,7 +392,8 @@ mod tests {
         let v: Value = serde_json::json!({
             "features": ["fine", {"note": "card 4111111111111111"}],
             "n": 4111111111111111u64,
-            "a/b": "mail bob@example.org"
+            "a/b": "mail bob@example.org",
+            "~/x~": ["ok", "carol@example.org"]
         });
         let found = scan_json(&v, &PiiKind::ALL);
         let pairs: Vec<_> = found
@@ -390,6 +403,8 @@ mod tests {
         assert!(pairs.contains(&("/features/1/note", "card")), "{pairs:?}");
         assert!(pairs.contains(&("/n", "card")), "{pairs:?}");
         assert!(pairs.contains(&("/a~1b", "email")), "{pairs:?}");
+        // RFC 6901: `~` is written `~0` (before `/` becomes `~1`).
+        assert!(pairs.contains(&("/~0~1x~0/1", "email")), "{pairs:?}");
         assert!(!format!("{found:?}").contains("4111"));
     }
 
