@@ -136,7 +136,14 @@ impl DecisionKey {
 fn write_uid(key: &mut String, uid: &EntityUid) {
     use std::fmt::Write as _;
     let id = uid.id().unescaped();
-    let _ = write!(key, "{} ", uid.type_name());
+    let type_name = uid.type_name();
+    if type_name.namespace_components().next().is_none() {
+        // An unqualified type displays as its basename: no formatter.
+        key.push_str(type_name.basename());
+    } else {
+        let _ = write!(key, "{type_name}");
+    }
+    key.push(' ');
     key.push_str(itoa::Buffer::new().format(id.len()));
     key.push(':');
     key.push_str(id);
@@ -341,6 +348,21 @@ fn with_parents(entities: &Entities, identity: &Identity) -> Result<Entity, Prin
 mod tests {
     use super::*;
     use cedar_policy::Context;
+
+    #[test]
+    fn a_uid_in_a_decision_key_is_its_type_as_displayed_then_the_raw_id_with_its_length() {
+        for (uid, written) in [
+            (r#"User::"alice""#, "User 5:alice"),
+            (
+                r#"Inference::ModelVersion::"a \"b\"/v2""#,
+                r#"Inference::ModelVersion 8:a "b"/v2"#,
+            ),
+        ] {
+            let mut key = String::new();
+            write_uid(&mut key, &uid.parse().unwrap());
+            assert_eq!(key, written);
+        }
+    }
 
     #[test]
     fn decision_keys_tell_apart_ids_that_concatenate_alike_and_ignore_parent_order() {

@@ -106,7 +106,7 @@ fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
         } => {
             let mut d = d;
             d.route = Some(route.name.clone());
-            d.action = Some(format!("Action::{:?}", route.action));
+            d.action = Some(route.action_uid_text().to_owned());
             Routing::Routed(Routed {
                 d,
                 route,

@@ -194,6 +194,7 @@ impl Checker<'_> {
                 headers_to_remove: raw.headers_to_remove.clone(),
                 signature: raw.signature,
                 entity_type_text: compiled.entity_type.to_string(),
+                action_uid_text: format!("Action::{:?}", raw.action),
                 entity_type: compiled.entity_type,
                 template: compiled.template,
                 resource_id: compiled.resource_id,

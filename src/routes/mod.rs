@@ -164,6 +164,8 @@ pub struct Route {
     entity_type: EntityTypeName,
     /// `entity_type` in Cedar's display form (`Ns::Type`).
     entity_type_text: String,
+    /// The action's UID as decisions and audit records carry it.
+    action_uid_text: String,
     template: PathTemplate,
     resource_id: Vec<IdPart>,
 }
@@ -172,6 +174,13 @@ impl Route {
     /// `resource_type`, parsed.
     pub fn resource_entity_type(&self) -> &EntityTypeName {
         &self.entity_type
+    }
+
+    /// The action's entity UID as decisions and audit records carry it:
+    /// `Action::"invoke"` (`action` in Rust's `Debug` form), written once
+    /// when the route table loads.
+    pub fn action_uid_text(&self) -> &str {
+        &self.action_uid_text
     }
 
     /// The resource's entity UID with id `id` in Cedar's display form,
@@ -366,6 +375,7 @@ mod tests {
             "/v1/models/{model}/versions/{version}:predict"
         );
         assert_eq!(predict.action, "invoke");
+        assert_eq!(predict.action_uid_text(), r#"Action::"invoke""#);
         assert_eq!(predict.resource_type, "Inference::ModelVersion");
         assert_eq!(
             predict.resource_entity_type().to_string(),
