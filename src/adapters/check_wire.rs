@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use prost::Message;
 use tonic::body::Body;
@@ -57,9 +56,10 @@ impl UnaryService<CheckRequest> for CheckCall {
     type Response = CheckResponse;
     type Future = BoxFuture<tonic::Response<CheckResponse>, Status>;
 
+    /// One box per call: [`AuthzService::answer`]'s future, which holds
+    /// the translated request only (the `CheckRequest` is dropped here).
     fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
-        let service = Arc::clone(&self.0);
-        Box::pin(async move { service.check(request).await })
+        Box::pin(self.0.answer(request.get_ref()))
     }
 }
 

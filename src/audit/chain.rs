@@ -100,16 +100,19 @@ pub fn seal_flat<T: serde::Serialize>(
 /// Hashes the canonical form in `scratch` (after the leaf domain) and
 /// appends the record's line to `line`, `hash` first.
 fn seal_form(scratch: &[u8], line: &mut Vec<u8>) -> String {
-    let hash = hex::encode(Sha256::digest(scratch));
+    // Hex through a stack buffer: `hex::encode` builds its `String` one
+    // `char` at a time, and this runs once per audited decision.
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(scratch), &mut hex).expect("64 hex digits for 32 bytes");
     let form = &scratch[LEAF_DOMAIN.len()..];
     line.extend_from_slice(b"{\"hash\":\"");
-    line.extend_from_slice(hash.as_bytes());
+    line.extend_from_slice(&hex);
     line.push(b'"');
     if form.len() > 2 {
         line.push(b',');
     }
     line.extend_from_slice(&form[1..]);
-    hash
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
 }
 
 /// The secret that signs checkpoints. `Debug` never shows it.

@@ -228,53 +228,50 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
             }
         }
     };
-    for ((i, state), c) in index.iter().zip(&charged.states).zip(&charges) {
-        applied[*i] = Some(Applied {
-            key: c.key.clone(),
-            limit: limit_at(*i),
+    // Each charge's key moves into its `Applied`; what follows reads them
+    // there (a charge's `shadow` is its limit's).
+    for ((&i, state), c) in index.iter().zip(&charged.states).zip(charges) {
+        applied[i] = Some(Applied {
+            key: c.key,
+            limit: limit_at(i),
             state: *state,
         });
     }
+    let charged_limits = || {
+        index
+            .iter()
+            .filter_map(|&i| applied[i].as_ref().map(|a| (i, a)))
+    };
     // The limit that decided: the refusing one with the longest wait, or on
     // an allow the enforced one with the least left.
-    let enforced = index
-        .iter()
-        .zip(&charges)
-        .filter(|(i, c)| !c.shadow && applied[**i].is_some());
     let deciding = if charged.allowed {
-        enforced
-            .min_by_key(|(i, _)| applied[**i].as_ref().map(|a| a.state.remaining))
-            .map(|(i, c)| (*i, c))
+        charged_limits()
+            .filter(|(_, a)| !a.limit.shadow)
+            .min_by_key(|(_, a)| a.state.remaining)
     } else {
-        enforced
-            .filter(|(i, _)| applied[**i].as_ref().is_some_and(|a| a.state.over))
-            .max_by_key(|(i, _)| applied[**i].as_ref().map(|a| a.state.retry_us))
-            .map(|(i, c)| (*i, c))
+        charged_limits()
+            .filter(|(_, a)| !a.limit.shadow && a.state.over)
+            .max_by_key(|(_, a)| a.state.retry_us)
     };
-    let shadow_exceeded = index
-        .iter()
-        .zip(&charges)
-        .filter(|(i, c)| c.shadow && applied[**i].as_ref().is_some_and(|a| a.state.over))
-        .map(|(_, c)| c.key.clone())
+    let shadow_exceeded = charged_limits()
+        .filter(|(_, a)| a.limit.shadow && a.state.over)
+        .map(|(_, a)| a.key.clone())
         .collect::<Vec<_>>();
     for key in &shadow_exceeded {
         tracing::info!(target: "portcullis::quota", descriptor = %key, "shadow-mode limit would have refused");
     }
-    let outcome = deciding.map(|(i, c)| {
-        let a = applied[i].as_ref().expect("deciding limit applied");
-        QuotaOutcome {
-            descriptor: c.key.clone(),
-            name: a.limit.name.clone(),
-            stats_key: stats_key(config, &descriptors[i], &a.limit),
-            limit: a.limit.burst,
-            window_seconds: a.limit.window_seconds(),
-            remaining: a.state.remaining,
-            reset_seconds: secs_up(a.state.reset_us),
-            retry_after_seconds: (!charged.allowed).then(|| secs_up(a.state.retry_us).max(1)),
-            shadow_exceeded,
-            degraded,
-            cost_too_large: None,
-        }
+    let outcome = deciding.map(|(i, a)| QuotaOutcome {
+        descriptor: a.key.clone(),
+        name: a.limit.name.clone(),
+        stats_key: stats_key(config, &descriptors[i], &a.limit),
+        limit: a.limit.burst,
+        window_seconds: a.limit.window_seconds(),
+        remaining: a.state.remaining,
+        reset_seconds: secs_up(a.state.reset_us),
+        retry_after_seconds: (!charged.allowed).then(|| secs_up(a.state.retry_us).max(1)),
+        shadow_exceeded,
+        degraded,
+        cost_too_large: None,
     });
     Verdict {
         allowed: charged.allowed,
