@@ -16,8 +16,11 @@ pub const OPENAI_COMPLETION: &str = "/usage/completion_tokens";
 /// A JSON body larger than this is not parsed for usage (the usage is
 /// then missing); streams are read event by event and have no such bound.
 pub const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
-/// One server-sent event larger than this is skipped.
-const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// The most bytes one server-sent event may take before its blank line,
+/// for everything that reads events whole: the usage reader skips a longer
+/// event; the response checks (`response_checks`) end the stream at it,
+/// since they cannot scan it.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// What the response said: the last integer seen at each pointer asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

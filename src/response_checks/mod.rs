@@ -342,6 +342,9 @@ impl ResponseScan {
                     before = bytes;
                     match stop {
                         sse::Outcome::Blocked(b) => Err(Some(b)),
+                        sse::Outcome::EventTooLong => {
+                            return self.block_after(before, sse::EVENT_LIMIT_CHECK, Kind::MaxBytes)
+                        }
                         _ => Err(None),
                     }
                 }
@@ -656,6 +659,50 @@ mod tests {
         assert_eq!(blocked.finding.kind, Kind::MaxBytes);
         // Nothing after the block.
         assert_eq!(scan.push(b"data: more\n\n"), Step::Emit(Vec::new()));
+    }
+
+    #[test]
+    fn an_event_that_never_ends_is_withheld_once_it_passes_the_event_bound() {
+        // An upstream that sends no blank line: without a bound, the event
+        // being read would grow for as long as the stream runs.
+        let mut scan = canary("tag").scanner(Some("text/event-stream"));
+        assert!(matches!(
+            scan.push(event("hello").as_bytes()),
+            Step::Emit(_)
+        ));
+        let chunk = format!("data: {}", "x".repeat(64 * 1024));
+        let mut pushed = 0;
+        let blocked = loop {
+            pushed += chunk.len();
+            match scan.push(chunk.as_bytes()) {
+                Step::Emit(bytes) => assert!(bytes.is_empty(), "an unended event is held"),
+                Step::Block(blocked) => break blocked,
+            }
+            assert!(
+                pushed <= 2 * crate::quota::usage::MAX_EVENT_BYTES,
+                "never bounded"
+            );
+        };
+        assert!(pushed > crate::quota::usage::MAX_EVENT_BYTES, "{pushed}");
+        assert!(blocked.stream);
+        assert_eq!(blocked.finding.check, "portcullis:max_event_bytes");
+        assert_eq!(blocked.finding.kind, Kind::MaxBytes);
+        let body = String::from_utf8(blocked.body).unwrap();
+        assert!(body.starts_with("event: error\ndata: {"), "{body}");
+        assert!(!body.contains("xxxx"), "the held event is not passed on");
+        // The stream is over.
+        assert_eq!(scan.push(b"\n\n"), Step::Emit(Vec::new()));
+        assert_eq!(scan.finish(), Step::Emit(Vec::new()));
+    }
+
+    #[test]
+    fn an_event_just_under_the_event_bound_is_scanned_and_passed() {
+        let mut scan = canary("tag").scanner(Some("text/event-stream"));
+        let long = "y".repeat(crate::quota::usage::MAX_EVENT_BYTES - 64);
+        let whole = event(&long);
+        let (sent, blocked) = run(&mut scan, &[whole.as_bytes()]);
+        assert!(blocked.is_none());
+        assert_eq!(generated(&sent), long);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::detect::{scan_whole, BlockedBy, Report, Rules, Window};
 use super::{Action, Kind};
+use crate::quota::usage::MAX_EVENT_BYTES;
 
 /// The state of one event stream.
 #[derive(Debug, Default)]
@@ -33,6 +34,11 @@ pub(super) struct Events {
     over: bool,
 }
 
+/// The check name findings give for an event that passed
+/// [`MAX_EVENT_BYTES`]: a built-in limit, not a check of responses.yaml
+/// (whose names cannot hold `:`).
+pub(super) const EVENT_LIMIT_CHECK: &str = "portcullis:max_event_bytes";
+
 /// What one call produced.
 pub(super) enum Outcome {
     /// Bytes to release.
@@ -41,6 +47,10 @@ pub(super) enum Outcome {
     Blocked(BlockedBy),
     /// The generated text passed `max_bytes`.
     TooLong,
+    /// One event passed [`MAX_EVENT_BYTES`] without its blank line: it
+    /// cannot be scanned whole, so it is not passed on, and the stream
+    /// ends (reported as [`EVENT_LIMIT_CHECK`], kind `max_bytes`).
+    EventTooLong,
 }
 
 impl Events {
@@ -85,6 +95,20 @@ impl Events {
                     other => return (out, Some(other)),
                 }
             }
+        }
+        // The event not yet ended is held whole (it is scanned whole), so
+        // it is bounded: an upstream that never sends a blank line does
+        // not grow this without end.
+        if !last && self.pending.len() - start > MAX_EVENT_BYTES {
+            report.hit(
+                EVENT_LIMIT_CHECK,
+                Kind::MaxBytes,
+                Action::Block,
+                MAX_EVENT_BYTES as u64,
+                Some(self.events),
+            );
+            self.pending = Vec::new();
+            return (out, Some(Outcome::EventTooLong));
         }
         self.pending.drain(..start);
         (self.read, self.line_start) = (i - start, line_start - start);
