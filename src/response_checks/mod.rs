@@ -12,8 +12,11 @@
 //!   OpenAI-style chunks (`choices[].delta.content`) is scanned as one text
 //!   per choice, across events, so a canary split over two events is found
 //!   and redacted; the events stay valid events with valid JSON. Other
-//!   events are scanned one at a time (`sse.rs`).
-//! - JSON (`application/json`, `+json`): buffered to the end, then the
+//!   events are scanned one at a time (`sse.rs`). One event is held whole
+//!   up to 1 MiB before its blank line; past that the stream ends with
+//!   the error event ([`EVENT_LIMIT_CHECK`]).
+//! - JSON (`application/json`, `+json`): buffered to the end (up to 8 MiB;
+//!   a larger body is withheld, [`BODY_LIMIT_CHECK`]), then the
 //!   text of every string value is scanned (not just
 //!   `choices[].message.content`: other providers put text elsewhere);
 //!   object keys are not. A redacted value is re-encoded in place and the
@@ -82,6 +85,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 pub use self::config::{ResponseError, ResponsePolicy, RESPONSES_FILE};
 use self::detect::{scan_whole, BlockedBy, Report, Rules, Window};
+use crate::quota::usage::MAX_JSON_BYTES;
 use crate::validate::rules::PiiKind;
 
 /// The header that names a tagged response's findings to the client
@@ -245,6 +249,16 @@ impl ResponseChecks {
     }
 }
 
+/// The check name findings give for a server-sent event that passed
+/// [`crate::quota::usage::MAX_EVENT_BYTES`] before its blank line: a built-in limit, not a
+/// check of responses.yaml (whose names cannot hold `:`).
+pub const EVENT_LIMIT_CHECK: &str = "portcullis:max_event_bytes";
+
+/// The check name findings give for a JSON body that passed
+/// [`MAX_JSON_BYTES`] (the usage reader's bound): a built-in limit, not a
+/// check of responses.yaml (whose names cannot hold `:`).
+pub const BODY_LIMIT_CHECK: &str = "portcullis:max_json_bytes";
+
 enum Format {
     Events(sse::Events),
     Json(Vec<u8>),
@@ -343,7 +357,7 @@ impl ResponseScan {
                     match stop {
                         sse::Outcome::Blocked(b) => Err(Some(b)),
                         sse::Outcome::EventTooLong => {
-                            return self.block_after(before, sse::EVENT_LIMIT_CHECK, Kind::MaxBytes)
+                            return self.block_after(before, EVENT_LIMIT_CHECK, Kind::MaxBytes)
                         }
                         _ => Err(None),
                     }
@@ -351,6 +365,15 @@ impl ResponseScan {
             },
             Format::Json(body) => {
                 body.extend_from_slice(chunk);
+                // Held whole to be scanned, so bounded: a body too large
+                // to scan is withheld, never passed on unscanned.
+                if body.len() > MAX_JSON_BYTES {
+                    *body = Vec::new();
+                    let limit = MAX_JSON_BYTES as u64;
+                    self.report
+                        .hit(BODY_LIMIT_CHECK, Kind::MaxBytes, Action::Block, limit, None);
+                    return self.block(BODY_LIMIT_CHECK, Kind::MaxBytes);
+                }
                 if !last {
                     return Step::Emit(Vec::new());
                 }
@@ -544,6 +567,23 @@ mod tests {
         )
     }
 
+    /// Pushes `chunk` until the scan blocks, checking that nothing goes
+    /// out before and that it blocks once past `bound` bytes, not before.
+    fn push_until_blocked(scan: &mut ResponseScan, chunk: &str, bound: usize) -> Blocked {
+        let mut pushed = 0;
+        loop {
+            pushed += chunk.len();
+            match scan.push(chunk.as_bytes()) {
+                Step::Emit(bytes) => assert!(bytes.is_empty(), "held until its end"),
+                Step::Block(blocked) => {
+                    assert!(pushed > bound, "blocked at {pushed}, within {bound}");
+                    return blocked;
+                }
+            }
+            assert!(pushed <= bound + chunk.len(), "not bounded: {pushed} held");
+        }
+    }
+
     /// The generated text of an event stream, checking every event's JSON.
     fn generated(sent: &[u8]) -> String {
         let text = std::str::from_utf8(sent).unwrap();
@@ -671,19 +711,7 @@ mod tests {
             Step::Emit(_)
         ));
         let chunk = format!("data: {}", "x".repeat(64 * 1024));
-        let mut pushed = 0;
-        let blocked = loop {
-            pushed += chunk.len();
-            match scan.push(chunk.as_bytes()) {
-                Step::Emit(bytes) => assert!(bytes.is_empty(), "an unended event is held"),
-                Step::Block(blocked) => break blocked,
-            }
-            assert!(
-                pushed <= 2 * crate::quota::usage::MAX_EVENT_BYTES,
-                "never bounded"
-            );
-        };
-        assert!(pushed > crate::quota::usage::MAX_EVENT_BYTES, "{pushed}");
+        let blocked = push_until_blocked(&mut scan, &chunk, crate::quota::usage::MAX_EVENT_BYTES);
         assert!(blocked.stream);
         assert_eq!(blocked.finding.check, "portcullis:max_event_bytes");
         assert_eq!(blocked.finding.kind, Kind::MaxBytes);
@@ -692,6 +720,22 @@ mod tests {
         assert!(!body.contains("xxxx"), "the held event is not passed on");
         // The stream is over.
         assert_eq!(scan.push(b"\n\n"), Step::Emit(Vec::new()));
+        assert_eq!(scan.finish(), Step::Emit(Vec::new()));
+    }
+
+    #[test]
+    fn a_json_body_past_the_json_bound_is_withheld_not_passed_unscanned() {
+        let mut scan = canary("tag").scanner(Some("application/json"));
+        let chunk = format!("{{\"text\": \"{}", "z".repeat(256 * 1024));
+        let blocked = push_until_blocked(&mut scan, &chunk, MAX_JSON_BYTES);
+        assert!(!blocked.stream);
+        assert_eq!(blocked.status, BLOCKED_STATUS);
+        assert_eq!(blocked.content_type, "application/problem+json");
+        assert_eq!(blocked.finding.check, "portcullis:max_json_bytes");
+        assert_eq!(blocked.finding.kind, Kind::MaxBytes);
+        let body = String::from_utf8(blocked.body).unwrap();
+        assert!(body.contains("response_withheld"), "{body}");
+        assert!(!body.contains("zzzz"));
         assert_eq!(scan.finish(), Step::Emit(Vec::new()));
     }
 

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use super::detect::{scan_whole, BlockedBy, Report, Rules, Window};
-use super::{Action, Kind};
+use super::{Action, Kind, EVENT_LIMIT_CHECK};
 use crate::quota::usage::MAX_EVENT_BYTES;
 
 /// The state of one event stream.
@@ -33,11 +33,6 @@ pub(super) struct Events {
     /// Whether the text passed `max_bytes` (reported once).
     over: bool,
 }
-
-/// The check name findings give for an event that passed
-/// [`MAX_EVENT_BYTES`]: a built-in limit, not a check of responses.yaml
-/// (whose names cannot hold `:`).
-pub(super) const EVENT_LIMIT_CHECK: &str = "portcullis:max_event_bytes";
 
 /// What one call produced.
 pub(super) enum Outcome {
