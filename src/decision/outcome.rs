@@ -75,6 +75,10 @@ pub enum DenyReason {
     /// client's fault and not a passing condition: the deployment cannot
     /// check this route, so it refuses it rather than allow it unvalidated.
     BodyNotForwarded,
+    /// A token reservation is open under the request's `x-request-id`: a
+    /// second request under the id of one still open (the responses
+    /// could not be told apart when they settle).
+    RequestIdInUse,
 }
 
 /// gRPC status codes (grpc/grpc `doc/statuscodes.md`), by their numbers.
@@ -87,6 +91,8 @@ pub enum GrpcCode {
     InvalidArgument = 3,
     /// 5: what was asked for does not exist.
     NotFound = 5,
+    /// 6: what the request would create exists already.
+    AlreadyExists = 6,
     /// 7: the caller may not do this.
     PermissionDenied = 7,
     /// 8: a quota or rate limit is spent.
@@ -247,6 +253,9 @@ impl DenyReason {
                 "quota_exceeded",
                 "Too many requests",
             ),
+            DenyReason::RequestIdInUse => {
+                row(409, AlreadyExists, "request_id_in_use", "Request id in use")
+            }
             DenyReason::AnomalyBlocked => row(
                 429,
                 ResourceExhausted,
@@ -448,6 +457,7 @@ mod tests {
                 403 => GrpcCode::PermissionDenied,
                 404 | 410 => GrpcCode::NotFound,
                 405 => GrpcCode::Unimplemented,
+                409 => GrpcCode::AlreadyExists,
                 429 => GrpcCode::ResourceExhausted,
                 500 => GrpcCode::Internal,
                 503 => GrpcCode::Unavailable,
@@ -488,7 +498,7 @@ mod tests {
             .any(|(k, v)| k == "content-type" && v == PROBLEM_JSON));
     }
 
-    const ALL: [DenyReason; 26] = [
+    const ALL: [DenyReason; 27] = [
         DenyReason::Unauthenticated,
         DenyReason::InvalidCredentials,
         DenyReason::InvalidSignature,
@@ -515,5 +525,6 @@ mod tests {
         DenyReason::AuditUnavailable,
         DenyReason::AuthnUnavailable,
         DenyReason::BodyNotForwarded,
+        DenyReason::RequestIdInUse,
     ];
 }

@@ -4,11 +4,13 @@
 //! the gateway's request id, for ext_proc on any replica to settle from the
 //! response (`pipeline/response.rs`).
 
+use super::stages::Refusal;
 use crate::decision::quota::Reserved;
 use crate::decision::Decision;
+use crate::decision::DenyReason;
 use crate::metrics;
 use crate::quota::apply::{Applied, Descriptor};
-use crate::quota::reserve::{Reservation, ReservedLimit};
+use crate::quota::reserve::{Recorded, Reservation, ReservedLimit};
 use crate::quota::Quotas;
 use crate::request::AccessRequest;
 
@@ -27,6 +29,14 @@ pub(crate) fn correlation_id(req: &AccessRequest) -> &str {
 /// `descriptors` (an allowed charge), and notes it on `d`. Without a
 /// request id, in a degraded mode, or when the store fails, nothing is
 /// recorded and the estimate stays charged (it errs towards refusing).
+///
+/// # Errors
+/// `request_id_in_use` (409) when an open reservation holds the request
+/// id already: a second request under the id of one still open could not
+/// be told from it when the responses settle, so the budget would charge
+/// one response's usage to the other's reservation and never count the
+/// other's excess. Its estimate stays charged, as when a reservation
+/// cannot be recorded.
 pub(super) async fn record(
     quotas: &Quotas,
     req: &AccessRequest,
@@ -34,7 +44,7 @@ pub(super) async fn record(
     descriptors: &[Descriptor],
     applied: &[Option<Applied>],
     d: &mut Decision,
-) {
+) -> Result<(), Refusal> {
     let mut limits = Vec::new();
     let mut ttl_ms = 0;
     for (desc, applied) in descriptors.iter().zip(applied) {
@@ -55,7 +65,7 @@ pub(super) async fn record(
         });
     }
     if limits.is_empty() {
-        return;
+        return Ok(());
     }
     let tokens: u64 = limits.iter().map(|l| l.reserved).sum();
     let key = correlation_id(req);
@@ -76,7 +86,7 @@ pub(super) async fn record(
             "not_recorded_no_request_id"
         });
         d.reserved = Some(reserved);
-        return;
+        return Ok(());
     }
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -90,12 +100,20 @@ pub(super) async fn record(
         limits,
     };
     match quotas.reserve(&reservation).await {
-        Ok(true) => {
+        Ok(Recorded::Yes) => {
             reserved.recorded = true;
             metrics::global().reservation("reserved");
             metrics::global().tokens("reserved", tokens);
         }
-        Ok(false) => metrics::global().reservation("not_recorded_no_store"),
+        Ok(Recorded::NoStore) => metrics::global().reservation("not_recorded_no_store"),
+        Ok(Recorded::RequestIdInUse) => {
+            metrics::global().reservation("refused_request_id_in_use");
+            d.reserved = Some(reserved);
+            return Err(Refusal::new(
+                DenyReason::RequestIdInUse,
+                "another request with this x-request-id is still open; give each request its own id",
+            ));
+        }
         Err(e) => {
             metrics::global().reservation("not_recorded_store_error");
             tracing::warn!(
@@ -107,4 +125,5 @@ pub(super) async fn record(
         }
     }
     d.reserved = Some(reserved);
+    Ok(())
 }

@@ -34,7 +34,8 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    fn new(reason: DenyReason, detail: impl Into<String>) -> Self {
+    /// A refusal for `reason`, the client told `detail`.
+    pub(super) fn new(reason: DenyReason, detail: impl Into<String>) -> Self {
         Refusal {
             reason,
             detail: detail.into(),
@@ -492,9 +493,10 @@ pub(super) async fn charge(
     let started = Instant::now();
     let (charged, per_descriptor) =
         charge_descriptors(snapshot, live.quotas, &descriptors, &mut at.d).await;
+    let mut charged = charged;
     if charged.is_ok() && descriptors.iter().any(|d| d.tokens.is_some()) {
         // Token limits hold a reservation until the response settles it.
-        super::reserve::record(
+        charged = super::reserve::record(
             live.quotas,
             req,
             &at.route.name,

@@ -234,13 +234,33 @@ async fn bounded<T>(
     })
 }
 
+/// What recording a reservation did ([`super::Quotas::reserve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded: the response settles it, or its expiry does.
+    Yes,
+    /// No reservation store: the estimate stays charged.
+    NoStore,
+    /// An open reservation already holds the request id (a request id used
+    /// twice while its first request is open): nothing was written, the
+    /// open one is kept. The response of this request could not be told
+    /// from the first one's (ext_proc finds a reservation by request id).
+    RequestIdInUse,
+}
+
 impl super::Quotas {
-    /// Records a reservation whose amounts were charged. `Ok(false)`: no
-    /// reservation store (the estimate stays charged).
-    pub async fn reserve(&self, r: &Reservation) -> Result<bool, StoreError> {
+    /// Records a reservation whose amounts were charged, unless an open
+    /// reservation holds its request id already (the check and the write
+    /// are one step in either store).
+    pub async fn reserve(&self, r: &Reservation) -> Result<Recorded, StoreError> {
         match self.reservations() {
-            None => Ok(false),
-            Some(store) => bounded(self, store.reserve(r)).await.map(|()| true),
+            None => Ok(Recorded::NoStore),
+            Some(store) => bounded(self, store.reserve(r))
+                .await
+                .map(|written| match written {
+                    true => Recorded::Yes,
+                    false => Recorded::RequestIdInUse,
+                }),
         }
     }
 
@@ -280,8 +300,10 @@ impl super::Quotas {
 /// Where reservations live.
 #[tonic::async_trait]
 pub trait ReservationStore: Send + Sync + std::fmt::Debug {
-    /// Records `r` (its per-limit amounts were charged already).
-    async fn reserve(&self, r: &Reservation) -> Result<(), StoreError>;
+    /// Records `r` (its per-limit amounts were charged already); `false`,
+    /// writing nothing, when an open reservation holds `r.request_id`
+    /// (checked and written in one step, so of two at once one loses).
+    async fn reserve(&self, r: &Reservation) -> Result<bool, StoreError>;
     /// The open reservation of `request_id`, if any.
     async fn get(&self, request_id: &str) -> Result<Option<Reservation>, StoreError>;
     /// Settles `r`, each limit at `targets[i]` tokens: per limit, removes
@@ -334,11 +356,17 @@ impl LocalReservations {
 
 #[tonic::async_trait]
 impl ReservationStore for LocalReservations {
-    async fn reserve(&self, r: &Reservation) -> Result<(), StoreError> {
+    async fn reserve(&self, r: &Reservation) -> Result<bool, StoreError> {
         let expires = self.clock.now_us() + r.ttl_ms * 1000;
-        self.lock()
-            .insert(r.request_id.clone(), (r.clone(), expires));
-        Ok(())
+        // One expired but not yet swept still holds its id: the sweeper
+        // settles it by its rule first.
+        match self.lock().entry(r.request_id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => Ok(false),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert((r.clone(), expires));
+                Ok(true)
+            }
+        }
     }
 
     async fn get(&self, request_id: &str) -> Result<Option<Reservation>, StoreError> {
@@ -452,6 +480,25 @@ mod tests {
         res.settle(&b, &[25_000]).await.unwrap();
         assert_eq!(remaining(&counters), 0);
         assert!(res.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_second_reservation_under_an_open_request_id_writes_nothing_and_keeps_the_first() {
+        let clock = ManualClock::at(1_000_000_000);
+        let counters = Arc::new(LocalStore::new(1024, clock.clone()));
+        let res = LocalReservations::new(Arc::clone(&counters), clock.clone());
+        let first = reservation("same", 1000, OnMissingUsage::KeepEstimate);
+        assert!(res.reserve(&first).await.unwrap());
+        let second = Reservation {
+            decision_id: "d2".into(),
+            ..reservation("same", 10, OnMissingUsage::KeepEstimate)
+        };
+        assert!(!res.reserve(&second).await.unwrap());
+        assert_eq!(res.get("same").await.unwrap(), Some(first.clone()));
+        // Once settled, the id is free again.
+        res.settle(&first, &[300]).await.unwrap();
+        assert!(res.reserve(&second).await.unwrap());
+        assert_eq!(res.get("same").await.unwrap(), Some(second));
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descri
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use portcullis::quota::QuotaSettings;
@@ -57,8 +58,8 @@ pub(crate) async fn replicas(n: usize, settings: QuotaSettings, quotas: &str) ->
     }
 }
 
-/// `Check` of one chat completion: its decision id when allowed.
-pub(crate) async fn check(channel: &Channel, request_id: &str, max_tokens: u64) -> Option<String> {
+/// The answer to `Check` of one chat completion.
+async fn check_response(channel: &Channel, request_id: &str, max_tokens: u64) -> CheckResponse {
     // As Envoy sends it: its stream id in `http.id`, the request id in
     // the `x-request-id` header (what ext_proc sees too).
     let request = Check::post("/v1/chat/completions")
@@ -66,11 +67,16 @@ pub(crate) async fn check(channel: &Channel, request_id: &str, max_tokens: u64) 
         .header("x-request-id", request_id)
         .json(&chat_body(max_tokens, true))
         .build();
-    let response = AuthorizationClient::new(channel.clone())
+    AuthorizationClient::new(channel.clone())
         .check(request)
         .await
         .expect("Check answers")
-        .into_inner();
+        .into_inner()
+}
+
+/// `Check` of one chat completion: its decision id when allowed.
+pub(crate) async fn check(channel: &Channel, request_id: &str, max_tokens: u64) -> Option<String> {
+    let response = check_response(channel, request_id, max_tokens).await;
     match response.http_response {
         Some(HttpResponse::OkResponse(ok)) => ok
             .headers
@@ -215,6 +221,59 @@ async fn no_overrun_with_3_replicas_on_a_redis_cluster() {
     let settings = exact(crate::quota_burst::cluster(&cluster));
     let r = replicas(3, settings, &token_quotas("{}")).await;
     no_overrun(&r).await;
+}
+
+/// A second request under the request id of one still open, on another
+/// replica: refused with 409 `request_id_in_use`, writing nothing; the
+/// first keeps its reservation and settles from its own response at its
+/// own usage; the refused one's estimate stays charged; then the id is
+/// free again.
+async fn a_request_id_in_use_is_refused_and_the_open_reservation_kept(r: &Replicas) {
+    let quotas = &r.servers[0].state.quotas;
+    let first = check(&r.channels[0], "reused", 1000)
+        .await
+        .expect("the first is allowed");
+    let second = check_response(r.channels.last().unwrap(), "reused", 10).await;
+    assert_eq!(support::http_status(&second), 409);
+    let Some(HttpResponse::DeniedResponse(denied)) = &second.http_response else {
+        panic!("a denial")
+    };
+    assert!(
+        denied
+            .body
+            .contains("\"type\":\"urn:portcullis:problem:request_id_in_use\""),
+        "{}",
+        denied.body
+    );
+    let held = quotas.reservation("reused").await.unwrap().expect("kept");
+    assert_eq!(
+        (held.decision_id.as_str(), held.total()),
+        (first.as_str(), 1000 + PROMPT_ESTIMATE)
+    );
+    settle_all(&r.channels, &[("reused".to_string(), first, 0)], 300).await;
+    assert_eq!(
+        remaining(&r.channels[0]).await,
+        20_000 - 300 - (10 + PROMPT_ESTIMATE),
+        "the first counts its usage; the refused one its estimate"
+    );
+    assert!(
+        check(&r.channels[0], "reused", 10).await.is_some(),
+        "free again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_id_in_use_is_refused_in_process() {
+    let r = replicas(1, QuotaSettings::default(), &token_quotas("{}")).await;
+    a_request_id_in_use_is_refused_and_the_open_reservation_kept(&r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_id_in_use_is_refused_across_replicas_on_redis() {
+    let redis = RedisServer::start();
+    let settings = exact(crate::quota_burst::single(&redis));
+    let r = replicas(2, settings, &token_quotas("{}")).await;
+    a_request_id_in_use_is_refused_and_the_open_reservation_kept(&r).await;
 }
 
 /// The comparison of the note: charging after the fact only (check with

@@ -14,8 +14,11 @@
 //!   (Redis time, milliseconds). Sweepers claim expired ids with a script
 //!   that reads and removes them at once, so each goes to one replica.
 //!
-//! A crash between the charge and these writes leaves the estimate charged
-//! (as `keep_estimate` would): it errs towards refusing, never admits more.
+//! The record is written first, with `SET NX`: a request id an open
+//! reservation holds is not taken over by a second request (its `Check`
+//! is refused instead, `pipeline/reserve.rs`). A crash between the charge
+//! and these writes leaves the estimate charged (as `keep_estimate`
+//! would): it errs towards refusing, never admits more.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -171,9 +174,25 @@ impl RedisReservations {
 
 #[tonic::async_trait]
 impl ReservationStore for RedisReservations {
-    async fn reserve(&self, r: &Reservation) -> Result<(), StoreError> {
+    async fn reserve(&self, r: &Reservation) -> Result<bool, StoreError> {
         let mut con = self.connection().await?;
         let keep_ms = r.ttl_ms + RECORD_GRACE_MS;
+        // The record first, only if absent: of two reservations under one
+        // request id, the one whose record is written holds it; the other
+        // writes nothing.
+        let json = serde_json::to_string(r).expect("a reservation serialises");
+        let written: Option<String> = redis::cmd("SET")
+            .arg(record_key(&r.request_id))
+            .arg(json)
+            .arg("NX")
+            .arg("PX")
+            .arg(keep_ms)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.failed(e))?;
+        if written.is_none() {
+            return Ok(false);
+        }
         for group in self.groups(r) {
             let mut call = self.reserve.prepare_invoke();
             call.arg(&r.request_id).arg(keep_ms);
@@ -185,15 +204,6 @@ impl ReservationStore for RedisReservations {
                 .await
                 .map_err(|e| self.failed(e))?;
         }
-        let json = serde_json::to_string(r).expect("a reservation serialises");
-        redis::cmd("SET")
-            .arg(record_key(&r.request_id))
-            .arg(json)
-            .arg("PX")
-            .arg(keep_ms)
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(|e| self.failed(e))?;
         self.expire_at
             .prepare_invoke()
             .key(EXPIRING)
@@ -203,7 +213,7 @@ impl ReservationStore for RedisReservations {
             .invoke_async::<i64>(&mut con)
             .await
             .map_err(|e| self.failed(e))?;
-        Ok(())
+        Ok(true)
     }
 
     async fn get(&self, request_id: &str) -> Result<Option<Reservation>, StoreError> {
