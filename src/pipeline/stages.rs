@@ -491,9 +491,8 @@ pub(super) async fn charge(
     // The stage histogram times `Check`'s stages; a rate-limit call is
     // timed as a whole (`portcullis_decision_duration_seconds`).
     let started = Instant::now();
-    let (charged, per_descriptor) =
+    let (mut charged, per_descriptor) =
         charge_descriptors(snapshot, live.quotas, &descriptors, &mut at.d).await;
-    let mut charged = charged;
     if charged.is_ok() && descriptors.iter().any(|d| d.tokens.is_some()) {
         // Token limits hold a reservation until the response settles it.
         charged = super::reserve::record(

@@ -13,8 +13,10 @@ pub const OPENAI_PROMPT: &str = "/usage/prompt_tokens";
 /// OpenAI's completion tokens.
 pub const OPENAI_COMPLETION: &str = "/usage/completion_tokens";
 
-/// A JSON body larger than this is not parsed for usage (the usage is
-/// then missing); streams are read event by event and have no such bound.
+/// The most bytes of a JSON response body read whole: the usage reader
+/// does not parse a larger one (the usage is then missing; streams are
+/// read event by event, see [`MAX_EVENT_BYTES`]); the response checks
+/// (`response_checks`) withhold it, since they cannot scan it.
 pub const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
 /// The most bytes one server-sent event may take before its blank line,
 /// for everything that reads events whole: the usage reader skips a longer
