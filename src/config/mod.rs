@@ -218,6 +218,57 @@ pub enum ConfigError {
     },
 }
 
+/// The longest duration a setting may give: one year, in seconds. Timers
+/// add durations to the current instant, and a sum past what the clock can
+/// represent panics the task that holds the timer (a keepalive of
+/// `u64::MAX` seconds broke every gRPC connection while `/healthz` still
+/// answered); no interval, timeout, window or lifetime an operator means is
+/// longer.
+pub const MAX_DURATION_SECONDS: u64 = 365 * 24 * 60 * 60;
+
+/// Adds a problem for every `*_seconds` or `*_ms` setting in `value` (the
+/// config file as YAML, `at` its dotted path so far) whose integer is more
+/// than [`MAX_DURATION_SECONDS`]: every duration setting is named so, in
+/// every section, so a new one is bounded without a line of its own.
+fn durations_past_bound(value: &serde_yaml_ng::Value, at: &mut String, problems: &mut Vec<String>) {
+    use serde_yaml_ng::Value;
+    let len = at.len();
+    match value {
+        Value::Mapping(map) => {
+            for (key, v) in map {
+                let Some(key) = key.as_str() else { continue };
+                if !at.is_empty() {
+                    at.push('.');
+                }
+                at.push_str(key);
+                let bound = if key.ends_with("_seconds") {
+                    Some((MAX_DURATION_SECONDS, "seconds"))
+                } else if key.ends_with("_ms") {
+                    Some((MAX_DURATION_SECONDS * 1000, "milliseconds"))
+                } else {
+                    None
+                };
+                match (bound, v.as_u64()) {
+                    (Some((max, unit)), Some(n)) if n > max => problems.push(format!(
+                        "{at}: {n} is longer than a year; at most {max} {unit}"
+                    )),
+                    _ => durations_past_bound(v, at, problems),
+                }
+                at.truncate(len);
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                at.push_str(&format!("[{i}]"));
+                durations_past_bound(v, at, problems);
+                at.truncate(len);
+            }
+        }
+        Value::Tagged(tagged) => durations_past_bound(&tagged.value, at, problems),
+        _ => {}
+    }
+}
+
 impl Config {
     /// Reads and checks a config file; relative paths in it resolve against
     /// the file's directory.
@@ -238,10 +289,22 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Malformed {
+        let config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Malformed {
             path: path.to_path_buf(),
             message: crate::yaml::message(&e),
-        })
+        })?;
+        // It parsed as a `Config`, so it parses as a YAML value too.
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap_or_default();
+        let mut problems = Vec::new();
+        durations_past_bound(&value, &mut String::new(), &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -524,6 +587,40 @@ log:
         ] {
             assert!(err.contains(needle), "missing {needle} in {err}");
         }
+    }
+
+    #[test]
+    fn a_duration_longer_than_a_year_is_refused_naming_its_setting() {
+        // u64::MAX seconds of keepalive loaded, then panicked every gRPC
+        // connection's timer; of polling, the reload poller's.
+        let text = r#"
+server:
+  keepalive_interval_seconds: 18446744073709551615
+  request_timeout_ms: 31536000001
+reload:
+  poll_seconds: 9223372036854775807
+authentication:
+  jwt:
+    - issuer: "https://idp.example/"
+      audiences: [api]
+      jwks_file: k.json
+      max_lifetime_seconds: 31536001
+"#;
+        let err = Config::parse(text, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "server.keepalive_interval_seconds: 18446744073709551615 is longer than a year; at most 31536000 seconds",
+            "server.request_timeout_ms: 31536000001 is longer than a year; at most 31536000000 milliseconds",
+            "reload.poll_seconds: 9223372036854775807",
+            "authentication.jwt[0].max_lifetime_seconds: 31536001",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in {err}");
+        }
+        let a_year =
+            "server:\n  keepalive_interval_seconds: 31536000\n  request_timeout_ms: 31536000000\n";
+        let c = Config::parse(a_year, Path::new("c.yaml")).unwrap();
+        assert_eq!(c.server.keepalive_interval_seconds, MAX_DURATION_SECONDS);
     }
 
     #[test]
