@@ -31,7 +31,13 @@ pub(super) fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadErr
             || name == crate::quota::config::QUOTAS_FILE
             || name == crate::response_checks::RESPONSES_FILE
             || name.ends_with(".cedar");
-        if !wanted || !entry.path().is_file() {
+        if !wanted
+            || !is_policy_file(
+                &entry.path(),
+                &name,
+                NameIs::Exact.or(name.ends_with(".cedar")),
+            )?
+        {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
@@ -51,6 +57,73 @@ pub(super) fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadErr
     Ok(files)
 }
 
+/// How an entry's name made it one the snapshot reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameIs {
+    /// A fixed name (`routes.yaml`, `quotas.yaml`, ...).
+    Exact,
+    /// A name that ends as the files of its kind do (`*.cedar`, ...).
+    Pattern,
+}
+
+impl NameIs {
+    /// `Pattern` when `pattern` holds, else `self`.
+    fn or(self, pattern: bool) -> Self {
+        if pattern {
+            NameIs::Pattern
+        } else {
+            self
+        }
+    }
+}
+
+/// True when `path`, an entry named as a policy file (`key`, relative to
+/// the policy directory), is a regular file (or a link to one) to read.
+/// Never silently skipped, lest a snapshot load without the rules the file
+/// was meant to hold (a `quotas.yaml` that is a directory would drop every
+/// quota): a directory under such a name is an error, and so is anything
+/// else under a fixed name (a dangling link, a socket). A dangling link
+/// named like a policy file is skipped: editors leave such links as locks
+/// (Emacs's `.#platform.cedar`).
+///
+/// # Errors
+/// `key: cannot read: it is a directory, not a file` (or the reason the
+/// fixed name cannot be read).
+pub(crate) fn is_policy_file(path: &Path, key: &str, name: NameIs) -> Result<bool, LoadError> {
+    let refused = |why: String| LoadError {
+        file: key.to_string(),
+        line: None,
+        message: format!("cannot read: {why}"),
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(true),
+        Ok(meta) if meta.is_dir() => Err(refused("it is a directory, not a file".into())),
+        Ok(_) if name == NameIs::Exact => Err(refused("it is not a regular file".into())),
+        Err(e) if name == NameIs::Exact => Err(refused(e.to_string())),
+        _ => Ok(false),
+    }
+}
+
+/// True when `path` (the policy directory's `sub`) is a directory to read;
+/// false when nothing is there. Anything else under the name is an error,
+/// not an empty set of files.
+fn is_policy_subdirectory(path: &Path, sub: &str) -> Result<bool, LoadError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(true),
+        Ok(_) => Err(LoadError {
+            file: sub.to_string(),
+            line: None,
+            message: "cannot read: it is a file, not a directory".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(LoadError {
+            file: sub.to_string(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
 /// The files of `dir/sub` whose names end in `ext`, keyed `sub/name`
 /// (a missing subdirectory has none).
 fn read_subdirectory(
@@ -60,15 +133,15 @@ fn read_subdirectory(
     files: &mut BTreeMap<String, String>,
 ) -> Result<(), LoadError> {
     let path = dir.join(sub);
-    if !path.is_dir() {
+    if !is_policy_subdirectory(&path, sub)? {
         return Ok(());
     }
     for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(ext) || !entry.path().is_file() {
+        let key = format!("{sub}/{name}");
+        if !name.ends_with(ext) || !is_policy_file(&entry.path(), &key, NameIs::Pattern)? {
             continue;
         }
-        let key = format!("{sub}/{name}");
         let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
             file: key.clone(),
             line: None,

@@ -400,6 +400,84 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_file_name_held_by_a_directory_is_an_error_not_an_absent_file() {
+        // A quotas.yaml that is a directory loaded as no quotas at all.
+        for (name, shown) in [
+            (
+                "quotas.yaml",
+                "quotas.yaml: cannot read: it is a directory, not a file",
+            ),
+            (
+                "platform.cedar",
+                "platform.cedar: cannot read: it is a directory, not a file",
+            ),
+            (
+                "quotas/extra.yaml",
+                "quotas/extra.yaml: cannot read: it is a directory, not a file",
+            ),
+            (
+                "schemas/extra.json",
+                "schemas/extra.json: cannot read: it is a directory, not a file",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            copy_bundled(dir.path());
+            let path = dir.path().join(name);
+            if path.is_file() {
+                std::fs::remove_file(&path).unwrap();
+            }
+            std::fs::create_dir_all(&path).unwrap();
+            let errors = errors_of(dir.path());
+            assert!(
+                errors.iter().any(|e| e.contains(shown)),
+                "{name}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_subdirectory_name_held_by_a_file_is_an_error() {
+        for (name, shown) in [
+            (
+                "quotas",
+                "quotas: cannot read: it is a file, not a directory",
+            ),
+            (
+                "shadow",
+                "shadow: cannot read: it is a file, not a directory",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            copy_bundled(dir.path());
+            std::fs::write(dir.path().join(name), "").unwrap();
+            let errors = errors_of(dir.path());
+            assert!(
+                errors.iter().any(|e| e.contains(shown)),
+                "{name}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_editors_dangling_lock_link_named_like_a_policy_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        copy_bundled(dir.path());
+        std::os::unix::fs::symlink("user@host.1234:1", dir.path().join(".#platform.cedar"))
+            .unwrap();
+        Snapshot::load(dir.path()).unwrap();
+        // Under a fixed name, a dangling link is an error.
+        std::fs::remove_file(dir.path().join("quotas.yaml")).unwrap();
+        std::os::unix::fs::symlink("gone.yaml", dir.path().join("quotas.yaml")).unwrap();
+        let errors = errors_of(dir.path());
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("quotas.yaml: cannot read")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn policies_take_their_id_annotation_and_source_line() {
         let s = Snapshot::load(&bundled()).unwrap();
         let src = &s.sources["no-retired-versions"];

@@ -53,9 +53,16 @@ pub fn read_domain_files(
     dir: &std::path::Path,
     files: &mut BTreeMap<String, String>,
 ) -> Result<(), UnreadableQuotaFile> {
+    let refused = |file: String, why: &str| UnreadableQuotaFile {
+        file,
+        source: std::io::Error::other(why.to_string()),
+    };
     let sub = dir.join(QUOTAS_DIR);
-    if !sub.is_dir() {
-        return Ok(());
+    match std::fs::metadata(&sub) {
+        Ok(meta) if meta.is_dir() => {}
+        // Never an empty set of limits in its place.
+        Ok(_) => return Err(refused(QUOTAS_DIR.into(), "it is a file, not a directory")),
+        Err(_) => return Ok(()),
     }
     let entries = std::fs::read_dir(&sub).map_err(|source| UnreadableQuotaFile {
         file: QUOTAS_DIR.to_string(),
@@ -63,10 +70,18 @@ pub fn read_domain_files(
     })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".yaml") || !entry.path().is_file() {
+        let key = format!("{QUOTAS_DIR}/{name}");
+        if !name.ends_with(".yaml") {
             continue;
         }
-        let key = format!("{QUOTAS_DIR}/{name}");
+        // As `policy::files::is_policy_file`: a directory under a domain
+        // file's name is an error; a dangling link (an editor's lock) is
+        // skipped.
+        match std::fs::metadata(entry.path()) {
+            Ok(meta) if meta.is_dir() => return Err(refused(key, "it is a directory, not a file")),
+            Ok(meta) if meta.is_file() => {}
+            _ => continue,
+        }
         let text = std::fs::read_to_string(entry.path()).map_err(|source| UnreadableQuotaFile {
             file: key.clone(),
             source,
