@@ -123,7 +123,7 @@ fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
                 DenyReason::MethodNotAllowed,
                 format!(
                     "{} is not allowed on this path; allowed: {allowed}",
-                    req.method
+                    echoed(&req.method)
                 ),
             );
             d.allow_methods = Some(allowed);
@@ -135,12 +135,26 @@ fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
                 DenyReason::NoRoute,
                 format!(
                     "no API route matches {} {}",
-                    req.method,
-                    req.path.split(['?', '#']).next().unwrap_or("")
+                    echoed(&req.method),
+                    echoed(req.path.split(['?', '#']).next().unwrap_or(""))
                 ),
             ),
         }),
         RouteMatch::BadPath { reason } => Routing::Decided(d.deny(DenyReason::BadPath, reason)),
+    }
+}
+
+/// The most characters of the client's own input (its method, its path) a
+/// refusal's detail repeats back.
+pub const MAX_ECHOED_CHARS: usize = 256;
+
+/// `text` as a detail repeats it: whole up to [`MAX_ECHOED_CHARS`]
+/// characters, else cut there and marked with `…`, so that a megabyte of
+/// path is not answered with a megabyte of problem document.
+fn echoed(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_ECHOED_CHARS) {
+        None => text.into(),
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
     }
 }
 

@@ -193,6 +193,31 @@ fn unmatched_path_is_404_and_wrong_method_is_405() {
 }
 
 #[test]
+fn a_refusal_repeats_at_most_256_characters_of_a_long_path_or_method() {
+    let s = bundled();
+    let long_path = format!("/v1/{}", "a".repeat(1_000_000));
+    let d = decide_as(&s, None, &AccessRequest::for_test("GET", &long_path));
+    assert_eq!(d.reason, Some(DenyReason::NoRoute));
+    let echoed = format!("{}…", &long_path[..256]);
+    assert_eq!(d.detail, format!("no API route matches GET {echoed}"));
+    let long_method = "Ä".repeat(5_000);
+    let d = decide_as(
+        &s,
+        None,
+        &AccessRequest::for_test(&long_method, "/v1/status"),
+    );
+    assert_eq!(d.status, 405);
+    let echoed: String = long_method.chars().take(256).collect();
+    assert_eq!(
+        d.detail,
+        format!("{echoed}… is not allowed on this path; allowed: GET, HEAD")
+    );
+    // A short one is repeated whole.
+    let d = decide_as(&s, None, &AccessRequest::for_test("GET", "/nope"));
+    assert_eq!(d.detail, "no API route matches GET /nope");
+}
+
+#[test]
 fn anonymous_only_where_the_route_allows_it() {
     let s = bundled();
     let d = decide_as(
