@@ -63,3 +63,23 @@ audit: { directory: "$work/audit" }
 log: { format: text, level: warn }
 EOF
 }
+
+# bench_trust_load_issuer CONFIG JWKS: adds the load generator's issuer
+# (`portcullis-bench --write-token-key` wrote JWKS) to the issuers of the
+# config bench_portcullis_config wrote, so that its mixed, allowed and
+# uncached `Check` calls authenticate.
+bench_trust_load_issuer() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+path, jwks = sys.argv[1:]
+text = open(path).read()
+issuer = (f'    - issuer: "https://bench.portcullis.invalid/"\n'
+          f'      audiences: ["portcullis-bench"]\n'
+          f'      jwks_file: "{jwks}"\n'
+          f'      algorithms: ["ES256"]\n'
+          f'      org_claim: org\n')
+marker = "      org_claim: org\n"
+assert marker in text, "bench_portcullis_config's issuer block changed"
+open(path, "w").write(text.replace(marker, marker + issuer, 1))
+PY
+}

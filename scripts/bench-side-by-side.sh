@@ -156,19 +156,7 @@ loads empty "$ep"
 # --- Portcullis, in-process store ---------------------------------------------
 bench_portcullis_config "$work" "$bin" "$root"
 # Trust the load generator's issuer too (mixed, allowed and uncached calls).
-python3 - "$work/portcullis.yaml" "$jwks" <<'PY'
-import sys
-path, jwks = sys.argv[1:]
-text = open(path).read()
-issuer = (f'    - issuer: "https://bench.portcullis.invalid/"\n'
-          f'      audiences: ["portcullis-bench"]\n'
-          f'      jwks_file: "{jwks}"\n'
-          f'      algorithms: ["ES256"]\n'
-          f'      org_claim: org\n')
-marker = "      org_claim: org\n"
-assert marker in text, "bench_portcullis_config's issuer block changed"
-open(path, "w").write(text.replace(marker, marker + issuer, 1))
-PY
+bench_trust_load_issuer "$work/portcullis.yaml" "$jwks"
 "${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>"$work/portcullis.log" &
 p_pid=$!
 pids+=("$p_pid")

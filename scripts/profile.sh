@@ -64,19 +64,7 @@ bench_workdir portcullis-profile
 bench_portcullis_config "$work" "$bin" "$root"
 key=$work/bench-token.p8
 jwks=$("$bin/portcullis-bench" --write-token-key "$key")
-python3 - "$work/portcullis.yaml" "$jwks" <<'PY'
-import sys
-path, jwks = sys.argv[1:]
-text = open(path).read()
-marker = "      org_claim: org\n"
-assert marker in text, "bench_portcullis_config's issuer block changed"
-issuer = ('    - issuer: "https://bench.portcullis.invalid/"\n'
-          '      audiences: ["portcullis-bench"]\n'
-          f'      jwks_file: "{jwks}"\n'
-          '      algorithms: ["ES256"]\n'
-          '      org_claim: org\n')
-open(path, "w").write(text.replace(marker, marker + issuer, 1))
-PY
+bench_trust_load_issuer "$work/portcullis.yaml" "$jwks"
 
 redis_pid=""
 if [ "$rpc" = rls-redis ] && [ "$SERVER" = portcullis ]; then

@@ -108,6 +108,10 @@ const NOT_RUNNABLE: &[(&str, &str)] = &[
         "a profile: a release build, perf sampling the server under 6 s of load",
     ),
     (
+        "scripts/instructions.sh check",
+        "a profile: a release build, both servers under valgrind for 5,500 calls each",
+    ),
+    (
         "scripts/bench-memory.sh",
         "a benchmark: a release build and a million RLS calls",
     ),
