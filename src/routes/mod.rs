@@ -447,14 +447,25 @@ mod tests {
     }
 
     #[test]
-    fn strips_query_string_and_fragment() {
+    fn strips_the_query_string() {
         let table = load(PREDICT);
         assert_eq!(
             matched(&table, "GET", "/v1/status?verbose=1&x=/a").0,
             "status"
         );
-        assert_eq!(matched(&table, "GET", "/v1/status#top").0, "status");
         assert_eq!(matched(&table, "GET", "/v1/models/m?x=%ZZ").1, "m");
+    }
+
+    #[test]
+    fn a_raw_hash_anywhere_in_the_target_is_a_bad_path_not_a_stripped_fragment() {
+        // `/v1/status#/../audit` matched /v1/status, while an upstream
+        // reading the '#' as a path character resolves it to /v1/audit.
+        let table = load(PREDICT);
+        for path in ["/v1/status#/../audit", "/v1/status#top", "/v1/status?x=1#y"] {
+            let reason = bad_path(&table, path);
+            assert!(reason.contains("'#'"), "{reason}");
+        }
+        assert_eq!(matched(&table, "GET", "/v1/models/a%23b").1, "a#b");
     }
 
     #[test]

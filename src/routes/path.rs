@@ -250,9 +250,21 @@ fn normal_literal(literal: &str) -> Result<String, InvalidPathTemplate> {
 /// the one authorized (the reason is safe to show the client): a path not
 /// starting with `/`; an empty segment (`//`); a `.` or `..` segment,
 /// also once decoded (`%2E%2E`); an invalid escape; an encoded `/` or `\`
-/// (`%2F`, `%5C`), a raw `\`, or an encoded control character.
+/// (`%2F`, `%5C`), a raw `\`, or an encoded control character; a raw `#`
+/// anywhere in the request target. A request never carries a fragment
+/// (RFC 9112 section 3.2: the origin form is path and query), so a `#` is
+/// either an unencoded character or a fragment a client sent anyway; an
+/// upstream that reads it as part of the path resolves
+/// `/v1/status#/../audit` to `/v1/audit`, while one that strips it sees
+/// `/v1/status`.
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
+    if path.contains('#') {
+        return Err(
+            "the request target has a raw '#', which no request carries; encode it as %23"
+                .to_owned(),
+        );
+    }
+    let path = path.split('?').next().unwrap_or_default();
     let Some(rest) = path.strip_prefix('/') else {
         return Err("the path must start with '/'".to_owned());
     };

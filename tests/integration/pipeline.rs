@@ -218,6 +218,22 @@ fn a_refusal_repeats_at_most_256_characters_of_a_long_path_or_method() {
 }
 
 #[test]
+fn a_fragment_in_the_request_target_is_a_bad_path_not_stripped() {
+    let s = bundled();
+    let d = decide_as(
+        &s,
+        None,
+        &AccessRequest::for_test("GET", "/v1/status#/../audit"),
+    );
+    assert_eq!(d.reason, Some(DenyReason::BadPath));
+    assert_eq!(d.status, 400);
+    assert_eq!(
+        d.detail,
+        "the request target has a raw '#', which no request carries; encode it as %23"
+    );
+}
+
+#[test]
 fn anonymous_only_where_the_route_allows_it() {
     let s = bundled();
     let d = decide_as(
