@@ -267,7 +267,7 @@ fn load(path: &Path) -> Result<Keys, KeysFileError> {
     let file: KeysFile = if text.trim().is_empty() {
         KeysFile { keys: Vec::new() }
     } else {
-        serde_yaml_ng::from_str(&text).map_err(|e| invalid(crate::yaml::message(&e)))?
+        serde_yaml_ng::from_str(&text).map_err(|e| invalid(crate::yaml::message_in(&e, &text)))?
     };
     let mut problems = Vec::new();
     let mut by_id: HashMap<String, Vec<StoredKey>> = HashMap::new();

@@ -291,7 +291,7 @@ impl Config {
         }
         let config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Malformed {
             path: path.to_path_buf(),
-            message: crate::yaml::message(&e),
+            message: crate::yaml::message_in(&e, text),
         })?;
         // It parsed as a `Config`, so it parses as a YAML value too.
         let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap_or_default();
@@ -551,6 +551,18 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("listne"), "{msg}");
         assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn a_repeated_setting_is_reported_at_its_repetition_not_at_line_1() {
+        let text = "listen: 127.0.0.1:1\nadmin_listen: 127.0.0.1:2\n\nlisten: 127.0.0.1:3\n";
+        let err = Config::parse(text, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 4 column 1: duplicate field `listen`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl ResponsePolicy {
     /// Parses and validates responses.yaml text against the route table.
     pub fn parse(text: &str, routes: &RouteTable) -> Result<ResponsePolicy, Vec<ResponseError>> {
         let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| {
-            let (line, message) = crate::yaml::located(&e);
+            let (line, message) = crate::yaml::located_in(&e, text);
             vec![ResponseError { line, message }]
         })?;
         let mut errors = Vec::new();

@@ -384,7 +384,7 @@ impl Checker<'_> {
     }
 
     fn yaml_error(&mut self, error: &serde_yaml_ng::Error) {
-        let (line, message) = crate::yaml::located(error);
+        let (line, message) = crate::yaml::located_in(error, self.text);
         self.errors.push(RouteError {
             file: self.file.to_owned(),
             line: line.unwrap_or(1),

@@ -166,7 +166,7 @@ impl Registry {
     /// Parses models.yaml, reporting every problem found.
     pub fn parse(text: &str) -> Result<Registry, Vec<RegistryError>> {
         let raw: RawRegistry = serde_yaml_ng::from_str(text).map_err(|e| {
-            let (line, message) = crate::yaml::located(&e);
+            let (line, message) = crate::yaml::located_in(&e, text);
             vec![RegistryError { line, message }]
         })?;
         let mut errors = Vec::new();

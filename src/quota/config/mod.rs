@@ -313,7 +313,7 @@ impl QuotaConfig {
             let parsed: FileYaml = match serde_yaml_ng::from_str(text) {
                 Ok(p) => p,
                 Err(e) => {
-                    let (line, message) = crate::yaml::located(&e);
+                    let (line, message) = crate::yaml::located_in(&e, text);
                     errors.push(err(line, message));
                     continue;
                 }
