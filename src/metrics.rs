@@ -358,7 +358,9 @@ impl Metrics {
 
     /// Records an ext_proc stream's end: `settled`, `uncorrelated` (no
     /// reservation for its request id; the response passed untouched),
-    /// `broken` (the stream ended mid-response), `passed` (nothing to do).
+    /// `broken` (the stream ended mid-response), `passed` (nothing to do),
+    /// `unreadable_message` (a message over `server.max_message_bytes` or
+    /// undecodable ended it with an error status).
     pub fn ext_proc_stream(&self, outcome: &'static str) {
         self.ext_proc_streams
             .get_or_create(&[("outcome", outcome)])

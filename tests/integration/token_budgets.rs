@@ -11,6 +11,8 @@ use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescript
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
+use envoy_types::pb::envoy::service::ext_proc::v3::HttpBody;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use portcullis::quota::QuotaSettings;
@@ -456,6 +458,42 @@ async fn a_stream_broken_mid_response_leaves_no_reservation_open() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Settled by its rule (release): the whole budget is back.
+    assert_eq!(remaining(&r.channels[0]).await, 20_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_over_the_size_limit_ends_the_stream_with_an_error_not_a_clean_end() {
+    // It ended as a success with no answer to the body: Envoy would pass
+    // the rest of the response unchecked, and nothing said why.
+    let r = replicas(
+        1,
+        QuotaSettings::default(),
+        &token_quotas("{on_missing_usage: release, reservation_ttl: 30s}"),
+    )
+    .await;
+    let quotas = &r.servers[0].state.quotas;
+    let decision = check(&r.channels[0], "big", 1000).await.unwrap();
+    let mut s = ExtProcStream::open(r.servers[0].decision_addr, STREAMED).await;
+    s.request_headers("big", &decision).await;
+    s.response_headers(200, "application/json").await;
+    let over = portcullis::config::Config::default()
+        .server
+        .max_message_bytes
+        + 100;
+    let status = s
+        .send_refused(Msg::ResponseBody(HttpBody {
+            body: vec![b' '; over],
+            end_of_stream: true,
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    // Settled as a broken stream's (release), not left open to its expiry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while quotas.reservation("big").await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(remaining(&r.channels[0]).await, 20_000);
 }
 

@@ -208,6 +208,24 @@ impl ExtProcStream {
 
     /// Sends one message and waits for its answer.
     pub async fn send(&mut self, request: Msg) -> ProcessingResponse {
+        self.push(request).await;
+        self.rx
+            .message()
+            .await
+            .expect("an answer, not an error")
+            .expect("an answer before the end")
+    }
+
+    /// Sends one message and returns the error status the stream ends with.
+    pub async fn send_refused(&mut self, request: Msg) -> tonic::Status {
+        self.push(request).await;
+        match self.rx.message().await {
+            Err(status) => status,
+            Ok(other) => panic!("expected the stream to end with an error, got {other:?}"),
+        }
+    }
+
+    async fn push(&mut self, request: Msg) {
         let protocol_config = self.first.then(|| ProtocolConfiguration {
             response_body_mode: self.body_mode,
             ..Default::default()
@@ -223,11 +241,6 @@ impl ExtProcStream {
             })
             .await
             .expect("the stream accepts messages");
-        self.rx
-            .message()
-            .await
-            .expect("an answer, not an error")
-            .expect("an answer before the end")
     }
 
     /// The request's headers: its id and the decision id ext_authz added.

@@ -27,7 +27,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::metrics;
 
 pub use exchange::METADATA_NAMESPACE;
 
@@ -74,8 +76,34 @@ impl ExternalProcessor for ExtProcService {
                     }
                     // Envoy closed its side: the response is complete (it
                     // was settled at its end) or was cut short.
-                    Ok(None) | Err(_) => {
+                    Ok(None) => {
                         exchange.broken().await;
+                        return;
+                    }
+                    // A message that cannot be read (larger than
+                    // `server.max_message_bytes`, undecodable) or a stream
+                    // Envoy reset. The stream ends with that status, so that
+                    // Envoy's `failure_mode_allow` decides, never as a clean
+                    // end that passes the rest of the response unchecked.
+                    Err(status) => {
+                        let unreadable = matches!(
+                            status.code(),
+                            Code::OutOfRange
+                                | Code::ResourceExhausted
+                                | Code::InvalidArgument
+                                | Code::Internal
+                        );
+                        if unreadable {
+                            metrics::global().ext_proc_stream("unreadable_message");
+                            tracing::warn!(
+                                target: "portcullis::ext_proc",
+                                code = ?status.code(),
+                                error = %status.message(),
+                                "ext_proc stream ended: a message from the gateway could not be read"
+                            );
+                        }
+                        exchange.broken().await;
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 }
