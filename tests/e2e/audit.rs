@@ -651,6 +651,20 @@ async fn tail_streams_new_decision_records() {
         .await
         .expect_err("anonymous Tail is refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // A filter nothing can match is refused as `Query` refuses it, not
+    // held open forever.
+    let refused = client
+        .tail(as_user(
+            TailRequest {
+                decision: "maybe".into(),
+                ..Default::default()
+            },
+            "dave",
+        ))
+        .await
+        .expect_err("a Tail with a decision filter other than allow or deny is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.message(), "decision: 'allow' or 'deny'");
     // The server stops with an open tail.
     assert!(pdp.terminate(Duration::from_secs(10)).success());
 }

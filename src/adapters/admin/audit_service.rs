@@ -168,6 +168,9 @@ impl AuditService for AuditAdmin {
         )
         .await?;
         let q = request.into_inner();
+        // Checked as a `Query`'s: a filter nothing can match would hold the
+        // stream open forever, silent.
+        check_decision(&q.decision)?;
         let filter = Filter {
             principal: q.principal,
             action: q.action,
@@ -261,6 +264,15 @@ impl AuditService for AuditAdmin {
     }
 }
 
+/// A `decision` filter is empty, `allow` or `deny`.
+fn check_decision(decision: &str) -> Result<(), Status> {
+    if decision.is_empty() || decision == "allow" || decision == "deny" {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument("decision: 'allow' or 'deny'"))
+    }
+}
+
 /// The filter of a `Query`, with times parsed; `now_ms` anchors
 /// `within_seconds`.
 pub fn query_filter(q: &proto::QueryRequest, now_ms: i64) -> Result<Filter, Status> {
@@ -279,12 +291,15 @@ pub fn query_filter(q: &proto::QueryRequest, now_ms: i64) -> Result<Filter, Stat
     let mut since = time("since", &q.since)?;
     let until = time("until", &q.until)?;
     if q.within_seconds > 0 {
-        let floor = now_ms.saturating_sub((q.within_seconds as i64).saturating_mul(1000));
+        // Past i64's range, the window still reaches back to the start
+        // (`as i64` wrapped to a negative window: nothing matched).
+        let window_ms = i64::try_from(q.within_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let floor = now_ms.saturating_sub(window_ms);
         since = Some(since.map_or(floor, |s| s.max(floor)));
     }
-    if !q.decision.is_empty() && q.decision != "allow" && q.decision != "deny" {
-        return Err(Status::invalid_argument("decision: 'allow' or 'deny'"));
-    }
+    check_decision(&q.decision)?;
     Ok(Filter {
         principal: q.principal.clone(),
         action: q.action.clone(),

@@ -212,6 +212,16 @@ mod tests {
         };
         let f = query_filter(&q, 60_000).unwrap();
         assert_eq!(f.since_ms, Some(55_000));
+        // A window past i64's range reaches back to the start, as a long
+        // one does (it wrapped negative and matched nothing).
+        for within_seconds in [i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            let q = proto::QueryRequest {
+                within_seconds,
+                ..Default::default()
+            };
+            let since = query_filter(&q, 60_000).unwrap().since_ms;
+            assert_eq!(since, Some(60_000 - i64::MAX), "{within_seconds}");
+        }
         let bad = proto::QueryRequest {
             until: "yesterday".into(),
             ..Default::default()
