@@ -31,13 +31,12 @@ pub(super) fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadErr
             || name == crate::quota::config::QUOTAS_FILE
             || name == crate::response_checks::RESPONSES_FILE
             || name.ends_with(".cedar");
-        if !wanted
-            || !is_policy_file(
-                &entry.path(),
-                &name,
-                NameIs::Exact.or(name.ends_with(".cedar")),
-            )?
-        {
+        let kind = if name.ends_with(".cedar") {
+            NameIs::Pattern
+        } else {
+            NameIs::Exact
+        };
+        if !wanted || !is_policy_file(&entry.path(), &name, kind)? {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).map_err(|e| LoadError {
@@ -59,22 +58,11 @@ pub(super) fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadErr
 
 /// How an entry's name made it one the snapshot reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NameIs {
+enum NameIs {
     /// A fixed name (`routes.yaml`, `quotas.yaml`, ...).
     Exact,
     /// A name that ends as the files of its kind do (`*.cedar`, ...).
     Pattern,
-}
-
-impl NameIs {
-    /// `Pattern` when `pattern` holds, else `self`.
-    fn or(self, pattern: bool) -> Self {
-        if pattern {
-            NameIs::Pattern
-        } else {
-            self
-        }
-    }
 }
 
 /// True when `path`, an entry named as a policy file (`key`, relative to
@@ -89,7 +77,7 @@ impl NameIs {
 /// # Errors
 /// `key: cannot read: it is a directory, not a file` (or the reason the
 /// fixed name cannot be read).
-pub(crate) fn is_policy_file(path: &Path, key: &str, name: NameIs) -> Result<bool, LoadError> {
+fn is_policy_file(path: &Path, key: &str, name: NameIs) -> Result<bool, LoadError> {
     let refused = |why: String| LoadError {
         file: key.to_string(),
         line: None,
