@@ -48,11 +48,7 @@ pub(super) fn read_files(dir: &Path) -> Result<BTreeMap<String, String>, LoadErr
     }
     read_subdirectory(dir, SHADOW_DIR, ".cedar", &mut files)?;
     read_subdirectory(dir, SCHEMAS_DIR, ".json", &mut files)?;
-    crate::quota::config::read_domain_files(dir, &mut files).map_err(|e| LoadError {
-        file: e.file,
-        line: None,
-        message: format!("cannot read: {}", e.source),
-    })?;
+    read_subdirectory(dir, crate::quota::config::QUOTAS_DIR, ".yaml", &mut files)?;
     Ok(files)
 }
 
@@ -124,7 +120,12 @@ fn read_subdirectory(
     if !is_policy_subdirectory(&path, sub)? {
         return Ok(());
     }
-    for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+    let entries = std::fs::read_dir(&path).map_err(|e| LoadError {
+        file: sub.to_string(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let key = format!("{sub}/{name}");
         if !name.ends_with(ext) || !is_policy_file(&entry.path(), &key, NameIs::Pattern)? {

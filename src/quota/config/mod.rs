@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use self::check_rules::check_rule;
 use self::descriptors::build;
-pub use self::files::{is_quota_file, read_domain_files, scaled, UnreadableQuotaFile};
+pub use self::files::{is_quota_file, scaled};
 use self::files::{key_lines, line_of};
 use self::format::FileYaml;
 use super::gcra::Rate;
