@@ -236,8 +236,9 @@ async fn cluster_multi_descriptor_burst_leaves_every_counter_at_the_admitted_cou
     assert_eq!(
         ok,
         50,
-        "admitted; counters {counted:?}; p99 {p99:?}; {}",
-        stats(&servers)
+        "admitted; counters {counted:?}; p99 {p99:?}; {}; Redis latency events: {}",
+        stats(&servers),
+        nodes.latency_events()
     );
     assert_eq!(counted, [50, 50, 50], "user, org, model counters");
     for s in servers {

@@ -264,7 +264,12 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(RedisServer::start_with(&["--cluster-enabled", "yes"]));
+            nodes.push(RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--latency-monitor-threshold",
+                "5",
+            ]));
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -343,6 +348,32 @@ impl RedisCluster {
             }
         }
         panic!("no node serves slot {slot} of {key}");
+    }
+
+    /// Each node's latency events of 5 ms or more (`LATENCY LATEST`: event,
+    /// last time, latest ms, max ms), for a failure message: a node that
+    /// stalled (a `nodes.conf` fsync, a slow command) shows here.
+    pub fn latency_events(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let out = Command::new(tool("redis-cli"))
+                    .args(["-p", &n.port.to_string(), "--no-raw", "LATENCY", "LATEST"])
+                    .stdin(Stdio::null())
+                    .output();
+                let text = out.map_or_else(
+                    |e| format!("redis-cli failed: {e}"),
+                    |o| {
+                        String::from_utf8_lossy(&o.stdout)
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    },
+                );
+                format!("node {}: {text}", n.port)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// One node, to inject a fault (pause, kill).

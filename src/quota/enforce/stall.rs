@@ -1,7 +1,18 @@
 //! When a caller waiting on a remote store may judge its silence a stall:
-//! only from checks that woke on time, twice, with this process idle at
-//! some moment between them, so that a silence this process caused (too
-//! busy to read a reply that has arrived) is not taken for the store's.
+//! only from checks that woke on time, twice, with every worker of the
+//! runtime idle at some moment between them, so that a silence this
+//! process caused (too busy to read a reply that has arrived) is not taken
+//! for the store's.
+//!
+//! Every worker, not any: on a multi-thread runtime a worker that the
+//! operating system has not run for a while (two cores shared with other
+//! processes) holds the tasks queued on it, and the one in its LIFO slot
+//! cannot be taken by another worker; the connection's task reading the
+//! reply may be one of them. Another worker going idle meanwhile says
+//! nothing about those. (A 200-call burst on a Redis Cluster from three
+//! replicas on a loaded 2-core machine was judged stalled that way after
+//! 29 ms of such a silence, with one of four workers parked between the
+//! checks; 26 calls were then admitted by the `local` fallback.)
 
 use std::time::Duration;
 
@@ -16,16 +27,30 @@ pub(super) struct StallWatch {
     grace: Duration,
     /// The last check woke late: this process is busy.
     late: bool,
-    /// The runtime's park count at the first check that found the store
-    /// silent, if the last check did.
-    silent_at: Option<u64>,
+    /// Each worker's park/unpark count at the first check that found the
+    /// store silent, if the last check did.
+    silent_at: Option<Vec<u64>>,
     stalled: bool,
 }
 
-/// Times the runtime's workers have parked (gone idle) so far.
-fn parks() -> u64 {
+/// Each worker's park/unpark count (Tokio's `worker_park_unpark_count`):
+/// one more at every park and every unpark, so odd while parked (idle).
+fn park_states() -> Vec<u64> {
     let m = tokio::runtime::Handle::current().metrics();
-    (0..m.num_workers()).map(|w| m.worker_park_count(w)).sum()
+    (0..m.num_workers())
+        .map(|w| m.worker_park_unpark_count(w))
+        .collect()
+}
+
+/// True when every worker, its count `before` then `now` (see
+/// [`park_states`]), was idle at some moment since: parked now, or parked
+/// at least once in between (a worker parks only with its queues empty).
+fn every_worker_idle_since(before: &[u64], now: &[u64]) -> bool {
+    before.len() == now.len()
+        && before.iter().zip(now).all(|(&b, &n)| {
+            let next_park = if b % 2 == 0 { b + 1 } else { b + 2 };
+            n % 2 == 1 || n >= next_park
+        })
 }
 
 impl StallWatch {
@@ -69,11 +94,11 @@ impl StallWatch {
             self.silent_at = None;
             return;
         }
-        match self.silent_at {
-            None => self.silent_at = Some(parks()),
-            // Silent on two checks on time, and this process went idle
-            // between them (so it had read whatever had arrived).
-            Some(at) => self.stalled = parks() > at,
+        match &self.silent_at {
+            None => self.silent_at = Some(park_states()),
+            // Silent on two checks on time, and every worker went idle
+            // between them (so this process had read whatever had arrived).
+            Some(before) => self.stalled = every_worker_idle_since(before, &park_states()),
         }
     }
 
@@ -85,5 +110,27 @@ impl StallWatch {
             self.silent_at = None;
         }
         stalled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::every_worker_idle_since;
+
+    #[test]
+    fn a_worker_busy_since_the_first_check_keeps_the_silence_unjudged() {
+        // Worker 1 was active at the first check and never parked since:
+        // the reply may sit in its queue.
+        assert!(!every_worker_idle_since(&[3, 8], &[5, 8]));
+        // Woken since and active now, without parking again.
+        assert!(!every_worker_idle_since(&[3, 7], &[5, 8]));
+    }
+
+    #[test]
+    fn every_worker_parked_since_or_parked_now_is_idle() {
+        // Worker 0 parked and woke again since; worker 1 parked throughout.
+        assert!(every_worker_idle_since(&[2, 7], &[4, 7]));
+        // Worker 0 parked now; worker 1 woke, parked again and woke.
+        assert!(every_worker_idle_since(&[2, 7], &[3, 10]));
     }
 }
