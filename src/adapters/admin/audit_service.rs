@@ -280,12 +280,18 @@ pub fn query_filter(q: &proto::QueryRequest, now_ms: i64) -> Result<Filter, Stat
         if text.is_empty() {
             return Ok(None);
         }
-        crate::time::parse_rfc3339_ms(text)
+        use crate::time::{BadTime, EARLIEST_TIME, LATEST_TIME};
+        crate::time::read_rfc3339_ms(text)
             .map(Some)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "{field}: '{text}' is not an RFC 3339 time like 2026-11-25T21:00:00Z"
-                ))
+            .map_err(|bad| {
+                Status::invalid_argument(match bad {
+                    BadTime::Format => format!(
+                        "{field}: '{text}' is not an RFC 3339 time like 2026-11-25T21:00:00Z"
+                    ),
+                    BadTime::OutOfRange => format!(
+                        "{field}: '{text}' is out of range; give a time from {EARLIEST_TIME} to {LATEST_TIME}"
+                    ),
+                })
             })
     };
     let mut since = time("since", &q.since)?;
