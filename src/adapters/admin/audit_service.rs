@@ -125,6 +125,7 @@ impl AuditService for AuditAdmin {
                 "to_seq must not be below from_seq",
             ));
         }
+        within_the_chain(q.from_seq, &self.state.audit.head())?;
         let dir = self.state.audit.directory().to_path_buf();
         let key = self.state.audit.checkpoint_key().cloned();
         let from = q.from_seq;
@@ -262,6 +263,22 @@ impl AuditService for AuditAdmin {
             }),
         }))
     }
+}
+
+/// A `Verify` from `from_seq` has records to check: `from_seq` is at or
+/// before the chain's head (as written), else the answer would be `ok`
+/// having checked nothing. `0` is the whole chain, even an empty one.
+pub(super) fn within_the_chain(from_seq: u64, head: &audit::Head) -> Result<(), Status> {
+    if from_seq == 0 || from_seq < head.next_seq {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(match head.next_seq {
+        0 => format!("from_seq {from_seq} is past the chain's head (the chain has no records yet)"),
+        next => format!(
+            "from_seq {from_seq} is past the chain's head (seq {})",
+            next - 1
+        ),
+    }))
 }
 
 /// A `decision` filter is empty, `allow` or `deny`.

@@ -233,6 +233,31 @@ mod tests {
     }
 
     #[test]
+    fn verify_from_past_the_head_is_refused_naming_the_head() {
+        use super::audit_service::within_the_chain;
+        let head = |next_seq| audit::Head {
+            next_seq,
+            ..Default::default()
+        };
+        for (from, next) in [(0, 0), (0, 42), (41, 42)] {
+            assert!(within_the_chain(from, &head(next)).is_ok(), "{from} {next}");
+        }
+        for (from, next, expected) in [
+            (500, 42, "from_seq 500 is past the chain's head (seq 41)"),
+            (42, 42, "from_seq 42 is past the chain's head (seq 41)"),
+            (
+                1,
+                0,
+                "from_seq 1 is past the chain's head (the chain has no records yet)",
+            ),
+        ] {
+            let e = within_the_chain(from, &head(next)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert_eq!(e.message(), expected);
+        }
+    }
+
+    #[test]
     fn a_time_filter_past_the_supported_range_is_out_of_range_not_malformed() {
         for (q, expected) in [
             (
