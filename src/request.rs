@@ -8,7 +8,8 @@ use std::time::SystemTime;
 /// One request a gateway asks about.
 #[derive(Debug, Clone)]
 pub struct AccessRequest {
-    /// HTTP method, upper case.
+    /// HTTP method as the client sent it: case-sensitive (RFC 9110
+    /// section 9.1), so `get` matches no route listing `GET`.
     pub method: String,
     /// The raw `:path`, possibly with a query string.
     pub path: String,

@@ -54,25 +54,70 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
     format!("{ts:.3}")
 }
 
+/// Why a text is not a usable time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadTime {
+    /// Not written in the format asked for (or a date that does not exist).
+    Format,
+    /// Written correctly, but past the last instant Portcullis represents
+    /// ([`LATEST_TIME`]): RFC 3339 allows years up to 9999, `jiff` stops
+    /// in the last hours of 9999-12-30 in UTC.
+    OutOfRange,
+}
+
+/// The first time an RFC 3339 text can name, in UTC.
+pub const EARLIEST_TIME: &str = "0000-01-01T00:00:00Z";
+
+/// The last whole second Portcullis represents, in UTC.
+pub const LATEST_TIME: &str = "9999-12-30T22:00:00Z";
+
+/// The first `full-date` [`read_date`] reads.
+pub const EARLIEST_DATE: &str = "0000-01-01";
+
+/// The last `full-date` whose midnight (UTC) Portcullis represents.
+pub const LATEST_DATE: &str = "9999-12-30";
+
 /// Parses RFC 3339 (section 5.6: `2026-11-25T21:00:00Z`, an optional
 /// fraction, `Z` or a `+hh:mm`/`-hh:mm` offset) into milliseconds since
 /// the epoch; `None` for anything else, including a time without offset.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    s.parse::<jiff::Timestamp>()
-        .ok()
-        .map(|t| t.as_millisecond())
+    read_rfc3339_ms(s).ok()
+}
+
+/// As [`parse_rfc3339_ms`], telling a text that is not a time from one
+/// past [`LATEST_TIME`] (`9999-12-31T00:00:00Z`).
+pub fn read_rfc3339_ms(s: &str) -> Result<i64, BadTime> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    // A date, a time and an offset that still make no instant are out of
+    // range (the civil date itself is checked by the parse).
+    let pieces = jiff::fmt::temporal::Pieces::parse(s).map_err(|_| BadTime::Format)?;
+    let (Some(time), Some(offset)) = (pieces.time(), pieces.to_numeric_offset()) else {
+        return Err(BadTime::Format);
+    };
+    match jiff::tz::TimeZone::fixed(offset).to_timestamp(pieces.date().to_datetime(time)) {
+        Err(_) => Err(BadTime::OutOfRange),
+        Ok(_) => Err(BadTime::Format),
+    }
 }
 
 /// `YYYY-MM-DD` (RFC 3339 `full-date`) -> seconds since the epoch at 00:00
 /// UTC; `None` for anything else, including dates that do not exist.
 pub fn parse_date(s: &str) -> Option<i64> {
+    read_date(s).ok()
+}
+
+/// As [`parse_date`], telling a text that is not a date from a date whose
+/// midnight (UTC) is past [`LATEST_TIME`] (`9999-12-31`).
+pub fn read_date(s: &str) -> Result<i64, BadTime> {
     if s.len() != 10 {
-        return None;
+        return Err(BadTime::Format);
     }
-    let date: jiff::civil::Date = s.parse().ok()?;
+    let date: jiff::civil::Date = s.parse().map_err(|_| BadTime::Format)?;
     date.to_zoned(jiff::tz::TimeZone::UTC)
-        .ok()
         .map(|z| z.timestamp().as_second())
+        .map_err(|_| BadTime::OutOfRange)
 }
 
 /// Where time comes from for time-dependent logic (quota refill, anomaly
@@ -136,6 +181,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_valid_time_past_the_supported_range_is_out_of_range_not_malformed() {
+        let latest = jiff::Timestamp::MAX.as_second();
+        assert_eq!(rfc3339(latest as u64), LATEST_TIME);
+        assert_eq!(read_rfc3339_ms(LATEST_TIME), Ok(latest * 1000));
+        assert_eq!(read_rfc3339_ms(EARLIEST_TIME).map(|_| ()), Ok(()));
+        for past in [
+            "9999-12-30T22:00:01Z",
+            "9999-12-31T00:00:00Z",
+            "9999-12-31T23:59:59.999Z",
+            "9999-12-30T21:00:00-05:00",
+        ] {
+            assert_eq!(read_rfc3339_ms(past), Err(BadTime::OutOfRange), "{past}");
+        }
+        for malformed in [
+            "",
+            "yesterday",
+            "2026-11-25",
+            "2026-11-25T21:00:00",
+            "2026-02-30T21:00:00Z",
+            "2026-11-25T25:00:00Z",
+            "10000-01-01T00:00:00Z",
+        ] {
+            assert_eq!(
+                read_rfc3339_ms(malformed),
+                Err(BadTime::Format),
+                "{malformed}"
+            );
+        }
+        assert_eq!(read_date(LATEST_DATE), Ok(253_402_128_000));
+        assert_eq!(read_date(EARLIEST_DATE).map(|_| ()), Ok(()));
+        assert_eq!(read_date("9999-12-31"), Err(BadTime::OutOfRange));
+        assert_eq!(read_date("2023-02-29"), Err(BadTime::Format));
+        assert_eq!(read_date("99999-01-01"), Err(BadTime::Format));
+    }
 
     #[test]
     fn rfc3339_known_instants() {

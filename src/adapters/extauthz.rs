@@ -124,7 +124,9 @@ pub fn to_access_request(check: &CheckRequest) -> Result<AccessRequest, &'static
         http.host.clone()
     };
     Ok(AccessRequest {
-        method: http.method.to_ascii_uppercase(),
+        // As sent: methods are case-sensitive (RFC 9110 section 9.1), and an
+        // upstream may treat `get` otherwise than `GET`.
+        method: http.method.clone(),
         path: http.path.clone(),
         host,
         headers,
@@ -320,10 +322,17 @@ mod tests {
 
     #[test]
     fn header_names_are_lower_cased() {
-        let r = to_access_request(&check("get", "/x", &[("X-Request-Id", "abc")])).unwrap();
-        assert_eq!(r.method, "GET");
+        let r = to_access_request(&check("GET", "/x", &[("X-Request-Id", "abc")])).unwrap();
         assert_eq!(r.header("x-request-id"), Some("abc"));
         assert_eq!(r.request_id, "abc");
+    }
+
+    #[test]
+    fn the_method_is_kept_as_sent_not_upper_cased() {
+        for method in ["GET", "get", "Get", "PROPFIND"] {
+            let r = to_access_request(&check(method, "/x", &[])).unwrap();
+            assert_eq!(r.method, method);
+        }
     }
 
     #[test]

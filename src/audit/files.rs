@@ -1,5 +1,6 @@
-//! The audit files on disk: their names (`audit-<first seq>.jsonl`), the
-//! listing in chain order, opening one to append, and finding where the
+//! The audit files on disk: their directory (created, or the file in its
+//! way named), their names (`audit-<first seq>.jsonl`), the listing in
+//! chain order, opening one to append, and finding where the
 //! chain resumes after a stop or a crash (cutting off a torn last line).
 //! The writer and the readers share these; nothing here chains records.
 
@@ -17,6 +18,50 @@ use super::writer::StartError;
 pub const FILE_PREFIX: &str = "audit-";
 /// See [`FILE_PREFIX`].
 pub const FILE_SUFFIX: &str = ".jsonl";
+/// Creates the audit directory `dir` if missing. A file in its way, at
+/// `dir` or above it, is named as such: `create_dir_all` says only
+/// `File exists` or `Not a directory`.
+pub(super) fn create_directory(dir: &Path) -> Result<(), StartError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        // The nearest path that exists, links followed: a file there is
+        // what stopped the creation.
+        let in_the_way = dir
+            .ancestors()
+            .filter(|p| !p.as_os_str().is_empty())
+            .find_map(|p| std::fs::metadata(p).ok().map(|m| (p, m)))
+            .filter(|(_, m)| !m.is_dir());
+        match in_the_way {
+            Some((file, _)) => StartError::NotADirectory {
+                dir: dir.to_path_buf(),
+                file: file.to_path_buf(),
+            },
+            None => StartError::Directory {
+                dir: dir.to_path_buf(),
+                message: format!("cannot create: {e}"),
+            },
+        }
+    })
+}
+
+/// The message of [`StartError::NotADirectory`].
+pub(super) fn not_a_directory(dir: &Path, file: &Path) -> String {
+    let what = if file == dir {
+        format!(
+            "audit directory {} is a file, not a directory",
+            dir.display()
+        )
+    } else {
+        format!(
+            "audit directory {} cannot be created: {} is a file, not a directory",
+            dir.display(),
+            file.display()
+        )
+    };
+    format!(
+        "{what}; move the file aside or set audit.directory to a directory this process may write"
+    )
+}
+
 /// The sorted audit files of a directory with the first seq each holds.
 pub fn list_files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut files = Vec::new();

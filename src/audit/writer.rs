@@ -43,6 +43,14 @@ pub enum StartError {
     /// The directory or a file could not be used.
     #[error("audit directory {dir}: {message}; set audit.directory to a directory this process may write (a relative path resolves against the config file's directory, often a read-only mount in a cluster)")]
     Directory { dir: PathBuf, message: String },
+    /// The directory, or a directory above it, is a file.
+    #[error("{}", super::files::not_a_directory(dir, file))]
+    NotADirectory {
+        /// The audit directory.
+        dir: PathBuf,
+        /// The file in its place: `dir` itself or a path above it.
+        file: PathBuf,
+    },
     /// Another process holds the directory.
     #[error("audit directory {0} is in use by another Portcullis process (two writers would break the chain); give each process its own audit.directory")]
     Locked(PathBuf),
@@ -111,7 +119,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         dir: dir.clone(),
         message,
     };
-    std::fs::create_dir_all(&dir).map_err(|e| dir_err(format!("cannot create: {e}")))?;
+    super::files::create_directory(&dir)?;
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -805,6 +813,36 @@ mod tests {
             assert!(sink.record(record(0)));
             writer.stop().await;
             assert_eq!(decisions(&config.directory), 1, "{durability:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_audit_directory_that_is_a_file_is_named_as_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("audit");
+        std::fs::write(&file, "").unwrap();
+        for (dir, expected) in [
+            (
+                file.clone(),
+                format!(
+                    "audit directory {} is a file, not a directory; ",
+                    file.display()
+                ),
+            ),
+            (
+                file.join("eu"),
+                format!(
+                    "audit directory {}/eu cannot be created: {} is a file, not a directory; ",
+                    file.display(),
+                    file.display()
+                ),
+            ),
+        ] {
+            let err = start(&config(&dir, None)).unwrap_err();
+            assert!(matches!(err, StartError::NotADirectory { .. }), "{err:?}");
+            let err = err.to_string();
+            assert!(err.starts_with(&expected), "{err}");
+            assert!(!err.contains("os error"), "{err}");
         }
     }
 

@@ -22,6 +22,7 @@ use crate::residency::ResidencyConfig;
 use crate::shared_redis::SharedRedis;
 
 pub mod forward_auth;
+mod paths;
 
 pub use forward_auth::ForwardAuthConfig;
 
@@ -289,14 +290,16 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Malformed {
-            path: path.to_path_buf(),
-            message: crate::yaml::message_in(&e, text),
-        })?;
+        let mut config: Config =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Malformed {
+                path: path.to_path_buf(),
+                message: crate::yaml::message_in(&e, text),
+            })?;
         // It parsed as a `Config`, so it parses as a YAML value too.
         let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap_or_default();
         let mut problems = Vec::new();
         durations_past_bound(&value, &mut String::new(), &mut problems);
+        problems.extend(config.empty_paths());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -304,75 +307,6 @@ impl Config {
                 path: path.to_path_buf(),
                 problems,
             })
-        }
-    }
-
-    fn resolve_paths(&mut self, base: &Path) {
-        if self.policies.is_relative() {
-            self.policies = base.join(&self.policies);
-        }
-        if self.audit.directory.is_relative() {
-            self.audit.directory = base.join(&self.audit.directory);
-        }
-        let mut no_pin_file = None;
-        let audit_keys = [
-            &mut self.audit.hmac_key_file,
-            &mut self.audit.signing_key_file,
-            match self.audit.signing_key_pkcs11.as_mut() {
-                Some(p) => &mut p.pin_file,
-                None => &mut no_pin_file,
-            },
-        ];
-        let export_files = self
-            .audit
-            .export
-            .as_mut()
-            .map(|e| [&mut e.ca_file, &mut e.cert_file, &mut e.key_file]);
-        for key in audit_keys
-            .into_iter()
-            .chain(export_files.into_iter().flatten())
-            .flatten()
-        {
-            if key.is_relative() {
-                *key = base.join(&*key);
-            }
-        }
-        for issuer in &mut self.authentication.jwt {
-            for path in [&mut issuer.jwks_file, &mut issuer.hmac_secret_file]
-                .into_iter()
-                .flatten()
-            {
-                if path.is_relative() {
-                    *path = base.join(&*path);
-                }
-            }
-        }
-        for path in [
-            &mut self.tls.cert_file,
-            &mut self.tls.key_file,
-            &mut self.tls.client_ca_file,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
-        }
-        if let Some(file) = self
-            .authentication
-            .introspection
-            .as_mut()
-            .and_then(|i| i.client_secret_file.as_mut())
-        {
-            if file.is_relative() {
-                *file = base.join(&*file);
-            }
-        }
-        if let Some(file) = &mut self.authentication.api_keys.file {
-            if file.is_relative() {
-                *file = base.join(&*file);
-            }
         }
     }
 

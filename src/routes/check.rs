@@ -255,7 +255,9 @@ impl Checker<'_> {
             if parsed.is_none() {
                 let upper = method.to_ascii_uppercase();
                 let hint = match upper.parse::<Method>() {
-                    Ok(_) => format!(" (write it in upper case: {upper})"),
+                    // Matched as sent (RFC 9110 section 9.1): `get` would
+                    // never match a request's `GET`.
+                    Ok(_) => format!(" (methods are case-sensitive; write it in upper case: {upper})"),
                     Err(()) => String::new(),
                 };
                 self.error(
@@ -443,7 +445,7 @@ routes:
     #[test]
     fn invalid_method_is_rejected() {
         let text = route_with("    method: get\n", PATH, ACTION, RESOURCE);
-        assert_one_error(&text, 4, "method 'get' is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, ANY (write it in upper case: GET)");
+        assert_one_error(&text, 4, "method 'get' is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, ANY (methods are case-sensitive; write it in upper case: GET)");
         let text = route_with("    method: FETCH\n", PATH, ACTION, RESOURCE);
         assert_one_error(&text, 4, "method 'FETCH' is not one of");
     }
@@ -569,7 +571,7 @@ routes:
             [
                 format!("{FILE}:1: unmatched: unknown variant `maybe`, expected `deny` or `allow`"),
                 format!("{FILE}:8: routes[0]: unknown field `colour`, expected one of `name`, `method`, `path`, `action`, `resource`, `must_exist`, `authentication`, `context_headers`, `model`, `body`, `headers_to_remove`, `signature`"),
-                format!("{FILE}:10: route 'b': method 'get' is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, ANY (write it in upper case: GET)"),
+                format!("{FILE}:10: route 'b': method 'get' is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, ANY (methods are case-sensitive; write it in upper case: GET)"),
                 format!("{FILE}:15: route 'b': resource id '{{y}}' uses capture 'y', which the path does not define; captures: x"),
                 format!("{FILE}:16: routes[2]: unknown field `extra`, expected one of `name`, `method`, `path`, `action`, `resource`, `must_exist`, `authentication`, `context_headers`, `model`, `body`, `headers_to_remove`, `signature`"),
             ]

@@ -268,7 +268,7 @@ routes:
         assert_eq!(
             errors(text),
             [
-                format!("{FILE}:3: route 'a': method 'get' is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, ANY (write it in upper case: GET)"),
+                format!("{FILE}:3: route 'a': method 'get' is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, ANY (methods are case-sensitive; write it in upper case: GET)"),
                 format!("{FILE}:6: route 'a': resource id '{{y}}' uses capture 'y', which the path does not define; captures: x"),
                 format!("{FILE}:7: routes[0].must_exist: invalid type: string \"yes\", expected a boolean"),
                 format!("{FILE}:8: routes[1]: missing field `method`"),

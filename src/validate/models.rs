@@ -226,13 +226,26 @@ impl Registry {
                     ("sunset", &version.sunset, &mut version.sunset_epoch),
                 ] {
                     if let Some(date) = date {
-                        match crate::time::parse_date(date) {
-                            Some(epoch) => *slot = Some(epoch),
-                            None => errors.push(RegistryError {
-                                line: line_of(text, &[name, "versions", vname, field]),
-                                message: format!("model '{name}' version '{vname}': {field} {date:?} is not a date; write YYYY-MM-DD"),
-                            }),
-                        }
+                        let problem = match crate::time::read_date(date) {
+                            Ok(epoch) => {
+                                *slot = Some(epoch);
+                                continue;
+                            }
+                            Err(crate::time::BadTime::Format) => {
+                                "is not a date; write YYYY-MM-DD".to_string()
+                            }
+                            Err(crate::time::BadTime::OutOfRange) => format!(
+                                "is out of range; give a date from {} to {}",
+                                crate::time::EARLIEST_DATE,
+                                crate::time::LATEST_DATE
+                            ),
+                        };
+                        errors.push(RegistryError {
+                            line: line_of(text, &[name, "versions", vname, field]),
+                            message: format!(
+                                "model '{name}' version '{vname}': {field} {date:?} {problem}"
+                            ),
+                        });
                     }
                 }
                 if let (Some(d), Some(s)) = (version.deprecated_epoch, version.sunset_epoch) {
@@ -662,6 +675,17 @@ models:
             Registry::parse("models:\n  m:\n    owner: a\n    sensitivity: x\n    versons: {}\n")
                 .unwrap_err();
         assert_eq!(e[0].line, Some(5), "{e:?}");
+    }
+
+    #[test]
+    fn a_sunset_date_past_the_supported_range_is_out_of_range_not_malformed() {
+        let e = Registry::parse("models:\n  m:\n    owner: a\n    sensitivity: x\n    versions:\n      v1: { sunset: 9999-12-31 }\n").unwrap_err();
+        assert_eq!(
+            e[0].message,
+            "model 'm' version 'v1': sunset \"9999-12-31\" is out of range; give a date from 0000-01-01 to 9999-12-30",
+            "{e:?}"
+        );
+        assert_eq!(e[0].line, Some(6), "{e:?}");
     }
 
     #[test]

@@ -669,6 +669,47 @@ async fn tail_streams_new_decision_records() {
     assert!(pdp.terminate(Duration::from_secs(10)).success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_from_past_the_head_is_refused_naming_the_head() {
+    use portcullis::proto::audit_service_client::AuditServiceClient;
+    use portcullis::proto::VerifyRequest;
+
+    let setup = Setup::new(1000);
+    let mut pdp = setup.start();
+    decisions(pdp.addr(), 4, 1).await;
+    let admin_addr = pdp.listener("admin");
+    let mut client = AuditServiceClient::connect(format!("http://{admin_addr}"))
+        .await
+        .unwrap();
+    let verify = |from_seq| {
+        as_user(
+            VerifyRequest {
+                from_seq,
+                to_seq: None,
+            },
+            "dave",
+        )
+    };
+    // Every admin call is recorded too, so the head moves under the test:
+    // the chain holds the 4 decisions, far short of seq 500.
+    let refused = client
+        .verify(verify(500))
+        .await
+        .expect_err("Verify past the head is refused, not ok having checked nothing");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let head: u64 = refused
+        .message()
+        .strip_prefix("from_seq 500 is past the chain's head (seq ")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|seq| seq.parse().ok())
+        .unwrap_or_else(|| panic!("{}", refused.message()));
+    assert!((3..500).contains(&head), "{}", refused.message());
+    // The head itself is still a range with a record in it.
+    let verified = client.verify(verify(head)).await.unwrap().into_inner();
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.first_seq, head, "{verified:?}");
+}
+
 #[test]
 fn policy_reloads_and_rejections_are_recorded() {
     let setup = Setup::with_extra(1000, "reload:\n  watch: false\n");

@@ -715,9 +715,10 @@ fn a_missing_policy_directory_says_to_pass_policies() {
 #[test]
 fn an_audit_directory_that_cannot_be_created_says_to_set_audit_directory() {
     let dir = tempfile::tempdir().unwrap();
-    // A file where the directory should be: creating it fails as on a
-    // read-only mount, whoever runs the test.
-    std::fs::write(dir.path().join("audit"), "").unwrap();
+    // A file where the directory should be: creating it fails whoever
+    // runs the test, and the file is named as such (not `File exists`).
+    let file = dir.path().join("audit");
+    std::fs::write(&file, "").unwrap();
     let config = dir.path().join("c.yaml");
     std::fs::write(
         &config,
@@ -731,9 +732,13 @@ fn an_audit_directory_that_cannot_be_created_says_to_set_audit_directory() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("set audit.directory to a directory this process may write"),
+        err.contains(&format!(
+            "audit directory {} is a file, not a directory; move the file aside or set audit.directory to a directory this process may write",
+            file.display()
+        )),
         "{err}"
     );
+    assert!(!err.contains("File exists"), "{err}");
 }
 
 #[test]

@@ -193,6 +193,24 @@ fn unmatched_path_is_404_and_wrong_method_is_405() {
 }
 
 #[test]
+fn a_lower_case_method_is_refused_as_any_unlisted_method() {
+    // Methods are case-sensitive (RFC 9110 section 9.1): `get` is not the
+    // `GET` the route lists, and an upstream may treat it otherwise.
+    let s = bundled();
+    for method in ["get", "Get", "head"] {
+        let d = decide_as(&s, None, &AccessRequest::for_test(method, "/v1/status"));
+        assert_eq!(d.status, 405, "{method}: {d:?}");
+        assert_eq!(d.allow_methods.as_deref(), Some("GET, HEAD"), "{method}");
+        assert_eq!(
+            d.detail,
+            format!("{method} is not allowed on this path; allowed: GET, HEAD")
+        );
+    }
+    let d = decide_as(&s, None, &AccessRequest::for_test("GET", "/v1/status"));
+    assert_eq!(d.status, 200, "{d:?}");
+}
+
+#[test]
 fn a_refusal_repeats_at_most_256_characters_of_a_long_path_or_method() {
     let s = bundled();
     let long_path = format!("/v1/{}", "a".repeat(1_000_000));

@@ -125,6 +125,7 @@ impl AuditService for AuditAdmin {
                 "to_seq must not be below from_seq",
             ));
         }
+        within_the_chain(q.from_seq, &self.state.audit.head())?;
         let dir = self.state.audit.directory().to_path_buf();
         let key = self.state.audit.checkpoint_key().cloned();
         let from = q.from_seq;
@@ -264,6 +265,22 @@ impl AuditService for AuditAdmin {
     }
 }
 
+/// A `Verify` from `from_seq` has records to check: `from_seq` is at or
+/// before the chain's head (as written), else the answer would be `ok`
+/// having checked nothing. `0` is the whole chain, even an empty one.
+pub(super) fn within_the_chain(from_seq: u64, head: &audit::Head) -> Result<(), Status> {
+    if from_seq == 0 || from_seq < head.next_seq {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(match head.next_seq {
+        0 => format!("from_seq {from_seq} is past the chain's head (the chain has no records yet)"),
+        next => format!(
+            "from_seq {from_seq} is past the chain's head (seq {})",
+            next - 1
+        ),
+    }))
+}
+
 /// A `decision` filter is empty, `allow` or `deny`.
 fn check_decision(decision: &str) -> Result<(), Status> {
     if decision.is_empty() || decision == "allow" || decision == "deny" {
@@ -280,12 +297,18 @@ pub fn query_filter(q: &proto::QueryRequest, now_ms: i64) -> Result<Filter, Stat
         if text.is_empty() {
             return Ok(None);
         }
-        crate::time::parse_rfc3339_ms(text)
+        use crate::time::{BadTime, EARLIEST_TIME, LATEST_TIME};
+        crate::time::read_rfc3339_ms(text)
             .map(Some)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "{field}: '{text}' is not an RFC 3339 time like 2026-11-25T21:00:00Z"
-                ))
+            .map_err(|bad| {
+                Status::invalid_argument(match bad {
+                    BadTime::Format => format!(
+                        "{field}: '{text}' is not an RFC 3339 time like 2026-11-25T21:00:00Z"
+                    ),
+                    BadTime::OutOfRange => format!(
+                        "{field}: '{text}' is out of range; give a time from {EARLIEST_TIME} to {LATEST_TIME}"
+                    ),
+                })
             })
     };
     let mut since = time("since", &q.since)?;

@@ -231,4 +231,68 @@ mod tests {
             .message()
             .contains("until"));
     }
+
+    #[test]
+    fn verify_from_past_the_head_is_refused_naming_the_head() {
+        use super::audit_service::within_the_chain;
+        let head = |next_seq| audit::Head {
+            next_seq,
+            ..Default::default()
+        };
+        for (from, next) in [(0, 0), (0, 42), (41, 42)] {
+            assert!(within_the_chain(from, &head(next)).is_ok(), "{from} {next}");
+        }
+        for (from, next, expected) in [
+            (500, 42, "from_seq 500 is past the chain's head (seq 41)"),
+            (42, 42, "from_seq 42 is past the chain's head (seq 41)"),
+            (
+                1,
+                0,
+                "from_seq 1 is past the chain's head (the chain has no records yet)",
+            ),
+        ] {
+            let e = within_the_chain(from, &head(next)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert_eq!(e.message(), expected);
+        }
+    }
+
+    #[test]
+    fn a_time_filter_past_the_supported_range_is_out_of_range_not_malformed() {
+        for (q, expected) in [
+            (
+                proto::QueryRequest {
+                    until: "9999-12-31T00:00:00Z".into(),
+                    ..Default::default()
+                },
+                "until: '9999-12-31T00:00:00Z' is out of range; give a time from 0000-01-01T00:00:00Z to 9999-12-30T22:00:00Z",
+            ),
+            (
+                proto::QueryRequest {
+                    since: "9999-12-30T23:00:00+00:30".into(),
+                    ..Default::default()
+                },
+                "since: '9999-12-30T23:00:00+00:30' is out of range; give a time from 0000-01-01T00:00:00Z to 9999-12-30T22:00:00Z",
+            ),
+            (
+                proto::QueryRequest {
+                    until: "9999-13-01T00:00:00Z".into(),
+                    ..Default::default()
+                },
+                "until: '9999-13-01T00:00:00Z' is not an RFC 3339 time like 2026-11-25T21:00:00Z",
+            ),
+        ] {
+            let e = query_filter(&q, 0).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert_eq!(e.message(), expected);
+        }
+        let q = proto::QueryRequest {
+            until: "9999-12-30T22:00:00Z".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            query_filter(&q, 0).unwrap().until_ms,
+            Some(253_402_207_200_000)
+        );
+    }
 }

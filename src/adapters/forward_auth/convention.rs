@@ -156,7 +156,8 @@ fn required<'h>(map: &'h HeaderMap, name: &str, convention: Convention) -> Resul
     })
 }
 
-/// An HTTP method token (RFC 9110 section 9.1), upper-cased.
+/// An HTTP method token (RFC 9110 section 9.1), as sent: methods are
+/// case-sensitive, and an upstream may treat `get` otherwise than `GET`.
 fn method(text: &str, header: &str) -> Result<String, BadAsk> {
     let token = !text.is_empty()
         && text.len() <= 32
@@ -166,7 +167,7 @@ fn method(text: &str, header: &str) -> Result<String, BadAsk> {
     if !token {
         return Err(BadAsk::new(format!("{header} is not an HTTP method")));
     }
-    Ok(text.to_ascii_uppercase())
+    Ok(text.to_string())
 }
 
 /// An origin-form request target (`/path?query`), as the routes match it.
@@ -239,7 +240,7 @@ pub fn read(
             (m, path, host)
         }
         Convention::RequestLine => (
-            parts.method.as_str().to_ascii_uppercase(),
+            parts.method.as_str().to_string(),
             request_line_path.unwrap_or_else(|| "/".into()),
             authority()?,
         ),
@@ -321,7 +322,7 @@ mod tests {
             "/forward-auth?ignored=1",
             &[
                 ("host", "portcullis:9191"),
-                ("x-forwarded-method", "post"),
+                ("x-forwarded-method", "POST"),
                 ("x-forwarded-uri", "/v1/models/m/versions/v1:predict?x=1"),
                 ("x-forwarded-host", "api.example"),
                 ("x-forwarded-proto", "https"),
@@ -396,6 +397,33 @@ mod tests {
             ask("GET", "/ext-authzx/v1", &[], b"").unwrap_err().status,
             404
         );
+    }
+
+    #[test]
+    fn the_method_is_kept_as_sent_not_upper_cased() {
+        let conventions = [
+            (
+                "GET",
+                "/forward-auth",
+                Some("x-forwarded-method"),
+                "x-forwarded-uri",
+            ),
+            (
+                "GET",
+                "/auth-request",
+                Some("x-original-method"),
+                "x-original-uri",
+            ),
+            ("get", "/ext-authz/v1/status", None, "x-unused"),
+        ];
+        for (line_method, target, header, uri_header) in conventions {
+            let mut headers = vec![(uri_header, "/v1/status")];
+            if let Some(header) = header {
+                headers.push((header, "get"));
+            }
+            let (_, r) = ask(line_method, target, &headers, b"").unwrap();
+            assert_eq!(r.method, "get", "{target}");
+        }
     }
 
     #[test]

@@ -97,7 +97,8 @@ impl CheckInput {
                 .or_insert_with(|| "application/json".into());
         }
         AccessRequest {
-            method: self.method.to_ascii_uppercase(),
+            // As sent, as the live front doors take it: `get` is not `GET`.
+            method: self.method.clone(),
             path: self.path.clone(),
             host: self.host.clone(),
             headers,
@@ -140,5 +141,21 @@ impl CheckInput {
                 mfa: input.mfa,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_method_is_kept_as_sent_not_upper_cased() {
+        for method in ["GET", "get"] {
+            let input = CheckInput::parse(&format!(
+                r#"{{"method": "{method}", "path": "/v1/status"}}"#
+            ))
+            .unwrap();
+            assert_eq!(input.to_access_request().method, method);
+        }
     }
 }
