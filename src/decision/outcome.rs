@@ -27,6 +27,9 @@ pub enum DenyReason {
     MethodNotAllowed,
     /// The path cannot be decoded.
     BadPath,
+    /// The method is empty, not a token, or not upper case (RFC 9110
+    /// sections 5.6.2 and 9.1).
+    BadMethod,
     /// The route's resource does not exist.
     UnknownResource,
     /// The decision could not be recorded in the audit trail and the
@@ -213,6 +216,7 @@ impl DenyReason {
                 "Method not allowed",
             ),
             DenyReason::BadPath => row(400, InvalidArgument, "bad_path", "Bad request path"),
+            DenyReason::BadMethod => row(400, InvalidArgument, "bad_method", "Bad request method"),
             DenyReason::BadQuotaCost => row(400, InvalidArgument, "bad_quota_cost", "Bad request"),
             DenyReason::MalformedBody => row(
                 400,
@@ -498,7 +502,7 @@ mod tests {
             .any(|(k, v)| k == "content-type" && v == PROBLEM_JSON));
     }
 
-    const ALL: [DenyReason; 27] = [
+    const ALL: [DenyReason; 28] = [
         DenyReason::Unauthenticated,
         DenyReason::InvalidCredentials,
         DenyReason::InvalidSignature,
@@ -512,6 +516,7 @@ mod tests {
         DenyReason::ModelVersionRetired,
         DenyReason::MethodNotAllowed,
         DenyReason::BadPath,
+        DenyReason::BadMethod,
         DenyReason::BadQuotaCost,
         DenyReason::MalformedBody,
         DenyReason::BodyTooLarge,

@@ -17,7 +17,7 @@ use crate::policy::Snapshot;
 use crate::quota::apply::Applied;
 use crate::quota::check::QuotaSubject;
 use crate::request::AccessRequest;
-use crate::routes::{self, RouteMatch, Unmatched};
+use crate::routes;
 use crate::validate::{self, models::Lookup};
 
 /// The header that names, to the upstream, the kinds of personal data an
@@ -66,6 +66,9 @@ impl Refusal {
     }
 }
 
+mod route;
+pub(super) use route::{route, Routing};
+
 /// A request whose route is known, on its way through the stages.
 pub(super) struct Routed<'s> {
     pub(super) d: Decision,
@@ -77,85 +80,6 @@ pub(super) struct Routed<'s> {
     /// The body as the validate stage parsed it (JSON on a route with a
     /// body rule), for the quota stage's costs.
     body: Option<serde_json::Value>,
-}
-
-/// Where a request stands after routing.
-pub(super) enum Routing<'s> {
-    /// A route takes it; authentication comes next.
-    Routed(Routed<'s>),
-    /// Decided without looking at credentials (no route, bad path, ...).
-    Decided(Decision),
-}
-
-/// Stage 1, route: what is being asked for. A request no route takes is
-/// decided here, before any credential is looked at.
-pub(super) fn route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
-    let started = Instant::now();
-    let routing = match_route(snapshot, req);
-    metrics::global().stage(metrics::Stage::Route, started.elapsed());
-    routing
-}
-
-fn match_route<'s>(snapshot: &'s Snapshot, req: &AccessRequest) -> Routing<'s> {
-    let d = Decision::new(&snapshot.version);
-    match snapshot.routes.match_request(&req.method, &req.path) {
-        RouteMatch::Matched {
-            route,
-            resource_id,
-            captures,
-            path,
-        } => {
-            let mut d = d;
-            d.route = Some(route.name.clone());
-            d.action = Some(route.action_uid_text().to_owned());
-            Routing::Routed(Routed {
-                d,
-                route,
-                resource_id,
-                captures,
-                path,
-                body: None,
-            })
-        }
-        RouteMatch::MethodNotAllowed { allowed } => {
-            let allowed = allowed.join(", ");
-            let mut d = d.deny(
-                DenyReason::MethodNotAllowed,
-                format!(
-                    "{} is not allowed on this path; allowed: {allowed}",
-                    echoed(&req.method)
-                ),
-            );
-            d.allow_methods = Some(allowed);
-            Routing::Decided(d)
-        }
-        RouteMatch::NotFound => Routing::Decided(match snapshot.routes.unmatched() {
-            Unmatched::Allow => d.allow(),
-            Unmatched::Deny => d.deny(
-                DenyReason::NoRoute,
-                format!(
-                    "no API route matches {} {}",
-                    echoed(&req.method),
-                    echoed(req.path.split(['?', '#']).next().unwrap_or(""))
-                ),
-            ),
-        }),
-        RouteMatch::BadPath { reason } => Routing::Decided(d.deny(DenyReason::BadPath, reason)),
-    }
-}
-
-/// The most characters of the client's own input (its method, its path) a
-/// refusal's detail repeats back.
-pub const MAX_ECHOED_CHARS: usize = 256;
-
-/// `text` as a detail repeats it: whole up to [`MAX_ECHOED_CHARS`]
-/// characters, else cut there and marked with `…`, so that a megabyte of
-/// path is not answered with a megabyte of problem document.
-fn echoed(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(MAX_ECHOED_CHARS) {
-        None => text.into(),
-        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
-    }
 }
 
 /// A source the anomaly detector blocks is refused before its credentials

@@ -263,6 +263,29 @@ pub enum RouteMatch<'a> {
     NotFound,
     /// The path is malformed; `reason` is safe to show the client.
     BadPath { reason: String },
+    /// The method is not one Portcullis interprets; `problem` says why
+    /// (see [`method_problem`]).
+    BadMethod { problem: &'static str },
+}
+
+/// Why a request's method is refused before matching, if it is: empty,
+/// not a token (RFC 9110 section 5.6.2: `!#$%&'*+-.^_`|~`, digits,
+/// letters), or with a lower-case letter. Methods are case-sensitive (RFC
+/// 9110 section 9.1) and every standard one is upper case; an upstream that
+/// folds case would run `delete` as `DELETE` while a policy on an `ANY`
+/// route compared `context.method` with `"DELETE"` and let it through, so
+/// a method in another case is refused, not matched as another method.
+pub fn method_problem(method: &str) -> Option<&'static str> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if method.is_empty() {
+        Some("is empty")
+    } else if !method.bytes().all(tchar) {
+        Some("is not an HTTP token (RFC 9110 section 5.6.2)")
+    } else if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        Some("has lower-case letters; methods are case-sensitive (RFC 9110 section 9.1) and Portcullis takes upper-case ones only, as every standard method is written")
+    } else {
+        None
+    }
 }
 
 /// The compiled route table of one `routes.yaml`.
@@ -297,7 +320,13 @@ impl RouteTable {
     ///
     /// The first route in file order matching both method and path wins; a
     /// `GET` route also takes `HEAD` (RFC 9110 section 9.3.2).
+    ///
+    /// A method that is not an upper-case token is a `BadMethod` before
+    /// any route is looked at (see [`method_problem`]).
     pub fn match_request<'a>(&'a self, method: &str, path: &str) -> RouteMatch<'a> {
+        if let Some(problem) = method_problem(method) {
+            return RouteMatch::BadMethod { problem };
+        }
         let path = match normalize_path(path) {
             Ok(path) => path,
             Err(reason) => return RouteMatch::BadPath { reason },
@@ -457,6 +486,37 @@ mod tests {
     }
 
     #[test]
+    fn a_method_in_another_case_is_a_bad_method_even_on_an_any_route() {
+        let table = load(&route_with("    method: ANY\n", PATH, ACTION, RESOURCE));
+        for method in ["delete", "Delete", "get", "purge"] {
+            assert!(
+                matches!(
+                    table.match_request(method, "/v1/models/m"),
+                    RouteMatch::BadMethod { problem } if problem.starts_with("has lower-case letters")
+                ),
+                "{method}"
+            );
+        }
+        for method in ["DELETE", "PURGE", "M-SEARCH", "X_1"] {
+            assert!(
+                matches!(
+                    table.match_request(method, "/v1/models/m"),
+                    RouteMatch::Matched { .. }
+                ),
+                "{method}"
+            );
+        }
+        assert_eq!(method_problem(""), Some("is empty"));
+        for method in ["GE T", "GET/1", "GÉT", "(GET)"] {
+            assert_eq!(
+                method_problem(method),
+                Some("is not an HTTP token (RFC 9110 section 5.6.2)"),
+                "{method}"
+            );
+        }
+    }
+
+    #[test]
     fn a_raw_hash_anywhere_in_the_target_is_a_bad_path_not_a_stripped_fragment() {
         // `/v1/status#/../audit` matched /v1/status, while an upstream
         // reading the '#' as a path character resolves it to /v1/audit.
@@ -566,7 +626,7 @@ mod tests {
     #[test]
     fn any_matches_every_method() {
         let table = load(&two_routes(("ANY", "/v1/{a}"), ("GET", "/v2")));
-        for method in ["GET", "POST", "DELETE", "PROPFIND", "get"] {
+        for method in ["GET", "POST", "DELETE", "PROPFIND", "M-SEARCH"] {
             assert_eq!(matched(&table, method, "/v1/x").0, "first");
         }
     }
@@ -589,13 +649,12 @@ routes:
                 allowed: vec!["GET", "HEAD", "POST", "DELETE"]
             }
         );
-        // Method names are case-sensitive.
-        assert_eq!(
+        // Method names are case-sensitive: `get` is no method a route
+        // lists, and refused before any is looked at.
+        assert!(matches!(
             table.match_request("get", "/v1/status"),
-            RouteMatch::MethodNotAllowed {
-                allowed: vec!["GET", "HEAD", "POST", "DELETE"]
-            }
-        );
+            RouteMatch::BadMethod { .. }
+        ));
         assert_eq!(
             table.match_request("GET", "/v2"),
             RouteMatch::MethodNotAllowed {

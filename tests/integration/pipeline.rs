@@ -193,21 +193,40 @@ fn unmatched_path_is_404_and_wrong_method_is_405() {
 }
 
 #[test]
-fn a_lower_case_method_is_refused_as_any_unlisted_method() {
+fn a_method_not_in_upper_case_is_a_bad_method_on_every_route() {
     // Methods are case-sensitive (RFC 9110 section 9.1): `get` is not the
-    // `GET` the route lists, and an upstream may treat it otherwise.
+    // `GET` the route lists, and an upstream that folds case would run
+    // `delete` as `DELETE` where a policy on an `ANY` route compared
+    // `context.method` with "DELETE".
     let s = bundled();
-    for method in ["get", "Get", "head"] {
-        let d = decide_as(&s, None, &AccessRequest::for_test(method, "/v1/status"));
-        assert_eq!(d.status, 405, "{method}: {d:?}");
-        assert_eq!(d.allow_methods.as_deref(), Some("GET, HEAD"), "{method}");
+    for (method, path) in [
+        ("get", "/v1/status"),
+        ("Get", "/v1/status"),
+        ("head", "/v1/status"),
+        ("delete", "/v1/nowhere"),
+    ] {
+        let d = decide_as(&s, None, &AccessRequest::for_test(method, path));
+        assert_eq!(d.reason, Some(DenyReason::BadMethod), "{method}: {d:?}");
+        assert_eq!(d.status, 400, "{method}");
         assert_eq!(
             d.detail,
-            format!("{method} is not allowed on this path; allowed: GET, HEAD")
+            format!("the method '{method}' has lower-case letters; methods are case-sensitive (RFC 9110 section 9.1) and Portcullis takes upper-case ones only, as every standard method is written")
         );
+    }
+    for (method, problem) in [
+        ("", "is empty"),
+        ("GE T", "is not an HTTP token (RFC 9110 section 5.6.2)"),
+        ("GET\n", "is not an HTTP token (RFC 9110 section 5.6.2)"),
+    ] {
+        let d = decide_as(&s, None, &AccessRequest::for_test(method, "/v1/status"));
+        assert_eq!(d.reason, Some(DenyReason::BadMethod), "{method:?}: {d:?}");
+        assert_eq!(d.detail, format!("the method '{method}' {problem}"));
     }
     let d = decide_as(&s, None, &AccessRequest::for_test("GET", "/v1/status"));
     assert_eq!(d.status, 200, "{d:?}");
+    // An upper-case method the path does not list is still a 405.
+    let d = decide_as(&s, None, &AccessRequest::for_test("PURGE", "/v1/status"));
+    assert_eq!(d.status, 405, "{d:?}");
 }
 
 #[test]
@@ -218,17 +237,30 @@ fn a_refusal_repeats_at_most_256_characters_of_a_long_path_or_method() {
     assert_eq!(d.reason, Some(DenyReason::NoRoute));
     let echoed = format!("{}…", &long_path[..256]);
     assert_eq!(d.detail, format!("no API route matches GET {echoed}"));
-    let long_method = "Ä".repeat(5_000);
+    let long_method = "X".repeat(5_000);
     let d = decide_as(
         &s,
         None,
         &AccessRequest::for_test(&long_method, "/v1/status"),
     );
     assert_eq!(d.status, 405);
-    let echoed: String = long_method.chars().take(256).collect();
+    let echoed = &long_method[..256];
     assert_eq!(
         d.detail,
         format!("{echoed}… is not allowed on this path; allowed: GET, HEAD")
+    );
+    // Cut on a character, not a byte.
+    let long_method = "Ä".repeat(5_000);
+    let d = decide_as(
+        &s,
+        None,
+        &AccessRequest::for_test(&long_method, "/v1/status"),
+    );
+    assert_eq!(d.reason, Some(DenyReason::BadMethod));
+    let echoed: String = long_method.chars().take(256).collect();
+    assert_eq!(
+        d.detail,
+        format!("the method '{echoed}…' is not an HTTP token (RFC 9110 section 5.6.2)")
     );
     // A short one is repeated whole.
     let d = decide_as(&s, None, &AccessRequest::for_test("GET", "/nope"));
