@@ -221,11 +221,28 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
             }
         }
         Enforced::Unavailable => {
+            // Refused uncounted: each enforced limit reports the refusal
+            // (0 left, retry in a second as `Retry-After` says), so that a
+            // descriptor's status agrees with the answer; a shadow one
+            // still reports OK (`shadow` never limits).
+            let outcome = unchecked(&charges[0].key, OnStoreError::Deny);
+            for (&i, c) in index.iter().zip(charges) {
+                applied[i] = Some(Applied {
+                    key: c.key,
+                    limit: limit_at(i),
+                    state: LimitState {
+                        over: true,
+                        remaining: 0,
+                        reset_us: 0,
+                        retry_us: 1_000_000,
+                    },
+                });
+            }
             return Verdict {
                 allowed: false,
                 applied,
-                outcome: Some(unchecked(&charges[0].key, OnStoreError::Deny)),
-            }
+                outcome: Some(outcome),
+            };
         }
     };
     // Each charge's key moves into its `Applied`; what follows reads them

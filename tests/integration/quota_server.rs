@@ -485,6 +485,44 @@ async fn check_with_redis_down_follows_the_configured_mode() {
     }
 }
 
+/// With `on_store_error: deny` and the store down, `ShouldRateLimit` is
+/// OVER_LIMIT overall and every limited descriptor says so too (0 left);
+/// its statuses were all OK, so Envoy's `x-ratelimit-*` headers, built
+/// from them, told the refused client it had calls left.
+#[tokio::test]
+async fn rls_with_the_store_down_in_deny_mode_refuses_every_limited_descriptor() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let settings = QuotaSettings {
+        timeout_ms: 10,
+        on_store_error: portcullis::quota::OnStoreError::Deny,
+        ..redis_settings(&redis)
+    };
+    let policies = quota_policies();
+    let running = start(policies.path(), settings).await;
+    let r = rls(
+        &running,
+        rls_request(
+            "ml_api",
+            &[&[("remote_address", "10.1.2.3")], &[("nothing", "here")]],
+            1,
+        ),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let limited = &r.statuses[0];
+    assert_eq!(limited.code, Code::OverLimit as i32, "{limited:?}");
+    assert_eq!(limited.limit_remaining, 0);
+    assert_eq!(
+        limited.current_limit.as_ref().map(|l| l.name.as_str()),
+        Some("per-address")
+    );
+    // A descriptor no limit applies to is not refused by one.
+    assert_eq!(r.statuses[1].code, Code::Ok as i32);
+    assert_eq!(rls_header(&r, "retry-after").as_deref(), Some("1"));
+    running.shutdown().await.unwrap();
+}
+
 // --- configuration ---------------------------------------------------------
 
 #[test]
