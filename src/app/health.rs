@@ -69,7 +69,9 @@ impl Default for Readiness {
 /// Ready when a valid snapshot serves (always true once started: the
 /// server does not start without one, and a rejected reload keeps the last
 /// good one), every JWT issuer's keys are usable, and the quota store
-/// answers a ping, when the store is remote and its failure mode is `deny`
+/// takes a write (a Redis that answers `PING` but refuses writes, at
+/// `maxmemory` or read-only, refuses every charge), when the store is
+/// remote and its failure mode is `deny`
 /// (with `allow` or `local`, requests are still decided while it is down,
 /// so taking every replica out of rotation would turn a degraded mode into
 /// an outage; that case is a warning).
@@ -84,7 +86,7 @@ pub async fn check(state: &State) -> Status {
         ));
     }
     if let Err(e) = state.quotas.ping().await {
-        let line = format!("quota store unreachable: {e}");
+        let line = format!("quota store unreachable or refusing writes: {e}");
         if state.quotas.on_error() == crate::quota::OnStoreError::Deny {
             problems.push(line);
         } else {

@@ -328,6 +328,12 @@ fn by_slot(charges: &[Charge]) -> Vec<(Slot, Vec<usize>)> {
     slots
 }
 
+/// The key the readiness probe writes (as `portcullis:q:{readyz}`, under
+/// the quota keys' prefix, so that an ACL that lets the quota keys be
+/// written lets it be too). No counter key has this form: theirs hold a
+/// `|`.
+pub const READINESS_KEY: &str = "readyz";
+
 pub(crate) fn redis_key(key: &str) -> String {
     format!("{KEY_PREFIX}{{{key}}}")
 }
@@ -413,14 +419,23 @@ impl QuotaStore for RedisStore {
         })
     }
 
+    /// A write, not a `PING`: a Redis at `maxmemory` with `noeviction`, a
+    /// demoted primary (`READONLY`) or a user whose ACL refuses the quota
+    /// keys answers `PING` while refusing every charge. The probe sets
+    /// [`READINESS_KEY`] (its own slot in a Cluster: one primary is
+    /// probed) for ten seconds.
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self
             .redis
             .connection()
             .await
             .map_err(|e| unreachable(self.name(), e))?;
-        if let Err(e) = redis::cmd("PING")
-            .query_async::<String>(&mut connection)
+        if let Err(e) = redis::cmd("SET")
+            .arg(redis_key(READINESS_KEY))
+            .arg(1)
+            .arg("PX")
+            .arg(10_000)
+            .query_async::<()>(&mut connection)
             .await
         {
             self.redis.note_error(&e);

@@ -325,7 +325,7 @@ fn a_dead_redis_makes_us_unready_only_when_its_failure_mode_denies() {
             mentioned[0]
                 .as_str()
                 .unwrap()
-                .contains("quota store unreachable"),
+                .contains("quota store unreachable or refusing writes"),
             "mode {mode}: {body}"
         );
     }

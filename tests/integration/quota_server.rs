@@ -523,6 +523,38 @@ async fn rls_with_the_store_down_in_deny_mode_refuses_every_limited_descriptor()
     running.shutdown().await.unwrap();
 }
 
+/// A Redis that answers `PING` but refuses writes (`maxmemory` reached
+/// with `noeviction`) refuses every charge: with `on_store_error: deny`
+/// every `Check` is a 503, and readiness says so (it stayed ready on the
+/// `PING`).
+#[tokio::test]
+async fn a_redis_refusing_writes_makes_us_unready_when_its_failure_mode_denies() {
+    use portcullis::app::health;
+    let redis = RedisServer::start();
+    let settings = QuotaSettings {
+        on_store_error: portcullis::quota::OnStoreError::Deny,
+        ..redis_settings(&redis)
+    };
+    let policies = quota_policies();
+    let running = start(policies.path(), settings).await;
+    let status = health::check(&running.state).await;
+    assert!(status.ready, "{status:?}");
+    for setting in ["maxmemory-policy noeviction", "maxmemory 1"] {
+        let answer = redis.command(&format!("CONFIG SET {setting}\r\n"));
+        assert_eq!(answer.as_deref(), Some("+OK\r\n"), "{setting}");
+    }
+    let r = check(&running, check_request("GET", "/v1/status", None, &[], b"")).await;
+    assert_eq!(http_status(&r), 503);
+    let status = health::check(&running.state).await;
+    assert!(!status.ready, "{status:?}");
+    assert!(
+        status.problems[0].starts_with("quota store unreachable or refusing writes")
+            && status.problems[0].contains("OOM"),
+        "{status:?}"
+    );
+    running.shutdown().await.unwrap();
+}
+
 // --- configuration ---------------------------------------------------------
 
 #[test]
