@@ -743,6 +743,26 @@ fn a_missing_policy_directory_says_to_pass_policies() {
 }
 
 #[test]
+fn an_empty_config_path_is_refused_naming_the_flag_from_the_command_line_or_environment() {
+    let out = portcullis(&["serve", "--config", ""]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: --config: empty; give the config file's path\n"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("serve")
+        .env("PORTCULLIS_CONFIG", "")
+        .output()
+        .expect("run portcullis");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: --config: empty; give the config file's path\n"
+    );
+}
+
+#[test]
 fn an_audit_directory_that_cannot_be_created_says_to_set_audit_directory() {
     let dir = tempfile::tempdir().unwrap();
     // A file where the directory should be: creating it fails whoever
