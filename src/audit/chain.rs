@@ -469,6 +469,27 @@ impl<'k> Verifier<'k> {
         self.is_broken() || self.prev_seq().is_some_and(|s| s >= self.range.1)
     }
 
+    /// Once every line is read: the chain must reach `head`, the last
+    /// record a live writer has written to the files (or the range's end,
+    /// when before it); a chain that ends before it was cut short, and is
+    /// broken at `at`, where the next record belonged.
+    pub fn reaches(&mut self, head: u64, at: Location) {
+        let end = head.min(self.range.1);
+        let last = self.prev_seq();
+        if self.is_broken() || end < self.range.0 || last.is_some_and(|l| l >= end) {
+            return;
+        }
+        let missing = last.map_or(0, |l| l + 1).max(self.range.0);
+        let files = match last {
+            Some(l) => format!("the files end at seq {l}"),
+            None => "the files hold no records".to_string(),
+        };
+        let reason = format!(
+            "{files}, but the writer's head is seq {head}: records {missing}..{end} are missing (the files were cut short or removed)"
+        );
+        self.fail(at, Some(missing), None, reason);
+    }
+
     fn prev_seq(&self) -> Option<u64> {
         self.expected_seq.map(|s| s.saturating_sub(1))
     }

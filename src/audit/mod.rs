@@ -232,7 +232,9 @@ pub enum OnFull {
     FailClosed,
 }
 
-/// The chain's head as the writer last left it.
+/// The chain's head as the writer last wrote it to the file: records
+/// queued, or appended to the batch being written, are not in it until
+/// their write returns, so every record before `next_seq` is in the files.
 #[derive(Debug, Default, Clone)]
 pub struct Head {
     /// The next sequence number.
@@ -432,7 +434,7 @@ impl AuditSink {
         &self.counters
     }
 
-    /// The chain's head.
+    /// The chain's head as written to the file (see [`Head`]).
     pub fn head(&self) -> Head {
         self.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -635,7 +635,7 @@ mod tests {
             assert_eq!(last.kind, Kind::Checkpoint, "{}", path.display());
         }
         let key = CheckpointKey::from_file(config.hmac_key_file.as_deref().unwrap()).unwrap();
-        let (v, _) = query::verify_dir(&dir, Some(&key), 0, u64::MAX).unwrap();
+        let (v, _) = query::verify_dir(&dir, Some(&key), 0, u64::MAX, None).unwrap();
         assert_eq!(v.broken, None);
         assert!(v.checkpoints_verified >= 10 + 2, "{v:?}");
         assert_eq!(decisions(&dir), 100);
@@ -744,7 +744,7 @@ mod tests {
         file.write_all(b"{\"seq\":5,\"id\":\"torn").unwrap();
         drop(file);
         write(&config, 5).await;
-        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX).unwrap();
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX, None).unwrap();
         assert_eq!(v.broken, None, "{v:?}");
         assert_eq!((v.records, v.last_seq), (10, Some(9)));
         assert_eq!(decisions(&dir), 10);
@@ -756,7 +756,7 @@ mod tests {
         let dir = tmp.path().join("audit");
         write(&config(&dir, None), 100).await;
         assert!(list_files(&dir).unwrap().len() >= 2);
-        let (v, files) = query::verify_dir(&dir, None, 60, 64).unwrap();
+        let (v, files) = query::verify_dir(&dir, None, 60, 64, None).unwrap();
         assert_eq!(v.broken, None);
         assert_eq!(
             (v.records, v.first_seq, v.last_seq),
@@ -769,6 +769,87 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn verify_reports_files_cut_short_of_the_writers_head_naming_both() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = AuditConfig {
+            rotate_bytes: 1 << 20,
+            ..config(&dir, None)
+        };
+        write(&config, 42).await;
+        let (_, path) = list_files(&dir).unwrap().pop().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: String = text.split_inclusive('\n').take(31).collect();
+        std::fs::write(&path, kept).unwrap();
+
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX, Some(41)).unwrap();
+        let broken = v.broken.expect("the cut is reported");
+        assert_eq!(
+            (broken.at.file.as_str(), broken.at.line, broken.seq),
+            (path.to_str().unwrap(), 32, Some(31))
+        );
+        assert_eq!(
+            broken.reason,
+            "the files end at seq 30, but the writer's head is seq 41: records 31..41 are missing (the files were cut short or removed)"
+        );
+        assert_eq!((v.records, v.last_seq), (31, Some(30)));
+        // Within a range: what of it is missing; a range the files hold
+        // is whole.
+        let (v, _) = query::verify_dir(&dir, None, 35, 38, Some(41)).unwrap();
+        let reason = v.broken.expect("the cut is reported").reason;
+        assert!(reason.contains("records 35..38 are missing"), "{reason}");
+        let (v, _) = query::verify_dir(&dir, None, 0, 30, Some(41)).unwrap();
+        assert_eq!(v.broken, None);
+        // Offline, or at the head as written: nothing is missing.
+        for written in [None, Some(30)] {
+            let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX, written).unwrap();
+            assert_eq!(v.broken, None, "{written:?}");
+        }
+        // Every file gone.
+        std::fs::remove_file(&path).unwrap();
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX, Some(41)).unwrap();
+        let reason = v.broken.expect("the loss is reported").reason;
+        assert!(
+            reason.starts_with("the files hold no records, but the writer's head is seq 41: records 0..41 are missing"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_against_the_written_head_while_records_are_written_finds_nothing_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let (sink, writer) = start(&config(&dir, None)).unwrap();
+        let load = {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                for i in 0..20_000 {
+                    sink.record(record(i));
+                    if i % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        };
+        let mut verified = 0;
+        while !load.is_finished() {
+            let written = sink.head().next_seq.checked_sub(1);
+            let d = dir.clone();
+            let (v, _) = tokio::task::spawn_blocking(move || {
+                query::verify_dir(&d, None, 0, u64::MAX, written)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(v.broken, None, "{v:?}");
+            verified += 1;
+        }
+        load.await.unwrap();
+        writer.stop().await;
+        assert!(verified > 0);
+    }
+
+    #[tokio::test]
     async fn a_cut_line_in_an_older_file_is_named() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");
@@ -777,7 +858,7 @@ mod tests {
         let text = std::fs::read_to_string(&first).unwrap();
         let lines = text.lines().count();
         std::fs::write(&first, &text[..text.len() - 10]).unwrap();
-        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX).unwrap();
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX, None).unwrap();
         let broken = v.broken.expect("the cut line is reported");
         assert_eq!(broken.at.file, first.display().to_string());
         assert_eq!(broken.at.line, lines, "{broken}");
@@ -931,7 +1012,7 @@ mod tests {
             healthy.load(Ordering::Relaxed),
             "recovers with the next write"
         );
-        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX).unwrap();
+        let (v, _) = query::verify_dir(&dir, None, 0, u64::MAX, None).unwrap();
         assert_eq!(v.broken, None, "{v:?}");
         assert_eq!((v.records, v.first_seq), (1, Some(0)));
     }

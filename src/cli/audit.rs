@@ -19,15 +19,15 @@ pub enum AuditCommand {
     Verify {
         /// Audit files (audit-*.jsonl), directories holding them, or
         /// OTLP/JSON export files.
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = super::PathTo("the path of an audit file or directory"))]
         files: Vec<PathBuf>,
         /// The HMAC key file the server signs checkpoints with.
-        #[arg(long)]
+        #[arg(long, value_parser = super::PathTo("the HMAC key file's path"))]
         key_file: Option<PathBuf>,
         /// An Ed25519 public key (PEM, `openssl pkey -pubout`) of the
         /// server's audit.signing_key_file; repeat it for each key in force
         /// across a key rotation. Verifies without any secret.
-        #[arg(long)]
+        #[arg(long, value_parser = super::PathTo("the public key file's path"))]
         public_key: Vec<PathBuf>,
     },
     /// Print the public key (SubjectPublicKeyInfo PEM) of the key that
@@ -37,7 +37,7 @@ pub enum AuditCommand {
     /// `portcullis audit verify --public-key`.
     PublicKey {
         /// The config file.
-        #[arg(long)]
+        #[arg(long, value_parser = super::PathTo("the config file's path"))]
         config: PathBuf,
     },
     /// Query a running server's audit trail (AuditService/Query) and print

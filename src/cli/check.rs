@@ -10,13 +10,13 @@ use anyhow::Context as _;
 #[derive(clap::Args)]
 pub struct CheckArgs {
     /// A JSON file describing the request (see README).
-    #[arg(long)]
+    #[arg(long, value_parser = super::PathTo("the request file's path"))]
     request: PathBuf,
     /// Policy directory (default: the config's, else ./policies).
-    #[arg(long)]
+    #[arg(long, value_parser = super::PathTo("the policy directory's path"))]
     policies: Option<PathBuf>,
     /// Configuration file, for JWT issuers.
-    #[arg(long)]
+    #[arg(long, value_parser = super::PathTo("the config file's path"))]
     config: Option<PathBuf>,
     /// Exit with status 2 when the decision is a deny (as `opa eval
     /// --fail`); without it the exit status is 0 whatever the decision.

@@ -115,6 +115,39 @@ fn policy_dir(dir: std::path::PathBuf, how: &str) -> anyhow::Result<std::path::P
     anyhow::bail!("policy directory {} {what}; pass {how}", dir.display())
 }
 
+/// The value parser of every path argument: an empty path is refused
+/// naming the argument and what to give (`--config: empty; give the config
+/// file's path`), where clap's own parser said no value was supplied and
+/// an empty path reaching a command named nothing (`cannot read config
+/// file : ...`). Any other path, UTF-8 or not, is taken as given.
+/// Holds what to give, e.g. `the config file's path`.
+#[derive(Clone)]
+struct PathTo(&'static str);
+
+impl clap::builder::TypedValueParser for PathTo {
+    type Value = std::path::PathBuf;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        if !value.is_empty() {
+            return Ok(value.into());
+        }
+        let name = match arg {
+            Some(a) => match a.get_long() {
+                Some(long) => format!("--{long}"),
+                None => a.get_id().as_str().to_uppercase(),
+            },
+            None => "the path".to_string(),
+        };
+        let message = format!("{name}: empty; give {}\n", self.0);
+        Err(clap::Error::raw(clap::error::ErrorKind::InvalidValue, message).with_cmd(cmd))
+    }
+}
+
 /// The configuration file, or every default without one.
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(match path {
@@ -148,6 +181,69 @@ mod tests {
             e.to_string(),
             "policy directory /nonexistent/policies does not exist; pass --policies DIR"
         );
+    }
+
+    #[test]
+    fn an_empty_path_argument_is_refused_naming_it_and_what_to_give() {
+        for (args, message) in [
+            (
+                &["serve", "--config", ""][..],
+                "--config: empty; give the config file's path",
+            ),
+            (
+                &["serve", "--policies", ""],
+                "--policies: empty; give the policy directory's path",
+            ),
+            (
+                &["check", "--request", "r.json", "--config", ""],
+                "--config: empty; give the config file's path",
+            ),
+            (
+                &["check", "--request", ""],
+                "--request: empty; give the request file's path",
+            ),
+            (
+                &["policy", "validate", "--config", ""],
+                "--config: empty; give the config file's path",
+            ),
+            (
+                &["policy", "validate", ""],
+                "DIR: empty; give the policy directory's path",
+            ),
+            (
+                &["policy", "test", ""],
+                "DIR: empty; give the policy directory's path",
+            ),
+            (
+                &["policy", "diff", "--from", "HEAD", "--replay", ""],
+                "--replay: empty; give the replay file's path",
+            ),
+            (
+                &["audit", "public-key", "--config", ""],
+                "--config: empty; give the config file's path",
+            ),
+            (
+                &["audit", "verify", "audit", ""],
+                "FILES: empty; give the path of an audit file or directory",
+            ),
+            (
+                &["audit", "verify", "audit", "--key-file", ""],
+                "--key-file: empty; give the HMAC key file's path",
+            ),
+            (
+                &["audit", "verify", "audit", "--public-key", ""],
+                "--public-key: empty; give the public key file's path",
+            ),
+        ] {
+            let argv = std::iter::once("portcullis").chain(args.iter().copied());
+            let Err(e) = Cli::try_parse_from(argv) else {
+                panic!("{args:?} parsed")
+            };
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{args:?}");
+            assert_eq!(e.to_string(), format!("error: {message}\n"), "{args:?}");
+        }
+        // Any other path is taken as given.
+        assert!(Cli::try_parse_from(["portcullis", "serve", "--config", " "]).is_ok());
     }
 
     #[test]

@@ -14,15 +14,17 @@ pub enum PolicyCommand {
     /// Validate a policy directory; prints every problem with file:line.
     Validate {
         /// The directory (default: ./policies).
+        #[arg(value_parser = super::PathTo("the policy directory's path"))]
         dir: Option<PathBuf>,
         /// Also check the directory against this configuration (claims its
         /// issuers copy into the Cedar context must fit the schema).
-        #[arg(long)]
+        #[arg(long, value_parser = super::PathTo("the config file's path"))]
         config: Option<PathBuf>,
     },
     /// Run the policy test cases in DIR/tests/*.yaml; exits 1 on a failure.
     Test {
         /// The directory (default: ./policies).
+        #[arg(value_parser = super::PathTo("the policy directory's path"))]
         dir: Option<PathBuf>,
         /// Also fail when an enforced policy is not the determining policy
         /// of any passing case.
@@ -39,11 +41,11 @@ pub enum PolicyCommand {
         #[arg(long)]
         to: Option<String>,
         /// The policy directory inside a git checkout (default: ./policies).
-        #[arg(long)]
+        #[arg(long, value_parser = super::PathTo("the policy directory's path"))]
         policies: Option<PathBuf>,
         /// Requests to replay, one `check` JSON object per line. Default:
         /// the policy test cases of both revisions.
-        #[arg(long)]
+        #[arg(long, value_parser = super::PathTo("the replay file's path"))]
         replay: Option<PathBuf>,
         /// Print the result as one JSON object.
         #[arg(long)]

@@ -14,11 +14,11 @@ pub struct ServeArgs {
     /// Configuration file (YAML); every field has a default
     /// (docs/configuration.md). Without one: the bundled ./policies, the
     /// listeners below, the audit trail in ./audit.
-    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    #[arg(long, env = "PORTCULLIS_CONFIG", value_parser = super::PathTo("the config file's path"))]
     config: Option<PathBuf>,
     /// Policy directory (overrides `policies` in the config file)
     /// [default: policies]
-    #[arg(long)]
+    #[arg(long, value_parser = super::PathTo("the policy directory's path"))]
     policies: Option<PathBuf>,
     /// Decision gRPC listener: ext_authz, RLS, health, reflection
     /// (overrides `listen`) [default: 127.0.0.1:50051]

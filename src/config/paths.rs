@@ -1,6 +1,7 @@
 //! The path-valued settings of the configuration, in one list: each is
-//! resolved against the config file's directory (when relative) and
-//! refused when given empty, so a new one gets both by joining the list.
+//! resolved against the config file's directory (when relative; all but
+//! the PKCS#11 module, which the dynamic loader finds) and refused when
+//! given empty, so a new one gets both by joining the list.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -170,16 +171,11 @@ impl Config {
             ));
         }
         for (i, app) in self.authentication.signatures.apps.iter_mut().enumerate() {
-            // Read as given (relative to the working directory), as before
-            // this list.
-            settings.push(PathSetting {
-                resolves: false,
-                ..PathSetting::required(
-                    format!("authentication.signatures.apps[{i}].secret_file"),
-                    "the app's secret file",
-                    &mut app.secret_file,
-                )
-            });
+            settings.push(PathSetting::required(
+                format!("authentication.signatures.apps[{i}].secret_file"),
+                "the app's secret file",
+                &mut app.secret_file,
+            ));
         }
         settings
     }
@@ -212,6 +208,34 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_relative_path_setting_resolves_against_the_config_directory_but_the_pkcs11_module() {
+        let text = "policies: p\naudit:\n  directory: a\n  hmac_key_file: k/hmac.key\n  signing_key_file: k/sign.pem\n  signing_key_pkcs11: {module: libsofthsm2.so, key_label: k, pin_file: k/pin}\n  export: {endpoint: 'https://c:4317', ca_file: k/ca.pem, cert_file: k/c.pem, key_file: k/c.key}\ntls: {cert_file: k/s.pem, key_file: k/s.key, client_ca_file: k/cca.pem}\nauthentication:\n  api_keys: {file: keys.yaml}\n  jwt:\n    - {issuer: i, audiences: [a], jwks_file: k/jwks.json, hmac_secret_file: k/jwt.key}\n  introspection: {endpoint: 'https://idp/introspect', client_id: c, client_secret_file: k/client.secret}\n  signatures:\n    apps: [{app: a, secret_file: app.key}, {app: b, secret_file: k/b.key}]\n";
+        let mut config = Config::parse(text, Path::new("c.yaml")).unwrap();
+        let base = Path::new("/etc/portcullis");
+        config.resolve_paths(base);
+        let settings = config.path_settings();
+        // Every setting of the list is given above: a new one joins it.
+        assert_eq!(settings.len(), 18, "give every path setting above");
+        for s in settings {
+            if s.name == "audit.signing_key_pkcs11.module" {
+                // The dynamic loader searches for a bare library name.
+                assert_eq!(*s.path, Path::new("libsofthsm2.so"));
+            } else {
+                assert!(
+                    s.path.starts_with(base) && s.path != base,
+                    "{} not resolved: {}",
+                    s.name,
+                    s.path.display()
+                );
+            }
+        }
+        assert_eq!(
+            config.authentication.signatures.apps[0].secret_file,
+            Path::new("/etc/portcullis/app.key")
+        );
+    }
 
     #[test]
     fn an_empty_path_setting_is_refused_naming_it() {

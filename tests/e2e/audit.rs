@@ -710,6 +710,67 @@ async fn verify_from_past_the_head_is_refused_naming_the_head() {
     assert_eq!(verified.first_seq, head, "{verified:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_audit_files_cut_short_below_the_writers_head_naming_both() {
+    use portcullis::proto::audit_service_client::AuditServiceClient;
+    use portcullis::proto::VerifyRequest;
+
+    let setup = Setup::new(1000);
+    let mut pdp = setup.start();
+    decisions(pdp.addr(), 40, 4).await;
+    let admin_addr = pdp.listener("admin");
+    let mut client = AuditServiceClient::connect(format!("http://{admin_addr}"))
+        .await
+        .unwrap();
+    let verify = |from_seq| {
+        as_user(
+            VerifyRequest {
+                from_seq,
+                to_seq: None,
+            },
+            "dave",
+        )
+    };
+    let whole = client.verify(verify(0)).await.unwrap().into_inner();
+    assert!(whole.ok && whole.last_seq >= 40, "{whole:?}");
+
+    // The file cut to its first 31 records (seq 0..=30), as a restore from
+    // a short copy does: the server's open file is no longer the one on
+    // disk, so nothing it writes after follows seq 30 there.
+    let file = whole.files.last().unwrap().clone();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: String = text.split_inclusive('\n').take(31).collect();
+    let copy = setup.audit_dir().join("short.copy");
+    std::fs::write(&copy, kept).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+
+    for from_seq in [0, 35] {
+        let cut = client.verify(verify(from_seq)).await.unwrap().into_inner();
+        assert!(!cut.ok, "{cut:?}");
+        let broken = cut.broken.expect("the cut is named");
+        let missing = from_seq.max(31);
+        assert_eq!(
+            (broken.file.as_str(), broken.line, broken.seq),
+            (file.as_str(), 32, missing),
+            "{broken:?}"
+        );
+        // Every admin call is recorded too: the head moves under the test.
+        let head: u64 = broken
+            .reason
+            .strip_prefix("the files end at seq 30, but the writer's head is seq ")
+            .and_then(|rest| rest.split_once(':'))
+            .and_then(|(seq, _)| seq.parse().ok())
+            .unwrap_or_else(|| panic!("{broken:?}"));
+        assert!(head >= whole.last_seq, "{broken:?}");
+        assert!(
+            broken.message.ends_with(&format!(
+                "records {missing}..{head} are missing (the files were cut short or removed)"
+            )),
+            "{broken:?}"
+        );
+    }
+}
+
 #[test]
 fn policy_reloads_and_rejections_are_recorded() {
     let setup = Setup::with_extra(1000, "reload:\n  watch: false\n");

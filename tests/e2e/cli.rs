@@ -174,6 +174,36 @@ fn check_verifies_tokens_with_the_configured_issuers() {
 }
 
 #[test]
+fn a_relative_signature_secret_file_is_read_next_to_the_config_from_another_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.key"), "k".repeat(32)).unwrap();
+    let config = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}authentication:\n  signatures:\n    apps: [{{app: batch-scorer, secret_file: app.key}}]\n",
+            support::server_yaml()
+        ),
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .current_dir(elsewhere.path())
+        .args([
+            "check",
+            "--request",
+            &request_file(dir.path(), "/v1/models"),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run portcullis");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(d["decision"].is_string(), "{d}");
+}
+
+#[test]
 fn check_rejects_a_malformed_request_file_precisely() {
     let dir = tempfile::tempdir().unwrap();
     let request = dir.path().join("req.json");
@@ -709,6 +739,26 @@ fn a_missing_policy_directory_says_to_pass_policies() {
     assert!(
         err.contains("policy directory /nonexistent/policies does not exist; pass --policies DIR"),
         "{err}"
+    );
+}
+
+#[test]
+fn an_empty_config_path_is_refused_naming_the_flag_from_the_command_line_or_environment() {
+    let out = portcullis(&["serve", "--config", ""]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: --config: empty; give the config file's path\n"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("serve")
+        .env("PORTCULLIS_CONFIG", "")
+        .output()
+        .expect("run portcullis");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: --config: empty; give the config file's path\n"
     );
 }
 

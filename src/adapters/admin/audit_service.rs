@@ -125,12 +125,16 @@ impl AuditService for AuditAdmin {
                 "to_seq must not be below from_seq",
             ));
         }
-        within_the_chain(q.from_seq, &self.state.audit.head())?;
+        // Read before the files: every record up to it is in them.
+        let head = self.state.audit.head();
+        within_the_chain(q.from_seq, &head)?;
         let dir = self.state.audit.directory().to_path_buf();
         let key = self.state.audit.checkpoint_key().cloned();
         let from = q.from_seq;
+        let written = head.next_seq.checked_sub(1);
         let (v, files) =
-            blocking(move || audit::query::verify_dir(&dir, key.as_ref(), from, to)).await?;
+            blocking(move || audit::query::verify_dir(&dir, key.as_ref(), from, to, written))
+                .await?;
         let broken = v.broken.as_ref().map(|b| proto::BrokenLink {
             file: b.at.file.clone(),
             line: b.at.line as u64,
