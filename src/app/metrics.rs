@@ -104,6 +104,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut e,
+            "portcullis_audit_files_replaced",
+            "Times the audit file being written was found moved, removed or replaced at its path (a new file was started)",
+            &[(&[], load(&c.files_replaced))],
+        )?;
+        counter(
+            &mut e,
             "portcullis_audit_ratelimit_ok_unrecorded",
             "Plain OK ShouldRateLimit answers left out of the audit trail by audit.ratelimit.ok_sample_every",
             &[(&[], load(&c.ratelimit_ok_unrecorded))],

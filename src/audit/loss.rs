@@ -35,6 +35,10 @@ pub struct Counters {
     /// Checkpoints not written because the signing key could not sign
     /// (a PKCS#11 token unavailable).
     pub sign_errors: AtomicU64,
+    /// Times the file being written was found moved, removed or replaced
+    /// at its path, and a new file was started (see the writer's
+    /// `keep_file_in_place`).
+    pub files_replaced: AtomicU64,
     loss_line: LossLine,
 }
 

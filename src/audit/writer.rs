@@ -212,6 +212,7 @@ pub fn start(config: &AuditConfig) -> Result<(AuditSink, AuditWriter), StartErro
         published: Vec::new(),
         waiting: Vec::new(),
         failed_writes: 0,
+        file_checked: std::time::Instant::now(),
         sync: config.durability == Durability::Synced,
         on_runtime: false,
         key,
@@ -275,6 +276,8 @@ struct Chain {
     /// Failed writes so far, to tell a waiter whose records straddled a
     /// failed write (at rotation) that they were not all written.
     failed_writes: u64,
+    /// When `rotation::keep_file_in_place` last looked.
+    file_checked: std::time::Instant,
     /// `fdatasync(2)` after each write, before waking the waiters.
     sync: bool,
     /// Runs as a task on the runtime: blocking syncs go to the blocking
@@ -498,6 +501,7 @@ impl Chain {
             self.wake(true);
             return true;
         }
+        self.keep_file_in_place();
         let n = self.published.len() as u64;
         let written = self.file.write_all(&self.pending).and_then(|()| {
             if self.sync {
@@ -927,6 +931,55 @@ mod tests {
         }
     }
 
+    /// Writes `range`'s records through `sink` and waits (bounded) until
+    /// the writer has written `total` in all.
+    async fn write_through(sink: &AuditSink, range: std::ops::Range<usize>, total: u64) {
+        for i in range {
+            assert!(sink.record(record(i)));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while sink.counters().written.load(Ordering::Relaxed) < total {
+            assert!(std::time::Instant::now() < deadline, "not written");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_moved_or_removed_under_the_writer_is_followed_by_a_new_one() {
+        for removed in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("audit");
+            let config = AuditConfig {
+                rotate_bytes: 1 << 20,
+                ..config(&dir, None)
+            };
+            let (sink, writer) = start(&config).unwrap();
+            write_through(&sink, 0..5, 5).await;
+            let (_, first) = list_files(&dir).unwrap().pop().unwrap();
+            let aside = tmp.path().join("archived.jsonl");
+            if removed {
+                std::fs::remove_file(&first).unwrap();
+            } else {
+                std::fs::rename(&first, &aside).unwrap();
+            }
+            tokio::time::sleep(rotation::IN_PLACE_CHECK + std::time::Duration::from_millis(100))
+                .await;
+            write_through(&sink, 5..8, 8).await;
+            assert_eq!(sink.counters().files_replaced.load(Ordering::Relaxed), 1);
+            writer.stop().await;
+            // The records that follow are in the directory, in a new file
+            // named by the first of them.
+            let files = list_files(&dir).unwrap();
+            assert_eq!(files.len(), 1, "{files:?}");
+            assert_eq!(files[0].0, 5, "{files:?}");
+            assert_eq!(decisions(&dir), 3, "removed: {removed}");
+            if !removed {
+                let moved = std::fs::read_to_string(&aside).unwrap();
+                assert_eq!(moved.lines().count(), 5);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_directory_takes_one_writer() {
         let tmp = tempfile::tempdir().unwrap();
@@ -975,6 +1028,7 @@ mod tests {
             published: Vec::new(),
             waiting: Vec::new(),
             failed_writes: 0,
+            file_checked: std::time::Instant::now(),
             sync: false,
             on_runtime: false,
             key: None,
