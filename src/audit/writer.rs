@@ -945,8 +945,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_file_moved_or_removed_under_the_writer_is_followed_by_a_new_one() {
-        for removed in [false, true] {
+    async fn a_file_moved_removed_or_cut_short_under_the_writer_is_followed_by_a_new_one() {
+        for how in ["moved", "removed", "cut short"] {
             let tmp = tempfile::tempdir().unwrap();
             let dir = tmp.path().join("audit");
             let config = AuditConfig {
@@ -957,10 +957,16 @@ mod tests {
             write_through(&sink, 0..5, 5).await;
             let (_, first) = list_files(&dir).unwrap().pop().unwrap();
             let aside = tmp.path().join("archived.jsonl");
-            if removed {
-                std::fs::remove_file(&first).unwrap();
-            } else {
-                std::fs::rename(&first, &aside).unwrap();
+            match how {
+                "moved" => std::fs::rename(&first, &aside).unwrap(),
+                "removed" => std::fs::remove_file(&first).unwrap(),
+                _ => {
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&first)
+                        .unwrap();
+                    file.set_len(10).unwrap();
+                }
             }
             tokio::time::sleep(rotation::IN_PLACE_CHECK + std::time::Duration::from_millis(100))
                 .await;
@@ -970,10 +976,15 @@ mod tests {
             // The records that follow are in the directory, in a new file
             // named by the first of them.
             let files = list_files(&dir).unwrap();
-            assert_eq!(files.len(), 1, "{files:?}");
-            assert_eq!(files[0].0, 5, "{files:?}");
-            assert_eq!(decisions(&dir), 3, "removed: {removed}");
-            if !removed {
+            assert_eq!(files.last().map(|f| f.0), Some(5), "{how}: {files:?}");
+            if how == "cut short" {
+                // The cut file is left as it is, not written after its cut.
+                assert_eq!(std::fs::metadata(&first).unwrap().len(), 10);
+            } else {
+                assert_eq!(files.len(), 1, "{how}: {files:?}");
+                assert_eq!(decisions(&dir), 3, "{how}");
+            }
+            if how == "moved" {
                 let moved = std::fs::read_to_string(&aside).unwrap();
                 assert_eq!(moved.lines().count(), 5);
             }

@@ -17,8 +17,8 @@ pub(super) const IN_PLACE_CHECK: Duration = Duration::from_secs(1);
 
 impl Chain {
     /// Checks, at most every [`IN_PLACE_CHECK`], that the file being
-    /// appended to is still the one its path names. A file moved aside,
-    /// removed or replaced under the running writer (an archiving job, a
+    /// appended to is still the one its path names, whole. A file moved
+    /// aside, removed, replaced or cut short under the running writer (an archiving job, a
     /// log rotator, an operator) would take every record that follows out
     /// of the directory: into a file no reader of the directory sees, or
     /// into none. Then a new file, named by the first record not yet
@@ -31,11 +31,15 @@ impl Chain {
             return;
         }
         self.file_checked = Instant::now();
-        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
-        let ours = self.file.metadata().map(id);
-        let named = std::fs::metadata(&self.path).map(id);
-        if matches!((&ours, &named), (Ok(a), Ok(b)) if a == b) {
-            return;
+        let ours = self.file.metadata();
+        let named = std::fs::metadata(&self.path);
+        // The same file, and none of what was written cut off it (a
+        // truncation in place would have the next record follow a gap, and
+        // a failed write's roll-back pad the file with zeros).
+        if let (Ok(a), Ok(b)) = (&ours, &named) {
+            if (a.dev(), a.ino()) == (b.dev(), b.ino()) && a.len() >= self.committed_bytes {
+                return;
+            }
         }
         // The next file is named by the first record not yet written.
         let path = self.dir.join(file_name(self.committed.0));
@@ -45,7 +49,7 @@ impl Chain {
                 tracing::error!(
                     file = %self.path.display(),
                     next_file = %path.display(),
-                    "the audit file was moved, removed or replaced while being written; the records that follow go to a new file (the ones written since it left are not in the directory)"
+                    "the audit file was moved, removed, replaced or cut short while being written; the records that follow go to a new file (the ones written since are not in the directory)"
                 );
                 self.file = file;
                 self.path = path;
@@ -55,7 +59,7 @@ impl Chain {
             }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(file = %path.display(), error = %e, "the audit file was moved, removed or replaced, and a new one cannot be opened; still appending to the old one");
+                tracing::error!(file = %path.display(), error = %e, "the audit file was moved, removed, replaced or cut short, and a new one cannot be opened; still appending to the old one");
             }
         }
     }
