@@ -614,17 +614,36 @@ fn editing_deleting_or_swapping_a_line_is_named_by_verify() {
     assert!(offline.contains(":4: record seq 4"), "{offline}");
 }
 
+/// An `AuditService` client on `pdp`'s admin listener.
+async fn audit_client(
+    pdp: &mut Portcullis,
+) -> portcullis::proto::audit_service_client::AuditServiceClient<tonic::transport::Channel> {
+    let admin_addr = pdp.listener("admin");
+    portcullis::proto::audit_service_client::AuditServiceClient::connect(format!(
+        "http://{admin_addr}"
+    ))
+    .await
+    .unwrap()
+}
+
+/// A `Verify` from `from_seq` to the head, as the auditor dave.
+fn verify_from(from_seq: u64) -> tonic::Request<portcullis::proto::VerifyRequest> {
+    as_user(
+        portcullis::proto::VerifyRequest {
+            from_seq,
+            to_seq: None,
+        },
+        "dave",
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_streams_new_decision_records() {
-    use portcullis::proto::audit_service_client::AuditServiceClient;
     use portcullis::proto::TailRequest;
 
     let setup = Setup::new(1000);
     let mut pdp = setup.start();
-    let admin_addr = pdp.listener("admin");
-    let mut client = AuditServiceClient::connect(format!("http://{admin_addr}"))
-        .await
-        .unwrap();
+    let mut client = audit_client(&mut pdp).await;
     let request = as_user(
         TailRequest {
             kind: "decision".into(),
@@ -671,29 +690,14 @@ async fn tail_streams_new_decision_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_from_past_the_head_is_refused_naming_the_head() {
-    use portcullis::proto::audit_service_client::AuditServiceClient;
-    use portcullis::proto::VerifyRequest;
-
     let setup = Setup::new(1000);
     let mut pdp = setup.start();
     decisions(pdp.addr(), 4, 1).await;
-    let admin_addr = pdp.listener("admin");
-    let mut client = AuditServiceClient::connect(format!("http://{admin_addr}"))
-        .await
-        .unwrap();
-    let verify = |from_seq| {
-        as_user(
-            VerifyRequest {
-                from_seq,
-                to_seq: None,
-            },
-            "dave",
-        )
-    };
+    let mut client = audit_client(&mut pdp).await;
     // Every admin call is recorded too, so the head moves under the test:
     // the chain holds the 4 decisions, far short of seq 500.
     let refused = client
-        .verify(verify(500))
+        .verify(verify_from(500))
         .await
         .expect_err("Verify past the head is refused, not ok having checked nothing");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
@@ -705,33 +709,18 @@ async fn verify_from_past_the_head_is_refused_naming_the_head() {
         .unwrap_or_else(|| panic!("{}", refused.message()));
     assert!((3..500).contains(&head), "{}", refused.message());
     // The head itself is still a range with a record in it.
-    let verified = client.verify(verify(head)).await.unwrap().into_inner();
+    let verified = client.verify(verify_from(head)).await.unwrap().into_inner();
     assert!(verified.ok, "{verified:?}");
     assert_eq!(verified.first_seq, head, "{verified:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_audit_files_cut_short_below_the_writers_head_naming_both() {
-    use portcullis::proto::audit_service_client::AuditServiceClient;
-    use portcullis::proto::VerifyRequest;
-
     let setup = Setup::new(1000);
     let mut pdp = setup.start();
     decisions(pdp.addr(), 40, 4).await;
-    let admin_addr = pdp.listener("admin");
-    let mut client = AuditServiceClient::connect(format!("http://{admin_addr}"))
-        .await
-        .unwrap();
-    let verify = |from_seq| {
-        as_user(
-            VerifyRequest {
-                from_seq,
-                to_seq: None,
-            },
-            "dave",
-        )
-    };
-    let whole = client.verify(verify(0)).await.unwrap().into_inner();
+    let mut client = audit_client(&mut pdp).await;
+    let whole = client.verify(verify_from(0)).await.unwrap().into_inner();
     assert!(whole.ok && whole.last_seq >= 40, "{whole:?}");
 
     // The file cut to its first 31 records (seq 0..=30), as a restore from
@@ -745,7 +734,11 @@ async fn verify_reports_audit_files_cut_short_below_the_writers_head_naming_both
     std::fs::rename(&copy, &file).unwrap();
 
     for from_seq in [0, 35] {
-        let cut = client.verify(verify(from_seq)).await.unwrap().into_inner();
+        let cut = client
+            .verify(verify_from(from_seq))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!cut.ok, "{cut:?}");
         let broken = cut.broken.expect("the cut is named");
         let missing = from_seq.max(31);
