@@ -5,6 +5,16 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+/// Whether `text` is an HTTP token (RFC 9110 section 5.6.2: one or more
+/// of `!#$%&'*+-.^_`|~`, digits and letters), as a method (section 9.1)
+/// and a field name (section 5.1) are.
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// One request a gateway asks about.
 #[derive(Debug, Clone)]
 pub struct AccessRequest {

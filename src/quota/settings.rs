@@ -250,11 +250,7 @@ impl QuotaSettings {
             ("reset", &h.reset),
         ] {
             // RFC 9110 section 5.1: a field name is a token.
-            let token = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !token {
+            if !crate::request::is_token(name) {
                 p.push(format!(
                     "quotas.rls_headers.{field}: '{name}' is not an HTTP header name (RFC 9110 token: letters, digits, '-')"
                 ));

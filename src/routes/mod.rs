@@ -276,10 +276,9 @@ pub enum RouteMatch<'a> {
 /// route compared `context.method` with `"DELETE"` and let it through, so
 /// a method in another case is refused, not matched as another method.
 pub fn method_problem(method: &str) -> Option<&'static str> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if method.is_empty() {
         Some("is empty")
-    } else if !method.bytes().all(tchar) {
+    } else if !crate::request::is_token(method) {
         Some("is not an HTTP token (RFC 9110 section 5.6.2)")
     } else if method.bytes().any(|b| b.is_ascii_lowercase()) {
         Some("has lower-case letters; methods are case-sensitive (RFC 9110 section 9.1) and Portcullis takes upper-case ones only, as every standard method is written")

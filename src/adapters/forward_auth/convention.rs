@@ -159,12 +159,7 @@ fn required<'h>(map: &'h HeaderMap, name: &str, convention: Convention) -> Resul
 /// An HTTP method token (RFC 9110 section 9.1), as sent: methods are
 /// case-sensitive, and an upstream may treat `get` otherwise than `GET`.
 fn method(text: &str, header: &str) -> Result<String, BadAsk> {
-    let token = !text.is_empty()
-        && text.len() <= 32
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !token {
+    if text.len() > 32 || !crate::request::is_token(text) {
         return Err(BadAsk::new(format!("{header} is not an HTTP method")));
     }
     Ok(text.to_string())
