@@ -59,7 +59,7 @@ impl UnaryService<CheckRequest> for CheckCall {
     /// One box per call: [`AuthzService::answer`]'s future, which holds
     /// the translated request only (the `CheckRequest` is dropped here).
     fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
-        Box::pin(self.0.answer(request.get_ref()))
+        Box::pin(self.0.answer(request.into_inner()))
     }
 }
 

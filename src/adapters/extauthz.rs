@@ -45,14 +45,15 @@ impl AuthzService {
     /// only that across the decision, not the `CheckRequest` (about 1.2 KB
     /// of message by value plus its heap) nor `tonic`'s request wrapper:
     /// every byte a future holds is copied each time it moves into its
-    /// parent, once per `Check`.
+    /// parent, once per `Check`. The translation moves the message's
+    /// strings, header map and body rather than copying them.
     ///
     /// # Errors
     /// `INVALID_ARGUMENT` for a request without HTTP attributes, method or
     /// path ([`to_access_request`]).
     pub fn answer(
         &self,
-        request: &CheckRequest,
+        request: CheckRequest,
     ) -> impl std::future::Future<Output = Result<Response<CheckResponse>, Status>> + Send + 'static
     {
         let state = Arc::clone(&self.state);
@@ -71,42 +72,36 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        self.answer(request.get_ref()).await
+        self.answer(request.into_inner()).await
     }
 }
 
-/// Translates Envoy's attribute context. A request without HTTP attributes
-/// is malformed: we answer with a gRPC error (never an empty, allowing,
-/// CheckResponse).
-pub fn to_access_request(check: &CheckRequest) -> Result<AccessRequest, &'static str> {
-    let attrs = check
-        .attributes
-        .as_ref()
-        .ok_or("CheckRequest has no attributes")?;
-    let http = attrs
-        .request
-        .as_ref()
-        .and_then(|r| r.http.as_ref())
-        .ok_or("CheckRequest has no HTTP request attributes")?;
+/// Translates Envoy's attribute context, taking the message's strings,
+/// header map and body over rather than copying them. A request without
+/// HTTP attributes is malformed: we answer with a gRPC error (never an
+/// empty, allowing, CheckResponse).
+pub fn to_access_request(check: CheckRequest) -> Result<AccessRequest, &'static str> {
+    let attrs = check.attributes.ok_or("CheckRequest has no attributes")?;
+    let (http, time) = match attrs.request {
+        Some(r) => (r.http, r.time),
+        None => (None, None),
+    };
+    let mut http = http.ok_or("CheckRequest has no HTTP request attributes")?;
     if http.method.is_empty() || http.path.is_empty() {
         return Err("CheckRequest's HTTP request has no method or path");
     }
-    let headers = headers_of(http);
-    let source = attrs.source.as_ref();
+    let headers = headers_of(&mut http);
+    let source = attrs.source;
     let source_ip = source
+        .as_ref()
         .and_then(|s| s.address.as_ref())
         .and_then(|a| a.address.as_ref())
         .and_then(|a| match a {
             Address::SocketAddress(sa) => sa.address.parse::<IpAddr>().ok(),
             _ => None,
         });
-    let source_principal = source
-        .map(|s| s.principal.clone())
-        .filter(|p| !p.is_empty());
-    let time = attrs
-        .request
-        .as_ref()
-        .and_then(|r| r.time.as_ref())
+    let source_principal = source.map(|s| s.principal).filter(|p| !p.is_empty());
+    let time = time
         .and_then(|t| {
             let secs = u64::try_from(t.seconds).ok()?;
             let nanos = u32::try_from(t.nanos).ok()?;
@@ -116,38 +111,53 @@ pub fn to_access_request(check: &CheckRequest) -> Result<AccessRequest, &'static
     let request_id = if http.id.is_empty() {
         headers.get("x-request-id").cloned().unwrap_or_default()
     } else {
-        http.id.clone()
+        http.id
     };
     let host = if http.host.is_empty() {
         headers.get(":authority").cloned().unwrap_or_default()
     } else {
-        http.host.clone()
+        http.host
+    };
+    let body = if !http.raw_body.is_empty() {
+        Some(http.raw_body)
+    } else if !http.body.is_empty() {
+        Some(http.body.into_bytes())
+    } else {
+        None
     };
     Ok(AccessRequest {
         // As sent: methods are case-sensitive (RFC 9110 section 9.1), and an
         // upstream may treat `get` otherwise than `GET`.
-        method: http.method.clone(),
-        path: http.path.clone(),
+        method: http.method,
+        path: http.path,
         host,
         headers,
         source_ip,
         source_principal,
         request_id,
         time,
-        body: body_of(http),
+        body,
         gateway_region: None,
         body_not_forwarded: false,
     })
 }
 
 /// Headers with lower-case names, from `headers` or, when Envoy sends raw
-/// headers, from `header_map` (repeats comma-merged, as Envoy does).
-fn headers_of(http: &HttpRequest) -> HashMap<String, String> {
+/// headers, from `header_map` (repeats comma-merged, as Envoy does). The
+/// map Envoy sent is taken over as it is when its names are already lower
+/// case (Envoy's are: HTTP/2 and its codecs lower-case them).
+fn headers_of(http: &mut HttpRequest) -> HashMap<String, String> {
     if !http.headers.is_empty() {
-        return http
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        let headers = std::mem::take(&mut http.headers);
+        if headers
+            .keys()
+            .all(|k| !k.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return headers;
+        }
+        return headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
     }
     header_map(http.header_map.as_ref())
@@ -181,8 +191,11 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
     let metadata = decision_metadata(decision);
     if decision.is_allowed() {
         let upstream = access::upstream(decision, req);
-        let headers: Vec<HeaderValueOption> =
-            upstream.set.iter().map(|(k, v)| set_header(k, v)).collect();
+        let headers: Vec<HeaderValueOption> = upstream
+            .set
+            .into_iter()
+            .map(|(k, v)| set_header(k, v))
+            .collect();
         // Clients must never spoof our headers: the ones we set overwrite,
         // every other x-portcullis-* header the client sent is removed;
         // and what the route says the model does not need (minimisation).
@@ -196,7 +209,7 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
         // Where the client stands, on the response it gets from upstream.
         let response_headers_to_add = decision
             .client_headers()
-            .iter()
+            .into_iter()
             .map(|(k, v)| set_header(k, v))
             .collect();
         return CheckResponse {
@@ -216,7 +229,7 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
     let denial = access::denial(decision);
     let headers = denial
         .headers
-        .iter()
+        .into_iter()
         .map(|(k, v)| set_header(k, v))
         .collect();
     CheckResponse {
@@ -237,11 +250,11 @@ pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckRespo
     }
 }
 
-fn set_header(key: &str, value: &str) -> HeaderValueOption {
+fn set_header(key: String, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: key.to_string(),
-            value: value.to_string(),
+            key,
+            value,
             ..Default::default()
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
@@ -277,16 +290,6 @@ fn decision_metadata(d: &Decision) -> Struct {
 }
 
 /// The body Envoy sent: `raw_body` (with `pack_as_bytes`), else `body`.
-fn body_of(http: &HttpRequest) -> Option<Vec<u8>> {
-    if !http.raw_body.is_empty() {
-        Some(http.raw_body.clone())
-    } else if !http.body.is_empty() {
-        Some(http.body.clone().into_bytes())
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,12 +320,12 @@ mod tests {
 
     #[test]
     fn missing_http_attributes_is_an_error_not_an_allow() {
-        assert!(to_access_request(&CheckRequest::default()).is_err());
+        assert!(to_access_request(CheckRequest::default()).is_err());
     }
 
     #[test]
     fn header_names_are_lower_cased() {
-        let r = to_access_request(&check("GET", "/x", &[("X-Request-Id", "abc")])).unwrap();
+        let r = to_access_request(check("GET", "/x", &[("X-Request-Id", "abc")])).unwrap();
         assert_eq!(r.header("x-request-id"), Some("abc"));
         assert_eq!(r.request_id, "abc");
     }
@@ -330,14 +333,14 @@ mod tests {
     #[test]
     fn the_method_is_kept_as_sent_not_upper_cased() {
         for method in ["GET", "get", "Get", "PROPFIND"] {
-            let r = to_access_request(&check(method, "/x", &[])).unwrap();
+            let r = to_access_request(check(method, "/x", &[])).unwrap();
             assert_eq!(r.method, method);
         }
     }
 
     #[test]
     fn allow_overwrites_and_strips_spoofed_headers() {
-        let req = to_access_request(&check(
+        let req = to_access_request(check(
             "GET",
             "/x",
             &[
