@@ -495,7 +495,8 @@ fn bearer_token(value: &str) -> Result<&str, AuthnFailure> {
         ));
     }
     let token = rest.trim();
-    if token.is_empty() || token.contains(',') || token.contains(' ') {
+    // One vectorised pass for both separators (tokens run to kilobytes).
+    if token.is_empty() || memchr::memchr2(b',', b' ', token.as_bytes()).is_some() {
         // Envoy comma-merges repeated headers: two Authorization headers
         // must not smuggle a second token past us.
         return Err(AuthnFailure::new(
@@ -549,17 +550,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn comma_merged_tokens_are_rejected() {
+    async fn comma_merged_or_space_separated_tokens_are_rejected() {
         let a = authenticator();
-        match a
-            .authenticate(
-                &request(&[("authorization", "Bearer a.b.c,Bearer d.e.f")], None),
-                0,
-            )
-            .await
-        {
-            Authentication::Rejected(f) => assert_eq!(f.reason, "malformed_authorization"),
-            other => panic!("{other:?}"),
+        let long = "x".repeat(2_000);
+        for value in [
+            "Bearer a.b.c,Bearer d.e.f".to_string(),
+            "Bearer a.b.c d.e.f".to_string(),
+            format!("Bearer {long}.{long},{long}"),
+            format!("Bearer {long}.{long} {long}"),
+        ] {
+            match a
+                .authenticate(&request(&[("authorization", &value)], None), 0)
+                .await
+            {
+                Authentication::Rejected(f) => assert_eq!(f.reason, "malformed_authorization"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 
