@@ -9,7 +9,7 @@
 //! from `quotas.yaml`. Never a principal, address or path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
@@ -193,6 +193,11 @@ type Labels3 = [(&'static str, &'static str); 3];
 #[derive(Debug)]
 pub struct Metrics {
     decisions: Family<Labels3, Counter>,
+    /// Each service's `outcome="allow",reason="none"` series of
+    /// `decisions`, resolved at its first allow (so that a scrape shows
+    /// the same series as before it): the common answer then costs one
+    /// atomic add, not a label hash and a lock.
+    allowed: [OnceLock<Counter>; SERVICES.len()],
     decision_duration: LabelledHistograms,
     stage_duration: LabelledHistograms,
     authn_failures: Family<Labels2, Counter>,
@@ -235,6 +240,7 @@ impl Metrics {
         .map(|(c, r)| cache_family.get_or_create_owned(&[("cache", c), ("result", r)]));
         Metrics {
             decisions: Family::default(),
+            allowed: Default::default(),
             decision_duration: LabelledHistograms::new("service", SERVICES),
             stage_duration: LabelledHistograms::new("stage", STAGES),
             authn_failures: Family::default(),
@@ -261,13 +267,18 @@ impl Metrics {
             Outcome::Deny => "deny",
         };
         let reason = d.reason.map(|r| r.code()).unwrap_or("none");
-        self.decisions
-            .get_or_create(&[
-                ("service", service.as_str()),
-                ("outcome", outcome),
-                ("reason", reason),
-            ])
-            .inc();
+        let labels = [
+            ("service", service.as_str()),
+            ("outcome", outcome),
+            ("reason", reason),
+        ];
+        if d.decision == Outcome::Allow && d.reason.is_none() {
+            self.allowed[service as usize]
+                .get_or_init(|| self.decisions.get_or_create_owned(&labels))
+                .inc();
+        } else {
+            self.decisions.get_or_create(&labels).inc();
+        }
         self.decision_duration.histograms[service as usize].observe(elapsed);
         if let Some(q) = &d.quota {
             if !d.is_allowed() && d.reason == Some(crate::decision::DenyReason::QuotaExceeded) {
@@ -465,6 +476,27 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_decisions_count_in_their_service_series_and_create_no_other() {
+        let m = Metrics::new();
+        let allow = Decision::new("v1").allow();
+        for _ in 0..3 {
+            m.decision(Service::ExtAuthz, &allow, Duration::from_micros(5));
+        }
+        m.decision(Service::RateLimit, &allow, Duration::from_micros(5));
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        assert!(out.contains(
+            "portcullis_decisions_total{service=\"ext_authz\",outcome=\"allow\",reason=\"none\"} 3"
+        ));
+        assert!(out.contains(
+            "portcullis_decisions_total{service=\"ratelimit\",outcome=\"allow\",reason=\"none\"} 1"
+        ));
+        assert!(!out.contains("portcullis_decisions_total{service=\"forward_auth\""));
+    }
 
     #[test]
     fn decisions_quota_rejections_and_shadow_disagreements_are_counted() {
