@@ -746,6 +746,11 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         let (_dir, _recorder, a) = counting();
+        // Other tests on other threads (no subscriber) may register these
+        // callsites for the first time while this subscriber registers, and
+        // leave them cached as disabled: recompute every callsite's
+        // interest now that this thread's subscriber exists.
+        tracing::callsite::rebuild_interest_cache();
         let token = unsigned_token("https://idp.example/", "alice");
         let mut r = request(&[("authorization", &format!("Bearer {token}"))], None);
         r.request_id = "req-1".into();
