@@ -214,7 +214,7 @@ fn decide_uncached(
 /// sets indexed by scope, and the entity stores of identities whose
 /// credentials assert parents.
 pub struct Prepared {
-    decisions: moka::sync::Cache<DecisionKey, Arc<Decided>>,
+    decisions: quick_cache::sync::Cache<DecisionKey, Arc<Decided>>,
     cache_decisions: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -234,7 +234,7 @@ impl std::fmt::Debug for Prepared {
 }
 
 /// Cedar decisions kept per snapshot (keys are a few hundred bytes).
-const DECISION_CACHE_CAPACITY: u64 = 16_384;
+const DECISION_CACHE_CAPACITY: usize = 16_384;
 
 /// Most entities held, summed over the cached per-identity stores (each a
 /// copy of the snapshot's map of shared entities: tens of bytes per entity).
@@ -244,9 +244,7 @@ impl Prepared {
     /// Prepares the enforced set, the shadow set and the entity store.
     pub fn new(enforced: &PolicySet, shadow: Option<&PolicySet>, entities: &Entities) -> Self {
         Prepared {
-            decisions: moka::sync::Cache::builder()
-                .max_capacity(DECISION_CACHE_CAPACITY)
-                .build(),
+            decisions: quick_cache::sync::Cache::new(DECISION_CACHE_CAPACITY),
             cache_decisions: AtomicBool::new(true),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -265,7 +263,7 @@ impl Prepared {
     pub fn set_decision_cache(&self, on: bool) {
         self.cache_decisions.store(on, Ordering::Relaxed);
         if !on {
-            self.decisions.invalidate_all();
+            self.decisions.clear();
         }
     }
 

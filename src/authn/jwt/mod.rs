@@ -16,7 +16,7 @@ mod keys;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
@@ -64,22 +64,10 @@ pub struct JwtVerifier {
     issuers: HashMap<String, Issuer>,
     leeway: u64,
     max_token_bytes: usize,
-    cache: Option<moka::sync::Cache<[u8; 32], Arc<Verified>>>,
-}
-
-/// Keeps each verified token until its `exp`.
-struct UntilExpiry;
-
-impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<Verified>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        let now = crate::time::now_seconds();
-        Some(Duration::from_secs(value.exp.saturating_sub(now)))
-    }
+    /// Verified tokens by the SHA-256 of the token, at most
+    /// `token_cache_capacity`; a hit is served only until the token's `exp`
+    /// (plus leeway), and an expired one is dropped at that hit.
+    cache: Option<quick_cache::sync::Cache<[u8; 32], Arc<Verified>>>,
 }
 
 impl JwtVerifier {
@@ -126,10 +114,9 @@ impl JwtVerifier {
             return Err(errors);
         }
         let cache = (config.token_cache_capacity > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(config.token_cache_capacity)
-                .expire_after(UntilExpiry)
-                .build()
+            quick_cache::sync::Cache::new(
+                usize::try_from(config.token_cache_capacity).unwrap_or(usize::MAX),
+            )
         });
         Ok(JwtVerifier {
             issuers,
@@ -177,9 +164,16 @@ impl JwtVerifier {
                     Keys::Static(_) => true,
                     Keys::Remote(r) => r.is_ready(now),
                 });
-            if issuer_usable && now_epoch <= hit.exp.saturating_add(self.leeway) {
+            let live = now_epoch <= hit.exp.saturating_add(self.leeway);
+            if issuer_usable && live {
                 crate::metrics::global().cache(crate::metrics::Cache::Token, true);
                 return Ok(hit.identity.clone());
+            }
+            if !live {
+                // Past its `exp`: never served again, so it gives its room up.
+                if let Some(cache) = &self.cache {
+                    cache.remove(&cache_key);
+                }
             }
         }
         if self.cache.is_some() {
@@ -590,5 +584,7 @@ mod tests {
                 .reason,
             "expired"
         );
+        // ... and the expired entry gave its room up.
+        assert!(v.cache.as_ref().unwrap().get(&key).is_none());
     }
 }
