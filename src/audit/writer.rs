@@ -513,15 +513,21 @@ impl Chain {
             Ok(()) => {
                 self.file_bytes += self.pending.len() as u64;
                 self.committed_bytes = self.file_bytes;
-                self.committed = (self.next_seq, self.prev.clone(), self.since_checkpoint);
+                self.committed.0 = self.next_seq;
+                self.committed.1.clone_from(&self.prev);
+                self.committed.2 = self.since_checkpoint;
                 self.pending.clear();
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
                 self.healthy.store(true, Ordering::Relaxed);
                 {
                     let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
                     head.next_seq = self.next_seq;
-                    head.hash = self.prev.clone();
-                    head.file = self.path.display().to_string();
+                    head.hash.clone_from(&self.prev);
+                    // Formatted only when the file changed (a rotation),
+                    // not at every write.
+                    if Some(head.file.as_str()) != self.path.to_str() {
+                        head.file = self.path.display().to_string();
+                    }
                 }
                 for record in self.published.drain(..) {
                     if let Some(export) = &self.export {
