@@ -83,18 +83,17 @@ pub fn seal(record: &Value, scratch: &mut Vec<u8>, line: &mut Vec<u8>) -> String
     seal_form(scratch, line)
 }
 
-/// [`seal`] for a flat record straight from its `Serialize` (no `Value`
-/// built): the same bytes, the same hash (`super::sorted`). Errors when the
-/// record is not flat; `line` is then untouched.
-pub fn seal_flat<T: serde::Serialize>(
-    record: &T,
+/// [`seal`] for an audit record straight from its fields (no `Value`
+/// built): the same bytes, the same hash (`super::canonical`).
+pub fn seal_record(
+    record: &super::AuditRecord,
     scratch: &mut Vec<u8>,
     line: &mut Vec<u8>,
-) -> Result<String, super::sorted::Error> {
+) -> String {
     scratch.clear();
     scratch.extend_from_slice(LEAF_DOMAIN);
-    super::sorted::write(record, "hash", scratch)?;
-    Ok(seal_form(scratch, line))
+    super::canonical::write(record, scratch);
+    seal_form(scratch, line)
 }
 
 /// Hashes the canonical form in `scratch` (after the leaf domain) and

@@ -8,6 +8,7 @@
 //! files, `loss` the counters and the loss line, `query` the reading.
 //! Records never carry tokens, secrets or request bodies.
 
+mod canonical;
 pub mod chain;
 pub mod config;
 pub mod export;
@@ -18,7 +19,6 @@ pub mod query;
 mod record;
 pub mod sampling;
 pub mod signing;
-mod sorted;
 pub mod writer;
 
 use std::net::SocketAddr;

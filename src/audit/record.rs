@@ -19,7 +19,7 @@ impl AuditRecord {
     pub fn with_id(kind: Kind, id: String) -> Self {
         AuditRecord {
             id,
-            time: crate::time::rfc3339_millis(SystemTime::now()),
+            time: stamp(SystemTime::now()),
             kind,
             ..AuditRecord::default()
         }
@@ -172,16 +172,119 @@ fn outcome_str(o: Outcome) -> &'static str {
 
 /// `name: remaining/limit per Ns`, with the degraded mode when a store
 /// failure decided, e.g. `principal-requests: 41/600 per 60s (degraded: local)`.
+/// Built piece by piece: this runs for every audited decision with a quota.
 fn quota_summary(q: &crate::quota::apply::QuotaOutcome) -> String {
-    let mut s = format!(
-        "{}: {}/{} per {}s",
-        q.name.as_deref().unwrap_or(&q.descriptor),
-        q.remaining,
-        q.limit,
-        q.window_seconds
-    );
+    let name = q.name.as_deref().unwrap_or(&q.descriptor);
+    let mut s = String::with_capacity(name.len() + 64);
+    let mut n = itoa::Buffer::new();
+    s.push_str(name);
+    s.push_str(": ");
+    s.push_str(n.format(q.remaining));
+    s.push('/');
+    s.push_str(n.format(q.limit));
+    s.push_str(" per ");
+    s.push_str(n.format(q.window_seconds));
+    s.push('s');
     if let Some(mode) = q.degraded {
-        s.push_str(&format!(" (degraded: {})", mode.as_str()));
+        s.push_str(" (degraded: ");
+        s.push_str(mode.as_str());
+        s.push(')');
     }
     s
+}
+
+/// `time::rfc3339_millis(t)`: the text up to the seconds' dot is kept per
+/// thread and reused within the same second, so that a record's stamp is
+/// the milliseconds written onto a copy of it rather than a formatted
+/// date every time.
+fn stamp(t: SystemTime) -> String {
+    thread_local! {
+        /// The second last stamped, and its text up to the milliseconds.
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let Ok(since) = t.duration_since(std::time::UNIX_EPOCH) else {
+        return crate::time::rfc3339_millis(t);
+    };
+    let (second, ms) = (since.as_secs(), since.subsec_millis());
+    let tail = [
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ];
+    let tail = std::str::from_utf8(&tail).expect("ASCII digits");
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            // Kept when it reads `<date>T<time>.<ms>Z` with these
+            // milliseconds (not a time past what the formatter can write).
+            let text = crate::time::rfc3339_millis(t);
+            match text.strip_suffix(tail) {
+                Some(prefix) if prefix.ends_with('.') => *cached = (second, prefix.to_string()),
+                _ => return text,
+            }
+        }
+        let mut text = String::with_capacity(cached.1.len() + tail.len());
+        text.push_str(&cached.1);
+        text.push_str(tail);
+        text
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn stamps_are_the_time_module_s_text() {
+        let mut times = vec![
+            UNIX_EPOCH,
+            UNIX_EPOCH - Duration::from_millis(1),
+            SystemTime::now(),
+            UNIX_EPOCH + Duration::from_secs(253_402_300_799), // 9999-12-31T23:59:59
+            UNIX_EPOCH + Duration::from_secs(253_402_300_800),
+        ];
+        // Every millisecond of two seconds, in and out of order, across a
+        // minute, a day and a year boundary.
+        for base in [1_767_225_599u64, 1_798_761_599, 59] {
+            for ms in (0..2000).chain([999, 0, 1999, 500]) {
+                times.push(UNIX_EPOCH + Duration::from_secs(base) + Duration::from_millis(ms));
+            }
+        }
+        times.push(UNIX_EPOCH + Duration::new(1_767_225_600, 999_999_999));
+        for t in times {
+            assert_eq!(stamp(t), crate::time::rfc3339_millis(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn quota_summaries_read_as_before() {
+        use crate::decision::quota::{OnStoreError, QuotaOutcome};
+        let mut q = QuotaOutcome {
+            descriptor: "principal".into(),
+            name: None,
+            stats_key: String::new(),
+            limit: 600,
+            window_seconds: 60,
+            remaining: 41,
+            reset_seconds: 0,
+            retry_after_seconds: None,
+            shadow_exceeded: Vec::new(),
+            degraded: None,
+            cost_too_large: None,
+        };
+        assert_eq!(quota_summary(&q), "principal: 41/600 per 60s");
+        q.name = Some("principal-requests".into());
+        q.remaining = u64::MAX;
+        q.degraded = Some(OnStoreError::Local);
+        assert_eq!(
+            quota_summary(&q),
+            format!(
+                "principal-requests: {}/600 per 60s (degraded: {})",
+                u64::MAX,
+                OnStoreError::Local.as_str()
+            )
+        );
+    }
 }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::chain::{seal, seal_flat, CheckpointKey};
+use super::chain::{seal_record, CheckpointKey};
 pub use super::files::{list_files, FILE_PREFIX, FILE_SUFFIX};
 use super::files::{open_append, resume};
 use super::signing::{Signer, SigningKey};
@@ -267,7 +267,7 @@ struct Chain {
     committed: (u64, String, u64),
     since_checkpoint: u64,
     pending: Vec<u8>,
-    /// Reused for each record's canonical form (`chain::seal`).
+    /// Reused for each record's canonical form (`chain::seal_record`).
     scratch: Vec<u8>,
     published: Vec<Arc<AuditRecord>>,
     /// Answers waiting for records in `pending`: told the outcome of the
@@ -400,10 +400,7 @@ impl Chain {
         record.seq = self.next_seq;
         record.prev = std::mem::take(&mut self.prev);
         record.hash.clear();
-        let hash = seal_flat(&record, &mut self.scratch, &mut self.pending).unwrap_or_else(|_| {
-            let value = serde_json::to_value(&record).expect("audit records serialise");
-            seal(&value, &mut self.scratch, &mut self.pending)
-        });
+        let hash = seal_record(&record, &mut self.scratch, &mut self.pending);
         self.pending.push(b'\n');
         record.hash = hash.clone();
         self.prev = hash;
@@ -516,15 +513,21 @@ impl Chain {
             Ok(()) => {
                 self.file_bytes += self.pending.len() as u64;
                 self.committed_bytes = self.file_bytes;
-                self.committed = (self.next_seq, self.prev.clone(), self.since_checkpoint);
+                self.committed.0 = self.next_seq;
+                self.committed.1.clone_from(&self.prev);
+                self.committed.2 = self.since_checkpoint;
                 self.pending.clear();
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
                 self.healthy.store(true, Ordering::Relaxed);
                 {
                     let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
                     head.next_seq = self.next_seq;
-                    head.hash = self.prev.clone();
-                    head.file = self.path.display().to_string();
+                    head.hash.clone_from(&self.prev);
+                    // Formatted only when the file changed (a rotation),
+                    // not at every write.
+                    if Some(head.file.as_str()) != self.path.to_str() {
+                        head.file = self.path.display().to_string();
+                    }
                 }
                 for record in self.published.drain(..) {
                     if let Some(export) = &self.export {
