@@ -495,21 +495,22 @@ pub(super) fn watched_principal(d: &Decision) -> Option<&str> {
 }
 
 /// What the quota rules may use: principal, org, route and captures.
-fn quota_subject(identity: &Identity, route: &str, captures: &[(&str, String)]) -> QuotaSubject {
+fn quota_subject<'a>(
+    identity: &'a Identity,
+    route: &'a str,
+    captures: &'a [(&'a str, String)],
+) -> QuotaSubject<'a> {
     let org = identity
         .parents
         .iter()
         .find(|p| p.type_name().basename() == "Org")
-        .map(|p| p.id().unescaped().to_string());
+        .map(|p| p.id().unescaped());
     QuotaSubject {
-        principal_type: identity.principal.type_name().to_string(),
-        principal: identity.principal.id().unescaped().to_string(),
+        principal_type: identity.principal_type_text(),
+        principal: identity.principal.id().unescaped(),
         org,
-        route: route.to_string(),
-        captures: captures
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
+        route,
+        captures,
     }
 }
 
