@@ -247,7 +247,12 @@ pub(super) fn model_version<'s>(
                 at.resource_id = at.route.resource_id(&at.captures);
             }
             at.d.response_headers.extend(entry.deprecation_headers());
-            Ok(Some((format!("{model}/{version}"), entry)))
+            // `model/version`, without `format!` on every call.
+            let mut label = String::with_capacity(model.len() + 1 + version.len());
+            label.push_str(&model);
+            label.push('/');
+            label.push_str(version);
+            Ok(Some((label, entry)))
         }
         Lookup::UnknownModel => Err(Refusal::new(
             DenyReason::UnknownModel,
