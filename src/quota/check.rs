@@ -278,6 +278,27 @@ mod tests {
     }
 
     #[test]
+    fn rules_sharing_a_cost_source_read_it_once_and_agree() {
+        let config = QuotaConfig::parse([(
+            "quotas.yaml",
+            "domain: d\ncheck:\n  - descriptor: [{key: a, value: \"{principal}\"}]\n    cost: {header: x-cost, default: 3}\n  - descriptor: [{key: b, value: \"{principal}\"}]\n    cost: {header: x-cost, default: 3}\n  - descriptor: [{key: c, value: \"{principal}\"}]\n    cost: {header: x-cost, default: 4}\n  - descriptor: [{key: d, value: \"{principal}\"}]\n    cost: {header: x-cost, default: 3}\n",
+        )])
+        .unwrap();
+        let captures = captures();
+        let s = subject("any", None, &captures);
+        let mut req = AccessRequest::for_test("POST", "/x");
+        let costs = |req: &AccessRequest| -> Vec<u64> {
+            let d = descriptors(&config, &s, req, None).unwrap();
+            d.iter().map(|d| d.cost).collect()
+        };
+        assert_eq!(costs(&req), [3, 3, 4, 3]);
+        req.headers.insert("x-cost".into(), "9".into());
+        assert_eq!(costs(&req), [9, 9, 9, 9]);
+        req.headers.insert("x-cost".into(), "nine".into());
+        assert!(descriptors(&config, &s, &req, None).is_err());
+    }
+
+    #[test]
     fn a_body_parsed_by_validation_is_read_not_parsed_again() {
         let captures = captures();
         let s = subject("predict", None, &captures);
