@@ -51,6 +51,21 @@ impl Identity {
     pub fn principal_text(&self) -> &str {
         &self.principal_text
     }
+
+    /// The principal's entity type in Cedar's display form (`Ns::User`),
+    /// borrowed from [`Identity::principal_text`]: what
+    /// `principal.type_name().to_string()` writes, without formatting it
+    /// per request. A type name is identifiers joined by `::`, so the
+    /// first `::"` is where the id starts.
+    pub fn principal_type_text(&self) -> &str {
+        let end = self
+            .principal_text
+            .as_bytes()
+            .windows(3)
+            .position(|w| w == b"::\"")
+            .unwrap_or(self.principal_text.len());
+        &self.principal_text[..end]
+    }
 }
 
 /// Facts a credential carries that policies may demand (Cedar
@@ -160,5 +175,23 @@ mod tests {
         let id = Identity::new(uid.clone(), Vec::new(), AuthMethod::Jwt);
         assert_eq!(id.principal_text(), uid.to_string());
         assert_eq!(id.principal_text(), r#"User::"a\"lice""#);
+    }
+
+    #[test]
+    fn principal_type_text_is_the_type_name_s_display() {
+        for text in [
+            r#"User::"alice""#,
+            r#"Acme::Ml::ServiceAccount::"a::\"b""#,
+            r#"User::"::\"""#,
+            r#"User::"""#,
+        ] {
+            let uid: EntityUid = text.parse().unwrap();
+            let id = Identity::new(uid.clone(), Vec::new(), AuthMethod::Jwt);
+            assert_eq!(
+                id.principal_type_text(),
+                uid.type_name().to_string(),
+                "{text}"
+            );
+        }
     }
 }

@@ -127,7 +127,11 @@ impl Decision {
     /// A fresh decision for a snapshot version, denied by default.
     pub fn new(policy_version: &str) -> Self {
         Decision {
-            id: uuid::Uuid::now_v7().to_string(),
+            // The hyphenated lower-case form `Display` writes, without `fmt`.
+            id: uuid::Uuid::now_v7()
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_owned(),
             decision: Outcome::Deny,
             status: 403,
             reason: Some(DenyReason::Forbidden),

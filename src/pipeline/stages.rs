@@ -247,7 +247,12 @@ pub(super) fn model_version<'s>(
                 at.resource_id = at.route.resource_id(&at.captures);
             }
             at.d.response_headers.extend(entry.deprecation_headers());
-            Ok(Some((format!("{model}/{version}"), entry)))
+            // `model/version`, without `format!` on every call.
+            let mut label = String::with_capacity(model.len() + 1 + version.len());
+            label.push_str(&model);
+            label.push('/');
+            label.push_str(version);
+            Ok(Some((label, entry)))
         }
         Lookup::UnknownModel => Err(Refusal::new(
             DenyReason::UnknownModel,
@@ -495,21 +500,22 @@ pub(super) fn watched_principal(d: &Decision) -> Option<&str> {
 }
 
 /// What the quota rules may use: principal, org, route and captures.
-fn quota_subject(identity: &Identity, route: &str, captures: &[(&str, String)]) -> QuotaSubject {
+fn quota_subject<'a>(
+    identity: &'a Identity,
+    route: &'a str,
+    captures: &'a [(&'a str, String)],
+) -> QuotaSubject<'a> {
     let org = identity
         .parents
         .iter()
         .find(|p| p.type_name().basename() == "Org")
-        .map(|p| p.id().unescaped().to_string());
+        .map(|p| p.id().unescaped());
     QuotaSubject {
-        principal_type: identity.principal.type_name().to_string(),
-        principal: identity.principal.id().unescaped().to_string(),
+        principal_type: identity.principal_type_text(),
+        principal: identity.principal.id().unescaped(),
         org,
-        route: route.to_string(),
-        captures: captures
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
+        route,
+        captures,
     }
 }
 

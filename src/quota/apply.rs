@@ -3,7 +3,7 @@
 //! picks the limit that decided, for headers. Shared by the RLS adapter and
 //! the in-Check quota stage so both answer the same way.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::config::{counter_key, QuotaConfig, QuotaLimit};
 use super::{Charge, Counting, Enforced, FixedWindow, LimitState, OnStoreError, Quotas};
@@ -35,8 +35,8 @@ pub struct Descriptor {
 pub struct Applied {
     /// The counter's key.
     pub key: String,
-    /// The limit.
-    pub limit: QuotaLimit,
+    /// The limit, shared with the configuration.
+    pub limit: Arc<QuotaLimit>,
     /// Its state after the charge.
     pub state: LimitState,
 }
@@ -44,6 +44,7 @@ pub struct Applied {
 impl From<Applied> for LimitStatus {
     fn from(applied: Applied) -> LimitStatus {
         let Applied { limit, state, .. } = applied;
+        let limit = Arc::unwrap_or_clone(limit);
         LimitStatus {
             name: limit.name,
             requests: limit.requests,
@@ -71,7 +72,7 @@ pub struct Verdict {
 
 /// A descriptor's limit and the entries that share a counter
 /// (`share_threshold`: entry index, pattern).
-type Limited<'c> = (Cow<'c, QuotaLimit>, Vec<(usize, &'c str)>);
+type Limited<'c> = (Arc<QuotaLimit>, Vec<(usize, &'c str)>);
 
 /// The limit a descriptor gets: its `limit` override in a configured
 /// domain, else the configured one (with the entries that share a counter).
@@ -79,13 +80,13 @@ fn limit_of<'c>(config: &'c QuotaConfig, d: &Descriptor) -> Option<Limited<'c>> 
     match d.limit {
         Some((requests, window_us)) => config.has_domain(&d.domain).then(|| {
             (
-                Cow::Owned(QuotaLimit::per_window(requests, window_us)),
+                Arc::new(QuotaLimit::per_window(requests, window_us)),
                 Vec::new(),
             )
         }),
         None => config
             .find(&d.domain, &d.entries)
-            .map(|f| (Cow::Borrowed(f.limit), f.shared)),
+            .map(|f| (Arc::clone(f.limit), f.shared)),
     }
 }
 
@@ -116,15 +117,15 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
         .flat_map(|(l, _)| l.replaces.iter().map(String::as_str))
         .collect();
     let mut applied: Vec<Option<Applied>> = vec![None; descriptors.len()];
-    let mut charges = Vec::new();
-    let mut index = Vec::new();
+    let mut charges = Vec::with_capacity(descriptors.len());
+    let mut index = Vec::with_capacity(descriptors.len());
     for (i, (d, l)) in descriptors.iter().zip(&found).enumerate() {
         let Some((l, shared)) = l else { continue };
         if l.unlimited {
             // Never counted; reported as the most a status can say is left.
             applied[i] = Some(Applied {
                 key: key_of(d, shared),
-                limit: l.clone().into_owned(),
+                limit: Arc::clone(l),
                 state: LimitState {
                     over: false,
                     remaining: u64::MAX,
@@ -156,14 +157,7 @@ pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descrip
         });
         index.push(i);
     }
-    let limit_at = |i: usize| {
-        found[i]
-            .as_ref()
-            .expect("indexed limits exist")
-            .0
-            .clone()
-            .into_owned()
-    };
+    let limit_at = |i: usize| Arc::clone(&found[i].as_ref().expect("indexed limits exist").0);
     // A cost larger than an enforced limit's burst can never fit: refuse it
     // as such, charging nothing, rather than with a Retry-After that no
     // amount of waiting would satisfy.

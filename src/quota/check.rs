@@ -4,22 +4,23 @@
 //! `tokens:`, that cost plus the prompt estimate, see [`prompt_estimate`]).
 
 use super::apply::Descriptor;
-use super::config::{CheckRule, Part, QuotaConfig};
+use super::config::{CheckRule, CostSource, Part, QuotaConfig};
 use crate::request::AccessRequest;
 
-/// Who asks for what, as the quota rules see it.
+/// Who asks for what, as the quota rules see it; borrowed from the
+/// identity and the route match, since the rules only read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaSubject {
+pub struct QuotaSubject<'a> {
     /// The principal's entity type, e.g. `User`.
-    pub principal_type: String,
+    pub principal_type: &'a str,
     /// The principal's id, e.g. `alice`.
-    pub principal: String,
+    pub principal: &'a str,
     /// The id of the principal's `Org` parent, if any.
-    pub org: Option<String>,
+    pub org: Option<&'a str>,
     /// The matched route's name.
-    pub route: String,
+    pub route: &'a str,
     /// The route's captures, e.g. `("model", "sentiment")`.
-    pub captures: Vec<(String, String)>,
+    pub captures: &'a [(&'a str, String)],
 }
 
 /// A cost that cannot be read: the request is refused with 400.
@@ -32,7 +33,7 @@ pub struct BadCost(pub String);
 /// it the body is parsed here, once, when a rule's cost needs it.
 pub fn descriptors(
     config: &QuotaConfig,
-    subject: &QuotaSubject,
+    subject: &QuotaSubject<'_>,
     req: &AccessRequest,
     json: Option<&serde_json::Value>,
 ) -> Result<Vec<Descriptor>, BadCost> {
@@ -40,17 +41,27 @@ pub fn descriptors(
         given: json,
         parsed: None,
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(config.check_rules.len());
+    // Rules often share a cost source (a request count per principal and
+    // per org, tokens per model and per org): read each source once.
+    let mut last: Option<(&CostSource, u64)> = None;
     for rule in &config.check_rules {
         if let Some(routes) = &rule.routes {
-            if !routes.iter().any(|r| r == &subject.route) {
+            if !routes.iter().any(|r| r == subject.route) {
                 continue;
             }
         }
         let Some(entries) = entries(rule, subject, req) else {
             continue;
         };
-        let mut cost = cost(rule, req, &mut body)?;
+        let mut cost = match last {
+            Some((source, cost)) if *source == rule.cost => cost,
+            _ => {
+                let cost = cost(rule, req, &mut body)?;
+                last = Some((&rule.cost, cost));
+                cost
+            }
+        };
         if let Some(tokens) = &rule.tokens {
             let json = body.json(req);
             cost = cost.saturating_add(prompt_estimate(tokens, json));
@@ -118,7 +129,7 @@ pub fn prompt_estimate(
 /// rule does not apply, e.g. `{org}` for a user without an org).
 fn entries(
     rule: &CheckRule,
-    subject: &QuotaSubject,
+    subject: &QuotaSubject<'_>,
     req: &AccessRequest,
 ) -> Option<Vec<(String, String)>> {
     use std::borrow::Cow;
@@ -126,16 +137,16 @@ fn entries(
     // for every request, so only the final strings are allocated.
     let var = |name: &str| -> Option<Cow<'_, str>> {
         match name {
-            "principal" => Some(Cow::Borrowed(&subject.principal)),
-            "principal_type" => Some(Cow::Borrowed(&subject.principal_type)),
-            "org" => subject.org.as_deref().map(Cow::Borrowed),
-            "route" => Some(Cow::Borrowed(&subject.route)),
+            "principal" => Some(Cow::Borrowed(subject.principal)),
+            "principal_type" => Some(Cow::Borrowed(subject.principal_type)),
+            "org" => subject.org.map(Cow::Borrowed),
+            "route" => Some(Cow::Borrowed(subject.route)),
             "method" => Some(Cow::Borrowed(&req.method)),
             "source_ip" => req.source_ip.map(|ip| Cow::Owned(ip.to_string())),
             other => subject
                 .captures
                 .iter()
-                .find(|(k, _)| k == other)
+                .find(|(k, _)| *k == other)
                 .map(|(_, v)| Cow::Borrowed(v.as_str())),
         }
     };
@@ -197,23 +208,38 @@ mod tests {
         .unwrap()
     }
 
-    fn subject(route: &str, org: Option<&str>) -> QuotaSubject {
+    fn captures() -> Vec<(&'static str, String)> {
+        vec![("model", "gpt".into())]
+    }
+
+    fn subject<'a>(
+        route: &'a str,
+        org: Option<&'a str>,
+        captures: &'a [(&'a str, String)],
+    ) -> QuotaSubject<'a> {
         QuotaSubject {
-            principal_type: "User".into(),
-            principal: "alice".into(),
-            org: org.map(str::to_string),
-            route: route.into(),
-            captures: vec![("model".into(), "gpt".into())],
+            principal_type: "User",
+            principal: "alice",
+            org,
+            route,
+            captures,
         }
     }
 
     #[test]
     fn rules_apply_only_where_their_variables_and_routes_do() {
+        let captures = captures();
         let mut req = AccessRequest::for_test("POST", "/x");
-        let d = descriptors(&config(), &subject("other", None), &req, None).unwrap();
+        let d = descriptors(&config(), &subject("other", None, &captures), &req, None).unwrap();
         assert!(d.is_empty(), "{d:?}");
         req.source_ip = Some("192.0.2.1".parse().unwrap());
-        let d = descriptors(&config(), &subject("predict", Some("acme")), &req, None).unwrap();
+        let d = descriptors(
+            &config(),
+            &subject("predict", Some("acme"), &captures),
+            &req,
+            None,
+        )
+        .unwrap();
         let entries: Vec<_> = d.iter().map(|d| d.entries[0].clone()).collect();
         assert_eq!(
             entries,
@@ -228,7 +254,8 @@ mod tests {
 
     #[test]
     fn cost_is_the_larger_of_header_and_body_else_the_default() {
-        let s = subject("predict", None);
+        let captures = captures();
+        let s = subject("predict", None, &captures);
         let mut req = AccessRequest::for_test("POST", "/x");
         req.body = Some(br#"{"params": {"max_tokens": 42}}"#.to_vec());
         assert_eq!(descriptors(&config(), &s, &req, None).unwrap()[0].cost, 42);
@@ -251,8 +278,30 @@ mod tests {
     }
 
     #[test]
+    fn rules_sharing_a_cost_source_read_it_once_and_agree() {
+        let config = QuotaConfig::parse([(
+            "quotas.yaml",
+            "domain: d\ncheck:\n  - descriptor: [{key: a, value: \"{principal}\"}]\n    cost: {header: x-cost, default: 3}\n  - descriptor: [{key: b, value: \"{principal}\"}]\n    cost: {header: x-cost, default: 3}\n  - descriptor: [{key: c, value: \"{principal}\"}]\n    cost: {header: x-cost, default: 4}\n  - descriptor: [{key: d, value: \"{principal}\"}]\n    cost: {header: x-cost, default: 3}\n",
+        )])
+        .unwrap();
+        let captures = captures();
+        let s = subject("any", None, &captures);
+        let mut req = AccessRequest::for_test("POST", "/x");
+        let costs = |req: &AccessRequest| -> Vec<u64> {
+            let d = descriptors(&config, &s, req, None).unwrap();
+            d.iter().map(|d| d.cost).collect()
+        };
+        assert_eq!(costs(&req), [3, 3, 4, 3]);
+        req.headers.insert("x-cost".into(), "9".into());
+        assert_eq!(costs(&req), [9, 9, 9, 9]);
+        req.headers.insert("x-cost".into(), "nine".into());
+        assert!(descriptors(&config, &s, &req, None).is_err());
+    }
+
+    #[test]
     fn a_body_parsed_by_validation_is_read_not_parsed_again() {
-        let s = subject("predict", None);
+        let captures = captures();
+        let s = subject("predict", None, &captures);
         let mut req = AccessRequest::for_test("POST", "/x");
         // The raw body is not JSON; the given parse is what counts.
         req.body = Some(b"not json".to_vec());
@@ -265,12 +314,13 @@ mod tests {
 
     #[test]
     fn a_token_rule_reserves_max_tokens_plus_the_prompt_estimate() {
+        let captures = captures();
         let config = QuotaConfig::parse([(
             "quotas.yaml",
             "domain: d\ncheck:\n  - routes: [chat]\n    descriptor: [{key: t, value: \"{principal}\"}]\n    cost: {body_field: max_tokens, default: 256}\n    tokens: {}\n",
         )])
         .unwrap();
-        let s = subject("chat", None);
+        let s = subject("chat", None, &captures);
         // 40 bytes of JSON text: [{"role":"user","content":"0123456789"}]
         let messages = serde_json::json!([{"role": "user", "content": "0123456789"}]);
         assert_eq!(messages.to_string().len(), 40);

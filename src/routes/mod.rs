@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 pub use self::locate::route_line;
 pub use self::path::normalize_path;
-use self::path::{decode_capture, PathTemplate, Segment};
+use self::path::{decode_capture, segments, PathTemplate, Segment};
 use self::resource_id::{render_id, IdPart};
 pub use crate::validate::rules::SignatureMode;
 use crate::validate::rules::{BodySpec, ModelRef};
@@ -191,7 +191,15 @@ impl Route {
         let mut text = String::with_capacity(self.entity_type_text.len() + id.len() + 4);
         text.push_str(&self.entity_type_text);
         text.push_str("::\"");
-        text.extend(id.escape_debug());
+        // Printable ASCII other than `\`, `"` and `'` is its own escape.
+        if id
+            .bytes()
+            .all(|b| matches!(b, b' '..=b'~') && !matches!(b, b'\\' | b'"' | b'\''))
+        {
+            text.push_str(id);
+        } else {
+            text.extend(id.escape_debug());
+        }
         text.push('"');
         text
     }
@@ -207,17 +215,11 @@ impl Route {
         render_id(&self.resource_id, captures)
     }
 
-    /// `path` is the request path in normal form, which matched.
-    fn bind(&self, path: &str) -> RouteMatch<'_> {
-        let rest = &path[1..];
+    /// `path` is the request path in normal form, which matched, and
+    /// `raw` its segments.
+    fn bind(&self, path: &str, raw: &[&str]) -> RouteMatch<'_> {
         let mut captures = Vec::with_capacity(self.template.capture_count);
-        for (position, (segment, raw)) in self
-            .template
-            .segments
-            .iter()
-            .zip(rest.split('/'))
-            .enumerate()
-        {
+        for (position, (segment, raw)) in self.template.segments.iter().zip(raw).enumerate() {
             if let Segment::Capture {
                 name,
                 prefix,
@@ -330,14 +332,13 @@ impl RouteTable {
             Ok(path) => path,
             Err(reason) => return RouteMatch::BadPath { reason },
         };
-        let rest = &path[1..];
-        let segment_count = rest.split('/').count();
+        let raw = segments(&path);
 
         let mut path_matched = false;
         for route in &self.routes {
-            if route.template.matches(rest, segment_count) {
+            if route.template.matches(&raw) {
                 if route.method.accepts(method) {
-                    return route.bind(&path);
+                    return route.bind(&path, &raw);
                 }
                 path_matched = true;
             }
@@ -347,7 +348,7 @@ impl RouteTable {
         }
         let mut allowed = [false; Method::NAMED.len()];
         for route in &self.routes {
-            if route.template.matches(rest, segment_count) {
+            if route.template.matches(&raw) {
                 for (i, named) in Method::NAMED.iter().enumerate() {
                     allowed[i] |= route.method != Method::Any && route.method.covers(*named);
                 }
@@ -381,6 +382,9 @@ mod tests {
             "é/✓",
             "\u{7f}\u{301}x",
             "",
+            "it's",
+            " plain-id_1.2~x@:+",
+            "\u{301}x",
         ] {
             let uid = cedar_policy::EntityUid::from_type_name_and_id(
                 predict.resource_entity_type().clone(),

@@ -116,13 +116,13 @@ impl PathTemplate {
         })
     }
 
-    /// `rest` is the request path without its leading `/`; no allocation.
-    pub(super) fn matches(&self, rest: &str, segment_count: usize) -> bool {
-        segment_count == self.segments.len()
+    /// `segments` are the request path's segments (see [`segments`]).
+    pub(super) fn matches(&self, segments: &[&str]) -> bool {
+        segments.len() == self.segments.len()
             && self
                 .segments
                 .iter()
-                .zip(rest.split('/'))
+                .zip(segments)
                 .all(|(segment, raw)| segment.matches(raw))
     }
 
@@ -258,6 +258,52 @@ fn normal_literal(literal: &str) -> Result<String, InvalidPathTemplate> {
 /// `/v1/status#/../audit` to `/v1/audit`, while one that strips it sees
 /// `/v1/status`.
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, String> {
+    match already_normal(path) {
+        Some(normal) => Ok(Cow::Borrowed(normal)),
+        None => normalize(path),
+    }
+}
+
+/// The path without its query string when it is valid and in normal
+/// form already (the common case: no escape, no `\`, no empty, `.` or `..`
+/// segment, no trailing slash, no `#`), in one pass over its bytes; `None`
+/// sends it through [`normalize`], which says what is wrong or rewrites it.
+fn already_normal(path: &str) -> Option<&str> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return None;
+    }
+    let mut end = bytes.len();
+    let mut start = 1;
+    let mut i = 1;
+    loop {
+        let b = if i < end { bytes[i] } else { b'/' };
+        match b {
+            b'%' | b'\\' | b'#' => return None,
+            b'?' if bytes[i..].contains(&b'#') => return None,
+            b'?' => {
+                end = i;
+                continue;
+            }
+            b'/' => {
+                let segment = &bytes[start..i];
+                // `/` alone is the one empty segment in normal form.
+                if (segment.is_empty() && end > 1) || segment == b"." || segment == b".." {
+                    return None;
+                }
+                if i >= end {
+                    return Some(&path[..end]);
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+/// [`normalize_path`] for a path [`already_normal`] does not take.
+fn normalize(path: &str) -> Result<Cow<'_, str>, String> {
     if path.contains('#') {
         return Err(
             "the request target has a raw '#', which no request carries; encode it as %23"
@@ -340,9 +386,35 @@ fn normalize_segment(raw: &str) -> Result<Cow<'_, str>, BadCapture> {
     Ok(Cow::Owned(normal))
 }
 
+/// The segments of a path in normal form, after its leading `/`: what
+/// `path[1..].split('/')` yields, in one pass without a searcher.
+pub(super) fn segments(path: &str) -> smallvec::SmallVec<[&str; 8]> {
+    let rest = &path[1..];
+    let mut out = smallvec::SmallVec::new();
+    let mut start = 0;
+    for (i, b) in rest.bytes().enumerate() {
+        if b == b'/' {
+            out.push(&rest[start..i]);
+            start = i + 1;
+        }
+    }
+    out.push(&rest[start..]);
+    out
+}
+
 /// Percent-decodes a captured value, rejecting what could alter the path's
 /// meaning downstream (an encoded separator, a control character).
 pub(super) fn decode_capture(raw: &str) -> Result<String, BadCapture> {
+    if raw.bytes().any(|b| b == b'%') {
+        return decode_escaped(raw);
+    }
+    // Nothing to decode: the value is the segment itself.
+    check_capture(raw)?;
+    Ok(raw.to_owned())
+}
+
+/// [`decode_capture`] byte by byte, for a value with escapes.
+fn decode_escaped(raw: &str) -> Result<String, BadCapture> {
     let bytes = raw.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -360,6 +432,13 @@ pub(super) fn decode_capture(raw: &str) -> Result<String, BadCapture> {
         }
     }
     let value = String::from_utf8(decoded).map_err(|_| BadCapture::NotUtf8)?;
+    check_capture(&value)?;
+    Ok(value)
+}
+
+/// A decoded capture's characters: no separator, no control character,
+/// not `.` or `..`.
+fn check_capture(value: &str) -> Result<(), BadCapture> {
     if value
         .chars()
         .any(|c| c == '/' || c == '\\' || c.is_control())
@@ -369,12 +448,74 @@ pub(super) fn decode_capture(raw: &str) -> Result<String, BadCapture> {
     if value == "." || value == ".." {
         return Err(BadCapture::DotValue);
     }
-    Ok(value)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use crate::routes::fixtures::*;
+
+    /// Paths built from pieces that exercise every rule of the normal
+    /// form: escapes, separators, dot segments, queries and fragments.
+    fn path_corpus() -> Vec<String> {
+        const PIECES: &[&str] = &[
+            "", ".", "..", "...", "a", "v1", "%41", "%2e", "a%2F", "%c3%a9", "\\", "é", "?q", "#f",
+            "?q#f", "?%zz", "?/../", "%", "a b",
+        ];
+        let mut out = vec![String::new(), "/".to_owned(), "a/b".to_owned()];
+        for a in PIECES {
+            for b in PIECES {
+                for c in PIECES {
+                    out.push(format!("/{a}/{b}{c}"));
+                    out.push(format!("/{a}{b}/{c}"));
+                    out.push(format!("/{a}/{b}/{c}/"));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn paths_in_normal_form_take_the_fast_path_to_the_same_answer() {
+        use super::{already_normal, normalize, normalize_path, segments};
+        let mut fast = 0;
+        for path in path_corpus() {
+            let slow = normalize(&path);
+            assert_eq!(normalize_path(&path), slow, "{path:?}");
+            if let Some(normal) = already_normal(&path) {
+                fast += 1;
+                assert_eq!(slow.as_deref(), Ok(normal), "{path:?}");
+            }
+            if let Ok(normal) = slow {
+                let split: Vec<&str> = normal[1..].split('/').collect();
+                assert_eq!(segments(&normal).as_slice(), split.as_slice(), "{path:?}");
+            }
+        }
+        assert!(fast > 1000, "{fast}");
+    }
+
+    #[test]
+    fn captures_without_escapes_decode_as_escaped_ones_do() {
+        use super::{decode_capture, decode_escaped};
+        for raw in [
+            "a",
+            ".",
+            "..",
+            "...",
+            ".hidden",
+            "a+b",
+            "é",
+            "caf\u{e9}",
+            "a\\b",
+            "a\u{7f}",
+            "a\u{85}b",
+            "a\tb",
+            "x:y@z",
+            "",
+        ] {
+            assert_eq!(decode_capture(raw), decode_escaped(raw), "{raw:?}");
+        }
+    }
 
     #[test]
     fn problems_read_exactly_as_operators_and_clients_see_them() {

@@ -82,7 +82,7 @@ pub(super) fn build(
                     if let Some(n) = &l.name {
                         names.push(n.clone());
                     }
-                    child.limit = Some(l);
+                    child.limit = Some(Arc::new(l));
                 }
                 Err(problem) => report(line, problem.to_string()),
             }

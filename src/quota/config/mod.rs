@@ -23,6 +23,12 @@ pub mod tokens;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// A map built from the quota files and looked up with a request's
+/// strings: foldhash, seeded per map (so a request cannot aim its values
+/// at one bucket), is several times cheaper than SipHash on these short
+/// keys, and every descriptor of every request takes a few lookups.
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 use self::check_rules::check_rule;
 use self::descriptors::build;
 pub use self::files::{is_quota_file, scaled};
@@ -150,10 +156,12 @@ impl Wildcard {
 
 #[derive(Debug, Default, Clone)]
 struct Node {
-    limit: Option<QuotaLimit>,
+    /// Shared with every charge that reaches it (an `Arc`, so that a
+    /// request's limits are not copied field by field).
+    limit: Option<Arc<QuotaLimit>>,
     /// Children by entry key; looked up with the request's `&str`s, so
     /// matching a descriptor copies no string.
-    children: HashMap<String, Children>,
+    children: Map<Children>,
     /// Children whose value holds `*`, in file order.
     wildcards: Vec<Wildcard>,
     /// `value_to_metric`: the statistics key carries the request's value.
@@ -167,7 +175,7 @@ struct Node {
 /// wildcard child under its pattern), and the one without a value.
 #[derive(Debug, Clone, Default)]
 struct Children {
-    by_value: HashMap<String, Node>,
+    by_value: Map<Node>,
     keyless: Option<Node>,
 }
 
@@ -221,7 +229,7 @@ enum Via<'a> {
 #[derive(Debug, Clone)]
 pub struct Found<'a> {
     /// The limit.
-    pub limit: &'a QuotaLimit,
+    pub limit: &'a Arc<QuotaLimit>,
     /// Entries counted under their pattern instead of their value.
     pub shared: Vec<(usize, &'a str)>,
 }
@@ -370,7 +378,7 @@ impl QuotaConfig {
     /// with no value; the limit is the one on the node the last entry
     /// reaches.
     pub fn limit_for(&self, domain: &str, entries: &[(String, String)]) -> Option<&QuotaLimit> {
-        self.find(domain, entries).map(|f| f.limit)
+        self.find(domain, entries).map(|f| &**f.limit)
     }
 
     /// [`QuotaConfig::limit_for`], with the entries that share a counter.
@@ -451,19 +459,24 @@ impl QuotaConfig {
             return;
         };
         for (i, (key, value)) in entries.iter().enumerate() {
-            let next = node
-                .child(key, Some(value))
-                .map(|n| (n, Via::Value))
-                .or_else(|| {
-                    node.wildcards
-                        .iter()
-                        .find(|w| &w.key == key && w.matches(value))
-                        .and_then(|w| {
-                            node.child(&w.key, Some(&w.pattern))
-                                .map(|n| (n, Via::Wildcard(w.pattern.as_str())))
-                        })
-                })
-                .or_else(|| node.child(key, None).map(|n| (n, Via::Key)));
+            // The value, else a wildcard, else the key alone: all three
+            // under `key`'s children, looked up once.
+            let next = node.children.get(key.as_str()).and_then(|children| {
+                children
+                    .get(Some(value))
+                    .map(|n| (n, Via::Value))
+                    .or_else(|| {
+                        node.wildcards
+                            .iter()
+                            .find(|w| &w.key == key && w.matches(value))
+                            .and_then(|w| {
+                                children
+                                    .get(Some(&w.pattern))
+                                    .map(|n| (n, Via::Wildcard(w.pattern.as_str())))
+                            })
+                    })
+                    .or_else(|| children.get(None).map(|n| (n, Via::Key)))
+            });
             let Some((next, via)) = next else { break };
             visit(i, next, via);
             if next.children.is_empty() {
