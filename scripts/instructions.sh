@@ -8,6 +8,7 @@
 # running the script on each).
 #
 #   scripts/instructions.sh check     # Check, allowed calls (cached tokens)
+#   scripts/instructions.sh mixed     # Check, the bench's mixed calls (denials too)
 #   scripts/instructions.sh rls       # ShouldRateLimit, one descriptor
 #   REQUESTS=4000 WARMUP=1500 scripts/instructions.sh check
 #
@@ -46,7 +47,8 @@ die() { printf 'instructions: %s\n' "$*" >&2; exit 1; }
 case $rpc in
     rls) load_args=(--rpc rls --rls-shape one) ;;
     check) load_args=(--rpc check --mix allowed) ;;
-    *) die "usage: scripts/instructions.sh check|rls" ;;
+    mixed) load_args=(--rpc check --mix mixed) ;;
+    *) die "usage: scripts/instructions.sh check|mixed|rls" ;;
 esac
 for n in REQUESTS WARMUP CONCURRENCY; do
     [[ ${!n} =~ ^[0-9]+$ && ${!n} -ge 1 && ${!n} -le 1000000 ]] || die "$n must be 1..1000000"

@@ -28,7 +28,7 @@ fuzz_target!(
     let Ok(check) = CheckRequest::decode(data) else {
         return;
     };
-    let Ok(mut req) = to_access_request(check) else {
+    let Ok(mut req) = to_access_request(Box::new(check)) else {
         return;
     };
     let residency = ResidencyConfig {

@@ -53,7 +53,7 @@ impl AuthzService {
     /// path ([`to_access_request`]).
     pub fn answer(
         &self,
-        request: CheckRequest,
+        request: Box<CheckRequest>,
     ) -> impl std::future::Future<Output = Result<Response<CheckResponse>, Status>> + Send + 'static
     {
         let state = Arc::clone(&self.state);
@@ -72,16 +72,20 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        self.answer(request.into_inner()).await
+        self.answer(Box::new(request.into_inner())).await
     }
 }
 
 /// Translates Envoy's attribute context, taking the message's strings,
 /// header map and body over rather than copying them. A request without
 /// HTTP attributes is malformed: we answer with a gRPC error (never an
-/// empty, allowing, CheckResponse).
-pub fn to_access_request(check: CheckRequest) -> Result<AccessRequest, &'static str> {
-    let attrs = check.attributes.ok_or("CheckRequest has no attributes")?;
+/// empty, allowing, CheckResponse). Boxed as [`CheckDecoder`] decodes it:
+/// only the attributes are moved out, once.
+///
+/// [`CheckDecoder`]: super::check_wire::CheckDecoder
+pub fn to_access_request(check: Box<CheckRequest>) -> Result<AccessRequest, &'static str> {
+    let CheckRequest { attributes, .. } = *check;
+    let attrs = attributes.ok_or("CheckRequest has no attributes")?;
     let (http, time) = match attrs.request {
         Some(r) => (r.http, r.time),
         None => (None, None),
@@ -297,8 +301,8 @@ mod tests {
     use envoy_types::pb::envoy::service::auth::v3::attribute_context;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 
-    fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-        CheckRequest {
+    fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> Box<CheckRequest> {
+        Box::new(CheckRequest {
             attributes: Some(AttributeContext {
                 request: Some(attribute_context::Request {
                     http: Some(HttpRequest {
@@ -315,12 +319,12 @@ mod tests {
                 }),
                 ..Default::default()
             }),
-        }
+        })
     }
 
     #[test]
     fn missing_http_attributes_is_an_error_not_an_allow() {
-        assert!(to_access_request(CheckRequest::default()).is_err());
+        assert!(to_access_request(Box::default()).is_err());
     }
 
     #[test]
