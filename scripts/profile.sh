@@ -10,6 +10,9 @@
 #
 #   scripts/profile.sh rls          # ShouldRateLimit, one descriptor
 #   scripts/profile.sh check        # Check, allowed calls
+#   scripts/profile.sh check-mixed  # Check, the bench's mixed calls
+#   scripts/profile.sh check-uncached   # Check, a new token per call (a
+#                   signature check each)
 #   scripts/profile.sh rls-redis    # ShouldRateLimit, one descriptor, with
 #                   `quotas.store: redis` on a redis-server pinned to the
 #                   server's CPU (as in bench-side-by-side.sh); Redis's
@@ -37,7 +40,9 @@ die() { printf 'profile: %s\n' "$*" >&2; exit 1; }
 case $rpc in
     rls | rls-redis) load_args=(--rpc rls --rls-shape one) ;;
     check) load_args=(--rpc check --mix allowed) ;;
-    *) die "usage: scripts/profile.sh rls|rls-redis|check" ;;
+    check-mixed) load_args=(--rpc check --mix mixed) ;;
+    check-uncached) load_args=(--rpc check --mix uncached) ;;
+    *) die "usage: scripts/profile.sh rls|rls-redis|check|check-mixed|check-uncached" ;;
 esac
 case $SERVER in
     portcullis) name=$rpc ;;
