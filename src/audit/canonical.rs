@@ -129,53 +129,21 @@ impl<'a> Members<'a> {
     }
 }
 
-/// `value` as a JSON string, escaped as serde_json escapes it: `"` and `\`
-/// with a backslash, the control characters below 0x20 as `\b \t \n \f \r`
-/// or `\u00XX` (lower-case hex), everything else (non-ASCII included) as
-/// it is.
+/// `value` as a JSON string, escaped by serde_json itself, so the form
+/// cannot drift from the `Value` path's. Most strings need no escape: one
+/// pass without an early exit (a few wide compares) finds that out, and
+/// they are copied as they are.
 fn string(value: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    let bytes = value.as_bytes();
-    // Most strings need no escape: one pass without an early exit (which
-    // the compiler turns into a few wide compares) finds out.
-    let plain = bytes.iter().fold(0u8, |acc, &b| {
+    let plain = value.bytes().fold(0u8, |acc, b| {
         acc | u8::from((b < 0x20) | (b == b'"') | (b == b'\\'))
     }) == 0;
     if plain {
-        out.extend_from_slice(bytes);
         out.push(b'"');
-        return;
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, value).expect("a string serialises into a Vec");
     }
-    let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        out.extend_from_slice(&bytes[run..i]);
-        run = i + 1;
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 0xf)],
-                ]);
-            }
-        }
-    }
-    out.extend_from_slice(&bytes[run..]);
-    out.push(b'"');
 }
 
 #[cfg(test)]
