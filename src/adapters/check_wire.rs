@@ -8,15 +8,15 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use prost::Message;
 use tonic::body::Body;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::Status;
-use tonic_prost::{ProstCodec, ProstEncoder};
 
+use super::check_encode::EncodedCheckResponse;
 use super::extauthz::AuthzService;
 
 /// The first decode buffer of a `Check` stream, bytes.
@@ -53,8 +53,8 @@ impl NamedService for CheckServer {
 struct CheckCall(Arc<AuthzService>);
 
 impl UnaryService<Box<CheckRequest>> for CheckCall {
-    type Response = CheckResponse;
-    type Future = BoxFuture<tonic::Response<CheckResponse>, Status>;
+    type Response = EncodedCheckResponse;
+    type Future = BoxFuture<tonic::Response<EncodedCheckResponse>, Status>;
 
     /// One box per call: [`AuthzService::answer`]'s future, which holds
     /// the translated request only (the `CheckRequest` is dropped here).
@@ -87,23 +87,42 @@ where
     }
 }
 
-/// Encodes `CheckResponse` with prost; decodes `CheckRequest` with
-/// [`CheckDecoder`], boxed.
+/// Writes the `CheckResponse` already encoded ([`EncodedCheckResponse`]);
+/// decodes `CheckRequest` with [`CheckDecoder`], boxed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckCodec;
 
 impl Codec for CheckCodec {
-    type Encode = CheckResponse;
+    type Encode = EncodedCheckResponse;
     type Decode = Box<CheckRequest>;
-    type Encoder = ProstEncoder<CheckResponse>;
+    type Encoder = CheckEncoder;
     type Decoder = CheckDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<CheckResponse, CheckRequest>::default().encoder()
+        CheckEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         CheckDecoder
+    }
+}
+
+/// Puts an [`EncodedCheckResponse`]'s bytes in the gRPC frame.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckEncoder;
+
+impl Encoder for CheckEncoder {
+    type Item = EncodedCheckResponse;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: EncodedCheckResponse,
+        dst: &mut EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        use prost::bytes::BufMut as _;
+        dst.put_slice(item.as_bytes());
+        Ok(())
     }
 }
 

@@ -9,22 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-};
-use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
-use envoy_types::pb::google::rpc;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::access;
+use super::check_encode::EncodedCheckResponse;
 use crate::app::State;
-use crate::decision::{Decision, GrpcCode};
 use crate::pipeline::Door;
 use crate::request::AccessRequest;
 
@@ -46,7 +39,10 @@ impl AuthzService {
     /// of message by value plus its heap) nor `tonic`'s request wrapper:
     /// every byte a future holds is copied each time it moves into its
     /// parent, once per `Check`. The translation moves the message's
-    /// strings, header map and body rather than copying them.
+    /// strings, header map and body rather than copying them. The answer
+    /// is the `CheckResponse` already in wire form
+    /// ([`EncodedCheckResponse`]); [`Authorization::check`] decodes it
+    /// back into prost's message for in-process callers.
     ///
     /// # Errors
     /// `INVALID_ARGUMENT` for a request without HTTP attributes, method or
@@ -54,14 +50,14 @@ impl AuthzService {
     pub fn answer(
         &self,
         request: Box<CheckRequest>,
-    ) -> impl std::future::Future<Output = Result<Response<CheckResponse>, Status>> + Send + 'static
+    ) -> impl std::future::Future<Output = Result<Response<EncodedCheckResponse>, Status>> + Send + 'static
     {
         let state = Arc::clone(&self.state);
         let asked = to_access_request(request);
         async move {
             let mut asked = asked.map_err(Status::invalid_argument)?;
             let decision = access::decide(&state, &mut asked, Door::ExtAuthz).await;
-            Ok(Response::new(to_check_response(&decision, &asked)))
+            Ok(Response::new(EncodedCheckResponse::of(&decision, &asked)))
         }
     }
 }
@@ -72,7 +68,12 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        self.answer(Box::new(request.into_inner())).await
+        let encoded = self.answer(Box::new(request.into_inner())).await?;
+        let response = CheckResponse::decode(encoded.get_ref().as_bytes()).map_err(|e| {
+            tracing::error!(error = %e, "an encoded CheckResponse did not decode");
+            Status::internal("the CheckResponse could not be encoded")
+        })?;
+        Ok(Response::new(response))
     }
 }
 
@@ -190,115 +191,13 @@ pub(crate) fn header_map(
     out
 }
 
-/// Renders a decision for Envoy.
-pub fn to_check_response(decision: &Decision, req: &AccessRequest) -> CheckResponse {
-    let metadata = decision_metadata(decision);
-    if decision.is_allowed() {
-        let upstream = access::upstream(decision, req);
-        let headers: Vec<HeaderValueOption> = upstream
-            .set
-            .into_iter()
-            .map(|(k, v)| set_header(k, v))
-            .collect();
-        // Clients must never spoof our headers: the ones we set overwrite,
-        // every other x-portcullis-* header the client sent is removed;
-        // and what the route says the model does not need (minimisation).
-        let mut headers_to_remove = upstream.spoofed;
-        for h in upstream.minimised {
-            if req.headers.contains_key(&h) && !headers_to_remove.contains(&h) {
-                headers_to_remove.push(h);
-            }
-        }
-        headers_to_remove.sort();
-        // Where the client stands, on the response it gets from upstream.
-        let response_headers_to_add = decision
-            .client_headers()
-            .into_iter()
-            .map(|(k, v)| set_header(k, v))
-            .collect();
-        return CheckResponse {
-            status: Some(rpc::Status {
-                code: GrpcCode::Ok as i32,
-                ..Default::default()
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers,
-                headers_to_remove,
-                response_headers_to_add,
-                ..Default::default()
-            })),
-            dynamic_metadata: Some(metadata),
-        };
-    }
-    let denial = access::denial(decision);
-    let headers = denial
-        .headers
-        .into_iter()
-        .map(|(k, v)| set_header(k, v))
-        .collect();
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: decision.grpc() as i32,
-            message: decision.reason.map(|r| r.code()).unwrap_or_default().into(),
-            ..Default::default()
-        }),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            // Envoy's StatusCode enum values are the HTTP status numbers.
-            status: Some(HttpStatus {
-                code: i32::from(denial.status),
-            }),
-            headers,
-            body: denial.body,
-        })),
-        dynamic_metadata: Some(metadata),
-    }
-}
-
-fn set_header(key: String, value: String) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key,
-            value,
-            ..Default::default()
-        }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
-    }
-}
-
-/// Dynamic metadata for Envoy's access log and later filters.
-fn decision_metadata(d: &Decision) -> Struct {
-    let s = |v: &str| Value {
-        kind: Some(Kind::StringValue(v.to_string())),
-    };
-    // Five fields at most: sized once, never grown.
-    let mut fields = HashMap::with_capacity(5);
-    fields.insert("decision_id".to_string(), s(&d.id));
-    fields.insert("policy_version".to_string(), s(&d.policy_version));
-    fields.insert(
-        "decision".to_string(),
-        s(if d.is_allowed() { "allow" } else { "deny" }),
-    );
-    if let Some(p) = &d.principal {
-        fields.insert("principal".to_string(), s(p));
-    }
-    fields.insert(
-        "determining_policies".to_string(),
-        Value {
-            kind: Some(Kind::ListValue(ListValue {
-                values: d.determining_policies.iter().map(|p| s(p)).collect(),
-            })),
-        },
-    );
-    Struct { fields }
-}
-
-/// The body Envoy sent: `raw_body` (with `pack_as_bytes`), else `body`.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::DenyReason;
+    use crate::decision::{Decision, DenyReason, GrpcCode};
+    use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context;
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 
     fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> Box<CheckRequest> {
@@ -320,6 +219,11 @@ mod tests {
                 ..Default::default()
             }),
         })
+    }
+
+    /// The answer as Envoy reads it: encoded, then decoded by prost.
+    fn render(d: &Decision, req: &AccessRequest) -> CheckResponse {
+        CheckResponse::decode(EncodedCheckResponse::of(d, req).as_bytes()).unwrap()
     }
 
     #[test]
@@ -355,7 +259,7 @@ mod tests {
         .unwrap();
         let mut d = Decision::new("v1").allow();
         d.principal = Some("User::\"alice\"".into());
-        let resp = to_check_response(&d, &req);
+        let resp = render(&d, &req);
         assert_eq!(resp.status.unwrap().code, GrpcCode::Ok as i32);
         let Some(HttpResponse::OkResponse(ok)) = resp.http_response else {
             panic!("expected OkResponse")
@@ -379,7 +283,7 @@ mod tests {
     fn deny_has_status_problem_body_and_www_authenticate() {
         let req = AccessRequest::for_test("GET", "/x");
         let d = Decision::new("v1").deny(DenyReason::InvalidCredentials, "expired");
-        let resp = to_check_response(&d, &req);
+        let resp = render(&d, &req);
         assert_eq!(resp.status.unwrap().code, GrpcCode::Unauthenticated as i32);
         let Some(HttpResponse::DeniedResponse(denied)) = resp.http_response else {
             panic!("expected DeniedResponse")
@@ -426,7 +330,7 @@ mod tests {
             (DenyReason::QuotaExceeded, 429, GrpcCode::ResourceExhausted),
             (DenyReason::AuditUnavailable, 503, GrpcCode::Unavailable),
         ] {
-            let resp = to_check_response(&Decision::new("v1").deny(reason, "x"), &req);
+            let resp = render(&Decision::new("v1").deny(reason, "x"), &req);
             assert_eq!(resp.status.unwrap().code, grpc as i32, "{reason:?}");
             let Some(HttpResponse::DeniedResponse(denied)) = resp.http_response else {
                 panic!("expected DeniedResponse")
