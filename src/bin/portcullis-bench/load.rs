@@ -19,7 +19,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::pace::{Arrivals, LATE_AFTER};
 use crate::report::{Percentiles, Phase};
 use crate::requests::rls_call;
 use crate::Args;
@@ -103,9 +102,8 @@ pub struct WorkerResult {
     pub errors: u64,
     pub allowed: u64,
     pub denied: u64,
-    /// Open loop: requests sent more than [`LATE_AFTER`] after their
-    /// intended time (no worker was free, or the load generator was
-    /// behind).
+    /// Open loop: requests sent after their intended time because this
+    /// worker's previous request was still unanswered.
     pub late: u64,
 }
 
@@ -145,8 +143,8 @@ struct Load {
     duration: Duration,
     /// Stop after this many requests in total.
     limit: Option<u64>,
-    /// Open loop: requests per second over all workers, request `k`
-    /// intended at `start + k / rate` ([`Arrivals`]).
+    /// Open loop: requests per second over all workers; worker `w` sends
+    /// request `k` at `start + (k * concurrency + w) / rate`.
     rate: Option<f64>,
     /// `--keys`: RLS calls numbered by the call.
     keys: Option<u64>,
@@ -156,11 +154,12 @@ struct Load {
 /// were sent in total: closed loop (each worker sends as soon as its last
 /// request is answered), or open loop at `rate`.
 ///
-/// Open loop: [`Arrivals`] releases each request at its intended send
-/// time, a free worker takes it and latency is counted from that intended
-/// time, as wrk2 does: a request released while every worker was still
-/// waiting for an answer waits in the queue, and that wait (the server's
-/// queue, hidden by a closed loop: coordinated omission) is counted.
+/// Open-loop latency is counted from the intended send time when the worker
+/// was still waiting for its previous answer at that time (the delay is the
+/// server's queue, wrk2's coordinated-omission correction); a worker that
+/// was idle sleeps until the intended time and counts from the moment it
+/// sends, so the timer's millisecond granularity is not charged to the
+/// server.
 async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> Vec<WorkerResult> {
     let Load {
         concurrency,
@@ -171,7 +170,6 @@ async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> V
     } = *load;
     let start = Instant::now();
     let deadline = start + duration;
-    let arrivals = rate.map(|rate| Arrivals::start(rate, start, deadline));
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..concurrency {
@@ -180,22 +178,33 @@ async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> V
         let mut rls = RateLimitServiceClient::new(channel);
         let requests = Arc::clone(requests);
         let sent = Arc::clone(&sent);
-        let arrivals = arrivals.clone();
+        // Open loop: this worker's first send time and its interval.
+        let schedule = rate.map(|rate| {
+            (
+                start + Duration::from_secs_f64(w as f64 / rate),
+                Duration::from_secs_f64(concurrency as f64 / rate),
+            )
+        });
         workers.spawn(async move {
             let mut r = WorkerResult::new();
             let mut i = w;
+            let mut next = schedule.map(|(first, _)| first);
             while Instant::now() < deadline {
-                let t = match &arrivals {
-                    Some(arrivals) => match arrivals.next().await {
-                        Some(intended) => {
-                            if intended.elapsed() > LATE_AFTER {
-                                r.late += 1;
-                            }
+                let t = match (next, schedule) {
+                    (Some(intended), Some((_, every))) => {
+                        if intended >= deadline {
+                            break;
+                        }
+                        next = Some(intended + every);
+                        if Instant::now() < intended {
+                            tokio::time::sleep_until(intended.into()).await;
+                            Instant::now()
+                        } else {
+                            r.late += 1;
                             intended
                         }
-                        None => break,
-                    },
-                    None => Instant::now(),
+                    }
+                    _ => Instant::now(),
                 };
                 let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if limit.is_some_and(|l| n >= l) {

@@ -18,7 +18,6 @@ mod empty;
 mod hold;
 mod http_load;
 mod load;
-mod pace;
 mod report;
 mod requests;
 mod setup;
@@ -113,10 +112,9 @@ struct Args {
     /// Open loop: send at this fixed rate (requests per second over all
     /// workers) instead of as fast as answers come back, and count latency
     /// from each request's intended send time (wrk2's correction for
-    /// coordinated omission); arrivals are evenly spaced, released by a
-    /// thread that sleeps to the microsecond. The report gives the intended
-    /// and achieved rates and how many requests went out more than 100 µs
-    /// late because no worker was free (the server had not answered).
+    /// coordinated omission). The report gives the intended and achieved
+    /// rates and how many requests went out late because the server had
+    /// not answered the worker's previous one.
     #[arg(long)]
     rate: Option<f64>,
     /// With `--rpc rls`: the bundled mix (address, principal and org
