@@ -74,29 +74,50 @@ pub struct Upstream {
     pub minimised: Vec<String>,
 }
 
-/// The upstream's side of an allowed decision on `req`.
+/// The upstream's side of an allowed decision on `req`: [`upstream_set`],
+/// [`spoofed`] and the route's minimised headers, owned.
 pub fn upstream(decision: &Decision, req: &AccessRequest) -> Upstream {
-    let mut set = vec![
-        (DECISION_HEADER.to_string(), decision.id.clone()),
-        (VERSION_HEADER.to_string(), decision.policy_version.clone()),
-    ];
-    if let Some(p) = &decision.principal {
-        set.push((PRINCIPAL_HEADER.to_string(), p.clone()));
-    }
-    set.extend(decision.upstream_headers.iter().cloned());
-    let mut spoofed: Vec<String> = req
-        .headers
-        .keys()
-        .filter(|k| k.starts_with(HEADER_PREFIX))
-        .filter(|k| !set.iter().any(|(name, _)| name == *k))
-        .cloned()
-        .collect();
-    spoofed.sort();
     Upstream {
-        set,
-        spoofed,
+        set: upstream_set(decision)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        spoofed: spoofed(decision, req)
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
         minimised: decision.strip_headers.clone(),
     }
+}
+
+/// The headers an allowed request carries to the upstream ([`Upstream::set`]),
+/// borrowed from `decision`: name, value.
+pub fn upstream_set(decision: &Decision) -> impl Iterator<Item = (&str, &str)> {
+    [
+        (DECISION_HEADER, decision.id.as_str()),
+        (VERSION_HEADER, decision.policy_version.as_str()),
+    ]
+    .into_iter()
+    .chain(decision.principal.as_deref().map(|p| (PRINCIPAL_HEADER, p)))
+    .chain(
+        decision
+            .upstream_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+}
+
+/// The `x-portcullis-*` headers `req` carries that `decision` does not set
+/// ([`Upstream::spoofed`]), sorted.
+pub fn spoofed<'a>(decision: &Decision, req: &'a AccessRequest) -> Vec<&'a str> {
+    let mut spoofed: Vec<&str> = req
+        .headers
+        .keys()
+        .map(String::as_str)
+        .filter(|k| k.starts_with(HEADER_PREFIX))
+        .filter(|k| !upstream_set(decision).any(|(name, _)| name == *k))
+        .collect();
+    spoofed.sort_unstable();
+    spoofed
 }
 
 /// A denial as the client gets it.

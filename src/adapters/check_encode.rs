@@ -19,7 +19,9 @@
 
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use super::access::{self, Denial, Upstream};
+use std::borrow::Cow;
+
+use super::access::{self, Denial};
 use crate::decision::Decision;
 use crate::request::AccessRequest;
 
@@ -55,41 +57,39 @@ impl EncodedCheckResponse {
     }
 }
 
-/// What the message is written from.
+/// What the message is written from, borrowed from the decision and the
+/// request where they hold the text.
 struct Answer<'a> {
     decision: &'a Decision,
-    http: Http,
+    http: Http<'a>,
 }
 
-enum Http {
+enum Http<'a> {
     Ok {
-        upstream: Upstream,
-        headers_to_remove: Vec<String>,
-        client: Vec<(String, String)>,
+        headers_to_remove: Vec<&'a str>,
+        client: Vec<(&'a str, Cow<'a, str>)>,
     },
     Denied(Denial),
 }
 
 impl<'a> Answer<'a> {
-    fn of(decision: &'a Decision, req: &AccessRequest) -> Self {
+    fn of(decision: &'a Decision, req: &'a AccessRequest) -> Self {
         let http = if decision.is_allowed() {
-            let mut upstream = access::upstream(decision, req);
             // Clients must never spoof our headers: the ones we set
             // overwrite, every other x-portcullis-* header the client sent
             // is removed; and what the route says the model does not need
-            // (minimisation).
-            let mut headers_to_remove = std::mem::take(&mut upstream.spoofed);
-            for h in std::mem::take(&mut upstream.minimised) {
-                if req.headers.contains_key(&h) && !headers_to_remove.contains(&h) {
+            // (minimisation), when the request carries it.
+            let mut headers_to_remove = access::spoofed(decision, req);
+            for h in &decision.strip_headers {
+                if req.headers.contains_key(h) && !headers_to_remove.contains(&h.as_str()) {
                     headers_to_remove.push(h);
                 }
             }
-            headers_to_remove.sort();
+            headers_to_remove.sort_unstable();
             Http::Ok {
-                upstream,
                 headers_to_remove,
                 // Where the client stands, on the upstream's response.
-                client: decision.client_headers(),
+                client: decision.client_header_pairs(),
             }
         } else {
             Http::Denied(access::denial(decision))
@@ -102,7 +102,6 @@ impl<'a> Answer<'a> {
         let d = self.decision;
         match &self.http {
             Http::Ok {
-                upstream,
                 headers_to_remove,
                 client,
             } => {
@@ -111,7 +110,7 @@ impl<'a> Answer<'a> {
                 message(s, 1, |_| {});
                 // ok_response = 3: OkHttpResponse.
                 message(s, 3, |s| {
-                    for (k, v) in &upstream.set {
+                    for (k, v) in access::upstream_set(d) {
                         message(s, 2, |s| header_option(s, k, v));
                     }
                     for name in headers_to_remove {

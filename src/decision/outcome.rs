@@ -4,6 +4,8 @@
 //! adapter (ext_authz, RLS, admin, forward-auth) renders from here and
 //! nowhere else.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use super::Decision;
@@ -365,39 +367,48 @@ impl Decision {
     /// 6750 section 3), `allow` (405), `retry-after`; on both, the quota's
     /// `ratelimit-*` headers and the route's own (`deprecation`, `sunset`).
     pub fn client_headers(&self) -> Vec<(String, String)> {
-        let mut h: Vec<(String, String)> = Vec::new();
-        let mut add = |k: &str, v: String| h.push((k.to_string(), v));
+        self.client_header_pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_owned()))
+            .collect()
+    }
+
+    /// [`Decision::client_headers`], borrowed where the decision holds
+    /// the text: name, value.
+    pub fn client_header_pairs(&self) -> Vec<(&str, Cow<'_, str>)> {
+        let mut h: Vec<(&str, Cow<'_, str>)> = Vec::new();
         if !self.is_allowed() {
-            add("content-type", PROBLEM_JSON.to_string());
-            add(DECISION_HEADER, self.id.clone());
-            add("cache-control", "no-store".to_string());
+            h.push(("content-type", Cow::Borrowed(PROBLEM_JSON)));
+            h.push((DECISION_HEADER, Cow::Borrowed(&self.id)));
+            h.push(("cache-control", Cow::Borrowed("no-store")));
             match self.reason {
-                Some(DenyReason::Unauthenticated) => {
-                    add("www-authenticate", "Bearer realm=\"portcullis\"".to_string())
-                }
-                Some(DenyReason::InvalidCredentials) => add(
+                Some(DenyReason::Unauthenticated) => h.push((
                     "www-authenticate",
-                    format!(
+                    Cow::Borrowed("Bearer realm=\"portcullis\""),
+                )),
+                Some(DenyReason::InvalidCredentials) => h.push((
+                    "www-authenticate",
+                    Cow::Owned(format!(
                         "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
                         quoted_string(&self.detail)
-                    ),
-                ),
+                    )),
+                )),
                 Some(DenyReason::MethodNotAllowed) => {
                     if let Some(allow) = &self.allow_methods {
-                        add("allow", allow.clone());
+                        h.push(("allow", Cow::Borrowed(allow)));
                     }
                 }
                 _ => {}
             }
             if let Some(seconds) = self.retry_after_seconds {
-                add("retry-after", seconds.to_string());
+                h.push(("retry-after", Cow::Owned(seconds.to_string())));
             }
         }
         for (k, v) in self.quota.iter().flat_map(|q| q.headers()) {
-            add(k, v);
+            h.push((k, Cow::Owned(v)));
         }
         for (k, v) in &self.response_headers {
-            add(k, v.clone());
+            h.push((k, Cow::Borrowed(v)));
         }
         h
     }
