@@ -1,7 +1,8 @@
 //! The ext_authz mapping: arbitrary bytes decoded as an Envoy
 //! `CheckRequest`, translated into our request, decided against the
-//! bundled policies and rendered back into a `CheckResponse`. Nothing may
-//! panic; a translated request is always answered.
+//! bundled policies and written back as a `CheckResponse` on the wire, which
+//! prost must decode. Nothing may panic; a translated request is always
+//! answered.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -9,7 +10,9 @@ use std::sync::LazyLock;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use libfuzzer_sys::fuzz_target;
 use portcullis::residency::ResidencyConfig;
-use portcullis::adapters::extauthz::{to_access_request, to_check_response};
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use portcullis::adapters::check_encode::EncodedCheckResponse;
+use portcullis::adapters::extauthz::to_access_request;
 use portcullis::policy::Snapshot;
 use prost::Message;
 
@@ -44,7 +47,9 @@ fuzz_target!(
         })
     });
     let d = portcullis::pipeline::decide_offline(&SNAPSHOT, &req, identity, 0);
-    let response = to_check_response(&d, &req);
+    // Our own wire encoding of the answer must decode as Envoy reads it.
+    let encoded = EncodedCheckResponse::of(&d, &req);
+    let response = CheckResponse::decode(encoded.as_bytes()).expect("the encoded answer decodes");
     assert!(response.status.is_some());
     assert!(response.http_response.is_some());
 });
