@@ -17,16 +17,17 @@
 //! `google/protobuf/struct.proto`. Encoding: the protobuf wire format's
 //! varint and length-delimited records.
 
-use prost::encoding::{encode_varint, encoded_len_varint};
-
 use std::borrow::Cow;
+
+use prost::encoding::{encode_varint, encoded_len_varint};
 
 use super::access::{self, Denial};
 use crate::decision::Decision;
 use crate::request::AccessRequest;
 
-/// Bytes reserved for an answer at first; an allowed `Check` of the bundled
-/// policies takes about 400, a denial with its problem document about 900.
+/// Bytes reserved for an answer at first: the allowed answer of this
+/// module's test takes 438, its `invalid_token` denial with the problem
+/// document 597; a longer answer grows the buffer.
 const FIRST_CAPACITY: usize = 1024;
 
 /// `HeaderValueOption.append_action`: `OVERWRITE_IF_EXISTS_OR_ADD`.
