@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use super::{breaker, local};
 use super::{
-    Charge, Charged, Counting, FixedWindow, OnStoreError, QuotaStore, RlsHeaders, StoreError,
+    Charge, Charged, Completion, Counting, FixedWindow, OnStoreError, QuotaStore, RlsHeaders,
+    StoreError,
 };
 use crate::time::SystemClock;
 
 mod handoff;
 mod stall;
-use handoff::{refund, take, Call, CallerGone, GaveUp, Handoff};
+use handoff::{refund, refund_later, settle, take, Call, CallerGone, GaveUp, Handoff};
 
 /// The result of charging through [`Quotas`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,10 +65,13 @@ impl Enforced {
 /// queue on a busy store never over-admits; what the store charged for it
 /// is refunded.
 ///
-/// A remote store's call runs on a task of its own, so that a charge once
-/// sent completes (and, in a Cluster, is refunded slot by slot when
-/// refused) even when its caller gave up or went away; a charge whose
-/// caller was answered otherwise than admitted is then refunded.
+/// A remote store's call runs apart from its caller's future, so that a
+/// charge once sent completes (and, in a Cluster, is refunded slot by slot
+/// when refused) even when its caller gave up or went away; a charge whose
+/// caller was answered otherwise than admitted is then refunded. It runs
+/// on the store's own work when the store has some for it (a single
+/// Redis: its batch worker, see [`QuotaStore::submit`]), else on a task of
+/// its own.
 #[derive(Debug)]
 pub struct Quotas {
     store: Arc<dyn QuotaStore>,
@@ -310,43 +314,7 @@ impl Quotas {
             state: Mutex::new(Handoff::Waiting),
             done: tokio::sync::Notify::new(),
         });
-        {
-            let (store, health, call, route) = (
-                Arc::clone(&self.store),
-                Arc::clone(&self.health),
-                Arc::clone(&call),
-                Arc::clone(&route),
-            );
-            let (charges, timeout) = (charges.to_vec(), self.timeout);
-            h.tasks.spawn(async move {
-                let charge = store.charge(&charges);
-                let now = || health.now_us();
-                let result = route.bounded(charge, timeout, now, &health.opened).await;
-                match &result {
-                    Ok(_) => route.success(health.now_us()),
-                    Err(e) => {
-                        if route.failure(health.now_us(), started_us, e.gone) {
-                            health.opened.notify_waiters();
-                        }
-                    }
-                }
-                let late = {
-                    let mut state = call.lock();
-                    match &*state {
-                        Handoff::Waiting => {
-                            *state = Handoff::Answered(result);
-                            None
-                        }
-                        Handoff::GaveUp { admitted: false } => result.ok().filter(|c| c.allowed),
-                        _ => None,
-                    }
-                };
-                call.done.notify_one();
-                if let Some(charged) = late {
-                    refund(&*store, &health, &charges, &charged).await;
-                }
-            });
-        }
+        self.start(charges, &call, &route, started_us);
         let guard = CallerGone {
             call: Arc::clone(&call),
             charges,
@@ -388,16 +356,20 @@ impl Quotas {
                 }
             }
             let check = watch.next_check(route.silent_us(silent_us));
+            // One timer for both: the deadline, or the stall check if due
+            // first.
+            let wake = check.min(deadline);
             tokio::select! {
                 _ = notified => {}
                 _ = opened => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    // Let the connection hand over what has arrived before
-                    // judging.
-                    tokio::task::yield_now().await;
-                }
-                _ = tokio::time::sleep_until(check) => {
-                    watch.check(check, || route.silent_us(silent_us)).await;
+                _ = tokio::time::sleep_until(wake) => {
+                    if wake == deadline {
+                        // Let the connection hand over what has arrived
+                        // before judging.
+                        tokio::task::yield_now().await;
+                    } else {
+                        watch.check(check, || route.silent_us(silent_us)).await;
+                    }
                 }
             }
         };
@@ -465,6 +437,61 @@ impl Quotas {
             },
             Err(e) => self.failed(charges, &e),
         }
+    }
+
+    /// Starts the store call for `charges`, which runs to its end whatever
+    /// becomes of its caller and then [`settle`]s `call`: on the store's
+    /// own work when it has some for it ([`QuotaStore::submit`]: for
+    /// Redis, the target's batch), else on a task of its own. The
+    /// half-open probe always takes a task, whose wait the deadline bounds
+    /// for the breaker's sake.
+    fn start(
+        &self,
+        charges: &[Charge],
+        call: &Arc<Call>,
+        route: &Arc<breaker::Route>,
+        started_us: u64,
+    ) {
+        let h = &self.health;
+        let mut charges = charges.to_vec();
+        if !route.probes() {
+            let (store, health, call, route) = (
+                Arc::clone(&self.store),
+                Arc::clone(h),
+                Arc::clone(call),
+                Arc::clone(route),
+            );
+            // `settled` waits for the completion as for a task.
+            let token = h.tasks.token();
+            let then = Completion::new(self.store.name(), move |charges, result| {
+                if let Some(charged) = settle(&route, &health, &call, started_us, result) {
+                    refund_later(&store, &health, charges, charged);
+                }
+                drop(token);
+            });
+            match self.store.submit(charges, then) {
+                Ok(()) => return,
+                Err((back, then)) => {
+                    then.unused();
+                    charges = back;
+                }
+            }
+        }
+        let (store, health, call, route) = (
+            Arc::clone(&self.store),
+            Arc::clone(h),
+            Arc::clone(call),
+            Arc::clone(route),
+        );
+        let timeout = self.timeout;
+        h.tasks.spawn(async move {
+            let charge = store.charge(&charges);
+            let now = || health.now_us();
+            let result = route.bounded(charge, timeout, now, &health.opened).await;
+            if let Some(charged) = settle(&route, &health, &call, started_us, result) {
+                refund(&*store, &health, &charges, &charged).await;
+            }
+        });
     }
 
     /// A store call failed: counted, logged (at most once a second), and
@@ -548,12 +575,15 @@ mod tests {
 
     /// A remote store that answers "allowed" after a delay per key
     /// (`slow`: `delay`, else at once; `hang`: never), counting refunds,
-    /// and telling how long it has been silent.
+    /// and telling how long it has been silent. With `submits`, its calls
+    /// run on work of its own ([`QuotaStore::submit`]), as Redis's batches
+    /// do; then a `drop` key's completion is dropped uncalled.
     #[derive(Debug)]
     struct Fake {
         delay: Duration,
+        submits: bool,
         refunds: AtomicU32,
-        silence: breaker::Silence,
+        silence: Arc<breaker::Silence>,
         epoch: std::time::Instant,
     }
 
@@ -561,41 +591,76 @@ mod tests {
         fn default() -> Self {
             Fake {
                 delay: Duration::ZERO,
+                submits: false,
                 refunds: AtomicU32::new(0),
-                silence: breaker::Silence::default(),
+                silence: Arc::default(),
                 epoch: std::time::Instant::now(),
             }
         }
     }
 
     impl Fake {
-        fn now_us(&self) -> u64 {
-            self.epoch.elapsed().as_micros() as u64
+        fn new(delay_ms: u64, submits: bool) -> Fake {
+            Fake {
+                delay: Duration::from_millis(delay_ms),
+                submits,
+                ..Fake::default()
+            }
         }
+    }
+
+    /// The fake's answer to `charges`, its silence noted against `epoch`.
+    async fn answer(
+        silence: &breaker::Silence,
+        epoch: std::time::Instant,
+        delay: Duration,
+        charges: &[Charge],
+    ) -> Result<Charged, StoreError> {
+        let now_us = || epoch.elapsed().as_micros() as u64;
+        silence.sent(now_us());
+        match charges[0].key.as_str() {
+            "slow" => tokio::time::sleep(delay).await,
+            "hang" => std::future::pending::<()>().await,
+            _ => {}
+        }
+        silence.ended(now_us(), true);
+        Ok(Charged {
+            allowed: true,
+            states: vec![
+                LimitState {
+                    over: false,
+                    remaining: 1,
+                    reset_us: 0,
+                    retry_us: 0,
+                };
+                charges.len()
+            ],
+        })
     }
 
     #[tonic::async_trait]
     impl QuotaStore for Fake {
         async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
-            self.silence.sent(self.now_us());
-            match charges[0].key.as_str() {
-                "slow" => tokio::time::sleep(self.delay).await,
-                "hang" => std::future::pending::<()>().await,
-                _ => {}
+            answer(&self.silence, self.epoch, self.delay, charges).await
+        }
+        fn submit(
+            &self,
+            charges: Vec<Charge>,
+            then: Completion,
+        ) -> Result<(), (Vec<Charge>, Completion)> {
+            if !self.submits {
+                return Err((charges, then));
             }
-            self.silence.ended(self.now_us(), true);
-            Ok(Charged {
-                allowed: true,
-                states: vec![
-                    LimitState {
-                        over: false,
-                        remaining: 1,
-                        reset_us: 0,
-                        retry_us: 0,
-                    };
-                    charges.len()
-                ],
-            })
+            if charges[0].key == "drop" {
+                drop(then);
+                return Ok(());
+            }
+            let (silence, epoch, delay) = (Arc::clone(&self.silence), self.epoch, self.delay);
+            tokio::spawn(async move {
+                let answer = answer(&silence, epoch, delay, &charges).await;
+                then.complete(charges, answer);
+            });
+            Ok(())
         }
         async fn refund(&self, _: &[Charge], _: &[LimitState]) -> Result<(), StoreError> {
             self.refunds.fetch_add(1, Ordering::Relaxed);
@@ -605,7 +670,8 @@ mod tests {
             true
         }
         fn silent_for(&self, _: u64) -> Duration {
-            Duration::from_micros(self.silence.silent_us(self.now_us()))
+            let now_us = self.epoch.elapsed().as_micros() as u64;
+            Duration::from_micros(self.silence.silent_us(now_us))
         }
         fn name(&self) -> &'static str {
             "fake"
@@ -628,10 +694,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_late_call_on_a_store_that_answers_others_is_refused_and_refunded() {
-        let store = Arc::new(Fake {
-            delay: Duration::from_millis(300),
-            ..Fake::default()
-        });
+        for submits in [false, true] {
+            a_late_call_is_refused_and_refunded(submits).await;
+        }
+    }
+
+    async fn a_late_call_is_refused_and_refunded(submits: bool) {
+        let store = Arc::new(Fake::new(300, submits));
         let q = Arc::new(quotas(&store, 50));
         // Other calls keep being answered while the slow one waits.
         let busy = {
@@ -645,19 +714,26 @@ mod tests {
         };
         let r = q.enforce(&[charge("slow")]).await;
         // Not the local fallback (which would admit): refused, store up.
-        assert_eq!(r, Enforced::Unavailable);
+        assert_eq!(r, Enforced::Unavailable, "submits: {submits}");
         assert!(!q.store_down());
         busy.await.unwrap();
         q.settled().await;
-        assert_eq!(store.refunds.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            store.refunds.load(Ordering::Relaxed),
+            1,
+            "submits: {submits}"
+        );
     }
 
     #[tokio::test]
     async fn a_caller_that_goes_away_has_its_charge_refunded() {
-        let store = Arc::new(Fake {
-            delay: Duration::from_millis(50),
-            ..Fake::default()
-        });
+        for submits in [false, true] {
+            a_caller_gone_is_refunded(submits).await;
+        }
+    }
+
+    async fn a_caller_gone_is_refunded(submits: bool) {
+        let store = Arc::new(Fake::new(50, submits));
         // Slow, alone, and so silent for 50 ms: not a stall at this
         // threshold.
         let q = quotas(&store, 1000).with_stall(Duration::from_secs(1));
@@ -665,7 +741,11 @@ mod tests {
         let gone = tokio::time::timeout(Duration::from_millis(5), q.enforce(&slow));
         assert!(gone.await.is_err());
         q.settled().await;
-        assert_eq!(store.refunds.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            store.refunds.load(Ordering::Relaxed),
+            1,
+            "submits: {submits}"
+        );
         // An answered caller keeps its charge.
         assert!(matches!(
             q.enforce(&[charge("slow")]).await,
@@ -677,7 +757,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_silent_for_the_stall_threshold_is_down_long_before_the_deadline() {
-        let store = Arc::new(Fake::default());
+        for submits in [false, true] {
+            a_silent_store_is_down_before_the_deadline(submits).await;
+        }
+    }
+
+    async fn a_silent_store_is_down_before_the_deadline(submits: bool) {
+        let store = Arc::new(Fake::new(0, submits));
         let q = Arc::new(quotas(&store, 1000));
         // Ten callers wait on the silent store: all are answered by the
         // degraded mode when the first stall check opens the breaker.
@@ -736,5 +822,29 @@ mod tests {
             }
         ));
         assert!(started.elapsed() < Duration::from_millis(20));
+    }
+
+    #[tokio::test]
+    async fn a_submitted_call_whose_store_work_ends_unanswered_fails_at_once() {
+        let store = Arc::new(Fake::new(0, true));
+        let q = quotas(&store, 1000).with_stall(Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        let r = q.enforce(&[charge("drop")]).await;
+        // A failure, decided in the degraded mode, without waiting for the
+        // deadline (1 s): a functional bound, not a speed claim.
+        assert!(
+            matches!(
+                r,
+                Enforced::Charged {
+                    degraded: Some(OnStoreError::Local),
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(q.store_errors(), 1);
+        q.settled().await;
+        assert_eq!(store.refunds.load(Ordering::Relaxed), 0);
     }
 }

@@ -162,10 +162,25 @@ pub trait QuotaStore: Send + Sync + std::fmt::Debug {
         Ok(())
     }
     /// True for a store across the network, whose answer may be late: its
-    /// calls run on a task of their own, bounded for the caller by the
-    /// timeouts. An in-process store answers at once.
+    /// calls run apart from their callers ([`QuotaStore::submit`], or a
+    /// task of their own), bounded for the caller by the timeouts. An
+    /// in-process store answers at once.
     fn remote(&self) -> bool {
         false
+    }
+    /// Starts charging `charges` on work of the store's own that runs to
+    /// the end whatever becomes of the caller (for Redis, the target's
+    /// batch), and gives the answer, with `charges` back, to `then`: so a
+    /// remote call needs no task of its own. `Err` hands both back when
+    /// the store has no such work for this call (the default; a Redis
+    /// Cluster, whose keys may span slots charged one after the other):
+    /// the caller then runs [`QuotaStore::charge`] on a task of its own.
+    fn submit(
+        &self,
+        charges: Vec<Charge>,
+        then: Completion,
+    ) -> Result<(), (Vec<Charge>, Completion)> {
+        Err((charges, then))
     }
     /// The failure domain that holds `key`, as an opaque id: the keys of
     /// one id share a circuit breaker (`breaker.rs`). One for the whole
@@ -188,6 +203,70 @@ pub trait QuotaStore: Send + Sync + std::fmt::Debug {
     /// Checks that the store answers (readiness). In-process stores always do.
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+/// The body of a [`Completion`]: the charges and the store's answer.
+type Then = dyn FnOnce(Vec<Charge>, Result<Charged, StoreError>) + Send + Sync;
+
+/// What a charge started with [`QuotaStore::submit`] does with its
+/// answer: called once, with the charges and the store's answer. Dropped
+/// without being called (the store's work ended first: its runtime is
+/// shutting down), it is called with a [`StoreError`] and no charges, as a
+/// caller waiting on a channel would learn that the sender went away.
+pub struct Completion {
+    store: &'static str,
+    then: Option<Box<Then>>,
+}
+
+impl Completion {
+    /// `then` for a charge on the store named `store` (for the error a
+    /// dropped completion reports).
+    pub fn new(
+        store: &'static str,
+        then: impl FnOnce(Vec<Charge>, Result<Charged, StoreError>) + Send + Sync + 'static,
+    ) -> Completion {
+        Completion {
+            store,
+            then: Some(Box::new(then)),
+        }
+    }
+
+    /// Drops the completion without calling it: a store's
+    /// [`QuotaStore::submit`] handed it back unused.
+    pub fn unused(mut self) {
+        self.then = None;
+    }
+
+    /// Gives `charges` and their `answer` to the completion.
+    pub fn complete(mut self, charges: Vec<Charge>, answer: Result<Charged, StoreError>) {
+        if let Some(then) = self.then.take() {
+            then(charges, answer);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(then) = self.then.take() {
+            then(
+                Vec::new(),
+                Err(StoreError {
+                    store: self.store,
+                    message: "the charge ended without an answer".into(),
+                    gone: false,
+                }),
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completion")
+            .field("store", &self.store)
+            .field("called", &self.then.is_none())
+            .finish()
     }
 }
 

@@ -23,9 +23,11 @@
 //! consumes nothing once the call returns. Between a charge and its refund a
 //! concurrent request may see the temporary charge and be refused (never
 //! over-admitted); if the refund itself fails, the earlier slots stay
-//! charged (errs towards refusing). The charge runs on a task of its own
-//! (see `enforce.rs`), so a caller that gives up or goes away cannot cut
-//! it between a charge and its refund. `quota_mode` limits are judged over all
+//! charged (errs towards refusing). A Cluster's charge runs on a task of
+//! its own (see `enforce.rs`), so a caller that gives up or goes away
+//! cannot cut it between a charge and its refund; a single primary's is
+//! answered by its batch worker (`QuotaStore::submit`), which runs to the
+//! end whatever the caller does. `quota_mode` limits are judged over all
 //! slots (refunded the same way when all of them are over). Fixed windows
 //! and post-hoc charges are never refunded: they count whatever the verdict.
 
@@ -41,10 +43,10 @@ use redis::cluster_routing::Slot;
 use crate::shared_redis::{Connection, SharedRedis};
 
 mod batch;
-use batch::{Batches, Job, SCRIPT};
+use batch::{Batches, Job, Reply, SCRIPT};
 
 use super::breaker::Silence;
-use super::{Charge, Charged, LimitState, QuotaStore, StoreError};
+use super::{Charge, Charged, Completion, LimitState, QuotaStore, StoreError};
 
 /// Gives back what a charge took: ARGV per key: emission_us * cost.
 const REFUND: &str = r#"
@@ -137,7 +139,26 @@ impl RedisStore {
         charges: Vec<Charge>,
     ) -> Result<Charged, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let mut job = Job { charges, reply };
+        self.enqueue(
+            slot,
+            Job {
+                charges,
+                reply: Reply::Channel(reply),
+            },
+        );
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError {
+                store: "redis",
+                message: "the batch ended without an answer".into(),
+                gone: false,
+            })
+        })
+    }
+
+    /// Queues `job` for the target's batch worker, starting one if there
+    /// is none (or it ended: its runtime went away). A job no worker takes
+    /// is answered with an error at once.
+    fn enqueue(&self, slot: Option<Slot>, mut job: Job) {
         for _ in 0..2 {
             let queue = {
                 let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,17 +177,8 @@ impl RedisStore {
                     .clone()
             };
             match queue.send(job) {
-                Ok(()) => {
-                    return answer.await.unwrap_or_else(|_| {
-                        Err(StoreError {
-                            store: "redis",
-                            message: "the batch ended without an answer".into(),
-                            gone: false,
-                        })
-                    })
-                }
+                Ok(()) => return,
                 Err(mpsc::error::SendError(back)) => {
-                    // Its worker ended (its runtime went away): start anew.
                     job = back;
                     self.queues
                         .lock()
@@ -175,11 +187,11 @@ impl RedisStore {
                 }
             }
         }
-        Err(StoreError {
+        job.answer(Err(StoreError {
             store: "redis",
             message: "no batch worker could be started".into(),
             gone: false,
-        })
+        }));
     }
 
     async fn charge_cluster(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
@@ -389,6 +401,27 @@ impl QuotaStore for RedisStore {
                 Ok(())
             }
         }
+    }
+
+    /// A single primary's charges go in its next batch, answered on the
+    /// batch worker's task. A Cluster's keys may span slots, charged one
+    /// after the other with refunds: that takes a task of its own.
+    fn submit(
+        &self,
+        charges: Vec<Charge>,
+        then: Completion,
+    ) -> Result<(), (Vec<Charge>, Completion)> {
+        if self.redis.is_cluster() {
+            return Err((charges, then));
+        }
+        self.enqueue(
+            None,
+            Job {
+                charges,
+                reply: Reply::Then(then),
+            },
+        );
+        Ok(())
     }
 
     fn remote(&self) -> bool {

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::super::breaker::Route;
 use super::super::{was_charged, Charge, Charged, QuotaStore, StoreError};
 use super::Health;
 
@@ -32,6 +33,41 @@ impl Call {
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Handoff> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// What a store call's answer does, once: the call's breakers note it
+/// (an error that says the store is gone, or too many, open them and wake
+/// the callers waiting), and it goes to the caller if it still waits. An
+/// allowed charge whose caller was answered otherwise than admitted (or
+/// went away) is returned, to be refunded.
+pub(super) fn settle(
+    route: &Route,
+    health: &Health,
+    call: &Call,
+    started_us: u64,
+    result: Result<Charged, StoreError>,
+) -> Option<Charged> {
+    match &result {
+        Ok(_) => route.success(health.now_us()),
+        Err(e) => {
+            if route.failure(health.now_us(), started_us, e.gone) {
+                health.opened.notify_waiters();
+            }
+        }
+    }
+    let late = {
+        let mut state = call.lock();
+        match &*state {
+            Handoff::Waiting => {
+                *state = Handoff::Answered(result);
+                None
+            }
+            Handoff::GaveUp { admitted: false } => result.ok().filter(|c| c.allowed),
+            _ => None,
+        }
+    };
+    call.done.notify_one();
+    late
 }
 
 /// Refunds a late answer when the caller's future is dropped before it
