@@ -45,17 +45,31 @@ local function get(key)
   end
   return v
 end
-local all = {}
+local all, nall = {}, 0
+-- A batch's requests mostly carry the same few numbers (the same limit,
+-- cost 1): each distinct argument is converted once per call.
+local nums = {}
+local function num(s)
+  local v = nums[s]
+  if v == nil then
+    v = tonumber(s)
+    nums[s] = v
+  end
+  return v
+end
+-- Scratch tables shared by the requests of the call, left empty (`news`,
+-- `always`) or overwritten before being read (`tats`) by each.
+local news, always, tats = {}, {}, {}
 -- One request: keys KEYS[k0 + 1 .. k0 + n], values from ARGV[a0 + 1].
 local function request(k0, a0, n)
-  local news, always, tats
-  local first = #all + 1
+  local first = nall + 1
+  nall = nall + 1 + 4 * n
   all[first] = 0
   local enforced_ok, quotas, quota_ok = true, false, false
   for i = 1, n do
     local j = a0 + (i - 1) * 4
-    local a, b = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
-    local cost, flags = tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
+    local a, b = num(ARGV[j + 1]), num(ARGV[j + 2])
+    local cost, flags = num(ARGV[j + 3]), num(ARGV[j + 4])
     local key = KEYS[k0 + i]
     local over, remaining, reset, retry
     if band(flags, 8) ~= 0 then
@@ -74,7 +88,7 @@ local function request(k0, a0, n)
         over, remaining, retry = 0, b - count, 0
       end
     else
-      local tat = (news and news[key]) or get(key)
+      local tat = news[key] or get(key)
       local base = math.max(tat, now)
       local new_tat = base + cost * a
       local ahead = new_tat - now
@@ -86,8 +100,6 @@ local function request(k0, a0, n)
         retry = ahead - b
         if post_hoc and cost > 0 then
           -- Work already done: recorded past the burst, whatever the verdict.
-          news = news or {}
-          always = always or {}
           news[key] = new_tat
           always[key] = true
         end
@@ -97,15 +109,12 @@ local function request(k0, a0, n)
         reset = ahead
         retry = 0
         if cost > 0 then
-          news = news or {}
           news[key] = new_tat
           if post_hoc then
-            always = always or {}
             always[key] = true
           end
         end
       end
-      tats = tats or {}
       tats[i] = base
     end
     if band(flags, 1) == 0 then
@@ -121,23 +130,25 @@ local function request(k0, a0, n)
   end
   local allowed = enforced_ok and (quota_ok or not quotas)
   if allowed then all[first] = 1 end
-  if news then
-    for key, new_tat in pairs(news) do
-      if allowed or (always and always[key]) then
-        val[key] = new_tat
-        expires[key] = new_tat
-      end
+  -- Emptied as it is read (assigning nil to an existing field while
+  -- traversing is allowed), for the next request.
+  for key, new_tat in pairs(news) do
+    if allowed or always[key] then
+      val[key] = new_tat
+      expires[key] = new_tat
     end
+    news[key] = nil
+    always[key] = nil
   end
   if not allowed then
     -- Nothing else was charged: report each state as it stays.
     for i = 1, n do
       local j = a0 + (i - 1) * 4
-      local flags = tonumber(ARGV[j + 4])
-      local cost = tonumber(ARGV[j + 3])
+      local flags = num(ARGV[j + 4])
+      local cost = num(ARGV[j + 3])
       local o = first + (i - 1) * 4
       if all[o + 1] == 0 and band(flags, 12) == 0 and cost > 0 then
-        local emission, tolerance = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+        local emission, tolerance = num(ARGV[j + 1]), num(ARGV[j + 2])
         all[o + 2] = math.floor((tolerance - (tats[i] - now)) / emission)
         all[o + 3] = tats[i] - now
       end
