@@ -231,6 +231,16 @@ impl Batches {
         let batches = self.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                // As the audit writer does: let the other tasks that are
+                // ready run first (requests decided on this worker queue
+                // their charges meanwhile, and the second pass takes the
+                // ones whose frames the first pass read), so one call
+                // takes them all. With Redis on the server's core at
+                // concurrency 64: 13.4 requests per call and 0.47 of the
+                // empty handler's ShouldRateLimit throughput without, 20
+                // and 0.53 with one pass, 27.5 and 0.55 with two.
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
                 let mut keys = first.charges.len();
                 let mut jobs = vec![first];
                 while keys < MAX_BATCH_KEYS {
