@@ -453,37 +453,28 @@ impl Quotas {
         started_us: u64,
     ) {
         let h = &self.health;
-        let mut charges = charges.to_vec();
-        if !route.probes() {
-            let (store, health, call, route) = (
-                Arc::clone(&self.store),
-                Arc::clone(h),
-                Arc::clone(call),
-                Arc::clone(route),
-            );
-            // `settled` waits for the completion as for a task.
-            let token = h.tasks.token();
-            let then = Completion::new(self.store.name(), move |charges, result| {
-                if let Some(charged) = settle(&route, &health, &call, started_us, result) {
-                    refund_later(&store, &health, charges, charged);
-                }
-                drop(token);
-            });
-            match self.store.submit(charges, then) {
-                Ok(()) => return,
-                Err((back, then)) => {
-                    then.unused();
-                    charges = back;
-                }
-            }
-        }
         let (store, health, call, route) = (
             Arc::clone(&self.store),
             Arc::clone(h),
             Arc::clone(call),
             Arc::clone(route),
         );
-        let timeout = self.timeout;
+        if !route.probes() && store.submits(charges) {
+            // `settled` waits for the completion as for a task.
+            let token = h.tasks.token();
+            let then = Completion::new(store.name(), {
+                let store = Arc::clone(&store);
+                move |charges, result| {
+                    if let Some(charged) = settle(&route, &health, &call, started_us, result) {
+                        refund_later(&store, &health, charges, charged);
+                    }
+                    drop(token);
+                }
+            });
+            store.submit(charges.to_vec(), then);
+            return;
+        }
+        let (charges, timeout) = (charges.to_vec(), self.timeout);
         h.tasks.spawn(async move {
             let charge = store.charge(&charges);
             let now = || health.now_us();
@@ -643,24 +634,19 @@ mod tests {
         async fn charge(&self, charges: &[Charge]) -> Result<Charged, StoreError> {
             answer(&self.silence, self.epoch, self.delay, charges).await
         }
-        fn submit(
-            &self,
-            charges: Vec<Charge>,
-            then: Completion,
-        ) -> Result<(), (Vec<Charge>, Completion)> {
-            if !self.submits {
-                return Err((charges, then));
-            }
+        fn submits(&self, _: &[Charge]) -> bool {
+            self.submits
+        }
+        fn submit(&self, charges: Vec<Charge>, then: Completion) {
             if charges[0].key == "drop" {
                 drop(then);
-                return Ok(());
+                return;
             }
             let (silence, epoch, delay) = (Arc::clone(&self.silence), self.epoch, self.delay);
             tokio::spawn(async move {
                 let answer = answer(&silence, epoch, delay, &charges).await;
                 then.complete(charges, answer);
             });
-            Ok(())
         }
         async fn refund(&self, _: &[Charge], _: &[LimitState]) -> Result<(), StoreError> {
             self.refunds.fetch_add(1, Ordering::Relaxed);

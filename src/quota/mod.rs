@@ -168,19 +168,28 @@ pub trait QuotaStore: Send + Sync + std::fmt::Debug {
     fn remote(&self) -> bool {
         false
     }
-    /// Starts charging `charges` on work of the store's own that runs to
-    /// the end whatever becomes of the caller (for Redis, the target's
-    /// batch), and gives the answer, with `charges` back, to `then`: so a
-    /// remote call needs no task of its own. `Err` hands both back when
-    /// the store has no such work for this call (the default; a Redis
-    /// Cluster, whose keys may span slots charged one after the other):
-    /// the caller then runs [`QuotaStore::charge`] on a task of its own.
-    fn submit(
-        &self,
-        charges: Vec<Charge>,
-        then: Completion,
-    ) -> Result<(), (Vec<Charge>, Completion)> {
-        Err((charges, then))
+    /// True when [`QuotaStore::submit`] takes this call: the store has
+    /// work of its own that runs it to the end whatever becomes of the
+    /// caller (a single Redis: the target's batch). False by default, and
+    /// for a Redis Cluster, whose keys may span slots charged one after
+    /// the other: the caller then runs [`QuotaStore::charge`] on a task of
+    /// its own.
+    fn submits(&self, _charges: &[Charge]) -> bool {
+        false
+    }
+    /// Starts charging `charges` on the store's own work (see
+    /// [`QuotaStore::submits`]) and gives the answer, with `charges` back,
+    /// to `then`. A store that takes no submitted call answers it with a
+    /// [`StoreError`] (the default).
+    fn submit(&self, charges: Vec<Charge>, then: Completion) {
+        then.complete(
+            charges,
+            Err(StoreError {
+                store: self.name(),
+                message: "this store takes no submitted charges".into(),
+                gone: false,
+            }),
+        );
     }
     /// The failure domain that holds `key`, as an opaque id: the keys of
     /// one id share a circuit breaker (`breaker.rs`). One for the whole
@@ -230,12 +239,6 @@ impl Completion {
             store,
             then: Some(Box::new(then)),
         }
-    }
-
-    /// Drops the completion without calling it: a store's
-    /// [`QuotaStore::submit`] handed it back unused.
-    pub fn unused(mut self) {
-        self.then = None;
     }
 
     /// Gives `charges` and their `answer` to the completion.

@@ -406,14 +406,11 @@ impl QuotaStore for RedisStore {
     /// A single primary's charges go in its next batch, answered on the
     /// batch worker's task. A Cluster's keys may span slots, charged one
     /// after the other with refunds: that takes a task of its own.
-    fn submit(
-        &self,
-        charges: Vec<Charge>,
-        then: Completion,
-    ) -> Result<(), (Vec<Charge>, Completion)> {
-        if self.redis.is_cluster() {
-            return Err((charges, then));
-        }
+    fn submits(&self, _charges: &[Charge]) -> bool {
+        !self.redis.is_cluster()
+    }
+
+    fn submit(&self, charges: Vec<Charge>, then: Completion) {
         self.enqueue(
             None,
             Job {
@@ -421,7 +418,6 @@ impl QuotaStore for RedisStore {
                 reply: Reply::Then(then),
             },
         );
-        Ok(())
     }
 
     fn remote(&self) -> bool {
