@@ -31,7 +31,8 @@
 # intended send time and the share of its core each server used meanwhile
 # (CPU column): half the saturation throughput is not half the CPU, since
 # the writes and wake-ups a saturated server shares between answers are
-# paid per answer when they arrive spread out.
+# paid per answer when they arrive spread out. The open-loop rows also give
+# the load generator's pacer lag (how late it sent; part of the latency).
 #
 #   scripts/bench-side-by-side.sh                # 5 s per measurement
 #   DURATION=10 CONCURRENCY=64 scripts/bench-side-by-side.sh
@@ -120,9 +121,10 @@ cpu = f"{100 * int(ticks) / int(hz) / (int(ns) / 1e9):.0f}%" if pid else "-"
 try:
     p = json.load(open(path))["phases"][-1]
 except Exception as e:
-    print(f"{name} {label} 0 0 failed {cpu}")
+    print(f"{name} {label} 0 0 failed {cpu} -")
     sys.exit(0)
-print(f"{name} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']} {cpu}")
+lag = (p.get("pacing_lag_us") or {}).get("p99", "-")
+print(f"{name} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']} {cpu} {lag}")
 PY
 }
 
@@ -240,14 +242,14 @@ import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 # The empty handler's figures per load: the baseline is their mean.
 runs = {}
-for name, label, rps, p99, errors, cpu in rows:
+for name, label, rps, p99, errors, cpu, lag in rows:
     if name == "empty" and errors != "failed":
         runs.setdefault(label, []).append(float(rps))
 base = {label: sum(v) / len(v) for label, v in runs.items()}
 print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7} {'CPU':>5}  empty handler")
 failed = False
 shown = set()
-for name, label, rps, p99, errors, cpu in rows:
+for name, label, rps, p99, errors, cpu, lag in rows:
     failed |= errors != "0"
     note = ""
     if name == "empty":
@@ -261,6 +263,7 @@ for name, label, rps, p99, errors, cpu in rows:
     if label == "check-open-loop":
         ratio = "-"
         label = f"check@{sys.argv[2]}/s"
+        note = f"  load generator's pacer lag p99 {lag} us"
     else:
         b = base.get(label)
         ratio = f"{float(rps) / b:.3f}" if b and errors != "failed" else "-"

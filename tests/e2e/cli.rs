@@ -588,7 +588,7 @@ fn bench_baseline_runs_and_reports_a_ratio() {
 }
 
 #[test]
-fn bench_open_loop_sends_at_the_intended_rate_and_reports_late_sends() {
+fn bench_open_loop_sends_at_the_intended_rate_and_reports_waits_and_pacer_lag() {
     // Functional, not a timing test: 200 calls a second for one second on
     // one RLS descriptor; the report carries the intended rate and the
     // count of late sends, and the achieved rate is near the intended one
@@ -612,6 +612,10 @@ fn bench_open_loop_sends_at_the_intended_rate_and_reports_late_sends() {
     let phase = &report["phases"][0];
     assert_eq!(phase["target_rps"], 200.0, "{report}");
     assert!(phase["late"].as_u64().is_some(), "{report}");
+    // The pacer's own lag is reported apart from the server's latency.
+    let lag = &phase["pacing_lag_us"];
+    assert!(lag["p99"].as_u64().is_some(), "{report}");
+    assert!(lag["p50"].as_u64() <= lag["max"].as_u64(), "{report}");
     let requests = phase["requests"].as_u64().unwrap();
     assert!((150..=201).contains(&requests), "{report}");
     assert_eq!(phase["errors"], 0, "{report}");

@@ -6,7 +6,9 @@
 //! not hidden by a load generator that waits for it).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -17,6 +19,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code as
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::report::{Percentiles, Phase};
@@ -67,9 +71,11 @@ pub fn phase(
     rate: Option<f64>,
 ) -> anyhow::Result<Phase> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut pacing = hist.clone();
     let (mut errors, mut allowed, mut denied, mut late) = (0, 0, 0, 0);
     for w in results {
         hist.add(&w.hist)?;
+        pacing.add(&w.pacing)?;
         errors += w.errors;
         allowed += w.allowed;
         denied += w.denied;
@@ -86,13 +92,8 @@ pub fn phase(
         throughput_rps: requests as f64 / seconds,
         target_rps: rate,
         late: rate.map(|_| late),
-        latency_us: Percentiles {
-            p50: hist.value_at_quantile(0.50),
-            p90: hist.value_at_quantile(0.90),
-            p99: hist.value_at_quantile(0.99),
-            p999: hist.value_at_quantile(0.999),
-            max: hist.max(),
-        },
+        pacing_lag_us: rate.map(|_| Percentiles::of(&pacing)),
+        latency_us: Percentiles::of(&hist),
     })
 }
 
@@ -102,9 +103,12 @@ pub struct WorkerResult {
     pub errors: u64,
     pub allowed: u64,
     pub denied: u64,
-    /// Open loop: requests sent after their intended time because this
-    /// worker's previous request was still unanswered.
+    /// Open loop: calls that were due while `--concurrency` calls were
+    /// in flight, so they waited for one to be answered.
     pub late: u64,
+    /// Open loop: how late the pacer handed each call over, microseconds
+    /// after its intended time (the load generator's own lag).
+    pub pacing: Histogram<u64>,
 }
 
 impl WorkerResult {
@@ -115,7 +119,13 @@ impl WorkerResult {
             allowed: 0,
             denied: 0,
             late: 0,
+            pacing: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
         }
+    }
+
+    /// The pacer handed a call over `us` microseconds after it was due.
+    pub fn pace(&mut self, us: u64) {
+        let _ = self.pacing.record(us.clamp(1, 60_000_000));
     }
 
     /// One call that took `us` microseconds: allowed, denied or failed.
@@ -143,101 +153,179 @@ struct Load {
     duration: Duration,
     /// Stop after this many requests in total.
     limit: Option<u64>,
-    /// Open loop: requests per second over all workers; worker `w` sends
-    /// request `k` at `start + (k * concurrency + w) / rate`.
+    /// Open loop: requests per second, call `k` due at `start + k / rate`
+    /// ([`open_loop`]); `concurrency` then bounds the calls in flight.
     rate: Option<f64>,
     /// `--keys`: RLS calls numbered by the call.
     keys: Option<u64>,
 }
 
 /// `concurrency` workers until `duration` has passed or `limit` requests
-/// were sent in total: closed loop (each worker sends as soon as its last
-/// request is answered), or open loop at `rate`.
-///
-/// Open-loop latency is counted from the intended send time when the worker
-/// was still waiting for its previous answer at that time (the delay is the
-/// server's queue, wrk2's coordinated-omission correction); a worker that
-/// was idle sleeps until the intended time and counts from the moment it
-/// sends, so the timer's millisecond granularity is not charged to the
-/// server.
+/// were sent in total, each sending as soon as its last request is
+/// answered (closed loop); with `rate`, the open loop of [`open_loop`].
 async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> Vec<WorkerResult> {
+    if let Some(rate) = load.rate {
+        return open_loop(channels, load, rate, requests).await;
+    }
     let Load {
         concurrency,
         duration,
         limit,
-        rate,
         keys,
+        ..
     } = *load;
-    let start = Instant::now();
-    let deadline = start + duration;
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let sent = Arc::new(AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..concurrency {
-        let channel = channels[w % channels.len()].clone();
-        let mut authz = AuthorizationClient::new(channel.clone());
-        let mut rls = RateLimitServiceClient::new(channel);
+        let mut client = Client::new(&channels[w % channels.len()]);
         let requests = Arc::clone(requests);
         let sent = Arc::clone(&sent);
-        // Open loop: this worker's first send time and its interval.
-        let schedule = rate.map(|rate| {
-            (
-                start + Duration::from_secs_f64(w as f64 / rate),
-                Duration::from_secs_f64(concurrency as f64 / rate),
-            )
-        });
         workers.spawn(async move {
             let mut r = WorkerResult::new();
             let mut i = w;
-            let mut next = schedule.map(|(first, _)| first);
             while Instant::now() < deadline {
-                let t = match (next, schedule) {
-                    (Some(intended), Some((_, every))) => {
-                        if intended >= deadline {
-                            break;
-                        }
-                        next = Some(intended + every);
-                        if Instant::now() < intended {
-                            tokio::time::sleep_until(intended.into()).await;
-                            Instant::now()
-                        } else {
-                            r.late += 1;
-                            intended
-                        }
-                    }
-                    _ => Instant::now(),
-                };
-                let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let n = sent.fetch_add(1, Ordering::Relaxed);
                 if limit.is_some_and(|l| n >= l) {
                     break;
                 }
-                let allowed = match &*requests {
-                    Calls::Http(_) => unreachable!("HTTP calls are driven by http_load"),
-                    Calls::Check(calls) => {
-                        let req = calls[i % calls.len()].clone();
-                        authz.check(req).await.map(|resp| {
-                            matches!(
-                                resp.into_inner().http_response,
-                                Some(HttpResponse::OkResponse(_))
-                            )
-                        })
-                    }
-                    Calls::Rls(calls) => {
-                        let req = match keys {
-                            Some(k) => rls_call(n % k),
-                            None => calls[i % calls.len()].clone(),
-                        };
-                        rls.should_rate_limit(req)
-                            .await
-                            .map(|resp| resp.into_inner().overall_code == RlsCode::Ok as i32)
-                    }
-                };
+                let t = Instant::now();
+                let outcome = client.call(&requests, i, n, keys).await;
                 i += concurrency;
-                r.record(t.elapsed().as_micros() as u64, allowed.map_err(|_| ()));
+                r.record(t.elapsed().as_micros() as u64, outcome);
             }
             r
         });
     }
     workers.join_all().await
+}
+
+/// Open loop at `rate` requests per second: call `k` is due at
+/// `start + k / rate`, evenly spaced, and its latency counts from that
+/// intended time to its answer, whatever delayed it (wrk2's correction
+/// for coordinated omission).
+///
+/// The pacer hands each call to a task of its own when it is due. Tokio's
+/// timer wakes in whole milliseconds, which would release the calls due
+/// within one millisecond together, a burst the server would queue and
+/// the report would charge to it; so within [`SPIN_WITHIN`] of the next
+/// call the pacer yields instead of sleeping. The open loop runs on a
+/// current-thread runtime (`main`), where each yield polls the sockets
+/// without blocking: the generator spins its core (the load core, not the
+/// server's) and hands calls over within microseconds of their time. A
+/// `timerfd` instead (tried) woke tens of microseconds late and cost more
+/// CPU, each wake-up an exit from an idle virtual CPU. How late the pacer
+/// handed calls over is reported apart ([`WorkerResult::pacing`]), so a
+/// load generator that cannot keep up shows. At most `concurrency` calls
+/// are in flight; a call due while all are unanswered waits for one
+/// (counted in `late`, its wait in its latency).
+async fn open_loop(
+    channels: &[Channel],
+    load: &Load,
+    rate: f64,
+    requests: &Arc<Calls>,
+) -> Vec<WorkerResult> {
+    let (duration, keys) = (load.duration, load.keys);
+    let clients: Vec<Client> = channels.iter().map(Client::new).collect();
+    let slots = Arc::new(Semaphore::new(load.concurrency));
+    let result = Arc::new(Mutex::new(WorkerResult::new()));
+    let tracker = TaskTracker::new();
+    let due = (duration.as_secs_f64() * rate).ceil() as u64;
+    let calls = load.limit.map_or(due, |l| l.min(due));
+    let every = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    for k in 0..calls {
+        let intended = start + every.mul_f64(k as f64);
+        loop {
+            let now = Instant::now();
+            if now >= intended {
+                break;
+            }
+            if intended - now > SPIN_WITHIN {
+                tokio::time::sleep_until((intended - SPIN_WITHIN).into()).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+        let lag = intended.elapsed().as_micros() as u64;
+        result.lock().expect("no panics under the lock").pace(lag);
+        let mut client = clients[k as usize % clients.len()].clone();
+        let (slots, result, requests) = (
+            Arc::clone(&slots),
+            Arc::clone(&result),
+            Arc::clone(requests),
+        );
+        tracker.spawn(async move {
+            let late = slots.available_permits() == 0;
+            let _slot = slots.acquire().await.expect("never closed");
+            let outcome = client.call(&requests, k as usize, k, keys).await;
+            let us = intended.elapsed().as_micros() as u64;
+            let mut r = result.lock().expect("no panics under the lock");
+            r.late += u64::from(late);
+            r.record(us, outcome);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    let r = std::mem::replace(
+        &mut *result.lock().expect("no panics under the lock"),
+        WorkerResult::new(),
+    );
+    vec![r]
+}
+
+/// Open loop: the pacer yields instead of sleeping when the next call is
+/// due within this long (tokio's timer wakes in whole milliseconds).
+const SPIN_WITHIN: Duration = Duration::from_millis(2);
+
+/// One connection's clients for both RPCs.
+#[derive(Clone)]
+struct Client {
+    authz: AuthorizationClient<Channel>,
+    rls: RateLimitServiceClient<Channel>,
+}
+
+impl Client {
+    fn new(channel: &Channel) -> Self {
+        Client {
+            authz: AuthorizationClient::new(channel.clone()),
+            rls: RateLimitServiceClient::new(channel.clone()),
+        }
+    }
+
+    /// Sends call `i` of the mix (with `--keys`, RLS key `n % keys`);
+    /// `Ok(true)` when allowed, `Err(())` on a gRPC error.
+    async fn call(
+        &mut self,
+        requests: &Calls,
+        i: usize,
+        n: u64,
+        keys: Option<u64>,
+    ) -> Result<bool, ()> {
+        let outcome = match requests {
+            Calls::Http(_) => unreachable!("HTTP calls are driven by http_load"),
+            Calls::Check(calls) => {
+                let req = calls[i % calls.len()].clone();
+                self.authz.check(req).await.map(|resp| {
+                    matches!(
+                        resp.into_inner().http_response,
+                        Some(HttpResponse::OkResponse(_))
+                    )
+                })
+            }
+            Calls::Rls(calls) => {
+                let req = match keys {
+                    Some(k) => rls_call(n % k),
+                    None => calls[i % calls.len()].clone(),
+                };
+                self.rls
+                    .should_rate_limit(req)
+                    .await
+                    .map(|resp| resp.into_inner().overall_code == RlsCode::Ok as i32)
+            }
+        };
+        outcome.map_err(|_| ())
+    }
 }
 
 /// The calls the workers cycle through.

@@ -105,16 +105,17 @@ struct Args {
     /// report the ratio of Portcullis's throughput to it.
     #[arg(long)]
     baseline: bool,
-    /// Requests in flight at once (closed loop); with `--rate`, the workers
-    /// the arrivals are spread over, each with at most one request in flight.
+    /// Requests in flight at once (closed loop); with `--rate`, the most
+    /// in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Open loop: send at this fixed rate (requests per second over all
-    /// workers) instead of as fast as answers come back, and count latency
+    /// Open loop: send at this fixed rate (requests per second, evenly
+    /// spaced) instead of as fast as answers come back, and count latency
     /// from each request's intended send time (wrk2's correction for
     /// coordinated omission). The report gives the intended and achieved
-    /// rates and how many requests went out late because the server had
-    /// not answered the worker's previous one.
+    /// rates, how many requests waited for a free slot (`--concurrency`
+    /// unanswered), and the pacer's own lag. The load generator then runs
+    /// on one thread that polls instead of sleeping, and spins its core.
     #[arg(long)]
     rate: Option<f64>,
     /// With `--rpc rls`: the bundled mix (address, principal and org
@@ -280,11 +281,18 @@ fn main() -> anyhow::Result<()> {
         .thread_name("server")
         .enable_all()
         .build()?;
-    let clients = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("load")
-        .enable_all()
-        .build()?;
+    // The open loop runs on one thread, whose pacer polls the sockets
+    // while it waits for the next call's time (load::open_loop).
+    let clients = match args.rate {
+        Some(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("load")
+            .enable_all()
+            .build()?,
+    };
 
     if let Some(calls) = args.burst {
         anyhow::ensure!(

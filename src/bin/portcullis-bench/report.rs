@@ -25,13 +25,22 @@ pub struct Phase {
     /// Open loop (`--rate`): the intended arrival rate, requests/second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_rps: Option<f64>,
-    /// Open loop: requests sent after their intended time because the
-    /// worker's previous request was still unanswered (the server queued).
+    /// Open loop: calls that were due while `--concurrency` calls were
+    /// unanswered, so they waited for one (the server queued).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub late: Option<u64>,
+    /// Open loop: how late the load generator's pacer handed calls over,
+    /// microseconds after their intended times. Included in `latency_us`;
+    /// a p99 near the latency's own means the generator, not the server,
+    /// set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pacing_lag_us: Option<Percentiles>,
+    /// Microseconds from send (open loop: from the intended send time) to
+    /// the answer.
     pub latency_us: Percentiles,
 }
 
+/// Percentiles of a latency histogram, microseconds.
 #[derive(Debug, Serialize)]
 pub struct Percentiles {
     pub p50: u64,
@@ -39,6 +48,18 @@ pub struct Percentiles {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(hist: &hdrhistogram::Histogram<u64>) -> Self {
+        Percentiles {
+            p50: hist.value_at_quantile(0.50),
+            p90: hist.value_at_quantile(0.90),
+            p99: hist.value_at_quantile(0.99),
+            p999: hist.value_at_quantile(0.999),
+            max: hist.max(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -97,10 +118,11 @@ pub fn print_table(r: &Report) {
         "server", "requests", "errors", "req/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
     );
     for p in &r.phases {
-        if let (Some(target), Some(late)) = (p.target_rps, p.late) {
+        if let (Some(target), Some(late), Some(lag)) = (p.target_rps, p.late, &p.pacing_lag_us) {
             println!(
-                "{}: open loop at {target:.0} req/s intended, {:.0} achieved, {late} sent late",
-                p.server, p.throughput_rps
+                "{}: open loop at {target:.0} req/s intended, {:.0} achieved, {late} waited for \
+                 a free slot; pacer lag p50 {} us, p99 {} us",
+                p.server, p.throughput_rps, lag.p50, lag.p99
             );
         }
         println!(
