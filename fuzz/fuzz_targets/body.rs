@@ -9,8 +9,8 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::request::AccessRequest;
 use portcullis::policy::Snapshot;
+use portcullis::request::AccessRequest;
 use portcullis::validate::models::Lookup;
 use portcullis::validate::{check_body, json, pii, rules::PiiKind, ModelInput};
 

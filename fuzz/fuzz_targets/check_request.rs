@@ -8,12 +8,12 @@
 use std::sync::LazyLock;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use libfuzzer_sys::fuzz_target;
-use portcullis::residency::ResidencyConfig;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use libfuzzer_sys::fuzz_target;
 use portcullis::adapters::check_encode::EncodedCheckResponse;
 use portcullis::adapters::extauthz::to_access_request;
 use portcullis::policy::Snapshot;
+use portcullis::residency::ResidencyConfig;
 use prost::Message;
 
 static SNAPSHOT: LazyLock<Snapshot> = LazyLock::new(|| {
