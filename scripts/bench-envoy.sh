@@ -23,7 +23,10 @@
 #
 # Settings (environment): DURATION (s, 10), WARMUP (s, 2), CONNECTIONS (32),
 # THREADS (wrk threads, 1), ENVOY_CONCURRENCY (Envoy workers, 1), MODE
-# (all: every filter to one server; ext_proc: only ext_proc differs).
+# (all: every filter to one server; ext_proc: only ext_proc differs),
+# WORKER_THREADS (Portcullis's `server.worker_threads` and the empty
+# server's runtime threads; 0: Portcullis's default and 2 for the empty
+# server, which is one per CPU on a 2-core machine).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -36,6 +39,8 @@ CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
 MODE=${MODE:-all}
+WORKER_THREADS=${WORKER_THREADS:-0}
+[[ $WORKER_THREADS =~ ^[0-9]+$ && $WORKER_THREADS -le 1024 ]] || { echo "WORKER_THREADS must be 0..1024" >&2; exit 2; }
 [[ $MODE == all || $MODE == ext_proc ]] || { echo "MODE must be all or ext_proc" >&2; exit 2; }
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || { echo "DURATION must be 1..600 seconds" >&2; exit 2; }
 
@@ -103,10 +108,15 @@ wait_envoy_ready "$up_admin"
 
 # Portcullis: bundled policies with roomy quotas, the test issuer.
 bench_portcullis_config "$work" "$bin" "$root"
+empty_threads=2
+if [ "$WORKER_THREADS" != 0 ]; then
+    printf 'server: { worker_threads: %s }\n' "$WORKER_THREADS" >>"$work/portcullis.yaml"
+    empty_threads=$WORKER_THREADS
+fi
 
 # The empty ext_authz + RLS + ext_proc server.
 ep=$(free_port)
-"$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" 2>"$work/empty.log" &
+"$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" --server-threads "$empty_threads" 2>"$work/empty.log" &
 pids+=($!)
 wait_tcp "$ep" "the empty server"
 

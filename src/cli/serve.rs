@@ -101,7 +101,11 @@ fn init_logging(
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        runtime.worker_threads(config.server.worker_threads);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("start the async runtime")?;
@@ -125,6 +129,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             admin = %running.admin_addr,
             http = %running.http_addr,
             forward_auth = running.forward_auth_addr.map(|a| a.to_string()),
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "serving"
         );
         running.serve_until(shutdown).await?;

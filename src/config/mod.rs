@@ -151,7 +151,18 @@ pub struct ServerConfig {
     pub concurrency_limit_per_connection: usize,
     /// On SIGTERM/SIGINT, wait this long for in-flight requests.
     pub shutdown_grace_ms: u64,
+    /// Threads of the async runtime that serves every listener, 1 to
+    /// [`MAX_WORKER_THREADS`]; 0 (the default): tokio's choice, one per CPU
+    /// this process may use (its affinity mask and cgroup CPU quota), or
+    /// `TOKIO_WORKER_THREADS` when set. With 1, no thread wakes another
+    /// and no two contend for an HTTP/2 connection's lock (Envoy sends a
+    /// worker's calls over one connection); the rest of the node's CPUs
+    /// stay for Envoy.
+    pub worker_threads: usize,
 }
+
+/// The most runtime threads `server.worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -165,6 +176,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 2_000,
             concurrency_limit_per_connection: 1024,
             shutdown_grace_ms: 10_000,
+            worker_threads: 0,
         }
     }
 }
@@ -331,6 +343,12 @@ impl Config {
         }
         if s.concurrency_limit_per_connection == 0 {
             problems.push("server.concurrency_limit_per_connection: must be at least 1".into());
+        }
+        if s.worker_threads > MAX_WORKER_THREADS {
+            problems.push(format!(
+                "server.worker_threads: {} is more than {MAX_WORKER_THREADS}; give the number of runtime threads (0: one per CPU)",
+                s.worker_threads
+            ));
         }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             problems.push(format!(
@@ -511,6 +529,7 @@ mod tests {
 server:
   max_concurrent_streams: 0
   max_pending_requests: 0
+  worker_threads: 5000
 authentication:
   jwt:
     - issuer: ""
@@ -525,6 +544,7 @@ log:
         for needle in [
             "server.max_concurrent_streams",
             "server.max_pending_requests",
+            "server.worker_threads: 5000 is more than 1024",
             "authentication.jwt[0].issuer",
             "authentication.jwt[0].audiences",
             "HS256",

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::support::{self, policies_dir, PolicyDir, Portcullis};
+use crate::support::{self, policies_dir, write_config_with, PolicyDir, Portcullis};
 
 fn portcullis(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -841,4 +841,30 @@ fn replicas_above_one_on_a_local_quota_store_are_warned_about_at_start() {
         err.contains("every replica enforces the full limit on its own"),
         "{err}"
     );
+}
+
+#[test]
+fn server_worker_threads_sets_the_runtime_threads_the_server_runs() {
+    // A loaded setting is enforced: the runtime has exactly the threads it
+    // names, 1 and 3 alike, whatever the machine's CPU count; the
+    // "serving" log line says how many.
+    for threads in [1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config_with(
+            dir.path(),
+            &format!("server: {{ worker_threads: {threads} }}\n"),
+        );
+        let server = Portcullis::start(&["--config", config.to_str().unwrap()]);
+        let needle = format!("\"worker_threads\":{threads}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.stderr().contains(&needle) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = server.stderr();
+        let serving = log.lines().find(|l| l.contains("\"serving\""));
+        assert!(
+            serving.is_some_and(|l| l.contains(&needle)),
+            "no {needle} in the serving line: {log}"
+        );
+    }
 }

@@ -79,6 +79,12 @@ struct Args {
     /// (`portcullis::server::Coalesced`), to compare on the same transport.
     #[arg(long, value_enum, default_value_t = EmptyTransport::Stock)]
     empty_transport: EmptyTransport,
+    /// Threads of the runtime that serves the empty handler
+    /// (`--serve-empty`, `--baseline`) and Portcullis in process: match a
+    /// compared Portcullis's `server.worker_threads` (scripts/bench-envoy.sh
+    /// passes its WORKER_THREADS to both).
+    #[arg(long, default_value_t = 2)]
+    server_threads: usize,
     /// Write the policy directory with roomy quotas (see --keep-quotas)
     /// to this directory and exit (for scripts/bench-envoy.sh).
     #[arg(long)]
@@ -276,8 +282,12 @@ fn main() -> anyhow::Result<()> {
     }
     // Servers get their own runtime so that the load generator's tasks do
     // not queue behind them on one scheduler.
+    anyhow::ensure!(
+        (1..=1024).contains(&args.server_threads),
+        "--server-threads must be 1..1024"
+    );
     let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.server_threads)
         .thread_name("server")
         .enable_all()
         .build()?;
