@@ -252,6 +252,13 @@ pub struct Verification {
     pub checkpoints_unchecked: u64,
     /// The first broken link, if any; verification stops there.
     pub broken: Option<Break>,
+    /// Where the newest file ends in an incomplete line (no newline): the
+    /// last write of a process killed while writing (`kill -9`, the OOM
+    /// killer). In `written` and `synced` durability its answers never
+    /// left (an answer waits for its record's write). The records before
+    /// it verified; the writer cuts the line off when it starts again. Not
+    /// a break: an incomplete line anywhere else is one.
+    pub torn_tail: Option<Location>,
 }
 
 /// Verifies records line by line, in order.

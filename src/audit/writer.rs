@@ -758,6 +758,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn offline_verify_reports_a_torn_last_line_apart_and_a_torn_older_file_as_a_break() {
+        // A process killed in the middle of a write leaves the newest file
+        // ending in an incomplete line: the records before it verify, and
+        // the line is reported, not a break.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let config = AuditConfig {
+            rotate_bytes: 4096,
+            ..config(&dir, None)
+        };
+        write(&config, 30).await;
+        let files: Vec<PathBuf> = list_files(&dir).unwrap().into_iter().map(|f| f.1).collect();
+        assert!(files.len() >= 2, "rotated: {files:?}");
+        let newest = files.last().unwrap();
+        let lines = std::fs::read_to_string(newest).unwrap().lines().count();
+        let mut file = OpenOptions::new().append(true).open(newest).unwrap();
+        file.write_all(b"{\"seq\":30,\"id\":\"torn").unwrap();
+        drop(file);
+        let v = query::verify_files(&files, None, &[]).unwrap();
+        assert_eq!(v.broken, None, "{v:?}");
+        assert_eq!(v.last_seq, Some(29), "{v:?}");
+        let torn = v.torn_tail.expect("the torn line is reported");
+        assert_eq!(
+            (torn.file.as_str(), torn.line),
+            (newest.to_str().unwrap(), lines + 1)
+        );
+
+        // The same incomplete line at the end of an older file is damage:
+        // the writer never writes on after one.
+        let older = &files[files.len() - 2];
+        let mut file = OpenOptions::new().append(true).open(older).unwrap();
+        file.write_all(b"{\"seq\":").unwrap();
+        drop(file);
+        let v = query::verify_files(&files, None, &[]).unwrap();
+        assert_eq!(v.torn_tail, None, "{v:?}");
+        let broken = v
+            .broken
+            .expect("an older file's torn line breaks the chain");
+        assert_eq!(broken.at.file, older.display().to_string(), "{broken}");
+    }
+
+    #[tokio::test]
     async fn verify_reports_on_a_range_across_files() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("audit");

@@ -254,6 +254,12 @@ fn report(
                 "{label}ok: {} record(s){range} chain intact; {checkpoints}; head {}",
                 v.records, v.head
             );
+            if let Some(at) = &v.torn_tail {
+                println!(
+                    "{label}note: {}:{} is an incomplete last line, a write cut short when the process was killed (in written or synced durability its decisions were never answered); the writer cuts it off when it starts again",
+                    at.file, at.line
+                );
+            }
             true
         }
         Some(b) => {

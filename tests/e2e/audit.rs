@@ -160,8 +160,8 @@ pub(crate) fn decision_id(response: &HttpResponse) -> String {
         .expect("every response carries its decision id")
 }
 
-/// Every complete record in the directory's files, parsed, in file order.
-pub(crate) fn records_on_disk(dir: &Path) -> Vec<Value> {
+/// The trail's files in `dir`, in chain order (their names sort so).
+fn records_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -169,6 +169,11 @@ pub(crate) fn records_on_disk(dir: &Path) -> Vec<Value> {
         .collect();
     files.sort();
     files
+}
+
+/// Every complete record in the directory's files, parsed, in file order.
+pub(crate) fn records_on_disk(dir: &Path) -> Vec<Value> {
+    records_files(dir)
         .iter()
         .flat_map(|f| {
             let text = std::fs::read_to_string(f).unwrap();
@@ -612,6 +617,24 @@ fn editing_deleting_or_swapping_a_line_is_named_by_verify() {
     assert_eq!(broken(&reply)["seq"], "4", "{reply}");
     assert_eq!(broken(&reply)["line"], "4", "{reply}");
     assert!(offline.contains(":4: record seq 4"), "{offline}");
+
+    // A write cut short by `kill -9` (no newline at the end of the newest
+    // file) is not a break: the records before it verify, the line is named.
+    let newest = records_files(&setup.audit_dir()).pop().unwrap();
+    let lines = std::fs::read_to_string(&newest).unwrap().lines().count();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"{\"seq\":99,\"kind\":\"deci").unwrap();
+    let (ok, offline) = verify_offline(&setup);
+    assert!(ok, "{offline}");
+    let named = format!(
+        "{}:{} is an incomplete last line",
+        newest.display(),
+        lines + 1
+    );
+    assert!(offline.contains(&named), "{offline}");
 }
 
 /// An `AuditService` client on `pdp`'s admin listener.

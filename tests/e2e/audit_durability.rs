@@ -105,11 +105,12 @@ async fn kill_9_under_load_in_written_mode_loses_no_answered_decision() {
             .collect();
         let (ok, out) = verify_offline(&setup);
         eprintln!(
-            "kill -9 run {}/{runs}: {} answered, {} decision records on disk, {} answered without a record, chain verifies after kill: {ok}",
+            "kill -9 run {}/{runs}: {} answered, {} decision records on disk, {} answered without a record, chain verifies after kill: {ok}, last write cut short: {}",
             run + 1,
             answered.len(),
             recorded.len(),
-            missing.len()
+            missing.len(),
+            out.contains("incomplete last line")
         );
         assert!(
             missing.is_empty(),
