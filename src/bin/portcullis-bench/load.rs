@@ -70,8 +70,7 @@ pub fn phase(
     seconds: f64,
     rate: Option<f64>,
 ) -> anyhow::Result<Phase> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut pacing = hist.clone();
+    let (mut hist, mut pacing) = (micros(), micros());
     let (mut errors, mut allowed, mut denied, mut late) = (0, 0, 0, 0);
     for w in results {
         hist.add(&w.hist)?;
@@ -97,6 +96,15 @@ pub fn phase(
     })
 }
 
+/// The longest time a histogram holds, microseconds (a minute); longer
+/// times are recorded as this.
+const MAX_US: u64 = 60_000_000;
+
+/// A histogram of microseconds, 1 to [`MAX_US`], three significant digits.
+fn micros() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("valid bounds")
+}
+
 /// What one worker measured.
 pub struct WorkerResult {
     pub hist: Histogram<u64>,
@@ -114,25 +122,25 @@ pub struct WorkerResult {
 impl WorkerResult {
     pub fn new() -> Self {
         WorkerResult {
-            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            hist: micros(),
             errors: 0,
             allowed: 0,
             denied: 0,
             late: 0,
-            pacing: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            pacing: micros(),
         }
     }
 
     /// The pacer handed a call over `us` microseconds after it was due.
     pub fn pace(&mut self, us: u64) {
-        let _ = self.pacing.record(us.clamp(1, 60_000_000));
+        let _ = self.pacing.record(us.clamp(1, MAX_US));
     }
 
     /// One call that took `us` microseconds: allowed, denied or failed.
     pub fn record(&mut self, us: u64, outcome: Result<bool, ()>) {
         match outcome {
             Ok(allowed) => {
-                let _ = self.hist.record(us.clamp(1, 60_000_000));
+                let _ = self.hist.record(us.clamp(1, MAX_US));
                 if allowed {
                     self.allowed += 1;
                 } else {
