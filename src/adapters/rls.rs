@@ -93,6 +93,7 @@ pub fn to_descriptors(req: &RateLimitRequest) -> Result<Vec<Descriptor>, String>
     } else {
         u64::from(req.hits_addend)
     };
+    let domain: Arc<str> = Arc::from(req.domain.as_str());
     req.descriptors
         .iter()
         .enumerate()
@@ -118,11 +119,11 @@ pub fn to_descriptors(req: &RateLimitRequest) -> Result<Vec<Descriptor>, String>
                 )),
             };
             Ok(Descriptor {
-                domain: req.domain.clone(),
+                domain: Arc::clone(&domain),
                 entries: d
                     .entries
                     .iter()
-                    .map(|e| (e.key.clone(), e.value.clone()))
+                    .map(|e| (Arc::from(e.key.as_str()), e.value.clone()))
                     .collect(),
                 cost: d.hits_addend.map(|h| h.value).unwrap_or(request_hits),
                 limit,

@@ -84,8 +84,10 @@ pub fn authorize(
     if !snapshot.prepared.cache_decisions.load(Ordering::Relaxed) {
         return decide_uncached(snapshot, identity, action, resource, context.into_json());
     }
-    let key = DecisionKey::new(identity, &action, &resource, &context);
-    if let Some(hit) = snapshot.prepared.decisions.get(&key) {
+    // Looked up by the key's text: only a miss boxes it (shrinking the
+    // buffer costs a reallocation) to keep it in the cache.
+    let key = DecisionKey::text(identity, &action, &resource, &context);
+    if let Some(hit) = snapshot.prepared.decisions.get(key.as_str()) {
         snapshot.prepared.hits.fetch_add(1, Ordering::Relaxed);
         crate::metrics::global().cache(crate::metrics::Cache::Decision, true);
         return (*hit).clone();
@@ -96,7 +98,7 @@ pub fn authorize(
     snapshot
         .prepared
         .decisions
-        .insert(key, Arc::new(decided.clone()));
+        .insert(DecisionKey(key.into_boxed_str()), Arc::new(decided.clone()));
     decided
 }
 
@@ -106,13 +108,21 @@ pub fn authorize(
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct DecisionKey(Box<str>);
 
+/// A key is found by its text (`str`'s hash and equality, as derived).
+impl std::borrow::Borrow<str> for DecisionKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl DecisionKey {
-    fn new(
+    /// The key's text.
+    fn text(
         identity: &Identity,
         action: &EntityUid,
         resource: &EntityUid,
         context: &ContextInput<'_>,
-    ) -> Self {
+    ) -> String {
         let mut key = String::with_capacity(256);
         write_uid(&mut key, &identity.principal);
         key.push('\u{1f}');
@@ -126,7 +136,7 @@ impl DecisionKey {
         write_uid(&mut key, action);
         write_uid(&mut key, resource);
         context.write_key(&mut key);
-        DecisionKey(key.into_boxed_str())
+        key
     }
 }
 
@@ -371,7 +381,7 @@ mod tests {
         };
         let context = serde_json::json!({});
         let key = |identity: &Identity| {
-            DecisionKey::new(
+            DecisionKey::text(
                 identity,
                 &action_uid("invoke"),
                 &uid("Model", "m"),

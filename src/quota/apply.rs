@@ -5,18 +5,26 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::config::{counter_key, QuotaConfig, QuotaLimit};
 use super::{Charge, Counting, Enforced, FixedWindow, LimitState, OnStoreError, Quotas};
 use crate::decision::quota::LimitStatus;
 pub use crate::decision::quota::QuotaOutcome;
 
+/// A descriptor's entries: `(key, value)`. A `check:` rule's keys are
+/// shared with the configuration; the values are built per request.
+pub type Entries = smallvec::SmallVec<[(Arc<str>, String); 2]>;
+
 /// One descriptor to enforce: its domain, entries and cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
-    /// The quota domain.
-    pub domain: String,
-    /// Entries, `(key, value)`.
-    pub entries: Vec<(String, String)>,
+    /// The quota domain: shared with the configuration for a `check:`
+    /// rule's descriptor, one copy per request for an RLS call's.
+    pub domain: Arc<str>,
+    /// Entries, `(key, value)`, in order (Envoy's `entries`); up to two
+    /// are held inline, without an allocation of their own.
+    pub entries: Entries,
     /// Units to charge (0: check only).
     pub cost: u64,
     /// The RLS descriptor's `limit` override (Envoy's `limit` rate-limit
@@ -58,6 +66,9 @@ impl From<Applied> for LimitStatus {
         }
     }
 }
+
+/// How many descriptors [`apply`]'s working lists hold without allocating.
+const INLINE: usize = 4;
 
 /// The verdict on a set of descriptors.
 #[derive(Debug, Clone)]
@@ -108,17 +119,19 @@ fn secs_up(us: u64) -> u64 {
 
 /// Finds, charges and judges the limits of `descriptors`.
 pub async fn apply(config: &QuotaConfig, quotas: &Quotas, descriptors: &[Descriptor]) -> Verdict {
-    let found: Vec<_> = descriptors.iter().map(|d| limit_of(config, d)).collect();
+    // Requests rarely carry more than a few descriptors: the working lists
+    // below stay inline (no allocation) up to `INLINE` of them.
+    let found: SmallVec<[_; INLINE]> = descriptors.iter().map(|d| limit_of(config, d)).collect();
     // `replaces`: a limit named by another applying limit (unlimited ones
     // included, as in envoyproxy/ratelimit) steps aside.
-    let replaced: Vec<&str> = found
+    let replaced: SmallVec<[&str; INLINE]> = found
         .iter()
         .flatten()
         .flat_map(|(l, _)| l.replaces.iter().map(String::as_str))
         .collect();
     let mut applied: Vec<Option<Applied>> = vec![None; descriptors.len()];
-    let mut charges = Vec::with_capacity(descriptors.len());
-    let mut index = Vec::with_capacity(descriptors.len());
+    let mut charges: SmallVec<[Charge; INLINE]> = SmallVec::new();
+    let mut index: SmallVec<[usize; INLINE]> = SmallVec::new();
     for (i, (d, l)) in descriptors.iter().zip(&found).enumerate() {
         let Some((l, shared)) = l else { continue };
         if l.unlimited {

@@ -3,6 +3,8 @@
 //! its cost (a header, a JSON body field, or a default; for a rule with
 //! `tokens:`, that cost plus the prompt estimate, see [`prompt_estimate`]).
 
+use std::sync::Arc;
+
 use super::apply::Descriptor;
 use super::config::{CheckRule, CostSource, Part, QuotaConfig};
 use crate::request::AccessRequest;
@@ -67,7 +69,7 @@ pub fn descriptors(
             cost = cost.saturating_add(prompt_estimate(tokens, json));
         }
         out.push(Descriptor {
-            domain: rule.domain.clone(),
+            domain: Arc::clone(&rule.domain),
             entries,
             cost,
             limit: None,
@@ -131,7 +133,7 @@ fn entries(
     rule: &CheckRule,
     subject: &QuotaSubject<'_>,
     req: &AccessRequest,
-) -> Option<Vec<(String, String)>> {
+) -> Option<super::apply::Entries> {
     use std::borrow::Cow;
     // Borrowed where the value already exists: a rule's values are built
     // for every request, so only the final strings are allocated.
@@ -160,7 +162,7 @@ fn entries(
                     Part::Var(v) => value.push_str(&var(v)?),
                 }
             }
-            Some((key.clone(), value))
+            Some((Arc::clone(key), value))
         })
         .collect()
 }
@@ -240,14 +242,13 @@ mod tests {
             None,
         )
         .unwrap();
-        let entries: Vec<_> = d.iter().map(|d| d.entries[0].clone()).collect();
+        let entries: Vec<(&str, &str)> = d
+            .iter()
+            .map(|d| (&*d.entries[0].0, d.entries[0].1.as_str()))
+            .collect();
         assert_eq!(
             entries,
-            [
-                ("ip".to_string(), "192.0.2.1".to_string()),
-                ("org".to_string(), "acme".to_string()),
-                ("m".to_string(), "alice@gpt".to_string()),
-            ]
+            [("ip", "192.0.2.1"), ("org", "acme"), ("m", "alice@gpt")]
         );
         assert_eq!(d[2].cost, 7);
     }

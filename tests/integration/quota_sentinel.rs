@@ -30,7 +30,7 @@ fn sentinel(nodes: &RedisSentinel) -> QuotaSettings {
 fn counter(value: &str) -> String {
     format!(
         "portcullis:q:{{{}}}",
-        portcullis::quota::config::counter_key("burst", &[("k".into(), value.into())])
+        portcullis::quota::config::counter_key("burst", &[("k", value.to_string())])
     )
 }
 

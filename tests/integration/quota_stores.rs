@@ -564,7 +564,7 @@ descriptors:
         domain: "example".into(),
         entries: entries
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| ((*k).into(), v.to_string()))
             .collect(),
         cost: 1,
         limit: None,

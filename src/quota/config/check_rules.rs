@@ -48,7 +48,7 @@ pub(super) fn check_rule(
             return Err(BadCheckRule::EmptyKey { name });
         }
         entries.push((
-            e.key.clone(),
+            std::sync::Arc::from(e.key.as_str()),
             template(&e.value).map_err(|problem| BadCheckRule::BadValue {
                 name: name.clone(),
                 problem,
@@ -77,7 +77,7 @@ pub(super) fn check_rule(
     };
     Ok(CheckRule {
         name,
-        domain: domain.to_string(),
+        domain: std::sync::Arc::from(domain),
         routes: rule.routes.clone(),
         entries,
         cost,

@@ -260,12 +260,13 @@ pub enum Part {
 pub struct CheckRule {
     /// For logs.
     pub name: String,
-    /// The domain the descriptor is looked up in.
-    pub domain: String,
+    /// The domain the descriptor is looked up in (shared with every
+    /// descriptor the rule derives, so deriving one allocates no copy).
+    pub domain: Arc<str>,
     /// Only these routes (all when `None`).
     pub routes: Option<Vec<String>>,
-    /// Entry keys and value templates.
-    pub entries: Vec<(String, Vec<Part>)>,
+    /// Entry keys (shared like `domain`) and value templates.
+    pub entries: Vec<(Arc<str>, Vec<Part>)>,
     /// The cost charged.
     pub cost: CostSource,
     /// Set when the cost is a token reservation, settled from the response
@@ -382,7 +383,7 @@ impl QuotaConfig {
     }
 
     /// [`QuotaConfig::limit_for`], with the entries that share a counter.
-    pub fn find(&self, domain: &str, entries: &[(String, String)]) -> Option<Found<'_>> {
+    pub fn find<K: AsRef<str>>(&self, domain: &str, entries: &[(K, String)]) -> Option<Found<'_>> {
         let mut found = None;
         let mut shared = Vec::new();
         self.walk(domain, entries, |i, node, via| {
@@ -402,7 +403,11 @@ impl QuotaConfig {
     /// the limit's `detailed_metric` the request's own `key_value`s
     /// (`share_threshold` levels by their pattern). Recorded in the
     /// decision's quota outcome (`stats_key`). `None` when no limit applies.
-    pub fn stats_key(&self, domain: &str, entries: &[(String, String)]) -> Option<String> {
+    pub fn stats_key<K: AsRef<str>>(
+        &self,
+        domain: &str,
+        entries: &[(K, String)],
+    ) -> Option<String> {
         let mut path = String::from(domain);
         let mut detailed = String::from(domain);
         let mut limit = None;
@@ -427,7 +432,7 @@ impl QuotaConfig {
                 ),
             ] {
                 out.push('.');
-                out.push_str(key);
+                out.push_str(key.as_ref());
                 if let Some(v) = v {
                     out.push('_');
                     out.push_str(v);
@@ -449,26 +454,27 @@ impl QuotaConfig {
 
     /// Follows `entries` down `domain`'s tree, calling `visit(entry index,
     /// node reached, how)` per level reached.
-    fn walk<'a>(
+    fn walk<'a, K: AsRef<str>>(
         &'a self,
         domain: &str,
-        entries: &[(String, String)],
+        entries: &[(K, String)],
         mut visit: impl FnMut(usize, &'a Node, Via<'a>),
     ) {
         let Some(mut node) = self.domains.get(domain) else {
             return;
         };
         for (i, (key, value)) in entries.iter().enumerate() {
+            let key = key.as_ref();
             // The value, else a wildcard, else the key alone: all three
             // under `key`'s children, looked up once.
-            let next = node.children.get(key.as_str()).and_then(|children| {
+            let next = node.children.get(key).and_then(|children| {
                 children
                     .get(Some(value))
                     .map(|n| (n, Via::Value))
                     .or_else(|| {
                         node.wildcards
                             .iter()
-                            .find(|w| &w.key == key && w.matches(value))
+                            .find(|w| w.key == key && w.matches(value))
                             .and_then(|w| {
                                 children
                                     .get(Some(&w.pattern))
@@ -489,7 +495,7 @@ impl QuotaConfig {
 
 /// The counter key for a descriptor: domain and entries, with `\`, `|` and
 /// `=` escaped so that distinct descriptors never share a key.
-pub fn counter_key(domain: &str, entries: &[(String, String)]) -> String {
+pub fn counter_key<K: AsRef<str>>(domain: &str, entries: &[(K, String)]) -> String {
     // One pass, one allocation: this runs for every limit of every request.
     fn push_escaped(key: &mut String, s: &str) {
         let mut start = 0;
@@ -505,13 +511,13 @@ pub fn counter_key(domain: &str, entries: &[(String, String)]) -> String {
     let len = domain.len()
         + entries
             .iter()
-            .map(|(k, v)| k.len() + v.len() + 2)
+            .map(|(k, v)| k.as_ref().len() + v.len() + 2)
             .sum::<usize>();
     let mut key = String::with_capacity(len + 8);
     push_escaped(&mut key, domain);
     for (k, v) in entries {
         key.push('|');
-        push_escaped(&mut key, k);
+        push_escaped(&mut key, k.as_ref());
         key.push('=');
         push_escaped(&mut key, v);
     }
@@ -606,10 +612,10 @@ descriptors:
                 .collect();
             assert_eq!(counter_key(domain, &entries), reference(domain, &entries));
         }
-        assert_eq!(counter_key("d", &[("a|b".into(), "c".into())]), "d|a\\|b=c");
+        assert_eq!(counter_key("d", &[("a|b", "c".to_string())]), "d|a\\|b=c");
         assert_ne!(
-            counter_key("d", &[("a".into(), "b|c=d".into())]),
-            counter_key("d", &[("a".into(), "b".into()), ("c".into(), "d".into())])
+            counter_key("d", &[("a", "b|c=d".to_string())]),
+            counter_key("d", &[("a", "b".to_string()), ("c", "d".to_string())])
         );
     }
 
