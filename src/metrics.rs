@@ -15,6 +15,7 @@ use std::time::Duration;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
@@ -209,6 +210,7 @@ pub struct Metrics {
     anomaly_blocks: Counter,
     jwks_keys_skipped: Family<[(&'static str, String); 2], Counter>,
     requests_over_budget: Counter,
+    requests_in_progress: Gauge,
     reservations: Family<Labels1, Counter>,
     tokens: Family<Labels1, Counter>,
     ext_proc_streams: Family<Labels1, Counter>,
@@ -218,6 +220,18 @@ pub struct Metrics {
 type Labels1 = [(&'static str, &'static str); 1];
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// One request counted in `portcullis_requests_in_progress`
+/// ([`Metrics::request_in_progress`]) until dropped.
+#[derive(Debug)]
+#[must_use = "the request counts as in progress while this lives"]
+pub struct InProgress(&'static Gauge);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// The process's metrics (one process, one set of counters, as Prometheus
 /// expects from a scrape target).
@@ -252,6 +266,7 @@ impl Metrics {
             anomaly_blocks: Counter::default(),
             jwks_keys_skipped: Family::default(),
             requests_over_budget: Counter::default(),
+            requests_in_progress: Gauge::default(),
             reservations: Family::default(),
             tokens: Family::default(),
             ext_proc_streams: Family::default(),
@@ -351,6 +366,21 @@ impl Metrics {
     /// `server.max_pending_requests` in progress.
     pub fn request_over_budget(&self) {
         self.requests_over_budget.inc();
+    }
+
+    /// Counts a request as in progress on a listener with a budget until
+    /// the guard is dropped (`portcullis_requests_in_progress`).
+    pub fn request_in_progress(&'static self) -> InProgress {
+        self.requests_in_progress.inc();
+        InProgress(&self.requests_in_progress)
+    }
+
+    /// Requests received on the gRPC and forward-auth listeners and not yet
+    /// answered, over the whole process: those still being decided, those
+    /// waiting for their audit record's write, and those whose HTTP/2
+    /// stream has arrived but whose task has not run yet.
+    pub fn requests_in_progress(&self) -> u64 {
+        u64::try_from(self.requests_in_progress.get()).unwrap_or(0)
     }
 
     /// Records a token reservation event: `reserved`, `settled`,
@@ -463,6 +493,11 @@ impl Metrics {
             self.requests_over_budget.clone(),
         );
         registry.register(
+            "portcullis_requests_in_progress",
+            "Requests received on the gRPC and forward-auth listeners and not yet answered",
+            self.requests_in_progress.clone(),
+        );
+        registry.register(
             "portcullis_response_checks",
             "Matches of response checks (responses.yaml) by check name and action",
             Described(self.response_checks.clone()),
@@ -476,6 +511,18 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_counts_as_in_progress_until_its_guard_is_dropped() {
+        let m: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let first = m.request_in_progress();
+        let second = m.request_in_progress();
+        assert_eq!(m.requests_in_progress(), 2);
+        drop(first);
+        assert_eq!(m.requests_in_progress(), 1);
+        drop(second);
+        assert_eq!(m.requests_in_progress(), 0);
+    }
 
     #[test]
     fn allowed_decisions_count_in_their_service_series_and_create_no_other() {

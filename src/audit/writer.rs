@@ -296,6 +296,15 @@ struct Chain {
     _lock: File,
 }
 
+/// Whether the task writer, woken by a record, lets the ready tasks run
+/// before it writes (group commit): when its last write took more than one
+/// message (`last_taken`), or when more requests are `in_progress` than
+/// have their records `queued` (the others may queue theirs in this pass of
+/// the scheduler).
+fn under_load(last_taken: usize, in_progress: u64, queued: u64) -> bool {
+    last_taken > 1 || in_progress > queued
+}
+
 impl Chain {
     /// The writer on a thread of its own.
     fn run_thread(mut self, mut rx: mpsc::Receiver<Message>) {
@@ -311,16 +320,31 @@ impl Chain {
         self.finish(rx, stop);
     }
 
-    /// The writer as a task on the runtime. Woken by a record, it first
-    /// lets the other tasks that are ready run (answers being decided on
-    /// this worker queue their records meanwhile), so that one write takes
-    /// them all instead of one write per answer.
+    /// The writer as a task on the runtime. Woken by a record under load,
+    /// it first lets the other tasks that are ready run (answers being
+    /// decided on this worker queue their records meanwhile), so that one
+    /// write takes them all instead of one write per answer. Under load
+    /// means: the last write took more than one message, or more requests
+    /// are in progress (`portcullis_requests_in_progress`) than have
+    /// records queued. Otherwise, as at a low request rate, it writes at
+    /// once: a yield would only cost a pass of the scheduler and a poll of
+    /// the I/O driver that find nothing more to take.
     async fn run_task(mut self, mut rx: mpsc::Receiver<Message>) {
         let mut stop = None;
         self.announce_signing_key();
+        let mut last_taken = 0;
         while let Some(first) = rx.recv().await {
-            tokio::task::yield_now().await;
-            self.take(first, &mut rx, &mut stop);
+            // The request whose record woke the writer is in progress (it
+            // waits for the write), as is each one whose record is queued.
+            let queued = rx.len() as u64 + 1;
+            if under_load(
+                last_taken,
+                crate::metrics::global().requests_in_progress(),
+                queued,
+            ) {
+                tokio::task::yield_now().await;
+            }
+            last_taken = self.take(first, &mut rx, &mut stop);
             if stop.is_some() {
                 break;
             }
@@ -330,13 +354,14 @@ impl Chain {
     }
 
     /// Appends `first` and what else is queued now, up to [`BATCH`]
-    /// messages; a stop request goes to `stop`.
+    /// messages; a stop request goes to `stop`. Returns how many messages
+    /// it took.
     fn take(
         &mut self,
         first: Message,
         rx: &mut mpsc::Receiver<Message>,
         stop: &mut Option<oneshot::Sender<()>>,
-    ) {
+    ) -> usize {
         let mut message = Some(first);
         let mut taken = 0;
         while let Some(m) = message.take() {
@@ -350,6 +375,7 @@ impl Chain {
                 message = rx.try_recv().ok();
             }
         }
+        taken
     }
 
     /// Stopping (or every sender is gone): takes what was queued before
@@ -575,6 +601,19 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_waits_for_more_records_only_under_load() {
+        // Alone: the request whose record woke it is the only one.
+        assert!(!under_load(1, 1, 1));
+        assert!(!under_load(0, 0, 1));
+        // Every request in progress has its record queued: nothing to wait for.
+        assert!(!under_load(1, 3, 3));
+        // Others in progress may queue theirs in this pass of the scheduler.
+        assert!(under_load(1, 2, 1));
+        // The last write took several: records are arriving together.
+        assert!(under_load(2, 0, 1));
+    }
     use crate::audit::chain::{leaf_hash, GENESIS};
     use crate::audit::files::file_name;
     use crate::audit::query::{self, Filter};

@@ -34,18 +34,30 @@ impl Budget {
         }
     }
 
-    /// A place for one more request (held until it is dropped), or, over
-    /// the budget, what to tell the client (counted in
+    /// A place for one more request (held until it is dropped, and counted
+    /// in `portcullis_requests_in_progress` meanwhile), or, over the budget,
+    /// what to tell the client (counted in
     /// `portcullis_requests_over_budget_total`).
-    pub fn enter(&self) -> Result<OwnedSemaphorePermit, String> {
-        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+    pub fn enter(&self) -> Result<Permit, String> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
             crate::metrics::global().request_over_budget();
             format!(
                 "the server has {} requests in progress (server.max_pending_requests): retry later",
                 self.max
             )
+        })?;
+        Ok(Permit {
+            _place: permit,
+            _counted: crate::metrics::global().request_in_progress(),
         })
     }
+}
+
+/// A request's place in a [`Budget`], given back when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    _place: OwnedSemaphorePermit,
+    _counted: crate::metrics::InProgress,
 }
 
 /// A tower layer sharing one budget between the connections of a listener

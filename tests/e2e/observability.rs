@@ -207,6 +207,8 @@ async fn metrics_after_known_traffic_show_the_expected_counts() {
         0.0
     );
     assert_eq!(metric(&m, "portcullis_ready", &[]), 1.0);
+    // Every request above was answered: none is left counted in progress.
+    assert_eq!(metric(&m, "portcullis_requests_in_progress", &[]), 0.0);
     assert_eq!(
         metric(
             &m,
