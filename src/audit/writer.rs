@@ -601,6 +601,11 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::chain::{leaf_hash, GENESIS};
+    use crate::audit::files::file_name;
+    use crate::audit::query::{self, Filter};
+    use serde_json::Value;
+    use std::path::Path;
 
     #[test]
     fn the_writer_waits_for_more_records_only_under_load() {
@@ -614,11 +619,6 @@ mod tests {
         // The last write took several: records are arriving together.
         assert!(under_load(2, 0, 1));
     }
-    use crate::audit::chain::{leaf_hash, GENESIS};
-    use crate::audit::files::file_name;
-    use crate::audit::query::{self, Filter};
-    use serde_json::Value;
-    use std::path::Path;
 
     fn config(dir: &Path, key: Option<PathBuf>) -> AuditConfig {
         AuditConfig {

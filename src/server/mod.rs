@@ -10,7 +10,7 @@ mod coalesce;
 pub mod http;
 pub mod tls;
 
-pub use budget::{Budget, RequestBudget, RequestBudgetLayer};
+pub use budget::{Budget, Permit, RequestBudget, RequestBudgetLayer};
 pub use coalesce::Coalesced;
 
 use std::net::SocketAddr;
