@@ -14,7 +14,7 @@ pub use crate::decision::quota::QuotaOutcome;
 
 /// A descriptor's entries: `(key, value)`. A `check:` rule's keys are
 /// shared with the configuration; the values are built per request.
-pub type Entries = smallvec::SmallVec<[(Arc<str>, String); 2]>;
+pub type Entries = SmallVec<[(Arc<str>, String); 2]>;
 
 /// One descriptor to enforce: its domain, entries and cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
