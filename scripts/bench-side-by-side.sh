@@ -5,7 +5,8 @@
 # from `portcullis-bench --target` in turn:
 #
 #   empty        the empty ext_authz + RLS handler (the ceiling; answers OK),
-#                on stock tonic connections; EMPTY_TRANSPORT=coalesced serves
+#                on one runtime thread (tokio's current-thread scheduler, as
+#                Portcullis runs on one core) and stock tonic connections; EMPTY_TRANSPORT=coalesced serves
 #                it on Portcullis's write-coalesced connections instead
 #                (src/server/coalesce.rs), to compare on the same transport
 #   portcullis   `portcullis serve`, bundled policies with roomy quotas,
@@ -147,7 +148,7 @@ loads() { # name port
 
 # --- the empty handler -------------------------------------------------------
 ep=$(free_port)
-"${on_server_cpu[@]}" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" --empty-transport "$EMPTY_TRANSPORT" \
+"${on_server_cpu[@]}" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" --empty-transport "$EMPTY_TRANSPORT" --server-threads 1 \
     2>"$work/empty.log" &
 empty_pid=$!
 pids+=("$empty_pid")

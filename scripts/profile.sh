@@ -84,7 +84,7 @@ if [ "$rpc" = rls-redis ] && [ "$SERVER" = portcullis ]; then
 fi
 
 if [ "$SERVER" = empty ]; then
-    taskset -c "$SERVER_CPU" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$pp" \
+    taskset -c "$SERVER_CPU" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$pp" --server-threads 1 \
         >"$work/portcullis.out" 2>"$work/portcullis.log" &
 else
     taskset -c "$SERVER_CPU" "$bin/portcullis" serve --config "$work/portcullis.yaml" \

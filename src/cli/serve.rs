@@ -101,13 +101,10 @@ fn init_logging(
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.server.worker_threads > 0 {
-        runtime.worker_threads(config.server.worker_threads);
-    }
-    let runtime = runtime
-        .enable_all()
-        .build()
+    let scheduler = crate::server::runtime::Scheduler::for_threads(config.server.worker_threads)
+        .map_err(anyhow::Error::msg)?;
+    let runtime = scheduler
+        .build("portcullis")
         .context("start the async runtime")?;
     // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
     let tracer = {
@@ -130,6 +127,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
             http = %running.http_addr,
             forward_auth = running.forward_auth_addr.map(|a| a.to_string()),
             worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            scheduler = scheduler.name(),
             "serving"
         );
         running.serve_until(shutdown).await?;

@@ -154,10 +154,11 @@ pub struct ServerConfig {
     /// Threads of the async runtime that serves every listener, 1 to
     /// [`MAX_WORKER_THREADS`]; 0 (the default): tokio's choice, one per CPU
     /// this process may use (its affinity mask and cgroup CPU quota), or
-    /// `TOKIO_WORKER_THREADS` when set. With 1, no thread wakes another
-    /// and no two contend for an HTTP/2 connection's lock (Envoy sends a
-    /// worker's calls over one connection); the rest of the node's CPUs
-    /// stay for Envoy.
+    /// `TOKIO_WORKER_THREADS` when set. One thread (given or resolved)
+    /// runs tokio's current-thread scheduler (`server::runtime`): no
+    /// thread wakes another and no two contend for an HTTP/2 connection's
+    /// lock (Envoy sends a worker's calls over one connection); the rest of
+    /// the node's CPUs stay for Envoy. More run the multi-thread scheduler.
     pub worker_threads: usize,
 }
 

@@ -8,6 +8,7 @@
 mod budget;
 mod coalesce;
 pub mod http;
+pub mod runtime;
 pub mod tls;
 
 pub use budget::{Budget, Permit, RequestBudget, RequestBudgetLayer};

@@ -847,8 +847,9 @@ fn replicas_above_one_on_a_local_quota_store_are_warned_about_at_start() {
 fn server_worker_threads_sets_the_runtime_threads_the_server_runs() {
     // A loaded setting is enforced: the runtime has exactly the threads it
     // names, 1 and 3 alike, whatever the machine's CPU count; the
-    // "serving" log line says how many.
-    for threads in [1, 3] {
+    // "serving" log line says how many, and on which scheduler (one thread:
+    // tokio's current-thread one).
+    for (threads, scheduler) in [(1, "current_thread"), (3, "multi_thread")] {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config_with(
             dir.path(),
@@ -866,5 +867,101 @@ fn server_worker_threads_sets_the_runtime_threads_the_server_runs() {
             serving.is_some_and(|l| l.contains(&needle)),
             "no {needle} in the serving line: {log}"
         );
+        let scheduler = format!("\"scheduler\":\"{scheduler}\"");
+        assert!(
+            serving.is_some_and(|l| l.contains(&scheduler)),
+            "no {scheduler} in the serving line: {log}"
+        );
     }
+}
+
+#[test]
+fn a_tokio_worker_threads_that_is_not_a_number_stops_the_start_naming_it() {
+    // tokio itself would panic on it; we say what to change instead.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), "");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--policies", policies_dir().to_str().unwrap()])
+        .env("TOKIO_WORKER_THREADS", "many")
+        .output()
+        .expect("run portcullis");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("TOKIO_WORKER_THREADS=\"many\"") && err.contains("server.worker_threads"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_every_listener_and_stops_gracefully() {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use portcullis::proto::audit_service_client::AuditServiceClient;
+    use portcullis::proto::VerifyRequest;
+
+    // On the current-thread scheduler every task (the connections, the
+    // audit writer, the quota store's worker, the policy watcher) shares
+    // the one thread: concurrent calls on every listener are answered,
+    // and SIGTERM still drains and exits 0.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), "server: { worker_threads: 1 }\n");
+    let mut pdp = Portcullis::start(&["--config", config.to_str().unwrap()]);
+    let addr = pdp.addr();
+    let admin = pdp.listener("admin");
+    let http = pdp.listener("http");
+    let bearer = format!("Bearer {}", support::token("alice"));
+    let checks = (0..40).map(|_| {
+        let request = support::Check::predict()
+            .header("authorization", &bearer)
+            .build();
+        tokio::spawn(support::check_at(addr, request))
+    });
+    let rls = tokio::spawn(async move {
+        let mut client = RateLimitServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let request = RateLimitRequest {
+            domain: "ml_api".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "remote_address".into(),
+                    value: "192.0.2.9".into(),
+                }],
+                ..Default::default()
+            }],
+            hits_addend: 1,
+        };
+        client
+            .should_rate_limit(request)
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    for check in checks {
+        assert_eq!(support::http_status(&check.await.unwrap()), 200);
+    }
+    assert_eq!(rls.await.unwrap().overall_code, Code::Ok as i32);
+    let verified = AuditServiceClient::connect(format!("http://{admin}"))
+        .await
+        .unwrap()
+        .verify(support::as_user(VerifyRequest::default(), "dave"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+    assert!(verified.records >= 41, "{verified:?}");
+    let (status, body) = tokio::task::spawn_blocking(move || support::http_get(http, "/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let exit = tokio::task::spawn_blocking(move || pdp.terminate(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
 }

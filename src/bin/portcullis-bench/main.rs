@@ -82,7 +82,9 @@ struct Args {
     /// Threads of the runtime that serves the empty handler
     /// (`--serve-empty`, `--baseline`) and Portcullis in process: match a
     /// compared Portcullis's `server.worker_threads` (scripts/bench-envoy.sh
-    /// passes its WORKER_THREADS to both).
+    /// passes its WORKER_THREADS to both; scripts/bench-side-by-side.sh
+    /// passes 1, as many as the one core it pins servers to). One thread
+    /// runs on tokio's current-thread scheduler, as Portcullis does.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
     /// Write the policy directory with roomy quotas (see --keep-quotas)
@@ -286,11 +288,11 @@ fn main() -> anyhow::Result<()> {
         (1..=1024).contains(&args.server_threads),
         "--server-threads must be 1..1024"
     );
-    let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.server_threads)
-        .thread_name("server")
-        .enable_all()
-        .build()?;
+    // One thread: the current-thread scheduler, as `portcullis serve`
+    // picks for one worker (portcullis::server::runtime), so that both
+    // sides of a comparison run on the same scheduler.
+    let servers =
+        portcullis::server::runtime::Scheduler::of(args.server_threads).build("server")?;
     // The open loop runs on one thread, whose pacer polls the sockets
     // while it waits for the next call's time (load::open_loop).
     let clients = match args.rate {
