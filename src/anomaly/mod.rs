@@ -9,8 +9,12 @@
 //!
 //! Cheap for the request path: one bounded-cache lookup and one per-subject
 //! mutex per subject and request (never a global lock); all arithmetic is
-//! O(1). Memory is bounded: at most `max_tracked` subjects of each kind,
-//! idle ones evicted. Time comes from a `Clock`, so tests move it by hand.
+//! O(1). Memory is bounded: at most `max_tracked` subjects of each kind
+//! (`quick_cache`, which evicts the least recently useful first). A subject
+//! unseen for `idle_seconds` whose risk and block have run out is
+//! forgotten: it starts afresh when seen again, and [`Detector::tracked`]
+//! removes it. Time comes from a `Clock`, idle time included, so tests move
+//! it by hand.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -22,8 +26,10 @@ use crate::time::Clock;
 
 mod config;
 pub mod shared;
+mod track;
 
 pub use config::AnomalyConfig;
+use track::{threshold, Track};
 
 /// What an anomaly is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
@@ -146,141 +152,14 @@ pub struct Assessment {
     pub blocked_for: Option<Duration>,
 }
 
-/// Exponentially weighted mean and variance of a per-interval count.
-#[derive(Debug, Clone, Copy, Default)]
-struct Ewma {
-    mean: f64,
-    var: f64,
-}
-
-impl Ewma {
-    fn fold(&mut self, x: f64, alpha: f64, first: bool) {
-        if first {
-            // A count is roughly Poisson: start the variance at the mean.
-            self.mean = x;
-            self.var = x;
-            return;
-        }
-        let diff = x - self.mean;
-        let incr = alpha * diff;
-        self.mean += incr;
-        self.var = (1.0 - alpha) * (self.var + diff * incr);
-    }
-}
-
-/// One subject's state.
-#[derive(Debug)]
-struct Track {
-    /// The current interval's index (time / interval).
-    interval: u64,
-    /// The current interval began before this subject was first seen: it
-    /// is not a full interval and does not enter the baseline.
-    partial: bool,
-    requests: u64,
-    denies: u64,
-    rate: Ewma,
-    deny: Ewma,
-    /// Full intervals folded into the baseline.
-    seen: u32,
-    /// Kinds already reported in the current interval / failure window.
-    flagged: u8,
-    failures: u64,
-    failures_since_us: u64,
-    risk: u8,
-    risk_until_us: u64,
-    blocked_until_us: u64,
-}
-
-/// After more empty intervals than this (by then the baseline has decayed to
-/// almost nothing: 0.8^64), a subject starts its warm-up again.
-const MAX_IDLE_FOLDS: u64 = 64;
-
-impl Track {
-    fn new(interval: u64) -> Self {
-        Track {
-            interval,
-            partial: true,
-            requests: 0,
-            denies: 0,
-            rate: Ewma::default(),
-            deny: Ewma::default(),
-            seen: 0,
-            flagged: 0,
-            failures: 0,
-            failures_since_us: 0,
-            risk: 0,
-            risk_until_us: 0,
-            blocked_until_us: 0,
-        }
-    }
-
-    /// Closes the intervals that ended before `now`, folding their counts
-    /// into the baseline.
-    fn advance(&mut self, now_interval: u64, config: &AnomalyConfig, clip: (f64, f64)) {
-        if now_interval <= self.interval {
-            return;
-        }
-        let alpha = config.ewma_alpha;
-        if !self.partial {
-            // A surge is folded in only up to its threshold, so an attacker
-            // cannot teach the baseline their rate in a few intervals.
-            let (max_rate, max_deny) = clip;
-            let first = self.seen == 0;
-            self.rate
-                .fold((self.requests as f64).min(max_rate), alpha, first);
-            self.deny
-                .fold((self.denies as f64).min(max_deny), alpha, first);
-            self.seen = self.seen.saturating_add(1);
-            let idle = now_interval - self.interval - 1;
-            if idle > MAX_IDLE_FOLDS {
-                // Back after a long absence: the old baseline has decayed to
-                // nothing and says little about the return, which would
-                // otherwise look like a surge. Warm up again.
-                self.seen = 0;
-                self.rate = Ewma::default();
-                self.deny = Ewma::default();
-                self.partial = true;
-                self.interval = now_interval;
-                self.requests = 0;
-                self.denies = 0;
-                self.flagged &= AnomalyKind::RepeatedFailures.bit();
-                return;
-            }
-            for _ in 0..idle {
-                self.rate.fold(0.0, alpha, false);
-                self.deny.fold(0.0, alpha, false);
-            }
-        }
-        self.partial = false;
-        self.interval = now_interval;
-        self.requests = 0;
-        self.denies = 0;
-        self.flagged &= AnomalyKind::RepeatedFailures.bit();
-    }
-}
-
-/// The surge threshold of a series with baseline `e` after `seen` full
-/// intervals, never below `floor`; `cold` until the baseline is warm.
-fn threshold(config: &AnomalyConfig, e: &Ewma, seen: u32, floor: u64, cold: u64) -> f64 {
-    let floor = floor as f64;
-    if seen < config.warmup_intervals {
-        return (cold as f64).max(floor);
-    }
-    // The observed deviation, but never below a Poisson count's (sqrt of
-    // the mean): a very regular client must not make every wobble a surge.
-    let sd = e.var.max(e.mean).max(1.0).sqrt();
-    let by_factor = config.surge_factor * e.mean;
-    let by_deviation = e.mean + config.surge_deviations * sd;
-    floor.max(by_factor.min(by_deviation))
-}
-
 /// The detector: baselines of every tracked principal and source.
 pub struct Detector {
     config: AnomalyConfig,
     clock: Arc<dyn Clock>,
     interval_us: u64,
-    principals: moka::sync::Cache<Arc<str>, Arc<Mutex<Track>>>,
-    sources: moka::sync::Cache<IpAddr, Arc<Mutex<Track>>>,
+    idle_us: u64,
+    principals: quick_cache::sync::Cache<String, Arc<Mutex<Track>>>,
+    sources: quick_cache::sync::Cache<IpAddr, Arc<Mutex<Track>>>,
     /// Subjects blocked and until when (µs), for the gauge: touched only
     /// when a block is imposed and at scrape time, never per request.
     blocks: Mutex<std::collections::HashMap<String, u64>>,
@@ -292,8 +171,8 @@ impl std::fmt::Debug for Detector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Detector")
             .field("config", &self.config)
-            .field("principals", &self.principals.entry_count())
-            .field("sources", &self.sources.entry_count())
+            .field("principals", &self.principals.len())
+            .field("sources", &self.sources.len())
             .finish_non_exhaustive()
     }
 }
@@ -301,19 +180,14 @@ impl std::fmt::Debug for Detector {
 impl Detector {
     /// A detector with `config`, reading time from `clock`.
     pub fn new(config: &AnomalyConfig, clock: Arc<dyn Clock>) -> Self {
-        let idle = Duration::from_secs(config.idle_seconds);
+        let capacity = usize::try_from(config.max_tracked.max(1)).unwrap_or(usize::MAX);
         Detector {
             config: config.clone(),
             clock,
             interval_us: config.interval_seconds.max(1) * 1_000_000,
-            principals: moka::sync::Cache::builder()
-                .max_capacity(config.max_tracked)
-                .time_to_idle(idle)
-                .build(),
-            sources: moka::sync::Cache::builder()
-                .max_capacity(config.max_tracked)
-                .time_to_idle(idle)
-                .build(),
+            idle_us: config.idle_seconds.saturating_mul(1_000_000),
+            principals: quick_cache::sync::Cache::new(capacity),
+            sources: quick_cache::sync::Cache::new(capacity),
             blocks: Mutex::default(),
             shared: None,
         }
@@ -349,15 +223,11 @@ impl Detector {
         if until_us <= now {
             return;
         }
-        let new = || Arc::new(Mutex::new(Track::new(now / self.interval_us)));
         let (track, key) = match subject {
-            Subject::Principal(p) => (
-                self.principals.get_with(Arc::from(p.as_str()), new),
-                p.clone(),
-            ),
-            Subject::Source(ip) => (self.sources.get_with(*ip, new), ip.to_string()),
+            Subject::Principal(p) => (self.track(&self.principals, p.as_str(), now), p.clone()),
+            Subject::Source(ip) => (self.track(&self.sources, ip, now), ip.to_string()),
         };
-        let mut t = track.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.lock_fresh(&track, now);
         if t.blocked_until_us >= until_us {
             return;
         }
@@ -406,12 +276,7 @@ impl Detector {
         let now = self.clock.now_us();
         let mut events = Vec::new();
         if let Some(p) = principal {
-            let track = match self.principals.get(p) {
-                Some(track) => track,
-                None => self.principals.get_with(Arc::from(p), || {
-                    Arc::new(Mutex::new(Track::new(now / self.interval_us)))
-                }),
-            };
+            let track = self.track(&self.principals, p, now);
             self.count(
                 &track,
                 now,
@@ -421,9 +286,7 @@ impl Detector {
             );
         }
         if let Some(s) = source {
-            let track = self.sources.get_with(s, || {
-                Arc::new(Mutex::new(Track::new(now / self.interval_us)))
-            });
+            let track = self.track(&self.sources, &s, now);
             self.count(&track, now, observed, Subject::Source(s), &mut events);
         }
         if events.iter().any(|e| e.blocked_for.is_some()) {
@@ -462,9 +325,8 @@ impl Detector {
         events: &mut Vec<AnomalyEvent>,
     ) {
         let c = &self.config;
-        // A std mutex: per subject, held for a few arithmetic operations,
-        // never across an await.
-        let mut t = track.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.lock_fresh(track, now);
+        t.last_seen_us = now;
         let clip = (
             threshold(
                 c,
@@ -553,23 +415,78 @@ impl Detector {
         }
     }
 
-    /// Tracked principals, tracked sources (approximate: the caches settle
-    /// their counts lazily), and subjects blocked now.
+    /// Tracked principals, tracked sources, and subjects blocked now.
+    /// Removes the forgotten subjects first (see [`Detector::settle`]), so
+    /// the counts are exact at the time of the call; it visits every
+    /// tracked subject, so call it at scrape time, not per request.
     pub fn tracked(&self) -> (u64, u64, u64) {
+        self.settle();
         let now = self.clock.now_us();
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
         blocks.retain(|_, until| *until > now);
         (
-            self.principals.entry_count(),
-            self.sources.entry_count(),
+            self.principals.len() as u64,
+            self.sources.len() as u64,
             blocks.len() as u64,
         )
     }
 
-    /// Applies pending evictions now (tests and memory measurements).
+    /// Removes the subjects forgotten by now (unseen for `idle_seconds`,
+    /// no risk or block left); the caches otherwise drop them only when
+    /// full.
     pub fn settle(&self) {
-        self.principals.run_pending_tasks();
-        self.sources.run_pending_tasks();
+        let now = self.clock.now_us();
+        let live = |track: &Arc<Mutex<Track>>| {
+            !track
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forgotten(now, self.idle_us)
+        };
+        self.principals.retain(|_, track| live(track));
+        self.sources.retain(|_, track| live(track));
+    }
+
+    /// The subject's track, created (as first seen `now`) when missing.
+    /// Concurrent first sightings of one subject get the same track.
+    fn track<K, Q>(
+        &self,
+        cache: &quick_cache::sync::Cache<K, Arc<Mutex<Track>>>,
+        key: &Q,
+        now: u64,
+    ) -> Arc<Mutex<Track>>
+    where
+        K: Eq + std::hash::Hash + Clone,
+        Q: std::hash::Hash + quick_cache::Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+    {
+        let new = || Arc::new(Mutex::new(Track::new(now / self.interval_us, now)));
+        match cache.get_value_or_guard(key, None) {
+            quick_cache::sync::GuardResult::Value(track) => track,
+            quick_cache::sync::GuardResult::Guard(guard) => {
+                let track = new();
+                // Fails only when the subject was removed meanwhile; the
+                // track still counts this request.
+                let _ = guard.insert(Arc::clone(&track));
+                track
+            }
+            // No timeout was given: the call waits for another first
+            // sighting's insert instead.
+            quick_cache::sync::GuardResult::Timeout => new(),
+        }
+    }
+
+    /// Locks `track` (a std mutex: per subject, held for a few arithmetic
+    /// operations, never across an await), first starting it afresh if
+    /// the subject was forgotten.
+    fn lock_fresh<'t>(
+        &self,
+        track: &'t Mutex<Track>,
+        now: u64,
+    ) -> std::sync::MutexGuard<'t, Track> {
+        let mut t = track.lock().unwrap_or_else(|e| e.into_inner());
+        if t.forgotten(now, self.idle_us) {
+            *t = Track::new(now / self.interval_us, now);
+        }
+        t
     }
 }
 
@@ -707,6 +624,48 @@ mod tests {
             "expired on time"
         );
         assert_eq!(d.tracked().2, 0, "no longer counted as blocked");
+    }
+
+    #[test]
+    fn a_subject_unseen_for_idle_seconds_is_forgotten_and_no_longer_tracked() {
+        let config = AnomalyConfig {
+            idle_seconds: 600,
+            ..AnomalyConfig::default()
+        };
+        let (d, clock) = detector(config);
+        let source: IpAddr = "192.0.2.10".parse().unwrap();
+        d.observe(Some("User::\"brief\""), Some(source), Observed::Allowed);
+        assert_eq!(d.tracked(), (1, 1, 0));
+        clock.advance(Duration::from_secs(599));
+        assert_eq!(d.tracked(), (1, 1, 0), "not idle long enough yet");
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(d.tracked(), (0, 0, 0), "idle time is the detector's clock");
+        // Seen again: tracked afresh.
+        d.observe(Some("User::\"brief\""), None, Observed::Allowed);
+        assert_eq!(d.tracked(), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_block_longer_than_idle_seconds_is_kept_while_the_subject_stays_away() {
+        let config = AnomalyConfig {
+            block_seconds: 900,
+            failure_threshold: 5,
+            idle_seconds: 60,
+            ..AnomalyConfig::default()
+        };
+        let (d, clock) = detector(config);
+        let source: IpAddr = "192.0.2.11".parse().unwrap();
+        for _ in 0..5 {
+            d.observe(None, Some(source), Observed::AuthnFailure);
+        }
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(d.tracked(), (0, 1, 1), "idle but blocked: kept");
+        let a = d.assess(None, Some(source));
+        assert_eq!(a.blocked_for, Some(Duration::from_secs(300)));
+        // Once the block and the risk have run out, idle means forgotten.
+        clock.advance(Duration::from_secs(300));
+        assert_eq!(d.assess(None, Some(source)).blocked_for, None);
+        assert_eq!(d.tracked(), (0, 0, 0));
     }
 
     #[test]
