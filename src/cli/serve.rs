@@ -135,9 +135,16 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     });
     if let Some(tracer) = tracer {
-        // Send the spans still batched.
-        if let Err(e) = tracer.shutdown() {
-            eprintln!("otlp: flushing spans at exit failed: {e}");
+        // Send the spans still batched. The batch thread exports through
+        // the gRPC channel whose connection is a task on the runtime, and
+        // the current-thread scheduler runs tasks only inside `block_on`:
+        // the runtime keeps running until the flush is done.
+        let flushed = runtime
+            .block_on(async { tokio::task::spawn_blocking(move || tracer.shutdown()).await });
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("otlp: flushing spans at exit failed: {e}"),
+            Err(e) => eprintln!("otlp: flushing spans at exit failed: {e}"),
         }
     }
     served

@@ -1,6 +1,8 @@
 //! OTLP export through the real binary: a fake collector (the OTLP/gRPC
 //! trace service on 127.0.0.1:0) receives the `check` span of a request,
-//! in the gateway's trace (`traceparent`), named after the service.
+//! in the gateway's trace (`traceparent`), named after the service; the
+//! spans still batched at SIGTERM are sent before the process exits, on
+//! either runtime scheduler.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,8 +62,13 @@ fn spans(collector: &Collector) -> Vec<(String, String, String, String)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_spans_are_exported_in_the_gateways_trace() {
+/// A fake collector on 127.0.0.1:0: its address, what it received, and
+/// its task (abort it at the end).
+async fn collector() -> (
+    std::net::SocketAddr,
+    Collector,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let collector = Collector::default();
@@ -70,6 +77,63 @@ async fn check_spans_are_exported_in_the_gateways_trace() {
             .add_service(TraceServiceServer::new(collector.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    (addr, collector, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_batched_at_sigterm_are_exported_before_exit_on_either_scheduler() {
+    for threads in [1, 2] {
+        let (addr, collector, server) = collector().await;
+        let dir = tempfile::tempdir().unwrap();
+        // A batch interval far beyond the test: only the flush at exit
+        // can send the span.
+        let config = support::write_config_with(
+            dir.path(),
+            &format!(
+                "server: {{ worker_threads: {threads} }}\notlp:\n  endpoint: \"http://{addr}\"\n  service_name: portcullis-test\n  export_interval_ms: 600000\n"
+            ),
+        );
+        let mut pdp = support::Portcullis::start(&["--config", config.to_str().unwrap()]);
+        let mut client = AuthorizationClient::connect(format!("http://{}", pdp.addr()))
+            .await
+            .unwrap();
+        client
+            .check(
+                Check::get("/v1/status")
+                    .header("x-request-id", "otlp-exit")
+                    .build(),
+            )
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let status = tokio::task::spawn_blocking(move || {
+            let status = pdp.terminate(Duration::from_secs(20));
+            (status, pdp.stderr())
+        })
+        .await
+        .unwrap();
+        let (status, stderr) = status;
+        assert!(
+            status.success(),
+            "worker_threads {threads}: {status:?}\n{stderr}"
+        );
+        let all = spans(&collector);
+        assert!(
+            all.iter().any(|s| s.1 == "check"),
+            "worker_threads {threads}: no `check` span flushed at exit (took {:?}); received {all:?}\nstderr:\n{stderr}",
+            started.elapsed()
+        );
+        assert!(
+            !stderr.contains("flushing spans at exit failed"),
+            "{stderr}"
+        );
+        server.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_spans_are_exported_in_the_gateways_trace() {
+    let (addr, collector, server) = collector().await;
 
     let dir = tempfile::tempdir().unwrap();
     let config = support::write_config_with(
