@@ -554,7 +554,15 @@ fn serve_pinned_to_a_revision_decides_with_that_revision() {
 fn bench_baseline_runs_and_reports_a_ratio() {
     // A functional check of the load generator (bounded: 300 requests per
     // server), not a timing test: figures come from running it by hand.
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+    // On one server thread too: the servers in process need a runtime
+    // that runs while the load is driven from another.
+    for threads in ["2", "1"] {
+        bench_baseline_on(threads);
+    }
+}
+
+fn bench_baseline_on(server_threads: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
         .args([
             "--baseline",
             "--json",
@@ -564,10 +572,23 @@ fn bench_baseline_runs_and_reports_a_ratio() {
             "0.1",
             "--concurrency",
             "8",
+            "--server-threads",
+            server_threads,
         ])
         .args(["--policies", policies_dir().to_str().unwrap()])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run portcullis-bench");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("portcullis-bench --server-threads {server_threads} did not finish in 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let phases = report["phases"].as_array().unwrap();

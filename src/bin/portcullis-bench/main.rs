@@ -83,8 +83,10 @@ struct Args {
     /// (`--serve-empty`, `--baseline`) and Portcullis in process: match a
     /// compared Portcullis's `server.worker_threads` (scripts/bench-envoy.sh
     /// passes its WORKER_THREADS to both; scripts/bench-side-by-side.sh
-    /// passes 1, as many as the one core it pins servers to). One thread
-    /// runs on tokio's current-thread scheduler, as Portcullis does.
+    /// passes 1, as many as the one core it pins servers to). With
+    /// `--serve-empty`, one thread runs tokio's current-thread scheduler,
+    /// as Portcullis does; in process, always the multi-thread one (the
+    /// load runs on this thread meanwhile).
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
     /// Write the policy directory with roomy quotas (see --keep-quotas)
@@ -288,11 +290,18 @@ fn main() -> anyhow::Result<()> {
         (1..=1024).contains(&args.server_threads),
         "--server-threads must be 1..1024"
     );
-    // One thread: the current-thread scheduler, as `portcullis serve`
-    // picks for one worker (portcullis::server::runtime), so that both
-    // sides of a comparison run on the same scheduler.
-    let servers =
-        portcullis::server::runtime::Scheduler::of(args.server_threads).build("server")?;
+    // `--serve-empty` on one thread: the current-thread scheduler, as
+    // `portcullis serve` picks for one worker (portcullis::server::runtime),
+    // so that both sides of a comparison run on the same scheduler; it runs
+    // inside `block_on` until SIGTERM. In process, the servers run while
+    // this thread drives the load on another runtime, so they need worker
+    // threads of their own: the multi-thread scheduler.
+    use portcullis::server::runtime::Scheduler;
+    let scheduler = match args.serve_empty {
+        Some(_) => Scheduler::of(args.server_threads),
+        None => Scheduler::MultiThread(args.server_threads),
+    };
+    let servers = scheduler.build("server")?;
     // The open loop runs on one thread, whose pacer polls the sockets
     // while it waits for the next call's time (load::open_loop).
     let clients = match args.rate {
