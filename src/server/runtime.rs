@@ -5,10 +5,15 @@
 //! same work, but the multi-thread one still pays for being able to hand a
 //! task to another thread: every wake-up goes through its shared run queue
 //! and atomics, and its I/O driver is parked and unparked through a lock.
-//! Portcullis wakes tasks across tasks on every answer (the audit writer,
-//! the quota store's batch worker), so on one core the current-thread
-//! scheduler answers more calls per CPU second (see README.md, "Performance
-//! history").
+//! Portcullis wakes one task from another on every answer (the audit
+//! writer; with Redis, the quota store's batch worker), so on one core the
+//! current-thread scheduler answers more calls per CPU second (see
+//! README.md, "Performance history").
+//!
+//! A current-thread runtime runs its tasks only while a thread is inside
+//! its `block_on`: whatever needs them afterwards (the OTLP flush at exit)
+//! runs inside another `block_on`, and a load generator that drives its
+//! load from this thread gives its servers the multi-thread scheduler.
 
 use std::num::NonZeroUsize;
 
