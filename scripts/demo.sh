@@ -41,37 +41,57 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() { # wait_for DESCRIPTION COMMAND...: up to 30 s
-  local what=$1; shift
-  for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  echo "demo: $what did not come up within 30 s" >&2
+# Every server binds port 0 and reports the address it got, so no port is
+# chosen before it is bound (a port picked free can be taken by another
+# process before the server binds it).
+wait_for() { # wait_for DESCRIPTION PID LOG COMMAND...: up to 30 s, or until PID exits
+  local what=$1 pid=$2 log=$3; shift 3
+  for _ in $(seq 1 150); do
+    "$@" >/dev/null 2>&1 && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "demo: $what exited before it was ready; its log ends:" >&2
+      tail -n 40 "$log" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  echo "demo: $what did not come up within 30 s; its log ends:" >&2
+  tail -n 40 "$log" >&2
   return 1
 }
 
-model_port=$(free_port); gw_port=$(free_port); envoy_admin=$(free_port)
-
-# 1. The demo model server (the upstream).
-python3 deploy/demo/model_server.py "$model_port" & pids+=($!)
+# 1. The demo model server (the upstream), on a port the kernel picks.
+python3 deploy/demo/model_server.py 0 > "$work/model.out" 2>&1 & pids+=($!)
+wait_for "the model server" "$!" "$work/model.out" grep -q "^listening " "$work/model.out"
+model=$(awk '/^listening / {print $2; exit}' "$work/model.out")
 
 # 2. Portcullis on the bundled policies, with the test issuer.
 sed -e "s#\"\.\./\.\./#\"$repo/#g" -e "s#directory: \"audit\"#directory: \"$work/audit\"#" \
   deploy/demo/portcullis.yaml > "$work/portcullis.yaml"
 "$portcullis" serve --config "$work/portcullis.yaml" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
   > "$work/portcullis.out" 2> "$work/portcullis.log" & pids+=($!)
-wait_for "Portcullis" grep -q "listening admin" "$work/portcullis.out"
+wait_for "Portcullis" "$!" "$work/portcullis.log" grep -q "listening admin" "$work/portcullis.out"
 pdp=$(awk '/listening decision/ {print $3}' "$work/portcullis.out")
 admin=$(awk '/listening admin/ {print $3}' "$work/portcullis.out")
 
-# 3. Envoy with deploy/envoy.yaml, its four addresses moved to free ports.
-sed -e "s/port_value: 10000/port_value: $gw_port/" -e "s/port_value: 8081/port_value: $model_port/" \
-    -e "s/port_value: 50051/port_value: ${pdp##*:}/" -e "s/port_value: 9901/port_value: $envoy_admin/" \
+# 3. Envoy with deploy/envoy.yaml: the model server and Portcullis at the
+# addresses they reported; its own listener and admin interface on port 0.
+# Envoy writes the admin address to --admin-address-path, and its admin
+# /listeners reports the address the listener was bound to.
+sed -e "s/port_value: 10000/port_value: 0/" -e "s/port_value: 8081/port_value: ${model##*:}/" \
+    -e "s/port_value: 50051/port_value: ${pdp##*:}/" -e "s/port_value: 9901/port_value: 0/" \
     deploy/envoy.yaml > "$work/envoy.yaml"
 "$envoy" -c "$work/envoy.yaml" -l error --disable-hot-restart --use-dynamic-base-id --concurrency 1 \
-  > "$work/envoy.log" 2>&1 & pids+=($!)
-wait_for "Envoy" sh -c "curl -fsS http://127.0.0.1:$envoy_admin/ready | grep -q LIVE"
+  --admin-address-path "$work/envoy-admin" > "$work/envoy.log" 2>&1 & pids+=($!)
+envoy_ready() {
+  [ -s "$work/envoy-admin" ] && curl -fsS --max-time 2 "http://$(cat "$work/envoy-admin")/ready" | grep -q LIVE
+}
+wait_for "Envoy" "$!" "$work/envoy.log" envoy_ready
+gw_addr=$(curl -fsS --max-time 5 "http://$(cat "$work/envoy-admin")/listeners?format=json" | python3 -c 'import json, sys
+a = json.load(sys.stdin)["listener_statuses"][0]["local_address"]["socket_address"]
+print("%s:%d" % (a["address"], a["port_value"]))')
 
-gw=http://127.0.0.1:$gw_port
+gw=http://$gw_addr
 alice=$(scripts/dev-token.sh alice acme)
 bob=$(scripts/dev-token.sh bob acme)
 carol=$(scripts/dev-token.sh carol acme)

@@ -5,7 +5,9 @@ Answers every POST .../versions/<v>:predict with a fake prediction and
 every other request with 200 and what it received, including the identity
 headers Portcullis set (x-portcullis-*), so a demo can show what the
 upstream sees. Standard library only; listens on 127.0.0.1:PORT (argv[1]),
-or on HOST:PORT from MODEL_SERVER_LISTEN (compose).
+or on HOST:PORT from MODEL_SERVER_LISTEN (compose). PORT 0 takes a free port;
+the bound address is printed as one line, "listening HOST:PORT", once the
+socket accepts connections.
 """
 import json
 import os
@@ -44,7 +46,10 @@ def main():
         host, port = listen.rsplit(":", 1)
     else:
         host, port = "127.0.0.1", sys.argv[1]
-    ThreadingHTTPServer((host, int(port)), Handler).serve_forever()
+    server = ThreadingHTTPServer((host, int(port)), Handler)
+    bound_host, bound_port = server.server_address[:2]
+    print(f"listening {bound_host}:{bound_port}", flush=True)
+    server.serve_forever()
 
 
 if __name__ == "__main__":
