@@ -168,6 +168,23 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             }
         });
     }
+    if let Some(detector) = &state.anomalies {
+        // Forgotten subjects leave memory. The sweep visits every subject:
+        // on a blocking thread, off the runtime's threads.
+        let detector = Arc::clone(detector);
+        tasks.spawn(crate::time::every(
+            detector.sweep_period(),
+            cancel.clone(),
+            move || {
+                let detector = Arc::clone(&detector);
+                async move {
+                    if let Err(e) = tokio::task::spawn_blocking(move || detector.settle()).await {
+                        tracing::error!(error = %e, "the anomaly sweep failed");
+                    }
+                }
+            },
+        ));
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     state.authenticator.spawn_refresh(tasks, cancel);
     // The Authorization service is SERVING only while the service is ready

@@ -334,6 +334,43 @@ fn a_dead_redis_makes_us_unready_only_when_its_failure_mode_denies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_unseen_for_idle_seconds_leave_the_tracked_gauge_without_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    // idle_seconds 1: the server sweeps every second.
+    let config = support::write_config_with(
+        dir.path(),
+        "anomaly:\n  interval_seconds: 1\n  idle_seconds: 1\n",
+    );
+    let mut pdp = Portcullis::start(&["--config", config.to_str().unwrap()]);
+    let mut client = AuthorizationClient::connect(format!("http://{}", pdp.addr()))
+        .await
+        .unwrap();
+    let alice = format!("Bearer {}", support::token("alice"));
+    assert_eq!(
+        status_of(&mut client, predict(&[("authorization", &alice)])).await,
+        200
+    );
+    let mut tracked = || {
+        let m = parse_metrics(&pdp.http_get("/metrics").1);
+        metric(
+            &m,
+            "portcullis_anomaly_tracked_subjects",
+            &[("subject", "principal")],
+        )
+    };
+    assert_eq!(tracked(), 1.0);
+    // Idle for 1 s, then gone by the next sweep; bounded at 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tracked() != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice still tracked 10 s after her only request"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_anomaly_shows_in_metrics_and_the_audit_trail() {
     let dir = tempfile::tempdir().unwrap();
     let config = support::write_config_with(
