@@ -550,12 +550,12 @@ mod tests {
         use crate::decision::{DenyReason, ShadowOutcome};
         let m = Metrics::new();
         let mut d = Decision::new("v1").deny(DenyReason::Forbidden, "no");
-        d.shadow = Some(ShadowOutcome {
+        d.shadow = Some(Box::new(ShadowOutcome {
             decision: Outcome::Allow,
             disagrees: true,
             determining_policies: vec!["candidate".into()],
             errors: Vec::new(),
-        });
+        }));
         m.decision(Service::ExtAuthz, &d, Duration::from_micros(80));
         m.decision(
             Service::ExtAuthz,

@@ -43,10 +43,10 @@ impl AuditRecord {
             policy_version: d.policy_version.clone(),
             latency_us: (latency.as_micros() as u64).max(1),
             source_ip: req.source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            quota: d.quota.as_ref().map(quota_summary).unwrap_or_default(),
+            quota: d.quota.as_deref().map(quota_summary).unwrap_or_default(),
             reservation: d
                 .reserved
-                .as_ref()
+                .as_deref()
                 .map(crate::decision::quota::Reserved::summary)
                 .unwrap_or_default(),
             shadow: d

@@ -182,7 +182,7 @@ mod tests {
         erred.errors.push("quota: store timed out".into());
         assert_eq!(s.sample(&erred), always);
         let mut shadow = ok();
-        shadow.quota = Some(crate::decision::quota::QuotaOutcome {
+        shadow.quota = Some(Box::new(crate::decision::quota::QuotaOutcome {
             descriptor: "org=org0".into(),
             name: None,
             stats_key: String::new(),
@@ -194,7 +194,7 @@ mod tests {
             shadow_exceeded: vec!["ml_api.org_org0".into()],
             degraded: None,
             cost_too_large: None,
-        });
+        }));
         assert_eq!(s.sample(&shadow), always);
     }
 

@@ -76,14 +76,14 @@ pub struct Decision {
     pub allow_methods: Option<String>,
     /// The quota outcome (limit that decided, remaining, degraded mode).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub quota: Option<quota::QuotaOutcome>,
+    pub quota: Option<Box<quota::QuotaOutcome>>,
     /// For a blocked source (429): seconds until it may try again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
     /// What the decision would be with the shadow policies switched on
     /// (only when the snapshot has shadow policies and authorization ran).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<ShadowOutcome>,
+    pub shadow: Option<Box<ShadowOutcome>>,
     /// For 400/422: each problem with the body, `{pointer, message}`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
@@ -94,7 +94,7 @@ pub struct Decision {
     /// The token reservation this decision made (settled from the
     /// response through ext_proc).
     #[serde(skip)]
-    pub reserved: Option<quota::Reserved>,
+    pub reserved: Option<Box<quota::Reserved>>,
     /// Headers set on the request to the upstream on allow (e.g.
     /// `x-portcullis-pii`).
     #[serde(skip)]

@@ -85,7 +85,7 @@ pub(super) async fn record(
         } else {
             "not_recorded_no_request_id"
         });
-        d.reserved = Some(reserved);
+        d.reserved = Some(Box::new(reserved));
         return Ok(());
     }
     let now_ms = std::time::SystemTime::now()
@@ -108,7 +108,7 @@ pub(super) async fn record(
         Ok(Recorded::NoStore) => metrics::global().reservation("not_recorded_no_store"),
         Ok(Recorded::RequestIdInUse) => {
             metrics::global().reservation("refused_request_id_in_use");
-            d.reserved = Some(reserved);
+            d.reserved = Some(Box::new(reserved));
             return Err(Refusal::new(
                 DenyReason::RequestIdInUse,
                 "another request with this x-request-id is still open; give each request its own id",
@@ -124,6 +124,6 @@ pub(super) async fn record(
             );
         }
     }
-    d.reserved = Some(reserved);
+    d.reserved = Some(Box::new(reserved));
     Ok(())
 }

@@ -330,7 +330,7 @@ pub(super) fn authorize(
     metrics::global().stage(metrics::Stage::Authz, started.elapsed());
     let d = &mut at.d;
     if let Some(shadow) = shadow {
-        d.shadow = Some(ShadowOutcome {
+        d.shadow = Some(Box::new(ShadowOutcome {
             decision: if shadow.allowed {
                 Outcome::Allow
             } else {
@@ -339,7 +339,7 @@ pub(super) fn authorize(
             disagrees: shadow.allowed != outcome.allowed,
             determining_policies: shadow.determining,
             errors: shadow.errors,
-        });
+        }));
     }
     d.determining_policies = outcome.determining;
     d.errors.extend(outcome.errors);
@@ -462,7 +462,7 @@ pub(super) async fn charge_descriptors(
     d: &mut Decision,
 ) -> (Result<(), Refusal>, Vec<Option<Applied>>) {
     let verdict = crate::quota::apply::apply(&snapshot.quotas, quotas, descriptors).await;
-    d.quota = verdict.outcome;
+    d.quota = verdict.outcome.map(Box::new);
     let charged = if verdict.allowed {
         Ok(())
     } else {
