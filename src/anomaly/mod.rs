@@ -13,8 +13,8 @@
 //! (`quick_cache`, which evicts the least recently useful first). A subject
 //! unseen for `idle_seconds` whose risk and block have run out is
 //! forgotten: it starts afresh when seen again, and [`Detector::settle`]
-//! (which the server runs every [`Detector::sweep_period`]) removes it. Time comes from a `Clock`, idle time included, so tests move
-//! it by hand.
+//! (which the server runs every [`Detector::sweep_period`]) removes it.
+//! Time comes from a `Clock`, idle time included, so tests move it by hand.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
