@@ -64,6 +64,13 @@ struct Args {
     /// server trusts, e.g. from scripts/dev-token.sh).
     #[arg(long)]
     bearer: Option<String>,
+    /// The tokens the mix reuses (the allowed calls' and the forbidden
+    /// call's): read from this file when it exists, else minted and
+    /// written to it, so that separate runs (a warm-up, then a measured
+    /// run) send the same tokens. Signatures are randomised, so without
+    /// it each run's tokens are new to the server's token cache.
+    #[arg(long, value_name = "FILE")]
+    reuse_tokens: Option<PathBuf>,
     /// With `--rpc rls`: every call uses new quota keys (principal and
     /// address descriptors numbered by the call), cycling after this many,
     /// to measure the store's memory with many keys.
@@ -369,12 +376,18 @@ fn main() -> anyhow::Result<()> {
         None => TokenKey::generate()?,
     };
     let requests = Arc::new(match args.rpc {
-        Rpc::Check => Calls::Check(request_mix(args.mix, &keys, args.bearer.as_deref())?),
+        Rpc::Check => Calls::Check(request_mix(
+            args.mix,
+            &keys,
+            args.bearer.as_deref(),
+            args.reuse_tokens.as_deref(),
+        )?),
         Rpc::Rls => Calls::Rls(rls_mix(args.rls_shape)),
         Rpc::ForwardAuth => Calls::Http(http_mix(&request_mix(
             args.mix,
             &keys,
             args.bearer.as_deref(),
+            args.reuse_tokens.as_deref(),
         )?)?),
     });
     let http = args.rpc == Rpc::ForwardAuth;

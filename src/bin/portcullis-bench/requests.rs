@@ -8,6 +8,10 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 
+use std::path::Path;
+
+use anyhow::Context;
+
 use crate::token::TokenKey;
 use crate::{Mix, RlsShape};
 
@@ -50,18 +54,20 @@ fn check(method: &str, path: &str, headers: &[(&str, String)], principal: &str) 
 }
 
 /// The requests the workers cycle through, in mix proportions.
+/// `given`: one token for every allowed call instead of the minted ones.
+/// `reuse`: see [`reused_tokens`].
 pub fn request_mix(
     mix: Mix,
     keys: &TokenKey,
     given: Option<&str>,
+    reuse: Option<&Path>,
 ) -> anyhow::Result<Vec<CheckRequest>> {
     const PREDICT: &str = "/v1/models/sentiment/versions/v2:predict";
     let bearer = |t: String| vec![("authorization", format!("Bearer {t}"))];
+    let (mut alice, bob) = reused_tokens(keys, reuse)?;
     let reused: Vec<String> = match given {
         Some(token) => vec![token.to_string()],
-        None => (0..16)
-            .map(|i| keys.mint("alice", "acme", i))
-            .collect::<anyhow::Result<_>>()?,
+        None => std::mem::take(&mut alice),
     };
     let allowed = |i: usize| {
         check(
@@ -85,12 +91,11 @@ pub fn request_mix(
             .collect::<anyhow::Result<_>>()?,
         Mix::Anonymous => vec![check("GET", "/v1/status", &[], "")],
         Mix::Mixed => {
-            let bob = keys.mint("bob", "acme", 99)?;
             let mut out = Vec::new();
             for i in 0..6 {
                 out.push(allowed(i));
             }
-            out.push(check("POST", PREDICT, &bearer(bob), ""));
+            out.push(check("POST", PREDICT, &bearer(bob.clone()), ""));
             out.push(check(
                 "POST",
                 PREDICT,
@@ -102,6 +107,41 @@ pub fn request_mix(
             out
         }
     })
+}
+
+/// Alice's 16 tokens that the allowed calls reuse, and bob's (the
+/// forbidden call). ES256 signatures are randomised, so every run mints
+/// tokens the server has not seen. With `reuse`, the tokens are read from
+/// that file when it exists (17 lines, as written here) and minted and
+/// written there when it does not: a warm-up run and a measured run then
+/// send the same tokens, and the measured one finds them in the server's
+/// token cache (`scripts/instructions.sh`).
+fn reused_tokens(keys: &TokenKey, reuse: Option<&Path>) -> anyhow::Result<(Vec<String>, String)> {
+    if let Some(path) = reuse.filter(|p| p.exists()) {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read the tokens in {}", path.display()))?;
+        let mut tokens: Vec<String> = text.lines().map(str::to_owned).collect();
+        anyhow::ensure!(
+            tokens.len() == 17 && tokens.iter().all(|t| t.split('.').count() == 3),
+            "{}: expected 17 JWTs, one per line, as an earlier --reuse-tokens run wrote them; delete the file to mint new ones",
+            path.display()
+        );
+        let bob = tokens.pop().expect("17 tokens");
+        return Ok((tokens, bob));
+    }
+    let alice = (0..16)
+        .map(|i| keys.mint("alice", "acme", i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bob = keys.mint("bob", "acme", 99)?;
+    if let Some(path) = reuse {
+        let mut text = alice.join("\n");
+        text.push('\n');
+        text.push_str(&bob);
+        text.push('\n');
+        std::fs::write(path, text)
+            .with_context(|| format!("write the tokens to {}", path.display()))?;
+    }
+    Ok((alice, bob))
 }
 
 /// RLS calls as Envoy's ratelimit filter sends them for the bundled
@@ -145,5 +185,38 @@ pub fn rls_call(i: u64) -> RateLimitRequest {
             descriptor(vec![entry("org", format!("org{}", i % 8))]),
         ],
         hits_addend: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reused_tokens_written_by_one_run_are_sent_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens.txt");
+        let keys = TokenKey::generate().unwrap();
+        let first = reused_tokens(&keys, Some(&file)).unwrap();
+        // Another run, with another key: the file's tokens win.
+        let second = reused_tokens(&TokenKey::generate().unwrap(), Some(&file)).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.0.len(), 16);
+        // Without the file, every run mints anew (ES256 is randomised).
+        assert_ne!(reused_tokens(&keys, None).unwrap().0, first.0);
+    }
+
+    #[test]
+    fn a_tokens_file_that_is_not_seventeen_jwts_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens.txt");
+        std::fs::write(&file, "not-a-token\n").unwrap();
+        let err = reused_tokens(&TokenKey::generate().unwrap(), Some(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tokens.txt") && err.contains("17 JWTs"),
+            "{err}"
+        );
     }
 }
