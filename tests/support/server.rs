@@ -36,8 +36,9 @@ impl Portcullis {
     /// `listening decision <addr>`.
     ///
     /// Unless `args` say otherwise it adds `--config` (from
-    /// [`write_config`]), `--policies <repo>/policies` and
-    /// `--listen 127.0.0.1:0`.
+    /// [`write_config`]), `--policies <repo>/policies`, and port 0 for every
+    /// listener (`--listen`, `--http-listen`, `--admin-listen`
+    /// `127.0.0.1:0`), so no test depends on a default port being free.
     pub fn start(args: &[&str]) -> Portcullis {
         Self::spawn(args, None, &[])
     }
@@ -82,6 +83,13 @@ impl Portcullis {
         }
         if !has("--http-listen") {
             full.push("--http-listen".into());
+            full.push("127.0.0.1:0".into());
+        }
+        // A test's own config may leave the admin address at its default
+        // (127.0.0.1:50052), which another process may hold (a server a
+        // developer is running; CI failed on that once).
+        if !has("--admin-listen") {
+            full.push("--admin-listen".into());
             full.push("127.0.0.1:0".into());
         }
         full.extend(args.iter().map(|a| a.to_string()));
