@@ -70,6 +70,8 @@ impl RedisServer {
             .args(&self.config)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // Events of 5 ms or more, for [`RedisServer::latency_events`].
+            .args(["--latency-monitor-threshold", "5"])
             .args(&self.extra)
             .current_dir(self._dir.path())
             .stdin(Stdio::null())
@@ -91,6 +93,34 @@ impl RedisServer {
         let _ = child.kill();
         let _ = child.wait();
         false
+    }
+
+    /// The server's latency events of 5 ms or more (`LATENCY LATEST`:
+    /// event, last time, latest ms, max ms, on one line), for a failure
+    /// message: a server that stalled inside an operation (a fork, an
+    /// fsync, a slow command, or the host not running it meanwhile) shows
+    /// here; empty when none did. A server descheduled between operations
+    /// does not.
+    pub fn latency_events(&self) -> String {
+        let out = Command::new(tool("redis-cli"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "--no-raw",
+                "LATENCY",
+                "LATEST",
+            ])
+            .stdin(Stdio::null())
+            .output();
+        out.map_or_else(
+            |e| format!("redis-cli failed: {e}"),
+            |o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        )
     }
 
     /// True when the server answers PING now.
@@ -264,12 +294,7 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(RedisServer::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--latency-monitor-threshold",
-                "5",
-            ]));
+            nodes.push(RedisServer::start_with(&["--cluster-enabled", "yes"]));
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -350,28 +375,13 @@ impl RedisCluster {
         panic!("no node serves slot {slot} of {key}");
     }
 
-    /// Each node's latency events of 5 ms or more (`LATENCY LATEST`: event,
-    /// last time, latest ms, max ms), for a failure message: a node that
-    /// stalled (a `nodes.conf` fsync, a slow command) shows here.
+    /// Each node's latency events (see [`RedisServer::latency_events`]),
+    /// for a failure message: a node that stalled (a `nodes.conf` fsync, a
+    /// slow command) shows here.
     pub fn latency_events(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| {
-                let out = Command::new(tool("redis-cli"))
-                    .args(["-p", &n.port.to_string(), "--no-raw", "LATENCY", "LATEST"])
-                    .stdin(Stdio::null())
-                    .output();
-                let text = out.map_or_else(
-                    |e| format!("redis-cli failed: {e}"),
-                    |o| {
-                        String::from_utf8_lossy(&o.stdout)
-                            .split_whitespace()
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    },
-                );
-                format!("node {}: {text}", n.port)
-            })
+            .map(|n| format!("node {}: {}", n.port, n.latency_events()))
             .collect::<Vec<_>>()
             .join("; ")
     }
