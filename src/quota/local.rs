@@ -26,8 +26,8 @@ const SHARDS: usize = 64;
 const INLINE: usize = 4;
 
 /// A shard's map: keys are already 128-bit keyed hashes of the counter
-/// key (two `RandomState`s), so the map uses their bits as they are
-/// instead of hashing them again.
+/// key (SipHash-1-3-128 under a random key, see [`KeyHasher`]), so the
+/// map uses their bits as they are instead of hashing them again.
 type Shard = HashMap<u128, Cell, BuildHasherDefault<PreHashed>>;
 
 /// The `Hasher` of [`Shard`]: folds a key that is itself a keyed hash.
@@ -51,15 +51,41 @@ impl Hasher for PreHashed {
     }
 }
 
+/// Counter keys to 128-bit keyed hashes, the keys of [`Shard`]s: SipHash-1-3
+/// with 128-bit output (`siphasher`'s `SipHasher13::finish128`), a keyed
+/// pseudo-random function, under a key drawn at start. Two counter keys
+/// share a counter only on a collision of 128 bits that no client can aim
+/// at without the key. (It was two 64-bit `RandomState` hashes: the same
+/// strength, twice the work.)
+#[derive(Debug)]
+struct KeyHasher(siphasher::sip128::SipHasher13);
+
+impl KeyHasher {
+    /// A hasher under a fresh random key, derived from two of the
+    /// standard library's randomly seeded `RandomState`s.
+    fn random() -> KeyHasher {
+        use std::collections::hash_map::RandomState;
+        let (k0, k1) = (
+            RandomState::new().hash_one(0u8),
+            RandomState::new().hash_one(1u8),
+        );
+        KeyHasher(siphasher::sip128::SipHasher13::new_with_keys(k0, k1))
+    }
+
+    fn hash(&self, value: impl std::hash::Hash) -> u128 {
+        use siphasher::sip128::Hasher128 as _;
+        let mut h = self.0;
+        value.hash(&mut h);
+        h.finish128().as_u128()
+    }
+}
+
 /// In-process GCRA counters.
 #[derive(Debug)]
 pub struct LocalStore {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
-    hashers: (
-        std::collections::hash_map::RandomState,
-        std::collections::hash_map::RandomState,
-    ),
+    hasher: KeyHasher,
     clock: Arc<dyn Clock>,
     evicted_live: AtomicU64,
 }
@@ -70,7 +96,7 @@ impl LocalStore {
         LocalStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: (max_keys / SHARDS).max(1),
-            hashers: Default::default(),
+            hasher: KeyHasher::random(),
             clock,
             evicted_live: AtomicU64::new(0),
         }
@@ -95,15 +121,11 @@ impl LocalStore {
     }
 
     fn hash(&self, key: &str) -> u128 {
-        let a = self.hashers.0.hash_one(key) as u128;
-        let b = self.hashers.1.hash_one(key) as u128;
-        (a << 64) | b
+        self.hasher.hash(key)
     }
 
     fn hash_window(&self, key: &str, start: u64) -> u128 {
-        let a = self.hashers.0.hash_one((key, start)) as u128;
-        let b = self.hashers.1.hash_one((key, start)) as u128;
-        (a << 64) | b
+        self.hasher.hash((key, start))
     }
 
     /// Moves a GCRA key by `delta` units at once: a negative delta gives
