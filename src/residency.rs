@@ -15,12 +15,15 @@ use crate::authn::Identity;
 pub const ALLOWED_REGIONS_ATTR: &str = "allowed_regions";
 
 /// Orgs that restrict their regions, with the regions (sorted), found once
-/// per snapshot so that a request from an unrestricted org costs a lookup.
-pub type OrgRegions = HashMap<EntityUid, Vec<String>>;
+/// per snapshot so that a request from an unrestricted org costs a lookup
+/// (two a request: the asserted org and the ancestors). foldhash, seeded
+/// per map, as for the quota configuration's maps (`quota/config`): the
+/// keys come from the snapshot, not the client.
+pub type OrgRegions = HashMap<EntityUid, Vec<String>, foldhash::fast::RandomState>;
 
 /// Every `Org` entity with `allowed_regions`.
 pub fn org_regions(entities: &Entities) -> OrgRegions {
-    let mut out = OrgRegions::new();
+    let mut out = OrgRegions::default();
     for e in entities.iter() {
         if e.uid().type_name().basename() != "Org" {
             continue;
@@ -99,7 +102,7 @@ pub struct ResidencyConfig {
 
 impl ResidencyConfig {
     /// The gateway's region for a request with these headers.
-    pub fn region_of(&self, headers: &std::collections::HashMap<String, String>) -> Option<String> {
+    pub fn region_of(&self, headers: &crate::request::Headers) -> Option<String> {
         self.region_header
             .as_ref()
             .and_then(|h| headers.get(h))
