@@ -107,7 +107,7 @@ where
 /// Makes the request's `traceparent` (if any) the parent of `span`, so the
 /// exported span joins the gateway's trace. Without an OpenTelemetry layer
 /// installed this does nothing.
-pub fn set_parent(span: &tracing::Span, headers: &std::collections::HashMap<String, String>) {
+pub fn set_parent(span: &tracing::Span, headers: &crate::request::Headers) {
     use opentelemetry::propagation::TextMapPropagator as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     if !headers.contains_key("traceparent") {

@@ -15,6 +15,16 @@ pub fn is_token(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Request headers: lower-case names to values (Envoy comma-merges
+/// repeats). Hashed with foldhash, seeded per map, as the quota
+/// configuration's maps are (`quota/config`): a decision looks headers up
+/// a dozen times (authentication, tracing, residency, body, quotas, the
+/// response), and SipHash, the standard library's default, cost about
+/// 200 instructions a lookup. A client chooses header names, but a
+/// gateway passes a bounded number of them (Envoy: 100 by default), and
+/// the seed is not theirs to know.
+pub type Headers = HashMap<String, String, foldhash::fast::RandomState>;
+
 /// One request a gateway asks about.
 #[derive(Debug, Clone)]
 pub struct AccessRequest {
@@ -26,7 +36,7 @@ pub struct AccessRequest {
     /// The `:authority` / Host.
     pub host: String,
     /// Request headers, names lower-cased (Envoy comma-merges repeats).
-    pub headers: HashMap<String, String>,
+    pub headers: Headers,
     /// The downstream client's address, as the gateway saw it.
     pub source_ip: Option<IpAddr>,
     /// The downstream mTLS peer identity (URI SAN / SPIFFE id), if any.
@@ -78,7 +88,7 @@ impl AccessRequest {
             method: method.to_string(),
             path: path.to_string(),
             host: "api.test".to_string(),
-            headers: HashMap::new(),
+            headers: Headers::default(),
             source_ip: None,
             source_principal: None,
             request_id: String::new(),

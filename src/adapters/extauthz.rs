@@ -3,7 +3,6 @@
 //! outcome table, `decision::outcome`). Protocol mapping only; no policy
 //! logic.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +18,7 @@ use super::access;
 use super::check_encode::EncodedCheckResponse;
 use crate::app::State;
 use crate::pipeline::Door;
-use crate::request::AccessRequest;
+use crate::request::{AccessRequest, Headers};
 
 /// The ext_authz `Authorization` service.
 #[derive(Debug, Clone)]
@@ -148,21 +147,17 @@ pub fn to_access_request(check: Box<CheckRequest>) -> Result<AccessRequest, &'st
 }
 
 /// Headers with lower-case names, from `headers` or, when Envoy sends raw
-/// headers, from `header_map` (repeats comma-merged, as Envoy does). The
-/// map Envoy sent is taken over as it is when its names are already lower
-/// case (Envoy's are: HTTP/2 and its codecs lower-case them).
-fn headers_of(http: &mut HttpRequest) -> HashMap<String, String> {
+/// headers, from `header_map` (repeats comma-merged, as Envoy does).
+fn headers_of(http: &mut HttpRequest) -> Headers {
     if !http.headers.is_empty() {
-        let headers = std::mem::take(&mut http.headers);
-        if headers
-            .keys()
-            .all(|k| !k.bytes().any(|b| b.is_ascii_uppercase()))
-        {
-            return headers;
-        }
-        return headers
+        // Moved into our map (names and values are not copied), names
+        // lower-cased in place.
+        return std::mem::take(&mut http.headers)
             .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .map(|(mut k, v)| {
+                k.make_ascii_lowercase();
+                (k, v)
+            })
             .collect();
     }
     header_map(http.header_map.as_ref())
@@ -173,8 +168,8 @@ fn headers_of(http: &mut HttpRequest) -> HashMap<String, String> {
 /// Envoy does. ext_authz's raw headers and ext_proc's header messages.
 pub(crate) fn header_map(
     map: Option<&envoy_types::pb::envoy::config::core::v3::HeaderMap>,
-) -> HashMap<String, String> {
-    let mut out: HashMap<String, String> = HashMap::new();
+) -> Headers {
+    let mut out = Headers::default();
     for h in map.iter().flat_map(|m| m.headers.iter()) {
         let value = if h.raw_value.is_empty() {
             h.value.clone()

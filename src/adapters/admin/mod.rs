@@ -4,7 +4,6 @@
 //! authorized by the snapshot's Cedar policies, and recorded in the audit
 //! trail: `admit` asks the pipeline, as every front door does.
 
-use std::collections::HashMap;
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -38,7 +37,7 @@ pub(super) async fn admit<T: Sync>(
     action: &str,
     resource: (&str, &str),
 ) -> Result<(), Status> {
-    let mut headers = HashMap::new();
+    let mut headers = crate::request::Headers::default();
     if let Some(value) = request.metadata().get("authorization") {
         // Not ASCII: the authenticator refuses it as a malformed credential.
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();

@@ -13,7 +13,6 @@
 //! `X-Forwarded-Uri` is an ordinary header, and through Caddy a client's
 //! `X-Original-URI` is. Translation only; nothing here decides.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
@@ -109,8 +108,9 @@ pub fn convention(
 /// `,` (as Envoy joins them for `Check`); values that are not UTF-8 are
 /// decoded lossily (a credential that is not ASCII is refused by the
 /// authenticator as malformed).
-fn headers_of(map: &HeaderMap) -> HashMap<String, String> {
-    let mut out: HashMap<String, String> = HashMap::with_capacity(map.keys_len());
+fn headers_of(map: &HeaderMap) -> crate::request::Headers {
+    let mut out =
+        crate::request::Headers::with_capacity_and_hasher(map.keys_len(), Default::default());
     for (name, value) in map {
         let value = String::from_utf8_lossy(value.as_bytes());
         out.entry(name.as_str().to_string())

@@ -86,7 +86,7 @@ impl CheckInput {
             (None, Some(raw)) => Some(raw.clone().into_bytes()),
             (None, None) => None,
         };
-        let mut headers: HashMap<String, String> = self
+        let mut headers: crate::request::Headers = self
             .headers
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
