@@ -64,25 +64,16 @@ bin=${CARGO_TARGET_DIR:-$root/target}/release
 
 bench_workdir portcullis-bench-envoy
 
-wait_envoy_ready() { # admin port
-    for _ in $(seq 1 200); do
-        if [ "$(curl -s "http://127.0.0.1:$1/ready" 2>/dev/null)" = "LIVE" ]; then return 0; fi
-        sleep 0.05
-    done
-    die "Envoy was not ready within 10 s (log: $work/envoy-*.log)"
-}
-
 # The upstream: a second Envoy answering every request with 200 itself, so
-# the upstream costs little and the same in both runs.
-up_port=$(free_port)
-up_admin=$(free_port)
+# the upstream costs little and the same in both runs. Its listener and
+# admin interface bind port 0 (start_envoy learns the ports).
 cat >"$work/upstream.yaml" <<EOF
 admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: $up_admin } }
+  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
 static_resources:
   listeners:
     - name: upstream
-      address: { socket_address: { address: 127.0.0.1, port_value: $up_port } }
+      address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
       filter_chains:
         - filters:
             - name: envoy.filters.network.http_connection_manager
@@ -101,10 +92,8 @@ static_resources:
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 EOF
-"$envoy" -c "$work/upstream.yaml" --concurrency 1 --log-level error --base-id 71 \
-    >"$work/envoy-upstream.log" 2>&1 &
-pids+=($!)
-wait_envoy_ready "$up_admin"
+start_envoy envoy-upstream "$work/upstream.yaml" --concurrency 1 --log-level error --base-id 71
+up_port=$envoy_port
 
 # Portcullis: bundled policies with roomy quotas, the test issuer.
 bench_portcullis_config "$work" "$bin" "$root"
@@ -115,10 +104,7 @@ if [ "$WORKER_THREADS" != 0 ]; then
 fi
 
 # The empty ext_authz + RLS + ext_proc server.
-ep=$(free_port)
-"$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" --server-threads "$empty_threads" 2>"$work/empty.log" &
-pids+=($!)
-wait_tcp "$ep" "the empty server"
+start_empty empty "$bin/portcullis-bench" --serve-empty 127.0.0.1:0 --server-threads "$empty_threads"
 
 token=$(scripts/dev-token.sh alice acme 3600)
 cat >"$work/request.lua" <<EOF
@@ -130,19 +116,24 @@ wrk.headers["authorization"] = "Bearer $token"
 EOF
 
 # One Envoy run against the decision server at $2 (ext_proc at $3, when
-# given); prints "rps p50 p90 p99 non2xx".
+# given); prints "rps p50 p90 p99 non2xx socket-errors". Run in this shell
+# (not in a command substitution), so that a failure stops the script and
+# the cleanup stops the servers it started.
 measure() { # name, decision port[, ext_proc port]
-    local name=$1 port=$2 ext_proc=${3:-} lp ap
-    lp=$(free_port)
-    ap=$(free_port)
-    sed -e "s/address: 127.0.0.1, port_value: 10000 /address: 127.0.0.1, port_value: $lp /" \
-        -e "s/address: 127.0.0.1, port_value: 9901 /address: 127.0.0.1, port_value: $ap /" \
+    local name=$1 port=$2 ext_proc=${3:-} lp
+    # Envoy's own listener and admin interface on port 0 (start_envoy
+    # learns the ports); the upstream and the decision server where they
+    # are.
+    sed -e "s/address: 127.0.0.1, port_value: 10000 /address: 127.0.0.1, port_value: 0 /" \
+        -e "s/address: 127.0.0.1, port_value: 9901 /address: 127.0.0.1, port_value: 0 /" \
         -e "s/address: 127.0.0.1, port_value: 8081 /address: 127.0.0.1, port_value: $up_port /" \
         -e "s/address: 127.0.0.1, port_value: 50051 /address: 127.0.0.1, port_value: $port /" \
         deploy/envoy.yaml >"$work/envoy-$name.yaml"
-    for p in "$lp" "$ap" "$up_port" "$port"; do
+    for p in 0 "$up_port" "$port"; do
         grep -q "port_value: $p " "$work/envoy-$name.yaml" || die "deploy/envoy.yaml: could not point an address at port $p"
     done
+    [ "$(grep -c "address: 127.0.0.1, port_value: 0 " "$work/envoy-$name.yaml")" = 2 ] ||
+        die "deploy/envoy.yaml: could not put the listener and the admin interface on port 0"
     if [ -n "$ext_proc" ]; then
         # ext_proc to a cluster of its own at $ext_proc.
         python3 - "$work/envoy-$name.yaml" "$ext_proc" <<'PY' || die "deploy/envoy.yaml: could not give ext_proc a cluster of its own"
@@ -161,11 +152,9 @@ s = s.rstrip("\n") + "\n" + cluster
 open(path, "w").write(s)
 PY
     fi
-    "$envoy" -c "$work/envoy-$name.yaml" --concurrency "$ENVOY_CONCURRENCY" --log-level error \
-        --base-id "$((72 + RANDOM % 1000))" >"$work/envoy-$name.log" 2>&1 &
-    local envoy_pid=$!
-    pids+=("$envoy_pid")
-    wait_envoy_ready "$ap"
+    start_envoy "envoy-$name" "$work/envoy-$name.yaml" --concurrency "$ENVOY_CONCURRENCY" \
+        --log-level error --base-id "$((72 + RANDOM % 1000))"
+    lp=$envoy_port
     local status
     status=$(curl -s -o "$work/probe-$name.body" -w '%{http_code}' -X POST \
         -H 'content-type: application/json' -H "authorization: Bearer $token" \
@@ -191,22 +180,24 @@ print(f"{rps:.0f} {lat['50']:.0f} {lat['90']:.0f} {lat['99']:.0f} {int(bad.group
 PY
 }
 
-"$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>"$work/portcullis.log" &
-pids+=($!)
-wait_tcp "$pp" "Portcullis"
+start_portcullis portcullis "$bin/portcullis" serve --config "$work/portcullis.yaml"
 
 if [ "$MODE" = ext_proc ]; then
     say "Envoy -> Portcullis (ext_authz, RLS), empty ext_proc (${DURATION}s, $CONNECTIONS connections)"
-    read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <<<"$(measure empty-ext-proc "$pp" "$ep")"
+    measure empty-ext-proc "$pp" "$ep" >"$work/result-empty-ext-proc.txt"
+    read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <"$work/result-empty-ext-proc.txt"
     say "Envoy -> Portcullis (ext_authz, RLS, ext_proc) (${DURATION}s, $CONNECTIONS connections)"
-    read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <<<"$(measure portcullis-ext-proc "$pp" "$pp")"
+    measure portcullis-ext-proc "$pp" "$pp" >"$work/result-portcullis-ext-proc.txt"
+    read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <"$work/result-portcullis-ext-proc.txt"
     label="ext_proc server"
     ratio=ext_proc_ratio_vs_empty_through_envoy
 else
     say "Envoy -> empty ext_authz/RLS/ext_proc server (${DURATION}s, $CONNECTIONS connections)"
-    read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <<<"$(measure empty "$ep")"
+    measure empty "$ep" >"$work/result-empty.txt"
+    read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <"$work/result-empty.txt"
     say "Envoy -> Portcullis, bundled policies (${DURATION}s, $CONNECTIONS connections)"
-    read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <<<"$(measure portcullis "$pp")"
+    measure portcullis "$pp" >"$work/result-portcullis.txt"
+    read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <"$work/result-portcullis.txt"
     label="decision server"
     ratio=ratio_vs_empty_through_envoy
 fi

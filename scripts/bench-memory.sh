@@ -23,19 +23,11 @@ command -v openssl >/dev/null || die "needs openssl (for the dev token)"
 cargo build --release --locked --bin portcullis --bin portcullis-bench >&2
 bin=$root/target/release
 
-work=$(mktemp -d -t portcullis-bench-memory.XXXXXX)
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+bench_workdir portcullis-bench-memory
 # Portcullis: bundled policies with roomy quotas, the test issuer.
 bench_portcullis_config "$work" "$bin" "$root"
-"$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/out" 2>"$work/log" &
-pid=$!
-for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$pp") 2>/dev/null && break
-    sleep 0.05
-done
-kill -0 "$pid" 2>/dev/null || die "Portcullis did not start: $(cat "$work/log")"
+start_portcullis portcullis "$bin/portcullis" serve --config "$work/portcullis.yaml"
+pid=$p_pid
 
 rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
 hwm() { awk '/^VmHWM/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }

@@ -147,12 +147,8 @@ loads() { # name port
 }
 
 # --- the empty handler -------------------------------------------------------
-ep=$(free_port)
-"${on_server_cpu[@]}" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$ep" --empty-transport "$EMPTY_TRANSPORT" --server-threads 1 \
-    2>"$work/empty.log" &
-empty_pid=$!
-pids+=("$empty_pid")
-wait_tcp "$ep" "the empty server"
+start_empty empty "${on_server_cpu[@]}" "$bin/portcullis-bench" --serve-empty 127.0.0.1:0 \
+    --empty-transport "$EMPTY_TRANSPORT" --server-threads 1
 say "empty handler ($EMPTY_TRANSPORT transport) on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 loads empty "$ep"
 
@@ -160,10 +156,7 @@ loads empty "$ep"
 bench_portcullis_config "$work" "$bin" "$root"
 # Trust the load generator's issuer too (mixed, allowed and uncached calls).
 bench_trust_load_issuer "$work/portcullis.yaml" "$jwks"
-"${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>"$work/portcullis.log" &
-p_pid=$!
-pids+=("$p_pid")
-wait_tcp "$pp" "Portcullis"
+start_portcullis portcullis "${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml"
 say "portcullis (in-process store)"
 loads portcullis "$pp"
 stop "$p_pid" "$pp"
@@ -176,16 +169,13 @@ if [ "$REDIS" = 1 ] || [ "$LIMITADOR_REDIS" = 1 ]; then
         --dir "$work" >"$work/redis.log" 2>&1 &
     redis_pid=$!
     pids+=("$redis_pid")
-    wait_tcp "$rp" "redis-server"
+    wait_listener "$rp" "redis-server" "$redis_pid"
 fi
 if [ "$REDIS" = 1 ]; then
     sed -e "/^audit:/i quotas: { store: redis, redis_url: \"redis://127.0.0.1:$rp/0\" }" \
         "$work/portcullis.yaml" >"$work/portcullis-redis.yaml"
-    "${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis-redis.yaml" \
-        >"$work/portcullis-redis.out" 2>"$work/portcullis-redis.log" &
-    p_pid=$!
-    pids+=("$p_pid")
-    wait_tcp "$pp" "Portcullis (Redis store)"
+    start_portcullis portcullis-redis "${on_server_cpu[@]}" "$bin/portcullis" serve \
+        --config "$work/portcullis-redis.yaml"
     say "portcullis (Redis store)"
     paired portcullis-redis rls-one "$pp" --rpc rls --rls-shape one
     paired portcullis-redis rls-bundled "$pp" --rpc rls
@@ -216,7 +206,7 @@ EOF
             --http-port "$lh" "$work/limits.yaml" $mode >"$work/limitador.log" 2>&1 &
         l_pid=$!
         pids+=("$l_pid")
-        wait_tcp "$lp" "Limitador ($mode)"
+        wait_listener "$lp" "Limitador ($mode)" "$l_pid"
         say "limitador ($mode)"
         paired "limitador-${mode%% *}" rls-one "$lp" --rpc rls --rls-shape one
         stop "$l_pid" "$lp"
@@ -229,10 +219,7 @@ sat=$(awk '$1 == "portcullis" && $2 == "check-allowed" { print $3 }' "$results")
 half=$((sat / 2))
 say "open loop: Check allowed at $half req/s (half of Portcullis's $sat)"
 CPU_OF=$empty_pid load empty check-open-loop "$ep" --rpc check --mix allowed --token-key-file "$key" --rate "$half"
-"${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>"$work/portcullis.log" &
-p_pid=$!
-pids+=("$p_pid")
-wait_tcp "$pp" "Portcullis"
+start_portcullis portcullis-open-loop "${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml"
 CPU_OF=$p_pid load portcullis check-open-loop "$pp" --rpc check --mix allowed --token-key-file "$key" --rate "$half"
 stop "$p_pid" "$pp"
 

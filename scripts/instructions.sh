@@ -84,22 +84,20 @@ load() { # REQUESTS
         die "some calls failed: $(tail -1 "$work/load.txt")"
 }
 
-# count NAME COMMAND...: runs COMMAND under callgrind, loads it, writes
+# count NAME REPORT PATTERN COMMAND...: runs COMMAND (a server on port 0)
+# under callgrind, learns its port from the line of its output REPORT (out:
+# stdout, log: stderr) that matches PATTERN, loads it, writes
 # "instructions-per-request sha-share" to $work/NAME.result.
 count() {
-    local name=$1
-    shift
+    local name=$1 report=$2 pattern=$3
+    shift 3
     local dump=$work/$name.callgrind
     taskset -c "$SERVER_CPU" valgrind --tool=callgrind --callgrind-out-file="$dump" "$@" \
         >"$work/$name.out" 2>"$work/$name.log" &
     local server=$!
     pids+=("$server")
     # valgrind starts slowly: up to 60 s.
-    for _ in $(seq 1 600); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$pp") 2>/dev/null && break
-        kill -0 "$server" 2>/dev/null || die "$name exited under valgrind: $(tail -5 "$work/$name.log")"
-        sleep 0.1
-    done
+    pp=$(await_port "$name under valgrind" "$server" "$work/$name.$report" "$pattern" 60)
     load "$WARMUP"
     callgrind_control -z "$server" >/dev/null || die "callgrind_control -z failed"
     load "$REQUESTS"
@@ -120,9 +118,9 @@ PY
 }
 
 say "empty handler under callgrind ($WARMUP + $REQUESTS $rpc calls)"
-count "empty-$rpc" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$pp"
+count "empty-$rpc" log 'server listening on ' "$bin/portcullis-bench" --serve-empty 127.0.0.1:0
 say "portcullis under callgrind ($WARMUP + $REQUESTS $rpc calls)"
-count "$rpc" "$bin/portcullis" serve --config "$work/portcullis.yaml"
+count "$rpc" out '^listening decision ' "$bin/portcullis" serve --config "$work/portcullis.yaml"
 
 read -r e_n e_sha <"$work/empty-$rpc.result"
 read -r p_n p_sha <"$work/$rpc.result"

@@ -79,20 +79,20 @@ if [ "$rpc" = rls-redis ] && [ "$SERVER" = portcullis ]; then
         --dir "$work" >"$work/redis.log" 2>&1 &
     redis_pid=$!
     pids+=("$redis_pid")
-    wait_tcp "$rp" "redis-server"
+    wait_listener "$rp" "redis-server" "$redis_pid"
     sed -i -e "/^audit:/i quotas: { store: redis, redis_url: \"redis://127.0.0.1:$rp/0\" }" "$work/portcullis.yaml"
 fi
 
 if [ "$SERVER" = empty ]; then
-    taskset -c "$SERVER_CPU" "$bin/portcullis-bench" --serve-empty "127.0.0.1:$pp" --server-threads 1 \
-        >"$work/portcullis.out" 2>"$work/portcullis.log" &
+    start_empty empty taskset -c "$SERVER_CPU" "$bin/portcullis-bench" --serve-empty 127.0.0.1:0 \
+        --server-threads 1
+    server=$empty_pid
+    pp=$ep
 else
-    taskset -c "$SERVER_CPU" "$bin/portcullis" serve --config "$work/portcullis.yaml" \
-        >"$work/portcullis.out" 2>"$work/portcullis.log" &
+    start_portcullis portcullis taskset -c "$SERVER_CPU" "$bin/portcullis" serve \
+        --config "$work/portcullis.yaml"
+    server=$p_pid
 fi
-server=$!
-pids+=("$server")
-wait_tcp "$pp" "Portcullis"
 
 # Warm up, then sample the server for DURATION seconds under the same load.
 taskset -c "$LOAD_CPU" "$bin/portcullis-bench" --target "127.0.0.1:$pp" "${load_args[@]}" \

@@ -109,7 +109,8 @@ rcli() { timeout 5 redis-cli -h 127.0.0.1 -p "$@"; }
 # start_redis NAME [--conf FILE] EXTRA...: a redis-server on a free port
 # (below 55536 with --cluster-enabled, whose bus port is the port +
 # 10000), FILE its config file (a Sentinel needs one); sets port.
-# A port taken meanwhile by someone else: another one (5 tries).
+# A port taken meanwhile by someone else (the server exits, or another
+# process listens there): another one (5 tries).
 start_redis() {
     local name=$1; shift
     local conf=()
@@ -125,7 +126,9 @@ start_redis() {
             --appendonly no "$@" >"$work/$name/log" 2>&1) &
         local pid=$!
         for i in $(seq 1 100); do
-            if [[ $(rcli "$port" PING 2>/dev/null) == PONG ]]; then
+            # Ours, not another server that took the port meanwhile.
+            if [[ $(ss -ltnpH "sport = :$port" 2>/dev/null) == *"pid=$pid,"* ]] &&
+                [[ $(rcli "$port" PING 2>/dev/null) == PONG ]]; then
                 redis_pids+=("$pid")
                 eval "pid_$port=$pid"
                 return 0
@@ -288,27 +291,23 @@ start_replicas() {
     targets=()
     metrics_ports=()
     for r in 1 2 3; do
-        local pp pa ph
-        pp=$(free_port); pa=$(free_port); ph=$(free_port)
+        local pp pa ph p_pid
         mkdir -p "$work/r$r-$cell"
         cat >"$work/r$r-$cell/portcullis.yaml" <<EOF
-listen: "127.0.0.1:$pp"
-admin_listen: "127.0.0.1:$pa"
-http_listen: "127.0.0.1:$ph"
+listen: "127.0.0.1:0"
+admin_listen: "127.0.0.1:0"
+http_listen: "127.0.0.1:0"
 policies: "$work/policies"
 reload: { watch: false }
 $quota_section
 audit: { directory: "$work/r$r-$cell/audit" }
 log: { format: text, level: warn }
 EOF
-        "$bin/portcullis" serve --config "$work/r$r-$cell/portcullis.yaml" >"$work/r$r-$cell/log" 2>&1 &
-        pids+=("$!")
-        replica_pids+=("$!")
+        start_portcullis "r$r-$cell/portcullis" "$bin/portcullis" serve \
+            --config "$work/r$r-$cell/portcullis.yaml"
+        replica_pids+=("$p_pid")
         targets+=("--target" "127.0.0.1:$pp")
         metrics_ports+=("$ph")
-    done
-    for r in 1 2 3; do
-        wait_tcp "${targets[$((2 * r - 1))]##*:}" "replica $r"
     done
 }
 
