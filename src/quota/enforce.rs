@@ -103,6 +103,9 @@ struct Health {
     /// When the last failure warning was logged (microseconds after
     /// `started`): at most one a second, whatever the request rate.
     warned_at_us: AtomicU64,
+    /// When a breaker's opening was last logged, with the store error that
+    /// opened it: at most once a second.
+    opened_warned_at_us: AtomicU64,
     /// Store calls under way (their tasks).
     tasks: tokio_util::task::TaskTracker,
 }
@@ -110,6 +113,31 @@ struct Health {
 impl Health {
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
+    }
+
+    /// Logs (at most once a second) that a circuit breaker opened, and
+    /// why: the callers answered meanwhile only see "circuit breaker
+    /// open".
+    fn opened_by(&self, cause: &dyn std::fmt::Display) {
+        if self.once_a_second(&self.opened_warned_at_us) {
+            tracing::warn!(
+                target: "portcullis::quota",
+                cause = %cause,
+                "quota store judged down: a circuit breaker opened; calls on its keys are decided in the degraded mode until a probe is answered (logged at most once a second)"
+            );
+        }
+    }
+
+    /// True at most once a second per `last` (microseconds after
+    /// `started` of the last true), whatever the rate of calls: whether to
+    /// log now.
+    fn once_a_second(&self, last: &AtomicU64) -> bool {
+        let now = self.now_us();
+        let was = last.load(Ordering::Relaxed);
+        (was == 0 || now.saturating_sub(was) >= 1_000_000)
+            && last
+                .compare_exchange(was, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -156,6 +184,7 @@ impl Quotas {
                 store_errors: AtomicU64::new(0),
                 refunds: AtomicU64::new(0),
                 warned_at_us: AtomicU64::new(0),
+                opened_warned_at_us: AtomicU64::new(0),
                 tasks: tokio_util::task::TaskTracker::new(),
             }),
             counting: Counting::Gcra,
@@ -349,6 +378,10 @@ impl Quotas {
             if watch.take_stalled() {
                 // Silent past the threshold: a stall, down at once.
                 if route.open_stalled(h.now_us(), watch.stall_us(), silent_us) {
+                    h.opened_by(&format_args!(
+                        "no reply to any call for {} ms or more with calls outstanding (quotas.stall_ms)",
+                        watch.stall_us() / 1000
+                    ));
                     h.opened.notify_waiters();
                 }
                 if route.any_open() {
@@ -396,6 +429,15 @@ impl Quotas {
                             let excuse = (self.timeout.as_micros() as u64 / 2).max(50_000);
                             let silent = route.silent_since(started_us) && late_by <= excuse;
                             if route.failure(h.now_us(), started_us, silent) {
+                                h.opened_by(&format_args!(
+                                    "no answer within {} ms{}",
+                                    self.timeout.as_millis(),
+                                    if silent {
+                                        ", and none to any other call meanwhile"
+                                    } else {
+                                        ": failures reached half of the window's calls, or the half-open probe failed"
+                                    }
+                                ));
                                 h.opened.notify_waiters();
                             }
                             down = route.any_open();
@@ -490,13 +532,7 @@ impl Quotas {
     fn failed(&self, charges: &[Charge], error: &StoreError) -> Enforced {
         let h = &self.health;
         h.store_errors.fetch_add(1, Ordering::Relaxed);
-        let now = h.now_us();
-        let last = h.warned_at_us.load(Ordering::Relaxed);
-        if (last == 0 || now.saturating_sub(last) >= 1_000_000)
-            && h.warned_at_us
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if h.once_a_second(&h.warned_at_us) {
             tracing::warn!(
                 target: "portcullis::quota",
                 error = %error,

@@ -333,6 +333,55 @@ fn a_dead_redis_makes_us_unready_only_when_its_failure_mode_denies() {
     }
 }
 
+/// A quota store judged down logs why, once: a paused Redis is judged down
+/// by its silence, and the warning names the cause and the setting that
+/// decides it (`quotas.stall_ms`). Before, the only warning was the
+/// callers' "circuit breaker open", which says nothing of why (found
+/// replaying a Redis Cluster failover, where the stall rule opened it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_store_judged_down_logs_the_cause() {
+    let mut redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::write_config_with(
+        dir.path(),
+        &format!(
+            "quotas:\n  store: redis\n  redis_url: \"{}\"\n",
+            redis.url()
+        ),
+    );
+    let pdp = Portcullis::start(&["--config", config.to_str().unwrap()]);
+    let mut rls = RateLimitServiceClient::connect(format!("http://{}", pdp.addr()))
+        .await
+        .unwrap();
+    let answered = rls.should_rate_limit(rls_request(1)).await.unwrap();
+    assert_eq!(answered.into_inner().overall_code, Code::Ok as i32);
+    assert!(!pdp.stderr().contains("judged down"), "{}", pdp.stderr());
+
+    redis.pause();
+    // Answered by the `local` fallback once Redis is judged down.
+    let answered = rls.should_rate_limit(rls_request(1)).await.unwrap();
+    assert_eq!(answered.into_inner().overall_code, Code::Ok as i32);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let log = loop {
+        let log = pdp.stderr();
+        if log.contains("judged down") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let line = log
+        .lines()
+        .find(|l| l.contains("quota store judged down"))
+        .unwrap_or_else(|| panic!("no warning names why the store is down: {log}"));
+    // The stall rule, or, on a machine too busy to judge a silence on
+    // time, the deadline's silence rule.
+    assert!(
+        line.contains("quotas.stall_ms") || line.contains("and none to any other call meanwhile"),
+        "{line}"
+    );
+    redis.resume();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subjects_unseen_for_idle_seconds_leave_the_tracked_gauge_without_a_request() {
     let dir = tempfile::tempdir().unwrap();

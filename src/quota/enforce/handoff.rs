@@ -51,6 +51,14 @@ pub(super) fn settle(
         Ok(_) => route.success(health.now_us()),
         Err(e) => {
             if route.failure(health.now_us(), started_us, e.gone) {
+                health.opened_by(&format_args!(
+                    "{e}{}",
+                    if e.gone {
+                        " (the connection is gone)"
+                    } else {
+                        " (failures reached half of the window's calls, or the half-open probe failed)"
+                    }
+                ));
                 health.opened.notify_waiters();
             }
         }
