@@ -72,6 +72,7 @@ start_empty() {
 # was taken between free_port and the server's bind).
 wait_listener() {
     local port=$1 what=$2 pid=$3 owner
+    command -v ss >/dev/null || die "needs ss (Debian iproute2) to check who listens on a port"
     for _ in $(seq 1 200); do
         owner=$(ss -ltnpH "sport = :$port" 2>/dev/null || true)
         if [[ $owner == *"pid=$pid,"* ]]; then return 0; fi

@@ -42,7 +42,7 @@
 #            [--fault healthy|killed|paused|read-only|failover] [--bin-dir DIR]
 # (--only and --fault select the cells: `--only single --fault failover`
 # runs that one cell.)
-# Needs: redis-server, redis-cli, and release binaries: built here with
+# Needs: redis-server, redis-cli, ss (iproute2), and release binaries: built here with
 # `cargo build --release --bins` into $CARGO_TARGET_DIR (or ./target), or
 # taken as they are from --bin-dir (e.g. a copy of an earlier build, to
 # compare before and after a change).
@@ -76,6 +76,7 @@ faults=(healthy killed paused read-only failover)
     die "--fault takes one of: ${faults[*]}"
 command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
 command -v redis-cli >/dev/null || die "redis-cli not found (apt-get install redis-tools)"
+command -v ss >/dev/null || die "ss not found (apt-get install iproute2)"
 
 if [[ -z $bin ]]; then
     bin="${CARGO_TARGET_DIR:-$root/target}/release"
