@@ -141,6 +141,11 @@ impl Health {
     }
 }
 
+/// Why a breaker opened on a failure that was neither a lost connection
+/// nor a silence (see `breaker::Breaker::failure`), for its log line.
+const RATE_OPENED: &str =
+    "failures reached half of the window's calls, or the half-open probe failed";
+
 /// The default per-call deadline (`quotas.timeout_ms`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 
@@ -429,14 +434,14 @@ impl Quotas {
                             let excuse = (self.timeout.as_micros() as u64 / 2).max(50_000);
                             let silent = route.silent_since(started_us) && late_by <= excuse;
                             if route.failure(h.now_us(), started_us, silent) {
+                                let (sep, why) = if silent {
+                                    (", and ", "none to any other call meanwhile")
+                                } else {
+                                    (": ", RATE_OPENED)
+                                };
                                 h.opened_by(&format_args!(
-                                    "no answer within {} ms{}",
-                                    self.timeout.as_millis(),
-                                    if silent {
-                                        ", and none to any other call meanwhile"
-                                    } else {
-                                        ": failures reached half of the window's calls, or the half-open probe failed"
-                                    }
+                                    "no answer within {} ms{sep}{why}",
+                                    self.timeout.as_millis()
                                 ));
                                 h.opened.notify_waiters();
                             }

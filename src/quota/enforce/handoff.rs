@@ -51,14 +51,12 @@ pub(super) fn settle(
         Ok(_) => route.success(health.now_us()),
         Err(e) => {
             if route.failure(health.now_us(), started_us, e.gone) {
-                health.opened_by(&format_args!(
-                    "{e}{}",
-                    if e.gone {
-                        " (the connection is gone)"
-                    } else {
-                        " (failures reached half of the window's calls, or the half-open probe failed)"
-                    }
-                ));
+                let why = if e.gone {
+                    "the connection is gone"
+                } else {
+                    super::RATE_OPENED
+                };
+                health.opened_by(&format_args!("{e} ({why})"));
                 health.opened.notify_waiters();
             }
         }
