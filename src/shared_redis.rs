@@ -158,6 +158,8 @@ enum Target {
     Cluster {
         client: ClusterClient,
         connection: Lazy<ClusterConnection>,
+        /// A second connection of its own (see [`SharedRedis::witness`]).
+        witness: Lazy<ClusterConnection>,
     },
     /// The primary that the Sentinels name, asked again after every
     /// forgotten connection.
@@ -238,7 +240,14 @@ impl SharedRedis {
     pub fn owned_by(mut self, tasks: &tokio_util::task::TaskTracker) -> Self {
         match &mut self.target {
             Target::Single { connection, .. } => connection.tasks = tasks.clone(),
-            Target::Cluster { connection, .. } => connection.tasks = tasks.clone(),
+            Target::Cluster {
+                connection,
+                witness,
+                ..
+            } => {
+                connection.tasks = tasks.clone();
+                witness.tasks = tasks.clone();
+            }
             Target::Sentinel { connection, .. } => connection.tasks = tasks.clone(),
         }
         self
@@ -331,6 +340,7 @@ impl SharedRedis {
             target: Target::Cluster {
                 client,
                 connection: Lazy::new(),
+                witness: Lazy::new(),
             },
         })
     }
@@ -355,7 +365,9 @@ impl SharedRedis {
                     .await
                     .map(Connection::Single)
             }
-            Target::Cluster { client, connection } => {
+            Target::Cluster {
+                client, connection, ..
+            } => {
                 let client = client.clone();
                 connection
                     .get(|| async move { client.get_async_connection().await })
@@ -404,15 +416,49 @@ impl SharedRedis {
     }
 
     /// Starts connecting in the background (if no connection is made or
-    /// under way), so that the first requests find it ready. Needs a Tokio
-    /// runtime; does nothing without one.
+    /// under way), so that the first requests find it ready; on a Cluster
+    /// the [`witness`](Self::witness) too. Needs a Tokio runtime; does
+    /// nothing without one.
     pub fn connect_soon(self: &Arc<Self>) {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let redis = Arc::clone(self);
             rt.spawn(async move {
                 let _ = redis.connection().await;
             });
+            let _ = self.witness();
         }
+    }
+
+    /// On a Redis Cluster: a second connection, independent of
+    /// [`connection`](Self::connection) (its own connections to the
+    /// primaries and its own slot map), for liveness `PING`s while the
+    /// main connection's calls go unanswered. The main connection stops
+    /// every call, to every primary, while it refreshes its slot map
+    /// after a `MOVED` reply (a failover); a `PING` on this one still
+    /// tells whether the slot's primary answers. `None` for a single
+    /// primary or Sentinel, and until it is made: asking starts making it
+    /// in the background (needs a Tokio runtime).
+    pub fn witness(&self) -> Option<ClusterConnection> {
+        let Target::Cluster {
+            client, witness, ..
+        } = &self.target
+        else {
+            return None;
+        };
+        if let Some(c) = witness.cached() {
+            return Some(c);
+        }
+        if !witness.connecting.load(Ordering::SeqCst)
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let (client, lazy) = (client.clone(), witness.handle());
+            witness.tasks.spawn(async move {
+                let _ = lazy
+                    .get(|| async move { client.get_async_connection().await })
+                    .await;
+            });
+        }
+        None
     }
 
     /// Drops the connection so the next call reconnects (after a

@@ -227,6 +227,14 @@ impl Silence {
         }
     }
 
+    /// The store showed at `now_us` that it is alive by other means than
+    /// a reply to a call (a liveness `PING` on a connection of its own,
+    /// see `SharedRedis::witness`): the silence counts from then.
+    pub fn alive(&self, now_us: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.1 = s.1.max(now_us);
+    }
+
     /// How long, at `now_us`, calls have been outstanding without a reply
     /// (microseconds); zero when none is outstanding.
     pub fn silent_us(&self, now_us: u64) -> u64 {
@@ -570,6 +578,21 @@ mod tests {
             s.sent(t * MS);
         }
         assert!(longest < 3 * MS, "{longest}");
+    }
+
+    #[test]
+    fn a_sign_of_life_restarts_the_silence_and_ends_no_call() {
+        let s = Silence::default();
+        s.sent(0);
+        // A liveness PING answered at 8 ms: silent since then, and the
+        // call is still outstanding.
+        s.alive(8 * MS);
+        assert_eq!(s.silent_us(12 * MS), 4 * MS);
+        // An older sign of life does not move the silence back.
+        s.alive(3 * MS);
+        assert_eq!(s.silent_us(12 * MS), 4 * MS);
+        s.ended(13 * MS, true);
+        assert_eq!(s.silent_us(20 * MS), 0);
     }
 
     #[test]

@@ -123,12 +123,25 @@ impl RedisStore {
                 redis: Arc::clone(&redis),
                 script: redis::Script::new(SCRIPT),
                 epoch: tokio::time::Instant::now(),
+                witness_every: crate::quota::DEFAULT_STALL / 4,
             },
             redis,
             queues: Mutex::new(HashMap::new()),
             silences: Mutex::new(HashMap::new()),
             refund: redis::Script::new(REFUND),
         }
+    }
+
+    /// This store with the stall threshold of the breaker over it
+    /// (`quotas.stall_ms`; [`crate::quota::DEFAULT_STALL`] until set): on
+    /// a Cluster, a script call without a reply for a quarter of it
+    /// sends its slot's primary a liveness `PING` on a connection of its
+    /// own (`SharedRedis::witness`), so that a silence of the cluster
+    /// client alone (refreshing its slot map after a failover) is not
+    /// judged a stall.
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.batches.witness_every = (stall / 4).max(Duration::from_micros(250));
+        self
     }
 
     /// One request's charges (all on one target), in the target's next
@@ -172,7 +185,10 @@ impl RedisStore {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(shard_id(slot), Arc::clone(&silence));
-                        self.batches.start(silence)
+                        // On a Cluster, the witness asks the primary of
+                        // the job's first key (all of them in `slot`).
+                        let key = slot.and(job.charges.first()).map(|c| redis_key(&c.key));
+                        self.batches.start(silence, key.as_deref())
                     })
                     .clone()
             };

@@ -368,7 +368,10 @@ impl QuotaSettings {
                     (local, Arc::new(reservations))
                 }
                 Some(redis) => (
-                    Arc::new(crate::quota::redis::RedisStore::on(Arc::clone(&redis))),
+                    Arc::new(
+                        crate::quota::redis::RedisStore::on(Arc::clone(&redis))
+                            .with_stall(Duration::from_millis(self.stall_ms)),
+                    ),
                     Arc::new(reserve::redis::RedisReservations::on(redis)),
                 ),
             };

@@ -292,8 +292,15 @@ impl RedisCluster {
     /// Starts three cluster-enabled nodes, joins them, and waits until
     /// every node reports `cluster_state:ok`.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with_replicas(0)
+    }
+
+    /// Three primaries with `replicas` replicas each (`--cluster-replicas`),
+    /// once every node reports `cluster_state:ok` and every replica's link
+    /// to its primary is up (`master_link_status:up`).
+    pub fn start_with_replicas(replicas: usize) -> RedisCluster {
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             nodes.push(RedisServer::start_with(&["--cluster-enabled", "yes"]));
         }
         let addrs: Vec<String> = nodes
@@ -304,7 +311,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli --cluster create");
@@ -317,8 +324,12 @@ impl RedisCluster {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let ok = nodes.iter().all(|n| {
-                n.bulk("CLUSTER INFO\r\n")
-                    .is_some_and(|info| info.contains("cluster_state:ok"))
+                let replica_in_sync = n.bulk("INFO replication\r\n").is_some_and(|info| {
+                    !info.contains("role:slave") || info.contains("master_link_status:up")
+                });
+                replica_in_sync
+                    && n.bulk("CLUSTER INFO\r\n")
+                        .is_some_and(|info| info.contains("cluster_state:ok"))
             });
             if ok {
                 return RedisCluster { nodes };
@@ -341,6 +352,58 @@ impl RedisCluster {
         self.nodes.iter().flat_map(RedisServer::ttls).collect()
     }
 
+    /// `CLUSTER NODES` as fields per line: `<id> <ip:port@cport> <flags>
+    /// <primary id or -> <ping> <pong> <epoch> <link> <slot or range>...`.
+    fn cluster_nodes(&self) -> Vec<Vec<String>> {
+        self.nodes[0]
+            .bulk("CLUSTER NODES\r\n")
+            .expect("CLUSTER NODES answers")
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect()
+    }
+
+    /// The index of our node at a `CLUSTER NODES` address field.
+    fn index_at(&self, address: &str) -> usize {
+        let port: u16 = address
+            .split(['@', ':'])
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("a node address");
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("the node is one of ours")
+    }
+
+    /// A replica (an index for [`RedisCluster::node`]) of primary
+    /// `primary`, from the replicas' own view (`INFO replication`:
+    /// `master_port`); panics when it has none.
+    pub fn replica_of(&self, primary: usize) -> usize {
+        let port = format!("master_port:{}", self.nodes[primary].port);
+        self.nodes
+            .iter()
+            .position(|n| {
+                n.bulk("INFO replication\r\n")
+                    .is_some_and(|info| info.lines().any(|l| l.trim() == port))
+            })
+            .unwrap_or_else(|| panic!("node {primary} has no replica"))
+    }
+
+    /// `CLUSTER FAILOVER TAKEOVER` on replica `replica`: it takes its
+    /// primary's slots at once, without the primary's agreement (the
+    /// old primary learns of it and becomes its replica; clients get
+    /// `MOVED` from it).
+    pub fn takeover(&self, replica: usize) {
+        let reply = self.nodes[replica]
+            .command("CLUSTER FAILOVER TAKEOVER\r\n")
+            .expect("CLUSTER FAILOVER answers");
+        assert!(
+            reply.starts_with("+OK"),
+            "CLUSTER FAILOVER TAKEOVER: {reply:?}"
+        );
+    }
+
     /// The node (an index for [`RedisCluster::node`]) that serves the slot
     /// of `key` (a key as sent to Redis, hash tag included, no spaces).
     pub fn node_of(&self, key: &str) -> usize {
@@ -348,28 +411,13 @@ impl RedisCluster {
             .command(&format!("CLUSTER KEYSLOT {key}\r\n"))
             .and_then(|r| r.trim().strip_prefix(':')?.parse().ok())
             .expect("CLUSTER KEYSLOT answers");
-        let nodes = self.nodes[0]
-            .bulk("CLUSTER NODES\r\n")
-            .expect("CLUSTER NODES answers");
-        // `<id> <ip:port@cport> <flags> <primary> <ping> <pong> <epoch>
-        // <link> <slot or range>...`
-        for line in nodes.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
+        for fields in self.cluster_nodes() {
             let serves = fields.iter().skip(8).any(|range| {
                 let (lo, hi) = range.split_once('-').unwrap_or((range, range));
                 matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
             });
             if serves {
-                let port: u16 = fields[1]
-                    .split(['@', ':'])
-                    .nth(1)
-                    .and_then(|p| p.parse().ok())
-                    .expect("a node address");
-                return self
-                    .nodes
-                    .iter()
-                    .position(|n| n.port == port)
-                    .expect("the node is one of ours");
+                return self.index_at(&fields[1]);
             }
         }
         panic!("no node serves slot {slot} of {key}");
