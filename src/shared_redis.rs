@@ -431,11 +431,11 @@ impl SharedRedis {
 
     /// On a Redis Cluster: a second connection, independent of
     /// [`connection`](Self::connection) (its own connections to the
-    /// primaries and its own slot map), for liveness `PING`s while the
-    /// main connection's calls go unanswered. The main connection stops
-    /// every call, to every primary, while it refreshes its slot map
-    /// after a `MOVED` reply (a failover); a `PING` on this one still
-    /// tells whether the slot's primary answers. `None` for a single
+    /// primaries and its own slot map), for liveness checks (`ROLE`)
+    /// while the main connection's calls go unanswered. The main
+    /// connection stops every call, to every primary, while it refreshes
+    /// its slot map after a `MOVED` reply (a failover); a check on this
+    /// one still tells whether the slot's primary answers. `None` for a single
     /// primary or Sentinel, and until it is made: asking starts making it
     /// in the background (needs a Tokio runtime).
     pub fn witness(&self) -> Option<ClusterConnection> {
@@ -459,6 +459,15 @@ impl SharedRedis {
             });
         }
         None
+    }
+
+    /// Drops the [`witness`](Self::witness) connection (its slot map is
+    /// stale: a node it took for a slot's primary answered as a replica),
+    /// so that the next [`witness`](Self::witness) makes a new one.
+    pub fn forget_witness(&self) {
+        if let Target::Cluster { witness, .. } = &self.target {
+            witness.forget();
+        }
     }
 
     /// Drops the connection so the next call reconnects (after a

@@ -228,7 +228,7 @@ impl Silence {
     }
 
     /// The store showed at `now_us` that it is alive by other means than
-    /// a reply to a call (a liveness `PING` on a connection of its own,
+    /// a reply to a call (a liveness check on a connection of its own,
     /// see `SharedRedis::witness`): the silence counts from then.
     pub fn alive(&self, now_us: u64) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -584,7 +584,7 @@ mod tests {
     fn a_sign_of_life_restarts_the_silence_and_ends_no_call() {
         let s = Silence::default();
         s.sent(0);
-        // A liveness PING answered at 8 ms: silent since then, and the
+        // A liveness check answered at 8 ms: silent since then, and the
         // call is still outstanding.
         s.alive(8 * MS);
         assert_eq!(s.silent_us(12 * MS), 4 * MS);

@@ -135,10 +135,10 @@ impl RedisStore {
     /// This store with the stall threshold of the breaker over it
     /// (`quotas.stall_ms`; [`crate::quota::DEFAULT_STALL`] until set): on
     /// a Cluster, a script call without a reply for a quarter of it
-    /// sends its slot's primary a liveness `PING` on a connection of its
-    /// own (`SharedRedis::witness`), so that a silence of the cluster
-    /// client alone (refreshing its slot map after a failover) is not
-    /// judged a stall.
+    /// sends its slot's primary a liveness check (`ROLE`) on a connection
+    /// of its own (`SharedRedis::witness`), so that a silence of the
+    /// cluster client alone (refreshing its slot map after a failover)
+    /// is not judged a stall.
     pub fn with_stall(mut self, stall: Duration) -> Self {
         self.batches.witness_every = (stall / 4).max(Duration::from_micros(250));
         self

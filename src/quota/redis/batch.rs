@@ -213,29 +213,32 @@ pub(super) struct Batches {
     pub(super) epoch: tokio::time::Instant,
     /// On a Cluster: how long a script call goes without a reply to any
     /// call of its slot before its slot's primary is sent a liveness
-    /// `PING` on the witness connection ([`Witness`]); a quarter of the
+    /// `ROLE` on the witness connection ([`Witness`]); a quarter of the
     /// stall threshold (`quotas.stall_ms`), so that a live primary's
     /// answer comes before the threshold.
     pub(super) witness_every: Duration,
 }
 
-/// Liveness `PING`s to one Cluster slot's primary on the store's witness
+/// Liveness checks of one Cluster slot's primary on the store's witness
 /// connection (`SharedRedis::witness`): while a script call of the slot
 /// has had no reply to any call of the slot for
-/// [`Batches::witness_every`], one `PING` (never two at a time), whose
-/// reply (`PONG`, or an error the server sent) is noted in the slot's
-/// silence ([`Silence::alive`]). The cluster client stops every call, to
+/// [`Batches::witness_every`], one `ROLE` (never two at a time), whose
+/// reply (see [`Sign`]) is noted in the slot's silence
+/// ([`Silence::alive`]). `ROLE`, not `PING`: a node that answers as a
+/// replica says the witness's slot map is stale (the slot moved), and the
+/// witness is made again, so that after a failover it asks the new
+/// primary, not the old one. The cluster client stops every call, to
 /// every primary, while it refreshes its slot map after a `MOVED` reply
 /// (a failover: 4 to 12 ms measured on this project's 2-core machine, with
 /// the stall threshold at 10 ms), and such a silence of the client alone
 /// must not be judged the primary's stall: the breaker would open and the
 /// burst be decided by the `local` mode (over-admission across replicas).
-/// A primary that is paused or unreachable answers the `PING` no more
+/// A primary that is paused or unreachable answers the `ROLE` no more
 /// than the calls, so it is judged down as soon as before.
 struct Witness {
     /// Routes to the slot's primary as the witness connection knows it.
     route: Route,
-    /// A `PING` is under way.
+    /// A `ROLE` is under way.
     asking: Arc<AtomicBool>,
 }
 
@@ -272,34 +275,58 @@ impl Witness {
         let (asking, silence, epoch) =
             (Arc::clone(&self.asking), Arc::clone(silence), batches.epoch);
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(self.route));
+        let redis = Arc::clone(&batches.redis);
         tokio::spawn(async move {
             let asked = tokio::time::Instant::now();
-            let reply = con.route_command(redis::cmd("PING"), routing).await;
-            let alive = answered(&reply);
-            if alive {
+            let reply = con.route_command(redis::cmd("ROLE"), routing).await;
+            let sign = sign_of_life(&reply);
+            if sign != Sign::None {
                 silence.alive(epoch.elapsed().as_micros() as u64);
+            }
+            if sign == Sign::Replica {
+                // The witness's slot map is stale (the slot moved): made
+                // again on its next use, it learns the slot's primary.
+                redis.forget_witness();
             }
             tracing::debug!(
                 target: "portcullis::quota",
-                alive,
+                sign = ?sign,
                 after_us = asked.elapsed().as_micros() as u64,
-                "liveness PING on the witness connection"
+                "liveness ROLE on the witness connection"
             );
             asking.store(false, Ordering::SeqCst);
         });
     }
 }
 
-/// True when `reply` came from the server: a value, or an error reply of
-/// its own (`LOADING` while a demoted primary loads its new primary's
-/// data is still a live server); not a timeout or a lost connection.
-fn answered(reply: &redis::RedisResult<redis::Value>) -> bool {
+/// What a `ROLE` reply on the witness connection says of the slot's
+/// primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sign {
+    /// The node answered as a primary (or with an error reply of its own:
+    /// `LOADING`, `BUSY`): alive.
+    Primary,
+    /// The node answered as a replica: the slot moved (a failover under
+    /// way or done) and the witness's slot map is stale. Alive once: the
+    /// main connection is following the move; the witness is made again.
+    Replica,
+    /// No reply of the server's: a timeout, a lost connection.
+    None,
+}
+
+/// Reads a `ROLE` reply: `["master", offset, replicas]` or `["slave",
+/// host, port, state, offset]` (Redis `ROLE`).
+fn sign_of_life(reply: &redis::RedisResult<redis::Value>) -> Sign {
     match reply {
-        Ok(_) => true,
-        Err(e) => matches!(
-            e.kind(),
-            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-        ),
+        Ok(redis::Value::Array(parts)) => match parts.first() {
+            Some(redis::Value::BulkString(role)) if role.as_slice() == b"slave" => Sign::Replica,
+            _ => Sign::Primary,
+        },
+        Ok(_) => Sign::Primary,
+        Err(e) => match e.kind() {
+            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => Sign::Primary,
+            _ => Sign::None,
+        },
     }
 }
 
@@ -466,26 +493,53 @@ impl Batches {
 
 #[cfg(test)]
 mod tests {
-    use super::answered;
+    use super::{sign_of_life, Sign};
+
+    fn bulk(s: &str) -> redis::Value {
+        redis::Value::BulkString(s.as_bytes().to_vec())
+    }
 
     #[test]
-    fn a_reply_or_an_error_the_server_sent_is_a_sign_of_life() {
-        assert!(answered(&Ok(redis::Value::SimpleString("PONG".into()))));
+    fn a_primary_or_an_error_the_server_sent_is_a_sign_of_life() {
+        let primary = redis::Value::Array(vec![
+            bulk("master"),
+            redis::Value::Int(3129659),
+            redis::Value::Array(vec![]),
+        ]);
+        assert_eq!(sign_of_life(&Ok(primary)), Sign::Primary);
         let loading = redis::RedisError::from((
             redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
             "LOADING Redis is loading the dataset in memory",
         ));
-        assert!(answered(&Err(loading)));
+        assert_eq!(sign_of_life(&Err(loading)), Sign::Primary);
     }
 
     #[test]
-    fn a_lost_connection_or_a_timeout_is_not() {
+    fn a_replica_at_the_witness_target_means_the_slot_moved() {
+        let replica = redis::Value::Array(vec![
+            bulk("slave"),
+            bulk("127.0.0.1"),
+            redis::Value::Int(9753),
+            bulk("connected"),
+            redis::Value::Int(3167038),
+        ]);
+        assert_eq!(sign_of_life(&Ok(replica)), Sign::Replica);
+    }
+
+    #[test]
+    fn a_lost_connection_or_a_timeout_is_no_sign_of_life() {
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert!(!answered(&Err(redis::RedisError::from(reset))));
+        assert_eq!(
+            sign_of_life(&Err(redis::RedisError::from(reset))),
+            Sign::None
+        );
         let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
-        assert!(!answered(&Err(redis::RedisError::from(timeout))));
+        assert_eq!(
+            sign_of_life(&Err(redis::RedisError::from(timeout))),
+            Sign::None
+        );
         let none =
             redis::RedisError::from((redis::ErrorKind::ClusterConnectionNotFound, "no connection"));
-        assert!(!answered(&Err(none)));
+        assert_eq!(sign_of_life(&Err(none)), Sign::None);
     }
 }
