@@ -104,6 +104,39 @@ impl<C: Clone + Send + 'static> Lazy<C> {
         }
     }
 
+    /// Starts one attempt to connect in the background, unless one is
+    /// under way; the connection it makes replaces the one held (if any),
+    /// which stays in use until then.
+    fn attempt<F>(&self, connect: impl FnOnce() -> F)
+    where
+        F: Future<Output = redis::RedisResult<C>> + Send + 'static,
+    {
+        if self.connecting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let attempt = connect();
+        let (slot, connecting, ready, last_error) = (
+            Arc::clone(&self.slot),
+            Arc::clone(&self.connecting),
+            Arc::clone(&self.ready),
+            Arc::clone(&self.last_error),
+        );
+        self.tasks.spawn(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+                Ok(Ok(c)) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
+                Ok(Err(e)) => *last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string(),
+                Err(_) => {
+                    *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        format!("connecting took over {} s", CONNECT_TIMEOUT.as_secs())
+                }
+            }
+            connecting.store(false, Ordering::SeqCst);
+            ready.notify_waiters();
+        });
+    }
+
+    /// The connection, made now if there is none (waiting for an attempt
+    /// already under way).
     async fn get<F>(&self, connect: impl FnOnce() -> F) -> Result<C, Unreachable>
     where
         F: Future<Output = redis::RedisResult<C>> + Send + 'static,
@@ -114,29 +147,7 @@ impl<C: Clone + Send + 'static> Lazy<C> {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
-        if !self.connecting.swap(true, Ordering::SeqCst) {
-            let attempt = connect();
-            let (slot, connecting, ready, last_error) = (
-                Arc::clone(&self.slot),
-                Arc::clone(&self.connecting),
-                Arc::clone(&self.ready),
-                Arc::clone(&self.last_error),
-            );
-            self.tasks.spawn(async move {
-                match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-                    Ok(Ok(c)) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
-                    Ok(Err(e)) => {
-                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string()
-                    }
-                    Err(_) => {
-                        *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                            format!("connecting took over {} s", CONNECT_TIMEOUT.as_secs())
-                    }
-                }
-                connecting.store(false, Ordering::SeqCst);
-                ready.notify_waiters();
-            });
-        }
+        self.attempt(connect);
         notified.await;
         self.cached().ok_or_else(|| {
             Unreachable(
@@ -439,35 +450,43 @@ impl SharedRedis {
     /// primary or Sentinel, and until it is made: asking starts making it
     /// in the background (needs a Tokio runtime).
     pub fn witness(&self) -> Option<ClusterConnection> {
-        let Target::Cluster {
-            client, witness, ..
-        } = &self.target
-        else {
+        let Target::Cluster { witness, .. } = &self.target else {
             return None;
         };
-        if let Some(c) = witness.cached() {
-            return Some(c);
+        let made = witness.cached();
+        if made.is_none() {
+            self.renew_witness();
         }
-        if !witness.connecting.load(Ordering::SeqCst)
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            let (client, lazy) = (client.clone(), witness.handle());
-            witness.tasks.spawn(async move {
-                let _ = lazy
-                    .get(|| async move { client.get_async_connection().await })
-                    .await;
-            });
-        }
-        None
+        made
     }
 
-    /// Drops the [`witness`](Self::witness) connection (its slot map is
-    /// stale: a node it took for a slot's primary answered as a replica),
-    /// so that the next [`witness`](Self::witness) makes a new one.
-    pub fn forget_witness(&self) {
-        if let Target::Cluster { witness, .. } = &self.target {
-            witness.forget();
+    /// Makes a new [`witness`](Self::witness) connection in the background
+    /// (its slot map is stale: a node it took for a slot's primary
+    /// answered as a replica) and puts it in place once made; the current
+    /// one stays in use until then, so liveness checks go on meanwhile.
+    /// Needs a Tokio runtime; does nothing without one.
+    pub fn renew_witness(&self) {
+        if let Target::Cluster {
+            client, witness, ..
+        } = &self.target
+        {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let client = client.clone();
+                witness.attempt(|| async move { client.get_async_connection().await });
+            }
         }
+    }
+
+    /// Spawns `task` (a background check of this Redis's) on the tracker
+    /// given by [`owned_by`](Self::owned_by), so that shutdown waits for
+    /// it. Needs a Tokio runtime.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let tasks = match &self.target {
+            Target::Single { connection, .. } => &connection.tasks,
+            Target::Cluster { witness, .. } => &witness.tasks,
+            Target::Sentinel { connection, .. } => &connection.tasks,
+        };
+        tasks.spawn(task);
     }
 
     /// Drops the connection so the next call reconnects (after a

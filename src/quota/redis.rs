@@ -43,7 +43,7 @@ use redis::cluster_routing::Slot;
 use crate::shared_redis::{Connection, SharedRedis};
 
 mod batch;
-use batch::{Batches, Job, Reply, SCRIPT};
+use batch::{Batches, Epoch, Job, Reply, REPLICA_GRACE_STALLS, SCRIPT};
 
 use super::breaker::Silence;
 use super::{Charge, Charged, Completion, LimitState, QuotaStore, StoreError};
@@ -122,8 +122,9 @@ impl RedisStore {
             batches: Batches {
                 redis: Arc::clone(&redis),
                 script: redis::Script::new(SCRIPT),
-                epoch: tokio::time::Instant::now(),
+                epoch: Epoch(tokio::time::Instant::now()),
                 witness_every: crate::quota::DEFAULT_STALL / 4,
+                replica_grace: crate::quota::DEFAULT_STALL * REPLICA_GRACE_STALLS,
             },
             redis,
             queues: Mutex::new(HashMap::new()),
@@ -138,9 +139,12 @@ impl RedisStore {
     /// sends its slot's primary a liveness check (`ROLE`) on a connection
     /// of its own (`SharedRedis::witness`), so that a silence of the
     /// cluster client alone (refreshing its slot map after a failover)
-    /// is not judged a stall.
+    /// is not judged a stall; a node that answers it as a replica (the
+    /// slot moved) counts as alive for `REPLICA_GRACE_STALLS` (8) stall
+    /// thresholds from its first such answer.
     pub fn with_stall(mut self, stall: Duration) -> Self {
         self.batches.witness_every = (stall / 4).max(Duration::from_micros(250));
+        self.batches.replica_grace = stall * REPLICA_GRACE_STALLS;
         self
     }
 

@@ -626,8 +626,9 @@ async fn a_cluster_failover_as_a_burst_begins_admits_exactly_100() {
 /// of `SharedRedis::witness` follows the witness's own slot map, which
 /// the failover left pointing at the old primary, alive as a replica:
 /// with `PING` as the check, its answers kept the paused primary's slot
-/// from ever looking silent. `ROLE` says it is a replica, and the
-/// witness is made again.
+/// from ever looking silent. `ROLE` says it is a replica (a sign of life
+/// only within a short grace), and a new witness is made that asks the
+/// promoted primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_cluster_failover_a_paused_new_primary_is_judged_down_within_200_ms() {
     let _alone = one_at_a_time().await;
@@ -675,6 +676,71 @@ async fn after_a_cluster_failover_a_paused_new_primary_is_judged_down_within_200
     let (first, took) = call().await;
     nodes.node(promoted).resume();
     assert_judged_down_within(&first, took, FIRST);
+}
+
+/// The witness connection of `SharedRedis` (the Cluster liveness checks'),
+/// whose slot map a failover leaves stale, keeps answering while its
+/// replacement is made (`renew_witness`): the checks have no gap during
+/// the failover. The new one asks the promoted primary. Before, the
+/// stale witness was dropped first, and no check was answered until a
+/// new one was made, while the cluster client's own slot-map refresh
+/// silenced every call (fault matrix, Cluster failover cell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_witness_answers_until_its_renewal_asks_the_promoted_primary() {
+    let _alone = one_at_a_time().await;
+    use portcullis::shared_redis::SharedRedis;
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    use std::time::{Duration, Instant};
+    let nodes = RedisCluster::start_with_replicas(1);
+    let redis_key = "portcullis:q:{witness|k=a}";
+    let old = nodes.node_of(redis_key);
+    let promoted = nodes.replica_of(old);
+    let shared = SharedRedis::cluster(&nodes.urls(), Duration::from_secs(2), "test").unwrap();
+    let witness = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(w) = shared.witness() {
+                return w;
+            }
+            assert!(Instant::now() < deadline, "no witness within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let role = |mut w: redis::cluster_async::ClusterConnection| async move {
+        let route = Route::with_key(redis_key, SlotAddr::Master);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+        match w.route_command(redis::cmd("ROLE"), routing).await.unwrap() {
+            redis::Value::Array(parts) => match parts.first() {
+                Some(redis::Value::BulkString(role)) => String::from_utf8_lossy(role).into_owned(),
+                other => panic!("ROLE answered {other:?}"),
+            },
+            other => panic!("ROLE answered {other:?}"),
+        }
+    };
+    assert_eq!(role(witness().await).await, "master");
+
+    nodes.takeover(promoted);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes.node_of(redis_key) != promoted {
+        assert!(Instant::now() < deadline, "the replica never took the slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stale = shared.witness().expect("the witness made before");
+    assert_eq!(role(stale).await, "slave", "the witness's map is stale");
+
+    shared.renew_witness();
+    assert!(
+        shared.witness().is_some(),
+        "the stale witness answers until its replacement is made"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while role(witness().await).await != "master" {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed witness never asked the promoted primary"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The first call on a paused store was answered by the degraded mode

@@ -3,7 +3,7 @@
 //! target that coalesces concurrent requests into one script call.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,14 +209,29 @@ impl Job {
 pub(super) struct Batches {
     pub(super) redis: Arc<SharedRedis>,
     pub(super) script: redis::Script,
-    /// The origin of the silences' clock.
-    pub(super) epoch: tokio::time::Instant,
+    /// The silences' clock.
+    pub(super) epoch: Epoch,
     /// On a Cluster: how long a script call goes without a reply to any
     /// call of its slot before its slot's primary is sent a liveness
     /// `ROLE` on the witness connection ([`Witness`]); a quarter of the
     /// stall threshold (`quotas.stall_ms`), so that a live primary's
     /// answer comes before the threshold.
     pub(super) witness_every: Duration,
+    /// On a Cluster: how long after its first answer as a replica a
+    /// slot's witness target still counts as alive ([`ReplicaGrace`]).
+    pub(super) replica_grace: Duration,
+}
+
+/// The origin of the silences' clock (Tokio's, so that tests with a
+/// paused clock see it too).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Epoch(pub(super) tokio::time::Instant);
+
+impl Epoch {
+    /// Microseconds since the origin.
+    pub(super) fn now_us(self) -> u64 {
+        self.0.elapsed().as_micros() as u64
+    }
 }
 
 /// Liveness checks of one Cluster slot's primary on the store's witness
@@ -225,9 +240,12 @@ pub(super) struct Batches {
 /// [`Batches::witness_every`], one `ROLE` (never two at a time), whose
 /// reply (see [`Sign`]) is noted in the slot's silence
 /// ([`Silence::alive`]). `ROLE`, not `PING`: a node that answers as a
-/// replica says the witness's slot map is stale (the slot moved), and the
-/// witness is made again, so that after a failover it asks the new
-/// primary, not the old one. The cluster client stops every call, to
+/// replica says the witness's slot map is stale (the slot moved). Such an
+/// answer counts as alive only for a short grace ([`ReplicaGrace`]), while
+/// a new witness connection is made in the background
+/// (`SharedRedis::renew_witness`) and put in place of the stale one, so
+/// that after a failover the checks ask the new primary, not the old one,
+/// and go on meanwhile. The cluster client stops every call, to
 /// every primary, while it refreshes its slot map after a `MOVED` reply
 /// (a failover: 4 to 12 ms measured on this project's 2-core machine, with
 /// the stall threshold at 10 ms), and such a silence of the client alone
@@ -240,6 +258,63 @@ struct Witness {
     route: Route,
     /// A `ROLE` is under way.
     asking: Arc<AtomicBool>,
+    /// Since when the target has answered as a replica.
+    grace: Arc<ReplicaGrace>,
+}
+
+/// How many stall thresholds (`quotas.stall_ms`) a Cluster slot's
+/// witness target that answers `ROLE` as a replica still counts as alive
+/// ([`ReplicaGrace`]): 80 ms at the default 10 ms, against slot-map
+/// refreshes of 4 to 34 ms measured after a failover on this project's
+/// 2-core machine.
+pub(crate) const REPLICA_GRACE_STALLS: u32 = 8;
+
+/// How long a witness target that answers `ROLE` as a replica still
+/// counts as a sign of the slot's life: from its first such answer since
+/// it last answered as a primary, for `grace_us` (eight stall thresholds,
+/// [`Batches::replica_grace`]). Within it the slot moved moments ago (a
+/// failover: the cluster client is following the move) and the node is
+/// the one that held it; after it, the witness's slot map should have
+/// been made again, and a replica's answer says nothing of the slot's
+/// primary (which could be paused).
+#[derive(Debug)]
+struct ReplicaGrace {
+    /// The first replica answer's time plus one (µs on the silences'
+    /// clock); 0: none since the last primary answer.
+    since: AtomicU64,
+    grace_us: u64,
+}
+
+impl ReplicaGrace {
+    fn new(grace: Duration) -> Self {
+        ReplicaGrace {
+            since: AtomicU64::new(0),
+            grace_us: grace.as_micros() as u64,
+        }
+    }
+
+    /// Whether `sign`, read at `now_us`, shows the slot alive.
+    fn alive(&self, sign: Sign, now_us: u64) -> bool {
+        match sign {
+            Sign::Primary => {
+                self.since.store(0, Ordering::SeqCst);
+                true
+            }
+            Sign::None => false,
+            Sign::Replica => {
+                let first = match self.since.compare_exchange(
+                    0,
+                    now_us + 1,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => now_us,
+                    Err(since) => since - 1,
+                };
+                now_us.saturating_sub(first) < self.grace_us
+            }
+        }
+    }
 }
 
 impl Witness {
@@ -272,25 +347,32 @@ impl Witness {
         if self.asking.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (asking, silence, epoch) =
-            (Arc::clone(&self.asking), Arc::clone(silence), batches.epoch);
+        let (asking, grace, silence, epoch) = (
+            Arc::clone(&self.asking),
+            Arc::clone(&self.grace),
+            Arc::clone(silence),
+            batches.epoch,
+        );
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(self.route));
         let redis = Arc::clone(&batches.redis);
-        tokio::spawn(async move {
+        batches.redis.spawn(async move {
             let asked = tokio::time::Instant::now();
             let reply = con.route_command(redis::cmd("ROLE"), routing).await;
             let sign = sign_of_life(&reply);
-            if sign != Sign::None {
-                silence.alive(epoch.elapsed().as_micros() as u64);
+            let now = epoch.now_us();
+            let alive = grace.alive(sign, now);
+            if alive {
+                silence.alive(now);
             }
             if sign == Sign::Replica {
-                // The witness's slot map is stale (the slot moved): made
-                // again on its next use, it learns the slot's primary.
-                redis.forget_witness();
+                // The witness's slot map is stale (the slot moved): a new
+                // witness, made meanwhile, learns the slot's primary.
+                redis.renew_witness();
             }
             tracing::debug!(
                 target: "portcullis::quota",
                 sign = ?sign,
+                alive,
                 after_us = asked.elapsed().as_micros() as u64,
                 "liveness ROLE on the witness connection"
             );
@@ -331,9 +413,9 @@ fn sign_of_life(reply: &redis::RedisResult<redis::Value>) -> Sign {
 }
 
 impl Batches {
-    /// Microseconds since `epoch`: the clock of the targets' silences.
+    /// Microseconds on the clock of the targets' silences.
     pub(super) fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+        self.epoch.now_us()
     }
 
     /// Coalesces the requests sent on the returned queue: one script call
@@ -360,6 +442,7 @@ impl Batches {
         let witness = cluster_key.map(|key| Witness {
             route: Route::with_key(key, SlotAddr::Master),
             asking: Arc::new(AtomicBool::new(false)),
+            grace: Arc::new(ReplicaGrace::new(batches.replica_grace)),
         });
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -493,7 +576,9 @@ impl Batches {
 
 #[cfg(test)]
 mod tests {
-    use super::{sign_of_life, Sign};
+    use std::time::Duration;
+
+    use super::{sign_of_life, ReplicaGrace, Sign};
 
     fn bulk(s: &str) -> redis::Value {
         redis::Value::BulkString(s.as_bytes().to_vec())
@@ -541,5 +626,27 @@ mod tests {
         let none =
             redis::RedisError::from((redis::ErrorKind::ClusterConnectionNotFound, "no connection"));
         assert_eq!(sign_of_life(&Err(none)), Sign::None);
+    }
+
+    #[test]
+    fn a_replica_answer_counts_as_alive_only_within_the_grace_from_the_first() {
+        let grace = ReplicaGrace::new(Duration::from_millis(80));
+        assert!(grace.alive(Sign::Replica, 1_000));
+        assert!(grace.alive(Sign::Replica, 80_999));
+        // Counted from the first replica answer, not the latest.
+        assert!(!grace.alive(Sign::Replica, 81_000));
+        assert!(!grace.alive(Sign::Replica, 500_000));
+        assert!(!grace.alive(Sign::None, 500_001));
+    }
+
+    #[test]
+    fn a_primary_answer_starts_the_replica_grace_again() {
+        let grace = ReplicaGrace::new(Duration::from_millis(80));
+        assert!(grace.alive(Sign::Replica, 0));
+        assert!(!grace.alive(Sign::Replica, 100_000));
+        assert!(grace.alive(Sign::Primary, 100_001));
+        assert!(grace.alive(Sign::Replica, 200_000));
+        assert!(grace.alive(Sign::Replica, 279_999));
+        assert!(!grace.alive(Sign::Replica, 280_000));
     }
 }
