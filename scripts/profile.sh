@@ -20,6 +20,10 @@
 #   DURATION=10 scripts/profile.sh rls
 #   SERVER=empty scripts/profile.sh rls   # the empty handler, same load:
 #                   target/profile/empty-<rpc>.*, to compare CPU per request
+#   RATE=9000 scripts/profile.sh check    # open loop (`portcullis-bench
+#                   --rate`): a fixed arrival rate instead of as fast as
+#                   answers come back, as for the latency target; the files
+#                   are named <rpc>@<rate>.*
 #
 # The server is pinned to SERVER_CPU (0) and the load generator to LOAD_CPU
 # (1) as in scripts/bench-side-by-side.sh. Needs perf (Debian
@@ -35,6 +39,7 @@ DURATION=${DURATION:-6}
 SERVER_CPU=${SERVER_CPU:-0}
 SERVER=${SERVER:-portcullis}
 LOAD_CPU=${LOAD_CPU:-1}
+RATE=${RATE:-}
 say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'profile: %s\n' "$*" >&2; exit 1; }
 case $rpc in
@@ -49,6 +54,11 @@ case $SERVER in
     empty) name=empty-$rpc ;;
     *) die "SERVER must be portcullis or empty" ;;
 esac
+if [ -n "$RATE" ]; then
+    [[ $RATE =~ ^[0-9]+$ && $RATE -ge 1 ]] || die "RATE must be a whole number of requests per second"
+    load_args+=(--rate "$RATE")
+    name=$name@$RATE
+fi
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 120 ]] || die "DURATION must be 1..120 seconds"
 command -v perf >/dev/null || die "needs perf (Debian package linux-perf)"
 command -v taskset >/dev/null || die "needs taskset (Debian util-linux)"
