@@ -17,12 +17,16 @@ free_port() {
 # HOST:PORT, as a server that bound port 0 reports it); dies with FILE's
 # tail when PID exits first or SECONDS (10) pass. Use as
 # `port=$(await_port ...)`: under `set -e` the script stops with it.
+# Only a whole line counts (its newline written): an unbuffered stderr
+# writes a formatted line in pieces, and under valgrind the address came
+# seconds after the text before it.
 await_port() {
-    local what=$1 pid=$2 file=$3 pattern=$4 limit=${5:-10} line
+    local what=$1 pid=$2 file=$3 pattern=$4 limit=${5:-10} line n
     local deadline=$((SECONDS + limit))
     while :; do
-        line=$(grep -m1 -E "$pattern" "$file" 2>/dev/null || true)
-        if [ -n "$line" ]; then
+        n=$(grep -n -m1 -E "$pattern" "$file" 2>/dev/null | cut -d: -f1 || true)
+        if [ -n "$n" ] && [ "$n" -le "$(wc -l <"$file")" ]; then
+            line=$(sed -n "${n}p" "$file")
             echo "${line##*:}"
             return 0
         fi
