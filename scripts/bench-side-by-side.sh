@@ -22,11 +22,15 @@
 # Check with allowed calls, the mixed calls, and a new token per call, that
 # is a signature check each) with each server's throughput and p99, and the
 # ratio to the empty handler measured in the same run. The empty handler
-# stays up and is measured again right after each load on another server,
-# and a ratio divides by the mean of the empty handler's figures for that
-# load, so a machine whose speed drifts during the run (a virtual machine's
-# does) skews the ratios less; the table gives the empty handler's lowest
-# and highest figure too. Then an open-loop
+# stays up throughout, and each server is measured against it in
+# interleaved slices (`portcullis-bench --baseline-target`: SLICES pairs of
+# DURATION/SLICES seconds per server, in turn the empty handler first and
+# the server first): a ratio is the median of the pairs' ratios, and the
+# table gives their range. A virtual machine's speed drifts by tens of
+# percent within seconds; two long runs one after the other (this script's
+# first method) gave Check ratios from 0.52 to 0.85 on one day, the
+# interleaved pairs 0.79 to 0.80. The empty handler's row is the mean of
+# its slices over every server's run. Then an open-loop
 # phase (`--rate`): Check allowed calls at half of Portcullis's saturation
 # throughput, on both the empty handler and Portcullis, with latency from the
 # intended send time and the share of its core each server used meanwhile
@@ -34,12 +38,15 @@
 # the writes and wake-ups a saturated server shares between answers are
 # paid per answer when they arrive spread out. The open-loop rows also give
 # the load generator's pacer lag (how late it sent; part of the latency).
+# The last row is the empty handler at half of its own saturation, the
+# same target applied to the ceiling itself.
 #
 #   scripts/bench-side-by-side.sh                # 5 s per measurement
 #   DURATION=10 CONCURRENCY=64 scripts/bench-side-by-side.sh
 #   LIMITADOR=~/limitador/target/release/limitador-server scripts/bench-side-by-side.sh
 #
-# Settings (environment): DURATION (s, 5), WARMUP (s, 1), CONCURRENCY (64),
+# Settings (environment): DURATION (s per server, 5), SLICES (10), WARMUP
+# (s, 1), CONCURRENCY (64),
 # CONNECTIONS (4), SERVER_CPU (0), LOAD_CPU (1), REDIS (1: include the Redis
 # store; needs redis-server), LIMITADOR, LIMITADOR_REDIS, EMPTY_TRANSPORT
 # (stock or coalesced; stock).
@@ -50,6 +57,7 @@ root=$PWD
 . scripts/bench-lib.sh
 
 DURATION=${DURATION:-5}
+SLICES=${SLICES:-10}
 WARMUP=${WARMUP:-1}
 CONCURRENCY=${CONCURRENCY:-64}
 CONNECTIONS=${CONNECTIONS:-4}
@@ -64,6 +72,7 @@ say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'bench-side-by-side: %s\n' "$*" >&2; exit 1; }
 
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || die "DURATION must be 1..600 seconds"
+[[ $SLICES =~ ^[0-9]+$ && $SLICES -ge 1 && $SLICES -le 100 ]] || die "SLICES must be 1..100"
 case $EMPTY_TRANSPORT in stock | coalesced) ;; *) die "EMPTY_TRANSPORT must be stock or coalesced" ;; esac
 command -v taskset >/dev/null || die "needs taskset (Debian util-linux)"
 cpus=$(nproc)
@@ -95,8 +104,10 @@ stop() { # pid port: stop the server and wait until its port is closed
 # between, and killing it would leave the server running).
 on_server_cpu=(taskset -c "$SERVER_CPU")
 
-# load NAME PORT ARGS...: one measurement of the server at PORT, as a
-# results line "name load rps p99 errors".
+# load NAME LABEL PORT ARGS...: one measurement of the server at PORT, as
+# results lines "name label rps p99 errors cpu lag ratio range"; with
+# `--baseline-target` in ARGS, the empty handler's line for the same
+# slices first, and NAME's ratio is the median of the slice pairs'.
 results=$work/results.txt
 # The load generator's token key, trusted by the Portcullis servers below.
 key=$work/bench-token.p8
@@ -120,22 +131,29 @@ import json, sys
 path, name, label, pid, ticks, ns, hz = sys.argv[1:]
 cpu = f"{100 * int(ticks) / int(hz) / (int(ns) / 1e9):.0f}%" if pid else "-"
 try:
-    p = json.load(open(path))["phases"][-1]
+    report = json.load(open(path))
+    phases = report["phases"]
 except Exception as e:
-    print(f"{name} {label} 0 0 failed {cpu} -")
+    print(f"{name} {label} 0 0 failed {cpu} - - -")
     sys.exit(0)
-lag = (p.get("pacing_lag_us") or {}).get("p99", "-")
-print(f"{name} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']} {cpu} {lag}")
+def line(who, p, ratio="-", spread="-"):
+    lag = (p.get("pacing_lag_us") or {}).get("p99", "-")
+    print(f"{who} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']} {cpu} {lag} {ratio} {spread}")
+pairs = report.get("slice_ratios") or []
+if pairs:
+    line("empty", phases[0])
+    line(name, phases[-1], f"{report['ratio_vs_empty']:.3f}", f"{min(pairs):.3f}..{max(pairs):.3f}")
+else:
+    line(name, phases[-1])
 PY
 }
 
-# paired NAME LABEL PORT ARGS...: `load` on the server at PORT, then the
-# same load on the empty handler (at $ep) again, for its baseline.
+# paired NAME LABEL PORT ARGS...: the server at PORT against the empty
+# handler (at $ep), in interleaved slices.
 paired() {
     local name=$1 label=$2 port=$3
     shift 3
-    load "$name" "$label" "$port" "$@"
-    [ "$name" = empty ] || load empty "$label" "$ep" "$@"
+    load "$name" "$label" "$port" --baseline-target "127.0.0.1:$ep" --slices "$SLICES" "$@"
 }
 
 loads() { # name port
@@ -150,7 +168,6 @@ loads() { # name port
 start_empty empty "${on_server_cpu[@]}" "$bin/portcullis-bench" --serve-empty 127.0.0.1:0 \
     --empty-transport "$EMPTY_TRANSPORT" --server-threads 1
 say "empty handler ($EMPTY_TRANSPORT transport) on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
-loads empty "$ep"
 
 # --- Portcullis, in-process store ---------------------------------------------
 bench_portcullis_config "$work" "$bin" "$root"
@@ -222,39 +239,46 @@ CPU_OF=$empty_pid load empty check-open-loop "$ep" --rpc check --mix allowed --t
 start_portcullis portcullis-open-loop "${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml"
 CPU_OF=$p_pid load portcullis check-open-loop "$pp" --rpc check --mix allowed --token-key-file "$key" --rate "$half"
 stop "$p_pid" "$pp"
+# The same target for the ceiling: the empty handler at half of its own
+# saturation (the mean of its Check allowed slices above).
+empty_sat=$(awk '$1 == "empty" && $2 == "check-allowed" { s += $3; n++ } END { if (n) printf "%d", s / n }' "$results")
+empty_half=$((${empty_sat:-0} / 2))
+[ "$empty_half" -gt 0 ] || die "no saturation figure for the empty handler's Check (see $work)"
+say "open loop: the empty handler's Check allowed at $empty_half req/s (half of its own $empty_sat)"
+CPU_OF=$empty_pid load empty check-open-loop-own "$ep" --rpc check --mix allowed --token-key-file "$key" --rate "$empty_half"
 
 # --- the table -------------------------------------------------------------------------
 echo "server pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU; concurrency $CONCURRENCY, $CONNECTIONS connections, ${DURATION}s each"
-python3 - "$results" "$half" <<'PY'
+python3 - "$results" "$half" "$empty_half" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-# The empty handler's figures per load: the baseline is their mean.
+# The empty handler's slices per load, over every server's run.
 runs = {}
-for name, label, rps, p99, errors, cpu, lag in rows:
-    if name == "empty" and errors != "failed":
+for name, label, rps, p99, errors, cpu, lag, ratio, spread in rows:
+    if name == "empty" and errors != "failed" and not label.startswith("check-open-loop"):
         runs.setdefault(label, []).append(float(rps))
-base = {label: sum(v) / len(v) for label, v in runs.items()}
-print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7} {'CPU':>5}  empty handler")
+print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7} {'CPU':>5}  note")
 failed = False
 shown = set()
-for name, label, rps, p99, errors, cpu, lag in rows:
+for name, label, rps, p99, errors, cpu, lag, ratio, spread in rows:
     failed |= errors != "0"
     note = ""
-    if name == "empty":
+    if label.startswith("check-open-loop"):
+        rate = sys.argv[3] if label.endswith("-own") else sys.argv[2]
+        note = f"  load generator's pacer lag p99 {lag} us"
+        if label.endswith("-own"):
+            note += "; half of the empty handler's own saturation"
+        label, ratio = f"check@{rate}/s", "-"
+    elif name == "empty":
         if label in shown:
             continue
         shown.add(label)
         v = runs.get(label, [])
-        rps = f"{base[label]:.0f}" if v else rps
+        rps, ratio = (f"{sum(v) / len(v):.0f}", "1.000") if v else (rps, "-")
         if len(v) > 1:
-            note = f"  mean of {len(v)}: {min(v):.0f}..{max(v):.0f}"
-    if label == "check-open-loop":
-        ratio = "-"
-        label = f"check@{sys.argv[2]}/s"
-        note = f"  load generator's pacer lag p99 {lag} us"
-    else:
-        b = base.get(label)
-        ratio = f"{float(rps) / b:.3f}" if b and errors != "failed" else "-"
+            note = f"  mean of its runs: {min(v):.0f}..{max(v):.0f}"
+    elif spread != "-":
+        note = f"  median of slice pairs {spread}"
     print(f"{label:<18} {name:<20} {float(rps):>9.0f} {ratio:>7} {p99:>8} {errors:>7} {cpu:>5}{note}")
 sys.exit(1 if failed else 0)
 PY

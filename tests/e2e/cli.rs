@@ -642,6 +642,109 @@ fn bench_open_loop_sends_at_the_intended_rate_and_reports_waits_and_pacer_lag() 
     assert_eq!(phase["errors"], 0, "{report}");
 }
 
+/// `portcullis-bench --serve-empty` on a free port, and its address (from
+/// its `listening on ADDR` line). Killed when dropped.
+struct EmptyServer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl EmptyServer {
+    fn start() -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+            .args(["--serve-empty", "127.0.0.1:0", "--server-threads", "1"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run portcullis-bench --serve-empty");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the empty server said where it listens")
+                .unwrap();
+            if let Some((_, addr)) = line.split_once("listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        EmptyServer { child, addr }
+    }
+}
+
+impl Drop for EmptyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn bench_interleaved_slices_report_each_pair_and_their_median_as_the_ratio() {
+    // Functional, not a timing test: two empty handlers, one as the
+    // baseline and one as the target, 4 pairs of 0.1 s slices.
+    let (baseline, target) = (EmptyServer::start(), EmptyServer::start());
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+        .args(["--json", "--rpc", "rls", "--rls-shape", "one"])
+        .args([
+            "--target",
+            &target.addr,
+            "--baseline-target",
+            &baseline.addr,
+        ])
+        .args(["--slices", "4", "--duration", "0.4", "--warmup", "0.1"])
+        .args(["--concurrency", "4", "--connections", "2"])
+        .output()
+        .expect("run portcullis-bench");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2, "{report}");
+    assert_eq!(phases[0]["server"], "empty");
+    assert_eq!(phases[1]["server"], "portcullis");
+    for p in phases {
+        assert_eq!(p["errors"], 0, "{p}");
+        assert!(p["requests"].as_u64().unwrap() > 0, "{p}");
+        // Each side's time is its own slices', about --duration.
+        let seconds = p["seconds"].as_f64().unwrap();
+        assert!((0.35..5.0).contains(&seconds), "{p}");
+    }
+    let mut pairs: Vec<f64> = report["slice_ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_f64().unwrap())
+        .collect();
+    assert_eq!(pairs.len(), 4, "{report}");
+    assert!(pairs.iter().all(|r| *r > 0.0), "{report}");
+    pairs.sort_by(f64::total_cmp);
+    let median = (pairs[1] + pairs[2]) / 2.0;
+    let ratio = report["ratio_vs_empty"].as_f64().unwrap();
+    assert!(
+        (ratio - median).abs() < 1e-9,
+        "{ratio} vs {median}: {report}"
+    );
+}
+
+#[test]
+fn bench_interleaving_refuses_an_open_loop_with_a_clear_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+        .args([
+            "--target",
+            "127.0.0.1:9",
+            "--baseline-target",
+            "127.0.0.1:9",
+        ])
+        .args(["--rate", "100"])
+        .output()
+        .expect("run portcullis-bench");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("drop --rate"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn bench_token_key_file_round_trips_so_a_separate_server_can_trust_it() {
     let dir = tempfile::tempdir().unwrap();

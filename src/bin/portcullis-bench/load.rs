@@ -34,23 +34,8 @@ pub async fn drive(
     args: &Args,
     requests: Arc<Calls>,
 ) -> anyhow::Result<Phase> {
-    let mut channels = Vec::new();
-    for _ in 0..args.connections {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("connect to {server} at {addr}"))?;
-        channels.push(channel);
-    }
-    // Warm-up: same load, not measured.
-    let warmup = Load {
-        concurrency: args.concurrency,
-        duration: Duration::from_secs_f64(args.warmup),
-        limit: None,
-        rate: args.rate,
-        keys: args.keys,
-    };
+    let channels = connect(server, addr, args.connections).await?;
+    let warmup = warmup_load(args);
     run_load(&channels, &warmup, &requests).await;
     let started = Instant::now();
     let measured = Load {
@@ -60,6 +45,123 @@ pub async fn drive(
     };
     let results = run_load(&channels, &measured, &requests).await;
     phase(server, results, started.elapsed().as_secs_f64(), args.rate)
+}
+
+/// `connections` HTTP/2 connections to `server` at `addr`.
+async fn connect(
+    server: &'static str,
+    addr: SocketAddr,
+    connections: usize,
+) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..connections {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connect to {server} at {addr}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// The warm-up: the run's load for `--warmup` seconds, not measured.
+fn warmup_load(args: &Args) -> Load {
+    Load {
+        concurrency: args.concurrency,
+        duration: Duration::from_secs_f64(args.warmup),
+        limit: None,
+        rate: args.rate,
+        keys: args.keys,
+        first: 0,
+    }
+}
+
+/// Two servers measured in alternating slices (`--baseline-target` and
+/// `--target`, `--slices`): each server's figures over all of its slices,
+/// and the throughput ratio of each pair of adjacent slices.
+pub struct Interleaved {
+    /// The baseline's slices together (the empty handler, `empty`).
+    pub baseline: Phase,
+    /// The target's slices together (`portcullis`).
+    pub target: Phase,
+    /// Per pair of slices: the target's throughput divided by the
+    /// baseline's, in the order measured.
+    pub ratios: Vec<f64>,
+}
+
+/// Measures `target` against `baseline` with the same closed-loop load, in
+/// `slices` pairs of slices of `--duration / slices` seconds each, both
+/// servers up and connected throughout. A pair's two slices run back to
+/// back, in turn baseline first and target first (ABBA), so that a host
+/// whose speed drifts during the run (a virtual machine's does, by tens
+/// of percent within seconds) moves both sides of a pair alike: the ratio
+/// of each pair is the evidence, not two long runs minutes apart. Both
+/// servers are warmed up first (`--warmup` each).
+pub async fn drive_interleaved(
+    baseline: SocketAddr,
+    target: SocketAddr,
+    slices: usize,
+    args: &Args,
+    requests: Arc<Calls>,
+) -> anyhow::Result<Interleaved> {
+    anyhow::ensure!(slices > 0, "--slices must be at least 1");
+    let sides = [
+        connect("empty", baseline, args.connections).await?,
+        connect("portcullis", target, args.connections).await?,
+    ];
+    let warmup = warmup_load(args);
+    let mut sent = [0u64; 2];
+    for (side, channels) in sides.iter().enumerate() {
+        sent[side] = calls(&run_load(channels, &warmup, &requests).await);
+    }
+    let slice = Duration::from_secs_f64(args.duration / slices as f64);
+    let mut results: [Vec<WorkerResult>; 2] = [Vec::new(), Vec::new()];
+    let mut seconds = [0.0f64; 2];
+    let mut ratios = Vec::with_capacity(slices);
+    for k in 0..slices {
+        let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut rps = [0.0f64; 2];
+        for side in order {
+            let load = Load {
+                duration: slice,
+                first: sent[side],
+                ..warmup
+            };
+            let started = Instant::now();
+            let r = run_load(&sides[side], &load, &requests).await;
+            let elapsed = started.elapsed().as_secs_f64();
+            sent[side] += calls(&r);
+            rps[side] = r.iter().map(|w| w.hist.len()).sum::<u64>() as f64 / elapsed;
+            seconds[side] += elapsed;
+            results[side].extend(r);
+        }
+        ratios.push(if rps[0] > 0.0 { rps[1] / rps[0] } else { 0.0 });
+    }
+    let [base, real] = results;
+    Ok(Interleaved {
+        baseline: phase("empty", base, seconds[0], None)?,
+        target: phase("portcullis", real, seconds[1], None)?,
+        ratios,
+    })
+}
+
+/// Calls sent in a phase, answered or failed.
+fn calls(results: &[WorkerResult]) -> u64 {
+    results.iter().map(|w| w.hist.len() + w.errors).sum()
+}
+
+/// The median of `values` (the mean of the middle two for an even count);
+/// `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// The figures of one measured run from its workers' results; `rate` is
@@ -166,6 +268,11 @@ struct Load {
     rate: Option<f64>,
     /// `--keys`: RLS calls numbered by the call.
     keys: Option<u64>,
+    /// Calls already sent to this server in the run: where in the mix
+    /// (and in `--keys`) this phase goes on, so that the slices of an
+    /// interleaved run walk the mix as one run would (each of the
+    /// uncached mix's tokens new to the server, not the first ones again).
+    first: u64,
 }
 
 /// `concurrency` workers until `duration` has passed or `limit` requests
@@ -180,6 +287,7 @@ async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> V
         duration,
         limit,
         keys,
+        first,
         ..
     } = *load;
     let deadline = Instant::now() + duration;
@@ -191,14 +299,14 @@ async fn run_load(channels: &[Channel], load: &Load, requests: &Arc<Calls>) -> V
         let sent = Arc::clone(&sent);
         workers.spawn(async move {
             let mut r = WorkerResult::new();
-            let mut i = w;
+            let mut i = first as usize + w;
             while Instant::now() < deadline {
                 let n = sent.fetch_add(1, Ordering::Relaxed);
                 if limit.is_some_and(|l| n >= l) {
                     break;
                 }
                 let t = Instant::now();
-                let outcome = client.call(&requests, i, n, keys).await;
+                let outcome = client.call(&requests, i, first + n, keys).await;
                 i += concurrency;
                 r.record(t.elapsed().as_micros() as u64, outcome);
             }
@@ -233,7 +341,7 @@ async fn open_loop(
     rate: f64,
     requests: &Arc<Calls>,
 ) -> Vec<WorkerResult> {
-    let (duration, keys) = (load.duration, load.keys);
+    let (duration, keys, first) = (load.duration, load.keys, load.first);
     let clients: Vec<Client> = channels.iter().map(Client::new).collect();
     let slots = Arc::new(Semaphore::new(load.concurrency));
     let result = Arc::new(Mutex::new(WorkerResult::new()));
@@ -266,7 +374,9 @@ async fn open_loop(
         tracker.spawn(async move {
             let late = slots.available_permits() == 0;
             let _slot = slots.acquire().await.expect("never closed");
-            let outcome = client.call(&requests, k as usize, k, keys).await;
+            let outcome = client
+                .call(&requests, (first + k) as usize, first + k, keys)
+                .await;
             let us = intended.elapsed().as_micros() as u64;
             let mut r = result.lock().expect("no panics under the lock");
             r.late += u64::from(late);
@@ -342,4 +452,24 @@ pub enum Calls {
     Rls(Vec<RateLimitRequest>),
     /// Forward-auth requests (`--rpc forward-auth`, `http_load`).
     Http(Vec<crate::http_load::HttpCall>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_of_an_odd_count_is_the_middle_value() {
+        assert_eq!(median(&[0.9, 0.7, 0.8]), Some(0.8));
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[1.0, 0.25, 0.5, 0.75]), Some(0.625));
+    }
+
+    #[test]
+    fn no_values_have_no_median() {
+        assert_eq!(median(&[]), None);
+    }
 }

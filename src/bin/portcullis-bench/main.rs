@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::empty::{start_empty, start_empty_http, EmptyTransport};
 use crate::http_load::{drive_http, http_mix};
-use crate::load::{drive, Calls};
+use crate::load::{drive, drive_interleaved, median, Calls};
 use crate::report::{print_table, Percentiles, Report};
 use crate::requests::{request_mix, rls_mix};
 use crate::setup::{portcullis_config, reload_under_load, roomy_copy};
@@ -122,6 +122,19 @@ struct Args {
     /// report the ratio of Portcullis's throughput to it.
     #[arg(long)]
     baseline: bool,
+    /// With `--target`: an empty handler already running at this address
+    /// (`--serve-empty`), measured against the target in alternating
+    /// slices (`--slices` pairs, `--duration` seconds per server in all,
+    /// baseline and target in turn first: ABBA), both connected
+    /// throughout. The ratio reported is the median of the pairs' ratios
+    /// (target throughput / baseline throughput), with their range, so a
+    /// host whose speed drifts during the run skews it less than two runs
+    /// one after the other. Closed loop only.
+    #[arg(long, value_name = "ADDR")]
+    baseline_target: Option<SocketAddr>,
+    /// With `--baseline-target`: pairs of slices.
+    #[arg(long, default_value_t = 10)]
+    slices: usize,
     /// Requests in flight at once (closed loop); with `--rate`, the most
     /// in flight at once.
     #[arg(long, default_value_t = 64)]
@@ -440,11 +453,36 @@ fn main() -> anyhow::Result<()> {
     } else {
         args.audit_durability.iter().copied().map(Some).collect()
     };
-    match args.target.first().copied() {
-        Some(addr) => {
+    anyhow::ensure!(
+        args.baseline_target.is_none() || (args.target.len() == 1 && !args.baseline),
+        "--baseline-target compares with one --target: give one, and drop --baseline"
+    );
+    anyhow::ensure!(
+        args.baseline_target.is_none() || (args.rate.is_none() && !http),
+        "--baseline-target interleaves closed-loop gRPC loads: drop --rate and --rpc forward-auth"
+    );
+    anyhow::ensure!(
+        args.baseline_target.is_none() || args.requests.is_none(),
+        "--baseline-target measures slices of --duration: drop --requests"
+    );
+    let mut slice_ratios = Vec::new();
+    match (args.target.first().copied(), args.baseline_target) {
+        (Some(addr), Some(baseline)) => {
+            let run = clients.block_on(drive_interleaved(
+                baseline,
+                addr,
+                args.slices,
+                &args,
+                Arc::clone(&requests),
+            ))?;
+            phases.push(run.baseline);
+            phases.push(run.target);
+            slice_ratios = run.ratios;
+        }
+        (Some(addr), None) => {
             phases.push(measure("portcullis", addr)?);
         }
-        None => {
+        (None, _) => {
             for &mode in &modes {
                 let dir = tempfile::tempdir()?;
                 let mut config = portcullis_config(&args, &keys, dir.path())?;
@@ -489,8 +527,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     let (ratio, added) = match (phases.first(), phases.get(1)) {
-        (Some(empty), Some(real)) if args.baseline => (
-            Some(real.throughput_rps / empty.throughput_rps),
+        (Some(empty), Some(real)) if args.baseline || !slice_ratios.is_empty() => (
+            median(&slice_ratios).or(Some(real.throughput_rps / empty.throughput_rps)),
             Some(Percentiles {
                 p50: real.latency_us.p50.saturating_sub(empty.latency_us.p50),
                 p90: real.latency_us.p90.saturating_sub(empty.latency_us.p90),
@@ -515,6 +553,7 @@ fn main() -> anyhow::Result<()> {
         connections: args.connections,
         phases,
         ratio_vs_empty: ratio,
+        slice_ratios,
         latency_added_us: added,
         durability,
     };

@@ -75,9 +75,14 @@ pub struct Report {
     pub concurrency: usize,
     pub connections: usize,
     pub phases: Vec<Phase>,
-    /// Portcullis's throughput divided by the empty server's.
+    /// Portcullis's throughput divided by the empty server's; with
+    /// `--baseline-target`, the median of `slice_ratios`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_vs_empty: Option<f64>,
+    /// With `--baseline-target`: each pair of slices' ratio, in the order
+    /// measured.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub slice_ratios: Vec<f64>,
     /// Portcullis's latency minus the empty server's, microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_added_us: Option<Percentiles>,
@@ -158,6 +163,15 @@ pub fn print_table(r: &Report) {
         println!(
             "ratio_vs_empty {ratio:.3}; latency added p50 {} us, p99 {} us",
             added.p50, added.p99
+        );
+    }
+    if let (Some(lo), Some(hi)) = (
+        r.slice_ratios.iter().copied().reduce(f64::min),
+        r.slice_ratios.iter().copied().reduce(f64::max),
+    ) {
+        println!(
+            "ratio_vs_empty is the median of {} interleaved slice pairs: {lo:.3}..{hi:.3}",
+            r.slice_ratios.len()
         );
     }
 }
