@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -101,8 +103,8 @@ pub struct AuditRecord {
     /// The front door the decision was asked through: `ext_authz`,
     /// `forward_auth`, `ratelimit` or `admin`. Left out when empty, so
     /// records written before the field existed hash as they did.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub adapter: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub adapter: Cow<'static, str>,
     /// The gateway's request id.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
@@ -115,8 +117,8 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub principal: String,
     /// How the principal authenticated (`jwt`, `mtls`, `anonymous`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub auth_method: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub auth_method: Cow<'static, str>,
     /// The Cedar action.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub action: String,
@@ -127,14 +129,14 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub route: String,
     /// `allow` or `deny`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub decision: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub decision: Cow<'static, str>,
     /// HTTP status the client got.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub status: u64,
     /// The stable deny reason code, or the authentication failure code.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub reason: Cow<'static, str>,
     /// Ids of the policies that determined the outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub determining_policies: Vec<String>,
@@ -315,12 +317,12 @@ impl AuditSink {
         &self,
         d: Decision,
         req: &AccessRequest,
-        adapter: &str,
+        adapter: &'static str,
         latency: Duration,
     ) -> Decision {
         self.record_or_refuse(d, |d| {
             let mut records = vec![AuditRecord {
-                adapter: adapter.to_string(),
+                adapter: adapter.into(),
                 ..AuditRecord::decision(d, req, latency)
             }];
             records.extend(AuditRecord::authn_failure(d, req));
@@ -337,11 +339,11 @@ impl AuditSink {
         d: Decision,
         req: &AccessRequest,
         rpc: &str,
-        adapter: &str,
+        adapter: &'static str,
     ) -> Decision {
         self.record_or_refuse(d, |d| {
             vec![AuditRecord {
-                adapter: adapter.to_string(),
+                adapter: adapter.into(),
                 ..AuditRecord::admin_call(d, req, rpc)
             }]
         })
@@ -681,10 +683,7 @@ mod tests {
         let Ok(Message::Record(queued)) = rx.try_recv() else {
             panic!("the denied decision is queued")
         };
-        assert_eq!(
-            (queued.status, queued.reason.as_str()),
-            (503, "audit_unavailable")
-        );
+        assert_eq!((queued.status, &*queued.reason), (503, "audit_unavailable"));
         assert_eq!(sink.counters().refused.load(Ordering::Relaxed), 1);
         sink.healthy.store(true, Ordering::Relaxed);
         let writer = writer(rx, true);

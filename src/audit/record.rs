@@ -31,13 +31,13 @@ impl AuditRecord {
             request_id: req.request_id.clone(),
             trace_id: crate::tracecontext::trace_id(req),
             principal: d.principal.clone().unwrap_or_default(),
-            auth_method: d.auth_method.unwrap_or_default().to_string(),
+            auth_method: d.auth_method.unwrap_or_default().into(),
             action: d.action.clone().unwrap_or_default(),
             resource: d.resource.clone().unwrap_or_default(),
             route: d.route.clone().unwrap_or_default(),
-            decision: outcome_str(d.decision).to_string(),
+            decision: outcome_str(d.decision).into(),
             status: u64::from(d.status),
-            reason: d.reason.map(|r| r.code().to_string()).unwrap_or_default(),
+            reason: d.reason.map(|r| r.code()).unwrap_or_default().into(),
             determining_policies: d.determining_policies.clone(),
             errors: d.errors.clone(),
             policy_version: d.policy_version.clone(),
@@ -71,14 +71,14 @@ impl AuditRecord {
     /// `sweeper` for a reservation settled on expiry.
     pub fn response(response: ResponseRecord<'_>) -> Self {
         AuditRecord {
-            adapter: response.adapter.to_string(),
+            adapter: response.adapter.into(),
             request_id: response.request_id.to_string(),
             decision_id: response.decision_id.to_string(),
             route: response.route.to_string(),
             status: u64::from(response.status),
             reservation: response.reservation.to_string(),
             settlement: response.settlement.to_string(),
-            reason: response.reason.to_string(),
+            reason: response.reason.to_string().into(),
             findings: response.findings.to_vec(),
             ..AuditRecord::new(Kind::Response)
         }
@@ -98,12 +98,12 @@ impl AuditRecord {
         AuditRecord {
             rpc: rpc.to_string(),
             principal: d.principal.clone().unwrap_or_default(),
-            auth_method: d.auth_method.unwrap_or_default().to_string(),
+            auth_method: d.auth_method.unwrap_or_default().into(),
             action: d.action.clone().unwrap_or_default(),
             resource: d.resource.clone().unwrap_or_default(),
-            decision: outcome_str(d.decision).to_string(),
+            decision: outcome_str(d.decision).into(),
             status: u64::from(d.status),
-            reason,
+            reason: reason.into(),
             determining_policies: d.determining_policies.clone(),
             errors: d.errors.clone(),
             policy_version: d.policy_version.clone(),
@@ -128,7 +128,7 @@ impl AuditRecord {
         Some(AuditRecord {
             request_id: req.request_id.clone(),
             trace_id: crate::tracecontext::trace_id(req),
-            reason: code.to_string(),
+            reason: code.to_string().into(),
             action: d.action.clone().unwrap_or_default(),
             route: d.route.clone().unwrap_or_default(),
             policy_version: d.policy_version.clone(),
@@ -144,7 +144,7 @@ impl AuditRecord {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ResponseRecord<'a> {
     /// `ext_proc`, or `sweeper` for an expired reservation.
-    pub adapter: &'a str,
+    pub adapter: &'static str,
     /// The gateway's request id.
     pub request_id: &'a str,
     /// The decision it answers.

@@ -110,7 +110,7 @@ impl AuditSink {
         &self,
         d: Decision,
         req: &AccessRequest,
-        adapter: &str,
+        adapter: &'static str,
         latency: Duration,
     ) -> Decision {
         let unrecorded_before = match self.ratelimit.sample(&d) {
@@ -124,7 +124,7 @@ impl AuditSink {
         };
         self.record_or_refuse(d, |d| {
             vec![AuditRecord {
-                adapter: adapter.to_string(),
+                adapter: adapter.into(),
                 unrecorded_before,
                 ..AuditRecord::decision(d, req, latency)
             }]

@@ -141,11 +141,11 @@ fn watch(detector: &Detector, audit: Option<&AuditSink>, d: &Decision, req: &Acc
             audit.record(AuditRecord {
                 principal,
                 source_ip,
-                reason: event.kind.code().to_string(),
+                reason: event.kind.code().into(),
                 decision: if event.blocked_for.is_some() {
                     "block".into()
                 } else {
-                    String::new()
+                    "".into()
                 },
                 detail,
                 request_id: req.request_id.clone(),

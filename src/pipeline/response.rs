@@ -19,7 +19,7 @@ pub const SWEEP_BATCH: usize = 256;
 pub async fn settle(
     quotas: &Quotas,
     audit: Option<&AuditSink>,
-    adapter: &str,
+    adapter: &'static str,
     r: &Reservation,
     status: u16,
     outcome: &Outcome<'_>,
@@ -72,7 +72,7 @@ pub async fn settle(
 #[derive(Debug, Clone, Copy)]
 pub struct Answered<'a> {
     /// The door (`ext_proc`).
-    pub adapter: &'a str,
+    pub adapter: &'static str,
     /// The gateway's request id.
     pub request_id: &'a str,
     /// The decision it answers (the `x-portcullis-decision-id` ext_authz

@@ -109,11 +109,11 @@ pub fn log_record(record: &AuditRecord, observed_unix_nano: u64) -> LogRecord {
         string("portcullis.audit.id", &record.id),
     ];
     for (key, value) in [
-        ("portcullis.audit.decision", &record.decision),
+        ("portcullis.audit.decision", &*record.decision),
         ("portcullis.audit.principal", &record.principal),
         ("portcullis.audit.action", &record.action),
         ("portcullis.audit.resource", &record.resource),
-        ("portcullis.audit.reason", &record.reason),
+        ("portcullis.audit.reason", &*record.reason),
         ("portcullis.audit.policy_version", &record.policy_version),
         ("portcullis.audit.request_id", &record.request_id),
         ("portcullis.audit.rpc", &record.rpc),
