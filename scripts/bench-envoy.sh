@@ -5,11 +5,17 @@
 # ext_authz + RLS + ext_proc server (same tonic stack as Portcullis, answers
 # at once), then at
 # Portcullis on the bundled policies (quotas scaled up so that the load never
-# runs out; every allowed request is still charged). wrk loads both for the
-# same duration with the same allowed inference call; the script prints both
-# throughputs and latencies and the ratio. Only the ratio is worth quoting:
-# on a 2-core machine wrk, Envoy, the upstream and the decision server share
-# the cores.
+# runs out; every allowed request is still charged). Both Envoys run at
+# once, and wrk loads them with the same allowed inference call in
+# alternating slices: ROUNDS pairs of DURATION/ROUNDS seconds per server,
+# in turn the empty server's Envoy first and Portcullis's first (ABBA), so
+# that a host whose speed drifts during the run moves both sides of a pair
+# alike (two 10 s runs one after the other gave ratios from 0.72 to 0.98 on
+# one day). The script prints each server's throughput (over all of its
+# slices) and the median p50/p90/p99 of its slices, and the ratio: the
+# median of the pairs' ratios, with their range. Only the ratio is worth
+# quoting: on a 2-core machine wrk, Envoy, the upstream and the decision
+# server share the cores.
 #
 #   scripts/bench-envoy.sh                 # 10 s per server
 #   DURATION=30 CONNECTIONS=64 scripts/bench-envoy.sh
@@ -21,7 +27,8 @@
 # the predict route's response checks scan every response); the ratio is
 # the throughput with Portcullis's ext_proc over that with an empty one.
 #
-# Settings (environment): DURATION (s, 10), WARMUP (s, 2), CONNECTIONS (32),
+# Settings (environment): DURATION (s per server, 10), ROUNDS (pairs of
+# slices, 5), WARMUP (s, 2), CONNECTIONS (32),
 # THREADS (wrk threads, 1), ENVOY_CONCURRENCY (Envoy workers, 1), MODE
 # (all: every filter to one server; ext_proc: only ext_proc differs),
 # WORKER_THREADS (Portcullis's `server.worker_threads` and the empty
@@ -34,6 +41,7 @@ root=$PWD
 . scripts/bench-lib.sh
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
@@ -43,6 +51,7 @@ WORKER_THREADS=${WORKER_THREADS:-0}
 [[ $WORKER_THREADS =~ ^[0-9]+$ && $WORKER_THREADS -le 1024 ]] || { echo "WORKER_THREADS must be 0..1024" >&2; exit 2; }
 [[ $MODE == all || $MODE == ext_proc ]] || { echo "MODE must be all or ext_proc" >&2; exit 2; }
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || { echo "DURATION must be 1..600 seconds" >&2; exit 2; }
+[[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 && $ROUNDS -le 100 ]] || { echo "ROUNDS must be 1..100" >&2; exit 2; }
 
 say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'bench-envoy: %s\n' "$*" >&2; exit 1; }
@@ -115,11 +124,13 @@ wrk.headers["content-type"] = "application/json"
 wrk.headers["authorization"] = "Bearer $token"
 EOF
 
-# One Envoy run against the decision server at $2 (ext_proc at $3, when
-# given); prints "rps p50 p90 p99 non2xx socket-errors". Run in this shell
-# (not in a command substitution), so that a failure stops the script and
-# the cleanup stops the servers it started.
-measure() { # name, decision port[, ext_proc port]
+# The Envoy in front of the decision server at $2 (ext_proc at $3, when
+# given), started, probed with the benchmark request and warmed up; its
+# listener's port goes to envoy_ports[NAME]. Run in this shell (not in a
+# command substitution), so that a failure stops the script and the
+# cleanup stops the servers it started.
+declare -A envoy_ports
+front() { # name, decision port[, ext_proc port]
     local name=$1 port=$2 ext_proc=${3:-} lp
     # Envoy's own listener and admin interface on port 0 (start_envoy
     # learns the ports); the upstream and the decision server where they
@@ -155,6 +166,7 @@ PY
     start_envoy "envoy-$name" "$work/envoy-$name.yaml" --concurrency "$ENVOY_CONCURRENCY" \
         --log-level error --base-id "$((72 + RANDOM % 1000))"
     lp=$envoy_port
+    envoy_ports[$name]=$lp
     local status
     status=$(curl -s -o "$work/probe-$name.body" -w '%{http_code}' -X POST \
         -H 'content-type: application/json' -H "authorization: Bearer $token" \
@@ -162,13 +174,19 @@ PY
         "http://127.0.0.1:$lp/v1/models/sentiment/versions/v2:predict")
     [ "$status" = 200 ] || die "$name: the benchmark request is not allowed (HTTP $status: $(head -c 300 "$work/probe-$name.body"))"
     wrk -t "$THREADS" -c "$CONNECTIONS" -d "${WARMUP}s" -s "$work/request.lua" "http://127.0.0.1:$lp" >/dev/null
-    wrk -t "$THREADS" -c "$CONNECTIONS" -d "${DURATION}s" --latency -s "$work/request.lua" \
-        "http://127.0.0.1:$lp" >"$work/wrk-$name.txt"
-    kill "$envoy_pid" 2>/dev/null || true
-    wait "$envoy_pid" 2>/dev/null || true
-    python3 - "$work/wrk-$name.txt" <<'PY'
+}
+
+# slice NAME ROUND: one slice of wrk on NAME's Envoy, its figures appended
+# to $work/slices.txt as "name round rps p50 p90 p99 non2xx socket-errors".
+slice_seconds=$(python3 -c "print(f'{max($DURATION / $ROUNDS, 0.5):.2f}')")
+slice() {
+    local name=$1 round=$2 out=$work/wrk-$1-$2.txt
+    wrk -t "$THREADS" -c "$CONNECTIONS" -d "${slice_seconds}s" --latency -s "$work/request.lua" \
+        "http://127.0.0.1:${envoy_ports[$name]}" >"$out"
+    python3 - "$out" "$name" "$round" >>"$work/slices.txt" <<'PY'
 import re, sys
-text = open(sys.argv[1]).read()
+path, name, rnd = sys.argv[1:]
+text = open(path).read()
 def us(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
     return float(n) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
@@ -176,36 +194,54 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 lat = {p: us(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", text, re.M)}
 bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 errs = re.search(r"Socket errors:.*", text)
-print(f"{rps:.0f} {lat['50']:.0f} {lat['90']:.0f} {lat['99']:.0f} {int(bad.group(1)) if bad else 0} {'yes' if errs else 'no'}")
+print(f"{name} {rnd} {rps:.0f} {lat['50']:.0f} {lat['90']:.0f} {lat['99']:.0f} {int(bad.group(1)) if bad else 0} {'yes' if errs else 'no'}")
 PY
 }
 
 start_portcullis portcullis "$bin/portcullis" serve --config "$work/portcullis.yaml"
 
 if [ "$MODE" = ext_proc ]; then
-    say "Envoy -> Portcullis (ext_authz, RLS), empty ext_proc (${DURATION}s, $CONNECTIONS connections)"
-    measure empty-ext-proc "$pp" "$ep" >"$work/result-empty-ext-proc.txt"
-    read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <"$work/result-empty-ext-proc.txt"
-    say "Envoy -> Portcullis (ext_authz, RLS, ext_proc) (${DURATION}s, $CONNECTIONS connections)"
-    measure portcullis-ext-proc "$pp" "$pp" >"$work/result-portcullis-ext-proc.txt"
-    read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <"$work/result-portcullis-ext-proc.txt"
+    say "Envoy -> Portcullis (ext_authz, RLS), empty ext_proc; and Envoy -> Portcullis (ext_authz, RLS, ext_proc)"
+    front empty "$pp" "$ep"
+    front portcullis "$pp" "$pp"
     label="ext_proc server"
     ratio=ext_proc_ratio_vs_empty_through_envoy
 else
-    say "Envoy -> empty ext_authz/RLS/ext_proc server (${DURATION}s, $CONNECTIONS connections)"
-    measure empty "$ep" >"$work/result-empty.txt"
-    read -r e_rps e_p50 e_p90 e_p99 e_bad e_sock <"$work/result-empty.txt"
-    say "Envoy -> Portcullis, bundled policies (${DURATION}s, $CONNECTIONS connections)"
-    measure portcullis "$pp" >"$work/result-portcullis.txt"
-    read -r p_rps p_p50 p_p90 p_p99 p_bad p_sock <"$work/result-portcullis.txt"
+    say "Envoy -> empty ext_authz/RLS/ext_proc server; and Envoy -> Portcullis, bundled policies"
+    front empty "$ep"
+    front portcullis "$pp"
     label="decision server"
     ratio=ratio_vs_empty_through_envoy
 fi
+say "$ROUNDS rounds of ${slice_seconds}s per server, $CONNECTIONS connections, in turn each first"
+: >"$work/slices.txt"
+for round in $(seq 1 "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then
+        slice empty "$round"
+        slice portcullis "$round"
+    else
+        slice portcullis "$round"
+        slice empty "$round"
+    fi
+done
 
-printf '%-28s %10s %9s %9s %9s %8s\n' "$label" "req/s" "p50 us" "p90 us" "p99 us" "non-2xx"
-printf '%-28s %10s %9s %9s %9s %8s\n' "empty" "$e_rps" "$e_p50" "$e_p90" "$e_p99" "$e_bad"
-printf '%-28s %10s %9s %9s %9s %8s\n' "portcullis" "$p_rps" "$p_p50" "$p_p90" "$p_p99" "$p_bad"
-python3 -c "print(f'$ratio {$p_rps / $e_rps:.3f}')"
-if [ "$e_bad" != 0 ] || [ "$p_bad" != 0 ]; then
-    die "some responses were not 2xx (see the non-2xx column): the figures do not measure allowed requests"
-fi
+python3 - "$work/slices.txt" "$label" "$ratio" "$slice_seconds" <<'PY'
+import statistics, sys
+path, label, ratio, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+rows = [l.split() for l in open(path) if l.strip()]
+by = {"empty": {}, "portcullis": {}}
+for name, rnd, rps, p50, p90, p99, bad, sock in rows:
+    by[name][rnd] = (float(rps), float(p50), float(p90), float(p99), int(bad))
+print(f"{label:<28} {'req/s':>10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'non-2xx':>8}")
+bad = 0
+for name in ("empty", "portcullis"):
+    v = list(by[name].values())
+    med = lambda i: statistics.median(x[i] for x in v)
+    bad += sum(x[4] for x in v)
+    print(f"{name:<28} {statistics.mean(x[0] for x in v):>10.0f} {med(1):>9.0f} {med(2):>9.0f} {med(3):>9.0f} {sum(x[4] for x in v):>8}")
+pairs = [by["portcullis"][r][0] / by["empty"][r][0] for r in by["empty"] if r in by["portcullis"]]
+print(f"{ratio} {statistics.median(pairs):.3f} (median of {len(pairs)} pairs of {seconds:g} s slices: {min(pairs):.3f}..{max(pairs):.3f})")
+if bad:
+    print("bench-envoy: some responses were not 2xx (see the non-2xx column): the figures do not measure allowed requests", file=sys.stderr)
+    sys.exit(1)
+PY
