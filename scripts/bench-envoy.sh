@@ -51,7 +51,7 @@ WORKER_THREADS=${WORKER_THREADS:-0}
 [[ $WORKER_THREADS =~ ^[0-9]+$ && $WORKER_THREADS -le 1024 ]] || { echo "WORKER_THREADS must be 0..1024" >&2; exit 2; }
 [[ $MODE == all || $MODE == ext_proc ]] || { echo "MODE must be all or ext_proc" >&2; exit 2; }
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || { echo "DURATION must be 1..600 seconds" >&2; exit 2; }
-[[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 && $ROUNDS -le 100 ]] || { echo "ROUNDS must be 1..100" >&2; exit 2; }
+[[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 && $ROUNDS -le $DURATION ]] || { echo "ROUNDS must be 1..DURATION (slices of whole seconds)" >&2; exit 2; }
 
 say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'bench-envoy: %s\n' "$*" >&2; exit 1; }
@@ -178,11 +178,12 @@ PY
 
 # slice NAME ROUND: one slice of wrk on NAME's Envoy, its figures appended
 # to $work/slices.txt as "name round rps p50 p90 p99 non2xx socket-errors".
-slice_seconds=$(python3 -c "print(f'{max($DURATION / $ROUNDS, 0.5):.2f}')")
+# wrk takes whole seconds.
+slice_seconds=$((DURATION / ROUNDS))
 slice() {
     local name=$1 round=$2 out=$work/wrk-$1-$2.txt
     wrk -t "$THREADS" -c "$CONNECTIONS" -d "${slice_seconds}s" --latency -s "$work/request.lua" \
-        "http://127.0.0.1:${envoy_ports[$name]}" >"$out"
+        "http://127.0.0.1:${envoy_ports[$name]}" >"$out" 2>&1 || die "wrk failed on $name's Envoy: $(tail -3 "$out")"
     python3 - "$out" "$name" "$round" >>"$work/slices.txt" <<'PY'
 import re, sys
 path, name, rnd = sys.argv[1:]
