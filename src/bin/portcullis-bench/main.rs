@@ -271,7 +271,9 @@ enum RlsShape {
 enum Mix {
     /// Allowed inference calls with a small set of reused (cacheable) tokens.
     Allowed,
-    /// Every call carries a token never seen before.
+    /// Every call carries a token never seen before (up to
+    /// `requests::UNCACHED_TOKENS` calls per server in a run; beyond, the
+    /// tokens come round again).
     Uncached,
     /// 60% allowed (reused tokens), 10% forbidden, 10% mTLS workload,
     /// 10% anonymous status, 10% unknown path.
