@@ -726,6 +726,20 @@ fn bench_interleaved_slices_report_each_pair_and_their_median_as_the_ratio() {
 }
 
 #[test]
+fn bench_slices_without_a_baseline_target_are_refused_not_ignored() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+        .args(["--target", "127.0.0.1:9", "--slices", "4"])
+        .output()
+        .expect("run portcullis-bench");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("add --baseline-target"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn bench_interleaving_refuses_an_open_loop_with_a_clear_message() {
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
         .args([

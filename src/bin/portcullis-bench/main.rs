@@ -132,9 +132,9 @@ struct Args {
     /// one after the other. Closed loop only.
     #[arg(long, value_name = "ADDR")]
     baseline_target: Option<SocketAddr>,
-    /// With `--baseline-target`: pairs of slices.
-    #[arg(long, default_value_t = 10)]
-    slices: usize,
+    /// With `--baseline-target`: pairs of slices (10 when not given).
+    #[arg(long)]
+    slices: Option<usize>,
     /// Requests in flight at once (closed loop); with `--rate`, the most
     /// in flight at once.
     #[arg(long, default_value_t = 64)]
@@ -467,13 +467,17 @@ fn main() -> anyhow::Result<()> {
         args.baseline_target.is_none() || args.requests.is_none(),
         "--baseline-target measures slices of --duration: drop --requests"
     );
+    anyhow::ensure!(
+        args.slices.is_none() || args.baseline_target.is_some(),
+        "--slices divides an interleaved run: add --baseline-target ADDR, or drop --slices"
+    );
     let mut slice_ratios = Vec::new();
     match (args.target.first().copied(), args.baseline_target) {
         (Some(addr), Some(baseline)) => {
             let run = clients.block_on(drive_interleaved(
                 baseline,
                 addr,
-                args.slices,
+                args.slices.unwrap_or(10),
                 &args,
                 Arc::clone(&requests),
             ))?;
