@@ -725,37 +725,41 @@ fn bench_interleaved_slices_report_each_pair_and_their_median_as_the_ratio() {
     );
 }
 
-#[test]
-fn bench_slices_without_a_baseline_target_are_refused_not_ignored() {
+/// Runs `portcullis-bench` with `args` and asserts that it refuses them
+/// with a message that contains `says`.
+fn assert_bench_refuses(args: &[&str], says: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
-        .args(["--target", "127.0.0.1:9", "--slices", "4"])
+        .args(args)
         .output()
         .expect("run portcullis-bench");
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{args:?} was accepted");
     assert!(
-        text(&out.stderr).contains("add --baseline-target"),
-        "{}",
+        text(&out.stderr).contains(says),
+        "{args:?}: {}",
         text(&out.stderr)
     );
 }
 
 #[test]
+fn bench_slices_without_a_baseline_target_are_refused_not_ignored() {
+    assert_bench_refuses(
+        &["--target", "127.0.0.1:9", "--slices", "4"],
+        "add --baseline-target",
+    );
+}
+
+#[test]
 fn bench_interleaving_refuses_an_open_loop_with_a_clear_message() {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
-        .args([
+    assert_bench_refuses(
+        &[
             "--target",
             "127.0.0.1:9",
             "--baseline-target",
             "127.0.0.1:9",
-        ])
-        .args(["--rate", "100"])
-        .output()
-        .expect("run portcullis-bench");
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("drop --rate"),
-        "{}",
-        text(&out.stderr)
+            "--rate",
+            "100",
+        ],
+        "drop --rate",
     );
 }
 
