@@ -90,6 +90,30 @@ pub struct Interleaved {
     pub ratios: Vec<f64>,
 }
 
+/// Refuses what an interleaved run (`--baseline-target`, `--slices`)
+/// cannot honour, before anything is measured. `http`: `--rpc
+/// forward-auth`.
+pub fn check_interleaved(args: &Args, http: bool) -> anyhow::Result<()> {
+    let interleaved = args.baseline_target.is_some();
+    anyhow::ensure!(
+        !interleaved || (args.target.len() == 1 && !args.baseline),
+        "--baseline-target compares with one --target: give one, and drop --baseline"
+    );
+    anyhow::ensure!(
+        !interleaved || (args.rate.is_none() && !http),
+        "--baseline-target interleaves closed-loop gRPC loads: drop --rate and --rpc forward-auth"
+    );
+    anyhow::ensure!(
+        !interleaved || args.requests.is_none(),
+        "--baseline-target measures slices of --duration: drop --requests"
+    );
+    anyhow::ensure!(
+        args.slices.is_none() || interleaved,
+        "--slices divides an interleaved run: add --baseline-target ADDR, or drop --slices"
+    );
+    Ok(())
+}
+
 /// Measures `target` against `baseline` with the same closed-loop load, in
 /// `slices` pairs of slices of `--duration / slices` seconds each, both
 /// servers up and connected throughout. A pair's two slices run back to

@@ -455,22 +455,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         args.audit_durability.iter().copied().map(Some).collect()
     };
-    anyhow::ensure!(
-        args.baseline_target.is_none() || (args.target.len() == 1 && !args.baseline),
-        "--baseline-target compares with one --target: give one, and drop --baseline"
-    );
-    anyhow::ensure!(
-        args.baseline_target.is_none() || (args.rate.is_none() && !http),
-        "--baseline-target interleaves closed-loop gRPC loads: drop --rate and --rpc forward-auth"
-    );
-    anyhow::ensure!(
-        args.baseline_target.is_none() || args.requests.is_none(),
-        "--baseline-target measures slices of --duration: drop --requests"
-    );
-    anyhow::ensure!(
-        args.slices.is_none() || args.baseline_target.is_some(),
-        "--slices divides an interleaved run: add --baseline-target ADDR, or drop --slices"
-    );
+    load::check_interleaved(&args, http)?;
     let mut slice_ratios = Vec::new();
     match (args.target.first().copied(), args.baseline_target) {
         (Some(addr), Some(baseline)) => {
