@@ -109,6 +109,21 @@ fn envoy_ext_proc_settles_json_and_streamed_completions_in_every_body_mode() {
         }
     }
     assert_eq!(model.hits(), 6);
+    assert_streams_ended_cleanly(&mut pdp);
+}
+
+/// No ext_proc stream through Envoy ended as unreadable: each closed
+/// cleanly once its response ended, or was reset by Envoy (counted as
+/// broken). Every request through Envoy had logged "a message from the
+/// gateway could not be read": Envoy resets a stream it is done with.
+fn assert_streams_ended_cleanly(pdp: &mut Portcullis) {
+    let log = pdp.stderr();
+    assert!(!log.contains("could not be read"), "{log}");
+    let metrics = pdp.http_get("/metrics").1;
+    assert!(
+        !metrics.contains("outcome=\"unreadable_message\""),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -160,7 +175,7 @@ fn envoy_an_upstream_that_dies_mid_stream_leaves_no_reservation_open() {
         "{on_missing_usage: release, reservation_ttl: 2s}",
     ));
     let model = ModelServer::start();
-    let pdp = Portcullis::start(&["--policies", policies.arg()]);
+    let mut pdp = Portcullis::start(&["--policies", policies.arg()]);
     let envoy = Envoy::start_edited(pdp.addr(), model.addr(), with_body_mode("STREAMED"));
     let r = HttpRequest::post("/v1/chat/completions")
         .json(&json!({"max_tokens": 1000, "stream": true,
@@ -180,6 +195,7 @@ fn envoy_an_upstream_that_dies_mid_stream_leaves_no_reservation_open() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_streams_ended_cleanly(&mut pdp);
 }
 
 #[test]

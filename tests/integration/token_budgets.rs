@@ -462,6 +462,41 @@ async fn a_stream_broken_mid_response_leaves_no_reservation_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_processor_ends_the_stream_cleanly_once_the_response_has_ended() {
+    // It waited for Envoy to close its side, and Envoy, done with the
+    // response, reset the stream instead (RST_STREAM NO_ERROR): every
+    // request through Envoy logged "a message from the gateway could not
+    // be read" and counted an unreadable message.
+    let r = replicas(1, QuotaSettings::default(), &token_quotas("{}")).await;
+    let quotas = &r.servers[0].state.quotas;
+    for (mode, content_type, chunks) in [
+        (
+            STREAMED,
+            "text/event-stream",
+            sse_completion(&["Hel", "lo"], 300),
+        ),
+        (
+            BUFFERED,
+            "application/json",
+            vec![json_completion("Hello", 300)],
+        ),
+    ] {
+        let decision = check(&r.channels[0], "done", 1000).await.unwrap();
+        let mut s = ExtProcStream::open(r.servers[0].decision_addr, mode).await;
+        s.request_headers("done", &decision).await;
+        s.response_headers(200, content_type).await;
+        for (i, c) in chunks.iter().enumerate() {
+            s.body(c, i + 1 == chunks.len()).await;
+        }
+        // Envoy's side stays open: the processor ends the stream itself,
+        // with status OK, the reservation already settled.
+        assert_eq!(s.ended_by_processor().await.map_err(|e| e.code()), Ok(()));
+        assert!(quotas.reservation("done").await.unwrap().is_none());
+    }
+    assert_eq!(remaining(&r.channels[0]).await, 20_000 - 2 * 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_over_the_size_limit_ends_the_stream_with_an_error_not_a_clean_end() {
     // It ended as a success with no answer to the body: Envoy would pass
     // the rest of the response unchecked, and nothing said why.

@@ -290,6 +290,19 @@ impl ExtProcStream {
         .await
     }
 
+    /// Waits (at most 5 s) for the processor to end the stream while this
+    /// side is still open: `Ok` for a clean end (gRPC status OK), the
+    /// status it ended with otherwise. Panics on a further answer, or when
+    /// the stream is still open after 5 s.
+    pub async fn ended_by_processor(&mut self) -> Result<(), tonic::Status> {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), self.rx.message()).await {
+            Err(_) => panic!("the processor kept the stream open after the response ended"),
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(answer))) => panic!("expected the end of the stream, got {answer:?}"),
+            Ok(Err(status)) => Err(status),
+        }
+    }
+
     /// Closes Envoy's side (as Envoy does once the response is done, or
     /// when it gives up on it).
     pub fn close(&mut self) {

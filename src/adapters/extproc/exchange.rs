@@ -125,6 +125,12 @@ impl Exchange {
         (!observe_only).then_some(answer)
     }
 
+    /// The response has ended and its reservation is settled: nothing
+    /// Envoy may still send changes the outcome.
+    pub(super) fn finished(&self) -> bool {
+        self.finished
+    }
+
     /// The stream ended before the response did (Envoy, the client or the
     /// network went away): the reservation settles by its rule now.
     pub(super) async fn broken(&mut self) {

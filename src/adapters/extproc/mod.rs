@@ -73,6 +73,17 @@ impl ExternalProcessor for ExtProcService {
                                 return;
                             }
                         }
+                        if exchange.finished() {
+                            // The response has ended and is settled: our
+                            // side closes now, cleanly ("if the server
+                            // closes the gRPC stream cleanly, then Envoy
+                            // proceeds without consulting the server",
+                            // external_processor.proto). Waiting for Envoy
+                            // instead meets its reset (RST_STREAM NO_ERROR
+                            // once the filter is done), which reads as an
+                            // error on every request.
+                            return;
+                        }
                     }
                     // Envoy closed its side: the response is complete (it
                     // was settled at its end) or was cut short.
@@ -86,6 +97,18 @@ impl ExternalProcessor for ExtProcService {
                     // Envoy's `failure_mode_allow` decides, never as a clean
                     // end that passes the rest of the response unchecked.
                     Err(status) => {
+                        if reset_by_peer(&status) {
+                            // Envoy gave up on the response (its client
+                            // went away, a timeout): the reservation
+                            // settles by its rule, counted as `broken`.
+                            tracing::debug!(
+                                target: "portcullis::ext_proc",
+                                error = %status.message(),
+                                "ext_proc stream reset by the gateway before the response ended"
+                            );
+                            exchange.broken().await;
+                            return;
+                        }
                         let unreadable = matches!(
                             status.code(),
                             Code::OutOfRange
@@ -110,5 +133,19 @@ impl ExternalProcessor for ExtProcService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The stream was reset by the gateway (HTTP/2 `RST_STREAM`), not ended by
+/// a message that could not be read. Envoy resets with `NO_ERROR` (its
+/// `LocalReset`), which tonic reports as `INTERNAL` with the message
+/// "h2 protocol error: ..." (`Status::from_hyper_error`); with `CANCEL` as
+/// `CANCELLED`. A message tonic cannot decode is `INTERNAL` too, with its
+/// own message ("failed to decode ..."), so the text tells them apart.
+fn reset_by_peer(status: &Status) -> bool {
+    match status.code() {
+        Code::Cancelled => true,
+        Code::Internal => status.message().starts_with("h2 protocol error"),
+        _ => false,
     }
 }
