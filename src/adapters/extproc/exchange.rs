@@ -9,9 +9,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
 
-use crate::adapters::extauthz::header_map;
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
@@ -142,19 +141,18 @@ impl Exchange {
     }
 
     async fn request_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
-        let headers = header_map(h.headers.as_ref());
-        if let Some(id) = headers.get("x-request-id").filter(|v| !v.is_empty()) {
-            self.request_id = id.clone();
+        let header = |name: &str| header(h.headers.as_ref(), name);
+        if let Some(id) = header("x-request-id").filter(|v| !v.is_empty()) {
+            self.request_id = id;
         }
-        if let Some(id) = headers.get(DECISION_HEADER) {
-            self.decision_id = id.clone();
+        if let Some(id) = header(DECISION_HEADER) {
+            self.decision_id = id;
         }
         // The route, as Check matched it: its response checks apply.
-        let (method, path) = (headers.get(":method"), headers.get(":path"));
-        if let (Some(method), Some(path)) = (method, path) {
+        if let (Some(method), Some(path)) = (header(":method"), header(":path")) {
             let snapshot = self.state.policies.current();
             if let crate::routes::RouteMatch::Matched { route, .. } =
-                snapshot.routes.match_request(method, path)
+                snapshot.routes.match_request(&method, &path)
             {
                 self.route.clone_from(&route.name);
                 if let Some(checks) = snapshot.responses.for_route(&route.name) {
@@ -199,9 +197,7 @@ impl Exchange {
     }
 
     async fn response_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
-        let headers = header_map(h.headers.as_ref());
-        self.status = headers
-            .get(":status")
+        self.status = header(h.headers.as_ref(), ":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         // Response headers without request headers (request_header_mode
@@ -215,7 +211,8 @@ impl Exchange {
                 "no token reservation for this request id; the response passes untouched"
             );
         }
-        let content_type = headers.get("content-type").map(String::as_str);
+        let content_type = header(h.headers.as_ref(), "content-type");
+        let content_type = content_type.as_deref();
         let pointers = self
             .reservation
             .as_ref()
@@ -432,6 +429,33 @@ fn mutation(set: &[(String, String)]) -> HeaderMutation {
     }
 }
 
+/// The value of header `name` (lower case) in an Envoy `HeaderMap`, as
+/// `extauthz::header_map` reads it (names compared without case, the
+/// value from `raw_value` when set, else `value`, repeats comma-merged),
+/// without building the map: a stream reads five headers of the dozens
+/// Envoy sends.
+fn header(map: Option<&HeaderMap>, name: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    for h in map.iter().flat_map(|m| m.headers.iter()) {
+        if !h.key.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        let value = if h.raw_value.is_empty() {
+            std::borrow::Cow::Borrowed(h.value.as_str())
+        } else {
+            String::from_utf8_lossy(&h.raw_value)
+        };
+        match &mut out {
+            Some(v) => {
+                v.push(',');
+                v.push_str(&value);
+            }
+            None => out = Some(value.into_owned()),
+        }
+    }
+    out
+}
+
 /// An attribute Envoy sent (`request_attributes` / `response_attributes`:
 /// `request.id`), from any namespace.
 fn attribute(attributes: &HashMap<String, Struct>, name: &str) -> Option<String> {
@@ -441,4 +465,47 @@ fn attribute(attributes: &HashMap<String, Struct>, name: &str) -> Option<String>
             Kind::StringValue(v) if !v.is_empty() => Some(v.clone()),
             _ => None,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str, &[u8])]) -> HeaderMap {
+        HeaderMap {
+            headers: pairs
+                .iter()
+                .map(|(k, v, raw)| HeaderValue {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                    raw_value: raw.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_header_is_read_as_the_ext_authz_header_map_reads_it() {
+        let m = map(&[
+            (":path", "", b"/v1/chat"),
+            ("X-Request-Id", "old-style", b""),
+            ("accept", "", b"a"),
+            ("Accept", "", b"b"),
+            ("x-odd", "", b"\xff!"),
+        ]);
+        let read = |name| header(Some(&m), name);
+        // raw_value when set, else value; names without case.
+        assert_eq!(read(":path").as_deref(), Some("/v1/chat"));
+        assert_eq!(read("x-request-id").as_deref(), Some("old-style"));
+        // Repeats comma-merged, invalid UTF-8 replaced.
+        assert_eq!(read("accept").as_deref(), Some("a,b"));
+        assert_eq!(read("x-odd").as_deref(), Some("\u{fffd}!"));
+        assert_eq!(read("content-type"), None);
+        assert_eq!(header(None, ":path"), None);
+        // The same as the whole map, for every name.
+        let whole = crate::adapters::extauthz::header_map(Some(&m));
+        for (name, value) in &whole {
+            assert_eq!(read(name).as_ref(), Some(value), "{name}");
+        }
+    }
 }
