@@ -12,7 +12,10 @@
 # that a host whose speed drifts during the run moves both sides of a pair
 # alike (two 10 s runs one after the other gave ratios from 0.72 to 0.98 on
 # one day). The script prints each server's throughput (over all of its
-# slices) and the median p50/p90/p99 of its slices, and the ratio: the
+# slices), the median p50/p90/p99 of its slices, the CPU time the decision
+# server and the Envoy in front of it spent per request (from
+# /proc/PID/stat over the rounds: whether a gap is the decision server's
+# own work or Envoy's work on its answers), and the ratio: the
 # median of the pairs' ratios, with their range. Only the ratio is worth
 # quoting: on a 2-core machine wrk, Envoy, the upstream and the decision
 # server share the cores.
@@ -129,7 +132,7 @@ EOF
 # listener's port goes to envoy_ports[NAME]. Run in this shell (not in a
 # command substitution), so that a failure stops the script and the
 # cleanup stops the servers it started.
-declare -A envoy_ports
+declare -A envoy_ports envoy_pids
 front() { # name, decision port[, ext_proc port]
     local name=$1 port=$2 ext_proc=${3:-} lp
     # Envoy's own listener and admin interface on port 0 (start_envoy
@@ -167,6 +170,7 @@ PY
         --log-level error --base-id "$((72 + RANDOM % 1000))"
     lp=$envoy_port
     envoy_ports[$name]=$lp
+    envoy_pids[$name]=$envoy_pid
     local status
     status=$(curl -s -o "$work/probe-$name.body" -w '%{http_code}' -X POST \
         -H 'content-type: application/json' -H "authorization: Bearer $token" \
@@ -216,6 +220,20 @@ else
 fi
 say "$ROUNDS rounds of ${slice_seconds}s per server, $CONNECTIONS connections, in turn each first"
 : >"$work/slices.txt"
+# CPU time of each side's decision server and Envoy over the rounds (each
+# works only in its own slices, apart from the upstream, which serves both).
+if [ "$MODE" = ext_proc ]; then
+    decision_pids=("$p_pid" "$p_pid")
+else
+    decision_pids=("$empty_pid" "$p_pid")
+fi
+cpu_all() {
+    cpu_ticks "${decision_pids[0]}"
+    cpu_ticks "${decision_pids[1]}"
+    cpu_ticks "${envoy_pids[empty]}"
+    cpu_ticks "${envoy_pids[portcullis]}"
+}
+mapfile -t cpu_before < <(cpu_all)
 for round in $(seq 1 "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then
         slice empty "$round"
@@ -226,20 +244,33 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
 done
 
-python3 - "$work/slices.txt" "$label" "$ratio" "$slice_seconds" <<'PY'
+mapfile -t cpu_after < <(cpu_all)
+cpu_used=()
+for i in 0 1 2 3; do cpu_used+=("$((cpu_after[i] - cpu_before[i]))"); done
+
+python3 - "$work/slices.txt" "$label" "$ratio" "$slice_seconds" "$MODE" "$(getconf CLK_TCK)" "${cpu_used[@]}" <<'PY'
 import statistics, sys
 path, label, ratio, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+mode, hz = sys.argv[5], float(sys.argv[6])
+decision_ticks = dict(zip(("empty", "portcullis"), map(int, sys.argv[7:9])))
+envoy_ticks = dict(zip(("empty", "portcullis"), map(int, sys.argv[9:11])))
 rows = [l.split() for l in open(path) if l.strip()]
 by = {"empty": {}, "portcullis": {}}
 for name, rnd, rps, p50, p90, p99, bad, sock in rows:
     by[name][rnd] = (float(rps), float(p50), float(p90), float(p99), int(bad))
-print(f"{label:<28} {'req/s':>10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'non-2xx':>8}")
+# CPU per request (us): the decision server's and its Envoy's, over all
+# of the side's slices. In ext_proc mode both sides share one Portcullis,
+# so its column is left out.
+print(f"{label:<28} {'req/s':>10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'non-2xx':>8} {'server cpu us/req':>18} {'envoy cpu us/req':>17}")
 bad = 0
 for name in ("empty", "portcullis"):
     v = list(by[name].values())
     med = lambda i: statistics.median(x[i] for x in v)
     bad += sum(x[4] for x in v)
-    print(f"{name:<28} {statistics.mean(x[0] for x in v):>10.0f} {med(1):>9.0f} {med(2):>9.0f} {med(3):>9.0f} {sum(x[4] for x in v):>8}")
+    served = sum(x[0] for x in v) * seconds
+    per = lambda ticks: f"{ticks / hz * 1e6 / served:.0f}" if served else "-"
+    server = per(decision_ticks[name]) if mode != "ext_proc" else "-"
+    print(f"{name:<28} {statistics.mean(x[0] for x in v):>10.0f} {med(1):>9.0f} {med(2):>9.0f} {med(3):>9.0f} {sum(x[4] for x in v):>8} {server:>18} {per(envoy_ticks[name]):>17}")
 pairs = [by["portcullis"][r][0] / by["empty"][r][0] for r in by["empty"] if r in by["portcullis"]]
 print(f"{ratio} {statistics.median(pairs):.3f} (median of {len(pairs)} pairs of {seconds:g} s slices: {min(pairs):.3f}..{max(pairs):.3f})")
 if bad:
