@@ -484,7 +484,7 @@ impl Metrics {
         );
         registry.register(
             "portcullis_ext_proc_streams",
-            "ext_proc streams by how they ended (settled, uncorrelated, broken, passed)",
+            "ext_proc streams by how they ended (settled, uncorrelated, broken, passed, unreadable_message)",
             Described(self.ext_proc_streams.clone()),
         );
         registry.register(
