@@ -142,6 +142,8 @@ impl ExternalProcessor for ExtProcService {
 /// "h2 protocol error: ..." (`Status::from_hyper_error`); with `CANCEL` as
 /// `CANCELLED`. A message tonic cannot decode is `INTERNAL` too, with its
 /// own message ("failed to decode ..."), so the text tells them apart.
+/// The text does not carry the reset's reason, so an HTTP/2 failure of the
+/// whole connection (which ends every stream on it) reads as a reset too.
 fn reset_by_peer(status: &Status) -> bool {
     match status.code() {
         Code::Cancelled => true,
