@@ -112,6 +112,79 @@ fn envoy_ext_proc_settles_json_and_streamed_completions_in_every_body_mode() {
     assert_streams_ended_cleanly(&mut pdp);
 }
 
+/// Envoy resets an ext_proc stream it is done with, or gives up on (its
+/// client went away), with `RST_STREAM` `INTERNAL_ERROR` (seen in h2's
+/// debug log under the Envoy tests above), which tonic reads as `INTERNAL`
+/// "h2 protocol error": a stream that ended mid-response, never logged or
+/// counted as an unreadable message. A raw HTTP/2 client sends that reset
+/// here, as Envoy does.
+#[test]
+fn a_gateway_reset_mid_response_is_not_logged_as_an_unreadable_message() {
+    use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
+    use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest};
+    use prost::Message as _;
+
+    let policies = token_policy_dir(&token_quotas("{}"));
+    let mut pdp = Portcullis::start(&["--policies", policies.arg()]);
+    let addr = pdp.addr();
+    let message = ProcessingRequest {
+        request: Some(Msg::RequestHeaders(HttpHeaders {
+            headers: Some(support::ext_proc_headers(&[
+                (":method", "POST"),
+                (":path", "/v1/chat/completions"),
+                ("x-request-id", "gone"),
+            ])),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    // A gRPC message: uncompressed, its length, the protobuf.
+    let mut frame = vec![0u8];
+    frame.extend((message.encoded_len() as u32).to_be_bytes());
+    message.encode(&mut frame).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(connection);
+            let request = tonic::codegen::http::Request::post(format!(
+                "http://{addr}/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+            let (response, mut send) = client
+                .ready()
+                .await
+                .unwrap()
+                .send_request(request, false)
+                .unwrap();
+            send.send_data(frame.into(), false).unwrap();
+            // The answer to the request headers: the message was read.
+            let mut body = response.await.unwrap().into_body();
+            let answer = body.data().await.expect("an answer").unwrap();
+            assert!(answer.len() > 5, "{answer:?}");
+            // The response never comes: Envoy gives up on the stream.
+            send.send_reset(h2::Reason::INTERNAL_ERROR);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+    eprintln!("LOG {}", pdp.stderr());
+    eprintln!(
+        "MET {}",
+        pdp.http_get("/metrics")
+            .1
+            .lines()
+            .filter(|l| l.contains("ext_proc"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_streams_ended_cleanly(&mut pdp);
+}
+
 /// No ext_proc stream through Envoy ended as unreadable: each closed
 /// cleanly once its response ended, or was reset by Envoy (counted as
 /// broken). Every request through Envoy had logged "a message from the

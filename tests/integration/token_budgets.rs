@@ -464,7 +464,7 @@ async fn a_stream_broken_mid_response_leaves_no_reservation_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_processor_ends_the_stream_cleanly_once_the_response_has_ended() {
     // It waited for Envoy to close its side, and Envoy, done with the
-    // response, reset the stream instead (RST_STREAM NO_ERROR): every
+    // response, reset the stream instead (RST_STREAM INTERNAL_ERROR): every
     // request through Envoy logged "a message from the gateway could not
     // be read" and counted an unreadable message.
     let r = replicas(1, QuotaSettings::default(), &token_quotas("{}")).await;

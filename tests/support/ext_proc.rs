@@ -157,7 +157,9 @@ pub fn json_completion(text: &str, total: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+/// An Envoy `HeaderMap` of `pairs`, values in `raw_value` as Envoy sends
+/// them.
+pub fn ext_proc_headers(pairs: &[(&str, &str)]) -> HeaderMap {
     HeaderMap {
         headers: pairs
             .iter()
@@ -257,7 +259,7 @@ impl ExtProcStream {
             pairs.push(("x-portcullis-decision-id", decision_id));
         }
         self.send(Msg::RequestHeaders(HttpHeaders {
-            headers: Some(headers(&pairs)),
+            headers: Some(ext_proc_headers(&pairs)),
             ..Default::default()
         }))
         .await
@@ -271,7 +273,7 @@ impl ExtProcStream {
     ) -> ProcessingResponse {
         let status = status.to_string();
         self.send(Msg::ResponseHeaders(HttpHeaders {
-            headers: Some(headers(&[
+            headers: Some(ext_proc_headers(&[
                 (":status", &status),
                 ("content-type", content_type),
             ])),

@@ -46,9 +46,9 @@ pub use config::{
 pub use envoy::Envoy;
 #[allow(unused_imports)]
 pub use ext_proc::{
-    chat_body, json_completion, portcullis_metadata, respond, sse_completion, token_policy_dir,
-    token_quotas, tokens_left, tokens_left_at, ExtProcStream, BUFFERED, CHAT_ROUTE,
-    FULL_DUPLEX_STREAMED, STREAMED,
+    chat_body, ext_proc_headers, json_completion, portcullis_metadata, respond, sse_completion,
+    token_policy_dir, token_quotas, tokens_left, tokens_left_at, ExtProcStream, BUFFERED,
+    CHAT_ROUTE, FULL_DUPLEX_STREAMED, STREAMED,
 };
 #[allow(unused_imports)]
 pub use gateways::{caddy_accepts, nginx_accepts, start_caddy, start_nginx, Gateway};

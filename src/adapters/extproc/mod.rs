@@ -79,9 +79,9 @@ impl ExternalProcessor for ExtProcService {
                             // closes the gRPC stream cleanly, then Envoy
                             // proceeds without consulting the server",
                             // external_processor.proto). Waiting for Envoy
-                            // instead meets its reset (RST_STREAM NO_ERROR
-                            // once the filter is done), which reads as an
-                            // error on every request.
+                            // instead meets its reset (RST_STREAM
+                            // INTERNAL_ERROR once the filter is done), which
+                            // reads as an error on every request.
                             return;
                         }
                     }
@@ -137,10 +137,11 @@ impl ExternalProcessor for ExtProcService {
 }
 
 /// The stream was reset by the gateway (HTTP/2 `RST_STREAM`), not ended by
-/// a message that could not be read. Envoy resets with `NO_ERROR` (its
-/// `LocalReset`), which tonic reports as `INTERNAL` with the message
-/// "h2 protocol error: ..." (`Status::from_hyper_error`); with `CANCEL` as
-/// `CANCELLED`. A message tonic cannot decode is `INTERNAL` too, with its
+/// a message that could not be read. Envoy 1.40 resets with
+/// `INTERNAL_ERROR` (h2's debug log in the Envoy e2e tests), which tonic
+/// reports as `INTERNAL` with the message "h2 protocol error: ..."
+/// (`Status::from_hyper_error`); `CANCEL` as `CANCELLED`; hyper reads a
+/// `NO_ERROR` reset as the end of the stream (RFC 9113 §8.1). A message tonic cannot decode is `INTERNAL` too, with its
 /// own message ("failed to decode ..."), so the text tells them apart.
 /// The text does not carry the reset's reason, so an HTTP/2 failure of the
 /// whole connection (which ends every stream on it) reads as a reset too.
