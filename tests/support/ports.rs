@@ -2,15 +2,33 @@
 //! they start (Envoy, redis-server). Servers we start ourselves bind
 //! `127.0.0.1:0` instead.
 
+use std::collections::HashSet;
 use std::net::TcpListener;
+use std::sync::Mutex;
 
-/// A loopback port that was free a moment ago. Another process may take it
-/// before the caller binds it: callers that can retry a start do so.
+/// Ports this test process has handed out.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A loopback port that was free a moment ago, and that this process has
+/// not handed out before. Another process may take it before the caller
+/// binds it: callers that can retry a start do so. Within the process it is
+/// never handed out twice: two tests starting at once could otherwise get
+/// the same port from the kernel, and two Envoys bind it both without an
+/// error (their listeners set `SO_REUSEPORT`), the kernel then sharing the
+/// connections between them: a request meant for one test's Envoy reached
+/// the other test's upstream.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0 to find a free port")
-        .port()
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0 to find a free port")
+            .port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A loopback port that refuses every connection for as long as this value
