@@ -164,26 +164,38 @@ fn headers_of(http: &mut HttpRequest) -> Headers {
 }
 
 /// Headers of an Envoy `HeaderMap` (`config.core.v3`), names lower-cased,
-/// values from `raw_value` when set (else `value`), repeats comma-merged as
-/// Envoy does. ext_authz's raw headers and ext_proc's header messages.
+/// values as [`header_value`] reads them, repeats merged as
+/// [`merge_repeat`] does: ext_authz's raw headers.
 pub(crate) fn header_map(
     map: Option<&envoy_types::pb::envoy::config::core::v3::HeaderMap>,
 ) -> Headers {
     let mut out = Headers::default();
     for h in map.iter().flat_map(|m| m.headers.iter()) {
-        let value = if h.raw_value.is_empty() {
-            h.value.clone()
-        } else {
-            String::from_utf8_lossy(&h.raw_value).into_owned()
-        };
+        let value = header_value(h);
         out.entry(h.key.to_ascii_lowercase())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert(value);
+            .and_modify(|v| merge_repeat(v, &value))
+            .or_insert_with(|| value.into_owned());
     }
     out
+}
+
+/// One Envoy `HeaderValue`'s value: `raw_value` when set (invalid UTF-8
+/// replaced), else `value`.
+pub(crate) fn header_value(
+    h: &envoy_types::pb::envoy::config::core::v3::HeaderValue,
+) -> std::borrow::Cow<'_, str> {
+    if h.raw_value.is_empty() {
+        std::borrow::Cow::Borrowed(h.value.as_str())
+    } else {
+        String::from_utf8_lossy(&h.raw_value)
+    }
+}
+
+/// Adds a repeat of a header to the value so far, comma-merged as Envoy
+/// does.
+pub(crate) fn merge_repeat(merged: &mut String, value: &str) {
+    merged.push(',');
+    merged.push_str(value);
 }
 
 #[cfg(test)]

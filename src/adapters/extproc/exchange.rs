@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 
 use super::hook::{Checks, PassThrough, ResponseHook};
+use crate::adapters::extauthz::{header_value, merge_repeat};
 use crate::app::State;
 use crate::decision::outcome::DECISION_HEADER;
 use crate::metrics;
@@ -430,26 +431,18 @@ fn mutation(set: &[(String, String)]) -> HeaderMutation {
 }
 
 /// The value of header `name` (lower case) in an Envoy `HeaderMap`, as
-/// `extauthz::header_map` reads it (names compared without case, the
-/// value from `raw_value` when set, else `value`, repeats comma-merged),
-/// without building the map: a stream reads five headers of the dozens
-/// Envoy sends.
+/// `extauthz::header_map` reads it (names compared without case, values by
+/// `header_value`, repeats by `merge_repeat`), without building the map: a
+/// stream reads five headers of the dozens Envoy sends.
 fn header(map: Option<&HeaderMap>, name: &str) -> Option<String> {
     let mut out: Option<String> = None;
     for h in map.iter().flat_map(|m| m.headers.iter()) {
         if !h.key.eq_ignore_ascii_case(name) {
             continue;
         }
-        let value = if h.raw_value.is_empty() {
-            std::borrow::Cow::Borrowed(h.value.as_str())
-        } else {
-            String::from_utf8_lossy(&h.raw_value)
-        };
+        let value = header_value(h);
         match &mut out {
-            Some(v) => {
-                v.push(',');
-                v.push_str(&value);
-            }
+            Some(merged) => merge_repeat(merged, &value),
             None => out = Some(value.into_owned()),
         }
     }
