@@ -1,5 +1,6 @@
-//! A real Envoy with the configuration from `deploy/`, its addresses
-//! rewritten to free loopback ports, killed on drop.
+//! A real Envoy with the configuration from `deploy/`, its listener and
+//! admin interface on loopback ports it binds itself (port 0), killed on
+//! drop.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +13,6 @@ use tempfile::TempDir;
 
 use super::http::HttpRequest;
 use super::paths::repo;
-use super::ports::free_port;
 use super::process::{die_with_parent, kill_on_drop, read_lossy, tail, tool};
 use super::STARTUP_TIMEOUT;
 
@@ -45,7 +45,7 @@ fn rewrite_address(config: &str, from: &str, to: SocketAddr) -> String {
 
 impl Envoy {
     /// Starts Envoy with `deploy/envoy.yaml`, its PDP and upstream pointed
-    /// at the given addresses and its listener and admin on free ports;
+    /// at the given addresses and its listener and admin on ports of its own;
     /// returns once the listener accepts connections and `/ready` is LIVE.
     pub fn start(portcullis: SocketAddr, upstream: SocketAddr) -> Envoy {
         Envoy::start_edited(portcullis, upstream, |config| config)
@@ -93,79 +93,88 @@ impl Envoy {
         upstream: SocketAddr,
     ) -> Envoy {
         let envoy = tool("envoy");
-        // free_port() can race with another process: a start whose bind
-        // failed is retried on new ports, a bounded number of times.
-        let attempts = 3;
-        let mut last_log = String::new();
-        for attempt in 1..=attempts {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut config = template.to_string();
-            for (from, to) in [
-                ("127.0.0.1:10000", addr),
-                ("127.0.0.1:8081", upstream),
-                (portcullis_literal, portcullis),
-                ("127.0.0.1:9901", admin),
-            ] {
-                config = rewrite_address(&config, from, to);
-            }
-            let dir = tempfile::tempdir().expect("temp dir");
-            let path = dir.path().join("envoy.yaml");
-            std::fs::write(&path, config).expect("write envoy config");
-            let log = dir.path().join("envoy.log");
-            let log_file = File::create(&log).expect("create envoy log");
-            let mut command = Command::new(&envoy);
-            command
-                .arg("-c")
-                .arg(&path)
-                .args(["-l", "warning", "--disable-hot-restart"])
-                // No shared memory between concurrent Envoys in parallel tests.
-                .arg("--use-dynamic-base-id")
-                // Two cores, shared: one worker is plenty for tests.
-                .args(["--concurrency", "1"])
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().expect("dup log file"))
-                .stderr(log_file);
-            die_with_parent(&mut command);
-            let child = command.spawn().unwrap_or_else(|e| {
-                panic!("spawn {}: {e}", envoy.display());
-            });
-            let mut envoy_proc = Envoy {
-                child,
-                addr,
-                admin,
-                log,
-                _dir: dir,
-            };
-            match envoy_proc.wait_ready() {
-                Ok(()) => return envoy_proc,
-                Err(exited) => {
-                    last_log = envoy_proc.log();
-                    let bind_race = last_log.contains("ddress already in use");
-                    if !(exited && bind_race && attempt < attempts) {
-                        panic!(
-                            "envoy did not become ready (attempt {attempt}, {}):\n{}",
-                            if exited { "exited" } else { "timed out" },
-                            tail(&last_log, 80)
-                        );
-                    }
-                }
-            }
+        // The listener and the admin interface bind port 0, and Envoy says
+        // which ports it got: the admin's in the file of
+        // `--admin-address-path`, the listener's at the admin's
+        // `/listeners`. A port chosen in advance could be taken by another
+        // process in the meantime, and a second Envoy on the same listener
+        // port would share its connections without an error (Envoy sets
+        // `SO_REUSEPORT`).
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = template.to_string();
+        for (from, to) in [
+            ("127.0.0.1:10000", any),
+            ("127.0.0.1:8081", upstream),
+            (portcullis_literal, portcullis),
+            ("127.0.0.1:9901", any),
+        ] {
+            config = rewrite_address(&config, from, to);
         }
-        panic!("envoy could not start in {attempts} attempts:\n{last_log}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, config).expect("write envoy config");
+        let admin_path = dir.path().join("admin-address");
+        let log = dir.path().join("envoy.log");
+        let log_file = File::create(&log).expect("create envoy log");
+        let mut command = Command::new(&envoy);
+        command
+            .arg("-c")
+            .arg(&path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["-l", "warning", "--disable-hot-restart"])
+            // No shared memory between concurrent Envoys in parallel tests.
+            .arg("--use-dynamic-base-id")
+            // Two cores, shared: one worker is plenty for tests.
+            .args(["--concurrency", "1"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log file"))
+            .stderr(log_file);
+        die_with_parent(&mut command);
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!("spawn {}: {e}", envoy.display());
+        });
+        let mut envoy_proc = Envoy {
+            child,
+            addr: any,
+            admin: any,
+            log,
+            _dir: dir,
+        };
+        if let Err(why) = envoy_proc.wait_ready(&admin_path) {
+            panic!(
+                "envoy did not become ready ({why}):\n{}",
+                tail(&envoy_proc.log(), 80)
+            );
+        }
+        envoy_proc
     }
 
-    /// Waits for the listener and admin `/ready` == LIVE. `Err(true)` if
-    /// Envoy exited, `Err(false)` on timeout.
-    fn wait_ready(&mut self) -> Result<(), bool> {
+    /// Learns the admin address (from `admin_path`) and the listener's
+    /// (from `/listeners`), then waits for the listener to accept and
+    /// `/ready` to say LIVE. Errors: Envoy exited, or the startup timeout.
+    fn wait_ready(&mut self, admin_path: &std::path::Path) -> Result<(), &'static str> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return Err(true);
+                return Err("exited");
             }
-            let listening =
-                TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok();
-            if listening {
+            if self.admin.port() == 0 {
+                if let Some(admin) = std::fs::read_to_string(admin_path)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                {
+                    self.admin = admin;
+                }
+            }
+            if self.admin.port() != 0 && self.addr.port() == 0 {
+                if let Some(addr) = self.listener_address() {
+                    self.addr = addr;
+                }
+            }
+            if self.addr.port() != 0
+                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
                 let ready = HttpRequest::get("/ready")
                     .timeout(Duration::from_secs(2))
                     .try_send(self.admin)
@@ -177,7 +186,29 @@ impl Envoy {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        Err(false)
+        Err("timed out")
+    }
+
+    /// The address the configuration's one listener bound, from the admin's
+    /// `/listeners?format=json` (`listener_statuses[].local_address`);
+    /// `None` until it has bound a port.
+    fn listener_address(&self) -> Option<SocketAddr> {
+        let response = HttpRequest::get("/listeners?format=json")
+            .timeout(Duration::from_secs(2))
+            .try_send(self.admin)
+            .ok()
+            .filter(|r| r.status == 200)?;
+        let body: serde_json::Value = serde_json::from_str(&response.text()).ok()?;
+        let listeners = body["listener_statuses"].as_array()?;
+        assert_eq!(
+            listeners.len(),
+            1,
+            "the tests' Envoy configs have one listener: {body}"
+        );
+        let socket = &listeners[0]["local_address"]["socket_address"];
+        let ip: std::net::IpAddr = socket["address"].as_str()?.parse().ok()?;
+        let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
+        (port != 0).then_some(SocketAddr::new(ip, port))
     }
 
     /// The HTTP listener clients talk to.

@@ -1,5 +1,6 @@
 //! Free loopback ports, for the processes whose ports must be chosen before
-//! they start (Envoy, redis-server). Servers we start ourselves bind
+//! they start (redis-server, nginx, Caddy). Servers we start ourselves, and
+//! Envoy (which tells its ports through its admin interface), bind
 //! `127.0.0.1:0` instead.
 
 use std::collections::HashSet;
@@ -13,10 +14,10 @@ static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 /// not handed out before. Another process may take it before the caller
 /// binds it: callers that can retry a start do so. Within the process it is
 /// never handed out twice: two tests starting at once could otherwise get
-/// the same port from the kernel, and two Envoys bind it both without an
-/// error (their listeners set `SO_REUSEPORT`), the kernel then sharing the
-/// connections between them: a request meant for one test's Envoy reached
-/// the other test's upstream.
+/// the same port from the kernel, and two servers that set `SO_REUSEPORT`
+/// (Envoy's listeners did, when the tests chose Envoy's ports) bind it both
+/// without an error, the kernel then sharing the connections between them:
+/// a request meant for one test's Envoy reached the other test's upstream.
 pub fn free_port() -> u16 {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let handed_out = handed_out.get_or_insert_with(HashSet::new);
