@@ -321,30 +321,68 @@ fn quoted_string(text: &str) -> String {
         .collect()
 }
 
+/// The RFC 9457 (section 3.1) members of [`Decision::problem_json`], in
+/// the order they are written.
+#[derive(Serialize)]
+struct ProblemDocument<'a> {
+    #[serde(rename = "type")]
+    problem_type: ProblemType,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    decision_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<QuotaProblem>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [super::Problem],
+}
+
+/// A problem type URI, `urn:portcullis:problem:<code>`.
+struct ProblemType(&'static str);
+
+impl Serialize for ProblemType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("urn:portcullis:problem:{}", self.0))
+    }
+}
+
+/// The `quota` member of a `quota_exceeded` problem document.
+#[derive(Serialize)]
+struct QuotaProblem {
+    limit: u64,
+    window_seconds: u64,
+    remaining: u64,
+    retry_after_seconds: Option<u64>,
+}
+
 impl Decision {
-    /// The RFC 9457 problem document for a denial.
+    /// The RFC 9457 problem document for a denial: `type`
+    /// (`urn:portcullis:problem:<reason code>`), `title`, `status`,
+    /// `detail`, `decision_id`, then `quota` (limit, window, remaining,
+    /// retry after, in seconds) on a `quota_exceeded` denial and `errors`
+    /// (the body's problems, JSON pointer and message) when there are any.
+    /// Written in one pass from the decision (no `serde_json::Value`).
     pub fn problem_json(&self) -> String {
         let reason = self.reason.unwrap_or(DenyReason::Forbidden);
         let row = reason.row();
-        let mut problem = serde_json::json!({
-            "type": format!("urn:portcullis:problem:{}", row.code),
-            "title": row.title,
-            "status": self.status,
-            "detail": self.detail,
-            "decision_id": self.id,
-        });
-        if let (Some(q), DenyReason::QuotaExceeded) = (&self.quota, reason) {
-            problem["quota"] = serde_json::json!({
-                "limit": q.limit,
-                "window_seconds": q.window_seconds,
-                "remaining": q.remaining,
-                "retry_after_seconds": q.retry_after_seconds,
-            });
-        }
-        if !self.problems.is_empty() {
-            problem["errors"] = serde_json::json!(self.problems);
-        }
-        problem.to_string()
+        let document = ProblemDocument {
+            problem_type: ProblemType(row.code),
+            title: row.title,
+            status: self.status,
+            detail: &self.detail,
+            decision_id: &self.id,
+            quota: match (&self.quota, reason) {
+                (Some(q), DenyReason::QuotaExceeded) => Some(QuotaProblem {
+                    limit: q.limit,
+                    window_seconds: q.window_seconds,
+                    remaining: q.remaining,
+                    retry_after_seconds: q.retry_after_seconds,
+                }),
+                _ => None,
+            },
+            errors: &self.problems,
+        };
+        serde_json::to_string(&document).expect("a problem document serialises")
     }
 
     /// The gRPC code of this decision (`Ok` when allowed).
@@ -497,6 +535,52 @@ mod tests {
         assert_eq!(v["decision_id"], d.id.as_str());
         assert_eq!(v["type"], "urn:portcullis:problem:forbidden");
         assert!(!d.problem_json().contains("secret internal"));
+    }
+
+    #[test]
+    fn problem_documents_are_written_member_by_member_in_their_order() {
+        use crate::decision::quota::QuotaOutcome;
+        let spent = || {
+            Box::new(QuotaOutcome {
+                descriptor: "principal".into(),
+                name: None,
+                stats_key: String::new(),
+                limit: 600,
+                window_seconds: 60,
+                remaining: 0,
+                reset_seconds: 12,
+                retry_after_seconds: Some(12),
+                shadow_exceeded: Vec::new(),
+                degraded: None,
+                cost_too_large: None,
+            })
+        };
+        let mut d = Decision::new("v1").deny(DenyReason::QuotaExceeded, "spent \"quickly\"");
+        d.quota = Some(spent());
+        assert_eq!(
+            d.problem_json(),
+            format!(
+                r#"{{"type":"urn:portcullis:problem:quota_exceeded","title":"{}","status":429,"detail":"spent \"quickly\"","decision_id":"{}","quota":{{"limit":600,"window_seconds":60,"remaining":0,"retry_after_seconds":12}}}}"#,
+                DenyReason::QuotaExceeded.row().title,
+                d.id
+            )
+        );
+        // The body's problems; a quota member only on quota_exceeded.
+        let mut d = Decision::new("v1").deny(DenyReason::InvalidBody, "invalid body");
+        d.problems.push(crate::decision::Problem::new(
+            "/max_tokens",
+            "must be at most 4096",
+        ));
+        d.quota = Some(spent());
+        assert_eq!(
+            d.problem_json(),
+            format!(
+                r#"{{"type":"urn:portcullis:problem:invalid_body","title":"{}","status":{},"detail":"invalid body","decision_id":"{}","errors":[{{"pointer":"/max_tokens","message":"must be at most 4096"}}]}}"#,
+                DenyReason::InvalidBody.row().title,
+                d.status,
+                d.id
+            )
+        );
     }
 
     #[test]
