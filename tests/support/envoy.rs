@@ -159,16 +159,16 @@ impl Envoy {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return Err("exited");
             }
-            if self.admin.port() == 0 {
-                if let Some(admin) = std::fs::read_to_string(admin_path)
+            if self.addr.port() == 0 {
+                // Read again until the listener is known: the file may be
+                // caught half written.
+                let admin: Option<SocketAddr> = std::fs::read_to_string(admin_path)
                     .ok()
-                    .and_then(|text| text.trim().parse().ok())
+                    .and_then(|text| text.trim().parse().ok());
+                if let Some((admin, addr)) =
+                    admin.and_then(|admin| Some((admin, listener_address(admin)?)))
                 {
                     self.admin = admin;
-                }
-            }
-            if self.admin.port() != 0 && self.addr.port() == 0 {
-                if let Some(addr) = self.listener_address() {
                     self.addr = addr;
                 }
             }
@@ -187,28 +187,6 @@ impl Envoy {
             thread::sleep(Duration::from_millis(50));
         }
         Err("timed out")
-    }
-
-    /// The address the configuration's one listener bound, from the admin's
-    /// `/listeners?format=json` (`listener_statuses[].local_address`);
-    /// `None` until it has bound a port.
-    fn listener_address(&self) -> Option<SocketAddr> {
-        let response = HttpRequest::get("/listeners?format=json")
-            .timeout(Duration::from_secs(2))
-            .try_send(self.admin)
-            .ok()
-            .filter(|r| r.status == 200)?;
-        let body: serde_json::Value = serde_json::from_str(&response.text()).ok()?;
-        let listeners = body["listener_statuses"].as_array()?;
-        assert_eq!(
-            listeners.len(),
-            1,
-            "the tests' Envoy configs have one listener: {body}"
-        );
-        let socket = &listeners[0]["local_address"]["socket_address"];
-        let ip: std::net::IpAddr = socket["address"].as_str()?.parse().ok()?;
-        let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
-        (port != 0).then_some(SocketAddr::new(ip, port))
     }
 
     /// The HTTP listener clients talk to.
@@ -232,4 +210,26 @@ impl Drop for Envoy {
         let log = self.log();
         kill_on_drop(&mut self.child, "envoy log", &log, 40);
     }
+}
+
+/// The address the configuration's one listener bound, from the admin's
+/// `/listeners?format=json` (`listener_statuses[].local_address`);
+/// `None` until it has bound a port.
+fn listener_address(admin: SocketAddr) -> Option<SocketAddr> {
+    let response = HttpRequest::get("/listeners?format=json")
+        .timeout(Duration::from_secs(2))
+        .try_send(admin)
+        .ok()
+        .filter(|r| r.status == 200)?;
+    let body: serde_json::Value = serde_json::from_str(&response.text()).ok()?;
+    let listeners = body["listener_statuses"].as_array()?;
+    assert_eq!(
+        listeners.len(),
+        1,
+        "the tests' Envoy configs have one listener: {body}"
+    );
+    let socket = &listeners[0]["local_address"]["socket_address"];
+    let ip: std::net::IpAddr = socket["address"].as_str()?.parse().ok()?;
+    let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
+    (port != 0).then_some(SocketAddr::new(ip, port))
 }
