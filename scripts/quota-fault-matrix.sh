@@ -107,6 +107,29 @@ EOF
 
 rcli() { timeout 5 redis-cli -h 127.0.0.1 -p "$@"; }
 
+# closed_port: sets closed to a loopback port that refuses every connection
+# until the cell ends: a python3 process holds it bound without listening
+# (so no other process can take it, as one could a free_port), stopped
+# with the cell's servers (stop_redis). The read-only fault demotes the
+# primary to a replica of this dead address.
+closed=""
+closed_port() {
+    local out=$work/closed-port
+    python3 -c 'import socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+time.sleep(86400)' >"$out" &
+    redis_pids+=("$!")
+    local i
+    for i in $(seq 1 50); do
+        [[ -s $out ]] && break
+        sleep 0.1
+    done
+    closed=$(cat "$out")
+    [[ $closed =~ ^[0-9]+$ ]] || die "could not hold a closed port (python3: $(cat "$out"))"
+}
+
 # start_redis NAME [--conf FILE] EXTRA...: a redis-server on a free port
 # (below 55536 with --cluster-enabled, whose bus port is the port +
 # 10000), FILE its config file (a Sentinel needs one); sets port.
@@ -372,7 +395,8 @@ inject() {
         paused) kill -STOP "$(redis_pid "$key_port")" ;;
         read-only)
             if [[ $topology == single ]]; then
-                rcli "$key_port" REPLICAOF 127.0.0.1 "$(free_port)" >/dev/null
+                closed_port
+                rcli "$key_port" REPLICAOF 127.0.0.1 "$closed" >/dev/null
             else
                 rcli "$key_port" CONFIG SET min-replicas-to-write 2 >/dev/null
             fi ;;
