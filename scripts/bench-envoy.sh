@@ -100,6 +100,14 @@ static_resources:
                         - match: { prefix: "/" }
                           direct_response: { status: 200, body: { inline_string: "{\"ok\":true}" } }
                 http_filters:
+                  # The whole request body first: Envoy closes an HTTP/1.1
+                  # connection whose response ended before its request did,
+                  # and a direct response at the headers would cost the
+                  # front Envoy a new upstream connection per request.
+                  - name: envoy.filters.http.buffer
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+                      max_request_bytes: 65536
                   - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
