@@ -110,24 +110,20 @@ rcli() { timeout 5 redis-cli -h 127.0.0.1 -p "$@"; }
 # closed_port: sets closed to a loopback port that refuses every connection
 # until the cell ends: a python3 process holds it bound without listening
 # (so no other process can take it, as one could a free_port), stopped
-# with the cell's servers (stop_redis). The read-only fault demotes the
-# primary to a replica of this dead address.
+# with the cell's servers (stop_redis), and reports it as await_port reads
+# it. The read-only fault demotes the primary to a replica of this dead
+# address.
 closed=""
 closed_port() {
     local out=$work/closed-port
     python3 -c 'import socket, time
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1], flush=True)
-time.sleep(86400)' >"$out" &
-    redis_pids+=("$!")
-    local i
-    for i in $(seq 1 50); do
-        [[ -s $out ]] && break
-        sleep 0.1
-    done
-    closed=$(cat "$out")
-    [[ $closed =~ ^[0-9]+$ ]] || die "could not hold a closed port (python3: $(cat "$out"))"
+print("closed 127.0.0.1:%d" % s.getsockname()[1], flush=True)
+time.sleep(86400)' >"$out" 2>&1 &
+    local pid=$!
+    redis_pids+=("$pid")
+    closed=$(await_port "the closed-port holder (python3)" "$pid" "$out" '^closed ')
 }
 
 # start_redis NAME [--conf FILE] EXTRA...: a redis-server on a free port
