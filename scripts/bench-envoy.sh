@@ -188,17 +188,28 @@ PY
     wrk -t "$THREADS" -c "$CONNECTIONS" -d "${WARMUP}s" -s "$work/request.lua" "http://127.0.0.1:$lp" >/dev/null
 }
 
+# host_ticks: the whole host's idle and total CPU time so far, as
+# "IDLE TOTAL" clock ticks over all CPUs (/proc/stat's first line; idle
+# includes iowait, total is user to steal).
+host_ticks() {
+    awk '$1 == "cpu" { print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat
+}
+
 # slice NAME ROUND: one slice of wrk on NAME's Envoy, its figures appended
-# to $work/slices.txt as "name round rps p50 p90 p99 non2xx socket-errors".
-# wrk takes whole seconds.
+# to $work/slices.txt as "name round rps p50 p90 p99 non2xx socket-errors
+# idle-ticks total-ticks" (the host's, during the slice). wrk takes whole
+# seconds.
 slice_seconds=$((DURATION / ROUNDS))
 slice() {
-    local name=$1 round=$2 out=$work/wrk-$1-$2.txt
+    local name=$1 round=$2 out=$work/wrk-$1-$2.txt before after
+    before=$(host_ticks)
     wrk -t "$THREADS" -c "$CONNECTIONS" -d "${slice_seconds}s" --latency -s "$work/request.lua" \
         "http://127.0.0.1:${envoy_ports[$name]}" >"$out" 2>&1 || die "wrk failed on $name's Envoy: $(tail -3 "$out")"
-    python3 - "$out" "$name" "$round" >>"$work/slices.txt" <<'PY'
+    after=$(host_ticks)
+    python3 - "$out" "$name" "$round" $before $after >>"$work/slices.txt" <<'PY'
 import re, sys
-path, name, rnd = sys.argv[1:]
+path, name, rnd = sys.argv[1:4]
+idle0, total0, idle1, total1 = map(int, sys.argv[4:8])
 text = open(path).read()
 def us(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
@@ -207,7 +218,7 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 lat = {p: us(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", text, re.M)}
 bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 errs = re.search(r"Socket errors:.*", text)
-print(f"{name} {rnd} {rps:.0f} {lat['50']:.0f} {lat['90']:.0f} {lat['99']:.0f} {int(bad.group(1)) if bad else 0} {'yes' if errs else 'no'}")
+print(f"{name} {rnd} {rps:.0f} {lat['50']:.0f} {lat['90']:.0f} {lat['99']:.0f} {int(bad.group(1)) if bad else 0} {'yes' if errs else 'no'} {idle1 - idle0} {total1 - total0}")
 PY
 }
 
@@ -264,12 +275,14 @@ decision_ticks = dict(zip(("empty", "portcullis"), map(int, sys.argv[7:9])))
 envoy_ticks = dict(zip(("empty", "portcullis"), map(int, sys.argv[9:11])))
 rows = [l.split() for l in open(path) if l.strip()]
 by = {"empty": {}, "portcullis": {}}
-for name, rnd, rps, p50, p90, p99, bad, sock in rows:
-    by[name][rnd] = (float(rps), float(p50), float(p90), float(p99), int(bad))
+for name, rnd, rps, p50, p90, p99, bad, sock, idle, total in rows:
+    by[name][rnd] = (float(rps), float(p50), float(p90), float(p99), int(bad), int(idle), int(total))
 # CPU per request (us): the decision server's and its Envoy's, over all
 # of the side's slices. In ext_proc mode both sides share one Portcullis,
-# so its column is left out.
-print(f"{label:<28} {'req/s':>10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'non-2xx':>8} {'server cpu us/req':>18} {'envoy cpu us/req':>17}")
+# so its column is left out. Host idle: the share of all CPUs' time idle
+# during the side's slices (with cores to spare, what bounds throughput is
+# waiting, not work).
+print(f"{label:<28} {'req/s':>10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'non-2xx':>8} {'server cpu us/req':>18} {'envoy cpu us/req':>17} {'host idle':>10}")
 bad = 0
 for name in ("empty", "portcullis"):
     v = list(by[name].values())
@@ -278,7 +291,9 @@ for name in ("empty", "portcullis"):
     served = sum(x[0] for x in v) * seconds
     per = lambda ticks: f"{ticks / hz * 1e6 / served:.0f}" if served else "-"
     server = per(decision_ticks[name]) if mode != "ext_proc" else "-"
-    print(f"{name:<28} {statistics.mean(x[0] for x in v):>10.0f} {med(1):>9.0f} {med(2):>9.0f} {med(3):>9.0f} {sum(x[4] for x in v):>8} {server:>18} {per(envoy_ticks[name]):>17}")
+    total = sum(x[6] for x in v)
+    idle = f"{100 * sum(x[5] for x in v) / total:.0f}%" if total else "-"
+    print(f"{name:<28} {statistics.mean(x[0] for x in v):>10.0f} {med(1):>9.0f} {med(2):>9.0f} {med(3):>9.0f} {sum(x[4] for x in v):>8} {server:>18} {per(envoy_ticks[name]):>17} {idle:>10}")
 pairs = [by["portcullis"][r][0] / by["empty"][r][0] for r in by["empty"] if r in by["portcullis"]]
 print(f"{ratio} {statistics.median(pairs):.3f} (median of {len(pairs)} pairs of {seconds:g} s slices: {min(pairs):.3f}..{max(pairs):.3f})")
 if bad:

@@ -30,7 +30,13 @@
 # percent within seconds; two long runs one after the other (this script's
 # first method) gave Check ratios from 0.52 to 0.85 on one day, the
 # interleaved pairs 0.79 to 0.80. The empty handler's row is the mean of
-# its slices over every server's run. Then an open-loop
+# its slices over every server's run. The CPU column is the share of one
+# core each server process used during its own slices (`--baseline-pid`,
+# `--target-pid`; Portcullis's alone, not its redis-server's), and CPU
+# ratio is the empty handler's CPU per answer over the server's: when the
+# empty handler's CPU is well under 100%, the load generator, not its
+# core, bounded its throughput, and the throughput ratio flatters the
+# server by that much. Then an open-loop
 # phase (`--rate`): Check allowed calls at half of Portcullis's saturation
 # throughput, on both the empty handler and Portcullis, with latency from the
 # intended send time and the share of its core each server used meanwhile
@@ -134,34 +140,40 @@ try:
     report = json.load(open(path))
     phases = report["phases"]
 except Exception as e:
-    print(f"{name} {label} 0 0 failed {cpu} - - -")
+    print(f"{name} {label} 0 0 failed {cpu} - - - -")
     sys.exit(0)
-def line(who, p, ratio="-", spread="-"):
+def line(who, p, ratio="-", spread="-", cpu_ratio="-"):
     lag = (p.get("pacing_lag_us") or {}).get("p99", "-")
-    print(f"{who} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']} {cpu} {lag} {ratio} {spread}")
+    share = (p.get("server_cpu") or {}).get("share_of_core")
+    used = f"{100 * share:.0f}%" if share is not None else cpu
+    print(f"{who} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']} {used} {lag} {ratio} {spread} {cpu_ratio}")
 pairs = report.get("slice_ratios") or []
 if pairs:
     line("empty", phases[0])
-    line(name, phases[-1], f"{report['ratio_vs_empty']:.3f}", f"{min(pairs):.3f}..{max(pairs):.3f}")
+    cpu_ratio = report.get("cpu_ratio_vs_empty")
+    line(name, phases[-1], f"{report['ratio_vs_empty']:.3f}", f"{min(pairs):.3f}..{max(pairs):.3f}",
+         f"{cpu_ratio:.3f}" if cpu_ratio is not None else "-")
 else:
     line(name, phases[-1])
 PY
 }
 
-# paired NAME LABEL PORT ARGS...: the server at PORT against the empty
-# handler (at $ep), in interleaved slices.
+# paired NAME LABEL PORT PID ARGS...: the server at PORT (process PID)
+# against the empty handler (at $ep), in interleaved slices; each side's
+# CPU share is its process's over its own slices.
 paired() {
-    local name=$1 label=$2 port=$3
-    shift 3
-    load "$name" "$label" "$port" --baseline-target "127.0.0.1:$ep" --slices "$SLICES" "$@"
+    local name=$1 label=$2 port=$3 pid=$4
+    shift 4
+    load "$name" "$label" "$port" --baseline-target "127.0.0.1:$ep" --slices "$SLICES" \
+        --baseline-pid "$empty_pid" --target-pid "$pid" "$@"
 }
 
-loads() { # name port
-    paired "$1" rls-one "$2" --rpc rls --rls-shape one
-    paired "$1" rls-bundled "$2" --rpc rls
-    paired "$1" check-allowed "$2" --rpc check --mix allowed --token-key-file "$key"
-    paired "$1" check-mixed "$2" --rpc check --mix mixed --token-key-file "$key"
-    paired "$1" check-uncached "$2" --rpc check --mix uncached --token-key-file "$key"
+loads() { # name port pid
+    paired "$1" rls-one "$2" "$3" --rpc rls --rls-shape one
+    paired "$1" rls-bundled "$2" "$3" --rpc rls
+    paired "$1" check-allowed "$2" "$3" --rpc check --mix allowed --token-key-file "$key"
+    paired "$1" check-mixed "$2" "$3" --rpc check --mix mixed --token-key-file "$key"
+    paired "$1" check-uncached "$2" "$3" --rpc check --mix uncached --token-key-file "$key"
 }
 
 # --- the empty handler -------------------------------------------------------
@@ -175,7 +187,7 @@ bench_portcullis_config "$work" "$bin" "$root"
 bench_trust_load_issuer "$work/portcullis.yaml" "$jwks"
 start_portcullis portcullis "${on_server_cpu[@]}" "$bin/portcullis" serve --config "$work/portcullis.yaml"
 say "portcullis (in-process store)"
-loads portcullis "$pp"
+loads portcullis "$pp" "$p_pid"
 stop "$p_pid" "$pp"
 
 # --- Portcullis, Redis store ----------------------------------------------------
@@ -194,8 +206,8 @@ if [ "$REDIS" = 1 ]; then
     start_portcullis portcullis-redis "${on_server_cpu[@]}" "$bin/portcullis" serve \
         --config "$work/portcullis-redis.yaml"
     say "portcullis (Redis store)"
-    paired portcullis-redis rls-one "$pp" --rpc rls --rls-shape one
-    paired portcullis-redis rls-bundled "$pp" --rpc rls
+    paired portcullis-redis rls-one "$pp" "$p_pid" --rpc rls --rls-shape one
+    paired portcullis-redis rls-bundled "$pp" "$p_pid" --rpc rls
     # Keys of roomy quotas expire at once (a GCRA key lives until its bucket
     # is full again), so ask Redis how many scripts it ran instead.
     scripts_run=$(redis-cli -p "$rp" info commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\).*/\1/p')
@@ -225,7 +237,7 @@ EOF
         pids+=("$l_pid")
         wait_listener "$lp" "Limitador ($mode)" "$l_pid"
         say "limitador ($mode)"
-        paired "limitador-${mode%% *}" rls-one "$lp" --rpc rls --rls-shape one
+        paired "limitador-${mode%% *}" rls-one "$lp" "$l_pid" --rpc rls --rls-shape one
         stop "$l_pid" "$lp"
     done
 fi
@@ -252,15 +264,18 @@ echo "server pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU; concurr
 python3 - "$results" "$half" "$empty_half" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-# The empty handler's slices per load, over every server's run.
-runs = {}
-for name, label, rps, p99, errors, cpu, lag, ratio, spread in rows:
+# The empty handler's slices per load, over every server's run: its
+# throughput and the share of its core it used.
+runs, cpus = {}, {}
+for name, label, rps, p99, errors, cpu, lag, ratio, spread, cpu_ratio in rows:
     if name == "empty" and errors != "failed" and not label.startswith("check-open-loop"):
         runs.setdefault(label, []).append(float(rps))
-print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7} {'CPU':>5}  note")
+        if cpu.endswith("%"):
+            cpus.setdefault(label, []).append(float(cpu[:-1]))
+print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7} {'CPU':>5} {'CPU ratio':>9}  note")
 failed = False
 shown = set()
-for name, label, rps, p99, errors, cpu, lag, ratio, spread in rows:
+for name, label, rps, p99, errors, cpu, lag, ratio, spread, cpu_ratio in rows:
     failed |= errors != "0"
     note = ""
     if label.startswith("check-open-loop"):
@@ -275,10 +290,13 @@ for name, label, rps, p99, errors, cpu, lag, ratio, spread in rows:
         shown.add(label)
         v = runs.get(label, [])
         rps, ratio = (f"{sum(v) / len(v):.0f}", "1.000") if v else (rps, "-")
+        c = cpus.get(label, [])
+        if c:
+            cpu, cpu_ratio = f"{sum(c) / len(c):.0f}%", "1.000"
         if len(v) > 1:
             note = f"  mean of its runs: {min(v):.0f}..{max(v):.0f}"
     elif spread != "-":
         note = f"  median of slice pairs {spread}"
-    print(f"{label:<18} {name:<20} {float(rps):>9.0f} {ratio:>7} {p99:>8} {errors:>7} {cpu:>5}{note}")
+    print(f"{label:<18} {name:<20} {float(rps):>9.0f} {ratio:>7} {p99:>8} {errors:>7} {cpu:>5} {cpu_ratio:>9}{note}")
 sys.exit(1 if failed else 0)
 PY

@@ -678,25 +678,45 @@ impl Drop for EmptyServer {
     }
 }
 
+/// Runs `portcullis-bench` against `target` with `baseline` interleaved
+/// (one-descriptor RLS, `args` added) and returns its JSON report.
+fn interleaved_report(
+    baseline: &EmptyServer,
+    target: &EmptyServer,
+    args: &[&str],
+) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
+        .args(["--json", "--rpc", "rls", "--rls-shape", "one"])
+        .args(["--target", &target.addr])
+        .args(["--baseline-target", &baseline.addr])
+        .args(args)
+        .output()
+        .expect("run portcullis-bench");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn bench_interleaved_slices_report_each_pair_and_their_median_as_the_ratio() {
     // Functional, not a timing test: two empty handlers, one as the
     // baseline and one as the target, 4 pairs of 0.1 s slices.
     let (baseline, target) = (EmptyServer::start(), EmptyServer::start());
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-bench"))
-        .args(["--json", "--rpc", "rls", "--rls-shape", "one"])
-        .args([
-            "--target",
-            &target.addr,
-            "--baseline-target",
-            &baseline.addr,
-        ])
-        .args(["--slices", "4", "--duration", "0.4", "--warmup", "0.1"])
-        .args(["--concurrency", "4", "--connections", "2"])
-        .output()
-        .expect("run portcullis-bench");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = interleaved_report(
+        &baseline,
+        &target,
+        &[
+            "--slices",
+            "4",
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0.1",
+            "--concurrency",
+            "4",
+            "--connections",
+            "2",
+        ],
+    );
     let phases = report["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 2, "{report}");
     assert_eq!(phases[0]["server"], "empty");
@@ -707,6 +727,7 @@ fn bench_interleaved_slices_report_each_pair_and_their_median_as_the_ratio() {
         // Each side's time is its own slices', about --duration.
         let seconds = p["seconds"].as_f64().unwrap();
         assert!((0.35..5.0).contains(&seconds), "{p}");
+        assert!(p.get("server_cpu").is_none(), "no pid, no CPU: {p}");
     }
     let mut pairs: Vec<f64> = report["slice_ratios"]
         .as_array()
@@ -722,6 +743,65 @@ fn bench_interleaved_slices_report_each_pair_and_their_median_as_the_ratio() {
     assert!(
         (ratio - median).abs() < 1e-9,
         "{ratio} vs {median}: {report}"
+    );
+}
+
+#[test]
+fn bench_interleaved_slices_report_the_cpu_each_server_process_used_and_their_ratio() {
+    let (baseline, target) = (EmptyServer::start(), EmptyServer::start());
+    let (baseline_pid, target_pid) = (
+        baseline.child.id().to_string(),
+        target.child.id().to_string(),
+    );
+    let report = interleaved_report(
+        &baseline,
+        &target,
+        &[
+            "--baseline-pid",
+            &baseline_pid,
+            "--target-pid",
+            &target_pid,
+            "--slices",
+            "2",
+            "--duration",
+            "0.6",
+            "--warmup",
+            "0.1",
+            "--concurrency",
+            "8",
+            "--connections",
+            "2",
+        ],
+    );
+    let mut per_answer = Vec::new();
+    for p in report["phases"].as_array().unwrap() {
+        let cpu = &p["server_cpu"];
+        // Each empty server is kept busy only by the load generator, on a
+        // shared machine: some CPU, and not more than every core.
+        let share = cpu["share_of_core"].as_f64().unwrap();
+        let cores = std::thread::available_parallelism().unwrap().get() as f64;
+        assert!(share > 0.0 && share <= cores + 0.1, "{p}");
+        let us = cpu["us_per_request"].as_f64().unwrap();
+        let seconds = p["seconds"].as_f64().unwrap();
+        let requests = p["requests"].as_f64().unwrap();
+        assert!(
+            (us - share * seconds * 1e6 / requests).abs() < 1e-6 * us,
+            "{p}"
+        );
+        per_answer.push(us);
+    }
+    let ratio = report["cpu_ratio_vs_empty"].as_f64().unwrap();
+    assert!(
+        (ratio - per_answer[0] / per_answer[1]).abs() < 1e-9,
+        "{ratio}: {report}"
+    );
+}
+
+#[test]
+fn bench_server_pids_without_a_baseline_target_are_refused_not_ignored() {
+    assert_bench_refuses(
+        &["--target", "127.0.0.1:9", "--target-pid", "1"],
+        "add --baseline-target",
     );
 }
 

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cpu::{cpu_time, ServerCpu};
 use crate::report::{Percentiles, Phase};
 use crate::requests::rls_call;
 use crate::Args;
@@ -88,6 +89,9 @@ pub struct Interleaved {
     /// Per pair of slices: the target's throughput divided by the
     /// baseline's, in the order measured.
     pub ratios: Vec<f64>,
+    /// With both servers' pids: the baseline's CPU per answer divided by
+    /// the target's (`server_cpu`).
+    pub cpu_ratio: Option<f64>,
 }
 
 /// Refuses what an interleaved run (`--baseline-target`, `--slices`)
@@ -106,6 +110,10 @@ pub fn check_interleaved(args: &Args, http: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         !interleaved || args.requests.is_none(),
         "--baseline-target measures slices of --duration: drop --requests"
+    );
+    anyhow::ensure!(
+        (args.baseline_pid.is_none() && args.target_pid.is_none()) || interleaved,
+        "--baseline-pid and --target-pid measure the slices of an interleaved run: add --baseline-target ADDR, or drop them"
     );
     anyhow::ensure!(
         args.slices.is_none() || interleaved,
@@ -142,6 +150,13 @@ pub async fn drive_interleaved(
     let slice = Duration::from_secs_f64(args.duration / slices as f64);
     let mut results: [Vec<WorkerResult>; 2] = [Vec::new(), Vec::new()];
     let mut seconds = [0.0f64; 2];
+    // Each side's server process, if given, and the CPU it used in its
+    // slices.
+    let pids = [args.baseline_pid, args.target_pid];
+    for pid in pids.into_iter().flatten() {
+        cpu_time(pid)?;
+    }
+    let mut used = [Duration::ZERO; 2];
     let mut ratios = Vec::with_capacity(slices);
     for k in 0..slices {
         let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -152,9 +167,13 @@ pub async fn drive_interleaved(
                 first: sent[side],
                 ..warmup
             };
+            let cpu_before = pids[side].map(cpu_time).transpose()?;
             let started = Instant::now();
             let r = run_load(&sides[side], &load, &requests).await;
             let elapsed = started.elapsed().as_secs_f64();
+            if let (Some(pid), Some(before)) = (pids[side], cpu_before) {
+                used[side] += cpu_time(pid)?.saturating_sub(before);
+            }
             sent[side] += calls(&r);
             rps[side] = r.iter().map(|w| w.hist.len()).sum::<u64>() as f64 / elapsed;
             seconds[side] += elapsed;
@@ -163,10 +182,27 @@ pub async fn drive_interleaved(
         ratios.push(if rps[0] > 0.0 { rps[1] / rps[0] } else { 0.0 });
     }
     let [base, real] = results;
+    let mut sides = [
+        phase("empty", base, seconds[0], None)?,
+        phase("portcullis", real, seconds[1], None)?,
+    ];
+    for (side, p) in sides.iter_mut().enumerate() {
+        if pids[side].is_some() {
+            p.server_cpu = ServerCpu::of(used[side], p.seconds, p.requests);
+        }
+    }
+    let [baseline, target] = sides;
+    let cpu_ratio = match (&baseline.server_cpu, &target.server_cpu) {
+        (Some(base), Some(real)) if real.us_per_request > 0.0 => {
+            Some(base.us_per_request / real.us_per_request)
+        }
+        _ => None,
+    };
     Ok(Interleaved {
-        baseline: phase("empty", base, seconds[0], None)?,
-        target: phase("portcullis", real, seconds[1], None)?,
+        baseline,
+        target,
         ratios,
+        cpu_ratio,
     })
 }
 
@@ -219,6 +255,7 @@ pub fn phase(
         late: rate.map(|_| late),
         pacing_lag_us: rate.map(|_| Percentiles::of(&pacing)),
         latency_us: Percentiles::of(&hist),
+        server_cpu: None,
     })
 }
 

@@ -14,6 +14,7 @@
 //! streams against the `portcullis` binary (`--hold-streams`).
 
 mod burst;
+mod cpu;
 mod empty;
 mod hold;
 mod http_load;
@@ -135,6 +136,15 @@ struct Args {
     /// With `--baseline-target`: pairs of slices (10 when not given).
     #[arg(long)]
     slices: Option<usize>,
+    /// With `--baseline-target`: the process serving it. Its CPU time
+    /// (`/proc/PID/stat`, Linux) around each of its slices gives its
+    /// phase's `server_cpu` (share of one core, CPU µs per answer).
+    #[arg(long, value_name = "PID")]
+    baseline_pid: Option<u32>,
+    /// With `--baseline-target`: the process serving `--target`, measured
+    /// alike; with both pids, `cpu_ratio_vs_empty` is their CPU per answer's.
+    #[arg(long, value_name = "PID")]
+    target_pid: Option<u32>,
     /// Requests in flight at once (closed loop); with `--rate`, the most
     /// in flight at once.
     #[arg(long, default_value_t = 64)]
@@ -457,6 +467,7 @@ fn main() -> anyhow::Result<()> {
     };
     load::check_interleaved(&args, http)?;
     let mut slice_ratios = Vec::new();
+    let mut cpu_ratio = None;
     match (args.target.first().copied(), args.baseline_target) {
         (Some(addr), Some(baseline)) => {
             let run = clients.block_on(drive_interleaved(
@@ -466,6 +477,7 @@ fn main() -> anyhow::Result<()> {
                 &args,
                 Arc::clone(&requests),
             ))?;
+            cpu_ratio = run.cpu_ratio;
             phases.push(run.baseline);
             phases.push(run.target);
             slice_ratios = run.ratios;
@@ -545,6 +557,7 @@ fn main() -> anyhow::Result<()> {
         phases,
         ratio_vs_empty: ratio,
         slice_ratios,
+        cpu_ratio_vs_empty: cpu_ratio,
         latency_added_us: added,
         durability,
     };

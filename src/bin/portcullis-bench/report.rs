@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::cpu::ServerCpu;
 use crate::{AuditDurability, Mix, Rpc};
 
 /// One policy reload under load.
@@ -38,6 +39,10 @@ pub struct Phase {
     /// Microseconds from send (open loop: from the intended send time) to
     /// the answer.
     pub latency_us: Percentiles,
+    /// With `--baseline-pid` / `--target-pid`: the CPU the server process
+    /// used during this phase's slices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu: Option<ServerCpu>,
 }
 
 /// Percentiles of a latency histogram, microseconds.
@@ -83,6 +88,12 @@ pub struct Report {
     /// measured.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub slice_ratios: Vec<f64>,
+    /// With `--baseline-pid` and `--target-pid`: the baseline's CPU
+    /// microseconds per answer divided by the target's (`server_cpu`).
+    /// Unlike `ratio_vs_empty` it does not depend on whether the load
+    /// generator or the server's core bounded the baseline's throughput.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ratio_vs_empty: Option<f64>,
     /// Portcullis's latency minus the empty server's, microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_added_us: Option<Percentiles>,
@@ -142,6 +153,14 @@ pub fn print_table(r: &Report) {
             p.latency_us.p999,
             p.latency_us.max
         );
+        if let Some(cpu) = &p.server_cpu {
+            println!(
+                "{}: {:.0}% of a core, {:.1} us of CPU per answer",
+                p.server,
+                cpu.share_of_core * 100.0,
+                cpu.us_per_request
+            );
+        }
     }
     for reload in &r.reloads {
         println!(
@@ -172,6 +191,11 @@ pub fn print_table(r: &Report) {
         println!(
             "ratio_vs_empty is the median of {} interleaved slice pairs: {lo:.3}..{hi:.3}",
             r.slice_ratios.len()
+        );
+    }
+    if let Some(ratio) = r.cpu_ratio_vs_empty {
+        println!(
+            "cpu_ratio_vs_empty {ratio:.3} (the empty server's CPU per answer over the target's)"
         );
     }
 }
