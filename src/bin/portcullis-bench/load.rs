@@ -182,16 +182,16 @@ pub async fn drive_interleaved(
         ratios.push(if rps[0] > 0.0 { rps[1] / rps[0] } else { 0.0 });
     }
     let [base, real] = results;
-    let mut sides = [
+    let mut measured = [
         phase("empty", base, seconds[0], None)?,
         phase("portcullis", real, seconds[1], None)?,
     ];
-    for (side, p) in sides.iter_mut().enumerate() {
+    for (side, p) in measured.iter_mut().enumerate() {
         if pids[side].is_some() {
             p.server_cpu = ServerCpu::of(used[side], p.seconds, p.requests);
         }
     }
-    let [baseline, target] = sides;
+    let [baseline, target] = measured;
     let cpu_ratio = match (&baseline.server_cpu, &target.server_cpu) {
         (Some(base), Some(real)) if real.us_per_request > 0.0 => {
             Some(base.us_per_request / real.us_per_request)
