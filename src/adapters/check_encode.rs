@@ -17,8 +17,6 @@
 //! `google/protobuf/struct.proto`. Encoding: the protobuf wire format's
 //! varint and length-delimited records.
 
-use std::borrow::Cow;
-
 use prost::encoding::{encode_varint, encoded_len_varint};
 
 use super::access::{self, Denial};
@@ -66,10 +64,7 @@ struct Answer<'a> {
 }
 
 enum Http<'a> {
-    Ok {
-        headers_to_remove: Vec<&'a str>,
-        client: Vec<(&'a str, Cow<'a, str>)>,
-    },
+    Ok { headers_to_remove: Vec<&'a str> },
     Denied(Denial),
 }
 
@@ -87,11 +82,7 @@ impl<'a> Answer<'a> {
                 }
             }
             headers_to_remove.sort_unstable();
-            Http::Ok {
-                headers_to_remove,
-                // Where the client stands, on the upstream's response.
-                client: decision.client_header_pairs(),
-            }
+            Http::Ok { headers_to_remove }
         } else {
             Http::Denied(access::denial(decision))
         };
@@ -102,10 +93,7 @@ impl<'a> Answer<'a> {
     fn write(&self, s: &mut Vec<u8>) {
         let d = self.decision;
         match &self.http {
-            Http::Ok {
-                headers_to_remove,
-                client,
-            } => {
+            Http::Ok { headers_to_remove } => {
                 // status = 1: google.rpc.Status, code OK (0, the default,
                 // so an empty message).
                 message(s, 1, |_| {});
@@ -117,9 +105,8 @@ impl<'a> Answer<'a> {
                     for name in headers_to_remove {
                         string(s, 5, name);
                     }
-                    for (k, v) in client {
-                        message(s, 6, |s| header_option(s, k, v));
-                    }
+                    // Where the client stands, on the upstream's response.
+                    d.for_each_client_header(|k, v| message(s, 6, |s| header_option(s, k, v)));
                 });
             }
             Http::Denied(denial) => {

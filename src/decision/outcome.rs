@@ -4,8 +4,6 @@
 //! adapter (ext_authz, RLS, admin, forward-auth) renders from here and
 //! nowhere else.
 
-use std::borrow::Cow;
-
 use serde::Serialize;
 
 use super::Decision;
@@ -405,50 +403,47 @@ impl Decision {
     /// 6750 section 3), `allow` (405), `retry-after`; on both, the quota's
     /// `ratelimit-*` headers and the route's own (`deprecation`, `sunset`).
     pub fn client_headers(&self) -> Vec<(String, String)> {
-        self.client_header_pairs()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.into_owned()))
-            .collect()
+        let mut h = Vec::new();
+        self.for_each_client_header(|k, v| h.push((k.to_string(), v.to_string())));
+        h
     }
 
-    /// [`Decision::client_headers`], borrowed where the decision holds
-    /// the text: name, value.
-    pub fn client_header_pairs(&self) -> Vec<(&str, Cow<'_, str>)> {
-        let mut h: Vec<(&str, Cow<'_, str>)> = Vec::new();
+    /// [`Decision::client_headers`], each handed to `f` as name and value,
+    /// in that order, without collecting them (the `Check` answer writes
+    /// them straight into its message).
+    pub fn for_each_client_header(&self, mut f: impl FnMut(&str, &str)) {
         if !self.is_allowed() {
-            h.push(("content-type", Cow::Borrowed(PROBLEM_JSON)));
-            h.push((DECISION_HEADER, Cow::Borrowed(&self.id)));
-            h.push(("cache-control", Cow::Borrowed("no-store")));
+            f("content-type", PROBLEM_JSON);
+            f(DECISION_HEADER, &self.id);
+            f("cache-control", "no-store");
             match self.reason {
-                Some(DenyReason::Unauthenticated) => h.push((
+                Some(DenyReason::Unauthenticated) => {
+                    f("www-authenticate", "Bearer realm=\"portcullis\"")
+                }
+                Some(DenyReason::InvalidCredentials) => f(
                     "www-authenticate",
-                    Cow::Borrowed("Bearer realm=\"portcullis\""),
-                )),
-                Some(DenyReason::InvalidCredentials) => h.push((
-                    "www-authenticate",
-                    Cow::Owned(format!(
+                    &format!(
                         "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
                         quoted_string(&self.detail)
-                    )),
-                )),
+                    ),
+                ),
                 Some(DenyReason::MethodNotAllowed) => {
                     if let Some(allow) = &self.allow_methods {
-                        h.push(("allow", Cow::Borrowed(allow)));
+                        f("allow", allow);
                     }
                 }
                 _ => {}
             }
             if let Some(seconds) = self.retry_after_seconds {
-                h.push(("retry-after", Cow::Owned(seconds.to_string())));
+                f("retry-after", itoa::Buffer::new().format(seconds));
             }
         }
-        for (k, v) in self.quota.iter().flat_map(|q| q.headers()) {
-            h.push((k, Cow::Owned(v)));
+        if let Some(q) = &self.quota {
+            q.for_each_header(&mut f);
         }
         for (k, v) in &self.response_headers {
-            h.push((k, Cow::Borrowed(v)));
+            f(k, v);
         }
-        h
     }
 }
 

@@ -113,36 +113,50 @@ pub struct QuotaOutcome {
 }
 
 impl QuotaOutcome {
-    /// `RateLimit-*` headers (and `Retry-After` on a refusal) for the client.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    /// `RateLimit-*` headers (and `Retry-After` on a refusal) for the
+    /// client, each handed to `f` as name and value (the IETF RateLimit
+    /// header fields draft's `RateLimit-Limit`, `-Remaining`, `-Reset`,
+    /// `-Policy` as `LIMIT;w=WINDOW`; RFC 9110 section 10.2.3's
+    /// `Retry-After` in seconds). The numbers are written on the stack:
+    /// no allocation per call.
+    pub fn for_each_header(&self, mut f: impl FnMut(&'static str, &str)) {
         match self.degraded {
             // Nothing was counted: no numbers to tell.
-            Some(OnStoreError::Allow) => return Vec::new(),
-            Some(OnStoreError::Deny) => return vec![("retry-after", "1".to_string())],
+            Some(OnStoreError::Allow) => return,
+            Some(OnStoreError::Deny) => return f("retry-after", "1"),
             _ => {}
         }
-        if self.cost_too_large.is_some() {
-            // The counter was not read: describe the limit, not its state.
-            return vec![
-                ("ratelimit-limit", self.limit.to_string()),
-                (
-                    "ratelimit-policy",
-                    format!("{};w={}", self.limit, self.window_seconds),
-                ),
-            ];
+        let mut number = itoa::Buffer::new();
+        f("ratelimit-limit", number.format(self.limit));
+        // The counter was not read when the cost can never fit: describe
+        // the limit, not its state.
+        if self.cost_too_large.is_none() {
+            f("ratelimit-remaining", number.format(self.remaining));
+            f("ratelimit-reset", number.format(self.reset_seconds));
         }
-        let mut h = vec![
-            ("ratelimit-limit", self.limit.to_string()),
-            ("ratelimit-remaining", self.remaining.to_string()),
-            ("ratelimit-reset", self.reset_seconds.to_string()),
-            (
-                "ratelimit-policy",
-                format!("{};w={}", self.limit, self.window_seconds),
-            ),
-        ];
-        if let Some(retry) = self.retry_after_seconds {
-            h.push(("retry-after", retry.to_string()));
+        let mut policy = [0u8; 43]; // u64::MAX is 20 digits: 20 + ";w=" + 20
+        let mut len = 0;
+        for part in [
+            number.format(self.limit).as_bytes(),
+            b";w=",
+            itoa::Buffer::new().format(self.window_seconds).as_bytes(),
+        ] {
+            policy[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
         }
+        f(
+            "ratelimit-policy",
+            std::str::from_utf8(&policy[..len]).unwrap_or_default(),
+        );
+        if let (None, Some(retry)) = (self.cost_too_large, self.retry_after_seconds) {
+            f("retry-after", number.format(retry));
+        }
+    }
+
+    /// [`QuotaOutcome::for_each_header`] collected: name, value.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = Vec::new();
+        self.for_each_header(|k, v| h.push((k, v.to_string())));
         h
     }
 
@@ -209,4 +223,84 @@ pub struct LimitStatus {
     /// The descriptor's `metadata`, for the RLS dynamic metadata when it
     /// passes.
     pub metadata: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome() -> QuotaOutcome {
+        QuotaOutcome {
+            descriptor: "org:acme".into(),
+            name: None,
+            stats_key: String::new(),
+            limit: 100,
+            window_seconds: 60,
+            remaining: 7,
+            reset_seconds: 31,
+            retry_after_seconds: None,
+            shadow_exceeded: Vec::new(),
+            degraded: None,
+            cost_too_large: None,
+        }
+    }
+
+    #[test]
+    fn ratelimit_headers_name_the_counter_state_in_order_for_each_outcome() {
+        let allowed = outcome();
+        assert_eq!(
+            allowed.headers(),
+            [
+                ("ratelimit-limit", "100".to_string()),
+                ("ratelimit-remaining", "7".into()),
+                ("ratelimit-reset", "31".into()),
+                ("ratelimit-policy", "100;w=60".into()),
+            ]
+        );
+        let refused = QuotaOutcome {
+            remaining: 0,
+            retry_after_seconds: Some(12),
+            ..outcome()
+        };
+        assert_eq!(refused.headers()[1], ("ratelimit-remaining", "0".into()));
+        assert_eq!(refused.headers()[4], ("retry-after", "12".into()));
+        // A cost that can never fit: the limit, not the counter, and no
+        // Retry-After (waiting cannot help).
+        let too_large = QuotaOutcome {
+            cost_too_large: Some(500),
+            retry_after_seconds: Some(12),
+            ..outcome()
+        };
+        assert_eq!(
+            too_large.headers(),
+            [
+                ("ratelimit-limit", "100".to_string()),
+                ("ratelimit-policy", "100;w=60".into()),
+            ]
+        );
+        // The store failed: nothing was counted.
+        let failed_open = QuotaOutcome {
+            degraded: Some(OnStoreError::Allow),
+            ..outcome()
+        };
+        assert!(failed_open.headers().is_empty());
+        let failed_closed = QuotaOutcome {
+            degraded: Some(OnStoreError::Deny),
+            ..outcome()
+        };
+        assert_eq!(failed_closed.headers(), [("retry-after", "1".to_string())]);
+    }
+
+    #[test]
+    fn the_largest_numbers_fit_the_policy_header() {
+        let widest = QuotaOutcome {
+            limit: u64::MAX,
+            window_seconds: u64::MAX,
+            ..outcome()
+        };
+        assert_eq!(
+            widest.headers()[3],
+            ("ratelimit-policy", format!("{};w={}", u64::MAX, u64::MAX))
+        );
+    }
 }
