@@ -153,13 +153,6 @@ impl QuotaOutcome {
         }
     }
 
-    /// [`QuotaOutcome::for_each_header`] collected: name, value.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut h = Vec::new();
-        self.for_each_header(|k, v| h.push((k, v.to_string())));
-        h
-    }
-
     /// Why a refused request is denied: the store could not be asked (and
     /// the mode denies), the cost can never fit, or the limit is spent.
     pub fn deny_reason(&self) -> super::DenyReason {
@@ -229,6 +222,13 @@ pub struct LimitStatus {
 mod tests {
     use super::*;
 
+    /// [`QuotaOutcome::for_each_header`] collected: name, value.
+    fn headers(q: &QuotaOutcome) -> Vec<(&'static str, String)> {
+        let mut h = Vec::new();
+        q.for_each_header(|k, v| h.push((k, v.to_string())));
+        h
+    }
+
     fn outcome() -> QuotaOutcome {
         QuotaOutcome {
             descriptor: "org:acme".into(),
@@ -249,7 +249,7 @@ mod tests {
     fn ratelimit_headers_name_the_counter_state_in_order_for_each_outcome() {
         let allowed = outcome();
         assert_eq!(
-            allowed.headers(),
+            headers(&allowed),
             [
                 ("ratelimit-limit", "100".to_string()),
                 ("ratelimit-remaining", "7".into()),
@@ -262,8 +262,8 @@ mod tests {
             retry_after_seconds: Some(12),
             ..outcome()
         };
-        assert_eq!(refused.headers()[1], ("ratelimit-remaining", "0".into()));
-        assert_eq!(refused.headers()[4], ("retry-after", "12".into()));
+        assert_eq!(headers(&refused)[1], ("ratelimit-remaining", "0".into()));
+        assert_eq!(headers(&refused)[4], ("retry-after", "12".into()));
         // A cost that can never fit: the limit, not the counter, and no
         // Retry-After (waiting cannot help).
         let too_large = QuotaOutcome {
@@ -272,7 +272,7 @@ mod tests {
             ..outcome()
         };
         assert_eq!(
-            too_large.headers(),
+            headers(&too_large),
             [
                 ("ratelimit-limit", "100".to_string()),
                 ("ratelimit-policy", "100;w=60".into()),
@@ -283,12 +283,12 @@ mod tests {
             degraded: Some(OnStoreError::Allow),
             ..outcome()
         };
-        assert!(failed_open.headers().is_empty());
+        assert!(headers(&failed_open).is_empty());
         let failed_closed = QuotaOutcome {
             degraded: Some(OnStoreError::Deny),
             ..outcome()
         };
-        assert_eq!(failed_closed.headers(), [("retry-after", "1".to_string())]);
+        assert_eq!(headers(&failed_closed), [("retry-after", "1".to_string())]);
     }
 
     #[test]
@@ -299,7 +299,7 @@ mod tests {
             ..outcome()
         };
         assert_eq!(
-            widest.headers()[3],
+            headers(&widest)[3],
             ("ratelimit-policy", format!("{};w={}", u64::MAX, u64::MAX))
         );
     }
