@@ -7,6 +7,8 @@
 #   target/profile/<rpc>.svg       a flame graph of them (inferno)
 #   target/profile/<rpc>.top.txt   the functions with the most samples,
 #                                  inclusive (children counted), ours first
+#   target/profile/<rpc>.stages.txt  the server's sampled CPU per request,
+#                                  by stage (scripts/profile-stages.py)
 #
 #   scripts/profile.sh rls          # ShouldRateLimit, one descriptor
 #   scripts/profile.sh check        # Check, allowed calls
@@ -24,6 +26,10 @@
 #                   --rate`): a fixed arrival rate instead of as fast as
 #                   answers come back, as for the latency target; the files
 #                   are named <rpc>@<rate>.*
+#
+# scripts/profile-stages.py compares the stage tables of two profiles, e.g.
+# the same load at saturation and at a fixed rate:
+#   scripts/profile-stages.py target/profile/check target/profile/check@3000
 #
 # The server is pinned to SERVER_CPU (0) and the load generator to LOAD_CPU
 # (1) as in scripts/bench-side-by-side.sh. Needs perf (Debian
@@ -126,4 +132,6 @@ perf script -i "$work/perf.data" 2>/dev/null | "$root/.tools/bin/inferno-collaps
     <"$out/$name.folded" >"$out/$name.svg"
 perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
     grep '%' | sed 's/  */ /g' | grep -E 'portcullis::|serde|uuid|sha2|malloc|free' | awk 'NR <= 40' >"$out/$name.top.txt"
-say "wrote $out/$name.svg, $out/$name.folded and $out/$name.top.txt"
+python3 scripts/profile-stages.py "$out/$name" >"$out/$name.stages.txt" ||
+    die "scripts/profile-stages.py failed on $out/$name"
+say "wrote $out/$name.svg, $out/$name.folded, $out/$name.top.txt and $out/$name.stages.txt"

@@ -108,6 +108,10 @@ const NOT_RUNNABLE: &[(&str, &str)] = &[
         "a profile: a release build, perf sampling the server under 6 s of load",
     ),
     (
+        "scripts/profile-stages.py target/profile/check target/profile/check@3000",
+        "reads two profiles scripts/profile.sh wrote (perf under load); a fresh clone has none",
+    ),
+    (
         "scripts/instructions.sh check",
         "a profile: a release build, both servers under valgrind for 5,500 calls each",
     ),

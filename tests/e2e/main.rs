@@ -27,4 +27,5 @@ mod forward_auth_gateways;
 mod grpcurl;
 mod observability;
 mod otlp;
+mod profile_stages;
 mod tls_listener;
