@@ -32,6 +32,18 @@ fn stages(names: &[&str]) -> Output {
         .expect("python3 runs (scripts/install-test-tools.sh needs it too)")
 }
 
+/// The error message of a run that must fail.
+fn refusal(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("Traceback"), "{err}");
+    err
+}
+
 /// The row LABEL's numbers.
 fn row(out: &Output, label: &str) -> Vec<String> {
     let text = String::from_utf8_lossy(&out.stdout);
@@ -125,28 +137,21 @@ fn profile_stages_puts_two_profiles_side_by_side_with_the_second_over_the_first(
 fn profile_stages_refuses_a_missing_profile_or_a_load_report_without_requests() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("rls").to_str().unwrap().to_string();
-    let out = stages(&[&missing]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refusal(&stages(&[&missing]));
     assert!(
         err.contains("rls.load.txt: No such file or directory (run scripts/profile.sh first)"),
         "{err}"
     );
-    assert!(!err.contains("Traceback"), "{err}");
 
     let name = profile(dir.path(), "check", &[(DECIDE, 1)], 0);
-    let out = stages(&[&name]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refusal(&stages(&[&name]));
     assert!(
         err.contains("check.load.txt: the load sent no request"),
         "{err}"
     );
 
     std::fs::write(dir.path().join("check.load.txt"), "nothing here\n").unwrap();
-    let out = stages(&[&name]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refusal(&stages(&[&name]));
     assert!(
         err.contains("has no server line with a request count"),
         "{err}"
@@ -163,9 +168,7 @@ fn profile_stages_refuses_a_missing_profile_or_a_load_report_without_requests() 
         dir.path().join("check.load.txt"),
     )
     .unwrap();
-    let out = stages(&[&name]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refusal(&stages(&[&name]));
     assert!(
         err.contains("check.folded: not a collapsed stack line"),
         "{err}"
