@@ -222,12 +222,13 @@ mod tests {
     /// pinned to one core runs) serving gRPC health on one accepted
     /// connection watched by a [`Probe`], and the client's, connected to
     /// it over one HTTP/2 connection with one call answered.
-    struct Served {
-        server: tokio::runtime::Runtime,
-        clients: tokio::runtime::Runtime,
-        channel: tonic::transport::Channel,
-        probe: Arc<Probe>,
-    }
+    /// The server's runtime, the client's, the channel and the probe.
+    type Served = (
+        tokio::runtime::Runtime,
+        tokio::runtime::Runtime,
+        tonic::transport::Channel,
+        Arc<Probe>,
+    );
 
     fn served() -> Served {
         let one_worker = || {
@@ -271,23 +272,13 @@ mod tests {
                 .expect("the warm-up call is answered");
             channel
         });
-        Served {
-            server,
-            clients,
-            channel,
-            probe,
-        }
+        (server, clients, channel, probe)
     }
 
     /// Sends `calls` concurrent health checks while the server's worker
     /// is busy: how many writes answered them.
     fn writes_for_concurrent_calls(calls: usize) -> usize {
-        let Served {
-            server,
-            clients,
-            channel,
-            probe,
-        } = served();
+        let (server, clients, channel, probe) = served();
         let server_handle = server.handle().clone();
         let answered = clients.block_on(async {
             let before = probe.writes.load(Ordering::Relaxed);
@@ -349,12 +340,7 @@ mod tests {
 
     #[test]
     fn a_held_answer_leaves_after_the_tasks_ready_before_it_not_when_the_worker_idles() {
-        let Served {
-            server,
-            clients,
-            channel,
-            probe,
-        } = served();
+        let (server, clients, channel, probe) = served();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let busy = Busy {
             clock: Arc::clone(&probe),
