@@ -218,10 +218,6 @@ mod tests {
         }
     }
 
-    /// Two runtimes of one worker thread each: the server's (as a server
-    /// pinned to one core runs) serving gRPC health on one accepted
-    /// connection watched by a [`Probe`], and the client's, connected to
-    /// it over one HTTP/2 connection with one call answered.
     /// The server's runtime, the client's, the channel and the probe.
     type Served = (
         tokio::runtime::Runtime,
@@ -230,6 +226,10 @@ mod tests {
         Arc<Probe>,
     );
 
+    /// Two runtimes of one worker thread each: the server's (as a server
+    /// pinned to one core runs) serving gRPC health on one accepted
+    /// connection watched by a [`Probe`], and the client's, connected to
+    /// it over one HTTP/2 connection with one call answered.
     fn served() -> Served {
         let one_worker = || {
             tokio::runtime::Builder::new_multi_thread()
