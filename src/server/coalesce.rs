@@ -21,11 +21,12 @@
 //! arrived after them. Through Envoy (one HTTP/2 connection carrying every
 //! `Check`, `ShouldRateLimit` and ext_proc message) that held answers while
 //! Envoy's worker waited for them: the host was 28-30% idle during
-//! Portcullis's benchmark slices against 19-20% during the empty
-//! server's, and in 4 interleaved pairs of `scripts/bench-envoy.sh` runs
-//! the ratio went from 0.824, 0.721, 0.678, 0.857 to 0.876, 0.866, 1.065,
-//! 0.932 (idle 22-23%), with the same CPU per request. Side by side at
-//! saturation, where the queue is long, the two hold as many answers.
+//! Portcullis's benchmark slices against 18-20% during the empty
+//! server's. Interleaved with the earlier build, 4 runs each of
+//! `scripts/bench-envoy.sh`, the ratio went from 0.897, 0.738, 0.766,
+//! 0.858 to 0.938, 0.892, 0.859, 0.908, and the idle share to 23%. Side by
+//! side at saturation, where the queue is long, the two builds served as
+//! many calls (0.99-1.03 of each other, `Check` and `ShouldRateLimit`).
 //!
 //! It also declares itself not vectored, so h2 copies DATA frames under
 //! 1 KiB into its send buffer (`CHAIN_THRESHOLD_WITHOUT_VECTORED_IO` in h2's
