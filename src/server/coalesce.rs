@@ -136,12 +136,11 @@ mod tests {
 
     use super::*;
 
-    /// What the server's connection saw: the writes that reached the
-    /// socket, and the order of reads and writes against `clock`, which a
-    /// test may advance (the polls of a busy task).
+    /// What the server's connection saw: the reads and the writes that
+    /// reached the socket, in order, against `clock`, which a test may
+    /// advance (the polls of a busy task).
     #[derive(Default)]
     struct Probe {
-        writes: AtomicUsize,
         clock: AtomicUsize,
         /// (`clock` at the event, a read (`true`) or a write).
         events: std::sync::Mutex<Vec<(usize, bool)>>,
@@ -151,6 +150,15 @@ mod tests {
         fn event(&self, read: bool) {
             let at = self.clock.load(Ordering::SeqCst);
             self.events.lock().unwrap().push((at, read));
+        }
+
+        fn writes(&self) -> usize {
+            self.events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|&&(_, r)| !r)
+                .count()
         }
     }
 
@@ -188,7 +196,6 @@ mod tests {
         ) -> Poll<std::io::Result<usize>> {
             let written = Pin::new(&mut self.inner).poll_write(cx, buf);
             if written.is_ready() {
-                self.probe.writes.fetch_add(1, Ordering::Relaxed);
                 self.probe.event(false);
             }
             written
@@ -200,7 +207,6 @@ mod tests {
         ) -> Poll<std::io::Result<usize>> {
             let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
             if written.is_ready() {
-                self.probe.writes.fetch_add(1, Ordering::Relaxed);
                 self.probe.event(false);
             }
             written
@@ -282,7 +288,7 @@ mod tests {
         let (server, clients, channel, probe) = served();
         let server_handle = server.handle().clone();
         let answered = clients.block_on(async {
-            let before = probe.writes.load(Ordering::Relaxed);
+            let before = probe.writes();
             // The server's one worker is busy while the calls are sent, as
             // a saturated server's is: it then finds them all waiting.
             let (busy_tx, busy) = tokio::sync::oneshot::channel();
@@ -299,27 +305,26 @@ mod tests {
             while let Some(answer) = set.join_next().await {
                 answer.unwrap().expect("every concurrent call is answered");
             }
-            probe.writes.load(Ordering::Relaxed) - before
+            probe.writes() - before
         });
         server.shutdown_background();
         clients.shutdown_background();
         answered
     }
 
-    /// A task that never lets its worker idle: each poll advances `clock`
-    /// and wakes the task again, until `stop` (or a million polls).
+    /// A task that never lets its worker idle: each poll advances the
+    /// probe's clock and wakes the task again, until `stop` (or a million
+    /// polls).
     struct Busy {
-        clock: Arc<Probe>,
+        probe: Arc<Probe>,
         stop: Arc<std::sync::atomic::AtomicBool>,
-        polls: usize,
     }
 
     impl std::future::Future for Busy {
         type Output = ();
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            self.clock.clock.fetch_add(1, Ordering::SeqCst);
-            self.polls += 1;
-            if self.stop.load(Ordering::SeqCst) || self.polls >= 1_000_000 {
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let polls = self.probe.clock.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.stop.load(Ordering::SeqCst) || polls >= 1_000_000 {
                 return Poll::Ready(());
             }
             cx.waker().wake_by_ref();
@@ -344,9 +349,8 @@ mod tests {
         let (server, clients, channel, probe) = served();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let busy = Busy {
-            clock: Arc::clone(&probe),
+            probe: Arc::clone(&probe),
             stop: Arc::clone(&stop),
-            polls: 0,
         };
         let first = probe.events.lock().unwrap().len();
         server.spawn(busy);
