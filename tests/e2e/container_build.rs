@@ -11,10 +11,15 @@
 //!   and an empty cargo home (what build.rs reads must be in the context, and
 //!   it must not ask cargo or the network for anything).
 //!
+//! A later stage's `COPY --from=<build stage>` of a file under its `target/`
+//! must name a binary the stage's cargo steps build, in the directory of the
+//! profile they build with (`target/production/portcullis` for
+//! `--profile production`).
+//!
 //! `PORTCULLIS_TEST_DOCKERFILE=FILE` checks another Dockerfile against this
 //! checkout (e.g. an older revision's, to see the check fail).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
@@ -320,12 +325,15 @@ struct CargoStep {
 
 /// Asks cargo to plan the step's own command in the assembled context
 /// without compiling anything (`--unit-graph`), then runs build.rs there.
+/// Returns where the step's binaries land in the image:
+/// `<WORKDIR>/target/<profile directory>/<name>` (`debug` for the `dev`
+/// profile, the profile's name for any other, as cargo lays them out).
 ///
 /// Planning is what refuses a manifest whose declared targets have no file;
 /// `cargo metadata`, even `--locked`, accepts such a manifest (it drops the
 /// missing benches), so it cannot stand in for the build. `--unit-graph` is
 /// unstable: RUSTC_BOOTSTRAP lets this test, and only it, use it on stable.
-fn check_cargo_step(image: &Image, step: &CargoStep) -> Result<(), String> {
+fn check_cargo_step(image: &Image, step: &CargoStep) -> Result<Vec<PathBuf>, String> {
     let dir = image.workdir_on_host();
     let what = format!("line {}: `{}`", step.line, step.command);
     if !dir.join("Cargo.toml").exists() {
@@ -350,11 +358,14 @@ fn check_cargo_step(image: &Image, step: &CargoStep) -> Result<(), String> {
     let graph: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("{what}: cargo's unit graph is not JSON: {e}"))?;
     let units = graph["units"].as_array().cloned().unwrap_or_default();
-    let roots: Vec<&str> = graph["roots"]
+    let root_units: Vec<&serde_json::Value> = graph["roots"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|i| units.get(i.as_u64()? as usize))
+        .collect();
+    let roots: Vec<&str> = root_units
+        .iter()
         .filter_map(|u| u["target"]["name"].as_str())
         .collect();
     for bin in &step.bins {
@@ -365,7 +376,26 @@ fn check_cargo_step(image: &Image, step: &CargoStep) -> Result<(), String> {
     if dir.join("build.rs").exists() {
         run_build_script(&dir).map_err(|e| format!("{what}: build.rs fails there: {e}"))?;
     }
-    Ok(())
+    let binaries = root_units
+        .iter()
+        .filter(|u| {
+            u["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
+        .filter_map(|u| {
+            let profile = u["profile"]["name"].as_str()?;
+            let directory = if profile == "dev" { "debug" } else { profile };
+            Some(
+                image
+                    .workdir
+                    .join("target")
+                    .join(directory)
+                    .join(u["target"]["name"].as_str()?),
+            )
+        })
+        .collect();
+    Ok(binaries)
 }
 
 /// The compiled build script of this package: the newest one in this test's
@@ -432,12 +462,20 @@ fn run_build_script(dir: &Path) -> Result<(), String> {
 // ---------------------------------------------------------------------------
 
 /// Checks every cargo step of every stage of `text` (a Dockerfile whose
-/// context is `context`); returns the steps checked, or every problem.
+/// context is `context`), and that every `COPY --from=STAGE` of a file under
+/// that stage's `target/` copies a binary one of its cargo steps builds
+/// there (a profile changed in the cargo step but not in the COPY would
+/// copy nothing: the image build fails at the end); returns the steps
+/// checked, or every problem.
 fn check_dockerfile(text: &str, dockerfile: &Path, context: &Path) -> Result<usize, String> {
     let ignore = DockerIgnore::load(context, dockerfile);
     let mut checked = 0;
     let mut problems = Vec::new();
+    // Per stage name (`FROM ... AS name`): its WORKDIR and what its cargo
+    // steps build.
+    let mut built: BTreeMap<String, (PathBuf, BTreeSet<PathBuf>)> = BTreeMap::new();
     for stage in stages(text) {
+        check_copies_from_builds(&stage, &built, &mut problems);
         let last_cargo = stage
             .iter()
             .rposition(|i| i.keyword == "RUN" && words(&i.args).iter().any(|w| w == "cargo"));
@@ -479,8 +517,15 @@ fn check_dockerfile(text: &str, dockerfile: &Path, context: &Path) -> Result<usi
                                 "line {}: {segment}: only cargo build/check are modelled",
                                 ins.line
                             );
-                            if let Err(e) = check_cargo_step(&image, &step) {
-                                problems.push(e);
+                            match check_cargo_step(&image, &step) {
+                                Ok(binaries) => {
+                                    if let Some(name) = stage_name(&stage[0]) {
+                                        let entry = built.entry(name).or_default();
+                                        entry.0 = image.workdir.clone();
+                                        entry.1.extend(binaries);
+                                    }
+                                }
+                                Err(e) => problems.push(e),
                             }
                             checked += 1;
                         } else {
@@ -499,6 +544,46 @@ fn check_dockerfile(text: &str, dockerfile: &Path, context: &Path) -> Result<usi
         Ok(checked)
     } else {
         Err(problems.join("\n\n"))
+    }
+}
+
+/// The name a `FROM image AS name` instruction gives its stage.
+fn stage_name(from: &Instruction) -> Option<String> {
+    let w = words(&from.args);
+    let at = w.iter().position(|a| a.eq_ignore_ascii_case("as"))?;
+    w.get(at + 1).cloned()
+}
+
+/// Each `COPY --from=STAGE SRC... DEST` of `stage` whose source lies under
+/// STAGE's `WORKDIR/target/` must name a binary STAGE's cargo steps build.
+fn check_copies_from_builds(
+    stage: &[Instruction],
+    built: &BTreeMap<String, (PathBuf, BTreeSet<PathBuf>)>,
+    problems: &mut Vec<String>,
+) {
+    for ins in stage.iter().filter(|i| i.keyword == "COPY") {
+        let w = words(&ins.args);
+        let Some(from) = w.iter().find_map(|a| a.strip_prefix("--from=")) else {
+            continue;
+        };
+        let Some((workdir, binaries)) = built.get(from) else {
+            continue;
+        };
+        let paths: Vec<&String> = w.iter().filter(|a| !a.starts_with("--")).collect();
+        let Some((_, sources)) = paths.split_last() else {
+            continue;
+        };
+        for src in sources {
+            let src = workdir.join(src.as_str());
+            if src.starts_with(workdir.join("target")) && !binaries.contains(&src) {
+                problems.push(format!(
+                    "line {}: COPY --from={from} {}: the stage's cargo steps build {:?}, not this file: copy the binary from the profile directory the cargo step builds into",
+                    ins.line,
+                    src.display(),
+                    binaries
+                ));
+            }
+        }
     }
 }
 
@@ -554,6 +639,27 @@ fn bench_targets_missing_from_the_caching_step_are_caught() {
         .expect_err("the old caching step must fail");
     assert!(err.contains("line 5"), "{err}");
     assert!(err.contains("can't find"), "{err}");
+}
+
+/// deploy/Dockerfile with its cargo steps switched to the `production`
+/// profile but its runtime stage still copying `target/release/portcullis`:
+/// cargo builds fine and the image build would fail only at that COPY.
+#[test]
+fn a_copy_of_the_binary_from_another_profile_directory_is_caught() {
+    let path = repo().join("deploy/Dockerfile");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("--profile production"), "{}", path.display());
+    let stale = text.replace("/src/target/production/", "/src/target/release/");
+    assert_ne!(
+        stale, text,
+        "the Dockerfile copies no binary from target/production/"
+    );
+    let err = check_dockerfile(&stale, &path, &repo()).expect_err("the stale COPY must fail");
+    assert!(
+        err.contains("COPY --from=build /src/target/release/portcullis"),
+        "{err}"
+    );
+    assert!(err.contains("/src/target/production/portcullis"), "{err}");
 }
 
 #[test]
