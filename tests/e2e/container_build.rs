@@ -574,7 +574,9 @@ fn check_copies_from_builds(
             continue;
         };
         for src in sources {
-            let src = workdir.join(src.as_str());
+            // A --from source is a path in that stage's file system, relative
+            // to its root (not its WORKDIR).
+            let src = Path::new("/").join(src.as_str());
             if src.starts_with(workdir.join("target")) && !binaries.contains(&src) {
                 problems.push(format!(
                     "line {}: COPY --from={from} {}: the stage's cargo steps build {:?}, not this file: copy the binary from the profile directory the cargo step builds into",
