@@ -32,7 +32,8 @@
 # interleaved pairs 0.79 to 0.80. The empty handler's row is the mean of
 # its slices over every server's run. The CPU column is the share of one
 # core each server process used during its own slices (`--baseline-pid`,
-# `--target-pid`; Portcullis's alone, not its redis-server's), and CPU
+# `--target-pid`; Portcullis's alone, not its redis-server's), CPU us the
+# microseconds of it per answer (share x 1,000,000 / req/s), and CPU
 # ratio is the empty handler's CPU per answer over the server's: when the
 # empty handler's CPU is well under 100%, the load generator, not its
 # core, bounded its throughput, and the throughput ratio flatters the
@@ -42,7 +43,9 @@
 # intended send time and the share of its core each server used meanwhile
 # (CPU column): half the saturation throughput is not half the CPU, since
 # the writes and wake-ups a saturated server shares between answers are
-# paid per answer when they arrive spread out. The open-loop rows also give
+# paid per answer when they arrive spread out, and each stage runs with
+# colder caches (CPU us; scripts/host-idle-probe.sh shows what idling does
+# to this host's caches). The open-loop rows also give
 # the load generator's pacer lag (how late it sent; part of the latency).
 # The last row is the empty handler at half of its own saturation, the
 # same target applied to the ceiling itself.
@@ -272,7 +275,7 @@ for name, label, rps, p99, errors, cpu, lag, ratio, spread, cpu_ratio in rows:
         runs.setdefault(label, []).append(float(rps))
         if cpu.endswith("%"):
             cpus.setdefault(label, []).append(float(cpu[:-1]))
-print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7} {'CPU':>5} {'CPU ratio':>9}  note")
+print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7} {'CPU':>5} {'CPU us':>6} {'CPU ratio':>9}  note")
 failed = False
 shown = set()
 for name, label, rps, p99, errors, cpu, lag, ratio, spread, cpu_ratio in rows:
@@ -297,6 +300,9 @@ for name, label, rps, p99, errors, cpu, lag, ratio, spread, cpu_ratio in rows:
             note = f"  mean of its runs: {min(v):.0f}..{max(v):.0f}"
     elif spread != "-":
         note = f"  median of slice pairs {spread}"
-    print(f"{label:<18} {name:<20} {float(rps):>9.0f} {ratio:>7} {p99:>8} {errors:>7} {cpu:>5} {cpu_ratio:>9}{note}")
+    # The server's CPU per answer, microseconds: the lone calls of an open
+    # loop cost several times what calls in a burst do.
+    per = f"{float(cpu[:-1]) * 1e4 / float(rps):.1f}" if cpu.endswith("%") and float(rps) > 0 else "-"
+    print(f"{label:<18} {name:<20} {float(rps):>9.0f} {ratio:>7} {p99:>8} {errors:>7} {cpu:>5} {per:>6} {cpu_ratio:>9}{note}")
 sys.exit(1 if failed else 0)
 PY
