@@ -43,9 +43,9 @@
 # intended send time and the share of its core each server used meanwhile
 # (CPU column): half the saturation throughput is not half the CPU, since
 # the writes and wake-ups a saturated server shares between answers are
-# paid per answer when they arrive spread out, and each stage runs with
-# colder caches (CPU us; scripts/host-idle-probe.sh shows what idling does
-# to this host's caches). The open-loop rows also give
+# paid per answer when they arrive spread out, and each stage runs once
+# per answer, with the rest of the path in between, so with colder caches
+# (CPU us). The open-loop rows also give
 # the load generator's pacer lag (how late it sent; part of the latency).
 # The last row is the empty handler at half of its own saturation, the
 # same target applied to the ceiling itself.

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Does this host's CPU keep its caches while a thread sleeps? A probe of
-# the machine, not of Portcullis: it explains why a lone `Check` costs two
-# to three times the CPU of one in a burst on some virtual machines (the
-# README's performance table), and so why p99 at half of saturation
-# (issue 21) can miss on them.
+# the machine, not of Portcullis. Where it does not, a server that idles
+# between calls pays for cold caches on each: part of why a lone `Check`
+# at low rates costs several times the CPU of one in a burst on some
+# virtual machines (the README's performance table). At half of
+# saturation the server hardly idles, and what it loses there is the
+# batching of a burst, which this probe does not measure.
 #
 # One C program (built with `cc`, which linking Rust needs anyway), pinned
 # to PROBE_CPU (0), runs the same work ITERATIONS times (2,000): it reads
