@@ -33,7 +33,7 @@
 # its slices over every server's run. The CPU column is the share of one
 # core each server process used during its own slices (`--baseline-pid`,
 # `--target-pid`; Portcullis's alone, not its redis-server's), CPU us the
-# microseconds of it per answer (share x 1,000,000 / req/s), and CPU
+# microseconds of it per answer (the bench's `us_per_request`), and CPU
 # ratio is the empty handler's CPU per answer over the server's: when the
 # empty handler's CPU is well under 100%, the load generator, not its
 # core, bounded its throughput, and the throughput ratio flatters the
@@ -114,7 +114,7 @@ stop() { # pid port: stop the server and wait until its port is closed
 on_server_cpu=(taskset -c "$SERVER_CPU")
 
 # load NAME LABEL PORT ARGS...: one measurement of the server at PORT, as
-# results lines "name label rps p99 errors cpu lag ratio range"; with
+# results lines "name label rps p99 errors cpu cpu-us lag ratio range cpu-ratio"; with
 # `--baseline-target` in ARGS, the empty handler's line for the same
 # slices first, and NAME's ratio is the median of the slice pairs'.
 results=$work/results.txt
@@ -138,18 +138,28 @@ load() {
     python3 - "$out" "$name" "$label" "$pid" "$((after - before))" "$((ended - started))" "$(getconf CLK_TCK)" >>"$results" <<'PY'
 import json, sys
 path, name, label, pid, ticks, ns, hz = sys.argv[1:]
-cpu = f"{100 * int(ticks) / int(hz) / (int(ns) / 1e9):.0f}%" if pid else "-"
+share = int(ticks) / int(hz) / (int(ns) / 1e9) if pid else None
+cpu = f"{100 * share:.0f}%" if pid else "-"
 try:
     report = json.load(open(path))
     phases = report["phases"]
 except Exception as e:
-    print(f"{name} {label} 0 0 failed {cpu} - - - -")
+    print(f"{name} {label} 0 0 failed {cpu} - - - - -")
     sys.exit(0)
 def line(who, p, ratio="-", spread="-", cpu_ratio="-"):
     lag = (p.get("pacing_lag_us") or {}).get("p99", "-")
-    share = (p.get("server_cpu") or {}).get("share_of_core")
-    used = f"{100 * share:.0f}%" if share is not None else cpu
-    print(f"{who} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']} {used} {lag} {ratio} {spread} {cpu_ratio}")
+    server = p.get("server_cpu") or {}
+    used = f"{100 * server['share_of_core']:.0f}%" if server else cpu
+    # CPU per answer, microseconds: the bench's own figure for its slices;
+    # for CPU_OF (an open loop, whose rate is the same in its warm-up) the
+    # share over the whole load per answer of the measured phase.
+    if server:
+        per = f"{server['us_per_request']:.1f}"
+    elif share is not None and p["throughput_rps"] > 0:
+        per = f"{share * 1e6 / p['throughput_rps']:.1f}"
+    else:
+        per = "-"
+    print(f"{who} {label} {p['throughput_rps']:.0f} {p['latency_us']['p99']} {p['errors']} {used} {per} {lag} {ratio} {spread} {cpu_ratio}")
 pairs = report.get("slice_ratios") or []
 if pairs:
     line("empty", phases[0])
@@ -269,16 +279,18 @@ import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 # The empty handler's slices per load, over every server's run: its
 # throughput and the share of its core it used.
-runs, cpus = {}, {}
-for name, label, rps, p99, errors, cpu, lag, ratio, spread, cpu_ratio in rows:
+runs, cpus, pers = {}, {}, {}
+for name, label, rps, p99, errors, cpu, per, lag, ratio, spread, cpu_ratio in rows:
     if name == "empty" and errors != "failed" and not label.startswith("check-open-loop"):
         runs.setdefault(label, []).append(float(rps))
         if cpu.endswith("%"):
             cpus.setdefault(label, []).append(float(cpu[:-1]))
+        if per != "-":
+            pers.setdefault(label, []).append(float(per))
 print(f"{'load':<18} {'server':<20} {'req/s':>9} {'ratio':>7} {'p99 us':>8} {'errors':>7} {'CPU':>5} {'CPU us':>6} {'CPU ratio':>9}  note")
 failed = False
 shown = set()
-for name, label, rps, p99, errors, cpu, lag, ratio, spread, cpu_ratio in rows:
+for name, label, rps, p99, errors, cpu, per, lag, ratio, spread, cpu_ratio in rows:
     failed |= errors != "0"
     note = ""
     if label.startswith("check-open-loop"):
@@ -296,13 +308,13 @@ for name, label, rps, p99, errors, cpu, lag, ratio, spread, cpu_ratio in rows:
         c = cpus.get(label, [])
         if c:
             cpu, cpu_ratio = f"{sum(c) / len(c):.0f}%", "1.000"
+        u = pers.get(label, [])
+        if u:
+            per = f"{sum(u) / len(u):.1f}"
         if len(v) > 1:
             note = f"  mean of its runs: {min(v):.0f}..{max(v):.0f}"
     elif spread != "-":
         note = f"  median of slice pairs {spread}"
-    # The server's CPU per answer, microseconds: the lone calls of an open
-    # loop cost several times what calls in a burst do.
-    per = f"{float(cpu[:-1]) * 1e4 / float(rps):.1f}" if cpu.endswith("%") and float(rps) > 0 else "-"
     print(f"{label:<18} {name:<20} {float(rps):>9.0f} {ratio:>7} {p99:>8} {errors:>7} {cpu:>5} {per:>6} {cpu_ratio:>9}{note}")
 sys.exit(1 if failed else 0)
 PY

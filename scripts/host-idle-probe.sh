@@ -9,8 +9,8 @@
 #
 # One C program (built with `cc`, which linking Rust needs anyway), pinned
 # to PROBE_CPU (0), runs the same work ITERATIONS times (2,000): it reads
-# one byte of each 64-byte line of a WORKING_SET_KIB buffer in a scattered
-# order (no prefetcher helps) and then 20,000 multiply-adds. It times each
+# one byte per 64 bytes of a WORKING_SET_KIB buffer at scattered offsets
+# (no prefetcher helps) and then 20,000 multiply-adds. It times each
 # run, skips the first 10%, and prints the mean in microseconds for four
 # ways of spending GAP_US (300) between runs:
 #
@@ -43,7 +43,7 @@ die() { printf 'host-idle-probe: %s\n' "$*" >&2; exit 1; }
 for ws in $WORKING_SETS_KIB; do
     [[ $ws =~ ^[0-9]+$ && $ws -ge 4 && $ws -le 1048576 ]] || die "each of WORKING_SETS_KIB must be 4..1048576"
 done
-[ "$PROBE_CPU" -lt "$(nproc)" ] 2>/dev/null || die "PROBE_CPU=$PROBE_CPU: this machine has $(nproc) CPUs"
+[[ $PROBE_CPU =~ ^[0-9]+$ ]] && [ "$PROBE_CPU" -lt "$(nproc)" ] || die "PROBE_CPU=$PROBE_CPU: this machine has $(nproc) CPUs"
 for c in cc taskset chrt; do command -v "$c" >/dev/null || die "needs $c (Debian: gcc, util-linux)"; done
 
 work=$(mktemp -d -t portcullis-idle-probe.XXXXXX)
