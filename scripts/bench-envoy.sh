@@ -15,7 +15,10 @@
 # slices), the median p50/p90/p99 of its slices, the CPU time the decision
 # server and the Envoy in front of it spent per request (from
 # /proc/PID/stat over the rounds: whether a gap is the decision server's
-# own work or Envoy's work on its answers), and the ratio: the
+# own work or Envoy's work on its answers), what Envoy's own counters say
+# per request it served (`/stats`, warm-up and probe included on both
+# sides): the bytes it read from the decision server(s) (the answers' size)
+# and the HTTP/2 stream resets they sent it, and the ratio: the
 # median of the pairs' ratios, with their range. Only the ratio is worth
 # quoting: on a 2-core machine wrk, Envoy, the upstream and the decision
 # server share the cores.
@@ -264,11 +267,19 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 mapfile -t cpu_after < <(cpu_all)
+# Each Envoy's counters: requests served, and per decision-server cluster
+# (portcullis, and extproc in MODE=ext_proc) the bytes read and the resets
+# received.
+for name in empty portcullis; do
+    curl -fsS --max-time 5 "http://$(cat "$work/envoy-$name.admin")/stats" |
+        grep -E '^(cluster\.(portcullis|extproc)\.(upstream_cx_rx_bytes_total|http2\.rx_reset)|http\.ingress_http\.downstream_rq_completed): ' \
+            >"$work/stats-$name.txt" || die "Envoy ($name): could not read its /stats"
+done
 cpu_used=()
 for i in 0 1 2 3; do cpu_used+=("$((cpu_after[i] - cpu_before[i]))"); done
 
 python3 - "$work/slices.txt" "$label" "$ratio" "$slice_seconds" "$MODE" "$(getconf CLK_TCK)" "${cpu_used[@]}" <<'PY'
-import statistics, sys
+import os, statistics, sys
 path, label, ratio, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 mode, hz = sys.argv[5], float(sys.argv[6])
 decision_ticks = dict(zip(("empty", "portcullis"), map(int, sys.argv[7:9])))
@@ -282,7 +293,20 @@ for name, rnd, rps, p50, p90, p99, bad, sock, idle, total in rows:
 # so its column is left out. Host idle: the share of all CPUs' time idle
 # during the side's slices (with cores to spare, what bounds throughput is
 # waiting, not work).
-print(f"{label:<28} {'req/s':>10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'non-2xx':>8} {'server cpu us/req':>18} {'envoy cpu us/req':>17} {'host idle':>10}")
+def envoy_counters(name):
+    # Per request the Envoy served: bytes read from its decision server(s),
+    # and the stream resets they sent it.
+    c = {}
+    for line in open(os.path.join(os.path.dirname(path), f"stats-{name}.txt")):
+        k, v = line.rsplit(":", 1)
+        c[k] = int(v)
+    served = c.get("http.ingress_http.downstream_rq_completed", 0)
+    if not served:
+        return "-", "-"
+    rx = sum(v for k, v in c.items() if k.endswith(".upstream_cx_rx_bytes_total"))
+    resets = sum(v for k, v in c.items() if k.endswith(".http2.rx_reset"))
+    return f"{rx / served:.0f}", f"{resets / served:.2f}"
+print(f"{label:<28} {'req/s':>10} {'p50 us':>9} {'p90 us':>9} {'p99 us':>9} {'non-2xx':>8} {'server cpu us/req':>18} {'envoy cpu us/req':>17} {'host idle':>10} {'answer bytes/req':>17} {'resets rx/req':>14}")
 bad = 0
 for name in ("empty", "portcullis"):
     v = list(by[name].values())
@@ -293,7 +317,8 @@ for name in ("empty", "portcullis"):
     server = per(decision_ticks[name]) if mode != "ext_proc" else "-"
     total = sum(x[6] for x in v)
     idle = f"{100 * sum(x[5] for x in v) / total:.0f}%" if total else "-"
-    print(f"{name:<28} {statistics.mean(x[0] for x in v):>10.0f} {med(1):>9.0f} {med(2):>9.0f} {med(3):>9.0f} {sum(x[4] for x in v):>8} {server:>18} {per(envoy_ticks[name]):>17} {idle:>10}")
+    answer_bytes, resets = envoy_counters(name)
+    print(f"{name:<28} {statistics.mean(x[0] for x in v):>10.0f} {med(1):>9.0f} {med(2):>9.0f} {med(3):>9.0f} {sum(x[4] for x in v):>8} {server:>18} {per(envoy_ticks[name]):>17} {idle:>10} {answer_bytes:>17} {resets:>14}")
 pairs = [by["portcullis"][r][0] / by["empty"][r][0] for r in by["empty"] if r in by["portcullis"]]
 print(f"{ratio} {statistics.median(pairs):.3f} (median of {len(pairs)} pairs of {seconds:g} s slices: {min(pairs):.3f}..{max(pairs):.3f})")
 if bad:
