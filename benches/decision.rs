@@ -1,8 +1,10 @@
 //! Micro-benchmarks of the decision path in process (no gRPC): the whole
 //! pipeline on the bundled policies with a bearer token, with an identity
 //! given (Cedar only), with mTLS; policy-set size scaling; JWT verification
-//! per algorithm; body validation, and a JSON body of numbers against one
-//! of strings. Run: `cargo bench --bench decision`.
+//! per algorithm; body validation, a JSON body of numbers against one of
+//! strings, and a `CheckRequest` as Envoy sends it decoded into the request
+//! against prost's decode of the whole message. Run:
+//! `cargo bench --bench decision`.
 
 use std::path::{Path, PathBuf};
 
@@ -342,6 +344,92 @@ fn json_body(c: &mut Criterion) {
     g.finish();
 }
 
+/// A `CheckRequest` as Envoy's ext_authz filter sends one for a predict
+/// call (`with_request_body`, `pack_as_bytes`): both peers' addresses,
+/// the time, the request id, protocol and scheme, 14 request headers
+/// (pseudo-headers included) and the JSON body. Decoded into the request
+/// (`check_decode::decode`, what `Check` does) against prost's decode of
+/// the whole message, the baseline: what the generated server, the
+/// benchmark's empty handler, and Portcullis before its own decoder did
+/// (before turning it into a request).
+fn check_request_decode(c: &mut Criterion) {
+    use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use prost::Message as _;
+    let peer = |ip: &str, port: u32| {
+        Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(
+                    envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(port),
+                ),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    }
+    };
+    let body =
+        br#"{"features": ["the delivery was quick and the support friendly"], "max_tokens": 64}"#;
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "POST"),
+        (":path", "/v1/models/sentiment/versions/v2:predict"),
+        (":scheme", "https"),
+        ("accept", "application/json"),
+        ("authorization", "Bearer eyJhbGciOiJFUzI1NiIsImtpZCI6InRlc3QtZWMifQ.eyJpc3MiOiJodHRwczovL2lkcC50ZXN0LnBvcnRjdWxsaXMvIiwic3ViIjoiYWxpY2UiLCJhdWQiOiJwb3J0Y3VsbGlzIiwiZXhwIjo0MTAyNDQ0ODAwfQ.c2lnbmF0dXJlLWJ5dGVzLWZvci10aGUtYmVuY2htYXJrLW9ubHk"),
+        ("content-length", "86"),
+        ("content-type", "application/json"),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("user-agent", "python-requests/2.32.3"),
+        ("x-envoy-expected-rq-timeout-ms", "15000"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "5b0b2a3e-8e0c-4f3c-9a55-1f6f2d6c1e11"),
+    ];
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(peer("203.0.113.7", 52_144)),
+            destination: Some(peer("10.0.0.12", 8080)),
+            request: Some(Request {
+                time: Some(envoy_types::pb::google::protobuf::Timestamp {
+                    seconds: 1_796_000_000,
+                    nanos: 123_000_000,
+                }),
+                http: Some(HttpRequest {
+                    id: "14121402215093727330".into(),
+                    method: "POST".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    path: "/v1/models/sentiment/versions/v2:predict".into(),
+                    host: "api.example.com".into(),
+                    scheme: "https".into(),
+                    size: body.len() as i64,
+                    protocol: "HTTP/1.1".into(),
+                    raw_body: body.to_vec(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    };
+    let bytes = check.encode_to_vec();
+    let mut g = c.benchmark_group("check_request_decode");
+    g.bench_function("prost_check_request", |b| {
+        b.iter(|| CheckRequest::decode(bytes.as_slice()).unwrap())
+    });
+    g.bench_function("access_request", |b| {
+        b.iter(|| portcullis::adapters::check_decode::decode(&bytes).unwrap())
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     pipeline,
@@ -349,6 +437,7 @@ criterion_group!(
     jwt,
     observability,
     validation,
-    json_body
+    json_body,
+    check_request_decode
 );
 criterion_main!(benches);

@@ -1,17 +1,15 @@
 //! The ext_authz mapping: arbitrary bytes decoded as an Envoy
-//! `CheckRequest`, translated into our request, decided against the
-//! bundled policies and written back as a `CheckResponse` on the wire, which
-//! prost must decode. Nothing may panic; a translated request is always
-//! answered.
+//! `CheckRequest` straight into our request (`check_decode::decode`, as
+//! `Check` decodes what Envoy sends), decided against the bundled policies
+//! and written back as a `CheckResponse` on the wire, which prost must
+//! decode. Nothing may panic; a decoded request is always answered.
 #![no_main]
 
 use std::sync::LazyLock;
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use libfuzzer_sys::fuzz_target;
 use portcullis::adapters::check_encode::EncodedCheckResponse;
-use portcullis::adapters::extauthz::to_access_request;
 use portcullis::policy::Snapshot;
 use portcullis::residency::ResidencyConfig;
 use prost::Message;
@@ -28,10 +26,7 @@ fuzz_target!(
         LazyLock::force(&SNAPSHOT);
     },
     |data: &[u8]| {
-    let Ok(check) = CheckRequest::decode(data) else {
-        return;
-    };
-    let Ok(mut req) = to_access_request(Box::new(check)) else {
+    let Ok(mut req) = portcullis::adapters::check_decode::decode(data) else {
         return;
     };
     let residency = ResidencyConfig {

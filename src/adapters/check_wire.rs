@@ -1,14 +1,15 @@
 //! The ext_authz `Authorization` gRPC service on the wire: the generated
 //! tonic server decodes `CheckRequest` with prost and answers a message it
 //! cannot decode with `INTERNAL`, which Envoy turns into a 5xx. This one
-//! answers `INVALID_ARGUMENT` naming the field and how to fix the gateway,
-//! and hands decoded requests to [`AuthzService`]. It decides nothing.
+//! decodes it straight into the request it asks about
+//! ([`check_decode`](super::check_decode)), answers `INVALID_ARGUMENT`
+//! naming the field and how to fix the gateway, and hands decoded requests
+//! to [`AuthzService`]. It decides nothing.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use prost::Message;
 use tonic::body::Body;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -16,8 +17,10 @@ use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::Status;
 
+use super::check_decode::{self, Undecided};
 use super::check_encode::EncodedCheckResponse;
 use super::extauthz::AuthzService;
+use crate::request::AccessRequest;
 
 /// The first decode buffer of a `Check` stream, bytes.
 const CHECK_BUFFER_BYTES: usize = 1024;
@@ -52,13 +55,12 @@ impl NamedService for CheckServer {
 /// One `Check` call, for tonic's unary handler.
 struct CheckCall(Arc<AuthzService>);
 
-impl UnaryService<Box<CheckRequest>> for CheckCall {
+impl UnaryService<AccessRequest> for CheckCall {
     type Response = EncodedCheckResponse;
     type Future = BoxFuture<tonic::Response<EncodedCheckResponse>, Status>;
 
-    /// One box per call: [`AuthzService::answer`]'s future, which holds
-    /// the translated request only (the `CheckRequest` is dropped here).
-    fn call(&mut self, request: tonic::Request<Box<CheckRequest>>) -> Self::Future {
+    /// One box per call: [`AuthzService::answer`]'s future.
+    fn call(&mut self, request: tonic::Request<AccessRequest>) -> Self::Future {
         Box::pin(self.0.answer(request.into_inner()))
     }
 }
@@ -88,13 +90,13 @@ where
 }
 
 /// Writes the `CheckResponse` already encoded ([`EncodedCheckResponse`]);
-/// decodes `CheckRequest` with [`CheckDecoder`], boxed.
+/// decodes `CheckRequest` into an [`AccessRequest`] with [`CheckDecoder`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckCodec;
 
 impl Codec for CheckCodec {
     type Encode = EncodedCheckResponse;
-    type Decode = Box<CheckRequest>;
+    type Decode = AccessRequest;
     type Encoder = CheckEncoder;
     type Decoder = CheckDecoder;
 
@@ -126,27 +128,24 @@ impl Encoder for CheckEncoder {
     }
 }
 
-/// Decodes `CheckRequest` into a box; a message prost refuses is
-/// `INVALID_ARGUMENT` (the caller sent it), with the field that failed.
-///
-/// Boxed because the message is about 1.2 KB by value: tonic moves the
-/// decoded item through its stream, its `Request` wrapper and into the
-/// service, and each move of an unboxed one copied every byte (memcpy was
-/// 2-3% of the server's CPU under `scripts/profile.sh check`).
+/// Decodes `CheckRequest` into the [`AccessRequest`] it asks about
+/// ([`check_decode::decode`]). A message prost refuses is
+/// `INVALID_ARGUMENT` (the caller sent it), with the field that failed; so
+/// is one without HTTP attributes, method or path.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckDecoder;
 
 impl Decoder for CheckDecoder {
-    type Item = Box<CheckRequest>;
+    type Item = AccessRequest;
     type Error = Status;
 
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Box<CheckRequest>>, Status> {
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<AccessRequest>, Status> {
         use prost::bytes::Buf as _;
         let bytes = buf.copy_to_bytes(buf.remaining());
-        let mut check = Box::<CheckRequest>::default();
-        match check.merge(bytes.clone()) {
-            Ok(()) => Ok(Some(check)),
-            Err(error) => Err(undecodable(&bytes, &error)),
+        match check_decode::decode(&bytes) {
+            Ok(request) => Ok(Some(request)),
+            Err(Undecided::Wire(error)) => Err(undecodable(&bytes, &error)),
+            Err(Undecided::Incomplete(what)) => Err(Status::invalid_argument(what)),
         }
     }
 

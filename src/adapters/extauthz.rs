@@ -3,18 +3,15 @@
 //! outcome table, `decision::outcome`). Protocol mapping only; no policy
 //! logic.
 
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::access;
+use super::check_decode::{self, Undecided};
 use super::check_encode::EncodedCheckResponse;
 use crate::app::State;
 use crate::pipeline::Door;
@@ -32,29 +29,18 @@ impl AuthzService {
         AuthzService { state }
     }
 
-    /// Answers one `Check`. `request` is translated into an
-    /// [`AccessRequest`] before the future is built, so the future holds
-    /// only that across the decision, not the `CheckRequest` (about 1.2 KB
-    /// of message by value plus its heap) nor `tonic`'s request wrapper:
-    /// every byte a future holds is copied each time it moves into its
-    /// parent, once per `Check`. The translation moves the message's
-    /// strings, header map and body rather than copying them. The answer
-    /// is the `CheckResponse` already in wire form
-    /// ([`EncodedCheckResponse`]); [`Authorization::check`] decodes it
-    /// back into prost's message for in-process callers.
-    ///
-    /// # Errors
-    /// `INVALID_ARGUMENT` for a request without HTTP attributes, method or
-    /// path ([`to_access_request`]).
+    /// Answers one `Check` on the request it asks about (decoded from the
+    /// wire by [`check_decode::decode`], or translated by
+    /// [`to_access_request`]). The answer is the `CheckResponse` already in
+    /// wire form ([`EncodedCheckResponse`]); [`Authorization::check`]
+    /// decodes it back into prost's message for in-process callers.
     pub fn answer(
         &self,
-        request: Box<CheckRequest>,
+        mut asked: AccessRequest,
     ) -> impl std::future::Future<Output = Result<Response<EncodedCheckResponse>, Status>> + Send + 'static
     {
         let state = Arc::clone(&self.state);
-        let asked = to_access_request(request);
         async move {
-            let mut asked = asked.map_err(Status::invalid_argument)?;
             let decision = access::decide(&state, &mut asked, Door::ExtAuthz).await;
             Ok(Response::new(EncodedCheckResponse::of(&decision, &asked)))
         }
@@ -67,7 +53,9 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let encoded = self.answer(Box::new(request.into_inner())).await?;
+        let asked =
+            to_access_request(Box::new(request.into_inner())).map_err(Status::invalid_argument)?;
+        let encoded = self.answer(asked).await?;
         let response = CheckResponse::decode(encoded.get_ref().as_bytes()).map_err(|e| {
             tracing::error!(error = %e, "an encoded CheckResponse did not decode");
             Status::internal("the CheckResponse could not be encoded")
@@ -76,91 +64,22 @@ impl Authorization for AuthzService {
     }
 }
 
-/// Translates Envoy's attribute context, taking the message's strings,
-/// header map and body over rather than copying them. A request without
-/// HTTP attributes is malformed: we answer with a gRPC error (never an
-/// empty, allowing, CheckResponse). Boxed as [`CheckDecoder`] decodes it:
-/// only the attributes are moved out, once.
+/// The request a `CheckRequest` asks about, as the wire decoder
+/// ([`check_decode::decode`]) reads it: the message is encoded and decoded
+/// again, so that an in-process caller's request is translated exactly as
+/// one from Envoy. A request without HTTP attributes is malformed: we
+/// answer with a gRPC error (never an empty, allowing, CheckResponse).
 ///
-/// [`CheckDecoder`]: super::check_wire::CheckDecoder
+/// # Errors
+/// Which of `attributes`, `attributes.request.http`, the HTTP method or
+/// the path is missing.
 pub fn to_access_request(check: Box<CheckRequest>) -> Result<AccessRequest, &'static str> {
-    let CheckRequest { attributes, .. } = *check;
-    let attrs = attributes.ok_or("CheckRequest has no attributes")?;
-    let (http, time) = match attrs.request {
-        Some(r) => (r.http, r.time),
-        None => (None, None),
-    };
-    let mut http = http.ok_or("CheckRequest has no HTTP request attributes")?;
-    if http.method.is_empty() || http.path.is_empty() {
-        return Err("CheckRequest's HTTP request has no method or path");
+    match check_decode::decode(&check.encode_to_vec()) {
+        Ok(request) => Ok(request),
+        Err(Undecided::Incomplete(what)) => Err(what),
+        // prost decodes what prost encoded.
+        Err(Undecided::Wire(_)) => Err("CheckRequest could not be encoded"),
     }
-    let headers = headers_of(&mut http);
-    let source = attrs.source;
-    let source_ip = source
-        .as_ref()
-        .and_then(|s| s.address.as_ref())
-        .and_then(|a| a.address.as_ref())
-        .and_then(|a| match a {
-            Address::SocketAddress(sa) => sa.address.parse::<IpAddr>().ok(),
-            _ => None,
-        });
-    let source_principal = source.map(|s| s.principal).filter(|p| !p.is_empty());
-    let time = time
-        .and_then(|t| {
-            let secs = u64::try_from(t.seconds).ok()?;
-            let nanos = u32::try_from(t.nanos).ok()?;
-            UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-        })
-        .unwrap_or_else(SystemTime::now);
-    let request_id = if http.id.is_empty() {
-        headers.get("x-request-id").cloned().unwrap_or_default()
-    } else {
-        http.id
-    };
-    let host = if http.host.is_empty() {
-        headers.get(":authority").cloned().unwrap_or_default()
-    } else {
-        http.host
-    };
-    let body = if !http.raw_body.is_empty() {
-        Some(http.raw_body)
-    } else if !http.body.is_empty() {
-        Some(http.body.into_bytes())
-    } else {
-        None
-    };
-    Ok(AccessRequest {
-        // As sent: methods are case-sensitive (RFC 9110 section 9.1), and an
-        // upstream may treat `get` otherwise than `GET`.
-        method: http.method,
-        path: http.path,
-        host,
-        headers,
-        source_ip,
-        source_principal,
-        request_id,
-        time,
-        body,
-        gateway_region: None,
-        body_not_forwarded: false,
-    })
-}
-
-/// Headers with lower-case names, from `headers` or, when Envoy sends raw
-/// headers, from `header_map` (repeats comma-merged, as Envoy does).
-fn headers_of(http: &mut HttpRequest) -> Headers {
-    if !http.headers.is_empty() {
-        // Moved into our map (names and values are not copied), names
-        // lower-cased in place.
-        return std::mem::take(&mut http.headers)
-            .into_iter()
-            .map(|(mut k, v)| {
-                k.make_ascii_lowercase();
-                (k, v)
-            })
-            .collect();
-    }
-    header_map(http.header_map.as_ref())
 }
 
 /// Headers of an Envoy `HeaderMap` (`config.core.v3`), names lower-cased,
@@ -203,7 +122,7 @@ mod tests {
     use super::*;
     use crate::decision::{Decision, DenyReason, GrpcCode};
     use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{self, HttpRequest};
     use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod check_decode;
 pub mod check_encode;
 pub mod check_wire;
 pub mod extauthz;
