@@ -160,7 +160,8 @@ pub fn matches(text: &str, from: usize, kind: PiiKind) -> impl Iterator<Item = R
 /// Findings in every string (and long integer) of a JSON document.
 pub fn scan_json(value: &Value, kinds: &[PiiKind]) -> Vec<Finding> {
     let mut findings = Vec::new();
-    let mut pointer = String::new();
+    // Room for the pointers of common bodies without growing on the way.
+    let mut pointer = String::with_capacity(64);
     walk(value, kinds, &mut pointer, &mut findings);
     findings
 }
