@@ -67,11 +67,27 @@ impl AccessRequest {
     }
 
     /// The request an RLS call stands for in logs and the audit trail: RLS
-    /// carries only descriptors, no HTTP request.
+    /// carries only descriptors, no HTTP request. Method `POST`, path
+    /// `/ratelimit/<domain>`, no host, headers or body; built for every RLS
+    /// call, so without a formatter.
     pub fn for_ratelimit(domain: &str) -> Self {
-        let mut r = Self::for_test("POST", &format!("/ratelimit/{domain}"));
-        r.host = String::new();
-        r
+        const PREFIX: &str = "/ratelimit/";
+        let mut path = String::with_capacity(PREFIX.len() + domain.len());
+        path.push_str(PREFIX);
+        path.push_str(domain);
+        AccessRequest {
+            method: "POST".to_string(),
+            path,
+            host: String::new(),
+            headers: Headers::default(),
+            source_ip: None,
+            source_principal: None,
+            request_id: String::new(),
+            time: SystemTime::now(),
+            body: None,
+            gateway_region: None,
+            body_not_forwarded: false,
+        }
     }
 
     /// This request with a JSON body (and `Content-Type: application/json`).
@@ -97,5 +113,21 @@ impl AccessRequest {
             gateway_region: None,
             body_not_forwarded: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rls_call_stands_for_a_post_to_its_domain_without_host_headers_or_body() {
+        let r = AccessRequest::for_ratelimit("ml_api");
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", "/ratelimit/ml_api")
+        );
+        assert!(r.host.is_empty() && r.headers.is_empty() && r.body.is_none());
+        assert!(r.request_id.is_empty() && r.source_ip.is_none());
     }
 }
