@@ -5,8 +5,8 @@
 //! prost's generated `CheckRequest` decodes every field Envoy sends
 //! (destination, context extensions, metadata, TLS session, ...), each
 //! string in an allocation of its own, and the `headers` map into a
-//! `HashMap` hashed with SipHash, which [`to_access_request`] then hashed
-//! again into [`Headers`]. The messages here are wire-compatible subsets
+//! `HashMap` hashed with SipHash, from which our [`Headers`] would then be
+//! built, hashed again. The messages here are wire-compatible subsets
 //! of `envoy.service.auth.v3` (same field numbers and types, the same
 //! message names, so prost's decode errors read as before); prost skips
 //! the fields they leave out. The `headers` map is read as what it is on
@@ -17,7 +17,9 @@
 //! `scheme` or `query` is not UTF-8 decodes, where prost's full message
 //! refused it. Nothing reads them.
 //!
-//! [`to_access_request`]: super::extauthz::to_access_request
+//! `Check` decodes here ([`super::check_wire::CheckDecoder`]), and so does
+//! an in-process caller's message ([`super::extauthz::to_access_request`]
+//! encodes it first): one translation for both.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,7 +1,7 @@
-//! The Envoy ext_authz v3 adapter: `CheckRequest` -> `AccessRequest`, and
-//! `Decision` -> `CheckResponse` (status, headers and body from the
-//! outcome table, `decision::outcome`). Protocol mapping only; no policy
-//! logic.
+//! The Envoy ext_authz v3 adapter: `CheckRequest` -> `AccessRequest`
+//! (decoded by `check_decode`), and `Decision` -> `CheckResponse` (status,
+//! headers and body from the outcome table, `decision::outcome`, written by
+//! `check_encode`). Protocol mapping only; no policy logic.
 
 use std::sync::Arc;
 
