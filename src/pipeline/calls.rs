@@ -17,7 +17,7 @@ pub(super) async fn ratelimit(
 ) -> Decision {
     let mut d = Decision::new(&snapshot.version);
     d.action = Some("ratelimit".into());
-    d.resource = Some(format!("RateLimitDomain::{:?}", call.domain));
+    d.resource = Some(snapshot.quotas.resource_of(call.domain));
     let Mode::Enforce(live) = mode else {
         return d.allow();
     };

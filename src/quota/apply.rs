@@ -50,11 +50,12 @@ pub struct Applied {
 }
 
 impl From<Applied> for LimitStatus {
+    /// Reads the limit the configuration shares: only its name is copied
+    /// (and its metadata's `Arc`), not the whole limit.
     fn from(applied: Applied) -> LimitStatus {
         let Applied { limit, state, .. } = applied;
-        let limit = Arc::unwrap_or_clone(limit);
         LimitStatus {
-            name: limit.name,
+            name: limit.name.clone(),
             requests: limit.requests,
             window_us: limit.window_us,
             shadow: limit.shadow,
@@ -62,7 +63,7 @@ impl From<Applied> for LimitStatus {
             remaining: state.remaining,
             reset_us: state.reset_us,
             unlimited: limit.unlimited,
-            metadata: limit.metadata,
+            metadata: limit.metadata.clone(),
         }
     }
 }

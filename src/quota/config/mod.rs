@@ -281,8 +281,18 @@ pub struct CheckRule {
 #[derive(Debug, Clone, Default)]
 pub struct QuotaConfig {
     domains: BTreeMap<String, Node>,
+    /// Each configured domain's [`rate_limit_resource`], written once here
+    /// rather than for every RLS call on it.
+    resources: BTreeMap<String, String>,
     /// The `check:` rules of every domain, in file order.
     pub check_rules: Vec<CheckRule>,
+}
+
+/// The resource an RLS call on `domain` records (`Decision::resource`):
+/// `RateLimitDomain::"<domain>"`, the domain quoted and escaped as Rust's
+/// `Debug` writes a string, as a Cedar entity uid is written.
+pub fn rate_limit_resource(domain: &str) -> String {
+    format!("RateLimitDomain::{domain:?}")
 }
 
 /// Built-in template variables.
@@ -337,6 +347,10 @@ impl QuotaConfig {
             // an error, reported in the file that repeats it.
             let key_lines = key_lines(text);
             let mut counter = 0usize;
+            config
+                .resources
+                .entry(domain.clone())
+                .or_insert_with(|| rate_limit_resource(&domain));
             let root = config.domains.entry(domain.clone()).or_default();
             let mut names = Vec::new();
             build(
@@ -364,6 +378,15 @@ impl QuotaConfig {
             Ok(config)
         } else {
             Err(errors)
+        }
+    }
+
+    /// [`rate_limit_resource`] of `domain`: kept for a configured domain,
+    /// written for any other.
+    pub fn resource_of(&self, domain: &str) -> String {
+        match self.resources.get(domain) {
+            Some(text) => text.clone(),
+            None => rate_limit_resource(domain),
         }
     }
 
@@ -528,6 +551,21 @@ pub fn counter_key<K: AsRef<str>>(domain: &str, entries: &[(K, String)]) -> Stri
 mod tests {
     use super::*;
     use crate::quota::config::fixtures::*;
+
+    #[test]
+    fn an_rls_call_s_resource_is_kept_for_a_configured_domain_and_written_for_others() {
+        let config = load(EXAMPLE_1);
+        assert_eq!(
+            config.resource_of("mongo_cps"),
+            r#"RateLimitDomain::"mongo_cps""#
+        );
+        assert_eq!(
+            config.resource_of("mongo_cps"),
+            rate_limit_resource("mongo_cps")
+        );
+        // Not configured: written as for any domain, quotes escaped.
+        assert_eq!(config.resource_of(r#"a"b"#), r#"RateLimitDomain::"a\"b""#);
+    }
 
     // envoyproxy/ratelimit README, "Example 1".
     const EXAMPLE_1: &str = "\
