@@ -290,7 +290,7 @@ pub struct QuotaConfig {
 
 /// The resource an RLS call on `domain` records (`Decision::resource`):
 /// `RateLimitDomain::"<domain>"`, the domain quoted and escaped as Rust's
-/// `Debug` writes a string, as a Cedar entity uid is written.
+/// `Debug` writes a string.
 pub fn rate_limit_resource(domain: &str) -> String {
     format!("RateLimitDomain::{domain:?}")
 }
