@@ -66,17 +66,13 @@ impl AccessRequest {
         self.headers.get(name).map(String::as_str)
     }
 
-    /// The request an RLS call stands for in logs and the audit trail: RLS
-    /// carries only descriptors, no HTTP request. Method `POST`, path
-    /// `/ratelimit/<domain>`, no host, headers or body; built for every RLS
-    /// call, so without a formatter.
-    pub fn for_ratelimit(domain: &str) -> Self {
-        const PREFIX: &str = "/ratelimit/";
-        let mut path = String::with_capacity(PREFIX.len() + domain.len());
-        path.push_str(PREFIX);
-        path.push_str(domain);
+    /// A request with only a method and a path, made now: no host,
+    /// headers, addresses, id or body. What calls that are not HTTP
+    /// requests (RLS, the admin API) stand for, before what they do carry
+    /// is set.
+    pub fn bare(method: String, path: String) -> Self {
         AccessRequest {
-            method: "POST".to_string(),
+            method,
             path,
             host: String::new(),
             headers: Headers::default(),
@@ -90,6 +86,18 @@ impl AccessRequest {
         }
     }
 
+    /// The request an RLS call stands for in logs and the audit trail: RLS
+    /// carries only descriptors, no HTTP request. Method `POST`, path
+    /// `/ratelimit/<domain>`, no host, headers or body; built for every RLS
+    /// call, so without a formatter.
+    pub fn for_ratelimit(domain: &str) -> Self {
+        const PREFIX: &str = "/ratelimit/";
+        let mut path = String::with_capacity(PREFIX.len() + domain.len());
+        path.push_str(PREFIX);
+        path.push_str(domain);
+        Self::bare("POST".to_string(), path)
+    }
+
     /// This request with a JSON body (and `Content-Type: application/json`).
     pub fn with_json(mut self, body: &serde_json::Value) -> Self {
         self.body = Some(body.to_string().into_bytes());
@@ -101,17 +109,8 @@ impl AccessRequest {
     /// A minimal request for tests.
     pub fn for_test(method: &str, path: &str) -> Self {
         AccessRequest {
-            method: method.to_string(),
-            path: path.to_string(),
             host: "api.test".to_string(),
-            headers: Headers::default(),
-            source_ip: None,
-            source_principal: None,
-            request_id: String::new(),
-            time: SystemTime::now(),
-            body: None,
-            gateway_region: None,
-            body_not_forwarded: false,
+            ..Self::bare(method.to_string(), path.to_string())
         }
     }
 }

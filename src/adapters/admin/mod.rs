@@ -4,8 +4,6 @@
 //! authorized by the snapshot's Cedar policies, and recorded in the audit
 //! trail: `admit` asks the pipeline, as every front door does.
 
-use std::time::SystemTime;
-
 use serde_json::Value;
 use tonic::{Request, Status};
 
@@ -44,17 +42,9 @@ pub(super) async fn admit<T: Sync>(
         headers.insert("authorization".to_string(), value);
     }
     let access = AccessRequest {
-        method: "POST".into(),
-        path: format!("/{rpc}"),
-        host: String::new(),
         headers,
         source_ip: request.remote_addr().map(|a| a.ip()),
-        source_principal: None,
-        request_id: String::new(),
-        time: SystemTime::now(),
-        body: None,
-        gateway_region: None,
-        body_not_forwarded: false,
+        ..AccessRequest::bare("POST".into(), format!("/{rpc}"))
     };
     let call = AdminCall {
         request: &access,
