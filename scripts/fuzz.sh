@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the body validator and the ext_authz CheckRequest mapping
+# Fuzzes the body validator, the ext_authz CheckRequest mapping and the
+# RLS RateLimitRequest mapping
 # (fuzz/fuzz_targets) with cargo-fuzz / libFuzzer.
 #
 #   scripts/fuzz.sh            each target for 30 s, debug build (CI)
@@ -18,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(body check_request)
+[ ${#targets[@]} -gt 0 ] || targets=(body check_request rate_limit_request)
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "fuzz: the nightly toolchain is missing: rustup toolchain install nightly" >&2

@@ -17,7 +17,7 @@
 //! `scheme` or `query` is not UTF-8 decodes, where prost's full message
 //! refused it. Nothing reads them.
 //!
-//! `Check` decodes here ([`super::check_wire::CheckDecoder`]), and so does
+//! `Check` decodes here ([`super::check_wire`]), and so does
 //! an in-process caller's message ([`super::extauthz::to_access_request`]
 //! encodes it first): one translation for both.
 

@@ -17,7 +17,7 @@
 //! `google/protobuf/struct.proto`. Encoding: the protobuf wire format's
 //! varint and length-delimited records.
 
-use prost::encoding::{encode_varint, encoded_len_varint};
+use super::proto_write::{message, string, struct_entry, varint_field};
 
 use super::access::{self, Denial};
 use crate::decision::Decision;
@@ -52,6 +52,12 @@ impl EncodedCheckResponse {
 
     /// The encoded message.
     pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for EncodedCheckResponse {
+    fn as_ref(&self) -> &[u8] {
         &self.0
     }
 }
@@ -136,7 +142,7 @@ impl<'a> Answer<'a> {
             if let Some(p) = &d.principal {
                 metadata_string(s, "principal", p);
             }
-            metadata_entry(s, "determining_policies", |s| {
+            struct_entry(s, "determining_policies", |s| {
                 // Value.list_value = 6: ListValue, values = 1.
                 message(s, 6, |s| {
                     for p in &d.determining_policies {
@@ -158,68 +164,15 @@ fn header_option(s: &mut Vec<u8>, key: &str, value: &str) {
     varint_field(s, 3, OVERWRITE_IF_EXISTS_OR_ADD);
 }
 
-/// One `Struct.fields` entry (field 1, a map entry: key = 1, value = 2)
-/// whose `Value` is the string `value`.
+/// One `Struct.fields` entry whose `Value` is the string `value`.
 fn metadata_string(s: &mut Vec<u8>, key: &str, value: &str) {
-    metadata_entry(s, key, |s| string_value(s, value));
-}
-
-/// One `Struct.fields` entry whose `Value` body `value` writes.
-fn metadata_entry(s: &mut Vec<u8>, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
-    message(s, 1, |s| {
-        string(s, 1, key);
-        message(s, 2, value);
-    });
+    struct_entry(s, key, |s| string_value(s, value));
 }
 
 /// `Value.string_value` (field 3), written even when empty: it is one of
 /// the `kind` oneof, whose presence is the value.
 fn string_value(s: &mut Vec<u8>, value: &str) {
     string(s, 3, value);
-}
-
-/// Wire type of varint fields.
-const VARINT: u64 = 0;
-/// Wire type of strings and embedded messages.
-const LEN: u64 = 2;
-
-fn key(s: &mut Vec<u8>, field: u32, wire_type: u64) {
-    encode_varint((u64::from(field) << 3) | wire_type, s);
-}
-
-/// A varint field, left out when 0 (proto3 scalar default).
-fn varint_field(s: &mut Vec<u8>, field: u32, v: u64) {
-    if v != 0 {
-        key(s, field, VARINT);
-        encode_varint(v, s);
-    }
-}
-
-/// A string field, written even when empty: a decoder reads an empty
-/// singular field as its default, and an empty element of a repeated one
-/// or a oneof's empty string must be there.
-fn string(s: &mut Vec<u8>, field: u32, v: &str) {
-    key(s, field, LEN);
-    encode_varint(v.len() as u64, s);
-    s.extend_from_slice(v.as_bytes());
-}
-
-/// An embedded message: `body` is written where its length goes, and the
-/// length put in front of it after: one byte reserved, the rest (a body of
-/// 128 bytes or more) inserted, which moves the body once.
-fn message(s: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
-    key(s, field, LEN);
-    let at = s.len();
-    s.push(0);
-    body(s);
-    let len = (s.len() - at - 1) as u64;
-    if len < 0x80 {
-        s[at] = len as u8;
-    } else {
-        let mut prefix = [0u8; 10];
-        encode_varint(len, &mut &mut prefix[..]);
-        s.splice(at..=at, prefix[..encoded_len_varint(len)].iter().copied());
-    }
 }
 
 #[cfg(test)]

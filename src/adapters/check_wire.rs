@@ -4,156 +4,51 @@
 //! decodes it straight into the request it asks about
 //! ([`check_decode`](super::check_decode)), answers `INVALID_ARGUMENT`
 //! naming the field and how to fix the gateway, and hands decoded requests
-//! to [`AuthzService`]. It decides nothing.
+//! to [`AuthzService`]. It decides nothing. The server is the shared
+//! [`UnaryServer`].
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
+use prost::bytes::Bytes;
 use prost::Message;
-use tonic::body::Body;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::{http, BoxFuture, Service, StdError};
-use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::Status;
 
 use super::check_decode::{self, Undecided};
 use super::check_encode::EncodedCheckResponse;
 use super::extauthz::AuthzService;
+use super::unary::{UnaryMethod, UnaryServer};
 use crate::request::AccessRequest;
 
-/// The first decode buffer of a `Check` stream, bytes.
-const CHECK_BUFFER_BYTES: usize = 1024;
-
-/// The gRPC path of `Check`.
-const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-
 /// The `envoy.service.auth.v3.Authorization` service: `Check` decoded by
-/// [`CheckCodec`], any other method `UNIMPLEMENTED`. Same limits as the
-/// generated server (`max_decoding_message_size`).
-#[derive(Debug, Clone)]
-pub struct CheckServer {
-    service: Arc<AuthzService>,
-    max_decoding_message_size: usize,
-}
+/// [`check_decode`], any other method `UNIMPLEMENTED`.
+pub type CheckServer = UnaryServer<AuthzService>;
 
-impl CheckServer {
-    /// Serves `service`, refusing messages over `max_decoding_message_size`
-    /// bytes (`RESOURCE_EXHAUSTED`, as tonic does).
-    pub fn new(service: AuthzService, max_decoding_message_size: usize) -> Self {
-        CheckServer {
-            service: Arc::new(service),
-            max_decoding_message_size,
-        }
-    }
-}
+impl UnaryMethod for AuthzService {
+    const SERVICE: &'static str = "envoy.service.auth.v3.Authorization";
+    const PATH: &'static str = "/envoy.service.auth.v3.Authorization/Check";
+    /// 1 KiB: a `CheckRequest` with a small body fits.
+    const FIRST_BUFFER_BYTES: usize = 1024;
 
-impl NamedService for CheckServer {
-    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
-}
-
-/// One `Check` call, for tonic's unary handler.
-struct CheckCall(Arc<AuthzService>);
-
-impl UnaryService<AccessRequest> for CheckCall {
+    type Request = AccessRequest;
     type Response = EncodedCheckResponse;
-    type Future = BoxFuture<tonic::Response<EncodedCheckResponse>, Status>;
 
-    /// One box per call: [`AuthzService::answer`]'s future.
-    fn call(&mut self, request: tonic::Request<AccessRequest>) -> Self::Future {
-        Box::pin(self.0.answer(request.into_inner()))
-    }
-}
-
-impl<B> Service<http::Request<B>> for CheckServer
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != CHECK_PATH {
-            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
-        }
-        let call = CheckCall(Arc::clone(&self.service));
-        let mut grpc = Grpc::new(CheckCodec)
-            .apply_max_message_size_config(Some(self.max_decoding_message_size), None);
-        Box::pin(async move { Ok(grpc.unary(call, request).await) })
-    }
-}
-
-/// Writes the `CheckResponse` already encoded ([`EncodedCheckResponse`]);
-/// decodes `CheckRequest` into an [`AccessRequest`] with [`CheckDecoder`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CheckCodec;
-
-impl Codec for CheckCodec {
-    type Encode = EncodedCheckResponse;
-    type Decode = AccessRequest;
-    type Encoder = CheckEncoder;
-    type Decoder = CheckDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        CheckEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        CheckDecoder
-    }
-}
-
-/// Puts an [`EncodedCheckResponse`]'s bytes in the gRPC frame.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CheckEncoder;
-
-impl Encoder for CheckEncoder {
-    type Item = EncodedCheckResponse;
-    type Error = Status;
-
-    fn encode(
-        &mut self,
-        item: EncodedCheckResponse,
-        dst: &mut EncodeBuf<'_>,
-    ) -> Result<(), Status> {
-        use prost::bytes::BufMut as _;
-        dst.put_slice(item.as_bytes());
-        Ok(())
-    }
-}
-
-/// Decodes `CheckRequest` into the [`AccessRequest`] it asks about
-/// ([`check_decode::decode`]). A message prost refuses is
-/// `INVALID_ARGUMENT` (the caller sent it), with the field that failed; so
-/// is one without HTTP attributes, method or path.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CheckDecoder;
-
-impl Decoder for CheckDecoder {
-    type Item = AccessRequest;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<AccessRequest>, Status> {
-        use prost::bytes::Buf as _;
-        let bytes = buf.copy_to_bytes(buf.remaining());
+    /// Decodes `CheckRequest` into the [`AccessRequest`] it asks about
+    /// ([`check_decode::decode`]). A message prost refuses is
+    /// `INVALID_ARGUMENT` (the caller sent it), with the field that failed;
+    /// so is one without HTTP attributes, method or path.
+    fn decode(bytes: Bytes) -> Result<AccessRequest, Status> {
         match check_decode::decode(&bytes) {
-            Ok(request) => Ok(Some(request)),
+            Ok(request) => Ok(request),
             Err(Undecided::Wire(error)) => Err(undecodable(&bytes, &error)),
             Err(Undecided::Incomplete(what)) => Err(Status::invalid_argument(what)),
         }
     }
 
-    /// A 1 KiB first buffer (tonic's default is 8 KiB): every open stream
-    /// holds one from its headers on, also one that never sends its body;
-    /// a larger message grows it as it arrives.
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(CHECK_BUFFER_BYTES, 32 * 1024)
+    fn answer(
+        &self,
+        request: AccessRequest,
+    ) -> impl std::future::Future<Output = Result<tonic::Response<EncodedCheckResponse>, Status>>
+           + Send
+           + 'static {
+        AuthzService::answer(self, request)
     }
 }
 

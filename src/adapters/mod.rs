@@ -13,4 +13,7 @@ pub mod extproc;
 pub mod forward_auth;
 pub mod http;
 pub mod offline;
+pub mod proto_write;
 pub mod rls;
+pub mod rls_decode;
+pub mod unary;

@@ -1,5 +1,7 @@
-//! The Envoy RLS v3 adapter: `RateLimitRequest` -> descriptors, and the
-//! `Decision` -> `RateLimitResponse`. Protocol mapping only: the pipeline
+//! The Envoy RLS v3 adapter: `RateLimitRequest` -> descriptors
+//! ([`rls_decode`]), and the `Decision` -> `RateLimitResponse`, written
+//! straight to the wire ([`EncodedRateLimitResponse`]); served by the
+//! shared [`UnaryServer`]. Protocol mapping only: the pipeline
 //! decides (a rate-limit call is a decision with only the quota stage),
 //! exactly as the quota stage inside `Check`.
 //!
@@ -8,28 +10,28 @@
 //! request-level 0 means unset, i.e. 1); `overall_code` is OK or
 //! OVER_LIMIT, never UNKNOWN (Envoy lets UNKNOWN through).
 
+use std::future::Future;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::HeaderValue;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    rate_limit::Unit, Code, DescriptorStatus, RateLimit,
-};
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::value::Kind;
-use envoy_types::pb::google::protobuf::{
-    Duration as PbDuration, ListValue, Struct as PbStruct, Value as PbValue,
-};
-use tonic::{Request, Response, Status};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{rate_limit::Unit, Code};
+use prost::bytes::Bytes;
+use tonic::Status;
 
+use super::proto_write::{bytes, json_value, message, string_field, struct_entry, varint_field};
+use super::rls_decode::{self, RateLimitCall, Undecided};
+use super::unary::{UnaryMethod, UnaryServer};
 use crate::app::State;
 use crate::decision::quota::LimitStatus;
 use crate::decision::Decision;
 use crate::pipeline;
-use crate::quota::apply::Descriptor;
 use crate::quota::settings::HeadersSent;
 use crate::quota::RlsHeaders;
 use crate::request::AccessRequest;
+
+/// The `envoy.service.ratelimit.v3.RateLimitService` service:
+/// `ShouldRateLimit` decoded by [`rls_decode`], any other method
+/// `UNIMPLEMENTED`.
+pub type RateLimitServer = UnaryServer<RateLimiter>;
 
 /// The RLS `RateLimitService`.
 #[derive(Debug, Clone)]
@@ -44,220 +46,190 @@ impl RateLimiter {
     }
 }
 
-#[tonic::async_trait]
-impl RateLimitService for RateLimiter {
-    async fn should_rate_limit(
-        &self,
-        request: Request<RateLimitRequest>,
-    ) -> Result<Response<RateLimitResponse>, Status> {
-        let call = request.get_ref();
-        let descriptors = to_descriptors(call).map_err(Status::invalid_argument)?;
-        let access = AccessRequest::for_ratelimit(&call.domain);
-        let snapshot = self.state.policies.current();
-        let decision = pipeline::decide(
-            &snapshot,
-            pipeline::Ask::RateLimit(pipeline::RateLimit {
-                request: &access,
-                domain: &call.domain,
-                descriptors: &descriptors,
-            }),
-            pipeline::Mode::Enforce(self.state.live(pipeline::Door::RateLimit)),
-        )
-        .await;
-        if decision.is_failure() {
-            // The decision could not be made or recorded (the audit trail
-            // fails closed): Envoy's own failure mode for the ratelimit
-            // filter decides, as for any RLS error.
-            return Err(Status::new(
-                tonic::Code::from(decision.grpc() as i32),
-                decision.detail,
-            ));
-        }
-        Ok(Response::new(to_response(
-            &decision,
-            self.state.quotas.rls_headers(),
-        )))
-    }
-}
+impl UnaryMethod for RateLimiter {
+    const SERVICE: &'static str = "envoy.service.ratelimit.v3.RateLimitService";
+    const PATH: &'static str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+    /// 512 bytes: Envoy's requests carry a few descriptors of short
+    /// entries.
+    const FIRST_BUFFER_BYTES: usize = 512;
 
-/// The request's descriptors with their costs.
-pub fn to_descriptors(req: &RateLimitRequest) -> Result<Vec<Descriptor>, String> {
-    if req.domain.is_empty() {
-        return Err("rate limit domain must not be empty".into());
+    type Request = RateLimitCall;
+    type Response = EncodedRateLimitResponse;
+
+    /// A message that is not a `RateLimitRequest`, or one RLS semantics
+    /// refuse (no domain or descriptors, a refund, ...), is
+    /// `INVALID_ARGUMENT`, naming the field or the descriptor.
+    fn decode(bytes: Bytes) -> Result<RateLimitCall, Status> {
+        rls_decode::decode(bytes).map_err(|undecided| match undecided {
+            Undecided::Wire(text) => {
+                Status::invalid_argument(format!("RateLimitRequest cannot be decoded: {text}"))
+            }
+            Undecided::Invalid(text) => Status::invalid_argument(text),
+        })
     }
-    if req.descriptors.is_empty() {
-        return Err("rate limit descriptor list must not be empty".into());
-    }
-    let request_hits = if req.hits_addend == 0 {
-        1
-    } else {
-        u64::from(req.hits_addend)
-    };
-    let domain: Arc<str> = Arc::from(req.domain.as_str());
-    req.descriptors
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            if d.is_negative_hits {
-                return Err(format!(
-                    "descriptors[{i}]: is_negative_hits (refunds) is not supported"
+
+    /// The decision for one call: the quota stage only, exactly as inside
+    /// `Check`. A decision that could not be made or recorded (the audit
+    /// trail fails closed) is the decision's gRPC error: Envoy's own
+    /// failure mode for the ratelimit filter decides, as for any RLS
+    /// error.
+    fn answer(
+        &self,
+        call: RateLimitCall,
+    ) -> impl Future<Output = Result<tonic::Response<EncodedRateLimitResponse>, Status>> + Send + 'static
+    {
+        let state = Arc::clone(&self.state);
+        async move {
+            let access = AccessRequest::for_ratelimit(&call.domain);
+            let snapshot = state.policies.current();
+            let decision = pipeline::decide(
+                &snapshot,
+                pipeline::Ask::RateLimit(pipeline::RateLimit {
+                    request: &access,
+                    domain: &call.domain,
+                    descriptors: &call.descriptors,
+                }),
+                pipeline::Mode::Enforce(state.live(pipeline::Door::RateLimit)),
+            )
+            .await;
+            if decision.is_failure() {
+                return Err(Status::new(
+                    tonic::Code::from(decision.grpc() as i32),
+                    decision.detail,
                 ));
             }
-            if d.entries.is_empty() {
-                return Err(format!("descriptors[{i}]: a descriptor needs entries"));
-            }
-            let limit = match &d.limit {
-                None => None,
-                Some(l) => Some((
-                    u64::from(l.requests_per_unit),
-                    unit_us(l.unit).ok_or_else(|| {
-                        format!(
-                            "descriptors[{i}].limit.unit: {} is not a rate limit unit (SECOND..YEAR)",
-                            l.unit
-                        )
-                    })?,
-                )),
-            };
-            Ok(Descriptor {
-                domain: Arc::clone(&domain),
-                entries: d
-                    .entries
-                    .iter()
-                    .map(|e| (Arc::from(e.key.as_str()), e.value.clone()))
-                    .collect(),
-                cost: d.hits_addend.map(|h| h.value).unwrap_or(request_hits),
-                limit,
-                tokens: None,
-            })
-        })
-        .collect()
-}
-
-/// Microseconds in one `envoy.type.v3.RateLimitUnit` (as
-/// envoyproxy/ratelimit counts them: a month is 30 days, a year 365).
-fn unit_us(unit: i32) -> Option<u64> {
-    let seconds = match Unit::try_from(unit).ok()? {
-        Unit::Unknown => return None,
-        Unit::Second => 1,
-        Unit::Minute => 60,
-        Unit::Hour => 3600,
-        Unit::Day => 86_400,
-        Unit::Week => 7 * 86_400,
-        Unit::Month => 30 * 86_400,
-        Unit::Year => 365 * 86_400,
-    };
-    Some(seconds * 1_000_000)
-}
-
-/// Renders a decision for Envoy: `overall_code` OK or OVER_LIMIT (never
-/// UNKNOWN, which Envoy lets through), a status per descriptor, and the
-/// client's headers as `headers` says (`quotas.rls_headers`), and on a
-/// refusal the problem document (outcome table).
-///
-/// Statuses follow envoyproxy/ratelimit: an `unlimited` descriptor reports
-/// `limit_remaining` 4294967295 and no `current_limit`; an over-limit one
-/// reports 0 left. The metadata of the descriptors that passed is merged
-/// into `dynamic_metadata` under `metadata`.
-///
-/// By default (`send: over_limit`) an OK answer adds no client headers:
-/// behind the same Envoy, the request goes on to ext_authz `Check`, whose
-/// quotas describe the caller; two filters each adding `RateLimit-Limit`
-/// would give the client two conflicting values. So each response carries
-/// one set: the layer that refused, or `Check` on an allow. `send: always`
-/// adds them to an OK too (the limit closest to refusing), `never` to none.
-pub fn to_response(decision: &Decision, headers: &RlsHeaders) -> RateLimitResponse {
-    let statuses = decision.limits.iter().map(status).collect();
-    let mut metadata = serde_json::Map::new();
-    for l in decision.limits.iter().flatten() {
-        if let (Some(m), false) = (&l.metadata, l.over && !l.shadow) {
-            metadata.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Ok(tonic::Response::new(EncodedRateLimitResponse::of(
+                &decision,
+                state.quotas.rls_headers(),
+            )))
         }
     }
-    let allowed = decision.is_allowed();
-    let mut added: Vec<(String, String)> = match (headers.send, allowed) {
-        (HeadersSent::Never, _) | (HeadersSent::OverLimit, true) => Vec::new(),
-        (_, false) => decision
-            .client_headers()
-            .into_iter()
-            .map(|(k, v)| (headers.rename(&k).to_string(), v))
-            .collect(),
-        (HeadersSent::Always, true) => closest(decision)
-            .map(|l| {
-                vec![
-                    (
-                        headers.limit.clone(),
-                        current_limit(l).requests_per_unit.to_string(),
-                    ),
-                    (headers.remaining.clone(), l.remaining.to_string()),
-                    (
-                        headers.reset.clone(),
-                        l.reset_us.div_ceil(1_000_000).to_string(),
-                    ),
-                ]
-            })
-            .unwrap_or_default(),
-    };
-    let response_headers_to_add = added
-        .drain(..)
-        .map(|(key, value)| HeaderValue {
-            key,
-            value,
-            ..Default::default()
-        })
-        .collect();
-    let (overall_code, raw_body) = if allowed {
-        (Code::Ok, Vec::new())
-    } else {
-        (Code::OverLimit, decision.problem_json().into_bytes())
-    };
-    RateLimitResponse {
-        overall_code: overall_code as i32,
-        statuses,
-        response_headers_to_add,
-        raw_body,
-        dynamic_metadata: (!metadata.is_empty()).then(|| PbStruct {
-            fields: [(
-                "metadata".to_string(),
-                pb_value(serde_json::Value::Object(metadata)),
-            )]
-            .into_iter()
-            .collect(),
-        }),
-        ..Default::default()
+}
+
+/// A `RateLimitResponse` in protobuf wire form, ready for the gRPC frame;
+/// written from the decision ([`EncodedRateLimitResponse::of`]) without
+/// building prost's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRateLimitResponse(Vec<u8>);
+
+impl AsRef<[u8]> for EncodedRateLimitResponse {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
-/// One descriptor's status.
-fn status(limit: &Option<LimitStatus>) -> DescriptorStatus {
+/// Bytes reserved for an answer at first: an OK with one limited
+/// descriptor takes about 30; a refusal with its problem document grows
+/// the buffer once.
+const FIRST_CAPACITY: usize = 128;
+
+impl EncodedRateLimitResponse {
+    /// Renders a decision for Envoy: `overall_code` OK or OVER_LIMIT (never
+    /// UNKNOWN, which Envoy lets through), a status per descriptor, and the
+    /// client's headers as `headers` says (`quotas.rls_headers`), and on a
+    /// refusal the problem document (outcome table).
+    ///
+    /// Statuses follow envoyproxy/ratelimit: an `unlimited` descriptor
+    /// reports `limit_remaining` 4294967295 and no `current_limit`; an
+    /// over-limit one reports 0 left. The metadata of the descriptors that
+    /// passed is merged into `dynamic_metadata` under `metadata`.
+    ///
+    /// By default (`send: over_limit`) an OK answer adds no client headers:
+    /// behind the same Envoy, the request goes on to ext_authz `Check`,
+    /// whose quotas describe the caller; two filters each adding
+    /// `RateLimit-Limit` would give the client two conflicting values. So
+    /// each response carries one set: the layer that refused, or `Check`
+    /// on an allow. `send: always` adds them to an OK too (the limit
+    /// closest to refusing), `never` to none.
+    ///
+    /// Fields, by their numbers in Envoy's `service/ratelimit/v3/rls.proto`
+    /// (`RateLimitResponse`, `DescriptorStatus`, `RateLimit`),
+    /// `config/core/v3/base.proto` (`HeaderValue`) and
+    /// `google/protobuf/duration.proto` and `struct.proto`.
+    pub fn of(decision: &Decision, headers: &RlsHeaders) -> Self {
+        let mut s = Vec::with_capacity(FIRST_CAPACITY);
+        let allowed = decision.is_allowed();
+        // overall_code = 1.
+        let overall = if allowed { Code::Ok } else { Code::OverLimit };
+        varint_field(&mut s, 1, overall as u64);
+        // statuses = 2.
+        for limit in &decision.limits {
+            message(&mut s, 2, |s| status(s, limit.as_ref()));
+        }
+        // response_headers_to_add = 3: HeaderValue { key = 1, value = 2 }.
+        let mut header = |key: &str, value: &str| {
+            message(&mut s, 3, |s| {
+                string_field(s, 1, key);
+                string_field(s, 2, value);
+            })
+        };
+        match (headers.send, allowed) {
+            (HeadersSent::Never, _) | (HeadersSent::OverLimit, true) => {}
+            (_, false) => decision.for_each_client_header(|k, v| header(headers.rename(k), v)),
+            (HeadersSent::Always, true) => {
+                if let Some(l) = closest(decision) {
+                    header(&headers.limit, &current_limit(l).0.to_string());
+                    header(&headers.remaining, &l.remaining.to_string());
+                    header(&headers.reset, &l.reset_us.div_ceil(1_000_000).to_string());
+                }
+            }
+        }
+        // raw_body = 5: the problem document of a refusal.
+        if !allowed {
+            bytes(&mut s, 5, decision.problem_json().as_bytes());
+        }
+        // dynamic_metadata = 6: a Struct with the passed descriptors'
+        // metadata merged under "metadata" (a later key wins).
+        let mut metadata = serde_json::Map::new();
+        for l in decision.limits.iter().flatten() {
+            if let (Some(m), false) = (&l.metadata, l.over && !l.shadow) {
+                metadata.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        if !metadata.is_empty() {
+            message(&mut s, 6, |s| {
+                struct_entry(s, "metadata", |s| {
+                    json_value(s, &serde_json::Value::Object(metadata))
+                })
+            });
+        }
+        EncodedRateLimitResponse(s)
+    }
+}
+
+/// One `DescriptorStatus`: `code` = 1, `current_limit` = 2,
+/// `limit_remaining` = 3, `duration_until_reset` = 4.
+fn status(s: &mut Vec<u8>, limit: Option<&LimitStatus>) {
     match limit {
-        None => DescriptorStatus {
-            code: Code::Ok as i32,
-            ..Default::default()
-        },
-        Some(l) if l.unlimited => DescriptorStatus {
-            code: Code::Ok as i32,
-            limit_remaining: u32::MAX,
-            ..Default::default()
-        },
+        None => varint_field(s, 1, Code::Ok as u64),
+        Some(l) if l.unlimited => {
+            varint_field(s, 1, Code::Ok as u64);
+            varint_field(s, 3, u64::from(u32::MAX));
+        }
         Some(l) => {
             // Shadow mode reports but never limits.
             let over = l.over && !l.shadow;
-            DescriptorStatus {
-                code: if over { Code::OverLimit } else { Code::Ok } as i32,
-                current_limit: Some(current_limit(l)),
-                // Over the limit nothing is left for this call, whatever
-                // the bucket still holds for a smaller one.
-                limit_remaining: if l.over {
-                    0
-                } else {
-                    u32::try_from(l.remaining).unwrap_or(u32::MAX)
-                },
-                duration_until_reset: Some(PbDuration {
-                    seconds: (l.reset_us / 1_000_000) as i64,
-                    nanos: ((l.reset_us % 1_000_000) * 1000) as i32,
-                }),
-                ..Default::default()
-            }
+            varint_field(s, 1, if over { Code::OverLimit } else { Code::Ok } as u64);
+            // RateLimit { requests_per_unit = 1, unit = 2, name = 3 }.
+            let (requests_per_unit, unit) = current_limit(l);
+            message(s, 2, |s| {
+                varint_field(s, 1, u64::from(requests_per_unit));
+                varint_field(s, 2, unit as u64);
+                string_field(s, 3, l.name.as_deref().unwrap_or_default());
+            });
+            // Over the limit nothing is left for this call, whatever the
+            // bucket still holds for a smaller one.
+            let remaining = if l.over {
+                0
+            } else {
+                u32::try_from(l.remaining).unwrap_or(u32::MAX)
+            };
+            varint_field(s, 3, u64::from(remaining));
+            // google.protobuf.Duration { seconds = 1, nanos = 2 }.
+            message(s, 4, |s| {
+                varint_field(s, 1, l.reset_us / 1_000_000);
+                varint_field(s, 2, (l.reset_us % 1_000_000) * 1000);
+            });
         }
     }
 }
@@ -272,26 +244,9 @@ fn closest(decision: &Decision) -> Option<&LimitStatus> {
         .min_by_key(|l| l.remaining)
 }
 
-/// A JSON value as a `google.protobuf.Value`.
-fn pb_value(v: serde_json::Value) -> PbValue {
-    let kind = match v {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
-            values: a.into_iter().map(pb_value).collect(),
-        }),
-        serde_json::Value::Object(o) => Kind::StructValue(PbStruct {
-            fields: o.into_iter().map(|(k, v)| (k, pb_value(v))).collect(),
-        }),
-    };
-    PbValue { kind: Some(kind) }
-}
-
 /// A limit in RLS terms: requests per unit. A window that is not one unit
 /// (our extension) is expressed per the smallest unit it divides.
-fn current_limit(limit: &LimitStatus) -> RateLimit {
+fn current_limit(limit: &LimitStatus) -> (u32, Unit) {
     const UNITS: [(u64, Unit); 7] = [
         (1, Unit::Second),
         (60, Unit::Minute),
@@ -308,19 +263,19 @@ fn current_limit(limit: &LimitStatus) -> RateLimit {
         .find(|(us, _)| *us >= window && us % window == 0)
         .map(|(us, u)| (limit.requests * (us / window), u))
         .unwrap_or((limit.requests, Unit::Unknown));
-    RateLimit {
-        name: limit.name.clone().unwrap_or_default(),
-        requests_per_unit: u32::try_from(requests).unwrap_or(u32::MAX),
-        unit: unit as i32,
-    }
+    (u32::try_from(requests).unwrap_or(u32::MAX), unit)
 }
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+        DescriptorStatus, RateLimit,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
+    use envoy_types::pb::google::protobuf::{value::Kind, Duration as PbDuration};
+    use prost::Message as _;
+
     use super::*;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
-    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-    use envoy_types::pb::google::protobuf::UInt64Value;
 
     fn limit(requests: u64, window_s: u64) -> LimitStatus {
         LimitStatus {
@@ -336,85 +291,181 @@ mod tests {
         }
     }
 
+    fn decoded(d: &Decision, headers: &RlsHeaders) -> RateLimitResponse {
+        RateLimitResponse::decode(EncodedRateLimitResponse::of(d, headers).as_ref()).unwrap()
+    }
+
     #[test]
     fn windows_are_expressed_per_the_smallest_unit_they_divide() {
-        let l = current_limit(&limit(10, 60));
-        assert_eq!((l.requests_per_unit, l.unit), (10, Unit::Minute as i32));
-        let l = current_limit(&limit(10, 30));
-        assert_eq!((l.requests_per_unit, l.unit), (20, Unit::Minute as i32));
+        assert_eq!(current_limit(&limit(10, 60)), (10, Unit::Minute));
+        assert_eq!(current_limit(&limit(10, 30)), (20, Unit::Minute));
         // 7 per 7 s: no minute, hour or day is a multiple of 7 s; a week is.
-        let l = current_limit(&limit(7, 7));
-        assert_eq!((l.requests_per_unit, l.unit), (604_800, Unit::Week as i32));
-    }
-
-    #[test]
-    fn hits_addend_follows_envoyproxy_ratelimit() {
-        let d = |hits: Option<u64>| RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "k".into(),
-                value: "v".into(),
-            }],
-            hits_addend: hits.map(|value| UInt64Value { value }),
-            ..Default::default()
-        };
-        let req = RateLimitRequest {
-            domain: "d".into(),
-            descriptors: vec![d(None), d(Some(0)), d(Some(5))],
-            hits_addend: 0,
-        };
-        let costs: Vec<u64> = to_descriptors(&req)
-            .unwrap()
-            .iter()
-            .map(|d| d.cost)
-            .collect();
-        assert_eq!(costs, [1, 0, 5]);
-        let req = RateLimitRequest {
-            hits_addend: 3,
-            ..req
-        };
-        let costs: Vec<u64> = to_descriptors(&req)
-            .unwrap()
-            .iter()
-            .map(|d| d.cost)
-            .collect();
-        assert_eq!(costs, [3, 0, 5]);
-    }
-
-    #[test]
-    fn refunds_and_empty_requests_are_refused() {
-        let mut d = RateLimitDescriptor {
-            entries: vec![Entry {
-                key: "k".into(),
-                value: "v".into(),
-            }],
-            ..Default::default()
-        };
-        d.is_negative_hits = true;
-        let req = RateLimitRequest {
-            domain: "d".into(),
-            descriptors: vec![d],
-            hits_addend: 0,
-        };
-        assert!(to_descriptors(&req)
-            .unwrap_err()
-            .contains("is_negative_hits"));
-        let empty = RateLimitRequest {
-            domain: "d".into(),
-            ..Default::default()
-        };
-        assert!(to_descriptors(&empty).is_err());
+        assert_eq!(current_limit(&limit(7, 7)), (604_800, Unit::Week));
     }
 
     #[test]
     fn overall_code_is_never_unknown() {
         let mut d = Decision::new("v").allow();
         d.limits = vec![None];
-        let r = to_response(&d, &RlsHeaders::default());
+        let r = decoded(&d, &RlsHeaders::default());
         assert_eq!(r.overall_code, Code::Ok as i32);
         assert_eq!(r.statuses[0].code, Code::Ok as i32);
         let denied = d.deny(crate::decision::DenyReason::QuotaExceeded, "x");
-        let r = to_response(&denied, &RlsHeaders::default());
+        let r = decoded(&denied, &RlsHeaders::default());
         assert_eq!(r.overall_code, Code::OverLimit as i32);
         assert!(!r.raw_body.is_empty());
+    }
+
+    #[test]
+    fn statuses_follow_envoyproxy_ratelimit_and_metadata_of_passed_descriptors_is_merged() {
+        let mut d = Decision::new("v").allow();
+        let meta = |k: &str| {
+            let mut m = serde_json::Map::new();
+            m.insert(k.into(), serde_json::json!({"tier": "gold", "n": 2}));
+            Some(Arc::new(m))
+        };
+        let unlimited = LimitStatus {
+            unlimited: true,
+            ..limit(0, 1)
+        };
+        let counted = LimitStatus {
+            remaining: 3,
+            reset_us: 1_500_000,
+            name: None,
+            metadata: meta("a"),
+            ..limit(10, 60)
+        };
+        let shadow_over = LimitStatus {
+            over: true,
+            shadow: true,
+            remaining: 4,
+            metadata: meta("b"),
+            ..limit(5, 1)
+        };
+        d.limits = vec![None, Some(unlimited), Some(counted), Some(shadow_over)];
+        let headers = RlsHeaders {
+            send: HeadersSent::Always,
+            ..RlsHeaders::default()
+        };
+        let r = decoded(&d, &headers);
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        let ok = Code::Ok as i32;
+        assert_eq!(
+            r.statuses,
+            [
+                DescriptorStatus {
+                    code: ok,
+                    ..Default::default()
+                },
+                DescriptorStatus {
+                    code: ok,
+                    limit_remaining: u32::MAX,
+                    ..Default::default()
+                },
+                DescriptorStatus {
+                    code: ok,
+                    current_limit: Some(RateLimit {
+                        name: String::new(),
+                        requests_per_unit: 10,
+                        unit: Unit::Minute as i32,
+                    }),
+                    limit_remaining: 3,
+                    duration_until_reset: Some(PbDuration {
+                        seconds: 1,
+                        nanos: 500_000_000,
+                    }),
+                    ..Default::default()
+                },
+                // Shadow: reported over (0 left), never refused.
+                DescriptorStatus {
+                    code: ok,
+                    current_limit: Some(RateLimit {
+                        name: "n".into(),
+                        requests_per_unit: 5,
+                        unit: Unit::Second as i32,
+                    }),
+                    limit_remaining: 0,
+                    duration_until_reset: Some(PbDuration::default()),
+                    ..Default::default()
+                },
+            ]
+        );
+        // `send: always` on an OK: the limit closest to refusing.
+        let added: Vec<(&str, &str)> = r
+            .response_headers_to_add
+            .iter()
+            .map(|h| (h.key.as_str(), h.value.as_str()))
+            .collect();
+        assert_eq!(
+            added,
+            [
+                ("ratelimit-limit", "10"),
+                ("ratelimit-remaining", "3"),
+                ("ratelimit-reset", "2"),
+            ]
+        );
+        let fields = r.dynamic_metadata.unwrap().fields;
+        let Some(Kind::StructValue(merged)) = &fields["metadata"].kind else {
+            panic!("{fields:?}");
+        };
+        assert_eq!(merged.fields.len(), 2, "{merged:?}");
+        let Some(Kind::StructValue(a)) = &merged.fields["a"].kind else {
+            panic!("{merged:?}");
+        };
+        assert_eq!(
+            a.fields["tier"].kind,
+            Some(Kind::StringValue("gold".into()))
+        );
+        assert_eq!(a.fields["n"].kind, Some(Kind::NumberValue(2.0)));
+    }
+
+    #[test]
+    fn a_refusal_carries_the_client_headers_renamed_and_the_problem_document() {
+        let mut d = Decision::new("v").allow();
+        d.limits = vec![Some(LimitStatus {
+            over: true,
+            remaining: 0,
+            reset_us: 2_000_000,
+            metadata: Some(Arc::new(serde_json::Map::new())),
+            ..limit(10, 1)
+        })];
+        d.quota = Some(Box::new(crate::decision::quota::QuotaOutcome {
+            descriptor: "d|k=v".into(),
+            name: None,
+            stats_key: String::new(),
+            limit: 10,
+            window_seconds: 1,
+            remaining: 0,
+            reset_seconds: 2,
+            retry_after_seconds: Some(1),
+            shadow_exceeded: Vec::new(),
+            degraded: None,
+            cost_too_large: None,
+        }));
+        let denied = d.deny(crate::decision::DenyReason::QuotaExceeded, "x");
+        let headers = RlsHeaders {
+            limit: "x-ratelimit-limit".into(),
+            ..RlsHeaders::default()
+        };
+        let r = decoded(&denied, &headers);
+        assert_eq!(r.overall_code, Code::OverLimit as i32);
+        assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+        let mut expected = Vec::new();
+        denied.for_each_client_header(|k, v| {
+            expected.push((headers.rename(k).to_string(), v.to_string()))
+        });
+        let added: Vec<(String, String)> = r
+            .response_headers_to_add
+            .into_iter()
+            .map(|h| (h.key, h.value))
+            .collect();
+        assert_eq!(added, expected);
+        assert!(
+            added.iter().any(|(k, _)| k == "x-ratelimit-limit"),
+            "{added:?}"
+        );
+        assert_eq!(r.raw_body, denied.problem_json().into_bytes());
+        // The over-limit descriptor's metadata is left out.
+        assert_eq!(r.dynamic_metadata, None);
     }
 }

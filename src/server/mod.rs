@@ -28,7 +28,7 @@ use crate::adapters::check_wire::CheckServer;
 use crate::adapters::extauthz::AuthzService;
 use crate::adapters::extproc::ExtProcService;
 use crate::adapters::forward_auth::ForwardAuth;
-use crate::adapters::rls::RateLimiter;
+use crate::adapters::rls::{RateLimitServer, RateLimiter};
 use crate::app::{App, AssembleError, State};
 use crate::audit::AuditWriter;
 use crate::config::Config;
@@ -37,7 +37,6 @@ use crate::policy::reload;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::policy_service_server::PolicyServiceServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 /// How often every replica settles the token reservations that expired
 /// unsettled (`pipeline::response::sweep`).
@@ -207,9 +206,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .set_serving::<PolicyServiceServer<PolicyAdmin>>()
         .await;
     health.set_serving::<AuditServiceServer<AuditAdmin>>().await;
-    health
-        .set_serving::<RateLimitServiceServer<RateLimiter>>()
-        .await;
+    health.set_serving::<RateLimitServer>().await;
     health
         .set_serving::<ExternalProcessorServer<ExtProcService>>()
         .await;
@@ -246,8 +243,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let authz = CheckServer::new(AuthzService::new(Arc::clone(&state)), max_message);
         let ext_proc = ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&state)))
             .max_decoding_message_size(max_message);
-        let rls = RateLimitServiceServer::new(RateLimiter::new(Arc::clone(&state)))
-            .max_decoding_message_size(max_message);
+        let rls = RateLimitServer::new(RateLimiter::new(Arc::clone(&state)), max_message);
         let router = builder()
             .add_service(authz)
             .add_service(rls)

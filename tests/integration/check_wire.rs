@@ -1,8 +1,11 @@
-//! `CheckRequest`s on the wire that prost cannot decode, sent byte for byte
-//! to the decision listener: the caller gets `INVALID_ARGUMENT` naming the
-//! field and the fix, never `INTERNAL` (which Envoy turns into a 5xx).
+//! `CheckRequest`s and `RateLimitRequest`s on the wire that prost cannot
+//! decode, sent byte for byte to the decision listener: the caller gets
+//! `INVALID_ARGUMENT` naming the field (and for `Check` the fix), never
+//! `INTERNAL` (which Envoy turns into a 5xx or its failure mode).
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message;
@@ -10,11 +13,16 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::support::{self, http_status, policies_dir, Check, TestServer};
 
-/// Sends already-encoded `CheckRequest` bytes; decodes the response.
-#[derive(Debug, Clone, Copy, Default)]
-struct Raw;
+/// Sends an already-encoded request message; decodes the response as `M`.
+struct Raw<M>(std::marker::PhantomData<fn() -> M>);
 
-impl Encoder for Raw {
+impl<M> Raw<M> {
+    fn new() -> Self {
+        Raw(std::marker::PhantomData)
+    }
+}
+
+impl<M: Send + 'static> Encoder for Raw<M> {
     type Item = Vec<u8>;
     type Error = tonic::Status;
     fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
@@ -23,31 +31,37 @@ impl Encoder for Raw {
     }
 }
 
-impl Decoder for Raw {
-    type Item = CheckResponse;
+impl<M: Message + Default + Send + 'static> Decoder for Raw<M> {
+    type Item = M;
     type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<CheckResponse>, tonic::Status> {
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<M>, tonic::Status> {
         let bytes = src.copy_to_bytes(src.remaining());
-        CheckResponse::decode(bytes)
+        M::decode(bytes)
             .map(Some)
             .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 
-impl Codec for Raw {
+impl<M: Message + Default + Send + 'static> Codec for Raw<M> {
     type Encode = Vec<u8>;
-    type Decode = CheckResponse;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
+    type Decode = M;
+    type Encoder = Raw<M>;
+    type Decoder = Raw<M>;
+    fn encoder(&mut self) -> Raw<M> {
+        Raw::new()
     }
-    fn decoder(&mut self) -> Raw {
-        Raw
+    fn decoder(&mut self) -> Raw<M> {
+        Raw::new()
     }
 }
 
-async fn send(server: &TestServer, bytes: Vec<u8>) -> Result<CheckResponse, tonic::Status> {
+/// `bytes` as the message of the unary call `path` on the decision
+/// listener; the answer decoded as `M`.
+async fn call<M: Message + Default + Send + 'static>(
+    server: &TestServer,
+    path: &'static str,
+    bytes: Vec<u8>,
+) -> Result<M, tonic::Status> {
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", server.decision_addr))
             .unwrap()
@@ -56,12 +70,28 @@ async fn send(server: &TestServer, bytes: Vec<u8>) -> Result<CheckResponse, toni
             .expect("connect to the decision listener");
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("channel ready");
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/envoy.service.auth.v3.Authorization/Check",
-    );
-    grpc.unary(tonic::Request::new(bytes), path, Raw)
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(bytes), path, Raw::new())
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// Sends already-encoded `CheckRequest` bytes.
+async fn send(server: &TestServer, bytes: Vec<u8>) -> Result<CheckResponse, tonic::Status> {
+    call(server, "/envoy.service.auth.v3.Authorization/Check", bytes).await
+}
+
+/// Sends already-encoded `RateLimitRequest` bytes.
+async fn should_rate_limit(
+    server: &TestServer,
+    bytes: Vec<u8>,
+) -> Result<RateLimitResponse, tonic::Status> {
+    call(
+        server,
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+        bytes,
+    )
+    .await
 }
 
 /// Field `tag` holding `value`, length-delimited.
@@ -129,5 +159,59 @@ async fn undecodable_check_request_is_invalid_argument_naming_the_field() {
     );
     let status = send(&server, vec![0x0a, 0xff]).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    server.shutdown().await.unwrap();
+}
+
+/// `RateLimitRequest.descriptors[0].entries[0]` = (`key`, `value`), in
+/// domain `domain` (fields 1, 2; `Entry` key 1, value 2).
+fn rate_limit_request(domain: &[u8], key: &[u8], value: &[u8]) -> Vec<u8> {
+    let entry = [field(1, key), field(2, value)].concat();
+    [field(1, domain), field(2, &field(1, &entry))].concat()
+}
+
+#[tokio::test]
+async fn undecodable_rate_limit_request_is_invalid_argument_naming_the_field() {
+    let server = server().await;
+    // The same request well formed is answered.
+    let ok = should_rate_limit(&server, rate_limit_request(b"edge", b"k", b"v"))
+        .await
+        .expect("answered");
+    assert_eq!(ok.overall_code, Code::Ok as i32);
+    // An entry's value that is not UTF-8 (a protobuf string).
+    let status = should_rate_limit(&server, rate_limit_request(b"edge", b"k", b"\xc3"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "RateLimitRequest cannot be decoded: Entry.value: invalid string value: data is not \
+         UTF-8 encoded"
+    );
+    // A descriptor whose length runs past the message.
+    let status = should_rate_limit(&server, vec![0x0a, 0x01, b'd', 0x12, 0x05, 0x0a])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("RateLimitRequest cannot be decoded: RateLimitRequest.descriptors: "),
+        "{}",
+        status.message()
+    );
+    // Well formed, but a refund: RLS semantics refuse it, naming the
+    // descriptor (is_negative_hits is field 4 of the descriptor).
+    let entry = field(1, &[field(1, b"k"), field(2, b"v")].concat());
+    let refund = [
+        field(1, b"edge"),
+        field(2, &[entry, vec![0x20, 0x01]].concat()),
+    ]
+    .concat();
+    let status = should_rate_limit(&server, refund).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "descriptors[0]: is_negative_hits (refunds) is not supported"
+    );
     server.shutdown().await.unwrap();
 }

@@ -1,0 +1,415 @@
+//! `RateLimitRequest` (Envoy's `service/ratelimit/v3/rls.proto`) from the
+//! wire straight into the descriptors an RLS decision charges.
+//!
+//! prost's generated `RateLimitRequest` holds every string in an
+//! allocation of its own (the domain, each entry's key and value), which
+//! the descriptors were then built from, copied again. The messages here
+//! are wire-compatible with `envoy.service.ratelimit.v3` and
+//! `envoy.extensions.common.ratelimit.v3` (the same field numbers, wire
+//! types and message names, so prost's decode errors read as before), with
+//! the strings read as `bytes`: slices of the received message, checked
+//! for UTF-8 here (a protobuf `string` must be UTF-8) and copied once,
+//! into the descriptor. Every field of the request is read, as before.
+//!
+//! Semantics follow envoyproxy/ratelimit: `hits_addend` per descriptor
+//! overrides the request's (an explicit 0 checks without charging; the
+//! request-level 0 means unset, i.e. 1).
+
+use std::sync::Arc;
+
+use prost::bytes::Bytes;
+use prost::{DecodeError, Message};
+
+use crate::quota::apply::Descriptor;
+
+/// One `ShouldRateLimit` call: its domain and its descriptors with their
+/// costs, in the order sent.
+#[derive(Debug)]
+pub struct RateLimitCall {
+    /// `RateLimitRequest.domain`, never empty.
+    pub domain: Arc<str>,
+    /// `RateLimitRequest.descriptors`, never empty; each has entries.
+    pub descriptors: Vec<Descriptor>,
+}
+
+/// Why a `RateLimitRequest` is not a call we can answer.
+#[derive(Debug)]
+pub enum Undecided {
+    /// The bytes are not a `RateLimitRequest` (prost's error, or a string
+    /// that is not UTF-8): the text names the field, as prost's errors do
+    /// (`Message.field: what`).
+    Wire(String),
+    /// A request RLS semantics refuse: no domain, no descriptors, a
+    /// descriptor without entries, a refund, a limit override without a
+    /// unit. The text says which, with the descriptor's index.
+    Invalid(String),
+}
+
+/// Decodes one `RateLimitRequest` message (its protobuf bytes, without the
+/// gRPC frame) into the call it makes.
+///
+/// # Errors
+/// [`Undecided::Wire`] for bytes that are not a `RateLimitRequest`,
+/// [`Undecided::Invalid`] for one whose domain or descriptor list is
+/// empty, with a descriptor without entries, with `is_negative_hits`, or
+/// with a `limit` whose `unit` is not SECOND..YEAR.
+pub fn decode(bytes: Bytes) -> Result<RateLimitCall, Undecided> {
+    let request =
+        wire::RateLimitRequest::decode(bytes).map_err(|e| Undecided::Wire(wire_text(&e)))?;
+    translate(request)
+}
+
+/// The call a decoded `RateLimitRequest` makes.
+fn translate(request: wire::RateLimitRequest) -> Result<RateLimitCall, Undecided> {
+    let domain = utf8(&request.domain, "RateLimitRequest", "domain")?;
+    if domain.is_empty() {
+        return Err(Undecided::Invalid(
+            "rate limit domain must not be empty".into(),
+        ));
+    }
+    if request.descriptors.is_empty() {
+        return Err(Undecided::Invalid(
+            "rate limit descriptor list must not be empty".into(),
+        ));
+    }
+    let request_hits = if request.hits_addend == 0 {
+        1
+    } else {
+        u64::from(request.hits_addend)
+    };
+    let domain: Arc<str> = Arc::from(domain);
+    let mut descriptors = Vec::with_capacity(request.descriptors.len());
+    for (i, d) in request.descriptors.iter().enumerate() {
+        if d.is_negative_hits {
+            return Err(Undecided::Invalid(format!(
+                "descriptors[{i}]: is_negative_hits (refunds) is not supported"
+            )));
+        }
+        if d.entries.is_empty() {
+            return Err(Undecided::Invalid(format!(
+                "descriptors[{i}]: a descriptor needs entries"
+            )));
+        }
+        let limit = match &d.limit {
+            None => None,
+            Some(l) => Some((
+                u64::from(l.requests_per_unit),
+                unit_us(l.unit).ok_or_else(|| {
+                    Undecided::Invalid(format!(
+                        "descriptors[{i}].limit.unit: {} is not a rate limit unit (SECOND..YEAR)",
+                        l.unit
+                    ))
+                })?,
+            )),
+        };
+        let mut entries = crate::quota::apply::Entries::with_capacity(d.entries.len());
+        for e in &d.entries {
+            let key = utf8(&e.key, "Entry", "key")?;
+            let value = utf8(&e.value, "Entry", "value")?;
+            entries.push((Arc::from(key), value.to_owned()));
+        }
+        descriptors.push(Descriptor {
+            domain: Arc::clone(&domain),
+            entries,
+            cost: d.hits_addend.map(|h| h.value).unwrap_or(request_hits),
+            limit,
+            tokens: None,
+        });
+    }
+    Ok(RateLimitCall {
+        domain,
+        descriptors,
+    })
+}
+
+/// A protobuf `string` field's bytes as text; for one that is not UTF-8,
+/// prost's error text, naming the field (`message.field`) as prost does.
+fn utf8<'a>(
+    bytes: &'a [u8],
+    message: &'static str,
+    field: &'static str,
+) -> Result<&'a str, Undecided> {
+    std::str::from_utf8(bytes).map_err(|_| {
+        Undecided::Wire(format!(
+            "{message}.{field}: invalid string value: data is not UTF-8 encoded"
+        ))
+    })
+}
+
+/// prost's error text without its "failed to decode Protobuf message: "
+/// prefix.
+fn wire_text(error: &DecodeError) -> String {
+    let text = error.to_string();
+    match text.strip_prefix("failed to decode Protobuf message: ") {
+        Some(rest) => rest.to_string(),
+        None => text,
+    }
+}
+
+/// Microseconds in one `envoy.type.v3.RateLimitUnit` (as
+/// envoyproxy/ratelimit counts them: a month is 30 days, a year 365);
+/// `None` for `UNKNOWN` (0) and values outside the enum.
+pub fn unit_us(unit: i32) -> Option<u64> {
+    // The response's unit enum: the same values as `envoy.type.v3`'s, and
+    // WEEK (7), which the vendored `RateLimitUnit` does not list yet.
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as RateLimitUnit;
+    let seconds = match RateLimitUnit::try_from(unit).ok()? {
+        RateLimitUnit::Unknown => return None,
+        RateLimitUnit::Second => 1,
+        RateLimitUnit::Minute => 60,
+        RateLimitUnit::Hour => 3600,
+        RateLimitUnit::Day => 86_400,
+        RateLimitUnit::Week => 7 * 86_400,
+        RateLimitUnit::Month => 30 * 86_400,
+        RateLimitUnit::Year => 365 * 86_400,
+    };
+    Some(seconds * 1_000_000)
+}
+
+/// Wire-compatible subsets of Envoy's messages, strings read as bytes.
+mod wire {
+    use prost::bytes::Bytes;
+    use prost::Message;
+
+    /// `envoy.service.ratelimit.v3.RateLimitRequest`.
+    #[derive(Clone, PartialEq, Message)]
+    pub struct RateLimitRequest {
+        #[prost(bytes = "bytes", tag = "1")]
+        pub domain: Bytes,
+        #[prost(message, repeated, tag = "2")]
+        pub descriptors: Vec<RateLimitDescriptor>,
+        #[prost(uint32, tag = "3")]
+        pub hits_addend: u32,
+    }
+
+    /// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor`.
+    #[derive(Clone, PartialEq, Message)]
+    pub struct RateLimitDescriptor {
+        #[prost(message, repeated, tag = "1")]
+        pub entries: Vec<Entry>,
+        #[prost(message, optional, tag = "2")]
+        pub limit: Option<RateLimitOverride>,
+        #[prost(message, optional, tag = "3")]
+        pub hits_addend: Option<UInt64Value>,
+        #[prost(bool, tag = "4")]
+        pub is_negative_hits: bool,
+    }
+
+    /// `RateLimitDescriptor.Entry`.
+    #[derive(Clone, PartialEq, Message)]
+    pub struct Entry {
+        #[prost(bytes = "bytes", tag = "1")]
+        pub key: Bytes,
+        #[prost(bytes = "bytes", tag = "2")]
+        pub value: Bytes,
+    }
+
+    /// `RateLimitDescriptor.RateLimitOverride`; `unit` is
+    /// `envoy.type.v3.RateLimitUnit`.
+    #[derive(Clone, PartialEq, Message)]
+    pub struct RateLimitOverride {
+        #[prost(uint32, tag = "1")]
+        pub requests_per_unit: u32,
+        #[prost(int32, tag = "2")]
+        pub unit: i32,
+    }
+
+    /// `google.protobuf.UInt64Value`.
+    #[derive(Clone, Copy, PartialEq, Message)]
+    pub struct UInt64Value {
+        #[prost(uint64, tag = "1")]
+        pub value: u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+        Entry, RateLimitOverride,
+    };
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as RateLimitUnit;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+
+    use super::*;
+
+    fn descriptor(entries: &[(&str, &str)], hits: Option<u64>) -> RateLimitDescriptor {
+        RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| Entry {
+                    key: (*k).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            hits_addend: hits.map(|value| UInt64Value { value }),
+            ..Default::default()
+        }
+    }
+
+    fn request(descriptors: Vec<RateLimitDescriptor>, hits_addend: u32) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: "d".into(),
+            descriptors,
+            hits_addend,
+        }
+    }
+
+    fn decoded(r: &RateLimitRequest) -> Result<RateLimitCall, Undecided> {
+        decode(Bytes::from(r.encode_to_vec()))
+    }
+
+    fn invalid(r: &RateLimitRequest) -> String {
+        match decoded(r) {
+            Err(Undecided::Invalid(text)) => text,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn entries_domain_and_limit_override_are_read_in_order() {
+        let mut d = descriptor(&[("k", "v"), ("path", "/v1/é")], None);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 7,
+            unit: RateLimitUnit::Minute as i32,
+        });
+        let call = decoded(&request(vec![d, descriptor(&[("a", "")], None)], 0)).unwrap();
+        assert_eq!(&*call.domain, "d");
+        let [first, second] = &call.descriptors[..] else {
+            panic!("{call:?}");
+        };
+        let entries: Vec<(&str, &str)> = first
+            .entries
+            .iter()
+            .map(|(k, v)| (&**k, v.as_str()))
+            .collect();
+        assert_eq!(entries, [("k", "v"), ("path", "/v1/é")]);
+        assert_eq!(first.limit, Some((7, 60_000_000)));
+        assert_eq!(&*first.domain, "d");
+        assert_eq!(second.entries[0].1, "");
+        assert_eq!(second.limit, None);
+    }
+
+    #[test]
+    fn hits_addend_follows_envoyproxy_ratelimit() {
+        let descriptors = vec![
+            descriptor(&[("k", "v")], None),
+            descriptor(&[("k", "v")], Some(0)),
+            descriptor(&[("k", "v")], Some(5)),
+        ];
+        let costs = |hits| -> Vec<u64> {
+            decoded(&request(descriptors.clone(), hits))
+                .unwrap()
+                .descriptors
+                .iter()
+                .map(|d| d.cost)
+                .collect()
+        };
+        assert_eq!(costs(0), [1, 0, 5]);
+        assert_eq!(costs(3), [3, 0, 5]);
+    }
+
+    #[test]
+    fn refunds_empty_requests_and_unknown_units_are_refused_naming_the_descriptor() {
+        let mut refund = descriptor(&[("k", "v")], None);
+        refund.is_negative_hits = true;
+        let ok = descriptor(&[("k", "v")], None);
+        assert_eq!(
+            invalid(&request(vec![ok.clone(), refund], 0)),
+            "descriptors[1]: is_negative_hits (refunds) is not supported"
+        );
+        assert_eq!(
+            invalid(&request(vec![], 0)),
+            "rate limit descriptor list must not be empty"
+        );
+        assert_eq!(
+            invalid(&request(vec![descriptor(&[], None)], 0)),
+            "descriptors[0]: a descriptor needs entries"
+        );
+        let mut no_domain = request(vec![ok.clone()], 0);
+        no_domain.domain.clear();
+        assert_eq!(invalid(&no_domain), "rate limit domain must not be empty");
+        for unit in [0, 8, -1] {
+            let mut d = ok.clone();
+            d.limit = Some(RateLimitOverride {
+                requests_per_unit: 1,
+                unit,
+            });
+            assert_eq!(
+                invalid(&request(vec![d], 0)),
+                format!(
+                    "descriptors[0].limit.unit: {unit} is not a rate limit unit (SECOND..YEAR)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn every_rate_limit_unit_is_its_length() {
+        let day = 86_400_000_000;
+        for (unit, us) in [
+            (RateLimitUnit::Second, 1_000_000),
+            (RateLimitUnit::Minute, 60_000_000),
+            (RateLimitUnit::Hour, 3_600_000_000),
+            (RateLimitUnit::Day, day),
+            (RateLimitUnit::Week, 7 * day),
+            (RateLimitUnit::Month, 30 * day),
+            (RateLimitUnit::Year, 365 * day),
+        ] {
+            assert_eq!(unit_us(unit as i32), Some(us), "{unit:?}");
+        }
+        assert_eq!(unit_us(RateLimitUnit::Unknown as i32), None);
+    }
+
+    /// Field `tag` holding `value`, length-delimited.
+    fn field(tag: u32, value: &[u8]) -> Vec<u8> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let mut out = Vec::new();
+        encode_key(tag, WireType::LengthDelimited, &mut out);
+        encode_varint(value.len() as u64, &mut out);
+        out.extend_from_slice(value);
+        out
+    }
+
+    #[test]
+    fn a_string_that_is_not_utf8_is_a_wire_error_naming_the_field() {
+        // descriptors (2) > entries (1) > value (2): not UTF-8.
+        let entry = [field(1, b"k"), field(2, b"\xc3")].concat();
+        let bytes = [field(1, b"d"), field(2, &field(1, &entry))].concat();
+        match decode(Bytes::from(bytes)) {
+            Err(Undecided::Wire(e)) => assert_eq!(
+                e,
+                "Entry.value: invalid string value: data is not UTF-8 encoded"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match decode(Bytes::from(field(1, b"\xff"))) {
+            Err(Undecided::Wire(e)) => assert!(e.starts_with("RateLimitRequest.domain: "), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_bytes_are_a_wire_error_naming_the_field() {
+        // A descriptor whose length runs past the message.
+        match decode(Bytes::from_static(&[0x0a, 0x01, b'd', 0x12, 0x05, 0x0a])) {
+            Err(Undecided::Wire(e)) => {
+                assert!(e.starts_with("RateLimitRequest.descriptors: "), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_message_field_sent_twice_is_merged_as_protobuf_says() {
+        // Two `limit` fields on one descriptor: the second sets only the
+        // unit, the first's requests_per_unit stays (proto3 merge).
+        let entry = field(1, &[field(1, b"k"), field(2, b"v")].concat());
+        let first = field(2, &[0x08, 0x09]); // requests_per_unit 9
+        let second = field(2, &[0x10, 0x01]); // unit SECOND
+        let descriptor = field(2, &[entry, first, second].concat());
+        let call = decode(Bytes::from([field(1, b"d"), descriptor].concat())).unwrap();
+        assert_eq!(call.descriptors[0].limit, Some((9, 1_000_000)));
+    }
+}
