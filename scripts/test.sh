@@ -20,7 +20,8 @@ cargo clippy --locked --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-c
     --all-targets -- -D warnings
 cargo test --locked "$@"
 
-# Fuzz the body validator and the CheckRequest mapping briefly (20 s per
+# Fuzz the body validator and the CheckRequest and RateLimitRequest
+# mappings briefly (20 s per
 # target, debug build; needs the nightly toolchain, installs cargo-fuzz
 # when missing and fails loudly when it cannot). Longer runs on demand:
 # scripts/fuzz.sh 600.
