@@ -21,8 +21,7 @@ cargo clippy --locked --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-c
 cargo test --locked "$@"
 
 # Fuzz the body validator and the CheckRequest and RateLimitRequest
-# mappings briefly (20 s per
-# target, debug build; needs the nightly toolchain, installs cargo-fuzz
-# when missing and fails loudly when it cannot). Longer runs on demand:
-# scripts/fuzz.sh 600.
+# mappings briefly (20 s per target, debug build; needs the nightly
+# toolchain, installs cargo-fuzz when missing and fails loudly when it
+# cannot). Longer runs on demand: scripts/fuzz.sh 600.
 bash scripts/fuzz.sh 20
