@@ -149,7 +149,7 @@ fn wire_text(error: &DecodeError) -> String {
 /// Microseconds in one `envoy.type.v3.RateLimitUnit` (as
 /// envoyproxy/ratelimit counts them: a month is 30 days, a year 365);
 /// `None` for `UNKNOWN` (0) and values outside the enum.
-pub fn unit_us(unit: i32) -> Option<u64> {
+fn unit_us(unit: i32) -> Option<u64> {
     // The response's unit enum: the same values as `envoy.type.v3`'s, and
     // WEEK (7), which the vendored `RateLimitUnit` does not list yet.
     use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as RateLimitUnit;
@@ -362,13 +362,11 @@ mod tests {
         assert_eq!(unit_us(RateLimitUnit::Unknown as i32), None);
     }
 
-    /// Field `tag` holding `value`, length-delimited.
+    /// Field `tag` holding `value`, length-delimited: bytes a
+    /// `RateLimitRequest` built with prost could not carry.
     fn field(tag: u32, value: &[u8]) -> Vec<u8> {
-        use prost::encoding::{encode_key, encode_varint, WireType};
         let mut out = Vec::new();
-        encode_key(tag, WireType::LengthDelimited, &mut out);
-        encode_varint(value.len() as u64, &mut out);
-        out.extend_from_slice(value);
+        crate::adapters::proto_write::bytes(&mut out, tag, value);
         out
     }
 
