@@ -14,7 +14,7 @@ use tonic::Status;
 use super::check_decode::{self, Undecided};
 use super::check_encode::EncodedCheckResponse;
 use super::extauthz::AuthzService;
-use super::unary::{UnaryMethod, UnaryServer};
+use super::unary::{self, UnaryMethod, UnaryServer};
 use crate::request::AccessRequest;
 
 /// The `envoy.service.auth.v3.Authorization` service: `Check` decoded by
@@ -54,10 +54,6 @@ impl UnaryMethod for AuthzService {
 
 /// The status for a `CheckRequest` prost refused with `error`.
 fn undecodable(bytes: &[u8], error: &prost::DecodeError) -> Status {
-    let text = error.to_string();
-    let text = text
-        .strip_prefix("failed to decode Protobuf message: ")
-        .unwrap_or(&text);
     if body_is_not_utf8(bytes) {
         return Status::invalid_argument(
             "CheckRequest attributes.request.http.body is not valid UTF-8 (a protobuf \
@@ -65,7 +61,7 @@ fn undecodable(bytes: &[u8], error: &prost::DecodeError) -> Status {
              that the body arrives as bytes in attributes.request.http.raw_body",
         );
     }
-    Status::invalid_argument(format!("CheckRequest cannot be decoded: {text}"))
+    unary::undecodable("CheckRequest", &unary::decode_error_text(error))
 }
 
 /// Whether `attributes.request.http.body` is present and not UTF-8. The

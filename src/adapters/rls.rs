@@ -19,7 +19,7 @@ use tonic::Status;
 
 use super::proto_write::{bytes, json_value, message, string_field, struct_entry, varint_field};
 use super::rls_decode::{self, RateLimitCall, Undecided};
-use super::unary::{UnaryMethod, UnaryServer};
+use super::unary::{self, UnaryMethod, UnaryServer};
 use crate::app::State;
 use crate::decision::quota::LimitStatus;
 use crate::decision::Decision;
@@ -61,9 +61,7 @@ impl UnaryMethod for RateLimiter {
     /// `INVALID_ARGUMENT`, naming the field or the descriptor.
     fn decode(bytes: Bytes) -> Result<RateLimitCall, Status> {
         rls_decode::decode(bytes).map_err(|undecided| match undecided {
-            Undecided::Wire(text) => {
-                Status::invalid_argument(format!("RateLimitRequest cannot be decoded: {text}"))
-            }
+            Undecided::Wire(text) => unary::undecodable("RateLimitRequest", &text),
             Undecided::Invalid(text) => Status::invalid_argument(text),
         })
     }

@@ -18,8 +18,9 @@
 use std::sync::Arc;
 
 use prost::bytes::Bytes;
-use prost::{DecodeError, Message};
+use prost::Message;
 
+use super::unary::decode_error_text;
 use crate::quota::apply::Descriptor;
 
 /// One `ShouldRateLimit` call: its domain and its descriptors with their
@@ -54,8 +55,8 @@ pub enum Undecided {
 /// empty, with a descriptor without entries, with `is_negative_hits`, or
 /// with a `limit` whose `unit` is not SECOND..YEAR.
 pub fn decode(bytes: Bytes) -> Result<RateLimitCall, Undecided> {
-    let request =
-        wire::RateLimitRequest::decode(bytes).map_err(|e| Undecided::Wire(wire_text(&e)))?;
+    let request = wire::RateLimitRequest::decode(bytes)
+        .map_err(|e| Undecided::Wire(decode_error_text(&e)))?;
     translate(request)
 }
 
@@ -134,16 +135,6 @@ fn utf8<'a>(
             "{message}.{field}: invalid string value: data is not UTF-8 encoded"
         ))
     })
-}
-
-/// prost's error text without its "failed to decode Protobuf message: "
-/// prefix.
-fn wire_text(error: &DecodeError) -> String {
-    let text = error.to_string();
-    match text.strip_prefix("failed to decode Protobuf message: ") {
-        Some(rest) => rest.to_string(),
-        None => text,
-    }
 }
 
 /// Microseconds in one `envoy.type.v3.RateLimitUnit` (as

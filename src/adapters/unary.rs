@@ -26,6 +26,24 @@ use tonic::codegen::{http, BoxFuture, Service, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::Status;
 
+/// prost's text for `error` without its "failed to decode Protobuf message: "
+/// prefix: the path to the field and what is wrong with it, e.g.
+/// `Entry.value: invalid string value: data is not UTF-8 encoded`.
+pub fn decode_error_text(error: &prost::DecodeError) -> String {
+    let text = error.to_string();
+    match text.strip_prefix("failed to decode Protobuf message: ") {
+        Some(rest) => rest.to_string(),
+        None => text,
+    }
+}
+
+/// `INVALID_ARGUMENT` for a `message` (e.g. `CheckRequest`) that does not
+/// decode: "`message` cannot be decoded: `text`", `text` naming the field
+/// ([`decode_error_text`]).
+pub fn undecodable(message: &str, text: &str) -> Status {
+    Status::invalid_argument(format!("{message} cannot be decoded: {text}"))
+}
+
 /// One unary gRPC method: how its request decodes, and its answer.
 pub trait UnaryMethod: Send + Sync + 'static {
     /// The service's full name (`package.Service`), as health checking and
