@@ -3,12 +3,14 @@
 //! decodes what Envoy sends), checked against prost's generated message
 //! for the same bytes: what prost refuses, we refuse; what prost reads,
 //! we read the same way or refuse with a reason (RLS semantics: no
-//! domain, a refund, an unknown unit, ...). Nothing may panic.
+//! domain, a refund, an unknown unit, ...), and what prost refuses we
+//! refuse with prost's own text. Nothing may panic.
 #![no_main]
 
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use libfuzzer_sys::fuzz_target;
 use portcullis::adapters::rls_decode::{decode, Undecided};
+use portcullis::adapters::unary::decode_error_text;
 use prost::bytes::Bytes;
 use prost::Message;
 
@@ -38,9 +40,9 @@ fuzz_target!(|data: &[u8]| {
         // Valid protobuf that RLS semantics refuse (no domain, a refund,
         // an unknown unit, ...): prost reads it, we refuse it with a text.
         (Err(Undecided::Invalid(text)), Ok(_)) => assert!(!text.is_empty()),
-        // prost refuses the bytes: so do we (as malformed, or for a
-        // semantic fault found before the malformed string).
-        (Err(_), Err(_)) => {}
+        // prost refuses the bytes: so do we, with its text (the whole
+        // message is read before any RLS rule is applied).
+        (Err(Undecided::Wire(text)), Err(error)) => assert_eq!(text, decode_error_text(&error)),
         (ours, theirs) => panic!("ours {ours:?}, prost's {theirs:?}"),
     }
 });

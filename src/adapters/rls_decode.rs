@@ -6,10 +6,13 @@
 //! the descriptors were then built from, copied again. The messages here
 //! are wire-compatible with `envoy.service.ratelimit.v3` and
 //! `envoy.extensions.common.ratelimit.v3` (the same field numbers, wire
-//! types and message names, so prost's decode errors read as before), with
-//! the strings read as `bytes`: slices of the received message, checked
-//! for UTF-8 here (a protobuf `string` must be UTF-8) and copied once,
-//! into the descriptor. Every field of the request is read, as before.
+//! types and message names, so prost's decode errors read as before), and
+//! each string is decoded once into the form the descriptor keeps: the
+//! domain and an entry's key as `Arc<str>`, an entry's value as `String`.
+//! Every occurrence of a string field is checked for UTF-8 as it is read,
+//! as prost checks it: a protobuf `string` must be UTF-8, and a field sent
+//! twice is refused if either copy is not, even though the last one wins.
+//! Every field of the request is read, as before.
 //!
 //! Semantics follow envoyproxy/ratelimit: `hits_addend` per descriptor
 //! overrides the request's (an explicit 0 checks without charging; the
@@ -62,12 +65,11 @@ pub fn decode(bytes: Bytes) -> Result<RateLimitCall, Undecided> {
 
 /// The call a decoded `RateLimitRequest` makes.
 fn translate(request: wire::RateLimitRequest) -> Result<RateLimitCall, Undecided> {
-    let domain = utf8(&request.domain, "RateLimitRequest", "domain")?;
-    if domain.is_empty() {
+    let Some(domain) = request.domain.filter(|d| !d.is_empty()) else {
         return Err(Undecided::Invalid(
             "rate limit domain must not be empty".into(),
         ));
-    }
+    };
     if request.descriptors.is_empty() {
         return Err(Undecided::Invalid(
             "rate limit descriptor list must not be empty".into(),
@@ -78,9 +80,8 @@ fn translate(request: wire::RateLimitRequest) -> Result<RateLimitCall, Undecided
     } else {
         u64::from(request.hits_addend)
     };
-    let domain: Arc<str> = Arc::from(domain);
     let mut descriptors = Vec::with_capacity(request.descriptors.len());
-    for (i, d) in request.descriptors.iter().enumerate() {
+    for (i, d) in request.descriptors.into_iter().enumerate() {
         if d.is_negative_hits {
             return Err(Undecided::Invalid(format!(
                 "descriptors[{i}]: is_negative_hits (refunds) is not supported"
@@ -103,12 +104,11 @@ fn translate(request: wire::RateLimitRequest) -> Result<RateLimitCall, Undecided
                 })?,
             )),
         };
-        let mut entries = crate::quota::apply::Entries::with_capacity(d.entries.len());
-        for e in &d.entries {
-            let key = utf8(&e.key, "Entry", "key")?;
-            let value = utf8(&e.value, "Entry", "value")?;
-            entries.push((Arc::from(key), value.to_owned()));
-        }
+        let entries = d
+            .entries
+            .into_iter()
+            .map(|e| (e.key.unwrap_or_else(|| Arc::from("")), e.value))
+            .collect();
         descriptors.push(Descriptor {
             domain: Arc::clone(&domain),
             entries,
@@ -120,20 +120,6 @@ fn translate(request: wire::RateLimitRequest) -> Result<RateLimitCall, Undecided
     Ok(RateLimitCall {
         domain,
         descriptors,
-    })
-}
-
-/// A protobuf `string` field's bytes as text; for one that is not UTF-8,
-/// prost's error text, naming the field (`message.field`) as prost does.
-fn utf8<'a>(
-    bytes: &'a [u8],
-    message: &'static str,
-    field: &'static str,
-) -> Result<&'a str, Undecided> {
-    std::str::from_utf8(bytes).map_err(|_| {
-        Undecided::Wire(format!(
-            "{message}.{field}: invalid string value: data is not UTF-8 encoded"
-        ))
     })
 }
 
@@ -157,20 +143,74 @@ fn unit_us(unit: i32) -> Option<u64> {
     Some(seconds * 1_000_000)
 }
 
-/// Wire-compatible subsets of Envoy's messages, strings read as bytes.
+/// Wire-compatible subsets of Envoy's messages. `RateLimitRequest` and
+/// `Entry` implement `Message` by hand, for their strings (see [`text`]);
+/// the others are derived.
 mod wire {
-    use prost::bytes::Bytes;
-    use prost::Message;
+    use std::sync::Arc;
+
+    use prost::bytes::{Buf, BufMut};
+    use prost::encoding::{message, skip_field, string, uint32, DecodeContext, WireType};
+    use prost::{DecodeError, Message};
+
+    use super::text;
 
     /// `envoy.service.ratelimit.v3.RateLimitRequest`.
-    #[derive(Clone, PartialEq, Message)]
+    #[derive(Clone, PartialEq, Default, Debug)]
     pub struct RateLimitRequest {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub domain: Bytes,
-        #[prost(message, repeated, tag = "2")]
+        /// `domain` (1); `None` when not sent.
+        pub domain: Option<Arc<str>>,
+        /// `descriptors` (2).
         pub descriptors: Vec<RateLimitDescriptor>,
-        #[prost(uint32, tag = "3")]
+        /// `hits_addend` (3).
         pub hits_addend: u32,
+    }
+
+    impl Message for RateLimitRequest {
+        fn encode_raw(&self, buf: &mut impl BufMut) {
+            text::encode(1, self.domain.as_deref(), buf);
+            message::encode_repeated(2, &self.descriptors, buf);
+            if self.hits_addend != 0 {
+                uint32::encode(3, &self.hits_addend, buf);
+            }
+        }
+
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: WireType,
+            buf: &mut impl Buf,
+            ctx: DecodeContext,
+        ) -> Result<(), DecodeError> {
+            let (field, merged) = match tag {
+                1 => ("domain", text::merge(wire_type, &mut self.domain, buf, ctx)),
+                2 => (
+                    "descriptors",
+                    message::merge_repeated(wire_type, &mut self.descriptors, buf, ctx),
+                ),
+                3 => (
+                    "hits_addend",
+                    uint32::merge(wire_type, &mut self.hits_addend, buf, ctx),
+                ),
+                _ => return skip_field(wire_type, tag, buf, ctx),
+            };
+            merged.map_err(|e| text::at(e, "RateLimitRequest", field))
+        }
+
+        fn encoded_len(&self) -> usize {
+            let hits_addend = if self.hits_addend != 0 {
+                uint32::encoded_len(3, &self.hits_addend)
+            } else {
+                0
+            };
+            text::encoded_len(1, self.domain.as_deref())
+                + message::encoded_len_repeated(2, &self.descriptors)
+                + hits_addend
+        }
+
+        fn clear(&mut self) {
+            *self = Self::default();
+        }
     }
 
     /// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor`.
@@ -187,12 +227,50 @@ mod wire {
     }
 
     /// `RateLimitDescriptor.Entry`.
-    #[derive(Clone, PartialEq, Message)]
+    #[derive(Clone, PartialEq, Default, Debug)]
     pub struct Entry {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub key: Bytes,
-        #[prost(bytes = "bytes", tag = "2")]
-        pub value: Bytes,
+        /// `key` (1); `None` when not sent.
+        pub key: Option<Arc<str>>,
+        /// `value` (2), read by prost's own `string` decoder: one copy,
+        /// which the descriptor keeps.
+        pub value: String,
+    }
+
+    impl Message for Entry {
+        fn encode_raw(&self, buf: &mut impl BufMut) {
+            text::encode(1, self.key.as_deref(), buf);
+            if !self.value.is_empty() {
+                string::encode(2, &self.value, buf);
+            }
+        }
+
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: WireType,
+            buf: &mut impl Buf,
+            ctx: DecodeContext,
+        ) -> Result<(), DecodeError> {
+            let (field, merged) = match tag {
+                1 => ("key", text::merge(wire_type, &mut self.key, buf, ctx)),
+                2 => ("value", string::merge(wire_type, &mut self.value, buf, ctx)),
+                _ => return skip_field(wire_type, tag, buf, ctx),
+            };
+            merged.map_err(|e| text::at(e, "Entry", field))
+        }
+
+        fn encoded_len(&self) -> usize {
+            let value = if self.value.is_empty() {
+                0
+            } else {
+                string::encoded_len(2, &self.value)
+            };
+            text::encoded_len(1, self.key.as_deref()) + value
+        }
+
+        fn clear(&mut self) {
+            *self = Self::default();
+        }
     }
 
     /// `RateLimitDescriptor.RateLimitOverride`; `unit` is
@@ -210,6 +288,85 @@ mod wire {
     pub struct UInt64Value {
         #[prost(uint64, tag = "1")]
         pub value: u64,
+    }
+}
+
+/// A protobuf `string` field decoded into the `Arc<str>` a descriptor
+/// shares, for the hand-written `Message` implementations in [`wire`].
+mod text {
+    use std::sync::Arc;
+
+    use prost::bytes::{Buf, BufMut, Bytes};
+    use prost::encoding::{
+        bytes, encode_key, encode_varint, encoded_len_varint, key_len, string, DecodeContext,
+        WireType,
+    };
+    use prost::DecodeError;
+
+    /// Merges one occurrence of a `string` field (protobuf's last one
+    /// wins). Its bytes, a slice of the received message, are checked for
+    /// UTF-8 and copied once, into the `Arc<str>`.
+    ///
+    /// # Errors
+    /// prost's own errors, as its `string` decoder gives them: for a field
+    /// that is not length-delimited or runs past the message, and for one
+    /// that is not UTF-8 ("invalid string value: data is not UTF-8
+    /// encoded"). The value is then `None`.
+    pub fn merge(
+        wire_type: WireType,
+        value: &mut Option<Arc<str>>,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        *value = None;
+        let mut read = Bytes::new();
+        bytes::merge(wire_type, &mut read, buf, ctx.clone())?;
+        match std::str::from_utf8(&read) {
+            Ok(text) => {
+                *value = Some(Arc::from(text));
+                Ok(())
+            }
+            Err(_) => Err(invalid_string(ctx)),
+        }
+    }
+
+    /// prost's error for a `string` that is not UTF-8, made by prost's
+    /// own `string` decoder (the error's kind cannot be built outside
+    /// prost) from bytes that are never UTF-8.
+    #[cold]
+    fn invalid_string(ctx: DecodeContext) -> DecodeError {
+        let not_utf8: &[u8] = &[1, 0xff];
+        string::merge(
+            WireType::LengthDelimited,
+            &mut String::new(),
+            &mut &not_utf8[..],
+            ctx,
+        )
+        .expect_err("0xff is never UTF-8")
+    }
+
+    /// `error`, located at `message.field` as prost's derived decoders
+    /// locate theirs.
+    pub fn at(mut error: DecodeError, message: &'static str, field: &'static str) -> DecodeError {
+        error.push(message, field);
+        error
+    }
+
+    /// Writes the field unless it is absent or empty (proto3's default).
+    pub fn encode(tag: u32, value: Option<&str>, buf: &mut impl BufMut) {
+        if let Some(text) = value.filter(|t| !t.is_empty()) {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(text.len() as u64, buf);
+            buf.put_slice(text.as_bytes());
+        }
+    }
+
+    /// The bytes [`encode`] writes.
+    pub fn encoded_len(tag: u32, value: Option<&str>) -> usize {
+        match value.filter(|t| !t.is_empty()) {
+            Some(text) => key_len(tag) + encoded_len_varint(text.len() as u64) + text.len(),
+            None => 0,
+        }
     }
 }
 
@@ -361,21 +518,96 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_string_that_is_not_utf8_is_a_wire_error_naming_the_field() {
-        // descriptors (2) > entries (1) > value (2): not UTF-8.
-        let entry = [field(1, b"k"), field(2, b"\xc3")].concat();
-        let bytes = [field(1, b"d"), field(2, &field(1, &entry))].concat();
+    /// Our text for bytes that are not a `RateLimitRequest`, and the
+    /// text prost's generated message gives for the same bytes.
+    fn wire_errors(bytes: Vec<u8>) -> (String, String) {
+        let theirs = RateLimitRequest::decode(&bytes[..]).expect_err("prost refuses");
         match decode(Bytes::from(bytes)) {
-            Err(Undecided::Wire(e)) => assert_eq!(
-                e,
-                "Entry.value: invalid string value: data is not UTF-8 encoded"
-            ),
+            Err(Undecided::Wire(ours)) => (ours, decode_error_text(&theirs)),
             other => panic!("{other:?}"),
         }
-        match decode(Bytes::from(field(1, b"\xff"))) {
-            Err(Undecided::Wire(e)) => assert!(e.starts_with("RateLimitRequest.domain: "), "{e}"),
-            other => panic!("{other:?}"),
+    }
+
+    #[test]
+    fn a_string_that_is_not_utf8_is_refused_as_prost_refuses_it_naming_the_field() {
+        // descriptors (2) > entries (1) > value (2): not UTF-8.
+        let entry = [field(1, b"k"), field(2, b"\xc3")].concat();
+        let (ours, prosts) = wire_errors([field(1, b"d"), field(2, &field(1, &entry))].concat());
+        assert_eq!(
+            ours,
+            "Entry.value: RateLimitDescriptor.entries: RateLimitRequest.descriptors: \
+             invalid string value: data is not UTF-8 encoded"
+        );
+        assert_eq!(ours, prosts);
+        let entry = [field(1, b"\xff"), field(2, b"v")].concat();
+        let (ours, prosts) = wire_errors([field(1, b"d"), field(2, &field(1, &entry))].concat());
+        assert!(ours.starts_with("Entry.key: "), "{ours}");
+        assert_eq!(ours, prosts);
+        let (ours, prosts) = wire_errors(field(1, b"\xff"));
+        assert!(ours.starts_with("RateLimitRequest.domain: "), "{ours}");
+        assert_eq!(ours, prosts);
+    }
+
+    #[test]
+    fn a_string_sent_twice_is_refused_when_either_copy_is_not_utf8() {
+        // Protobuf keeps the last copy of a singular field, but prost
+        // checks every copy as it reads it: a request whose first domain,
+        // key or value is not UTF-8 is refused even when the last is.
+        // The fuzzer found the domain case (seed
+        // `domain_twice_first_not_utf8.bin`).
+        let entry = |k: &[u8], v: &[u8]| field(2, &field(1, &[field(1, k), field(2, v)].concat()));
+        let good = entry(b"k", b"v");
+        for (bytes, at) in [
+            (
+                [field(1, b"\xff"), good.clone(), field(1, b"d")].concat(),
+                "RateLimitRequest.domain: ",
+            ),
+            (
+                [field(1, b"d"), entry(b"\xff", b"v")].concat(),
+                "Entry.key: ",
+            ),
+        ] {
+            let (ours, prosts) = wire_errors(bytes);
+            assert!(ours.starts_with(at), "{ours}");
+            assert_eq!(ours, prosts);
+        }
+        let twice = |first: &[u8], last: &[u8]| {
+            let entry = [
+                field(1, first),
+                field(1, last),
+                field(2, first),
+                field(2, last),
+            ];
+            [
+                field(1, first),
+                field(1, last),
+                field(2, &field(1, &entry.concat())),
+            ]
+            .concat()
+        };
+        let (ours, prosts) = wire_errors(twice(b"\xc3", b"x"));
+        assert_eq!(ours, prosts);
+        // Both copies UTF-8: the last one wins, for every string.
+        let call = decode(Bytes::from(twice(b"first", b"last"))).unwrap();
+        assert_eq!(&*call.domain, "last");
+        assert_eq!(&*call.descriptors[0].entries[0].0, "last");
+        assert_eq!(call.descriptors[0].entries[0].1, "last");
+    }
+
+    #[test]
+    fn a_request_encodes_as_envoys_message() {
+        // The hand-written `Message` implementations write what prost's
+        // generated ones write, and read it back.
+        let mut d = descriptor(&[("k", "v"), ("", "é")], Some(3));
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 7,
+            unit: RateLimitUnit::Hour as i32,
+        });
+        for r in [request(vec![d], 2), RateLimitRequest::default()] {
+            let bytes = r.encode_to_vec();
+            let ours = wire::RateLimitRequest::decode(&bytes[..]).unwrap();
+            assert_eq!(ours.encoded_len(), bytes.len());
+            assert_eq!(ours.encode_to_vec(), bytes);
         }
     }
 

@@ -27,8 +27,10 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::Status;
 
 /// prost's text for `error` without its "failed to decode Protobuf message: "
-/// prefix: the path to the field and what is wrong with it, e.g.
-/// `Entry.value: invalid string value: data is not UTF-8 encoded`.
+/// prefix: the path to the field, innermost first, and what is wrong with
+/// it, e.g. `Entry.value: RateLimitDescriptor.entries:
+/// RateLimitRequest.descriptors: invalid string value: data is not UTF-8
+/// encoded`.
 pub fn decode_error_text(error: &prost::DecodeError) -> String {
     let text = error.to_string();
     match text.strip_prefix("failed to decode Protobuf message: ") {

@@ -184,8 +184,8 @@ async fn undecodable_rate_limit_request_is_invalid_argument_naming_the_field() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert_eq!(
         status.message(),
-        "RateLimitRequest cannot be decoded: Entry.value: invalid string value: data is not \
-         UTF-8 encoded"
+        "RateLimitRequest cannot be decoded: Entry.value: RateLimitDescriptor.entries: \
+         RateLimitRequest.descriptors: invalid string value: data is not UTF-8 encoded"
     );
     // A descriptor whose length runs past the message.
     let status = should_rate_limit(&server, vec![0x0a, 0x01, b'd', 0x12, 0x05, 0x0a])
