@@ -10,6 +10,7 @@
 #   scripts/instructions.sh check     # Check, allowed calls (cached tokens)
 #   scripts/instructions.sh mixed     # Check, the bench's mixed calls (denials too)
 #   scripts/instructions.sh rls       # ShouldRateLimit, one descriptor
+#   scripts/instructions.sh rls-bundled  # ShouldRateLimit, the bench's bundle of descriptors
 #   REQUESTS=4000 WARMUP=1500 scripts/instructions.sh check
 #
 # Each server is pinned to SERVER_CPU (0) and `portcullis-bench --target`
@@ -49,9 +50,10 @@ say() { printf '== %s\n' "$*" >&2; }
 die() { printf 'instructions: %s\n' "$*" >&2; exit 1; }
 case $rpc in
     rls) load_args=(--rpc rls --rls-shape one) ;;
+    rls-bundled) load_args=(--rpc rls --rls-shape bundled) ;;
     check) load_args=(--rpc check --mix allowed) ;;
     mixed) load_args=(--rpc check --mix mixed) ;;
-    *) die "usage: scripts/instructions.sh check|mixed|rls" ;;
+    *) die "usage: scripts/instructions.sh check|mixed|rls|rls-bundled" ;;
 esac
 for n in REQUESTS WARMUP CONCURRENCY; do
     [[ ${!n} =~ ^[0-9]+$ && ${!n} -ge 1 && ${!n} -le 1000000 ]] || die "$n must be 1..1000000"

@@ -9,7 +9,7 @@
 //! types and message names, so prost's decode errors read as before), and
 //! each string is decoded once into the form the descriptor keeps: the
 //! domain and an entry's key as `Arc<str>`, an entry's value as `String`.
-//! Every occurrence of a string field is checked for UTF-8 as it is read,
+//! Every copy of a string field is checked for UTF-8 as it is read,
 //! as prost checks it: a protobuf `string` must be UTF-8, and a field sent
 //! twice is refused if either copy is not, even though the last one wins.
 //! Every field of the request is read, as before.
@@ -104,11 +104,10 @@ fn translate(request: wire::RateLimitRequest) -> Result<RateLimitCall, Undecided
                 })?,
             )),
         };
-        let entries = d
-            .entries
-            .into_iter()
-            .map(|e| (e.key.unwrap_or_else(|| Arc::from("")), e.value))
-            .collect();
+        let mut entries = crate::quota::apply::Entries::with_capacity(d.entries.len());
+        for e in d.entries {
+            entries.push((e.key.unwrap_or_else(|| Arc::from("")), e.value));
+        }
         descriptors.push(Descriptor {
             domain: Arc::clone(&domain),
             entries,
@@ -183,7 +182,10 @@ mod wire {
             ctx: DecodeContext,
         ) -> Result<(), DecodeError> {
             let (field, merged) = match tag {
-                1 => ("domain", text::merge(wire_type, &mut self.domain, buf, ctx)),
+                1 => (
+                    "domain",
+                    text::merge_shared(wire_type, &mut self.domain, buf, ctx),
+                ),
                 2 => (
                     "descriptors",
                     message::merge_repeated(wire_type, &mut self.descriptors, buf, ctx),
@@ -231,8 +233,7 @@ mod wire {
     pub struct Entry {
         /// `key` (1); `None` when not sent.
         pub key: Option<Arc<str>>,
-        /// `value` (2), read by prost's own `string` decoder: one copy,
-        /// which the descriptor keeps.
+        /// `value` (2): one copy, which the descriptor keeps.
         pub value: String,
     }
 
@@ -252,8 +253,14 @@ mod wire {
             ctx: DecodeContext,
         ) -> Result<(), DecodeError> {
             let (field, merged) = match tag {
-                1 => ("key", text::merge(wire_type, &mut self.key, buf, ctx)),
-                2 => ("value", string::merge(wire_type, &mut self.value, buf, ctx)),
+                1 => (
+                    "key",
+                    text::merge_shared(wire_type, &mut self.key, buf, ctx),
+                ),
+                2 => (
+                    "value",
+                    text::merge_owned(wire_type, &mut self.value, buf, ctx),
+                ),
                 _ => return skip_field(wire_type, tag, buf, ctx),
             };
             merged.map_err(|e| text::at(e, "Entry", field))
@@ -291,8 +298,9 @@ mod wire {
     }
 }
 
-/// A protobuf `string` field decoded into the `Arc<str>` a descriptor
-/// shares, for the hand-written `Message` implementations in [`wire`].
+/// A protobuf `string` field decoded straight into the `Arc<str>` or
+/// `String` a descriptor keeps, for the hand-written `Message`
+/// implementations in [`wire`].
 mod text {
     use std::sync::Arc;
 
@@ -303,31 +311,57 @@ mod text {
     };
     use prost::DecodeError;
 
-    /// Merges one occurrence of a `string` field (protobuf's last one
-    /// wins). Its bytes, a slice of the received message, are checked for
-    /// UTF-8 and copied once, into the `Arc<str>`.
+    /// Merges one copy of a `string` field into the `Arc<str>` a
+    /// descriptor shares (protobuf's last copy wins); see [`read`].
     ///
     /// # Errors
-    /// prost's own errors, as its `string` decoder gives them: for a field
-    /// that is not length-delimited or runs past the message, and for one
-    /// that is not UTF-8 ("invalid string value: data is not UTF-8
-    /// encoded"). The value is then `None`.
-    pub fn merge(
+    /// As [`read`]; the value is then `None`.
+    pub fn merge_shared(
         wire_type: WireType,
         value: &mut Option<Arc<str>>,
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         *value = None;
-        let mut read = Bytes::new();
-        bytes::merge(wire_type, &mut read, buf, ctx.clone())?;
-        match std::str::from_utf8(&read) {
-            Ok(text) => {
-                *value = Some(Arc::from(text));
-                Ok(())
-            }
-            Err(_) => Err(invalid_string(ctx)),
-        }
+        let mut bytes = Bytes::new();
+        *value = Some(Arc::from(read(wire_type, &mut bytes, buf, ctx)?));
+        Ok(())
+    }
+
+    /// Merges one copy of a `string` field into the `String` a descriptor
+    /// keeps (protobuf's last copy wins); see [`read`].
+    ///
+    /// # Errors
+    /// As [`read`]; the value is then empty.
+    pub fn merge_owned(
+        wire_type: WireType,
+        value: &mut String,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        value.clear();
+        let mut bytes = Bytes::new();
+        *value = String::from(read(wire_type, &mut bytes, buf, ctx)?);
+        Ok(())
+    }
+
+    /// Reads one copy of a `string` field into `bytes`, a slice of the
+    /// received message (no copy), and checks it for UTF-8, as prost's
+    /// `string` decoder checks every copy.
+    ///
+    /// # Errors
+    /// prost's own errors, as its `string` decoder gives them: for a field
+    /// that is not length-delimited or runs past the message, and for one
+    /// that is not UTF-8 ("invalid string value: data is not UTF-8
+    /// encoded").
+    fn read<'a>(
+        wire_type: WireType,
+        bytes: &'a mut Bytes,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<&'a str, DecodeError> {
+        bytes::merge(wire_type, bytes, buf, ctx.clone())?;
+        std::str::from_utf8(bytes).map_err(|_| invalid_string(ctx))
     }
 
     /// prost's error for a `string` that is not UTF-8, made by prost's
