@@ -149,7 +149,7 @@ mod wire {
     use std::sync::Arc;
 
     use prost::bytes::{Buf, BufMut};
-    use prost::encoding::{message, skip_field, string, uint32, DecodeContext, WireType};
+    use prost::encoding::{message, skip_field, uint32, DecodeContext, WireType};
     use prost::{DecodeError, Message};
 
     use super::text;
@@ -240,9 +240,7 @@ mod wire {
     impl Message for Entry {
         fn encode_raw(&self, buf: &mut impl BufMut) {
             text::encode(1, self.key.as_deref(), buf);
-            if !self.value.is_empty() {
-                string::encode(2, &self.value, buf);
-            }
+            text::encode(2, Some(&self.value), buf);
         }
 
         fn merge_field(
@@ -267,12 +265,7 @@ mod wire {
         }
 
         fn encoded_len(&self) -> usize {
-            let value = if self.value.is_empty() {
-                0
-            } else {
-                string::encoded_len(2, &self.value)
-            };
-            text::encoded_len(1, self.key.as_deref()) + value
+            text::encoded_len(1, self.key.as_deref()) + text::encoded_len(2, Some(&self.value))
         }
 
         fn clear(&mut self) {
